@@ -1,0 +1,149 @@
+//! The admin server (loopback: /config_dump, /shutdown, /log_level) and the probe server
+//! (/live, /ready, /metrics). Both run on a small runtime of their own so that a busy data plane
+//! cannot starve them.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::{drain::Drain, log::LogHandle, metrics::Metrics, table::SharedTable};
+
+/// What the admin and probe endpoints read and act on.
+#[derive(Debug)]
+pub struct AdminState {
+    pub table: SharedTable,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+    pub log: Option<Arc<LogHandle>>,
+    /// Set once every listener is bound and a table is loaded.
+    pub ready: AtomicBool,
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+type Rsp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Rsp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().unwrap());
+    r
+}
+
+/// Serves `listener` with `route` until the process exits.
+pub async fn serve<F, Fut>(listener: TcpListener, state: Arc<AdminState>, route: F)
+where
+    F: Fn(Arc<AdminState>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Rsp> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(state, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Admin endpoints. Keep this server on loopback: it can stop the proxy.
+pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/config_dump") => {
+            let table = state.table.load();
+            let dump = serde_json::json!({
+                "version": &*table.version,
+                "generation": table.generation,
+                "listeners": state.listeners.iter().map(|(n, a)| (n.clone(), a.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+                "table": &table.source,
+            });
+            let mut r = text(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&dump).unwrap_or_default(),
+            );
+            r.headers_mut()
+                .insert(CONTENT_TYPE, "application/json".parse().unwrap());
+            r
+        }
+        (&Method::POST, "/shutdown") => {
+            tracing::info!("shutdown requested through the admin server");
+            state.drain.start();
+            text(StatusCode::OK, "draining\n")
+        }
+        (&Method::GET, "/log_level") => match &state.log {
+            Some(l) => text(StatusCode::OK, l.level() + "\n"),
+            None => text(StatusCode::NOT_FOUND, "logging is not configured\n"),
+        },
+        (&Method::PUT | &Method::POST, "/log_level") => {
+            let Some(log) = state.log.clone() else {
+                return text(StatusCode::NOT_FOUND, "logging is not configured\n");
+            };
+            let body = match Limited::new(req.into_body(), 4096).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
+            };
+            let filter = String::from_utf8_lossy(&body);
+            match log.set_level(&filter) {
+                Ok(()) => {
+                    tracing::info!(filter = %filter.trim(), "log level changed");
+                    text(StatusCode::OK, format!("{}\n", filter.trim()))
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, e + "\n"),
+            }
+        }
+        (_, "/config_dump" | "/shutdown" | "/log_level") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "endpoints: GET /config_dump, POST /shutdown, GET|PUT /log_level\n",
+        ),
+    }
+}
+
+/// Probe and metrics endpoints.
+pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") => {
+            if state.drain.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, state.metrics.render());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "endpoints: /live, /ready, /metrics\n",
+        ),
+    }
+}

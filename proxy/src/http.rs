@@ -1,0 +1,255 @@
+//! The HTTP proxy: serves one downstream connection (HTTP/1.1 or HTTP/2), routes each request,
+//! and relays it to an upstream endpoint through the pools.
+
+pub mod body;
+pub mod error;
+pub mod grpc;
+pub mod headers;
+mod request;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::{body::Incoming, server::conn, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use self::{
+    body::{Observer, ProxyBody},
+    error::ProxyError,
+};
+use crate::{
+    config::UpstreamConfig,
+    drain::Drain,
+    metrics::{Direction, TargetMetrics},
+    pool::Pools,
+    table::{Protocol, SharedTable},
+};
+
+/// HTTP/2 flow-control windows: what one stream / one connection may have in flight before the
+/// reader consumes it. They bound what the proxy buffers for a slow reader.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONN_WINDOW: u32 = 4 << 20;
+pub const MAX_FRAME: u32 = 64 * 1024;
+/// How long an HTTP/1 client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a listener's requests go.
+#[derive(Debug)]
+pub enum Router {
+    /// By the routing table: the request's authority, or one fixed service.
+    Outbound {
+        table: SharedTable,
+        /// A listener bound to one service (`--outbound-tcp`): every request goes there.
+        fixed: Option<Arc<str>>,
+        /// Metrics for requests that match no service.
+        unknown: Arc<TargetMetrics>,
+    },
+    /// To the local application.
+    Inbound {
+        forward: SocketAddr,
+        metrics: Arc<TargetMetrics>,
+    },
+}
+
+/// Everything a listener's HTTP connections share.
+#[derive(Debug)]
+pub struct HttpProxy {
+    pub direction: Direction,
+    pub router: Router,
+    pub pools: Arc<Pools>,
+    pub cfg: UpstreamConfig,
+    pub drain: Drain,
+}
+
+/// Where one request goes.
+struct Dest {
+    addr: SocketAddr,
+    protocol: Protocol,
+    timeout: Option<Duration>,
+    metrics: Arc<TargetMetrics>,
+}
+
+impl HttpProxy {
+    /// Serves one downstream connection until it closes, or until draining ends it gracefully
+    /// (GOAWAY for HTTP/2, `Connection: close` after the current request for HTTP/1).
+    pub async fn serve<I>(self: Arc<Self>, io: I, http2: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let svc = service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.handle(req).await) }
+        });
+        let io = TokioIo::new(io);
+        let res = if http2 {
+            let mut b = conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(self.cfg.http2_max_concurrent_streams)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONN_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                .max_pending_accept_reset_streams(1024);
+            if !self.cfg.http2_keepalive_interval.is_zero() {
+                b.keep_alive_interval(self.cfg.http2_keepalive_interval)
+                    .keep_alive_timeout(self.cfg.http2_keepalive_timeout);
+            }
+            let c = b.serve_connection(io, svc);
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = self.drain.signaled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        } else {
+            let c = conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = self.drain.signaled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        };
+        if let Err(e) = res {
+            tracing::debug!(direction = self.direction.as_str(), error = %e, "downstream connection ended with an error");
+        }
+    }
+
+    fn resolve(&self, req: &Request<Incoming>) -> Result<Dest, (ProxyError, Arc<TargetMetrics>)> {
+        match &self.router {
+            Router::Inbound { forward, metrics } => Ok(Dest {
+                addr: *forward,
+                protocol: Protocol::Http,
+                timeout: None,
+                metrics: metrics.clone(),
+            }),
+            Router::Outbound {
+                table,
+                fixed,
+                unknown,
+            } => {
+                let table = table.load();
+                let svc = match fixed {
+                    Some(name) => table.by_authority(name),
+                    None => {
+                        let authority = request::authority(req)
+                            .ok_or_else(|| (ProxyError::NoAuthority, unknown.clone()))?;
+                        table.by_authority(authority)
+                    }
+                };
+                let Some(svc) = svc else {
+                    let name = fixed
+                        .as_deref()
+                        .or_else(|| request::authority(req))
+                        .unwrap_or("");
+                    return Err((ProxyError::NoRoute(name.to_string()), unknown.clone()));
+                };
+                let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
+                let route = svc
+                    .routes
+                    .iter()
+                    .find(|r| r.matches.matches(method, path, headers))
+                    .unwrap_or(&svc.default_route);
+                let endpoint = route
+                    .backends
+                    .pick()
+                    .and_then(|cluster| cluster.endpoints.pick());
+                match endpoint {
+                    Some(ep) => Ok(Dest {
+                        addr: ep.addr,
+                        protocol: svc.protocol,
+                        timeout: route.timeout,
+                        metrics: svc.metrics.clone(),
+                    }),
+                    None => Err((
+                        ProxyError::NoEndpoints(svc.name.clone()),
+                        svc.metrics.clone(),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let version = req.version();
+        let is_grpc = grpc::is_grpc(req.headers());
+        let dest = match self.resolve(&req) {
+            Ok(d) => d,
+            Err((e, metrics)) => {
+                metrics.request();
+                return fail(e, is_grpc, &metrics, version);
+            }
+        };
+        dest.metrics.request();
+        let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // gRPC's own deadline bounds the whole call; the route timeout bounds the wait for
+        // response headers.
+        let grpc_budget = is_grpc.then(|| grpc::timeout(req.headers())).flatten();
+        if let Err(e) = request::prepare(&mut req, dest.protocol, upgrade) {
+            return fail(e, is_grpc, &dest.metrics, version);
+        }
+        let deadline = match (dest.timeout, grpc_budget) {
+            (Some(t), Some(g)) if g < t => Some((start + g, ProxyError::GrpcDeadline(g))),
+            (Some(t), _) => Some((start + t, ProxyError::Timeout(t))),
+            (None, Some(g)) => Some((start + g, ProxyError::GrpcDeadline(g))),
+            (None, None) => None,
+        };
+        let sent = self.pools.send(dest.addr, req, upgrade);
+        let res = match deadline {
+            Some((at, err)) => tokio::time::timeout_at(at, sent).await.unwrap_or(Err(err)),
+            None => sent.await,
+        };
+        dest.metrics.latency(start.elapsed().as_secs_f64());
+        let mut rsp = match res {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                tracing::debug!(direction = self.direction.as_str(), addr = %dest.addr, error = %e, "request failed");
+                return fail(e, is_grpc, &dest.metrics, version);
+            }
+        };
+        let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (Some(down), true) = (on_upgrade, switching) {
+            let up = hyper::upgrade::on(&mut rsp);
+            tokio::spawn(async move {
+                match tokio::try_join!(down, up) {
+                    Ok((down, up)) => {
+                        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+        *rsp.version_mut() = version;
+        let obs = Observer::new(dest.metrics, rsp.status().as_u16(), is_grpc, rsp.headers());
+        let deadline = grpc_budget.map(|b| (tokio::time::sleep_until(start + b), b));
+        rsp.map(|b| ProxyBody::upstream(b, obs, deadline))
+    }
+}
+
+/// The proxy's own answer to a failed request, counted in metrics.
+fn fail(
+    e: ProxyError,
+    is_grpc: bool,
+    metrics: &TargetMetrics,
+    version: Version,
+) -> Response<ProxyBody> {
+    let mut rsp = e.to_response(is_grpc);
+    *rsp.version_mut() = version;
+    let grpc = is_grpc.then(|| e.statuses().1);
+    metrics.response(rsp.status().as_u16(), grpc);
+    rsp
+}

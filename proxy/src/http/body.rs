@@ -1,0 +1,182 @@
+//! The response body the proxy sends downstream: the upstream's body relayed frame by frame as
+//! it arrives (never buffered whole), or a small body the proxy generated itself.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use super::grpc;
+use crate::metrics::TargetMetrics;
+
+pin_project! {
+    #[project = Proj]
+    pub enum ProxyBody {
+        Upstream {
+            // `None` once finished or cut off by the deadline (dropping it resets the upstream
+            // stream).
+            inner: Option<Incoming>,
+            obs: Observer,
+            // The gRPC deadline: when it fires the call ends with DEADLINE_EXCEEDED trailers.
+            #[pin]
+            deadline: Option<Sleep>,
+            // The deadline's budget, for the grpc-message.
+            budget: Duration,
+        },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Full { data: None }
+    }
+
+    pub fn full(data: Bytes) -> Self {
+        ProxyBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    /// Relays `inner`; with a gRPC `deadline` (when, and the budget it came from), the call is
+    /// ended with DEADLINE_EXCEEDED trailers when it fires.
+    pub fn upstream(inner: Incoming, obs: Observer, deadline: Option<(Sleep, Duration)>) -> Self {
+        let (deadline, budget) = match deadline {
+            Some((s, b)) => (Some(s), b),
+            None => (None, Duration::ZERO),
+        };
+        ProxyBody::Upstream {
+            inner: Some(inner),
+            obs,
+            deadline,
+            budget,
+        }
+    }
+}
+
+/// Counts a response in metrics once it is over: at its end of stream, at its trailers, or when
+/// it is dropped unfinished (a reset or cancelled stream).
+#[derive(Debug)]
+pub struct Observer {
+    metrics: Arc<TargetMetrics>,
+    status: u16,
+    /// Whether the request was gRPC.
+    grpc: bool,
+    /// grpc-status from the response headers (trailers-only responses).
+    header_status: Option<u32>,
+    done: bool,
+}
+
+impl Observer {
+    pub fn new(metrics: Arc<TargetMetrics>, status: u16, grpc: bool, headers: &HeaderMap) -> Self {
+        Observer {
+            metrics,
+            status,
+            grpc,
+            header_status: if grpc { grpc::status(headers) } else { None },
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, trailer_status: Option<u32>) {
+        if !self.done {
+            self.done = true;
+            let g = trailer_status.or(self.header_status);
+            self.metrics
+                .response(self.status, if self.grpc { g } else { None });
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+fn deadline_trailers(after: Duration) -> HeaderMap {
+    let mut t = HeaderMap::with_capacity(2);
+    t.insert(grpc::STATUS, HeaderValue::from(grpc::DEADLINE_EXCEEDED));
+    t.insert(
+        grpc::MESSAGE,
+        grpc::encode_message(&format!("deadline of {after:?} exceeded (weft-proxy)")),
+    );
+    t
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            Proj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Proj::Upstream {
+                inner,
+                obs,
+                mut deadline,
+                budget,
+            } => {
+                if let Some(sleep) = deadline.as_mut().as_pin_mut()
+                    && sleep.poll(cx).is_ready()
+                {
+                    deadline.set(None);
+                    if inner.take().is_some() {
+                        obs.finish(Some(grpc::DEADLINE_EXCEEDED));
+                        return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers(*budget)))));
+                    }
+                }
+                let Some(body) = inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(t) = f.trailers_ref() {
+                            obs.finish(grpc::status(t));
+                        }
+                    }
+                    Some(Err(_)) | None => {
+                        obs.finish(None);
+                        *inner = None;
+                        deadline.set(None);
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full { data } => data.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.as_ref().is_none_or(|b| b.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Upstream {
+                inner: Some(b),
+                deadline: None,
+                ..
+            } => b.size_hint(),
+            ProxyBody::Upstream { .. } => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Errors the proxy itself answers with, and the one place that maps them to responses:
+//! no route -> 404, no endpoint / connect failure -> 503 / 502, timeout -> 504. A gRPC request
+//! gets a gRPC-shaped answer instead: HTTP 200, `content-type: application/grpc` and a
+//! `grpc-status` (trailers-only response).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+
+use super::{body::ProxyBody, grpc};
+use crate::transport::ConnectError;
+
+/// The header on every response the proxy generated itself, carrying the reason.
+pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no service for authority `{0}`")]
+    NoRoute(String),
+    #[error("request has no authority or Host header")]
+    NoAuthority,
+    #[error("service {0} has no endpoints")]
+    NoEndpoints(std::sync::Arc<str>),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream {addr}: {source}")]
+    Upstream {
+        addr: std::net::SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("gRPC deadline of {0:?} exceeded")]
+    GrpcDeadline(Duration),
+}
+
+impl ProxyError {
+    /// The HTTP status and the gRPC status code that stand for this error.
+    pub fn statuses(&self) -> (StatusCode, u32) {
+        match self {
+            ProxyError::NoRoute(_) => (StatusCode::NOT_FOUND, grpc::UNIMPLEMENTED),
+            ProxyError::NoAuthority => (StatusCode::BAD_REQUEST, grpc::INTERNAL),
+            ProxyError::NoEndpoints(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
+            ProxyError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
+            ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, grpc::UNAVAILABLE),
+            ProxyError::Timeout(_) | ProxyError::GrpcDeadline(_) => {
+                (StatusCode::GATEWAY_TIMEOUT, grpc::DEADLINE_EXCEEDED)
+            }
+        }
+    }
+
+    /// The response for a request that failed with this error.
+    pub fn to_response(&self, is_grpc: bool) -> Response<ProxyBody> {
+        let (status, code) = self.statuses();
+        let msg = self.to_string();
+        let reason =
+            HeaderValue::from_str(&msg).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+        let mut rsp = Response::new(if is_grpc {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::full(Bytes::from(msg.clone() + "\n"))
+        });
+        if !is_grpc {
+            *rsp.status_mut() = status;
+        }
+        let h = rsp.headers_mut();
+        if is_grpc {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert(grpc::STATUS, HeaderValue::from(code));
+            h.insert(grpc::MESSAGE, grpc::encode_message(&msg));
+        } else {
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
+        h.insert(PROXY_ERROR_HEADER, reason);
+        rsp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_grpc_shaped() {
+        let e = ProxyError::NoEndpoints("echo:80".into());
+        let rsp = e.to_response(true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["content-type"], "application/grpc");
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(
+            rsp.headers()["grpc-message"],
+            "service echo:80 has no endpoints"
+        );
+        let rsp = ProxyError::Timeout(Duration::from_secs(1)).to_response(false);
+        assert_eq!(rsp.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(rsp.headers().get("grpc-status").is_none());
+        assert_eq!(
+            rsp.headers()[PROXY_ERROR_HEADER],
+            "request timed out after 1s"
+        );
+    }
+}

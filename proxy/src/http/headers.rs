@@ -1,0 +1,107 @@
+//! Header handling a proxy owes every message: hop-by-hop fields (RFC 9110 §7.6.1) are removed,
+//! except what an `Upgrade` handshake needs end to end.
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE},
+};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether a request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade: x`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes hop-by-hop fields. With `upgrade`, `Connection: upgrade` and `Upgrade` are kept.
+/// `TE: trailers` is kept (HTTP/2 and gRPC need it end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderValue> = match headers.entry(CONNECTION) {
+            http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+            http::header::Entry::Vacant(_) => Vec::new(),
+        };
+        for v in listed {
+            let Ok(v) = v.to_str() else { continue };
+            for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if upgrade && token.eq_ignore_ascii_case("upgrade") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                    && name != TE
+                {
+                    headers.remove(name);
+                }
+            }
+        }
+        if upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TRANSFER_ENCODING);
+    if !upgrade {
+        headers.remove(UPGRADE);
+    }
+    if let Some(te) = headers.get(TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed_fields() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_upgrade_handshake() {
+        let mut h = map(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+}

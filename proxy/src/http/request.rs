@@ -1,0 +1,124 @@
+//! Turning a downstream request into the upstream one: hop-by-hop headers out, and the request
+//! line rewritten when the upstream speaks another HTTP version than the client.
+
+use http::{
+    HeaderValue, Request, Uri, Version,
+    header::{EXPECT, HOST},
+    uri::{Authority, PathAndQuery, Scheme},
+};
+
+use super::{error::ProxyError, headers};
+use crate::table::Protocol;
+
+/// The authority a request names: the URI's (HTTP/2, or HTTP/1 absolute-form), else `Host`.
+pub fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(HOST)?.to_str().ok())
+}
+
+/// Prepares `req` for an upstream that speaks `protocol`.
+pub fn prepare<B>(
+    req: &mut Request<B>,
+    protocol: Protocol,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let from = req.version();
+    let to = match protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::Http2 if !upgrade => Version::HTTP_2,
+        _ => from,
+    };
+    match (from == Version::HTTP_2, to == Version::HTTP_2) {
+        (true, true) => {}
+        (false, true) => {
+            // HTTP/1 -> HTTP/2: the authority moves into the URI (`:authority`).
+            let authority: Authority = authority(req)
+                .ok_or(ProxyError::NoAuthority)?
+                .parse()
+                .map_err(|_| ProxyError::NoAuthority)?;
+            let path = path_and_query(req.uri());
+            *req.uri_mut() = Uri::builder()
+                .scheme(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP))
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| ProxyError::NoAuthority)?;
+            req.headers_mut().remove(HOST);
+            req.headers_mut().remove(EXPECT);
+            *req.version_mut() = Version::HTTP_2;
+        }
+        (_, false) => {
+            // To HTTP/1: origin-form request target, authority in `Host`.
+            if let Some(a) = req.uri().authority().cloned() {
+                if !req.headers().contains_key(HOST) {
+                    let host =
+                        HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::NoAuthority)?;
+                    req.headers_mut().insert(HOST, host);
+                }
+                *req.uri_mut() = Uri::from(path_and_query(req.uri()));
+            }
+            if from == Version::HTTP_2 {
+                *req.version_mut() = Version::HTTP_11;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http1_to_http2_moves_host_into_the_uri() {
+        let mut req = Request::get("/a?b=1")
+            .header("host", "echo:8080")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap();
+        prepare(&mut req, Protocol::Http2, false).unwrap();
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.uri(), "http://echo:8080/a?b=1");
+        assert!(req.headers().get("host").is_none());
+        assert!(req.headers().get("connection").is_none());
+    }
+
+    #[test]
+    fn http2_to_http1_uses_origin_form_and_host() {
+        let mut req = Request::get("http://echo:8080/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        prepare(&mut req, Protocol::Http1, false).unwrap();
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.uri(), "/x");
+        assert_eq!(req.headers()["host"], "echo:8080");
+    }
+
+    #[test]
+    fn absolute_form_http1_becomes_origin_form() {
+        let mut req = Request::get("http://echo/p").body(()).unwrap();
+        prepare(&mut req, Protocol::Http, false).unwrap();
+        assert_eq!(req.uri(), "/p");
+        assert_eq!(req.headers()["host"], "echo");
+        assert_eq!(authority(&req), Some("echo"));
+    }
+
+    #[test]
+    fn http1_without_host_cannot_become_http2() {
+        let mut req = Request::get("/").body(()).unwrap();
+        assert!(matches!(
+            prepare(&mut req, Protocol::Http2, false),
+            Err(ProxyError::NoAuthority)
+        ));
+    }
+}

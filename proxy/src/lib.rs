@@ -1,0 +1,231 @@
+//! `weft-proxy`: the weft service-mesh sidecar.
+//!
+//! The folder tree follows a connection: [`server`] accepts it and runs [`transport::detect`];
+//! HTTP goes through [`http`] (routed by the [`table`] with [`route`], sent through [`pool`]),
+//! anything else through [`tcp`]. [`admin`] serves the admin and probe endpoints, [`metrics`]
+//! the Prometheus registry, [`drain`] graceful shutdown.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod drain;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod pool;
+pub mod route;
+pub mod server;
+pub mod table;
+pub mod tcp;
+pub mod transport;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    admin::AdminState,
+    config::Config,
+    drain::Drain,
+    http::{HttpProxy, Router},
+    metrics::{Direction, Metrics},
+    server::{Listener, TcpTarget},
+    table::{LoadError, Table, watch::FileWatch},
+};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Table(#[from] LoadError),
+    #[error("{what} listener {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn bind_err(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.to_string();
+    move |source| StartError::Bind { what, addr, source }
+}
+
+/// Runs the sidecar until it is told to stop (SIGTERM, SIGINT or `POST /shutdown`), then drains.
+pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), StartError> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let metrics = Metrics::new();
+
+    // The table: from the file when one is given (a bad file stops the start), else empty.
+    let (table, text) = match &cfg.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+                file: path.display().to_string(),
+                source,
+            })?;
+            (table::load_text(path, &text, 1, &metrics)?, text)
+        }
+        None => (Table::empty(), String::new()),
+    };
+    metrics.table_loaded(&table.version, table.generation);
+    tracing::info!(version = %table.version, services = table.services().len(), "routing table loaded");
+    let table = Arc::new(ArcSwap::from_pointee(table));
+    let drain = Drain::new();
+
+    // Bind everything before serving anything, so a port conflict stops the start cleanly.
+    let outbound =
+        transport::bind(cfg.outbound_addr).map_err(bind_err("outbound", cfg.outbound_addr))?;
+    let inbound =
+        transport::bind(cfg.inbound_addr).map_err(bind_err("inbound", cfg.inbound_addr))?;
+    let mut extra = Vec::new();
+    for m in &cfg.outbound_tcp {
+        let l = transport::bind(m.listen)
+            .map_err(bind_err(&format!("outbound-tcp {}", m.service), m.listen))?;
+        extra.push((m.service.clone(), l));
+    }
+    let admin_l =
+        std::net::TcpListener::bind(cfg.admin_addr).map_err(bind_err("admin", cfg.admin_addr))?;
+    let probe_l =
+        std::net::TcpListener::bind(cfg.probe_addr).map_err(bind_err("probe", cfg.probe_addr))?;
+
+    let mut listeners = vec![
+        ("outbound".to_string(), outbound.local_addr()?),
+        ("inbound".to_string(), inbound.local_addr()?),
+        ("admin".to_string(), admin_l.local_addr()?),
+        ("probe".to_string(), probe_l.local_addr()?),
+    ];
+    for (svc, l) in &extra {
+        listeners.push((format!("outbound-tcp {svc}"), l.local_addr()?));
+    }
+    for (name, addr) in &listeners {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
+
+    let state = Arc::new(AdminState {
+        table: table.clone(),
+        metrics: metrics.clone(),
+        drain: drain.clone(),
+        log,
+        ready: Default::default(),
+        listeners,
+    });
+    spawn_admin(state.clone(), admin_l, probe_l)?;
+
+    let make_http = |direction: Direction, router: Router| {
+        Arc::new(HttpProxy {
+            direction,
+            router,
+            pools: pool::Pools::new(cfg.upstream.clone(), metrics.clone(), direction),
+            cfg: cfg.upstream.clone(),
+            drain: drain.clone(),
+        })
+    };
+    let unknown = metrics.target(Direction::Outbound, &Arc::from("unknown"));
+    let outbound_http = make_http(
+        Direction::Outbound,
+        Router::Outbound {
+            table: table.clone(),
+            fixed: None,
+            unknown: unknown.clone(),
+        },
+    );
+    let listener = |http: Arc<HttpProxy>, tcp| {
+        Arc::new(Listener {
+            http,
+            tcp,
+            detect: cfg.detect.clone(),
+            metrics: metrics.clone(),
+            table: table.clone(),
+        })
+    };
+    tokio::spawn(listener(outbound_http.clone(), TcpTarget::None).run(outbound));
+    for (svc, l) in extra {
+        let svc: Arc<str> = svc.into();
+        let http = Arc::new(HttpProxy {
+            direction: Direction::Outbound,
+            router: Router::Outbound {
+                table: table.clone(),
+                fixed: Some(svc.clone()),
+                unknown: unknown.clone(),
+            },
+            pools: outbound_http.pools.clone(),
+            cfg: cfg.upstream.clone(),
+            drain: drain.clone(),
+        });
+        tokio::spawn(listener(http, TcpTarget::Service(svc)).run(l));
+    }
+    let forward = cfg.inbound_forward;
+    let inbound_http = make_http(
+        Direction::Inbound,
+        Router::Inbound {
+            forward,
+            metrics: metrics.target(Direction::Inbound, &Arc::from(forward.to_string())),
+        },
+    );
+    tokio::spawn(listener(inbound_http, TcpTarget::Addr(forward)).run(inbound));
+
+    if let Some(path) = cfg.config.clone() {
+        let watch = FileWatch {
+            path,
+            table: table.clone(),
+            metrics: metrics.clone(),
+            poll_interval: cfg.config_poll_interval,
+            last_text: text,
+        };
+        tokio::spawn(watch.run(drain.token()));
+    }
+
+    state.ready.store(true, Ordering::Release);
+    tracing::info!("weft-proxy ready");
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+        _ = sigint.recv() => tracing::info!("SIGINT received"),
+        _ = drain.signaled() => {}
+    }
+    drain.start();
+    tracing::info!(grace = ?cfg.shutdown_grace_period, "draining: no new connections; waiting for in-flight requests");
+    let left = drain.wait(cfg.shutdown_grace_period).await;
+    if left == 0 {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(
+            connections = left,
+            "grace period over; closing remaining connections"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the admin and probe servers on a one-thread runtime of their own.
+fn spawn_admin(
+    state: Arc<AdminState>,
+    admin_l: std::net::TcpListener,
+    probe_l: std::net::TcpListener,
+) -> std::io::Result<()> {
+    admin_l.set_nonblocking(true)?;
+    probe_l.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("weft-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let admin_l = tokio::net::TcpListener::from_std(admin_l).expect("admin listener");
+                let probe_l = tokio::net::TcpListener::from_std(probe_l).expect("probe listener");
+                tokio::join!(
+                    admin::serve(admin_l, state.clone(), admin::admin),
+                    admin::serve(probe_l, state, admin::probes),
+                );
+            })
+        })?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Logging with `tracing`: a filter that the admin server can change at run time, plain or JSON.
+
+use std::sync::Mutex;
+
+use tracing_subscriber::{
+    EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
+
+use crate::config::LogFormat;
+
+/// Changes the log filter of the running process.
+pub struct LogHandle {
+    reload: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle")
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+impl LogHandle {
+    /// The filter in force.
+    pub fn level(&self) -> String {
+        self.current.lock().expect("log lock").clone()
+    }
+
+    /// Replaces the filter; a filter that does not parse changes nothing.
+    pub fn set_level(&self, filter: &str) -> Result<(), String> {
+        let f = parse(filter)?;
+        self.reload.reload(f).map_err(|e| e.to_string())?;
+        *self.current.lock().expect("log lock") = filter.trim().to_string();
+        Ok(())
+    }
+}
+
+fn parse(filter: &str) -> Result<EnvFilter, String> {
+    let filter = filter.trim();
+    if filter.is_empty() {
+        return Err("empty log filter".into());
+    }
+    EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| format!("invalid log filter `{filter}`: {e}"))
+}
+
+/// Installs the global subscriber. Logs go to stderr.
+pub fn init(filter: &str, format: LogFormat) -> Result<LogHandle, String> {
+    let (layer, reload) = reload::Layer::new(parse(filter)?);
+    let json = format == LogFormat::Json;
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(false)
+                .with_writer(std::io::stderr)
+        }))
+        .with((!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr)))
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(LogHandle {
+        reload,
+        current: Mutex::new(filter.trim().to_string()),
+    })
+}

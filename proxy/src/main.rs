@@ -1,0 +1,41 @@
+//! The `weft-proxy` binary: flags, logging and the runtime; the rest is in the library.
+
+use std::{process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use weft_proxy::config::Cli;
+
+fn main() -> ExitCode {
+    let cfg = Cli::parse().run;
+    let log = match weft_proxy::log::init(&cfg.log_level, cfg.log_format) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            eprintln!("weft-proxy: --log-level: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rt = if cfg.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if cfg.worker_threads > 1 {
+            b.worker_threads(cfg.worker_threads);
+        }
+        b
+    };
+    let rt = match rt.enable_all().thread_name("weft-proxy").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(weft_proxy::run(cfg, Some(log))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "weft-proxy cannot start");
+            eprintln!("weft-proxy: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

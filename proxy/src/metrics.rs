@@ -1,0 +1,346 @@
+//! Prometheus metrics. Label values are resolved once per target (a service, the local
+//! application) when the target is first seen; the request path only bumps counters it already
+//! holds.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Which way traffic flows through the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the local application to the mesh.
+    Outbound,
+    /// From the mesh to the local application.
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Latency buckets in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED) get precomputed counters.
+const GRPC_CODES: usize = 17;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    responses: IntCounterVec,
+    latency: HistogramVec,
+    targets: Mutex<HashMap<(Direction, Arc<str>), Arc<TargetMetrics>>>,
+    conns: [Arc<ConnMetrics>; 2],
+    detected: IntCounterVec,
+    pub table_generation: IntGauge,
+    table_info: IntGaugeVec,
+    table_reloads: IntCounterVec,
+    upstream_connect_errors: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Per-target handles, created once per target and kept across table swaps.
+pub struct TargetMetrics {
+    direction: &'static str,
+    target: Arc<str>,
+    requests: IntCounter,
+    latency: Histogram,
+    responses: IntCounterVec,
+    /// Indexed by status code - 100; filled the first time a code is seen.
+    http: Box<[OnceLock<IntCounter>]>,
+    /// gRPC responses (HTTP 200) by grpc-status.
+    grpc: [OnceLock<IntCounter>; GRPC_CODES],
+}
+
+impl std::fmt::Debug for TargetMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetMetrics")
+            .field("direction", &self.direction)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-direction connection handles.
+#[derive(Debug)]
+pub struct ConnMetrics {
+    pub open: IntGauge,
+    pub accepted: IntCounter,
+    pub read_bytes: IntCounter,
+    pub write_bytes: IntCounter,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("weft")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+        let requests = IntCounterVec::new(
+            opts("request_total", "HTTP requests received."),
+            &["direction", "target"],
+        )
+        .unwrap();
+        let responses = IntCounterVec::new(
+            opts(
+                "response_total",
+                "HTTP responses sent, by status code and (for gRPC) grpc-status.",
+            ),
+            &["direction", "target", "status_code", "grpc_status"],
+        )
+        .unwrap();
+        let latency = HistogramVec::new(
+            HistogramOpts::from(opts(
+                "response_latency_seconds",
+                "Time from a request's headers to its response's headers.",
+            ))
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["direction", "target"],
+        )
+        .unwrap();
+        let open = IntGaugeVec::new(
+            opts("tcp_open_connections", "Accepted TCP connections now open."),
+            &["direction"],
+        )
+        .unwrap();
+        let accepted = IntCounterVec::new(
+            opts("tcp_accepted_total", "TCP connections accepted."),
+            &["direction"],
+        )
+        .unwrap();
+        let read = IntCounterVec::new(
+            opts(
+                "tcp_read_bytes_total",
+                "Bytes read from accepted connections.",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let write = IntCounterVec::new(
+            opts(
+                "tcp_write_bytes_total",
+                "Bytes written to accepted connections.",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let detected = IntCounterVec::new(
+            opts(
+                "protocol_detect_total",
+                "Accepted connections by the protocol detected (http1, http2, tls, opaque).",
+            ),
+            &["direction", "protocol"],
+        )
+        .unwrap();
+        let table_generation = IntGauge::with_opts(opts(
+            "table_generation",
+            "Routing tables loaded since start; 0 means none yet.",
+        ))
+        .unwrap();
+        let table_info = IntGaugeVec::new(
+            opts(
+                "table_info",
+                "The routing table in force (value is always 1).",
+            ),
+            &["version"],
+        )
+        .unwrap();
+        let table_reloads = IntCounterVec::new(
+            opts(
+                "table_reloads_total",
+                "Routing-table reloads by result; a failed reload keeps the table in force.",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let upstream_connect_errors = IntCounterVec::new(
+            opts(
+                "upstream_connect_errors_total",
+                "Failed connection attempts to upstream endpoints, by reason.",
+            ),
+            &["direction", "reason"],
+        )
+        .unwrap();
+        for c in [&requests, &responses, &accepted, &read, &write, &detected] {
+            reg(Box::new(c.clone()));
+        }
+        reg(Box::new(latency.clone()));
+        reg(Box::new(open.clone()));
+        reg(Box::new(table_generation.clone()));
+        reg(Box::new(table_info.clone()));
+        reg(Box::new(table_reloads.clone()));
+        reg(Box::new(upstream_connect_errors.clone()));
+        for r in ["ok", "error"] {
+            table_reloads.with_label_values(&[r]);
+        }
+        let conns = [Direction::Outbound, Direction::Inbound].map(|d| {
+            let l = [d.as_str()];
+            Arc::new(ConnMetrics {
+                open: open.with_label_values(&l),
+                accepted: accepted.with_label_values(&l),
+                read_bytes: read.with_label_values(&l),
+                write_bytes: write.with_label_values(&l),
+            })
+        });
+        Arc::new(Metrics {
+            registry,
+            requests,
+            responses,
+            latency,
+            targets: Mutex::new(HashMap::new()),
+            conns,
+            detected,
+            table_generation,
+            table_info,
+            table_reloads,
+            upstream_connect_errors,
+        })
+    }
+
+    /// The handles for one target, created on first use and shared afterwards.
+    pub fn target(&self, direction: Direction, target: &Arc<str>) -> Arc<TargetMetrics> {
+        let mut targets = self.targets.lock().expect("metrics lock");
+        targets
+            .entry((direction, target.clone()))
+            .or_insert_with(|| {
+                let l = [direction.as_str(), &**target];
+                Arc::new(TargetMetrics {
+                    direction: direction.as_str(),
+                    target: target.clone(),
+                    requests: self.requests.with_label_values(&l),
+                    latency: self.latency.with_label_values(&l),
+                    responses: self.responses.clone(),
+                    http: (100..600).map(|_| OnceLock::new()).collect(),
+                    grpc: std::array::from_fn(|_| OnceLock::new()),
+                })
+            })
+            .clone()
+    }
+
+    pub fn conns(&self, direction: Direction) -> &Arc<ConnMetrics> {
+        &self.conns[direction as usize]
+    }
+
+    pub fn detected(&self, direction: Direction, protocol: &str) {
+        self.detected
+            .with_label_values(&[direction.as_str(), protocol])
+            .inc();
+    }
+
+    pub fn connect_error(&self, direction: Direction, reason: &'static str) {
+        self.upstream_connect_errors
+            .with_label_values(&[direction.as_str(), reason])
+            .inc();
+    }
+
+    /// Records a table now in force.
+    pub fn table_loaded(&self, version: &str, generation: u64) {
+        self.table_info.reset();
+        self.table_info.with_label_values(&[version]).set(1);
+        self.table_generation.set(generation as i64);
+        if generation > 1 {
+            self.table_reloads.with_label_values(&["ok"]).inc();
+        }
+    }
+
+    pub fn table_reload_failed(&self) {
+        self.table_reloads.with_label_values(&["error"]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl TargetMetrics {
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn latency(&self, secs: f64) {
+        self.latency.observe(secs);
+    }
+
+    /// Counts a finished response. `grpc` is the grpc-status of a gRPC response, if any.
+    pub fn response(&self, status: u16, grpc: Option<u32>) {
+        match grpc {
+            Some(g) if status == 200 && (g as usize) < GRPC_CODES => self.grpc[g as usize]
+                .get_or_init(|| self.counter(status, &g.to_string()))
+                .inc(),
+            Some(g) => self.counter(status, &g.to_string()).inc(),
+            None => match self.http.get(usize::from(status).wrapping_sub(100)) {
+                Some(slot) => slot.get_or_init(|| self.counter(status, "")).inc(),
+                None => self.counter(status, "").inc(),
+            },
+        }
+    }
+
+    fn counter(&self, status: u16, grpc: &str) -> IntCounter {
+        self.responses.with_label_values(&[
+            self.direction,
+            &*self.target,
+            &status.to_string(),
+            grpc,
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_counted_by_code() {
+        let m = Metrics::new();
+        let t = m.target(Direction::Outbound, &Arc::from("echo:80"));
+        assert!(Arc::ptr_eq(
+            &t,
+            &m.target(Direction::Outbound, &Arc::from("echo:80"))
+        ));
+        t.request();
+        t.response(200, None);
+        t.response(200, None);
+        t.response(200, Some(14));
+        t.response(503, None);
+        let text = m.render();
+        assert!(
+            text.contains(r#"weft_request_total{direction="outbound",target="echo:80"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"weft_response_total{direction="outbound",grpc_status="",status_code="200",target="echo:80"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"grpc_status="14",status_code="200",target="echo:80"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"status_code="503",target="echo:80"} 1"#),
+            "{text}"
+        );
+    }
+}

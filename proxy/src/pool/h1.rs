@@ -1,0 +1,137 @@
+//! HTTP/1.1 upstream connections: one request at a time each, idle ones kept per endpoint.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, sync::Mutex, time::Duration};
+
+use http::{Request, Response};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
+
+use super::{Pools, now_ms};
+use crate::http::error::ProxyError;
+
+type Sender = http1::SendRequest<Incoming>;
+
+#[derive(Debug)]
+pub struct Pool {
+    /// Idle connections per endpoint, most recently used last, with when they went idle.
+    idle: Mutex<HashMap<SocketAddr, Vec<(Sender, u64)>>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize) -> Self {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            max_idle,
+        }
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.lock().expect("h1 pool lock");
+        let list = idle.get_mut(&addr)?;
+        while let Some((s, _)) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: SocketAddr, sender: Sender) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("h1 pool lock");
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle {
+            list.push((sender, now_ms()));
+        }
+    }
+
+    pub async fn send(
+        &self,
+        pools: &Arc<Pools>,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        // A pooled connection the server closed while idle hands the request back unsent; it is
+        // then tried once on a new connection.
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.checkout(addr) {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    connect(pools, addr, false).await?
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    // The connection is reusable once this response's body has been read.
+                    let pools = pools.clone();
+                    tokio::spawn(async move {
+                        if sender.ready().await.is_ok() {
+                            pools.h1.checkin(addr, sender);
+                        }
+                    });
+                    return Ok(rsp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if !fresh => req = r,
+                    _ => {
+                        return Err(ProxyError::Upstream {
+                            addr,
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Closes connections idle for longer than `idle`.
+    pub fn sweep(&self, idle: Duration) {
+        let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
+        let mut map = self.idle.lock().expect("h1 pool lock");
+        map.retain(|_, list| {
+            list.retain(|(s, since)| *since > cutoff && !s.is_closed());
+            !list.is_empty()
+        });
+    }
+}
+
+/// Opens a new HTTP/1.1 connection; `upgrades` lets it carry a protocol upgrade.
+pub async fn connect(
+    pools: &Pools,
+    addr: SocketAddr,
+    upgrades: bool,
+) -> Result<Sender, ProxyError> {
+    let tcp = pools.connect(addr).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|source| ProxyError::Upstream { addr, source })?;
+    tokio::spawn(async move {
+        let res = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = res {
+            tracing::debug!(%addr, error = %e, "upstream http/1 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends one request on a connection of its own.
+pub async fn send_once(
+    mut sender: Sender,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, ProxyError> {
+    sender
+        .send_request(req)
+        .await
+        .map_err(|source| ProxyError::Upstream { addr, source })
+}

@@ -1,0 +1,181 @@
+//! Pure routing logic, no I/O: request matching and weighted choice.
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+
+/// How a string (a path, a header value) is matched.
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    /// Anchored at both ends: the whole value must match.
+    Regex(Regex),
+    /// Anything (for headers: the header is present).
+    Any,
+}
+
+impl StringMatch {
+    /// Compiles a regex so that it matches whole values, as Envoy's `safe_regex` does.
+    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
+        Regex::new(&format!("^(?:{pattern})$")).map(StringMatch::Regex)
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => value == &**s,
+            StringMatch::Prefix(p) => value.starts_with(&**p),
+            StringMatch::Regex(r) => r.is_match(value),
+            StringMatch::Any => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub value: StringMatch,
+}
+
+/// What a request must look like for a route to take it. Every part given must match.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub path: Option<StringMatch>,
+    pub method: Option<Method>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+impl RouteMatch {
+    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        if let Some(m) = &self.method
+            && m != method
+        {
+            return false;
+        }
+        if let Some(p) = &self.path
+            && !p.matches(path)
+        {
+            return false;
+        }
+        self.headers.iter().all(|h| {
+            // A header given more than once matches if any of its values does.
+            headers
+                .get_all(&h.name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
+        })
+    }
+}
+
+/// A weighted choice among a fixed set, picked in O(log n) without allocating.
+#[derive(Debug, Clone)]
+pub struct WeightedSplit<T> {
+    /// `(cumulative weight up to and including this entry, entry)`; zero-weight entries are left out.
+    entries: Vec<(u64, T)>,
+}
+
+impl<T> WeightedSplit<T> {
+    pub fn new(items: impl IntoIterator<Item = (u32, T)>) -> Self {
+        let mut total = 0u64;
+        let entries = items
+            .into_iter()
+            .filter(|(w, _)| *w > 0)
+            .map(|(w, t)| {
+                total += u64::from(w);
+                (total, t)
+            })
+            .collect();
+        Self { entries }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.entries.last().map_or(0, |(c, _)| *c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, t)| t)
+    }
+
+    /// The entry that `r` (any number; taken modulo the total weight) falls on.
+    pub fn pick_with(&self, r: u64) -> Option<&T> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        if self.entries.len() == 1 {
+            return Some(&self.entries[0].1);
+        }
+        let r = r % total;
+        let i = self.entries.partition_point(|(c, _)| *c <= r);
+        self.entries.get(i).map(|(_, t)| t)
+    }
+
+    /// A random entry, each chosen in proportion to its weight.
+    pub fn pick(&self) -> Option<&T> {
+        self.pick_with(fastrand::u64(..))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_matches() {
+        assert!(StringMatch::Exact("/a".into()).matches("/a"));
+        assert!(!StringMatch::Exact("/a".into()).matches("/ab"));
+        assert!(StringMatch::Prefix("/api".into()).matches("/api/v1"));
+        let r = StringMatch::regex("/users/[0-9]+").unwrap();
+        assert!(r.matches("/users/42"));
+        assert!(
+            !r.matches("/users/42/x"),
+            "regex must match the whole value"
+        );
+        assert!(StringMatch::regex("(").is_err());
+    }
+
+    #[test]
+    fn route_match_needs_every_part() {
+        let m = RouteMatch {
+            path: Some(StringMatch::Prefix("/api".into())),
+            method: Some(Method::POST),
+            headers: vec![HeaderMatch {
+                name: HeaderName::from_static("x-canary"),
+                value: StringMatch::Exact("1".into()),
+            }],
+        };
+        let mut h = HeaderMap::new();
+        assert!(!m.matches(&Method::POST, "/api/x", &h));
+        h.append("x-canary", "0".parse().unwrap());
+        assert!(!m.matches(&Method::POST, "/api/x", &h));
+        h.append("x-canary", "1".parse().unwrap());
+        assert!(m.matches(&Method::POST, "/api/x", &h));
+        assert!(!m.matches(&Method::GET, "/api/x", &h));
+        assert!(!m.matches(&Method::POST, "/web", &h));
+        assert!(RouteMatch::default().matches(&Method::GET, "/", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn weighted_split_follows_weights() {
+        let s = WeightedSplit::new([(90, "stable"), (0, "never"), (10, "canary")]);
+        assert_eq!(s.total(), 100);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.pick_with(0), Some(&"stable"));
+        assert_eq!(s.pick_with(89), Some(&"stable"));
+        assert_eq!(s.pick_with(90), Some(&"canary"));
+        assert_eq!(s.pick_with(99), Some(&"canary"));
+        assert_eq!(s.pick_with(100), Some(&"stable"));
+        let canary = (0..100u64)
+            .filter(|r| s.pick_with(*r) == Some(&"canary"))
+            .count();
+        assert_eq!(canary, 10);
+        assert_eq!(WeightedSplit::<u8>::new([(0, 1)]).pick(), None);
+    }
+}

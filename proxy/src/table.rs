@@ -1,0 +1,382 @@
+//! The compiled routing table and the `ArcSwap` that publishes it.
+//!
+//! A [`Table`] is immutable. A new one is compiled off to the side (from the static file now,
+//! from xDS later) and published with one atomic store; readers `load()` it once per request or
+//! connection and never lock. State that must outlive a swap (connection pools, metrics) is kept
+//! outside the table, keyed by service, cluster or endpoint, so a swap never resets it.
+
+pub mod file;
+pub mod watch;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, Method};
+
+use crate::{
+    metrics::{Direction, Metrics, TargetMetrics},
+    route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
+};
+pub use file::{LoadError, Protocol, TableFile};
+
+/// The table every listener reads; swapped whole.
+pub type SharedTable = Arc<ArcSwap<Table>>;
+
+#[derive(Debug)]
+pub struct Table {
+    /// The file's `version`, or a digest of its content.
+    pub version: Arc<str>,
+    /// Counts successful loads in this process, starting at 1 (0 is the empty startup table).
+    pub generation: u64,
+    services: Vec<Arc<Service>>,
+    /// `host:port` for the name and every alias.
+    by_authority: HashMap<Box<str>, usize>,
+    /// Bare host names that belong to exactly one service port.
+    by_host: HashMap<Box<str>, usize>,
+    by_vip: HashMap<SocketAddr, usize>,
+    /// What the table was compiled from, for `/config_dump`.
+    pub source: TableFile,
+}
+
+/// A logical destination: a host and port that clients address.
+#[derive(Debug)]
+pub struct Service {
+    /// `host:port`; also the `target` metrics label.
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    /// Tried in order; the first that matches takes the request.
+    pub routes: Box<[Route]>,
+    /// Taken when no route matches: every endpoint of the service.
+    pub default_route: Route,
+    pub metrics: Arc<TargetMetrics>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matches: RouteMatch,
+    /// Concrete backends with their weights (canary splits).
+    pub backends: WeightedSplit<Arc<Cluster>>,
+    pub timeout: Option<Duration>,
+}
+
+/// A concrete backend: a balanced set of endpoints.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `host:port` or `host:port/subset`.
+    pub name: Arc<str>,
+    pub endpoints: WeightedSplit<Endpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub labels: Arc<BTreeMap<String, String>>,
+}
+
+impl Table {
+    /// The table in force before any file is loaded: no services.
+    pub fn empty() -> Self {
+        Table {
+            version: "empty".into(),
+            generation: 0,
+            services: Vec::new(),
+            by_authority: HashMap::new(),
+            by_host: HashMap::new(),
+            by_vip: HashMap::new(),
+            source: TableFile::default(),
+        }
+    }
+
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+
+    /// The service a request's authority (`host[:port]`) names. Allocates only when the
+    /// authority has upper-case letters.
+    pub fn by_authority(&self, authority: &str) -> Option<&Arc<Service>> {
+        let find = |a: &str| {
+            let i = if a.contains(':') {
+                self.by_authority.get(a)
+            } else {
+                self.by_host.get(a)
+            };
+            i.map(|i| &self.services[*i])
+        };
+        match find(authority) {
+            Some(s) => Some(s),
+            None if authority.bytes().any(|b| b.is_ascii_uppercase()) => {
+                find(&authority.to_ascii_lowercase())
+            }
+            None => None,
+        }
+    }
+
+    pub fn by_vip(&self, addr: SocketAddr) -> Option<&Arc<Service>> {
+        self.by_vip.get(&addr).map(|i| &self.services[*i])
+    }
+
+    /// Compiles and validates a table file. Errors name the field (`services[1].port`).
+    pub fn compile(
+        source: TableFile,
+        version: Arc<str>,
+        generation: u64,
+        metrics: &Metrics,
+    ) -> Result<Table, (String, String)> {
+        let mut t = Table {
+            version,
+            generation,
+            ..Table::empty()
+        };
+        let mut host_ports: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, spec) in source.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            let svc = compile_service(spec, &at, metrics)?;
+            let idx = t.services.len();
+            for (j, host) in std::iter::once(&spec.name).chain(&spec.aliases).enumerate() {
+                let field = if j == 0 {
+                    format!("{at}.name")
+                } else {
+                    format!("{at}.aliases[{}]", j - 1)
+                };
+                let host = validate_host(host).map_err(|m| (field.clone(), m))?;
+                let authority = format!("{host}:{}", spec.port);
+                if let Some(other) = t.by_authority.insert(authority.clone().into(), idx) {
+                    return Err((
+                        field,
+                        format!("`{authority}` is already taken by services[{other}]"),
+                    ));
+                }
+                host_ports.entry(host).or_default().push(idx);
+            }
+            if let Some(ip) = spec.vip {
+                let vip = SocketAddr::new(ip, spec.port);
+                if let Some(other) = t.by_vip.insert(vip, idx) {
+                    return Err((
+                        format!("{at}.vip"),
+                        format!("`{vip}` is already taken by services[{other}]"),
+                    ));
+                }
+            }
+            t.services.push(Arc::new(svc));
+        }
+        for (host, idxs) in host_ports {
+            if let [only] = idxs[..] {
+                t.by_host.insert(host.into(), only);
+            }
+        }
+        t.source = source;
+        Ok(t)
+    }
+}
+
+fn validate_host(host: &str) -> Result<String, String> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(host.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{host}` is not a host name (letters, digits, `-` and `.` only)"
+        ))
+    }
+}
+
+fn compile_service(
+    spec: &file::ServiceSpec,
+    at: &str,
+    metrics: &Metrics,
+) -> Result<Service, (String, String)> {
+    if spec.port == 0 {
+        return Err((format!("{at}.port"), "must be between 1 and 65535".into()));
+    }
+    let name: Arc<str> = format!("{}:{}", spec.name.to_ascii_lowercase(), spec.port).into();
+    let endpoint = |e: &file::EndpointSpec| Endpoint {
+        addr: e.address,
+        labels: Arc::new(e.labels.clone()),
+    };
+    let all = Arc::new(Cluster {
+        name: name.clone(),
+        endpoints: WeightedSplit::new(spec.endpoints.iter().map(|e| (e.weight, endpoint(e)))),
+    });
+    let mut subsets: HashMap<&str, Arc<Cluster>> = HashMap::new();
+    for (i, s) in spec.subsets.iter().enumerate() {
+        if s.name.is_empty() {
+            return Err((
+                format!("{at}.subsets[{i}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        let members = spec
+            .endpoints
+            .iter()
+            .filter(|e| s.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+        let cluster = Cluster {
+            name: format!("{name}/{}", s.name).into(),
+            endpoints: WeightedSplit::new(members.map(|e| (e.weight, endpoint(e)))),
+        };
+        if subsets.insert(&s.name, Arc::new(cluster)).is_some() {
+            return Err((
+                format!("{at}.subsets[{i}].name"),
+                format!("subset `{}` is defined twice", s.name),
+            ));
+        }
+    }
+    let mut routes = Vec::with_capacity(spec.routes.len());
+    for (i, r) in spec.routes.iter().enumerate() {
+        let rat = format!("{at}.routes[{i}]");
+        let mut backends = Vec::with_capacity(r.backends.len());
+        for (j, b) in r.backends.iter().enumerate() {
+            let cluster = match &b.subset {
+                None => all.clone(),
+                Some(s) => subsets.get(s.as_str()).cloned().ok_or_else(|| {
+                    let mut known: Vec<&str> = subsets.keys().copied().collect();
+                    known.sort_unstable();
+                    (
+                        format!("{rat}.backends[{j}].subset"),
+                        format!("unknown subset `{s}` (defined: {})", known.join(", ")),
+                    )
+                })?,
+            };
+            backends.push((b.weight, cluster));
+        }
+        let backends = if backends.is_empty() {
+            WeightedSplit::new([(1, all.clone())])
+        } else {
+            WeightedSplit::new(backends)
+        };
+        if backends.is_empty() {
+            return Err((
+                format!("{rat}.backends"),
+                "every backend has weight 0: nothing could be routed".into(),
+            ));
+        }
+        routes.push(Route {
+            name: r
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("route-{i}"))
+                .into(),
+            matches: compile_match(&r.matches, &format!("{rat}.match"))?,
+            backends,
+            timeout: r.timeout,
+        });
+    }
+    Ok(Service {
+        metrics: metrics.target(Direction::Outbound, &name),
+        name,
+        protocol: spec.protocol,
+        routes: routes.into(),
+        default_route: Route {
+            name: "default".into(),
+            matches: RouteMatch::default(),
+            backends: WeightedSplit::new([(1, all)]),
+            timeout: None,
+        },
+    })
+}
+
+fn compile_match(m: &file::MatchSpec, at: &str) -> Result<RouteMatch, (String, String)> {
+    let path = m
+        .path
+        .as_ref()
+        .map(|p| compile_string_match(p, &format!("{at}.path"), false))
+        .transpose()?;
+    let method = m
+        .method
+        .as_ref()
+        .map(|s| {
+            Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                (
+                    format!("{at}.method"),
+                    format!("`{s}` is not an HTTP method"),
+                )
+            })
+        })
+        .transpose()?;
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (i, h) in m.headers.iter().enumerate() {
+        let hat = format!("{at}.headers[{i}]");
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+            (
+                format!("{hat}.name"),
+                format!("`{}` is not a header name", h.name),
+            )
+        })?;
+        let value = compile_string_match(&h.value(), &hat, true)?;
+        headers.push(HeaderMatch { name, value });
+    }
+    Ok(RouteMatch {
+        path,
+        method,
+        headers,
+    })
+}
+
+fn compile_string_match(
+    m: &file::StringMatchSpec,
+    at: &str,
+    none_ok: bool,
+) -> Result<StringMatch, (String, String)> {
+    match (&m.exact, &m.prefix, &m.regex) {
+        (Some(e), None, None) => Ok(StringMatch::Exact(e.as_str().into())),
+        (None, Some(p), None) => Ok(StringMatch::Prefix(p.as_str().into())),
+        (None, None, Some(r)) => StringMatch::regex(r)
+            .map_err(|e| (format!("{at}.regex"), format!("invalid regex: {e}"))),
+        (None, None, None) if none_ok => Ok(StringMatch::Any),
+        _ => Err((
+            at.to_string(),
+            "set exactly one of `exact`, `prefix` or `regex`".into(),
+        )),
+    }
+}
+
+/// Reads, parses and compiles a table file.
+pub fn load(path: &Path, generation: u64, metrics: &Metrics) -> Result<Table, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        file: path.display().to_string(),
+        source,
+    })?;
+    load_text(path, &text, generation, metrics)
+}
+
+/// Parses and compiles a table file's text; `path` names it in errors.
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    generation: u64,
+    metrics: &Metrics,
+) -> Result<Table, LoadError> {
+    let parsed = file::parse(path, text)?;
+    let version: Arc<str> = match &parsed.version {
+        Some(v) => v.as_str().into(),
+        None => digest(text).into(),
+    };
+    Table::compile(parsed, version, generation, metrics).map_err(|(field, message)| {
+        LoadError::Invalid {
+            file: path.display().to_string(),
+            field,
+            message,
+        }
+    })
+}
+
+/// A short, stable digest of a file's content (FNV-1a, 64 bits).
+fn digest(text: &str) -> String {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("fnv-{h:016x}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! The static routing-table file: its YAML schema and loading with errors that name the place.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A table file as written by the operator (and as `/config_dump` shows it back).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFile {
+    /// Free-form version; when absent a digest of the file's content is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Host name clients use (`echo.default.svc.cluster.local`).
+    pub name: String,
+    pub port: u16,
+    /// Other host names for the same service (`echo`, `echo.default`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Virtual IP clients may dial (used once traffic is captured transparently).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::IpAddr>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<SubsetSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// How the proxy talks to a service's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP in the version the client used.
+    #[default]
+    Http,
+    /// Always HTTP/1.1 upstream.
+    Http1,
+    /// Always HTTP/2 (prior knowledge) upstream; gRPC services.
+    Http2,
+    /// Opaque TCP.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: SocketAddr,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: MatchSpec,
+    /// Weighted backends; empty means every endpoint of the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendSpec>,
+    /// Whole-request timeout.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StringMatchSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
+}
+
+/// Exactly one of the fields is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatchSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+impl HeaderMatchSpec {
+    /// The value half of the match (none set: the header only has to be present).
+    pub fn value(&self) -> StringMatchSpec {
+        StringMatchSpec {
+            exact: self.exact.clone(),
+            prefix: self.prefix.clone(),
+            regex: self.regex.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// A subset of the service's endpoints; absent means all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// Why a table file was not loaded. Its text names the file, the place and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {field}: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// Parses a table file's text. `file` only names it in errors.
+pub fn parse(file: &Path, text: &str) -> Result<TableFile, LoadError> {
+    let file_name = file.display().to_string();
+    if text.trim().is_empty() {
+        return Ok(TableFile::default());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| LoadError::Parse {
+        file: file_name,
+        message: e.to_string(),
+    })
+}
+
+mod opt_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| crate::config::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+}

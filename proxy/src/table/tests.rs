@@ -1,0 +1,166 @@
+use std::path::Path;
+
+use super::*;
+
+fn load(text: &str) -> Result<Table, LoadError> {
+    load_text(Path::new("mesh.yaml"), text, 1, &Metrics::new())
+}
+
+const GOOD: &str = r#"
+version: v7
+services:
+  - name: Echo.default
+    port: 8080
+    aliases: [echo]
+    vip: 10.96.0.10
+    endpoints:
+      - address: 127.0.0.1:9001
+        labels: {version: v1}
+      - address: 127.0.0.1:9002
+        weight: 3
+        labels: {version: v2}
+    subsets:
+      - name: v1
+        labels: {version: v1}
+      - name: v2
+        labels: {version: v2}
+    routes:
+      - name: canary-header
+        match:
+          path: {prefix: /api}
+          headers:
+            - name: x-canary
+              exact: "1"
+        backends:
+          - subset: v2
+      - match:
+          path: {regex: "/users/[0-9]+"}
+        timeout: 250ms
+        backends:
+          - {subset: v1, weight: 90}
+          - {subset: v2, weight: 10}
+  - name: other
+    port: 80
+"#;
+
+#[test]
+fn compiles_services_routes_and_subsets() {
+    let t = load(GOOD).unwrap();
+    assert_eq!(&*t.version, "v7");
+    let svc = t.by_authority("echo.default:8080").unwrap();
+    assert_eq!(&*svc.name, "echo.default:8080");
+    assert!(Arc::ptr_eq(svc, t.by_authority("ECHO:8080").unwrap()));
+    assert!(
+        Arc::ptr_eq(svc, t.by_authority("echo").unwrap()),
+        "a host with one port matches without it"
+    );
+    assert!(Arc::ptr_eq(
+        svc,
+        t.by_vip("10.96.0.10:8080".parse().unwrap()).unwrap()
+    ));
+    assert!(t.by_authority("echo:9999").is_none());
+    assert!(t.by_authority("other").is_some());
+    assert_eq!(svc.routes.len(), 2);
+    assert_eq!(&*svc.routes[0].name, "canary-header");
+    assert_eq!(&*svc.routes[1].name, "route-1");
+    assert_eq!(svc.routes[1].timeout, Some(Duration::from_millis(250)));
+    let v2 = svc.routes[0].backends.pick().unwrap();
+    assert_eq!(&*v2.name, "echo.default:8080/v2");
+    assert_eq!(v2.endpoints.len(), 1);
+    assert_eq!(
+        v2.endpoints.pick().unwrap().addr,
+        "127.0.0.1:9002".parse().unwrap()
+    );
+    assert_eq!(
+        svc.default_route.backends.pick().unwrap().endpoints.total(),
+        4
+    );
+}
+
+#[test]
+fn version_defaults_to_a_digest_of_the_content() {
+    let a = load("services: []\n").unwrap();
+    let b = load("services: []\n# changed\n").unwrap();
+    assert!(a.version.starts_with("fnv-"));
+    assert_ne!(a.version, b.version);
+}
+
+#[test]
+fn parse_errors_name_file_line_and_field() {
+    let err = load("services:\n  - name: echo\n    port: eighty\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "mesh.yaml: services[0].port: invalid type: string \"eighty\", expected u16 at line 3 column 11"
+    );
+    let err =
+        load("services:\n  - name: echo\n    port: 80\n    endpoints:\n      - address: nowhere\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.starts_with(
+            "mesh.yaml: services[0].endpoints[0].address: invalid socket address syntax at line 5"
+        ),
+        "{err}"
+    );
+    let err = load("services:\n  - name: echo\n    prot: 80\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `prot`"), "{err}");
+}
+
+#[test]
+fn semantic_errors_name_the_field() {
+    let cases = [
+        (
+            "services:\n  - {name: a, port: 80, routes: [{backends: [{subset: v9}]}]}\n",
+            "mesh.yaml: services[0].routes[0].backends[0].subset: unknown subset `v9` (defined: )",
+        ),
+        (
+            "services:\n  - {name: a, port: 80}\n  - {name: b, port: 80, aliases: [a]}\n",
+            "mesh.yaml: services[1].aliases[0]: `a:80` is already taken by services[0]",
+        ),
+        (
+            "services:\n  - {name: a, port: 0}\n",
+            "mesh.yaml: services[0].port: must be between 1 and 65535",
+        ),
+        (
+            "services:\n  - {name: a, port: 80, routes: [{match: {path: {regex: '('}}}]}\n",
+            "mesh.yaml: services[0].routes[0].match.path.regex: invalid regex",
+        ),
+        (
+            "services:\n  - {name: a, port: 80, routes: [{match: {path: {exact: /a, prefix: /b}}}]}\n",
+            "mesh.yaml: services[0].routes[0].match.path: set exactly one of `exact`, `prefix` or `regex`",
+        ),
+        (
+            "services:\n  - {name: 'a b', port: 80}\n",
+            "mesh.yaml: services[0].name: `a b` is not a host name",
+        ),
+        (
+            "services:\n  - {name: a, port: 80, routes: [{backends: [{weight: 0}]}]}\n",
+            "mesh.yaml: services[0].routes[0].backends: every backend has weight 0",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = load(text).unwrap_err().to_string();
+        assert!(err.starts_with(want), "got:  {err}\nwant: {want}");
+    }
+}
+
+#[test]
+fn route_order_and_default() {
+    let t = load(GOOD).unwrap();
+    let svc = t.by_authority("echo:8080").unwrap();
+    let mut h = http::HeaderMap::new();
+    h.insert("x-canary", "1".parse().unwrap());
+    let take = |path: &str, h: &http::HeaderMap| {
+        svc.routes
+            .iter()
+            .find(|r| r.matches.matches(&Method::GET, path, h))
+            .map(|r| r.name.to_string())
+    };
+    assert_eq!(take("/api/x", &h).as_deref(), Some("canary-header"));
+    assert_eq!(take("/users/7", &h).as_deref(), Some("route-1"));
+    assert_eq!(take("/api/x", &http::HeaderMap::new()), None);
+}

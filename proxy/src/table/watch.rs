@@ -1,0 +1,83 @@
+//! Reloads the table file on SIGHUP and when its content changes, and swaps the new table in.
+//! An invalid file is logged and counted; the table in force stays.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::{SharedTable, load_text};
+use crate::metrics::Metrics;
+
+/// Watches one table file.
+pub struct FileWatch {
+    pub path: PathBuf,
+    pub table: SharedTable,
+    pub metrics: Arc<Metrics>,
+    /// 0 turns polling off.
+    pub poll_interval: Duration,
+    /// The text of the last file that was read (good or bad), to notice changes.
+    pub last_text: String,
+}
+
+impl FileWatch {
+    /// Runs until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; table reloads only by polling");
+                None
+            }
+        };
+        let poll = !self.poll_interval.is_zero();
+        let mut tick = tokio::time::interval(if poll {
+            self.poll_interval
+        } else {
+            Duration::from_secs(3600)
+        });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let forced = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
+                _ = tick.tick(), if poll => false,
+            };
+            self.check(forced).await;
+        }
+    }
+
+    /// Reads the file; reloads if `forced` or if it changed since last read.
+    pub async fn check(&mut self, forced: bool) {
+        let text = match tokio::fs::read_to_string(&self.path).await {
+            Ok(t) => t,
+            Err(e) => {
+                if forced || !self.last_text.is_empty() {
+                    tracing::error!(file = %self.path.display(), error = %e, "table reload failed: cannot read the file; keeping the table in force");
+                    self.metrics.table_reload_failed();
+                    self.last_text.clear();
+                }
+                return;
+            }
+        };
+        if !forced && text == self.last_text {
+            return;
+        }
+        let generation = self.table.load().generation + 1;
+        match load_text(&self.path, &text, generation, &self.metrics) {
+            Ok(t) => {
+                let (version, services) = (t.version.clone(), t.services().len());
+                self.table.store(Arc::new(t));
+                self.metrics.table_loaded(&version, generation);
+                tracing::info!(%version, generation, services, "routing table reloaded");
+            }
+            Err(e) => {
+                let current = self.table.load().version.clone();
+                tracing::error!(error = %e, version_in_force = %current, "table reload failed; keeping the table in force");
+                self.metrics.table_reload_failed();
+            }
+        }
+        self.last_text = text;
+    }
+}

@@ -1,0 +1,31 @@
+//! Opaque TCP: bytes copied both ways until each side has closed, half-close included (a side
+//! that finishes sending has its write half shut on the other connection; the other direction
+//! keeps flowing).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{metrics::Direction, pool::Pools};
+
+/// Copy buffer per direction.
+const BUF: usize = 32 * 1024;
+
+pub async fn forward<I>(mut down: I, addr: SocketAddr, pools: &Arc<Pools>, direction: Direction)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = match pools.connect(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(direction = direction.as_str(), error = %e, "opaque connection failed");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUF, BUF).await {
+        Ok((sent, received)) => {
+            tracing::trace!(%addr, sent, received, "opaque connection closed")
+        }
+        Err(e) => tracing::debug!(%addr, error = %e, "opaque connection ended with an error"),
+    }
+}
