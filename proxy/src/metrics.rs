@@ -38,12 +38,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED) get precomputed counters.
 const GRPC_CODES: usize = 17;
 
+/// A target's identity: its direction and its label (a service, the local application).
+type TargetKey = (Direction, Arc<str>);
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     responses: IntCounterVec,
     latency: HistogramVec,
-    targets: Mutex<HashMap<(Direction, Arc<str>), Arc<TargetMetrics>>>,
+    targets: Mutex<HashMap<TargetKey, Arc<TargetMetrics>>>,
     conns: [Arc<ConnMetrics>; 2],
     detected: IntCounterVec,
     pub table_generation: IntGauge,

@@ -1,0 +1,191 @@
+//! Configuration errors and reloads: clear errors at start, last good table kept on reload.
+
+use std::{process::Command, time::Duration};
+
+use http::Request;
+use weft_tests::{
+    chain::TempDir,
+    eventually, http_peer,
+    proxy::{self, Proxy},
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_file_refuses_to_start_with_the_exact_error() {
+    let dir = TempDir::new("badcfg");
+    let cfg = dir.write("mesh.yaml", "services:\n  - name: echo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:notaport\n");
+    let out = Command::new(proxy::binary())
+        .args(["--config", cfg.to_str().unwrap(), "--log-level", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        format!(
+            "weft-proxy: error: {}: services[0].endpoints[0].address: invalid socket address syntax at line 5 column 18\n",
+            cfg.display()
+        )
+    );
+
+    let cfg = dir.write("semantic.yaml", "services:\n  - name: echo\n    port: 8080\n    routes:\n      - backends: [{subset: canary}]\n");
+    let out = Command::new(proxy::binary())
+        .args(["--config", cfg.to_str().unwrap(), "--log-level", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!(
+            "weft-proxy: error: {}: services[0].routes[0].backends[0].subset: unknown subset `canary` (defined: )\n",
+            cfg.display()
+        )
+    );
+
+    let out = Command::new(proxy::binary())
+        .args(["--config", "/nonexistent/mesh.yaml", "--log-level", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "weft-proxy: error: /nonexistent/mesh.yaml: cannot read: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn bad_flags_fail_with_a_clear_error() {
+    let out = Command::new(proxy::binary())
+        .args(["--outbound-addr", "nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid value 'nowhere' for '--outbound-addr <OUTBOUND_ADDR>'"),
+        "{stderr}"
+    );
+
+    let out = Command::new(proxy::binary())
+        .args(["--detect-timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("`soon`: expected a duration")
+    );
+
+    let out = Command::new(proxy::binary())
+        .env("WEFT_OUTBOUND_TCP", "db:5432")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("expected LISTEN_ADDR=SERVICE")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reload_keeps_the_last_good_table() {
+    let peer = http_peer::server("s1").await;
+    let dir = TempDir::new("reload");
+    let good = format!(
+        "version: good\nservices:\n  - name: echo.test\n    port: 8080\n    endpoints:\n      - address: {}\n",
+        peer.addr
+    );
+    let cfg = dir.write("mesh.yaml", &good);
+    // Poll for changes every 100 ms: no SIGHUP in this test.
+    let proxy = Proxy::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--config-poll-interval",
+        "100ms",
+    ]);
+    let get = || async {
+        http_peer::request_h1(
+            proxy.addr("outbound"),
+            Request::get("/id").header("host", "echo.test:8080"),
+            String::new(),
+        )
+        .await
+        .unwrap()
+        .status()
+    };
+    assert_eq!(get().await, 200);
+
+    dir.write(
+        "mesh.yaml",
+        "version: broken\nservices:\n  - name: echo.test\n    port: http\n",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the failed reload to be counted",
+        || async {
+            (proxy
+                .metric(r#"weft_table_reloads_total{result="error"}"#)
+                .await
+                == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(proxy.config_dump().await["version"], "good");
+    assert_eq!(get().await, 200, "the last good table still routes");
+    assert_eq!(
+        proxy.metric(r#"weft_table_info{version="good"}"#).await,
+        1.0
+    );
+    let logs = proxy.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains(
+            "services[0].port: invalid type: string \\\"http\\\", expected u16 at line 4 column 11"
+        ),
+        "{logs}"
+    );
+
+    // Fixed: picked up on change, without a signal.
+    dir.write(
+        "mesh.yaml",
+        &good.replace("version: good", "version: fixed"),
+    );
+    eventually(Duration::from_secs(10), "the fixed table", || async {
+        (proxy.config_dump().await["version"] == "fixed").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let proxy = Proxy::start(&[]);
+    let admin = proxy.addr("admin");
+    assert_eq!(proxy.get("probe", "/live").await, (200, "live\n".into()));
+    assert_eq!(proxy.get("probe", "/ready").await, (200, "ready\n".into()));
+    assert_eq!(
+        proxy.get("admin", "/log_level").await,
+        (200, "info\n".into())
+    );
+    let (s, b) = http_peer::simple_request(admin, "PUT", "/log_level", "weft_proxy=debug").await;
+    assert_eq!((s, b.as_str()), (200, "weft_proxy=debug\n"));
+    assert_eq!(
+        proxy.get("admin", "/log_level").await.1,
+        "weft_proxy=debug\n"
+    );
+    let (s, b) = http_peer::simple_request(admin, "PUT", "/log_level", "weft_proxy=loud").await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b.starts_with("invalid log filter `weft_proxy=loud`"), "{b}");
+    let dump = proxy.config_dump().await;
+    assert_eq!(dump["version"], "empty");
+    assert_eq!(
+        dump["listeners"]["outbound"],
+        proxy.addr("outbound").to_string()
+    );
+    assert_eq!(
+        http_peer::simple_request(admin, "GET", "/shutdown", "")
+            .await
+            .0,
+        405
+    );
+}

@@ -1,0 +1,280 @@
+//! gRPC through the chain: all four call shapes, large messages, many concurrent streams,
+//! cancellation, deadlines and error statuses.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use tonic::Code;
+use weft_tests::{
+    chain::{Chain, HTTP_SERVICE},
+    eventually,
+    grpc::{self, Msg, StreamReq},
+};
+
+fn msg(text: &str, size: usize) -> Msg {
+    Msg {
+        payload: vec![7u8; size],
+        text: text.into(),
+        count: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_four_call_shapes() {
+    let (server, _) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+
+    let r = c.unary(msg("hello", 10)).await.unwrap().into_inner();
+    assert_eq!(r.text, "hello");
+
+    let mut s = c
+        .server_stream(StreamReq {
+            count: 50,
+            size: 1000,
+            interval_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        assert_eq!(m.count, n);
+        n += 1;
+    }
+    assert_eq!(n, 50);
+
+    let input = futures_util::stream::iter((0..30).map(|_| msg("", 100)));
+    let r = c.client_stream(input).await.unwrap().into_inner();
+    assert_eq!((r.count, r.text.as_str()), (30, "3000"));
+
+    // Lock-step bidi: each message must come back before the next is sent, which only works if
+    // the proxies relay every message as it arrives.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut out = c
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..20 {
+        tx.send(msg(&format!("m{i}"), 10)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), out.message())
+            .await
+            .expect("bidi message relayed as it arrived")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.text, format!("m{i}"));
+    }
+    drop(tx);
+    assert!(out.message().await.unwrap().is_none());
+
+    // Metrics on both hops counted the calls by grpc-status.
+    let a = chain
+        .a
+        .metric(r#"weft_response_total{direction="outbound",grpc_status="0",status_code="200",target="echo.test:8080"}"#)
+        .await;
+    assert_eq!(a, 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_mib_messages_both_ways() {
+    let (server, _) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    let big = 4 * 1024 * 1024;
+    let r = c.unary(msg("big", big)).await.unwrap().into_inner();
+    assert_eq!(r.payload.len(), big);
+    assert!(r.payload.iter().all(|b| *b == 7));
+    let mut s = c
+        .server_stream(StreamReq {
+            count: 3,
+            size: big as u32,
+            interval_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut total = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        total += m.payload.len();
+    }
+    assert_eq!(total, 3 * big);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_streams() {
+    let (server, state) = grpc::server().await;
+    let chain = Chain::start(server);
+    let c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    // 1,000 server streams held open at once: each receives its first message, then all wait
+    // on a barrier before reading the rest, so they are truly concurrent.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let mut c = c.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = c
+                .server_stream(StreamReq {
+                    count: 3,
+                    size: 64,
+                    interval_ms: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let first = s.message().await.unwrap().unwrap();
+            assert_eq!(first.count, 0);
+            barrier.wait().await;
+            let mut n = 1;
+            while let Some(_m) = s.message().await.unwrap() {
+                n += 1;
+            }
+            n
+        }));
+    }
+    let all = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .expect("1,000 concurrent streams finish");
+    assert!(all.iter().all(|r| *r.as_ref().unwrap() == 3));
+    assert_eq!(state.completed_streams.load(Ordering::SeqCst), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cancel_reaches_the_server() {
+    let (server, state) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    // A unary call that never answers, abandoned by the client.
+    let call = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.unary(msg("hang", 1)).await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the hanging call to start",
+        || async { (state.started.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    call.abort();
+    eventually(
+        Duration::from_secs(10),
+        "the server to see the cancel",
+        || async { (state.cancelled.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+
+    // A server stream dropped mid-way.
+    let mut s = c
+        .server_stream(StreamReq {
+            count: 1000,
+            size: 10,
+            interval_ms: 20,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.message().await.unwrap().unwrap();
+    drop(s);
+    eventually(
+        Duration::from_secs(10),
+        "the stream's cancel to reach the server",
+        || async { (state.cancelled.load(Ordering::SeqCst) == 2).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_expiry() {
+    let (server, state) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    // The client's deadline: the call ends on time and the server sees it cancelled.
+    let mut req = tonic::Request::new(msg("sleep:5000", 1));
+    req.set_timeout(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    let err = c.unary(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    eventually(
+        Duration::from_secs(10),
+        "the server to see the expired call cancelled",
+        || async { (state.cancelled.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_fails_grpc_calls_with_deadline_exceeded() {
+    let (server, state) = grpc::server().await;
+    let chain = Chain::start_with(server, &[], |b| {
+        format!(
+            "services:\n  - name: echo.test\n    port: 8080\n    routes:\n      - timeout: 300ms\n    endpoints:\n      - address: {b}\n"
+        )
+    });
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    // The client allows 20 s; the route allows 300 ms, and the proxy enforces it.
+    let mut req = tonic::Request::new(msg("sleep:5000", 1));
+    req.set_timeout(Duration::from_secs(20));
+    let err = c.unary(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(err.message(), "request timed out after 300ms");
+    eventually(
+        Duration::from_secs(10),
+        "the server to see the call cancelled",
+        || async { (state.cancelled.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    let series = r#"weft_response_total{direction="outbound",grpc_status="4",status_code="200",target="echo.test:8080"}"#;
+    assert_eq!(chain.a.metric(series).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_status_and_trailers_pass_unchanged() {
+    let (server, _) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    let err = c.unary(msg("fail", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(err.message(), "quota spent: ünïcode ✓ 100%");
+    assert_eq!(err.metadata().get("x-weft-test").unwrap(), "trailer-value");
+    let series = r#"weft_response_total{direction="outbound",grpc_status="8",status_code="200",target="echo.test:8080"}"#;
+    assert_eq!(chain.a.metric(series).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_are_grpc_shaped() {
+    // A's table points at an endpoint where nothing listens.
+    let (server, _) = grpc::server().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let chain = Chain::start_with(server, &[], |_| {
+        format!(
+            "services:\n  - name: echo.test\n    port: 8080\n    endpoints:\n      - address: {dead}\n  - name: empty.test\n    port: 8080\n"
+        )
+    });
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    let err = c.unary(msg("x", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains(&format!("connect to {dead}")),
+        "{}",
+        err.message()
+    );
+
+    let mut c = grpc::client(chain.outbound(), "empty.test:8080").await;
+    let err = c.unary(msg("x", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(err.message(), "service empty.test:8080 has no endpoints");
+
+    let mut c = grpc::client(chain.outbound(), "nowhere.test:1").await;
+    let err = c.unary(msg("x", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+}

@@ -1,0 +1,128 @@
+//! HTTP/1.1 through the chain with a hyper client and a raw socket.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_tests::{chain::Chain, http_peer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_chunked_bodies_and_hop_by_hop_headers() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let tcp = tokio::net::TcpStream::connect(chain.outbound())
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        // A chunked upload (no content-length), echoed back.
+        let chunks = (0..4).map(move |c| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("r{i}c{c};"))))
+        });
+        let req = Request::post("/echo")
+            .header("host", "echo.test:8080")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "must not pass")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("x-end-to-end", "kept")
+            .body(StreamBody::new(futures_util::stream::iter(chunks)))
+            .unwrap();
+        tx.ready().await.unwrap();
+        let rsp = tx.send_request(req).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        let seen = rsp.headers()["x-seen-headers"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(seen.contains("x-end-to-end"), "{seen}");
+        for hop in ["x-hop", "keep-alive", "proxy-connection"] {
+            assert!(!seen.split(',').any(|h| h == hop), "{hop} passed: {seen}");
+        }
+        assert_eq!(rsp.headers()["x-seen-host"], "echo.test:8080");
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("r{i}c0;r{i}c1;r{i}c2;r{i}c3;"));
+    }
+    // All three requests rode one client connection to A.
+    assert_eq!(
+        chain
+            .a
+            .metric(r#"weft_tcp_accepted_total{direction="outbound"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_status_passes_and_proxy_errors_are_marked() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let rsp = http_peer::request_h1(
+        chain.outbound(),
+        Request::get("/status/503").header("host", "echo.test:8080"),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 503);
+    assert!(rsp.headers().get("weft-proxy-error").is_none());
+
+    let rsp = http_peer::request_h1(
+        chain.outbound(),
+        Request::get("/").header("host", "nowhere.test"),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 404);
+    assert_eq!(
+        rsp.headers()["weft-proxy-error"],
+        "no service for authority `nowhere.test`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_passes_through() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let mut s = tokio::net::TcpStream::connect(chain.outbound())
+        .await
+        .unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: echo.test:8080\r\nConnection: Upgrade\r\nUpgrade: weft-echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed during the handshake: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: weft-echo"), "{head}");
+    for msg in ["ping", "a longer message after the handshake"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+}

@@ -1,0 +1,173 @@
+//! HTTP/2 through the chain: trailers, multiplexing, flow control, resets, raw gRPC deadlines.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use http::Request;
+use http_body_util::BodyExt;
+use weft_tests::{chain::Chain, eventually, http_peer};
+
+fn get(path: &str) -> Request<http_peer::ClientBody> {
+    Request::get(format!("http://echo.test:8080{path}"))
+        .body(http_peer::body(""))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_and_multiplexing() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let tx = http_peer::h2_client(chain.outbound()).await;
+
+    let rsp = tx.clone().send_request(get("/trailers")).await.unwrap();
+    let collected = rsp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-trailer"], "yes");
+    assert_eq!(collected.to_bytes(), "body");
+
+    // 200 requests at once on one client connection.
+    let reqs = (0..200).map(|i| {
+        let mut tx = tx.clone();
+        async move {
+            let req = Request::post("http://echo.test:8080/echo")
+                .body(http_peer::body(&format!("req-{i}")))
+                .unwrap();
+            let rsp = tx.send_request(req).await.unwrap();
+            assert_eq!(rsp.headers()["x-seen-version"], "HTTP/2.0");
+            rsp.into_body().collect().await.unwrap().to_bytes() == format!("req-{i}")
+        }
+    });
+    let ok = futures_util::future::join_all(reqs).await;
+    assert!(ok.iter().all(|b| *b));
+    assert_eq!(
+        chain
+            .a
+            .metric(r#"weft_tcp_accepted_total{direction="outbound"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_held_back_by_flow_control() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let mut tx = http_peer::h2_client(chain.outbound()).await;
+    let total: u64 = 128 << 20;
+    let rsp = tx
+        .send_request(get(&format!("/big?bytes={total}")))
+        .await
+        .unwrap();
+    // Read nothing; wait until the server can send no more.
+    let mut last = u64::MAX;
+    let stalled = eventually(
+        Duration::from_secs(20),
+        "the server to be held back",
+        || {
+            let now = peer.state.big_sent.load(Ordering::SeqCst);
+            let stalled = now == last && now > 0;
+            last = now;
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                stalled.then_some(now)
+            }
+        },
+    )
+    .await;
+    let (rss_a, rss_b) = (chain.a.rss(), chain.b.rss());
+    eprintln!("stalled after {stalled} bytes; RSS A {rss_a} B {rss_b}");
+    assert!(
+        stalled < 48 << 20,
+        "server sent {stalled} bytes to a reader that read nothing"
+    );
+    assert!(
+        rss_a < 64 << 20 && rss_b < 64 << 20,
+        "RSS A {rss_a} B {rss_b}"
+    );
+    // Now read it all: nothing was lost.
+    let mut body = rsp.into_body();
+    let mut got = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            got += d.len() as u64;
+        }
+    }
+    assert_eq!(got, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_propagate_both_ways() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let tx = http_peer::h2_client(chain.outbound()).await;
+
+    // Client cancels: the server's handler is dropped.
+    let call = tokio::spawn({
+        let mut tx = tx.clone();
+        async move { tx.send_request(get("/hang")).await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the server",
+        || async { (peer.state.requests.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    call.abort();
+    eventually(
+        Duration::from_secs(10),
+        "the cancel to reach the server",
+        || async { (peer.state.cancelled.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+
+    // Server resets mid-body: the client sees an error, not a clean end.
+    let rsp = tx.clone().send_request(get("/reset")).await.unwrap();
+    let res = rsp.into_body().collect().await;
+    assert!(res.is_err(), "a reset stream must not look complete");
+    // The connection survives for other streams.
+    let rsp = tx.clone().send_request(get("/status/204")).await.unwrap();
+    assert_eq!(rsp.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_is_enforced_by_the_proxy() {
+    // The peer is a plain hyper server that ignores grpc-timeout, so only the proxy can end these.
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let grpc_req = |path: &str| {
+        Request::post(format!("http://echo.test:8080{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "300m")
+            .body(http_peer::body(""))
+            .unwrap()
+    };
+    let tx = http_peer::h2_client(chain.outbound()).await;
+
+    // Before response headers: a trailers-only DEADLINE_EXCEEDED.
+    let t0 = std::time::Instant::now();
+    let rsp = tx.clone().send_request(grpc_req("/hang")).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.headers()["content-type"], "application/grpc");
+    assert_eq!(rsp.headers()["grpc-status"], "4");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+
+    // After headers and a first message: the proxy ends the stream with DEADLINE_EXCEEDED.
+    let rsp = tx
+        .clone()
+        .send_request(grpc_req("/grpc-partial"))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let collected = tokio::time::timeout(Duration::from_secs(5), rsp.into_body().collect())
+        .await
+        .expect("the proxy ends the call at its deadline")
+        .unwrap();
+    let trailers = collected.trailers().cloned().unwrap();
+    assert_eq!(trailers["grpc-status"], "4");
+    assert!(
+        trailers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("deadline")
+    );
+    assert_eq!(collected.to_bytes(), &b"\0\0\0\0\x02hi"[..]);
+}

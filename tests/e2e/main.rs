@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `weft-proxy` binary between real clients and servers.
+
+mod config;
+mod drain;
+mod grpc;
+mod http1;
+mod http2;
+mod swap;
+mod tcp;
+mod tools;

@@ -1,0 +1,158 @@
+//! Real external clients: curl, h2load, promtool.
+
+use std::process::Command;
+
+use weft_tests::{chain::Chain, grpc, http_peer, tools};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http2_prior_knowledge_and_expect_continue() {
+    let Some(curl) = tools::require("curl") else {
+        return;
+    };
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let url = format!("http://{}/echo", chain.outbound());
+    let out = tokio::process::Command::new(&curl)
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: echo.test:8080",
+            "-D",
+            "-",
+            "--data-binary",
+            "hello-h2",
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.contains("x-seen-version: HTTP/2.0"), "{text}");
+    assert!(text.ends_with("hello-h2"), "{text}");
+
+    // Expect: 100-continue: curl waits for the interim response before sending the body.
+    let body = "x".repeat(100_000);
+    let out = tokio::process::Command::new(&curl)
+        .args([
+            "-sS",
+            "-v",
+            "--http1.1",
+            "-H",
+            "Host: echo.test:8080",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "10",
+            "--data-binary",
+            &body,
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("HTTP/1.1 100 Continue"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_through_the_chain() {
+    let Some(h2load) = tools::require("h2load") else {
+        return;
+    };
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let url = format!("http://{}/id", chain.outbound());
+    let out = tokio::process::Command::new(h2load)
+        .args([
+            "-n",
+            "5000",
+            "-c",
+            "4",
+            "-m",
+            "16",
+            "-H",
+            ":authority: echo.test:8080",
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "requests: 5000 total, 5000 started, 5000 done, 5000 succeeded, 0 failed, 0 errored"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 5000 2xx"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_metrics() {
+    let Some(promtool) = tools::require("promtool") else {
+        return;
+    };
+    let (server, _) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), chain::HTTP_SERVICE).await;
+    c.unary(grpc::Msg::default()).await.unwrap();
+    let _ = c
+        .unary(grpc::Msg {
+            text: "fail".into(),
+            ..Default::default()
+        })
+        .await;
+    for proxy in [&chain.a, &chain.b] {
+        let metrics = proxy.metrics().await;
+        for family in [
+            "weft_request_total",
+            "weft_response_total",
+            "weft_response_latency_seconds",
+            "weft_tcp_open_connections",
+            "weft_tcp_read_bytes_total",
+            "weft_table_generation",
+            "weft_table_reloads_total",
+        ] {
+            assert!(
+                metrics.contains(&format!("# TYPE {family} ")),
+                "{family} missing:\n{metrics}"
+            );
+        }
+        let mut child = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "promtool: {report}"
+        );
+    }
+}
+
+use weft_tests::chain;

@@ -1,0 +1,191 @@
+//! The tonic test peer: a server with one method per gRPC call shape, and a client helper.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue, transport::Endpoint};
+
+tonic::include_proto!("weft.test");
+
+pub use echo_client::EchoClient;
+use echo_server::{Echo, EchoServer};
+
+/// Largest message either side accepts.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// What the server saw, for assertions.
+#[derive(Debug, Default)]
+pub struct ServerState {
+    /// Calls that were cancelled by the client (handler dropped before it finished).
+    pub cancelled: AtomicUsize,
+    /// Calls whose handler started.
+    pub started: AtomicUsize,
+    /// Server streams whose every message was handed to the transport.
+    pub completed_streams: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Svc(Arc<ServerState>);
+
+/// Counts a call as cancelled if dropped before `done()`.
+struct CallGuard(Arc<ServerState>, bool);
+
+impl CallGuard {
+    fn new(s: &Arc<ServerState>) -> Self {
+        s.started.fetch_add(1, Ordering::SeqCst);
+        CallGuard(s.clone(), false)
+    }
+    fn done(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for Svc {
+    async fn unary(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let guard = CallGuard::new(&self.0);
+        let msg = req.into_inner();
+        if msg.text == "fail" {
+            guard.done();
+            let mut md = tonic::metadata::MetadataMap::new();
+            md.insert("x-weft-test", MetadataValue::from_static("trailer-value"));
+            return Err(Status::with_metadata(
+                tonic::Code::ResourceExhausted,
+                "quota spent: ünïcode ✓ 100%",
+                md,
+            ));
+        }
+        if msg.text == "hang" {
+            std::future::pending::<()>().await;
+        }
+        if let Some(ms) = msg.text.strip_prefix("sleep:") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        }
+        guard.done();
+        Ok(Response::new(msg))
+    }
+
+    type ServerStreamStream = MsgStream;
+
+    async fn server_stream(
+        &self,
+        req: Request<StreamReq>,
+    ) -> Result<Response<Self::ServerStreamStream>, Status> {
+        let r = req.into_inner();
+        let state = self.0.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let guard = CallGuard::new(&state);
+            for i in 0..r.count {
+                if r.interval_ms > 0 && i > 0 {
+                    tokio::time::sleep(Duration::from_millis(r.interval_ms)).await;
+                }
+                let m = Msg {
+                    payload: vec![b'x'; r.size as usize],
+                    text: String::new(),
+                    count: u64::from(i),
+                };
+                if tx.send(Ok(m)).await.is_err() {
+                    return; // the client went away: guard counts a cancel
+                }
+            }
+            state.completed_streams.fetch_add(1, Ordering::SeqCst);
+            guard.done();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn client_stream(&self, req: Request<Streaming<Msg>>) -> Result<Response<Msg>, Status> {
+        let guard = CallGuard::new(&self.0);
+        let mut s = req.into_inner();
+        let (mut count, mut bytes) = (0u64, 0usize);
+        while let Some(m) = s.message().await? {
+            count += 1;
+            bytes += m.payload.len();
+        }
+        guard.done();
+        Ok(Response::new(Msg {
+            payload: Vec::new(),
+            text: format!("{bytes}"),
+            count,
+        }))
+    }
+
+    type BidiStream = MsgStream;
+
+    async fn bidi(
+        &self,
+        req: Request<Streaming<Msg>>,
+    ) -> Result<Response<Self::BidiStream>, Status> {
+        let state = self.0.clone();
+        let mut input = req.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let guard = CallGuard::new(&state);
+            while let Some(m) = input.next().await {
+                match m {
+                    Ok(m) => {
+                        if tx.send(Ok(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            guard.done();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Starts the tonic server on `127.0.0.1:0`.
+pub async fn server() -> (SocketAddr, Arc<ServerState>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let state = Arc::new(ServerState::default());
+    let svc = EchoServer::new(Svc(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(4096)
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(l))
+            .await
+            .unwrap();
+    });
+    (addr, state)
+}
+
+/// A client that dials `via` (a proxy's outbound listener) and names `authority` in every call.
+pub async fn client(via: SocketAddr, authority: &str) -> EchoClient<tonic::transport::Channel> {
+    let ch = Endpoint::from_shared(format!("http://{via}"))
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    EchoClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}

@@ -1,0 +1,273 @@
+//! The hyper test peer (HTTP/1.1 and HTTP/2 on one port) and small client helpers.
+//!
+//! Paths: `/echo` streams the request body back and reports what it saw in `x-seen-*` headers;
+//! `/id` answers the server's name; `/trailers` ends with a trailer; `/big?bytes=N` streams N
+//! bytes; `/upgrade` switches protocols and echoes raw bytes; `/hang` never answers;
+//! `/grpc-partial` sends gRPC headers and one message and then nothing; `/reset` sends a
+//! chunk and then resets the stream; `/status/<code>`.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use hyper::{body::Frame, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Debug, Default)]
+pub struct PeerState {
+    pub name: String,
+    pub requests: AtomicUsize,
+    /// Bytes of `/big` bodies handed to the transport (flow control holds this back).
+    pub big_sent: AtomicU64,
+    /// `/hang` requests whose handler was dropped (the client or proxy cancelled).
+    pub cancelled: AtomicUsize,
+}
+
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub state: Arc<PeerState>,
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// Starts a peer named `name` on `127.0.0.1:0`.
+pub async fn server(name: &str) -> Peer {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let state = Arc::new(PeerState {
+        name: name.to_string(),
+        ..Default::default()
+    });
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let st = st.clone();
+                    async move { Ok::<_, Infallible>(handle(st, req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Peer { addr, state }
+}
+
+struct CancelGuard(Arc<PeerState>);
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body> {
+    st.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    match path.as_str() {
+        "/echo" => {
+            let mut seen = HeaderMap::new();
+            let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+            seen.insert(
+                "x-seen-headers",
+                HeaderValue::from_str(&names.join(",")).unwrap(),
+            );
+            seen.insert(
+                "x-seen-version",
+                HeaderValue::from_str(&format!("{:?}", req.version())).unwrap(),
+            );
+            seen.insert(
+                "x-seen-method",
+                HeaderValue::from_str(req.method().as_str()).unwrap(),
+            );
+            let host = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+                req.headers()
+                    .get("host")
+                    .map(|h| h.to_str().unwrap().to_string())
+            });
+            seen.insert(
+                "x-seen-host",
+                HeaderValue::from_str(&host.unwrap_or_default()).unwrap(),
+            );
+            seen.insert("x-served-by", HeaderValue::from_str(&st.name).unwrap());
+            let mut rsp = Response::new(req.into_body().map_err(Into::into).boxed());
+            rsp.headers_mut().extend(seen);
+            rsp
+        }
+        "/id" => {
+            let _ = req.into_body().collect().await;
+            Response::new(full(st.name.clone()))
+        }
+        "/trailers" => {
+            let mut t = HeaderMap::new();
+            t.insert("x-trailer", HeaderValue::from_static("yes"));
+            let frames = futures_util::stream::iter([
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"body"))),
+                Ok(Frame::trailers(t)),
+            ]);
+            Response::new(StreamBody::new(frames).map_err(|e| match e {}).boxed())
+        }
+        "/big" => {
+            let total: u64 = query
+                .strip_prefix("bytes=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 20);
+            let (tx, rx) =
+                mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+            let st2 = st.clone();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'b'; 64 * 1024]);
+                let mut sent = 0u64;
+                while sent < total {
+                    let n = (total - sent).min(chunk.len() as u64) as usize;
+                    if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                        return;
+                    }
+                    sent += n as u64;
+                    st2.big_sent.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            });
+            Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed())
+        }
+        "/upgrade" => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "weft-echo")
+                .body(Empty::new().map_err(|e| match e {}).boxed())
+                .unwrap()
+        }
+        "/hang" => {
+            let _g = CancelGuard(st.clone());
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "/grpc-partial" => {
+            let (tx, rx) =
+                mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+            tokio::spawn(async move {
+                // One length-prefixed message, then silence until the client goes away.
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))))
+                    .await;
+                tx.closed().await;
+            });
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
+                .unwrap()
+        }
+        "/reset" => {
+            // One chunk; once the client has it, a body error: the server resets the stream.
+            let (tx, rx) =
+                mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"partial"))))
+                    .await;
+                // The channel holds one item: this send completes once the first was taken.
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"more")))).await;
+                let _ = tx.send(Err("boom".into())).await;
+            });
+            Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed())
+        }
+        p if p.starts_with("/status/") => {
+            let code: u16 = p[8..].parse().unwrap_or(500);
+            Response::builder()
+                .status(code)
+                .body(full(format!("status {code}")))
+                .unwrap()
+        }
+        _ => Response::builder()
+            .status(404)
+            .body(full("no such path"))
+            .unwrap(),
+    }
+}
+
+/// One HTTP/1.1 request on a new connection; returns status and body text.
+pub async fn simple_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let rsp = request_h1(
+        addr,
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string()),
+        body.to_string(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"));
+    let status = rsp.status().as_u16();
+    let text = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Sends one HTTP/1.1 request on a new connection.
+pub async fn request_h1(
+    addr: SocketAddr,
+    req: http::request::Builder,
+    body: String,
+) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    Ok(tx.send_request(req.body(body)?).await?)
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`.
+pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+/// A request body from a string.
+pub fn body(s: &str) -> Body {
+    full(s.to_string())
+}
+
+pub type ClientBody = Body;

@@ -1,0 +1,202 @@
+//! A `weft-proxy` process started by a test, and stopped (by its PID) when dropped.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The `weft-proxy` binary next to the test executable (`target/<profile>/weft-proxy`).
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEFT_PROXY_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("weft-proxy");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p weft-proxy`; tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Proxy {
+    child: Child,
+    /// Listener name (`outbound`, `inbound`, `admin`, `probe`, `outbound-tcp <svc>`) -> address.
+    pub addrs: HashMap<String, SocketAddr>,
+    /// Every log line (JSON) the proxy wrote so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy with every listener on `127.0.0.1:0` plus `args`, and waits until it
+    /// says it is ready.
+    pub fn start(args: &[&str]) -> Proxy {
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--inbound-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--probe-addr",
+            "127.0.0.1:0",
+        ]);
+        cmd.args(args);
+        Self::spawn(cmd).unwrap_or_else(|(status, logs)| {
+            panic!(
+                "weft-proxy did not start ({status:?}):\n{}",
+                logs.join("\n")
+            )
+        })
+    }
+
+    /// Spawns `cmd`; returns the exit status and output if the proxy exits instead of becoming
+    /// ready.
+    pub fn spawn(mut cmd: Command) -> Result<Proxy, (Option<ExitStatus>, Vec<String>)> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn weft-proxy");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    let f = &v["fields"];
+                    match f["message"].as_str() {
+                        Some("listening") => {
+                            let name = f["listener"].as_str().unwrap().to_string();
+                            addrs.insert(name, f["addr"].as_str().unwrap().parse().unwrap());
+                        }
+                        Some("weft-proxy ready") => break,
+                        _ => {}
+                    }
+                }
+                Err(_) => {
+                    let status = child.wait_timeout(Duration::from_secs(5));
+                    if status.is_none() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    return Err((status, logs.lock().unwrap().clone()));
+                }
+            }
+        }
+        Ok(Proxy { child, addrs, logs })
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs[listener]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// GET on the admin or probe server; returns status and body.
+    pub async fn get(&self, listener: &str, path: &str) -> (u16, String) {
+        crate::http_peer::simple_request(self.addr(listener), "GET", path, "").await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("probe", "/metrics").await.1
+    }
+
+    /// The value of one sample in the proxy's metrics (`name{labels}` as exposed), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn config_dump(&self) -> serde_json::Value {
+        let (status, body) = self.get("admin", "/config_dump").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Resident set size in bytes, from /proc.
+    pub fn rss(&self) -> u64 {
+        rss_of(self.pid())
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.child.wait_timeout(timeout)
+    }
+}
+
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+trait WaitTimeout {
+    fn wait_timeout(&mut self, d: Duration) -> Option<ExitStatus>;
+}
+
+impl WaitTimeout for Child {
+    fn wait_timeout(&mut self, d: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + d;
+        loop {
+            if let Ok(Some(s)) = self.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
