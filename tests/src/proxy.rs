@@ -4,26 +4,34 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-/// The `weft-proxy` binary next to the test executable (`target/<profile>/weft-proxy`).
+/// The `weft-proxy` binary: `$WEFT_PROXY_BIN`, else next to this executable (a binary in
+/// `target/<profile>/`) or one folder up (a test in `target/<profile>/deps/`).
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_PROXY_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("weft-proxy");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (`cargo build -p weft-proxy`; tests/run does)",
-        bin.display()
-    );
-    bin
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable folder");
+    let candidates = [
+        dir.join("weft-proxy"),
+        dir.parent().unwrap_or(dir).join("weft-proxy"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is missing: build it first (`cargo build -p weft-proxy`; tests/run does)",
+                candidates[1].display()
+            )
+        })
 }
 
 pub struct Proxy {
