@@ -5,6 +5,12 @@ use std::{process::ExitCode, sync::Arc};
 use clap::Parser;
 use weft_proxy::config::Cli;
 
+// The proxy allocates and frees small objects at a high rate on many threads (request state,
+// HTTP/2 frames, tasks); mimalloc does this markedly faster than glibc's malloc, notably for the
+// 128-byte-aligned task cells tokio allocates per stream.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cfg = Cli::parse().run;
     let log = match weft_proxy::log::init(&cfg.log_level, cfg.log_format) {

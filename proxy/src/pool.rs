@@ -64,8 +64,12 @@ impl Pools {
         if req.version() == Version::HTTP_2 {
             self.h2.send(self, addr, req).await
         } else if upgrade {
-            let sender = h1::connect(self, addr, true).await?;
-            h1::send_once(sender, addr, req).await
+            // Boxed: rare, and kept out of every other request's future.
+            Box::pin(async {
+                let sender = h1::connect(self, addr, true).await?;
+                h1::send_once(sender, addr, req).await
+            })
+            .await
         } else {
             self.h1.send(self, addr, req).await
         }

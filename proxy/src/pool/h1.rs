@@ -62,7 +62,7 @@ impl Pool {
                 Some(s) => s,
                 None => {
                     fresh = true;
-                    connect(pools, addr, false).await?
+                    Box::pin(connect(pools, addr, false)).await?
                 }
             };
             match sender.try_send_request(req).await {

@@ -58,7 +58,9 @@ impl Pool {
             match slot.live() {
                 Some(s) => s,
                 None => {
-                    let sender = connect(pools, addr).await?;
+                    // Boxed: connecting is rare, and its large state would otherwise be part of every
+                    // request's future.
+                    let sender = Box::pin(connect(pools, addr)).await?;
                     *slot.sender.lock().expect("h2 slot lock") = Some(sender.clone());
                     sender
                 }
