@@ -96,7 +96,7 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
 
     /// An upstream connection unused for this long is closed.
-    #[arg(long, env = "WEFT_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "90s")]
+    #[arg(long = "upstream-idle-timeout", env = "WEFT_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "90s")]
     pub idle_timeout: Duration,
 
     /// Idle HTTP/1.1 connections kept per endpoint.

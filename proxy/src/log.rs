@@ -1,6 +1,6 @@
 //! Logging with `tracing`: a filter that the admin server can change at run time, plain or JSON.
 
-use std::sync::Mutex;
+use std::{io::IsTerminal, sync::Mutex};
 
 use tracing_subscriber::{
     EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
@@ -59,7 +59,11 @@ pub fn init(filter: &str, format: LogFormat) -> Result<LogHandle, String> {
                 .with_current_span(false)
                 .with_writer(std::io::stderr)
         }))
-        .with((!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr)))
+        .with((!json).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+        }))
         .try_init()
         .map_err(|e| e.to_string())?;
     Ok(LogHandle {

@@ -88,11 +88,67 @@ impl Pools {
     }
 }
 
-/// Milliseconds since the process's first use of the pool clock: cheap to store atomically.
-fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
+/// A pool's clock: milliseconds since the pool was made, cheap to store atomically. Tokio's
+/// clock, so tests can run it in paused time.
+#[derive(Debug, Clone, Copy)]
+struct Clock(tokio::time::Instant);
+
+impl Clock {
+    fn new() -> Self {
+        Clock(tokio::time::Instant::now())
+    }
+
+    fn now_ms(self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+#[cfg(test)]
+mod testing {
+    //! In-memory upstreams: a hyper server on the far end of a `duplex` pipe.
+
+    use std::convert::Infallible;
+
+    use hyper::{body::Incoming, client::conn, server, service::service_fn};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    async fn ok(_req: http::Request<Incoming>) -> Result<http::Response<String>, Infallible> {
+        Ok(http::Response::new(String::from("ok")))
+    }
+
+    /// An HTTP/1.1 connection to an in-memory server, and the server's task (abort it to close).
+    pub async fn h1() -> (
+        conn::http1::SendRequest<Incoming>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let _ = server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), service_fn(ok))
+                .await;
+        });
+        let (mut tx, conn) = conn::http1::handshake(TokioIo::new(c)).await.unwrap();
+        tokio::spawn(conn);
+        // As the pool sees them: checked in once ready for the next request.
+        tx.ready().await.unwrap();
+        (tx, server)
+    }
+
+    /// An HTTP/2 connection to an in-memory server, and the server's task.
+    pub async fn h2() -> (
+        conn::http2::SendRequest<Incoming>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let _ = server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), service_fn(ok))
+                .await;
+        });
+        let (tx, conn) = conn::http2::handshake(TokioExecutor::new(), TokioIo::new(c))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        (tx, server)
+    }
 }

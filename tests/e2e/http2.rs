@@ -171,3 +171,86 @@ async fn grpc_timeout_is_enforced_by_the_proxy() {
     );
     assert_eq!(collected.to_bytes(), &b"\0\0\0\0\x02hi"[..]);
 }
+
+/// Reads HTTP/2 frames from a raw connection until it closes or a frame of type `until`
+/// arrives; returns the frame types seen.
+async fn frame_types(s: &mut tokio::net::TcpStream, until: Option<u8>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut buf, mut types, mut at) = (Vec::new(), Vec::new(), 0);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while at + 9 <= buf.len() {
+                let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                let ty = buf[at + 3];
+                types.push(ty);
+                at += 9 + len;
+                if until == Some(ty) {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the expected frame or the close arrives");
+    types
+}
+
+const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_pings_close_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let proxy = weft_tests::proxy::Proxy::start(&[
+        "--http2-keepalive-interval",
+        "200ms",
+        "--http2-keepalive-timeout",
+        "300ms",
+    ]);
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("inbound"))
+        .await
+        .unwrap();
+    // A client that opens HTTP/2 and then never answers anything.
+    s.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    let types = frame_types(&mut s, None).await;
+    assert!(types.contains(&PING), "the proxy sent a PING: {types:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_sends_goaway() {
+    use tokio::io::AsyncWriteExt;
+    let mut proxy = weft_tests::proxy::Proxy::start(&["--shutdown-grace-period", "1s"]);
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("inbound"))
+        .await
+        .unwrap();
+    s.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the connection to be served as HTTP/2",
+        || async {
+            (proxy
+                .metric(r#"weft_protocol_detect_total{direction="inbound",protocol="http2"}"#)
+                .await
+                == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, _) = http_peer::simple_request(proxy.addr("admin"), "POST", "/shutdown", "").await;
+    assert_eq!(status, 200);
+    // This client never answers, so the proxy's final close waits for the grace period.
+    let types = frame_types(&mut s, Some(GOAWAY)).await;
+    assert_eq!(
+        types.last(),
+        Some(&GOAWAY),
+        "the proxy sent GOAWAY: {types:?}"
+    );
+    assert!(proxy.wait_exit(Duration::from_secs(10)).unwrap().success());
+}

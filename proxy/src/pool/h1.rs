@@ -6,7 +6,7 @@ use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 
-use super::{Pools, now_ms};
+use super::{Clock, Pools};
 use crate::http::error::ProxyError;
 
 type Sender = http1::SendRequest<Incoming>;
@@ -16,6 +16,7 @@ pub struct Pool {
     /// Idle connections per endpoint, most recently used last, with when they went idle.
     idle: Mutex<HashMap<SocketAddr, Vec<(Sender, u64)>>>,
     max_idle: usize,
+    clock: Clock,
 }
 
 impl Pool {
@@ -23,6 +24,7 @@ impl Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
             max_idle,
+            clock: Clock::new(),
         }
     }
 
@@ -44,7 +46,7 @@ impl Pool {
         let mut idle = self.idle.lock().expect("h1 pool lock");
         let list = idle.entry(addr).or_default();
         if list.len() < self.max_idle {
-            list.push((sender, now_ms()));
+            list.push((sender, self.clock.now_ms()));
         }
     }
 
@@ -91,10 +93,10 @@ impl Pool {
 
     /// Closes connections idle for longer than `idle`.
     pub fn sweep(&self, idle: Duration) {
-        let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
+        let cutoff = self.clock.now_ms().saturating_sub(idle.as_millis() as u64);
         let mut map = self.idle.lock().expect("h1 pool lock");
         map.retain(|_, list| {
-            list.retain(|(s, since)| *since > cutoff && !s.is_closed());
+            list.retain(|(s, since)| *since >= cutoff && !s.is_closed());
             !list.is_empty()
         });
     }
@@ -134,4 +136,60 @@ pub async fn send_once(
         .send_request(req)
         .await
         .map_err(|source| ProxyError::Upstream { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::testing;
+
+    fn addr() -> SocketAddr {
+        "10.0.0.1:80".parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keeps_at_most_max_idle_and_reuses_the_newest() {
+        let pool = Pool::new(2);
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let (tx, server) = testing::h1().await;
+            servers.push(server);
+            pool.checkin(addr(), tx);
+        }
+        assert!(pool.checkout(addr()).is_some());
+        assert!(pool.checkout(addr()).is_some());
+        assert!(pool.checkout(addr()).is_none(), "only two were kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_expire_and_closed_ones_are_skipped() {
+        let pool = Pool::new(8);
+        let (tx, _server) = testing::h1().await;
+        pool.checkin(addr(), tx);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        pool.sweep(Duration::from_secs(90));
+        assert!(
+            pool.checkout(addr()).is_some(),
+            "60 s idle is within the 90 s timeout"
+        );
+
+        let (tx, _server) = testing::h1().await;
+        pool.checkin(addr(), tx);
+        tokio::time::advance(Duration::from_secs(91)).await;
+        pool.sweep(Duration::from_secs(90));
+        assert!(pool.checkout(addr()).is_none(), "swept after 91 s idle");
+
+        let (tx, server) = testing::h1().await;
+        pool.checkin(addr(), tx);
+        server.abort();
+        let _ = server.await;
+        // The client side notices the close once its connection task has run.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            pool.checkout(addr()).is_none(),
+            "a closed connection is not handed out"
+        );
+    }
 }

@@ -14,12 +14,22 @@ use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Pools, now_ms};
+use super::{Clock, Pools};
 use crate::http::error::ProxyError;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pool {
     slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
+    clock: Clock,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            slots: Mutex::default(),
+            clock: Clock::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +59,8 @@ impl Pool {
         addr: SocketAddr,
     ) -> Result<(Arc<Slot>, http2::SendRequest<Incoming>), ProxyError> {
         let slot = self.slot(addr);
-        slot.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        slot.last_used_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
         if let Some(s) = slot.live() {
             return Ok((slot, s));
         }
@@ -103,10 +114,10 @@ impl Pool {
 
     /// Drops connections unused for `idle`; streams still open on them run to completion.
     pub fn sweep(&self, idle: Duration) {
-        let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
+        let cutoff = self.clock.now_ms().saturating_sub(idle.as_millis() as u64);
         let mut slots = self.slots.lock().expect("h2 pool lock");
         slots.retain(|_, slot| {
-            let fresh = slot.last_used_ms.load(Ordering::Relaxed) > cutoff;
+            let fresh = slot.last_used_ms.load(Ordering::Relaxed) >= cutoff;
             fresh || slot.connecting.try_lock().is_err()
         });
     }
@@ -139,4 +150,52 @@ async fn connect(
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::testing;
+
+    #[tokio::test(start_paused = true)]
+    async fn shared_connection_expires_when_unused() {
+        let pool = Pool::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let (tx, _server) = testing::h2().await;
+        let slot = pool.slot(addr);
+        *slot.sender.lock().unwrap() = Some(tx);
+        slot.last_used_ms
+            .store(pool.clock.now_ms(), Ordering::Relaxed);
+        assert!(pool.slot(addr).live().is_some());
+        assert!(
+            Arc::ptr_eq(&slot, &pool.slot(addr)),
+            "one slot per endpoint"
+        );
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        pool.sweep(Duration::from_secs(90));
+        assert!(pool.slots.lock().unwrap().contains_key(&addr));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        pool.sweep(Duration::from_secs(90));
+        assert!(
+            !pool.slots.lock().unwrap().contains_key(&addr),
+            "unused for 91 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_is_not_live() {
+        let pool = Pool::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let (tx, server) = testing::h2().await;
+        let slot = pool.slot(addr);
+        *slot.sender.lock().unwrap() = Some(tx);
+        assert!(slot.live().is_some());
+        server.abort();
+        let _ = server.await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(slot.live().is_none());
+    }
 }
