@@ -9,83 +9,78 @@ use weft_tests::{
     proxy::{self, Proxy},
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_file_refuses_to_start_with_the_exact_error() {
-    let dir = TempDir::new("badcfg");
-    let cfg = dir.write("mesh.yaml", "services:\n  - name: echo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:notaport\n");
+/// Runs the proxy binary to its exit (it must not start); returns exit code and stderr.
+fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = Command::new(proxy::binary())
-        .args(["--config", cfg.to_str().unwrap(), "--log-level", "off"])
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn invalid_file_refuses_to_start_with_the_exact_error() {
+    let dir = TempDir::new("badcfg");
+    let cases = [
+        (
+            "syntax.yaml",
+            "services:\n  - name: echo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:notaport\n",
+            "services[0].endpoints[0].address: invalid socket address syntax at line 5 column 18",
+        ),
+        (
+            "semantic.yaml",
+            "services:\n  - name: echo\n    port: 8080\n    routes:\n      - backends: [{subset: canary}]\n",
+            "services[0].routes[0].backends[0].subset: unknown subset `canary` (defined: )",
+        ),
+    ];
+    for (name, text, problem) in cases {
+        let cfg = dir.write(name, text);
+        let (code, stderr) = run_to_exit(
+            &["--config", cfg.to_str().unwrap(), "--log-level", "off"],
+            &[],
+        );
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            format!("weft-proxy: error: {}: {problem}\n", cfg.display())
+        );
+    }
+    let (code, stderr) = run_to_exit(
+        &["--config", "/nonexistent/mesh.yaml", "--log-level", "off"],
+        &[],
+    );
+    assert_eq!(code, Some(1));
     assert_eq!(
         stderr,
-        format!(
-            "weft-proxy: error: {}: services[0].endpoints[0].address: invalid socket address syntax at line 5 column 18\n",
-            cfg.display()
-        )
-    );
-
-    let cfg = dir.write("semantic.yaml", "services:\n  - name: echo\n    port: 8080\n    routes:\n      - backends: [{subset: canary}]\n");
-    let out = Command::new(proxy::binary())
-        .args(["--config", cfg.to_str().unwrap(), "--log-level", "off"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8(out.stderr).unwrap(),
-        format!(
-            "weft-proxy: error: {}: services[0].routes[0].backends[0].subset: unknown subset `canary` (defined: )\n",
-            cfg.display()
-        )
-    );
-
-    let out = Command::new(proxy::binary())
-        .args(["--config", "/nonexistent/mesh.yaml", "--log-level", "off"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8(out.stderr).unwrap(),
         "weft-proxy: error: /nonexistent/mesh.yaml: cannot read: No such file or directory (os error 2)\n"
     );
 }
 
 #[test]
 fn bad_flags_fail_with_a_clear_error() {
-    let out = Command::new(proxy::binary())
-        .args(["--outbound-addr", "nowhere"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("invalid value 'nowhere' for '--outbound-addr <OUTBOUND_ADDR>'"),
-        "{stderr}"
-    );
-
-    let out = Command::new(proxy::binary())
-        .args(["--detect-timeout", "soon"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8(out.stderr)
-            .unwrap()
-            .contains("`soon`: expected a duration")
-    );
-
-    let out = Command::new(proxy::binary())
-        .env("WEFT_OUTBOUND_TCP", "db:5432")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8(out.stderr)
-            .unwrap()
-            .contains("expected LISTEN_ADDR=SERVICE")
-    );
+    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+        (
+            &["--outbound-addr", "nowhere"],
+            &[],
+            "invalid value 'nowhere' for '--outbound-addr <OUTBOUND_ADDR>'",
+        ),
+        (
+            &["--detect-timeout", "soon"],
+            &[],
+            "`soon`: expected a duration",
+        ),
+        (
+            &[],
+            &[("WEFT_OUTBOUND_TCP", "db:5432")],
+            "expected LISTEN_ADDR=SERVICE",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let (code, stderr) = run_to_exit(args, env);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
