@@ -59,7 +59,8 @@ fn invalid_file_refuses_to_start_with_the_exact_error() {
 
 #[test]
 fn bad_flags_fail_with_a_clear_error() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         (
             &["--outbound-addr", "nowhere"],
             &[],
