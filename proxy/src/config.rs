@@ -167,8 +167,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}`: out of range"));
+    // Ten years is longer than any timeout means; beyond it deadlines stop being representable.
+    const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
+    if !secs.is_finite() || !(0.0..=MAX_SECS).contains(&secs) {
+        return Err(format!("`{s}`: out of range (at most 10 years)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }

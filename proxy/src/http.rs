@@ -129,6 +129,14 @@ impl HttpProxy {
         }
     }
 
+    /// Where requests that fail before routing are counted.
+    fn fallback_metrics(&self) -> &TargetMetrics {
+        match &self.router {
+            Router::Outbound { unknown, .. } => unknown,
+            Router::Inbound { metrics, .. } => metrics,
+        }
+    }
+
     fn resolve(&self, req: &Request<Incoming>) -> Result<Dest, (ProxyError, Arc<TargetMetrics>)> {
         match &self.router {
             Router::Inbound { forward, metrics } => Ok(Dest {
@@ -188,6 +196,12 @@ impl HttpProxy {
         let start = Instant::now();
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
+        if request::has_duplicate_host(&req) {
+            let metrics = self.fallback_metrics();
+            metrics.request();
+            let e = ProxyError::BadRequest("more than one Host header");
+            return fail(e, is_grpc, metrics, version);
+        }
         let dest = match self.resolve(&req) {
             Ok(d) => d,
             Err((e, metrics)) => {
@@ -204,10 +218,15 @@ impl HttpProxy {
         if let Err(e) = request::prepare(&mut req, dest.protocol, upgrade) {
             return fail(e, is_grpc, &dest.metrics, version);
         }
+        // A deadline too far away to represent is no deadline.
         let deadline = match (dest.timeout, grpc_budget) {
-            (Some(t), Some(g)) if g < t => Some((start + g, ProxyError::GrpcDeadline(g))),
-            (Some(t), _) => Some((start + t, ProxyError::Timeout(t))),
-            (None, Some(g)) => Some((start + g, ProxyError::GrpcDeadline(g))),
+            (Some(t), Some(g)) if g < t => start
+                .checked_add(g)
+                .map(|at| (at, ProxyError::GrpcDeadline(g))),
+            (Some(t), _) => start.checked_add(t).map(|at| (at, ProxyError::Timeout(t))),
+            (None, Some(g)) => start
+                .checked_add(g)
+                .map(|at| (at, ProxyError::GrpcDeadline(g))),
             (None, None) => None,
         };
         let sent = self.pools.send(dest.addr, req, upgrade);
@@ -239,7 +258,8 @@ impl HttpProxy {
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         *rsp.version_mut() = version;
         let obs = Observer::new(dest.metrics, rsp.status().as_u16(), is_grpc, rsp.headers());
-        let deadline = grpc_budget.map(|b| (tokio::time::sleep_until(start + b), b));
+        let deadline =
+            grpc_budget.and_then(|b| Some((tokio::time::sleep_until(start.checked_add(b)?), b)));
         rsp.map(|b| ProxyBody::upstream(b, obs, deadline))
     }
 }

@@ -61,6 +61,8 @@ fn bind_err(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Star
 pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), StartError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // SIGHUP's default action ends the process: take it over before anything else.
+    let mut sighup = signal(SignalKind::hangup())?;
     let metrics = Metrics::new();
 
     // The table: from the file when one is given (a bad file stops the start), else empty.
@@ -179,7 +181,13 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
             poll_interval: cfg.config_poll_interval,
             last_text: text,
         };
-        tokio::spawn(watch.run(drain.token()));
+        tokio::spawn(watch.run(sighup, drain.token()));
+    } else {
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                tracing::info!("SIGHUP received, but no table file is configured (--config)");
+            }
+        });
     }
 
     state.ready.store(true, Ordering::Release);

@@ -157,6 +157,17 @@ async fn invalid_reload_keeps_the_last_good_table() {
 async fn admin_endpoints() {
     let proxy = Proxy::start(&[]);
     let admin = proxy.addr("admin");
+    // SIGHUP without a table file: logged, not fatal.
+    proxy.signal("HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the SIGHUP to be logged",
+        || async {
+            let logs = proxy.logs.lock().unwrap().join("\n");
+            logs.contains("no table file is configured").then_some(())
+        },
+    )
+    .await;
     assert_eq!(proxy.get("probe", "/live").await, (200, "live\n".into()));
     assert_eq!(proxy.get("probe", "/ready").await, (200, "ready\n".into()));
     assert_eq!(

@@ -20,6 +20,8 @@ pub enum ProxyError {
     NoRoute(String),
     #[error("request has no authority or Host header")]
     NoAuthority,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     #[error("service {0} has no endpoints")]
     NoEndpoints(std::sync::Arc<str>),
     #[error(transparent)]
@@ -40,7 +42,9 @@ impl ProxyError {
     pub fn statuses(&self) -> (StatusCode, u32) {
         match self {
             ProxyError::NoRoute(_) => (StatusCode::NOT_FOUND, grpc::UNIMPLEMENTED),
-            ProxyError::NoAuthority => (StatusCode::BAD_REQUEST, grpc::INTERNAL),
+            ProxyError::NoAuthority | ProxyError::BadRequest(_) => {
+                (StatusCode::BAD_REQUEST, grpc::INTERNAL)
+            }
             ProxyError::NoEndpoints(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
             ProxyError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, grpc::UNAVAILABLE),

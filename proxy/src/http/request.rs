@@ -10,6 +10,11 @@ use http::{
 use super::{error::ProxyError, headers};
 use crate::table::Protocol;
 
+/// Whether the request carries `Host` more than once (ambiguous: refused).
+pub fn has_duplicate_host<B>(req: &Request<B>) -> bool {
+    req.headers().get_all(HOST).iter().nth(1).is_some()
+}
+
 /// The authority a request names: the URI's (HTTP/2, or HTTP/1 absolute-form), else `Host`.
 pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     req.uri()
@@ -32,7 +37,12 @@ pub fn prepare<B>(
         _ => from,
     };
     match (from == Version::HTTP_2, to == Version::HTTP_2) {
-        (true, true) => {}
+        (true, true) => {
+            // `:authority` is what was routed on; a differing `Host` must not reach the upstream.
+            if req.uri().authority().is_some() {
+                req.headers_mut().remove(HOST);
+            }
+        }
         (false, true) => {
             // HTTP/1 -> HTTP/2: the authority moves into the URI (`:authority`).
             let authority: Authority = authority(req)
@@ -51,13 +61,12 @@ pub fn prepare<B>(
             *req.version_mut() = Version::HTTP_2;
         }
         (_, false) => {
-            // To HTTP/1: origin-form request target, authority in `Host`.
+            // To HTTP/1: origin-form request target, and `Host` set to the authority that was
+            // routed on (RFC 9112 §3.2.2), replacing whatever `Host` the client also sent.
             if let Some(a) = req.uri().authority().cloned() {
-                if !req.headers().contains_key(HOST) {
-                    let host =
-                        HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::NoAuthority)?;
-                    req.headers_mut().insert(HOST, host);
-                }
+                let host =
+                    HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::NoAuthority)?;
+                req.headers_mut().insert(HOST, host);
                 *req.uri_mut() = Uri::from(path_and_query(req.uri()));
             }
             if from == Version::HTTP_2 {
@@ -111,6 +120,33 @@ mod tests {
         assert_eq!(req.uri(), "/p");
         assert_eq!(req.headers()["host"], "echo");
         assert_eq!(authority(&req), Some("echo"));
+    }
+
+    #[test]
+    fn the_routed_authority_wins_over_a_conflicting_host() {
+        let mut req = Request::get("http://a.svc/p")
+            .header("host", "b.svc")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&req), Some("a.svc"));
+        prepare(&mut req, Protocol::Http, false).unwrap();
+        assert_eq!(req.headers()["host"], "a.svc");
+
+        let mut req = Request::get("http://a.svc/p")
+            .version(Version::HTTP_2)
+            .header("host", "b.svc")
+            .body(())
+            .unwrap();
+        prepare(&mut req, Protocol::Http, false).unwrap();
+        assert!(req.headers().get("host").is_none());
+        assert_eq!(req.uri().authority().unwrap(), "a.svc");
+
+        let req = Request::get("/")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        assert!(has_duplicate_host(&req));
     }
 
     #[test]

@@ -169,8 +169,12 @@ pub enum LoadError {
 /// Parses a table file's text. `file` only names it in errors.
 pub fn parse(file: &Path, text: &str) -> Result<TableFile, LoadError> {
     let file_name = file.display().to_string();
+    // An empty file is far more often one caught half-written than a wish for no services.
     if text.trim().is_empty() {
-        return Ok(TableFile::default());
+        return Err(LoadError::Parse {
+            file: file_name,
+            message: "the file is empty (for a table with no services write `services: []`)".into(),
+        });
     }
     serde_yaml_ng::from_str(text).map_err(|e| LoadError::Parse {
         file: file_name,

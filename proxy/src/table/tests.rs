@@ -78,6 +78,17 @@ fn compiles_services_routes_and_subsets() {
 }
 
 #[test]
+fn an_empty_file_is_refused() {
+    for text in ["", "  \n\n"] {
+        assert_eq!(
+            load(text).unwrap_err().to_string(),
+            "mesh.yaml: the file is empty (for a table with no services write `services: []`)"
+        );
+    }
+    assert_eq!(load("services: []").unwrap().services().len(), 0);
+}
+
+#[test]
 fn version_defaults_to_a_digest_of_the_content() {
     let a = load("services: []\n").unwrap();
     let b = load("services: []\n# changed\n").unwrap();

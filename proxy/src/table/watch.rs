@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
 use super::{SharedTable, load_text};
@@ -21,15 +21,9 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
-    /// Runs until `stop` is cancelled.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; table reloads only by polling");
-                None
-            }
-        };
+    /// Runs until `stop` is cancelled. `hup` is the SIGHUP stream, registered by the caller
+    /// before the proxy reports ready (so an early SIGHUP cannot kill the process).
+    pub async fn run(mut self, mut hup: Signal, stop: CancellationToken) {
         let poll = !self.poll_interval.is_zero();
         let mut tick = tokio::time::interval(if poll {
             self.poll_interval
@@ -41,7 +35,7 @@ impl FileWatch {
         loop {
             let forced = tokio::select! {
                 _ = stop.cancelled() => return,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
+                Some(()) = hup.recv() => true,
                 _ = tick.tick(), if poll => false,
             };
             self.check(forced).await;
