@@ -22,7 +22,7 @@ use self::{
 use crate::{
     config::UpstreamConfig,
     drain::Drain,
-    metrics::{Direction, TargetMetrics},
+    metrics::{Direction, OpenConn, TargetMetrics},
     pool::Pools,
     table::{Protocol, SharedTable},
 };
@@ -74,7 +74,8 @@ struct Dest {
 impl HttpProxy {
     /// Serves one downstream connection until it closes, or until draining ends it gracefully
     /// (GOAWAY for HTTP/2, `Connection: close` after the current request for HTTP/1).
-    pub async fn serve<I>(self: Arc<Self>, io: I, http2: bool)
+    /// `open` stands for the accepted connection in metrics; protocol upgrades keep it.
+    pub async fn serve<I>(self: Arc<Self>, io: I, http2: bool, open: Arc<OpenConn>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -84,7 +85,7 @@ impl HttpProxy {
             // Boxed: the request's state machine is about 2.4 KiB, and hyper moves the future it
             // is given into a task of its own per HTTP/2 stream (perf showed those copies at ~4%
             // of CPU); one small allocation is cheaper.
-            let fut = Box::pin(this.handle(req));
+            let fut = Box::pin(this.handle(req, open.clone()));
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let io = TokioIo::new(io);
@@ -130,7 +131,7 @@ impl HttpProxy {
     }
 
     /// Where requests that fail before routing are counted.
-    fn fallback_metrics(&self) -> &TargetMetrics {
+    fn fallback_metrics(&self) -> &Arc<TargetMetrics> {
         match &self.router {
             Router::Outbound { unknown, .. } => unknown,
             Router::Inbound { metrics, .. } => metrics,
@@ -192,7 +193,11 @@ impl HttpProxy {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        open: Arc<OpenConn>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
@@ -200,23 +205,24 @@ impl HttpProxy {
             let metrics = self.fallback_metrics();
             metrics.request();
             let e = ProxyError::BadRequest("more than one Host header");
-            return fail(e, is_grpc, metrics, version);
+            return fail(e, is_grpc, Observer::new(metrics.clone(), is_grpc), version);
         }
         let dest = match self.resolve(&req) {
             Ok(d) => d,
             Err((e, metrics)) => {
                 metrics.request();
-                return fail(e, is_grpc, &metrics, version);
+                return fail(e, is_grpc, Observer::new(metrics, is_grpc), version);
             }
         };
         dest.metrics.request();
+        let mut obs = Observer::new(dest.metrics.clone(), is_grpc);
         let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // gRPC's own deadline bounds the whole call; the route timeout bounds the wait for
         // response headers.
         let grpc_budget = is_grpc.then(|| grpc::timeout(req.headers())).flatten();
         if let Err(e) = request::prepare(&mut req, dest.protocol, upgrade) {
-            return fail(e, is_grpc, &dest.metrics, version);
+            return fail(e, is_grpc, obs, version);
         }
         // A deadline too far away to represent is no deadline.
         let deadline = match (dest.timeout, grpc_budget) {
@@ -239,13 +245,16 @@ impl HttpProxy {
             Ok(rsp) => rsp,
             Err(e) => {
                 tracing::debug!(direction = self.direction.as_str(), addr = %dest.addr, error = %e, "request failed");
-                return fail(e, is_grpc, &dest.metrics, version);
+                return fail(e, is_grpc, obs, version);
             }
         };
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(down), true) = (on_upgrade, switching) {
             let up = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(async move {
+            // The tunnel outlives this connection's HTTP serving: drain waits for it, and the
+            // connection stays counted as open while it runs.
+            self.drain.spawn(async move {
+                let _open = open;
                 match tokio::try_join!(down, up) {
                     Ok((down, up)) => {
                         let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
@@ -257,7 +266,7 @@ impl HttpProxy {
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         *rsp.version_mut() = version;
-        let obs = Observer::new(dest.metrics, rsp.status().as_u16(), is_grpc, rsp.headers());
+        obs.response_head(rsp.status().as_u16(), rsp.headers());
         let deadline =
             grpc_budget.and_then(|b| Some((tokio::time::sleep_until(start.checked_add(b)?), b)));
         rsp.map(|b| ProxyBody::upstream(b, obs, deadline))
@@ -265,15 +274,9 @@ impl HttpProxy {
 }
 
 /// The proxy's own answer to a failed request, counted in metrics.
-fn fail(
-    e: ProxyError,
-    is_grpc: bool,
-    metrics: &TargetMetrics,
-    version: Version,
-) -> Response<ProxyBody> {
+fn fail(e: ProxyError, is_grpc: bool, mut obs: Observer, version: Version) -> Response<ProxyBody> {
     let mut rsp = e.to_response(is_grpc);
     *rsp.version_mut() = version;
-    let grpc = is_grpc.then(|| e.statuses().1);
-    metrics.response(rsp.status().as_u16(), grpc);
+    obs.response_head(rsp.status().as_u16(), rsp.headers());
     rsp
 }

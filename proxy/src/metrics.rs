@@ -92,6 +92,23 @@ pub struct ConnMetrics {
     pub write_bytes: IntCounter,
 }
 
+/// One open accepted connection in `weft_tcp_open_connections`: counted while this lives.
+#[derive(Debug)]
+pub struct OpenConn(Arc<ConnMetrics>);
+
+impl OpenConn {
+    pub fn new(m: Arc<ConnMetrics>) -> Self {
+        m.open.inc();
+        OpenConn(m)
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.dec();
+    }
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("weft")
 }

@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{
     config::DetectConfig,
     http::HttpProxy,
-    metrics::Metrics,
+    metrics::{Metrics, OpenConn},
     table::{Protocol, SharedTable},
     tcp,
     transport::{
@@ -68,8 +68,9 @@ impl Listener {
         let direction = self.http.direction;
         let conns = self.metrics.conns(direction).clone();
         conns.accepted.inc();
-        conns.open.inc();
-        let _open = scopeguard(conns.clone());
+        // Held by the connection and by any tunnel it upgrades into; the gauge drops when the
+        // last of them ends.
+        let open = Arc::new(OpenConn::new(conns.clone()));
         transport::set_stream_options(&stream);
         let mut io = CountedIo::new(stream, conns);
         let skip_detect = match &self.tcp {
@@ -98,8 +99,8 @@ impl Listener {
         tracing::trace!(%peer, ?detected, "protocol detected");
         let io = PrefixedIo::new(prefix, io);
         match detected {
-            Detected::Http1 => self.http.clone().serve(io, false).await,
-            Detected::Http2 => self.http.clone().serve(io, true).await,
+            Detected::Http1 => self.http.clone().serve(io, false, open).await,
+            Detected::Http2 => self.http.clone().serve(io, true, open).await,
             Detected::Tls | Detected::Opaque(_) => {
                 let addr = match &self.tcp {
                     TcpTarget::Addr(a) => Some(*a),
@@ -120,15 +121,4 @@ impl Listener {
             }
         }
     }
-}
-
-/// Decrements the open-connections gauge when the connection ends, however it ends.
-fn scopeguard(m: Arc<crate::metrics::ConnMetrics>) -> impl Drop {
-    struct Guard(Arc<crate::metrics::ConnMetrics>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.open.dec();
-        }
-    }
-    Guard(m)
 }

@@ -73,6 +73,10 @@ async fn all_four_call_shapes() {
         .metric(r#"weft_response_total{direction="outbound",grpc_status="0",status_code="200",target="echo.test:8080"}"#)
         .await;
     assert_eq!(a, 4.0);
+    let b = format!(
+        r#"weft_response_total{{direction="inbound",grpc_status="0",status_code="200",target="{server}"}}"#
+    );
+    assert_eq!(chain.b.metric(&b).await, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,6 +169,20 @@ async fn client_cancel_reaches_the_server() {
         || async { (state.cancelled.load(Ordering::SeqCst) == 1).then_some(()) },
     )
     .await;
+    // Both sidecars counted the abandoned call: 499 (client closed request), CANCELLED.
+    let hops = [
+        (&chain.a, "outbound", HTTP_SERVICE.to_string()),
+        (&chain.b, "inbound", server.to_string()),
+    ];
+    for (proxy, direction, target) in hops {
+        let series = format!(
+            r#"weft_response_total{{direction="{direction}",grpc_status="1",status_code="499",target="{target}"}}"#
+        );
+        eventually(Duration::from_secs(10), &series, || async {
+            (proxy.metric(&series).await == 1.0).then_some(())
+        })
+        .await;
+    }
 
     // A server stream dropped mid-way.
     let mut s = c

@@ -88,10 +88,8 @@ async fn upstream_status_passes_and_proxy_errors_are_marked() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_passes_through() {
-    let peer = http_peer::server("s1").await;
-    let chain = Chain::start(peer.addr);
+/// Opens an upgraded tunnel through the chain and checks it echoes.
+async fn open_tunnel(chain: &Chain) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(chain.outbound())
         .await
         .unwrap();
@@ -116,13 +114,63 @@ async fn upgrade_passes_through() {
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: weft-echo"), "{head}");
-    for msg in ["ping", "a longer message after the handshake"] {
-        s.write_all(msg.as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(buf, msg.as_bytes());
-    }
+    echo(&mut s, "ping").await;
+    s
+}
+
+async fn echo(s: &mut tokio::net::TcpStream, msg: &str) {
+    s.write_all(msg.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(buf, msg.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_passes_through() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let mut s = open_tunnel(&chain).await;
+    echo(&mut s, "a longer message after the handshake").await;
+    let open = r#"weft_tcp_open_connections{direction="outbound"}"#;
+    assert_eq!(
+        chain.a.metric(open).await,
+        1.0,
+        "the tunnel counts as an open connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_tunnel_survives_drain() {
+    let peer = http_peer::server("s1").await;
+    let mut chain = Chain::start(peer.addr);
+    let mut s = open_tunnel(&chain).await;
+    chain.a.signal("TERM");
+    let outbound = chain.outbound();
+    weft_tests::eventually(
+        Duration::from_secs(5),
+        "new connections to be refused",
+        || async move {
+            tokio::net::TcpStream::connect(outbound)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    // Draining, but the tunnel in flight still works...
+    echo(&mut s, "still there during the drain").await;
+    assert!(
+        chain.a.wait_exit(Duration::from_millis(200)).is_none(),
+        "the proxy waits for the tunnel"
+    );
+    // ...and once it closes, the proxy finishes draining and exits cleanly.
+    drop(s);
+    let status = chain
+        .a
+        .wait_exit(Duration::from_secs(20))
+        .expect("proxy exits after the tunnel");
+    assert!(status.success(), "{status:?}");
 }

@@ -63,8 +63,10 @@ impl ProxyBody {
     }
 }
 
-/// Counts a response in metrics once it is over: at its end of stream, at its trailers, or when
-/// it is dropped unfinished (a reset or cancelled stream).
+/// Counts a request's response in metrics once it is over: at its end of stream, at its
+/// trailers, or when it is dropped unfinished (a reset or cancelled stream). Made as soon as a
+/// request is routed, so a request the client abandons before any response counts too: as
+/// status 499 (nginx's "client closed request"), gRPC status 1 CANCELLED.
 #[derive(Debug)]
 pub struct Observer {
     metrics: Arc<TargetMetrics>,
@@ -77,14 +79,24 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(metrics: Arc<TargetMetrics>, status: u16, grpc: bool, headers: &HeaderMap) -> Self {
+    pub fn new(metrics: Arc<TargetMetrics>, grpc: bool) -> Self {
         Observer {
             metrics,
-            status,
+            status: 499,
             grpc,
-            header_status: if grpc { grpc::status(headers) } else { None },
+            header_status: grpc.then_some(grpc::CANCELLED),
             done: false,
         }
+    }
+
+    /// The response's head has been sent downstream.
+    pub fn response_head(&mut self, status: u16, headers: &HeaderMap) {
+        self.status = status;
+        self.header_status = if self.grpc {
+            grpc::status(headers)
+        } else {
+            None
+        };
     }
 
     fn finish(&mut self, trailer_status: Option<u32>) {

@@ -8,6 +8,7 @@ pub const STATUS: &str = "grpc-status";
 pub const MESSAGE: &str = "grpc-message";
 pub const TIMEOUT: &str = "grpc-timeout";
 
+pub const CANCELLED: u32 = 1;
 pub const UNIMPLEMENTED: u32 = 12;
 pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
