@@ -135,10 +135,11 @@ impl Table {
             ..Table::empty()
         };
         let mut host_ports: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut drafts = Vec::with_capacity(source.services.len());
         for (i, spec) in source.services.iter().enumerate() {
             let at = format!("services[{i}]");
-            let svc = compile_service(spec, &at, metrics)?;
-            let idx = t.services.len();
+            let svc = compile_service(spec, &at)?;
+            let idx = drafts.len();
             for (j, host) in std::iter::once(&spec.name).chain(&spec.aliases).enumerate() {
                 let field = if j == 0 {
                     format!("{at}.name")
@@ -164,8 +165,13 @@ impl Table {
                     ));
                 }
             }
-            t.services.push(Arc::new(svc));
+            drafts.push(svc);
         }
+        // Only a table that compiled whole gets metrics series: a rejected one leaves none.
+        t.services = drafts
+            .into_iter()
+            .map(|svc| Arc::new(svc.finish(metrics)))
+            .collect();
         for (host, idxs) in host_ports {
             if let [only] = idxs[..] {
                 t.by_host.insert(host.into(), only);
@@ -191,11 +197,28 @@ fn validate_host(host: &str) -> Result<String, String> {
     }
 }
 
-fn compile_service(
-    spec: &file::ServiceSpec,
-    at: &str,
-    metrics: &Metrics,
-) -> Result<Service, (String, String)> {
+/// A compiled service still waiting for its metrics handles, which it gets once the whole table
+/// is known to be valid.
+struct ServiceDraft {
+    name: Arc<str>,
+    protocol: Protocol,
+    routes: Box<[Route]>,
+    default_route: Route,
+}
+
+impl ServiceDraft {
+    fn finish(self, metrics: &Metrics) -> Service {
+        Service {
+            metrics: metrics.target(Direction::Outbound, &self.name),
+            name: self.name,
+            protocol: self.protocol,
+            routes: self.routes,
+            default_route: self.default_route,
+        }
+    }
+}
+
+fn compile_service(spec: &file::ServiceSpec, at: &str) -> Result<ServiceDraft, (String, String)> {
     if spec.port == 0 {
         return Err((format!("{at}.port"), "must be between 1 and 65535".into()));
     }
@@ -271,8 +294,7 @@ fn compile_service(
             timeout: r.timeout,
         });
     }
-    Ok(Service {
-        metrics: metrics.target(Direction::Outbound, &name),
+    Ok(ServiceDraft {
         name,
         protocol: spec.protocol,
         routes: routes.into(),

@@ -17,6 +17,9 @@ pub enum ConnectError {
     },
     #[error("connect to {addr}: timed out after {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
+    /// This request waited on another's attempt to connect, which failed.
+    #[error("{reason} (an attempt shared with concurrent requests)")]
+    Shared { addr: SocketAddr, reason: String },
 }
 
 impl ConnectError {
@@ -30,6 +33,7 @@ impl ConnectError {
             }
             ConnectError::Io { .. } => "io",
             ConnectError::Timeout { .. } => "timeout",
+            ConnectError::Shared { .. } => "shared",
         }
     }
 }

@@ -15,7 +15,7 @@ use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::{Clock, Pools};
-use crate::http::error::ProxyError;
+use crate::{http::error::ProxyError, transport::ConnectError};
 
 #[derive(Debug)]
 pub struct Pool {
@@ -38,6 +38,9 @@ struct Slot {
     /// Held while connecting, so that concurrent requests share one new connection.
     connecting: tokio::sync::Mutex<()>,
     last_used_ms: AtomicU64,
+    /// The last failed connect: when (pool clock) and why. Requests that were waiting while it
+    /// ran fail with it instead of each trying again in turn (which would stack their waits).
+    failed: Mutex<Option<(u64, String)>>,
 }
 
 impl Slot {
@@ -64,16 +67,29 @@ impl Pool {
         if let Some(s) = slot.live() {
             return Ok((slot, s));
         }
+        let waiting_since = self.clock.now_ms();
         let sender = {
             let _connecting = slot.connecting.lock().await;
-            match slot.live() {
-                Some(s) => s,
-                None => {
-                    // Boxed: connecting is rare, and its large state would otherwise be part of every
-                    // request's future.
-                    let sender = Box::pin(connect(pools, addr)).await?;
-                    *slot.sender.lock().expect("h2 slot lock") = Some(sender.clone());
-                    sender
+            if let Some(s) = slot.live() {
+                s
+            } else {
+                let failed = slot.failed.lock().expect("h2 slot lock").clone();
+                if let Some((_, reason)) = failed.filter(|(at, _)| *at >= waiting_since) {
+                    return Err(ConnectError::Shared { addr, reason }.into());
+                }
+                // Boxed: connecting is rare, and its large state would otherwise be part of
+                // every request's future.
+                match Box::pin(connect(pools, addr)).await {
+                    Ok(sender) => {
+                        *slot.sender.lock().expect("h2 slot lock") = Some(sender.clone());
+                        *slot.failed.lock().expect("h2 slot lock") = None;
+                        sender
+                    }
+                    Err(e) => {
+                        let failure = (self.clock.now_ms(), e.to_string());
+                        *slot.failed.lock().expect("h2 slot lock") = Some(failure);
+                        return Err(e);
+                    }
                 }
             }
         };
@@ -156,6 +172,7 @@ async fn connect(
 mod tests {
     use super::*;
     use crate::pool::testing;
+    use clap::Parser;
 
     #[tokio::test(start_paused = true)]
     async fn shared_connection_expires_when_unused() {
@@ -180,6 +197,35 @@ mod tests {
         assert!(
             !pool.slots.lock().unwrap().contains_key(&addr),
             "unused for 91 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_share_a_failed_connect() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let metrics = crate::metrics::Metrics::new();
+        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
+        let pools = Pools::new(cfg, metrics.clone(), crate::metrics::Direction::Outbound);
+        let attempts = (0..5).map(|_| pools.h2.checkout(&pools, addr));
+        let results = futures_util::future::join_all(attempts).await;
+        let errors: Vec<String> = results
+            .into_iter()
+            .map(|r| r.err().expect("nothing listens there").to_string())
+            .collect();
+        assert_eq!(
+            errors.iter().filter(|e| e.contains("shared with")).count(),
+            4,
+            "{errors:?}"
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"weft_upstream_connect_errors_total{direction="outbound",reason="refused"} 1"#
+            ),
+            "{text}"
         );
     }
 

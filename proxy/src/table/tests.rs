@@ -175,3 +175,19 @@ fn route_order_and_default() {
     assert_eq!(take("/users/7", &h).as_deref(), Some("route-1"));
     assert_eq!(take("/api/x", &http::HeaderMap::new()), None);
 }
+
+#[test]
+fn a_rejected_table_creates_no_metrics_series() {
+    let m = Metrics::new();
+    let bad = "services:\n  - {name: good, port: 80}\n  - {name: bad, port: 0}\n";
+    assert!(load_text(Path::new("x"), bad, 1, &m).is_err());
+    assert!(!m.render().contains("good:80"));
+    load_text(
+        Path::new("x"),
+        "services:\n  - {name: good, port: 80}\n",
+        1,
+        &m,
+    )
+    .unwrap();
+    assert!(m.render().contains(r#"target="good:80""#));
+}
