@@ -213,7 +213,7 @@ mod tests {
         let results = futures_util::future::join_all(attempts).await;
         let errors: Vec<String> = results
             .into_iter()
-            .map(|r| r.err().expect("nothing listens there").to_string())
+            .map(|r| r.expect_err("nothing listens there").to_string())
             .collect();
         assert_eq!(
             errors.iter().filter(|e| e.contains("shared with")).count(),
