@@ -48,7 +48,6 @@ pub struct Metrics {
     latency: HistogramVec,
     targets: Mutex<HashMap<TargetKey, Arc<TargetMetrics>>>,
     conns: [Arc<ConnMetrics>; 2],
-    detected: IntCounterVec,
     pub table_generation: IntGauge,
     table_info: IntGaugeVec,
     table_reloads: IntCounterVec,
@@ -90,6 +89,20 @@ pub struct ConnMetrics {
     pub accepted: IntCounter,
     pub read_bytes: IntCounter,
     pub write_bytes: IntCounter,
+    /// `weft_protocol_detect_total`, one handle per entry of [`PROTOCOLS`].
+    detected: [IntCounter; 4],
+}
+
+/// The `protocol` label values of `weft_protocol_detect_total`.
+pub const PROTOCOLS: [&str; 4] = ["http1", "http2", "tls", "opaque"];
+
+impl ConnMetrics {
+    /// Counts a connection by its detected protocol (one of [`PROTOCOLS`]).
+    pub fn detected(&self, protocol: &str) {
+        if let Some(i) = PROTOCOLS.iter().position(|p| *p == protocol) {
+            self.detected[i].inc();
+        }
+    }
 }
 
 /// One open accepted connection in `weft_tcp_open_connections`: counted while this lives.
@@ -223,6 +236,7 @@ impl Metrics {
                 accepted: accepted.with_label_values(&l),
                 read_bytes: read.with_label_values(&l),
                 write_bytes: write.with_label_values(&l),
+                detected: PROTOCOLS.map(|p| detected.with_label_values(&[d.as_str(), p])),
             })
         });
         Arc::new(Metrics {
@@ -232,7 +246,6 @@ impl Metrics {
             latency,
             targets: Mutex::new(HashMap::new()),
             conns,
-            detected,
             table_generation,
             table_info,
             table_reloads,
@@ -262,12 +275,6 @@ impl Metrics {
 
     pub fn conns(&self, direction: Direction) -> &Arc<ConnMetrics> {
         &self.conns[direction as usize]
-    }
-
-    pub fn detected(&self, direction: Direction, protocol: &str) {
-        self.detected
-            .with_label_values(&[direction.as_str(), protocol])
-            .inc();
     }
 
     pub fn connect_error(&self, direction: Direction, reason: &'static str) {

@@ -95,7 +95,7 @@ impl Listener {
                 }
             }
         };
-        self.metrics.detected(direction, detected.label());
+        self.metrics.conns(direction).detected(detected.label());
         tracing::trace!(%peer, ?detected, "protocol detected");
         let io = PrefixedIo::new(prefix, io);
         match detected {

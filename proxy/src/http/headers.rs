@@ -24,27 +24,26 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields. With `upgrade`, `Connection: upgrade` and `Upgrade` are kept.
 /// `TE: trailers` is kept (HTTP/2 and gRPC need it end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderValue> = match headers.entry(CONNECTION) {
-            http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
-            http::header::Entry::Vacant(_) => Vec::new(),
-        };
-        for v in listed {
-            let Ok(v) = v.to_str() else { continue };
-            for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                if upgrade && token.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                    && name != TE
-                {
-                    headers.remove(name);
-                }
+    match headers.get_all(CONNECTION).iter().count() {
+        0 => {}
+        // The usual case (`Connection: keep-alive`): no allocation.
+        1 => {
+            if let Some(v) = headers.remove(CONNECTION) {
+                remove_listed(headers, &v, upgrade);
             }
         }
-        if upgrade {
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        _ => {
+            let listed: Vec<HeaderValue> = match headers.entry(CONNECTION) {
+                http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+                http::header::Entry::Vacant(_) => Vec::new(),
+            };
+            for v in &listed {
+                remove_listed(headers, v, upgrade);
+            }
         }
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
@@ -56,6 +55,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
     {
         headers.remove(TE);
+    }
+}
+
+/// Removes the fields a `Connection` value lists (except `TE`, handled on its own, and, for an
+/// upgrade, `Upgrade`).
+fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool) {
+    let Ok(v) = connection.to_str() else { return };
+    for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let keep =
+            token.eq_ignore_ascii_case("te") || (upgrade && token.eq_ignore_ascii_case("upgrade"));
+        if !keep {
+            // `&str` names are looked up without allocating.
+            headers.remove(token);
+        }
     }
 }
 
@@ -89,6 +102,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn every_connection_header_counts() {
+        let mut h = map(&[
+            ("connection", "x-a"),
+            ("connection", "X-B, Bad Name"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("te", "trailers"),
+            ("connection", "te"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["te"],
+            "TE: trailers stays even when Connection lists it"
+        );
     }
 
     #[test]
