@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use self::{
-    body::{Observer, ProxyBody},
+    body::{Cancel, Observer, ProxyBody, RequestBody},
     error::ProxyError,
 };
 use crate::{
@@ -235,9 +235,21 @@ impl HttpProxy {
                 .map(|at| (at, ProxyError::GrpcDeadline(g))),
             (None, None) => None,
         };
+        // With a deadline, the request body can be cut off when it passes, which resets the
+        // upstream stream even if the client is still sending.
+        let cancel = deadline.is_some().then(|| Arc::new(Cancel::default()));
+        let req = req.map(|b| RequestBody::new(b, cancel.clone()));
         let sent = self.pools.send(dest.addr, req, upgrade);
         let res = match deadline {
-            Some((at, err)) => tokio::time::timeout_at(at, sent).await.unwrap_or(Err(err)),
+            Some((at, err)) => match tokio::time::timeout_at(at, sent).await {
+                Ok(res) => res,
+                Err(_elapsed) => {
+                    if let Some(c) = &cancel {
+                        c.fire();
+                    }
+                    Err(err)
+                }
+            },
             None => sent.await,
         };
         dest.metrics.latency(start.elapsed().as_secs_f64());
@@ -267,9 +279,15 @@ impl HttpProxy {
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         *rsp.version_mut() = version;
         obs.response_head(rsp.status().as_u16(), rsp.headers());
-        let deadline =
+        // After the headers only gRPC's deadline still runs (the route timeout is over).
+        let body_deadline =
             grpc_budget.and_then(|b| Some((tokio::time::sleep_until(start.checked_add(b)?), b)));
-        rsp.map(|b| ProxyBody::upstream(b, obs, deadline))
+        let cancel = if body_deadline.is_some() {
+            cancel
+        } else {
+            None
+        };
+        rsp.map(|b| ProxyBody::upstream(b, obs, body_deadline, cancel))
     }
 }
 

@@ -12,6 +12,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
+pub use crate::http::body::RequestBody;
+
 use crate::{
     config::UpstreamConfig,
     http::error::ProxyError,
@@ -58,7 +60,7 @@ impl Pools {
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
         if req.version() == Version::HTTP_2 {
@@ -110,6 +112,8 @@ mod testing {
     use std::convert::Infallible;
 
     use hyper::{body::Incoming, client::conn, server, service::service_fn};
+
+    use super::RequestBody;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     async fn ok(_req: http::Request<Incoming>) -> Result<http::Response<String>, Infallible> {
@@ -118,7 +122,7 @@ mod testing {
 
     /// An HTTP/1.1 connection to an in-memory server, and the server's task (abort it to close).
     pub async fn h1() -> (
-        conn::http1::SendRequest<Incoming>,
+        conn::http1::SendRequest<RequestBody>,
         tokio::task::JoinHandle<()>,
     ) {
         let (c, s) = tokio::io::duplex(64 * 1024);
@@ -136,7 +140,7 @@ mod testing {
 
     /// An HTTP/2 connection to an in-memory server, and the server's task.
     pub async fn h2() -> (
-        conn::http2::SendRequest<Incoming>,
+        conn::http2::SendRequest<RequestBody>,
         tokio::task::JoinHandle<()>,
     ) {
         let (c, s) = tokio::io::duplex(64 * 1024);

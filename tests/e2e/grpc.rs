@@ -296,3 +296,64 @@ async fn proxy_errors_are_grpc_shaped() {
     let err = c.unary(msg("x", 1)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 }
+
+/// A gRPC message frame: uncompressed flag, length, protobuf bytes.
+fn grpc_frame(msg: &Msg) -> bytes::Bytes {
+    use prost::Message;
+    let body = msg.encode_to_vec();
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(&body);
+    f.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_cuts_off_a_bidi_call_that_is_still_sending() {
+    use http_body_util::BodyExt;
+    let (server, state) = grpc::server().await;
+    let chain = Chain::start(server);
+    // A raw HTTP/2 client (hyper), so that only the proxies enforce grpc-timeout.
+    let mut tx = weft_tests::http_peer::h2_client(chain.outbound()).await;
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(4);
+    let body =
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx));
+    let req = http::Request::post(format!("http://{HTTP_SERVICE}/weft.test.Echo/Bidi"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "500m")
+        .body(body.map_err(|e| match e {}).boxed())
+        .unwrap();
+    body_tx
+        .send(Ok(hyper::body::Frame::data(grpc_frame(&msg("first", 3)))))
+        .await
+        .unwrap();
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let mut rsp_body = rsp.into_body();
+    let first = rsp_body.frame().await.unwrap().unwrap();
+    assert!(first.is_data(), "the first message is echoed");
+    // Keep the request open (body_tx alive) past the deadline: the proxy ends the call...
+    let mut trailers = None;
+    while let Some(f) = tokio::time::timeout(Duration::from_secs(10), rsp_body.frame())
+        .await
+        .expect("the call ends at its deadline")
+    {
+        if let Ok(t) = f.unwrap().into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    assert_eq!(trailers.expect("trailers")["grpc-status"], "4");
+    // ...and the server's handler, still reading a request stream the client never ended,
+    // sees it end: the proxies reset the upstream stream (CANCEL, which the server side reads
+    // as the end of the request stream).
+    eventually(
+        Duration::from_secs(10),
+        "the server's request stream to end",
+        || async { (state.bidi_inputs_ended.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    // The client never ended its request stream: its sender is still here.
+    drop(body_tx);
+}

@@ -32,6 +32,8 @@ pub struct ServerState {
     pub started: AtomicUsize,
     /// Server streams whose every message was handed to the transport.
     pub completed_streams: AtomicUsize,
+    /// Bidi calls whose request stream ended, however (end of stream, reset, error).
+    pub bidi_inputs_ended: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -55,6 +57,15 @@ impl Drop for CallGuard {
         if !self.1 {
             self.0.cancelled.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// Counts a bidi call's request stream as ended when dropped.
+struct InputEnded(Arc<ServerState>);
+
+impl Drop for InputEnded {
+    fn drop(&mut self) {
+        self.0.bidi_inputs_ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -142,6 +153,7 @@ impl Echo for Svc {
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             let guard = CallGuard::new(&state);
+            let _ended = InputEnded(state.clone());
             while let Some(m) = input.next().await {
                 match m {
                     Ok(m) => {

@@ -3,10 +3,15 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Duration,
 };
+
+use futures_util::task::AtomicWaker;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
@@ -31,6 +36,9 @@ pin_project! {
             deadline: Option<Sleep>,
             // The deadline's budget, for the grpc-message.
             budget: Duration,
+            // Fired with the deadline: cuts off the request body, so the upstream stream is
+            // reset even while the client is still sending (client streaming, bidi).
+            cancel: Option<Arc<Cancel>>,
         },
         Full { data: Option<Bytes> },
     }
@@ -49,7 +57,12 @@ impl ProxyBody {
 
     /// Relays `inner`; with a gRPC `deadline` (when, and the budget it came from), the call is
     /// ended with DEADLINE_EXCEEDED trailers when it fires.
-    pub fn upstream(inner: Incoming, obs: Observer, deadline: Option<(Sleep, Duration)>) -> Self {
+    pub fn upstream(
+        inner: Incoming,
+        obs: Observer,
+        deadline: Option<(Sleep, Duration)>,
+        cancel: Option<Arc<Cancel>>,
+    ) -> Self {
         let (deadline, budget) = match deadline {
             Some((s, b)) => (Some(s), b),
             None => (None, Duration::ZERO),
@@ -59,6 +72,7 @@ impl ProxyBody {
             obs,
             deadline,
             budget,
+            cancel,
         }
     }
 }
@@ -140,11 +154,15 @@ impl Body for ProxyBody {
                 obs,
                 mut deadline,
                 budget,
+                cancel,
             } => {
                 if let Some(sleep) = deadline.as_mut().as_pin_mut()
                     && sleep.poll(cx).is_ready()
                 {
                     deadline.set(None);
+                    if let Some(c) = cancel {
+                        c.fire();
+                    }
                     if inner.take().is_some() {
                         obs.finish(Some(grpc::DEADLINE_EXCEEDED));
                         return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers(*budget)))));
@@ -190,5 +208,61 @@ impl Body for ProxyBody {
             } => b.size_hint(),
             ProxyBody::Upstream { .. } => SizeHint::default(),
         }
+    }
+}
+
+/// Cuts off a request's upstream body: once fired, the body fails with CANCEL, and the upstream
+/// connection resets the stream.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    fired: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Cancel {
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// The request body sent upstream: the client's body, relayed frame by frame, that a
+/// [`Cancel`] can cut off.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    cancel: Option<Arc<Cancel>>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, cancel: Option<Arc<Cancel>>) -> Self {
+        RequestBody { inner, cancel }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(c) = &self.cancel {
+            c.waker.register(cx.waker());
+            if c.fired.load(Ordering::Acquire) {
+                // An h2 CANCEL in the error: hyper resets the upstream stream with that code.
+                return Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))));
+            }
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

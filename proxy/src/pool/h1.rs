@@ -6,10 +6,10 @@ use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 
-use super::{Clock, Pools};
+use super::{Clock, Pools, RequestBody};
 use crate::http::error::ProxyError;
 
-type Sender = http1::SendRequest<Incoming>;
+type Sender = http1::SendRequest<RequestBody>;
 
 #[derive(Debug)]
 pub struct Pool {
@@ -54,7 +54,7 @@ impl Pool {
         &self,
         pools: &Arc<Pools>,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         // A pooled connection the server closed while idle hands the request back unsent; it is
         // then tried once on a new connection.
@@ -130,7 +130,7 @@ pub async fn connect(
 pub async fn send_once(
     mut sender: Sender,
     addr: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     sender
         .send_request(req)

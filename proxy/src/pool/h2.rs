@@ -14,7 +14,7 @@ use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Clock, Pools};
+use super::{Clock, Pools, RequestBody};
 use crate::{http::error::ProxyError, transport::ConnectError};
 
 #[derive(Debug)]
@@ -34,7 +34,7 @@ impl Default for Pool {
 
 #[derive(Debug, Default)]
 struct Slot {
-    sender: Mutex<Option<http2::SendRequest<Incoming>>>,
+    sender: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Held while connecting, so that concurrent requests share one new connection.
     connecting: tokio::sync::Mutex<()>,
     last_used_ms: AtomicU64,
@@ -44,7 +44,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn live(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn live(&self) -> Option<http2::SendRequest<RequestBody>> {
         let s = self.sender.lock().expect("h2 slot lock");
         s.as_ref().filter(|s| !s.is_closed()).cloned()
     }
@@ -60,7 +60,7 @@ impl Pool {
         &self,
         pools: &Pools,
         addr: SocketAddr,
-    ) -> Result<(Arc<Slot>, http2::SendRequest<Incoming>), ProxyError> {
+    ) -> Result<(Arc<Slot>, http2::SendRequest<RequestBody>), ProxyError> {
         let slot = self.slot(addr);
         slot.last_used_ms
             .store(self.clock.now_ms(), Ordering::Relaxed);
@@ -100,7 +100,7 @@ impl Pool {
         &self,
         pools: &Pools,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         // A pooled connection may have gone away (GOAWAY, reset) since it was checked; a request
         // it never took is sent again once on a fresh connection.
@@ -142,7 +142,7 @@ impl Pool {
 async fn connect(
     pools: &Pools,
     addr: SocketAddr,
-) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
     let tcp = pools.connect(addr).await?;
     let cfg = &pools.cfg;
     let mut b = http2::Builder::new(TokioExecutor::new());
