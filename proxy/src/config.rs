@@ -103,6 +103,15 @@ pub struct UpstreamConfig {
     #[arg(long, env = "WEFT_HTTP1_MAX_IDLE_PER_ENDPOINT", default_value_t = 64)]
     pub http1_max_idle_per_endpoint: usize,
 
+    /// HTTP/1.1 connections carrying a request at once, per endpoint; further requests wait
+    /// for one to come free.
+    #[arg(
+        long,
+        env = "WEFT_HTTP1_MAX_CONNECTIONS_PER_ENDPOINT",
+        default_value_t = 1024
+    )]
+    pub http1_max_connections_per_endpoint: usize,
+
     /// HTTP/2 PING interval on idle-looking connections, both directions (0 turns it off).
     #[arg(long, env = "WEFT_HTTP2_KEEPALIVE_INTERVAL", value_parser = parse_duration, default_value = "10s")]
     pub http2_keepalive_interval: Duration,

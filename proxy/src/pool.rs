@@ -33,7 +33,10 @@ pub struct Pools {
 impl Pools {
     pub fn new(cfg: UpstreamConfig, metrics: Arc<Metrics>, direction: Direction) -> Arc<Self> {
         let pools = Arc::new(Pools {
-            h1: h1::Pool::new(cfg.http1_max_idle_per_endpoint),
+            h1: h1::Pool::new(
+                cfg.http1_max_idle_per_endpoint,
+                cfg.http1_max_connections_per_endpoint,
+            ),
             h2: h2::Pool::default(),
             cfg,
             metrics,

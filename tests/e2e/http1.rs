@@ -33,6 +33,7 @@ async fn keep_alive_chunked_bodies_and_hop_by_hop_headers() {
             .header("keep-alive", "timeout=5")
             .header("proxy-connection", "keep-alive")
             .header("x-end-to-end", "kept")
+            .header("te", "gzip")
             .body(StreamBody::new(futures_util::stream::iter(chunks)))
             .unwrap();
         tx.ready().await.unwrap();
@@ -43,14 +44,26 @@ async fn keep_alive_chunked_bodies_and_hop_by_hop_headers() {
             .unwrap()
             .to_string();
         assert!(seen.contains("x-end-to-end"), "{seen}");
-        for hop in ["x-hop", "keep-alive", "proxy-connection"] {
+        for hop in [
+            "x-hop",
+            "keep-alive",
+            "proxy-connection",
+            "connection",
+            "te",
+        ] {
             assert!(!seen.split(',').any(|h| h == hop), "{hop} passed: {seen}");
         }
         assert_eq!(rsp.headers()["x-seen-host"], "echo.test:8080");
         let body = rsp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, format!("r{i}c0;r{i}c1;r{i}c2;r{i}c3;"));
     }
-    // All three requests rode one client connection to A.
+    // All three requests rode one client connection to A, and one upstream connection from B.
+    assert_eq!(
+        peer.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     assert_eq!(
         chain
             .a
@@ -173,4 +186,90 @@ async fn upgraded_tunnel_survives_drain() {
         .wait_exit(Duration::from_secs(20))
         .expect("proxy exits after the tunnel");
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_limited_and_reused() {
+    let peer = http_peer::server("s1").await;
+    let dir = weft_tests::chain::TempDir::new("h1limit");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:\n  - name: slow.test\n    port: 80\n    endpoints:\n      - address: {}\n",
+            peer.addr
+        ),
+    );
+    let proxy = weft_tests::proxy::Proxy::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--http1-max-connections-per-endpoint",
+        "2",
+    ]);
+    // 12 clients at once, each on its own connection, each request taking 100 ms upstream.
+    let calls = (0..12).map(|_| {
+        http_peer::request_h1(
+            proxy.addr("outbound"),
+            Request::get("/delay?ms=100").header("host", "slow.test"),
+            String::new(),
+        )
+    });
+    let rsps = futures_util::future::join_all(calls).await;
+    assert!(
+        rsps.iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+    );
+    // They queued for two upstream connections, which were reused.
+    assert_eq!(
+        peer.state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        12
+    );
+    assert_eq!(
+        peer.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_sees_the_authority_that_was_routed() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    // Absolute-form target naming one service, Host naming another.
+    let mut s = tokio::net::TcpStream::connect(chain.outbound())
+        .await
+        .unwrap();
+    s.write_all(b"GET http://echo.test:8080/echo HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rsp = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rsp))
+        .await
+        .unwrap()
+        .unwrap();
+    let rsp = rsp.to_ascii_lowercase();
+    assert!(rsp.starts_with("http/1.1 200"), "{rsp}");
+    assert!(rsp.contains("x-seen-host: echo.test:8080\r\n"), "{rsp}");
+
+    // Two Host headers: ambiguous, refused.
+    let mut s = tokio::net::TcpStream::connect(chain.outbound())
+        .await
+        .unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: echo.test:8080\r\nHost: evil.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rsp = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rsp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+    assert_eq!(
+        peer.state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }

@@ -1,7 +1,7 @@
 //! The hyper test peer (HTTP/1.1 and HTTP/2 on one port) and small client helpers.
 //!
 //! Paths: `/echo` streams the request body back and reports what it saw in `x-seen-*` headers;
-//! `/id` answers the server's name; `/trailers` ends with a trailer; `/big?bytes=N` streams N
+//! `/id` answers the server's name; `/delay?ms=N` answers it after N ms; `/trailers` ends with a trailer; `/big?bytes=N` streams N
 //! bytes; `/upgrade` switches protocols and echoes raw bytes; `/hang` never answers;
 //! `/grpc-partial` sends gRPC headers and one message and then nothing; `/reset` sends a
 //! chunk and then resets the stream; `/status/<code>`.
@@ -34,6 +34,8 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 #[derive(Debug, Default)]
 pub struct PeerState {
     pub name: String,
+    /// Connections accepted.
+    pub connections: AtomicUsize,
     pub requests: AtomicUsize,
     /// Bytes of `/big` bodies handed to the transport (flow control holds this back).
     pub big_sent: AtomicU64,
@@ -62,6 +64,7 @@ pub async fn server(name: &str) -> Peer {
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
+            st.connections.fetch_add(1, Ordering::SeqCst);
             let st = st.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -117,6 +120,15 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
             let mut rsp = Response::new(req.into_body().map_err(Into::into).boxed());
             rsp.headers_mut().extend(seen);
             rsp
+        }
+        "/delay" => {
+            // Answers after `ms` milliseconds: a slow upstream.
+            let ms: u64 = query
+                .strip_prefix("ms=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            Response::new(full(st.name.clone()))
         }
         "/id" => {
             let _ = req.into_body().collect().await;

@@ -5,6 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, sync::Mutex, time::D
 use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
 
 use super::{Clock, Pools, RequestBody};
 use crate::http::error::ProxyError;
@@ -13,24 +14,43 @@ type Sender = http1::SendRequest<RequestBody>;
 
 #[derive(Debug)]
 pub struct Pool {
-    /// Idle connections per endpoint, most recently used last, with when they went idle.
-    idle: Mutex<HashMap<SocketAddr, Vec<(Sender, u64)>>>,
+    endpoints: Mutex<HashMap<SocketAddr, Endpoint>>,
     max_idle: usize,
+    max_active: usize,
     clock: Clock,
 }
 
+/// One endpoint's HTTP/1.1 connections.
+#[derive(Debug)]
+struct Endpoint {
+    /// Idle connections, most recently used last, with when they went idle.
+    idle: Vec<(Sender, u64)>,
+    /// One permit per connection carrying a request; requests beyond the limit wait.
+    active: Arc<Semaphore>,
+}
+
 impl Pool {
-    pub fn new(max_idle: usize) -> Self {
+    pub fn new(max_idle: usize, max_active: usize) -> Self {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
             max_idle,
+            max_active: max_active.max(1),
             clock: Clock::new(),
         }
     }
 
+    fn permits(&self, addr: SocketAddr) -> Arc<Semaphore> {
+        let mut eps = self.endpoints.lock().expect("h1 pool lock");
+        let ep = eps.entry(addr).or_insert_with(|| Endpoint {
+            idle: Vec::new(),
+            active: Arc::new(Semaphore::new(self.max_active)),
+        });
+        ep.active.clone()
+    }
+
     fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
-        let mut idle = self.idle.lock().expect("h1 pool lock");
-        let list = idle.get_mut(&addr)?;
+        let mut eps = self.endpoints.lock().expect("h1 pool lock");
+        let list = &mut eps.get_mut(&addr)?.idle;
         while let Some((s, _)) = list.pop() {
             if s.is_ready() {
                 return Some(s);
@@ -43,10 +63,11 @@ impl Pool {
         if self.max_idle == 0 {
             return;
         }
-        let mut idle = self.idle.lock().expect("h1 pool lock");
-        let list = idle.entry(addr).or_default();
-        if list.len() < self.max_idle {
-            list.push((sender, self.clock.now_ms()));
+        let mut eps = self.endpoints.lock().expect("h1 pool lock");
+        if let Some(ep) = eps.get_mut(&addr)
+            && ep.idle.len() < self.max_idle
+        {
+            ep.idle.push((sender, self.clock.now_ms()));
         }
     }
 
@@ -56,6 +77,12 @@ impl Pool {
         addr: SocketAddr,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        // At the limit of connections in use, wait for one to come free.
+        let permit = self
+            .permits(addr)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         // A pooled connection the server closed while idle hands the request back unsent; it is
         // then tried once on a new connection.
         let mut fresh = false;
@@ -69,9 +96,11 @@ impl Pool {
             };
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
-                    // The connection is reusable once this response's body has been read.
+                    // The connection is reusable once this response's body has been read; until
+                    // then it holds its permit.
                     let pools = pools.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         if sender.ready().await.is_ok() {
                             pools.h1.checkin(addr, sender);
                         }
@@ -94,10 +123,11 @@ impl Pool {
     /// Closes connections idle for longer than `idle`.
     pub fn sweep(&self, idle: Duration) {
         let cutoff = self.clock.now_ms().saturating_sub(idle.as_millis() as u64);
-        let mut map = self.idle.lock().expect("h1 pool lock");
-        map.retain(|_, list| {
-            list.retain(|(s, since)| *since >= cutoff && !s.is_closed());
-            !list.is_empty()
+        let mut eps = self.endpoints.lock().expect("h1 pool lock");
+        eps.retain(|_, ep| {
+            ep.idle
+                .retain(|(s, since)| *since >= cutoff && !s.is_closed());
+            !ep.idle.is_empty() || ep.active.available_permits() < self.max_active
         });
     }
 }
@@ -148,8 +178,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn keeps_at_most_max_idle_and_reuses_the_newest() {
-        let pool = Pool::new(2);
+    async fn keeps_at_most_max_idle() {
+        let pool = Pool::new(2, 8);
+        pool.permits(addr());
         let mut servers = Vec::new();
         for _ in 0..3 {
             let (tx, server) = testing::h1().await;
@@ -163,7 +194,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire_and_closed_ones_are_skipped() {
-        let pool = Pool::new(8);
+        let pool = Pool::new(8, 8);
+        pool.permits(addr());
         let (tx, _server) = testing::h1().await;
         pool.checkin(addr(), tx);
         tokio::time::advance(Duration::from_secs(60)).await;
