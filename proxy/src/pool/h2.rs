@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -19,14 +19,15 @@ use crate::{http::error::ProxyError, transport::ConnectError};
 
 #[derive(Debug)]
 pub struct Pool {
-    slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
+    /// Read on every request, written only when an endpoint is first used or swept.
+    slots: RwLock<HashMap<SocketAddr, Arc<Slot>>>,
     clock: Clock,
 }
 
 impl Default for Pool {
     fn default() -> Self {
         Pool {
-            slots: Mutex::default(),
+            slots: RwLock::default(),
             clock: Clock::new(),
         }
     }
@@ -52,7 +53,10 @@ impl Slot {
 
 impl Pool {
     fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
-        let mut slots = self.slots.lock().expect("h2 pool lock");
+        if let Some(s) = self.slots.read().expect("h2 pool lock").get(&addr) {
+            return s.clone();
+        }
+        let mut slots = self.slots.write().expect("h2 pool lock");
         slots.entry(addr).or_default().clone()
     }
 
@@ -131,7 +135,7 @@ impl Pool {
     /// Drops connections unused for `idle`; streams still open on them run to completion.
     pub fn sweep(&self, idle: Duration) {
         let cutoff = self.clock.now_ms().saturating_sub(idle.as_millis() as u64);
-        let mut slots = self.slots.lock().expect("h2 pool lock");
+        let mut slots = self.slots.write().expect("h2 pool lock");
         slots.retain(|_, slot| {
             let fresh = slot.last_used_ms.load(Ordering::Relaxed) >= cutoff;
             fresh || slot.connecting.try_lock().is_err()
@@ -191,11 +195,11 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(30)).await;
         pool.sweep(Duration::from_secs(90));
-        assert!(pool.slots.lock().unwrap().contains_key(&addr));
+        assert!(pool.slots.read().unwrap().contains_key(&addr));
         tokio::time::advance(Duration::from_secs(61)).await;
         pool.sweep(Duration::from_secs(90));
         assert!(
-            !pool.slots.lock().unwrap().contains_key(&addr),
+            !pool.slots.read().unwrap().contains_key(&addr),
             "unused for 91 s"
         );
     }
