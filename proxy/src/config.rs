@@ -160,29 +160,7 @@ fn parse_tcp_mapping(s: &str) -> Result<TcpMapping, String> {
 }
 
 /// Parses durations such as `250ms`, `10s`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a duration such as 250ms, 10s or 2m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
-    };
-    // Ten years is longer than any timeout means; beyond it deadlines stop being representable.
-    const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
-    if !secs.is_finite() || !(0.0..=MAX_SECS).contains(&secs) {
-        return Err(format!("`{s}`: out of range (at most 10 years)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use weft_core::duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests {

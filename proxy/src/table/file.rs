@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// A table file as written by the operator (and as `/config_dump` shows it back).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -86,7 +86,7 @@ pub struct RouteSpec {
     /// Whole-request timeout.
     #[serde(
         default,
-        with = "opt_duration",
+        with = "weft_core::duration::opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
@@ -180,21 +180,4 @@ pub fn parse(file: &Path, text: &str) -> Result<TableFile, LoadError> {
         file: file_name,
         message: e.to_string(),
     })
-}
-
-mod opt_duration {
-    use super::*;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| crate::config::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-
-    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
-            None => s.serialize_none(),
-        }
-    }
 }

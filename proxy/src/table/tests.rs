@@ -191,3 +191,19 @@ fn a_rejected_table_creates_no_metrics_series() {
     .unwrap();
     assert!(m.render().contains(r#"target="good:80""#));
 }
+
+#[test]
+fn a_bad_duration_names_its_field_and_line() {
+    let text = "services:\n  - name: a\n    port: 80\n    routes:\n      - timeout: soon\n";
+    assert_eq!(
+        load(text).unwrap_err().to_string(),
+        "mesh.yaml: services[0].routes[0].timeout: `soon`: expected a duration such as 250ms, 10s or 2m at line 5 column 18"
+    );
+    let t =
+        load("services:\n  - name: a\n    port: 80\n    routes:\n      - timeout: 3\n").unwrap();
+    assert_eq!(
+        t.services()[0].routes[0].timeout,
+        Some(Duration::from_secs(3)),
+        "a bare number is seconds"
+    );
+}

@@ -1,0 +1,7 @@
+//! `weft-control-plane`: watches service registrations, holds traffic policies, and serves both
+//! to the proxies as Envoy v3 xDS.
+//!
+//! So far: the [`policy`] model that operators write, with its validation.
+#![forbid(unsafe_code)]
+
+pub mod policy;

@@ -1,0 +1,445 @@
+//! What a policy must mean, beyond its shape. Every problem is reported with the field it is in,
+//! all at once, so that an operator can fix a policy in one go.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+/// One problem in one field (`spec.routes[1].backends[0].subset`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Collects errors under a field path.
+struct Check {
+    errors: Vec<FieldError>,
+}
+
+impl Check {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn at_most_one(&mut self, field: &str, set: &[(&str, bool)], need_one: bool) {
+        let given: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+        let names: Vec<String> = set.iter().map(|(n, _)| format!("`{n}`")).collect();
+        let names = names.join(", ");
+        if given.len() > 1 {
+            self.fail(
+                field,
+                format!("set only one of {names} (found {})", given.join(", ")),
+            );
+        } else if need_one && given.is_empty() {
+            self.fail(field, format!("set one of {names}"));
+        }
+    }
+
+    fn percent(&mut self, field: String, value: f64) {
+        if !(0.0..=100.0).contains(&value) {
+            self.fail(
+                field,
+                format!("{value} is not a percentage between 0 and 100"),
+            );
+        }
+    }
+
+    fn positive(&mut self, field: String, value: Option<u32>) {
+        if value == Some(0) {
+            self.fail(field, "must be at least 1");
+        }
+    }
+}
+
+fn is_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+impl TrafficPolicy {
+    /// Every problem in the policy, or `Ok` when it may be put in force.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut c = Check { errors: Vec::new() };
+        if self.api_version != API_VERSION {
+            c.fail(
+                "apiVersion",
+                format!("`{}`: expected `{API_VERSION}`", self.api_version),
+            );
+        }
+        if self.kind != KIND {
+            c.fail("kind", format!("`{}`: expected `{KIND}`", self.kind));
+        }
+        if !is_host(&self.metadata.name) {
+            c.fail(
+                "metadata.name",
+                format!(
+                    "`{}` is not a name (lower-case letters, digits, `-` and `.`)",
+                    self.metadata.name
+                ),
+            );
+        }
+        self.spec.check(&mut c);
+        if c.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(c.errors)
+        }
+    }
+}
+
+impl PolicySpec {
+    fn check(&self, c: &mut Check) {
+        match self.service.rsplit_once(':') {
+            Some((host, port)) if is_host(host) && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => c.fail(
+                "spec.service",
+                format!(
+                    "`{}` is not `host:port` (a lower-case host name and a port)",
+                    self.service
+                ),
+            ),
+        }
+        let mut subsets = BTreeSet::new();
+        for (i, s) in self.subsets.iter().enumerate() {
+            if s.name.is_empty() {
+                c.fail(format!("spec.subsets[{i}].name"), "must not be empty");
+            } else if !subsets.insert(s.name.as_str()) {
+                c.fail(
+                    format!("spec.subsets[{i}].name"),
+                    format!("subset `{}` is defined twice", s.name),
+                );
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("spec.routes[{i}]");
+            if let Some(n) = &r.name
+                && !names.insert(n.as_str())
+            {
+                c.fail(
+                    format!("{at}.name"),
+                    format!("route `{n}` is defined twice"),
+                );
+            }
+            r.check(&at, &subsets, c);
+        }
+        if let Some(r) = &self.retry {
+            r.check("spec.retry", c);
+        }
+        if let Some(lb) = &self.load_balancer {
+            lb.check(c);
+        }
+        if let Some(cb) = &self.circuit_breaker {
+            for (name, v) in [
+                ("maxConnections", cb.max_connections),
+                ("maxPendingRequests", cb.max_pending_requests),
+                ("maxRequests", cb.max_requests),
+                ("maxRetries", cb.max_retries),
+            ] {
+                c.positive(format!("spec.circuitBreaker.{name}"), v);
+            }
+        }
+        if let Some(o) = &self.outlier_detection {
+            o.check(c);
+        }
+        if let Some(f) = &self.fault {
+            f.check("spec.fault", c);
+        }
+        if let Some(rl) = &self.rate_limit {
+            c.positive(
+                "spec.rateLimit.requestsPerSecond".into(),
+                Some(rl.requests_per_second),
+            );
+            c.positive("spec.rateLimit.burst".into(), rl.burst);
+        }
+        if let Some(a) = &self.authorization {
+            a.check(c);
+        }
+    }
+}
+
+impl RouteRule {
+    fn check(&self, at: &str, subsets: &BTreeSet<&str>, c: &mut Check) {
+        if let Some(m) = &self.matches {
+            if let Some(p) = &m.path {
+                let f = format!("{at}.match.path");
+                check_string_match(&f, &p.exact, &p.prefix, &p.regex, true, c);
+                if let Some(v) = p.exact.as_ref().or(p.prefix.as_ref())
+                    && !v.starts_with('/')
+                {
+                    c.fail(f, format!("`{v}` does not start with `/`"));
+                }
+            }
+            if let Some(method) = &m.method
+                && http::Method::from_bytes(method.as_bytes()).is_err()
+            {
+                c.fail(
+                    format!("{at}.match.method"),
+                    format!("`{method}` is not an HTTP method"),
+                );
+            }
+            for (i, h) in m.headers.iter().enumerate() {
+                let f = format!("{at}.match.headers[{i}]");
+                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                    c.fail(
+                        format!("{f}.name"),
+                        format!("`{}` is not a header name", h.name),
+                    );
+                }
+                check_string_match(&f, &h.exact, &h.prefix, &h.regex, false, c);
+            }
+        }
+        let mut total = 0u64;
+        for (i, b) in self.backends.iter().enumerate() {
+            total += u64::from(b.weight);
+            if let Some(s) = &b.subset
+                && !subsets.contains(s.as_str())
+            {
+                let known: Vec<&str> = subsets.iter().copied().collect();
+                c.fail(
+                    format!("{at}.backends[{i}].subset"),
+                    format!("unknown subset `{s}` (defined: {})", known.join(", ")),
+                );
+            }
+        }
+        if !self.backends.is_empty() && total == 0 {
+            c.fail(
+                format!("{at}.backends"),
+                "every backend has weight 0: nothing could be routed",
+            );
+        }
+        if let Some(r) = &self.retry {
+            r.check(&format!("{at}.retry"), c);
+        }
+        if let Some(f) = &self.fault {
+            f.check(&format!("{at}.fault"), c);
+        }
+    }
+}
+
+fn check_string_match(
+    at: &str,
+    exact: &Option<String>,
+    prefix: &Option<String>,
+    regex: &Option<String>,
+    need_one: bool,
+    c: &mut Check,
+) {
+    c.at_most_one(
+        at,
+        &[
+            ("exact", exact.is_some()),
+            ("prefix", prefix.is_some()),
+            ("regex", regex.is_some()),
+        ],
+        need_one,
+    );
+    if let Some(r) = regex
+        && let Err(e) = regex::Regex::new(&format!("^(?:{r})$"))
+    {
+        c.fail(format!("{at}.regex"), format!("invalid regex: {e}"));
+    }
+}
+
+impl RetryPolicy {
+    fn check(&self, at: &str, c: &mut Check) {
+        if let Some(n) = self.attempts
+            && n > 10
+        {
+            c.fail(
+                format!("{at}.attempts"),
+                format!("{n} retries is more than the limit of 10"),
+            );
+        }
+        if let Some(b) = &self.backoff {
+            if b.base.is_some_and(|d| d.is_zero()) {
+                c.fail(format!("{at}.backoff.base"), "must be more than 0");
+            }
+            if let (Some(base), Some(max)) = (b.base, b.max)
+                && max < base
+            {
+                c.fail(
+                    format!("{at}.backoff.max"),
+                    format!("{max:?} is less than base {base:?}"),
+                );
+            }
+        }
+        for (i, cond) in self.on.iter().enumerate() {
+            if !RETRY_CONDITIONS.contains(&cond.as_str()) {
+                c.fail(
+                    format!("{at}.on[{i}]"),
+                    format!(
+                        "unknown retry condition `{cond}` (known: {})",
+                        RETRY_CONDITIONS.join(", ")
+                    ),
+                );
+            }
+        }
+        let wants_codes = self.on.iter().any(|o| o == "retriable-status-codes");
+        if wants_codes && self.status_codes.is_empty() {
+            c.fail(
+                format!("{at}.statusCodes"),
+                "`retriable-status-codes` needs at least one status code",
+            );
+        }
+        if !wants_codes && !self.status_codes.is_empty() {
+            c.fail(
+                format!("{at}.statusCodes"),
+                "status codes are only used with the `retriable-status-codes` condition",
+            );
+        }
+        for (i, code) in self.status_codes.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                c.fail(
+                    format!("{at}.statusCodes[{i}]"),
+                    format!("{code} is not an HTTP status"),
+                );
+            }
+        }
+        if let Some(b) = &self.budget
+            && let Some(r) = b.ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            c.fail(
+                format!("{at}.budget.ratio"),
+                format!("{r} is not a ratio between 0 and 1 (0.2 means 20%)"),
+            );
+        }
+    }
+}
+
+impl LoadBalancer {
+    fn check(&self, c: &mut Check) {
+        match (&self.hash, self.policy) {
+            (None, LbPolicy::RingHash) => c.fail(
+                "spec.loadBalancer.hash",
+                "`ring-hash` needs a hash key (`header`, `cookie` or `sourceIp`)",
+            ),
+            (Some(_), p) if p != LbPolicy::RingHash => c.fail(
+                "spec.loadBalancer.hash",
+                "a hash key is only used with `policy: ring-hash`",
+            ),
+            (Some(h), _) => c.at_most_one(
+                "spec.loadBalancer.hash",
+                &[
+                    ("header", h.header.is_some()),
+                    ("cookie", h.cookie.is_some()),
+                    ("sourceIp", h.source_ip == Some(true)),
+                ],
+                true,
+            ),
+            (None, _) => {}
+        }
+    }
+}
+
+impl OutlierDetection {
+    fn check(&self, c: &mut Check) {
+        let at = "spec.outlierDetection";
+        c.positive(format!("{at}.consecutive5xx"), self.consecutive_5xx);
+        c.positive(
+            format!("{at}.consecutiveGatewayErrors"),
+            self.consecutive_gateway_errors,
+        );
+        if let Some(p) = self.max_ejection_percent {
+            c.percent(format!("{at}.maxEjectionPercent"), f64::from(p));
+        }
+        if let Some(f) = &self.failure_rate {
+            if f.threshold_percent == 0 {
+                c.fail(
+                    format!("{at}.failureRate.thresholdPercent"),
+                    "must be at least 1",
+                );
+            }
+            c.percent(
+                format!("{at}.failureRate.thresholdPercent"),
+                f64::from(f.threshold_percent),
+            );
+            c.positive(
+                format!("{at}.failureRate.minimumRequests"),
+                f.minimum_requests,
+            );
+            if f.window.is_some_and(|w| w.is_zero()) {
+                c.fail(format!("{at}.failureRate.window"), "must be more than 0");
+            }
+        }
+        for (name, d) in [
+            ("interval", self.interval),
+            ("baseEjectionTime", self.base_ejection_time),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                c.fail(format!("{at}.{name}"), "must be more than 0");
+            }
+        }
+    }
+}
+
+impl Fault {
+    fn check(&self, at: &str, c: &mut Check) {
+        if let Some(d) = &self.delay {
+            c.percent(format!("{at}.delay.percent"), d.percent);
+            if d.fixed.is_none() {
+                c.fail(format!("{at}.delay.fixed"), "a delay needs its length");
+            }
+        }
+        if let Some(a) = &self.abort {
+            c.percent(format!("{at}.abort.percent"), a.percent);
+            c.at_most_one(
+                &format!("{at}.abort"),
+                &[
+                    ("httpStatus", a.http_status.is_some()),
+                    ("grpcStatus", a.grpc_status.is_some()),
+                ],
+                true,
+            );
+            if let Some(s) = a.http_status
+                && !(200..=599).contains(&s)
+            {
+                c.fail(
+                    format!("{at}.abort.httpStatus"),
+                    format!("{s} is not an HTTP status from 200 to 599"),
+                );
+            }
+            if let Some(g) = a.grpc_status
+                && !(1..=16).contains(&g)
+            {
+                c.fail(
+                    format!("{at}.abort.grpcStatus"),
+                    format!("{g} is not a gRPC error status (1 to 16)"),
+                );
+            }
+        }
+    }
+}
+
+impl Authorization {
+    fn check(&self, c: &mut Check) {
+        for (i, r) in self.allow.iter().enumerate() {
+            let at = format!("spec.authorization.allow[{i}]");
+            c.at_most_one(
+                &at,
+                &[
+                    ("identity", r.identity.is_some()),
+                    ("namespace", r.namespace.is_some()),
+                    ("authenticated", r.authenticated == Some(true)),
+                ],
+                true,
+            );
+            if let Some(id) = &r.identity
+                && !id.starts_with("spiffe://")
+            {
+                c.fail(
+                    format!("{at}.identity"),
+                    format!("`{id}` is not a SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)"),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Small types shared by weft's proxy and control plane, so that neither depends on the other:
+//! how operators write durations.
+#![forbid(unsafe_code)]
+
+pub mod duration;
