@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use weft_tests::{
     chain::{Chain, HTTP_SERVICE},
-    eventually,
     grpc::{self, StreamReq},
 };
 
@@ -26,18 +25,7 @@ async fn long_stream_completes_while_the_proxy_drains() {
     s.message().await.unwrap().unwrap();
 
     chain.a.signal("TERM");
-    let outbound = chain.outbound();
-    eventually(
-        Duration::from_secs(5),
-        "new connections to be refused",
-        || async move {
-            tokio::net::TcpStream::connect(outbound)
-                .await
-                .is_err()
-                .then_some(())
-        },
-    )
-    .await;
+    weft_tests::until_refused(chain.outbound()).await;
     let (_, ready) = chain.a.get("probe", "/ready").await;
     assert_eq!(ready, "draining\n");
 

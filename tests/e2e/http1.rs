@@ -161,18 +161,7 @@ async fn upgraded_tunnel_survives_drain() {
     let mut chain = Chain::start(peer.addr);
     let mut s = open_tunnel(&chain).await;
     chain.a.signal("TERM");
-    let outbound = chain.outbound();
-    weft_tests::eventually(
-        Duration::from_secs(5),
-        "new connections to be refused",
-        || async move {
-            tokio::net::TcpStream::connect(outbound)
-                .await
-                .is_err()
-                .then_some(())
-        },
-    )
-    .await;
+    weft_tests::until_refused(chain.outbound()).await;
     // Draining, but the tunnel in flight still works...
     echo(&mut s, "still there during the drain").await;
     assert!(
@@ -238,33 +227,21 @@ async fn the_upstream_sees_the_authority_that_was_routed() {
     let peer = http_peer::server("s1").await;
     let chain = Chain::start(peer.addr);
     // Absolute-form target naming one service, Host naming another.
-    let mut s = tokio::net::TcpStream::connect(chain.outbound())
-        .await
-        .unwrap();
-    s.write_all(b"GET http://echo.test:8080/echo HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut rsp = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rsp))
-        .await
-        .unwrap()
-        .unwrap();
-    let rsp = rsp.to_ascii_lowercase();
+    let rsp = weft_tests::raw_exchange(
+        chain.outbound(),
+        b"GET http://echo.test:8080/echo HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
     assert!(rsp.starts_with("http/1.1 200"), "{rsp}");
     assert!(rsp.contains("x-seen-host: echo.test:8080\r\n"), "{rsp}");
 
     // Two Host headers: ambiguous, refused.
-    let mut s = tokio::net::TcpStream::connect(chain.outbound())
-        .await
-        .unwrap();
-    s.write_all(b"GET /echo HTTP/1.1\r\nHost: echo.test:8080\r\nHost: evil.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut rsp = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rsp))
-        .await
-        .unwrap()
-        .unwrap();
+    let rsp = weft_tests::raw_exchange(
+        chain.outbound(),
+        b"GET /echo HTTP/1.1\r\nHost: echo.test:8080\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
     assert_eq!(
         peer.state

@@ -27,3 +27,31 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until connecting to `addr` is refused (a draining proxy closed its listener).
+pub async fn until_refused(addr: std::net::SocketAddr) {
+    eventually(
+        Duration::from_secs(5),
+        "new connections to be refused",
+        || async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// Writes `request` on a new connection to `addr` and reads until the server closes it.
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut rsp = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rsp))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    rsp
+}
