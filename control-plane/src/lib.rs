@@ -1,7 +1,9 @@
 //! `weft-control-plane`: watches service registrations, holds traffic policies, and serves both
 //! to the proxies as Envoy v3 xDS.
 //!
-//! So far: the [`policy`] model that operators write, with its validation.
+//! So far: the [`policy`] model that operators write, with its validation, and the
+//! [`registry`] model with its file registry.
 #![forbid(unsafe_code)]
 
 pub mod policy;
+pub mod registry;
