@@ -1,0 +1,370 @@
+//! Registry snapshot + traffic policies -> Envoy v3 resources, in the shape gRPC's proxyless
+//! xDS clients consume, so that any standard xDS client can use weft's control plane:
+//!
+//! - a Listener per service, named `host:port`, whose `api_listener` is an
+//!   HttpConnectionManager that takes its routes over RDS (same name) and ends in the router;
+//! - a RouteConfiguration per service: one virtual host whose domains are the host, its aliases,
+//!   with and without the port, and `vip:port`; the policy's routes in order, then a default
+//!   route to every endpoint;
+//! - a Cluster per service (`host:port`) and per subset (`host:port/subset`), of type EDS over
+//!   ADS, with the load-balancing policy, circuit breakers (with the retry budget) and outlier
+//!   detection;
+//! - a ClusterLoadAssignment per cluster, with weights, health, and the endpoint's labels and
+//!   identity in its metadata.
+//!
+//! Settings that no standard field carries (fault injection, rate limit, authorization,
+//! weft-specific load balancing) travel in metadata under the `weft` key, never in
+//! non-standard fields.
+
+mod convert;
+
+use std::collections::BTreeMap;
+
+use prost::{Message, Name};
+use weft_xds_proto::{
+    envoy::{
+        config::{
+            cluster::v3::{
+                Cluster, OutlierDetection as EnvoyOutlier,
+                circuit_breakers::{Thresholds, thresholds::RetryBudget as EnvoyBudget},
+                cluster::{
+                    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as EnvoyLb,
+                },
+            },
+            core::v3::{
+                AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus,
+                config_source::ConfigSourceSpecifier,
+            },
+            endpoint::v3::{
+                ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+            },
+            listener::v3::{ApiListener, Listener},
+            route::v3::{
+                Route, RouteAction, RouteConfiguration, VirtualHost, WeightedCluster,
+                route::Action, route_action::ClusterSpecifier, weighted_cluster::ClusterWeight,
+            },
+        },
+        extensions::filters::{
+            http::router::v3::Router,
+            network::http_connection_manager::v3::{
+                HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
+                http_filter::ConfigType,
+            },
+        },
+    },
+    google::protobuf::Any,
+};
+
+use crate::{
+    policy::{LbPolicy, PolicySpec, RouteRule, TrafficPolicy},
+    registry::{Service, Snapshot},
+};
+use convert::{duration, metadata, retry_policy, route_match, socket_address, u32v};
+
+/// The name of the metadata key (filter metadata namespace) weft's own settings travel under.
+pub const METADATA_KEY: &str = "weft";
+
+/// Every resource for one snapshot, each list sorted by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+}
+
+/// Packs a message into `Any` under its own type URL.
+pub fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// Translates a snapshot. A service's policy is the first (by `namespace/name`) whose
+/// `spec.service` names it; policies naming no registered service produce nothing.
+pub fn translate(snap: &Snapshot) -> Resources {
+    let mut by_service: BTreeMap<&str, &TrafficPolicy> = BTreeMap::new();
+    for p in snap.policies.values() {
+        by_service.entry(p.spec.service.as_str()).or_insert(p);
+    }
+    let mut out = Resources::default();
+    for (authority, svc) in &snap.services {
+        let policy = by_service.get(authority.as_str()).map(|p| &p.spec);
+        out.listeners.push(listener(authority, svc));
+        out.routes.push(route_config(authority, svc, policy));
+        let subsets = policy.map_or(&[][..], |p| &p.subsets[..]);
+        let all = std::iter::once((authority.clone(), None));
+        let named = subsets
+            .iter()
+            .map(|s| (format!("{authority}/{}", s.name), Some(&s.labels)));
+        for (name, labels) in all.chain(named) {
+            out.clusters.push(cluster(&name, policy));
+            out.endpoints.push(load_assignment(&name, svc, labels));
+        }
+    }
+    out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    out.endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out
+}
+
+fn listener(authority: &str, svc: &Service) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: authority.to_string(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: authority.to_string(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut weft = serde_json::json!({ "protocol": svc.spec.protocol });
+    if let Some(vip) = svc.spec.vip {
+        weft["vip"] = serde_json::json!(format!("{vip}:{}", svc.spec.port));
+    }
+    Listener {
+        name: authority.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(any(&hcm)),
+        }),
+        metadata: Some(metadata(weft)),
+        ..Default::default()
+    }
+}
+
+fn route_config(authority: &str, svc: &Service, policy: Option<&PolicySpec>) -> RouteConfiguration {
+    let port = svc.spec.port;
+    let mut domains = Vec::new();
+    for host in std::iter::once(&svc.host).chain(&svc.spec.aliases) {
+        domains.push(format!("{host}:{port}"));
+        domains.push(host.clone());
+    }
+    if let Some(vip) = svc.spec.vip {
+        domains.push(format!("{vip}:{port}"));
+    }
+    let mut routes: Vec<Route> = policy
+        .map(|p| {
+            p.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| route(authority, i, r, p))
+                .collect()
+        })
+        .unwrap_or_default();
+    let default = RouteRule {
+        name: Some("default".into()),
+        ..Default::default()
+    };
+    let empty = PolicySpec::default();
+    routes.push(route(
+        authority,
+        routes.len(),
+        &default,
+        policy.unwrap_or(&empty),
+    ));
+    RouteConfiguration {
+        name: authority.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: authority.to_string(),
+            domains,
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route(authority: &str, index: usize, r: &RouteRule, p: &PolicySpec) -> Route {
+    let cluster_of = |subset: &Option<String>| match subset {
+        Some(s) => format!("{authority}/{s}"),
+        None => authority.to_string(),
+    };
+    let cluster_specifier = match &r.backends[..] {
+        [] => ClusterSpecifier::Cluster(authority.to_string()),
+        [one] => ClusterSpecifier::Cluster(cluster_of(&one.subset)),
+        many => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|b| ClusterWeight {
+                    name: cluster_of(&b.subset),
+                    weight: Some(u32v(b.weight)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let hash_policy = p
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.hash.as_ref())
+        .map(convert::hash_policy)
+        .into_iter()
+        .collect();
+    let action = RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout: r.timeout.or(p.timeout).map(duration),
+        retry_policy: r.retry.as_ref().or(p.retry.as_ref()).map(retry_policy),
+        hash_policy,
+        ..Default::default()
+    };
+    let fault = r.fault.as_ref().or(p.fault.as_ref());
+    let mut weft = serde_json::Map::new();
+    for (k, v) in [
+        ("fault", serde_json::to_value(fault)),
+        ("rateLimit", serde_json::to_value(&p.rate_limit)),
+        ("authorization", serde_json::to_value(&p.authorization)),
+    ] {
+        if let Ok(v) = v
+            && !v.is_null()
+        {
+            weft.insert(k.into(), v);
+        }
+    }
+    Route {
+        name: r.name.clone().unwrap_or_else(|| format!("route-{index}")),
+        r#match: Some(route_match(r.matches.as_ref())),
+        action: Some(Action::Route(action)),
+        metadata: (!weft.is_empty()).then(|| metadata(serde_json::Value::Object(weft))),
+        ..Default::default()
+    }
+}
+
+fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
+    let lb = policy
+        .and_then(|p| p.load_balancer.as_ref())
+        .map_or(LbPolicy::default(), |l| l.policy);
+    // Envoy's LEAST_REQUEST is power-of-two-choices over outstanding requests, the nearest
+    // standard to weft's default (P2C over peak-EWMA latency); the exact policy is in metadata.
+    let lb_policy = match lb {
+        LbPolicy::P2cEwma | LbPolicy::LeastRequest => EnvoyLb::LeastRequest,
+        LbPolicy::RoundRobin => EnvoyLb::RoundRobin,
+        LbPolicy::RingHash => EnvoyLb::RingHash,
+        LbPolicy::Random => EnvoyLb::Random,
+    };
+    let cb = policy.and_then(|p| p.circuit_breaker.as_ref());
+    let budget = policy
+        .and_then(|p| p.retry.as_ref())
+        .and_then(|r| r.budget.as_ref());
+    let thresholds = (cb.is_some() || budget.is_some()).then(|| Thresholds {
+        max_connections: cb.and_then(|c| c.max_connections).map(u32v),
+        max_pending_requests: cb.and_then(|c| c.max_pending_requests).map(u32v),
+        max_requests: cb.and_then(|c| c.max_requests).map(u32v),
+        max_retries: cb.and_then(|c| c.max_retries).map(u32v),
+        retry_budget: budget.map(|b| EnvoyBudget {
+            budget_percent: b
+                .ratio
+                .map(|r| weft_xds_proto::envoy::r#type::v3::Percent { value: r * 100.0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let outlier = policy
+        .and_then(|p| p.outlier_detection.as_ref())
+        .map(|o| EnvoyOutlier {
+            consecutive_5xx: o.consecutive_5xx.map(u32v),
+            consecutive_gateway_failure: o.consecutive_gateway_errors.map(u32v),
+            interval: o.interval.map(duration),
+            base_ejection_time: o.base_ejection_time.map(duration),
+            max_ejection_percent: o.max_ejection_percent.map(u32v),
+            failure_percentage_threshold: o
+                .failure_rate
+                .as_ref()
+                .map(|f| u32v(f.threshold_percent)),
+            failure_percentage_request_volume: o
+                .failure_rate
+                .as_ref()
+                .and_then(|f| f.minimum_requests)
+                .map(u32v),
+            enforcing_failure_percentage: o.failure_rate.as_ref().map(|_| u32v(100)),
+            ..Default::default()
+        });
+    let mut weft = serde_json::json!({ "lbPolicy": lb });
+    if let Some(b) = budget.and_then(|b| b.min_per_second) {
+        weft["retryBudgetMinPerSecond"] = b.into();
+    }
+    if let Some(w) = policy
+        .and_then(|p| p.outlier_detection.as_ref())
+        .and_then(|o| o.failure_rate.as_ref())
+        .and_then(|f| f.window)
+    {
+        weft["failureRateWindow"] = weft_core::duration::format(w).into();
+    }
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_string(),
+        }),
+        lb_policy: lb_policy as i32,
+        circuit_breakers: thresholds.map(|t| {
+            weft_xds_proto::envoy::config::cluster::v3::CircuitBreakers {
+                thresholds: vec![t],
+                ..Default::default()
+            }
+        }),
+        outlier_detection: outlier,
+        metadata: Some(metadata(weft)),
+        ..Default::default()
+    }
+}
+
+fn load_assignment(
+    name: &str,
+    svc: &Service,
+    subset: Option<&BTreeMap<String, String>>,
+) -> ClusterLoadAssignment {
+    let lb_endpoints = svc
+        .spec
+        .endpoints
+        .iter()
+        .filter(|e| subset.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+        .map(|e| {
+            let mut weft = serde_json::json!({ "labels": e.labels });
+            if let Some(id) = &e.identity {
+                weft["identity"] = id.clone().into();
+            }
+            LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(
+                    weft_xds_proto::envoy::config::endpoint::v3::Endpoint {
+                        address: Some(socket_address(e.address)),
+                        ..Default::default()
+                    },
+                )),
+                // Weight 0 drains the endpoint (xDS weights start at 1).
+                health_status: match (e.healthy, e.weight) {
+                    (false, _) => HealthStatus::Unhealthy,
+                    (true, 0) => HealthStatus::Draining,
+                    (true, _) => HealthStatus::Healthy,
+                } as i32,
+                load_balancing_weight: Some(u32v(e.weight.max(1))),
+                metadata: Some(metadata(weft)),
+            }
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
