@@ -7,4 +7,5 @@
 
 pub mod policy;
 pub mod registry;
+pub mod snapshot;
 pub mod translate;

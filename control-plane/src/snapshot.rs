@@ -1,0 +1,208 @@
+//! Versioned xDS resources, as the ADS server serves them.
+//!
+//! Every resource carries a version derived from its bytes, and every type a version derived
+//! from its resources' names and versions: a type whose content did not change keeps its
+//! version, so a state-of-the-world stream does not resend it and a delta stream sends only the
+//! resources that changed.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use prost::Name;
+use tokio::sync::watch;
+use weft_xds_proto::{
+    envoy::config::{
+        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+        route::v3::RouteConfiguration,
+    },
+    google::protobuf::Any,
+    type_url,
+};
+
+use crate::{registry, translate};
+
+/// One resource, packed, with its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    pub version: String,
+    pub any: Any,
+}
+
+/// The resources of one type, by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeSet {
+    pub version: String,
+    pub resources: BTreeMap<String, Versioned>,
+}
+
+/// Every resource the control plane serves at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct XdsSnapshot {
+    /// By type URL.
+    pub types: BTreeMap<&'static str, TypeSet>,
+}
+
+/// FNV-1a, 64 bits: a short, stable digest for versions.
+fn digest(parts: impl IntoIterator<Item = impl AsRef<[u8]>>) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in parts {
+        for b in p.as_ref().iter().chain(&[0xff]) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn type_set<M: prost::Message + Name>(items: &[M], name: impl Fn(&M) -> &str) -> TypeSet {
+    let resources: BTreeMap<String, Versioned> = items
+        .iter()
+        .map(|m| {
+            let any = translate::any(m);
+            let version = digest([&any.value]);
+            (name(m).to_string(), Versioned { version, any })
+        })
+        .collect();
+    let version = digest(
+        resources
+            .iter()
+            .flat_map(|(n, v)| [n.as_bytes(), v.version.as_bytes()]),
+    );
+    TypeSet { version, resources }
+}
+
+impl XdsSnapshot {
+    pub fn new(r: &translate::Resources) -> Self {
+        let mut types = BTreeMap::new();
+        types.insert(
+            type_url::LISTENER,
+            type_set(&r.listeners, |l: &Listener| &l.name),
+        );
+        types.insert(
+            type_url::ROUTE,
+            type_set(&r.routes, |c: &RouteConfiguration| &c.name),
+        );
+        types.insert(
+            type_url::CLUSTER,
+            type_set(&r.clusters, |c: &Cluster| &c.name),
+        );
+        types.insert(
+            type_url::ENDPOINT,
+            type_set(&r.endpoints, |e: &ClusterLoadAssignment| &e.cluster_name),
+        );
+        XdsSnapshot { types }
+    }
+
+    pub fn get(&self, type_url: &str) -> Option<&TypeSet> {
+        self.types.get(type_url)
+    }
+}
+
+/// Turns registry snapshots into xDS snapshots. After a change it waits `debounce` for more,
+/// so a burst of registry events produces one push; it publishes only when something changed.
+pub async fn publish(
+    mut registry: watch::Receiver<Arc<registry::Snapshot>>,
+    out: watch::Sender<Arc<XdsSnapshot>>,
+    debounce: Duration,
+) {
+    loop {
+        let snap = registry.borrow_and_update().clone();
+        let xds = XdsSnapshot::new(&translate::translate(&snap));
+        out.send_if_modified(|cur| {
+            let changed = **cur != xds;
+            if changed {
+                *cur = Arc::new(xds);
+            }
+            changed
+        });
+        if registry.changed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(debounce).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Endpoint, Protocol, Service, ServiceSpec, Snapshot};
+
+    fn snap(weight: u32) -> Snapshot {
+        let mut s = Snapshot::default();
+        for host in ["a.test", "b.test"] {
+            let svc = Service {
+                key: format!("default/{host}"),
+                host: host.into(),
+                spec: ServiceSpec {
+                    host: Some(host.into()),
+                    port: 80,
+                    aliases: vec![],
+                    vip: None,
+                    protocol: Protocol::Http,
+                    endpoints: vec![Endpoint {
+                        address: "10.0.0.1:80".parse().unwrap(),
+                        weight: if host == "a.test" { weight } else { 1 },
+                        labels: Default::default(),
+                        healthy: true,
+                        identity: None,
+                    }],
+                },
+            };
+            s.services.insert(svc.authority(), svc);
+        }
+        s
+    }
+
+    #[test]
+    fn versions_change_only_with_content() {
+        let one = XdsSnapshot::new(&translate::translate(&snap(1)));
+        let same = XdsSnapshot::new(&translate::translate(&snap(1)));
+        let two = XdsSnapshot::new(&translate::translate(&snap(2)));
+        assert_eq!(one, same);
+        let eds = |s: &XdsSnapshot| s.get(type_url::ENDPOINT).unwrap().clone();
+        assert_ne!(
+            eds(&one).version,
+            eds(&two).version,
+            "an endpoint weight changed"
+        );
+        assert_ne!(
+            eds(&one).resources["a.test:80"],
+            eds(&two).resources["a.test:80"]
+        );
+        assert_eq!(
+            eds(&one).resources["b.test:80"],
+            eds(&two).resources["b.test:80"]
+        );
+        for t in [type_url::LISTENER, type_url::ROUTE, type_url::CLUSTER] {
+            assert_eq!(one.get(t), two.get(t), "{t} did not change");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_registry_changes_is_one_push() {
+        let eds_version = |s: &XdsSnapshot| s.get(type_url::ENDPOINT).map(|t| t.version.clone());
+        let (reg_tx, reg_rx) = watch::channel(Arc::new(snap(1)));
+        let (out_tx, mut out_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
+        tokio::spawn(publish(reg_rx, out_tx, Duration::from_millis(100)));
+        out_rx.changed().await.unwrap();
+        out_rx.borrow_and_update();
+        // Everything the publisher pushes from now on.
+        let seen = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while out_rx.changed().await.is_ok() {
+                seen.push(eds_version(&out_rx.borrow_and_update()));
+            }
+            seen
+        });
+        for w in 2..=10 {
+            reg_tx.send(Arc::new(snap(w))).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(reg_tx);
+        let last = XdsSnapshot::new(&translate::translate(&snap(10)));
+        assert_eq!(
+            seen.await.unwrap(),
+            [eds_version(&last)],
+            "one push, with the burst's last state"
+        );
+    }
+}
