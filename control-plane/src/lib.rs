@@ -5,6 +5,7 @@
 //! [`registry`] model with its file registry.
 #![forbid(unsafe_code)]
 
+pub mod ads;
 pub mod policy;
 pub mod registry;
 pub mod snapshot;

@@ -1,0 +1,132 @@
+//! The Aggregated Discovery Service: every proxy (or any standard xDS client) opens one stream
+//! and receives listeners, routes, clusters and endpoints on it, state-of-the-world or delta.
+//!
+//! Each stream runs in a task of its own and always sends the latest snapshot: a slow or stuck
+//! client holds back only its own stream, and it skips intermediate versions instead of
+//! queueing them. Per node the server records what was sent, acknowledged and rejected (NACK,
+//! with the client's error text) for `proxy-status`.
+
+mod delta;
+mod sotw;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weft_xds_proto::discovery::{
+    AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
+    DiscoveryResponse,
+};
+
+use crate::snapshot::XdsSnapshot;
+
+/// Responses a stream may have queued for a slow client before its task waits.
+const STREAM_BUFFER: usize = 4;
+
+/// What the server knows about one type on one node's stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    pub sent_version: Option<String>,
+    pub acked_version: Option<String>,
+    /// The last rejection: the version the client refused and its error text.
+    pub last_nack: Option<(String, String)>,
+}
+
+/// One connected (or formerly connected) node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub connected: bool,
+    pub delta: bool,
+    pub since: SystemTime,
+    /// By type URL.
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// Status of every node that opened a stream, by node id.
+#[derive(Debug, Default)]
+pub struct Nodes(Mutex<BTreeMap<String, NodeStatus>>);
+
+impl Nodes {
+    pub fn snapshot(&self) -> BTreeMap<String, NodeStatus> {
+        self.0.lock().expect("nodes lock").clone()
+    }
+
+    fn connect(&self, node: &str, delta: bool) {
+        self.0.lock().expect("nodes lock").insert(
+            node.to_string(),
+            NodeStatus {
+                connected: true,
+                delta,
+                since: SystemTime::now(),
+                types: BTreeMap::new(),
+            },
+        );
+    }
+
+    fn update(&self, node: &str, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+        if let Some(n) = self.0.lock().expect("nodes lock").get_mut(node) {
+            f(n.types.entry(type_url.to_string()).or_default());
+        }
+    }
+
+    fn disconnect(&self, node: &str) {
+        if let Some(n) = self.0.lock().expect("nodes lock").get_mut(node) {
+            n.connected = false;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdsServer {
+    snapshots: watch::Receiver<Arc<XdsSnapshot>>,
+    pub nodes: Arc<Nodes>,
+}
+
+impl AdsServer {
+    pub fn new(snapshots: watch::Receiver<Arc<XdsSnapshot>>) -> Self {
+        AdsServer {
+            snapshots,
+            nodes: Arc::default(),
+        }
+    }
+}
+
+/// The node id a stream's first request names (empty when none: such clients are served but
+/// not reported).
+fn node_id(node: &Option<weft_xds_proto::envoy::config::core::v3::Node>) -> String {
+    node.as_ref().map(|n| n.id.clone()).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = sotw::Stream::new(self.snapshots.clone(), self.nodes.clone(), tx);
+        tokio::spawn(stream.run(req.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = delta::Stream::new(self.snapshots.clone(), self.nodes.clone(), tx);
+        tokio::spawn(stream.run(req.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

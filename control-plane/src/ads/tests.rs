@@ -1,0 +1,350 @@
+//! The ADS server against tonic's generated xDS client over real loopback gRPC.
+
+use std::time::Duration;
+
+use prost::Message;
+use tokio_stream::wrappers::TcpListenerStream;
+use weft_xds_proto::{
+    discovery::{AggregatedDiscoveryServiceClient, AggregatedDiscoveryServiceServer},
+    envoy::config::{core::v3::Node, endpoint::v3::ClusterLoadAssignment},
+    google::rpc,
+    type_url::{CLUSTER, ENDPOINT},
+};
+
+use super::*;
+use crate::{
+    registry::{Endpoint, Protocol, Service, ServiceSpec, Snapshot},
+    translate,
+};
+
+/// A registry snapshot with `hosts`, each with one endpoint of `weight`.
+fn registry(hosts: &[&str], weight: u32) -> Snapshot {
+    let mut s = Snapshot::default();
+    for host in hosts {
+        let svc = Service {
+            key: format!("default/{host}"),
+            host: host.to_string(),
+            spec: ServiceSpec {
+                host: Some(host.to_string()),
+                port: 80,
+                aliases: vec![],
+                vip: None,
+                protocol: Protocol::Http,
+                endpoints: vec![Endpoint {
+                    address: "10.0.0.1:80".parse().unwrap(),
+                    weight,
+                    labels: Default::default(),
+                    healthy: true,
+                    identity: None,
+                }],
+            },
+        };
+        s.services.insert(svc.authority(), svc);
+    }
+    s
+}
+
+fn xds(hosts: &[&str], weight: u32) -> Arc<XdsSnapshot> {
+    Arc::new(XdsSnapshot::new(&translate::translate(&registry(
+        hosts, weight,
+    ))))
+}
+
+struct Harness {
+    snaps: watch::Sender<Arc<XdsSnapshot>>,
+    nodes: Arc<Nodes>,
+    client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+}
+
+async fn start(initial: Arc<XdsSnapshot>) -> Harness {
+    let (snaps, rx) = watch::channel(initial);
+    let server = AdsServer::new(rx);
+    let nodes = server.nodes.clone();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .serve_with_incoming(TcpListenerStream::new(l)),
+    );
+    let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Harness {
+        snaps,
+        nodes,
+        client,
+    }
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node {
+        id: id.into(),
+        ..Default::default()
+    })
+}
+
+async fn next<T>(s: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("a response in time")
+        .unwrap()
+        .expect("the stream is open")
+}
+
+async fn eventually_status(nodes: &Nodes, f: impl Fn(&BTreeMap<String, NodeStatus>) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f(&nodes.snapshot()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status: {:#?}",
+            nodes.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn names(rsp: &DiscoveryResponse) -> Vec<String> {
+    rsp.resources
+        .iter()
+        .map(|a| match a.type_url.as_str() {
+            ENDPOINT => {
+                ClusterLoadAssignment::decode(&*a.value)
+                    .unwrap()
+                    .cluster_name
+            }
+            _ => {
+                weft_xds_proto::envoy::config::cluster::v3::Cluster::decode(&*a.value)
+                    .unwrap()
+                    .name
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sotw_subscribe_ack_update_nack() {
+    let mut h = start(xds(&["a.test", "b.test"], 1)).await;
+    let (tx, rx) = mpsc::channel(8);
+    let mut rsp = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(DiscoveryRequest {
+        node: node("proxy-a"),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cds = next(&mut rsp).await;
+    assert_eq!(
+        names(&cds),
+        ["a.test:80", "b.test:80"],
+        "wildcard: every cluster"
+    );
+    // ACK.
+    tx.send(DiscoveryRequest {
+        version_info: cds.version_info.clone(),
+        type_url: CLUSTER.into(),
+        response_nonce: cds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually_status(&h.nodes, |n| {
+        n["proxy-a"].types[CLUSTER].acked_version.as_deref() == Some(&cds.version_info)
+    })
+    .await;
+
+    // EDS for one name only.
+    tx.send(DiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names: vec!["b.test:80".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let eds = next(&mut rsp).await;
+    assert_eq!(names(&eds), ["b.test:80"]);
+
+    // A new service: pushed without asking, on both subscribed types.
+    h.snaps
+        .send(xds(&["a.test", "b.test", "c.test"], 1))
+        .unwrap();
+    let mut got = BTreeMap::new();
+    for _ in 0..2 {
+        let r = next(&mut rsp).await;
+        got.insert(r.type_url.clone(), r);
+    }
+    let cds2 = &got[CLUSTER];
+    assert_ne!(cds2.version_info, cds.version_info);
+    assert_eq!(names(cds2), ["a.test:80", "b.test:80", "c.test:80"]);
+    assert_eq!(names(&got[ENDPOINT]), ["b.test:80"]);
+
+    // NACK: recorded with the client's reason; the previous ACK stands.
+    tx.send(DiscoveryRequest {
+        version_info: cds.version_info.clone(),
+        type_url: CLUSTER.into(),
+        response_nonce: cds2.nonce.clone(),
+        error_detail: Some(rpc::Status {
+            code: 3,
+            message: "cluster c.test:80: unsupported".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually_status(&h.nodes, |n| {
+        let t = &n["proxy-a"].types[CLUSTER];
+        t.last_nack
+            == Some((
+                cds2.version_info.clone(),
+                "cluster c.test:80: unsupported".into(),
+            ))
+            && t.acked_version.as_deref() == Some(&cds.version_info)
+    })
+    .await;
+    drop(tx);
+    eventually_status(&h.nodes, |n| !n["proxy-a"].connected).await;
+}
+
+#[tokio::test]
+async fn delta_sends_only_what_changed() {
+    let mut h = start(xds(&["a.test", "b.test"], 1)).await;
+    let (tx, rx) = mpsc::channel(8);
+    let mut rsp = h
+        .client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(DeltaDiscoveryRequest {
+        node: node("proxy-d"),
+        type_url: ENDPOINT.into(),
+        resource_names_subscribe: vec!["a.test:80".into(), "b.test:80".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let first = next(&mut rsp).await;
+    let got: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(got, ["a.test:80", "b.test:80"]);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually_status(&h.nodes, |n| {
+        let s = &n["proxy-d"];
+        s.delta && s.types[ENDPOINT].acked_version.as_deref() == Some(&first.system_version_info)
+    })
+    .await;
+
+    // a's endpoint changes, b's does not.
+    let mut reg = registry(&["a.test", "b.test"], 1);
+    reg.services.get_mut("a.test:80").unwrap().spec.endpoints[0].weight = 7;
+    h.snaps
+        .send(Arc::new(XdsSnapshot::new(&translate::translate(&reg))))
+        .unwrap();
+    let upd = next(&mut rsp).await;
+    let got: Vec<&str> = upd.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(got, ["a.test:80"], "only the changed resource");
+    assert!(upd.removed_resources.is_empty());
+
+    // b goes away: its removal is announced.
+    h.snaps.send(xds(&["a.test"], 7)).unwrap();
+    let gone = next(&mut rsp).await;
+    assert!(gone.resources.is_empty());
+    assert_eq!(gone.removed_resources, ["b.test:80"]);
+
+    // Unsubscribed names are no longer sent. The stream handles requests in order, so once
+    // the CDS subscription sent after the unsubscribe is answered, the unsubscribe is in force.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_unsubscribe: vec!["a.test:80".into()],
+        response_nonce: gone.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cds = next(&mut rsp).await;
+    assert_eq!(cds.type_url, CLUSTER);
+    assert_eq!(
+        cds.resources.len(),
+        1,
+        "a wildcard subscription gets every cluster"
+    );
+    // a's endpoint changes and a cluster appears: only the cluster is sent.
+    h.snaps.send(xds(&["a.test", "c.test"], 9)).unwrap();
+    let upd = next(&mut rsp).await;
+    assert_eq!(
+        upd.type_url, CLUSTER,
+        "nothing is sent for the unsubscribed endpoint"
+    );
+    let got: Vec<&str> = upd.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(got, ["c.test:80"]);
+}
+
+#[tokio::test]
+async fn a_stuck_client_does_not_delay_others() {
+    let mut h = start(xds(&["a.test"], 1)).await;
+    // A client that subscribes and then never reads.
+    let (stuck_tx, stuck_rx) = mpsc::channel(8);
+    let _stuck = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(stuck_rx))
+        .await
+        .unwrap();
+    stuck_tx
+        .send(DiscoveryRequest {
+            node: node("stuck"),
+            type_url: ENDPOINT.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut healthy = h.client.clone();
+    let (tx, rx) = mpsc::channel(8);
+    let mut rsp = healthy
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(DiscoveryRequest {
+        node: node("healthy"),
+        type_url: ENDPOINT.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    next(&mut rsp).await;
+    // Many pushes with large enough resources to fill the stuck stream's buffers.
+    let hosts: Vec<String> = (0..200).map(|i| format!("s{i}.test")).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    for w in 2..=60 {
+        h.snaps.send(xds(&hosts, w)).unwrap();
+        tokio::task::yield_now().await;
+    }
+    let want = xds(&hosts, 60).get(ENDPOINT).unwrap().version.clone();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if rsp.message().await.unwrap().unwrap().version_info == want {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the healthy client reaches the latest version");
+}
