@@ -23,7 +23,7 @@ use weft_xds_proto::discovery::{
     DiscoveryResponse,
 };
 
-use crate::snapshot::XdsSnapshot;
+use crate::{metrics::Metrics, snapshot::XdsSnapshot};
 
 /// Responses a stream may have queued for a slow client before its task waits.
 const STREAM_BUFFER: usize = 4;
@@ -47,17 +47,28 @@ pub struct NodeStatus {
     pub types: BTreeMap<String, TypeStatus>,
 }
 
-/// Status of every node that opened a stream, by node id.
+/// Status of every node that opened a stream, by node id, and the metrics it feeds.
 #[derive(Debug, Default)]
-pub struct Nodes(Mutex<BTreeMap<String, NodeStatus>>);
+pub struct Nodes {
+    status: Mutex<BTreeMap<String, NodeStatus>>,
+    pub metrics: Arc<Metrics>,
+}
 
 impl Nodes {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Nodes {
+            status: Mutex::default(),
+            metrics,
+        }
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, NodeStatus> {
-        self.0.lock().expect("nodes lock").clone()
+        self.status.lock().expect("nodes lock").clone()
     }
 
     fn connect(&self, node: &str, delta: bool) {
-        self.0.lock().expect("nodes lock").insert(
+        self.metrics.connected_proxies.inc();
+        self.status.lock().expect("nodes lock").insert(
             node.to_string(),
             NodeStatus {
                 connected: true,
@@ -69,15 +80,24 @@ impl Nodes {
     }
 
     fn update(&self, node: &str, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
-        if let Some(n) = self.0.lock().expect("nodes lock").get_mut(node) {
+        if let Some(n) = self.status.lock().expect("nodes lock").get_mut(node) {
             f(n.types.entry(type_url.to_string()).or_default());
         }
     }
 
     fn disconnect(&self, node: &str) {
-        if let Some(n) = self.0.lock().expect("nodes lock").get_mut(node) {
+        self.metrics.connected_proxies.dec();
+        if let Some(n) = self.status.lock().expect("nodes lock").get_mut(node) {
             n.connected = false;
         }
+    }
+
+    fn pushed(&self, type_url: &str) {
+        self.metrics.pushes.with_label_values(&[type_url]).inc();
+    }
+
+    fn nacked(&self, type_url: &str) {
+        self.metrics.nacks.with_label_values(&[type_url]).inc();
     }
 }
 
@@ -88,10 +108,10 @@ pub struct AdsServer {
 }
 
 impl AdsServer {
-    pub fn new(snapshots: watch::Receiver<Arc<XdsSnapshot>>) -> Self {
+    pub fn new(snapshots: watch::Receiver<Arc<XdsSnapshot>>, metrics: Arc<Metrics>) -> Self {
         AdsServer {
             snapshots,
-            nodes: Arc::default(),
+            nodes: Arc::new(Nodes::new(metrics)),
         }
     }
 }

@@ -6,7 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod ads;
+pub mod config;
+pub mod metrics;
 pub mod policy;
 pub mod registry;
+pub mod server;
 pub mod snapshot;
 pub mod translate;

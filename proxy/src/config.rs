@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser};
 
 /// `weft-proxy`: the weft service-mesh sidecar.
 #[derive(Debug, Parser)]
@@ -129,11 +129,7 @@ pub struct UpstreamConfig {
     pub http2_max_concurrent_streams: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use weft_core::log::LogFormat;
 
 /// An extra outbound listener whose connections all go to one service.
 #[derive(Debug, Clone, PartialEq, Eq)]

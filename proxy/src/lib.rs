@@ -10,7 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod drain;
 pub mod http;
-pub mod log;
+pub use weft_core::log;
 pub mod metrics;
 pub mod pool;
 pub mod route;

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `weft-proxy` binary between real clients and servers.
 
 mod config;
+mod control_plane;
 mod drain;
 mod grpc;
 mod http1;

@@ -16,19 +16,21 @@ pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_PROXY_BIN") {
         return p.into();
     }
+    binary_named("weft-proxy")
+}
+
+/// One of the workspace's binaries, found next to this executable or one folder up.
+pub fn binary_named(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
     let dir = exe.parent().expect("executable folder");
-    let candidates = [
-        dir.join("weft-proxy"),
-        dir.parent().unwrap_or(dir).join("weft-proxy"),
-    ];
+    let candidates = [dir.join(name), dir.parent().unwrap_or(dir).join(name)];
     candidates
         .iter()
         .find(|p| p.is_file())
         .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "{} is missing: build it first (`cargo build -p weft-proxy`; tests/run does)",
+                "{} is missing: build it first (`cargo build --workspace --bins`; tests/run does)",
                 candidates[1].display()
             )
         })
@@ -72,7 +74,15 @@ impl Proxy {
 
     /// Spawns `cmd`; returns the exit status and output if the proxy exits instead of becoming
     /// ready.
-    pub fn spawn(mut cmd: Command) -> Result<Proxy, (Option<ExitStatus>, Vec<String>)> {
+    pub fn spawn(cmd: Command) -> Result<Proxy, (Option<ExitStatus>, Vec<String>)> {
+        Self::spawn_until(cmd, "weft-proxy ready")
+    }
+
+    /// Spawns `cmd` (any weft binary logging JSON) and waits for the log line `ready`.
+    pub fn spawn_until(
+        mut cmd: Command,
+        ready: &str,
+    ) -> Result<Proxy, (Option<ExitStatus>, Vec<String>)> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -103,7 +113,7 @@ impl Proxy {
                             let name = f["listener"].as_str().unwrap().to_string();
                             addrs.insert(name, f["addr"].as_str().unwrap().parse().unwrap());
                         }
-                        Some("weft-proxy ready") => break,
+                        Some(m) if m == ready => break,
                         _ => {}
                     }
                 }

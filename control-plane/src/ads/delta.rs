@@ -96,6 +96,7 @@ impl Stream {
             match &r.error_detail {
                 Some(err) => {
                     tracing::warn!(%node, type_url = %r.type_url, %version, error = %err.message, "xDS NACK (delta)");
+                    self.nodes.nacked(&r.type_url);
                     let msg = err.message.clone();
                     self.nodes
                         .update(&node, &r.type_url, |t| t.last_nack = Some((version, msg)));
@@ -184,6 +185,7 @@ impl Stream {
             ..Default::default()
         };
         self.tx.send(Ok(rsp)).await.map_err(|_| Closed)?;
+        self.nodes.pushed(type_url);
         sub.nonce = nonce;
         sub.sent_version = version.clone();
         sub.responded = true;

@@ -91,6 +91,7 @@ impl Stream {
                 Some(err) => {
                     let refused = sub.sent_version.clone().unwrap_or_default();
                     tracing::warn!(%node, type_url = %r.type_url, version = %refused, error = %err.message, "xDS NACK");
+                    self.nodes.nacked(&r.type_url);
                     let msg = err.message.clone();
                     self.nodes.update(&node, &r.type_url, |t| {
                         t.last_nack = Some((refused, msg));
@@ -150,6 +151,7 @@ impl Stream {
         };
         // Waits only this stream's task when the client is slow.
         self.tx.send(Ok(rsp)).await.map_err(|_| Closed)?;
+        self.nodes.pushed(type_url);
         sub.sent_version = Some(version.clone());
         sub.nonce = nonce;
         if let Some(node) = &self.node {

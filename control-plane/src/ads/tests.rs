@@ -58,7 +58,7 @@ struct Harness {
 
 async fn start(initial: Arc<XdsSnapshot>) -> Harness {
     let (snaps, rx) = watch::channel(initial);
-    let server = AdsServer::new(rx);
+    let server = AdsServer::new(rx, Arc::default());
     let nodes = server.nodes.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -208,8 +208,26 @@ async fn sotw_subscribe_ack_update_nack() {
             && t.acked_version.as_deref() == Some(&cds.version_info)
     })
     .await;
+    let m = h.nodes.metrics.render();
+    assert!(
+        m.contains(&format!("weft_cp_nacks_total{{type_url=\"{CLUSTER}\"}} 1")),
+        "{m}"
+    );
+    assert!(m.contains("weft_cp_connected_proxies 1"), "{m}");
+    for t in [CLUSTER, ENDPOINT] {
+        assert!(
+            m.contains(&format!("weft_cp_pushes_total{{type_url=\"{t}\"}} 2")),
+            "{m}"
+        );
+    }
     drop(tx);
     eventually_status(&h.nodes, |n| !n["proxy-a"].connected).await;
+    assert!(
+        h.nodes
+            .metrics
+            .render()
+            .contains("weft_cp_connected_proxies 0")
+    );
 }
 
 #[tokio::test]

@@ -139,7 +139,13 @@ impl FileRegistry {
     }
 
     /// Scans every `poll` and publishes each new snapshot on `tx` until every receiver is gone.
-    pub async fn run(mut self, poll: Duration, tx: watch::Sender<Arc<Snapshot>>) {
+    /// `on_errors` hears the problems in force after every scan that changed them.
+    pub async fn run(
+        mut self,
+        poll: Duration,
+        tx: watch::Sender<Arc<Snapshot>>,
+        on_errors: impl Fn(&[String]) + Send + 'static,
+    ) {
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = Vec::new();
@@ -159,6 +165,7 @@ impl FileRegistry {
                 for e in &self.errors {
                     tracing::warn!(error = %e, "file registry");
                 }
+                on_errors(&self.errors);
                 reported = self.errors.clone();
             }
             tx.send_if_modified(|cur| {

@@ -181,7 +181,7 @@ async fn the_watch_publishes_the_latest_snapshot() {
     let dir = Dir::new();
     dir.write("reviews.yaml", REVIEWS);
     let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
-    let task = tokio::spawn(FileRegistry::new(&dir.0).run(Duration::from_millis(20), tx));
+    let task = tokio::spawn(FileRegistry::new(&dir.0).run(Duration::from_millis(20), tx, |_| {}));
     rx.changed().await.unwrap();
     assert_eq!(rx.borrow_and_update().services.len(), 1);
 

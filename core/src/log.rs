@@ -1,4 +1,5 @@
-//! Logging with `tracing`: a filter that the admin server can change at run time, plain or JSON.
+//! Logging with `tracing` for weft's binaries: a filter that can be changed at run time (the
+//! proxy's admin server does), plain or JSON lines on stderr.
 
 use std::{io::IsTerminal, sync::Mutex};
 
@@ -6,7 +7,13 @@ use tracing_subscriber::{
     EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
 };
 
-use crate::config::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
 
 /// Changes the log filter of the running process.
 pub struct LogHandle {

@@ -1,0 +1,70 @@
+//! The control plane's Prometheus metrics.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Streams open now.
+    pub connected_proxies: IntGauge,
+    /// Responses sent, by type URL.
+    pub pushes: IntCounterVec,
+    /// Rejections received, by type URL.
+    pub nacks: IntCounterVec,
+    /// xDS snapshots published (each a change some proxy may need).
+    pub snapshots: IntCounter,
+    /// Registry problems in force now (bad files, duplicates).
+    pub registry_errors: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let o = |n: &str, h: &str| Opts::new(n, h).namespace("weft_cp");
+        let m = Metrics {
+            registry: Registry::new(),
+            connected_proxies: IntGauge::with_opts(o("connected_proxies", "ADS streams open now."))
+                .unwrap(),
+            pushes: IntCounterVec::new(
+                o("pushes_total", "xDS responses sent, by resource type."),
+                &["type_url"],
+            )
+            .unwrap(),
+            nacks: IntCounterVec::new(
+                o(
+                    "nacks_total",
+                    "xDS responses rejected by a client, by resource type.",
+                ),
+                &["type_url"],
+            )
+            .unwrap(),
+            snapshots: IntCounter::with_opts(o(
+                "snapshots_total",
+                "Resource snapshots published after registry changes.",
+            ))
+            .unwrap(),
+            registry_errors: IntGauge::with_opts(o(
+                "registry_errors",
+                "Registry problems in force now (invalid files, duplicate definitions).",
+            ))
+            .unwrap(),
+        };
+        for c in [
+            Box::new(m.connected_proxies.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.pushes.clone()),
+            Box::new(m.nacks.clone()),
+            Box::new(m.snapshots.clone()),
+            Box::new(m.registry_errors.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}

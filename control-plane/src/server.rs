@@ -1,0 +1,188 @@
+//! Runs the control plane: file registry -> snapshots -> ADS, plus health and metrics.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use weft_xds_proto::discovery::AggregatedDiscoveryServiceServer;
+
+use crate::{
+    ads::{AdsServer, Nodes},
+    config::Config,
+    metrics::Metrics,
+    registry::{Snapshot, file::FileRegistry},
+    snapshot::{self, XdsSnapshot},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("registry directory {dir}: {source}")]
+    Registry { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let metrics = Arc::new(Metrics::default());
+
+    // The first scan happens before serving: a registry that cannot be read stops the start.
+    let mut registry = FileRegistry::new(&cfg.registry_dir);
+    let first = registry.scan().map_err(|source| StartError::Registry {
+        dir: cfg.registry_dir.display().to_string(),
+        source,
+    })?;
+    for e in &registry.errors {
+        tracing::warn!(error = %e, "file registry");
+    }
+    tracing::info!(
+        services = first.services.len(),
+        policies = first.policies.len(),
+        "registry loaded"
+    );
+    let (reg_tx, reg_rx) = watch::channel(Arc::new(first));
+    let (xds_tx, xds_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
+
+    let xds_l = TcpListener::bind(cfg.xds_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "xDS listener",
+            addr: cfg.xds_addr,
+            source,
+        })?;
+    let metrics_l = TcpListener::bind(cfg.metrics_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "metrics listener",
+            addr: cfg.metrics_addr,
+            source,
+        })?;
+    for (name, l) in [("xds", &xds_l), ("metrics", &metrics_l)] {
+        tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
+    }
+
+    let registry_errors = metrics.registry_errors.clone();
+    registry_errors.set(registry.errors.len() as i64);
+    tokio::spawn(
+        registry.run(cfg.registry_poll_interval, reg_tx, move |errors| {
+            registry_errors.set(errors.len() as i64)
+        }),
+    );
+    let published = metrics.snapshots.clone();
+    let mut counted = xds_rx.clone();
+    tokio::spawn(async move {
+        while counted.changed().await.is_ok() {
+            published.inc();
+        }
+    });
+    tokio::spawn(snapshot::publish(reg_rx.clone(), xds_tx, cfg.push_debounce));
+
+    let ads = AdsServer::new(xds_rx, metrics.clone());
+    let nodes = ads.nodes.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20),
+            )
+            .serve_with_incoming(TcpListenerStream::new(xds_l)),
+    );
+    tokio::spawn(serve_admin(metrics_l, nodes, reg_rx));
+    tracing::info!("weft-control-plane ready");
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received; exiting"),
+        _ = sigint.recv() => tracing::info!("SIGINT received; exiting"),
+    }
+    Ok(())
+}
+
+type Rsp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Rsp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, content_type.parse().unwrap());
+    r
+}
+
+async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>, registry: watch::Receiver<Arc<Snapshot>>) {
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (nodes, registry) = (nodes.clone(), registry.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let rsp = admin(&req, &nodes, &registry);
+                async move { Ok::<_, Infallible>(rsp) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+fn admin(req: &Request<Incoming>, nodes: &Nodes, registry: &watch::Receiver<Arc<Snapshot>>) -> Rsp {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live" | "/ready") => text(StatusCode::OK, TEXT, "ok\n"),
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            nodes.metrics.render(),
+        ),
+        (&Method::GET, "/proxy_status") => {
+            let status: serde_json::Map<String, serde_json::Value> = nodes
+                .snapshot()
+                .into_iter()
+                .map(|(id, n)| {
+                    let types: serde_json::Map<String, serde_json::Value> = n
+                        .types
+                        .into_iter()
+                        .map(|(t, s)| {
+                            let v = serde_json::json!({
+                                "sent": s.sent_version,
+                                "acked": s.acked_version,
+                                "lastNack": s.last_nack.map(|(v, e)| serde_json::json!({"version": v, "error": e})),
+                            });
+                            (t, v)
+                        })
+                        .collect();
+                    let v = serde_json::json!({ "connected": n.connected, "delta": n.delta, "types": types });
+                    (id, v)
+                })
+                .collect();
+            let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body)
+        }
+        (&Method::GET, "/registry") => {
+            let body = serde_json::to_vec_pretty(&**registry.borrow()).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body)
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "endpoints: /live, /ready, /metrics, /proxy_status, /registry\n",
+        ),
+    }
+}

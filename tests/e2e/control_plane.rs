@@ -1,0 +1,206 @@
+//! The `weft-control-plane` binary: file registry in, xDS out to a standard ADS client.
+
+use std::{process::Command, time::Duration};
+
+use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_tests::{
+    chain::TempDir,
+    eventually,
+    proxy::{Proxy, binary_named},
+};
+use weft_xds_proto::{
+    discovery::{AggregatedDiscoveryServiceClient, DiscoveryRequest},
+    envoy::config::{cluster::v3::Cluster, core::v3::Node, endpoint::v3::ClusterLoadAssignment},
+    type_url::{CLUSTER, ENDPOINT},
+};
+
+const SERVICE: &str = "apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  port: 8080
+  endpoints:
+    - {address: 127.0.0.1:9001, labels: {version: v1}}
+    - {address: 127.0.0.1:9002, labels: {version: v2}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  service: web.demo.svc.cluster.local:8080
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+  routes: [{backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]}]
+";
+
+fn start(dir: &TempDir) -> Proxy {
+    let mut cmd = Command::new(binary_named("weft-control-plane"));
+    cmd.args([
+        "--registry-dir",
+        dir.0.to_str().unwrap(),
+        "--registry-poll-interval",
+        "100ms",
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    Proxy::spawn_until(cmd, "weft-control-plane ready").unwrap_or_else(|(s, logs)| {
+        panic!("control plane did not start ({s:?}):\n{}", logs.join("\n"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_file_registry_over_ads_and_follows_edits() {
+    let dir = TempDir::new("cp");
+    dir.write("web.yaml", SERVICE);
+    let mut cp = start(&dir);
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.addr("xds")))
+            .await
+            .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut rsp = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let node = Some(Node {
+        id: "proxy-1".into(),
+        ..Default::default()
+    });
+    tx.send(DiscoveryRequest {
+        node,
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cds = rsp.message().await.unwrap().unwrap();
+    let names: Vec<String> = cds
+        .resources
+        .iter()
+        .map(|a| Cluster::decode(&*a.value).unwrap().name)
+        .collect();
+    let svc = "web.demo.svc.cluster.local:8080";
+    assert_eq!(
+        names,
+        [svc.to_string(), format!("{svc}/v1"), format!("{svc}/v2")]
+    );
+    tx.send(DiscoveryRequest {
+        version_info: cds.version_info.clone(),
+        type_url: CLUSTER.into(),
+        response_nonce: cds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.send(DiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names: vec![format!("{svc}/v2")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let eds = rsp.message().await.unwrap().unwrap();
+    let cla = ClusterLoadAssignment::decode(&*eds.resources[0].value).unwrap();
+    assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+
+    // An edit to the file: a third v2 endpoint reaches the subscribed client.
+    let third = "127.0.0.1:9002, labels: {version: v2}}\n    - {address: 127.0.0.1:9003, labels: {version: v2}}";
+    dir.write(
+        "web.yaml",
+        &SERVICE.replace("127.0.0.1:9002, labels: {version: v2}}", third),
+    );
+    let eds2 = tokio::time::timeout(Duration::from_secs(10), rsp.message())
+        .await
+        .expect("a push")
+        .unwrap()
+        .unwrap();
+    assert_eq!(eds2.type_url, ENDPOINT);
+    let cla = ClusterLoadAssignment::decode(&*eds2.resources[0].value).unwrap();
+    assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
+
+    // Status and metrics over HTTP.
+    let status: serde_json::Value =
+        serde_json::from_str(&cp.get("metrics", "/proxy_status").await.1).unwrap();
+    assert_eq!(status["proxy-1"]["connected"], true);
+    assert_eq!(
+        status["proxy-1"]["types"][CLUSTER]["acked"],
+        cds.version_info.as_str()
+    );
+    let metrics = cp.get("metrics", "/metrics").await.1;
+    assert!(metrics.contains("weft_cp_connected_proxies 1"), "{metrics}");
+    if let Some(promtool) = weft_tests::tools::require("promtool") {
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "{out:?}"
+        );
+    }
+
+    // A bad edit keeps what is registered and is reported.
+    dir.write("web.yaml", &SERVICE.replace("port: 8080", "port: eighty"));
+    eventually(
+        Duration::from_secs(10),
+        "the registry error to be counted",
+        || async {
+            cp.get("metrics", "/metrics")
+                .await
+                .1
+                .contains("weft_cp_registry_errors 1")
+                .then_some(())
+        },
+    )
+    .await;
+    let registry: serde_json::Value =
+        serde_json::from_str(&cp.get("metrics", "/registry").await.1).unwrap();
+    assert_eq!(
+        registry["services"][svc]["spec"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    cp.signal("TERM");
+    assert!(
+        cp.wait_exit(Duration::from_secs(10))
+            .expect("exits")
+            .success()
+    );
+}
+
+#[test]
+fn a_missing_registry_directory_stops_the_start() {
+    let out = Command::new(binary_named("weft-control-plane"))
+        .args([
+            "--registry-dir",
+            "/nonexistent/registry",
+            "--log-level",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "weft-control-plane: error: registry directory /nonexistent/registry: No such file or directory (os error 2)\n"
+    );
+}
