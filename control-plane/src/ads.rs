@@ -18,9 +18,12 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use weft_xds_proto::discovery::{
-    AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
-    DiscoveryResponse,
+use weft_xds_proto::{
+    discovery::{
+        AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+        DiscoveryRequest, DiscoveryResponse,
+    },
+    google::rpc,
 };
 
 use crate::{metrics::Metrics, snapshot::XdsSnapshot};
@@ -116,10 +119,92 @@ impl AdsServer {
     }
 }
 
-/// The node id a stream's first request names (empty when none: such clients are served but
-/// not reported).
-fn node_id(node: &Option<weft_xds_proto::envoy::config::core::v3::Node>) -> String {
-    node.as_ref().map(|n| n.id.clone()).unwrap_or_default()
+/// The client went away.
+struct Closed;
+
+/// What a stream keeps besides its subscriptions: the snapshot feed, the node it serves, and
+/// its nonce counter. Dropping it marks the node disconnected.
+struct Conn<R> {
+    snaps: watch::Receiver<Arc<XdsSnapshot>>,
+    nodes: Arc<Nodes>,
+    tx: mpsc::Sender<Result<R, Status>>,
+    node: Option<String>,
+    delta: bool,
+    nonce: u64,
+}
+
+impl<R: Send> Conn<R> {
+    fn new(
+        snaps: watch::Receiver<Arc<XdsSnapshot>>,
+        nodes: Arc<Nodes>,
+        tx: mpsc::Sender<Result<R, Status>>,
+        delta: bool,
+    ) -> Self {
+        Conn {
+            snaps,
+            nodes,
+            tx,
+            node: None,
+            delta,
+            nonce: 0,
+        }
+    }
+
+    /// The stream's node, registered with its first request (the id may be empty: such a
+    /// client is served and reported under "").
+    fn node(&mut self, node: &Option<weft_xds_proto::envoy::config::core::v3::Node>) -> String {
+        if let Some(n) = &self.node {
+            return n.clone();
+        }
+        let id = node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+        self.nodes.connect(&id, self.delta);
+        self.node = Some(id.clone());
+        id
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    /// Records the client's answer to the response that carried `version`: an ACK, or a NACK
+    /// with the client's error.
+    fn answered(&self, type_url: &str, version: String, error: Option<&rpc::Status>) {
+        let Some(node) = &self.node else { return };
+        match error {
+            Some(err) => {
+                tracing::warn!(%node, %type_url, %version, error = %err.message, delta = self.delta, "xDS NACK");
+                self.nodes.nacked(type_url);
+                let msg = err.message.clone();
+                self.nodes
+                    .update(node, type_url, |t| t.last_nack = Some((version, msg)));
+            }
+            None => self
+                .nodes
+                .update(node, type_url, |t| t.acked_version = Some(version)),
+        }
+    }
+
+    /// Sends a response, waiting only this stream's task when the client is slow, and records
+    /// it.
+    async fn send(&mut self, type_url: &str, version: &str, rsp: R) -> Result<(), Closed> {
+        self.tx.send(Ok(rsp)).await.map_err(|_| Closed)?;
+        self.nodes.pushed(type_url);
+        if let Some(node) = &self.node {
+            let v = version.to_string();
+            self.nodes
+                .update(node, type_url, |t| t.sent_version = Some(v));
+        }
+        Ok(())
+    }
+}
+
+impl<R> Drop for Conn<R> {
+    fn drop(&mut self) {
+        if let Some(n) = &self.node {
+            self.nodes.disconnect(n);
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -132,7 +217,12 @@ impl AggregatedDiscoveryService for AdsServer {
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = sotw::Stream::new(self.snapshots.clone(), self.nodes.clone(), tx);
+        let stream = sotw::Stream::new(Conn::new(
+            self.snapshots.clone(),
+            self.nodes.clone(),
+            tx,
+            false,
+        ));
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -142,7 +232,12 @@ impl AggregatedDiscoveryService for AdsServer {
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = delta::Stream::new(self.snapshots.clone(), self.nodes.clone(), tx);
+        let stream = delta::Stream::new(Conn::new(
+            self.snapshots.clone(),
+            self.nodes.clone(),
+            tx,
+            true,
+        ));
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

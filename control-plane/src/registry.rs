@@ -100,3 +100,31 @@ pub struct Snapshot {
     /// By `namespace/name`.
     pub policies: BTreeMap<String, TrafficPolicy>,
 }
+
+/// A snapshot with `hosts` (port 80), each with one endpoint of `weight`, for tests.
+#[cfg(test)]
+pub(crate) fn test_snapshot(hosts: &[&str], weight: u32) -> Snapshot {
+    let mut s = Snapshot::default();
+    for host in hosts {
+        let svc = Service {
+            key: format!("default/{host}"),
+            host: host.to_string(),
+            spec: ServiceSpec {
+                host: Some(host.to_string()),
+                port: 80,
+                aliases: vec![],
+                vip: None,
+                protocol: Protocol::Http,
+                endpoints: vec![Endpoint {
+                    address: "10.0.0.1:80".parse().unwrap(),
+                    weight,
+                    labels: BTreeMap::new(),
+                    healthy: true,
+                    identity: None,
+                }],
+            },
+        };
+        s.services.insert(svc.authority(), svc);
+    }
+    s
+}

@@ -123,31 +123,12 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Endpoint, Protocol, Service, ServiceSpec, Snapshot};
+    use crate::registry::Snapshot;
 
+    /// `a.test` with an endpoint of `weight`, `b.test` with one of weight 1.
     fn snap(weight: u32) -> Snapshot {
-        let mut s = Snapshot::default();
-        for host in ["a.test", "b.test"] {
-            let svc = Service {
-                key: format!("default/{host}"),
-                host: host.into(),
-                spec: ServiceSpec {
-                    host: Some(host.into()),
-                    port: 80,
-                    aliases: vec![],
-                    vip: None,
-                    protocol: Protocol::Http,
-                    endpoints: vec![Endpoint {
-                        address: "10.0.0.1:80".parse().unwrap(),
-                        weight: if host == "a.test" { weight } else { 1 },
-                        labels: Default::default(),
-                        healthy: true,
-                        identity: None,
-                    }],
-                },
-            };
-            s.services.insert(svc.authority(), svc);
-        }
+        let mut s = crate::registry::test_snapshot(&["a.test", "b.test"], 1);
+        s.services.get_mut("a.test:80").unwrap().spec.endpoints[0].weight = weight;
         s
     }
 

@@ -133,27 +133,7 @@ async fn serves_the_file_registry_over_ads_and_follows_edits() {
     );
     let metrics = cp.get("metrics", "/metrics").await.1;
     assert!(metrics.contains("weft_cp_connected_proxies 1"), "{metrics}");
-    if let Some(promtool) = weft_tests::tools::require("promtool") {
-        let mut child = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(metrics.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-            "{out:?}"
-        );
-    }
+    weft_tests::tools::assert_promtool_clean(&metrics);
 
     // A bad edit keeps what is registered and is reported.
     dir.write("web.yaml", &SERVICE.replace("port: 8080", "port: eighty"));

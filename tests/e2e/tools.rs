@@ -1,7 +1,5 @@
 //! Real external clients: curl, h2load, promtool.
 
-use std::process::Command;
-
 use weft_tests::{chain::Chain, grpc, http_peer, tools};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,9 +97,9 @@ async fn h2load_through_the_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_metrics() {
-    let Some(promtool) = tools::require("promtool") else {
+    if tools::require("promtool").is_none() {
         return;
-    };
+    }
     let (server, _) = grpc::server().await;
     let chain = Chain::start(server);
     let mut c = grpc::client(chain.outbound(), chain::HTTP_SERVICE).await;
@@ -128,30 +126,7 @@ async fn promtool_accepts_the_metrics() {
                 "{family} missing:\n{metrics}"
             );
         }
-        let mut child = Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(metrics.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let report = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && report.trim().is_empty(),
-            "promtool: {report}"
-        );
+        tools::assert_promtool_clean(&metrics);
     }
 }
 

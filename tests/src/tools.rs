@@ -21,3 +21,35 @@ pub fn require(tool: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// Asserts that `promtool check metrics` has nothing to say about `metrics` (skipped, visibly,
+/// when promtool is missing outside CI).
+pub fn assert_promtool_clean(metrics: &str) {
+    use std::io::Write;
+    let Some(promtool) = require("promtool") else {
+        return;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}

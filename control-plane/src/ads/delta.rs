@@ -1,17 +1,12 @@
 //! A delta (incremental) ADS stream: each response carries only the resources that changed
 //! since the client last had them, and the names of those that went away.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use weft_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 
-use super::{Nodes, node_id};
-use crate::snapshot::XdsSnapshot;
+use super::{Closed, Conn};
 
 /// One type on this stream.
 #[derive(Debug, Default)]
@@ -27,32 +22,19 @@ struct Sub {
 }
 
 pub struct Stream {
-    snaps: watch::Receiver<Arc<XdsSnapshot>>,
-    nodes: Arc<Nodes>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    node: Option<String>,
+    conn: Conn<DeltaDiscoveryResponse>,
     subs: BTreeMap<String, Sub>,
-    nonce: u64,
 }
 
-struct Closed;
-
 impl Stream {
-    pub fn new(
-        snaps: watch::Receiver<Arc<XdsSnapshot>>,
-        nodes: Arc<Nodes>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) -> Self {
+    pub fn new(conn: Conn<DeltaDiscoveryResponse>) -> Self {
         Stream {
-            snaps,
-            nodes,
-            tx,
-            node: None,
+            conn,
             subs: BTreeMap::new(),
-            nonce: 0,
         }
     }
 
+    /// Serves requests and snapshot changes in order until either side is gone.
     pub async fn run(mut self, mut input: Streaming<DeltaDiscoveryRequest>) {
         loop {
             let res = tokio::select! {
@@ -60,30 +42,19 @@ impl Stream {
                     Ok(Some(r)) => self.handle(r).await,
                     _ => Err(Closed),
                 },
-                changed = self.snaps.changed() => match changed {
+                changed = self.conn.snaps.changed() => match changed {
                     Ok(()) => self.push_all().await,
                     Err(_) => Err(Closed),
                 },
             };
             if res.is_err() {
-                break;
+                return;
             }
-        }
-        if let Some(n) = &self.node {
-            self.nodes.disconnect(n);
         }
     }
 
     async fn handle(&mut self, r: DeltaDiscoveryRequest) -> Result<(), Closed> {
-        let node = match &self.node {
-            Some(n) => n.clone(),
-            None => {
-                let id = node_id(&r.node);
-                self.nodes.connect(&id, true);
-                self.node = Some(id.clone());
-                id
-            }
-        };
+        self.conn.node(&r.node);
         let new = !self.subs.contains_key(&r.type_url);
         let sub = self.subs.entry(r.type_url.clone()).or_default();
         if new {
@@ -92,19 +63,11 @@ impl Stream {
             sub.has = r.initial_resource_versions.into_iter().collect();
         }
         if !r.response_nonce.is_empty() && r.response_nonce == sub.nonce {
-            let version = sub.sent_version.clone();
-            match &r.error_detail {
-                Some(err) => {
-                    tracing::warn!(%node, type_url = %r.type_url, %version, error = %err.message, "xDS NACK (delta)");
-                    self.nodes.nacked(&r.type_url);
-                    let msg = err.message.clone();
-                    self.nodes
-                        .update(&node, &r.type_url, |t| t.last_nack = Some((version, msg)));
-                }
-                None => self
-                    .nodes
-                    .update(&node, &r.type_url, |t| t.acked_version = Some(version)),
-            }
+            self.conn.answered(
+                &r.type_url,
+                sub.sent_version.clone(),
+                r.error_detail.as_ref(),
+            );
         }
         let mut changed = new;
         for n in r.resource_names_subscribe {
@@ -141,7 +104,7 @@ impl Stream {
 
     /// Sends what changed for the type; the first response for a type is sent even if empty.
     async fn push(&mut self, type_url: &str) -> Result<(), Closed> {
-        let snap = self.snaps.borrow().clone();
+        let snap = self.conn.snaps.borrow().clone();
         let set = snap.get(type_url);
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Ok(());
@@ -167,15 +130,14 @@ impl Stream {
         if resources.is_empty() && removed.is_empty() && sub.responded {
             return Ok(());
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        let version = set.map_or_else(String::new, |s| s.version.clone());
         for r in &resources {
             sub.has.insert(r.name.clone(), r.version.clone());
         }
         for n in &removed {
             sub.has.remove(n);
         }
+        let nonce = self.conn.next_nonce();
+        let version = set.map_or_else(String::new, |s| s.version.clone());
         let rsp = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources,
@@ -184,15 +146,10 @@ impl Stream {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        self.tx.send(Ok(rsp)).await.map_err(|_| Closed)?;
-        self.nodes.pushed(type_url);
+        self.conn.send(type_url, &version, rsp).await?;
         sub.nonce = nonce;
-        sub.sent_version = version.clone();
+        sub.sent_version = version;
         sub.responded = true;
-        if let Some(node) = &self.node {
-            self.nodes
-                .update(node, type_url, |t| t.sent_version = Some(version));
-        }
         Ok(())
     }
 }

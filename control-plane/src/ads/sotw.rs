@@ -1,17 +1,12 @@
 //! A state-of-the-world ADS stream: each response carries every resource of its type that the
 //! client subscribed to (all of them for a wildcard subscription).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use weft_xds_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
 
-use super::{Nodes, node_id};
-use crate::snapshot::XdsSnapshot;
+use super::{Closed, Conn};
 
 /// One type on this stream.
 #[derive(Debug, Default)]
@@ -23,33 +18,19 @@ struct Sub {
 }
 
 pub struct Stream {
-    snaps: watch::Receiver<Arc<XdsSnapshot>>,
-    nodes: Arc<Nodes>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    node: Option<String>,
+    conn: Conn<DiscoveryResponse>,
     subs: BTreeMap<String, Sub>,
-    nonce: u64,
 }
 
-/// The client went away.
-struct Closed;
-
 impl Stream {
-    pub fn new(
-        snaps: watch::Receiver<Arc<XdsSnapshot>>,
-        nodes: Arc<Nodes>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) -> Self {
+    pub fn new(conn: Conn<DiscoveryResponse>) -> Self {
         Stream {
-            snaps,
-            nodes,
-            tx,
-            node: None,
+            conn,
             subs: BTreeMap::new(),
-            nonce: 0,
         }
     }
 
+    /// Serves requests and snapshot changes in order until either side is gone.
     pub async fn run(mut self, mut input: Streaming<DiscoveryRequest>) {
         loop {
             let res = tokio::select! {
@@ -57,52 +38,31 @@ impl Stream {
                     Ok(Some(r)) => self.handle(r).await,
                     _ => Err(Closed),
                 },
-                changed = self.snaps.changed() => match changed {
+                changed = self.conn.snaps.changed() => match changed {
                     Ok(()) => self.push_all().await,
                     Err(_) => Err(Closed),
                 },
             };
             if res.is_err() {
-                break;
+                return;
             }
-        }
-        if let Some(n) = &self.node {
-            self.nodes.disconnect(n);
         }
     }
 
     async fn handle(&mut self, r: DiscoveryRequest) -> Result<(), Closed> {
-        let node = match &self.node {
-            Some(n) => n.clone(),
-            None => {
-                let id = node_id(&r.node);
-                self.nodes.connect(&id, false);
-                self.node = Some(id.clone());
-                id
-            }
-        };
+        self.conn.node(&r.node);
         let sub = self.subs.entry(r.type_url.clone()).or_default();
         if !r.response_nonce.is_empty() {
             if r.response_nonce != sub.nonce {
                 // An answer to a response that has been superseded: nothing to act on.
                 return Ok(());
             }
-            match &r.error_detail {
-                Some(err) => {
-                    let refused = sub.sent_version.clone().unwrap_or_default();
-                    tracing::warn!(%node, type_url = %r.type_url, version = %refused, error = %err.message, "xDS NACK");
-                    self.nodes.nacked(&r.type_url);
-                    let msg = err.message.clone();
-                    self.nodes.update(&node, &r.type_url, |t| {
-                        t.last_nack = Some((refused, msg));
-                    });
-                }
-                None => {
-                    let v = r.version_info.clone();
-                    self.nodes
-                        .update(&node, &r.type_url, |t| t.acked_version = Some(v));
-                }
-            }
+            let version = match &r.error_detail {
+                Some(_) => sub.sent_version.clone().unwrap_or_default(),
+                None => r.version_info.clone(),
+            };
+            self.conn
+                .answered(&r.type_url, version, r.error_detail.as_ref());
         }
         let names: BTreeSet<String> = r.resource_names.into_iter().filter(|n| n != "*").collect();
         let first = sub.sent_version.is_none();
@@ -125,7 +85,7 @@ impl Stream {
     /// Sends the type's resources if its version changed since the last response (or always,
     /// with `force`).
     async fn push(&mut self, type_url: &str, force: bool) -> Result<(), Closed> {
-        let snap = self.snaps.borrow().clone();
+        let snap = self.conn.snaps.borrow().clone();
         let set = snap.get(type_url);
         let version = set.map_or_else(String::new, |s| s.version.clone());
         let Some(sub) = self.subs.get_mut(type_url) else {
@@ -140,8 +100,7 @@ impl Stream {
             .filter(|(name, _)| sub.names.is_empty() || sub.names.contains(*name))
             .map(|(_, v)| v.any.clone())
             .collect();
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
+        let nonce = self.conn.next_nonce();
         let rsp = DiscoveryResponse {
             version_info: version.clone(),
             resources,
@@ -149,15 +108,9 @@ impl Stream {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        // Waits only this stream's task when the client is slow.
-        self.tx.send(Ok(rsp)).await.map_err(|_| Closed)?;
-        self.nodes.pushed(type_url);
-        sub.sent_version = Some(version.clone());
+        self.conn.send(type_url, &version, rsp).await?;
+        sub.sent_version = Some(version);
         sub.nonce = nonce;
-        if let Some(node) = &self.node {
-            self.nodes
-                .update(node, type_url, |t| t.sent_version = Some(version));
-        }
         Ok(())
     }
 }

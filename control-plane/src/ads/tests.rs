@@ -12,36 +12,10 @@ use weft_xds_proto::{
 };
 
 use super::*;
-use crate::{
-    registry::{Endpoint, Protocol, Service, ServiceSpec, Snapshot},
-    translate,
-};
+use crate::{registry::Snapshot, translate};
 
-/// A registry snapshot with `hosts`, each with one endpoint of `weight`.
 fn registry(hosts: &[&str], weight: u32) -> Snapshot {
-    let mut s = Snapshot::default();
-    for host in hosts {
-        let svc = Service {
-            key: format!("default/{host}"),
-            host: host.to_string(),
-            spec: ServiceSpec {
-                host: Some(host.to_string()),
-                port: 80,
-                aliases: vec![],
-                vip: None,
-                protocol: Protocol::Http,
-                endpoints: vec![Endpoint {
-                    address: "10.0.0.1:80".parse().unwrap(),
-                    weight,
-                    labels: Default::default(),
-                    healthy: true,
-                    identity: None,
-                }],
-            },
-        };
-        s.services.insert(svc.authority(), svc);
-    }
-    s
+    crate::registry::test_snapshot(hosts, weight)
 }
 
 fn xds(hosts: &[&str], weight: u32) -> Arc<XdsSnapshot> {
