@@ -26,6 +26,11 @@ pub struct Config {
     #[arg(long, env = "WEFT_XDS_ADDR", default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
 
+    /// The API weftctl talks to (HTTP/JSON). It can change policies: keep it on loopback or
+    /// behind an authenticating proxy.
+    #[arg(long, env = "WEFT_API_ADDR", default_value = "127.0.0.1:15015")]
+    pub api_addr: SocketAddr,
+
     /// Health and metrics: /live, /ready, /metrics, /proxy_status, /registry.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:15014")]
     pub metrics_addr: SocketAddr,

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ads;
+pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod policy;

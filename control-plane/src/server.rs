@@ -2,9 +2,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
-use http_body_util::Full;
+use http::{Method, Request, StatusCode};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -17,6 +15,7 @@ use weft_xds_proto::discovery::AggregatedDiscoveryServiceServer;
 
 use crate::{
     ads::{AdsServer, Nodes},
+    api::{self, Api, Rsp, text},
     config::Config,
     metrics::Metrics,
     registry::{Snapshot, file::FileRegistry},
@@ -67,6 +66,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             addr: cfg.xds_addr,
             source,
         })?;
+    let api_l = TcpListener::bind(cfg.api_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "API listener",
+            addr: cfg.api_addr,
+            source,
+        })?;
     let metrics_l = TcpListener::bind(cfg.metrics_addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -74,7 +80,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             addr: cfg.metrics_addr,
             source,
         })?;
-    for (name, l) in [("xds", &xds_l), ("metrics", &metrics_l)] {
+    for (name, l) in [("xds", &xds_l), ("metrics", &metrics_l), ("api", &api_l)] {
         tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
     }
 
@@ -103,6 +109,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             )
             .serve_with_incoming(TcpListenerStream::new(xds_l)),
     );
+    let api = Api {
+        registry_dir: cfg.registry_dir.clone(),
+        registry: reg_rx.clone(),
+        nodes: nodes.clone(),
+    };
+    tokio::spawn(api.serve(api_l));
     tokio::spawn(serve_admin(metrics_l, nodes, reg_rx));
     tracing::info!("weft-control-plane ready");
 
@@ -111,16 +123,6 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         _ = sigint.recv() => tracing::info!("SIGINT received; exiting"),
     }
     Ok(())
-}
-
-type Rsp = Response<Full<Bytes>>;
-
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Rsp {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, content_type.parse().unwrap());
-    r
 }
 
 async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>, registry: watch::Receiver<Arc<Snapshot>>) {
@@ -151,34 +153,16 @@ fn admin(req: &Request<Incoming>, nodes: &Nodes, registry: &watch::Receiver<Arc<
             "text/plain; version=0.0.4; charset=utf-8",
             nodes.metrics.render(),
         ),
-        (&Method::GET, "/proxy_status") => {
-            let status: serde_json::Map<String, serde_json::Value> = nodes
-                .snapshot()
-                .into_iter()
-                .map(|(id, n)| {
-                    let types: serde_json::Map<String, serde_json::Value> = n
-                        .types
-                        .into_iter()
-                        .map(|(t, s)| {
-                            let v = serde_json::json!({
-                                "sent": s.sent_version,
-                                "acked": s.acked_version,
-                                "lastNack": s.last_nack.map(|(v, e)| serde_json::json!({"version": v, "error": e})),
-                            });
-                            (t, v)
-                        })
-                        .collect();
-                    let v = serde_json::json!({ "connected": n.connected, "delta": n.delta, "types": types });
-                    (id, v)
-                })
-                .collect();
-            let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
-            text(StatusCode::OK, "application/json", body)
-        }
-        (&Method::GET, "/registry") => {
-            let body = serde_json::to_vec_pretty(&**registry.borrow()).unwrap_or_default();
-            text(StatusCode::OK, "application/json", body)
-        }
+        (&Method::GET, "/proxy_status") => text(
+            StatusCode::OK,
+            "application/json",
+            api::proxy_status_json(nodes),
+        ),
+        (&Method::GET, "/registry") => text(
+            StatusCode::OK,
+            "application/json",
+            api::registry_json(registry),
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             TEXT,

@@ -44,6 +44,8 @@ fn start(dir: &TempDir) -> Proxy {
         "127.0.0.1:0",
         "--metrics-addr",
         "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
         "--log-format",
         "json",
     ]);
@@ -182,5 +184,181 @@ fn a_missing_registry_directory_stops_the_start() {
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),
         "weft-control-plane: error: registry directory /nonexistent/registry: No such file or directory (os error 2)\n"
+    );
+}
+
+/// Runs weftctl against `cp`'s API; returns exit code, stdout and stderr.
+fn weftctl(cp: &Proxy, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(binary_named("weftctl"))
+        .arg("--control-plane")
+        .arg(cp.addr("api").to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_applies_lists_deletes_and_reports_proxies() {
+    let dir = TempDir::new("weftctl");
+    let (service, policy) = SERVICE.split_once("---\n").unwrap();
+    dir.write("web.yaml", service);
+    let mut cmd = Command::new(binary_named("weft-control-plane"));
+    cmd.args([
+        "--registry-dir",
+        dir.0.to_str().unwrap(),
+        "--registry-poll-interval",
+        "100ms",
+    ]);
+    cmd.args([
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    let cp = Proxy::spawn_until(cmd, "weft-control-plane ready")
+        .unwrap_or_else(|(_, l)| panic!("{}", l.join("\n")));
+
+    let (code, out, _) = weftctl(&cp, &["get", "services"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out,
+        "SERVICE                          REGISTRATION  PROTOCOL  ENDPOINTS\nweb.demo.svc.cluster.local:8080  demo/web      http      2\n"
+    );
+
+    // A bad policy is refused before anything is sent, with the field named.
+    let work = TempDir::new("weftctl-files");
+    let bad = work.write(
+        "bad.yaml",
+        &policy.replace("{subset: v2, weight: 10}", "{subset: v3, weight: 10}"),
+    );
+    let (code, _, err) = weftctl(&cp, &["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        format!(
+            "weftctl: {}: policy demo/web: spec.routes[0].backends[1].subset: unknown subset `v3` (defined: v1, v2)\n",
+            bad.display()
+        )
+    );
+
+    let good = work.write("good.yaml", policy);
+    let (code, out, err) = weftctl(&cp, &["apply", "-f", good.to_str().unwrap()]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "policy demo/web applied\n"),
+        "{err}"
+    );
+    let listed = eventually(
+        Duration::from_secs(10),
+        "the policy in the registry",
+        || async {
+            let (_, out, _) = weftctl(&cp, &["get", "policies"]);
+            out.contains("demo/web").then_some(out)
+        },
+    )
+    .await;
+    assert_eq!(
+        listed,
+        "POLICY    SERVICE                          ROUTES  SUBSETS\ndemo/web  web.demo.svc.cluster.local:8080  1       2\n"
+    );
+
+    // A proxy connects and acknowledges: proxy-status shows it.
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.addr("xds")))
+            .await
+            .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut rsp = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let node = Some(Node {
+        id: "sidecar-7".into(),
+        ..Default::default()
+    });
+    tx.send(DiscoveryRequest {
+        node,
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cds = rsp.message().await.unwrap().unwrap();
+    tx.send(DiscoveryRequest {
+        version_info: cds.version_info.clone(),
+        type_url: CLUSTER.into(),
+        response_nonce: cds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let status = eventually(
+        Duration::from_secs(10),
+        "the ACK in proxy-status",
+        || async {
+            let (_, out, _) = weftctl(&cp, &["proxy-status"]);
+            out.contains(&cds.version_info).then_some(out)
+        },
+    )
+    .await;
+    let row = status.lines().nth(1).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            "sidecar-7",
+            "true",
+            "sotw",
+            cds.version_info.as_str(),
+            "-",
+            "-",
+            "-",
+            "-"
+        ],
+        "{status}"
+    );
+
+    let (code, out, _) = weftctl(&cp, &["delete", "policy", "demo/web"]);
+    assert_eq!((code, out.as_str()), (Some(0), "policy demo/web deleted\n"));
+    let (code, _, err) = weftctl(&cp, &["delete", "policy", "demo/nope"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(1), "weftctl: no policy demo/nope\n")
+    );
+}
+
+#[test]
+fn weftctl_says_when_it_cannot_reach_the_control_plane() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(binary_named("weftctl"))
+        .args(["--control-plane", &free.to_string(), "get", "services"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "weftctl: cannot reach the control plane at {free}: Connection refused"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "(is weft-control-plane running? set --control-plane or WEFT_CONTROL_PLANE)\n"
+        ),
+        "{err}"
     );
 }

@@ -1,0 +1,201 @@
+//! The API `weftctl` talks to: HTTP/JSON on its own listener (loopback by default, since it can
+//! change policies).
+//!
+//! | method | path | does |
+//! | --- | --- | --- |
+//! | GET | `/api/v1/registry` | what the registry holds: services and policies (JSON) |
+//! | GET | `/api/v1/proxy-status` | per node and type: versions sent, acknowledged, last NACK (JSON) |
+//! | PUT | `/api/v1/policies` | body: policies (YAML or JSON, `---`-separated); validated, then written into the file registry as `weftctl-<namespace>-<name>.yaml` |
+//! | DELETE | `/api/v1/policies/<namespace>/<name>` | removes a policy weftctl wrote |
+//!
+//! Errors are `text/plain` with a 4xx status and a message that names what was wrong.
+
+use std::{convert::Infallible, path::PathBuf, sync::Arc};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{ads::Nodes, policy, registry::Snapshot};
+
+pub type Rsp = Response<Full<Bytes>>;
+
+pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Rsp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        content_type.parse().expect("a valid content type"),
+    );
+    r
+}
+
+fn plain(status: StatusCode, body: impl Into<String>) -> Rsp {
+    text(status, "text/plain; charset=utf-8", body.into() + "\n")
+}
+
+/// Per node and type: the versions sent and acknowledged, and the last rejection.
+pub fn proxy_status_json(nodes: &Nodes) -> Vec<u8> {
+    let status: serde_json::Map<String, serde_json::Value> = nodes
+        .snapshot()
+        .into_iter()
+        .map(|(id, n)| {
+            let types: serde_json::Map<String, serde_json::Value> = n
+                .types
+                .into_iter()
+                .map(|(t, s)| {
+                    let nack = s
+                        .last_nack
+                        .map(|(v, e)| serde_json::json!({"version": v, "error": e}));
+                    let v = serde_json::json!({"sent": s.sent_version, "acked": s.acked_version, "lastNack": nack});
+                    (t, v)
+                })
+                .collect();
+            let v = serde_json::json!({"connected": n.connected, "delta": n.delta, "types": types});
+            (id, v)
+        })
+        .collect();
+    serde_json::to_vec_pretty(&status).unwrap_or_default()
+}
+
+pub fn registry_json(registry: &watch::Receiver<Arc<Snapshot>>) -> Vec<u8> {
+    serde_json::to_vec_pretty(&**registry.borrow()).unwrap_or_default()
+}
+
+/// What the API needs.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub registry_dir: PathBuf,
+    pub registry: watch::Receiver<Arc<Snapshot>>,
+    pub nodes: Arc<Nodes>,
+}
+
+/// The file weftctl keeps a policy in.
+fn policy_file(dir: &std::path::Path, key: &str) -> PathBuf {
+    dir.join(format!("weftctl-{}.yaml", key.replace('/', "-")))
+}
+
+impl Api {
+    pub async fn serve(self, l: TcpListener) {
+        let api = Arc::new(self);
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let api = api.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(api.handle(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Rsp {
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/api/v1/registry") => text(
+                StatusCode::OK,
+                "application/json",
+                registry_json(&self.registry),
+            ),
+            (Method::GET, "/api/v1/proxy-status") => text(
+                StatusCode::OK,
+                "application/json",
+                proxy_status_json(&self.nodes),
+            ),
+            (Method::PUT, "/api/v1/policies") => {
+                let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return plain(
+                            StatusCode::BAD_REQUEST,
+                            format!("cannot read the body: {e}"),
+                        );
+                    }
+                };
+                let Ok(text) = std::str::from_utf8(&body) else {
+                    return plain(StatusCode::BAD_REQUEST, "the body is not UTF-8 text");
+                };
+                self.apply(text).await
+            }
+            (Method::DELETE, p) if p.starts_with("/api/v1/policies/") => {
+                self.delete(&p["/api/v1/policies/".len()..]).await
+            }
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "endpoints: GET /api/v1/registry, GET /api/v1/proxy-status, PUT /api/v1/policies, DELETE /api/v1/policies/<namespace>/<name>",
+            ),
+        }
+    }
+
+    async fn apply(&self, text: &str) -> Rsp {
+        let policies = match policy::parse("request", text) {
+            Ok(p) if p.is_empty() => {
+                return plain(StatusCode::BAD_REQUEST, "no policy in the request");
+            }
+            Ok(p) => p,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let mut done = Vec::new();
+        for p in &policies {
+            let key = p.key();
+            let yaml = match serde_yaml_ng::to_string(p) {
+                Ok(y) => y,
+                Err(e) => {
+                    return plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("policy {key}: {e}"),
+                    );
+                }
+            };
+            let file = policy_file(&self.registry_dir, &key);
+            // Write beside, then rename: the registry never reads half a file.
+            let tmp = self
+                .registry_dir
+                .join(format!(".{key}.tmp").replace('/', "-"));
+            let written = tokio::fs::write(&tmp, yaml)
+                .await
+                .and(tokio::fs::rename(&tmp, &file).await);
+            if let Err(e) = written {
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("policy {key}: cannot write {}: {e}", file.display()),
+                );
+            }
+            tracing::info!(policy = %key, file = %file.display(), "policy applied");
+            done.push(format!("policy {key} applied"));
+        }
+        plain(StatusCode::OK, done.join("\n"))
+    }
+
+    async fn delete(&self, key: &str) -> Rsp {
+        let Some((ns, name)) = key.split_once('/') else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("`{key}`: expected <namespace>/<name>"),
+            );
+        };
+        let key = format!("{ns}/{name}");
+        let file = policy_file(&self.registry_dir, &key);
+        match tokio::fs::remove_file(&file).await {
+            Ok(()) => plain(StatusCode::OK, format!("policy {key} deleted")),
+            Err(_) if self.registry.borrow().policies.contains_key(&key) => plain(
+                StatusCode::CONFLICT,
+                format!(
+                    "policy {key} comes from a file weftctl did not write; edit {} instead",
+                    self.registry_dir.display()
+                ),
+            ),
+            Err(_) => plain(StatusCode::NOT_FOUND, format!("no policy {key}")),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! `weftctl`: the operator's CLI for weft's control plane.
+//!
+//! It talks to the control plane's API (HTTP/JSON, see `docs/weftctl.md`); `apply` validates
+//! policies locally first, so a bad file is refused before anything is sent.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use weft_control_plane::policy;
+
+#[derive(Debug, Parser)]
+#[command(name = "weftctl", version, about = "Operate weft's control plane")]
+struct Cli {
+    /// The control plane's API address.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_CONTROL_PLANE",
+        default_value = "127.0.0.1:15015"
+    )]
+    control_plane: String,
+    /// Output format for `get` and `proxy-status`.
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate and apply TrafficPolicies from a file or every YAML/JSON file of a directory.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List what the registry holds.
+    Get {
+        #[arg(value_enum)]
+        what: What,
+    },
+    /// Delete a policy applied with weftctl: `weftctl delete policy <namespace>/<name>`.
+    Delete {
+        #[arg(value_parser = ["policy"])]
+        kind: String,
+        name: String,
+    },
+    /// Each proxy connected to the control plane: versions acknowledged, last rejection.
+    ProxyStatus,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum What {
+    Policies,
+    Services,
+    Endpoints,
+}
+
+/// A failed command: the message to print.
+struct Fail(String);
+
+type Result<T> = std::result::Result<T, Fail>;
+
+async fn call(cp: &str, method: &str, path: &str, body: String) -> Result<(u16, String)> {
+    let addr = cp.trim_start_matches("http://").trim_end_matches('/');
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Fail(format!(
+            "cannot reach the control plane at {addr}: {e} (is weft-control-plane running? set --control-plane or WEFT_CONTROL_PLANE)"
+        ))
+    };
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr)
+        .header("content-type", "application/yaml")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| Fail(e.to_string()))?;
+    let rsp = tx.send_request(req).await.map_err(|e| unreachable(&e))?;
+    let status = rsp.status().as_u16();
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(&e))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The API's answer, or its error text as the failure.
+async fn ok(cp: &str, method: &str, path: &str, body: String) -> Result<String> {
+    match call(cp, method, path, body).await? {
+        (200, text) => Ok(text),
+        (_, text) => Err(Fail(text.trim_end().to_string())),
+    }
+}
+
+fn files(path: &PathBuf) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.clone()]);
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Fail(format!("{}: {e}", path.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+async fn apply(cp: &str, path: &PathBuf) -> Result<String> {
+    // Everything is read and validated before anything is sent.
+    let mut texts = Vec::new();
+    for f in files(path)? {
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| Fail(format!("{}: {e}", f.display())))?;
+        let name = f.display().to_string();
+        let found = policy::parse(&name, &text).map_err(|e| Fail(e.to_string()))?;
+        if found.is_empty() {
+            return Err(Fail(format!("{name}: no TrafficPolicy in the file")));
+        }
+        texts.push(text);
+    }
+    let mut out = Vec::new();
+    for t in texts {
+        out.push(
+            ok(cp, "PUT", "/api/v1/policies", t)
+                .await?
+                .trim_end()
+                .to_string(),
+        );
+    }
+    Ok(out.join("\n"))
+}
+
+fn table(rows: Vec<Vec<String>>) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn s(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn get(what: What, registry: &serde_json::Value) -> String {
+    let mut rows = Vec::new();
+    match what {
+        What::Services => {
+            rows.push(vec![
+                "SERVICE".into(),
+                "REGISTRATION".into(),
+                "PROTOCOL".into(),
+                "ENDPOINTS".into(),
+            ]);
+            for (authority, svc) in registry["services"].as_object().into_iter().flatten() {
+                let spec = &svc["spec"];
+                let n = spec["endpoints"].as_array().map_or(0, Vec::len);
+                rows.push(vec![
+                    authority.clone(),
+                    s(&svc["key"]),
+                    s(&spec["protocol"]),
+                    n.to_string(),
+                ]);
+            }
+        }
+        What::Endpoints => {
+            rows.push(vec![
+                "SERVICE".into(),
+                "ADDRESS".into(),
+                "WEIGHT".into(),
+                "HEALTHY".into(),
+                "LABELS".into(),
+            ]);
+            for (authority, svc) in registry["services"].as_object().into_iter().flatten() {
+                for e in svc["spec"]["endpoints"].as_array().into_iter().flatten() {
+                    let labels: Vec<String> = e["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", s(v)))
+                        .collect();
+                    rows.push(vec![
+                        authority.clone(),
+                        s(&e["address"]),
+                        s(&e["weight"]),
+                        s(&e["healthy"]),
+                        labels.join(","),
+                    ]);
+                }
+            }
+        }
+        What::Policies => {
+            rows.push(vec![
+                "POLICY".into(),
+                "SERVICE".into(),
+                "ROUTES".into(),
+                "SUBSETS".into(),
+            ]);
+            for (key, p) in registry["policies"].as_object().into_iter().flatten() {
+                let spec = &p["spec"];
+                let count = |f: &str| spec[f].as_array().map_or(0, Vec::len).to_string();
+                rows.push(vec![
+                    key.clone(),
+                    s(&spec["service"]),
+                    count("routes"),
+                    count("subsets"),
+                ]);
+            }
+        }
+    }
+    table(rows)
+}
+
+fn proxy_status(status: &serde_json::Value) -> String {
+    const TYPES: [(&str, &str); 4] = [
+        ("CDS", weft_xds_proto::type_url::CLUSTER),
+        ("EDS", weft_xds_proto::type_url::ENDPOINT),
+        ("LDS", weft_xds_proto::type_url::LISTENER),
+        ("RDS", weft_xds_proto::type_url::ROUTE),
+    ];
+    let mut header = vec!["NODE".to_string(), "CONNECTED".into(), "STREAM".into()];
+    header.extend(TYPES.iter().map(|(n, _)| format!("{n} ACKED")));
+    header.push("LAST NACK".into());
+    let mut rows = vec![header];
+    for (node, n) in status.as_object().into_iter().flatten() {
+        let mut row = vec![
+            if node.is_empty() {
+                "(no id)".into()
+            } else {
+                node.clone()
+            },
+            s(&n["connected"]),
+            if n["delta"] == true {
+                "delta".into()
+            } else {
+                "sotw".into()
+            },
+        ];
+        let mut nacks = Vec::new();
+        for (name, url) in TYPES {
+            let t = &n["types"][url];
+            row.push(if t.is_null() {
+                "-".into()
+            } else {
+                s(&t["acked"])
+            });
+            if let Some(nack) = t["lastNack"].as_object() {
+                nacks.push(format!(
+                    "{name} {}: {}",
+                    s(&nack["version"]),
+                    s(&nack["error"])
+                ));
+            }
+        }
+        row.push(if nacks.is_empty() {
+            "-".into()
+        } else {
+            nacks.join("; ")
+        });
+        rows.push(row);
+    }
+    table(rows)
+}
+
+async fn run(cli: Cli) -> Result<String> {
+    let cp = cli.control_plane.as_str();
+    let json = |text: &str| -> Result<serde_json::Value> {
+        serde_json::from_str(text).map_err(|e| {
+            Fail(format!(
+                "the control plane answered something other than JSON: {e}"
+            ))
+        })
+    };
+    match cli.command {
+        Cmd::Apply { file } => apply(cp, &file).await,
+        Cmd::Delete { name, .. } => Ok(ok(
+            cp,
+            "DELETE",
+            &format!("/api/v1/policies/{name}"),
+            String::new(),
+        )
+        .await?
+        .trim_end()
+        .to_string()),
+        Cmd::Get { what } => {
+            let text = ok(cp, "GET", "/api/v1/registry", String::new()).await?;
+            Ok(match cli.output {
+                Output::Json => text.trim_end().to_string(),
+                Output::Table => get(what, &json(&text)?),
+            })
+        }
+        Cmd::ProxyStatus => {
+            let text = ok(cp, "GET", "/api/v1/proxy-status", String::new()).await?;
+            Ok(match cli.output {
+                Output::Json => text.trim_end().to_string(),
+                Output::Table => proxy_status(&json(&text)?),
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match rt.block_on(run(cli)) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(Fail(msg)) => {
+            eprintln!("weftctl: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
