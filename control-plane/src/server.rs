@@ -56,8 +56,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         policies = first.policies.len(),
         "registry loaded"
     );
+    // The first resources are ready before any proxy can connect.
+    let first_xds = XdsSnapshot::new(&crate::translate::translate(&first));
     let (reg_tx, reg_rx) = watch::channel(Arc::new(first));
-    let (xds_tx, xds_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
+    let (xds_tx, xds_rx) = watch::channel(Arc::new(first_xds));
 
     let xds_l = TcpListener::bind(cfg.xds_addr)
         .await
