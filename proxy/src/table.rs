@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod watch;
+pub mod xds;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -9,3 +9,4 @@ mod http2;
 mod swap;
 mod tcp;
 mod tools;
+mod xds_table;
