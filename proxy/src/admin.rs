@@ -34,6 +34,10 @@ pub struct AdminState {
 
 type Rsp = Response<Full<Bytes>>;
 
+/// Set on a request's connection to start draining once that connection has closed.
+#[derive(Debug, Clone)]
+struct DrainOnClose(Arc<AtomicBool>);
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Rsp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -60,13 +64,20 @@ where
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
+            let drain_after = Arc::new(AtomicBool::new(false));
+            let (st, flag) = (state.clone(), drain_after.clone());
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                let state = st.clone();
+                req.extensions_mut().insert(DrainOnClose(flag.clone()));
                 async move { Ok::<_, Infallible>(route(state, req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            // Only now, with the answer to `/shutdown` written, may the process go away.
+            if drain_after.load(Ordering::Acquire) {
+                state.drain.start();
+            }
         });
     }
 }
@@ -92,8 +103,15 @@ pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
         }
         (&Method::POST, "/shutdown") => {
             tracing::info!("shutdown requested through the admin server");
-            state.drain.start();
-            text(StatusCode::OK, "draining\n")
+            // Draining starts when this connection closes, after the answer is written
+            // (otherwise the process could exit before the caller hears back).
+            if let Some(DrainOnClose(flag)) = req.extensions().get::<DrainOnClose>() {
+                flag.store(true, Ordering::Release);
+            }
+            let mut r = text(StatusCode::OK, "draining\n");
+            r.headers_mut()
+                .insert(http::header::CONNECTION, "close".parse().unwrap());
+            r
         }
         (&Method::GET, "/log_level") => match &state.log {
             Some(l) => text(StatusCode::OK, l.level() + "\n"),
