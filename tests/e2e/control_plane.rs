@@ -1,6 +1,10 @@
 //! The `weft-control-plane` binary: file registry in, xDS out to a standard ADS client.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
@@ -293,21 +297,31 @@ async fn weftctl_applies_lists_deletes_and_reports_proxies() {
     })
     .await
     .unwrap();
-    let cds = rsp.message().await.unwrap().unwrap();
-    tx.send(DiscoveryRequest {
-        version_info: cds.version_info.clone(),
-        type_url: CLUSTER.into(),
-        response_nonce: cds.nonce.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let status = eventually(
+    // ACK every response: the policy applied above may still be on its way (pushes are
+    // debounced), and an ACK of a superseded response is rightly ignored by the server.
+    let acked = Arc::new(Mutex::new(String::new()));
+    let last = acked.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(r)) = rsp.message().await {
+            let ack = DiscoveryRequest {
+                version_info: r.version_info.clone(),
+                type_url: CLUSTER.into(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            };
+            if tx.send(ack).await.is_err() {
+                return;
+            }
+            *last.lock().unwrap() = r.version_info;
+        }
+    });
+    let (status, version) = eventually(
         Duration::from_secs(10),
         "the ACK in proxy-status",
         || async {
+            let version = acked.lock().unwrap().clone();
             let (_, out, _) = weftctl(&cp, &["proxy-status"]);
-            out.contains(&cds.version_info).then_some(out)
+            (!version.is_empty() && out.contains(&version)).then_some((out, version))
         },
     )
     .await;
@@ -319,7 +333,7 @@ async fn weftctl_applies_lists_deletes_and_reports_proxies() {
             "sidecar-7",
             "true",
             "sotw",
-            cds.version_info.as_str(),
+            version.as_str(),
             "-",
             "-",
             "-",
