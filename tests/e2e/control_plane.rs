@@ -58,23 +58,26 @@ fn start(dir: &TempDir) -> Proxy {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_the_file_registry_over_ads_and_follows_edits() {
-    let dir = TempDir::new("cp");
-    dir.write("web.yaml", SERVICE);
-    let mut cp = start(&dir);
+/// Opens a state-of-the-world ADS stream to `cp` as `node` and subscribes to every cluster.
+async fn subscribe_clusters(
+    cp: &Proxy,
+    node: &str,
+) -> (
+    tokio::sync::mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<weft_xds_proto::discovery::DiscoveryResponse>,
+) {
     let mut client =
         AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.addr("xds")))
             .await
             .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut rsp = client
+    let rsp = client
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
     let node = Some(Node {
-        id: "proxy-1".into(),
+        id: node.into(),
         ..Default::default()
     });
     tx.send(DiscoveryRequest {
@@ -84,6 +87,15 @@ async fn serves_the_file_registry_over_ads_and_follows_edits() {
     })
     .await
     .unwrap();
+    (tx, rsp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_file_registry_over_ads_and_follows_edits() {
+    let dir = TempDir::new("cp");
+    dir.write("web.yaml", SERVICE);
+    let mut cp = start(&dir);
+    let (tx, mut rsp) = subscribe_clusters(&cp, "proxy-1").await;
     let cds = rsp.message().await.unwrap().unwrap();
     let names: Vec<String> = cds
         .resources
@@ -276,27 +288,7 @@ async fn weftctl_applies_lists_deletes_and_reports_proxies() {
     );
 
     // A proxy connects and acknowledges: proxy-status shows it.
-    let mut client =
-        AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.addr("xds")))
-            .await
-            .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut rsp = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let node = Some(Node {
-        id: "sidecar-7".into(),
-        ..Default::default()
-    });
-    tx.send(DiscoveryRequest {
-        node,
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (tx, mut rsp) = subscribe_clusters(&cp, "sidecar-7").await;
     // ACK every response: the policy applied above may still be on its way (pushes are
     // debounced), and an ACK of a superseded response is rightly ignored by the server.
     let acked = Arc::new(Mutex::new(String::new()));
