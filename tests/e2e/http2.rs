@@ -120,8 +120,17 @@ async fn resets_propagate_both_ways() {
 
     // Server resets mid-body: the client sees an error, not a clean end.
     let rsp = tx.clone().send_request(get("/reset")).await.unwrap();
-    let res = rsp.into_body().collect().await;
-    assert!(res.is_err(), "a reset stream must not look complete");
+    assert_eq!(rsp.status(), 200);
+    let mut body = rsp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "partial");
+    peer.state.reset_now();
+    let res = body.collect().await;
+    assert!(
+        res.is_err(),
+        "a reset stream must not look complete; got {:?}",
+        res.map(|c| c.to_bytes())
+    );
     // The connection survives for other streams.
     let rsp = tx.clone().send_request(get("/status/204")).await.unwrap();
     assert_eq!(rsp.status(), 204);

@@ -4,7 +4,7 @@
 //! `/id` answers the server's name; `/delay?ms=N` answers it after N ms; `/trailers` ends with a trailer; `/big?bytes=N` streams N
 //! bytes; `/upgrade` switches protocols and echoes raw bytes; `/hang` never answers;
 //! `/grpc-partial` sends gRPC headers and one message and then nothing; `/reset` sends a
-//! chunk and then resets the stream; `/status/<code>`.
+//! chunk and resets the stream once the test calls [`PeerState::reset_now`]; `/status/<code>`.
 
 use std::{
     convert::Infallible,
@@ -41,6 +41,16 @@ pub struct PeerState {
     pub big_sent: AtomicU64,
     /// `/hang` requests whose handler was dropped (the client or proxy cancelled).
     pub cancelled: AtomicUsize,
+    /// Releases a `/reset` response's reset.
+    reset: tokio::sync::Notify,
+}
+
+impl PeerState {
+    /// Lets a `/reset` response reset its stream. The test calls this once its client holds the
+    /// first chunk: a reset while the response head is still queued would drop the head too.
+    pub fn reset_now(&self) {
+        self.reset.notify_one();
+    }
 }
 
 pub struct Peer {
@@ -206,15 +216,17 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
                 .unwrap()
         }
         "/reset" => {
-            // One chunk; once the client has it, a body error: the server resets the stream.
+            // One chunk; once the test says its client has it, a body error: the server resets
+            // the stream.
             let (tx, rx) =
                 mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
             tokio::spawn(async move {
                 let _ = tx
                     .send(Ok(Frame::data(Bytes::from_static(b"partial"))))
                     .await;
-                // The channel holds one item: this send completes once the first was taken.
-                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"more")))).await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), st.reset.notified())
+                        .await;
                 let _ = tx.send(Err("boom".into())).await;
             });
             Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed())
