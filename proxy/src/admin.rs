@@ -18,7 +18,9 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::{drain::Drain, log::LogHandle, metrics::Metrics, table::SharedTable};
+use crate::{
+    discovery::Shared, drain::Drain, log::LogHandle, metrics::Metrics, table::SharedTable,
+};
 
 /// What the admin and probe endpoints read and act on.
 #[derive(Debug)]
@@ -29,6 +31,10 @@ pub struct AdminState {
     pub log: Option<Arc<LogHandle>>,
     /// Set once every listener is bound and a table is loaded.
     pub ready: AtomicBool,
+    /// The control-plane connection, when there is one.
+    pub xds: Option<Arc<Shared>>,
+    /// `/ready` waits for the first configuration from the control plane.
+    pub ready_requires_config: bool,
     pub listeners: Vec<(String, SocketAddr)>,
 }
 
@@ -92,6 +98,8 @@ pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
                 "generation": table.generation,
                 "listeners": state.listeners.iter().map(|(n, a)| (n.clone(), a.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
                 "table": &table.source,
+                "services": table.describe(),
+                "xds": state.xds.as_ref().map(|x| x.status()),
             });
             let mut r = text(
                 StatusCode::OK,
@@ -149,8 +157,15 @@ pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") => {
+            let waiting =
+                state.ready_requires_config && state.xds.as_ref().is_some_and(|x| !x.complete());
             if state.drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if waiting {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for the first configuration from the control plane\n",
+                )
             } else if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {

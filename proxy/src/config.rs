@@ -18,7 +18,8 @@ pub struct Cli {
 /// Settings of a running sidecar.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Routing table file (YAML). Re-read on SIGHUP and when its content changes.
+    /// Routing table file (YAML). Re-read on SIGHUP and when its content changes. Without it
+    /// and without --control-plane the proxy starts with an empty table.
     #[arg(long, env = "WEFT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -52,6 +53,9 @@ pub struct Config {
     pub probe_addr: SocketAddr,
 
     #[command(flatten)]
+    pub discovery: DiscoveryConfig,
+
+    #[command(flatten)]
     pub detect: DetectConfig,
 
     #[command(flatten)]
@@ -72,6 +76,89 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
+}
+
+/// The control plane and how this proxy introduces itself to it.
+#[derive(Debug, Clone, Args)]
+pub struct DiscoveryConfig {
+    /// The control plane's xDS address (`http://HOST:PORT`, or `HOST:PORT`). The routing table
+    /// then comes over ADS instead of from --config.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_PLANE",
+        value_name = "URL",
+        conflicts_with = "config"
+    )]
+    pub control_plane: Option<String>,
+
+    /// ADS variant: delta (incremental) or sotw (state of the world).
+    #[arg(long, env = "WEFT_XDS_PROTOCOL", value_enum, default_value = "delta")]
+    pub xds_protocol: XdsProtocol,
+
+    /// Node id reported to the control plane [default: POD_NAME.NAMESPACE, else the host name].
+    #[arg(long, env = "WEFT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The pod (or host) this sidecar serves; the Kubernetes injector sets it from the
+    /// downward API.
+    #[arg(long, env = "WEFT_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    #[arg(long, env = "WEFT_POD_NAMESPACE", default_value = "default")]
+    pub pod_namespace: String,
+
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+
+    /// The workload's labels, `KEY=VALUE`, sent in the node metadata. Repeatable; in the
+    /// environment, comma-separated.
+    #[arg(long = "node-label", env = "WEFT_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+
+    /// With a control plane: /ready answers 503 until the first configuration (every resource
+    /// type) has arrived, so the application starts with routes in place.
+    #[arg(long, env = "WEFT_READY_REQUIRES_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ready_requires_config: bool,
+
+    /// First reconnect delay after the control plane is lost; doubles per failed attempt, with
+    /// full jitter.
+    #[arg(long, env = "WEFT_XDS_BACKOFF_BASE", value_parser = parse_duration, default_value = "250ms")]
+    pub xds_backoff_base: Duration,
+
+    /// The longest reconnect delay.
+    #[arg(long, env = "WEFT_XDS_BACKOFF_MAX", value_parser = parse_duration, default_value = "10s")]
+    pub xds_backoff_max: Duration,
+}
+
+/// The two ADS variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdsProtocol {
+    Delta,
+    Sotw,
+}
+
+impl DiscoveryConfig {
+    /// The node id: the flag, else `POD_NAME.NAMESPACE`, else the host name.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        if let Some(pod) = &self.pod_name {
+            return format!("{pod}.{}", self.pod_namespace);
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "weft-proxy".into())
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}`: expected KEY=VALUE, e.g. version=v2")),
+    }
 }
 
 /// Protocol detection on accepted connections.
@@ -203,5 +290,35 @@ mod tests {
         assert_eq!(cfg.admin_addr, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(cfg.probe_addr.port(), 15020);
         assert_eq!(cfg.detect.detect_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.discovery.xds_protocol, XdsProtocol::Delta);
+        assert!(cfg.discovery.ready_requires_config);
+    }
+
+    #[test]
+    fn node_identity_and_conflicts() {
+        let cfg = Cli::parse_from([
+            "weft-proxy",
+            "--control-plane=127.0.0.1:15010",
+            "--pod-name=web-0",
+            "--pod-namespace=shop",
+            "--node-label=version=v2,app=web",
+        ])
+        .run;
+        assert_eq!(cfg.discovery.node_id(), "web-0.shop");
+        assert_eq!(
+            cfg.discovery.node_labels,
+            [
+                ("version".into(), "v2".into()),
+                ("app".into(), "web".into())
+            ]
+        );
+        let err = Cli::try_parse_from(["weft-proxy", "--config=t.yaml", "--control-plane=x:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be used with"), "{err}");
+        let err = Cli::try_parse_from(["weft-proxy", "--node-label=v2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected KEY=VALUE"), "{err}");
     }
 }

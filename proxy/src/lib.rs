@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod drain;
 pub mod http;
 pub use weft_core::log;
@@ -30,6 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     admin::AdminState,
     config::Config,
+    discovery::Discovery,
     drain::Drain,
     http::{HttpProxy, Router},
     metrics::{Direction, Metrics},
@@ -110,12 +112,15 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         tracing::info!(listener = %name, %addr, "listening");
     }
 
+    let discovery = Discovery::new(cfg.discovery.clone(), table.clone(), metrics.clone());
     let state = Arc::new(AdminState {
         table: table.clone(),
         metrics: metrics.clone(),
         drain: drain.clone(),
         log,
         ready: Default::default(),
+        xds: discovery.as_ref().map(|d| d.shared.clone()),
+        ready_requires_config: cfg.discovery.ready_requires_config,
         listeners,
     });
     spawn_admin(state.clone(), admin_l, probe_l)?;
@@ -173,6 +178,9 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     );
     tokio::spawn(listener(inbound_http, TcpTarget::Addr(forward)).run(inbound));
 
+    if let Some(d) = discovery {
+        tokio::spawn(d.run(drain.token()));
+    }
     if let Some(path) = cfg.config.clone() {
         let watch = FileWatch {
             path,

@@ -52,6 +52,9 @@ pub struct Metrics {
     table_info: IntGaugeVec,
     table_reloads: IntCounterVec,
     upstream_connect_errors: IntCounterVec,
+    /// 1 while an ADS stream to the control plane is open.
+    pub xds_connected: IntGauge,
+    xds_updates: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -217,6 +220,19 @@ impl Metrics {
             &["direction", "reason"],
         )
         .unwrap();
+        let xds_connected = IntGauge::with_opts(opts(
+            "xds_connected",
+            "1 while the ADS stream to the control plane is open.",
+        ))
+        .unwrap();
+        let xds_updates = IntCounterVec::new(
+            opts(
+                "xds_updates_total",
+                "xDS responses received, by resource type and result (ack, nack).",
+            ),
+            &["type", "result"],
+        )
+        .unwrap();
         for c in [&requests, &responses, &accepted, &read, &write, &detected] {
             reg(Box::new(c.clone()));
         }
@@ -226,6 +242,8 @@ impl Metrics {
         reg(Box::new(table_info.clone()));
         reg(Box::new(table_reloads.clone()));
         reg(Box::new(upstream_connect_errors.clone()));
+        reg(Box::new(xds_connected.clone()));
+        reg(Box::new(xds_updates.clone()));
         for r in ["ok", "error"] {
             table_reloads.with_label_values(&[r]);
         }
@@ -250,6 +268,8 @@ impl Metrics {
             table_info,
             table_reloads,
             upstream_connect_errors,
+            xds_connected,
+            xds_updates,
         })
     }
 
@@ -291,6 +311,14 @@ impl Metrics {
         if generation > 1 {
             self.table_reloads.with_label_values(&["ok"]).inc();
         }
+    }
+
+    /// Counts an xDS response of `kind` (listener, route, cluster, endpoint), acknowledged or
+    /// rejected.
+    pub fn xds_update(&self, kind: &str, ack: bool) {
+        self.xds_updates
+            .with_label_values(&[kind, if ack { "ack" } else { "nack" }])
+            .inc();
     }
 
     pub fn table_reload_failed(&self) {

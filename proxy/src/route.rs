@@ -1,7 +1,12 @@
 //! Pure routing logic, no I/O: request matching and weighted choice.
 
 use http::{HeaderMap, HeaderName, Method};
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// The largest compiled program a route's regex may have, in bytes. Matching runs on every
+/// request, so the proxy bounds it (as Envoy bounds RE2's program size); a larger regex is
+/// refused where it is loaded (a table file error, or an xDS NACK).
+pub const MAX_REGEX_SIZE: usize = 2 * 1024 * 1024;
 
 /// How a string (a path, a header value) is matched.
 #[derive(Debug, Clone)]
@@ -15,9 +20,13 @@ pub enum StringMatch {
 }
 
 impl StringMatch {
-    /// Compiles a regex so that it matches whole values, as Envoy's `safe_regex` does.
+    /// Compiles a regex so that it matches whole values, as Envoy's `safe_regex` does, within
+    /// [`MAX_REGEX_SIZE`].
     pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
-        Regex::new(&format!("^(?:{pattern})$")).map(StringMatch::Regex)
+        RegexBuilder::new(&format!("^(?:{pattern})$"))
+            .size_limit(MAX_REGEX_SIZE)
+            .build()
+            .map(StringMatch::Regex)
     }
 
     pub fn matches(&self, value: &str) -> bool {
@@ -103,6 +112,16 @@ impl<T> WeightedSplit<T> {
         self.entries.iter().map(|(_, t)| t)
     }
 
+    /// Each entry with its own weight.
+    pub fn weighted(&self) -> impl Iterator<Item = (u64, &T)> {
+        let mut prev = 0;
+        self.entries.iter().map(move |(c, t)| {
+            let w = c - prev;
+            prev = *c;
+            (w, t)
+        })
+    }
+
     /// The entry that `r` (any number; taken modulo the total weight) falls on.
     pub fn pick_with(&self, r: u64) -> Option<&T> {
         let total = self.total();
@@ -126,6 +145,15 @@ impl<T> WeightedSplit<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_regexes_are_refused() {
+        // A Unicode class repeated compiles to megabytes (about 35 KiB per `\w`): over the
+        // bound, with a clear error.
+        let err = StringMatch::regex(r"\w{100}").unwrap_err();
+        assert!(err.to_string().contains("size limit"), "{err}");
+        assert!(StringMatch::regex(r"/api/v[0-9]+/.*").is_ok());
+    }
 
     #[test]
     fn string_matches() {

@@ -56,6 +56,9 @@ pub struct Service {
     /// Taken when no route matches: every endpoint of the service.
     pub default_route: Route,
     pub metrics: Arc<TargetMetrics>,
+    /// Every `host:port`, bare host and `vip:port` the service was declared with (lower case;
+    /// a bare host two services share reaches neither).
+    pub domains: Box<[Box<str>]>,
 }
 
 #[derive(Debug)]
@@ -119,6 +122,36 @@ impl Table {
         }
     }
 
+    /// The compiled services, routes, backends and endpoints, for `/config_dump`.
+    pub fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        let route = |r: &Route| {
+            json!({
+                "name": &*r.name,
+                "match": format!("{:?}", r.matches),
+                "timeout": r.timeout.map(|t| format!("{t:?}")),
+                "backends": r.backends.weighted().map(|(w, c)| json!({
+                    "cluster": &*c.name,
+                    "weight": w,
+                    "endpoints": c.endpoints.weighted()
+                        .map(|(w, e)| format!("{} (weight {w})", e.addr))
+                        .collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        };
+        self.services
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": &*s.name,
+                    "protocol": format!("{:?}", s.protocol).to_ascii_lowercase(),
+                    "domains": &s.domains,
+                    "routes": s.routes.iter().chain([&s.default_route]).map(route).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+
     pub fn by_vip(&self, addr: SocketAddr) -> Option<&Arc<Service>> {
         self.by_vip.get(&addr).map(|i| &self.services[*i])
     }
@@ -139,7 +172,7 @@ impl Table {
         let mut drafts = Vec::with_capacity(source.services.len());
         for (i, spec) in source.services.iter().enumerate() {
             let at = format!("services[{i}]");
-            let svc = compile_service(spec, &at)?;
+            let mut svc = compile_service(spec, &at)?;
             let idx = drafts.len();
             for (j, host) in std::iter::once(&spec.name).chain(&spec.aliases).enumerate() {
                 let field = if j == 0 {
@@ -155,6 +188,8 @@ impl Table {
                         format!("`{authority}` is already taken by services[{other}]"),
                     ));
                 }
+                svc.domains.push(authority.into());
+                svc.domains.push(host.as_str().into());
                 host_ports.entry(host).or_default().push(idx);
             }
             if let Some(ip) = spec.vip {
@@ -165,19 +200,20 @@ impl Table {
                         format!("`{vip}` is already taken by services[{other}]"),
                     ));
                 }
+                svc.domains.push(vip.to_string().into());
             }
             drafts.push(svc);
+        }
+        for (host, idxs) in host_ports {
+            if let [only] = idxs[..] {
+                t.by_host.insert(host.into(), only);
+            }
         }
         // Only a table that compiled whole gets metrics series: a rejected one leaves none.
         t.services = drafts
             .into_iter()
             .map(|svc| Arc::new(svc.finish(metrics)))
             .collect();
-        for (host, idxs) in host_ports {
-            if let [only] = idxs[..] {
-                t.by_host.insert(host.into(), only);
-            }
-        }
         t.source = source;
         Ok(t)
     }
@@ -205,6 +241,7 @@ struct ServiceDraft {
     protocol: Protocol,
     routes: Box<[Route]>,
     default_route: Route,
+    domains: Vec<Box<str>>,
 }
 
 impl ServiceDraft {
@@ -215,6 +252,7 @@ impl ServiceDraft {
             protocol: self.protocol,
             routes: self.routes,
             default_route: self.default_route,
+            domains: self.domains.into(),
         }
     }
 }
@@ -305,6 +343,7 @@ fn compile_service(spec: &file::ServiceSpec, at: &str) -> Result<ServiceDraft, (
             backends: WeightedSplit::new([(1, all)]),
             timeout: None,
         },
+        domains: Vec::new(),
     })
 }
 
@@ -394,7 +433,7 @@ pub fn load_text(
 }
 
 /// A short, stable digest of a file's content (FNV-1a, 64 bits).
-fn digest(text: &str) -> String {
+pub(crate) fn digest(text: &str) -> String {
     let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });

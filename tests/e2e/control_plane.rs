@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_tests::{
     chain::TempDir,
     eventually,
+    mesh::{self, weftctl},
     proxy::{Proxy, binary_named},
 };
 use weft_xds_proto::{
@@ -38,24 +39,7 @@ spec:
 ";
 
 fn start(dir: &TempDir) -> Proxy {
-    let mut cmd = Command::new(binary_named("weft-control-plane"));
-    cmd.args([
-        "--registry-dir",
-        dir.0.to_str().unwrap(),
-        "--registry-poll-interval",
-        "100ms",
-        "--xds-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-    ]);
-    Proxy::spawn_until(cmd, "weft-control-plane ready").unwrap_or_else(|(s, logs)| {
-        panic!("control plane did not start ({s:?}):\n{}", logs.join("\n"))
-    })
+    mesh::control_plane(dir, &["--registry-poll-interval", "100ms"])
 }
 
 /// Opens a state-of-the-world ADS stream to `cp` as `node` and subscribes to every cluster.
@@ -203,45 +187,12 @@ fn a_missing_registry_directory_stops_the_start() {
     );
 }
 
-/// Runs weftctl against `cp`'s API; returns exit code, stdout and stderr.
-fn weftctl(cp: &Proxy, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(binary_named("weftctl"))
-        .arg("--control-plane")
-        .arg(cp.addr("api").to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftctl_applies_lists_deletes_and_reports_proxies() {
     let dir = TempDir::new("weftctl");
     let (service, policy) = SERVICE.split_once("---\n").unwrap();
     dir.write("web.yaml", service);
-    let mut cmd = Command::new(binary_named("weft-control-plane"));
-    cmd.args([
-        "--registry-dir",
-        dir.0.to_str().unwrap(),
-        "--registry-poll-interval",
-        "100ms",
-    ]);
-    cmd.args([
-        "--xds-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-    ]);
-    let cp = Proxy::spawn_until(cmd, "weft-control-plane ready")
-        .unwrap_or_else(|(_, l)| panic!("{}", l.join("\n")));
+    let cp = start(&dir);
 
     let (code, out, _) = weftctl(&cp, &["get", "services"]);
     assert_eq!(code, Some(0));

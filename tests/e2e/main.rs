@@ -6,6 +6,7 @@ mod drain;
 mod grpc;
 mod http1;
 mod http2;
+mod mesh;
 mod swap;
 mod tcp;
 mod tools;

@@ -7,7 +7,10 @@ use http::{HeaderMap, Method};
 use weft_control_plane::{registry::file::FileRegistry, translate};
 use weft_proxy::{
     metrics::Metrics,
-    table::xds::{self, Resources},
+    table::{
+        Table,
+        xds::{self, Resources},
+    },
 };
 use weft_tests::chain::TempDir;
 
@@ -69,7 +72,15 @@ fn resources(files: &str) -> Resources {
 #[test]
 fn the_control_planes_resources_compile_into_the_same_routing() {
     let metrics = Metrics::new();
-    let table = xds::compile(&resources(FILES), Arc::from("v1"), 1, &metrics).unwrap();
+    let compiled = xds::compile(
+        &resources(FILES),
+        Arc::from("v1"),
+        1,
+        &metrics,
+        &Table::empty(),
+    );
+    assert_eq!(compiled.held_back, Vec::<String>::new());
+    let table = compiled.table;
     let svc = table
         .by_authority("web.demo.svc.cluster.local:8080")
         .expect("by host:port");
@@ -134,19 +145,70 @@ fn the_control_planes_resources_compile_into_the_same_routing() {
 }
 
 #[test]
-fn a_route_to_a_missing_cluster_rejects_the_set_and_names_it() {
-    let mut res = resources(FILES);
-    res.endpoints.remove("web.demo.svc.cluster.local:8080/v2");
+fn a_listener_missing_a_reference_keeps_its_previous_service() {
+    const WEB: &str = "web.demo.svc.cluster.local:8080";
     let metrics = Metrics::new();
-    let errors = xds::compile(&res, Arc::from("v2"), 2, &metrics).unwrap_err();
+    let full = resources(FILES);
+    let first = xds::compile(&full, Arc::from("v1"), 1, &metrics, &Table::empty()).table;
+
+    // The v2 subset's endpoints are gone (as between a CDS and an RDS update): the service
+    // in force stays, under every name it had.
+    let mut partial = full.clone();
+    partial.endpoints.remove(&format!("{WEB}/v2"));
+    let second = xds::compile(&partial, Arc::from("v2"), 2, &metrics, &first);
     assert_eq!(
-        errors,
-        [
-            "Listener `web.demo.svc.cluster.local:8080`: RouteConfiguration `web.demo.svc.cluster.local:8080`: route `testers`: cluster `web.demo.svc.cluster.local:8080/v2`: no ClusterLoadAssignment received"
-        ]
+        second.held_back,
+        [format!(
+            "Listener `{WEB}`: RouteConfiguration `{WEB}`: route `testers`: cluster `{WEB}/v2`: its ClusterLoadAssignment has not been received"
+        )]
     );
+    let kept = second.table.by_authority(WEB).unwrap();
+    assert!(Arc::ptr_eq(kept, first.by_authority(WEB).unwrap()));
+    assert!(Arc::ptr_eq(kept, second.table.by_authority("web").unwrap()));
+    assert!(Arc::ptr_eq(
+        kept,
+        second
+            .table
+            .by_vip("10.96.0.30:8080".parse().unwrap())
+            .unwrap()
+    ));
+
+    // A listener seen for the first time waits until it is complete.
+    let fresh = xds::compile(&partial, Arc::from("v2"), 1, &metrics, &Table::empty());
+    assert_eq!(fresh.held_back.len(), 1);
+    assert!(fresh.table.by_authority(WEB).is_none());
+
+    // Complete again: compiled anew.
+    let third = xds::compile(&full, Arc::from("v3"), 3, &metrics, &second.table);
+    assert!(third.held_back.is_empty());
+    assert!(!Arc::ptr_eq(
+        third.table.by_authority(WEB).unwrap(),
+        first.by_authority(WEB).unwrap()
+    ));
+}
+
+#[test]
+fn resources_are_checked_one_by_one() {
+    let res = resources(FILES);
+    for l in res.listeners.values() {
+        xds::check_listener(l).unwrap();
+    }
+    for c in res.clusters.values() {
+        xds::check_cluster(c).unwrap();
+    }
+    for e in res.endpoints.values() {
+        xds::check_load_assignment(e).unwrap();
+    }
+    // A regex the control plane accepts (it is valid) but over the proxy's program-size bound.
+    let files = FILES.replace(
+        "headers: [{name: x-canary, exact: '1'}]",
+        r"headers: [{name: x-canary, regex: '\w{100}'}]",
+    );
+    let res = resources(&files);
+    let rc = res.routes.values().next().unwrap();
+    let err = xds::check_route_config(rc).unwrap_err();
     assert!(
-        !metrics.render().contains("web.demo"),
-        "a rejected set creates no series"
+        err.starts_with("route `testers`: ") && err.contains("size limit"),
+        "{err}"
     );
 }

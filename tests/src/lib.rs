@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod grpc;
 pub mod http_peer;
+pub mod mesh;
 pub mod proxy;
 pub mod tcp_peer;
 pub mod tools;

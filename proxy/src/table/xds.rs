@@ -23,7 +23,7 @@ use weft_xds_proto::{
             endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
             listener::v3::Listener,
             route::v3::{
-                HeaderMatcher, Route as XdsRoute, RouteConfiguration,
+                HeaderMatcher, Route as XdsRoute, RouteAction, RouteConfiguration,
                 header_matcher::HeaderMatchSpecifier, route::Action,
                 route_action::ClusterSpecifier, route_match::PathSpecifier,
             },
@@ -36,7 +36,7 @@ use weft_xds_proto::{
     google::protobuf::{Struct, value::Kind},
 };
 
-use super::{Cluster, Endpoint, Protocol, Route, ServiceDraft, Table};
+use super::{Cluster, Endpoint, Protocol, Route, Service, ServiceDraft, Table};
 use crate::{
     metrics::Metrics,
     route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
@@ -131,42 +131,30 @@ fn header_value_match(h: &HeaderMatcher) -> Result<StringMatch, String> {
     }
 }
 
-/// A cluster's endpoints from its load assignment. Endpoints not healthy (or unknown) get
+/// A load assignment's endpoints with their weights. Endpoints not healthy (or unknown) get
 /// weight 0: no traffic, as the table's weighted choice leaves them out.
-fn cluster(name: &str, res: &Resources) -> Result<Arc<Cluster>, String> {
-    if !res.clusters.contains_key(name) {
-        return Err(format!(
-            "route names cluster `{name}`, which was not received"
-        ));
-    }
-    let Some(cla) = res.endpoints.get(name) else {
-        return Err(format!(
-            "cluster `{name}`: no ClusterLoadAssignment received"
-        ));
-    };
+fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<(u32, Endpoint)>, String> {
     let mut eps = Vec::new();
     for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
         let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
-            return Err(format!("cluster `{name}`: an endpoint without an address"));
+            return Err("an endpoint without an address".into());
         };
         let Some(address::Address::SocketAddress(sa)) =
             ep.address.as_ref().and_then(|a| a.address.as_ref())
         else {
-            return Err(format!(
-                "cluster `{name}`: only socket addresses are supported"
-            ));
+            return Err("only socket addresses are supported".into());
         };
         let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
-            return Err(format!(
-                "cluster `{name}`: endpoint {} has no port",
-                sa.address
-            ));
+            return Err(format!("endpoint {} has no port", sa.address));
         };
         let ip = sa
             .address
             .parse()
-            .map_err(|_| format!("cluster `{name}`: `{}` is not an IP address", sa.address))?;
-        let port = u16::try_from(port).map_err(|_| format!("cluster `{name}`: port {port}"))?;
+            .map_err(|_| format!("`{}` is not an IP address", sa.address))?;
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("endpoint {}: port {port} is out of range", sa.address))?;
         let healthy = matches!(
             HealthStatus::try_from(e.health_status),
             Ok(HealthStatus::Healthy | HealthStatus::Unknown)
@@ -195,36 +183,64 @@ fn cluster(name: &str, res: &Resources) -> Result<Arc<Cluster>, String> {
             },
         ));
     }
+    Ok(eps)
+}
+
+/// A cluster with its endpoints, if both have arrived.
+fn cluster(name: &str, res: &Resources) -> Result<Arc<Cluster>, String> {
+    if !res.clusters.contains_key(name) {
+        return Err(format!("cluster `{name}` has not been received"));
+    }
+    let Some(cla) = res.endpoints.get(name) else {
+        return Err(format!(
+            "cluster `{name}`: its ClusterLoadAssignment has not been received"
+        ));
+    };
     Ok(Arc::new(Cluster {
         name: name.into(),
-        endpoints: WeightedSplit::new(eps),
+        endpoints: WeightedSplit::new(
+            endpoints(cla).map_err(|e| format!("cluster `{name}`: {e}"))?,
+        ),
     }))
 }
 
-fn route(r: &XdsRoute, index: usize, res: &Resources) -> Result<Route, String> {
-    let name: Arc<str> = if r.name.is_empty() {
+/// The clusters a route sends to, with their weights.
+type Backends<'a> = Vec<(u32, &'a str)>;
+
+/// A route's action and the clusters it sends to.
+fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), String> {
+    let Some(Action::Route(action)) = &r.action else {
+        return Err("only route actions are supported".into());
+    };
+    let clusters = match &action.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => vec![(1, c.as_str())],
+        Some(ClusterSpecifier::WeightedClusters(w)) => w
+            .clusters
+            .iter()
+            .map(|c| (c.weight.as_ref().map_or(0, |w| w.value), c.name.as_str()))
+            .collect(),
+        other => return Err(format!("unsupported cluster specifier {other:?}")),
+    };
+    Ok((action, clusters))
+}
+
+fn route_name(r: &XdsRoute, index: usize) -> Arc<str> {
+    if r.name.is_empty() {
         format!("route-{index}").into()
     } else {
         r.name.as_str().into()
-    };
+    }
+}
+
+fn route(r: &XdsRoute, index: usize, res: &Resources) -> Result<Route, String> {
+    let name = route_name(r, index);
     let at = |e: String| format!("route `{name}`: {e}");
-    let Some(Action::Route(action)) = &r.action else {
-        return Err(at("only route actions are supported".into()));
-    };
-    let backends = match &action.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) => {
-            WeightedSplit::new([(1, cluster(c, res).map_err(at)?)])
-        }
-        Some(ClusterSpecifier::WeightedClusters(w)) => {
-            let mut split = Vec::new();
-            for c in &w.clusters {
-                let weight = c.weight.as_ref().map_or(0, |w| w.value);
-                split.push((weight, cluster(&c.name, res).map_err(at)?));
-            }
-            WeightedSplit::new(split)
-        }
-        other => return Err(at(format!("unsupported cluster specifier {other:?}"))),
-    };
+    let (action, clusters) = route_action(r).map_err(at)?;
+    let mut backends = Vec::new();
+    for (weight, c) in clusters {
+        backends.push((weight, cluster(c, res).map_err(at)?));
+    }
+    let backends = WeightedSplit::new(backends);
     Ok(Route {
         matches: route_match(r).map_err(at)?,
         backends,
@@ -237,13 +253,8 @@ fn route(r: &XdsRoute, index: usize, res: &Resources) -> Result<Route, String> {
     })
 }
 
-/// One listener's service (without metrics handles yet) and the domains that reach it.
-struct Compiled {
-    service: ServiceDraft,
-    domains: Vec<String>,
-}
-
-fn service(l: &Listener, res: &Resources) -> Result<Compiled, String> {
+/// The RouteConfiguration a listener takes its routes from.
+fn rds_name(l: &Listener) -> Result<String, String> {
     let any = l
         .api_listener
         .as_ref()
@@ -251,15 +262,49 @@ fn service(l: &Listener, res: &Resources) -> Result<Compiled, String> {
         .ok_or("no api_listener")?;
     let hcm = HttpConnectionManager::decode(&*any.value)
         .map_err(|e| format!("api_listener is not an HttpConnectionManager: {e}"))?;
-    let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
-        return Err("routes must come over RDS".into());
-    };
-    let rc = res.routes.get(&rds.route_config_name).ok_or_else(|| {
-        format!(
-            "RouteConfiguration `{}` was not received",
-            rds.route_config_name
-        )
-    })?;
+    match hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => Ok(rds.route_config_name),
+        _ => Err("routes must come over RDS".into()),
+    }
+}
+
+/// Checks a Listener on its own: what a proxy NACKs when it arrives.
+pub fn check_listener(l: &Listener) -> Result<(), String> {
+    rds_name(l).map(drop)
+}
+
+/// Checks a RouteConfiguration on its own (matches, regexes, actions); the clusters it names
+/// may arrive later.
+pub fn check_route_config(rc: &RouteConfiguration) -> Result<(), String> {
+    let vh = rc.virtual_hosts.first().ok_or("no virtual host")?;
+    for (i, r) in vh.routes.iter().enumerate() {
+        let at = |e: String| format!("route `{}`: {e}", route_name(r, i));
+        route_action(r).map_err(at)?;
+        route_match(r).map_err(at)?;
+    }
+    Ok(())
+}
+
+/// Checks a Cluster on its own.
+pub fn check_cluster(c: &XdsCluster) -> Result<(), String> {
+    if c.name.is_empty() {
+        return Err("the cluster has no name".into());
+    }
+    Ok(())
+}
+
+/// Checks a ClusterLoadAssignment on its own (addresses and ports).
+pub fn check_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), String> {
+    endpoints(cla).map(drop)
+}
+
+/// One listener's service (without metrics handles yet).
+fn service(l: &Listener, res: &Resources) -> Result<ServiceDraft, String> {
+    let rds = rds_name(l)?;
+    let rc = res
+        .routes
+        .get(&rds)
+        .ok_or_else(|| format!("RouteConfiguration `{rds}` has not been received"))?;
     let vh = rc
         .virtual_hosts
         .first()
@@ -287,57 +332,79 @@ fn service(l: &Listener, res: &Resources) -> Result<Compiled, String> {
         Some(c) => WeightedSplit::new([(1, c)]),
         None => WeightedSplit::new([]),
     };
-    let mut domains = vh.domains.clone();
+    let mut domains: Vec<Box<str>> = vh
+        .domains
+        .iter()
+        .map(|d| d.to_ascii_lowercase().into())
+        .collect();
     if let Some(vip) = string_field(weft(&l.metadata), "vip") {
-        domains.push(vip.to_string());
+        domains.push(vip.into());
     }
-    Ok(Compiled {
-        service: ServiceDraft {
-            name,
-            protocol,
-            routes: routes.into(),
-            default_route: Route {
-                name: "default".into(),
-                matches: RouteMatch::default(),
-                backends: default_backends,
-                timeout: None,
-            },
+    Ok(ServiceDraft {
+        name,
+        protocol,
+        routes: routes.into(),
+        default_route: Route {
+            name: "default".into(),
+            matches: RouteMatch::default(),
+            backends: default_backends,
+            timeout: None,
         },
         domains,
     })
 }
 
-/// Compiles the resources into a table, or says which resources are wrong.
+/// A table compiled from xDS resources, and the listeners it could not compile yet.
+#[derive(Debug)]
+pub struct Compiled {
+    pub table: Table,
+    /// `Listener `name`: what it waits for`, one per listener that kept its previous service
+    /// (or, new, is left out) because something it references has not arrived.
+    pub held_back: Vec<String>,
+}
+
+/// Compiles the resources (each already checked on its own) into a table.
+///
+/// xDS delivers one type at a time, and a control plane may drop a cluster before the route that
+/// names it: a listener whose RouteConfiguration, clusters or load assignments are not all
+/// there keeps its service from `previous` (the table in force), so requests never see a
+/// half-updated service; a new one is left out until it is complete.
 pub fn compile(
     res: &Resources,
     version: Arc<str>,
     generation: u64,
     metrics: &Metrics,
-) -> Result<Table, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut compiled = Vec::new();
+    previous: &Table,
+) -> Compiled {
+    let mut held_back = Vec::new();
+    let mut services: Vec<Arc<Service>> = Vec::with_capacity(res.listeners.len());
+    let mut old: Option<HashMap<&str, &Arc<Service>>> = None;
     for l in res.listeners.values() {
         match service(l, res) {
-            Ok(c) => compiled.push(c),
-            Err(e) => errors.push(format!("Listener `{}`: {e}", l.name)),
+            Ok(draft) => services.push(Arc::new(draft.finish(metrics))),
+            Err(e) => {
+                held_back.push(format!("Listener `{}`: {e}", l.name));
+                let old = old.get_or_insert_with(|| {
+                    previous.services.iter().map(|s| (&*s.name, s)).collect()
+                });
+                if let Some(s) = old.get(l.name.as_str()) {
+                    services.push(Arc::clone(s));
+                }
+            }
         }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
     }
     let mut t = Table {
         version,
         generation,
         ..Table::empty()
     };
-    let mut hosts: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, c) in compiled.iter().enumerate() {
-        for d in &c.domains {
-            let d = d.to_ascii_lowercase();
+    let mut hosts: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, svc) in services.iter().enumerate() {
+        for d in &svc.domains {
             if let Ok(vip) = d.parse::<SocketAddr>() {
                 t.by_vip.insert(vip, i);
             } else if d.contains(':') {
-                t.by_authority.entry(d.into()).or_insert(i);
+                t.by_authority.entry(d.clone()).or_insert(i);
             } else {
                 hosts.entry(d).or_default().push(i);
             }
@@ -348,10 +415,9 @@ pub fn compile(
             t.by_host.insert(host.into(), only);
         }
     }
-    // Only a table that compiled whole gets metrics series: a rejected one leaves none.
-    t.services = compiled
-        .into_iter()
-        .map(|c| Arc::new(c.service.finish(metrics)))
-        .collect();
-    Ok(t)
+    t.services = services;
+    Compiled {
+        table: t,
+        held_back,
+    }
 }

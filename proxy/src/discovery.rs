@@ -1,0 +1,518 @@
+//! The ADS client: one stream to the control plane (delta by default, state of the world on
+//! request) carrying listeners, routes, clusters and endpoints; each response is checked,
+//! acknowledged or rejected, and the routing table recompiled and swapped in.
+//!
+//! - Each resource is checked on its own when it arrives. A bad one is rejected (NACK, naming
+//!   it and the problem) and its previous version, if any, stays; the good ones of the same
+//!   response apply. A response is acknowledged only once the table built from it is in force.
+//! - A listener whose routes, clusters or endpoints have not all arrived keeps its previous
+//!   service (see [`xds::compile`]).
+//! - Responses already waiting on the stream are applied together: one table per burst, not per
+//!   resource type.
+//! - Losing the control plane changes nothing in the data path: the table in force stays, and
+//!   the client reconnects with exponential backoff and full jitter. On a delta stream it tells
+//!   the control plane the versions it holds, so only what changed meanwhile is sent again.
+
+mod state;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::FutureExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use weft_xds_proto::{
+    discovery::{
+        AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+        DiscoveryRequest, DiscoveryResponse,
+    },
+    envoy::config::core::v3::{Node, node::UserAgentVersionType},
+    google::{
+        protobuf::{Struct, Value, value::Kind},
+        rpc,
+    },
+};
+
+use crate::{
+    config::{DiscoveryConfig, XdsProtocol},
+    metrics::Metrics,
+    table::{SharedTable, xds},
+};
+pub use state::{KINDS, State, Update};
+
+/// The largest xDS response accepted (a mesh of 10,000 services is a few MiB).
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// gRPC status INVALID_ARGUMENT, the code a NACK's error detail carries.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// What `/config_dump` shows of the control-plane connection.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Status {
+    pub control_plane: String,
+    pub node_id: String,
+    pub protocol: &'static str,
+    pub connected: bool,
+    /// Every resource type has arrived at least once.
+    pub complete: bool,
+    /// By kind: listener, route, cluster, endpoint.
+    pub types: BTreeMap<&'static str, TypeStatus>,
+    /// Listeners serving their previous version while something they reference is missing.
+    pub held_back: Vec<String>,
+    /// Why the last stream ended, or the last connection attempt failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TypeStatus {
+    /// The version last acknowledged.
+    pub version: String,
+    pub resources: usize,
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+}
+
+/// The connection status, shared with the admin server.
+#[derive(Debug, Default)]
+pub struct Shared {
+    status: Mutex<Status>,
+    /// Mirrors `Status::complete` for the readiness probe.
+    complete: AtomicBool,
+}
+
+impl Shared {
+    pub fn status(&self) -> Status {
+        self.status.lock().expect("xds status lock").clone()
+    }
+
+    pub fn complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = self.status.lock().expect("xds status lock");
+        f(&mut s);
+        self.complete.store(s.complete, Ordering::Release);
+    }
+}
+
+/// The ADS client.
+pub struct Discovery {
+    cfg: DiscoveryConfig,
+    url: String,
+    node: Node,
+    table: SharedTable,
+    metrics: Arc<Metrics>,
+    pub shared: Arc<Shared>,
+    state: State,
+}
+
+/// The answer owed for one response.
+struct Answer {
+    kind: usize,
+    nonce: String,
+    /// The version to report: the response's when accepted, the one in force when not.
+    version: String,
+    error: Option<String>,
+}
+
+impl Discovery {
+    pub fn new(cfg: DiscoveryConfig, table: SharedTable, metrics: Arc<Metrics>) -> Option<Self> {
+        let addr = cfg.control_plane.clone()?;
+        let url = if addr.contains("://") {
+            addr
+        } else {
+            format!("http://{addr}")
+        };
+        let node = node(&cfg);
+        let shared = Arc::new(Shared::default());
+        shared.update(|s| {
+            s.control_plane = url.clone();
+            s.node_id = node.id.clone();
+            s.protocol = match cfg.xds_protocol {
+                XdsProtocol::Delta => "delta",
+                XdsProtocol::Sotw => "sotw",
+            };
+        });
+        Some(Discovery {
+            cfg,
+            url,
+            node,
+            table,
+            metrics,
+            shared,
+            state: State::default(),
+        })
+    }
+
+    /// Keeps a stream to the control plane open until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let mut progressed = false;
+            let ended = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = self.session(&mut progressed) => e,
+            };
+            self.metrics.xds_connected.set(0);
+            self.shared.update(|s| {
+                s.connected = false;
+                s.last_error = Some(ended.clone());
+            });
+            if progressed {
+                failures = 0;
+            }
+            let wait = backoff(
+                self.cfg.xds_backoff_base,
+                self.cfg.xds_backoff_max,
+                failures,
+            );
+            failures = failures.saturating_add(1);
+            tracing::warn!(control_plane = %self.url, error = %ended, retry_in = ?wait, "xDS stream ended; serving the table in force");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One stream, from connecting to its end; returns why it ended. `progressed` is set once a
+    /// response arrived (the backoff then starts over).
+    async fn session(&mut self, progressed: &mut bool) -> String {
+        let channel = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        match self.cfg.xds_protocol {
+            XdsProtocol::Delta => self.delta(client, progressed).await,
+            XdsProtocol::Sotw => self.sotw(client, progressed).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| format!("control plane address `{}`: {e}", self.url))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {}: {}", self.url, error_chain(&e)))
+    }
+
+    fn connected(&self) {
+        tracing::info!(control_plane = %self.url, node = %self.node.id, "xDS stream open");
+        self.metrics.xds_connected.set(1);
+        self.shared.update(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+    }
+
+    async fn delta(
+        &mut self,
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        progressed: &mut bool,
+    ) -> String {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (i, kind) in KINDS.iter().enumerate() {
+            let _ = tx.send(DeltaDiscoveryRequest {
+                node: (i == 0).then(|| self.node.clone()),
+                type_url: kind.type_url.to_string(),
+                initial_resource_versions: self.state.versions(i).clone().into_iter().collect(),
+                ..Default::default()
+            });
+        }
+        let rx = UnboundedReceiverStream::new(rx);
+        let mut stream = match client.delta_aggregated_resources(rx).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => return format!("ADS stream refused: {}", e.message()),
+        };
+        self.connected();
+        loop {
+            let (batch, ended) = batch(&mut stream).await;
+            if !batch.is_empty() {
+                *progressed = true;
+            }
+            let answers = self.apply(batch.into_iter().map(|r: DeltaDiscoveryResponse| {
+                (
+                    Update {
+                        type_url: r.type_url,
+                        version: r.system_version_info,
+                        full: false,
+                        resources: r
+                            .resources
+                            .into_iter()
+                            .map(|r| (Some(r.name), r.version, r.resource))
+                            .collect(),
+                        removed: r.removed_resources,
+                    },
+                    r.nonce,
+                )
+            }));
+            for a in answers {
+                let _ = tx.send(DeltaDiscoveryRequest {
+                    type_url: KINDS[a.kind].type_url.to_string(),
+                    response_nonce: a.nonce,
+                    error_detail: a.error.map(nack_status),
+                    ..Default::default()
+                });
+            }
+            if let Some(e) = ended {
+                return e;
+            }
+        }
+    }
+
+    async fn sotw(
+        &mut self,
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        progressed: &mut bool,
+    ) -> String {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (i, kind) in KINDS.iter().enumerate() {
+            let _ = tx.send(DiscoveryRequest {
+                node: (i == 0).then(|| self.node.clone()),
+                type_url: kind.type_url.to_string(),
+                version_info: self.state.type_version(i).to_string(),
+                ..Default::default()
+            });
+        }
+        let rx = UnboundedReceiverStream::new(rx);
+        let mut stream = match client.stream_aggregated_resources(rx).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => return format!("ADS stream refused: {}", e.message()),
+        };
+        self.connected();
+        loop {
+            let (batch, ended) = batch(&mut stream).await;
+            if !batch.is_empty() {
+                *progressed = true;
+            }
+            let answers = self.apply(batch.into_iter().map(|r: DiscoveryResponse| {
+                (
+                    Update {
+                        type_url: r.type_url,
+                        version: r.version_info,
+                        full: true,
+                        resources: r
+                            .resources
+                            .into_iter()
+                            .map(|a| (None, String::new(), Some(a)))
+                            .collect(),
+                        removed: Vec::new(),
+                    },
+                    r.nonce,
+                )
+            }));
+            for a in answers {
+                let _ = tx.send(DiscoveryRequest {
+                    type_url: KINDS[a.kind].type_url.to_string(),
+                    version_info: a.version,
+                    response_nonce: a.nonce,
+                    error_detail: a.error.map(nack_status),
+                    ..Default::default()
+                });
+            }
+            if let Some(e) = ended {
+                return e;
+            }
+        }
+    }
+
+    /// Applies a burst of responses, publishes one table for all of them, and returns the
+    /// answers to send (after the table is in force).
+    fn apply(&mut self, batch: impl Iterator<Item = (Update, String)>) -> Vec<Answer> {
+        let mut answers = Vec::new();
+        let mut changed = false;
+        for (update, nonce) in batch {
+            let Some(kind) = KINDS.iter().position(|k| k.type_url == update.type_url) else {
+                // A type weft did not ask for: say so, change nothing.
+                tracing::warn!(type_url = %update.type_url, "xDS response for a type not subscribed to");
+                continue;
+            };
+            let version = update.version.clone();
+            let outcome = self.state.apply(kind, update);
+            changed |= outcome.changed;
+            let name = KINDS[kind].name;
+            self.metrics.xds_update(name, outcome.errors.is_empty());
+            let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
+            if let Some(e) = &error {
+                tracing::warn!(kind = name, %version, error = %e, "xDS update rejected (NACK); the rest of it applies");
+            } else {
+                tracing::debug!(kind = name, %version, "xDS update accepted");
+            }
+            let resources = self.state.len(kind);
+            let in_force = self.state.type_version(kind).to_string();
+            self.shared.update(|s| {
+                let t = s.types.entry(name).or_default();
+                t.resources = resources;
+                match &error {
+                    None => t.version = in_force.clone(),
+                    Some(e) => {
+                        t.last_nack = Some(Nack {
+                            version: version.clone(),
+                            error: e.clone(),
+                        })
+                    }
+                }
+            });
+            answers.push(Answer {
+                kind,
+                nonce,
+                version: in_force,
+                error,
+            });
+        }
+        if changed {
+            self.publish();
+        }
+        let complete = self.state.complete();
+        self.shared.update(|s| s.complete = complete);
+        answers
+    }
+
+    /// Compiles the resources held into a table and swaps it in.
+    fn publish(&mut self) {
+        let current = self.table.load_full();
+        let generation = current.generation + 1;
+        let version: Arc<str> = self.state.version().into();
+        let compiled = xds::compile(
+            self.state.resources(),
+            version.clone(),
+            generation,
+            &self.metrics,
+            &current,
+        );
+        let services = compiled.table.services().len();
+        self.table.store(Arc::new(compiled.table));
+        self.metrics.table_loaded(&version, generation);
+        for h in &compiled.held_back {
+            tracing::info!(waiting = %h, "listener keeps its previous routes until what it references arrives");
+        }
+        tracing::info!(%version, generation, services, "routing table updated from xDS");
+        self.shared.update(|s| s.held_back = compiled.held_back);
+    }
+}
+
+/// Waits for one message, then takes every message already waiting. Returns them with the
+/// reason the stream ended, if it did.
+async fn batch<T>(stream: &mut tonic::Streaming<T>) -> (Vec<T>, Option<String>) {
+    let ended = |r: Result<Option<T>, tonic::Status>| match r {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err("the control plane closed the stream".to_string()),
+        Err(s) => Err(format!(
+            "ADS stream failed: {} ({:?})",
+            s.message(),
+            s.code()
+        )),
+    };
+    let mut out = Vec::new();
+    match ended(stream.message().await) {
+        Ok(m) => out.push(m),
+        Err(e) => return (out, Some(e)),
+    }
+    // At most a few rounds of each type: a control plane that never stops talking still gets
+    // its answers.
+    while out.len() < KINDS.len() * 4 {
+        match stream.message().now_or_never() {
+            None => break,
+            Some(r) => match ended(r) {
+                Ok(m) => out.push(m),
+                Err(e) => return (out, Some(e)),
+            },
+        }
+    }
+    (out, None)
+}
+
+fn nack_status(message: String) -> rpc::Status {
+    rpc::Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}
+
+/// The delay before reconnect attempt `failures` (0 for the first): uniformly random up to
+/// `base * 2^failures`, capped at `max` (full jitter).
+fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    let ceiling = base
+        .checked_mul(1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX))
+        .unwrap_or(max)
+        .min(max);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+/// The node this proxy reports: id, and its pod, namespace, service account and labels in the
+/// metadata.
+fn node(cfg: &DiscoveryConfig) -> Node {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    let labels = Struct {
+        fields: cfg
+            .node_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), string(v)))
+            .collect(),
+    };
+    let mut fields = BTreeMap::new();
+    if let Some(p) = &cfg.pod_name {
+        fields.insert("pod".to_string(), string(p));
+    }
+    fields.insert("namespace".to_string(), string(&cfg.pod_namespace));
+    fields.insert("service_account".to_string(), string(&cfg.service_account));
+    fields.insert(
+        "labels".to_string(),
+        Value {
+            kind: Some(Kind::StructValue(labels)),
+        },
+    );
+    Node {
+        id: cfg.node_id(),
+        cluster: cfg.pod_namespace.clone(),
+        metadata: Some(Struct {
+            fields: fields.into_iter().collect(),
+        }),
+        user_agent_name: "weft-proxy".into(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// An error and its sources, `a: b: c` (tonic's transport errors hide the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

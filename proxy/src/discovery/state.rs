@@ -1,0 +1,249 @@
+//! The resources the ADS client holds, and how a response changes them. No I/O: the client
+//! feeds responses in and sends the answers this returns.
+
+use std::collections::{BTreeMap, HashSet};
+
+use prost::{Message, Name};
+use weft_xds_proto::{
+    envoy::config::{
+        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+        route::v3::RouteConfiguration,
+    },
+    google::protobuf::Any,
+    type_url,
+};
+
+use crate::table::{digest, xds};
+
+/// A resource type the client subscribes to.
+#[derive(Debug)]
+pub struct ResourceKind {
+    pub type_url: &'static str,
+    /// For logs, metrics and errors: listener, route, cluster, endpoint.
+    pub name: &'static str,
+}
+
+/// What the client subscribes to, in the order it subscribes: clusters and their endpoints
+/// before the listeners and routes that name them.
+pub const KINDS: [ResourceKind; 4] = [
+    ResourceKind {
+        type_url: type_url::CLUSTER,
+        name: "cluster",
+    },
+    ResourceKind {
+        type_url: type_url::ENDPOINT,
+        name: "endpoint",
+    },
+    ResourceKind {
+        type_url: type_url::LISTENER,
+        name: "listener",
+    },
+    ResourceKind {
+        type_url: type_url::ROUTE,
+        name: "route",
+    },
+];
+
+/// One response, in the shape both ADS variants reduce to.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub type_url: String,
+    pub version: String,
+    /// State of the world: the resources are the whole set, and any other is removed.
+    pub full: bool,
+    /// (name, if the response names it; resource version; the resource).
+    pub resources: Vec<(Option<String>, String, Option<Any>)>,
+    /// Delta: names removed.
+    pub removed: Vec<String>,
+}
+
+/// What applying one response did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The resources held differ from before.
+    pub changed: bool,
+    /// One per rejected resource, naming it.
+    pub errors: Vec<String>,
+}
+
+/// Every resource the client holds (each one checked), and their versions.
+#[derive(Debug, Default)]
+pub struct State {
+    res: xds::Resources,
+    /// Per kind: resource name -> the version the control plane gave it (delta).
+    versions: [BTreeMap<String, String>; 4],
+    /// Per kind: the version of the last response accepted whole.
+    type_versions: [String; 4],
+    received: [bool; 4],
+}
+
+/// The four message types, handled alike.
+trait Resource: Message + Name + Default + PartialEq + Sized {
+    const KIND: usize;
+    fn name(&self) -> &str;
+    fn check(&self) -> Result<(), String>;
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self>;
+}
+
+impl Resource for Cluster {
+    const KIND: usize = 0;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn check(&self) -> Result<(), String> {
+        xds::check_cluster(self)
+    }
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+        &mut res.clusters
+    }
+}
+
+impl Resource for ClusterLoadAssignment {
+    const KIND: usize = 1;
+    fn name(&self) -> &str {
+        &self.cluster_name
+    }
+    fn check(&self) -> Result<(), String> {
+        xds::check_load_assignment(self)
+    }
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+        &mut res.endpoints
+    }
+}
+
+impl Resource for Listener {
+    const KIND: usize = 2;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn check(&self) -> Result<(), String> {
+        xds::check_listener(self)
+    }
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+        &mut res.listeners
+    }
+}
+
+impl Resource for RouteConfiguration {
+    const KIND: usize = 3;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn check(&self) -> Result<(), String> {
+        xds::check_route_config(self)
+    }
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+        &mut res.routes
+    }
+}
+
+impl State {
+    pub fn resources(&self) -> &xds::Resources {
+        &self.res
+    }
+
+    pub fn versions(&self, kind: usize) -> &BTreeMap<String, String> {
+        &self.versions[kind]
+    }
+
+    pub fn type_version(&self, kind: usize) -> &str {
+        &self.type_versions[kind]
+    }
+
+    pub fn len(&self, kind: usize) -> usize {
+        match kind {
+            0 => self.res.clusters.len(),
+            1 => self.res.endpoints.len(),
+            2 => self.res.listeners.len(),
+            _ => self.res.routes.len(),
+        }
+    }
+
+    /// Every kind has had a response.
+    pub fn complete(&self) -> bool {
+        self.received.iter().all(|r| *r)
+    }
+
+    /// The table version: a digest of the four type versions, the same on every control-plane
+    /// replica serving the same resources.
+    pub fn version(&self) -> String {
+        digest(&self.type_versions.join("/")).replace("fnv-", "xds-")
+    }
+
+    /// Applies a response of `kind` (an index into [`KINDS`]).
+    pub fn apply(&mut self, kind: usize, u: Update) -> Outcome {
+        self.received[kind] = true;
+        let version = u.version.clone();
+        let outcome = match kind {
+            0 => self.apply_as::<Cluster>(u),
+            1 => self.apply_as::<ClusterLoadAssignment>(u),
+            2 => self.apply_as::<Listener>(u),
+            _ => self.apply_as::<RouteConfiguration>(u),
+        };
+        if outcome.errors.is_empty() {
+            self.type_versions[kind] = version;
+        }
+        outcome
+    }
+
+    fn apply_as<R: Resource>(&mut self, u: Update) -> Outcome {
+        let label = R::NAME;
+        let versions = &mut self.versions[R::KIND];
+        let held = R::held(&mut self.res);
+        let mut out = Outcome::default();
+        let mut seen = HashSet::new();
+        for (name, version, any) in u.resources {
+            let decoded = decode::<R>(name.as_deref(), any.as_ref(), &u.type_url);
+            let shown = name
+                .clone()
+                .or_else(|| decoded.as_ref().ok().map(|r| r.name().to_string()));
+            let r = match decoded.and_then(|r| r.check().map(|()| r)) {
+                Ok(r) => r,
+                Err(e) => {
+                    match &shown {
+                        Some(n) => {
+                            out.errors.push(format!("{label} `{n}`: {e}"));
+                            seen.insert(n.clone());
+                        }
+                        None => out.errors.push(format!("{label}: {e}")),
+                    }
+                    continue;
+                }
+            };
+            let name = r.name().to_string();
+            seen.insert(name.clone());
+            versions.insert(name.clone(), version);
+            if held.get(&name) != Some(&r) {
+                held.insert(name, r);
+                out.changed = true;
+            }
+        }
+        if u.full {
+            let before = held.len();
+            held.retain(|n, _| seen.contains(n));
+            versions.retain(|n, _| seen.contains(n));
+            out.changed |= held.len() != before;
+        }
+        for n in u.removed {
+            versions.remove(&n);
+            out.changed |= held.remove(&n).is_some();
+        }
+        out
+    }
+}
+
+/// Decodes one resource, checking that it is of the response's type and, when the response
+/// names it, that the name matches.
+fn decode<R: Resource>(name: Option<&str>, any: Option<&Any>, type_url: &str) -> Result<R, String> {
+    let any = any.ok_or("the resource has no body")?;
+    if any.type_url != type_url {
+        return Err(format!("a {} in a response of {type_url}", any.type_url));
+    }
+    let r = R::decode(&*any.value).map_err(|e| format!("cannot decode: {e}"))?;
+    if let Some(n) = name
+        && n != r.name()
+    {
+        return Err(format!("the resource calls itself `{}`", r.name()));
+    }
+    Ok(r)
+}

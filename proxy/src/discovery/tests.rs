@@ -1,0 +1,212 @@
+use prost::{Message, Name};
+use weft_xds_proto::{
+    envoy::config::{
+        cluster::v3::Cluster,
+        core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier},
+        endpoint::v3::{
+            ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+            lb_endpoint::HostIdentifier,
+        },
+    },
+    google::protobuf::Any,
+};
+
+use super::*;
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn cla(name: &str, port: u32) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: "127.0.0.1".into(),
+                            port_specifier: Some(PortSpecifier::PortValue(port)),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn update(kind: usize, version: &str, full: bool, items: &[Any], removed: &[&str]) -> Update {
+    Update {
+        type_url: KINDS[kind].type_url.into(),
+        version: version.into(),
+        full,
+        resources: items
+            .iter()
+            .map(|a| (None, format!("{version}-r"), Some(a.clone())))
+            .collect(),
+        removed: removed.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+const ENDPOINTS: usize = 1;
+
+#[test]
+fn state_of_the_world_replaces_the_set_and_delta_changes_what_it_names() {
+    let mut st = State::default();
+    let out = st.apply(
+        ENDPOINTS,
+        update(
+            ENDPOINTS,
+            "1",
+            true,
+            &[any(&cla("a", 1)), any(&cla("b", 2))],
+            &[],
+        ),
+    );
+    assert!(out.changed && out.errors.is_empty());
+    assert_eq!(st.len(ENDPOINTS), 2);
+    assert_eq!(st.type_version(ENDPOINTS), "1");
+
+    // The same set again changes nothing.
+    let out = st.apply(
+        ENDPOINTS,
+        update(
+            ENDPOINTS,
+            "1",
+            true,
+            &[any(&cla("a", 1)), any(&cla("b", 2))],
+            &[],
+        ),
+    );
+    assert!(!out.changed);
+
+    // State of the world: what is not in the response is gone.
+    let out = st.apply(
+        ENDPOINTS,
+        update(ENDPOINTS, "2", true, &[any(&cla("a", 1))], &[]),
+    );
+    assert!(out.changed);
+    assert_eq!(st.resources().endpoints.keys().collect::<Vec<_>>(), ["a"]);
+
+    // Delta: additions and removals by name; the rest stays.
+    let out = st.apply(
+        ENDPOINTS,
+        update(ENDPOINTS, "3", false, &[any(&cla("c", 3))], &[]),
+    );
+    assert!(out.changed);
+    assert_eq!(st.len(ENDPOINTS), 2);
+    let out = st.apply(ENDPOINTS, update(ENDPOINTS, "4", false, &[], &["a"]));
+    assert!(out.changed);
+    assert_eq!(st.resources().endpoints.keys().collect::<Vec<_>>(), ["c"]);
+    // The versions a reconnecting delta stream reports.
+    assert_eq!(
+        st.versions(ENDPOINTS).iter().collect::<Vec<_>>(),
+        [(&"c".to_string(), &"3-r".to_string())]
+    );
+    assert!(!st.complete(), "only one type has arrived");
+}
+
+#[test]
+fn a_bad_resource_is_rejected_alone_and_its_previous_version_stays() {
+    let mut st = State::default();
+    st.apply(
+        ENDPOINTS,
+        update(
+            ENDPOINTS,
+            "1",
+            true,
+            &[any(&cla("a", 1)), any(&cla("b", 2))],
+            &[],
+        ),
+    );
+    // `b` now has port 0; `a` moves to port 10.
+    let out = st.apply(
+        ENDPOINTS,
+        update(
+            ENDPOINTS,
+            "2",
+            true,
+            &[any(&cla("a", 10)), any(&cla("b", 0))],
+            &[],
+        ),
+    );
+    assert_eq!(
+        out.errors,
+        ["ClusterLoadAssignment `b`: endpoint 127.0.0.1: port 0 is out of range"]
+    );
+    assert!(out.changed);
+    let res = st.resources();
+    assert_eq!(res.endpoints["a"], cla("a", 10), "the good one applies");
+    assert_eq!(
+        res.endpoints["b"],
+        cla("b", 2),
+        "the bad one keeps its last good version"
+    );
+    assert_eq!(
+        st.type_version(ENDPOINTS),
+        "1",
+        "a NACKed response's version is not taken"
+    );
+}
+
+#[test]
+fn resources_of_the_wrong_type_or_name_are_rejected() {
+    let mut st = State::default();
+    let wrong = any(&Cluster {
+        name: "a".into(),
+        ..Default::default()
+    });
+    let out = st.apply(ENDPOINTS, update(ENDPOINTS, "1", true, &[wrong], &[]));
+    assert_eq!(out.errors.len(), 1);
+    assert!(
+        out.errors[0].contains("envoy.config.cluster.v3.Cluster in a response of"),
+        "{:?}",
+        out.errors
+    );
+    let mut u = update(ENDPOINTS, "1", false, &[any(&cla("a", 1))], &[]);
+    u.resources[0].0 = Some("b".into());
+    let out = st.apply(ENDPOINTS, u);
+    assert_eq!(
+        out.errors,
+        ["ClusterLoadAssignment `b`: the resource calls itself `a`"]
+    );
+    assert_eq!(st.len(ENDPOINTS), 0);
+}
+
+#[test]
+fn the_table_version_depends_only_on_the_type_versions() {
+    let mut a = State::default();
+    let mut b = State::default();
+    for (st, order) in [(&mut a, [0, 1, 2, 3]), (&mut b, [3, 2, 1, 0])] {
+        for k in order {
+            st.apply(k, update(k, &format!("v{k}"), true, &[], &[]));
+        }
+    }
+    assert!(a.complete());
+    assert_eq!(a.version(), b.version());
+    assert!(a.version().starts_with("xds-"));
+    a.apply(0, update(0, "v9", true, &[], &[]));
+    assert_ne!(a.version(), b.version());
+}
+
+#[test]
+fn reconnect_backoff_grows_with_full_jitter_up_to_the_cap() {
+    let (base, max) = (Duration::from_millis(100), Duration::from_secs(2));
+    for failures in 0..40 {
+        let ceiling = (base * 2u32.pow(failures.min(10))).min(max);
+        for _ in 0..20 {
+            assert!(backoff(base, max, failures) <= ceiling);
+        }
+    }
+    // Jitter: not always the same delay.
+    let seen: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, max, 3)).collect();
+    assert!(seen.len() > 1);
+}
