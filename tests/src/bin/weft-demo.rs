@@ -1,5 +1,6 @@
-//! The local mesh demo: three sidecars and sample apps on loopback, a static routing table,
-//! HTTP/1.1, HTTP/2 and gRPC traffic, a canary split and a hot reload, and what went where.
+//! The local mesh demo: the control plane on its embedded file registry, four sidecars and
+//! sample apps on loopback; HTTP/1.1, HTTP/2 and gRPC traffic; a canary split that `weftctl`
+//! shifts live, with the split observed after each step.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -10,43 +11,28 @@ use weft_tests::{
     eventually,
     grpc::{self, Msg, StreamReq},
     http_peer,
+    mesh::{self, weftctl},
     proxy::Proxy,
 };
 
-const WEB: &str = "web.demo:8080";
-const ECHO: &str = "echo.demo:50051";
+const WEB: &str = "web.demo.svc.cluster.local:8080";
+const ECHO: &str = "echo.demo.svc.cluster.local:50051";
 
-fn table(
-    version: &str,
-    web_v1: SocketAddr,
-    web_v2: SocketAddr,
-    echo: SocketAddr,
-    w1: u32,
-    w2: u32,
-) -> String {
+/// The web policy: `x-canary: 1` goes to v2; the rest is split `w1`/`w2`.
+fn policy(w1: u32, w2: u32) -> String {
     format!(
-        r#"version: {version}
-services:
-  - name: web.demo
-    port: 8080
-    aliases: [web]
-    endpoints:
-      - {{address: {web_v1}, labels: {{version: v1}}}}
-      - {{address: {web_v2}, labels: {{version: v2}}}}
-    subsets:
-      - {{name: v1, labels: {{version: v1}}}}
-      - {{name: v2, labels: {{version: v2}}}}
-    routes:
-      - name: canary-by-header
-        match: {{headers: [{{name: x-canary, exact: "1"}}]}}
-        backends: [{{subset: v2}}]
-      - name: split
-        backends: [{{subset: v1, weight: {w1}}}, {{subset: v2, weight: {w2}}}]
-  - name: echo.demo
-    port: 50051
-    protocol: http2
-    endpoints:
-      - {{address: {echo}}}
+        r#"apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: web, namespace: demo}}
+spec:
+  service: {WEB}
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+  routes:
+    - name: canary-by-header
+      match: {{headers: [{{name: x-canary, exact: "1"}}]}}
+      backends: [{{subset: v2}}]
+    - name: split
+      backends: [{{subset: v1, weight: {w1}}}, {{subset: v2, weight: {w2}}}]
 "#
     )
 }
@@ -98,55 +84,117 @@ fn show(m: &BTreeMap<String, usize>) -> String {
         .join("  ")
 }
 
+fn share(m: &BTreeMap<String, usize>, who: &str) -> f64 {
+    let total: usize = m.values().sum();
+    m.get(who).copied().unwrap_or(0) as f64 * 100.0 / total.max(1) as f64
+}
+
+/// `weftctl apply` of the web policy with `w1`/`w2`, then waits until sidecar A routes by it.
+async fn shift(cp: &Proxy, a: &Proxy, work: &TempDir, w1: u32, w2: u32) {
+    let f = work.write("web-policy.yaml", &policy(w1, w2));
+    let path = f.to_str().unwrap();
+    let (code, out, err) = weftctl(cp, &["apply", "-f", path]);
+    assert_eq!(code, Some(0), "weftctl apply failed: {err}");
+    println!("   $ weftctl apply -f {path}\n   {}", out.trim());
+    let want: Vec<u64> = [w1, w2]
+        .into_iter()
+        .filter(|w| *w > 0)
+        .map(u64::from)
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "the new split at sidecar A",
+        || async {
+            let dump = a.config_dump().await;
+            let web = dump["services"]
+                .as_array()?
+                .iter()
+                .find(|s| s["name"] == WEB)?
+                .clone();
+            let weights: Vec<u64> = web["routes"][1]["backends"]
+                .as_array()?
+                .iter()
+                .filter_map(|b| b["weight"].as_u64())
+                .collect();
+            (weights == want).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    println!("weft local demo: sidecars and sample apps on loopback\n");
+    println!("weft local demo: a control plane, sidecars and sample apps on loopback\n");
     let web_v1 = http_peer::server("web-v1").await;
     let web_v2 = http_peer::server("web-v2").await;
     let (echo_app, _) = grpc::server().await;
-    let b = Proxy::start(&["--inbound-forward", &web_v1.addr.to_string()]);
-    let c = Proxy::start(&["--inbound-forward", &echo_app.to_string()]);
-    let dir = TempDir::new("demo");
-    let cfg = dir.write(
-        "mesh.yaml",
-        &table(
-            "v1",
-            b.addr("inbound"),
-            web_v2.addr,
-            c.addr("inbound"),
-            90,
-            10,
+    let sidecar = |app: SocketAddr| Proxy::start(&["--inbound-forward", &app.to_string()]);
+    let (b1, b2, c) = (
+        sidecar(web_v1.addr),
+        sidecar(web_v2.addr),
+        sidecar(echo_app),
+    );
+
+    // The file registry: what a platform team or a deploy script would write.
+    let registry = TempDir::new("demo-registry");
+    registry.write(
+        "web.yaml",
+        &mesh::service(
+            "web",
+            8080,
+            "http",
+            &[(b1.addr("inbound"), "v1"), (b2.addr("inbound"), "v2")],
         ),
     );
+    registry.write(
+        "echo.yaml",
+        &mesh::service("echo", 50051, "http2", &[(c.addr("inbound"), "v1")]),
+    );
+    let cp = mesh::control_plane(&registry, &[]);
     let a = Proxy::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--config-poll-interval",
-        "0",
+        "--control-plane",
+        &cp.addr("xds").to_string(),
+        "--node-id",
+        "client-a.demo",
     ]);
+    eventually(Duration::from_secs(10), "sidecar A ready", || async {
+        (a.get("probe", "/ready").await.0 == 200).then_some(())
+    })
+    .await;
     let out = a.addr("outbound");
     println!(
-        "  client sidecar A  outbound {out}  (table {})",
-        cfg.display()
+        "  control plane     xDS {}  API {}  registry {}",
+        cp.addr("xds"),
+        cp.addr("api"),
+        registry.0.display()
+    );
+    println!("  client sidecar A  outbound {out}  (routing table from the control plane)");
+    for (name, p, app) in [
+        ("web-v1", &b1, web_v1.addr),
+        ("web-v2", &b2, web_v2.addr),
+        ("echo", &c, echo_app),
+    ] {
+        println!(
+            "  {name:<6} sidecar    inbound {} -> app {app}",
+            p.addr("inbound")
+        );
+    }
+
+    let work = TempDir::new("demo-policies");
+    println!("\n1. A canary policy: 90/10 between v1 and v2, `x-canary: 1` always to v2");
+    shift(&cp, &a, &work, 90, 10).await;
+    let m = served_by(out, 400, false, false).await;
+    println!(
+        "   HTTP/1.1, 400 requests: {}  (v2 {:.1}%)",
+        show(&m),
+        share(&m, "web-v2")
     );
     println!(
-        "  web sidecar B     inbound {} -> app web-v1 {}",
-        b.addr("inbound"),
-        web_v1.addr
+        "   HTTP/2 with x-canary: 1, 20 requests: {}",
+        show(&served_by(out, 20, true, true).await)
     );
-    println!(
-        "  echo sidecar C    inbound {} -> gRPC app {}",
-        c.addr("inbound"),
-        echo_app
-    );
-    println!("  web-v2 canary app {} (not meshed)\n", web_v2.addr);
 
-    println!("1. HTTP/1.1 to {WEB}, canary split 90/10, 200 requests");
-    println!("   {}", show(&served_by(out, 200, false, false).await));
-    println!("2. HTTP/2 to {WEB} with `x-canary: 1`, 20 requests (header route)");
-    println!("   {}", show(&served_by(out, 20, true, true).await));
-
-    println!("3. gRPC to {ECHO} through A and C, all four call shapes");
+    println!("2. gRPC to {ECHO} through A and the echo sidecar, all four call shapes");
     let mut g = grpc::client(out, ECHO).await;
     let m = |t: &str| Msg {
         payload: vec![1; 16],
@@ -195,28 +243,22 @@ async fn main() {
     let err = g.unary(m("fail")).await.unwrap_err();
     println!("   error status   -> {:?}: {}", err.code(), err.message());
 
-    println!("4. Hot reload: weights 0/100, SIGHUP");
-    dir.write(
-        "mesh.yaml",
-        &table(
-            "v2",
-            b.addr("inbound"),
-            web_v2.addr,
-            c.addr("inbound"),
-            0,
-            100,
-        ),
-    );
-    a.signal("HUP");
-    eventually(Duration::from_secs(10), "table v2", || async {
-        (a.config_dump().await["version"] == "v2").then_some(())
-    })
-    .await;
-    println!(
-        "   table version now v2; 50 requests: {}",
-        show(&served_by(out, 50, false, false).await)
-    );
+    println!("3. Shifting the canary live with weftctl");
+    for (w1, w2) in [(50, 50), (0, 100)] {
+        shift(&cp, &a, &work, w1, w2).await;
+        let m = served_by(out, 400, true, false).await;
+        println!(
+            "   HTTP/2, 400 requests: {}  (v2 {:.1}%)",
+            show(&m),
+            share(&m, "web-v2")
+        );
+    }
 
+    println!("\n4. What the control plane knows of its proxies (weftctl proxy-status):");
+    let (_, status, _) = weftctl(&cp, &["proxy-status"]);
+    for line in status.lines() {
+        println!("   {line}");
+    }
     println!(
         "\n5. What sidecar A counted (GET /metrics on its probe port {}):",
         a.addr("probe")
@@ -226,13 +268,17 @@ async fn main() {
             println!("   {line}");
         }
     }
-    for (name, mut p) in [("A", a), ("B", b), ("C", c)] {
+    println!();
+    for (name, mut p) in [
+        ("sidecar A", a),
+        ("sidecar web-v1", b1),
+        ("sidecar web-v2", b2),
+        ("sidecar echo", c),
+        ("control plane", cp),
+    ] {
         p.signal("TERM");
         let status = p.wait_exit(Duration::from_secs(30));
         let code = status.and_then(|s| s.code());
-        println!(
-            "{}sidecar {name} drained, exit status {code:?}",
-            if name == "A" { "\n" } else { "" }
-        );
+        println!("{name} stopped (drained), exit status {code:?}");
     }
 }
