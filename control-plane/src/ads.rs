@@ -186,10 +186,23 @@ impl<R: Send> Conn<R> {
     }
 
     /// Sends a response, waiting only this stream's task when the client is slow, and records
-    /// it.
-    async fn send(&mut self, type_url: &str, version: &str, rsp: R) -> Result<(), Closed> {
+    /// it. `changed_at`: when the registry change this response carries was seen, for a push
+    /// (not for the answer to a subscription).
+    async fn send(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        rsp: R,
+        changed_at: Option<std::time::Instant>,
+    ) -> Result<(), Closed> {
         self.tx.send(Ok(rsp)).await.map_err(|_| Closed)?;
         self.nodes.pushed(type_url);
+        if let Some(t) = changed_at {
+            self.nodes
+                .metrics
+                .push_latency
+                .observe(t.elapsed().as_secs_f64());
+        }
         if let Some(node) = &self.node {
             let v = version.to_string();
             self.nodes

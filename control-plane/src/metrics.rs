@@ -1,6 +1,8 @@
 //! The control plane's Prometheus metrics.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -15,6 +17,10 @@ pub struct Metrics {
     pub snapshots: IntCounter,
     /// Registry problems in force now (bad files, duplicates).
     pub registry_errors: IntGauge,
+    /// Registry changes seen (a burst the watch coalesced counts once).
+    pub registry_events: IntCounter,
+    /// From a registry change to the response carrying it being handed to a proxy's stream.
+    pub push_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -47,6 +53,21 @@ impl Default for Metrics {
                 "Registry problems in force now (invalid files, duplicate definitions).",
             ))
             .unwrap(),
+            registry_events: IntCounter::with_opts(o(
+                "registry_events_total",
+                "Registry changes seen (services, endpoints, policies).",
+            ))
+            .unwrap(),
+            push_latency: Histogram::with_opts(
+                HistogramOpts::from(o(
+                    "push_latency_seconds",
+                    "Time from a registry change to the response carrying it being sent on a proxy's stream (includes the push debounce).",
+                ))
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .unwrap(),
         };
         for c in [
             Box::new(m.connected_proxies.clone()) as Box<dyn prometheus::core::Collector>,
@@ -54,6 +75,8 @@ impl Default for Metrics {
             Box::new(m.nacks.clone()),
             Box::new(m.snapshots.clone()),
             Box::new(m.registry_errors.clone()),
+            Box::new(m.registry_events.clone()),
+            Box::new(m.push_latency.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

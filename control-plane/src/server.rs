@@ -100,7 +100,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             published.inc();
         }
     });
-    tokio::spawn(snapshot::publish(reg_rx.clone(), xds_tx, cfg.push_debounce));
+    tokio::spawn(snapshot::publish(
+        reg_rx.clone(),
+        xds_tx,
+        cfg.push_debounce,
+        metrics.registry_events.clone(),
+    ));
 
     let ads = AdsServer::new(xds_rx, metrics.clone());
     let nodes = ads.nodes.clone();

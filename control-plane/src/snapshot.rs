@@ -5,7 +5,13 @@
 //! version, so a state-of-the-world stream does not resend it and a delta stream sends only the
 //! resources that changed.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use prometheus::IntCounter;
 
 use prost::Name;
 use tokio::sync::watch;
@@ -35,10 +41,20 @@ pub struct TypeSet {
 }
 
 /// Every resource the control plane serves at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct XdsSnapshot {
     /// By type URL.
     pub types: BTreeMap<&'static str, TypeSet>,
+    /// When the registry change that led to this snapshot was seen (`None` for the first):
+    /// where push latency is measured from.
+    pub changed_at: Option<Instant>,
+}
+
+/// Snapshots are equal when they serve the same resources, whenever they were made.
+impl PartialEq for XdsSnapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.types == other.types
+    }
 }
 
 /// FNV-1a, 64 bits: a short, stable digest for versions.
@@ -88,7 +104,10 @@ impl XdsSnapshot {
             type_url::ENDPOINT,
             type_set(&r.endpoints, |e: &ClusterLoadAssignment| &e.cluster_name),
         );
-        XdsSnapshot { types }
+        XdsSnapshot {
+            types,
+            changed_at: None,
+        }
     }
 
     pub fn get(&self, type_url: &str) -> Option<&TypeSet> {
@@ -98,14 +117,18 @@ impl XdsSnapshot {
 
 /// Turns registry snapshots into xDS snapshots. After a change it waits `debounce` for more,
 /// so a burst of registry events produces one push; it publishes only when something changed.
+/// `events` counts the registry changes seen (a burst the watch coalesced counts once).
 pub async fn publish(
     mut registry: watch::Receiver<Arc<registry::Snapshot>>,
     out: watch::Sender<Arc<XdsSnapshot>>,
     debounce: Duration,
+    events: IntCounter,
 ) {
+    let mut changed_at = None;
     loop {
         let snap = registry.borrow_and_update().clone();
-        let xds = XdsSnapshot::new(&translate::translate(&snap));
+        let mut xds = XdsSnapshot::new(&translate::translate(&snap));
+        xds.changed_at = changed_at;
         out.send_if_modified(|cur| {
             let changed = **cur != xds;
             if changed {
@@ -116,6 +139,8 @@ pub async fn publish(
         if registry.changed().await.is_err() {
             return;
         }
+        events.inc();
+        changed_at = Some(Instant::now());
         tokio::time::sleep(debounce).await;
     }
 }
@@ -162,7 +187,12 @@ mod tests {
         let eds_version = |s: &XdsSnapshot| s.get(type_url::ENDPOINT).map(|t| t.version.clone());
         let (reg_tx, reg_rx) = watch::channel(Arc::new(snap(1)));
         let (out_tx, mut out_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
-        tokio::spawn(publish(reg_rx, out_tx, Duration::from_millis(100)));
+        tokio::spawn(publish(
+            reg_rx,
+            out_tx,
+            Duration::from_millis(100),
+            IntCounter::new("events", "test").unwrap(),
+        ));
         out_rx.changed().await.unwrap();
         out_rx.borrow_and_update();
         // Everything the publisher pushes from now on.

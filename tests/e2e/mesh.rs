@@ -386,6 +386,15 @@ async fn two_hundred_pushes_under_load_drop_nothing_and_the_split_holds() {
         &errors[..errors.len().min(5)]
     );
     assert!(ok > 1000, "too little load to prove anything: {ok}");
+    // The control plane counted the changes and timed the pushes.
+    assert!(m.cp.metric("weft_cp_registry_events_total").await >= 200.0);
+    let pushes = m.cp.metric("weft_cp_push_latency_seconds_count").await;
+    assert!(pushes >= 200.0, "{pushes} pushes timed");
+    let p99 = m.cp.metrics().await;
+    assert!(
+        p99.contains("weft_cp_push_latency_seconds_bucket{le=\"10\"}"),
+        "{p99}"
+    );
 
     // The split, over 10,000 requests of each kind.
     m.push("the 80/20 split", || {

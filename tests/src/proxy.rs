@@ -152,8 +152,14 @@ impl Proxy {
         crate::http_peer::simple_request(self.addr(listener), "GET", path, "").await
     }
 
+    /// The Prometheus text of a proxy (probe port) or control plane (metrics port).
     pub async fn metrics(&self) -> String {
-        self.get("probe", "/metrics").await.1
+        let listener = if self.addrs.contains_key("probe") {
+            "probe"
+        } else {
+            "metrics"
+        };
+        self.get(listener, "/metrics").await.1
     }
 
     /// The value of one sample in the proxy's metrics (`name{labels}` as exposed), or 0.

@@ -89,7 +89,7 @@ impl Stream {
             }
         }
         if changed {
-            self.push(&r.type_url).await?;
+            self.push(&r.type_url, false).await?;
         }
         Ok(())
     }
@@ -97,13 +97,14 @@ impl Stream {
     async fn push_all(&mut self) -> Result<(), Closed> {
         let types: Vec<String> = self.subs.keys().cloned().collect();
         for t in types {
-            self.push(&t).await?;
+            self.push(&t, true).await?;
         }
         Ok(())
     }
 
     /// Sends what changed for the type; the first response for a type is sent even if empty.
-    async fn push(&mut self, type_url: &str) -> Result<(), Closed> {
+    /// `change`: a push after a snapshot change (not an answer to a subscription).
+    async fn push(&mut self, type_url: &str, change: bool) -> Result<(), Closed> {
         let snap = self.conn.snaps.borrow().clone();
         let set = snap.get(type_url);
         let Some(sub) = self.subs.get_mut(type_url) else {
@@ -146,7 +147,8 @@ impl Stream {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        self.conn.send(type_url, &version, rsp).await?;
+        let changed_at = if change { snap.changed_at } else { None };
+        self.conn.send(type_url, &version, rsp, changed_at).await?;
         sub.nonce = nonce;
         sub.sent_version = version;
         sub.responded = true;

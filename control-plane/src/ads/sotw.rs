@@ -108,7 +108,8 @@ impl Stream {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        self.conn.send(type_url, &version, rsp).await?;
+        let changed_at = if force { None } else { snap.changed_at };
+        self.conn.send(type_url, &version, rsp, changed_at).await?;
         sub.sent_version = Some(version);
         sub.nonce = nonce;
         Ok(())
