@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | GET | `/api/v1/registry` | what the registry holds: services and policies (JSON) |
 //! | GET | `/api/v1/proxy-status` | per node and type: versions sent, acknowledged, last NACK (JSON) |
+//! | GET | `/api/v1/proxies/<node>/config` | one node's status and, per type, the resources served to it now (name and version) (JSON) |
 //! | PUT | `/api/v1/policies` | body: policies (YAML or JSON, `---`-separated); validated, then written into the file registry as `weftctl-<namespace>-<name>.yaml` |
 //! | DELETE | `/api/v1/policies/<namespace>/<name>` | removes a policy weftctl wrote |
 //!
@@ -19,7 +20,7 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{ads::Nodes, policy, registry::Snapshot};
+use crate::{ads::Nodes, policy, registry::Snapshot, snapshot::XdsSnapshot};
 
 pub type Rsp = Response<Full<Bytes>>;
 
@@ -61,6 +62,41 @@ pub fn proxy_status_json(nodes: &Nodes) -> Vec<u8> {
     serde_json::to_vec_pretty(&status).unwrap_or_default()
 }
 
+/// One node's status, and per type the resources the control plane serves it now, or `None`
+/// for a node that never connected.
+pub fn proxy_config_json(nodes: &Nodes, snapshot: &XdsSnapshot, node: &str) -> Option<Vec<u8>> {
+    let n = nodes.snapshot().remove(node)?;
+    let types: serde_json::Map<String, serde_json::Value> = snapshot
+        .types
+        .iter()
+        .map(|(url, set)| {
+            let st = n.types.get(*url).cloned().unwrap_or_default();
+            let resources: serde_json::Map<String, serde_json::Value> = set
+                .resources
+                .iter()
+                .map(|(name, v)| (name.clone(), v.version.clone().into()))
+                .collect();
+            let nack = st
+                .last_nack
+                .map(|(v, e)| serde_json::json!({"version": v, "error": e}));
+            let v = serde_json::json!({
+                "sent": st.sent_version,
+                "acked": st.acked_version,
+                "lastNack": nack,
+                "serving": {"version": set.version, "resources": resources},
+            });
+            (url.to_string(), v)
+        })
+        .collect();
+    let v = serde_json::json!({
+        "node": node,
+        "connected": n.connected,
+        "stream": if n.delta { "delta" } else { "sotw" },
+        "types": types,
+    });
+    serde_json::to_vec_pretty(&v).ok()
+}
+
 pub fn registry_json(registry: &watch::Receiver<Arc<Snapshot>>) -> Vec<u8> {
     serde_json::to_vec_pretty(&**registry.borrow()).unwrap_or_default()
 }
@@ -71,6 +107,7 @@ pub struct Api {
     pub registry_dir: PathBuf,
     pub registry: watch::Receiver<Arc<Snapshot>>,
     pub nodes: Arc<Nodes>,
+    pub snapshots: watch::Receiver<Arc<XdsSnapshot>>,
 }
 
 /// The file weftctl keeps a policy in.
@@ -112,6 +149,19 @@ impl Api {
                 "application/json",
                 proxy_status_json(&self.nodes),
             ),
+            (Method::GET, p) if p.starts_with("/api/v1/proxies/") && p.ends_with("/config") => {
+                let node = &p["/api/v1/proxies/".len()..p.len() - "/config".len()];
+                let snap = self.snapshots.borrow().clone();
+                match proxy_config_json(&self.nodes, &snap, node) {
+                    Some(body) => text(StatusCode::OK, "application/json", body),
+                    None => plain(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "no proxy `{node}` has connected (weftctl proxy-status lists those that have)"
+                        ),
+                    ),
+                }
+            }
             (Method::PUT, "/api/v1/policies") => {
                 let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -132,7 +182,7 @@ impl Api {
             }
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "endpoints: GET /api/v1/registry, GET /api/v1/proxy-status, PUT /api/v1/policies, DELETE /api/v1/policies/<namespace>/<name>",
+                "endpoints: GET /api/v1/registry, GET /api/v1/proxy-status, GET /api/v1/proxies/<node>/config, PUT /api/v1/policies, DELETE /api/v1/policies/<namespace>/<name>",
             ),
         }
     }

@@ -107,6 +107,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         metrics.registry_events.clone(),
     ));
 
+    let api_snapshots = xds_rx.clone();
     let ads = AdsServer::new(xds_rx, metrics.clone());
     let nodes = ads.nodes.clone();
     tokio::spawn(
@@ -120,6 +121,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         registry_dir: cfg.registry_dir.clone(),
         registry: reg_rx.clone(),
         nodes: nodes.clone(),
+        snapshots: api_snapshots,
     };
     tokio::spawn(api.serve(api_l));
     tokio::spawn(serve_admin(metrics_l, nodes, reg_rx));

@@ -509,6 +509,26 @@ async fn a_policy_the_proxy_rejects_keeps_the_old_routes_and_shows_in_proxy_stat
             .await,
         1.0
     );
+    // weftctl config-dump: the control plane's view of this one proxy.
+    let (code, out, err) = weftctl(&m.cp, &["config-dump", "client-0"]);
+    assert_eq!(code, Some(0), "{err}");
+    let dump: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let routes = &dump["types"][weft_xds_proto::type_url::ROUTE];
+    assert_eq!(dump["stream"], "sotw");
+    assert!(
+        routes["lastNack"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("size limit")
+    );
+    assert_ne!(
+        routes["acked"], routes["serving"]["version"],
+        "the rejected version is not acked"
+    );
+    assert!(routes["serving"]["resources"][WEB].is_string(), "{dump:#}");
+    let (code, _, err) = weftctl(&m.cp, &["config-dump", "nobody"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no proxy `nobody` has connected"), "{err}");
 
     // A good policy after it applies.
     apply("web.yaml", &mesh::split_policy("web", 8080, (100, 0)));

@@ -55,6 +55,12 @@ enum Cmd {
     },
     /// Each proxy connected to the control plane: versions acknowledged, last rejection.
     ProxyStatus,
+    /// One proxy as the control plane sees it (JSON): per resource type the versions sent and
+    /// acknowledged, the last rejection, and the resources served to it now.
+    ConfigDump {
+        /// The node id, as `proxy-status` lists it.
+        node: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -324,6 +330,19 @@ async fn run(cli: Cli) -> Result<String> {
                 Output::Json => text.trim_end().to_string(),
                 Output::Table => get(what, &json(&text)?),
             })
+        }
+        Cmd::ConfigDump { node } => {
+            if node.is_empty() || node.contains('/') {
+                return Err(Fail(format!("`{node}` is not a node id")));
+            }
+            let text = ok(
+                cp,
+                "GET",
+                &format!("/api/v1/proxies/{node}/config"),
+                String::new(),
+            )
+            .await?;
+            Ok(text.trim_end().to_string())
         }
         Cmd::ProxyStatus => {
             let text = ok(cp, "GET", "/api/v1/proxy-status", String::new()).await?;
