@@ -2,7 +2,8 @@
 //!
 //! The folder tree follows a connection: [`server`] accepts it and runs [`transport::detect`];
 //! HTTP goes through [`http`] (routed by the [`table`] with [`route`], sent through [`pool`]),
-//! anything else through [`tcp`]. [`admin`] serves the admin and probe endpoints, [`metrics`]
+//! anything else through [`tcp`]. The table comes from a file ([`table::watch`]) or from the
+//! control plane ([`discovery`], the ADS client). [`admin`] serves the admin and probe endpoints, [`metrics`]
 //! the Prometheus registry, [`drain`] graceful shutdown.
 #![forbid(unsafe_code)]
 

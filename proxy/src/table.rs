@@ -1,7 +1,7 @@
 //! The compiled routing table and the `ArcSwap` that publishes it.
 //!
-//! A [`Table`] is immutable. A new one is compiled off to the side (from the static file now,
-//! from xDS later) and published with one atomic store; readers `load()` it once per request or
+//! A [`Table`] is immutable. A new one is compiled off to the side (from the static file, or
+//! from xDS resources by [`xds`]) and published with one atomic store; readers `load()` it once per request or
 //! connection and never lock. State that must outlive a swap (connection pools, metrics) is kept
 //! outside the table, keyed by service, cluster or endpoint, so a swap never resets it.
 
