@@ -6,7 +6,7 @@
 //! | GET | `/api/v1/registry` | what the registry holds: services and policies (JSON) |
 //! | GET | `/api/v1/proxy-status` | per node and type: versions sent, acknowledged, last NACK (JSON) |
 //! | GET | `/api/v1/proxies/<node>/config` | one node's status and, per type, the resources served to it now (name and version) (JSON) |
-//! | PUT | `/api/v1/policies` | body: policies (YAML or JSON, `---`-separated); validated, then written into the file registry as `weftctl-<namespace>-<name>.yaml` |
+//! | PUT | `/api/v1/policies` | body: policies (YAML or JSON, `---`-separated); validated, then written into the registry: the file `weftctl-<namespace>-<name>.yaml`, or the etcd key `<prefix>config/weftctl-<namespace>-<name>` |
 //! | DELETE | `/api/v1/policies/<namespace>/<name>` | removes a policy weftctl wrote |
 //!
 //! Errors are `text/plain` with a 4xx status and a message that names what was wrong.
@@ -101,10 +101,82 @@ pub fn registry_json(registry: &watch::Receiver<Arc<Snapshot>>) -> Vec<u8> {
     serde_json::to_vec_pretty(&**registry.borrow()).unwrap_or_default()
 }
 
+/// Where `weftctl apply` writes policies: the registry the control plane reads.
+#[derive(Debug, Clone)]
+pub enum PolicyStore {
+    /// The file registry's directory: `weftctl-<namespace>-<name>.yaml`.
+    Dir(PathBuf),
+    /// etcd: `<prefix>config/weftctl-<namespace>-<name>`.
+    Etcd {
+        client: weft_core::etcd::Client,
+        prefix: String,
+    },
+}
+
+impl PolicyStore {
+    fn location(&self, key: &str) -> String {
+        match self {
+            PolicyStore::Dir(d) => policy_file(d, key).display().to_string(),
+            PolicyStore::Etcd { prefix, .. } => etcd_key(prefix, key),
+        }
+    }
+
+    async fn write(&self, key: &str, yaml: String) -> Result<(), String> {
+        match self {
+            PolicyStore::Dir(dir) => {
+                let file = policy_file(dir, key);
+                // Write beside, then rename: the registry never reads half a file.
+                let tmp = dir.join(format!(".{key}.tmp").replace('/', "-"));
+                tokio::fs::write(&tmp, yaml)
+                    .await
+                    .and(tokio::fs::rename(&tmp, &file).await)
+                    .map_err(|e| e.to_string())
+            }
+            PolicyStore::Etcd { client, prefix } => client
+                .put(&etcd_key(prefix, key), &yaml, None)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Removes a policy weftctl wrote; `Ok(false)` if there was none.
+    async fn remove(&self, key: &str) -> Result<bool, String> {
+        match self {
+            PolicyStore::Dir(dir) => {
+                Ok(tokio::fs::remove_file(policy_file(dir, key)).await.is_ok())
+            }
+            PolicyStore::Etcd { client, prefix } => {
+                let k = etcd_key(prefix, key);
+                let (kvs, _) = client.range_prefix(&k).await.map_err(|e| e.to_string())?;
+                if !kvs.iter().any(|kv| kv.key == k) {
+                    return Ok(false);
+                }
+                client.delete(&k).await.map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            PolicyStore::Dir(d) => d.display().to_string(),
+            PolicyStore::Etcd { prefix, .. } => format!("etcd keys under {prefix}config/"),
+        }
+    }
+}
+
+fn etcd_key(prefix: &str, key: &str) -> String {
+    format!(
+        "{}/config/weftctl-{}",
+        prefix.trim_end_matches('/'),
+        key.replace('/', "-")
+    )
+}
+
 /// What the API needs.
 #[derive(Debug, Clone)]
 pub struct Api {
-    pub registry_dir: PathBuf,
+    pub store: PolicyStore,
     pub registry: watch::Receiver<Arc<Snapshot>>,
     pub nodes: Arc<Nodes>,
     pub snapshots: watch::Receiver<Arc<XdsSnapshot>>,
@@ -207,21 +279,14 @@ impl Api {
                     );
                 }
             };
-            let file = policy_file(&self.registry_dir, &key);
-            // Write beside, then rename: the registry never reads half a file.
-            let tmp = self
-                .registry_dir
-                .join(format!(".{key}.tmp").replace('/', "-"));
-            let written = tokio::fs::write(&tmp, yaml)
-                .await
-                .and(tokio::fs::rename(&tmp, &file).await);
-            if let Err(e) = written {
+            let at = self.store.location(&key);
+            if let Err(e) = self.store.write(&key, yaml).await {
                 return plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("policy {key}: cannot write {}: {e}", file.display()),
+                    format!("policy {key}: cannot write {at}: {e}"),
                 );
             }
-            tracing::info!(policy = %key, file = %file.display(), "policy applied");
+            tracing::info!(policy = %key, at = %at, "policy applied");
             done.push(format!("policy {key} applied"));
         }
         plain(StatusCode::OK, done.join("\n"))
@@ -235,17 +300,23 @@ impl Api {
             );
         };
         let key = format!("{ns}/{name}");
-        let file = policy_file(&self.registry_dir, &key);
-        match tokio::fs::remove_file(&file).await {
-            Ok(()) => plain(StatusCode::OK, format!("policy {key} deleted")),
-            Err(_) if self.registry.borrow().policies.contains_key(&key) => plain(
-                StatusCode::CONFLICT,
+        match self.store.remove(&key).await {
+            Ok(true) => plain(StatusCode::OK, format!("policy {key} deleted")),
+            Err(e) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
                 format!(
-                    "policy {key} comes from a file weftctl did not write; edit {} instead",
-                    self.registry_dir.display()
+                    "policy {key}: cannot delete {}: {e}",
+                    self.store.location(&key)
                 ),
             ),
-            Err(_) => plain(StatusCode::NOT_FOUND, format!("no policy {key}")),
+            Ok(false) if self.registry.borrow().policies.contains_key(&key) => plain(
+                StatusCode::CONFLICT,
+                format!(
+                    "policy {key} was not applied with weftctl; edit {} instead",
+                    self.store.describe()
+                ),
+            ),
+            Ok(false) => plain(StatusCode::NOT_FOUND, format!("no policy {key}")),
         }
     }
 }

@@ -5,13 +5,45 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use weft_core::{duration::parse as parse_duration, log::LogFormat};
 
+/// The registries the control plane can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistryKind {
+    /// A directory of YAML/JSON files (the embedded default).
+    File,
+    /// etcd v3: documents and leased endpoint registrations under a key prefix.
+    Etcd,
+}
+
 /// `weft-control-plane`: service registrations and traffic policies in, xDS out.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "weft-control-plane", version, about)]
 pub struct Config {
+    /// Where services, endpoints and policies are registered.
+    #[arg(long, env = "WEFT_REGISTRY", value_enum, default_value = "file")]
+    pub registry: RegistryKind,
+
     /// The file registry: a directory of `Service` and `TrafficPolicy` YAML/JSON files.
-    #[arg(long, env = "WEFT_REGISTRY_DIR", value_name = "DIR")]
-    pub registry_dir: PathBuf,
+    #[arg(
+        long,
+        env = "WEFT_REGISTRY_DIR",
+        value_name = "DIR",
+        required_if_eq("registry", "file")
+    )]
+    pub registry_dir: Option<PathBuf>,
+
+    /// etcd client endpoints (`host:port`), tried in order. Repeatable; in the environment,
+    /// comma-separated.
+    #[arg(
+        long,
+        env = "WEFT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The etcd key prefix weft's keys live under.
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/")]
+    pub etcd_prefix: String,
 
     /// How often the registry directory is checked for changes.
     #[arg(long, env = "WEFT_REGISTRY_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]

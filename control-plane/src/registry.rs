@@ -4,6 +4,7 @@
 //! endpoints, and the traffic policies. Consumers always see a complete, consistent view; bursts
 //! of changes coalesce into the latest snapshot.
 
+pub mod etcd;
 pub mod file;
 
 use std::{

@@ -1,4 +1,5 @@
-//! Runs the control plane: file registry -> snapshots -> ADS, plus health and metrics.
+//! Runs the control plane: registry (file or etcd) -> snapshots -> ADS, plus health, metrics
+//! and the API.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -15,10 +16,10 @@ use weft_xds_proto::discovery::AggregatedDiscoveryServiceServer;
 
 use crate::{
     ads::{AdsServer, Nodes},
-    api::{self, Api, Rsp, text},
-    config::Config,
+    api::{self, Api, PolicyStore, Rsp, text},
+    config::{Config, RegistryKind},
     metrics::Metrics,
-    registry::{Snapshot, file::FileRegistry},
+    registry::{Snapshot, etcd::EtcdRegistry, file::FileRegistry},
     snapshot::{self, XdsSnapshot},
 };
 
@@ -36,20 +37,40 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+enum Registry {
+    File(FileRegistry),
+    Etcd(EtcdRegistry),
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), StartError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let metrics = Arc::new(Metrics::default());
 
-    // The first scan happens before serving: a registry that cannot be read stops the start.
-    let mut registry = FileRegistry::new(&cfg.registry_dir);
-    let first = registry.scan().map_err(|source| StartError::Registry {
-        dir: cfg.registry_dir.display().to_string(),
-        source,
-    })?;
-    for e in &registry.errors {
-        tracing::warn!(error = %e, "file registry");
+    // The first load happens before serving: proxies never see a registry half read. A
+    // directory that cannot be read stops the start; etcd is waited for.
+    let (registry, first, errors) = match cfg.registry {
+        RegistryKind::File => {
+            let dir = cfg.registry_dir.clone().unwrap_or_default();
+            let mut r = FileRegistry::new(&dir);
+            let first = r.scan().map_err(|source| StartError::Registry {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            let errors = r.errors.clone();
+            (Registry::File(r), first, errors)
+        }
+        RegistryKind::Etcd => {
+            let client = weft_core::etcd::Client::new(&cfg.etcd_endpoints);
+            let mut r = EtcdRegistry::new(client, &cfg.etcd_prefix);
+            let first = r.first_load().await;
+            let errors = r.errors.clone();
+            (Registry::Etcd(r), first, errors)
+        }
+    };
+    for e in &errors {
+        tracing::warn!(error = %e, "registry");
     }
     tracing::info!(
         services = first.services.len(),
@@ -87,12 +108,21 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     }
 
     let registry_errors = metrics.registry_errors.clone();
-    registry_errors.set(registry.errors.len() as i64);
-    tokio::spawn(
-        registry.run(cfg.registry_poll_interval, reg_tx, move |errors| {
-            registry_errors.set(errors.len() as i64)
-        }),
-    );
+    registry_errors.set(errors.len() as i64);
+    let on_errors = move |errors: &[String]| registry_errors.set(errors.len() as i64);
+    let store = match registry {
+        Registry::File(r) => {
+            tokio::spawn(r.run(cfg.registry_poll_interval, reg_tx, on_errors));
+            PolicyStore::Dir(cfg.registry_dir.clone().unwrap_or_default())
+        }
+        Registry::Etcd(r) => {
+            tokio::spawn(r.run(reg_tx, on_errors));
+            PolicyStore::Etcd {
+                client: weft_core::etcd::Client::new(&cfg.etcd_endpoints),
+                prefix: cfg.etcd_prefix.clone(),
+            }
+        }
+    };
     let published = metrics.snapshots.clone();
     let mut counted = xds_rx.clone();
     tokio::spawn(async move {
@@ -118,7 +148,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             .serve_with_incoming(TcpListenerStream::new(xds_l)),
     );
     let api = Api {
-        registry_dir: cfg.registry_dir.clone(),
+        store,
         registry: reg_rx.clone(),
         nodes: nodes.clone(),
         snapshots: api_snapshots,

@@ -56,6 +56,9 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
 
     #[command(flatten)]
+    pub register: RegisterConfig,
+
+    #[command(flatten)]
     pub detect: DetectConfig,
 
     #[command(flatten)]
@@ -128,6 +131,68 @@ pub struct DiscoveryConfig {
     /// The longest reconnect delay.
     #[arg(long, env = "WEFT_XDS_BACKOFF_MAX", value_parser = parse_duration, default_value = "10s")]
     pub xds_backoff_max: Duration,
+}
+
+/// Self-registration in etcd, for workloads outside Kubernetes.
+#[derive(Debug, Clone, Args)]
+pub struct RegisterConfig {
+    /// Register this workload in etcd as an endpoint of `SERVICE:PORT` (namespace from
+    /// --pod-namespace, labels from --node-label), with a lease kept alive while the proxy
+    /// runs and removed when it drains.
+    #[arg(long, env = "WEFT_REGISTER", value_name = "SERVICE:PORT", value_parser = parse_register, requires = "register_address")]
+    pub register: Option<RegisterTarget>,
+
+    /// The address other workloads reach this one at (usually this host's IP and the inbound
+    /// port).
+    #[arg(long, env = "WEFT_REGISTER_ADDRESS", value_name = "IP:PORT")]
+    pub register_address: Option<SocketAddr>,
+
+    /// The registered service's protocol: http, http1, http2 or tcp.
+    #[arg(long, env = "WEFT_REGISTER_PROTOCOL", default_value = "http", value_parser = ["http", "http1", "http2", "tcp"])]
+    pub register_protocol: String,
+
+    /// The registration's lease: it disappears this long after the proxy stops renewing it.
+    #[arg(long, env = "WEFT_REGISTER_TTL", value_parser = parse_duration, default_value = "10s")]
+    pub register_ttl: Duration,
+
+    /// etcd client endpoints (`host:port`). Repeatable; in the environment, comma-separated.
+    #[arg(
+        long,
+        env = "WEFT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The etcd key prefix the control plane watches.
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/")]
+    pub etcd_prefix: String,
+}
+
+/// What `--register` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterTarget {
+    pub service: String,
+    pub port: u16,
+}
+
+fn parse_register(s: &str) -> Result<RegisterTarget, String> {
+    let bad = || format!("`{s}`: expected SERVICE:PORT, e.g. web:8080");
+    let (service, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    let ok = !service.is_empty()
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err(format!(
+            "`{service}`: a service name is lower-case letters, digits and `-`"
+        ));
+    }
+    Ok(RegisterTarget {
+        service: service.into(),
+        port,
+    })
 }
 
 /// The two ADS variants.
@@ -316,6 +381,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot be used with"), "{err}");
+        let cfg = Cli::parse_from([
+            "weft-proxy",
+            "--register=web:8080",
+            "--register-address=10.0.0.5:15006",
+        ])
+        .run;
+        assert_eq!(
+            cfg.register.register,
+            Some(RegisterTarget {
+                service: "web".into(),
+                port: 8080
+            })
+        );
+        let err = Cli::try_parse_from(["weft-proxy", "--register=web:8080"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--register-address"), "{err}");
+        let err = Cli::try_parse_from([
+            "weft-proxy",
+            "--register=Web.x:80",
+            "--register-address=10.0.0.5:1",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("a service name is"), "{err}");
         let err = Cli::try_parse_from(["weft-proxy", "--node-label=v2"])
             .unwrap_err()
             .to_string();

@@ -15,6 +15,7 @@ pub mod http;
 pub use weft_core::log;
 pub mod metrics;
 pub mod pool;
+pub mod register;
 pub mod route;
 pub mod server;
 pub mod table;
@@ -182,6 +183,13 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     if let Some(d) = discovery {
         tokio::spawn(d.run(drain.token()));
     }
+    let registration = register::Registration::new(
+        &cfg.register,
+        &cfg.discovery.pod_namespace,
+        &cfg.discovery.node_id(),
+        &cfg.discovery.node_labels,
+    )
+    .map(|r| tokio::spawn(r.run(drain.token())));
     if let Some(path) = cfg.config.clone() {
         let watch = FileWatch {
             path,
@@ -208,6 +216,11 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         _ = drain.signaled() => {}
     }
     drain.start();
+    if let Some(r) = registration {
+        // Deregistering first: the control plane stops sending traffic here while the
+        // requests in flight finish.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), r).await;
+    }
     tracing::info!(grace = ?cfg.shutdown_grace_period, "draining: no new connections; waiting for in-flight requests");
     let left = drain.wait(cfg.shutdown_grace_period).await;
     if left == 0 {

@@ -3,6 +3,7 @@
 mod config;
 mod control_plane;
 mod drain;
+mod etcd;
 mod grpc;
 mod http1;
 mod http2;

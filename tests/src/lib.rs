@@ -2,6 +2,7 @@
 //! (tonic and hyper servers, a TCP echo, external tools) on `127.0.0.1:0` ports.
 
 pub mod chain;
+pub mod etcd;
 pub mod grpc;
 pub mod http_peer;
 pub mod mesh;

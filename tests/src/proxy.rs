@@ -45,24 +45,23 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts a proxy with every listener on `127.0.0.1:0` plus `args`, and waits until it
-    /// says it is ready.
+    /// Starts a proxy with every listener on `127.0.0.1:0` (unless `args` names it) plus
+    /// `args`, and waits until it says it is ready.
     pub fn start(args: &[&str]) -> Proxy {
         let mut cmd = Command::new(binary());
-        cmd.args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "--outbound-addr",
-            "127.0.0.1:0",
-            "--inbound-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--probe-addr",
-            "127.0.0.1:0",
-        ]);
+        let defaults = [
+            ("--log-format", "json"),
+            ("--log-level", "info"),
+            ("--outbound-addr", "127.0.0.1:0"),
+            ("--inbound-addr", "127.0.0.1:0"),
+            ("--admin-addr", "127.0.0.1:0"),
+            ("--probe-addr", "127.0.0.1:0"),
+        ];
+        for (flag, value) in defaults {
+            if !args.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
         cmd.args(args);
         Self::spawn(cmd).unwrap_or_else(|(status, logs)| {
             panic!(

@@ -7,12 +7,7 @@
 //! field. Files are read in name order; when two define the same service or policy, the first
 //! wins and the second is reported.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -30,11 +25,11 @@ struct ServiceDoc {
     spec: ServiceSpec,
 }
 
-/// What one file contributed the last time it was good.
+/// What one file (or etcd key) contributed the last time it was good.
 #[derive(Debug, Clone, Default)]
-struct Contents {
-    services: Vec<Service>,
-    policies: Vec<TrafficPolicy>,
+pub(super) struct Contents {
+    pub services: Vec<Service>,
+    pub policies: Vec<TrafficPolicy>,
 }
 
 #[derive(Debug)]
@@ -84,7 +79,7 @@ impl FileRegistry {
             if self.files.get(&path).is_some_and(|f| f.text == text) {
                 continue;
             }
-            let (good, error) = match parse_file(&path, &text) {
+            let (good, error) = match parse_documents(&path.display().to_string(), &text) {
                 Ok(c) => (Some(c), None),
                 Err(e) => (self.files.get(&path).and_then(|f| f.good.clone()), Some(e)),
             };
@@ -95,45 +90,11 @@ impl FileRegistry {
     }
 
     fn assemble(&mut self) -> Snapshot {
-        let mut snap = Snapshot::default();
-        let mut errors = Vec::new();
-        let mut origin: BTreeMap<String, &Path> = BTreeMap::new();
-        for (path, f) in &self.files {
-            if let Some(e) = &f.error {
-                let kept = if f.good.is_some() {
-                    "its last good content stays in force"
-                } else {
-                    "nothing from it is in force"
-                };
-                errors.push(format!("{e} ({kept})"));
-            }
-            let Some(c) = &f.good else { continue };
-            for s in &c.services {
-                let authority = s.authority();
-                if let Some(first) = origin.get(&authority) {
-                    errors.push(format!(
-                        "{}: service {}: `{authority}` is already registered by {}",
-                        path.display(),
-                        s.key,
-                        first.display()
-                    ));
-                    continue;
-                }
-                origin.insert(authority.clone(), path);
-                snap.services.insert(authority, s.clone());
-            }
-            for p in &c.policies {
-                let key = p.key();
-                if snap.policies.contains_key(&key) {
-                    errors.push(format!(
-                        "{}: policy {key} is defined in another file too; the first stays",
-                        path.display()
-                    ));
-                    continue;
-                }
-                snap.policies.insert(key, p.clone());
-            }
-        }
+        let (snap, errors) = assemble(
+            self.files
+                .iter()
+                .map(|(p, f)| (p.display().to_string(), f.good.as_ref(), f.error.as_deref())),
+        );
         self.errors = errors;
         snap
     }
@@ -181,6 +142,51 @@ impl FileRegistry {
 
 /// Splits a YAML text into its documents, each padded with blank lines so that line numbers in
 /// errors are the file's.
+/// Merges what each source (a file, an etcd key), in order, contributes into one snapshot;
+/// returns the problems: sources whose current text is bad (their last good contents stay),
+/// and services or policies defined twice (the first wins).
+pub(super) fn assemble<'a>(
+    sources: impl Iterator<Item = (String, Option<&'a Contents>, Option<&'a str>)>,
+) -> (Snapshot, Vec<String>) {
+    let mut snap = Snapshot::default();
+    let mut errors = Vec::new();
+    let mut origin: BTreeMap<String, String> = BTreeMap::new();
+    for (name, good, error) in sources {
+        if let Some(e) = error {
+            let kept = if good.is_some() {
+                "its last good content stays in force"
+            } else {
+                "nothing from it is in force"
+            };
+            errors.push(format!("{e} ({kept})"));
+        }
+        let Some(c) = good else { continue };
+        for s in &c.services {
+            let authority = s.authority();
+            if let Some(first) = origin.get(&authority) {
+                errors.push(format!(
+                    "{name}: service {}: `{authority}` is already registered by {first}",
+                    s.key
+                ));
+                continue;
+            }
+            origin.insert(authority.clone(), name.clone());
+            snap.services.insert(authority, s.clone());
+        }
+        for p in &c.policies {
+            let key = p.key();
+            if snap.policies.contains_key(&key) {
+                errors.push(format!(
+                    "{name}: policy {key} is defined in another file too; the first stays"
+                ));
+                continue;
+            }
+            snap.policies.insert(key, p.clone());
+        }
+    }
+    (snap, errors)
+}
+
 fn documents(text: &str) -> Vec<String> {
     let mut docs = Vec::new();
     let (mut start, mut body) = (0usize, String::new());
@@ -199,8 +205,9 @@ fn documents(text: &str) -> Vec<String> {
     docs
 }
 
-fn parse_file(path: &Path, text: &str) -> Result<Contents, String> {
-    let name = path.display().to_string();
+/// Parses the `Service` and `TrafficPolicy` documents of one source; `name` names it in errors.
+pub(super) fn parse_documents(name: &str, text: &str) -> Result<Contents, String> {
+    let name = name.to_string();
     let mut c = Contents::default();
     for doc in documents(text) {
         #[derive(Deserialize)]

@@ -1,0 +1,234 @@
+//! The etcd registry against a real etcd: documents written with `etcdctl`, workloads that
+//! register themselves (`weft-proxy --register`) with leases, and restarts of the control plane
+//! and of etcd itself.
+
+use std::{process::Command, time::Duration};
+
+use http::Request;
+use http_body_util::BodyExt;
+use weft_tests::{
+    etcd::Etcd,
+    eventually, http_peer,
+    mesh::{self, weftctl},
+    proxy::Proxy,
+    tools,
+};
+
+const WEB: &str = "web.demo.svc.cluster.local:8080";
+
+fn etcdctl(etcd: &Etcd, args: &[&str]) -> String {
+    let bin = tools::require("etcdctl").expect("etcdctl is installed with etcd");
+    let out = Command::new(bin)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", etcd.addr))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn control_plane(etcd: &Etcd, extra: &[&str]) -> Proxy {
+    let dir = weft_tests::chain::TempDir::new("etcd-cp");
+    let ep = etcd.addr.to_string();
+    let mut args = vec!["--registry", "etcd", "--etcd-endpoints", ep.as_str()];
+    args.extend_from_slice(extra);
+    mesh::control_plane(&dir, &args)
+}
+
+/// A workload: an app and its sidecar, registered in etcd as an endpoint of web:8080.
+fn pod(etcd: &Etcd, app: std::net::SocketAddr, name: &str, ttl: &str) -> Proxy {
+    // The inbound port must be known before registering: take a free one.
+    let inbound = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    Proxy::start(&[
+        "--inbound-addr",
+        &inbound,
+        "--inbound-forward",
+        &app.to_string(),
+        "--register",
+        "web:8080",
+        "--register-address",
+        &inbound,
+        "--register-ttl",
+        ttl,
+        "--etcd-endpoints",
+        &etcd.addr.to_string(),
+        "--pod-namespace",
+        "demo",
+        "--node-id",
+        name,
+        "--node-label",
+        "version=v1",
+    ])
+}
+
+/// The endpoints the client proxy routes web's default route to.
+async fn endpoints(client: &Proxy) -> Vec<String> {
+    let dump = client.config_dump().await;
+    dump["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == WEB)
+        .map(|s| {
+            let default = s["routes"].as_array().unwrap().last().unwrap().clone();
+            default["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|b| b["endpoints"].as_array().unwrap().clone())
+                .map(|e| e.as_str().unwrap().split(' ').next().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_endpoints(client: &Proxy, what: &str, want: &[&str]) {
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    eventually(Duration::from_secs(20), what, || async {
+        let mut have = endpoints(client).await;
+        have.sort();
+        (have == want).then_some(())
+    })
+    .await;
+}
+
+async fn get_id(client: &Proxy) -> String {
+    let mut tx = http_peer::h2_client(client.addr("outbound")).await;
+    let rsp = tx
+        .send_request(
+            Request::get(format!("http://{WEB}/id"))
+                .body(http_peer::body(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    String::from_utf8_lossy(&rsp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_registrations_leases_and_restarts() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let app1 = http_peer::server("app-1").await;
+    let app2 = http_peer::server("app-2").await;
+
+    // A Service document written by an operator; the control plane reads it from etcd.
+    etcdctl(
+        &etcd,
+        &[
+            "put",
+            "/weft/config/web",
+            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {port: 8080, aliases: [web]}\n",
+        ],
+    );
+    let mut cp = control_plane(&etcd, &[]);
+    let xds = cp.addr("xds");
+    let client = Proxy::start(&[
+        "--control-plane",
+        &xds.to_string(),
+        "--node-id",
+        "client-0",
+        "--xds-backoff-base",
+        "50ms",
+        "--xds-backoff-max",
+        "500ms",
+    ]);
+
+    // A workload registers itself, with a short lease.
+    let mut p1 = pod(&etcd, app1.addr, "pod-1", "2s");
+    let p1_addr = p1.addr("inbound").to_string();
+    wait_endpoints(&client, "pod-1 registered", &[&p1_addr]).await;
+    assert_eq!(get_id(&client).await, "app-1");
+    let keys = etcdctl(
+        &etcd,
+        &["get", "--prefix", "--keys-only", "/weft/endpoints/"],
+    );
+    assert_eq!(keys.trim(), "/weft/endpoints/demo/web/pod-1");
+
+    // Killed without deregistering: the lease runs out and the endpoint goes with it.
+    p1.signal("KILL");
+    p1.wait_exit(Duration::from_secs(10)).unwrap();
+    wait_endpoints(&client, "pod-1's lease to expire", &[]).await;
+
+    // A second workload with a long lease, stopped cleanly: it deregisters at once (well
+    // before its 60 s lease could run out).
+    let mut p2 = pod(&etcd, app2.addr, "pod-2", "60s");
+    let p2_addr = p2.addr("inbound").to_string();
+    wait_endpoints(&client, "pod-2 registered", &[&p2_addr]).await;
+    assert_eq!(get_id(&client).await, "app-2");
+    p2.signal("TERM");
+    assert!(p2.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let keys = etcdctl(
+        &etcd,
+        &["get", "--prefix", "--keys-only", "/weft/endpoints/"],
+    );
+    assert_eq!(keys.trim(), "", "deregistered on drain");
+    wait_endpoints(&client, "pod-2 deregistered", &[]).await;
+
+    // The control plane is killed; registrations made meanwhile are there when it is back.
+    cp.signal("KILL");
+    cp.wait_exit(Duration::from_secs(10)).unwrap();
+    let p3 = pod(&etcd, app1.addr, "pod-3", "30s");
+    let p3_addr = p3.addr("inbound").to_string();
+    cp = control_plane(&etcd, &["--xds-addr", &xds.to_string()]);
+    wait_endpoints(
+        &client,
+        "pod-3 after the control-plane restart",
+        &[&p3_addr],
+    )
+    .await;
+
+    // etcd itself restarts: the control plane's watch resumes, and sees later changes.
+    etcd.restart();
+    let p4 = pod(&etcd, app2.addr, "pod-4", "30s");
+    let p4_addr = p4.addr("inbound").to_string();
+    wait_endpoints(
+        &client,
+        "pod-4 after the etcd restart",
+        &[&p3_addr, &p4_addr],
+    )
+    .await;
+
+    // Policies applied with weftctl land in etcd and take effect.
+    let work = weft_tests::chain::TempDir::new("etcd-policy");
+    let policy = work.write(
+        "p.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web, namespace: demo}\nspec:\n  service: web.demo.svc.cluster.local:8080\n  routes: [{name: all, timeout: 3s}]\n",
+    );
+    let (code, out, err) = weftctl(&cp, &["apply", "-f", policy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let stored = etcdctl(
+        &etcd,
+        &["get", "/weft/config/weftctl-demo-web", "--print-value-only"],
+    );
+    assert!(stored.contains("timeout"), "{stored}");
+    eventually(
+        Duration::from_secs(10),
+        "the policy's route at the proxy",
+        || async {
+            let dump = client.config_dump().await;
+            let s = dump["services"]
+                .as_array()?
+                .iter()
+                .find(|s| s["name"] == WEB)?
+                .clone();
+            (s["routes"][0]["name"] == "all").then_some(())
+        },
+    )
+    .await;
+    let (code, out, _) = weftctl(&cp, &["delete", "policy", "demo/web"]);
+    assert_eq!((code, out.trim()), (Some(0), "policy demo/web deleted"));
+    drop((p3, p4));
+}
