@@ -85,14 +85,16 @@ pub struct Config {
 #[derive(Debug, Clone, Args)]
 pub struct DiscoveryConfig {
     /// The control plane's xDS address (`http://HOST:PORT`, or `HOST:PORT`). The routing table
-    /// then comes over ADS instead of from --config.
+    /// then comes over ADS instead of from --config. Several replicas: comma-separated (or
+    /// repeated); a lost stream reconnects to the next.
     #[arg(
         long,
         env = "WEFT_CONTROL_PLANE",
         value_name = "URL",
+        value_delimiter = ',',
         conflicts_with = "config"
     )]
-    pub control_plane: Option<String>,
+    pub control_plane: Vec<String>,
 
     /// ADS variant: delta (incremental) or sotw (state of the world).
     #[arg(long, env = "WEFT_XDS_PROTOCOL", value_enum, default_value = "delta")]

@@ -113,7 +113,10 @@ impl Shared {
 /// The ADS client.
 pub struct Discovery {
     cfg: DiscoveryConfig,
+    /// The control plane in use now: one of `urls`.
     url: String,
+    /// Every replica given; a failed stream moves to the next.
+    urls: Vec<String>,
     node: Node,
     table: SharedTable,
     metrics: Arc<Metrics>,
@@ -132,12 +135,18 @@ struct Answer {
 
 impl Discovery {
     pub fn new(cfg: DiscoveryConfig, table: SharedTable, metrics: Arc<Metrics>) -> Option<Self> {
-        let addr = cfg.control_plane.clone()?;
-        let url = if addr.contains("://") {
-            addr
-        } else {
-            format!("http://{addr}")
-        };
+        let urls: Vec<String> = cfg
+            .control_plane
+            .iter()
+            .map(|a| {
+                if a.contains("://") {
+                    a.clone()
+                } else {
+                    format!("http://{a}")
+                }
+            })
+            .collect();
+        let url = urls.first()?.clone();
         let node = node(&cfg);
         let shared = Arc::new(Shared::default());
         shared.update(|s| {
@@ -151,6 +160,7 @@ impl Discovery {
         Some(Discovery {
             cfg,
             url,
+            urls,
             node,
             table,
             metrics,
@@ -176,13 +186,20 @@ impl Discovery {
             if progressed {
                 failures = 0;
             }
+            // With several replicas, the next attempt goes to the next one: they serve the
+            // same resources, so the proxy picks up where it was.
+            if let Some(i) = self.urls.iter().position(|u| *u == self.url) {
+                self.url = self.urls[(i + 1) % self.urls.len()].clone();
+            }
+            let url = self.url.clone();
+            self.shared.update(|s| s.control_plane = url);
             let wait = backoff(
                 self.cfg.xds_backoff_base,
                 self.cfg.xds_backoff_max,
                 failures,
             );
             failures = failures.saturating_add(1);
-            tracing::warn!(control_plane = %self.url, error = %ended, retry_in = ?wait, "xDS stream ended; serving the table in force");
+            tracing::warn!(next = %self.url, error = %ended, retry_in = ?wait, "xDS stream ended; serving the table in force");
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

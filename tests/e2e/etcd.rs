@@ -232,3 +232,125 @@ async fn etcd_registrations_leases_and_restarts() {
     assert_eq!((code, out.trim()), (Some(0), "policy demo/web deleted"));
     drop((p3, p4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_etcd_serve_the_same_and_a_proxy_fails_over() {
+    let Some(etcd) = Etcd::start() else { return };
+    let apps = [
+        http_peer::server("app-1").await,
+        http_peer::server("app-2").await,
+    ];
+    etcdctl(
+        &etcd,
+        &[
+            "put",
+            "/weft/config/web",
+            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {port: 8080}\n",
+        ],
+    );
+    for (i, app) in apps.iter().enumerate() {
+        let reg = format!("{{\"address\": \"{}\", \"port\": 8080}}", app.addr);
+        etcdctl(
+            &etcd,
+            &["put", &format!("/weft/endpoints/demo/web/app-{i}"), &reg],
+        );
+    }
+    let mut cp1 = control_plane(&etcd, &[]);
+    let cp2 = control_plane(&etcd, &[]);
+    let urls = format!("{},{}", cp1.addr("xds"), cp2.addr("xds"));
+    let client = Proxy::start(&[
+        "--control-plane",
+        &urls,
+        "--node-id",
+        "client-ha",
+        "--xds-backoff-base",
+        "50ms",
+        "--xds-backoff-max",
+        "200ms",
+    ]);
+    wait_endpoints(
+        &client,
+        "both endpoints",
+        &[&apps[0].addr.to_string(), &apps[1].addr.to_string()],
+    )
+    .await;
+    let xds = |dump: &serde_json::Value| dump["xds"].clone();
+    let before = xds(&client.config_dump().await);
+    assert_eq!(
+        before["control_plane"],
+        format!("http://{}", cp1.addr("xds"))
+    );
+    let generation = client.metric("weft_table_generation").await;
+
+    // Steady load while the replica in use dies.
+    let outbound = client.addr("outbound");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = tokio::spawn({
+        let (stop, done) = (stop.clone(), done.clone());
+        async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let mut tx = http_peer::h2_client(outbound).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && ok < 200_000
+                && failed.len() < 50
+            {
+                let req = Request::get(format!("http://{WEB}/id"))
+                    .body(http_peer::body(""))
+                    .unwrap();
+                match tx.send_request(req).await {
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        done.store(ok, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    cp1.signal("KILL");
+    cp1.wait_exit(Duration::from_secs(10)).unwrap();
+    let after = eventually(
+        Duration::from_secs(10),
+        "the fail-over to the second replica",
+        || async {
+            let x = xds(&client.config_dump().await);
+            (x["connected"] == true && x["control_plane"] == format!("http://{}", cp2.addr("xds")))
+                .then_some(x)
+        },
+    )
+    .await;
+    // The second replica serves exactly what the first did: same versions, no new table.
+    for kind in ["cluster", "endpoint", "listener", "route"] {
+        assert_eq!(
+            after["types"][kind]["version"], before["types"][kind]["version"],
+            "{kind} versions differ between replicas"
+        );
+    }
+    assert_eq!(client.metric("weft_table_generation").await, generation);
+
+    // A change written to etcd now arrives through the second replica.
+    etcdctl(&etcd, &["del", "/weft/endpoints/demo/web/app-0"]);
+    wait_endpoints(
+        &client,
+        "app-0 removed via the second replica",
+        &[&apps[1].addr.to_string()],
+    )
+    .await;
+    let count = || done.load(std::sync::atomic::Ordering::Relaxed);
+    let now = count();
+    eventually(Duration::from_secs(10), "load after the change", || async {
+        (count() > now + 200).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    eprintln!(
+        "{ok} requests across the fail-over, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 100, "too little load: {ok}");
+}
