@@ -25,15 +25,16 @@ use weft_xds_proto::{
     envoy::{
         config::{
             cluster::v3::{
-                Cluster, OutlierDetection as EnvoyOutlier,
+                Cluster, LoadBalancingPolicy, OutlierDetection as EnvoyOutlier,
                 circuit_breakers::{Thresholds, thresholds::RetryBudget as EnvoyBudget},
                 cluster::{
                     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as EnvoyLb,
                 },
+                load_balancing_policy,
             },
             core::v3::{
-                AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus,
-                config_source::ConfigSourceSpecifier,
+                AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality,
+                TypedExtensionConfig, config_source::ConfigSourceSpecifier,
             },
             endpoint::v3::{
                 ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
@@ -44,11 +45,16 @@ use weft_xds_proto::{
                 route::Action, route_action::ClusterSpecifier, weighted_cluster::ClusterWeight,
             },
         },
-        extensions::filters::{
-            http::router::v3::Router,
-            network::http_connection_manager::v3::{
-                HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
-                http_filter::ConfigType,
+        extensions::{
+            filters::{
+                http::router::v3::Router,
+                network::http_connection_manager::v3::{
+                    HttpConnectionManager, HttpFilter, Rds,
+                    http_connection_manager::RouteSpecifier, http_filter::ConfigType,
+                },
+            },
+            load_balancing_policies::{
+                least_request::v3::LeastRequest, random::v3::Random, round_robin::v3::RoundRobin,
             },
         },
     },
@@ -243,6 +249,21 @@ fn route(authority: &str, index: usize, r: &RouteRule, p: &PolicySpec) -> Route 
     }
 }
 
+/// A `load_balancing_policy` listing `policies` in order of preference.
+fn lb_policies(policies: Vec<(&str, Any)>) -> LoadBalancingPolicy {
+    LoadBalancingPolicy {
+        policies: policies
+            .into_iter()
+            .map(|(name, config)| load_balancing_policy::Policy {
+                typed_extension_config: Some(TypedExtensionConfig {
+                    name: name.to_string(),
+                    typed_config: Some(config),
+                }),
+            })
+            .collect(),
+    }
+}
+
 fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
     let lb = policy
         .and_then(|p| p.load_balancer.as_ref())
@@ -254,6 +275,32 @@ fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
         LbPolicy::RoundRobin => EnvoyLb::RoundRobin,
         LbPolicy::RingHash => EnvoyLb::RingHash,
         LbPolicy::Random => EnvoyLb::Random,
+    };
+    // Clients that read `load_balancing_policy` take the first entry they support: gRPC's
+    // proxyless clients reject the LEAST_REQUEST and RANDOM enums, so round robin follows as
+    // their fallback.
+    let load_balancing_policy = match lb {
+        LbPolicy::P2cEwma | LbPolicy::LeastRequest => Some(lb_policies(vec![
+            (
+                "envoy.load_balancing_policies.least_request",
+                any(&LeastRequest::default()),
+            ),
+            (
+                "envoy.load_balancing_policies.round_robin",
+                any(&RoundRobin::default()),
+            ),
+        ])),
+        LbPolicy::Random => Some(lb_policies(vec![
+            (
+                "envoy.load_balancing_policies.random",
+                any(&Random::default()),
+            ),
+            (
+                "envoy.load_balancing_policies.round_robin",
+                any(&RoundRobin::default()),
+            ),
+        ])),
+        LbPolicy::RoundRobin | LbPolicy::RingHash => None,
     };
     let cb = policy.and_then(|p| p.circuit_breaker.as_ref());
     let budget = policy
@@ -311,6 +358,7 @@ fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
             service_name: name.to_string(),
         }),
         lb_policy: lb_policy as i32,
+        load_balancing_policy,
         circuit_breakers: thresholds.map(|t| {
             weft_xds_proto::envoy::config::cluster::v3::CircuitBreakers {
                 thresholds: vec![t],
@@ -358,8 +406,13 @@ fn load_assignment(
         .collect();
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
+        // One locality, named (empty) and weighted: gRPC's clients drop localities without a
+        // weight and reject weighted ones without a name (Envoy ignores locality weights unless
+        // told to use them).
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints,
+            locality: Some(Locality::default()),
+            load_balancing_weight: Some(u32v(1)),
             ..Default::default()
         }],
         ..Default::default()
