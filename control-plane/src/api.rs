@@ -111,13 +111,20 @@ pub enum PolicyStore {
         client: weft_core::etcd::Client,
         prefix: String,
     },
+    /// Kubernetes: policies are `TrafficPolicy` objects, written with kubectl (or GitOps), not
+    /// through this API.
+    Kubernetes,
 }
+
+const KUBERNETES_POLICIES: &str =
+    "on Kubernetes, policies are TrafficPolicy objects: use `kubectl apply -f`";
 
 impl PolicyStore {
     fn location(&self, key: &str) -> String {
         match self {
             PolicyStore::Dir(d) => policy_file(d, key).display().to_string(),
             PolicyStore::Etcd { prefix, .. } => etcd_key(prefix, key),
+            PolicyStore::Kubernetes => format!("TrafficPolicy {key}"),
         }
     }
 
@@ -136,6 +143,7 @@ impl PolicyStore {
                 .put(&etcd_key(prefix, key), &yaml, None)
                 .await
                 .map_err(|e| e.to_string()),
+            PolicyStore::Kubernetes => Err(KUBERNETES_POLICIES.into()),
         }
     }
 
@@ -154,6 +162,7 @@ impl PolicyStore {
                 client.delete(&k).await.map_err(|e| e.to_string())?;
                 Ok(true)
             }
+            PolicyStore::Kubernetes => Err(KUBERNETES_POLICIES.into()),
         }
     }
 
@@ -161,6 +170,7 @@ impl PolicyStore {
         match self {
             PolicyStore::Dir(d) => d.display().to_string(),
             PolicyStore::Etcd { prefix, .. } => format!("etcd keys under {prefix}config/"),
+            PolicyStore::Kubernetes => "the TrafficPolicy objects".into(),
         }
     }
 }
@@ -260,6 +270,9 @@ impl Api {
     }
 
     async fn apply(&self, text: &str) -> Rsp {
+        if matches!(self.store, PolicyStore::Kubernetes) {
+            return plain(StatusCode::CONFLICT, KUBERNETES_POLICIES);
+        }
         let policies = match policy::parse("request", text) {
             Ok(p) if p.is_empty() => {
                 return plain(StatusCode::BAD_REQUEST, "no policy in the request");
@@ -293,6 +306,9 @@ impl Api {
     }
 
     async fn delete(&self, key: &str) -> Rsp {
+        if matches!(self.store, PolicyStore::Kubernetes) {
+            return plain(StatusCode::CONFLICT, KUBERNETES_POLICIES);
+        }
         let Some((ns, name)) = key.split_once('/') else {
             return plain(
                 StatusCode::BAD_REQUEST,

@@ -12,6 +12,9 @@ pub enum RegistryKind {
     File,
     /// etcd v3: documents and leased endpoint registrations under a key prefix.
     Etcd,
+    /// Kubernetes: Services, EndpointSlices, Pods and TrafficPolicy objects, from the
+    /// in-cluster service account or KUBECONFIG.
+    Kubernetes,
 }
 
 /// `weft-control-plane`: service registrations and traffic policies in, xDS out.
@@ -40,6 +43,10 @@ pub struct Config {
         default_value = "127.0.0.1:2379"
     )]
     pub etcd_endpoints: Vec<String>,
+
+    /// The trust domain of workload identities (`spiffe://<trust-domain>/ns/..../sa/...`).
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 
     /// The etcd key prefix weft's keys live under.
     #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/")]

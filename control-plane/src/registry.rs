@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod kubernetes;
 
 use std::{
     collections::BTreeMap,

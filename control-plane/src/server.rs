@@ -19,7 +19,7 @@ use crate::{
     api::{self, Api, PolicyStore, Rsp, text},
     config::{Config, RegistryKind},
     metrics::Metrics,
-    registry::{Snapshot, etcd::EtcdRegistry, file::FileRegistry},
+    registry::{Snapshot, etcd::EtcdRegistry, file::FileRegistry, kubernetes},
     snapshot::{self, XdsSnapshot},
 };
 
@@ -33,6 +33,8 @@ pub enum StartError {
     },
     #[error("registry directory {dir}: {source}")]
     Registry { dir: String, source: std::io::Error },
+    #[error("Kubernetes registry: {0}")]
+    Kubernetes(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -40,6 +42,8 @@ pub enum StartError {
 enum Registry {
     File(FileRegistry),
     Etcd(EtcdRegistry),
+    /// Already watching, publishing on the channel it was given.
+    Kubernetes(watch::Sender<Arc<Snapshot>>, watch::Receiver<Arc<Snapshot>>),
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -68,6 +72,27 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             let errors = r.errors.clone();
             (Registry::Etcd(r), first, errors)
         }
+        RegistryKind::Kubernetes => {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                StartError::Kubernetes(format!(
+                    "no cluster credentials (in-cluster service account or KUBECONFIG): {e}"
+                ))
+            })?;
+            let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
+            let errors_gauge = metrics.registry_errors.clone();
+            tokio::spawn(kubernetes::run(
+                client,
+                cfg.trust_domain.clone(),
+                tx.clone(),
+                move |e: &[String]| errors_gauge.set(e.len() as i64),
+            ));
+            // Every watch lists once before anything is served.
+            rx.changed()
+                .await
+                .map_err(|_| StartError::Kubernetes("the watches stopped".into()))?;
+            let first = (**rx.borrow_and_update()).clone();
+            (Registry::Kubernetes(tx, rx), first, Vec::new())
+        }
     };
     for e in &errors {
         tracing::warn!(error = %e, "registry");
@@ -79,7 +104,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     );
     // The first resources are ready before any proxy can connect.
     let first_xds = XdsSnapshot::new(&crate::translate::translate(&first));
-    let (reg_tx, reg_rx) = watch::channel(Arc::new(first));
+    let (reg_tx, reg_rx) = match &registry {
+        Registry::Kubernetes(tx, rx) => (tx.clone(), rx.clone()),
+        _ => watch::channel(Arc::new(first)),
+    };
     let (xds_tx, xds_rx) = watch::channel(Arc::new(first_xds));
 
     let xds_l = TcpListener::bind(cfg.xds_addr)
@@ -121,6 +149,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 client: weft_core::etcd::Client::new(&cfg.etcd_endpoints),
                 prefix: cfg.etcd_prefix.clone(),
             }
+        }
+        Registry::Kubernetes(..) => {
+            drop((reg_tx, on_errors));
+            PolicyStore::Kubernetes
         }
     };
     let published = metrics.snapshots.clone();

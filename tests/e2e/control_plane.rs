@@ -319,3 +319,23 @@ fn weftctl_says_when_it_cannot_reach_the_control_plane() {
         "{err}"
     );
 }
+
+#[test]
+fn the_kubernetes_registry_without_credentials_says_so() {
+    let home = TempDir::new("no-kube");
+    let out = Command::new(binary_named("weft-control-plane"))
+        .args(["--registry", "kubernetes", "--log-level", "off"])
+        .env("HOME", &home.0)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "Kubernetes registry: no cluster credentials (in-cluster service account or KUBECONFIG)"
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,412 @@
+//! The Kubernetes registry: Services, EndpointSlices, Pods (for endpoint labels and service
+//! accounts) and `TrafficPolicy` objects (the `weft.dev/v1alpha1` CRD), watched through kube-rs
+//! reflectors and translated into one [`Snapshot`].
+//!
+//! The translation ([`Translator`]) is pure: the tests feed it objects recorded in the shape the
+//! API server returns them (lists and watch events under `control-plane/tests/fixtures/k8s/`),
+//! since no API server can run where weft is built.
+//!
+//! - Each Service port is a service: `<name>.<namespace>.svc.cluster.local:<port>`, aliases
+//!   `<name>`, `<name>.<namespace>`, `<name>.<namespace>.svc`, the cluster IP as its VIP
+//!   (headless Services have none). The protocol comes from the port's `appProtocol`
+//!   (`http`, `http2`, `grpc`, `kubernetes.io/h2c`, `tcp`), else from its name's prefix
+//!   (`http-`, `http2-`, `grpc-`, `tcp-`, Istio's convention), else `http`.
+//! - Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`: each address
+//!   with the slice port of the same name as the Service port. `ready: false` endpoints stay,
+//!   unhealthy; terminating ones that are no longer serving are left out. An endpoint whose
+//!   `targetRef` is a Pod gets the Pod's labels (what policy subsets select on) and the
+//!   identity `spiffe://<trust-domain>/ns/<namespace>/sa/<service account>`.
+//! - A TrafficPolicy that fails validation keeps its last good version in force, reported in
+//!   the registry's errors.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Pod, Service as KubeService, ServicePort},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client,
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use tokio::sync::watch;
+
+use super::{Endpoint, Protocol, Service, ServiceSpec, Snapshot};
+use crate::policy::{self, TrafficPolicy};
+
+/// Everything the watches hold at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Objects {
+    pub services: Vec<Arc<KubeService>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub policies: Vec<Arc<DynamicObject>>,
+}
+
+/// Turns watched objects into snapshots, remembering each policy's last good version.
+#[derive(Debug)]
+pub struct Translator {
+    trust_domain: String,
+    /// By `namespace/name`: the last good policy and the text it was parsed from.
+    policies: BTreeMap<String, (String, TrafficPolicy)>,
+    /// Problems in force after the last translation.
+    pub errors: Vec<String>,
+}
+
+fn key(ns: &Option<String>, name: &Option<String>) -> String {
+    format!(
+        "{}/{}",
+        ns.as_deref().unwrap_or("default"),
+        name.as_deref().unwrap_or("")
+    )
+}
+
+/// The protocol a Service port declares.
+fn protocol(p: &ServicePort) -> Protocol {
+    let by_app = match p
+        .app_protocol
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("http" | "http1" | "http/1.1") => Some(Protocol::Http1),
+        Some("http2" | "grpc" | "kubernetes.io/h2c" | "h2c") => Some(Protocol::Http2),
+        Some("tcp") => Some(Protocol::Tcp),
+        _ => None,
+    };
+    if let Some(p) = by_app {
+        return p;
+    }
+    let name = p.name.as_deref().unwrap_or("");
+    let prefix = name.split('-').next().unwrap_or("");
+    match prefix {
+        "http2" | "grpc" | "h2c" => Protocol::Http2,
+        "tcp" | "mongo" | "mysql" | "redis" => Protocol::Tcp,
+        _ => Protocol::Http,
+    }
+}
+
+impl Translator {
+    pub fn new(trust_domain: &str) -> Self {
+        Translator {
+            trust_domain: trust_domain.to_string(),
+            policies: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn snapshot(&mut self, objs: &Objects) -> Snapshot {
+        let mut errors = Vec::new();
+        let mut snap = Snapshot::default();
+
+        // Pods by namespace/name: labels and service account.
+        let pods: BTreeMap<String, &Pod> = objs
+            .pods
+            .iter()
+            .map(|p| (key(&p.metadata.namespace, &p.metadata.name), &**p))
+            .collect();
+
+        for svc in &objs.services {
+            let (ns, name) = (
+                svc.metadata.namespace.as_deref().unwrap_or("default"),
+                svc.metadata.name.as_deref().unwrap_or(""),
+            );
+            let Some(spec) = &svc.spec else { continue };
+            if spec.type_.as_deref() == Some("ExternalName") {
+                continue;
+            }
+            let host = format!("{name}.{ns}.svc.cluster.local");
+            let vip: Option<IpAddr> = spec
+                .cluster_ip
+                .as_deref()
+                .filter(|ip| *ip != "None")
+                .and_then(|ip| ip.parse().ok());
+            let slices: Vec<&EndpointSlice> = objs
+                .slices
+                .iter()
+                .filter(|s| {
+                    s.metadata.namespace.as_deref().unwrap_or("default") == ns
+                        && s.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("kubernetes.io/service-name"))
+                            .is_some_and(|n| n == name)
+                })
+                .map(|s| &**s)
+                .collect();
+            for port in spec.ports.iter().flatten() {
+                let Ok(number) = u16::try_from(port.port) else {
+                    errors.push(format!(
+                        "service {ns}/{name}: port {} is out of range",
+                        port.port
+                    ));
+                    continue;
+                };
+                if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                    continue; // UDP and SCTP are not proxied.
+                }
+                let endpoints = self.endpoints(&slices, port, ns, &pods);
+                let service = Service {
+                    key: format!("{ns}/{name}"),
+                    host: host.clone(),
+                    spec: ServiceSpec {
+                        host: Some(host.clone()),
+                        port: number,
+                        aliases: vec![
+                            name.to_string(),
+                            format!("{name}.{ns}"),
+                            format!("{name}.{ns}.svc"),
+                        ],
+                        vip,
+                        protocol: protocol(port),
+                        endpoints,
+                    },
+                };
+                snap.services.insert(service.authority(), service);
+            }
+        }
+
+        // Policies: the last good version of each stays when the current one is bad.
+        let mut live = BTreeMap::new();
+        for obj in &objs.policies {
+            let k = key(&obj.metadata.namespace, &obj.metadata.name);
+            let doc = serde_json::json!({
+                "apiVersion": policy::API_VERSION,
+                "kind": policy::KIND,
+                "metadata": {
+                    "name": obj.metadata.name,
+                    "namespace": obj.metadata.namespace.as_deref().unwrap_or("default"),
+                },
+                "spec": obj.data.get("spec").cloned().unwrap_or_default(),
+            })
+            .to_string();
+            let source = format!("TrafficPolicy {k}");
+            match self.policies.get(&k) {
+                Some((text, p)) if *text == doc => {
+                    live.insert(k, p.clone());
+                }
+                _ => match policy::parse(&source, &doc) {
+                    Ok(mut ps) if ps.len() == 1 => {
+                        let p = ps.remove(0);
+                        self.policies.insert(k.clone(), (doc, p.clone()));
+                        live.insert(k, p);
+                    }
+                    Ok(_) => errors.push(format!("{source}: not one policy")),
+                    Err(e) => {
+                        let kept = self.policies.get(&k).map(|(_, p)| p.clone());
+                        errors.push(format!(
+                            "{e} ({})",
+                            if kept.is_some() {
+                                "its last good version stays in force"
+                            } else {
+                                "not in force"
+                            }
+                        ));
+                        if let Some(p) = kept {
+                            live.insert(k, p);
+                        }
+                    }
+                },
+            }
+        }
+        // Deleted policies are forgotten.
+        self.policies.retain(|k, _| live.contains_key(k));
+        snap.policies = live;
+        self.errors = errors;
+        snap
+    }
+
+    /// The endpoints of one Service port across its slices.
+    fn endpoints(
+        &self,
+        slices: &[&EndpointSlice],
+        port: &ServicePort,
+        ns: &str,
+        pods: &BTreeMap<String, &Pod>,
+    ) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        for slice in slices {
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            // The slice port carrying this Service port: same name (both unnamed for a
+            // single-port Service).
+            let Some(target) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let cond = ep.conditions.as_ref();
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                if terminating && !serving {
+                    continue;
+                }
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| {
+                        pods.get(&format!(
+                            "{}/{}",
+                            r.namespace.as_deref().unwrap_or(ns),
+                            r.name.as_deref().unwrap_or("")
+                        ))
+                    });
+                let labels = pod
+                    .and_then(|p| p.metadata.labels.clone())
+                    .unwrap_or_default();
+                let identity = pod.map(|p| {
+                    let sa = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.as_deref())
+                        .unwrap_or("default");
+                    format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain)
+                });
+                for addr in &ep.addresses {
+                    let Ok(ip) = addr.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    out.push(Endpoint {
+                        address: SocketAddr::new(ip, target),
+                        weight: 1,
+                        labels: labels.clone(),
+                        healthy: ready,
+                        identity: identity.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|e| e.address);
+        out.dedup_by_key(|e| e.address);
+        out
+    }
+}
+
+/// The `TrafficPolicy` custom resource.
+pub fn traffic_policy_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("weft.dev", "v1alpha1", policy::KIND),
+        "trafficpolicies",
+    )
+}
+
+/// Watches the cluster (in-cluster config or KUBECONFIG) and publishes a snapshot after every
+/// change, until every receiver is gone. Waits for every watch's first listing before the first
+/// snapshot.
+pub async fn run(
+    client: Client,
+    trust_domain: String,
+    tx: watch::Sender<Arc<Snapshot>>,
+    on_errors: impl Fn(&[String]) + Send + 'static,
+) {
+    use futures_util::StreamExt;
+
+    let cfg = watcher::Config::default();
+    let (svc_r, svc_w) = reflector::store();
+    let (slice_r, slice_w) = reflector::store();
+    let (pod_r, pod_w) = reflector::store();
+    let ar = traffic_policy_resource();
+    let pol_w = reflector::store::Writer::new(ar.clone());
+    let pol_r = pol_w.as_reader();
+    let (changed_tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
+    let notify = |name: &'static str| {
+        let changed_tx = changed_tx.clone();
+        move |r: Result<(), watcher::Error>| {
+            if let Err(e) = r {
+                tracing::warn!(watch = name, error = %e, "Kubernetes watch error; retrying");
+            }
+            let _ = changed_tx.try_send(());
+            std::future::ready(())
+        }
+    };
+    tokio::spawn(
+        watcher(Api::<KubeService>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .reflect(svc_w)
+            .applied_objects()
+            .map(|r| r.map(drop))
+            .for_each(notify("services")),
+    );
+    tokio::spawn(
+        watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .reflect(slice_w)
+            .applied_objects()
+            .map(|r| r.map(drop))
+            .for_each(notify("endpointslices")),
+    );
+    tokio::spawn(
+        watcher(Api::<Pod>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .reflect(pod_w)
+            .applied_objects()
+            .map(|r| r.map(drop))
+            .for_each(notify("pods")),
+    );
+    tokio::spawn(
+        watcher(Api::<DynamicObject>::all_with(client, &ar), cfg)
+            .default_backoff()
+            .reflect(pol_w)
+            .applied_objects()
+            .map(|r| r.map(drop))
+            .for_each(notify("trafficpolicies")),
+    );
+    for r in [
+        svc_r.wait_until_ready().await,
+        slice_r.wait_until_ready().await,
+        pod_r.wait_until_ready().await,
+        pol_r.wait_until_ready().await,
+    ] {
+        if r.is_err() {
+            return;
+        }
+    }
+    let mut translator = Translator::new(&trust_domain);
+    let mut reported = Vec::new();
+    let mut first = true;
+    loop {
+        let objs = Objects {
+            services: svc_r.state(),
+            slices: slice_r.state(),
+            pods: pod_r.state(),
+            policies: pol_r.state(),
+        };
+        let snap = translator.snapshot(&objs);
+        if translator.errors != reported {
+            for e in &translator.errors {
+                tracing::warn!(error = %e, "Kubernetes registry");
+            }
+            on_errors(&translator.errors);
+            reported = translator.errors.clone();
+        }
+        // The first snapshot always notifies: the control plane waits for it before serving.
+        tx.send_if_modified(|cur| {
+            let changed = first || **cur != snap;
+            if changed {
+                *cur = Arc::new(snap);
+            }
+            changed
+        });
+        first = false;
+        if tx.is_closed() || changed.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The translation from API objects, recorded in the shape the API server returns them
+//! (`kubectl get -o json` lists and watch events), to the registry snapshot.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use super::*;
+
+fn items<T: DeserializeOwned>(list: &str) -> Vec<Arc<T>> {
+    let v: serde_json::Value = serde_json::from_str(list).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| Arc::new(serde_json::from_value(o.clone()).unwrap()))
+        .collect()
+}
+
+fn recorded() -> Objects {
+    Objects {
+        services: items(include_str!("../../../fixtures/k8s/services.json")),
+        slices: items(include_str!("../../../fixtures/k8s/endpointslices.json")),
+        pods: items(include_str!("../../../fixtures/k8s/pods.json")),
+        policies: items(include_str!("../../../fixtures/k8s/trafficpolicies.json")),
+    }
+}
+
+/// Applies one watch event (`{"type": ..., "object": ...}`) to the objects, as a reflector does.
+fn apply(objs: &mut Objects, line: &str) {
+    let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+    let deleted = ev["type"] == "DELETED";
+    let obj = ev["object"].clone();
+    let id = |m: &kube::core::ObjectMeta| (m.namespace.clone(), m.name.clone());
+    fn upsert<T>(
+        v: &mut Vec<Arc<T>>,
+        obj: T,
+        deleted: bool,
+        id: impl Fn(&T) -> (Option<String>, Option<String>),
+    ) {
+        let k = id(&obj);
+        v.retain(|o| id(o) != k);
+        if !deleted {
+            v.push(Arc::new(obj));
+        }
+    }
+    match obj["kind"].as_str().unwrap() {
+        "Service" => upsert(
+            &mut objs.services,
+            serde_json::from_value(obj).unwrap(),
+            deleted,
+            |o: &KubeService| id(&o.metadata),
+        ),
+        "EndpointSlice" => upsert(
+            &mut objs.slices,
+            serde_json::from_value(obj).unwrap(),
+            deleted,
+            |o: &EndpointSlice| id(&o.metadata),
+        ),
+        "Pod" => upsert(
+            &mut objs.pods,
+            serde_json::from_value(obj).unwrap(),
+            deleted,
+            |o: &Pod| id(&o.metadata),
+        ),
+        "TrafficPolicy" => upsert(
+            &mut objs.policies,
+            serde_json::from_value(obj).unwrap(),
+            deleted,
+            |o: &DynamicObject| id(&o.metadata),
+        ),
+        other => panic!("unexpected kind {other}"),
+    }
+}
+
+const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local:9080";
+
+#[test]
+fn recorded_objects_become_services_endpoints_and_policies() {
+    let mut t = Translator::new("cluster.local");
+    let snap = t.snapshot(&recorded());
+    assert_eq!(t.errors, Vec::<String>::new());
+    let names: Vec<&str> = snap.services.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "mysql.bookinfo.svc.cluster.local:3306",
+            "ratings.bookinfo.svc.cluster.local:50051",
+            "ratings.bookinfo.svc.cluster.local:8081",
+            REVIEWS,
+        ],
+        "one service per TCP port; ExternalName and UDP ports left out"
+    );
+
+    let reviews = &snap.services[REVIEWS];
+    assert_eq!(reviews.key, "bookinfo/reviews");
+    assert_eq!(reviews.spec.vip, Some("10.96.141.7".parse().unwrap()));
+    assert_eq!(
+        reviews.spec.aliases,
+        ["reviews", "reviews.bookinfo", "reviews.bookinfo.svc"]
+    );
+    assert_eq!(reviews.spec.protocol, Protocol::Http);
+    let eps: Vec<(String, &str, bool)> = reviews
+        .spec
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.to_string(),
+                e.labels["version"].as_str(),
+                e.healthy,
+            )
+        })
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("10.244.1.17:9080".to_string(), "v1", true),
+            ("10.244.2.23:9080".to_string(), "v2", true),
+            ("10.244.2.31:9080".to_string(), "v3", false),
+        ],
+        "a not-ready pod stays unhealthy; a terminating, not-serving one is gone"
+    );
+    assert_eq!(
+        reviews.spec.endpoints[0].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews")
+    );
+
+    let grpc = &snap.services["ratings.bookinfo.svc.cluster.local:50051"];
+    assert_eq!(
+        grpc.spec.protocol,
+        Protocol::Http2,
+        "appProtocol kubernetes.io/h2c"
+    );
+    assert_eq!(
+        grpc.spec.endpoints[0].address.to_string(),
+        "10.244.1.40:50051"
+    );
+    assert_eq!(
+        grpc.spec.endpoints[0].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/bookinfo/sa/default"),
+        "no service account named: `default`"
+    );
+    assert_eq!(
+        snap.services["ratings.bookinfo.svc.cluster.local:8081"]
+            .spec
+            .protocol,
+        Protocol::Http
+    );
+    let mysql = &snap.services["mysql.bookinfo.svc.cluster.local:3306"];
+    assert_eq!(
+        (mysql.spec.vip, mysql.spec.protocol),
+        (None, Protocol::Tcp),
+        "headless, tcp- port name"
+    );
+
+    let policy = &snap.policies["bookinfo/reviews-canary"];
+    assert_eq!(policy.spec.routes.len(), 2);
+
+    // Through the translation the proxies receive: the v2 subset has the v2 pod.
+    let xds = crate::translate::translate(&snap);
+    let v2 = xds
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == format!("{REVIEWS}/v2"))
+        .unwrap();
+    assert_eq!(v2.endpoints[0].lb_endpoints.len(), 1);
+}
+
+#[test]
+fn recorded_watch_events_update_the_snapshot() {
+    let mut objs = recorded();
+    let mut t = Translator::new("cluster.local");
+    t.snapshot(&objs);
+    let mut events = include_str!("../../../fixtures/k8s/watch-events.jsonl").lines();
+
+    // The v2 pod starts terminating (still serving) and v3 leaves the slice.
+    apply(&mut objs, events.next().unwrap());
+    let snap = t.snapshot(&objs);
+    let eps: Vec<(String, bool)> = snap.services[REVIEWS]
+        .spec
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.healthy))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("10.244.1.17:9080".to_string(), true),
+            ("10.244.2.23:9080".to_string(), false)
+        ]
+    );
+
+    // The policy is changed to name a subset that does not exist: rejected, the last good
+    // version stays, and the error names the field.
+    apply(&mut objs, events.next().unwrap());
+    let snap = t.snapshot(&objs);
+    assert_eq!(t.errors.len(), 1, "{:?}", t.errors);
+    assert!(
+        t.errors[0].contains("spec.routes[0].backends[1].subset: unknown subset `v3`")
+            && t.errors[0].contains("last good version stays"),
+        "{:?}",
+        t.errors
+    );
+    assert_eq!(
+        snap.policies["bookinfo/reviews-canary"].spec.routes.len(),
+        2
+    );
+
+    // A Service deleted: gone.
+    apply(&mut objs, events.next().unwrap());
+    let snap = t.snapshot(&objs);
+    assert!(
+        !snap
+            .services
+            .contains_key("mysql.bookinfo.svc.cluster.local:3306")
+    );
+
+    // The policy deleted: gone, and so is its error.
+    apply(&mut objs, events.next().unwrap());
+    let snap = t.snapshot(&objs);
+    assert!(snap.policies.is_empty());
+    assert!(t.errors.is_empty());
+}
