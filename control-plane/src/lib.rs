@@ -1,12 +1,13 @@
 //! `weft-control-plane`: watches service registrations, holds traffic policies, and serves both
 //! to the proxies as Envoy v3 xDS.
 //!
-//! So far: the [`policy`] model that operators write, with its validation, and the
-//! [`registry`] model with its file registry.
+//! [`registry`] (file, etcd, Kubernetes) and [`policy`] feed [`snapshot`] through [`translate`];
+//! [`ads`] serves the result; [`api`] is what `weftctl` talks to; [`ca`] is the mesh CA.
 #![forbid(unsafe_code)]
 
 pub mod ads;
 pub mod api;
+pub mod ca;
 pub mod config;
 pub mod metrics;
 pub mod policy;

@@ -1,0 +1,261 @@
+//! The mesh CA: a root (or intermediate) key and certificate, and the signing of workload
+//! certificates for SPIFFE identities.
+//!
+//! - The CA's key and certificate are PEM files (`ca.key`, `ca.crt`) in a directory. With
+//!   `create`, a missing pair is generated on first start (ECDSA P-256, a self-signed root valid
+//!   for ten years) and persisted, the key readable by its owner only; without it, missing files
+//!   stop the start with their names.
+//! - A workload sends a PKCS#10 CSR; the CA checks the CSR's signature, that it asks for
+//!   exactly one URI SAN and that this is the identity the caller proved, and issues a
+//!   certificate of its own making: that SAN only, not a CA, digital signature, client and server
+//!   auth, valid from a minute ago (clock skew) for the requested lifetime, capped by the CA's
+//!   maximum and by the CA certificate's own expiry. Nothing else in the CSR is copied.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("CA files {key} and {cert} do not exist (create them, or start with --ca-create)")]
+    Missing { key: String, cert: String },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("the CSR is not valid: {0}")]
+    BadCsr(String),
+    #[error("the CSR asks for {asked}, but the caller may only have {allowed}")]
+    WrongIdentity { asked: String, allowed: String },
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    /// When the CA certificate itself expires: no workload certificate outlives it.
+    ca_not_after: OffsetDateTime,
+    pub trust_domain: String,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain)
+            .field("default_ttl", &self.default_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> CaError {
+    CaError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// A random serial number (positive, 16 bytes).
+fn serial() -> SerialNumber {
+    let mut b: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
+    b[0] &= 0x7f;
+    b[0] |= 0x01;
+    SerialNumber::from_slice(&b)
+}
+
+impl Ca {
+    /// Loads `dir/ca.key` and `dir/ca.crt`, or with `create` makes and saves them when both
+    /// are missing.
+    pub fn load_or_create(
+        dir: &Path,
+        create: bool,
+        trust_domain: &str,
+        default_ttl: Duration,
+        max_ttl: Duration,
+    ) -> Result<Ca, CaError> {
+        let (key_path, cert_path): (PathBuf, PathBuf) = (dir.join("ca.key"), dir.join("ca.crt"));
+        if !key_path.exists() && !cert_path.exists() {
+            if !create {
+                return Err(CaError::Missing {
+                    key: key_path.display().to_string(),
+                    cert: cert_path.display().to_string(),
+                });
+            }
+            Self::create(dir, &key_path, &cert_path, trust_domain)?;
+        }
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| file_err(&cert_path, e))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| file_err(&key_path, e))?;
+        let der = pem_der(&cert_pem).map_err(|e| file_err(&cert_path, e))?;
+        let ca_not_after = not_after_of(&der).map_err(|e| file_err(&cert_path, e))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| file_err(&cert_path, e))?;
+        Ok(Ca {
+            issuer,
+            cert_pem,
+            ca_not_after,
+            trust_domain: trust_domain.to_string(),
+            default_ttl,
+            max_ttl,
+        })
+    }
+
+    fn create(
+        dir: &Path,
+        key_path: &Path,
+        cert_path: &Path,
+        trust_domain: &str,
+    ) -> Result<(), CaError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "weft");
+        dn.push(
+            DnType::CommonName,
+            format!("weft mesh root CA ({trust_domain})"),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{trust_domain}")
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
+        )];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::days(3650);
+        params.serial_number = Some(serial());
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        write_private(key_path, &key.serialize_pem())?;
+        std::fs::write(cert_path, cert.pem()).map_err(|e| file_err(cert_path, e))?;
+        tracing::info!(cert = %cert_path.display(), "created a new mesh root CA");
+        Ok(())
+    }
+
+    /// The trust anchors workloads verify peers against, PEM.
+    pub fn trust_bundle(&self) -> Vec<String> {
+        vec![self.cert_pem.clone()]
+    }
+
+    /// Signs `csr_pem` for `identity` (what the caller proved); returns the certificate chain
+    /// (leaf, PEM) and when it expires.
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(Vec<String>, SystemTime), CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let uris: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|s| match s {
+                SanType::URI(u) => Some(u.as_str().to_string()),
+                _ => None,
+            })
+            .collect();
+        match &uris[..] {
+            [one] if one == identity => {}
+            [one] => {
+                return Err(CaError::WrongIdentity {
+                    asked: one.clone(),
+                    allowed: identity.to_string(),
+                });
+            }
+            _ => {
+                return Err(CaError::BadCsr(format!(
+                    "it must ask for exactly one URI SAN (the SPIFFE id), not {}",
+                    uris.len()
+                )));
+            }
+        }
+        let ttl = ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.default_ttl)
+            .min(self.max_ttl);
+        let now = OffsetDateTime::now_utc();
+        let not_after = (now
+            + time::Duration::try_from(ttl).map_err(|e| CaError::Sign(e.to_string()))?)
+        .min(self.ca_not_after);
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            identity
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::BadCsr(e.to_string()))?,
+        )];
+        params.distinguished_name = DistinguishedName::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = not_after;
+        params.serial_number = Some(serial());
+        params.use_authority_key_identifier_extension = true;
+        let signed = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+        let expires =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.unix_timestamp().max(0) as u64);
+        Ok((vec![signed.pem()], expires))
+    }
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, pem: &str) -> Result<(), CaError> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| file_err(path, e))?;
+    f.write_all(pem.as_bytes()).map_err(|e| file_err(path, e))
+}
+
+fn pem_der(pem_text: &str) -> Result<Vec<u8>, String> {
+    let p = pem::parse(pem_text).map_err(|e| e.to_string())?;
+    if p.tag() != "CERTIFICATE" {
+        return Err(format!("a {} where a CERTIFICATE was expected", p.tag()));
+    }
+    Ok(p.contents().to_vec())
+}
+
+fn not_after_of(der: &[u8]) -> Result<OffsetDateTime, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+#[cfg(test)]
+mod tests;

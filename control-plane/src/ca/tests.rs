@@ -1,0 +1,147 @@
+use super::*;
+
+const TD: &str = "cluster.local";
+
+fn ca(dir: &Path) -> Ca {
+    Ca::load_or_create(
+        dir,
+        true,
+        TD,
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(7 * 24 * 3600),
+    )
+    .unwrap()
+}
+
+fn csr(sans: &[&str]) -> (KeyPair, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| SanType::URI((*s).try_into().unwrap()))
+        .collect();
+    // A CSR may ask for more; the CA must not copy it.
+    params
+        .subject_alt_names
+        .push(SanType::DnsName("evil.example".try_into().unwrap()));
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, pem)
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "weft-ca-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+#[test]
+fn creates_persists_and_reloads_the_root() {
+    let dir = tmp("root");
+    let err = Ca::load_or_create(
+        &dir,
+        false,
+        TD,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("ca.key and") && err.to_string().contains("--ca-create"),
+        "{err}"
+    );
+    let first = ca(&dir);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the CA key is private");
+    let again = ca(&dir);
+    assert_eq!(
+        first.trust_bundle(),
+        again.trust_bundle(),
+        "the persisted root is reused"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn signs_only_the_proven_identity_and_nothing_else_from_the_csr() {
+    let dir = tmp("sign");
+    let ca = ca(&dir);
+    let id = spiffe_id(TD, "shop", "reviews");
+    let (_, pem) = csr(&[&id]);
+    let (chain, expires) = ca.sign(&pem, &id, Some(Duration::from_secs(600))).unwrap();
+    let left = expires.duration_since(SystemTime::now()).unwrap();
+    assert!(
+        left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+        "{left:?}"
+    );
+
+    let der = pem_der(&chain[0]).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|g| format!("{g:?}"))
+        .collect();
+    assert_eq!(
+        sans,
+        [format!("URI({id:?})")],
+        "the CSR's DNS name is not copied"
+    );
+    assert!(!cert.is_ca());
+
+    // The certificate chains to the trust bundle (webpki, as rustls will check it).
+    let root = pem_der(&ca.trust_bundle()[0]).unwrap();
+    let root_der = rustls_pki_types::CertificateDer::from(root);
+    let anchor = webpki::anchor_from_trusted_cert(&root_der).unwrap();
+    let leaf_der = rustls_pki_types::CertificateDer::from(der.clone());
+    let leaf = webpki::EndEntityCert::try_from(&leaf_der).unwrap();
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        rustls_pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .unwrap();
+
+    // Another identity than the caller's, or none, or two: refused.
+    let (_, other) = csr(&[&spiffe_id(TD, "shop", "payments")]);
+    let err = ca.sign(&other, &id, None).unwrap_err();
+    assert!(matches!(err, CaError::WrongIdentity { .. }), "{err}");
+    assert!(err.to_string().contains("sa/payments") && err.to_string().contains("sa/reviews"));
+    let (_, two) = csr(&[&id, &spiffe_id(TD, "shop", "x")]);
+    assert!(
+        ca.sign(&two, &id, None)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one URI SAN")
+    );
+    assert!(matches!(
+        ca.sign("not a csr", &id, None),
+        Err(CaError::BadCsr(_))
+    ));
+
+    // Lifetimes: the default when none is asked, capped at the maximum.
+    let (_, pem) = csr(&[&id]);
+    let (_, exp) = ca.sign(&pem, &id, None).unwrap();
+    let left = exp.duration_since(SystemTime::now()).unwrap();
+    assert!(left > Duration::from_secs(24 * 3600 - 10) && left <= Duration::from_secs(24 * 3600));
+    let (_, exp) = ca
+        .sign(&pem, &id, Some(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap();
+    assert!(exp.duration_since(SystemTime::now()).unwrap() <= Duration::from_secs(7 * 24 * 3600));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
