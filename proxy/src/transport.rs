@@ -1,7 +1,9 @@
-//! Listeners, upstream connects, protocol detection and the IO wrappers they share.
+//! Listeners, upstream connects, protocol detection, the IO wrappers they share, and mutual TLS
+//! between sidecars ([`tls`]).
 
 pub mod detect;
 pub mod io;
+pub mod tls;
 
 use std::{net::SocketAddr, time::Duration};
 
