@@ -11,6 +11,8 @@
 //!   auth, valid from a minute ago (clock skew) for the requested lifetime, capped by the CA's
 //!   maximum and by the CA certificate's own expiry. Nothing else in the CSR is copied.
 
+mod service;
+
 use std::{
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -21,6 +23,8 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
+
+pub use service::{BootstrapTokens, CaService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

@@ -145,3 +145,93 @@ fn signs_only_the_proven_identity_and_nothing_else_from_the_csr() {
     assert!(exp.duration_since(SystemTime::now()).unwrap() <= Duration::from_secs(7 * 24 * 3600));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bootstrap_token_files_name_their_bad_lines() {
+    let t = BootstrapTokens::parse(
+        "tokens",
+        "# team shop\n0123456789abcdef0123 shop reviews\n\n",
+        TD,
+    )
+    .unwrap();
+    assert_eq!(
+        t.identity("0123456789abcdef0123"),
+        Some("spiffe://cluster.local/ns/shop/sa/reviews")
+    );
+    assert_eq!(t.identity("0123456789abcdef0124"), None);
+    let err = BootstrapTokens::parse("tokens", "a b\n", TD).unwrap_err();
+    assert_eq!(err, "tokens:1: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`");
+    let err = BootstrapTokens::parse("tokens", "x\nshort ns sa\n", TD).unwrap_err();
+    assert!(err.starts_with("tokens:1:"), "{err}");
+    let err = BootstrapTokens::parse(
+        "tokens",
+        "0123456789abcdef0123 a b\n0123456789abcdef0123 c d\n",
+        TD,
+    )
+    .unwrap_err();
+    assert_eq!(err, "tokens:2: this token is listed twice");
+}
+
+#[tokio::test]
+async fn the_grpc_service_issues_only_to_a_proven_identity() {
+    use tokio_stream::wrappers::TcpListenerStream;
+    use weft_xds_proto::ca::v1::{
+        CreateCertificateRequest, certificate_service_client::CertificateServiceClient,
+        certificate_service_server::CertificateServiceServer,
+    };
+
+    let dir = tmp("svc");
+    let ca = std::sync::Arc::new(ca(&dir));
+    let tokens = BootstrapTokens::parse("t", "0123456789abcdef0123 shop reviews\n", TD).unwrap();
+    let svc = CaService {
+        ca: ca.clone(),
+        tokens: std::sync::Arc::new(tokens),
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CertificateServiceServer::new(svc))
+            .serve_with_incoming(TcpListenerStream::new(l)),
+    );
+    let mut client = CertificateServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let ask = |who: &str, token: Option<&str>| {
+        let (_, pem) = csr(&[&spiffe_id(TD, "shop", who)]);
+        let mut req = tonic::Request::new(CreateCertificateRequest {
+            csr: pem,
+            validity_seconds: 3600,
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req
+    };
+    let ok = client
+        .create_certificate(ask("reviews", Some("0123456789abcdef0123")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.cert_chain.len(), 1);
+    assert_eq!(ok.trust_bundle, ca.trust_bundle());
+
+    let err = client
+        .create_certificate(ask("reviews", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = client
+        .create_certificate(ask("reviews", Some("ffffffffffffffffffff")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = client
+        .create_certificate(ask("payments", Some("0123456789abcdef0123")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("sa/payments"), "{}", err.message());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
