@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub use weft_core::log;
 pub mod metrics;
 pub mod pool;

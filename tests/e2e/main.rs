@@ -7,6 +7,7 @@ mod etcd;
 mod grpc;
 mod http1;
 mod http2;
+mod identity;
 mod interop;
 mod mesh;
 mod swap;
