@@ -260,44 +260,19 @@ impl Discovery {
             });
         }
         let rx = UnboundedReceiverStream::new(rx);
-        let mut stream = match client.delta_aggregated_resources(rx).await {
+        let stream = match client.delta_aggregated_resources(rx).await {
             Ok(r) => r.into_inner(),
             Err(e) => return format!("ADS stream refused: {}", e.message()),
         };
-        self.connected();
-        loop {
-            let (batch, ended) = batch(&mut stream).await;
-            if !batch.is_empty() {
-                *progressed = true;
-            }
-            let answers = self.apply(batch.into_iter().map(|r: DeltaDiscoveryResponse| {
-                (
-                    Update {
-                        type_url: r.type_url,
-                        version: r.system_version_info,
-                        full: false,
-                        resources: r
-                            .resources
-                            .into_iter()
-                            .map(|r| (Some(r.name), r.version, r.resource))
-                            .collect(),
-                        removed: r.removed_resources,
-                    },
-                    r.nonce,
-                )
-            }));
-            for a in answers {
-                let _ = tx.send(DeltaDiscoveryRequest {
-                    type_url: KINDS[a.kind].type_url.to_string(),
-                    response_nonce: a.nonce,
-                    error_detail: a.error.map(nack_status),
-                    ..Default::default()
-                });
-            }
-            if let Some(e) = ended {
-                return e;
-            }
-        }
+        self.follow(stream, progressed, delta_update, |a| {
+            let _ = tx.send(DeltaDiscoveryRequest {
+                type_url: KINDS[a.kind].type_url.to_string(),
+                response_nonce: a.nonce,
+                error_detail: a.error.map(nack_status),
+                ..Default::default()
+            });
+        })
+        .await
     }
 
     async fn sotw(
@@ -315,40 +290,39 @@ impl Discovery {
             });
         }
         let rx = UnboundedReceiverStream::new(rx);
-        let mut stream = match client.stream_aggregated_resources(rx).await {
+        let stream = match client.stream_aggregated_resources(rx).await {
             Ok(r) => r.into_inner(),
             Err(e) => return format!("ADS stream refused: {}", e.message()),
         };
+        self.follow(stream, progressed, sotw_update, |a| {
+            let _ = tx.send(DiscoveryRequest {
+                type_url: KINDS[a.kind].type_url.to_string(),
+                version_info: a.version,
+                response_nonce: a.nonce,
+                error_detail: a.error.map(nack_status),
+                ..Default::default()
+            });
+        })
+        .await
+    }
+
+    /// Follows an open stream: applies each burst of responses and sends the answers, until the
+    /// stream ends; returns why.
+    async fn follow<R>(
+        &mut self,
+        mut stream: tonic::Streaming<R>,
+        progressed: &mut bool,
+        update: fn(R) -> (Update, String),
+        mut answer: impl FnMut(Answer),
+    ) -> String {
         self.connected();
         loop {
             let (batch, ended) = batch(&mut stream).await;
             if !batch.is_empty() {
                 *progressed = true;
             }
-            let answers = self.apply(batch.into_iter().map(|r: DiscoveryResponse| {
-                (
-                    Update {
-                        type_url: r.type_url,
-                        version: r.version_info,
-                        full: true,
-                        resources: r
-                            .resources
-                            .into_iter()
-                            .map(|a| (None, String::new(), Some(a)))
-                            .collect(),
-                        removed: Vec::new(),
-                    },
-                    r.nonce,
-                )
-            }));
-            for a in answers {
-                let _ = tx.send(DiscoveryRequest {
-                    type_url: KINDS[a.kind].type_url.to_string(),
-                    version_info: a.version,
-                    response_nonce: a.nonce,
-                    error_detail: a.error.map(nack_status),
-                    ..Default::default()
-                });
+            for a in self.apply(batch.into_iter().map(update)) {
+                answer(a);
             }
             if let Some(e) = ended {
                 return e;
@@ -429,6 +403,38 @@ impl Discovery {
         tracing::info!(%version, generation, services, "routing table updated from xDS");
         self.shared.update(|s| s.held_back = compiled.held_back);
     }
+}
+
+/// A delta response as an update, with its nonce.
+fn delta_update(r: DeltaDiscoveryResponse) -> (Update, String) {
+    let update = Update {
+        type_url: r.type_url,
+        version: r.system_version_info,
+        full: false,
+        resources: r
+            .resources
+            .into_iter()
+            .map(|r| (Some(r.name), r.version, r.resource))
+            .collect(),
+        removed: r.removed_resources,
+    };
+    (update, r.nonce)
+}
+
+/// A state-of-the-world response as an update, with its nonce.
+fn sotw_update(r: DiscoveryResponse) -> (Update, String) {
+    let update = Update {
+        type_url: r.type_url,
+        version: r.version_info,
+        full: true,
+        resources: r
+            .resources
+            .into_iter()
+            .map(|a| (None, String::new(), Some(a)))
+            .collect(),
+        removed: Vec::new(),
+    };
+    (update, r.nonce)
 }
 
 /// Waits for one message, then takes every message already waiting. Returns them with the
