@@ -243,14 +243,32 @@ impl Load {
         self.ok.load(Ordering::Relaxed)
     }
 
-    /// Stops the clients; returns the requests that succeeded and the errors.
-    async fn finish(mut self) -> (usize, Vec<String>) {
+    /// Waits until `more` requests have succeeded from now on (`what` names the phase).
+    async fn progress(&self, more: usize, what: &str) {
+        let before = self.ok();
+        eventually(Duration::from_secs(10), what, || async {
+            (self.ok() > before + more).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the clients and asserts that none of their requests failed; returns how many
+    /// succeeded (`what` says when, for the log).
+    async fn finish(mut self, what: &str) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         for t in std::mem::take(&mut self.tasks) {
             t.await.unwrap();
         }
         let errors = self.errors.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), errors)
+        let ok = self.ok();
+        eprintln!("{ok} requests succeeded {what}; {} failed", errors.len());
+        assert!(
+            errors.is_empty(),
+            "{} failed, e.g. {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        ok
     }
 }
 
@@ -367,24 +385,8 @@ async fn two_hundred_pushes_under_load_drop_nothing_and_the_split_holds() {
         })
         .await;
     }
-    let before = load.ok();
-    eventually(
-        Duration::from_secs(10),
-        "load on the last table",
-        || async { (load.ok() > before + 100).then_some(()) },
-    )
-    .await;
-    let (ok, errors) = load.finish().await;
-    eprintln!(
-        "{ok} requests succeeded during 200 pushes; {} failed",
-        errors.len()
-    );
-    assert!(
-        errors.is_empty(),
-        "{} failed, e.g. {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
+    load.progress(100, "load on the last table").await;
+    let ok = load.finish("during 200 pushes").await;
     assert!(ok > 1000, "too little load to prove anything: {ok}");
     // The control plane counted the changes and timed the pushes.
     assert!(m.cp.metric("weft_cp_registry_events_total").await >= 200.0);
@@ -555,13 +557,7 @@ async fn the_control_plane_restarts_under_load_and_proxies_reconnect() {
     })
     .await;
     // Serving on the table in force meanwhile.
-    let before = load.ok();
-    eventually(
-        Duration::from_secs(10),
-        "traffic without a control plane",
-        || async { (load.ok() > before + 200).then_some(()) },
-    )
-    .await;
+    load.progress(200, "traffic without a control plane").await;
 
     // A new control plane on the same address: the proxy reconnects, and a change made while it
     // was away arrives.
@@ -592,24 +588,8 @@ async fn the_control_plane_restarts_under_load_and_proxies_reconnect() {
         },
     )
     .await;
-    let before = load.ok();
-    eventually(
-        Duration::from_secs(10),
-        "traffic after the reconnect",
-        || async { (load.ok() > before + 200).then_some(()) },
-    )
-    .await;
-    let (ok, errors) = load.finish().await;
-    eprintln!(
-        "{ok} requests succeeded across the restart; {} failed",
-        errors.len()
-    );
-    assert!(
-        errors.is_empty(),
-        "{} failed, e.g. {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
+    load.progress(200, "traffic after the reconnect").await;
+    load.finish("across the restart").await;
     let (_, out, _) = weftctl(&m.cp, &["proxy-status"]);
     assert!(
         out.lines()
