@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::Command};
 
 use crate::{
     chain::TempDir,
-    proxy::{Proxy, binary_named},
+    proxy::{Proxy, args_over_defaults, binary_named},
 };
 
 /// Starts the control plane on the registry in `dir`: every listener on `127.0.0.1:0`, the
@@ -22,12 +22,7 @@ pub fn control_plane(dir: &TempDir, extra: &[&str]) -> Proxy {
         ("--api-addr", "127.0.0.1:0"),
         ("--log-format", "json"),
     ];
-    for (flag, value) in defaults {
-        if !extra.contains(&flag) {
-            cmd.args([flag, value]);
-        }
-    }
-    cmd.args(extra);
+    args_over_defaults(&mut cmd, &defaults, extra);
     Proxy::spawn_until(cmd, "weft-control-plane ready").unwrap_or_else(|(s, logs)| {
         panic!("control plane did not start ({s:?}):\n{}", logs.join("\n"))
     })

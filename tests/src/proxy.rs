@@ -36,6 +36,16 @@ pub fn binary_named(name: &str) -> PathBuf {
         })
 }
 
+/// Adds `args` to `cmd`, preceded by each default `(flag, value)` that `args` does not name.
+pub fn args_over_defaults(cmd: &mut Command, defaults: &[(&str, &str)], args: &[&str]) {
+    for (flag, value) in defaults {
+        if !args.contains(flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(args);
+}
+
 pub struct Proxy {
     child: Child,
     /// Listener name (`outbound`, `inbound`, `admin`, `probe`, `outbound-tcp <svc>`) -> address.
@@ -57,12 +67,7 @@ impl Proxy {
             ("--admin-addr", "127.0.0.1:0"),
             ("--probe-addr", "127.0.0.1:0"),
         ];
-        for (flag, value) in defaults {
-            if !args.contains(&flag) {
-                cmd.args([flag, value]);
-            }
-        }
-        cmd.args(args);
+        args_over_defaults(&mut cmd, &defaults, args);
         Self::spawn(cmd).unwrap_or_else(|(status, logs)| {
             panic!(
                 "weft-proxy did not start ({status:?}):\n{}",
