@@ -236,6 +236,61 @@ impl Ca {
     }
 }
 
+/// A certificate and its key for one of the control plane's own servers.
+pub struct ServerCert {
+    /// Leaf first, then the CA certificate, PEM.
+    pub chain_pem: String,
+    /// PKCS#8 DER.
+    pub key_der: Vec<u8>,
+    pub expires: SystemTime,
+}
+
+impl Ca {
+    /// Issues the control plane a server certificate for `names` (DNS names or IP addresses)
+    /// and `identity` (its SPIFFE id), with a key made here, valid for the default lifetime.
+    pub fn issue_server(&self, names: &[String], identity: &str) -> Result<ServerCert, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut sans = Vec::new();
+        for n in names {
+            sans.push(match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    n.as_str()
+                        .try_into()
+                        .map_err(|e: rcgen::Error| CaError::Sign(format!("`{n}`: {e}")))?,
+                ),
+            });
+        }
+        sans.push(SanType::URI(identity.try_into().map_err(
+            |e: rcgen::Error| CaError::Sign(format!("`{identity}`: {e}")),
+        )?));
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = OffsetDateTime::now_utc();
+        let not_after = (now
+            + time::Duration::try_from(self.default_ttl)
+                .map_err(|e| CaError::Sign(e.to_string()))?)
+        .min(self.ca_not_after);
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = not_after;
+        params.serial_number = Some(serial());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok(ServerCert {
+            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_der: key.serialize_der(),
+            expires: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(not_after.unix_timestamp().max(0) as u64),
+        })
+    }
+}
+
 /// Writes a private key readable by its owner only.
 fn write_private(path: &Path, pem: &str) -> Result<(), CaError> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};

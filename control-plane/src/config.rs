@@ -65,6 +65,43 @@ pub struct Config {
     #[arg(long, env = "WEFT_XDS_ADDR", default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
 
+    /// xDS and the CA over TLS: what proxies use. Served when the CA is configured
+    /// (--ca-dir); its certificate comes from the mesh CA and names --tls-san.
+    #[arg(long, env = "WEFT_TLS_ADDR", default_value = "0.0.0.0:15012")]
+    pub tls_addr: SocketAddr,
+
+    /// The names proxies reach the control plane by (DNS names or IP addresses), put in the
+    /// certificate of the TLS port. Repeatable; in the environment, comma-separated.
+    #[arg(
+        long,
+        env = "WEFT_TLS_SAN",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,weft-control-plane,weft-control-plane.weft-system,weft-control-plane.weft-system.svc"
+    )]
+    pub tls_san: Vec<String>,
+
+    /// The mesh CA's directory: `ca.key` and `ca.crt` (a root, or an intermediate whose chain
+    /// follows it in `ca.crt`). Without it the control plane is no CA and serves no TLS port.
+    #[arg(long, env = "WEFT_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Create the CA's key and certificate in --ca-dir on first start when neither exists.
+    #[arg(long, env = "WEFT_CA_CREATE")]
+    pub ca_create: bool,
+
+    /// Bootstrap tokens for workloads outside Kubernetes: lines of
+    /// `TOKEN NAMESPACE SERVICE_ACCOUNT`; each token proves that one identity to the CA.
+    #[arg(long, env = "WEFT_BOOTSTRAP_TOKENS", value_name = "FILE")]
+    pub bootstrap_tokens: Option<PathBuf>,
+
+    /// Lifetime of a workload certificate when the workload asks for none.
+    #[arg(long, env = "WEFT_CERT_TTL", value_parser = parse_duration, default_value = "24h")]
+    pub cert_ttl: Duration,
+
+    /// The longest lifetime the CA grants.
+    #[arg(long, env = "WEFT_CERT_MAX_TTL", value_parser = parse_duration, default_value = "168h")]
+    pub cert_max_ttl: Duration,
+
     /// The API weftctl talks to (HTTP/JSON). It can change policies: keep it on loopback or
     /// behind an authenticating proxy.
     #[arg(long, env = "WEFT_API_ADDR", default_value = "127.0.0.1:15015")]

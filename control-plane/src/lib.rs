@@ -14,4 +14,5 @@ pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod translate;

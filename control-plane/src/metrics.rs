@@ -21,6 +21,11 @@ pub struct Metrics {
     pub registry_events: IntCounter,
     /// From a registry change to the response carrying it being handed to a proxy's stream.
     pub push_latency: Histogram,
+    /// Handshakes on the TLS port that failed or timed out.
+    pub tls_handshake_failures: IntCounter,
+    /// Certificate requests to the CA, by result (issued, unauthenticated, denied, invalid,
+    /// error).
+    pub ca_requests: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -68,6 +73,19 @@ impl Default for Metrics {
                 ]),
             )
             .unwrap(),
+            tls_handshake_failures: IntCounter::with_opts(o(
+                "tls_handshake_failures_total",
+                "TLS handshakes on the xDS/CA port that failed or timed out.",
+            ))
+            .unwrap(),
+            ca_requests: IntCounterVec::new(
+                o(
+                    "ca_requests_total",
+                    "Certificate requests to the mesh CA, by result.",
+                ),
+                &["result"],
+            )
+            .unwrap(),
         };
         for c in [
             Box::new(m.connected_proxies.clone()) as Box<dyn prometheus::core::Collector>,
@@ -77,6 +95,8 @@ impl Default for Metrics {
             Box::new(m.registry_errors.clone()),
             Box::new(m.registry_events.clone()),
             Box::new(m.push_latency.clone()),
+            Box::new(m.tls_handshake_failures.clone()),
+            Box::new(m.ca_requests.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -12,15 +12,20 @@ use tokio::{
     sync::watch,
 };
 use tokio_stream::wrappers::TcpListenerStream;
-use weft_xds_proto::discovery::AggregatedDiscoveryServiceServer;
+use weft_xds_proto::{
+    ca::v1::certificate_service_server::CertificateServiceServer,
+    discovery::AggregatedDiscoveryServiceServer,
+};
 
 use crate::{
     ads::{AdsServer, Nodes},
     api::{self, Api, PolicyStore, Rsp, text},
+    ca::{self, BootstrapTokens, Ca, CaService},
     config::{Config, RegistryKind},
     metrics::Metrics,
     registry::{Snapshot, etcd::EtcdRegistry, file::FileRegistry, kubernetes},
     snapshot::{self, XdsSnapshot},
+    tls::{self, ServingCert},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,10 @@ pub enum StartError {
     },
     #[error("registry directory {dir}: {source}")]
     Registry { dir: String, source: std::io::Error },
+    #[error("CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    #[error("--bootstrap-tokens {0}")]
+    Tokens(String),
     #[error("Kubernetes registry: {0}")]
     Kubernetes(String),
     #[error(transparent)]
@@ -134,6 +143,15 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     for (name, l) in [("xds", &xds_l), ("metrics", &metrics_l), ("api", &api_l)] {
         tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
     }
+    let secure = match &cfg.ca_dir {
+        Some(dir) => Some(secure_port(&cfg, dir, &metrics).await?),
+        None => {
+            tracing::warn!(
+                "no --ca-dir: the control plane is no CA and serves no TLS port (plaintext xDS only)"
+            );
+            None
+        }
+    };
 
     let registry_errors = metrics.registry_errors.clone();
     registry_errors.set(errors.len() as i64);
@@ -172,11 +190,25 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let api_snapshots = xds_rx.clone();
     let ads = AdsServer::new(xds_rx, metrics.clone());
     let nodes = ads.nodes.clone();
+    let ads_service =
+        AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20);
+    if let Some(Secure {
+        listener,
+        config,
+        ca,
+    }) = secure
+    {
+        let incoming = tls::incoming(listener, config, metrics.tls_handshake_failures.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ads_service.clone())
+                .add_service(CertificateServiceServer::new(ca))
+                .serve_with_incoming(incoming),
+        );
+    }
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(
-                AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20),
-            )
+            .add_service(ads_service)
             .serve_with_incoming(TcpListenerStream::new(xds_l)),
     );
     let api = Api {
@@ -194,6 +226,55 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         _ = sigint.recv() => tracing::info!("SIGINT received; exiting"),
     }
     Ok(())
+}
+
+/// What the TLS port serves with.
+struct Secure {
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    ca: CaService,
+}
+
+/// Loads (or creates) the CA, issues the TLS port its certificate and binds it.
+async fn secure_port(
+    cfg: &Config,
+    dir: &std::path::Path,
+    metrics: &Metrics,
+) -> Result<Secure, StartError> {
+    let ca = Arc::new(Ca::load_or_create(
+        dir,
+        cfg.ca_create,
+        &cfg.trust_domain,
+        cfg.cert_ttl,
+        cfg.cert_max_ttl,
+    )?);
+    let tokens = match &cfg.bootstrap_tokens {
+        Some(path) => BootstrapTokens::load(path, &cfg.trust_domain).map_err(StartError::Tokens)?,
+        None => BootstrapTokens::default(),
+    };
+    let identity = ca::spiffe_id(&cfg.trust_domain, "weft-system", "weft-control-plane");
+    let (cert, expires) = ServingCert::issue(&ca, &cfg.tls_san, &identity)?;
+    tokio::spawn(
+        cert.clone()
+            .renew(ca.clone(), cfg.tls_san.clone(), identity, expires),
+    );
+    let listener = TcpListener::bind(cfg.tls_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "TLS (xDS + CA) listener",
+            addr: cfg.tls_addr,
+            source,
+        })?;
+    tracing::info!(listener = "xds-tls", addr = %listener.local_addr()?, names = ?cfg.tls_san, "listening");
+    Ok(Secure {
+        listener,
+        config: Arc::new(tls::server_config(cert)),
+        ca: CaService {
+            ca,
+            tokens: Arc::new(tokens),
+            requests: metrics.ca_requests.clone(),
+        },
+    })
 }
 
 async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>, registry: watch::Receiver<Arc<Snapshot>>) {

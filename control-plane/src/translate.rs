@@ -14,7 +14,8 @@
 //!
 //! Settings that no standard field carries (fault injection, rate limit, authorization,
 //! weft-specific load balancing) travel in metadata under the `weft` key, never in
-//! non-standard fields.
+//! non-standard fields. Authorization is the Listener's (it is per service, and enforced by
+//! the inbound sidecars of the service's endpoints).
 
 mod convert;
 
@@ -105,7 +106,7 @@ pub fn translate(snap: &Snapshot) -> Resources {
     let mut out = Resources::default();
     for (authority, svc) in &snap.services {
         let policy = by_service.get(authority.as_str()).map(|p| &p.spec);
-        out.listeners.push(listener(authority, svc));
+        out.listeners.push(listener(authority, svc, policy));
         out.routes.push(route_config(authority, svc, policy));
         let subsets = policy.map_or(&[][..], |p| &p.subsets[..]);
         let all = std::iter::once((authority.clone(), None));
@@ -123,7 +124,7 @@ pub fn translate(snap: &Snapshot) -> Resources {
     out
 }
 
-fn listener(authority: &str, svc: &Service) -> Listener {
+fn listener(authority: &str, svc: &Service, policy: Option<&PolicySpec>) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: authority.to_string(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -140,6 +141,12 @@ fn listener(authority: &str, svc: &Service) -> Listener {
     let mut weft = serde_json::json!({ "protocol": svc.spec.protocol });
     if let Some(vip) = svc.spec.vip {
         weft["vip"] = serde_json::json!(format!("{vip}:{}", svc.spec.port));
+    }
+    // Enforced by the inbound sidecars of the service's endpoints.
+    if let Some(a) = policy.and_then(|p| p.authorization.as_ref())
+        && let Ok(v) = serde_json::to_value(a)
+    {
+        weft["authorization"] = v;
     }
     Listener {
         name: authority.to_string(),
@@ -232,7 +239,6 @@ fn route(authority: &str, index: usize, r: &RouteRule, p: &PolicySpec) -> Route 
     for (k, v) in [
         ("fault", serde_json::to_value(fault)),
         ("rateLimit", serde_json::to_value(&p.rate_limit)),
-        ("authorization", serde_json::to_value(&p.authorization)),
     ] {
         if let Ok(v) = v
             && !v.is_null()

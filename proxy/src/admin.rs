@@ -35,6 +35,9 @@ pub struct AdminState {
     pub xds: Option<Arc<Shared>>,
     /// `/ready` waits for the first configuration from the control plane.
     pub ready_requires_config: bool,
+    /// The workload identity, when mutual TLS is on.
+    pub identity: Option<Arc<crate::identity::Identity>>,
+    pub ready_requires_identity: bool,
     pub listeners: Vec<(String, SocketAddr)>,
 }
 
@@ -100,6 +103,7 @@ pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
                 "table": &table.source,
                 "services": table.describe(),
                 "xds": state.xds.as_ref().map(|x| x.status()),
+                "identity": state.identity.as_ref().map(|id| id.describe()),
             });
             let mut r = text(
                 StatusCode::OK,
@@ -166,6 +170,13 @@ pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "waiting for the first configuration from the control plane\n",
                 )
+            } else if state.ready_requires_identity
+                && state.identity.as_ref().is_some_and(|id| !id.valid())
+            {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "mutual TLS is on and no valid workload certificate is held\n",
+                )
             } else if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {
@@ -173,6 +184,13 @@ pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
             }
         }
         (&Method::GET, "/metrics") => {
+            if let Some(id) = &state.identity {
+                state.metrics.tls.identity(
+                    id.expires(),
+                    id.renewals.load(Ordering::Relaxed),
+                    id.failures.load(Ordering::Relaxed),
+                );
+            }
             let mut r = text(StatusCode::OK, state.metrics.render());
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -59,6 +59,9 @@ pub struct Config {
     pub register: RegisterConfig,
 
     #[command(flatten)]
+    pub mtls: MtlsConfig,
+
+    #[command(flatten)]
     pub detect: DetectConfig,
 
     #[command(flatten)]
@@ -225,6 +228,143 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}`: expected KEY=VALUE, e.g. version=v2")),
+    }
+}
+
+/// Where this workload's certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentitySource {
+    /// No identity: no mutual TLS, in or out.
+    None,
+    /// A CSR to the mesh CA (--ca-address), proving the identity with --identity-token-file.
+    Ca,
+    /// Certificate, key and bundle files written by something else (cert-manager, SPIRE),
+    /// reloaded when they change.
+    Files,
+}
+
+/// What the inbound side accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// Mutual TLS from the mesh only; plaintext and foreign TLS are refused.
+    Strict,
+    /// Mutual TLS from the mesh or plaintext, decided per connection.
+    Permissive,
+    /// No TLS termination: everything is passed to the application as it came.
+    Disable,
+}
+
+/// Workload identity and mutual TLS between sidecars.
+#[derive(Debug, Clone, Args)]
+pub struct MtlsConfig {
+    /// Where this workload's certificate comes from. With one, connections to endpoints that
+    /// carry an identity are mutual TLS, and the inbound side terminates mesh TLS.
+    #[arg(long, env = "WEFT_IDENTITY", value_enum, default_value = "none")]
+    pub identity: IdentitySource,
+
+    /// The mesh trust bundle (PEM CA certificates): verifies an `https://` control plane, and
+    /// peers until the CA sends its own bundle.
+    #[arg(long, env = "WEFT_TRUST_BUNDLE", value_name = "FILE")]
+    pub trust_bundle: Option<PathBuf>,
+
+    /// The CA's gRPC address [default: the first --control-plane].
+    #[arg(long, env = "WEFT_CA_ADDRESS", value_name = "URL")]
+    pub ca_address: Option<String>,
+
+    /// The credential that proves this workload's identity to the CA: a bootstrap token, or in
+    /// Kubernetes the projected service-account token. Read again before every request.
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_TOKEN_FILE",
+        value_name = "FILE",
+        required_if_eq("identity", "ca")
+    )]
+    pub identity_token_file: Option<PathBuf>,
+
+    /// The trust domain of the SPIFFE id asked for (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`).
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// The certificate lifetime asked of the CA (it may grant less); renewal is at 70 %.
+    #[arg(long, env = "WEFT_CERT_LIFETIME", value_parser = parse_duration, default_value = "24h")]
+    pub cert_lifetime: Duration,
+
+    /// --identity files: the certificate chain (PEM, leaf first).
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_CERT",
+        value_name = "FILE",
+        required_if_eq("identity", "files")
+    )]
+    pub identity_cert: Option<PathBuf>,
+
+    /// --identity files: the private key (PEM, PKCS#8 or SEC1).
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_KEY",
+        value_name = "FILE",
+        required_if_eq("identity", "files")
+    )]
+    pub identity_key: Option<PathBuf>,
+
+    /// --identity files: the trust bundle peers must chain to (PEM).
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_BUNDLE",
+        value_name = "FILE",
+        required_if_eq("identity", "files")
+    )]
+    pub identity_bundle: Option<PathBuf>,
+
+    /// How often identity files are checked for changes.
+    #[arg(long, env = "WEFT_IDENTITY_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub identity_poll_interval: Duration,
+
+    /// What the inbound side accepts (with an identity; without one it is always `disable`).
+    #[arg(
+        long,
+        env = "WEFT_INBOUND_MTLS",
+        value_enum,
+        default_value = "permissive"
+    )]
+    pub inbound_mtls: InboundMode,
+
+    /// A mode for one destination port, overriding --inbound-mtls: `PORT=MODE`. Repeatable; in
+    /// the environment, comma-separated.
+    #[arg(long = "inbound-mtls-port", env = "WEFT_INBOUND_MTLS_PORTS", value_delimiter = ',', value_parser = parse_port_mode)]
+    pub inbound_mtls_ports: Vec<(u16, InboundMode)>,
+
+    /// /ready answers 503 while mutual TLS is on and no valid certificate is held.
+    #[arg(long, env = "WEFT_READY_REQUIRES_IDENTITY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ready_requires_identity: bool,
+}
+
+fn parse_port_mode(s: &str) -> Result<(u16, InboundMode), String> {
+    use clap::ValueEnum;
+    let (port, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected PORT=MODE, e.g. 9090=strict"))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{s}`: `{port}` is not a port"))?;
+    let mode = InboundMode::from_str(mode, true)
+        .map_err(|_| format!("`{s}`: `{mode}` is not strict, permissive or disable"))?;
+    Ok((port, mode))
+}
+
+impl MtlsConfig {
+    /// The mode for connections to destination `port`.
+    pub fn mode_for(&self, port: u16) -> InboundMode {
+        if self.identity == IdentitySource::None {
+            return InboundMode::Disable;
+        }
+        self.inbound_mtls_ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(self.inbound_mtls, |(_, m)| *m)
     }
 }
 

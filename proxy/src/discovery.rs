@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_xds_proto::{
     discovery::{
         AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -118,6 +118,8 @@ pub struct Discovery {
     /// Every replica given; a failed stream moves to the next.
     urls: Vec<String>,
     node: Node,
+    /// How `https://` control planes are verified.
+    tls: Option<Arc<rustls::ClientConfig>>,
     table: SharedTable,
     metrics: Arc<Metrics>,
     pub shared: Arc<Shared>,
@@ -134,7 +136,12 @@ struct Answer {
 }
 
 impl Discovery {
-    pub fn new(cfg: DiscoveryConfig, table: SharedTable, metrics: Arc<Metrics>) -> Option<Self> {
+    pub fn new(
+        cfg: DiscoveryConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        table: SharedTable,
+        metrics: Arc<Metrics>,
+    ) -> Option<Self> {
         let urls: Vec<String> = cfg
             .control_plane
             .iter()
@@ -162,6 +169,7 @@ impl Discovery {
             url,
             urls,
             node,
+            tls,
             table,
             metrics,
             shared,
@@ -224,16 +232,7 @@ impl Discovery {
     }
 
     async fn connect(&self) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| format!("control plane address `{}`: {e}", self.url))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {}: {}", self.url, error_chain(&e)))
+        crate::transport::grpc_channel(&self.url, self.tls.clone()).await
     }
 
     fn connected(&self) {
@@ -526,16 +525,5 @@ fn node(cfg: &DiscoveryConfig) -> Node {
 }
 
 /// An error and its sources, `a: b: c` (tonic's transport errors hide the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ mod request;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +22,7 @@ use self::{
 use crate::{
     config::UpstreamConfig,
     drain::Drain,
+    inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, Peer},
     metrics::{Direction, OpenConn, TargetMetrics},
     pool::Pools,
     table::{Protocol, SharedTable},
@@ -50,6 +51,8 @@ pub enum Router {
     Inbound {
         forward: SocketAddr,
         metrics: Arc<TargetMetrics>,
+        /// For the authorization policies of the services this workload serves.
+        table: SharedTable,
     },
 }
 
@@ -66,6 +69,8 @@ pub struct HttpProxy {
 /// Where one request goes.
 struct Dest {
     addr: SocketAddr,
+    /// The SPIFFE id the endpoint must prove (it is meshed).
+    identity: Option<Arc<str>>,
     protocol: Protocol,
     timeout: Option<Duration>,
     metrics: Arc<TargetMetrics>,
@@ -75,8 +80,14 @@ impl HttpProxy {
     /// Serves one downstream connection until it closes, or until draining ends it gracefully
     /// (GOAWAY for HTTP/2, `Connection: close` after the current request for HTTP/1).
     /// `open` stands for the accepted connection in metrics; protocol upgrades keep it.
-    pub async fn serve<I>(self: Arc<Self>, io: I, http2: bool, open: Arc<OpenConn>)
-    where
+    /// `peer` is the caller of an inbound connection.
+    pub async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        http2: bool,
+        open: Arc<OpenConn>,
+        peer: Option<Arc<Peer>>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
@@ -85,7 +96,7 @@ impl HttpProxy {
             // Boxed: the request's state machine is about 2.4 KiB, and hyper moves the future it
             // is given into a task of its own per HTTP/2 stream (perf showed those copies at ~4%
             // of CPU); one small allocation is cheaper.
-            let fut = Box::pin(this.handle(req, open.clone()));
+            let fut = Box::pin(this.handle(req, open.clone(), peer.clone()));
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let io = TokioIo::new(io);
@@ -138,10 +149,56 @@ impl HttpProxy {
         }
     }
 
+    /// The inbound side's part of a request: the caller's identity header (never a forged
+    /// one), authorization, and the HTTP version the application gets back when an HTTP/1
+    /// request crossed the mesh over HTTP/2. Returns that version's protocol.
+    fn inbound<B>(
+        &self,
+        req: &mut Request<B>,
+        peer: Option<&Peer>,
+    ) -> Result<Protocol, ProxyError> {
+        let headers = req.headers_mut();
+        headers.remove(&PEER_IDENTITY_HEADER);
+        let orig = headers.remove(&ORIG_PROTO_HEADER);
+        let Router::Inbound { table, .. } = &self.router else {
+            return Ok(Protocol::Http);
+        };
+        if let Some(peer) = peer {
+            peer.requests.inc();
+            if let Some(v) = &peer.header {
+                headers.insert(PEER_IDENTITY_HEADER.clone(), v.clone());
+            }
+            let is_grpc = grpc::is_grpc(headers);
+            if let Some(verdict) = table.load().authorize(peer.local, peer.id.as_deref()) {
+                self.pools
+                    .metrics()
+                    .tls
+                    .authz(if is_grpc { "grpc" } else { "http" }, verdict.is_ok());
+                if let Err(service) = verdict {
+                    return Err(ProxyError::Forbidden {
+                        peer: peer
+                            .id
+                            .as_deref()
+                            .unwrap_or("a plaintext caller")
+                            .to_string(),
+                        service: service.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(match orig {
+            Some(v) if v.as_bytes().starts_with(b"HTTP/1") => Protocol::Http1,
+            _ => Protocol::Http,
+        })
+    }
+
     fn resolve(&self, req: &Request<Incoming>) -> Result<Dest, (ProxyError, Arc<TargetMetrics>)> {
         match &self.router {
-            Router::Inbound { forward, metrics } => Ok(Dest {
+            Router::Inbound {
+                forward, metrics, ..
+            } => Ok(Dest {
                 addr: *forward,
+                identity: None,
                 protocol: Protocol::Http,
                 timeout: None,
                 metrics: metrics.clone(),
@@ -180,6 +237,7 @@ impl HttpProxy {
                 match endpoint {
                     Some(ep) => Ok(Dest {
                         addr: ep.addr,
+                        identity: ep.identity.clone(),
                         protocol: svc.protocol,
                         timeout: route.timeout,
                         metrics: svc.metrics.clone(),
@@ -197,6 +255,7 @@ impl HttpProxy {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         open: Arc<OpenConn>,
+        peer: Option<Arc<Peer>>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let version = req.version();
@@ -207,13 +266,22 @@ impl HttpProxy {
             let e = ProxyError::BadRequest("more than one Host header");
             return fail(e, is_grpc, Observer::new(metrics.clone(), is_grpc), version);
         }
-        let dest = match self.resolve(&req) {
+        let mut dest = match self.resolve(&req) {
             Ok(d) => d,
             Err((e, metrics)) => {
                 metrics.request();
                 return fail(e, is_grpc, Observer::new(metrics, is_grpc), version);
             }
         };
+        if self.direction == Direction::Inbound {
+            match self.inbound(&mut req, peer.as_deref()) {
+                Ok(p) => dest.protocol = p,
+                Err(e) => {
+                    dest.metrics.request();
+                    return fail(e, is_grpc, Observer::new(dest.metrics, is_grpc), version);
+                }
+            }
+        }
         dest.metrics.request();
         let mut obs = Observer::new(dest.metrics.clone(), is_grpc);
         let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
@@ -221,7 +289,24 @@ impl HttpProxy {
         // gRPC's own deadline bounds the whole call; the route timeout bounds the wait for
         // response headers.
         let grpc_budget = is_grpc.then(|| grpc::timeout(req.headers())).flatten();
-        if let Err(e) = request::prepare(&mut req, dest.protocol, upgrade) {
+        // Between sidecars HTTP is HTTP/2 over mutual TLS; a request the application should
+        // get as HTTP/1 says so, for the inbound side to restore.
+        let mut protocol = dest.protocol;
+        if !upgrade && self.pools.meshed(dest.identity.as_ref()) {
+            let app_http2 = match protocol {
+                Protocol::Http1 => false,
+                Protocol::Http2 => true,
+                _ => version == Version::HTTP_2,
+            };
+            if !app_http2 {
+                req.headers_mut().insert(
+                    ORIG_PROTO_HEADER.clone(),
+                    HeaderValue::from_static("HTTP/1.1"),
+                );
+            }
+            protocol = Protocol::Http2;
+        }
+        if let Err(e) = request::prepare(&mut req, protocol, upgrade) {
             return fail(e, is_grpc, obs, version);
         }
         // A deadline too far away to represent is no deadline.
@@ -239,7 +324,9 @@ impl HttpProxy {
         // upstream stream even if the client is still sending.
         let cancel = deadline.is_some().then(|| Arc::new(Cancel::default()));
         let req = req.map(|b| RequestBody::new(b, cancel.clone()));
-        let sent = self.pools.send(dest.addr, req, upgrade);
+        let sent = self
+            .pools
+            .send(dest.addr, dest.identity.as_ref(), req, upgrade);
         let res = match deadline {
             Some((at, err)) => match tokio::time::timeout_at(at, sent).await {
                 Ok(res) => res,

@@ -6,6 +6,10 @@
 //! retried with exponential backoff and full jitter while the certificate in hand stays in use;
 //! the new one is swapped in atomically ([`Credentials`]), so established connections are not
 //! touched.
+//!
+//! Alternatively ([`watch_files`]) the certificate, key and bundle are files that something else
+//! writes (cert-manager, SPIRE's helper); they are read again when they change, and a set that
+//! does not load keeps the one in force.
 
 use std::{
     path::PathBuf,
@@ -16,21 +20,29 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rcgen::{CertificateParams, KeyPair, SanType};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+};
 use tokio_util::sync::CancellationToken;
 use weft_xds_proto::ca::v1::{
     CreateCertificateRequest, certificate_service_client::CertificateServiceClient,
 };
 
-use crate::transport::tls::Credentials;
+use crate::transport::{
+    self,
+    tls::{self, Credentials},
+};
 
 /// Where certificates come from and for which identity.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
-    /// The CA's gRPC address (`http://host:port`).
+    /// The CA's gRPC address (`https://host:port`, or `http://` for local development).
     pub ca: String,
+    /// How an `https` CA is verified.
+    pub tls: Option<Arc<ClientConfig>>,
     /// The bootstrap token, read again before every request (so a rotated token is picked up).
     pub token_file: PathBuf,
     pub spiffe_id: String,
@@ -45,6 +57,10 @@ pub struct IdentityConfig {
 pub struct Identity {
     pub credentials: Arc<Credentials>,
     pub bundle: ArcSwap<Vec<CertificateDer<'static>>>,
+    /// The bundle as rustls verifies against it; a new value whenever the bundle changes.
+    roots: ArcSwapOption<RootCertStore>,
+    /// The SPIFFE id of the certificate in hand.
+    id: ArcSwapOption<String>,
     /// Unix seconds; 0 before the first certificate.
     expires: AtomicU64,
     pub renewals: AtomicU64,
@@ -64,23 +80,76 @@ impl Identity {
     pub fn valid(&self) -> bool {
         self.expires().is_some_and(|e| e > SystemTime::now())
     }
+
+    /// What `/config_dump` shows: the identity, expiry, renewals, and the bundle's subjects.
+    pub fn describe(&self) -> serde_json::Value {
+        let expires = self
+            .expires()
+            .and_then(|e| e.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        let bundle: Vec<String> = self
+            .bundle
+            .load()
+            .iter()
+            .filter_map(|c| {
+                let (_, c) = x509_parser::parse_x509_certificate(c).ok()?;
+                Some(c.subject().to_string())
+            })
+            .collect();
+        serde_json::json!({
+            "spiffe_id": self.spiffe_id().as_deref(),
+            "valid": self.valid(),
+            "expires_unix": expires,
+            "renewals": self.renewals.load(Ordering::Relaxed),
+            "failures": self.failures.load(Ordering::Relaxed),
+            "trust_bundle": bundle,
+        })
+    }
+
+    /// The trust bundle to verify peers against, once there is one.
+    pub fn roots(&self) -> Option<Arc<RootCertStore>> {
+        self.roots.load_full()
+    }
+
+    /// The SPIFFE id of the certificate in hand.
+    pub fn spiffe_id(&self) -> Option<Arc<String>> {
+        self.id.load_full()
+    }
+
+    /// Puts a certificate chain (leaf first), its key and the trust bundle in force; returns
+    /// when the certificate expires. Nothing changes if any part is unusable.
+    pub fn store(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundle: Vec<CertificateDer<'static>>,
+    ) -> Result<SystemTime, String> {
+        let leaf = chain.first().ok_or("the certificate chain is empty")?;
+        let expires = not_after(leaf)?;
+        let id = tls::peer_identity(Some(&chain[..1]))
+            .ok_or("the certificate does not carry exactly one SPIFFE id (URI SAN)")?;
+        let roots = tls::roots(&bundle).map_err(|e| format!("trust bundle: {e}"))?;
+        let same_bundle = **self.bundle.load() == bundle;
+        self.credentials
+            .store(chain, key)
+            .map_err(|e| format!("private key: {e}"))?;
+        if !same_bundle || self.roots.load().is_none() {
+            self.roots.store(Some(roots));
+            self.bundle.store(Arc::new(bundle));
+        }
+        self.id.store(Some(Arc::new(id)));
+        let secs = expires
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.expires.store(secs, Ordering::Release);
+        Ok(expires)
+    }
 }
 
 fn pem_certs(pems: &[String]) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut out = Vec::new();
     for p in pems {
-        for block in pem::parse_many(p).map_err(|e| e.to_string())? {
-            if block.tag() != "CERTIFICATE" {
-                return Err(format!(
-                    "a {} where a CERTIFICATE was expected",
-                    block.tag()
-                ));
-            }
-            out.push(CertificateDer::from(block.contents().to_vec()));
-        }
-    }
-    if out.is_empty() {
-        return Err("no certificate".into());
+        out.extend(tls::pem_certs(p)?);
     }
     Ok(out)
 }
@@ -106,9 +175,10 @@ pub async fn fetch(cfg: &IdentityConfig, id: &Identity) -> Result<SystemTime, St
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| e.to_string())?;
-    let mut client = CertificateServiceClient::connect(cfg.ca.clone())
+    let channel = transport::grpc_channel(&cfg.ca, cfg.tls.clone())
         .await
-        .map_err(|e| format!("cannot reach the CA at {}: {e}", cfg.ca))?;
+        .map_err(|e| format!("cannot reach the CA: {e}"))?;
+    let mut client = CertificateServiceClient::new(channel);
     let mut req = tonic::Request::new(CreateCertificateRequest {
         csr,
         validity_seconds: cfg.lifetime.as_secs() as i64,
@@ -127,19 +197,109 @@ pub async fn fetch(cfg: &IdentityConfig, id: &Identity) -> Result<SystemTime, St
         .into_inner();
     let chain = pem_certs(&rsp.cert_chain)?;
     let bundle = pem_certs(&rsp.trust_bundle)?;
-    let expires = not_after(&chain[0])?;
-    id.credentials
-        .store(
-            chain,
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .map_err(|e| e.to_string())?;
-    id.bundle.store(Arc::new(bundle));
-    let secs = expires
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    id.expires.store(secs, Ordering::Release);
-    Ok(expires)
+    id.store(
+        chain,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        bundle,
+    )
+}
+
+/// The files of `--identity files`.
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl IdentityFiles {
+    fn read(&self) -> Result<(String, String, String), String> {
+        let read =
+            |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok((read(&self.cert)?, read(&self.key)?, read(&self.bundle)?))
+    }
+
+    /// Loads the three files into `id`; errors name the file.
+    pub fn load(&self, id: &Identity) -> Result<SystemTime, String> {
+        let (cert, key, bundle) = self.read()?;
+        self.load_texts(id, &cert, &key, &bundle)
+    }
+
+    fn load_texts(
+        &self,
+        id: &Identity,
+        cert: &str,
+        key: &str,
+        bundle: &str,
+    ) -> Result<SystemTime, String> {
+        let chain = tls::pem_certs(cert).map_err(|e| format!("{}: {e}", self.cert.display()))?;
+        let bundle =
+            tls::pem_certs(bundle).map_err(|e| format!("{}: {e}", self.bundle.display()))?;
+        let key = private_key(key).map_err(|e| format!("{}: {e}", self.key.display()))?;
+        id.store(chain, key, bundle)
+            .map_err(|e| format!("{}: {e}", self.cert.display()))
+    }
+}
+
+/// A PEM private key: PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`).
+fn private_key(text: &str) -> Result<PrivateKeyDer<'static>, String> {
+    for block in pem::parse_many(text).map_err(|e| e.to_string())? {
+        match block.tag() {
+            "PRIVATE KEY" => {
+                return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    block.into_contents(),
+                )));
+            }
+            "EC PRIVATE KEY" => {
+                return Ok(PrivateKeyDer::Sec1(block.into_contents().into()));
+            }
+            "RSA PRIVATE KEY" => {
+                return Ok(PrivateKeyDer::Pkcs1(block.into_contents().into()));
+            }
+            _ => {}
+        }
+    }
+    Err("no PRIVATE KEY block".into())
+}
+
+/// Loads the files whenever their content changes, until `stop`. A set that does not load is
+/// logged and counted, and the identity in force stays.
+pub async fn watch_files(
+    files: IdentityFiles,
+    id: Arc<Identity>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut last = files.read().ok();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = match files.read() {
+            Ok(t) => t,
+            Err(e) => {
+                id.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "identity files unreadable; keeping the certificate in force");
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        match files.load_texts(&id, &now.0, &now.1, &now.2) {
+            Ok(expires) => {
+                id.renewals.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(expires = ?expires, identity = ?id.spiffe_id(), "identity files reloaded");
+            }
+            Err(e) => {
+                // A writer may be between files: the next change is tried again.
+                id.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "identity files do not load; keeping the certificate in force");
+            }
+        }
+        last = Some(now);
+    }
 }
 
 /// Keeps a valid certificate until `stop`: fetches one, renews at 70 % of its lifetime, retries

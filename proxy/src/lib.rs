@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod identity;
+pub mod inbound;
 pub use weft_core::log;
 pub mod metrics;
 pub mod pool;
@@ -33,12 +34,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin::AdminState,
-    config::Config,
+    config::{Config, IdentitySource},
     discovery::Discovery,
     drain::Drain,
     http::{HttpProxy, Router},
+    identity::{Identity, IdentityConfig, IdentityFiles},
     metrics::{Direction, Metrics},
-    server::{Listener, TcpTarget},
+    server::{InboundTls, Listener, TcpTarget},
     table::{LoadError, Table, watch::FileWatch},
 };
 
@@ -53,8 +55,67 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("identity: {0}")]
+    Identity(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Starts keeping a workload certificate, if one is configured: from the CA (the first one
+/// arrives in the background; `/ready` waits for it) or from files (which must load now).
+fn start_identity(
+    cfg: &Config,
+    control_tls: Option<Arc<rustls::ClientConfig>>,
+    drain: &Drain,
+) -> Result<Option<Arc<Identity>>, StartError> {
+    let m = &cfg.mtls;
+    let id = Arc::new(Identity::default());
+    match m.identity {
+        IdentitySource::None => return Ok(None),
+        IdentitySource::Ca => {
+            let ca = m
+                .ca_address
+                .clone()
+                .or_else(|| cfg.discovery.control_plane.first().cloned())
+                .ok_or_else(|| {
+                    StartError::Identity(
+                        "--identity ca needs the CA's address (--ca-address or --control-plane)"
+                            .into(),
+                    )
+                })?;
+            let spiffe_id = format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                m.trust_domain, cfg.discovery.pod_namespace, cfg.discovery.service_account
+            );
+            tracing::info!(%ca, identity = %spiffe_id, "workload identity from the mesh CA");
+            let icfg = IdentityConfig {
+                ca,
+                tls: control_tls,
+                token_file: m.identity_token_file.clone().unwrap_or_default(),
+                spiffe_id,
+                lifetime: m.cert_lifetime,
+                backoff_base: std::time::Duration::from_millis(500),
+                backoff_max: std::time::Duration::from_secs(30),
+            };
+            tokio::spawn(identity::run(icfg, id.clone(), drain.token()));
+        }
+        IdentitySource::Files => {
+            let files = IdentityFiles {
+                cert: m.identity_cert.clone().unwrap_or_default(),
+                key: m.identity_key.clone().unwrap_or_default(),
+                bundle: m.identity_bundle.clone().unwrap_or_default(),
+            };
+            files.load(&id).map_err(StartError::Identity)?;
+            tracing::info!(identity = ?id.spiffe_id(), "workload identity from files");
+            tokio::spawn(identity::watch_files(
+                files,
+                id.clone(),
+                m.identity_poll_interval,
+                drain.token(),
+            ));
+        }
+    }
+    Ok(Some(id))
 }
 
 fn bind_err(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError {
@@ -115,7 +176,26 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         tracing::info!(listener = %name, %addr, "listening");
     }
 
-    let discovery = Discovery::new(cfg.discovery.clone(), table.clone(), metrics.clone());
+    // The mesh trust bundle verifies an https:// control plane (xDS and the CA).
+    let control_tls = match &cfg.mtls.trust_bundle {
+        Some(path) => {
+            let roots = transport::tls::load_certs(path)
+                .and_then(|certs| transport::tls::roots(&certs).map_err(|e| e.to_string()))
+                .map_err(|e| StartError::Identity(format!("--trust-bundle: {e}")))?;
+            Some(Arc::new(transport::tls::control_plane_config(roots)))
+        }
+        None => None,
+    };
+    let identity = start_identity(&cfg, control_tls.clone(), &drain)?;
+    let mtls = identity
+        .as_ref()
+        .map(|id| Arc::new(transport::tls::Mtls::new(id.clone())));
+    let discovery = Discovery::new(
+        cfg.discovery.clone(),
+        control_tls,
+        table.clone(),
+        metrics.clone(),
+    );
     let state = Arc::new(AdminState {
         table: table.clone(),
         metrics: metrics.clone(),
@@ -124,6 +204,8 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         ready: Default::default(),
         xds: discovery.as_ref().map(|d| d.shared.clone()),
         ready_requires_config: cfg.discovery.ready_requires_config,
+        identity: identity.clone(),
+        ready_requires_identity: cfg.mtls.ready_requires_identity,
         listeners,
     });
     spawn_admin(state.clone(), admin_l, probe_l)?;
@@ -132,7 +214,12 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         Arc::new(HttpProxy {
             direction,
             router,
-            pools: pool::Pools::new(cfg.upstream.clone(), metrics.clone(), direction),
+            pools: pool::Pools::with_mtls(
+                cfg.upstream.clone(),
+                metrics.clone(),
+                direction,
+                mtls.clone(),
+            ),
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
         })
@@ -146,16 +233,17 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
             unknown: unknown.clone(),
         },
     );
-    let listener = |http: Arc<HttpProxy>, tcp| {
+    let listener = |http: Arc<HttpProxy>, tcp, inbound| {
         Arc::new(Listener {
             http,
             tcp,
             detect: cfg.detect.clone(),
             metrics: metrics.clone(),
             table: table.clone(),
+            inbound,
         })
     };
-    tokio::spawn(listener(outbound_http.clone(), TcpTarget::None).run(outbound));
+    tokio::spawn(listener(outbound_http.clone(), TcpTarget::None, None).run(outbound));
     for (svc, l) in extra {
         let svc: Arc<str> = svc.into();
         let http = Arc::new(HttpProxy {
@@ -169,7 +257,7 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
         });
-        tokio::spawn(listener(http, TcpTarget::Service(svc)).run(l));
+        tokio::spawn(listener(http, TcpTarget::Service(svc), None).run(l));
     }
     let forward = cfg.inbound_forward;
     let inbound_http = make_http(
@@ -177,9 +265,14 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         Router::Inbound {
             forward,
             metrics: metrics.target(Direction::Inbound, &Arc::from(forward.to_string())),
+            table: table.clone(),
         },
     );
-    tokio::spawn(listener(inbound_http, TcpTarget::Addr(forward)).run(inbound));
+    let inbound_tls = mtls.clone().map(|mtls| InboundTls {
+        mtls,
+        cfg: cfg.mtls.clone(),
+    });
+    tokio::spawn(listener(inbound_http, TcpTarget::Addr(forward), inbound_tls).run(inbound));
 
     if let Some(d) = discovery {
         tokio::spawn(d.run(drain.token()));

@@ -55,6 +55,58 @@ pub struct Metrics {
     /// 1 while an ADS stream to the control plane is open.
     pub xds_connected: IntGauge,
     xds_updates: IntCounterVec,
+    pub tls: TlsMetrics,
+}
+
+/// Workload identity, mutual TLS and authorization.
+#[derive(Debug)]
+pub struct TlsMetrics {
+    /// `weft_tls_handshakes_total{direction, result}`: `ok` or why it failed.
+    handshakes: IntCounterVec,
+    /// `weft_inbound_refused_total{reason}`: connections STRICT mode turned away before any
+    /// handshake (`plaintext`, `foreign_tls`).
+    pub refused: IntCounterVec,
+    /// `weft_authz_total{protocol, result}`.
+    authz: IntCounterVec,
+    /// `weft_inbound_peer_requests_total{client_id, tls}`.
+    peer_requests: IntCounterVec,
+    /// Set from the identity when metrics are read.
+    pub cert_expiry: IntGauge,
+    renewals: IntCounter,
+    renewal_failures: IntCounter,
+}
+
+impl TlsMetrics {
+    pub fn handshake(&self, direction: Direction, result: &str) {
+        self.handshakes
+            .with_label_values(&[direction.as_str(), result])
+            .inc();
+    }
+
+    /// Counts an authorization decision: `protocol` is http, grpc or tcp.
+    pub fn authz(&self, protocol: &str, allowed: bool) {
+        let result = if allowed { "allow" } else { "deny" };
+        self.authz.with_label_values(&[protocol, result]).inc();
+    }
+
+    /// Brings the identity's figures up to date (called before metrics are rendered).
+    pub fn identity(&self, expires: Option<std::time::SystemTime>, renewals: u64, failures: u64) {
+        let secs = expires
+            .and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        self.cert_expiry.set(secs);
+        self.renewals
+            .inc_by(renewals.saturating_sub(self.renewals.get()));
+        self.renewal_failures
+            .inc_by(failures.saturating_sub(self.renewal_failures.get()));
+    }
+
+    /// The counter of requests from one caller; resolved once per connection.
+    pub fn peer_requests(&self, client_id: Option<&str>) -> IntCounter {
+        let tls = if client_id.is_some() { "true" } else { "false" };
+        self.peer_requests
+            .with_label_values(&[client_id.unwrap_or(""), tls])
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -233,6 +285,66 @@ impl Metrics {
             &["type", "result"],
         )
         .unwrap();
+        let tls = TlsMetrics {
+            handshakes: IntCounterVec::new(
+                opts(
+                    "tls_handshakes_total",
+                    "Mutual TLS handshakes between sidecars, by direction and result (ok, or why it failed).",
+                ),
+                &["direction", "result"],
+            )
+            .unwrap(),
+            refused: IntCounterVec::new(
+                opts(
+                    "inbound_refused_total",
+                    "Inbound connections refused by STRICT mode before any handshake, by reason (plaintext, foreign_tls).",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            authz: IntCounterVec::new(
+                opts(
+                    "authz_total",
+                    "Inbound authorization decisions, by protocol (http, grpc, tcp) and result (allow, deny).",
+                ),
+                &["protocol", "result"],
+            )
+            .unwrap(),
+            peer_requests: IntCounterVec::new(
+                opts(
+                    "inbound_peer_requests_total",
+                    "Inbound HTTP requests by the caller's SPIFFE id (empty for plaintext) and whether it came over mutual TLS.",
+                ),
+                &["client_id", "tls"],
+            )
+            .unwrap(),
+            cert_expiry: IntGauge::with_opts(opts(
+                "identity_cert_expiry_timestamp_seconds",
+                "When the workload certificate in hand expires (Unix seconds); 0 without one.",
+            ))
+            .unwrap(),
+            renewals: IntCounter::with_opts(opts(
+                "identity_renewals_total",
+                "Workload certificates obtained (first one and renewals, or identity file reloads).",
+            ))
+            .unwrap(),
+            renewal_failures: IntCounter::with_opts(opts(
+                "identity_renewal_failures_total",
+                "Failed attempts to obtain or reload the workload certificate.",
+            ))
+            .unwrap(),
+        };
+        for c in [
+            &tls.handshakes,
+            &tls.refused,
+            &tls.authz,
+            &tls.peer_requests,
+        ] {
+            reg(Box::new(c.clone()));
+        }
+        reg(Box::new(tls.cert_expiry.clone()));
+        reg(Box::new(tls.renewals.clone()));
+        reg(Box::new(tls.renewal_failures.clone()));
         for c in [&requests, &responses, &accepted, &read, &write, &detected] {
             reg(Box::new(c.clone()));
         }
@@ -270,6 +382,7 @@ impl Metrics {
             upstream_connect_errors,
             xds_connected,
             xds_updates,
+            tls,
         })
     }
 

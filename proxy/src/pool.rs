@@ -18,13 +18,19 @@ use crate::{
     config::UpstreamConfig,
     http::error::ProxyError,
     metrics::{Direction, Metrics},
-    transport,
+    transport::{
+        self,
+        io::Upstream,
+        tls::{self, Alpn, Mtls},
+    },
 };
 
 #[derive(Debug)]
 pub struct Pools {
     h1: h1::Pool,
     h2: h2::Pool,
+    /// With a workload identity: connections to endpoints that carry one are mutual TLS.
+    pub mtls: Option<Arc<Mtls>>,
     cfg: UpstreamConfig,
     metrics: Arc<Metrics>,
     direction: Direction,
@@ -32,7 +38,17 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(cfg: UpstreamConfig, metrics: Arc<Metrics>, direction: Direction) -> Arc<Self> {
+        Self::with_mtls(cfg, metrics, direction, None)
+    }
+
+    pub fn with_mtls(
+        cfg: UpstreamConfig,
+        metrics: Arc<Metrics>,
+        direction: Direction,
+        mtls: Option<Arc<Mtls>>,
+    ) -> Arc<Self> {
         let pools = Arc::new(Pools {
+            mtls,
             h1: h1::Pool::new(
                 cfg.http1_max_idle_per_endpoint,
                 cfg.http1_max_connections_per_endpoint,
@@ -58,25 +74,78 @@ impl Pools {
         pools
     }
 
-    /// Sends `req` to the endpoint at `addr`, in the request's HTTP version. An `upgrade`
-    /// request gets a connection of its own that is never pooled.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether a connection to an endpoint with `identity` is mutual TLS.
+    pub fn meshed(&self, identity: Option<&Arc<str>>) -> bool {
+        identity.is_some() && self.mtls.is_some()
+    }
+
+    /// Sends `req` to the endpoint at `addr` (which must prove `identity`, if it has one), in
+    /// the request's HTTP version. An `upgrade` request gets a connection of its own that is
+    /// never pooled.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        identity: Option<&Arc<str>>,
         req: Request<RequestBody>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let identity = identity.filter(|_| self.mtls.is_some());
         if req.version() == Version::HTTP_2 {
-            self.h2.send(self, addr, req).await
+            self.h2.send(self, addr, identity, req).await
         } else if upgrade {
             // Boxed: rare, and kept out of every other request's future.
             Box::pin(async {
-                let sender = h1::connect(self, addr, true).await?;
+                let sender = h1::connect(self, addr, identity, true).await?;
                 h1::send_once(sender, addr, req).await
             })
             .await
         } else {
             self.h1.send(self, addr, req).await
+        }
+    }
+
+    /// Connects to an endpoint: mutual TLS when it carries an identity (and this proxy has
+    /// one), offering `alpn`; plain TCP otherwise.
+    pub(crate) async fn connect_upstream(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&Arc<str>>,
+        alpn: Alpn,
+    ) -> Result<Upstream, ProxyError> {
+        let tcp = self.connect(addr).await?;
+        let (Some(mtls), Some(expected)) = (&self.mtls, identity) else {
+            return Ok(Upstream::Plain(tcp));
+        };
+        let fail = |reason: &'static str, message: String| {
+            self.metrics.tls.handshake(self.direction, reason);
+            ProxyError::Tls {
+                addr,
+                reason,
+                message,
+            }
+        };
+        let Some(cfg) = mtls.client(expected, alpn) else {
+            return Err(fail(
+                "no_certificate",
+                "this proxy holds no workload certificate yet".into(),
+            ));
+        };
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let handshake = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp);
+        match tokio::time::timeout(self.cfg.connect_timeout, handshake).await {
+            Ok(Ok(s)) => {
+                self.metrics.tls.handshake(self.direction, "ok");
+                Ok(Upstream::Tls(Box::new(s)))
+            }
+            Ok(Err(e)) => Err(fail(tls::failure_reason(&e), tls::describe(&e))),
+            Err(_) => Err(fail(
+                "timeout",
+                format!("no handshake within {:?}", self.cfg.connect_timeout),
+            )),
         }
     }
 

@@ -1,22 +1,39 @@
 //! One listener's accept loop and the life of each accepted connection:
-//! accept -> count -> detect -> HTTP proxy or opaque TCP.
+//! accept -> count -> detect -> (inbound: mutual TLS, authorization) -> HTTP proxy or opaque
+//! TCP.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::{TcpListener, TcpStream};
+use bytes::BytesMut;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 
 use crate::{
-    config::DetectConfig,
+    config::{DetectConfig, InboundMode, MtlsConfig},
     http::HttpProxy,
-    metrics::{Metrics, OpenConn},
+    inbound::Peer,
+    metrics::{Direction, Metrics, OpenConn},
     table::{Protocol, SharedTable},
     tcp,
     transport::{
         self,
         detect::{self, Detected},
         io::{CountedIo, PrefixedIo},
+        tls::{self, Alpn, Hello, Mtls},
     },
 };
+
+/// The inbound side's mutual TLS: the identity, and the mode per destination port.
+#[derive(Debug)]
+pub struct InboundTls {
+    pub mtls: Arc<Mtls>,
+    pub cfg: MtlsConfig,
+}
+
+/// A ClientHello larger than this is not a sidecar's.
+const MAX_HELLO: usize = 16 * 1024;
 
 /// Where opaque TCP from a listener goes.
 #[derive(Debug, Clone)]
@@ -37,6 +54,8 @@ pub struct Listener {
     pub detect: DetectConfig,
     pub metrics: Arc<Metrics>,
     pub table: SharedTable,
+    /// Inbound listeners: mutual TLS termination and its modes (`None`: no identity).
+    pub inbound: Option<InboundTls>,
 }
 
 impl Listener {
@@ -97,10 +116,13 @@ impl Listener {
         };
         self.metrics.conns(direction).detected(detected.label());
         tracing::trace!(%peer, ?detected, "protocol detected");
+        if direction == Direction::Inbound {
+            return self.serve_inbound(io, prefix, detected, peer, open).await;
+        }
         let io = PrefixedIo::new(prefix, io);
         match detected {
-            Detected::Http1 => self.http.clone().serve(io, false, open).await,
-            Detected::Http2 => self.http.clone().serve(io, true, open).await,
+            Detected::Http1 => self.http.clone().serve(io, false, open, None).await,
+            Detected::Http2 => self.http.clone().serve(io, true, open, None).await,
             Detected::Tls | Detected::Opaque(_) => {
                 let addr = match &self.tcp {
                     TcpTarget::Addr(a) => Some(*a),
@@ -114,11 +136,164 @@ impl Listener {
                     }
                     TcpTarget::None => None,
                 };
+                // An opaque connection to a meshed endpoint is mutual TLS too.
+                let identity = match &self.tcp {
+                    TcpTarget::Service(name) => self
+                        .table
+                        .load()
+                        .by_authority(name)
+                        .and_then(|s| s.default_route.backends.pick())
+                        .and_then(|c| c.endpoints.pick())
+                        .filter(|e| Some(e.addr) == addr)
+                        .and_then(|e| e.identity.clone()),
+                    _ => None,
+                };
                 match addr {
-                    Some(addr) => tcp::forward(io, addr, &self.http.pools, direction).await,
+                    Some(addr) => {
+                        tcp::forward(io, addr, identity.as_ref(), &self.http.pools, direction).await
+                    }
                     None => tracing::debug!(%peer, "no destination for opaque connection; closing"),
                 }
             }
+        }
+    }
+
+    /// The inbound side: mesh TLS is terminated (STRICT and PERMISSIVE), plaintext refused
+    /// (STRICT) or served as it came (PERMISSIVE, DISABLE); then authorization, then the
+    /// application.
+    async fn serve_inbound(
+        &self,
+        mut io: CountedIo<TcpStream>,
+        mut prefix: BytesMut,
+        detected: Detected,
+        remote: SocketAddr,
+        open: Arc<OpenConn>,
+    ) {
+        let Ok(local) = io.get_ref().local_addr() else {
+            return;
+        };
+        let mode = self
+            .inbound
+            .as_ref()
+            .map_or(InboundMode::Disable, |t| t.cfg.mode_for(local.port()));
+        let refuse = |reason: &str| {
+            self.metrics.tls.refused.with_label_values(&[reason]).inc();
+            tracing::debug!(%remote, %local, reason, "inbound connection refused (STRICT)");
+        };
+        let hello = if detected == Detected::Tls && mode != InboundMode::Disable {
+            read_hello(&mut io, &mut prefix, self.detect.detect_timeout).await
+        } else {
+            Hello::Foreign
+        };
+        match (mode, detected, hello) {
+            (InboundMode::Disable, ..) => {}
+            (_, Detected::Tls, Hello::Mesh) => {
+                let tls = self.inbound.as_ref().expect("a mode other than disable");
+                return self
+                    .terminate(&tls.mtls, PrefixedIo::new(prefix, io), local, remote, open)
+                    .await;
+            }
+            (InboundMode::Strict, Detected::Tls, _) => return refuse("foreign_tls"),
+            (InboundMode::Strict, ..) => return refuse("plaintext"),
+            (InboundMode::Permissive, ..) => {}
+        }
+        let peer = Arc::new(Peer::new(None, local, &self.metrics));
+        let io = PrefixedIo::new(prefix, io);
+        match detected {
+            Detected::Http1 => self.http.clone().serve(io, false, open, Some(peer)).await,
+            Detected::Http2 => self.http.clone().serve(io, true, open, Some(peer)).await,
+            Detected::Tls | Detected::Opaque(_) => self.forward_opaque(io, &peer).await,
+        }
+    }
+
+    /// Mutual TLS with a sidecar, then what its ALPN says follows.
+    async fn terminate<I>(
+        &self,
+        mtls: &Mtls,
+        io: I,
+        local: SocketAddr,
+        remote: SocketAddr,
+        open: Arc<OpenConn>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let tls = &self.metrics.tls;
+        let Some(cfg) = mtls.server() else {
+            tls.handshake(Direction::Inbound, "no_certificate");
+            tracing::debug!(%remote, "mesh TLS refused: this proxy holds no certificate yet");
+            return;
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(io);
+        let stream = match tokio::time::timeout(self.detect.detect_timeout, accept).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tls.handshake(Direction::Inbound, tls::failure_reason(&e));
+                tracing::debug!(%remote, error = %e, "inbound mesh TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tls.handshake(Direction::Inbound, "timeout");
+                return;
+            }
+        };
+        tls.handshake(Direction::Inbound, "ok");
+        let conn = stream.get_ref().1;
+        let id = tls::peer_identity(conn.peer_certificates());
+        let alpn = Alpn::negotiated(conn.alpn_protocol());
+        tracing::trace!(%remote, peer = ?id, ?alpn, "inbound mesh TLS");
+        let peer = Arc::new(Peer::new(id, local, &self.metrics));
+        match alpn {
+            Alpn::H2 => {
+                self.http
+                    .clone()
+                    .serve(stream, true, open, Some(peer))
+                    .await
+            }
+            Alpn::Http1 => {
+                self.http
+                    .clone()
+                    .serve(stream, false, open, Some(peer))
+                    .await
+            }
+            Alpn::Opaque => self.forward_opaque(stream, &peer).await,
+        }
+    }
+
+    /// Opaque TCP to the application, if the caller may connect.
+    async fn forward_opaque<I>(&self, io: I, peer: &Peer)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let table = self.table.load();
+        if let Some(v) = table.authorize(peer.local, peer.id.as_deref()) {
+            self.metrics.tls.authz("tcp", v.is_ok());
+            if let Err(service) = v {
+                tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");
+                return;
+            }
+        }
+        if let TcpTarget::Addr(addr) = self.tcp {
+            tcp::forward(io, addr, None, &self.http.pools, Direction::Inbound).await;
+        }
+    }
+}
+
+/// Reads until `buf` holds a whole ClientHello (or it cannot be one of a sidecar's).
+async fn read_hello<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Hello {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tls::client_hello(buf) {
+            Hello::Incomplete if buf.len() < MAX_HELLO => {}
+            Hello::Incomplete => return Hello::Foreign,
+            h => return h,
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Hello::Foreign,
         }
     }
 }

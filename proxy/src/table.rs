@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, Method};
 
 use crate::{
+    inbound::Authz,
     metrics::{Direction, Metrics, TargetMetrics},
     route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
 };
@@ -41,6 +42,8 @@ pub struct Table {
     /// Bare host names that belong to exactly one service port.
     by_host: HashMap<Box<str>, usize>,
     by_vip: HashMap<SocketAddr, usize>,
+    /// The services each endpoint address belongs to (what an inbound connection reached).
+    by_endpoint: HashMap<SocketAddr, Vec<usize>>,
     /// What the table was compiled from, for `/config_dump`.
     pub source: TableFile,
 }
@@ -59,6 +62,8 @@ pub struct Service {
     /// Every `host:port`, bare host and `vip:port` the service was declared with (lower case;
     /// a bare host two services share reaches neither).
     pub domains: Box<[Box<str>]>,
+    /// Who may call the service's endpoints; `None` allows everyone.
+    pub authz: Option<Arc<Authz>>,
 }
 
 #[derive(Debug)]
@@ -82,6 +87,8 @@ pub struct Cluster {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub labels: Arc<BTreeMap<String, String>>,
+    /// The SPIFFE id the endpoint must prove; `Some` means it is meshed (mutual TLS).
+    pub identity: Option<Arc<str>>,
 }
 
 impl Table {
@@ -94,6 +101,7 @@ impl Table {
             by_authority: HashMap::new(),
             by_host: HashMap::new(),
             by_vip: HashMap::new(),
+            by_endpoint: HashMap::new(),
             source: TableFile::default(),
         }
     }
@@ -156,6 +164,45 @@ impl Table {
         self.by_vip.get(&addr).map(|i| &self.services[*i])
     }
 
+    /// Whether every service with an endpoint at `addr` lets `peer` call it: `None` when no
+    /// service has, or none of those has a policy; else the verdict and the denying service.
+    pub fn authorize(&self, addr: SocketAddr, peer: Option<&str>) -> Option<Result<(), &str>> {
+        let mut verdict = None;
+        for i in self.by_endpoint.get(&addr)? {
+            let svc = &self.services[*i];
+            if let Some(a) = &svc.authz {
+                if !a.allows(peer) {
+                    return Some(Err(&svc.name));
+                }
+                verdict = Some(Ok(()));
+            }
+        }
+        verdict
+    }
+
+    /// Indexes services by their endpoints' addresses; the last step of every compile.
+    fn index_endpoints(&mut self) {
+        let mut by_endpoint: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let clusters = std::iter::once(&svc.default_route)
+                .chain(svc.routes.iter())
+                .flat_map(|r| r.backends.iter());
+            for c in clusters {
+                for e in c.endpoints.iter() {
+                    let v = by_endpoint.entry(e.addr).or_default();
+                    if v.last() != Some(&i) {
+                        v.push(i);
+                    }
+                }
+            }
+        }
+        for v in by_endpoint.values_mut() {
+            v.sort_unstable();
+            v.dedup();
+        }
+        self.by_endpoint = by_endpoint;
+    }
+
     /// Compiles and validates a table file. Errors name the field (`services[1].port`).
     pub fn compile(
         source: TableFile,
@@ -215,6 +262,7 @@ impl Table {
             .map(|svc| Arc::new(svc.finish(metrics)))
             .collect();
         t.source = source;
+        t.index_endpoints();
         Ok(t)
     }
 }
@@ -242,6 +290,7 @@ struct ServiceDraft {
     routes: Box<[Route]>,
     default_route: Route,
     domains: Vec<Box<str>>,
+    authz: Option<Arc<Authz>>,
 }
 
 impl ServiceDraft {
@@ -253,6 +302,7 @@ impl ServiceDraft {
             routes: self.routes,
             default_route: self.default_route,
             domains: self.domains.into(),
+            authz: self.authz,
         }
     }
 }
@@ -262,9 +312,30 @@ fn compile_service(spec: &file::ServiceSpec, at: &str) -> Result<ServiceDraft, (
         return Err((format!("{at}.port"), "must be between 1 and 65535".into()));
     }
     let name: Arc<str> = format!("{}:{}", spec.name.to_ascii_lowercase(), spec.port).into();
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        if let Some(id) = &e.identity
+            && !id.starts_with("spiffe://")
+        {
+            return Err((
+                format!("{at}.endpoints[{i}].identity"),
+                format!("`{id}` is not a SPIFFE id"),
+            ));
+        }
+    }
+    let authz = spec
+        .authorization
+        .as_ref()
+        .map(Authz::compile)
+        .transpose()
+        .map_err(|e| {
+            let (field, msg) = e.split_once(": ").unwrap_or(("", &e));
+            (format!("{at}.authorization.{field}"), msg.to_string())
+        })?
+        .map(Arc::new);
     let endpoint = |e: &file::EndpointSpec| Endpoint {
         addr: e.address,
         labels: Arc::new(e.labels.clone()),
+        identity: e.identity.as_deref().map(Arc::from),
     };
     let all = Arc::new(Cluster {
         name: name.clone(),
@@ -344,6 +415,7 @@ fn compile_service(spec: &file::ServiceSpec, at: &str) -> Result<ServiceDraft, (
             timeout: None,
         },
         domains: Vec::new(),
+        authz,
     })
 }
 

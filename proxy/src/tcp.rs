@@ -11,11 +11,20 @@ use crate::{metrics::Direction, pool::Pools};
 /// Copy buffer per direction.
 const BUF: usize = 32 * 1024;
 
-pub async fn forward<I>(mut down: I, addr: SocketAddr, pools: &Arc<Pools>, direction: Direction)
-where
+/// Forwards `down` to `addr`: mutual TLS when it carries `identity` (and this proxy has one).
+pub async fn forward<I>(
+    mut down: I,
+    addr: SocketAddr,
+    identity: Option<&Arc<str>>,
+    pools: &Arc<Pools>,
+    direction: Direction,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = match pools.connect(addr).await {
+    let mut up = match pools
+        .connect_upstream(addr, identity, crate::transport::tls::Alpn::Opaque)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(direction = direction.as_str(), error = %e, "opaque connection failed");

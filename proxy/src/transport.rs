@@ -5,9 +5,11 @@ pub mod detect;
 pub mod io;
 pub mod tls;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -68,4 +70,69 @@ pub fn set_stream_options(stream: &TcpStream) {
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10));
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// A gRPC channel to the control plane (xDS or the CA). `https://` URLs are TLS, verified with
+/// `tls` (the mesh trust bundle and the host name dialled); `http://` (or no scheme) is
+/// plaintext, for local development.
+pub async fn grpc_channel(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Channel, String> {
+    let (secure, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        Some((other, _)) => return Err(format!("`{url}`: unknown scheme `{other}`")),
+        None => (false, url),
+    };
+    // tonic is given the plaintext form; TLS is done here, by the connector.
+    let endpoint = Endpoint::from_shared(format!("http://{rest}"))
+        .map_err(|e| format!("`{url}`: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if !secure {
+        return endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {}", error_chain(&e)));
+    }
+    let tls =
+        tls.ok_or_else(|| format!("`{url}` is TLS: give the mesh trust bundle (--trust-bundle)"))?;
+    let connector = tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {}", error_chain(&e)))
+}
+
+/// An error and its sources, `: `-separated (tonic's transport errors say little on their own).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
 }

@@ -47,6 +47,7 @@ fn config(dir: &TempDir, addr: SocketAddr, sa: &str, lifetime: u64) -> IdentityC
     );
     IdentityConfig {
         ca: format!("http://{addr}"),
+        tls: None,
         token_file: token,
         spiffe_id: spiffe_id("cluster.local", "shop", sa),
         lifetime: Duration::from_secs(lifetime),
@@ -106,6 +107,7 @@ async fn certificates_rotate_under_load_and_survive_a_ca_outage() {
     let svc = CaService {
         ca,
         tokens: Arc::new(BootstrapTokens::parse("tokens", TOKENS, "cluster.local").unwrap()),
+        requests: weft_control_plane::metrics::Metrics::default().ca_requests,
     };
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

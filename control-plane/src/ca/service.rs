@@ -70,11 +70,38 @@ impl BootstrapTokens {
 pub struct CaService {
     pub ca: Arc<Ca>,
     pub tokens: Arc<BootstrapTokens>,
+    /// `weft_cp_ca_requests_total`, by result.
+    pub requests: prometheus::IntCounterVec,
+}
+
+impl CaService {
+    fn count(&self, result: &str) {
+        self.requests.with_label_values(&[result]).inc();
+    }
 }
 
 #[tonic::async_trait]
 impl CertificateService for CaService {
     async fn create_certificate(
+        &self,
+        req: Request<CreateCertificateRequest>,
+    ) -> Result<Response<CreateCertificateResponse>, Status> {
+        let r = self.create(req);
+        self.count(match &r {
+            Ok(_) => "issued",
+            Err(s) => match s.code() {
+                tonic::Code::Unauthenticated => "unauthenticated",
+                tonic::Code::PermissionDenied => "denied",
+                tonic::Code::InvalidArgument => "invalid",
+                _ => "error",
+            },
+        });
+        r
+    }
+}
+
+impl CaService {
+    fn create(
         &self,
         req: Request<CreateCertificateRequest>,
     ) -> Result<Response<CreateCertificateResponse>, Status> {

@@ -183,9 +183,11 @@ async fn the_grpc_service_issues_only_to_a_proven_identity() {
     let dir = tmp("svc");
     let ca = std::sync::Arc::new(ca(&dir));
     let tokens = BootstrapTokens::parse("t", "0123456789abcdef0123 shop reviews\n", TD).unwrap();
+    let requests = crate::metrics::Metrics::default().ca_requests;
     let svc = CaService {
         ca: ca.clone(),
         tokens: std::sync::Arc::new(tokens),
+        requests: requests.clone(),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -233,5 +235,14 @@ async fn the_grpc_service_issues_only_to_a_proven_identity() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(err.message().contains("sa/payments"), "{}", err.message());
+    let counted = |r: &str| requests.with_label_values(&[r]).get();
+    assert_eq!(
+        (
+            counted("issued"),
+            counted("unauthenticated"),
+            counted("denied")
+        ),
+        (1, 2, 1)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -48,6 +48,7 @@ spec:
     budget: {ratio: 0.2, minPerSecond: 10}
   loadBalancer: {policy: ring-hash, hash: {header: X-User}}
   circuitBreaker: {maxRequests: 1000}
+  authorization: {default: deny, allow: [{namespace: shop}, {identity: spiffe://cluster.local/ns/web/sa/frontend}]}
   outlierDetection: {consecutive5xx: 5, failureRate: {thresholdPercent: 50, minimumRequests: 10, window: 10s}}
 ---
 apiVersion: weft.dev/v1alpha1
@@ -76,6 +77,28 @@ fn weft_meta(m: &Option<weft_xds_proto::envoy::config::core::v3::Metadata>, fiel
         .kind
         .clone()
         .unwrap()
+}
+
+#[test]
+fn authorization_rides_on_the_listener_for_the_inbound_sidecars() {
+    let r = resources();
+    let Kind::StructValue(a) = weft_meta(&r.listeners[1].metadata, "authorization") else {
+        panic!("authorization is a struct");
+    };
+    assert_eq!(
+        a.fields["default"].kind,
+        Some(Kind::StringValue("deny".into()))
+    );
+    let Some(Kind::ListValue(allow)) = &a.fields["allow"].kind else {
+        panic!("allow is a list");
+    };
+    assert_eq!(allow.values.len(), 2);
+    let no_policy = r.listeners[0].metadata.as_ref().unwrap();
+    assert!(
+        !no_policy.filter_metadata[METADATA_KEY]
+            .fields
+            .contains_key("authorization")
+    );
 }
 
 #[test]

@@ -31,6 +31,14 @@ pub enum ProxyError {
         addr: std::net::SocketAddr,
         source: hyper::Error,
     },
+    #[error("mutual TLS to {addr} failed ({reason}): {message}")]
+    Tls {
+        addr: std::net::SocketAddr,
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{peer} may not call {service}")]
+    Forbidden { peer: String, service: String },
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
     #[error("gRPC deadline of {0:?} exceeded")]
@@ -47,7 +55,10 @@ impl ProxyError {
             }
             ProxyError::NoEndpoints(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
             ProxyError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
-            ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, grpc::UNAVAILABLE),
+            ProxyError::Upstream { .. } | ProxyError::Tls { .. } => {
+                (StatusCode::BAD_GATEWAY, grpc::UNAVAILABLE)
+            }
+            ProxyError::Forbidden { .. } => (StatusCode::FORBIDDEN, grpc::PERMISSION_DENIED),
             ProxyError::Timeout(_) | ProxyError::GrpcDeadline(_) => {
                 (StatusCode::GATEWAY_TIMEOUT, grpc::DEADLINE_EXCEEDED)
             }

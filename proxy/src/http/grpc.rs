@@ -13,6 +13,7 @@ pub const UNIMPLEMENTED: u32 = 12;
 pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
 pub const DEADLINE_EXCEEDED: u32 = 4;
+pub const PERMISSION_DENIED: u32 = 7;
 
 /// A request is gRPC if its content type is `application/grpc` or `application/grpc+<codec>`.
 pub fn is_grpc(headers: &HeaderMap) -> bool {

@@ -91,7 +91,7 @@ impl Pool {
                 Some(s) => s,
                 None => {
                     fresh = true;
-                    Box::pin(connect(pools, addr, false)).await?
+                    Box::pin(connect(pools, addr, None, false)).await?
                 }
             };
             match sender.try_send_request(req).await {
@@ -136,11 +136,14 @@ impl Pool {
 pub async fn connect(
     pools: &Pools,
     addr: SocketAddr,
+    identity: Option<&std::sync::Arc<str>>,
     upgrades: bool,
 ) -> Result<Sender, ProxyError> {
-    let tcp = pools.connect(addr).await?;
+    let io = pools
+        .connect_upstream(addr, identity, crate::transport::tls::Alpn::Http1)
+        .await?;
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ProxyError::Upstream { addr, source })?;
     tokio::spawn(async move {

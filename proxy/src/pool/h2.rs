@@ -17,10 +17,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::{Clock, Pools, RequestBody};
 use crate::{http::error::ProxyError, transport::ConnectError};
 
+/// An endpoint, and the identity it must prove when the connection is mutual TLS.
+type Key = (SocketAddr, Option<Arc<str>>);
+
 #[derive(Debug)]
 pub struct Pool {
     /// Read on every request, written only when an endpoint is first used or swept.
-    slots: RwLock<HashMap<SocketAddr, Arc<Slot>>>,
+    slots: RwLock<HashMap<Key, Arc<Slot>>>,
     clock: Clock,
 }
 
@@ -52,20 +55,22 @@ impl Slot {
 }
 
 impl Pool {
-    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
-        if let Some(s) = self.slots.read().expect("h2 pool lock").get(&addr) {
+    fn slot(&self, addr: SocketAddr, identity: Option<&Arc<str>>) -> Arc<Slot> {
+        let key = (addr, identity.cloned());
+        if let Some(s) = self.slots.read().expect("h2 pool lock").get(&key) {
             return s.clone();
         }
         let mut slots = self.slots.write().expect("h2 pool lock");
-        slots.entry(addr).or_default().clone()
+        slots.entry(key).or_default().clone()
     }
 
     async fn checkout(
         &self,
         pools: &Pools,
         addr: SocketAddr,
+        identity: Option<&Arc<str>>,
     ) -> Result<(Arc<Slot>, http2::SendRequest<RequestBody>), ProxyError> {
-        let slot = self.slot(addr);
+        let slot = self.slot(addr, identity);
         slot.last_used_ms
             .store(self.clock.now_ms(), Ordering::Relaxed);
         if let Some(s) = slot.live() {
@@ -83,7 +88,7 @@ impl Pool {
                 }
                 // Boxed: connecting is rare, and its large state would otherwise be part of
                 // every request's future.
-                match Box::pin(connect(pools, addr)).await {
+                match Box::pin(connect(pools, addr, identity)).await {
                     Ok(sender) => {
                         *slot.sender.lock().expect("h2 slot lock") = Some(sender.clone());
                         *slot.failed.lock().expect("h2 slot lock") = None;
@@ -104,12 +109,13 @@ impl Pool {
         &self,
         pools: &Pools,
         addr: SocketAddr,
+        identity: Option<&Arc<str>>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         // A pooled connection may have gone away (GOAWAY, reset) since it was checked; a request
         // it never took is sent again once on a fresh connection.
         for attempt in 0..2 {
-            let (slot, mut sender) = self.checkout(pools, addr).await?;
+            let (slot, mut sender) = self.checkout(pools, addr, identity).await?;
             match sender.try_send_request(req).await {
                 Ok(rsp) => return Ok(rsp),
                 Err(mut e) => match e.take_message() {
@@ -146,8 +152,11 @@ impl Pool {
 async fn connect(
     pools: &Pools,
     addr: SocketAddr,
+    identity: Option<&Arc<str>>,
 ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-    let tcp = pools.connect(addr).await?;
+    let io = pools
+        .connect_upstream(addr, identity, crate::transport::tls::Alpn::H2)
+        .await?;
     let cfg = &pools.cfg;
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
@@ -161,7 +170,7 @@ async fn connect(
             .keep_alive_while_idle(true);
     }
     let (sender, conn) = b
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ProxyError::Upstream { addr, source })?;
     tokio::spawn(async move {
@@ -183,23 +192,23 @@ mod tests {
         let pool = Pool::default();
         let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let (tx, _server) = testing::h2().await;
-        let slot = pool.slot(addr);
+        let slot = pool.slot(addr, None);
         *slot.sender.lock().unwrap() = Some(tx);
         slot.last_used_ms
             .store(pool.clock.now_ms(), Ordering::Relaxed);
-        assert!(pool.slot(addr).live().is_some());
+        assert!(pool.slot(addr, None).live().is_some());
         assert!(
-            Arc::ptr_eq(&slot, &pool.slot(addr)),
+            Arc::ptr_eq(&slot, &pool.slot(addr, None)),
             "one slot per endpoint"
         );
 
         tokio::time::advance(Duration::from_secs(30)).await;
         pool.sweep(Duration::from_secs(90));
-        assert!(pool.slots.read().unwrap().contains_key(&addr));
+        assert!(pool.slots.read().unwrap().contains_key(&(addr, None)));
         tokio::time::advance(Duration::from_secs(61)).await;
         pool.sweep(Duration::from_secs(90));
         assert!(
-            !pool.slots.read().unwrap().contains_key(&addr),
+            !pool.slots.read().unwrap().contains_key(&(addr, None)),
             "unused for 91 s"
         );
     }
@@ -213,7 +222,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new();
         let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
         let pools = Pools::new(cfg, metrics.clone(), crate::metrics::Direction::Outbound);
-        let attempts = (0..5).map(|_| pools.h2.checkout(&pools, addr));
+        let attempts = (0..5).map(|_| pools.h2.checkout(&pools, addr, None));
         let results = futures_util::future::join_all(attempts).await;
         let errors: Vec<String> = results
             .into_iter()
@@ -238,7 +247,7 @@ mod tests {
         let pool = Pool::default();
         let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let (tx, server) = testing::h2().await;
-        let slot = pool.slot(addr);
+        let slot = pool.slot(addr, None);
         *slot.sender.lock().unwrap() = Some(tx);
         assert!(slot.live().is_some());
         server.abort();

@@ -35,6 +35,9 @@ pub struct ServiceSpec {
     pub subsets: Vec<SubsetSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteSpec>,
+    /// Who may call this service's endpoints (enforced by their inbound sidecars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<crate::inbound::AuthorizationSpec>,
 }
 
 /// How the proxy talks to a service's endpoints.
@@ -60,6 +63,9 @@ pub struct EndpointSpec {
     pub weight: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The endpoint's SPIFFE id: connections to it are mutual TLS and must prove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn one() -> u32 {

@@ -38,6 +38,7 @@ use weft_xds_proto::{
 
 use super::{Cluster, Endpoint, Protocol, Route, Service, ServiceDraft, Table};
 use crate::{
+    inbound::{AuthorizationSpec, Authz},
     metrics::Metrics,
     route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
 };
@@ -180,6 +181,7 @@ fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<(u32, Endpoint)>, String
             Endpoint {
                 addr: SocketAddr::new(ip, port),
                 labels: Arc::new(labels),
+                identity: string_field(weft(&e.metadata), "identity").map(Arc::from),
             },
         ));
     }
@@ -270,7 +272,8 @@ fn rds_name(l: &Listener) -> Result<String, String> {
 
 /// Checks a Listener on its own: what a proxy NACKs when it arrives.
 pub fn check_listener(l: &Listener) -> Result<(), String> {
-    rds_name(l).map(drop)
+    rds_name(l)?;
+    authorization(l).map(drop)
 }
 
 /// Checks a RouteConfiguration on its own (matches, regexes, actions); the clusters it names
@@ -340,6 +343,7 @@ fn service(l: &Listener, res: &Resources) -> Result<ServiceDraft, String> {
     if let Some(vip) = string_field(weft(&l.metadata), "vip") {
         domains.push(vip.into());
     }
+    let authz = authorization(l)?.map(Arc::new);
     Ok(ServiceDraft {
         name,
         protocol,
@@ -351,7 +355,37 @@ fn service(l: &Listener, res: &Resources) -> Result<ServiceDraft, String> {
             timeout: None,
         },
         domains,
+        authz,
     })
+}
+
+/// The listener's `authorization` (weft metadata), compiled.
+fn authorization(l: &Listener) -> Result<Option<Authz>, String> {
+    let Some(v) = weft(&l.metadata).and_then(|w| w.fields.get("authorization")) else {
+        return Ok(None);
+    };
+    let spec: AuthorizationSpec =
+        serde_json::from_value(json(v)).map_err(|e| format!("metadata `authorization`: {e}"))?;
+    Authz::compile(&spec)
+        .map(Some)
+        .map_err(|e| format!("metadata `authorization`: {e}"))
+}
+
+/// A protobuf `Value` as JSON.
+fn json(v: &weft_xds_proto::google::protobuf::Value) -> serde_json::Value {
+    match &v.kind {
+        Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::json!(n),
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Some(Kind::ListValue(l)) => l.values.iter().map(json).collect(),
+    }
 }
 
 /// A table compiled from xDS resources, and the listeners it could not compile yet.
@@ -416,6 +450,7 @@ pub fn compile(
         }
     }
     t.services = services;
+    t.index_endpoints();
     Compiled {
         table: t,
         held_back,

@@ -9,9 +9,15 @@
 //!   certificates carry only the SPIFFE id.
 //! - A server requires a client certificate chaining to the bundle; the peer's SPIFFE id is then
 //!   read from it for authorization, metrics and the application header.
-//! - TLS 1.3 only, ALPN `h2` (sidecar-to-sidecar traffic is always HTTP/2 or opaque).
+//! - TLS 1.3 only. A sidecar always offers ALPN `weft/1`, which marks the connection as mesh
+//!   TLS (a PERMISSIVE inbound passes any other TLS through to the application untouched),
+//!   before it the protocol that follows: `h2` for HTTP (HTTP/1.1 is carried over HTTP/2
+//!   between sidecars), `http/1.1` for upgrades (WebSocket), nothing more for opaque TCP.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwapOption;
 use rustls::{
@@ -28,6 +34,134 @@ use rustls::{
 
 /// ALPN between sidecars.
 pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// Offered by every sidecar client; chosen by the server when nothing else is (opaque TCP).
+pub const ALPN_MESH: &[u8] = b"weft/1";
+
+/// What a mesh connection carries, as ALPN tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    H2,
+    Http1,
+    Opaque,
+}
+
+impl Alpn {
+    fn offer(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::H2 => vec![ALPN_H2.to_vec(), ALPN_MESH.to_vec()],
+            Alpn::Http1 => vec![ALPN_HTTP1.to_vec(), ALPN_MESH.to_vec()],
+            Alpn::Opaque => vec![ALPN_MESH.to_vec()],
+        }
+    }
+
+    /// What the server side negotiated.
+    pub fn negotiated(p: Option<&[u8]>) -> Alpn {
+        match p {
+            Some(ALPN_H2) => Alpn::H2,
+            Some(ALPN_HTTP1) => Alpn::Http1,
+            _ => Alpn::Opaque,
+        }
+    }
+}
+
+/// A server's certificate does not name the identity expected of it.
+#[derive(Debug)]
+pub struct IdentityMismatch {
+    pub expected: String,
+    pub presented: Vec<String>,
+}
+
+impl std::fmt::Display for IdentityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let presented = if self.presented.is_empty() {
+            "missing".to_string()
+        } else {
+            self.presented.join(", ")
+        };
+        write!(
+            f,
+            "the server's identity is {presented}, not the expected {}",
+            self.expected
+        )
+    }
+}
+
+impl std::error::Error for IdentityMismatch {}
+
+/// The `result` label of `weft_tls_handshakes_total` for a failed handshake.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(e) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return if e.kind() == std::io::ErrorKind::TimedOut {
+            "timeout"
+        } else {
+            "io"
+        };
+    };
+    match e {
+        rustls::Error::NoCertificatesPresented => "no_client_cert",
+        rustls::Error::InvalidCertificate(C::Other(o))
+            if o.0.downcast_ref::<IdentityMismatch>().is_some() =>
+        {
+            "identity_mismatch"
+        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => "untrusted",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+        rustls::Error::InvalidCertificate(_) => "bad_certificate",
+        rustls::Error::AlertReceived(_) => "alert_received",
+        rustls::Error::NoApplicationProtocol => "no_alpn",
+        rustls::Error::PeerIncompatible(_) => "incompatible",
+        _ => "error",
+    }
+}
+
+/// A failed handshake in words: an identity mismatch says which identities, the rest as rustls
+/// puts them.
+pub fn describe(e: &std::io::Error) -> String {
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) =
+        e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+        && let Some(m) = o.0.downcast_ref::<IdentityMismatch>()
+    {
+        return m.to_string();
+    }
+    e.to_string()
+}
+
+/// What the first bytes of a TLS connection say about who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// A sidecar (it offers `weft/1`).
+    Mesh,
+    /// Some other TLS client, talking to the application itself.
+    Foreign,
+    /// The ClientHello is not complete yet.
+    Incomplete,
+}
+
+/// Reads the ClientHello in `buf` (nothing is answered).
+pub fn client_hello(buf: &[u8]) -> Hello {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = buf;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Hello::Foreign,
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => {
+            let mesh = accepted
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == ALPN_MESH));
+            if mesh { Hello::Mesh } else { Hello::Foreign }
+        }
+        Ok(None) => Hello::Incomplete,
+        Err(_) => Hello::Foreign,
+    }
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -130,23 +264,25 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             None,
         )
         .map_err(|e| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(e),
-            )))
+            use rustls::CertificateError as C;
+            rustls::Error::InvalidCertificate(match e {
+                webpki::Error::UnknownIssuer => C::UnknownIssuer,
+                webpki::Error::CertExpired { .. } => C::Expired,
+                webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
+                webpki::Error::InvalidSignatureForPublicKey => C::BadSignature,
+                e => C::Other(rustls::OtherError(Arc::new(e))),
+            })
         })?;
         let ids = spiffe_ids(end_entity);
         if ids.len() == 1 && ids[0] == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "the server's identity is {}, not the expected {}",
-                if ids.is_empty() {
-                    "missing".to_string()
-                } else {
-                    ids.join(", ")
-                },
-                self.expected
-            )))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(IdentityMismatch {
+                    expected: self.expected.clone(),
+                    presented: ids,
+                }))),
+            ))
         }
     }
 
@@ -188,6 +324,15 @@ pub fn client_config(
     creds: Arc<Credentials>,
     expected: &str,
 ) -> Result<ClientConfig, rustls::Error> {
+    client_config_for(roots, creds, expected, Alpn::H2)
+}
+
+fn client_config_for(
+    roots: Arc<RootCertStore>,
+    creds: Arc<Credentials>,
+    expected: &str,
+    alpn: Alpn,
+) -> Result<ClientConfig, rustls::Error> {
     let provider = provider();
     let verifier = SpiffeServerVerifier {
         roots,
@@ -199,7 +344,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(creds);
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg.alpn_protocols = alpn.offer();
     Ok(cfg)
 }
 
@@ -217,8 +362,108 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(creds);
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_MESH.to_vec()];
     Ok(cfg)
+}
+
+/// A client configuration for the control plane's TLS port: the server's chain verified
+/// against `roots` and its name against the host dialled, as for any HTTPS server.
+pub fn control_plane_config(roots: Arc<RootCertStore>) -> ClientConfig {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg
+}
+
+/// Reads a PEM file of certificates; errors name the file.
+pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pem_certs(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The certificates in a PEM text, in order.
+pub fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    for block in pem::parse_many(text).map_err(|e| e.to_string())? {
+        if block.tag() != "CERTIFICATE" {
+            return Err(format!(
+                "a {} where a CERTIFICATE was expected",
+                block.tag()
+            ));
+        }
+        out.push(CertificateDer::from(block.into_contents()));
+    }
+    if out.is_empty() {
+        return Err("no certificate".into());
+    }
+    Ok(out)
+}
+
+/// A configuration and the bundle it was made with.
+type Cached<T> = (Arc<RootCertStore>, Arc<T>);
+/// By the identity expected of the server and the ALPN offered.
+type ClientConfigs = HashMap<(Arc<str>, Alpn), Cached<ClientConfig>>;
+
+/// Mutual TLS in force: the identity, and the TLS configurations made from it, kept until the
+/// trust bundle changes (so sessions resume and nothing is rebuilt per connection).
+#[derive(Debug)]
+pub struct Mtls {
+    pub identity: Arc<crate::identity::Identity>,
+    server: Mutex<Option<Cached<ServerConfig>>>,
+    clients: Mutex<ClientConfigs>,
+}
+
+impl Mtls {
+    pub fn new(identity: Arc<crate::identity::Identity>) -> Self {
+        Mtls {
+            identity,
+            server: Mutex::default(),
+            clients: Mutex::default(),
+        }
+    }
+
+    /// For the inbound side; `None` until a certificate and bundle are held.
+    pub fn server(&self) -> Option<Arc<ServerConfig>> {
+        let roots = self.identity.roots()?;
+        let mut cached = self.server.lock().expect("mtls lock");
+        if let Some((r, cfg)) = &*cached
+            && Arc::ptr_eq(r, &roots)
+        {
+            return Some(cfg.clone());
+        }
+        let cfg = Arc::new(server_config(roots.clone(), self.identity.credentials.clone()).ok()?);
+        *cached = Some((roots, cfg.clone()));
+        Some(cfg)
+    }
+
+    /// For a connection to an endpoint that must prove `expected`.
+    pub fn client(&self, expected: &Arc<str>, alpn: Alpn) -> Option<Arc<ClientConfig>> {
+        let roots = self.identity.roots()?;
+        let mut cached = self.clients.lock().expect("mtls lock");
+        let key = (expected.clone(), alpn);
+        if let Some((r, cfg)) = cached.get(&key)
+            && Arc::ptr_eq(r, &roots)
+        {
+            return Some(cfg.clone());
+        }
+        let cfg = Arc::new(
+            client_config_for(
+                roots.clone(),
+                self.identity.credentials.clone(),
+                expected,
+                alpn,
+            )
+            .ok()?,
+        );
+        if cached.len() > 4096 {
+            cached.clear();
+        }
+        cached.insert(key, (roots, cfg.clone()));
+        Some(cfg)
+    }
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ async fn exchange(
         let mut tls = client
             .connect(ServerName::try_from("mesh").unwrap(), c)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{} ({})", describe(&e), failure_reason(&e)))?;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN_H2));
         tls.write_all(b"hello").await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
@@ -121,7 +121,7 @@ async fn a_server_with_another_identity_is_refused_before_any_data() {
     let err = cli.unwrap_err();
     assert!(
         err.contains(&format!(
-            "the server's identity is {other}, not the expected {B}"
+            "the server's identity is {other}, not the expected {B} (identity_mismatch)"
         )),
         "{err}"
     );
@@ -141,7 +141,10 @@ async fn certificates_from_another_ca_or_expired_or_missing_are_refused() {
     )
     .await;
     let err = cli.unwrap_err();
-    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("UnknownIssuer") && err.ends_with("(untrusted)"),
+        "{err}"
+    );
     // A client certificate from another CA: the server refuses it.
     let (srv, _) = exchange(
         &ca,
@@ -155,7 +158,10 @@ async fn certificates_from_another_ca_or_expired_or_missing_are_refused() {
     // An expired server certificate.
     let (_, cli) = exchange(&ca, leaf(&ca, A, -60, 3600), B, leaf(&ca, B, -7200, -3600)).await;
     let err = cli.unwrap_err();
-    assert!(err.contains("Expired"), "{err}");
+    assert!(
+        err.contains("Expired") && err.ends_with("(expired)"),
+        "{err}"
+    );
     // No client certificate at all.
     let (srv, _) = exchange(
         &ca,
@@ -180,4 +186,39 @@ async fn a_rotated_certificate_is_used_by_new_handshakes() {
     let (srv, cli) = exchange(&ca, leaf(&ca, A, -60, 3600), B, server).await;
     assert_eq!(srv.unwrap().as_deref(), Some(A));
     assert_eq!(cli.unwrap(), b"world");
+}
+
+/// The first flight of a client offering `alpn`.
+fn hello_bytes(alpn: Alpn) -> Vec<u8> {
+    let ca = test_ca();
+    let roots = roots(std::slice::from_ref(&ca.der)).unwrap();
+    let cfg = client_config_for(roots, leaf(&ca, A, -60, 3600), B, alpn).unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("mesh").unwrap())
+            .unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_sidecar_is_told_from_other_tls_clients_by_its_client_hello() {
+    for alpn in [Alpn::H2, Alpn::Http1, Alpn::Opaque] {
+        let hello = hello_bytes(alpn);
+        assert_eq!(client_hello(&hello), Hello::Mesh, "{alpn:?}");
+        assert_eq!(client_hello(&hello[..hello.len() / 2]), Hello::Incomplete);
+    }
+    let ca = test_ca();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(std::slice::from_ref(&ca.der)).unwrap())
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("app.example").unwrap())
+            .unwrap();
+    let mut browser = Vec::new();
+    conn.write_tls(&mut browser).unwrap();
+    assert_eq!(client_hello(&browser), Hello::Foreign);
+    assert_eq!(client_hello(b"\x16\x03\x01\x00\x05hello"), Hello::Foreign);
 }

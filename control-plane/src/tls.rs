@@ -1,0 +1,205 @@
+//! The control plane's TLS port (xDS and the CA): a certificate from its own CA, renewed before
+//! it expires and swapped in for new handshakes, and the accepted connections handed to tonic.
+//!
+//! Proxies verify the certificate against the mesh trust bundle and the name they dialled, so
+//! it carries every name in `--tls-san` (DNS names and IP addresses) and the control plane's
+//! SPIFFE id. Clients are not asked for a certificate: the CA authenticates callers by their
+//! token, and the xDS resources are the same for every proxy.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::ca::{Ca, CaError, ServerCert};
+
+/// How long a client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified(cert: &ServerCert) -> Result<CertifiedKey, CaError> {
+    let chain = pem::parse_many(&cert.chain_pem)
+        .map_err(|e| CaError::Sign(e.to_string()))?
+        .into_iter()
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    let key = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            cert.key_der.clone(),
+        )))
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    Ok(CertifiedKey::new(chain, key))
+}
+
+/// The certificate the TLS port presents.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl ServingCert {
+    /// Issues the first certificate; returns it and when it expires.
+    pub fn issue(
+        ca: &Ca,
+        names: &[String],
+        identity: &str,
+    ) -> Result<(Arc<Self>, SystemTime), CaError> {
+        let cert = ca.issue_server(names, identity)?;
+        let this = ServingCert {
+            current: ArcSwap::from_pointee(certified(&cert)?),
+        };
+        Ok((Arc::new(this), cert.expires))
+    }
+
+    /// Renews at 70 % of each certificate's lifetime, for as long as the process runs. A
+    /// failure (it does not touch the network, so it is rare) is retried a minute later.
+    pub async fn renew(
+        self: Arc<Self>,
+        ca: Arc<Ca>,
+        names: Vec<String>,
+        identity: String,
+        mut expires: SystemTime,
+    ) {
+        loop {
+            let left = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(left.mul_f64(0.7)).await;
+            match ca
+                .issue_server(&names, &identity)
+                .and_then(|c| Ok((certified(&c)?, c.expires)))
+            {
+                Ok((key, e)) => {
+                    self.current.store(Arc::new(key));
+                    expires = e;
+                    tracing::info!(expires = ?e, "control plane certificate renewed");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control plane certificate renewal failed; retrying in 1m");
+                    expires = SystemTime::now() + Duration::from_secs(60).div_f64(0.7);
+                }
+            }
+        }
+    }
+}
+
+/// TLS 1.2 and 1.3 (gRPC clients of every language connect here), ALPN h2, no client
+/// certificate.
+pub fn server_config(cert: Arc<ServingCert>) -> ServerConfig {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg
+}
+
+/// An accepted, handshaken connection, as tonic serves it.
+pub struct TlsConn(TlsStream<TcpStream>);
+
+impl Connected for TlsConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `l` and hands over each connection once its handshake is done; handshakes run
+/// concurrently, so a slow or silent client holds up no one else. A failed handshake is
+/// counted and logged, never passed on.
+pub fn incoming(
+    l: TcpListener,
+    cfg: Arc<ServerConfig>,
+    failures: prometheus::IntCounter,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match l.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS port: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx, failures) = (acceptor.clone(), tx.clone(), failures.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(TlsConn(s))).await;
+                    }
+                    Ok(Err(e)) => {
+                        failures.inc();
+                        tracing::debug!(%peer, error = %e, "TLS port: handshake failed");
+                    }
+                    Err(_) => {
+                        failures.inc();
+                        tracing::debug!(%peer, "TLS port: handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -1,0 +1,195 @@
+//! The inbound side's own decisions: who may call (authorization), and the header that tells
+//! the application who did.
+//!
+//! A connection's destination (its local address, or the original destination once traffic is
+//! captured) is an endpoint of one or more services in the table; each of those services'
+//! authorization policy must allow the caller. The caller is the SPIFFE id its mesh TLS
+//! certificate proved, or nobody (plaintext, in PERMISSIVE mode).
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc};
+
+use http::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+/// The header the application reads the caller's identity from. Set by the inbound proxy on
+/// every request from a mesh peer, removed from every request (so no caller can forge it).
+pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-weft-peer-identity");
+
+/// Carried from the outbound to the inbound sidecar when an HTTP/1 request rides the HTTP/2
+/// connection between them: the version to restore for the application.
+pub static ORIG_PROTO_HEADER: HeaderName = HeaderName::from_static("x-weft-orig-proto");
+
+/// Who is on the other end of an inbound connection, and where it was sent.
+#[derive(Debug)]
+pub struct Peer {
+    /// The SPIFFE id its certificate proved; `None` for plaintext.
+    pub id: Option<Arc<str>>,
+    /// `id` as the header value given to the application.
+    pub header: Option<HeaderValue>,
+    /// The connection's destination: which endpoint (and so which services) it reached.
+    pub local: SocketAddr,
+    /// `weft_inbound_peer_requests_total` for this caller.
+    pub requests: prometheus::IntCounter,
+}
+
+impl Peer {
+    pub fn new(id: Option<String>, local: SocketAddr, metrics: &crate::metrics::Metrics) -> Self {
+        let requests = metrics.tls.peer_requests(id.as_deref());
+        Peer {
+            header: id.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
+            id: id.map(Arc::from),
+            local,
+            requests,
+        }
+    }
+}
+
+/// A service's authorization policy, as written (the `authorization` of a TrafficPolicy, or
+/// of a service in the table file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationSpec {
+    /// For callers no rule allows.
+    #[serde(default)]
+    pub default: DefaultAction,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Exactly one field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AllowRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authz {
+    deny_by_default: bool,
+    identities: HashSet<Box<str>>,
+    namespaces: HashSet<Box<str>>,
+    authenticated: bool,
+}
+
+impl Authz {
+    /// Compiles a policy; the error names the rule.
+    pub fn compile(spec: &AuthorizationSpec) -> Result<Authz, String> {
+        let mut a = Authz {
+            deny_by_default: spec.default == DefaultAction::Deny,
+            identities: HashSet::new(),
+            namespaces: HashSet::new(),
+            authenticated: false,
+        };
+        for (i, r) in spec.allow.iter().enumerate() {
+            match (&r.identity, &r.namespace, r.authenticated) {
+                (Some(id), None, None) if id.starts_with("spiffe://") => {
+                    a.identities.insert(id.as_str().into());
+                }
+                (Some(id), None, None) => {
+                    return Err(format!("allow[{i}].identity: `{id}` is not a SPIFFE id"));
+                }
+                (None, Some(ns), None) if !ns.is_empty() => {
+                    a.namespaces.insert(ns.as_str().into());
+                }
+                (None, None, Some(true)) => a.authenticated = true,
+                _ => {
+                    return Err(format!(
+                        "allow[{i}]: set exactly one of `identity`, `namespace`, `authenticated: true`"
+                    ));
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    /// Whether `peer` (a SPIFFE id, or `None` for a plaintext caller) may call.
+    pub fn allows(&self, peer: Option<&str>) -> bool {
+        let ruled = peer.is_some_and(|id| {
+            self.authenticated
+                || self.identities.contains(id)
+                || namespace_of(id).is_some_and(|ns| self.namespaces.contains(ns))
+        });
+        ruled || !self.deny_by_default
+    }
+}
+
+/// The namespace of `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+fn namespace_of(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("ns"), Some(ns), Some("sa"), Some(_)) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+
+    fn policy(yaml: &str) -> Authz {
+        Authz::compile(&serde_yaml_ng::from_str(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rules_allow_and_the_default_decides_the_rest() {
+        let p = policy(
+            "default: deny\nallow: [{identity: spiffe://cluster.local/ns/shop/sa/frontend}, {namespace: ops}]",
+        );
+        assert!(p.allows(Some(FRONTEND)));
+        assert!(p.allows(Some("spiffe://cluster.local/ns/ops/sa/anything")));
+        assert!(!p.allows(Some("spiffe://cluster.local/ns/shop/sa/payments")));
+        assert!(!p.allows(Some("spiffe://cluster.local/ns/shopping/sa/x")));
+        assert!(!p.allows(None), "plaintext is nobody");
+
+        let p = policy("default: deny\nallow: [{authenticated: true}]");
+        assert!(p.allows(Some(FRONTEND)));
+        assert!(!p.allows(None));
+
+        let p = policy("allow: [{identity: spiffe://cluster.local/ns/shop/sa/frontend}]");
+        assert!(
+            p.allows(None),
+            "default allow: the rules only add to everyone"
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_named() {
+        let spec: AuthorizationSpec =
+            serde_yaml_ng::from_str("allow: [{identity: frontend}]").unwrap();
+        assert_eq!(
+            Authz::compile(&spec).unwrap_err(),
+            "allow[0].identity: `frontend` is not a SPIFFE id"
+        );
+        let spec: AuthorizationSpec =
+            serde_yaml_ng::from_str("allow: [{namespace: a, authenticated: true}]").unwrap();
+        assert!(
+            Authz::compile(&spec)
+                .unwrap_err()
+                .starts_with("allow[0]: set exactly one")
+        );
+    }
+
+    #[test]
+    fn namespaces_come_from_the_spiffe_path() {
+        assert_eq!(namespace_of(FRONTEND), Some("shop"));
+        assert_eq!(namespace_of("spiffe://td/ns//sa/x"), None);
+        assert_eq!(namespace_of("spiffe://td/other/shop"), None);
+    }
+}
