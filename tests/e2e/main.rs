@@ -10,6 +10,7 @@ mod http2;
 mod identity;
 mod interop;
 mod mesh;
+mod mtls;
 mod swap;
 mod tcp;
 mod tools;

@@ -34,6 +34,23 @@ pub struct ServerState {
     pub completed_streams: AtomicUsize,
     /// Bidi calls whose request stream ended, however (end of stream, reset, error).
     pub bidi_inputs_ended: AtomicUsize,
+    /// Per call, in order: its method and the `x-weft-peer-identity` it carried (`-` for none).
+    pub peers: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl Svc {
+    fn record_peer<T>(&self, method: &str, req: &Request<T>) {
+        let id = req
+            .metadata()
+            .get("x-weft-peer-identity")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        self.0
+            .peers
+            .lock()
+            .unwrap()
+            .push((method.to_string(), id.to_string()));
+    }
 }
 
 #[derive(Clone)]
@@ -74,6 +91,7 @@ type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
 #[tonic::async_trait]
 impl Echo for Svc {
     async fn unary(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        self.record_peer("unary", &req);
         let guard = CallGuard::new(&self.0);
         let msg = req.into_inner();
         if msg.text == "fail" {
@@ -102,6 +120,7 @@ impl Echo for Svc {
         &self,
         req: Request<StreamReq>,
     ) -> Result<Response<Self::ServerStreamStream>, Status> {
+        self.record_peer("server_stream", &req);
         let r = req.into_inner();
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -127,6 +146,7 @@ impl Echo for Svc {
     }
 
     async fn client_stream(&self, req: Request<Streaming<Msg>>) -> Result<Response<Msg>, Status> {
+        self.record_peer("client_stream", &req);
         let guard = CallGuard::new(&self.0);
         let mut s = req.into_inner();
         let (mut count, mut bytes) = (0u64, 0usize);
@@ -148,6 +168,7 @@ impl Echo for Svc {
         &self,
         req: Request<Streaming<Msg>>,
     ) -> Result<Response<Self::BidiStream>, Status> {
+        self.record_peer("bidi", &req);
         let state = self.0.clone();
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(1);

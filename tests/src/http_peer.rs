@@ -127,6 +127,9 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
                 HeaderValue::from_str(&host.unwrap_or_default()).unwrap(),
             );
             seen.insert("x-served-by", HeaderValue::from_str(&st.name).unwrap());
+            if let Some(id) = req.headers().get("x-weft-peer-identity") {
+                seen.insert("x-seen-peer-identity", id.clone());
+            }
             let mut rsp = Response::new(req.into_body().map_err(Into::into).boxed());
             rsp.headers_mut().extend(seen);
             rsp

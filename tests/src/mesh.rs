@@ -20,6 +20,7 @@ pub fn control_plane(dir: &TempDir, extra: &[&str]) -> Proxy {
         ("--xds-addr", "127.0.0.1:0"),
         ("--metrics-addr", "127.0.0.1:0"),
         ("--api-addr", "127.0.0.1:0"),
+        ("--tls-addr", "127.0.0.1:0"),
         ("--log-format", "json"),
     ];
     args_over_defaults(&mut cmd, &defaults, extra);

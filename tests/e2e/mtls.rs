@@ -1,0 +1,453 @@
+//! Mutual TLS between sidecars, end to end: the control plane (mesh CA, xDS over TLS), sidecars
+//! that get their certificates from it with bootstrap tokens, and real peers on both ends
+//! (hyper, tonic, a TCP echo server, `openssl s_client`).
+//!
+//! The mesh: `frontend` (ns demo) and `intruder` (ns other) are client sidecars; `web`
+//! (HTTP/1.1), `echo` (gRPC) and `tcp` (an echo server) each sit behind a sidecar of their own.
+//! Every service allows only `frontend`.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_tests::{
+    chain::TempDir,
+    eventually,
+    grpc::{self, Msg, ServerState, StreamReq},
+    http_peer::{self, Peer},
+    mesh,
+    proxy::Proxy,
+    tcp_peer, tools,
+};
+
+const TD: &str = "spiffe://cluster.local";
+const WEB: &str = "web.demo.svc.cluster.local:8080";
+const ECHO: &str = "echo.demo.svc.cluster.local:9090";
+const TCP: &str = "tcp.demo.svc.cluster.local:7000";
+
+fn id(ns: &str, sa: &str) -> String {
+    format!("{TD}/ns/{ns}/sa/{sa}")
+}
+
+/// How a test wants the mesh.
+struct Options {
+    /// `--cert-ttl` and `--cert-max-ttl` of the CA (sidecars ask for 24 h; the CA caps it).
+    cert_ttl: &'static str,
+    /// The identity the registry gives web's endpoint (web's sidecar proves `demo/web`).
+    web_identity: String,
+    /// `--inbound-mtls` of web's sidecar.
+    web_mode: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cert_ttl: "1h",
+            web_identity: id("demo", "web"),
+            web_mode: "strict",
+        }
+    }
+}
+
+struct Mesh {
+    dir: TempDir,
+    registry: TempDir,
+    cp: Proxy,
+    /// The mesh CA's certificate (the trust bundle).
+    bundle: PathBuf,
+    web: Peer,
+    echo: Arc<ServerState>,
+    /// web, echo, tcp.
+    pods: Vec<Proxy>,
+    frontend: Proxy,
+    intruder: Proxy,
+}
+
+/// The sidecar flags for workload `ns/sa`, getting its identity from `cp`'s CA.
+fn sidecar(
+    dir: &TempDir,
+    cp: &Proxy,
+    bundle: &std::path::Path,
+    ns: &str,
+    sa: &str,
+    extra: &[&str],
+) -> Proxy {
+    let token = dir.write(&format!("{sa}.token"), &token(sa));
+    let url = format!("https://{}", cp.addr("xds-tls"));
+    let mut args = vec![
+        "--control-plane",
+        &url,
+        "--trust-bundle",
+        bundle.to_str().unwrap(),
+        "--identity",
+        "ca",
+        "--identity-token-file",
+        token.to_str().unwrap(),
+        "--pod-namespace",
+        ns,
+        "--service-account",
+        sa,
+        "--pod-name",
+        sa,
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start(&args)
+}
+
+fn token(sa: &str) -> String {
+    format!("{sa}-bootstrap-token-0123456789")
+}
+
+fn service(name: &str, port: u16, protocol: &str, addr: SocketAddr, identity: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  port: {port}\n  protocol: {protocol}\n  aliases: [{name}]\n  endpoints:\n    - {{address: {addr}, identity: {identity}}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  service: {name}.demo.svc.cluster.local:{port}\n  authorization: {{default: deny, allow: [{{identity: {}}}]}}\n",
+        id("demo", "frontend")
+    )
+}
+
+impl Mesh {
+    async fn new(o: Options) -> Mesh {
+        let dir = TempDir::new("mtls");
+        let mut tokens = String::new();
+        for (ns, sa) in [
+            ("demo", "frontend"),
+            ("other", "intruder"),
+            ("demo", "web"),
+            ("demo", "echo"),
+            ("demo", "tcp"),
+        ] {
+            tokens += &format!("{} {ns} {sa}\n", token(sa));
+        }
+        let tokens = dir.write("tokens", &tokens);
+        let registry = TempDir::new("mtls-registry");
+        let ca_dir = dir.0.join("ca");
+        let cp = mesh::control_plane(
+            &registry,
+            &[
+                "--ca-dir",
+                ca_dir.to_str().unwrap(),
+                "--ca-create",
+                "--bootstrap-tokens",
+                tokens.to_str().unwrap(),
+                "--cert-ttl",
+                o.cert_ttl,
+                "--cert-max-ttl",
+                o.cert_ttl,
+            ],
+        );
+        let bundle = ca_dir.join("ca.crt");
+        let web = http_peer::server("web").await;
+        let (echo_addr, echo) = grpc::server().await;
+        let tcp_addr = tcp_peer::echo_server(false).await;
+        let pod = |sa: &str, app: SocketAddr, mode: &str| {
+            sidecar(
+                &dir,
+                &cp,
+                &bundle,
+                "demo",
+                sa,
+                &[
+                    "--inbound-forward",
+                    &app.to_string(),
+                    "--inbound-mtls",
+                    mode,
+                ],
+            )
+        };
+        let pods = vec![
+            pod("web", web.addr, o.web_mode),
+            pod("echo", echo_addr, "strict"),
+            pod("tcp", tcp_addr, "strict"),
+        ];
+        let tcp_listener = format!("127.0.0.1:0={TCP}");
+        let client = |ns: &str, sa: &str| {
+            sidecar(
+                &dir,
+                &cp,
+                &bundle,
+                ns,
+                sa,
+                &["--outbound-tcp", &tcp_listener],
+            )
+        };
+        let frontend = client("demo", "frontend");
+        let intruder = client("other", "intruder");
+        let write = |file: &str, text: String| {
+            registry.write(file, &text);
+        };
+        write(
+            "web.yaml",
+            service(
+                "web",
+                8080,
+                "http",
+                pods[0].addr("inbound"),
+                &o.web_identity,
+            ),
+        );
+        write(
+            "echo.yaml",
+            service(
+                "echo",
+                9090,
+                "http2",
+                pods[1].addr("inbound"),
+                &id("demo", "echo"),
+            ),
+        );
+        write(
+            "tcp.yaml",
+            service(
+                "tcp",
+                7000,
+                "tcp",
+                pods[2].addr("inbound"),
+                &id("demo", "tcp"),
+            ),
+        );
+        let m = Mesh {
+            dir,
+            registry,
+            cp,
+            bundle,
+            web,
+            echo,
+            pods,
+            frontend,
+            intruder,
+        };
+        for p in m.pods.iter().chain([&m.frontend, &m.intruder]) {
+            eventually(
+                Duration::from_secs(20),
+                "every sidecar ready (config and certificate)",
+                || async { (p.get("probe", "/ready").await.0 == 200).then_some(()) },
+            )
+            .await;
+        }
+        // Every sidecar has the services (ready means every type arrived once, not this
+        // content).
+        for p in [&m.frontend, &m.intruder, &m.pods[0]] {
+            eventually(
+                Duration::from_secs(10),
+                "the services in the table",
+                || async {
+                    let dump = p.config_dump().await;
+                    (dump["services"].as_array().map_or(0, Vec::len) == 3).then_some(())
+                },
+            )
+            .await;
+        }
+        m
+    }
+
+    /// An HTTP/1.1 request for `web` through `via`'s outbound listener.
+    async fn get_web(via: &Proxy) -> http::Response<bytes::Bytes> {
+        let rsp = http_peer::request_h1(
+            via.addr("outbound"),
+            Request::get("/echo").header("host", "web:8080"),
+            String::new(),
+        )
+        .await
+        .unwrap();
+        let (parts, body) = rsp.into_parts();
+        http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+    }
+}
+
+fn msg(text: &str, size: usize) -> Msg {
+    Msg {
+        payload: vec![b'x'; size],
+        text: text.to_string(),
+        count: 0,
+    }
+}
+
+/// Opens a connection to `via`'s TCP listener for `tcp`, sends a line and reads what comes back
+/// before the connection ends (at most a second).
+async fn tcp_exchange(via: &Proxy) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(via.addr(&format!("outbound-tcp {TCP}")))
+        .await
+        .unwrap();
+    let _ = s.write_all(b"ping\n").await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while !got.ends_with(b"ping\n") {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_authorization() {
+    let m = Mesh::new(Options::default()).await;
+    let frontend = id("demo", "frontend");
+
+    // HTTP/1.1 from the application, HTTP/2 over mutual TLS between the sidecars, HTTP/1.1
+    // again for the server, which sees who called.
+    let rsp = Mesh::get_web(&m.frontend).await;
+    assert_eq!(rsp.status(), 200, "{rsp:?}");
+    assert_eq!(rsp.headers()["x-seen-peer-identity"], frontend.as_str());
+    assert_eq!(rsp.headers()["x-seen-version"], "HTTP/1.1");
+    assert_eq!(rsp.headers()["x-seen-host"], "web:8080");
+
+    // All four gRPC call shapes.
+    let mut c = grpc::client(m.frontend.addr("outbound"), ECHO).await;
+    assert_eq!(
+        c.unary(msg("hello", 10)).await.unwrap().into_inner().text,
+        "hello"
+    );
+    let mut s = c
+        .server_stream(StreamReq {
+            count: 20,
+            size: 100,
+            interval_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while s.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 20);
+    let input = futures_util::stream::iter((0..10).map(|_| msg("", 100)));
+    let r = c.client_stream(input).await.unwrap().into_inner();
+    assert_eq!((r.count, r.text.as_str()), (10, "1000"));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut out = c
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..5 {
+        tx.send(msg(&format!("m{i}"), 10)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), out.message())
+            .await
+            .expect("bidi message relayed as it arrived")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.text, format!("m{i}"));
+    }
+    drop(tx);
+    assert!(out.message().await.unwrap().is_none());
+    let peers = m.echo.peers.lock().unwrap().clone();
+    let methods: Vec<&str> = peers.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["unary", "server_stream", "client_stream", "bidi"]);
+    assert!(peers.iter().all(|(_, p)| *p == frontend), "{peers:?}");
+
+    // Opaque TCP, mutual TLS too.
+    assert_eq!(tcp_exchange(&m.frontend).await, b"ping\n");
+
+    // The intruder is authenticated but not allowed: 403, PERMISSION_DENIED, a closed
+    // connection; nothing reaches the applications.
+    let served = m
+        .web
+        .state
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let rsp = Mesh::get_web(&m.intruder).await;
+    assert_eq!(rsp.status(), 403, "{rsp:?}");
+    let reason = rsp.headers()["weft-proxy-error"].to_str().unwrap();
+    assert!(
+        reason.contains(&id("other", "intruder")) && reason.contains(WEB),
+        "{reason}"
+    );
+    assert_eq!(
+        m.web
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        served
+    );
+    let mut c = grpc::client(m.intruder.addr("outbound"), ECHO).await;
+    let err = c.unary(msg("hello", 10)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        m.echo.peers.lock().unwrap().len(),
+        4,
+        "the call never reached echo"
+    );
+    assert_eq!(tcp_exchange(&m.intruder).await, b"");
+
+    // Metrics on both sides.
+    let web_pod = &m.pods[0];
+    assert!(
+        web_pod
+            .metric(r#"weft_tls_handshakes_total{direction="inbound",result="ok"}"#)
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        web_pod
+            .metric(&format!(
+                r#"weft_inbound_peer_requests_total{{client_id="{frontend}",tls="true"}}"#
+            ))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        web_pod
+            .metric(r#"weft_authz_total{protocol="http",result="allow"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        web_pod
+            .metric(r#"weft_authz_total{protocol="http",result="deny"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        m.pods[1]
+            .metric(r#"weft_authz_total{protocol="grpc",result="deny"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        m.pods[2]
+            .metric(r#"weft_authz_total{protocol="tcp",result="allow"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        m.pods[2]
+            .metric(r#"weft_authz_total{protocol="tcp",result="deny"}"#)
+            .await,
+        1.0
+    );
+    assert!(
+        m.frontend
+            .metric(r#"weft_tls_handshakes_total{direction="outbound",result="ok"}"#)
+            .await
+            >= 3.0
+    );
+    let expiry = m
+        .frontend
+        .metric("weft_identity_cert_expiry_timestamp_seconds")
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now + 3000.0 && expiry < now + 3700.0,
+        "{expiry} vs {now}"
+    );
+    tools::assert_promtool_clean(&web_pod.metrics().await);
+
+    // The identity and the CA's bundle are in the config dump; the CA counted its work.
+    let dump = m.frontend.config_dump().await;
+    assert_eq!(dump["identity"]["spiffe_id"], frontend.as_str());
+    assert_eq!(dump["identity"]["valid"], true);
+    assert!(
+        m.cp.metric(r#"weft_cp_ca_requests_total{result="issued"}"#)
+            .await
+            >= 5.0
+    );
+    drop(m.dir);
+}
