@@ -38,6 +38,8 @@ struct Options {
     web_identity: String,
     /// `--inbound-mtls` of web's sidecar.
     web_mode: &'static str,
+    /// Whether web has the authorization policy (only `frontend` may call).
+    web_authz: bool,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             cert_ttl: "1h",
             web_identity: id("demo", "web"),
             web_mode: "strict",
+            web_authz: true,
         }
     }
 }
@@ -99,11 +102,25 @@ fn token(sa: &str) -> String {
     format!("{sa}-bootstrap-token-0123456789")
 }
 
-fn service(name: &str, port: u16, protocol: &str, addr: SocketAddr, identity: &str) -> String {
-    format!(
-        "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  port: {port}\n  protocol: {protocol}\n  aliases: [{name}]\n  endpoints:\n    - {{address: {addr}, identity: {identity}}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  service: {name}.demo.svc.cluster.local:{port}\n  authorization: {{default: deny, allow: [{{identity: {}}}]}}\n",
-        id("demo", "frontend")
-    )
+/// A service with one endpoint that proves `identity`; with `authz`, only `frontend` may call it.
+fn service(
+    name: &str,
+    port: u16,
+    protocol: &str,
+    addr: SocketAddr,
+    identity: &str,
+    authz: bool,
+) -> String {
+    let mut s = format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  port: {port}\n  protocol: {protocol}\n  aliases: [{name}]\n  endpoints:\n    - {{address: {addr}, identity: {identity}}}\n"
+    );
+    if authz {
+        s += &format!(
+            "---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  service: {name}.demo.svc.cluster.local:{port}\n  authorization: {{default: deny, allow: [{{identity: {}}}]}}\n",
+            id("demo", "frontend")
+        );
+    }
+    s
 }
 
 impl Mesh {
@@ -184,6 +201,7 @@ impl Mesh {
                 "http",
                 pods[0].addr("inbound"),
                 &o.web_identity,
+                o.web_authz,
             ),
         );
         write(
@@ -194,6 +212,7 @@ impl Mesh {
                 "http2",
                 pods[1].addr("inbound"),
                 &id("demo", "echo"),
+                true,
             ),
         );
         write(
@@ -204,6 +223,7 @@ impl Mesh {
                 "tcp",
                 pods[2].addr("inbound"),
                 &id("demo", "tcp"),
+                true,
             ),
         );
         let m = Mesh {
@@ -450,4 +470,362 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
             >= 5.0
     );
     drop(m.dir);
+}
+
+/// A certificate for `id` signed by `issuer`, valid until `not_after`; written to `dir` as
+/// `<name>.crt` and `<name>.key`.
+fn leaf(
+    dir: &TempDir,
+    name: &str,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    id: &str,
+    not_after: time::OffsetDateTime,
+) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    p.not_before = not_after - time::Duration::days(2);
+    p.not_after = not_after;
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (
+        dir.write(&format!("{name}.crt"), &cert.pem()),
+        dir.write(&format!("{name}.key"), &key.serialize_pem()),
+    )
+}
+
+/// `openssl s_client` to `addr` offering `alpn`, presenting `cert` if any, sending `input`;
+/// returns what it printed (stdout then stderr).
+async fn s_client(
+    addr: SocketAddr,
+    bundle: &std::path::Path,
+    cert: Option<&(PathBuf, PathBuf)>,
+    alpn: &str,
+    input: &str,
+) -> String {
+    let openssl = tools::require("openssl").expect("openssl");
+    let mut cmd = tokio::process::Command::new(openssl);
+    cmd.args([
+        "s_client",
+        "-quiet",
+        "-connect",
+        &addr.to_string(),
+        "-alpn",
+        alpn,
+    ])
+    .arg("-CAfile")
+    .arg(bundle);
+    if let Some((c, k)) = cert {
+        cmd.arg("-cert").arg(c).arg("-key").arg(k);
+    }
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("s_client finishes within 10 s")
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_inbound_refuses_everything_but_mesh_mtls_from_an_allowed_identity() {
+    if tools::require("openssl").is_none() {
+        return;
+    }
+    let m = Mesh::new(Options::default()).await;
+    let pod = &m.pods[0];
+    let inbound = pod.addr("inbound");
+    let ca_dir = m.dir.0.join("ca");
+    let mesh_ca = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap(),
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let stranger = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let c = p.self_signed(&key).unwrap();
+        rcgen::Issuer::from_ca_cert_pem(&c.pem(), key).unwrap()
+    };
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let past = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let frontend = leaf(&m.dir, "frontend", &mesh_ca, &id("demo", "frontend"), later);
+    let intruder = leaf(
+        &m.dir,
+        "intruder",
+        &mesh_ca,
+        &id("other", "intruder"),
+        later,
+    );
+    let expired = leaf(&m.dir, "expired", &mesh_ca, &id("demo", "frontend"), past);
+    let foreign = leaf(&m.dir, "foreign", &stranger, &id("demo", "frontend"), later);
+    let request = "GET /echo HTTP/1.1\r\nHost: web:8080\r\nConnection: close\r\n\r\n";
+    let mesh_alpn = "http/1.1,weft/1";
+    let inbound_handshakes = |result: &'static str| async move {
+        pod.metric(&format!(
+            r#"weft_tls_handshakes_total{{direction="inbound",result="{result}"}}"#
+        ))
+        .await
+    };
+
+    // The control: a mesh certificate of an allowed identity gets through, and OpenSSL is as
+    // good a client as a sidecar.
+    let out = s_client(inbound, &m.bundle, Some(&frontend), mesh_alpn, request).await;
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains(&format!("x-seen-peer-identity: {}", id("demo", "frontend"))),
+        "{out}"
+    );
+    let served = m
+        .web
+        .state
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+
+    // No client certificate, one from another CA, an expired one.
+    for (cert, result, alert) in [
+        (None, "no_client_cert", "alert certificate required"),
+        (Some(&foreign), "untrusted", "alert unknown ca"),
+        (Some(&expired), "expired", "alert certificate expired"),
+    ] {
+        let out = s_client(inbound, &m.bundle, cert, mesh_alpn, request).await;
+        assert!(
+            !out.contains("HTTP/1.1") && out.contains(alert),
+            "{result}: {out}"
+        );
+        assert_eq!(inbound_handshakes(result).await, 1.0, "{result}: {out}");
+    }
+    // A valid identity the service does not allow: the handshake succeeds, the request is
+    // refused.
+    let out = s_client(inbound, &m.bundle, Some(&intruder), mesh_alpn, request).await;
+    assert!(out.contains("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("may not call"), "{out}");
+    // TLS that is not a sidecar's (no `weft/1`), and plaintext: refused before any handshake.
+    let out = s_client(inbound, &m.bundle, Some(&frontend), "http/1.1", request).await;
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+    let mut plain = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    plain.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+
+    assert_eq!(
+        m.web
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        served,
+        "nothing refused reached the application"
+    );
+    assert_eq!(
+        pod.metric(r#"weft_inbound_refused_total{reason="plaintext"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        pod.metric(r#"weft_inbound_refused_total{reason="foreign_tls"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        pod.metric(r#"weft_authz_total{protocol="http",result="deny"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unexpected_server_identity_fails_the_request_and_permissive_accepts_both() {
+    let m = Mesh::new(Options {
+        web_identity: id("demo", "payments"),
+        web_mode: "permissive",
+        web_authz: false,
+        ..Options::default()
+    })
+    .await;
+    // The registry says web's endpoint is `payments`; it proves `web`: no request is sent.
+    let rsp = Mesh::get_web(&m.frontend).await;
+    assert_eq!(rsp.status(), 502, "{rsp:?}");
+    let reason = rsp.headers()["weft-proxy-error"].to_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "the server's identity is {}, not the expected {}",
+            id("demo", "web"),
+            id("demo", "payments")
+        )),
+        "{reason}"
+    );
+    assert_eq!(
+        m.web
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(
+        m.frontend
+            .metric(r#"weft_tls_handshakes_total{direction="outbound",result="identity_mismatch"}"#)
+            .await
+            >= 1.0
+    );
+
+    // Corrected, the same pod takes mutual TLS ...
+    m.registry.write(
+        "web.yaml",
+        &service(
+            "web",
+            8080,
+            "http",
+            m.pods[0].addr("inbound"),
+            &id("demo", "web"),
+            false,
+        ),
+    );
+    let rsp = eventually(
+        Duration::from_secs(10),
+        "the corrected identity",
+        || async {
+            let rsp = Mesh::get_web(&m.frontend).await;
+            (rsp.status() == 200).then_some(rsp)
+        },
+    )
+    .await;
+    assert_eq!(
+        rsp.headers()["x-seen-peer-identity"],
+        id("demo", "frontend").as_str()
+    );
+    // ... and, PERMISSIVE, plaintext, which carries no identity (a forged one is removed).
+    let rsp = http_peer::request_h1(
+        m.pods[0].addr("inbound"),
+        Request::get("/echo")
+            .header("host", "web:8080")
+            .header("x-weft-peer-identity", id("demo", "admin")),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert!(
+        rsp.headers().get("x-seen-peer-identity").is_none(),
+        "{rsp:?}"
+    );
+    assert_eq!(
+        m.pods[0]
+            .metric(r#"weft_inbound_peer_requests_total{client_id="",tls="false"}"#)
+            .await,
+        1.0
+    );
+
+    // A sidecar whose CA cannot be reached is not ready: mutual TLS is on and it holds no
+    // certificate.
+    let token = m.dir.write("lost.token", &token("frontend"));
+    let lost = Proxy::start(&[
+        "--control-plane",
+        &format!("https://{}", m.cp.addr("xds-tls")),
+        "--trust-bundle",
+        m.bundle.to_str().unwrap(),
+        "--identity",
+        "ca",
+        "--ca-address",
+        "https://127.0.0.1:1",
+        "--identity-token-file",
+        token.to_str().unwrap(),
+        "--pod-namespace",
+        "demo",
+        "--service-account",
+        "frontend",
+    ]);
+    let (status, body) = eventually(
+        Duration::from_secs(10),
+        "config, but no certificate",
+        || async {
+            let dump = lost.config_dump().await;
+            let configured = dump["services"].as_array().map_or(0, Vec::len) == 3;
+            let ready = lost.get("probe", "/ready").await;
+            configured.then_some(ready)
+        },
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no valid workload certificate"), "{body}");
+    assert!(lost.metric("weft_identity_renewal_failures_total").await >= 1.0);
+    assert_eq!(
+        lost.metric("weft_identity_cert_expiry_timestamp_seconds")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_failed_request() {
+    let m = Mesh::new(Options {
+        cert_ttl: "3s",
+        ..Options::default()
+    })
+    .await;
+    let mut grpc = grpc::client(m.frontend.addr("outbound"), ECHO).await;
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut i = 0;
+    while tokio::time::Instant::now() < until && i < 3000 {
+        i += 1;
+        let rsp = Mesh::get_web(&m.frontend).await;
+        match rsp.status().as_u16() {
+            200 => ok += 1,
+            s => failed.push(format!(
+                "web {s}: {:?}",
+                rsp.headers().get("weft-proxy-error")
+            )),
+        }
+        match grpc.unary(msg("x", 10)).await {
+            Ok(_) => ok += 1,
+            Err(e) => failed.push(format!("echo: {e:?}")),
+        }
+        // A new connection, so a new handshake with whatever certificates are current.
+        match tcp_exchange(&m.frontend).await.as_slice() {
+            b"ping\n" => ok += 1,
+            other => failed.push(format!("tcp: {other:?}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} ok, {} failed: {:?}",
+        ok,
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= 30, "{ok}");
+    for p in [&m.frontend, &m.pods[0], &m.pods[2]] {
+        let renewals = p.metric("weft_identity_renewals_total").await;
+        assert!(
+            renewals >= 3.0,
+            "{renewals} certificates in 8 s of 3 s ones"
+        );
+    }
+    let fresh = m.pods[2]
+        .metric(r#"weft_tls_handshakes_total{direction="inbound",result="ok"}"#)
+        .await;
+    assert!(
+        fresh >= f64::from(i),
+        "{fresh} handshakes for {i} TCP connections"
+    );
 }
