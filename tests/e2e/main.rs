@@ -2,6 +2,7 @@
 
 mod config;
 mod control_plane;
+mod demo;
 mod drain;
 mod etcd;
 mod grpc;

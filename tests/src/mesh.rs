@@ -31,11 +31,26 @@ pub fn control_plane(dir: &TempDir, extra: &[&str]) -> Proxy {
 
 /// A `Service` registration in namespace `demo`: `(address, version label)` per endpoint.
 pub fn service(name: &str, port: u16, protocol: &str, endpoints: &[(SocketAddr, &str)]) -> String {
+    let with_ids: Vec<_> = endpoints.iter().map(|(a, v)| (*a, *v, None)).collect();
+    meshed_service(name, port, protocol, &with_ids)
+}
+
+/// A `Service` registration in namespace `demo`: `(address, version label, identity)` per
+/// endpoint; an endpoint with an identity is reached over mutual TLS.
+pub fn meshed_service(
+    name: &str,
+    port: u16,
+    protocol: &str,
+    endpoints: &[(SocketAddr, &str, Option<&str>)],
+) -> String {
     let mut s = format!(
         "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  port: {port}\n  protocol: {protocol}\n  aliases: [{name}]\n  endpoints:\n"
     );
-    for (addr, version) in endpoints {
-        s += &format!("    - {{address: {addr}, labels: {{version: {version}}}}}\n");
+    for (addr, version, identity) in endpoints {
+        let id = identity
+            .map(|i| format!(", identity: {i}"))
+            .unwrap_or_default();
+        s += &format!("    - {{address: {addr}, labels: {{version: {version}}}{id}}}\n");
     }
     s
 }

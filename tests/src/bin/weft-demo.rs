@@ -1,6 +1,7 @@
-//! The local mesh demo: the control plane on its embedded file registry, four sidecars and
-//! sample apps on loopback; HTTP/1.1, HTTP/2 and gRPC traffic; a canary split that `weftctl`
-//! shifts live, with the split observed after each step.
+//! The local mesh demo: the control plane on its embedded file registry (and as the mesh CA),
+//! four sidecars and sample apps on loopback, mutual TLS with SPIFFE identities between the
+//! sidecars; HTTP/1.1, HTTP/2 and gRPC traffic; a canary split that `weftctl` shifts live, with
+//! the split observed after each step.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -122,52 +123,143 @@ async fn shift(cp: &Proxy, a: &Proxy, work: &TempDir, w1: u32, w2: u32) {
     .await;
 }
 
+/// The SPIFFE id of workload `sa` in namespace `demo`.
+fn id(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/demo/sa/{sa}")
+}
+
+/// A sidecar named `node` for workload `sa` (namespace `demo`): routing table and certificate from the
+/// control plane, mutual TLS only on its inbound side.
+fn sidecar(cp: &Proxy, ca: &TempDir, node: &str, sa: &str, extra: &[&str]) -> Proxy {
+    let token = ca.write(
+        &format!("{sa}.token"),
+        &format!("{sa}-demo-bootstrap-token"),
+    );
+    let url = format!("https://{}", cp.addr("xds-tls"));
+    let bundle = ca.0.join("ca").join("ca.crt");
+    let mut args = vec![
+        "--control-plane",
+        &url,
+        "--trust-bundle",
+        bundle.to_str().unwrap(),
+        "--identity",
+        "ca",
+        "--identity-token-file",
+        token.to_str().unwrap(),
+        "--pod-namespace",
+        "demo",
+        "--service-account",
+        sa,
+        "--node-id",
+        node,
+        "--inbound-mtls",
+        "strict",
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start(&args)
+}
+
+async fn ready(p: &Proxy, what: &str) {
+    eventually(Duration::from_secs(20), what, || async {
+        (p.get("probe", "/ready").await.0 == 200).then_some(())
+    })
+    .await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    println!("weft local demo: a control plane, sidecars and sample apps on loopback\n");
+    println!("weft local demo: a control plane, sidecars and sample apps on loopback,");
+    println!("every hop between sidecars mutual TLS with SPIFFE identities\n");
     let web_v1 = http_peer::server("web-v1").await;
     let web_v2 = http_peer::server("web-v2").await;
     let (echo_app, _) = grpc::server().await;
-    let sidecar = |app: SocketAddr| Proxy::start(&["--inbound-forward", &app.to_string()]);
+
+    // The control plane is also the mesh CA: it creates its root on first start and issues
+    // certificates to the workloads its bootstrap tokens name.
+    let ca = TempDir::new("demo-ca");
+    let mut tokens = String::new();
+    for sa in ["frontend", "web", "echo"] {
+        tokens += &format!("{sa}-demo-bootstrap-token demo {sa}\n");
+    }
+    let tokens = ca.write("tokens", &tokens);
+    let ca_dir = ca.0.join("ca");
+    let registry = TempDir::new("demo-registry");
+    let cp = mesh::control_plane(
+        &registry,
+        &[
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--ca-create",
+            "--bootstrap-tokens",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    let app = |a: SocketAddr| a.to_string();
     let (b1, b2, c) = (
-        sidecar(web_v1.addr),
-        sidecar(web_v2.addr),
-        sidecar(echo_app),
+        sidecar(
+            &cp,
+            &ca,
+            "web-v1",
+            "web",
+            &["--inbound-forward", &app(web_v1.addr)],
+        ),
+        sidecar(
+            &cp,
+            &ca,
+            "web-v2",
+            "web",
+            &["--inbound-forward", &app(web_v2.addr)],
+        ),
+        sidecar(
+            &cp,
+            &ca,
+            "echo",
+            "echo",
+            &["--inbound-forward", &app(echo_app)],
+        ),
     );
 
-    // The file registry: what a platform team or a deploy script would write.
-    let registry = TempDir::new("demo-registry");
+    // The file registry: what a platform team or a deploy script would write. Each endpoint
+    // names the identity its sidecar must prove.
+    let (web_id, echo_id) = (id("web"), id("echo"));
     registry.write(
         "web.yaml",
-        &mesh::service(
+        &mesh::meshed_service(
             "web",
             8080,
             "http",
-            &[(b1.addr("inbound"), "v1"), (b2.addr("inbound"), "v2")],
+            &[
+                (b1.addr("inbound"), "v1", Some(&web_id)),
+                (b2.addr("inbound"), "v2", Some(&web_id)),
+            ],
         ),
     );
     registry.write(
         "echo.yaml",
-        &mesh::service("echo", 50051, "http2", &[(c.addr("inbound"), "v1")]),
+        &mesh::meshed_service(
+            "echo",
+            50051,
+            "http2",
+            &[(c.addr("inbound"), "v1", Some(&echo_id))],
+        ),
     );
-    let cp = mesh::control_plane(&registry, &[]);
-    let a = Proxy::start(&[
-        "--control-plane",
-        &cp.addr("xds").to_string(),
-        "--node-id",
-        "client-a.demo",
-    ]);
-    eventually(Duration::from_secs(10), "sidecar A ready", || async {
-        (a.get("probe", "/ready").await.0 == 200).then_some(())
-    })
-    .await;
+    let a = sidecar(&cp, &ca, "client-a", "frontend", &[]);
+    for (p, what) in [
+        (&a, "sidecar A ready"),
+        (&b1, "web-v1 sidecar ready"),
+        (&b2, "web-v2 sidecar ready"),
+        (&c, "echo sidecar ready"),
+    ] {
+        ready(p, what).await;
+    }
     let out = a.addr("outbound");
     println!(
-        "  control plane     xDS {}  API {}  registry {}",
-        cp.addr("xds"),
+        "  control plane     xDS+CA (TLS) {}  API {}  registry {}",
+        cp.addr("xds-tls"),
         cp.addr("api"),
         registry.0.display()
     );
+    println!("  mesh root CA      {}", ca_dir.join("ca.crt").display());
     println!("  client sidecar A  outbound {out}  (routing table from the control plane)");
     for (name, p, app) in [
         ("web-v1", &b1, web_v1.addr),
@@ -175,10 +267,45 @@ async fn main() {
         ("echo", &c, echo_app),
     ] {
         println!(
-            "  {name:<6} sidecar    inbound {} -> app {app}",
+            "  {name:<6} sidecar    inbound {} (mTLS, STRICT) -> app {app}",
             p.addr("inbound")
         );
     }
+    println!("\n0. Identities: each sidecar made its key and got a certificate from the CA");
+    for (name, p) in [("A", &a), ("web-v1", &b1), ("web-v2", &b2), ("echo", &c)] {
+        let dump = p.config_dump().await;
+        println!(
+            "   {name:<7} {}",
+            dump["identity"]["spiffe_id"].as_str().unwrap_or("?")
+        );
+    }
+    let rsp = http_peer::request_h1(
+        out,
+        Request::get("/echo").header("host", WEB),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    println!(
+        "   the web app sees its caller (x-weft-peer-identity): {}",
+        rsp.headers()
+            .get("x-seen-peer-identity")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+    );
+    let plain = http_peer::request_h1(
+        b1.addr("inbound"),
+        Request::get("/echo").header("host", WEB),
+        String::new(),
+    )
+    .await;
+    println!(
+        "   plaintext straight to web-v1's sidecar: {}",
+        match plain {
+            Ok(r) => format!("answered {} (unexpected)", r.status()),
+            Err(_) => "refused (STRICT accepts mutual TLS only)".to_string(),
+        }
+    );
 
     let work = TempDir::new("demo-policies");
     println!("\n1. A canary policy: 90/10 between v1 and v2, `x-canary: 1` always to v2");
@@ -264,7 +391,11 @@ async fn main() {
         a.addr("probe")
     );
     for line in a.metrics().await.lines() {
-        if line.starts_with("weft_response_total") || line.starts_with("weft_table_generation") {
+        if line.starts_with("weft_response_total")
+            || line.starts_with("weft_table_generation")
+            || line.starts_with("weft_tls_handshakes_total")
+            || line.starts_with("weft_identity_cert_expiry")
+        {
             println!("   {line}");
         }
     }

@@ -1,0 +1,26 @@
+//! The local demo (the README's main command runs its release build) runs to the end: it
+//! asserts as it goes, so a zero exit means every step did what it printed.
+
+use weft_tests::proxy::binary_named;
+
+#[test]
+fn the_demo_runs_with_mutual_tls_and_shows_the_identities() {
+    let out = std::process::Command::new(binary_named("weft-demo"))
+        .output()
+        .expect("run weft-demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "A       spiffe://cluster.local/ns/demo/sa/frontend",
+        "echo    spiffe://cluster.local/ns/demo/sa/echo",
+        "the web app sees its caller (x-weft-peer-identity): spiffe://cluster.local/ns/demo/sa/frontend",
+        "plaintext straight to web-v1's sidecar: refused",
+        "HTTP/2, 400 requests: web-v2: 400  (v2 100.0%)",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+}
