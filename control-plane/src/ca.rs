@@ -5,6 +5,10 @@
 //!   `create`, a missing pair is generated on first start (ECDSA P-256, a self-signed root valid
 //!   for ten years) and persisted, the key readable by its owner only; without it, missing files
 //!   stop the start with their names.
+//! - `ca.crt` may be an intermediate: the signing certificate first, then the certificates
+//!   that issued it. Issued chains carry the intermediates; the trust bundle is the self-signed
+//!   certificates of `ca.crt` plus an optional `bundle.crt` (more trust anchors: the root of an
+//!   intermediate kept offline, or the other root while roots are rotated).
 //! - A workload sends a PKCS#10 CSR; the CA checks the CSR's signature, that it asks for
 //!   exactly one URI SAN and that this is the identity the caller proved, and issues a
 //!   certificate of its own making: that SAN only, not a CA, digital signature, client and server
@@ -47,7 +51,10 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
 
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    cert_pem: String,
+    /// The intermediates that go with every issued certificate, PEM (empty for a root CA).
+    intermediates: Vec<String>,
+    /// The trust anchors, PEM.
+    bundle: Vec<String>,
     /// When the CA certificate itself expires: no workload certificate outlives it.
     ca_not_after: OffsetDateTime,
     pub trust_domain: String,
@@ -100,15 +107,54 @@ impl Ca {
             Self::create(dir, &key_path, &cert_path, trust_domain)?;
         }
         let key_pem = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;
-        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| file_err(&cert_path, e))?;
+        let cert_text = std::fs::read_to_string(&cert_path).map_err(|e| file_err(&cert_path, e))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| file_err(&key_path, e))?;
-        let der = pem_der(&cert_pem).map_err(|e| file_err(&cert_path, e))?;
-        let ca_not_after = not_after_of(&der).map_err(|e| file_err(&cert_path, e))?;
+        let chain = certs(&cert_text).map_err(|e| file_err(&cert_path, e))?;
+        let (signing_der, signing_pem) = &chain[0];
+        let (_, signing) = x509_parser::parse_x509_certificate(signing_der)
+            .map_err(|e| file_err(&cert_path, e))?;
+        if signing.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(file_err(
+                &key_path,
+                format!(
+                    "this key does not belong to the first certificate of {}",
+                    cert_path.display()
+                ),
+            ));
+        }
+        let ca_not_after = signing.validity().not_after.to_datetime();
         let issuer =
-            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| file_err(&cert_path, e))?;
+            Issuer::from_ca_cert_pem(signing_pem, key).map_err(|e| file_err(&cert_path, e))?;
+        let mut intermediates = Vec::new();
+        let mut bundle = Vec::new();
+        for (der, pem) in &chain {
+            let (_, c) =
+                x509_parser::parse_x509_certificate(der).map_err(|e| file_err(&cert_path, e))?;
+            if c.subject() == c.issuer() {
+                bundle.push(pem.clone());
+            } else {
+                intermediates.push(pem.clone());
+            }
+        }
+        let extra = dir.join("bundle.crt");
+        if extra.exists() {
+            let text = std::fs::read_to_string(&extra).map_err(|e| file_err(&extra, e))?;
+            for (_, pem) in certs(&text).map_err(|e| file_err(&extra, e))? {
+                if !bundle.contains(&pem) {
+                    bundle.push(pem);
+                }
+            }
+        }
+        if bundle.is_empty() {
+            return Err(file_err(
+                &cert_path,
+                "no trust anchor: the chain ends in no self-signed root; put the root in bundle.crt",
+            ));
+        }
         Ok(Ca {
             issuer,
-            cert_pem,
+            intermediates,
+            bundle,
             ca_not_after,
             trust_domain: trust_domain.to_string(),
             default_ttl,
@@ -159,7 +205,7 @@ impl Ca {
 
     /// The trust anchors workloads verify peers against, PEM.
     pub fn trust_bundle(&self) -> Vec<String> {
-        vec![self.cert_pem.clone()]
+        self.bundle.clone()
     }
 
     /// Signs `csr_pem` for `identity` (what the caller proved); returns the certificate chain
@@ -232,13 +278,15 @@ impl Ca {
         .map_err(|e| CaError::Sign(e.to_string()))?;
         let expires =
             SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.unix_timestamp().max(0) as u64);
-        Ok((vec![signed.pem()], expires))
+        let mut chain = vec![signed.pem()];
+        chain.extend(self.intermediates.iter().cloned());
+        Ok((chain, expires))
     }
 }
 
 /// A certificate and its key for one of the control plane's own servers.
 pub struct ServerCert {
-    /// Leaf first, then the CA certificate, PEM.
+    /// Leaf first, then any intermediates, PEM.
     pub chain_pem: String,
     /// PKCS#8 DER.
     pub key_der: Vec<u8>,
@@ -283,7 +331,9 @@ impl Ca {
             .signed_by(&key, &self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(ServerCert {
-            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            chain_pem: std::iter::once(cert.pem())
+                .chain(self.intermediates.iter().cloned())
+                .collect(),
             key_der: key.serialize_der(),
             expires: SystemTime::UNIX_EPOCH
                 + Duration::from_secs(not_after.unix_timestamp().max(0) as u64),
@@ -303,17 +353,20 @@ fn write_private(path: &Path, pem: &str) -> Result<(), CaError> {
     f.write_all(pem.as_bytes()).map_err(|e| file_err(path, e))
 }
 
-fn pem_der(pem_text: &str) -> Result<Vec<u8>, String> {
-    let p = pem::parse(pem_text).map_err(|e| e.to_string())?;
-    if p.tag() != "CERTIFICATE" {
-        return Err(format!("a {} where a CERTIFICATE was expected", p.tag()));
+/// The certificates of a PEM text, each as DER and as PEM, in order.
+fn certs(pem_text: &str) -> Result<Vec<(Vec<u8>, String)>, String> {
+    let mut out = Vec::new();
+    for p in pem::parse_many(pem_text).map_err(|e| e.to_string())? {
+        if p.tag() != "CERTIFICATE" {
+            return Err(format!("a {} where a CERTIFICATE was expected", p.tag()));
+        }
+        let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        out.push((p.contents().to_vec(), pem::encode_config(&p, lf)));
     }
-    Ok(p.contents().to_vec())
-}
-
-fn not_after_of(der: &[u8]) -> Result<OffsetDateTime, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-    Ok(cert.validity().not_after.to_datetime())
+    if out.is_empty() {
+        return Err("no certificate".into());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

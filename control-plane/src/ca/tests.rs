@@ -28,6 +28,37 @@ fn csr(sans: &[&str]) -> (KeyPair, String) {
     (key, pem)
 }
 
+fn der(pem: &str) -> Vec<u8> {
+    certs(pem).unwrap().remove(0).0
+}
+
+/// Verifies `chain` (leaf first, PEM) against `roots` as rustls would.
+fn verify(chain: &[String], roots: &[String]) -> Result<(), webpki::Error> {
+    let roots: Vec<_> = roots
+        .iter()
+        .map(|r| rustls_pki_types::CertificateDer::from(der(r)))
+        .collect();
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap())
+        .collect();
+    let ders: Vec<_> = chain
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(der(c)))
+        .collect();
+    let leaf = webpki::EndEntityCert::try_from(&ders[0]).unwrap();
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &ders[1..],
+        rustls_pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(drop)
+}
+
 fn tmp(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!(
         "weft-ca-{tag}-{}-{}",
@@ -82,8 +113,8 @@ fn signs_only_the_proven_identity_and_nothing_else_from_the_csr() {
         "{left:?}"
     );
 
-    let der = pem_der(&chain[0]).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let leaf = der(&chain[0]);
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
     let sans: Vec<String> = cert
         .subject_alternative_name()
         .unwrap()
@@ -101,21 +132,7 @@ fn signs_only_the_proven_identity_and_nothing_else_from_the_csr() {
     assert!(!cert.is_ca());
 
     // The certificate chains to the trust bundle (webpki, as rustls will check it).
-    let root = pem_der(&ca.trust_bundle()[0]).unwrap();
-    let root_der = rustls_pki_types::CertificateDer::from(root);
-    let anchor = webpki::anchor_from_trusted_cert(&root_der).unwrap();
-    let leaf_der = rustls_pki_types::CertificateDer::from(der.clone());
-    let leaf = webpki::EndEntityCert::try_from(&leaf_der).unwrap();
-    leaf.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &[anchor],
-        &[],
-        rustls_pki_types::UnixTime::now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .unwrap();
+    verify(&chain, &ca.trust_bundle()).unwrap();
 
     // Another identity than the caller's, or none, or two: refused.
     let (_, other) = csr(&[&spiffe_id(TD, "shop", "payments")]);
@@ -244,5 +261,74 @@ async fn the_grpc_service_issues_only_to_a_proven_identity() {
         ),
         (1, 2, 1)
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A CA certificate (and its key) signed by `issuer`, or self-signed.
+fn ca_cert(name: &str, issuer: Option<&Issuer<'_, KeyPair>>) -> (KeyPair, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = match issuer {
+        Some(i) => p.signed_by(&key, i).unwrap(),
+        None => p.self_signed(&key).unwrap(),
+    };
+    (key, cert.pem())
+}
+
+#[test]
+fn an_intermediate_signs_with_its_chain_and_extra_roots_join_the_bundle() {
+    let dir = tmp("intermediate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (root_key, root_pem) = ca_cert("offline root", None);
+    let root = Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let (int_key, int_pem) = ca_cert("weft intermediate", Some(&root));
+    std::fs::write(dir.join("ca.key"), int_key.serialize_pem()).unwrap();
+    // The intermediate alone: no trust anchor yet.
+    std::fs::write(dir.join("ca.crt"), &int_pem).unwrap();
+    let err = Ca::load_or_create(
+        &dir,
+        false,
+        TD,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no trust anchor"), "{err}");
+    // With its root after it.
+    std::fs::write(dir.join("ca.crt"), format!("{int_pem}{root_pem}")).unwrap();
+    let ca = ca(&dir);
+    assert_eq!(ca.trust_bundle(), [root_pem.clone()]);
+    let id = spiffe_id(TD, "shop", "reviews");
+    let (chain, _) = ca.sign(&csr(&[&id]).1, &id, None).unwrap();
+    assert_eq!(chain.len(), 2, "the leaf and the intermediate");
+    verify(&chain, &ca.trust_bundle()).unwrap();
+    assert!(
+        verify(&chain[..1], &ca.trust_bundle()).is_err(),
+        "not without the intermediate"
+    );
+
+    // Rotation: another root in bundle.crt is trusted too.
+    let (_, next_root) = ca_cert("next root", None);
+    std::fs::write(dir.join("bundle.crt"), &next_root).unwrap();
+    assert_eq!(self::ca(&dir).trust_bundle(), [root_pem, next_root]);
+
+    // A key that is not the certificate's is refused by name.
+    let (other_key, _) = ca_cert("other", None);
+    std::fs::write(dir.join("ca.key"), other_key.serialize_pem()).unwrap();
+    let err = Ca::load_or_create(
+        &dir,
+        false,
+        TD,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not belong"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
