@@ -303,7 +303,7 @@ fn an_intermediate_signs_with_its_chain_and_extra_roots_join_the_bundle() {
     // With its root after it.
     std::fs::write(dir.join("ca.crt"), format!("{int_pem}{root_pem}")).unwrap();
     let ca = ca(&dir);
-    assert_eq!(ca.trust_bundle(), [root_pem.clone()]);
+    assert_eq!(ca.trust_bundle(), std::slice::from_ref(&root_pem));
     let id = spiffe_id(TD, "shop", "reviews");
     let (chain, _) = ca.sign(&csr(&[&id]).1, &id, None).unwrap();
     assert_eq!(chain.len(), 2, "the leaf and the intermediate");
