@@ -28,7 +28,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-pub use service::{BootstrapTokens, CaService};
+pub use service::{BootstrapTokens, CaService, TokenReviewer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

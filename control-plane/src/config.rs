@@ -94,6 +94,15 @@ pub struct Config {
     #[arg(long, env = "WEFT_BOOTSTRAP_TOKENS", value_name = "FILE")]
     pub bootstrap_tokens: Option<PathBuf>,
 
+    /// Kubernetes: accept projected service-account tokens, checked with the API server
+    /// (TokenReview); an authenticated `system:serviceaccount:NS:SA` gets that identity.
+    #[arg(long, env = "WEFT_TOKEN_REVIEW")]
+    pub token_review: bool,
+
+    /// The audience a projected token must be meant for.
+    #[arg(long, env = "WEFT_TOKEN_AUDIENCE", default_value = "weft-ca")]
+    pub token_audience: String,
+
     /// Lifetime of a workload certificate when the workload asks for none.
     #[arg(long, env = "WEFT_CERT_TTL", value_parser = parse_duration, default_value = "24h")]
     pub cert_ttl: Duration,

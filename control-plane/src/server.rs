@@ -20,7 +20,7 @@ use weft_xds_proto::{
 use crate::{
     ads::{AdsServer, Nodes},
     api::{self, Api, PolicyStore, Rsp, text},
-    ca::{self, BootstrapTokens, Ca, CaService},
+    ca::{self, BootstrapTokens, Ca, CaService, TokenReviewer},
     config::{Config, RegistryKind},
     metrics::Metrics,
     registry::{Snapshot, etcd::EtcdRegistry, file::FileRegistry, kubernetes},
@@ -252,6 +252,20 @@ async fn secure_port(
         Some(path) => BootstrapTokens::load(path, &cfg.trust_domain).map_err(StartError::Tokens)?,
         None => BootstrapTokens::default(),
     };
+    let reviewer = if cfg.token_review {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            StartError::Kubernetes(format!(
+                "--token-review needs cluster credentials (in-cluster service account or KUBECONFIG): {e}"
+            ))
+        })?;
+        Some(TokenReviewer {
+            client,
+            audiences: vec![cfg.token_audience.clone()],
+            trust_domain: cfg.trust_domain.clone(),
+        })
+    } else {
+        None
+    };
     let identity = ca::spiffe_id(&cfg.trust_domain, "weft-system", "weft-control-plane");
     let (cert, expires) = ServingCert::issue(&ca, &cfg.tls_san, &identity)?;
     tokio::spawn(
@@ -272,6 +286,7 @@ async fn secure_port(
         ca: CaService {
             ca,
             tokens: Arc::new(tokens),
+            reviewer,
             requests: metrics.ca_requests.clone(),
         },
     })

@@ -107,6 +107,7 @@ async fn certificates_rotate_under_load_and_survive_a_ca_outage() {
     let svc = CaService {
         ca,
         tokens: Arc::new(BootstrapTokens::parse("tokens", TOKENS, "cluster.local").unwrap()),
+        reviewer: None,
         requests: weft_control_plane::metrics::Metrics::default().ca_requests,
     };
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

@@ -5,6 +5,10 @@
 //! the operator keeps a file of `TOKEN NAMESPACE SERVICE_ACCOUNT` lines (`#` starts a comment),
 //! one token per workload identity, and gives each workload its token (a file the proxy reads).
 //! A token proves one identity and nothing else.
+//!
+//! In Kubernetes the proof is the workload's projected service-account token (audience
+//! `weft-ca` by default), which the CA hands to the API server in a TokenReview: an
+//! authenticated `system:serviceaccount:<namespace>:<name>` proves that account's identity.
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
@@ -65,11 +69,68 @@ impl BootstrapTokens {
     }
 }
 
+/// Kubernetes service-account tokens, checked by the API server (TokenReview).
+#[derive(Clone)]
+pub struct TokenReviewer {
+    pub client: kube::Client,
+    /// What the token must be meant for (the projected token's audience).
+    pub audiences: Vec<String>,
+    pub trust_domain: String,
+}
+
+impl std::fmt::Debug for TokenReviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewer")
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenReviewer {
+    /// The identity `token` proves, or why it proves none.
+    pub async fn review(&self, token: &str) -> Result<String, Status> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(self.audiences.clone()),
+            },
+            ..Default::default()
+        };
+        let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
+        let done = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| Status::unavailable(format!("TokenReview failed: {e}")))?;
+        let status = done.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(Status::unauthenticated(format!(
+                "the Kubernetes API server did not authenticate the token{}",
+                status.error.map(|e| format!(": {e}")).unwrap_or_default()
+            )));
+        }
+        let user = status.user.and_then(|u| u.username).unwrap_or_default();
+        match user
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() => {
+                Ok(spiffe_id(&self.trust_domain, ns, sa))
+            }
+            _ => Err(Status::permission_denied(format!(
+                "`{user}` is not a service account"
+            ))),
+        }
+    }
+}
+
 /// The service: the CA and who may ask for what.
 #[derive(Debug, Clone)]
 pub struct CaService {
     pub ca: Arc<Ca>,
     pub tokens: Arc<BootstrapTokens>,
+    /// With Kubernetes: tokens that are not bootstrap tokens go to the API server.
+    pub reviewer: Option<TokenReviewer>,
     /// `weft_cp_ca_requests_total`, by result.
     pub requests: prometheus::IntCounterVec,
 }
@@ -86,7 +147,7 @@ impl CertificateService for CaService {
         &self,
         req: Request<CreateCertificateRequest>,
     ) -> Result<Response<CreateCertificateResponse>, Status> {
-        let r = self.create(req);
+        let r = self.create(req).await;
         self.count(match &r {
             Ok(_) => "issued",
             Err(s) => match s.code() {
@@ -101,7 +162,7 @@ impl CertificateService for CaService {
 }
 
 impl CaService {
-    fn create(
+    async fn create(
         &self,
         req: Request<CreateCertificateRequest>,
     ) -> Result<Response<CreateCertificateResponse>, Status> {
@@ -113,11 +174,16 @@ impl CaService {
             .ok_or_else(|| {
                 Status::unauthenticated("no credential: send `authorization: Bearer <token>`")
             })?;
-        let identity = self
-            .tokens
-            .identity(token.trim())
-            .ok_or_else(|| Status::unauthenticated("the bootstrap token is not known to this CA"))?
-            .to_string();
+        let token = token.trim();
+        let identity = match (self.tokens.identity(token), &self.reviewer) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(reviewer)) => reviewer.review(token).await?,
+            (None, None) => {
+                return Err(Status::unauthenticated(
+                    "the bootstrap token is not known to this CA",
+                ));
+            }
+        };
         let r = req.into_inner();
         let ttl = u64::try_from(r.validity_seconds)
             .ok()

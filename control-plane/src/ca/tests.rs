@@ -204,6 +204,7 @@ async fn the_grpc_service_issues_only_to_a_proven_identity() {
     let svc = CaService {
         ca: ca.clone(),
         tokens: std::sync::Arc::new(tokens),
+        reviewer: None,
         requests: requests.clone(),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -330,5 +331,130 @@ fn an_intermediate_signs_with_its_chain_and_extra_roots_join_the_bundle() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("does not belong"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stand-in for the Kubernetes API server's TokenReview endpoint (no API server runs here).
+/// Its answers are written in the API server's shape (authentication.k8s.io/v1, 201 Created):
+/// `sa-token` is the projected token of `shop/reviews`, `user-token` a person's, anything
+/// else is not authenticated. It also checks that the CA asks for the right audience.
+async fn token_review_server() -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.method(), http::Method::POST);
+                        assert_eq!(
+                            req.uri().path(),
+                            "/apis/authentication.k8s.io/v1/tokenreviews"
+                        );
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        assert_eq!(review["spec"]["audiences"], serde_json::json!(["weft-ca"]));
+                        let status = match review["spec"]["token"].as_str().unwrap() {
+                            "sa-token" => serde_json::json!({
+                                "authenticated": true,
+                                "user": {
+                                    "username": "system:serviceaccount:shop:reviews",
+                                    "uid": "5f1c2c8e-3a7e-4d8e-9b1e-2f0d7c9a4b11",
+                                    "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
+                                    "extra": {"authentication.kubernetes.io/pod-name": ["reviews-v1-7d9f8c6b5-x2x7q"]}
+                                },
+                                "audiences": ["weft-ca"]
+                            }),
+                            "user-token" => serde_json::json!({
+                                "authenticated": true,
+                                "user": {"username": "alice@example.com", "groups": ["system:authenticated"]},
+                                "audiences": ["weft-ca"]
+                            }),
+                            _ => serde_json::json!({
+                                "user": {},
+                                "error": "[invalid bearer token, token lookup failed]"
+                            }),
+                        };
+                        let rsp = serde_json::json!({
+                            "kind": "TokenReview",
+                            "apiVersion": "authentication.k8s.io/v1",
+                            "metadata": {"creationTimestamp": null},
+                            "spec": review["spec"],
+                            "status": status,
+                        });
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(rsp.to_string()),
+                        ));
+                        *r.status_mut() = http::StatusCode::CREATED;
+                        r.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens_prove_their_account_through_token_review() {
+    use weft_xds_proto::ca::v1::{
+        CreateCertificateRequest, certificate_service_server::CertificateService,
+    };
+    let api = token_review_server().await;
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://{api}").parse().unwrap()))
+            .unwrap();
+    let dir = tmp("review");
+    let svc = CaService {
+        ca: std::sync::Arc::new(ca(&dir)),
+        tokens: std::sync::Arc::new(BootstrapTokens::default()),
+        reviewer: Some(TokenReviewer {
+            client,
+            audiences: vec!["weft-ca".into()],
+            trust_domain: TD.into(),
+        }),
+        requests: crate::metrics::Metrics::default().ca_requests,
+    };
+    let ask = |sa: &str, token: &str| {
+        let mut req = tonic::Request::new(CreateCertificateRequest {
+            csr: csr(&[&spiffe_id(TD, "shop", sa)]).1,
+            validity_seconds: 600,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let ok = svc
+        .create_certificate(ask("reviews", "sa-token"))
+        .await
+        .unwrap()
+        .into_inner();
+    let leaf = der(&ok.cert_chain[0]);
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    assert!(format!("{:?}", cert.subject_alternative_name()).contains("sa/reviews"));
+    let err = svc
+        .create_certificate(ask("payments", "sa-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let err = svc
+        .create_certificate(ask("reviews", "user-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("alice@example.com"), "{err:?}");
+    let err = svc
+        .create_certificate(ask("reviews", "forged"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("invalid bearer token"), "{err:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
