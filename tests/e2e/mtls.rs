@@ -40,6 +40,9 @@ struct Options {
     web_mode: &'static str,
     /// Whether web has the authorization policy (only `frontend` may call).
     web_authz: bool,
+    /// Web's sidecar reads its identity from files (`web-files.crt`, `.key`) instead of asking
+    /// the CA.
+    web_files: bool,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             web_identity: id("demo", "web"),
             web_mode: "strict",
             web_authz: true,
+            web_files: false,
         }
     }
 }
@@ -83,17 +87,24 @@ fn sidecar(
         &url,
         "--trust-bundle",
         bundle.to_str().unwrap(),
-        "--identity",
-        "ca",
-        "--identity-token-file",
-        token.to_str().unwrap(),
+    ];
+    // Unless `extra` says where the identity comes from: the CA.
+    if !extra.contains(&"--identity") {
+        args.extend([
+            "--identity",
+            "ca",
+            "--identity-token-file",
+            token.to_str().unwrap(),
+        ]);
+    }
+    args.extend([
         "--pod-namespace",
         ns,
         "--service-account",
         sa,
         "--pod-name",
         sa,
-    ];
+    ]);
     args.extend_from_slice(extra);
     Proxy::start(&args)
 }
@@ -157,20 +168,33 @@ impl Mesh {
         let web = http_peer::server("web").await;
         let (echo_addr, echo) = grpc::server().await;
         let tcp_addr = tcp_peer::echo_server(false).await;
-        let pod = |sa: &str, app: SocketAddr, mode: &str| {
-            sidecar(
+        let files = o.web_files.then(|| {
+            leaf(
                 &dir,
-                &cp,
-                &bundle,
-                "demo",
-                sa,
-                &[
-                    "--inbound-forward",
-                    &app.to_string(),
-                    "--inbound-mtls",
-                    mode,
-                ],
+                "web-files",
+                &mesh_ca(&dir),
+                &id("demo", "web"),
+                time::OffsetDateTime::now_utc() + time::Duration::hours(2),
             )
+        });
+        let pod = |sa: &str, app: SocketAddr, mode: &str| {
+            let app = app.to_string();
+            let mut extra = vec!["--inbound-forward", &app, "--inbound-mtls", mode];
+            if let (Some((cert, key)), "web") = (&files, sa) {
+                extra.extend([
+                    "--identity",
+                    "files",
+                    "--identity-cert",
+                    cert.to_str().unwrap(),
+                    "--identity-key",
+                    key.to_str().unwrap(),
+                    "--identity-bundle",
+                    bundle.to_str().unwrap(),
+                    "--identity-poll-interval",
+                    "100ms",
+                ]);
+            }
+            sidecar(&dir, &cp, &bundle, "demo", sa, &extra)
         };
         let pods = vec![
             pod("web", web.addr, o.web_mode),
@@ -470,6 +494,16 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
             >= 5.0
     );
     drop(m.dir);
+}
+
+/// The mesh CA the control plane created in `dir/ca`, as a signer.
+fn mesh_ca(dir: &TempDir) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let ca_dir = dir.0.join("ca");
+    rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap(),
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A certificate for `id` signed by `issuer`, valid until `not_after`; written to `dir` as
@@ -828,4 +862,54 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         fresh >= f64::from(i),
         "{fresh} handshakes for {i} TCP connections"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_files_are_served_and_reloaded_when_they_change() {
+    let m = Mesh::new(Options {
+        web_files: true,
+        ..Options::default()
+    })
+    .await;
+    let pod = &m.pods[0];
+    let rsp = Mesh::get_web(&m.frontend).await;
+    assert_eq!(rsp.status(), 200, "{rsp:?}");
+    assert_eq!(
+        rsp.headers()["x-seen-peer-identity"],
+        id("demo", "frontend").as_str()
+    );
+    let dump = pod.config_dump().await;
+    assert_eq!(dump["identity"]["spiffe_id"], id("demo", "web").as_str());
+    let first = dump["identity"]["expires_unix"].as_u64().unwrap();
+
+    // A key that does not load (a writer caught half way): counted, and the identity in force
+    // stays.
+    m.dir.write(
+        "web-files.key",
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    );
+    eventually(Duration::from_secs(10), "the bad key noticed", || async {
+        (pod.metric("weft_identity_renewal_failures_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(pod.config_dump().await["identity"]["expires_unix"], first);
+    assert_eq!(Mesh::get_web(&m.frontend).await.status(), 200);
+
+    // A new certificate and key: in force at the next poll.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(5);
+    leaf(
+        &m.dir,
+        "web-files",
+        &mesh_ca(&m.dir),
+        &id("demo", "web"),
+        later,
+    );
+    let second = eventually(Duration::from_secs(10), "the new certificate", || async {
+        let e = pod.config_dump().await["identity"]["expires_unix"].as_u64()?;
+        (e != first).then_some(e)
+    })
+    .await;
+    assert_eq!(second, later.unix_timestamp() as u64);
+    assert!(pod.metric("weft_identity_renewals_total").await >= 1.0);
+    assert_eq!(Mesh::get_web(&m.frontend).await.status(), 200);
 }

@@ -182,8 +182,10 @@ impl Credentials {
         key: PrivateKeyDer<'static>,
     ) -> Result<(), rustls::Error> {
         let key = provider().key_provider.load_private_key(key)?;
-        self.current
-            .store(Some(Arc::new(CertifiedKey::new(chain, key))));
+        let certified = CertifiedKey::new(chain, key);
+        // A key that is not the certificate's would fail every handshake: refuse it here.
+        certified.keys_match()?;
+        self.current.store(Some(Arc::new(certified)));
         Ok(())
     }
 
