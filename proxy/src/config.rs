@@ -473,6 +473,50 @@ mod tests {
     }
 
     #[test]
+    fn inbound_modes_per_port_override_the_proxy_default() {
+        let cli = Cli::parse_from([
+            "weft-proxy",
+            "--identity",
+            "files",
+            "--identity-cert",
+            "c",
+            "--identity-key",
+            "k",
+            "--identity-bundle",
+            "b",
+            "--inbound-mtls",
+            "strict",
+            "--inbound-mtls-port",
+            "9090=permissive",
+            "--inbound-mtls-port",
+            "8443=DISABLE",
+        ]);
+        let m = &cli.run.mtls;
+        assert_eq!(m.mode_for(8080), InboundMode::Strict);
+        assert_eq!(m.mode_for(9090), InboundMode::Permissive);
+        assert_eq!(m.mode_for(8443), InboundMode::Disable);
+        let none = Cli::parse_from(["weft-proxy", "--inbound-mtls", "strict"]);
+        assert_eq!(
+            none.run.mtls.mode_for(8080),
+            InboundMode::Disable,
+            "no identity, no mutual TLS"
+        );
+        assert!(parse_port_mode("9090").unwrap_err().contains("PORT=MODE"));
+        assert!(
+            parse_port_mode("0=strict")
+                .unwrap_err()
+                .contains("not a port")
+        );
+        assert!(
+            parse_port_mode("9090=lax")
+                .unwrap_err()
+                .contains("not strict, permissive or disable")
+        );
+        let err = Cli::try_parse_from(["weft-proxy", "--identity", "ca"]).unwrap_err();
+        assert!(err.to_string().contains("--identity-token-file"), "{err}");
+    }
+
+    #[test]
     fn tcp_mappings() {
         let m = parse_tcp_mapping("127.0.0.1:16000=DB.default:5432").unwrap();
         assert_eq!(m.listen, "127.0.0.1:16000".parse().unwrap());

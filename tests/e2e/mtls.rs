@@ -387,6 +387,37 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
     // Opaque TCP, mutual TLS too.
     assert_eq!(tcp_exchange(&m.frontend).await, b"ping\n");
 
+    // A protocol upgrade gets an mTLS connection of its own (ALPN http/1.1) and tunnels.
+    let mut s = tokio::net::TcpStream::connect(m.frontend.addr("outbound"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: web:8080\r\nConnection: Upgrade\r\nUpgrade: weft-echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&b[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"tunnelled").await.unwrap();
+    let mut back = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"tunnelled");
+    drop(s);
+
     // The intruder is authenticated but not allowed: 403, PERMISSION_DENIED, a closed
     // connection; nothing reaches the applications.
     let served = m
@@ -424,7 +455,7 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
         web_pod
             .metric(r#"weft_tls_handshakes_total{direction="inbound",result="ok"}"#)
             .await
-            >= 2.0
+            >= 3.0
     );
     assert_eq!(
         web_pod
@@ -432,13 +463,13 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
                 r#"weft_inbound_peer_requests_total{{client_id="{frontend}",tls="true"}}"#
             ))
             .await,
-        1.0
+        2.0
     );
     assert_eq!(
         web_pod
             .metric(r#"weft_authz_total{protocol="http",result="allow"}"#)
             .await,
-        1.0
+        2.0
     );
     assert_eq!(
         web_pod
