@@ -19,6 +19,8 @@ mod validate;
 
 use std::{collections::BTreeMap, time::Duration};
 
+pub use weft_core::authz::{AllowRule, Authorization, AuthzDefault};
+
 use serde::{Deserialize, Serialize};
 
 pub use validate::FieldError;
@@ -361,39 +363,6 @@ pub struct RateLimit {
     /// Bucket size; defaults to `requestsPerSecond`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Authorization {
-    /// What happens to a caller no rule allows.
-    #[serde(default)]
-    pub default: AuthzDefault,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<AllowRule>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthzDefault {
-    #[default]
-    Allow,
-    Deny,
-}
-
-/// Exactly one of the fields.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AllowRule {
-    /// A SPIFFE id, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// Every workload of a namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Any caller with a mesh identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authenticated: Option<bool>,
 }
 
 /// Why policies could not be read. The text names the source, the policy and each field.

@@ -9,7 +9,6 @@
 use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 
 use http::{HeaderName, HeaderValue};
-use serde::{Deserialize, Serialize};
 
 /// The header the application reads the caller's identity from. Set by the inbound proxy on
 /// every request from a mesh peer, removed from every request (so no caller can forge it).
@@ -46,35 +45,9 @@ impl Peer {
 
 /// A service's authorization policy, as written (the `authorization` of a TrafficPolicy, or
 /// of a service in the table file).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthorizationSpec {
-    /// For callers no rule allows.
-    #[serde(default)]
-    pub default: DefaultAction,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<AllowRule>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DefaultAction {
-    #[default]
-    Allow,
-    Deny,
-}
-
-/// Exactly one field.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AllowRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authenticated: Option<bool>,
-}
+pub use weft_core::authz::{
+    AllowRule, Authorization as AuthorizationSpec, AuthzDefault as DefaultAction,
+};
 
 /// A compiled policy.
 #[derive(Debug, Clone, PartialEq, Eq)]

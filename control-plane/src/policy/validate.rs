@@ -160,7 +160,7 @@ impl PolicySpec {
             c.positive("spec.rateLimit.burst".into(), rl.burst);
         }
         if let Some(a) = &self.authorization {
-            a.check(c);
+            check_authorization(a, c);
         }
     }
 }
@@ -419,27 +419,26 @@ impl Fault {
     }
 }
 
-impl Authorization {
-    fn check(&self, c: &mut Check) {
-        for (i, r) in self.allow.iter().enumerate() {
-            let at = format!("spec.authorization.allow[{i}]");
-            c.at_most_one(
-                &at,
-                &[
-                    ("identity", r.identity.is_some()),
-                    ("namespace", r.namespace.is_some()),
-                    ("authenticated", r.authenticated == Some(true)),
-                ],
-                true,
+/// (A free function: the type lives in weft-core, shared with the proxy.)
+fn check_authorization(a: &Authorization, c: &mut Check) {
+    for (i, r) in a.allow.iter().enumerate() {
+        let at = format!("spec.authorization.allow[{i}]");
+        c.at_most_one(
+            &at,
+            &[
+                ("identity", r.identity.is_some()),
+                ("namespace", r.namespace.is_some()),
+                ("authenticated", r.authenticated == Some(true)),
+            ],
+            true,
+        );
+        if let Some(id) = &r.identity
+            && !id.starts_with("spiffe://")
+        {
+            c.fail(
+                format!("{at}.identity"),
+                format!("`{id}` is not a SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)"),
             );
-            if let Some(id) = &r.identity
-                && !id.starts_with("spiffe://")
-            {
-                c.fail(
-                    format!("{at}.identity"),
-                    format!("`{id}` is not a SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)"),
-                );
-            }
         }
     }
 }
