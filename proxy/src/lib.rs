@@ -147,6 +147,31 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     let table = Arc::new(ArcSwap::from_pointee(table));
     let drain = Drain::new();
 
+    // The mesh trust bundle verifies an https:// control plane (xDS and the CA).
+    let control_tls = match &cfg.mtls.trust_bundle {
+        Some(path) => {
+            let roots = transport::tls::load_certs(path)
+                .and_then(|certs| transport::tls::roots(&certs).map_err(|e| e.to_string()))
+                .map_err(|e| StartError::Identity(format!("--trust-bundle: {e}")))?;
+            Some(Arc::new(transport::tls::control_plane_config(roots)))
+        }
+        None => None,
+    };
+    let https = cfg
+        .discovery
+        .control_plane
+        .iter()
+        .chain(&cfg.mtls.ca_address)
+        .find(|u| u.starts_with("https://"));
+    if let (Some(url), None) = (https, &control_tls) {
+        return Err(StartError::Identity(format!(
+            "`{url}` is TLS: give the mesh trust bundle to verify it (--trust-bundle)"
+        )));
+    }
+    let identity = start_identity(&cfg, control_tls.clone(), &drain)?;
+    let mtls = identity
+        .as_ref()
+        .map(|id| Arc::new(transport::tls::Mtls::new(id.clone())));
     // Bind everything before serving anything, so a port conflict stops the start cleanly.
     let outbound =
         transport::bind(cfg.outbound_addr).map_err(bind_err("outbound", cfg.outbound_addr))?;
@@ -176,20 +201,6 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         tracing::info!(listener = %name, %addr, "listening");
     }
 
-    // The mesh trust bundle verifies an https:// control plane (xDS and the CA).
-    let control_tls = match &cfg.mtls.trust_bundle {
-        Some(path) => {
-            let roots = transport::tls::load_certs(path)
-                .and_then(|certs| transport::tls::roots(&certs).map_err(|e| e.to_string()))
-                .map_err(|e| StartError::Identity(format!("--trust-bundle: {e}")))?;
-            Some(Arc::new(transport::tls::control_plane_config(roots)))
-        }
-        None => None,
-    };
-    let identity = start_identity(&cfg, control_tls.clone(), &drain)?;
-    let mtls = identity
-        .as_ref()
-        .map(|id| Arc::new(transport::tls::Mtls::new(id.clone())));
     let discovery = Discovery::new(
         cfg.discovery.clone(),
         control_tls,

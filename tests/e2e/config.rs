@@ -196,3 +196,39 @@ async fn admin_endpoints() {
         405
     );
 }
+
+#[test]
+fn mutual_tls_settings_that_cannot_work_stop_the_start_and_say_why() {
+    let dir = TempDir::new("mtls-config");
+    let missing = dir.0.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let cases: [(&[&str], String); 3] = [
+        (
+            &["--control-plane", "https://127.0.0.1:1"],
+            "`https://127.0.0.1:1` is TLS: give the mesh trust bundle to verify it (--trust-bundle)"
+                .into(),
+        ),
+        (
+            &["--trust-bundle", missing],
+            format!("--trust-bundle: {missing}: No such file"),
+        ),
+        (
+            &[
+                "--identity",
+                "files",
+                "--identity-cert",
+                missing,
+                "--identity-key",
+                missing,
+                "--identity-bundle",
+                missing,
+            ],
+            format!("identity: {missing}: No such file"),
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, stderr) = run_to_exit(args, &[]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(&want), "{want} not in {stderr}");
+    }
+}

@@ -253,10 +253,14 @@ async fn main() {
         ready(p, what).await;
     }
     // Ready means every resource type arrived once; the registry's files may be a poll later.
-    eventually(Duration::from_secs(10), "both services at sidecar A", || async {
-        let dump = a.config_dump().await;
-        (dump["services"].as_array().map_or(0, Vec::len) == 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "both services at sidecar A",
+        || async {
+            let dump = a.config_dump().await;
+            (dump["services"].as_array().map_or(0, Vec::len) == 2).then_some(())
+        },
+    )
     .await;
     let out = a.addr("outbound");
     println!(
