@@ -124,32 +124,22 @@ impl Listener {
             Detected::Http1 => self.http.clone().serve(io, false, open, None).await,
             Detected::Http2 => self.http.clone().serve(io, true, open, None).await,
             Detected::Tls | Detected::Opaque(_) => {
-                let addr = match &self.tcp {
-                    TcpTarget::Addr(a) => Some(*a),
+                // One endpoint, with the identity it must prove (an opaque connection to a
+                // meshed endpoint is mutual TLS too).
+                let dest = match &self.tcp {
+                    TcpTarget::Addr(a) => Some((*a, None)),
                     TcpTarget::Service(name) => {
                         let table = self.table.load();
                         table
                             .by_authority(name)
                             .and_then(|s| s.default_route.backends.pick())
                             .and_then(|c| c.endpoints.pick())
-                            .map(|e| e.addr)
+                            .map(|e| (e.addr, e.identity.clone()))
                     }
                     TcpTarget::None => None,
                 };
-                // An opaque connection to a meshed endpoint is mutual TLS too.
-                let identity = match &self.tcp {
-                    TcpTarget::Service(name) => self
-                        .table
-                        .load()
-                        .by_authority(name)
-                        .and_then(|s| s.default_route.backends.pick())
-                        .and_then(|c| c.endpoints.pick())
-                        .filter(|e| Some(e.addr) == addr)
-                        .and_then(|e| e.identity.clone()),
-                    _ => None,
-                };
-                match addr {
-                    Some(addr) => {
+                match dest {
+                    Some((addr, identity)) => {
                         tcp::forward(io, addr, identity.as_ref(), &self.http.pools, direction).await
                     }
                     None => tracing::debug!(%peer, "no destination for opaque connection; closing"),

@@ -57,6 +57,28 @@ impl Default for Options {
     }
 }
 
+/// The control plane on `registry`, its CA in `dir/ca` (created on first start), its TLS port on
+/// `tls_addr`.
+fn start_cp(dir: &TempDir, registry: &TempDir, cert_ttl: &str, tls_addr: &str) -> Proxy {
+    let (ca_dir, tokens) = (dir.0.join("ca"), dir.0.join("tokens"));
+    mesh::control_plane(
+        registry,
+        &[
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--ca-create",
+            "--bootstrap-tokens",
+            tokens.to_str().unwrap(),
+            "--cert-ttl",
+            cert_ttl,
+            "--cert-max-ttl",
+            cert_ttl,
+            "--tls-addr",
+            tls_addr,
+        ],
+    )
+}
+
 struct Mesh {
     dir: TempDir,
     registry: TempDir,
@@ -147,23 +169,10 @@ impl Mesh {
         ] {
             tokens += &format!("{} {ns} {sa}\n", token(sa));
         }
-        let tokens = dir.write("tokens", &tokens);
+        dir.write("tokens", &tokens);
         let registry = TempDir::new("mtls-registry");
         let ca_dir = dir.0.join("ca");
-        let cp = mesh::control_plane(
-            &registry,
-            &[
-                "--ca-dir",
-                ca_dir.to_str().unwrap(),
-                "--ca-create",
-                "--bootstrap-tokens",
-                tokens.to_str().unwrap(),
-                "--cert-ttl",
-                o.cert_ttl,
-                "--cert-max-ttl",
-                o.cert_ttl,
-            ],
-        );
+        let cp = start_cp(&dir, &registry, o.cert_ttl, "127.0.0.1:0");
         let bundle = ca_dir.join("ca.crt");
         let web = http_peer::server("web").await;
         let (echo_addr, echo) = grpc::server().await;
@@ -943,4 +952,50 @@ async fn identity_files_are_served_and_reloaded_when_they_change() {
     assert_eq!(second, later.unix_timestamp() as u64);
     assert!(pod.metric("weft_identity_renewals_total").await >= 1.0);
     assert_eq!(Mesh::get_web(&m.frontend).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_outage_at_renewal_keeps_the_certificate_in_hand_until_the_ca_returns() {
+    let mut m = Mesh::new(Options {
+        cert_ttl: "8s",
+        ..Options::default()
+    })
+    .await;
+    let fe = &m.frontend;
+    // Just after a renewal, so about 8 s of validity are in hand.
+    let r0 = fe.metric("weft_identity_renewals_total").await;
+    eventually(Duration::from_secs(10), "a renewal", || async {
+        (fe.metric("weft_identity_renewals_total").await > r0).then_some(())
+    })
+    .await;
+    let r1 = fe.metric("weft_identity_renewals_total").await;
+    let tls_addr = m.cp.addr("xds-tls").to_string();
+    m.cp.signal("KILL");
+    let _ = m.cp.wait_exit(Duration::from_secs(5));
+
+    // The next renewal fails; the certificate in hand stays valid and in use.
+    eventually(Duration::from_secs(10), "a failed renewal", || async {
+        (m.frontend
+            .metric("weft_identity_renewal_failures_total")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let dump = m.frontend.config_dump().await;
+    assert_eq!(dump["identity"]["valid"], true, "{}", dump["identity"]);
+    assert_eq!(m.frontend.get("probe", "/ready").await.0, 200);
+    assert_eq!(Mesh::get_web(&m.frontend).await.status(), 200);
+
+    // The CA returns (same key, same address): renewals resume.
+    m.cp = start_cp(&m.dir, &m.registry, "8s", &tls_addr);
+    let fe = &m.frontend;
+    eventually(
+        Duration::from_secs(10),
+        "a renewal after the outage",
+        || async { (fe.metric("weft_identity_renewals_total").await > r1).then_some(()) },
+    )
+    .await;
+    assert_eq!(fe.config_dump().await["identity"]["valid"], true);
+    assert_eq!(Mesh::get_web(fe).await.status(), 200);
 }
