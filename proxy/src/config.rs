@@ -9,10 +9,26 @@ use clap::{Args, Parser};
 
 /// `weft-proxy`: the weft service-mesh sidecar.
 #[derive(Debug, Parser)]
-#[command(name = "weft-proxy", version, about)]
+#[command(
+    name = "weft-proxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub run: Config,
+}
+
+/// What else the binary does besides running the sidecar.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Programs the pod's network namespace (iptables nat table) to send its TCP traffic
+    /// through the sidecar; what an init container runs before the application starts.
+    Init(crate::init::InitConfig),
 }
 
 /// Settings of a running sidecar.

@@ -14,6 +14,7 @@ pub mod drain;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub use weft_core::log;
 pub mod metrics;
 pub mod pool;

@@ -3,7 +3,7 @@
 use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use weft_proxy::config::Cli;
+use weft_proxy::config::{Cli, Command};
 
 // The proxy allocates and frees small objects at a high rate on many threads (request state,
 // HTTP/2 frames, tasks); mimalloc does this markedly faster than glibc's malloc, notably for the
@@ -12,7 +12,20 @@ use weft_proxy::config::Cli;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cfg = Cli::parse().run;
+    let cli = Cli::parse();
+    if let Some(Command::Init(init)) = cli.command {
+        return match weft_proxy::init::run(&init) {
+            Ok(done) => {
+                print!("{done}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weft-proxy init: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cfg = cli.run;
     let log = match weft_proxy::log::init(&cfg.log_level, cfg.log_format) {
         Ok(l) => Arc::new(l),
         Err(e) => {
