@@ -55,6 +55,16 @@ pub struct Config {
     #[arg(long, env = "WEFT_INBOUND_FORWARD", default_value = "127.0.0.1:8080")]
     pub inbound_forward: SocketAddr,
 
+    /// Traffic arrives redirected by `weft-proxy init`: an inbound connection that was not
+    /// redirected (one addressed to the proxy's own port) is refused.
+    #[arg(long, env = "WEFT_CAPTURE")]
+    pub capture: bool,
+
+    /// Where redirected inbound connections are delivered: this address, on the port the
+    /// client sent them to.
+    #[arg(long, env = "WEFT_INBOUND_APP_IP", default_value = "127.0.0.1")]
+    pub inbound_app_ip: std::net::IpAddr,
+
     /// Extra outbound TCP listener bound to one service: `LISTEN_ADDR=SERVICE[:PORT]`.
     /// Repeatable; in the environment, comma-separated.
     #[arg(long = "outbound-tcp", env = "WEFT_OUTBOUND_TCP", value_delimiter = ',', value_parser = parse_tcp_mapping)]

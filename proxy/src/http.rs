@@ -46,6 +46,8 @@ pub enum Router {
         fixed: Option<Arc<str>>,
         /// Metrics for requests that match no service.
         unknown: Arc<TargetMetrics>,
+        /// Metrics for captured requests to destinations outside the mesh, passed through.
+        passthrough: Arc<TargetMetrics>,
     },
     /// To the local application.
     Inbound {
@@ -54,6 +56,18 @@ pub enum Router {
         /// For the authorization policies of the services this workload serves.
         table: SharedTable,
     },
+}
+
+/// What routing needs to know of one accepted connection.
+#[derive(Debug, Default)]
+pub struct ConnInfo {
+    /// Inbound: the caller.
+    pub peer: Option<Peer>,
+    /// Captured traffic: where the client sent the connection.
+    pub orig_dst: Option<SocketAddr>,
+    /// Inbound captured traffic: the application for this connection (the original port), and
+    /// its metrics.
+    pub app: Option<(SocketAddr, Arc<TargetMetrics>)>,
 }
 
 /// Everything a listener's HTTP connections share.
@@ -80,13 +94,13 @@ impl HttpProxy {
     /// Serves one downstream connection until it closes, or until draining ends it gracefully
     /// (GOAWAY for HTTP/2, `Connection: close` after the current request for HTTP/1).
     /// `open` stands for the accepted connection in metrics; protocol upgrades keep it.
-    /// `peer` is the caller of an inbound connection.
+    /// `conn` is what is known of the connection (its caller, where it was sent).
     pub async fn serve<I>(
         self: Arc<Self>,
         io: I,
         http2: bool,
         open: Arc<OpenConn>,
-        peer: Option<Arc<Peer>>,
+        conn: Arc<ConnInfo>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -96,7 +110,7 @@ impl HttpProxy {
             // Boxed: the request's state machine is about 2.4 KiB, and hyper moves the future it
             // is given into a task of its own per HTTP/2 stream (perf showed those copies at ~4%
             // of CPU); one small allocation is cheaper.
-            let fut = Box::pin(this.handle(req, open.clone(), peer.clone()));
+            let fut = Box::pin(this.handle(req, open.clone(), conn.clone()));
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let io = TokioIo::new(io);
@@ -192,31 +206,55 @@ impl HttpProxy {
         })
     }
 
-    fn resolve(&self, req: &Request<Incoming>) -> Result<Dest, (ProxyError, Arc<TargetMetrics>)> {
+    fn resolve(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Dest, (ProxyError, Arc<TargetMetrics>)> {
         match &self.router {
             Router::Inbound {
                 forward, metrics, ..
-            } => Ok(Dest {
-                addr: *forward,
-                identity: None,
-                protocol: Protocol::Http,
-                timeout: None,
-                metrics: metrics.clone(),
-            }),
+            } => {
+                let (addr, metrics) = conn
+                    .app
+                    .clone()
+                    .unwrap_or_else(|| (*forward, metrics.clone()));
+                Ok(Dest {
+                    addr,
+                    identity: None,
+                    protocol: Protocol::Http,
+                    timeout: None,
+                    metrics,
+                })
+            }
             Router::Outbound {
                 table,
                 fixed,
                 unknown,
+                passthrough,
             } => {
                 let table = table.load();
-                let svc = match fixed {
-                    Some(name) => table.by_authority(name),
-                    None => {
-                        let authority = request::authority(req)
-                            .ok_or_else(|| (ProxyError::NoAuthority, unknown.clone()))?;
-                        table.by_authority(authority)
-                    }
+                // Captured traffic: the service whose VIP the client dialled, else by authority.
+                let by_vip = conn.orig_dst.and_then(|o| table.by_vip(o));
+                let svc = match (fixed, by_vip) {
+                    (Some(name), _) => table.by_authority(name),
+                    (None, Some(svc)) => Some(svc),
+                    (None, None) => match (request::authority(req), conn.orig_dst) {
+                        (Some(authority), _) => table.by_authority(authority),
+                        (None, Some(_)) => None,
+                        (None, None) => return Err((ProxyError::NoAuthority, unknown.clone())),
+                    },
                 };
+                // A captured request for a destination outside the mesh goes where it was sent.
+                if let (None, Some(orig)) = (svc, conn.orig_dst) {
+                    return Ok(Dest {
+                        addr: orig,
+                        identity: None,
+                        protocol: Protocol::Http,
+                        timeout: None,
+                        metrics: passthrough.clone(),
+                    });
+                }
                 let Some(svc) = svc else {
                     let name = fixed
                         .as_deref()
@@ -255,7 +293,7 @@ impl HttpProxy {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         open: Arc<OpenConn>,
-        peer: Option<Arc<Peer>>,
+        conn: Arc<ConnInfo>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let version = req.version();
@@ -266,7 +304,7 @@ impl HttpProxy {
             let e = ProxyError::BadRequest("more than one Host header");
             return fail(e, is_grpc, Observer::new(metrics.clone(), is_grpc), version);
         }
-        let mut dest = match self.resolve(&req) {
+        let mut dest = match self.resolve(&req, &conn) {
             Ok(d) => d,
             Err((e, metrics)) => {
                 metrics.request();
@@ -274,7 +312,7 @@ impl HttpProxy {
             }
         };
         if self.direction == Direction::Inbound {
-            match self.inbound(&mut req, peer.as_deref()) {
+            match self.inbound(&mut req, conn.peer.as_ref()) {
                 Ok(p) => dest.protocol = p,
                 Err(e) => {
                     dest.metrics.request();

@@ -237,12 +237,14 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         })
     };
     let unknown = metrics.target(Direction::Outbound, &Arc::from("unknown"));
+    let passthrough = metrics.target(Direction::Outbound, &Arc::from("passthrough"));
     let outbound_http = make_http(
         Direction::Outbound,
         Router::Outbound {
             table: table.clone(),
             fixed: None,
             unknown: unknown.clone(),
+            passthrough: passthrough.clone(),
         },
     );
     let listener = |http: Arc<HttpProxy>, tcp, inbound| {
@@ -253,6 +255,8 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
             metrics: metrics.clone(),
             table: table.clone(),
             inbound,
+            capture: cfg.capture,
+            inbound_app_ip: cfg.inbound_app_ip,
         })
     };
     tokio::spawn(listener(outbound_http.clone(), TcpTarget::None, None).run(outbound));
@@ -264,6 +268,7 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
                 table: table.clone(),
                 fixed: Some(svc.clone()),
                 unknown: unknown.clone(),
+                passthrough: passthrough.clone(),
             },
             pools: outbound_http.pools.clone(),
             cfg: cfg.upstream.clone(),

@@ -12,15 +12,16 @@ use tokio::{
 
 use crate::{
     config::{DetectConfig, InboundMode, MtlsConfig},
-    http::HttpProxy,
+    http::{ConnInfo, HttpProxy},
     inbound::Peer,
-    metrics::{Direction, Metrics, OpenConn},
+    metrics::{Direction, Metrics, OpenConn, TargetMetrics},
     table::{Protocol, SharedTable},
     tcp,
     transport::{
         self,
         detect::{self, Detected},
         io::{CountedIo, PrefixedIo},
+        orig_dst,
         tls::{self, Alpn, Hello, Mtls},
     },
 };
@@ -56,6 +57,10 @@ pub struct Listener {
     pub table: SharedTable,
     /// Inbound listeners: mutual TLS termination and its modes (`None`: no identity).
     pub inbound: Option<InboundTls>,
+    /// Traffic arrives redirected: an inbound connection that was not is refused.
+    pub capture: bool,
+    /// Where redirected inbound connections go (on their original port).
+    pub inbound_app_ip: std::net::IpAddr,
 }
 
 impl Listener {
@@ -91,6 +96,7 @@ impl Listener {
         // last of them ends.
         let open = Arc::new(OpenConn::new(conns.clone()));
         transport::set_stream_options(&stream);
+        let orig_dst = orig_dst::original_dst(&stream);
         let mut io = CountedIo::new(stream, conns);
         let skip_detect = match &self.tcp {
             TcpTarget::Service(name) => self
@@ -117,27 +123,40 @@ impl Listener {
         self.metrics.conns(direction).detected(detected.label());
         tracing::trace!(%peer, ?detected, "protocol detected");
         if direction == Direction::Inbound {
-            return self.serve_inbound(io, prefix, detected, peer, open).await;
+            return self
+                .serve_inbound(io, prefix, detected, peer, orig_dst, open)
+                .await;
         }
         let io = PrefixedIo::new(prefix, io);
+        let conn = Arc::new(ConnInfo {
+            orig_dst,
+            ..Default::default()
+        });
         match detected {
-            Detected::Http1 => self.http.clone().serve(io, false, open, None).await,
-            Detected::Http2 => self.http.clone().serve(io, true, open, None).await,
+            Detected::Http1 => self.http.clone().serve(io, false, open, conn).await,
+            Detected::Http2 => self.http.clone().serve(io, true, open, conn).await,
             Detected::Tls | Detected::Opaque(_) => {
                 // One endpoint, with the identity it must prove (an opaque connection to a
                 // meshed endpoint is mutual TLS too).
-                let dest = match &self.tcp {
-                    TcpTarget::Addr(a) => Some((*a, None)),
-                    TcpTarget::Service(name) => {
-                        let table = self.table.load();
-                        table
-                            .by_authority(name)
-                            .and_then(|s| s.default_route.backends.pick())
-                            .and_then(|c| c.endpoints.pick())
-                            .map(|e| (e.addr, e.identity.clone()))
-                    }
-                    TcpTarget::None => None,
+                let pick = |s: &Arc<crate::table::Service>| {
+                    s.default_route
+                        .backends
+                        .pick()
+                        .and_then(|c| c.endpoints.pick())
+                        .map(|e| (e.addr, e.identity.clone()))
                 };
+                let table = self.table.load();
+                let dest = match (&self.tcp, orig_dst) {
+                    (TcpTarget::Addr(a), _) => Some((*a, None)),
+                    (TcpTarget::Service(name), _) => table.by_authority(name).and_then(pick),
+                    // Captured: the service whose VIP was dialled, else where it was sent.
+                    (TcpTarget::None, Some(orig)) => match table.by_vip(orig) {
+                        Some(svc) => pick(svc),
+                        None => Some((orig, None)),
+                    },
+                    (TcpTarget::None, None) => None,
+                };
+                drop(table);
                 match dest {
                     Some((addr, identity)) => {
                         tcp::forward(io, addr, identity.as_ref(), &self.http.pools, direction).await
@@ -157,11 +176,34 @@ impl Listener {
         mut prefix: BytesMut,
         detected: Detected,
         remote: SocketAddr,
+        orig_dst: Option<SocketAddr>,
         open: Arc<OpenConn>,
     ) {
-        let Ok(local) = io.get_ref().local_addr() else {
-            return;
+        // The destination: where the client sent it (captured), else this listener.
+        let local = match (orig_dst, io.get_ref().local_addr()) {
+            (Some(orig), _) => orig,
+            (None, Ok(local)) if !self.capture => local,
+            (None, Ok(local)) => {
+                // Captured pods reach the application only through redirection: a connection
+                // addressed to the proxy's own port is not for the application.
+                self.metrics
+                    .tls
+                    .refused
+                    .with_label_values(&["not_redirected"])
+                    .inc();
+                tracing::debug!(%remote, %local, "inbound connection to the proxy itself refused");
+                return;
+            }
+            (None, Err(_)) => return,
         };
+        // Captured: the application on the port the client dialled.
+        let app = orig_dst.map(|o| {
+            let addr = SocketAddr::new(self.inbound_app_ip, o.port());
+            let metrics = self
+                .metrics
+                .target(Direction::Inbound, &Arc::from(addr.to_string()));
+            (addr, metrics)
+        });
         let mode = self
             .inbound
             .as_ref()
@@ -180,19 +222,29 @@ impl Listener {
             (_, Detected::Tls, Hello::Mesh) => {
                 let tls = self.inbound.as_ref().expect("a mode other than disable");
                 return self
-                    .terminate(&tls.mtls, PrefixedIo::new(prefix, io), local, remote, open)
+                    .terminate(
+                        &tls.mtls,
+                        PrefixedIo::new(prefix, io),
+                        (local, app),
+                        remote,
+                        open,
+                    )
                     .await;
             }
             (InboundMode::Strict, Detected::Tls, _) => return refuse("foreign_tls"),
             (InboundMode::Strict, ..) => return refuse("plaintext"),
             (InboundMode::Permissive, ..) => {}
         }
-        let peer = Arc::new(Peer::new(None, local, &self.metrics));
+        let conn = Arc::new(ConnInfo {
+            peer: Some(Peer::new(None, local, &self.metrics)),
+            orig_dst,
+            app,
+        });
         let io = PrefixedIo::new(prefix, io);
         match detected {
-            Detected::Http1 => self.http.clone().serve(io, false, open, Some(peer)).await,
-            Detected::Http2 => self.http.clone().serve(io, true, open, Some(peer)).await,
-            Detected::Tls | Detected::Opaque(_) => self.forward_opaque(io, &peer).await,
+            Detected::Http1 => self.http.clone().serve(io, false, open, conn).await,
+            Detected::Http2 => self.http.clone().serve(io, true, open, conn).await,
+            Detected::Tls | Detected::Opaque(_) => self.forward_opaque(io, &conn).await,
         }
     }
 
@@ -201,7 +253,7 @@ impl Listener {
         &self,
         mtls: &Mtls,
         io: I,
-        local: SocketAddr,
+        (local, app): (SocketAddr, Option<(SocketAddr, Arc<TargetMetrics>)>),
         remote: SocketAddr,
         open: Arc<OpenConn>,
     ) where
@@ -231,40 +283,40 @@ impl Listener {
         let id = tls::peer_identity(conn.peer_certificates());
         let alpn = Alpn::negotiated(conn.alpn_protocol());
         tracing::trace!(%remote, peer = ?id, ?alpn, "inbound mesh TLS");
-        let peer = Arc::new(Peer::new(id, local, &self.metrics));
+        let conn = Arc::new(ConnInfo {
+            peer: Some(Peer::new(id, local, &self.metrics)),
+            orig_dst: None,
+            app,
+        });
         match alpn {
-            Alpn::H2 => {
-                self.http
-                    .clone()
-                    .serve(stream, true, open, Some(peer))
-                    .await
-            }
-            Alpn::Http1 => {
-                self.http
-                    .clone()
-                    .serve(stream, false, open, Some(peer))
-                    .await
-            }
-            Alpn::Opaque => self.forward_opaque(stream, &peer).await,
+            Alpn::H2 => self.http.clone().serve(stream, true, open, conn).await,
+            Alpn::Http1 => self.http.clone().serve(stream, false, open, conn).await,
+            Alpn::Opaque => self.forward_opaque(stream, &conn).await,
         }
     }
 
     /// Opaque TCP to the application, if the caller may connect.
-    async fn forward_opaque<I>(&self, io: I, peer: &Peer)
+    async fn forward_opaque<I>(&self, io: I, conn: &ConnInfo)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let table = self.table.load();
-        if let Some(v) = table.authorize(peer.local, peer.id.as_deref()) {
-            self.metrics.tls.authz("tcp", v.is_ok());
-            if let Err(service) = v {
-                tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");
-                return;
+        let Some(peer) = &conn.peer else { return };
+        {
+            let table = self.table.load();
+            if let Some(v) = table.authorize(peer.local, peer.id.as_deref()) {
+                self.metrics.tls.authz("tcp", v.is_ok());
+                if let Err(service) = v {
+                    tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");
+                    return;
+                }
             }
         }
-        if let TcpTarget::Addr(addr) = self.tcp {
-            tcp::forward(io, addr, None, &self.http.pools, Direction::Inbound).await;
-        }
+        let addr = match (&conn.app, &self.tcp) {
+            (Some((app, _)), _) => *app,
+            (None, TcpTarget::Addr(addr)) => *addr,
+            (None, _) => return,
+        };
+        tcp::forward(io, addr, None, &self.http.pools, Direction::Inbound).await;
     }
 }
 

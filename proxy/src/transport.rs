@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod io;
+pub mod orig_dst;
 pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
