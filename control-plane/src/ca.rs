@@ -203,6 +203,17 @@ impl Ca {
         Ok(())
     }
 
+    /// An expired CA signs nothing (what it signed would be born expired).
+    fn check_not_expired(&self, now: OffsetDateTime) -> Result<(), CaError> {
+        if self.ca_not_after <= now + time::Duration::minutes(1) {
+            return Err(CaError::Sign(format!(
+                "the CA certificate expires at {}: nothing can be signed with it any more (rotate the CA)",
+                self.ca_not_after
+            )));
+        }
+        Ok(())
+    }
+
     /// The trust anchors workloads verify peers against, PEM.
     pub fn trust_bundle(&self) -> Vec<String> {
         self.bundle.clone()
@@ -247,6 +258,7 @@ impl Ca {
             .unwrap_or(self.default_ttl)
             .min(self.max_ttl);
         let now = OffsetDateTime::now_utc();
+        self.check_not_expired(now)?;
         let not_after = (now
             + time::Duration::try_from(ttl).map_err(|e| CaError::Sign(e.to_string()))?)
         .min(self.ca_not_after);
@@ -319,6 +331,7 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = OffsetDateTime::now_utc();
+        self.check_not_expired(now)?;
         let not_after = (now
             + time::Duration::try_from(self.default_ttl)
                 .map_err(|e| CaError::Sign(e.to_string()))?)

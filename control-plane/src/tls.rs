@@ -92,7 +92,7 @@ impl ServingCert {
             let left = expires
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            tokio::time::sleep(left.mul_f64(0.7)).await;
+            tokio::time::sleep(left.mul_f64(0.7).max(Duration::from_secs(1))).await;
             match ca
                 .issue_server(&names, &identity)
                 .and_then(|c| Ok((certified(&c)?, c.expires)))

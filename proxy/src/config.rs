@@ -289,8 +289,8 @@ pub struct MtlsConfig {
     #[arg(long, env = "WEFT_IDENTITY", value_enum, default_value = "none")]
     pub identity: IdentitySource,
 
-    /// The mesh trust bundle (PEM CA certificates): verifies an `https://` control plane, and
-    /// peers until the CA sends its own bundle.
+    /// The mesh trust bundle (PEM CA certificates): verifies an `https://` control plane and
+    /// CA. Peers are verified against the bundle that comes with the workload certificate.
     #[arg(long, env = "WEFT_TRUST_BUNDLE", value_name = "FILE")]
     pub trust_bundle: Option<PathBuf>,
 

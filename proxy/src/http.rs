@@ -22,7 +22,7 @@ use self::{
 use crate::{
     config::UpstreamConfig,
     drain::Drain,
-    inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, Peer},
+    inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, PEER_IDENTITY_HEADER_UNDERSCORE, Peer},
     metrics::{Direction, OpenConn, TargetMetrics},
     pool::Pools,
     table::{Protocol, SharedTable},
@@ -173,6 +173,8 @@ impl HttpProxy {
     ) -> Result<Protocol, ProxyError> {
         let headers = req.headers_mut();
         headers.remove(&PEER_IDENTITY_HEADER);
+        // CGI-style servers read `x_weft_peer_identity` as the same header.
+        headers.remove(&PEER_IDENTITY_HEADER_UNDERSCORE);
         let orig = headers.remove(&ORIG_PROTO_HEADER);
         let Router::Inbound { table, .. } = &self.router else {
             return Ok(Protocol::Http);
@@ -183,7 +185,11 @@ impl HttpProxy {
                 headers.insert(PEER_IDENTITY_HEADER.clone(), v.clone());
             }
             let is_grpc = grpc::is_grpc(headers);
-            if let Some(verdict) = table.load().authorize(peer.local, peer.id.as_deref()) {
+            if let Some(verdict) =
+                table
+                    .load()
+                    .authorize(peer.local, peer.id.as_deref(), peer.namespace.as_deref())
+            {
                 self.pools
                     .metrics()
                     .tls

@@ -125,7 +125,15 @@ impl Identity {
         bundle: Vec<CertificateDer<'static>>,
     ) -> Result<SystemTime, String> {
         let leaf = chain.first().ok_or("the certificate chain is empty")?;
-        let expires = not_after(leaf)?;
+        let (valid_from, expires) = validity(leaf)?;
+        let now = SystemTime::now();
+        if expires <= now {
+            return Err("the certificate has expired".into());
+        }
+        // A little clock skew is tolerated; a certificate from the future is not used.
+        if valid_from > now + Duration::from_secs(300) {
+            return Err("the certificate is not valid yet".into());
+        }
         let id = tls::peer_identity(Some(&chain[..1]))
             .ok_or("the certificate does not carry exactly one SPIFFE id (URI SAN)")?;
         let roots = tls::roots(&bundle).map_err(|e| format!("trust bundle: {e}"))?;
@@ -154,10 +162,14 @@ fn pem_certs(pems: &[String]) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(out)
 }
 
-fn not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, String> {
+/// When a certificate becomes valid and when it expires.
+fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
     let (_, c) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
-    let secs = c.validity().not_after.timestamp().max(0) as u64;
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Ok((
+        at(c.validity().not_before.timestamp()),
+        at(c.validity().not_after.timestamp()),
+    ))
 }
 
 /// Asks the CA for a certificate for a new key; stores both. Returns the certificate's expiry.
@@ -315,7 +327,9 @@ pub async fn run(cfg: IdentityConfig, id: Arc<Identity>, stop: CancellationToken
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
                 tracing::info!(identity = %cfg.spiffe_id, valid_for = ?left, "certificate obtained");
-                left.mul_f64(0.7)
+                // Never sooner than a second: a CA granting almost nothing is not asked in a
+                // tight loop.
+                left.mul_f64(0.7).max(Duration::from_secs(1))
             }
             Err(e) => {
                 id.failures.fetch_add(1, Ordering::Relaxed);
@@ -331,6 +345,7 @@ pub async fn run(cfg: IdentityConfig, id: Arc<Identity>, stop: CancellationToken
                 {
                     wait = wait.min(left / 2);
                 }
+                let wait = wait.max(Duration::from_millis(100));
                 tracing::warn!(identity = %cfg.spiffe_id, error = %e, retry_in = ?wait, still_valid = id.valid(), "certificate renewal failed");
                 wait
             }
@@ -339,5 +354,71 @@ pub async fn run(cfg: IdentityConfig, id: Arc<Identity>, stop: CancellationToken
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, IsCa, Issuer};
+
+    const ID: &str = "spiffe://cluster.local/ns/shop/sa/reviews";
+
+    /// A leaf for `ID` valid from `from` to `until` seconds from now, its key, and its CA.
+    fn issued(
+        from: i64,
+        until: i64,
+    ) -> (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        Vec<CertificateDer<'static>>,
+    ) {
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::seconds(from);
+        p.not_after = now + time::Duration::seconds(until);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            vec![ca_cert.der().clone()],
+        )
+    }
+
+    #[test]
+    fn only_a_certificate_valid_now_is_put_in_force() {
+        let id = Identity::default();
+        let (c, k, b) = issued(-60, 3600);
+        let expires = id.store(c, k, b).unwrap();
+        assert!(id.valid());
+        assert_eq!(id.spiffe_id().as_deref().map(String::as_str), Some(ID));
+
+        let (c, k, b) = issued(-7200, -3600);
+        assert_eq!(
+            id.store(c, k, b).unwrap_err(),
+            "the certificate has expired"
+        );
+        let (c, k, b) = issued(3600, 7200);
+        assert_eq!(
+            id.store(c, k, b).unwrap_err(),
+            "the certificate is not valid yet"
+        );
+        assert_eq!(id.expires(), Some(expires), "the valid one stays in force");
+        // A key that is not the certificate's.
+        let (c, _, b) = issued(-60, 3600);
+        let (_, other, _) = issued(-60, 3600);
+        assert!(
+            id.store(c, other, b)
+                .unwrap_err()
+                .starts_with("private key")
+        );
+        assert_eq!(id.expires(), Some(expires));
     }
 }

@@ -13,6 +13,9 @@ use http::{HeaderName, HeaderValue};
 /// The header the application reads the caller's identity from. Set by the inbound proxy on
 /// every request from a mesh peer, removed from every request (so no caller can forge it).
 pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-weft-peer-identity");
+/// The same with underscores, which CGI-style servers map to the same variable: removed too.
+pub static PEER_IDENTITY_HEADER_UNDERSCORE: HeaderName =
+    HeaderName::from_static("x_weft_peer_identity");
 
 /// Carried from the outbound to the inbound sidecar when an HTTP/1 request rides the HTTP/2
 /// connection between them: the version to restore for the application.
@@ -29,16 +32,31 @@ pub struct Peer {
     pub local: SocketAddr,
     /// `weft_inbound_peer_requests_total` for this caller.
     pub requests: prometheus::IntCounter,
+    /// The caller's namespace, when its identity is of this proxy's trust domain (namespace
+    /// rules match only there: another trust domain's `ns/ops` is not this mesh's).
+    pub namespace: Option<Box<str>>,
 }
 
 impl Peer {
-    pub fn new(id: Option<String>, local: SocketAddr, metrics: &crate::metrics::Metrics) -> Self {
+    /// `trust_domain`: this proxy's.
+    pub fn new(
+        id: Option<String>,
+        local: SocketAddr,
+        metrics: &crate::metrics::Metrics,
+        trust_domain: &str,
+    ) -> Self {
         let requests = metrics.tls.peer_requests(id.as_deref());
+        let namespace = id
+            .as_deref()
+            .and_then(namespace_of)
+            .filter(|(td, _)| *td == trust_domain)
+            .map(|(_, ns)| ns.into());
         Peer {
             header: id.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
             id: id.map(Arc::from),
             local,
             requests,
+            namespace,
         }
     }
 }
@@ -89,23 +107,24 @@ impl Authz {
         Ok(a)
     }
 
-    /// Whether `peer` (a SPIFFE id, or `None` for a plaintext caller) may call.
-    pub fn allows(&self, peer: Option<&str>) -> bool {
+    /// Whether `peer` (a SPIFFE id, or `None` for a plaintext caller) may call; `namespace` is
+    /// its namespace if it belongs to this proxy's trust domain.
+    pub fn allows(&self, peer: Option<&str>, namespace: Option<&str>) -> bool {
         let ruled = peer.is_some_and(|id| {
             self.authenticated
                 || self.identities.contains(id)
-                || namespace_of(id).is_some_and(|ns| self.namespaces.contains(ns))
+                || namespace.is_some_and(|ns| self.namespaces.contains(ns))
         });
         ruled || !self.deny_by_default
     }
 }
 
-/// The namespace of `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
-fn namespace_of(id: &str) -> Option<&str> {
-    let path = id.strip_prefix("spiffe://")?.split_once('/')?.1;
+/// The trust domain and namespace of `spiffe://<trust-domain>/ns/<namespace>/sa/<sa>`.
+fn namespace_of(id: &str) -> Option<(&str, &str)> {
+    let (td, path) = id.strip_prefix("spiffe://")?.split_once('/')?;
     let mut parts = path.split('/');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("ns"), Some(ns), Some("sa"), Some(_)) if !ns.is_empty() => Some(ns),
+        (Some("ns"), Some(ns), Some("sa"), Some(_)) if !ns.is_empty() => Some((td, ns)),
         _ => None,
     }
 }
@@ -125,19 +144,29 @@ mod tests {
         let p = policy(
             "default: deny\nallow: [{identity: spiffe://cluster.local/ns/shop/sa/frontend}, {namespace: ops}]",
         );
-        assert!(p.allows(Some(FRONTEND)));
-        assert!(p.allows(Some("spiffe://cluster.local/ns/ops/sa/anything")));
-        assert!(!p.allows(Some("spiffe://cluster.local/ns/shop/sa/payments")));
-        assert!(!p.allows(Some("spiffe://cluster.local/ns/shopping/sa/x")));
-        assert!(!p.allows(None), "plaintext is nobody");
+        let allows = |id: &str| {
+            let ns = namespace_of(id)
+                .filter(|(td, _)| *td == "cluster.local")
+                .map(|(_, ns)| ns);
+            p.allows(Some(id), ns)
+        };
+        assert!(allows(FRONTEND));
+        assert!(allows("spiffe://cluster.local/ns/ops/sa/anything"));
+        assert!(
+            !allows("spiffe://elsewhere.example/ns/ops/sa/anything"),
+            "another trust domain's namespace"
+        );
+        assert!(!allows("spiffe://cluster.local/ns/shop/sa/payments"));
+        assert!(!allows("spiffe://cluster.local/ns/shopping/sa/x"));
+        assert!(!p.allows(None, None), "plaintext is nobody");
 
         let p = policy("default: deny\nallow: [{authenticated: true}]");
-        assert!(p.allows(Some(FRONTEND)));
-        assert!(!p.allows(None));
+        assert!(p.allows(Some(FRONTEND), Some("shop")));
+        assert!(!p.allows(None, None));
 
         let p = policy("allow: [{identity: spiffe://cluster.local/ns/shop/sa/frontend}]");
         assert!(
-            p.allows(None),
+            p.allows(None, None),
             "default allow: the rules only add to everyone"
         );
     }
@@ -161,7 +190,7 @@ mod tests {
 
     #[test]
     fn namespaces_come_from_the_spiffe_path() {
-        assert_eq!(namespace_of(FRONTEND), Some("shop"));
+        assert_eq!(namespace_of(FRONTEND), Some(("cluster.local", "shop")));
         assert_eq!(namespace_of("spiffe://td/ns//sa/x"), None);
         assert_eq!(namespace_of("spiffe://td/other/shop"), None);
     }

@@ -62,6 +62,17 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// Whether `url` (`[http://]host:port`) names this host's loopback.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Starts keeping a workload certificate, if one is configured: from the CA (the first one
 /// arrives in the background; `/ready` waits for it) or from files (which must load now).
 fn start_identity(
@@ -84,6 +95,12 @@ fn start_identity(
                             .into(),
                     )
                 })?;
+            // The token proves an identity: it never crosses the network in the clear.
+            if !ca.starts_with("https://") && !is_loopback_url(&ca) {
+                return Err(StartError::Identity(format!(
+                    "the CA at `{ca}` is not https://: the identity token would cross the network in the clear (use the control plane's TLS port, or --ca-address https://...)"
+                )));
+            }
             let spiffe_id = format!(
                 "spiffe://{}/ns/{}/sa/{}",
                 m.trust_domain, cfg.discovery.pod_namespace, cfg.discovery.service_account

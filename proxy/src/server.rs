@@ -236,7 +236,7 @@ impl Listener {
             (InboundMode::Permissive, ..) => {}
         }
         let conn = Arc::new(ConnInfo {
-            peer: Some(Peer::new(None, local, &self.metrics)),
+            peer: Some(Peer::new(None, local, &self.metrics, self.trust_domain())),
             orig_dst,
             app,
         });
@@ -246,6 +246,13 @@ impl Listener {
             Detected::Http2 => self.http.clone().serve(io, true, open, conn).await,
             Detected::Tls | Detected::Opaque(_) => self.forward_opaque(io, &conn).await,
         }
+    }
+
+    /// This proxy's trust domain (namespace rules match only callers of it).
+    fn trust_domain(&self) -> &str {
+        self.inbound
+            .as_ref()
+            .map_or("", |t| t.cfg.trust_domain.as_str())
     }
 
     /// Mutual TLS with a sidecar, then what its ALPN says follows.
@@ -284,7 +291,7 @@ impl Listener {
         let alpn = Alpn::negotiated(conn.alpn_protocol());
         tracing::trace!(%remote, peer = ?id, ?alpn, "inbound mesh TLS");
         let conn = Arc::new(ConnInfo {
-            peer: Some(Peer::new(id, local, &self.metrics)),
+            peer: Some(Peer::new(id, local, &self.metrics, self.trust_domain())),
             orig_dst: None,
             app,
         });
@@ -303,7 +310,24 @@ impl Listener {
         let Some(peer) = &conn.peer else { return };
         {
             let table = self.table.load();
-            if let Some(v) = table.authorize(peer.local, peer.id.as_deref()) {
+            // Raw bytes to an HTTP service would skip what HTTP gets per request (the caller's
+            // header set and forgeries removed, authorization): only `tcp` services, or
+            // destinations the table does not know, take opaque connections.
+            if table
+                .services_at(peer.local)
+                .any(|s| s.protocol != Protocol::Tcp)
+            {
+                self.metrics
+                    .tls
+                    .refused
+                    .with_label_values(&["opaque_to_http"])
+                    .inc();
+                tracing::debug!(peer = ?peer.id, dest = %peer.local, "opaque connection to an HTTP service refused");
+                return;
+            }
+            if let Some(v) =
+                table.authorize(peer.local, peer.id.as_deref(), peer.namespace.as_deref())
+            {
                 self.metrics.tls.authz("tcp", v.is_ok());
                 if let Err(service) = v {
                     tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");

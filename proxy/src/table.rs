@@ -166,18 +166,32 @@ impl Table {
 
     /// Whether every service with an endpoint at `addr` lets `peer` call it: `None` when no
     /// service has, or none of those has a policy; else the verdict and the denying service.
-    pub fn authorize(&self, addr: SocketAddr, peer: Option<&str>) -> Option<Result<(), &str>> {
+    pub fn authorize(
+        &self,
+        addr: SocketAddr,
+        peer: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Option<Result<(), &str>> {
         let mut verdict = None;
-        for i in self.by_endpoint.get(&addr)? {
+        for i in self.by_endpoint.get(&canonical(addr))? {
             let svc = &self.services[*i];
             if let Some(a) = &svc.authz {
-                if !a.allows(peer) {
+                if !a.allows(peer, namespace) {
                     return Some(Err(&svc.name));
                 }
                 verdict = Some(Ok(()));
             }
         }
         verdict
+    }
+
+    /// The services that have an endpoint at `addr`.
+    pub fn services_at(&self, addr: SocketAddr) -> impl Iterator<Item = &Arc<Service>> {
+        self.by_endpoint
+            .get(&canonical(addr))
+            .into_iter()
+            .flatten()
+            .map(|i| &self.services[*i])
     }
 
     /// Indexes services by their endpoints' addresses; the last step of every compile.
@@ -189,7 +203,7 @@ impl Table {
                 .flat_map(|r| r.backends.iter());
             for c in clusters {
                 for e in c.endpoints.iter() {
-                    let v = by_endpoint.entry(e.addr).or_default();
+                    let v = by_endpoint.entry(canonical(e.addr)).or_default();
                     if v.last() != Some(&i) {
                         v.push(i);
                     }
@@ -264,6 +278,18 @@ impl Table {
         t.source = source;
         t.index_endpoints();
         Ok(t)
+    }
+}
+
+/// An IPv4 address in IPv6 clothing (`[::ffff:10.0.0.1]:80`, as a dual-stack listener reports
+/// IPv4 callers) as the IPv4 address it is.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
     }
 }
 

@@ -202,7 +202,18 @@ fn mutual_tls_settings_that_cannot_work_stop_the_start_and_say_why() {
     let dir = TempDir::new("mtls-config");
     let missing = dir.0.join("missing.pem");
     let missing = missing.to_str().unwrap();
-    let cases: [(&[&str], String); 3] = [
+    let cases: [(&[&str], String); 4] = [
+        (
+            &[
+                "--identity",
+                "ca",
+                "--identity-token-file",
+                missing,
+                "--control-plane",
+                "http://10.1.2.3:15010",
+            ],
+            "the CA at `http://10.1.2.3:15010` is not https://: the identity token would cross the network in the clear".into(),
+        ),
         (
             &["--control-plane", "https://127.0.0.1:1"],
             "`https://127.0.0.1:1` is TLS: give the mesh trust bundle to verify it (--trust-bundle)"

@@ -696,6 +696,15 @@ async fn strict_inbound_refuses_everything_but_mesh_mtls_from_an_allowed_identit
     // TLS that is not a sidecar's (no `weft/1`), and plaintext: refused before any handshake.
     let out = s_client(inbound, &m.bundle, Some(&frontend), "http/1.1", request).await;
     assert!(!out.contains("HTTP/1.1"), "{out}");
+    // A sidecar's TLS with no HTTP protocol (ALPN weft/1 alone) to an HTTP service: raw bytes
+    // would skip the per-request header and authorization, so it is refused.
+    let out = s_client(inbound, &m.bundle, Some(&frontend), "weft/1", request).await;
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+    assert_eq!(
+        pod.metric(r#"weft_inbound_refused_total{reason="opaque_to_http"}"#)
+            .await,
+        1.0
+    );
     let mut plain = tokio::net::TcpStream::connect(inbound).await.unwrap();
     plain.write_all(request.as_bytes()).await.unwrap();
     let mut got = Vec::new();
@@ -802,11 +811,52 @@ async fn an_unexpected_server_identity_fails_the_request_and_permissive_accepts_
         rsp.headers().get("x-seen-peer-identity").is_none(),
         "{rsp:?}"
     );
+    let rsp = http_peer::request_h1(
+        m.pods[0].addr("inbound"),
+        Request::get("/echo")
+            .header("host", "web:8080")
+            .header("x_weft_peer_identity", id("demo", "admin")),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    let seen = rsp.headers()["x-seen-headers"].to_str().unwrap();
+    assert!(!seen.contains("peer_identity"), "{seen}");
+    // A client that says nothing until detection gives up (the server-first timeout) is opaque;
+    // to an HTTP service that is refused, so a forged header cannot ride in as raw bytes.
+    let served = m
+        .web
+        .state
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let mut quiet = tokio::net::TcpStream::connect(m.pods[0].addr("inbound"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = quiet
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: web:8080\r\nx-weft-peer-identity: spiffe://cluster.local/ns/demo/sa/admin\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        m.web
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        served
+    );
+    assert_eq!(
+        m.pods[0]
+            .metric(r#"weft_inbound_refused_total{reason="opaque_to_http"}"#)
+            .await,
+        1.0
+    );
     assert_eq!(
         m.pods[0]
             .metric(r#"weft_inbound_peer_requests_total{client_id="",tls="false"}"#)
             .await,
-        1.0
+        2.0
     );
 
     // A sidecar whose CA cannot be reached is not ready: mutual TLS is on and it holds no

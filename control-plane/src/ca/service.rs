@@ -109,6 +109,15 @@ impl TokenReviewer {
                 status.error.map(|e| format!(": {e}")).unwrap_or_default()
             )));
         }
+        // An API server (or webhook authenticator) that ignored the audience asked for does
+        // not say it checked it: such a token may have been meant for someone else.
+        let audiences = status.audiences.unwrap_or_default();
+        if !self.audiences.iter().any(|a| audiences.contains(a)) {
+            return Err(Status::unauthenticated(format!(
+                "the token is not for audience {:?} (the TokenReview confirmed {audiences:?})",
+                self.audiences
+            )));
+        }
         let user = status.user.and_then(|u| u.username).unwrap_or_default();
         match user
             .strip_prefix("system:serviceaccount:")

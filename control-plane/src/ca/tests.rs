@@ -367,6 +367,10 @@ async fn token_review_server() -> std::net::SocketAddr {
                                 },
                                 "audiences": ["weft-ca"]
                             }),
+                            "other-audience-token" => serde_json::json!({
+                                "authenticated": true,
+                                "user": {"username": "system:serviceaccount:shop:reviews"},
+                            }),
                             "user-token" => serde_json::json!({
                                 "authenticated": true,
                                 "user": {"username": "alice@example.com", "groups": ["system:authenticated"]},
@@ -450,6 +454,12 @@ async fn kubernetes_service_account_tokens_prove_their_account_through_token_rev
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("alice@example.com"), "{err:?}");
+    let err = svc
+        .create_certificate(ask("reviews", "other-audience-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("not for audience"), "{err:?}");
     let err = svc
         .create_certificate(ask("reviews", "forged"))
         .await

@@ -44,7 +44,42 @@ struct Slot {
     last_used_ms: AtomicU64,
     /// The last failed connect: when (pool clock) and why. Requests that were waiting while it
     /// ran fail with it instead of each trying again in turn (which would stack their waits).
-    failed: Mutex<Option<(u64, String)>>,
+    failed: Mutex<Option<(u64, Failure)>>,
+}
+
+/// Why a shared connect failed, kept so that its waiters fail the same way.
+#[derive(Debug, Clone)]
+enum Failure {
+    Connect(String),
+    Tls {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Failure {
+    fn of(e: &ProxyError) -> Failure {
+        match e {
+            ProxyError::Tls {
+                reason, message, ..
+            } => Failure::Tls {
+                reason,
+                message: message.clone(),
+            },
+            e => Failure::Connect(e.to_string()),
+        }
+    }
+
+    fn error(self, addr: SocketAddr) -> ProxyError {
+        match self {
+            Failure::Connect(reason) => ConnectError::Shared { addr, reason }.into(),
+            Failure::Tls { reason, message } => ProxyError::Tls {
+                addr,
+                reason,
+                message: format!("{message} (an attempt shared with concurrent requests)"),
+            },
+        }
+    }
 }
 
 impl Slot {
@@ -83,8 +118,8 @@ impl Pool {
                 s
             } else {
                 let failed = slot.failed.lock().expect("h2 slot lock").clone();
-                if let Some((_, reason)) = failed.filter(|(at, _)| *at >= waiting_since) {
-                    return Err(ConnectError::Shared { addr, reason }.into());
+                if let Some((_, failure)) = failed.filter(|(at, _)| *at >= waiting_since) {
+                    return Err(failure.error(addr));
                 }
                 // Boxed: connecting is rare, and its large state would otherwise be part of
                 // every request's future.
@@ -95,7 +130,7 @@ impl Pool {
                         sender
                     }
                     Err(e) => {
-                        let failure = (self.clock.now_ms(), e.to_string());
+                        let failure = (self.clock.now_ms(), Failure::of(&e));
                         *slot.failed.lock().expect("h2 slot lock") = Some(failure);
                         return Err(e);
                     }
