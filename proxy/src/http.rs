@@ -255,7 +255,7 @@ impl HttpProxy {
                 if let (None, Some(orig)) = (svc, conn.orig_dst) {
                     return Ok(Dest {
                         addr: orig,
-                        identity: None,
+                        identity: table.endpoint_identity(orig).cloned(),
                         protocol: Protocol::Http,
                         timeout: None,
                         metrics: passthrough.clone(),

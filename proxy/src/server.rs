@@ -98,11 +98,18 @@ impl Listener {
         transport::set_stream_options(&stream);
         let orig_dst = orig_dst::original_dst(&stream);
         let mut io = CountedIo::new(stream, conns);
-        let skip_detect = match &self.tcp {
-            TcpTarget::Service(name) => self
+        // A connection for a `tcp` service (by listener, or by the VIP it was sent to) is
+        // opaque: no detection, so a server-first protocol does not wait for it.
+        let skip_detect = match (&self.tcp, orig_dst) {
+            (TcpTarget::Service(name), _) => self
                 .table
                 .load()
                 .by_authority(name)
+                .is_some_and(|s| s.protocol == Protocol::Tcp),
+            (TcpTarget::None, Some(orig)) => self
+                .table
+                .load()
+                .by_vip(orig)
                 .is_some_and(|s| s.protocol == Protocol::Tcp),
             _ => false,
         };
@@ -152,7 +159,7 @@ impl Listener {
                     // Captured: the service whose VIP was dialled, else where it was sent.
                     (TcpTarget::None, Some(orig)) => match table.by_vip(orig) {
                         Some(svc) => pick(svc),
-                        None => Some((orig, None)),
+                        None => Some((orig, table.endpoint_identity(orig).cloned())),
                     },
                     (TcpTarget::None, None) => None,
                 };

@@ -44,6 +44,8 @@ pub struct Table {
     by_vip: HashMap<SocketAddr, usize>,
     /// The services each endpoint address belongs to (what an inbound connection reached).
     by_endpoint: HashMap<SocketAddr, Vec<usize>>,
+    /// The identity each meshed endpoint proves, by address.
+    identities: HashMap<SocketAddr, Arc<str>>,
     /// What the table was compiled from, for `/config_dump`.
     pub source: TableFile,
 }
@@ -102,6 +104,7 @@ impl Table {
             by_host: HashMap::new(),
             by_vip: HashMap::new(),
             by_endpoint: HashMap::new(),
+            identities: HashMap::new(),
             source: TableFile::default(),
         }
     }
@@ -185,6 +188,12 @@ impl Table {
         verdict
     }
 
+    /// The identity the endpoint at `addr` proves, if it is a meshed endpoint of some service
+    /// (a client that dials a pod's address directly still gets mutual TLS).
+    pub fn endpoint_identity(&self, addr: SocketAddr) -> Option<&Arc<str>> {
+        self.identities.get(&canonical(addr))
+    }
+
     /// The services that have an endpoint at `addr`.
     pub fn services_at(&self, addr: SocketAddr) -> impl Iterator<Item = &Arc<Service>> {
         self.by_endpoint
@@ -197,12 +206,16 @@ impl Table {
     /// Indexes services by their endpoints' addresses; the last step of every compile.
     fn index_endpoints(&mut self) {
         let mut by_endpoint: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        let mut identities = HashMap::new();
         for (i, svc) in self.services.iter().enumerate() {
             let clusters = std::iter::once(&svc.default_route)
                 .chain(svc.routes.iter())
                 .flat_map(|r| r.backends.iter());
             for c in clusters {
                 for e in c.endpoints.iter() {
+                    if let Some(id) = &e.identity {
+                        identities.insert(canonical(e.addr), id.clone());
+                    }
                     let v = by_endpoint.entry(canonical(e.addr)).or_default();
                     if v.last() != Some(&i) {
                         v.push(i);
@@ -215,6 +228,7 @@ impl Table {
             v.dedup();
         }
         self.by_endpoint = by_endpoint;
+        self.identities = identities;
     }
 
     /// Compiles and validates a table file. Errors name the field (`services[1].port`).

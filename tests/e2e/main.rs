@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `weft-proxy` binary between real clients and servers.
 
+mod capture;
 mod config;
 mod control_plane;
 mod demo;

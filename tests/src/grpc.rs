@@ -193,7 +193,12 @@ impl Echo for Svc {
 
 /// Starts the tonic server on `127.0.0.1:0`.
 pub async fn server() -> (SocketAddr, Arc<ServerState>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_on("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts the tonic server on `addr`.
+pub async fn server_on(addr: SocketAddr) -> (SocketAddr, Arc<ServerState>) {
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = l.local_addr().unwrap();
     let state = Arc::new(ServerState::default());
     let svc = EchoServer::new(Svc(state.clone()))

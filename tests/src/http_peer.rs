@@ -64,7 +64,12 @@ fn full(b: impl Into<Bytes>) -> Body {
 
 /// Starts a peer named `name` on `127.0.0.1:0`.
 pub async fn server(name: &str) -> Peer {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_on(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts a peer named `name` on `addr`.
+pub async fn server_on(name: &str, addr: SocketAddr) -> Peer {
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = l.local_addr().unwrap();
     let state = Arc::new(PeerState {
         name: name.to_string(),

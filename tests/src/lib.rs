@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod grpc;
 pub mod http_peer;
 pub mod mesh;
+pub mod netns;
 pub mod proxy;
 pub mod tcp_peer;
 pub mod tools;

@@ -13,7 +13,12 @@ pub const BANNER: &[u8] = b"220 weft-test ready\r\n";
 /// Echoes every byte back; when the client shuts down its write half, the server finishes
 /// echoing and shuts down its own. With `banner`, it speaks first.
 pub async fn echo_server(banner: bool) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    echo_server_on("127.0.0.1:0".parse().unwrap(), banner).await
+}
+
+/// The echo server on `addr`.
+pub async fn echo_server_on(addr: SocketAddr, banner: bool) -> SocketAddr {
+    let l = TcpListener::bind(addr).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {

@@ -1,0 +1,125 @@
+//! A test application to run inside a network namespace (a "pod"), where the in-process test
+//! peers cannot go: the HTTP, gRPC and TCP echo servers of the harness on given addresses, or a
+//! gRPC client that makes the four call shapes.
+//!
+//!   weft-test-app serve NAME HTTP_ADDR GRPC_ADDR TCP_ADDR
+//!   weft-test-app grpc-call ADDR
+//!
+//! `serve` logs one JSON line per gRPC call to stderr (`grpc call`, with the method and the
+//! `x-weft-peer-identity` it carried), and `ready` once listening, as the harness reads them.
+//! `grpc-call` prints one line per call shape and exits non-zero on the first failure.
+
+use std::{net::SocketAddr, time::Duration};
+
+use weft_tests::{
+    grpc::{self, Msg, StreamReq},
+    http_peer, tcp_peer,
+};
+
+fn log(message: &str, extra: serde_json::Value) {
+    let mut fields = serde_json::json!({ "message": message });
+    if let (Some(f), serde_json::Value::Object(e)) = (fields.as_object_mut(), extra) {
+        f.extend(e);
+    }
+    eprintln!("{}", serde_json::json!({ "fields": fields }));
+}
+
+async fn serve(name: &str, http: SocketAddr, grpc_addr: SocketAddr, tcp: SocketAddr) {
+    let _web = http_peer::server_on(name, http).await;
+    let (_, state) = grpc::server_on(grpc_addr).await;
+    tcp_peer::echo_server_on(tcp, false).await;
+    log("ready", serde_json::json!({}));
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let peers = state.peers.lock().unwrap().clone();
+        for (method, peer) in &peers[seen..] {
+            log(
+                "grpc call",
+                serde_json::json!({ "method": method, "peer": peer }),
+            );
+        }
+        seen = peers.len();
+    }
+}
+
+fn msg(text: &str) -> Msg {
+    Msg {
+        payload: vec![7; 32],
+        text: text.into(),
+        count: 0,
+    }
+}
+
+async fn grpc_call(addr: SocketAddr) -> Result<(), String> {
+    let mut c = grpc::client(addr, &addr.to_string()).await;
+    let r = c
+        .unary(msg("hello"))
+        .await
+        .map_err(|e| format!("unary: {e}"))?;
+    println!("unary {}", r.into_inner().text);
+    let mut s = c
+        .server_stream(StreamReq {
+            count: 5,
+            size: 16,
+            interval_ms: 0,
+        })
+        .await
+        .map_err(|e| format!("server stream: {e}"))?
+        .into_inner();
+    let mut n = 0;
+    while s.message().await.map_err(|e| e.to_string())?.is_some() {
+        n += 1;
+    }
+    println!("server_stream {n}");
+    let r = c
+        .client_stream(futures_util::stream::iter((0..4).map(|_| msg(""))))
+        .await
+        .map_err(|e| format!("client stream: {e}"))?
+        .into_inner();
+    println!("client_stream {}", r.count);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut out = c
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("bidi: {e}"))?
+        .into_inner();
+    let mut echoed = Vec::new();
+    for i in 0..3 {
+        tx.send(msg(&format!("m{i}")))
+            .await
+            .map_err(|e| e.to_string())?;
+        let m = out
+            .message()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("bidi ended early")?;
+        echoed.push(m.text);
+    }
+    drop(tx);
+    println!("bidi {}", echoed.join(","));
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let addr = |s: &str| -> SocketAddr { s.parse().expect("an ip:port") };
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
+        ["serve", name, http, grpc_addr, tcp] => {
+            serve(name, addr(http), addr(grpc_addr), addr(tcp)).await
+        }
+        ["grpc-call", target] => {
+            if let Err(e) = grpc_call(addr(target)).await {
+                eprintln!("weft-test-app: {e}");
+                std::process::exit(1);
+            }
+        }
+        _ => {
+            eprintln!(
+                "usage: weft-test-app serve NAME HTTP GRPC TCP | weft-test-app grpc-call ADDR"
+            );
+            std::process::exit(2);
+        }
+    }
+}
