@@ -103,11 +103,13 @@ pub fn translate(snap: &Snapshot) -> Resources {
     for p in snap.policies.values() {
         by_service.entry(p.spec.service.as_str()).or_insert(p);
     }
+    let vips = allocate_vips(snap);
     let mut out = Resources::default();
     for (authority, svc) in &snap.services {
         let policy = by_service.get(authority.as_str()).map(|p| &p.spec);
-        out.listeners.push(listener(authority, svc, policy));
-        out.routes.push(route_config(authority, svc, policy));
+        let vip = vips.get(svc.host.as_str()).copied();
+        out.listeners.push(listener(authority, svc, vip, policy));
+        out.routes.push(route_config(authority, svc, vip, policy));
         let subsets = policy.map_or(&[][..], |p| &p.subsets[..]);
         let all = std::iter::once((authority.clone(), None));
         let named = subsets
@@ -124,7 +126,52 @@ pub fn translate(snap: &Snapshot) -> Resources {
     out
 }
 
-fn listener(authority: &str, svc: &Service, policy: Option<&PolicySpec>) -> Listener {
+/// The first address of the block VIPs are allocated from (`240.240.0.0/16`: reserved space no
+/// network routes, as Istio uses for the same purpose).
+const VIP_BLOCK: [u8; 2] = [240, 240];
+
+/// Every host's VIP: the one registered, else one allocated from `240.240.0.0/16` by a hash of
+/// the host (probing past taken addresses, hosts in order), so it is stable across pushes and
+/// the same on every replica. Sidecars answer DNS for mesh names with these.
+fn allocate_vips(snap: &Snapshot) -> BTreeMap<&str, std::net::IpAddr> {
+    let mut vips = BTreeMap::new();
+    for svc in snap.services.values() {
+        if let Some(v) = svc.spec.vip {
+            vips.entry(svc.host.as_str()).or_insert(v);
+        }
+    }
+    let mut taken: std::collections::HashSet<std::net::IpAddr> = vips.values().copied().collect();
+    let hosts: std::collections::BTreeSet<&str> =
+        snap.services.values().map(|s| s.host.as_str()).collect();
+    const SLOTS: u32 = 65534;
+    for host in hosts {
+        if vips.contains_key(host) {
+            continue;
+        }
+        // FNV-1a: stable across builds and platforms.
+        let hash = host.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        let mut slot = hash % SLOTS;
+        loop {
+            let n = slot + 1;
+            let ip = std::net::IpAddr::from([VIP_BLOCK[0], VIP_BLOCK[1], (n >> 8) as u8, n as u8]);
+            if taken.insert(ip) {
+                vips.insert(host, ip);
+                break;
+            }
+            slot = (slot + 1) % SLOTS;
+        }
+    }
+    vips
+}
+
+fn listener(
+    authority: &str,
+    svc: &Service,
+    vip: Option<std::net::IpAddr>,
+    policy: Option<&PolicySpec>,
+) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: authority.to_string(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -139,7 +186,7 @@ fn listener(authority: &str, svc: &Service, policy: Option<&PolicySpec>) -> List
         ..Default::default()
     };
     let mut weft = serde_json::json!({ "protocol": svc.spec.protocol });
-    if let Some(vip) = svc.spec.vip {
+    if let Some(vip) = vip {
         weft["vip"] = serde_json::json!(format!("{vip}:{}", svc.spec.port));
     }
     // Enforced by the inbound sidecars of the service's endpoints.
@@ -158,14 +205,19 @@ fn listener(authority: &str, svc: &Service, policy: Option<&PolicySpec>) -> List
     }
 }
 
-fn route_config(authority: &str, svc: &Service, policy: Option<&PolicySpec>) -> RouteConfiguration {
+fn route_config(
+    authority: &str,
+    svc: &Service,
+    vip: Option<std::net::IpAddr>,
+    policy: Option<&PolicySpec>,
+) -> RouteConfiguration {
     let port = svc.spec.port;
     let mut domains = Vec::new();
     for host in std::iter::once(&svc.host).chain(&svc.spec.aliases) {
         domains.push(format!("{host}:{port}"));
         domains.push(host.clone());
     }
-    if let Some(vip) = svc.spec.vip {
+    if let Some(vip) = vip {
         domains.push(format!("{vip}:{port}"));
     }
     let mut routes: Vec<Route> = policy

@@ -55,6 +55,17 @@ pub struct Config {
     #[arg(long, env = "WEFT_INBOUND_FORWARD", default_value = "127.0.0.1:8080")]
     pub inbound_forward: SocketAddr,
 
+    /// The DNS proxy's address (UDP and TCP): mesh names are answered with their VIPs, other
+    /// queries relayed upstream. Off unless given (`weft-proxy init --redirect-dns` sends the
+    /// pod's DNS to 127.0.0.1:15053).
+    #[arg(long, env = "WEFT_DNS_ADDR")]
+    pub dns_addr: Option<SocketAddr>,
+
+    /// Where the DNS proxy relays what it does not answer [default: the first nameserver of
+    /// /etc/resolv.conf, port 53].
+    #[arg(long, env = "WEFT_DNS_UPSTREAM")]
+    pub dns_upstream: Option<SocketAddr>,
+
     /// Traffic arrives redirected by `weft-proxy init`: an inbound connection that was not
     /// redirected (one addressed to the proxy's own port) is refused.
     #[arg(long, env = "WEFT_CAPTURE")]

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 pub mod discovery;
+pub mod dns;
 pub mod drain;
 pub mod http;
 pub mod identity;
@@ -201,6 +202,17 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
             .map_err(bind_err(&format!("outbound-tcp {}", m.service), m.listen))?;
         extra.push((m.service.clone(), l));
     }
+    let dns = match cfg.dns_addr {
+        Some(addr) => Some((
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .map_err(bind_err("DNS (UDP)", addr))?,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(bind_err("DNS (TCP)", addr))?,
+        )),
+        None => None,
+    };
     let admin_l =
         std::net::TcpListener::bind(cfg.admin_addr).map_err(bind_err("admin", cfg.admin_addr))?;
     let probe_l =
@@ -214,6 +226,9 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     ];
     for (svc, l) in &extra {
         listeners.push((format!("outbound-tcp {svc}"), l.local_addr()?));
+    }
+    if let Some((udp, _)) = &dns {
+        listeners.push(("dns".to_string(), udp.local_addr()?));
     }
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, %addr, "listening");
@@ -310,6 +325,24 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
 
     if let Some(d) = discovery {
         tokio::spawn(d.run(drain.token()));
+    }
+    if let Some((udp, tcp)) = dns {
+        let upstream = cfg.dns_upstream.or_else(|| {
+            std::fs::read_to_string("/etc/resolv.conf")
+                .ok()
+                .and_then(|t| dns::upstream_from_resolv_conf(&t))
+        });
+        if upstream.is_none() {
+            tracing::warn!(
+                "DNS proxy: no upstream (--dns-upstream, /etc/resolv.conf): only mesh names resolve"
+            );
+        }
+        let proxy = Arc::new(dns::DnsProxy {
+            table: table.clone(),
+            upstream,
+        });
+        tokio::spawn(proxy.clone().serve_udp(udp));
+        tokio::spawn(proxy.serve_tcp(tcp));
     }
     let registration = register::Registration::new(
         &cfg.register,

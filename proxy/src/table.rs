@@ -46,6 +46,9 @@ pub struct Table {
     by_endpoint: HashMap<SocketAddr, Vec<usize>>,
     /// The identity each meshed endpoint proves, by address.
     identities: HashMap<SocketAddr, Arc<str>>,
+    /// Host names (lower case) and the VIP the DNS proxy answers for them; a host two services
+    /// give different VIPs is left out.
+    vips: HashMap<Box<str>, std::net::IpAddr>,
     /// What the table was compiled from, for `/config_dump`.
     pub source: TableFile,
 }
@@ -105,6 +108,7 @@ impl Table {
             by_vip: HashMap::new(),
             by_endpoint: HashMap::new(),
             identities: HashMap::new(),
+            vips: HashMap::new(),
             source: TableFile::default(),
         }
     }
@@ -194,6 +198,11 @@ impl Table {
         self.identities.get(&canonical(addr))
     }
 
+    /// The VIP of the service a host name (lower case, no trailing dot) belongs to.
+    pub fn vip_for_host(&self, host: &str) -> Option<std::net::IpAddr> {
+        self.vips.get(host).copied()
+    }
+
     /// The services that have an endpoint at `addr`.
     pub fn services_at(&self, addr: SocketAddr) -> impl Iterator<Item = &Arc<Service>> {
         self.by_endpoint
@@ -229,6 +238,27 @@ impl Table {
         }
         self.by_endpoint = by_endpoint;
         self.identities = identities;
+        let mut vips: HashMap<Box<str>, Option<std::net::IpAddr>> = HashMap::new();
+        for svc in &self.services {
+            let Some(vip) = svc
+                .domains
+                .iter()
+                .find_map(|d| d.parse::<SocketAddr>().ok())
+                .map(|a| a.ip())
+            else {
+                continue;
+            };
+            for host in svc.domains.iter().filter(|d| !d.contains(':')) {
+                let e = vips.entry(host.clone()).or_insert(Some(vip));
+                if *e != Some(vip) {
+                    *e = None;
+                }
+            }
+        }
+        self.vips = vips
+            .into_iter()
+            .filter_map(|(h, v)| Some((h, v?)))
+            .collect();
     }
 
     /// Compiles and validates a table file. Errors name the field (`services[1].port`).

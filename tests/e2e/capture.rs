@@ -2,7 +2,8 @@
 //! with an application, a sidecar running as UID 2102 and `weft-proxy init` applied inside.
 //! Unmodified clients in pod A (curl, a tonic client, a bash TCP client) dial service VIPs;
 //! iptables sends their connections through A's sidecar, mutual TLS to B's sidecar (its rules
-//! send them to 15006), then to B's application on the original port.
+//! send them to 15006), then to B's application on the original port. A's DNS is redirected to
+//! its sidecar's DNS proxy, which answers the table's names.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -67,9 +68,9 @@ struct Pods {
     _dir: TempDir,
 }
 
-fn sidecar(ns: &Netns, dir: &TempDir, pod: &str) -> Proxy {
+fn sidecar(ns: &Netns, dir: &TempDir, pod: &str, table: &str, extra: &[&str]) -> Proxy {
     let (table, cert, key, ca) = (
-        dir.0.join("table.yaml"),
+        dir.0.join(table),
         dir.0.join(format!("{pod}.crt")),
         dir.0.join(format!("{pod}.key")),
         dir.0.join("ca.crt"),
@@ -104,7 +105,7 @@ fn sidecar(ns: &Netns, dir: &TempDir, pod: &str) -> Proxy {
             "json",
         ],
     );
-    cmd.env_remove("WEFT_LOG");
+    cmd.args(extra);
     Proxy::spawn(cmd).unwrap_or_else(|(s, logs)| {
         panic!("sidecar {pod} did not start ({s:?}):\n{}", logs.join("\n"))
     })
@@ -130,6 +131,12 @@ impl Pods {
         let dir = TempDir::new("capture");
         certificates(&dir);
         dir.write("table.yaml", &table());
+        // B's table also knows a name A's does not: A's DNS proxy relays it to B's.
+        dir.write(
+            "table-b.yaml",
+            &(table()
+                + "  - name: only-b.demo\n    port: 80\n    vip: 10.96.0.99\n    endpoints: [{address: 10.77.0.2:80}]\n"),
+        );
         // The sidecars (UID 2102) read these files.
         netns::must(Command::new("chmod").args(["-R", "a+rX", dir.0.to_str().unwrap()]));
         let (a, b) = (Netns::new("a"), Netns::new("b"));
@@ -141,10 +148,32 @@ impl Pods {
                 &["outside", "0.0.0.0:7002", "0.0.0.0:7003", "0.0.0.0:7001"],
             ),
         ];
-        init(&a, &["--exclude-outbound-ports", "7002"]);
+        init(&a, &["--exclude-outbound-ports", "7002", "--redirect-dns"]);
         init(&b, &["--exclude-inbound-ports", "7001,7002,7003"]);
-        let sidecar_b = sidecar(&b, &dir, "b");
-        let sidecar_a = Some(sidecar(&a, &dir, "a"));
+        let sidecar_b = sidecar(
+            &b,
+            &dir,
+            "b",
+            "table-b.yaml",
+            &[
+                "--dns-addr",
+                "0.0.0.0:5353",
+                "--dns-upstream",
+                "127.0.0.1:1",
+            ],
+        );
+        let sidecar_a = Some(sidecar(
+            &a,
+            &dir,
+            "a",
+            "table.yaml",
+            &[
+                "--dns-addr",
+                "127.0.0.1:15053",
+                "--dns-upstream",
+                "10.77.0.2:5353",
+            ],
+        ));
         Pods {
             sidecar_a,
             _sidecar_b: sidecar_b,
@@ -281,6 +310,21 @@ fn unmodified_clients_reach_the_other_pod_through_both_sidecars_over_mutual_tls(
         before + 1.0,
         "neither went through A's sidecar"
     );
+
+    // DNS: the pod's resolver is redirected to A's DNS proxy, which answers mesh names (known
+    // only to the table, not to any DNS server) with their VIPs and relays the rest upstream
+    // (here B's DNS proxy, which knows a name A's table does not).
+    let (ok, out) = run(&mut a.cmd(&["getent", "ahostsv4", "web.demo"]));
+    assert!(ok && out.starts_with("10.96.0.10 "), "{out}");
+    let (ok, out) = curl(a, "http://web.demo:8080/echo");
+    assert!(
+        ok && out.to_ascii_lowercase().contains("x-served-by: b"),
+        "{out}"
+    );
+    let (ok, out) = run(&mut a.cmd(&["getent", "ahostsv4", "only-b.demo"]));
+    assert!(ok && out.starts_with("10.96.0.99 "), "{out}");
+    let (ok, out) = run(&mut a.cmd(&["getent", "ahostsv4", "nowhere.invalid"]));
+    assert!(!ok, "{out}");
 
     // Plaintext straight to B's web port (from A's proxy UID, so A does not capture it) is
     // captured by B and refused: STRICT.

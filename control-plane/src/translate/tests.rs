@@ -309,3 +309,25 @@ fn endpoints_carry_weight_health_labels_and_identity() {
 fn translation_is_deterministic() {
     assert_eq!(resources(), resources());
 }
+
+#[test]
+fn services_without_a_vip_get_a_stable_one_from_the_reserved_block() {
+    let r = resources();
+    let vip = |l: &Listener| match weft_meta(&l.metadata, "vip") {
+        Kind::StringValue(v) => v,
+        other => panic!("{other:?}"),
+    };
+    // reviews registered 10.96.0.20; ratings has none and gets one in 240.240.0.0/16.
+    assert_eq!(vip(&r.listeners[1]), "10.96.0.20:9080");
+    let allocated = vip(&r.listeners[0]);
+    assert!(allocated.starts_with("240.240."), "{allocated}");
+    assert!(allocated.ends_with(":80"), "{allocated}");
+    // The same on every translation (another replica, the next push).
+    assert_eq!(vip(&resources().listeners[0]), allocated);
+    let rc = r
+        .routes
+        .iter()
+        .find(|rc| rc.name == "ratings.example:80")
+        .unwrap();
+    assert!(rc.virtual_hosts[0].domains.contains(&allocated));
+}
