@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_tests::{
     chain::TempDir,
     eventually,
-    grpc::{self, Msg, ServerState, StreamReq},
+    grpc::{self, Msg, ServerState},
     http_peer::{self, Peer},
     mesh,
     proxy::Proxy,
@@ -351,43 +351,9 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
     // All four gRPC call shapes.
     let mut c = grpc::client(m.frontend.addr("outbound"), ECHO).await;
     assert_eq!(
-        c.unary(msg("hello", 10)).await.unwrap().into_inner().text,
-        "hello"
+        grpc::four_shapes(&mut c).await,
+        Ok(grpc::FourShapes::expected())
     );
-    let mut s = c
-        .server_stream(StreamReq {
-            count: 20,
-            size: 100,
-            interval_ms: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut n = 0;
-    while s.message().await.unwrap().is_some() {
-        n += 1;
-    }
-    assert_eq!(n, 20);
-    let input = futures_util::stream::iter((0..10).map(|_| msg("", 100)));
-    let r = c.client_stream(input).await.unwrap().into_inner();
-    assert_eq!((r.count, r.text.as_str()), (10, "1000"));
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut out = c
-        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    for i in 0..5 {
-        tx.send(msg(&format!("m{i}"), 10)).await.unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(5), out.message())
-            .await
-            .expect("bidi message relayed as it arrived")
-            .unwrap()
-            .unwrap();
-        assert_eq!(echoed.text, format!("m{i}"));
-    }
-    drop(tx);
-    assert!(out.message().await.unwrap().is_none());
     let peers = m.echo.peers.lock().unwrap().clone();
     let methods: Vec<&str> = peers.iter().map(|(m, _)| m.as_str()).collect();
     assert_eq!(methods, ["unary", "server_stream", "client_stream", "bidi"]);

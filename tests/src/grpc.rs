@@ -227,3 +227,103 @@ pub async fn client(via: SocketAddr, authority: &str) -> EchoClient<tonic::trans
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)
 }
+
+/// What one round of the four call shapes returned.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FourShapes {
+    /// The unary call's echoed text (`hello`).
+    pub unary: String,
+    /// Messages the server stream delivered (5 asked).
+    pub server_stream: u64,
+    /// Messages and bytes the client stream delivered (4 of 16 bytes sent).
+    pub client_stream: (u64, String),
+    /// The bidi call's echoes, each awaited before the next is sent (`m0`, `m1`, `m2`).
+    pub bidi: Vec<String>,
+}
+
+impl FourShapes {
+    /// What a correct relay returns.
+    pub fn expected() -> FourShapes {
+        FourShapes {
+            unary: "hello".into(),
+            server_stream: 5,
+            client_stream: (4, "64".into()),
+            bidi: vec!["m0".into(), "m1".into(), "m2".into()],
+        }
+    }
+}
+
+/// Makes one call of each shape (unary, server streaming, client streaming, lock-step bidi);
+/// the first failure is returned with the shape it happened in.
+pub async fn four_shapes(
+    c: &mut EchoClient<tonic::transport::Channel>,
+) -> Result<FourShapes, String> {
+    let msg = |text: &str| Msg {
+        payload: vec![7; 16],
+        text: text.into(),
+        count: 0,
+    };
+    let unary = c
+        .unary(msg("hello"))
+        .await
+        .map_err(|e| format!("unary: {e}"))?
+        .into_inner()
+        .text;
+    let mut s = c
+        .server_stream(StreamReq {
+            count: 5,
+            size: 16,
+            interval_ms: 0,
+        })
+        .await
+        .map_err(|e| format!("server stream: {e}"))?
+        .into_inner();
+    let mut server_stream = 0;
+    while s
+        .message()
+        .await
+        .map_err(|e| format!("server stream: {e}"))?
+        .is_some()
+    {
+        server_stream += 1;
+    }
+    let r = c
+        .client_stream(futures_util::stream::iter((0..4).map(move |_| msg(""))))
+        .await
+        .map_err(|e| format!("client stream: {e}"))?
+        .into_inner();
+    let (tx, rx) = mpsc::channel(1);
+    let mut out = c
+        .bidi(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("bidi: {e}"))?
+        .into_inner();
+    let mut bidi = Vec::new();
+    for i in 0..3 {
+        tx.send(msg(&format!("m{i}")))
+            .await
+            .map_err(|_| "bidi: the request stream closed".to_string())?;
+        // Each echo must come back before the next is sent: a relay that buffered would stall.
+        let m = tokio::time::timeout(Duration::from_secs(5), out.message())
+            .await
+            .map_err(|_| "bidi: no echo within 5 s".to_string())?
+            .map_err(|e| format!("bidi: {e}"))?
+            .ok_or("bidi: ended early")?;
+        bidi.push(m.text);
+    }
+    drop(tx);
+    if out
+        .message()
+        .await
+        .map_err(|e| format!("bidi: {e}"))?
+        .is_some()
+    {
+        return Err("bidi: more than was sent".into());
+    }
+    Ok(FourShapes {
+        unary,
+        server_stream,
+        client_stream: (r.count, r.text),
+        bidi,
+    })
+}

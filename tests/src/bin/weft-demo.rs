@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use weft_tests::{
     chain::TempDir,
     eventually,
-    grpc::{self, Msg, StreamReq},
+    grpc::{self, Msg},
     http_peer,
     mesh::{self, weftctl},
     proxy::Proxy,
@@ -333,51 +333,22 @@ async fn main() {
 
     println!("2. gRPC to {ECHO} through A and the echo sidecar, all four call shapes");
     let mut g = grpc::client(out, ECHO).await;
-    let m = |t: &str| Msg {
-        payload: vec![1; 16],
-        text: t.into(),
-        count: 0,
-    };
-    let r = g.unary(m("hello")).await.unwrap().into_inner();
-    println!("   unary          -> {:?}", r.text);
-    let mut s = g
-        .server_stream(StreamReq {
-            count: 10,
-            size: 32,
-            interval_ms: 10,
-        })
+    let r = grpc::four_shapes(&mut g)
         .await
-        .unwrap()
-        .into_inner();
-    let mut n = 0;
-    while s.message().await.unwrap().is_some() {
-        n += 1;
-    }
-    println!("   server stream  -> {n} messages");
-    let r = g
-        .client_stream(futures_util::stream::iter((0..5).map(move |_| m(""))))
-        .await
-        .unwrap()
-        .into_inner();
+        .expect("the four call shapes");
+    println!("   unary          -> {:?}", r.unary);
+    println!("   server stream  -> {} messages", r.server_stream);
     println!(
         "   client stream  -> server got {} messages, {} bytes",
-        r.count, r.text
+        r.client_stream.0, r.client_stream.1
     );
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut bidi = g
-        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut echoed = Vec::new();
-    for i in 0..5 {
-        tx.send(m(&format!("ping-{i}"))).await.unwrap();
-        echoed.push(bidi.message().await.unwrap().unwrap().text);
-    }
-    drop(tx);
-    while bidi.message().await.unwrap().is_some() {}
-    println!("   bidi           -> {}", echoed.join(", "));
-    let err = g.unary(m("fail")).await.unwrap_err();
+    println!("   bidi           -> {}", r.bidi.join(", "));
+    let fail = Msg {
+        payload: Vec::new(),
+        text: "fail".into(),
+        count: 0,
+    };
+    let err = g.unary(fail).await.unwrap_err();
     println!("   error status   -> {:?}: {}", err.code(), err.message());
 
     println!("3. Shifting the canary live with weftctl");

@@ -11,10 +11,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use weft_tests::{
-    grpc::{self, Msg, StreamReq},
-    http_peer, tcp_peer,
-};
+use weft_tests::{grpc, http_peer, tcp_peer};
 
 fn log(message: &str, extra: serde_json::Value) {
     let mut fields = serde_json::json!({ "message": message });
@@ -43,61 +40,13 @@ async fn serve(name: &str, http: SocketAddr, grpc_addr: SocketAddr, tcp: SocketA
     }
 }
 
-fn msg(text: &str) -> Msg {
-    Msg {
-        payload: vec![7; 32],
-        text: text.into(),
-        count: 0,
-    }
-}
-
 async fn grpc_call(addr: SocketAddr) -> Result<(), String> {
     let mut c = grpc::client(addr, &addr.to_string()).await;
-    let r = c
-        .unary(msg("hello"))
-        .await
-        .map_err(|e| format!("unary: {e}"))?;
-    println!("unary {}", r.into_inner().text);
-    let mut s = c
-        .server_stream(StreamReq {
-            count: 5,
-            size: 16,
-            interval_ms: 0,
-        })
-        .await
-        .map_err(|e| format!("server stream: {e}"))?
-        .into_inner();
-    let mut n = 0;
-    while s.message().await.map_err(|e| e.to_string())?.is_some() {
-        n += 1;
-    }
-    println!("server_stream {n}");
-    let r = c
-        .client_stream(futures_util::stream::iter((0..4).map(|_| msg(""))))
-        .await
-        .map_err(|e| format!("client stream: {e}"))?
-        .into_inner();
-    println!("client_stream {}", r.count);
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut out = c
-        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| format!("bidi: {e}"))?
-        .into_inner();
-    let mut echoed = Vec::new();
-    for i in 0..3 {
-        tx.send(msg(&format!("m{i}")))
-            .await
-            .map_err(|e| e.to_string())?;
-        let m = out
-            .message()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("bidi ended early")?;
-        echoed.push(m.text);
-    }
-    drop(tx);
-    println!("bidi {}", echoed.join(","));
+    let r = grpc::four_shapes(&mut c).await?;
+    println!("unary {}", r.unary);
+    println!("server_stream {}", r.server_stream);
+    println!("client_stream {}", r.client_stream.0);
+    println!("bidi {}", r.bidi.join(","));
     Ok(())
 }
 
