@@ -16,21 +16,30 @@ use prometheus::IntCounter;
 use prost::Name;
 use tokio::sync::watch;
 use weft_xds_proto::{
+    envoy::config::core::v3::Metadata,
     envoy::config::{
         cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
         route::v3::RouteConfiguration,
     },
-    google::protobuf::Any,
+    google::protobuf::{Any, Struct, Value, value::Kind},
     type_url,
 };
 
 use crate::{registry, translate};
 
 /// One resource, packed, with its version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Versioned {
     pub version: String,
     pub any: Any,
+}
+
+/// Resources are equal when their versions are: the packed bytes of equal content may differ
+/// (protobuf maps encode in hash order).
+impl PartialEq for Versioned {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+    }
 }
 
 /// The resources of one type, by name.
@@ -68,12 +77,77 @@ fn digest(parts: impl IntoIterator<Item = impl AsRef<[u8]>>) -> String {
     format!("{h:016x}")
 }
 
-fn type_set<M: prost::Message + Name>(items: &[M], name: impl Fn(&M) -> &str) -> TypeSet {
+/// A `Struct`/`Value` written out with its keys sorted.
+fn canonical_value(v: &Value, out: &mut String) {
+    use std::fmt::Write;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => out.push_str("null"),
+        Some(Kind::NumberValue(n)) => {
+            let _ = write!(out, "{n:?}");
+        }
+        Some(Kind::StringValue(s)) => {
+            let _ = write!(out, "{s:?}");
+        }
+        Some(Kind::BoolValue(b)) => {
+            let _ = write!(out, "{b}");
+        }
+        Some(Kind::StructValue(s)) => canonical_struct(s, out),
+        Some(Kind::ListValue(l)) => {
+            out.push('[');
+            for v in &l.values {
+                canonical_value(v, out);
+                out.push(',');
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn canonical_struct(s: &Struct, out: &mut String) {
+    let mut keys: Vec<&String> = s.fields.keys().collect();
+    keys.sort();
+    out.push('{');
+    for k in keys {
+        out.push_str(&format!("{k:?}:"));
+        canonical_value(&s.fields[k], out);
+        out.push(',');
+    }
+    out.push('}');
+}
+
+fn canonical_metadata(m: &Metadata) -> String {
+    let mut out = String::new();
+    let mut keys: Vec<&String> = m.filter_metadata.keys().collect();
+    keys.sort();
+    for k in keys {
+        out.push_str(&format!("{k:?}="));
+        canonical_struct(&m.filter_metadata[k], &mut out);
+        out.push(';');
+    }
+    out
+}
+
+/// A resource's version: a digest of its encoding with its metadata taken out (protobuf maps
+/// encode in hash order, so equal metadata can encode differently) and of that metadata
+/// written with sorted keys. Equal content, equal version; any change, a new one.
+fn version<M: prost::Message + Clone>(m: &M, metadata: fn(&mut M) -> Vec<Metadata>) -> String {
+    let mut stripped = m.clone();
+    let taken = metadata(&mut stripped);
+    let parts = std::iter::once(stripped.encode_to_vec())
+        .chain(taken.iter().map(|md| canonical_metadata(md).into_bytes()));
+    digest(parts)
+}
+
+fn type_set<M: prost::Message + Name + Clone>(
+    items: &[M],
+    name: impl Fn(&M) -> &str,
+    metadata: fn(&mut M) -> Vec<Metadata>,
+) -> TypeSet {
     let resources: BTreeMap<String, Versioned> = items
         .iter()
         .map(|m| {
             let any = translate::any(m);
-            let version = digest([&any.value]);
+            let version = version(m, metadata);
             (name(m).to_string(), Versioned { version, any })
         })
         .collect();
@@ -88,21 +162,50 @@ fn type_set<M: prost::Message + Name>(items: &[M], name: impl Fn(&M) -> &str) ->
 impl XdsSnapshot {
     pub fn new(r: &translate::Resources) -> Self {
         let mut types = BTreeMap::new();
+        // Where each type carries metadata (the only protobuf maps weft fills).
         types.insert(
             type_url::LISTENER,
-            type_set(&r.listeners, |l: &Listener| &l.name),
+            type_set(
+                &r.listeners,
+                |l: &Listener| &l.name,
+                |l| l.metadata.take().into_iter().collect(),
+            ),
         );
         types.insert(
             type_url::ROUTE,
-            type_set(&r.routes, |c: &RouteConfiguration| &c.name),
+            type_set(
+                &r.routes,
+                |c: &RouteConfiguration| &c.name,
+                |c| {
+                    c.virtual_hosts
+                        .iter_mut()
+                        .flat_map(|vh| vh.routes.iter_mut())
+                        .map(|r| r.metadata.take().unwrap_or_default())
+                        .collect()
+                },
+            ),
         );
         types.insert(
             type_url::CLUSTER,
-            type_set(&r.clusters, |c: &Cluster| &c.name),
+            type_set(
+                &r.clusters,
+                |c: &Cluster| &c.name,
+                |c| c.metadata.take().into_iter().collect(),
+            ),
         );
         types.insert(
             type_url::ENDPOINT,
-            type_set(&r.endpoints, |e: &ClusterLoadAssignment| &e.cluster_name),
+            type_set(
+                &r.endpoints,
+                |e: &ClusterLoadAssignment| &e.cluster_name,
+                |e| {
+                    e.endpoints
+                        .iter_mut()
+                        .flat_map(|l| l.lb_endpoints.iter_mut())
+                        .map(|e| e.metadata.take().unwrap_or_default())
+                        .collect()
+                },
+            ),
         );
         XdsSnapshot {
             types,
@@ -160,9 +263,13 @@ mod tests {
     #[test]
     fn versions_change_only_with_content() {
         let one = XdsSnapshot::new(&translate::translate(&snap(1)));
-        let same = XdsSnapshot::new(&translate::translate(&snap(1)));
+        // Listeners carry two metadata keys (protocol, vip), which protobuf encodes in hash
+        // order: translations of the same content must still agree, every time.
+        for _ in 0..20 {
+            let same = XdsSnapshot::new(&translate::translate(&snap(1)));
+            assert_eq!(one, same);
+        }
         let two = XdsSnapshot::new(&translate::translate(&snap(2)));
-        assert_eq!(one, same);
         let eds = |s: &XdsSnapshot| s.get(type_url::ENDPOINT).unwrap().clone();
         assert_ne!(
             eds(&one).version,
