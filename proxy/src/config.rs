@@ -47,6 +47,10 @@ pub struct Config {
     #[arg(long, env = "WEFT_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
     pub outbound_addr: SocketAddr,
 
+    /// A second outbound listener, for a pod with IPv6: ip6tables redirects to `[::1]:15001`.
+    #[arg(long, env = "WEFT_OUTBOUND_ADDR_V6", value_name = "ADDR")]
+    pub outbound_addr_v6: Option<SocketAddr>,
+
     /// Inbound listener: traffic from other workloads to this one (redirect target).
     #[arg(long, env = "WEFT_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
     pub inbound_addr: SocketAddr,

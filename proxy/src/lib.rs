@@ -194,6 +194,10 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     // Bind everything before serving anything, so a port conflict stops the start cleanly.
     let outbound =
         transport::bind(cfg.outbound_addr).map_err(bind_err("outbound", cfg.outbound_addr))?;
+    let outbound_v6 = match cfg.outbound_addr_v6 {
+        Some(addr) => Some(transport::bind(addr).map_err(bind_err("outbound (IPv6)", addr))?),
+        None => None,
+    };
     let inbound =
         transport::bind(cfg.inbound_addr).map_err(bind_err("inbound", cfg.inbound_addr))?;
     let mut extra = Vec::new();
@@ -224,6 +228,9 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         ("admin".to_string(), admin_l.local_addr()?),
         ("probe".to_string(), probe_l.local_addr()?),
     ];
+    if let Some(l) = &outbound_v6 {
+        listeners.push(("outbound-v6".to_string(), l.local_addr()?));
+    }
     for (svc, l) in &extra {
         listeners.push((format!("outbound-tcp {svc}"), l.local_addr()?));
     }
@@ -292,6 +299,9 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         })
     };
     tokio::spawn(listener(outbound_http.clone(), TcpTarget::None, None).run(outbound));
+    if let Some(l) = outbound_v6 {
+        tokio::spawn(listener(outbound_http.clone(), TcpTarget::None, None).run(l));
+    }
     for (svc, l) in extra {
         let svc: Arc<str> = svc.into();
         let http = Arc::new(HttpProxy {

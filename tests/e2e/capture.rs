@@ -43,7 +43,9 @@ fn certificates(dir: &TempDir) -> PathBuf {
 
 /// The table both sidecars load: three services on B, each with a VIP.
 fn table() -> String {
-    let mut t = String::from("services:\n");
+    let mut t = String::from(
+        "services:\n  - name: web6.demo\n    port: 8080\n    vip: fd00:96::10\n    endpoints:\n      - address: '[fd00:77::2]:8080'\n        identity: spiffe://cluster.local/ns/demo/sa/b\n",
+    );
     for (name, port, protocol, vip) in [
         ("web", 8080, "http", "10.96.0.10"),
         ("echo", 9090, "http2", "10.96.0.11"),
@@ -84,7 +86,7 @@ fn sidecar(ns: &Netns, dir: &TempDir, pod: &str, table: &str, extra: &[&str]) ->
             table.to_str().unwrap(),
             "--capture",
             "--inbound-addr",
-            "0.0.0.0:15006",
+            "[::]:15006",
             "--outbound-addr",
             "127.0.0.1:15001",
             "--probe-addr",
@@ -141,6 +143,8 @@ impl Pods {
         netns::must(Command::new("chmod").args(["-R", "a+rX", dir.0.to_str().unwrap()]));
         let (a, b) = (Netns::new("a"), Netns::new("b"));
         netns::link(&a, A_IP, &b, B_IP);
+        netns::add_ipv6(&a, "fd00:77::1");
+        netns::add_ipv6(&b, "fd00:77::2");
         let apps = vec![
             app(&b, &["b", "0.0.0.0:8080", "0.0.0.0:9090", "0.0.0.0:7000"]),
             app(
@@ -172,6 +176,8 @@ impl Pods {
                 "127.0.0.1:15053",
                 "--dns-upstream",
                 "10.77.0.2:5353",
+                "--outbound-addr-v6",
+                "[::1]:15001",
             ],
         ));
         Pods {
@@ -325,6 +331,33 @@ fn unmodified_clients_reach_the_other_pod_through_both_sidecars_over_mutual_tls(
     assert!(ok && out.starts_with("10.96.0.99 "), "{out}");
     let (ok, out) = run(&mut a.cmd(&["getent", "ahostsv4", "nowhere.invalid"]));
     assert!(!ok, "{out}");
+
+    // IPv6: the pods have IPv6 addresses, so init added ip6tables rules; a client dialling an
+    // IPv6 VIP goes the same way (A's [::1]:15001 listener, B's dual-stack inbound).
+    let rules6 =
+        String::from_utf8_lossy(&a.must(&["ip6tables-save", "-t", "nat"]).stdout).into_owned();
+    assert!(
+        rules6.contains("-A OUTPUT -p tcp -j WEFT_OUTPUT"),
+        "{rules6}"
+    );
+    let (ok, out) = run(&mut a.cmd(&[
+        "curl",
+        "-6",
+        "-gsS",
+        "-m",
+        "5",
+        "-D",
+        "-",
+        "http://[fd00:96::10]:8080/echo",
+    ]));
+    assert!(ok, "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains(&format!("x-seen-peer-identity: {TD}/a")),
+        "{out}"
+    );
+    let (ok, out) = run(&mut a.cmd(&["getent", "ahostsv6", "web6.demo"]));
+    assert!(ok && out.starts_with("fd00:96::10 "), "{out}");
 
     // Plaintext straight to B's web port (from A's proxy UID, so A does not capture it) is
     // captured by B and refused: STRICT.

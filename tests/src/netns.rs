@@ -108,3 +108,19 @@ pub fn link(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
         ns.must(&["ip", "route", "add", "default", "dev", "eth0"]);
     }
 }
+
+/// Gives `ns`'s `eth0` an IPv6 address (`/64`, usable at once: no duplicate detection) and an
+/// IPv6 default route, as a dual-stack pod has.
+pub fn add_ipv6(ns: &Netns, ip: &str) {
+    ns.must(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ns.must(&["ip", "-6", "route", "add", "default", "dev", "eth0"]);
+}

@@ -12,11 +12,20 @@ use tokio::net::TcpStream;
 pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let sock = socket2::SockRef::from(stream);
+    // An IPv4 connection on a dual-stack socket (`[::ffff:a.b.c.d]`) was redirected by
+    // iptables, not ip6tables: its original destination is an IPv4 one.
     let orig = match local {
-        SocketAddr::V4(_) => sock.original_dst_v4(),
-        SocketAddr::V6(_) => sock.original_dst_v6(),
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => sock.original_dst_v6(),
+        _ => sock.original_dst_v4(),
     }
     .ok()?
     .as_socket()?;
+    let local = match local {
+        SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(local, |v4| SocketAddr::new(v4.into(), v6.port())),
+        v4 => v4,
+    };
     (orig != local).then_some(orig)
 }
