@@ -170,6 +170,7 @@ impl HttpProxy {
         &self,
         req: &mut Request<B>,
         peer: Option<&Peer>,
+        is_grpc: bool,
     ) -> Result<Protocol, ProxyError> {
         let headers = req.headers_mut();
         headers.remove(&PEER_IDENTITY_HEADER);
@@ -184,7 +185,6 @@ impl HttpProxy {
             if let Some(v) = &peer.header {
                 headers.insert(PEER_IDENTITY_HEADER.clone(), v.clone());
             }
-            let is_grpc = grpc::is_grpc(headers);
             if let Some(verdict) =
                 table
                     .load()
@@ -318,7 +318,7 @@ impl HttpProxy {
             }
         };
         if self.direction == Direction::Inbound {
-            match self.inbound(&mut req, conn.peer.as_ref()) {
+            match self.inbound(&mut req, conn.peer.as_ref(), is_grpc) {
                 Ok(p) => dest.protocol = p,
                 Err(e) => {
                     dest.metrics.request();

@@ -162,16 +162,20 @@ const CHAINS: [&str; 5] = [
     "WEFT_DNS",
 ];
 
-/// The jumps from the built-in chains into weft's: `(chain, rule)`.
-fn jumps(cfg: &InitConfig) -> Vec<(&'static str, &'static str)> {
-    let mut j = vec![
-        ("PREROUTING", "-p tcp -j WEFT_INBOUND"),
-        ("OUTPUT", "-p tcp -j WEFT_OUTPUT"),
-    ];
+/// Every jump from the built-in chains into weft's, `(chain, rule)`; the last only with DNS.
+const JUMPS: [(&str, &str); 3] = [
+    ("PREROUTING", "-p tcp -j WEFT_INBOUND"),
+    ("OUTPUT", "-p tcp -j WEFT_OUTPUT"),
+    ("OUTPUT", "-p udp --dport 53 -j WEFT_DNS"),
+];
+
+/// The jumps `cfg` installs.
+fn jumps(cfg: &InitConfig) -> &'static [(&'static str, &'static str)] {
     if cfg.redirect_dns {
-        j.push(("OUTPUT", "-p udp --dport 53 -j WEFT_DNS"));
+        &JUMPS
+    } else {
+        &JUMPS[..2]
     }
-    j
 }
 
 /// The `iptables-restore --noflush` input that installs weft's rules for `family`.
@@ -290,12 +294,9 @@ impl Tables {
     }
 
     /// Removes weft's jumps and chains; what is not there is skipped.
-    fn cleanup(&self, cfg: &InitConfig) -> Result<(), String> {
-        let mut all = jumps(cfg);
-        // Whatever `init` ran with before: remove every jump weft may have installed.
-        all.push(("OUTPUT", "-p udp --dport 53 -j WEFT_DNS"));
-        all.dedup();
-        for (chain, rule) in all {
+    fn cleanup(&self) -> Result<(), String> {
+        // Whatever `init` ran with before: every jump weft may have installed.
+        for (chain, rule) in JUMPS {
             let rule: Vec<&str> = rule.split(' ').collect();
             loop {
                 let mut args = vec!["-w", "-t", "nat", "-D", chain];
@@ -419,7 +420,7 @@ pub fn run(cfg: &InitConfig) -> Result<String, String> {
     let mut done = Vec::new();
     for f in families {
         let t = Tables::new(backend, f);
-        t.cleanup(cfg)?;
+        t.cleanup()?;
         if cfg.cleanup {
             done.push(format!("{}: weft's rules removed", t.cmd));
         } else {

@@ -327,7 +327,7 @@ impl Table {
 
 /// An IPv4 address in IPv6 clothing (`[::ffff:10.0.0.1]:80`, as a dual-stack listener reports
 /// IPv4 callers) as the IPv4 address it is.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),

@@ -20,12 +20,5 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     }
     .ok()?
     .as_socket()?;
-    let local = match local {
-        SocketAddr::V6(v6) => v6
-            .ip()
-            .to_ipv4_mapped()
-            .map_or(local, |v4| SocketAddr::new(v4.into(), v6.port())),
-        v4 => v4,
-    };
-    (orig != local).then_some(orig)
+    (orig != crate::table::canonical(local)).then_some(orig)
 }
