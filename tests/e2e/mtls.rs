@@ -440,36 +440,20 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
             .await,
         2.0
     );
-    assert_eq!(
-        web_pod
-            .metric(r#"weft_authz_total{protocol="http",result="allow"}"#)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        web_pod
-            .metric(r#"weft_authz_total{protocol="http",result="deny"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        m.pods[1]
-            .metric(r#"weft_authz_total{protocol="grpc",result="deny"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        m.pods[2]
-            .metric(r#"weft_authz_total{protocol="tcp",result="allow"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        m.pods[2]
-            .metric(r#"weft_authz_total{protocol="tcp",result="deny"}"#)
-            .await,
-        1.0
-    );
+    for (pod, protocol, result, count) in [
+        (0, "http", "allow", 2.0),
+        (0, "http", "deny", 1.0),
+        (1, "grpc", "deny", 1.0),
+        (2, "tcp", "allow", 1.0),
+        (2, "tcp", "deny", 1.0),
+    ] {
+        let series = format!(r#"weft_authz_total{{protocol="{protocol}",result="{result}"}}"#);
+        assert_eq!(
+            m.pods[pod].metric(&series).await,
+            count,
+            "pod {pod}: {series}"
+        );
+    }
     assert!(
         m.frontend
             .metric(r#"weft_tls_handshakes_total{direction="outbound",result="ok"}"#)
