@@ -8,12 +8,10 @@ pub mod etcd;
 pub mod file;
 pub mod kubernetes;
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
+use weft_core::address::EndpointAddress;
 
 use crate::policy::TrafficPolicy;
 
@@ -56,7 +54,9 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Endpoint {
-    pub address: SocketAddr,
+    /// `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` (resolved by the proxies, which re-resolve it
+    /// when its TTL runs out).
+    pub address: EndpointAddress,
     #[serde(default = "one")]
     pub weight: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

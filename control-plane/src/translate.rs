@@ -115,9 +115,21 @@ pub fn translate(snap: &Snapshot) -> Resources {
         let named = subsets
             .iter()
             .map(|s| (format!("{authority}/{}", s.name), Some(&s.labels)));
+        // Endpoints registered by host name are resolved by the proxies: their clusters are
+        // STRICT_DNS and carry the load assignment themselves (EDS is for addresses).
+        let by_name = svc.spec.endpoints.iter().any(|e| e.address.ip().is_none());
         for (name, labels) in all.chain(named) {
-            out.clusters.push(cluster(&name, policy));
-            out.endpoints.push(load_assignment(&name, svc, labels));
+            let mut c = cluster(&name, policy);
+            let cla = load_assignment(&name, svc, labels);
+            if by_name {
+                c.cluster_discovery_type =
+                    Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+                c.eds_cluster_config = None;
+                c.load_assignment = Some(cla);
+            } else {
+                out.endpoints.push(cla);
+            }
+            out.clusters.push(c);
         }
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -447,7 +459,7 @@ fn load_assignment(
             LbEndpoint {
                 host_identifier: Some(HostIdentifier::Endpoint(
                     weft_xds_proto::envoy::config::endpoint::v3::Endpoint {
-                        address: Some(socket_address(e.address)),
+                        address: Some(socket_address(&e.address)),
                         ..Default::default()
                     },
                 )),

@@ -1,8 +1,9 @@
 //! Small types shared by weft's proxy and control plane, so that neither depends on the other:
-//! how operators write durations and authorization policies, logging set-up, and (feature `etcd`) the etcd client both use
+//! how operators write durations, endpoint addresses and authorization policies, logging set-up, and (feature `etcd`) the etcd client both use
 //! (the control plane's registry, the proxy's self-registration).
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod authz;
 pub mod duration;
 #[cfg(feature = "etcd")]

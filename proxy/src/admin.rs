@@ -39,6 +39,8 @@ pub struct AdminState {
     pub identity: Option<Arc<crate::identity::Identity>>,
     pub ready_requires_identity: bool,
     pub listeners: Vec<(String, SocketAddr)>,
+    /// Endpoint host names and their answers.
+    pub resolver: Arc<crate::resolve::Resolver>,
 }
 
 type Rsp = Response<Full<Bytes>>;
@@ -104,6 +106,7 @@ pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
                 "services": table.describe(),
                 "xds": state.xds.as_ref().map(|x| x.status()),
                 "identity": state.identity.as_ref().map(|id| id.describe()),
+                "endpoint_dns": (!table.dns_names().is_empty()).then(|| state.resolver.describe()),
             });
             let mut r = text(
                 StatusCode::OK,

@@ -65,10 +65,19 @@ pub struct Config {
     #[arg(long, env = "WEFT_DNS_ADDR")]
     pub dns_addr: Option<SocketAddr>,
 
-    /// Where the DNS proxy relays what it does not answer [default: the first nameserver of
-    /// /etc/resolv.conf, port 53].
+    /// The DNS server both the DNS proxy relays to and endpoints configured by host name are
+    /// resolved with [default: the nameservers of /etc/resolv.conf, port 53].
     #[arg(long, env = "WEFT_DNS_UPSTREAM")]
     pub dns_upstream: Option<SocketAddr>,
+
+    /// Endpoints configured by host name are re-resolved when their answer's TTL runs out,
+    /// but no sooner than this after the last answer.
+    #[arg(long, env = "WEFT_ENDPOINT_DNS_MIN_TTL", value_parser = parse_duration, default_value = "1s")]
+    pub endpoint_dns_min_ttl: Duration,
+
+    /// ... and no later than this, whatever the TTL.
+    #[arg(long, env = "WEFT_ENDPOINT_DNS_MAX_TTL", value_parser = parse_duration, default_value = "5m")]
+    pub endpoint_dns_max_ttl: Duration,
 
     /// Traffic arrives redirected by `weft-proxy init`: an inbound connection that was not
     /// redirected (one addressed to the proxy's own port) is refused.

@@ -26,7 +26,7 @@ use std::{
 
 use futures_util::FutureExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -45,6 +45,7 @@ use weft_xds_proto::{
 use crate::{
     config::{DiscoveryConfig, XdsProtocol},
     metrics::Metrics,
+    resolve::Resolver,
     table::{SharedTable, xds},
 };
 pub use state::{KINDS, State, Update};
@@ -124,6 +125,9 @@ pub struct Discovery {
     metrics: Arc<Metrics>,
     pub shared: Arc<Shared>,
     state: State,
+    resolver: Arc<Resolver>,
+    /// Told when an endpoint host name resolves to new addresses.
+    dns: watch::Receiver<u64>,
 }
 
 /// The answer owed for one response.
@@ -141,6 +145,7 @@ impl Discovery {
         tls: Option<Arc<rustls::ClientConfig>>,
         table: SharedTable,
         metrics: Arc<Metrics>,
+        resolver: Arc<Resolver>,
     ) -> Option<Self> {
         let urls: Vec<String> = cfg
             .control_plane
@@ -174,6 +179,8 @@ impl Discovery {
             metrics,
             shared,
             state: State::default(),
+            dns: resolver.subscribe(),
+            resolver,
         })
     }
 
@@ -208,9 +215,14 @@ impl Discovery {
             );
             failures = failures.saturating_add(1);
             tracing::warn!(next = %self.url, error = %ended, retry_in = ?wait, "xDS stream ended; serving the table in force");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            let retry = tokio::time::sleep(wait);
+            tokio::pin!(retry);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = &mut retry => break,
+                    Ok(()) = self.dns.changed() => self.publish(),
+                }
             }
         }
     }
@@ -316,7 +328,13 @@ impl Discovery {
     ) -> String {
         self.connected();
         loop {
-            let (batch, ended) = batch(&mut stream).await;
+            let (batch, ended) = tokio::select! {
+                b = batch(&mut stream) => b,
+                Ok(()) = self.dns.changed() => {
+                    self.publish();
+                    continue;
+                }
+            };
             if !batch.is_empty() {
                 *progressed = true;
             }
@@ -392,9 +410,11 @@ impl Discovery {
             generation,
             &self.metrics,
             &current,
+            &self.resolver.resolved(),
         );
         let services = compiled.table.services().len();
         self.table.store(Arc::new(compiled.table));
+        self.resolver.table_changed();
         self.metrics.table_loaded(&version, generation);
         for h in &compiled.held_back {
             tracing::info!(waiting = %h, "listener keeps its previous routes until what it references arrives");

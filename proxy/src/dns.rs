@@ -184,8 +184,14 @@ mod tests {
 
     fn proxy(yaml: &str) -> DnsProxy {
         let metrics = crate::metrics::Metrics::new();
-        let table =
-            crate::table::load_text(std::path::Path::new("t.yaml"), yaml, 1, &metrics).unwrap();
+        let table = crate::table::load_text(
+            std::path::Path::new("t.yaml"),
+            yaml,
+            1,
+            &metrics,
+            &crate::resolve::Resolved::none(),
+        )
+        .unwrap();
         DnsProxy {
             table: Arc::new(ArcSwap::from_pointee(table)),
             upstream: None,

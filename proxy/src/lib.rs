@@ -20,6 +20,7 @@ pub use weft_core::log;
 pub mod metrics;
 pub mod pool;
 pub mod register;
+pub mod resolve;
 pub mod route;
 pub mod server;
 pub mod table;
@@ -42,9 +43,13 @@ use crate::{
     http::{HttpProxy, Router},
     identity::{Identity, IdentityConfig, IdentityFiles},
     metrics::{Direction, Metrics},
+    resolve::{ResolveConfig, Resolved, Resolver},
     server::{InboundTls, Listener, TcpTarget},
     table::{LoadError, Table, watch::FileWatch},
 };
+
+/// How long the start waits for the first answers for a table file's endpoint host names.
+const STARTUP_RESOLVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +154,14 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     // SIGHUP's default action ends the process: take it over before anything else.
     let mut sighup = signal(SignalKind::hangup())?;
     let metrics = Metrics::new();
+    let resolver = Resolver::new(
+        ResolveConfig {
+            server: cfg.dns_upstream,
+            min_ttl: cfg.endpoint_dns_min_ttl,
+            max_ttl: cfg.endpoint_dns_max_ttl.max(cfg.endpoint_dns_min_ttl),
+        },
+        metrics.clone(),
+    );
 
     // The table: from the file when one is given (a bad file stops the start), else empty.
     let (table, text) = match &cfg.config {
@@ -157,7 +170,16 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
                 file: path.display().to_string(),
                 source,
             })?;
-            (table::load_text(path, &text, 1, &metrics)?, text)
+            let mut table = table::load_text(path, &text, 1, &metrics, &Resolved::none())?;
+            // Endpoints given by host name get their addresses before the proxy serves
+            // (bounded: a slow DNS does not hold the start; they follow when it answers).
+            if resolver
+                .prime(table.dns_names(), STARTUP_RESOLVE_LIMIT)
+                .await
+            {
+                table = table::load_text(path, &text, 1, &metrics, &resolver.resolved())?;
+            }
+            (table, text)
         }
         None => (Table::empty(), String::new()),
     };
@@ -241,11 +263,13 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         tracing::info!(listener = %name, %addr, "listening");
     }
 
+    tokio::spawn(resolver.clone().run(table.clone(), drain.token()));
     let discovery = Discovery::new(
         cfg.discovery.clone(),
         control_tls,
         table.clone(),
         metrics.clone(),
+        resolver.clone(),
     );
     let state = Arc::new(AdminState {
         table: table.clone(),
@@ -258,6 +282,7 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
         identity: identity.clone(),
         ready_requires_identity: cfg.mtls.ready_requires_identity,
         listeners,
+        resolver: resolver.clone(),
     });
     spawn_admin(state.clone(), admin_l, probe_l)?;
 
@@ -368,6 +393,7 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
             metrics: metrics.clone(),
             poll_interval: cfg.config_poll_interval,
             last_text: text,
+            resolver,
         };
         tokio::spawn(watch.run(sighup, drain.token()));
     } else {

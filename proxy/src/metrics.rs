@@ -55,6 +55,7 @@ pub struct Metrics {
     /// 1 while an ADS stream to the control plane is open.
     pub xds_connected: IntGauge,
     xds_updates: IntCounterVec,
+    endpoint_dns: IntCounterVec,
     pub tls: TlsMetrics,
 }
 
@@ -285,6 +286,14 @@ impl Metrics {
             &["type", "result"],
         )
         .unwrap();
+        let endpoint_dns = IntCounterVec::new(
+            opts(
+                "endpoint_dns_resolutions_total",
+                "Resolutions of endpoints configured by host name, by result (ok, no_records, error).",
+            ),
+            &["result"],
+        )
+        .unwrap();
         let tls = TlsMetrics {
             handshakes: IntCounterVec::new(
                 opts(
@@ -356,6 +365,7 @@ impl Metrics {
         reg(Box::new(upstream_connect_errors.clone()));
         reg(Box::new(xds_connected.clone()));
         reg(Box::new(xds_updates.clone()));
+        reg(Box::new(endpoint_dns.clone()));
         for r in ["ok", "error"] {
             table_reloads.with_label_values(&[r]);
         }
@@ -382,6 +392,7 @@ impl Metrics {
             upstream_connect_errors,
             xds_connected,
             xds_updates,
+            endpoint_dns,
             tls,
         })
     }
@@ -432,6 +443,11 @@ impl Metrics {
         self.xds_updates
             .with_label_values(&[kind, if ack { "ack" } else { "nack" }])
             .inc();
+    }
+
+    /// Counts one resolution of an endpoint host name: `ok`, `no_records` or `error`.
+    pub fn endpoint_dns(&self, result: &'static str) {
+        self.endpoint_dns.with_label_values(&[result]).inc();
     }
 
     pub fn table_reload_failed(&self) {

@@ -20,9 +20,12 @@ use std::{
 use arc_swap::ArcSwap;
 use http::{HeaderName, Method};
 
+use weft_core::address::EndpointAddress;
+
 use crate::{
     inbound::Authz,
     metrics::{Direction, Metrics, TargetMetrics},
+    resolve::Resolved,
     route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
 };
 pub use file::{LoadError, Protocol, TableFile};
@@ -49,6 +52,8 @@ pub struct Table {
     /// Host names (lower case) and the VIP the DNS proxy answers for them; a host two services
     /// give different VIPs is left out.
     vips: HashMap<Box<str>, std::net::IpAddr>,
+    /// The endpoint host names the table uses (resolved or not), sorted.
+    dns_names: Box<[Box<str>]>,
     /// What the table was compiled from, for `/config_dump`.
     pub source: TableFile,
 }
@@ -109,12 +114,19 @@ impl Table {
             by_endpoint: HashMap::new(),
             identities: HashMap::new(),
             vips: HashMap::new(),
+            dns_names: Box::default(),
             source: TableFile::default(),
         }
     }
 
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
+    }
+
+    /// The host names the table's endpoints were configured with, which the resolver keeps
+    /// fresh.
+    pub fn dns_names(&self) -> &[Box<str>] {
+        &self.dns_names
     }
 
     /// The service a request's authority (`host[:port]`) names. Allocates only when the
@@ -267,7 +279,9 @@ impl Table {
         version: Arc<str>,
         generation: u64,
         metrics: &Metrics,
+        dns: &Resolved,
     ) -> Result<Table, (String, String)> {
+        let names = Names::new(dns);
         let mut t = Table {
             version,
             generation,
@@ -277,7 +291,7 @@ impl Table {
         let mut drafts = Vec::with_capacity(source.services.len());
         for (i, spec) in source.services.iter().enumerate() {
             let at = format!("services[{i}]");
-            let mut svc = compile_service(spec, &at)?;
+            let mut svc = compile_service(spec, &at, &names)?;
             let idx = drafts.len();
             for (j, host) in std::iter::once(&spec.name).chain(&spec.aliases).enumerate() {
                 let field = if j == 0 {
@@ -320,8 +334,43 @@ impl Table {
             .map(|svc| Arc::new(svc.finish(metrics)))
             .collect();
         t.source = source;
+        t.dns_names = names.into_used();
         t.index_endpoints();
         Ok(t)
+    }
+}
+
+/// Endpoint addresses as the table compiles them: a host name stands for every address it
+/// resolved to. Records the names it was asked about, resolved or not.
+pub(crate) struct Names<'a> {
+    resolved: &'a Resolved,
+    used: std::cell::RefCell<std::collections::BTreeSet<Box<str>>>,
+}
+
+impl<'a> Names<'a> {
+    pub(crate) fn new(resolved: &'a Resolved) -> Self {
+        Names {
+            resolved,
+            used: Default::default(),
+        }
+    }
+
+    pub(crate) fn addresses(&self, addr: &EndpointAddress) -> Vec<SocketAddr> {
+        match addr {
+            EndpointAddress::Ip(a) => vec![*a],
+            EndpointAddress::Host { host, port } => {
+                self.used.borrow_mut().insert(host.clone());
+                self.resolved
+                    .get(host)
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, *port))
+                    .collect()
+            }
+        }
+    }
+
+    pub(crate) fn into_used(self) -> Box<[Box<str>]> {
+        self.used.into_inner().into_iter().collect()
     }
 }
 
@@ -377,7 +426,11 @@ impl ServiceDraft {
     }
 }
 
-fn compile_service(spec: &file::ServiceSpec, at: &str) -> Result<ServiceDraft, (String, String)> {
+fn compile_service(
+    spec: &file::ServiceSpec,
+    at: &str,
+    names: &Names,
+) -> Result<ServiceDraft, (String, String)> {
     if spec.port == 0 {
         return Err((format!("{at}.port"), "must be between 1 and 65535".into()));
     }
@@ -402,14 +455,25 @@ fn compile_service(spec: &file::ServiceSpec, at: &str) -> Result<ServiceDraft, (
             (format!("{at}.authorization.{field}"), msg.to_string())
         })?
         .map(Arc::new);
-    let endpoint = |e: &file::EndpointSpec| Endpoint {
-        addr: e.address,
-        labels: Arc::new(e.labels.clone()),
-        identity: e.identity.as_deref().map(Arc::from),
+    let endpoints = |e: &file::EndpointSpec| -> Vec<(u32, Endpoint)> {
+        let labels = Arc::new(e.labels.clone());
+        let identity: Option<Arc<str>> = e.identity.as_deref().map(Arc::from);
+        names
+            .addresses(&e.address)
+            .into_iter()
+            .map(|addr| {
+                let endpoint = Endpoint {
+                    addr,
+                    labels: labels.clone(),
+                    identity: identity.clone(),
+                };
+                (e.weight, endpoint)
+            })
+            .collect()
     };
     let all = Arc::new(Cluster {
         name: name.clone(),
-        endpoints: WeightedSplit::new(spec.endpoints.iter().map(|e| (e.weight, endpoint(e)))),
+        endpoints: WeightedSplit::new(spec.endpoints.iter().flat_map(endpoints)),
     });
     let mut subsets: HashMap<&str, Arc<Cluster>> = HashMap::new();
     for (i, s) in spec.subsets.iter().enumerate() {
@@ -425,7 +489,7 @@ fn compile_service(spec: &file::ServiceSpec, at: &str) -> Result<ServiceDraft, (
             .filter(|e| s.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
         let cluster = Cluster {
             name: format!("{name}/{}", s.name).into(),
-            endpoints: WeightedSplit::new(members.map(|e| (e.weight, endpoint(e)))),
+            endpoints: WeightedSplit::new(members.flat_map(endpoints)),
         };
         if subsets.insert(&s.name, Arc::new(cluster)).is_some() {
             return Err((
@@ -545,12 +609,17 @@ fn compile_string_match(
 }
 
 /// Reads, parses and compiles a table file.
-pub fn load(path: &Path, generation: u64, metrics: &Metrics) -> Result<Table, LoadError> {
+pub fn load(
+    path: &Path,
+    generation: u64,
+    metrics: &Metrics,
+    dns: &Resolved,
+) -> Result<Table, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         file: path.display().to_string(),
         source,
     })?;
-    load_text(path, &text, generation, metrics)
+    load_text(path, &text, generation, metrics, dns)
 }
 
 /// Parses and compiles a table file's text; `path` names it in errors.
@@ -559,13 +628,14 @@ pub fn load_text(
     text: &str,
     generation: u64,
     metrics: &Metrics,
+    dns: &Resolved,
 ) -> Result<Table, LoadError> {
     let parsed = file::parse(path, text)?;
     let version: Arc<str> = match &parsed.version {
         Some(v) => v.as_str().into(),
         None => digest(text).into(),
     };
-    Table::compile(parsed, version, generation, metrics).map_err(|(field, message)| {
+    Table::compile(parsed, version, generation, metrics, dns).map_err(|(field, message)| {
         LoadError::Invalid {
             file: path.display().to_string(),
             field,

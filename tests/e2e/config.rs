@@ -26,7 +26,7 @@ fn invalid_file_refuses_to_start_with_the_exact_error() {
         (
             "syntax.yaml",
             "services:\n  - name: echo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:notaport\n",
-            "services[0].endpoints[0].address: invalid socket address syntax at line 5 column 18",
+            "services[0].endpoints[0].address: `127.0.0.1:notaport`: `notaport` is not a port at line 5 column 18",
         ),
         (
             "semantic.yaml",

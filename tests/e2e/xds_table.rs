@@ -7,12 +7,18 @@ use http::{HeaderMap, Method};
 use weft_control_plane::{registry::file::FileRegistry, translate};
 use weft_proxy::{
     metrics::Metrics,
+    resolve::Resolved,
     table::{
         Table,
         xds::{self, Resources},
     },
 };
 use weft_tests::chain::TempDir;
+use weft_xds_proto::envoy::config::{
+    cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType},
+    core::v3::address,
+    endpoint::v3::lb_endpoint::HostIdentifier,
+};
 
 const FILES: &str = "apiVersion: weft.dev/v1alpha1
 kind: Service
@@ -78,6 +84,7 @@ fn the_control_planes_resources_compile_into_the_same_routing() {
         1,
         &metrics,
         &Table::empty(),
+        &Resolved::none(),
     );
     assert_eq!(compiled.held_back, Vec::<String>::new());
     let table = compiled.table;
@@ -149,13 +156,28 @@ fn a_listener_missing_a_reference_keeps_its_previous_service() {
     const WEB: &str = "web.demo.svc.cluster.local:8080";
     let metrics = Metrics::new();
     let full = resources(FILES);
-    let first = xds::compile(&full, Arc::from("v1"), 1, &metrics, &Table::empty()).table;
+    let first = xds::compile(
+        &full,
+        Arc::from("v1"),
+        1,
+        &metrics,
+        &Table::empty(),
+        &Resolved::none(),
+    )
+    .table;
 
     // The v2 subset's endpoints are gone (as between a CDS and an RDS update): the service
     // in force stays, under every name it had.
     let mut partial = full.clone();
     partial.endpoints.remove(&format!("{WEB}/v2"));
-    let second = xds::compile(&partial, Arc::from("v2"), 2, &metrics, &first);
+    let second = xds::compile(
+        &partial,
+        Arc::from("v2"),
+        2,
+        &metrics,
+        &first,
+        &Resolved::none(),
+    );
     assert_eq!(
         second.held_back,
         [format!(
@@ -174,12 +196,26 @@ fn a_listener_missing_a_reference_keeps_its_previous_service() {
     ));
 
     // A listener seen for the first time waits until it is complete.
-    let fresh = xds::compile(&partial, Arc::from("v2"), 1, &metrics, &Table::empty());
+    let fresh = xds::compile(
+        &partial,
+        Arc::from("v2"),
+        1,
+        &metrics,
+        &Table::empty(),
+        &Resolved::none(),
+    );
     assert_eq!(fresh.held_back.len(), 1);
     assert!(fresh.table.by_authority(WEB).is_none());
 
     // Complete again: compiled anew.
-    let third = xds::compile(&full, Arc::from("v3"), 3, &metrics, &second.table);
+    let third = xds::compile(
+        &full,
+        Arc::from("v3"),
+        3,
+        &metrics,
+        &second.table,
+        &Resolved::none(),
+    );
     assert!(third.held_back.is_empty());
     assert!(!Arc::ptr_eq(
         third.table.by_authority(WEB).unwrap(),
@@ -210,5 +246,115 @@ fn resources_are_checked_one_by_one() {
     assert!(
         err.starts_with("route `testers`: ") && err.contains("size limit"),
         "{err}"
+    );
+}
+
+#[test]
+fn endpoints_registered_by_host_name_become_a_strict_dns_cluster_the_proxy_resolves() {
+    const PAYMENTS: &str = "payments.example:443";
+    let files = "apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: payments, namespace: shop}
+spec:
+  host: payments.example
+  port: 443
+  protocol: tcp
+  endpoints:
+    - {address: API.payments.example:8443, weight: 2, labels: {site: a}}
+    - {address: 192.0.2.9:8443, labels: {site: b}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: payments, namespace: shop}
+spec:
+  service: payments.example:443
+  subsets: [{name: a, labels: {site: a}}]
+  routes: [{backends: [{subset: a}]}]
+";
+    let res = resources(files);
+    // Both clusters list their endpoints themselves; nothing goes over EDS.
+    assert!(res.endpoints.is_empty(), "{:?}", res.endpoints.keys());
+    for name in [PAYMENTS.to_string(), format!("{PAYMENTS}/a")] {
+        let c = &res.clusters[&name];
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
+            "{name}"
+        );
+        assert!(c.eds_cluster_config.is_none());
+        assert_eq!(c.load_assignment.as_ref().unwrap().cluster_name, name);
+        xds::check_cluster(c).unwrap();
+    }
+
+    let metrics = Metrics::new();
+    let endpoints = |t: &Table, cluster: &str| -> Vec<(u64, String)> {
+        let svc = t.by_authority(PAYMENTS).unwrap();
+        svc.routes
+            .iter()
+            .chain([&svc.default_route])
+            .flat_map(|r| r.backends.iter())
+            .find(|c| &*c.name == cluster)
+            .unwrap()
+            .endpoints
+            .weighted()
+            .map(|(w, e)| (w, e.addr.to_string()))
+            .collect()
+    };
+    // Before the proxy has an answer only the address given by IP serves; the name is
+    // reported for the resolver to look up.
+    let before = xds::compile(
+        &res,
+        Arc::from("v1"),
+        1,
+        &metrics,
+        &Table::empty(),
+        &Resolved::none(),
+    );
+    assert!(before.held_back.is_empty(), "{:?}", before.held_back);
+    assert_eq!(
+        before.table.dns_names(),
+        [Box::from("api.payments.example")]
+    );
+    assert_eq!(
+        endpoints(&before.table, PAYMENTS),
+        [(1, "192.0.2.9:8443".to_string())]
+    );
+    assert!(endpoints(&before.table, &format!("{PAYMENTS}/a")).is_empty());
+
+    let dns = Resolved::from_map([(
+        "api.payments.example".to_string(),
+        vec![
+            "198.51.100.7".parse().unwrap(),
+            "198.51.100.8".parse().unwrap(),
+        ],
+    )]);
+    let after = xds::compile(&res, Arc::from("v1"), 2, &metrics, &before.table, &dns).table;
+    assert_eq!(
+        endpoints(&after, &format!("{PAYMENTS}/a")),
+        [
+            (2, "198.51.100.7:8443".to_string()),
+            (2, "198.51.100.8:8443".to_string())
+        ]
+    );
+    assert_eq!(endpoints(&after, PAYMENTS).len(), 3);
+}
+
+#[test]
+fn a_host_name_over_eds_is_refused_naming_the_address() {
+    let mut res = resources(FILES);
+    let cla = res.endpoints.values_mut().next().unwrap();
+    let ep = &mut cla.endpoints[0].lb_endpoints[0];
+    let Some(HostIdentifier::Endpoint(e)) = &mut ep.host_identifier else {
+        panic!("an endpoint");
+    };
+    let Some(address::Address::SocketAddress(sa)) =
+        e.address.as_mut().and_then(|a| a.address.as_mut())
+    else {
+        panic!("a socket address");
+    };
+    sa.address = "db.example.com".into();
+    assert_eq!(
+        xds::check_load_assignment(cla).unwrap_err(),
+        "`db.example.com` is not an IP address (endpoints known by host name belong in a STRICT_DNS cluster's load_assignment)"
     );
 }

@@ -14,11 +14,14 @@
 //! As in the file registry, a key whose value is bad keeps its last good value in force and
 //! the problem is reported; nothing registered is lost because of a bad write.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use weft_core::etcd::{self, Client, Event};
+use weft_core::{
+    address::EndpointAddress,
+    etcd::{self, Client, Event},
+};
 
 use super::{
     Endpoint, Protocol, Service, ServiceSpec, Snapshot,
@@ -29,8 +32,9 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Registration {
-    /// Where the workload (its sidecar's inbound port) is reached.
-    pub address: SocketAddr,
+    /// Where the workload (its sidecar's inbound port) is reached: `IP:PORT`, or `HOST:PORT`
+    /// for a workload outside the mesh known by name.
+    pub address: EndpointAddress,
     /// The service port clients address (`host:port`).
     pub port: u16,
     #[serde(default)]
@@ -213,7 +217,7 @@ impl EtcdRegistry {
                 }
             };
             svc.spec.endpoints.push(Endpoint {
-                address: r.address,
+                address: r.address.clone(),
                 weight: r.weight,
                 labels: r.labels.clone(),
                 healthy: r.healthy,

@@ -19,11 +19,7 @@
 //! - A TrafficPolicy that fails validation keeps its last good version in force, reported in
 //!   the registry's errors.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service as KubeService, ServicePort},
@@ -35,6 +31,8 @@ use kube::{
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use tokio::sync::watch;
+
+use weft_core::address::EndpointAddress;
 
 use super::{Endpoint, Protocol, Service, ServiceSpec, Snapshot};
 use crate::policy::{self, TrafficPolicy};
@@ -231,7 +229,8 @@ impl Translator {
     ) -> Vec<Endpoint> {
         let mut out = Vec::new();
         for slice in slices {
-            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            // FQDN slices name their endpoints by host name; proxies resolve them.
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
                 continue;
             }
             // The slice port carrying this Service port: same name (both unnamed for a
@@ -277,11 +276,11 @@ impl Translator {
                     format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain)
                 });
                 for addr in &ep.addresses {
-                    let Ok(ip) = addr.parse::<IpAddr>() else {
+                    let Ok(address) = EndpointAddress::from_parts(addr, target) else {
                         continue;
                     };
                     out.push(Endpoint {
-                        address: SocketAddr::new(ip, target),
+                        address,
                         weight: 1,
                         labels: labels.clone(),
                         healthy: ready,
@@ -290,8 +289,8 @@ impl Translator {
                 }
             }
         }
-        out.sort_by_key(|e| e.address);
-        out.dedup_by_key(|e| e.address);
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        out.dedup_by(|a, b| a.address == b.address);
         out
     }
 }

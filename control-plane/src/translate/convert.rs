@@ -1,6 +1,8 @@
 //! Small conversions from weft's model to Envoy's protobuf types.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
+
+use weft_core::address::EndpointAddress;
 
 use weft_xds_proto::{
     envoy::{
@@ -33,10 +35,15 @@ pub fn u32v(v: u32) -> pb::UInt32Value {
     pb::UInt32Value { value: v }
 }
 
-pub fn socket_address(a: SocketAddr) -> Address {
+/// An endpoint's address: its IP, or the host name proxies resolve.
+pub fn socket_address(a: &EndpointAddress) -> Address {
+    let host = match a {
+        EndpointAddress::Ip(ip) => ip.ip().to_string(),
+        EndpointAddress::Host { host, .. } => host.to_string(),
+    };
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            address: a.ip().to_string(),
+            address: host,
             port_specifier: Some(PortSpecifier::PortValue(u32::from(a.port()))),
             ..Default::default()
         })),

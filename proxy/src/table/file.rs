@@ -1,8 +1,9 @@
 //! The static routing-table file: its YAML schema and loading with errors that name the place.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use weft_core::address::EndpointAddress;
 
 /// A table file as written by the operator (and as `/config_dump` shows it back).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -58,7 +59,10 @@ pub enum Protocol {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
-    pub address: SocketAddr,
+    /// `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT`: a host name is resolved, and re-resolved
+    /// when its TTL runs out; each of its addresses is an endpoint with this weight, labels
+    /// and identity.
+    pub address: EndpointAddress,
     #[serde(default = "one")]
     pub weight: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -3,7 +3,13 @@ use std::path::Path;
 use super::*;
 
 fn load(text: &str) -> Result<Table, LoadError> {
-    load_text(Path::new("mesh.yaml"), text, 1, &Metrics::new())
+    load_text(
+        Path::new("mesh.yaml"),
+        text,
+        1,
+        &Metrics::new(),
+        &Resolved::none(),
+    )
 }
 
 const GOOD: &str = r#"
@@ -111,7 +117,18 @@ fn parse_errors_name_file_line_and_field() {
             .to_string();
     assert!(
         err.starts_with(
-            "mesh.yaml: services[0].endpoints[0].address: invalid socket address syntax at line 5"
+            "mesh.yaml: services[0].endpoints[0].address: `nowhere` has no port (write IP:PORT, [IPv6]:PORT or HOST:PORT) at line 5"
+        ),
+        "{err}"
+    );
+    let err = load(
+        "services:\n  - name: echo\n    port: 80\n    endpoints:\n      - address: 10.0.0.300:80\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "`10.0.0.300` is not an IP address or a host name: its last label is a number"
         ),
         "{err}"
     );
@@ -180,13 +197,14 @@ fn route_order_and_default() {
 fn a_rejected_table_creates_no_metrics_series() {
     let m = Metrics::new();
     let bad = "services:\n  - {name: good, port: 80}\n  - {name: bad, port: 0}\n";
-    assert!(load_text(Path::new("x"), bad, 1, &m).is_err());
+    assert!(load_text(Path::new("x"), bad, 1, &m, &Resolved::none()).is_err());
     assert!(!m.render().contains("good:80"));
     load_text(
         Path::new("x"),
         "services:\n  - {name: good, port: 80}\n",
         1,
         &m,
+        &Resolved::none(),
     )
     .unwrap();
     assert!(m.render().contains(r#"target="good:80""#));
@@ -205,5 +223,59 @@ fn a_bad_duration_names_its_field_and_line() {
         t.services()[0].routes[0].timeout,
         Some(Duration::from_secs(3)),
         "a bare number is seconds"
+    );
+}
+
+#[test]
+fn a_host_name_endpoint_is_every_address_it_resolved_to() {
+    let text = "services:
+  - name: db
+    port: 5432
+    protocol: tcp
+    endpoints:
+      - {address: DB.example.com:5432, weight: 3, labels: {version: v2}}
+      - {address: 10.0.0.9:5432}
+    subsets: [{name: v2, labels: {version: v2}}]
+    routes: [{backends: [{subset: v2}]}]
+";
+    let m = Metrics::new();
+    let unresolved = load_text(Path::new("t"), text, 1, &m, &Resolved::none()).unwrap();
+    assert_eq!(unresolved.dns_names(), [Box::from("db.example.com")]);
+    let addrs = |t: &Table, route: usize| -> Vec<(u64, String)> {
+        let svc = t.by_authority("db:5432").unwrap();
+        let r = svc.routes.get(route).unwrap_or(&svc.default_route);
+        r.backends
+            .iter()
+            .next()
+            .unwrap()
+            .endpoints
+            .weighted()
+            .map(|(w, e)| (w, e.addr.to_string()))
+            .collect()
+    };
+    // Until the name is answered only the address given by IP serves.
+    assert_eq!(addrs(&unresolved, 9), [(1, "10.0.0.9:5432".to_string())]);
+    assert!(addrs(&unresolved, 0).is_empty());
+
+    let dns = Resolved::from_map([(
+        "db.example.com".to_string(),
+        vec!["10.1.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+    )]);
+    let t = load_text(Path::new("t"), text, 2, &m, &dns).unwrap();
+    assert_eq!(
+        addrs(&t, 9),
+        [
+            (3, "10.1.0.2:5432".to_string()),
+            (3, "[fd00::2]:5432".to_string()),
+            (1, "10.0.0.9:5432".to_string()),
+        ]
+    );
+    // The resolved addresses keep the name's labels: the v2 subset has both.
+    assert_eq!(addrs(&t, 0).len(), 2);
+    assert_eq!(t.services_at("10.1.0.2:5432".parse().unwrap()).count(), 1);
+    // The file as written is what /config_dump shows back.
+    assert_eq!(
+        t.source.services[0].endpoints[0].address.to_string(),
+        "db.example.com:5432"
     );
 }

@@ -1,13 +1,14 @@
 //! Reloads the table file on SIGHUP and when its content changes, and swaps the new table in.
-//! An invalid file is logged and counted; the table in force stays.
+//! An invalid file is logged and counted; the table in force stays. When an endpoint host name
+//! resolves to new addresses, the table in force is compiled again from the same file.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use super::{SharedTable, load_text};
-use crate::metrics::Metrics;
+use super::{SharedTable, Table, load_text};
+use crate::{metrics::Metrics, resolve::Resolver};
 
 /// Watches one table file.
 pub struct FileWatch {
@@ -18,6 +19,7 @@ pub struct FileWatch {
     pub poll_interval: Duration,
     /// The text of the last file that was read (good or bad), to notice changes.
     pub last_text: String,
+    pub resolver: Arc<Resolver>,
 }
 
 impl FileWatch {
@@ -32,13 +34,43 @@ impl FileWatch {
         });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut dns = self.resolver.subscribe();
         loop {
             let forced = tokio::select! {
                 _ = stop.cancelled() => return,
                 Some(()) = hup.recv() => true,
                 _ = tick.tick(), if poll => false,
+                Ok(()) = dns.changed() => {
+                    self.recompile();
+                    continue;
+                }
             };
             self.check(forced).await;
+        }
+    }
+
+    /// Compiles the table in force again, from its file as it was loaded, against the latest
+    /// answers for its host names.
+    fn recompile(&self) {
+        let current = self.table.load_full();
+        let generation = current.generation + 1;
+        let compiled = Table::compile(
+            current.source.clone(),
+            current.version.clone(),
+            generation,
+            &self.metrics,
+            &self.resolver.resolved(),
+        );
+        match compiled {
+            Ok(t) => {
+                self.table.store(Arc::new(t));
+                self.metrics.table_loaded(&current.version, generation);
+                tracing::info!(version = %current.version, generation, "routing table recompiled: endpoint addresses changed");
+            }
+            // The same source compiled before; only a bug gets here.
+            Err((field, message)) => {
+                tracing::error!(%field, %message, "routing table recompile failed; keeping the table in force");
+            }
         }
     }
 
@@ -59,10 +91,17 @@ impl FileWatch {
             return;
         }
         let generation = self.table.load().generation + 1;
-        match load_text(&self.path, &text, generation, &self.metrics) {
+        match load_text(
+            &self.path,
+            &text,
+            generation,
+            &self.metrics,
+            &self.resolver.resolved(),
+        ) {
             Ok(t) => {
                 let (version, services) = (t.version.clone(), t.services().len());
                 self.table.store(Arc::new(t));
+                self.resolver.table_changed();
                 self.metrics.table_loaded(&version, generation);
                 tracing::info!(%version, generation, services, "routing table reloaded");
             }

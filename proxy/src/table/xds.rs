@@ -18,7 +18,10 @@ use prost::Message;
 use weft_xds_proto::{
     envoy::{
         config::{
-            cluster::v3::Cluster as XdsCluster,
+            cluster::v3::{
+                Cluster as XdsCluster,
+                cluster::{ClusterDiscoveryType, DiscoveryType},
+            },
             core::v3::{HealthStatus, Metadata, address, socket_address::PortSpecifier},
             endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
             listener::v3::Listener,
@@ -36,10 +39,13 @@ use weft_xds_proto::{
     google::protobuf::{Struct, value::Kind},
 };
 
-use super::{Cluster, Endpoint, Protocol, Route, Service, ServiceDraft, Table};
+use weft_core::address::EndpointAddress;
+
+use super::{Cluster, Endpoint, Names, Protocol, Route, Service, ServiceDraft, Table};
 use crate::{
     inbound::{AuthorizationSpec, Authz},
     metrics::Metrics,
+    resolve::Resolved,
     route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
 };
 
@@ -133,8 +139,14 @@ fn header_value_match(h: &HeaderMatcher) -> Result<StringMatch, String> {
 }
 
 /// A load assignment's endpoints with their weights. Endpoints not healthy (or unknown) get
-/// weight 0: no traffic, as the table's weighted choice leaves them out.
-fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<(u32, Endpoint)>, String> {
+/// weight 0: no traffic, as the table's weighted choice leaves them out. Host names are allowed
+/// only where `names` resolves them (a DNS cluster's own load assignment); each stands for every
+/// address it resolved to.
+fn endpoints(
+    cla: &ClusterLoadAssignment,
+    names: &Names,
+    hosts: bool,
+) -> Result<Vec<(u32, Endpoint)>, String> {
     let mut eps = Vec::new();
     for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
         let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
@@ -148,14 +160,17 @@ fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<(u32, Endpoint)>, String
         let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
             return Err(format!("endpoint {} has no port", sa.address));
         };
-        let ip = sa
-            .address
-            .parse()
-            .map_err(|_| format!("`{}` is not an IP address", sa.address))?;
         let port = u16::try_from(port)
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| format!("endpoint {}: port {port} is out of range", sa.address))?;
+        let addr = EndpointAddress::from_parts(&sa.address, port)?;
+        if !hosts && addr.ip().is_none() {
+            return Err(format!(
+                "`{}` is not an IP address (endpoints known by host name belong in a STRICT_DNS cluster's load_assignment)",
+                sa.address
+            ));
+        }
         let healthy = matches!(
             HealthStatus::try_from(e.health_status),
             Ok(HealthStatus::Healthy | HealthStatus::Unknown)
@@ -176,33 +191,64 @@ fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<(u32, Endpoint)>, String
                 .collect(),
             _ => BTreeMap::new(),
         };
-        eps.push((
-            weight,
-            Endpoint {
-                addr: SocketAddr::new(ip, port),
-                labels: Arc::new(labels),
-                identity: string_field(weft(&e.metadata), "identity").map(Arc::from),
-            },
-        ));
+        let labels = Arc::new(labels);
+        let identity: Option<Arc<str>> = string_field(weft(&e.metadata), "identity").map(Arc::from);
+        for addr in names.addresses(&addr) {
+            eps.push((
+                weight,
+                Endpoint {
+                    addr,
+                    labels: labels.clone(),
+                    identity: identity.clone(),
+                },
+            ));
+        }
     }
     Ok(eps)
 }
 
-/// A cluster with its endpoints, if both have arrived.
-fn cluster(name: &str, res: &Resources) -> Result<Arc<Cluster>, String> {
-    if !res.clusters.contains_key(name) {
-        return Err(format!("cluster `{name}` has not been received"));
+/// Whether a cluster lists its endpoints itself, by host name (STRICT_DNS, LOGICAL_DNS) or
+/// address (STATIC), rather than over EDS.
+fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, String>> {
+    let kind = match c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t).ok(),
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Some(Err("custom cluster types are not supported".into()));
+        }
+        None => Some(DiscoveryType::Static),
+    };
+    match kind {
+        Some(DiscoveryType::Eds) => None,
+        Some(DiscoveryType::StrictDns | DiscoveryType::LogicalDns | DiscoveryType::Static) => Some(
+            c.load_assignment
+                .as_ref()
+                .ok_or_else(|| "a STATIC or DNS cluster without a load_assignment".into()),
+        ),
+        Some(DiscoveryType::OriginalDst) | None => Some(Err(
+            "only EDS, STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into(),
+        )),
     }
-    let Some(cla) = res.endpoints.get(name) else {
-        return Err(format!(
-            "cluster `{name}`: its ClusterLoadAssignment has not been received"
-        ));
+}
+
+/// A cluster with its endpoints, if both have arrived.
+fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, String> {
+    let Some(c) = res.clusters.get(name) else {
+        return Err(format!("cluster `{name}` has not been received"));
+    };
+    let endpoints = match inline_assignment(c) {
+        Some(cla) => endpoints(cla?, names, true),
+        None => match res.endpoints.get(name) {
+            Some(cla) => endpoints(cla, names, false),
+            None => {
+                return Err(format!(
+                    "cluster `{name}`: its ClusterLoadAssignment has not been received"
+                ));
+            }
+        },
     };
     Ok(Arc::new(Cluster {
         name: name.into(),
-        endpoints: WeightedSplit::new(
-            endpoints(cla).map_err(|e| format!("cluster `{name}`: {e}"))?,
-        ),
+        endpoints: WeightedSplit::new(endpoints.map_err(|e| format!("cluster `{name}`: {e}"))?),
     }))
 }
 
@@ -234,13 +280,13 @@ fn route_name(r: &XdsRoute, index: usize) -> Arc<str> {
     }
 }
 
-fn route(r: &XdsRoute, index: usize, res: &Resources) -> Result<Route, String> {
+fn route(r: &XdsRoute, index: usize, res: &Resources, names: &Names) -> Result<Route, String> {
     let name = route_name(r, index);
     let at = |e: String| format!("route `{name}`: {e}");
     let (action, clusters) = route_action(r).map_err(at)?;
     let mut backends = Vec::new();
     for (weight, c) in clusters {
-        backends.push((weight, cluster(c, res).map_err(at)?));
+        backends.push((weight, cluster(c, res, names).map_err(at)?));
     }
     let backends = WeightedSplit::new(backends);
     Ok(Route {
@@ -288,21 +334,24 @@ pub fn check_route_config(rc: &RouteConfiguration) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a Cluster on its own.
+/// Checks a Cluster on its own (and the endpoints it lists itself).
 pub fn check_cluster(c: &XdsCluster) -> Result<(), String> {
     if c.name.is_empty() {
         return Err("the cluster has no name".into());
     }
-    Ok(())
+    match inline_assignment(c) {
+        Some(cla) => endpoints(cla?, &Names::new(&Resolved::none()), true).map(drop),
+        None => Ok(()),
+    }
 }
 
 /// Checks a ClusterLoadAssignment on its own (addresses and ports).
 pub fn check_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), String> {
-    endpoints(cla).map(drop)
+    endpoints(cla, &Names::new(&Resolved::none()), false).map(drop)
 }
 
 /// One listener's service (without metrics handles yet).
-fn service(l: &Listener, res: &Resources) -> Result<ServiceDraft, String> {
+fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft, String> {
     let rds = rds_name(l)?;
     let rc = res
         .routes
@@ -316,7 +365,7 @@ fn service(l: &Listener, res: &Resources) -> Result<ServiceDraft, String> {
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| route(r, i, res))
+        .map(|(i, r)| route(r, i, res, names))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("RouteConfiguration `{}`: {e}", rc.name))?;
     let protocol = match string_field(weft(&l.metadata), "protocol") {
@@ -329,7 +378,7 @@ fn service(l: &Listener, res: &Resources) -> Result<ServiceDraft, String> {
     let all = res
         .clusters
         .contains_key(&l.name)
-        .then(|| cluster(&l.name, res))
+        .then(|| cluster(&l.name, res, names))
         .transpose()?;
     let default_backends = match all {
         Some(c) => WeightedSplit::new([(1, c)]),
@@ -409,12 +458,14 @@ pub fn compile(
     generation: u64,
     metrics: &Metrics,
     previous: &Table,
+    dns: &Resolved,
 ) -> Compiled {
+    let names = Names::new(dns);
     let mut held_back = Vec::new();
     let mut services: Vec<Arc<Service>> = Vec::with_capacity(res.listeners.len());
     let mut old: Option<HashMap<&str, &Arc<Service>>> = None;
     for l in res.listeners.values() {
-        match service(l, res) {
+        match service(l, res, &names) {
             Ok(draft) => services.push(Arc::new(draft.finish(metrics))),
             Err(e) => {
                 held_back.push(format!("Listener `{}`: {e}", l.name));
@@ -450,6 +501,7 @@ pub fn compile(
         }
     }
     t.services = services;
+    t.dns_names = names.into_used();
     t.index_endpoints();
     Compiled {
         table: t,

@@ -278,7 +278,14 @@ async fn table_bench(etcd: &Etcd, n: usize) {
     let mut table = None;
     for _ in 0..5 {
         let t = Instant::now();
-        let c = weft_proxy::table::xds::compile(&resources, Arc::from("v"), 1, &metrics, &empty);
+        let c = weft_proxy::table::xds::compile(
+            &resources,
+            Arc::from("v"),
+            1,
+            &metrics,
+            &empty,
+            &weft_proxy::resolve::Resolved::none(),
+        );
         compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
         table = Some(c.table);
     }
