@@ -79,6 +79,11 @@ pub struct Config {
     #[arg(long, env = "WEFT_ENDPOINT_DNS_MAX_TTL", value_parser = parse_duration, default_value = "5m")]
     pub endpoint_dns_max_ttl: Duration,
 
+    /// A lookup of an endpoint host name that has no answer after this has failed (its last
+    /// addresses stay in use; it is retried with backoff).
+    #[arg(long, env = "WEFT_ENDPOINT_DNS_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub endpoint_dns_timeout: Duration,
+
     /// Traffic arrives redirected by `weft-proxy init`: an inbound connection that was not
     /// redirected (one addressed to the proxy's own port) is refused.
     #[arg(long, env = "WEFT_CAPTURE")]

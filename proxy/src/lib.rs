@@ -159,6 +159,7 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
             server: cfg.dns_upstream,
             min_ttl: cfg.endpoint_dns_min_ttl,
             max_ttl: cfg.endpoint_dns_max_ttl.max(cfg.endpoint_dns_min_ttl),
+            timeout: cfg.endpoint_dns_timeout,
         },
         metrics.clone(),
     );

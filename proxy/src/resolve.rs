@@ -8,8 +8,9 @@
 //! xDS client) is told and compiles again. Until a name's first answer it has no endpoints.
 //!
 //! - A name the DNS says has no addresses (NXDOMAIN, or no A/AAAA records) loses its endpoints.
-//! - A lookup that fails (timeout, no server, SERVFAIL) keeps the addresses last seen and is
-//!   retried after 1 s, doubling up to 30 s: a DNS outage does not empty a cluster.
+//! - A lookup that fails (no answer within `--endpoint-dns-timeout`, SERVFAIL, ...) keeps the
+//!   addresses last seen and is retried after 1 s, doubling up to 30 s: a DNS outage does not
+//!   empty a cluster.
 //! - Names no table uses any more are forgotten.
 
 use std::{
@@ -76,6 +77,8 @@ pub struct ResolveConfig {
     pub server: Option<SocketAddr>,
     pub min_ttl: Duration,
     pub max_ttl: Duration,
+    /// How long one lookup may take, retries to every server included.
+    pub timeout: Duration,
 }
 
 /// What `/config_dump` shows of one name.
@@ -311,7 +314,16 @@ impl Resolver {
             Ok(dns) => dns,
             Err(e) => return Answer::Failed(e.clone()),
         };
-        match dns.lookup_ip(name).await {
+        let answer = match tokio::time::timeout(self.cfg.timeout, dns.lookup_ip(name)).await {
+            Ok(a) => a,
+            Err(_) => {
+                return Answer::Failed(format!(
+                    "no answer for `{name}` within {:?}",
+                    self.cfg.timeout
+                ));
+            }
+        };
+        match answer {
             Ok(answer) => {
                 let mut addrs: Vec<IpAddr> = answer.iter().collect();
                 addrs.sort_unstable();

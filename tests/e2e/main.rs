@@ -5,6 +5,7 @@ mod config;
 mod control_plane;
 mod demo;
 mod drain;
+mod endpoint_dns;
 mod etcd;
 mod grpc;
 mod http1;

@@ -1,7 +1,8 @@
 //! The harness for weft's end-to-end tests: runs the real `weft-proxy` binary and real peers
-//! (tonic and hyper servers, a TCP echo, external tools) on `127.0.0.1:0` ports.
+//! (tonic and hyper servers, a TCP echo, etcd, dnsmasq, external tools) on `127.0.0.1:0` ports.
 
 pub mod chain;
+pub mod dnsmasq;
 pub mod etcd;
 pub mod grpc;
 pub mod http_peer;

@@ -7,12 +7,17 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-/// Whether this process may create namespaces (root); says so when it may not.
-pub fn root_or_skip() -> bool {
-    let root = Command::new("id")
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Whether this process may create namespaces (root); says so when it may not.
+pub fn root_or_skip() -> bool {
+    let root = is_root();
     if !root {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("the capture tests need root (network namespaces, iptables), and CI runs them");

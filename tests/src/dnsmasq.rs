@@ -1,0 +1,110 @@
+//! A real DNS server (Debian `dnsmasq-base`) on a loopback port, answering only from a hosts
+//! file the test writes (TTL 1 s; other names in its domain get NXDOMAIN); killed when dropped.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{chain::TempDir, tools};
+
+pub struct Dnsmasq {
+    child: Child,
+    /// Where it answers (UDP and TCP).
+    pub addr: SocketAddr,
+    hosts: PathBuf,
+    _dir: TempDir,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq authoritative for `domain`, answering from `hosts` (hosts-file lines), or
+    /// returns `None` when it is not installed (outside CI).
+    pub fn start(domain: &str, hosts: &str) -> Option<Dnsmasq> {
+        let bin = tools::require("dnsmasq")?;
+        let dir = TempDir::new("dnsmasq");
+        let hosts_file = dir.write("hosts", hosts);
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--local-ttl=1",
+            "--cache-size=0",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--log-facility=-",
+        ])
+        .arg(format!("--addn-hosts={}", hosts_file.display()))
+        .arg(format!("--local=/{domain}/"))
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // As root it would switch to `nobody`, who cannot read the test's directory.
+        if crate::netns::is_root() {
+            cmd.arg("--user=root");
+        }
+        let child = cmd.spawn().expect("start dnsmasq");
+        let d = Dnsmasq {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            hosts: hosts_file,
+            _dir: dir,
+        };
+        d.wait_answering(domain);
+        Some(d)
+    }
+
+    /// Replaces the hosts file and makes dnsmasq read it again (SIGHUP).
+    pub fn set_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).unwrap();
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "SIGHUP dnsmasq");
+    }
+
+    /// Stops it: queries go unanswered (the port is closed).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_answering(&self, domain: &str) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A query for `probe.<domain>` (type A); any answer means it is up.
+        let mut q = vec![0x77, 0x01, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in format!("probe.{domain}").split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            let _ = sock.send_to(&q, self.addr);
+            if matches!(sock.recv(&mut buf), Ok(n) if n >= 12 && buf[..2] == [0x77, 0x01]) {
+                return;
+            }
+        }
+        panic!("dnsmasq did not answer on {} within 10 s", self.addr);
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
