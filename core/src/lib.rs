@@ -1,5 +1,5 @@
 //! Small types shared by weft's proxy and control plane, so that neither depends on the other:
-//! how operators write durations, endpoint addresses and authorization policies, logging set-up, and (feature `etcd`) the etcd client both use
+//! how operators write durations, endpoint addresses, traffic settings and authorization policies, logging set-up, and (feature `etcd`) the etcd client both use
 //! (the control plane's registry, the proxy's self-registration).
 #![forbid(unsafe_code)]
 
@@ -9,3 +9,4 @@ pub mod duration;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod log;
+pub mod policy;

@@ -122,18 +122,32 @@ impl<T> WeightedSplit<T> {
         })
     }
 
-    /// The entry that `r` (any number; taken modulo the total weight) falls on.
-    pub fn pick_with(&self, r: u64) -> Option<&T> {
+    /// The index of the entry that `r` (any number; taken modulo the total weight) falls on.
+    pub fn pick_index(&self, r: u64) -> Option<usize> {
         let total = self.total();
         if total == 0 {
             return None;
         }
         if self.entries.len() == 1 {
-            return Some(&self.entries[0].1);
+            return Some(0);
         }
         let r = r % total;
-        let i = self.entries.partition_point(|(c, _)| *c <= r);
+        Some(self.entries.partition_point(|(c, _)| *c <= r))
+    }
+
+    /// The entry that `r` (any number; taken modulo the total weight) falls on.
+    pub fn pick_with(&self, r: u64) -> Option<&T> {
+        self.pick_index(r).and_then(|i| self.get(i))
+    }
+
+    pub fn get(&self, i: usize) -> Option<&T> {
         self.entries.get(i).map(|(_, t)| t)
+    }
+
+    /// The weight of the entry at `i` (0 past the end).
+    pub fn weight_at(&self, i: usize) -> u64 {
+        let prev = i.checked_sub(1).map_or(0, |p| self.entries[p].0);
+        self.entries.get(i).map_or(0, |(c, _)| c - prev)
     }
 
     /// A random entry, each chosen in proportion to its weight.

@@ -134,7 +134,7 @@ impl PolicySpec {
             r.check("spec.retry", c);
         }
         if let Some(lb) = &self.load_balancer {
-            lb.check(c);
+            lb.check("spec.loadBalancer", c);
         }
         if let Some(cb) = &self.circuit_breaker {
             for (name, v) in [
@@ -147,7 +147,7 @@ impl PolicySpec {
             }
         }
         if let Some(o) = &self.outlier_detection {
-            o.check(c);
+            o.check("spec.outlierDetection", c);
         }
         if let Some(f) = &self.fault {
             f.check("spec.fault", c);
@@ -248,7 +248,12 @@ fn check_string_match(
     }
 }
 
-impl RetryPolicy {
+/// The checks of the traffic settings (their types live in `weft-core`).
+trait Validate {
+    fn check(&self, at: &str, c: &mut Check);
+}
+
+impl Validate for RetryPolicy {
     fn check(&self, at: &str, c: &mut Check) {
         if let Some(n) = self.attempts
             && n > 10
@@ -315,8 +320,8 @@ impl RetryPolicy {
     }
 }
 
-impl LoadBalancer {
-    fn check(&self, c: &mut Check) {
+impl Validate for LoadBalancer {
+    fn check(&self, _at: &str, c: &mut Check) {
         match (&self.hash, self.policy) {
             (None, LbPolicy::RingHash) => c.fail(
                 "spec.loadBalancer.hash",
@@ -340,8 +345,8 @@ impl LoadBalancer {
     }
 }
 
-impl OutlierDetection {
-    fn check(&self, c: &mut Check) {
+impl Validate for OutlierDetection {
+    fn check(&self, _at: &str, c: &mut Check) {
         let at = "spec.outlierDetection";
         c.positive(format!("{at}.consecutive5xx"), self.consecutive_5xx);
         c.positive(
@@ -381,7 +386,7 @@ impl OutlierDetection {
     }
 }
 
-impl Fault {
+impl Validate for Fault {
     fn check(&self, at: &str, c: &mut Check) {
         if let Some(d) = &self.delay {
             c.percent(format!("{at}.delay.percent"), d.percent);

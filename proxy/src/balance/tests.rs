@@ -1,0 +1,170 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn split(weights: &[u32]) -> WeightedSplit<Arc<EndpointState>> {
+    WeightedSplit::new(weights.iter().enumerate().map(|(i, w)| {
+        let addr = SocketAddr::from(([10, 0, 0, i as u8 + 1], 80));
+        (*w, Arc::new(EndpointState::new(addr)))
+    }))
+}
+
+/// Ring hash reads no endpoint state.
+fn unused_state() -> &'static EndpointState {
+    static STATE: std::sync::OnceLock<EndpointState> = std::sync::OnceLock::new();
+    STATE.get_or_init(|| EndpointState::new("10.0.0.1:80".parse().unwrap()))
+}
+
+fn ms(s: &EndpointState) -> f64 {
+    s.latency_estimate() * 1e3
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_jumps_up_and_decays_with_its_time_constant() {
+    let e = Arc::new(EndpointState::new("10.0.0.1:80".parse().unwrap()));
+    assert!((ms(&e) - 30.0).abs() < 1e-6, "unknown: the default RTT");
+
+    let r = e.start();
+    assert_eq!(e.in_flight(), 1);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    r.responded();
+    assert_eq!(e.in_flight(), 0);
+    assert!((ms(&e) - 100.0).abs() < 1e-6, "a slower response is taken at once: {}", ms(&e));
+
+    // Idle for one time constant: 1/e of the estimate is left.
+    tokio::time::advance(DECAY).await;
+    let decayed = 100.0 * (-1f64).exp();
+    assert!((ms(&e) - decayed).abs() < 1e-3, "{}", ms(&e));
+
+    // A faster sample after that long pulls the estimate (1 - 1/e) of the way to it.
+    let r = e.start();
+    tokio::time::advance(Duration::from_millis(10)).await;
+    r.responded();
+    let w = (-(10.01f64) / 10.0).exp();
+    let want = 100.0 * w + 10.0 * (1.0 - w);
+    assert!((ms(&e) - want).abs() < 1e-3, "{} vs {want}", ms(&e));
+
+    // Load counts the requests in flight.
+    let now = Instant::now();
+    let idle = e.load(now);
+    let _a = e.start();
+    let _b = e.start();
+    assert!((e.load(now) - 3.0 * idle).abs() < 1e-6 * idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_counts_as_a_slow_response_and_a_dropped_request_teaches_nothing() {
+    let e = Arc::new(EndpointState::new("10.0.0.1:80".parse().unwrap()));
+    let r = e.start();
+    tokio::time::advance(Duration::from_millis(2)).await;
+    drop(r);
+    assert_eq!(e.in_flight(), 0);
+    assert!((ms(&e) - 30.0).abs() < 0.01, "{}", ms(&e));
+    let r = e.start();
+    tokio::time::advance(Duration::from_millis(2)).await;
+    r.failed();
+    assert!((ms(&e) - 1000.0).abs() < 1e-6, "{}", ms(&e));
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_avoids_the_slow_endpoint_until_its_estimate_decays() {
+    let eps = split(&[1, 1]);
+    let slow = eps.get(1).unwrap().clone();
+    let r = slow.start();
+    tokio::time::advance(Duration::from_millis(500)).await;
+    r.responded();
+    let b = Balancer::new(LbPolicy::P2cEwma, &eps, |e| e.addr.to_string());
+    let picks = |n| {
+        (0..n)
+            .filter(|_| b.pick(&eps, |e| e, None) == Some(1))
+            .count()
+    };
+    assert_eq!(picks(1000), 0, "with two endpoints both are always compared");
+    // The fast endpoint keeps answering in 30 ms; the slow one's 500 ms, untouched, decays
+    // below that after ln(500/30) = 2.8 time constants.
+    let fast = eps.get(0).unwrap().clone();
+    for _ in 0..30 {
+        let r = fast.start();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        r.responded();
+        tokio::time::advance(Duration::from_millis(970)).await;
+    }
+    assert!(slow.latency_estimate() < fast.latency_estimate());
+    assert_eq!(picks(1000), 1000, "the idle one is cheaper now: it is probed again");
+}
+
+#[test]
+fn least_request_takes_the_endpoint_with_fewer_in_flight() {
+    let eps = split(&[1, 1, 1]);
+    let busy: Vec<InFlight> = (0..5).map(|_| eps.get(0).unwrap().start()).collect();
+    let b = Balancer::new(LbPolicy::LeastRequest, &eps, |e| e.addr.to_string());
+    for _ in 0..500 {
+        assert_ne!(b.pick(&eps, |e| e, None), Some(0));
+    }
+    drop(busy);
+    assert!((0..500).any(|_| b.pick(&eps, |e| e, None) == Some(0)));
+}
+
+#[test]
+fn round_robin_is_smooth_and_follows_weights() {
+    assert_eq!(&*smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+    assert_eq!(&*smooth_schedule(&[1, 1, 1]), [0, 1, 2]);
+    assert_eq!(&*smooth_schedule(&[20, 10]), [0, 1, 0], "divided by the gcd");
+    let big = smooth_schedule(&[1_000_000, 3_000_000, 1]);
+    assert!(big.len() as u64 <= SCHEDULE_MAX + 2, "{}", big.len());
+    assert!(big.contains(&2), "a small weight still comes up");
+
+    let eps = split(&[3, 1]);
+    let b = Balancer::new(LbPolicy::RoundRobin, &eps, |e| e.addr.to_string());
+    let mut count = [0; 2];
+    for _ in 0..400 {
+        count[b.pick(&eps, |e| e, None).unwrap()] += 1;
+    }
+    assert_eq!(count, [300, 100]);
+}
+
+#[test]
+fn ring_hash_spreads_keys_and_moves_only_the_removed_endpoints_keys() {
+    let keys: Vec<u64> = (0..10_000).map(|i| hash64(format!("user-{i}").as_bytes())).collect();
+    let owners = |n: usize, skip: Option<usize>| -> Vec<String> {
+        let addrs: Vec<String> = (0..n)
+            .filter(|i| Some(*i) != skip)
+            .map(|i| format!("10.0.0.{i}:80"))
+            .collect();
+        let eps = WeightedSplit::new(addrs.iter().map(|a| (1, a.clone())));
+        let b = Balancer::new(LbPolicy::RingHash, &eps, |a| a.clone());
+        keys.iter()
+            .map(|k| {
+                let i = b.pick(&eps, |_| unused_state(), Some(*k)).unwrap();
+                eps.get(i).unwrap().clone()
+            })
+            .collect()
+    };
+    let before = owners(10, None);
+    let mut per: HashMap<&str, usize> = HashMap::new();
+    for o in &before {
+        *per.entry(o).or_default() += 1;
+    }
+    assert_eq!(per.len(), 10);
+    for (ep, n) in &per {
+        assert!((500..=1500).contains(n), "{ep} owns {n} of 10000 keys");
+    }
+    let after = owners(10, Some(3));
+    for (b, a) in before.iter().zip(&after) {
+        if b != "10.0.0.3:80" {
+            assert_eq!(a, b, "a key not on the removed endpoint moved");
+        }
+    }
+    // The same key maps to the same endpoint every time (and in every proxy: no seed).
+    assert_eq!(owners(10, None), before);
+}
+
+#[test]
+fn ring_hash_follows_weights() {
+    let eps = WeightedSplit::new([(3, "a".to_string()), (1, "b".to_string())]);
+    let b = Balancer::new(LbPolicy::RingHash, &eps, |a| a.clone());
+    let to_a = (0..10_000u64)
+        .filter(|i| b.pick(&eps, |_| unused_state(), Some(hash64(&i.to_le_bytes()))) == Some(0))
+        .count();
+    assert!((6500..=8500).contains(&to_a), "{to_a}");
+}
