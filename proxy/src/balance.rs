@@ -91,11 +91,7 @@ impl EndpointState {
 
     /// The latency estimate now, in seconds.
     pub fn latency_estimate(&self) -> f64 {
-        self.ewma
-            .lock()
-            .expect("ewma lock")
-            .decayed(Instant::now())
-            / 1e9
+        self.ewma.lock().expect("ewma lock").decayed(Instant::now()) / 1e9
     }
 
     /// Peak-EWMA load: the latency estimate times (requests in flight + 1).
@@ -175,7 +171,11 @@ pub enum Balancer {
 
 impl Balancer {
     /// The balancer for `policy` over `endpoints` (each entry's weight as in the split).
-    pub fn new<T>(policy: LbPolicy, endpoints: &WeightedSplit<T>, key: impl Fn(&T) -> String) -> Self {
+    pub fn new<T>(
+        policy: LbPolicy,
+        endpoints: &WeightedSplit<T>,
+        key: impl Fn(&T) -> String,
+    ) -> Self {
         match policy {
             LbPolicy::P2cEwma => Balancer::P2cEwma,
             LbPolicy::LeastRequest => Balancer::LeastRequest,

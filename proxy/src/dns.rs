@@ -190,6 +190,7 @@ mod tests {
             1,
             &metrics,
             &crate::resolve::Resolved::none(),
+            &crate::table::Table::empty(),
         )
         .unwrap();
         DnsProxy {

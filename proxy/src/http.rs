@@ -20,6 +20,7 @@ use self::{
     error::ProxyError,
 };
 use crate::{
+    balance::EndpointState,
     config::UpstreamConfig,
     drain::Drain,
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, PEER_IDENTITY_HEADER_UNDERSCORE, Peer},
@@ -63,6 +64,8 @@ pub enum Router {
 pub struct ConnInfo {
     /// Inbound: the caller.
     pub peer: Option<Peer>,
+    /// Outbound: the client's address (what `sourceIp` hashing uses).
+    pub client: Option<SocketAddr>,
     /// Captured traffic: where the client sent the connection.
     pub orig_dst: Option<SocketAddr>,
     /// Inbound captured traffic: the application for this connection (the original port), and
@@ -88,6 +91,8 @@ struct Dest {
     protocol: Protocol,
     timeout: Option<Duration>,
     metrics: Arc<TargetMetrics>,
+    /// The balancer's view of the endpoint, when it is one of a cluster's.
+    state: Option<Arc<EndpointState>>,
 }
 
 impl HttpProxy {
@@ -231,6 +236,7 @@ impl HttpProxy {
                     protocol: Protocol::Http,
                     timeout: None,
                     metrics,
+                    state: None,
                 })
             }
             Router::Outbound {
@@ -259,6 +265,7 @@ impl HttpProxy {
                         protocol: Protocol::Http,
                         timeout: None,
                         metrics: passthrough.clone(),
+                        state: None,
                     });
                 }
                 let Some(svc) = svc else {
@@ -274,17 +281,24 @@ impl HttpProxy {
                     .iter()
                     .find(|r| r.matches.matches(method, path, headers))
                     .unwrap_or(&svc.default_route);
-                let endpoint = route
-                    .backends
-                    .pick()
-                    .and_then(|cluster| cluster.endpoints.pick());
-                match endpoint {
+                // A caller with a hash key stays on one backend of the split (sticky canary)
+                // and, on a ring-hash cluster, on one endpoint.
+                let hash = route
+                    .hash
+                    .as_ref()
+                    .and_then(|h| h.key(headers, conn.client));
+                let cluster = match hash {
+                    Some(h) => route.backends.pick_with(h),
+                    None => route.backends.pick(),
+                };
+                match cluster.and_then(|c| c.pick(hash)) {
                     Some(ep) => Ok(Dest {
                         addr: ep.addr,
                         identity: ep.identity.clone(),
                         protocol: svc.protocol,
                         timeout: route.timeout,
                         metrics: svc.metrics.clone(),
+                        state: Some(ep.state.clone()),
                     }),
                     None => Err((
                         ProxyError::NoEndpoints(svc.name.clone()),
@@ -368,6 +382,7 @@ impl HttpProxy {
         // upstream stream even if the client is still sending.
         let cancel = deadline.is_some().then(|| Arc::new(Cancel::default()));
         let req = req.map(|b| RequestBody::new(b, cancel.clone()));
+        let in_flight = dest.state.as_ref().map(|s| s.start());
         let sent = self
             .pools
             .send(dest.addr, dest.identity.as_ref(), req, upgrade);
@@ -384,6 +399,12 @@ impl HttpProxy {
             None => sent.await,
         };
         dest.metrics.latency(start.elapsed().as_secs_f64());
+        if let Some(f) = in_flight {
+            match &res {
+                Ok(_) => f.responded(),
+                Err(_) => f.failed(),
+            }
+        }
         let mut rsp = match res {
             Ok(rsp) => rsp,
             Err(e) => {

@@ -172,14 +172,15 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
                 file: path.display().to_string(),
                 source,
             })?;
-            let mut table = table::load_text(path, &text, 1, &metrics, &Resolved::none())?;
+            let mut table =
+                table::load_text(path, &text, 1, &metrics, &Resolved::none(), &Table::empty())?;
             // Endpoints given by host name get their addresses before the proxy serves
             // (bounded: a slow DNS does not hold the start; they follow when it answers).
             if resolver
                 .prime(table.dns_names(), STARTUP_RESOLVE_LIMIT)
                 .await
             {
-                table = table::load_text(path, &text, 1, &metrics, &resolver.resolved())?;
+                table = table::load_text(path, &text, 1, &metrics, &resolver.resolved(), &table)?;
             }
             (table, text)
         }

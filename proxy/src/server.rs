@@ -137,6 +137,7 @@ impl Listener {
         let io = PrefixedIo::new(prefix, io);
         let conn = Arc::new(ConnInfo {
             orig_dst,
+            client: Some(peer),
             ..Default::default()
         });
         match detected {
@@ -145,27 +146,36 @@ impl Listener {
             Detected::Tls | Detected::Opaque(_) => {
                 // One endpoint, with the identity it must prove (an opaque connection to a
                 // meshed endpoint is mutual TLS too).
+                // The caller's address is all an opaque connection can be hashed on.
                 let pick = |s: &Arc<crate::table::Service>| {
-                    s.default_route
-                        .backends
-                        .pick()
-                        .and_then(|c| c.endpoints.pick())
-                        .map(|e| (e.addr, e.identity.clone()))
+                    let route = &s.default_route;
+                    let hash = route
+                        .hash
+                        .as_ref()
+                        .and_then(|h| h.key(&http::HeaderMap::new(), Some(peer)));
+                    let cluster = match hash {
+                        Some(h) => route.backends.pick_with(h),
+                        None => route.backends.pick(),
+                    };
+                    cluster
+                        .and_then(|c| c.pick(hash))
+                        .map(|e| (e.addr, e.identity.clone(), Some(e.state.start())))
                 };
                 let table = self.table.load();
                 let dest = match (&self.tcp, orig_dst) {
-                    (TcpTarget::Addr(a), _) => Some((*a, None)),
+                    (TcpTarget::Addr(a), _) => Some((*a, None, None)),
                     (TcpTarget::Service(name), _) => table.by_authority(name).and_then(pick),
                     // Captured: the service whose VIP was dialled, else where it was sent.
                     (TcpTarget::None, Some(orig)) => match table.by_vip(orig) {
                         Some(svc) => pick(svc),
-                        None => Some((orig, table.endpoint_identity(orig).cloned())),
+                        None => Some((orig, table.endpoint_identity(orig).cloned(), None)),
                     },
                     (TcpTarget::None, None) => None,
                 };
                 drop(table);
                 match dest {
-                    Some((addr, identity)) => {
+                    // The connection counts as in flight to its endpoint while it is open.
+                    Some((addr, identity, _in_flight)) => {
                         tcp::forward(io, addr, identity.as_ref(), &self.http.pools, direction).await
                     }
                     None => tracing::debug!(%peer, "no destination for opaque connection; closing"),
@@ -244,6 +254,7 @@ impl Listener {
         }
         let conn = Arc::new(ConnInfo {
             peer: Some(Peer::new(None, local, &self.metrics, self.trust_domain())),
+            client: Some(remote),
             orig_dst,
             app,
         });
@@ -299,6 +310,7 @@ impl Listener {
         tracing::trace!(%remote, peer = ?id, ?alpn, "inbound mesh TLS");
         let conn = Arc::new(ConnInfo {
             peer: Some(Peer::new(id, local, &self.metrics, self.trust_domain())),
+            client: Some(remote),
             orig_dst: None,
             app,
         });

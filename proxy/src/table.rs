@@ -20,9 +20,13 @@ use std::{
 use arc_swap::ArcSwap;
 use http::{HeaderName, Method};
 
-use weft_core::address::EndpointAddress;
+use weft_core::{
+    address::EndpointAddress,
+    policy::{LbPolicy, LoadBalancer},
+};
 
 use crate::{
+    balance::{Balancer, EndpointState},
     inbound::Authz,
     metrics::{Direction, Metrics, TargetMetrics},
     resolve::Resolved,
@@ -54,6 +58,8 @@ pub struct Table {
     vips: HashMap<Box<str>, std::net::IpAddr>,
     /// The endpoint host names the table uses (resolved or not), sorted.
     dns_names: Box<[Box<str>]>,
+    /// Every endpoint's balancer state, by address: the next table starts from these.
+    states: HashMap<SocketAddr, Arc<EndpointState>>,
     /// What the table was compiled from, for `/config_dump`.
     pub source: TableFile,
 }
@@ -83,6 +89,41 @@ pub struct Route {
     /// Concrete backends with their weights (canary splits).
     pub backends: WeightedSplit<Arc<Cluster>>,
     pub timeout: Option<Duration>,
+    /// What a request is hashed on: for a ring-hash cluster's endpoint, and to keep a caller
+    /// on one backend of the split (sticky canary).
+    pub hash: Option<HashOn>,
+}
+
+/// The part of a request a route hashes.
+#[derive(Debug, Clone)]
+pub enum HashOn {
+    Header(HeaderName),
+    Cookie(Box<str>),
+    SourceIp,
+}
+
+impl HashOn {
+    /// The request's key, when it carries one. No allocation.
+    pub fn key(&self, headers: &http::HeaderMap, client: Option<SocketAddr>) -> Option<u64> {
+        match self {
+            HashOn::Header(name) => headers
+                .get(name)
+                .map(|v| crate::balance::hash64(v.as_bytes())),
+            HashOn::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == &**name).then(|| crate::balance::hash64(v.as_bytes()))
+                }),
+            HashOn::SourceIp => client.map(|c| match canonical(c).ip() {
+                std::net::IpAddr::V4(ip) => crate::balance::hash64(&ip.octets()),
+                std::net::IpAddr::V6(ip) => crate::balance::hash64(&ip.octets()),
+            }),
+        }
+    }
 }
 
 /// A concrete backend: a balanced set of endpoints.
@@ -91,6 +132,24 @@ pub struct Cluster {
     /// `host:port` or `host:port/subset`.
     pub name: Arc<str>,
     pub endpoints: WeightedSplit<Endpoint>,
+    pub balancer: Balancer,
+}
+
+impl Cluster {
+    pub fn new(name: Arc<str>, endpoints: WeightedSplit<Endpoint>, policy: LbPolicy) -> Self {
+        let balancer = Balancer::new(policy, &endpoints, |e| e.addr.to_string());
+        Cluster {
+            name,
+            endpoints,
+            balancer,
+        }
+    }
+
+    /// The endpoint for a request with hash key `hash` (see [`HashOn`]).
+    pub fn pick(&self, hash: Option<u64>) -> Option<&Endpoint> {
+        let i = self.balancer.pick(&self.endpoints, |e| &*e.state, hash)?;
+        self.endpoints.get(i)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +158,8 @@ pub struct Endpoint {
     pub labels: Arc<BTreeMap<String, String>>,
     /// The SPIFFE id the endpoint must prove; `Some` means it is meshed (mutual TLS).
     pub identity: Option<Arc<str>>,
+    /// What the balancer knows of it; carried over from the table in force.
+    pub state: Arc<EndpointState>,
 }
 
 impl Table {
@@ -115,6 +176,7 @@ impl Table {
             identities: HashMap::new(),
             vips: HashMap::new(),
             dns_names: Box::default(),
+            states: HashMap::new(),
             source: TableFile::default(),
         }
     }
@@ -228,12 +290,14 @@ impl Table {
     fn index_endpoints(&mut self) {
         let mut by_endpoint: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
         let mut identities = HashMap::new();
+        let mut states = HashMap::new();
         for (i, svc) in self.services.iter().enumerate() {
             let clusters = std::iter::once(&svc.default_route)
                 .chain(svc.routes.iter())
                 .flat_map(|r| r.backends.iter());
             for c in clusters {
                 for e in c.endpoints.iter() {
+                    states.insert(e.addr, e.state.clone());
                     if let Some(id) = &e.identity {
                         identities.insert(canonical(e.addr), id.clone());
                     }
@@ -250,6 +314,7 @@ impl Table {
         }
         self.by_endpoint = by_endpoint;
         self.identities = identities;
+        self.states = states;
         let mut vips: HashMap<Box<str>, Option<std::net::IpAddr>> = HashMap::new();
         for svc in &self.services {
             let Some(vip) = svc
@@ -280,8 +345,9 @@ impl Table {
         generation: u64,
         metrics: &Metrics,
         dns: &Resolved,
+        previous: &Table,
     ) -> Result<Table, (String, String)> {
-        let names = Names::new(dns);
+        let names = Names::new(dns, previous);
         let mut t = Table {
             version,
             generation,
@@ -342,16 +408,23 @@ impl Table {
 
 /// Endpoint addresses as the table compiles them: a host name stands for every address it
 /// resolved to. Records the names it was asked about, resolved or not.
+/// Endpoints get the balancer state of the same address in `previous` (the table in force),
+/// so a swap does not reset it.
 pub(crate) struct Names<'a> {
     resolved: &'a Resolved,
+    previous: &'a Table,
     used: std::cell::RefCell<std::collections::BTreeSet<Box<str>>>,
+    /// States made during this compile (an address in several clusters shares one).
+    fresh: std::cell::RefCell<HashMap<SocketAddr, Arc<EndpointState>>>,
 }
 
 impl<'a> Names<'a> {
-    pub(crate) fn new(resolved: &'a Resolved) -> Self {
+    pub(crate) fn new(resolved: &'a Resolved, previous: &'a Table) -> Self {
         Names {
             resolved,
+            previous,
             used: Default::default(),
+            fresh: Default::default(),
         }
     }
 
@@ -367,6 +440,35 @@ impl<'a> Names<'a> {
                     .collect()
             }
         }
+    }
+
+    /// The endpoints `addr` stands for, each with `labels` and `identity`.
+    pub(crate) fn endpoints(
+        &self,
+        addr: &EndpointAddress,
+        labels: &Arc<BTreeMap<String, String>>,
+        identity: &Option<Arc<str>>,
+    ) -> Vec<Endpoint> {
+        self.addresses(addr)
+            .into_iter()
+            .map(|addr| Endpoint {
+                addr,
+                labels: labels.clone(),
+                identity: identity.clone(),
+                state: self.state(addr),
+            })
+            .collect()
+    }
+
+    fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        if let Some(s) = self.previous.states.get(&addr) {
+            return s.clone();
+        }
+        self.fresh
+            .borrow_mut()
+            .entry(addr)
+            .or_insert_with(|| Arc::new(EndpointState::new(addr)))
+            .clone()
     }
 
     pub(crate) fn into_used(self) -> Box<[Box<str>]> {
@@ -455,26 +557,22 @@ fn compile_service(
             (format!("{at}.authorization.{field}"), msg.to_string())
         })?
         .map(Arc::new);
+    let lb = spec.load_balancer.clone().unwrap_or_default();
+    let hash = compile_hash(&lb, &format!("{at}.loadBalancer"))?;
     let endpoints = |e: &file::EndpointSpec| -> Vec<(u32, Endpoint)> {
         let labels = Arc::new(e.labels.clone());
         let identity: Option<Arc<str>> = e.identity.as_deref().map(Arc::from);
         names
-            .addresses(&e.address)
+            .endpoints(&e.address, &labels, &identity)
             .into_iter()
-            .map(|addr| {
-                let endpoint = Endpoint {
-                    addr,
-                    labels: labels.clone(),
-                    identity: identity.clone(),
-                };
-                (e.weight, endpoint)
-            })
+            .map(|ep| (e.weight, ep))
             .collect()
     };
-    let all = Arc::new(Cluster {
-        name: name.clone(),
-        endpoints: WeightedSplit::new(spec.endpoints.iter().flat_map(endpoints)),
-    });
+    let all = Arc::new(Cluster::new(
+        name.clone(),
+        WeightedSplit::new(spec.endpoints.iter().flat_map(endpoints)),
+        lb.policy,
+    ));
     let mut subsets: HashMap<&str, Arc<Cluster>> = HashMap::new();
     for (i, s) in spec.subsets.iter().enumerate() {
         if s.name.is_empty() {
@@ -487,10 +585,11 @@ fn compile_service(
             .endpoints
             .iter()
             .filter(|e| s.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
-        let cluster = Cluster {
-            name: format!("{name}/{}", s.name).into(),
-            endpoints: WeightedSplit::new(members.flat_map(endpoints)),
-        };
+        let cluster = Cluster::new(
+            format!("{name}/{}", s.name).into(),
+            WeightedSplit::new(members.flat_map(endpoints)),
+            lb.policy,
+        );
         if subsets.insert(&s.name, Arc::new(cluster)).is_some() {
             return Err((
                 format!("{at}.subsets[{i}].name"),
@@ -536,6 +635,7 @@ fn compile_service(
             matches: compile_match(&r.matches, &format!("{rat}.match"))?,
             backends,
             timeout: r.timeout,
+            hash: hash.clone(),
         });
     }
     Ok(ServiceDraft {
@@ -547,10 +647,42 @@ fn compile_service(
             matches: RouteMatch::default(),
             backends: WeightedSplit::new([(1, all)]),
             timeout: None,
+            hash,
         },
         domains: Vec::new(),
         authz,
     })
+}
+
+/// What a service's load balancer hashes, checked: `ring-hash` needs a key; a key with any
+/// other policy keeps callers on one backend of a split (sticky canary) only.
+fn compile_hash(lb: &LoadBalancer, at: &str) -> Result<Option<HashOn>, (String, String)> {
+    let Some(h) = &lb.hash else {
+        if lb.policy == LbPolicy::RingHash {
+            return Err((
+                format!("{at}.hash"),
+                "`ring-hash` needs a hash key (`header`, `cookie` or `sourceIp`)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let at = format!("{at}.hash");
+    match (&h.header, &h.cookie, h.source_ip == Some(true)) {
+        (Some(name), None, false) => HeaderName::from_bytes(name.as_bytes())
+            .map(|n| Some(HashOn::Header(n)))
+            .map_err(|_| {
+                (
+                    format!("{at}.header"),
+                    format!("`{name}` is not a header name"),
+                )
+            }),
+        (None, Some(c), false) if !c.is_empty() => Ok(Some(HashOn::Cookie(c.as_str().into()))),
+        (None, None, true) => Ok(Some(HashOn::SourceIp)),
+        _ => Err((
+            at,
+            "set exactly one of `header`, `cookie` or `sourceIp: true`".into(),
+        )),
+    }
 }
 
 fn compile_match(m: &file::MatchSpec, at: &str) -> Result<RouteMatch, (String, String)> {
@@ -614,12 +746,13 @@ pub fn load(
     generation: u64,
     metrics: &Metrics,
     dns: &Resolved,
+    previous: &Table,
 ) -> Result<Table, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         file: path.display().to_string(),
         source,
     })?;
-    load_text(path, &text, generation, metrics, dns)
+    load_text(path, &text, generation, metrics, dns, previous)
 }
 
 /// Parses and compiles a table file's text; `path` names it in errors.
@@ -629,19 +762,20 @@ pub fn load_text(
     generation: u64,
     metrics: &Metrics,
     dns: &Resolved,
+    previous: &Table,
 ) -> Result<Table, LoadError> {
     let parsed = file::parse(path, text)?;
     let version: Arc<str> = match &parsed.version {
         Some(v) => v.as_str().into(),
         None => digest(text).into(),
     };
-    Table::compile(parsed, version, generation, metrics, dns).map_err(|(field, message)| {
-        LoadError::Invalid {
+    Table::compile(parsed, version, generation, metrics, dns, previous).map_err(
+        |(field, message)| LoadError::Invalid {
             file: path.display().to_string(),
             field,
             message,
-        }
-    })
+        },
+    )
 }
 
 /// A short, stable digest of a file's content (FNV-1a, 64 bits).

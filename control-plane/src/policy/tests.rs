@@ -203,8 +203,8 @@ fn every_invalid_field_is_named() {
             ],
         ),
         (
-            "  service: a:80\n  loadBalancer: {policy: round-robin, hash: {header: x}}\n",
-            &["spec.loadBalancer.hash: a hash key is only used with `policy: ring-hash`"],
+            "  service: a:80\n  loadBalancer: {policy: round-robin, hash: {header: x, cookie: y}}\n",
+            &["spec.loadBalancer.hash: set only one of `header`, `cookie`, `sourceIp` (found header, cookie)"],
         ),
         (
             "  service: a:80\n  circuitBreaker: {maxRequests: 0}\n  outlierDetection: {maxEjectionPercent: 150, failureRate: {thresholdPercent: 0}}\n",

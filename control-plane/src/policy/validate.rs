@@ -327,10 +327,6 @@ impl Validate for LoadBalancer {
                 "spec.loadBalancer.hash",
                 "`ring-hash` needs a hash key (`header`, `cookie` or `sourceIp`)",
             ),
-            (Some(_), p) if p != LbPolicy::RingHash => c.fail(
-                "spec.loadBalancer.hash",
-                "a hash key is only used with `policy: ring-hash`",
-            ),
             (Some(h), _) => c.at_most_one(
                 "spec.loadBalancer.hash",
                 &[

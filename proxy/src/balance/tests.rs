@@ -29,7 +29,11 @@ async fn peak_ewma_jumps_up_and_decays_with_its_time_constant() {
     tokio::time::advance(Duration::from_millis(100)).await;
     r.responded();
     assert_eq!(e.in_flight(), 0);
-    assert!((ms(&e) - 100.0).abs() < 1e-6, "a slower response is taken at once: {}", ms(&e));
+    assert!(
+        (ms(&e) - 100.0).abs() < 1e-6,
+        "a slower response is taken at once: {}",
+        ms(&e)
+    );
 
     // Idle for one time constant: 1/e of the estimate is left.
     tokio::time::advance(DECAY).await;
@@ -79,7 +83,11 @@ async fn p2c_ewma_avoids_the_slow_endpoint_until_its_estimate_decays() {
             .filter(|_| b.pick(&eps, |e| e, None) == Some(1))
             .count()
     };
-    assert_eq!(picks(1000), 0, "with two endpoints both are always compared");
+    assert_eq!(
+        picks(1000),
+        0,
+        "with two endpoints both are always compared"
+    );
     // The fast endpoint keeps answering in 30 ms; the slow one's 500 ms, untouched, decays
     // below that after ln(500/30) = 2.8 time constants.
     let fast = eps.get(0).unwrap().clone();
@@ -90,7 +98,11 @@ async fn p2c_ewma_avoids_the_slow_endpoint_until_its_estimate_decays() {
         tokio::time::advance(Duration::from_millis(970)).await;
     }
     assert!(slow.latency_estimate() < fast.latency_estimate());
-    assert_eq!(picks(1000), 1000, "the idle one is cheaper now: it is probed again");
+    assert_eq!(
+        picks(1000),
+        1000,
+        "the idle one is cheaper now: it is probed again"
+    );
 }
 
 #[test]
@@ -109,7 +121,11 @@ fn least_request_takes_the_endpoint_with_fewer_in_flight() {
 fn round_robin_is_smooth_and_follows_weights() {
     assert_eq!(&*smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
     assert_eq!(&*smooth_schedule(&[1, 1, 1]), [0, 1, 2]);
-    assert_eq!(&*smooth_schedule(&[20, 10]), [0, 1, 0], "divided by the gcd");
+    assert_eq!(
+        &*smooth_schedule(&[20, 10]),
+        [0, 1, 0],
+        "divided by the gcd"
+    );
     let big = smooth_schedule(&[1_000_000, 3_000_000, 1]);
     assert!(big.len() as u64 <= SCHEDULE_MAX + 2, "{}", big.len());
     assert!(big.contains(&2), "a small weight still comes up");
@@ -125,7 +141,9 @@ fn round_robin_is_smooth_and_follows_weights() {
 
 #[test]
 fn ring_hash_spreads_keys_and_moves_only_the_removed_endpoints_keys() {
-    let keys: Vec<u64> = (0..10_000).map(|i| hash64(format!("user-{i}").as_bytes())).collect();
+    let keys: Vec<u64> = (0..10_000)
+        .map(|i| hash64(format!("user-{i}").as_bytes()))
+        .collect();
     let owners = |n: usize, skip: Option<usize>| -> Vec<String> {
         let addrs: Vec<String> = (0..n)
             .filter(|i| Some(*i) != skip)

@@ -39,6 +39,13 @@ pub struct ServiceSpec {
     /// Who may call this service's endpoints (enforced by their inbound sidecars).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<crate::inbound::AuthorizationSpec>,
+    /// How requests are spread over the endpoints (default `p2c-ewma`), and what to hash.
+    #[serde(
+        default,
+        rename = "loadBalancer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer: Option<weft_core::policy::LoadBalancer>,
 }
 
 /// How the proxy talks to a service's endpoints.

@@ -9,6 +9,7 @@ fn load(text: &str) -> Result<Table, LoadError> {
         1,
         &Metrics::new(),
         &Resolved::none(),
+        &Table::empty(),
     )
 }
 
@@ -197,7 +198,17 @@ fn route_order_and_default() {
 fn a_rejected_table_creates_no_metrics_series() {
     let m = Metrics::new();
     let bad = "services:\n  - {name: good, port: 80}\n  - {name: bad, port: 0}\n";
-    assert!(load_text(Path::new("x"), bad, 1, &m, &Resolved::none()).is_err());
+    assert!(
+        load_text(
+            Path::new("x"),
+            bad,
+            1,
+            &m,
+            &Resolved::none(),
+            &Table::empty()
+        )
+        .is_err()
+    );
     assert!(!m.render().contains("good:80"));
     load_text(
         Path::new("x"),
@@ -205,6 +216,7 @@ fn a_rejected_table_creates_no_metrics_series() {
         1,
         &m,
         &Resolved::none(),
+        &Table::empty(),
     )
     .unwrap();
     assert!(m.render().contains(r#"target="good:80""#));
@@ -239,7 +251,15 @@ fn a_host_name_endpoint_is_every_address_it_resolved_to() {
     routes: [{backends: [{subset: v2}]}]
 ";
     let m = Metrics::new();
-    let unresolved = load_text(Path::new("t"), text, 1, &m, &Resolved::none()).unwrap();
+    let unresolved = load_text(
+        Path::new("t"),
+        text,
+        1,
+        &m,
+        &Resolved::none(),
+        &Table::empty(),
+    )
+    .unwrap();
     assert_eq!(unresolved.dns_names(), [Box::from("db.example.com")]);
     let addrs = |t: &Table, route: usize| -> Vec<(u64, String)> {
         let svc = t.by_authority("db:5432").unwrap();
@@ -261,7 +281,7 @@ fn a_host_name_endpoint_is_every_address_it_resolved_to() {
         "db.example.com".to_string(),
         vec!["10.1.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
     )]);
-    let t = load_text(Path::new("t"), text, 2, &m, &dns).unwrap();
+    let t = load_text(Path::new("t"), text, 2, &m, &dns, &Table::empty()).unwrap();
     assert_eq!(
         addrs(&t, 9),
         [

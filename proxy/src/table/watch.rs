@@ -60,6 +60,7 @@ impl FileWatch {
             generation,
             &self.metrics,
             &self.resolver.resolved(),
+            &current,
         );
         match compiled {
             Ok(t) => {
@@ -97,6 +98,7 @@ impl FileWatch {
             generation,
             &self.metrics,
             &self.resolver.resolved(),
+            &self.table.load(),
         ) {
             Ok(t) => {
                 let (version, services) = (t.version.clone(), t.services().len());

@@ -20,15 +20,17 @@ use weft_xds_proto::{
         config::{
             cluster::v3::{
                 Cluster as XdsCluster,
-                cluster::{ClusterDiscoveryType, DiscoveryType},
+                cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLb},
             },
             core::v3::{HealthStatus, Metadata, address, socket_address::PortSpecifier},
             endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
             listener::v3::Listener,
             route::v3::{
                 HeaderMatcher, Route as XdsRoute, RouteAction, RouteConfiguration,
-                header_matcher::HeaderMatchSpecifier, route::Action,
-                route_action::ClusterSpecifier, route_match::PathSpecifier,
+                header_matcher::HeaderMatchSpecifier,
+                route::Action,
+                route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
+                route_match::PathSpecifier,
             },
         },
         extensions::filters::network::http_connection_manager::v3::{
@@ -39,9 +41,9 @@ use weft_xds_proto::{
     google::protobuf::{Struct, value::Kind},
 };
 
-use weft_core::address::EndpointAddress;
+use weft_core::{address::EndpointAddress, policy::LbPolicy};
 
-use super::{Cluster, Endpoint, Names, Protocol, Route, Service, ServiceDraft, Table};
+use super::{Cluster, Endpoint, HashOn, Names, Protocol, Route, Service, ServiceDraft, Table};
 use crate::{
     inbound::{AuthorizationSpec, Authz},
     metrics::Metrics,
@@ -193,16 +195,12 @@ fn endpoints(
         };
         let labels = Arc::new(labels);
         let identity: Option<Arc<str>> = string_field(weft(&e.metadata), "identity").map(Arc::from);
-        for addr in names.addresses(&addr) {
-            eps.push((
-                weight,
-                Endpoint {
-                    addr,
-                    labels: labels.clone(),
-                    identity: identity.clone(),
-                },
-            ));
-        }
+        eps.extend(
+            names
+                .endpoints(&addr, &labels, &identity)
+                .into_iter()
+                .map(|ep| (weight, ep)),
+        );
     }
     Ok(eps)
 }
@@ -246,10 +244,48 @@ fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, S
             }
         },
     };
-    Ok(Arc::new(Cluster {
-        name: name.into(),
-        endpoints: WeightedSplit::new(endpoints.map_err(|e| format!("cluster `{name}`: {e}"))?),
-    }))
+    Ok(Arc::new(Cluster::new(
+        name.into(),
+        WeightedSplit::new(endpoints.map_err(|e| format!("cluster `{name}`: {e}"))?),
+        lb_policy(c)?,
+    )))
+}
+
+/// The cluster's balancer: weft's own choice from its metadata (`lbPolicy`), else the
+/// standard `lb_policy` (Envoy's default, ROUND_ROBIN, when unset).
+fn lb_policy(c: &XdsCluster) -> Result<LbPolicy, String> {
+    if let Some(p) = string_field(weft(&c.metadata), "lbPolicy") {
+        return serde_json::from_value(serde_json::Value::String(p.to_string()))
+            .map_err(|_| format!("cluster `{}`: unknown lbPolicy `{p}`", c.name));
+    }
+    Ok(match EnvoyLb::try_from(c.lb_policy) {
+        Ok(EnvoyLb::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(EnvoyLb::RingHash | EnvoyLb::Maglev) => LbPolicy::RingHash,
+        Ok(EnvoyLb::Random) => LbPolicy::Random,
+        _ => LbPolicy::RoundRobin,
+    })
+}
+
+/// The first hash policy of a route the proxy supports (header, cookie, source IP).
+fn hash_on(action: &RouteAction) -> Result<Option<HashOn>, String> {
+    for h in &action.hash_policy {
+        match &h.policy_specifier {
+            Some(PolicySpecifier::Header(hd)) => {
+                let name = HeaderName::from_bytes(hd.header_name.as_bytes()).map_err(|_| {
+                    format!("hash policy: `{}` is not a header name", hd.header_name)
+                })?;
+                return Ok(Some(HashOn::Header(name)));
+            }
+            Some(PolicySpecifier::Cookie(c)) if !c.name.is_empty() => {
+                return Ok(Some(HashOn::Cookie(c.name.as_str().into())));
+            }
+            Some(PolicySpecifier::ConnectionProperties(p)) if p.source_ip => {
+                return Ok(Some(HashOn::SourceIp));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// The clusters a route sends to, with their weights.
@@ -297,6 +333,7 @@ fn route(r: &XdsRoute, index: usize, res: &Resources, names: &Names) -> Result<R
             .as_ref()
             .map(duration)
             .filter(|d| !d.is_zero()),
+        hash: hash_on(action).map_err(at)?,
         name,
     })
 }
@@ -328,7 +365,7 @@ pub fn check_route_config(rc: &RouteConfiguration) -> Result<(), String> {
     let vh = rc.virtual_hosts.first().ok_or("no virtual host")?;
     for (i, r) in vh.routes.iter().enumerate() {
         let at = |e: String| format!("route `{}`: {e}", route_name(r, i));
-        route_action(r).map_err(at)?;
+        hash_on(route_action(r).map_err(at)?.0).map_err(at)?;
         route_match(r).map_err(at)?;
     }
     Ok(())
@@ -339,15 +376,18 @@ pub fn check_cluster(c: &XdsCluster) -> Result<(), String> {
     if c.name.is_empty() {
         return Err("the cluster has no name".into());
     }
+    lb_policy(c)?;
     match inline_assignment(c) {
-        Some(cla) => endpoints(cla?, &Names::new(&Resolved::none()), true).map(drop),
+        Some(cla) => {
+            endpoints(cla?, &Names::new(&Resolved::none(), &Table::empty()), true).map(drop)
+        }
         None => Ok(()),
     }
 }
 
 /// Checks a ClusterLoadAssignment on its own (addresses and ports).
 pub fn check_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), String> {
-    endpoints(cla, &Names::new(&Resolved::none()), false).map(drop)
+    endpoints(cla, &Names::new(&Resolved::none(), &Table::empty()), false).map(drop)
 }
 
 /// One listener's service (without metrics handles yet).
@@ -402,6 +442,7 @@ fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft,
             matches: RouteMatch::default(),
             backends: default_backends,
             timeout: None,
+            hash: None,
         },
         domains,
         authz,
@@ -460,7 +501,7 @@ pub fn compile(
     previous: &Table,
     dns: &Resolved,
 ) -> Compiled {
-    let names = Names::new(dns);
+    let names = Names::new(dns, previous);
     let mut held_back = Vec::new();
     let mut services: Vec<Arc<Service>> = Vec::with_capacity(res.listeners.len());
     let mut old: Option<HashMap<&str, &Arc<Service>>> = None;
