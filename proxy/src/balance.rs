@@ -4,7 +4,7 @@
 //!   their weights), the one with the lower load taken. Load is the peak-EWMA of response
 //!   latency times (requests in flight + 1). The estimate starts at [`DEFAULT_RTT`], jumps up at
 //!   once to a slower response, and otherwise moves toward each new sample and toward zero with
-//!   [`DECAY`] as its time constant: a slow endpoint is avoided, and probed again once its
+//!   [`DECAY`] as its time constant (both settable: `--lb-default-rtt`, `--lb-ewma-decay`): a slow endpoint is avoided, and probed again once its
 //!   estimate has decayed. A failed request counts as a [`FAILURE_PENALTY`] response.
 //! - `least-request`: the same two choices, by requests in flight (divided by weight).
 //! - `round-robin`: smooth weighted round robin over the endpoint weights (equal weights: plain
@@ -35,6 +35,24 @@ use crate::route::WeightedSplit;
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// The EWMA's time constant: a sample's weight falls to 1/e after this long (Linkerd's).
 pub const DECAY: Duration = Duration::from_secs(10);
+
+/// The process's peak-EWMA settings (`--lb-ewma-decay`, `--lb-default-rtt`); the defaults
+/// until [`configure`] is called.
+static EWMA: std::sync::OnceLock<(Duration, Duration)> = std::sync::OnceLock::new();
+
+/// Sets the time constant and starting estimate of every endpoint's latency estimate, once, at
+/// start-up.
+pub fn configure(decay: Duration, default_rtt: Duration) {
+    let _ = EWMA.set((decay.max(Duration::from_millis(1)), default_rtt));
+}
+
+fn decay() -> Duration {
+    EWMA.get().map_or(DECAY, |c| c.0)
+}
+
+fn default_rtt() -> Duration {
+    EWMA.get().map_or(DEFAULT_RTT, |c| c.1)
+}
 /// What a failed request (no response) counts as.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// Ring points per unit of an endpoint's weight (relative to the smallest weight), and the
@@ -69,7 +87,7 @@ impl Ewma {
 
 /// How much of an estimate survives `elapsed`: e^(-elapsed/DECAY).
 fn weight_of_past(elapsed: Duration) -> f64 {
-    (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
+    (-elapsed.as_secs_f64() / decay().as_secs_f64()).exp()
 }
 
 impl EndpointState {
@@ -78,7 +96,7 @@ impl EndpointState {
             addr,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {
-                cost: DEFAULT_RTT.as_nanos() as f64,
+                cost: default_rtt().as_nanos() as f64,
                 at: Instant::now(),
             }),
         }

@@ -79,6 +79,15 @@ pub struct Config {
     #[arg(long, env = "WEFT_ENDPOINT_DNS_MAX_TTL", value_parser = parse_duration, default_value = "5m")]
     pub endpoint_dns_max_ttl: Duration,
 
+    /// The time constant of the peak-EWMA latency estimate `p2c-ewma` balances on: a sample's
+    /// weight falls to 1/e after this long.
+    #[arg(long, env = "WEFT_LB_EWMA_DECAY", value_parser = parse_duration, default_value = "10s")]
+    pub lb_ewma_decay: Duration,
+
+    /// The latency estimate of an endpoint nothing is known about yet.
+    #[arg(long, env = "WEFT_LB_DEFAULT_RTT", value_parser = parse_duration, default_value = "30ms")]
+    pub lb_default_rtt: Duration,
+
     /// A lookup of an endpoint host name that has no answer after this has failed (its last
     /// addresses stay in use; it is retried with backoff).
     #[arg(long, env = "WEFT_ENDPOINT_DNS_TIMEOUT", value_parser = parse_duration, default_value = "5s")]

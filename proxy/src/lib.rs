@@ -155,6 +155,7 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     // SIGHUP's default action ends the process: take it over before anything else.
     let mut sighup = signal(SignalKind::hangup())?;
     let metrics = Metrics::new();
+    balance::configure(cfg.lb_ewma_decay, cfg.lb_default_rtt);
     let resolver = Resolver::new(
         ResolveConfig {
             server: cfg.dns_upstream,

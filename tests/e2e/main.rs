@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `weft-proxy` binary between real clients and servers.
 
+mod balance;
 mod capture;
 mod config;
 mod control_plane;

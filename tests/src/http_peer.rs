@@ -43,6 +43,8 @@ pub struct PeerState {
     pub cancelled: AtomicUsize,
     /// Releases a `/reset` response's reset.
     reset: tokio::sync::Notify,
+    /// Added before every answer, in milliseconds (a slow endpoint).
+    pub delay_ms: AtomicU64,
 }
 
 impl PeerState {
@@ -104,6 +106,10 @@ impl Drop for CancelGuard {
 
 async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body> {
     st.requests.fetch_add(1, Ordering::SeqCst);
+    let delay = st.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     match path.as_str() {

@@ -204,7 +204,9 @@ fn every_invalid_field_is_named() {
         ),
         (
             "  service: a:80\n  loadBalancer: {policy: round-robin, hash: {header: x, cookie: y}}\n",
-            &["spec.loadBalancer.hash: set only one of `header`, `cookie`, `sourceIp` (found header, cookie)"],
+            &[
+                "spec.loadBalancer.hash: set only one of `header`, `cookie`, `sourceIp` (found header, cookie)",
+            ],
         ),
         (
             "  service: a:80\n  circuitBreaker: {maxRequests: 0}\n  outlierDetection: {maxEjectionPercent: 150, failureRate: {thresholdPercent: 0}}\n",

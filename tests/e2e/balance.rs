@@ -1,0 +1,201 @@
+//! Load balancing through the real proxy: P2C over peak-EWMA latency against round robin with
+//! one endpoint ten times slower, consistent hashing on a header, and a sticky canary split.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use weft_tests::{
+    chain::TempDir,
+    http_peer::{self, Peer},
+    proxy::Proxy,
+};
+
+/// `workers` keep-alive connections each sending `per_worker` requests for `host` one after
+/// another; every request's latency.
+async fn load(proxy: &Proxy, host: &str, workers: usize, per_worker: usize) -> Vec<Duration> {
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let addr = proxy.addr("outbound");
+        let host = host.to_string();
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut out = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                let req = Request::get("/id")
+                    .header("host", &host)
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let start = Instant::now();
+                let rsp = tx.send_request(req).await.unwrap();
+                assert_eq!(rsp.status(), 200);
+                rsp.into_body().collect().await.unwrap();
+                out.push(start.elapsed());
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn percentile(lat: &mut [Duration], p: f64) -> Duration {
+    lat.sort_unstable();
+    lat[((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)]
+}
+
+fn served(p: &Peer) -> usize {
+    p.state.requests.load(Ordering::SeqCst)
+}
+
+/// The peer name a request answered by `/id` came from.
+async fn whoami(proxy: &Proxy, host: &str, header: (&str, &str)) -> String {
+    let rsp = http_peer::request_h1(
+        proxy.addr("outbound"),
+        Request::get("/id")
+            .header("host", host)
+            .header(header.0, header.1),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_keeps_the_tail_off_a_slow_endpoint_that_round_robin_hits() {
+    let fast = http_peer::server("fast").await;
+    let slow = http_peer::server("slow").await;
+    fast.state.delay_ms.store(5, Ordering::SeqCst);
+    slow.state.delay_ms.store(50, Ordering::SeqCst);
+    let eps = format!(
+        "[{{address: '{}'}}, {{address: '{}'}}]",
+        fast.addr, slow.addr
+    );
+    let dir = TempDir::new("balance");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - {{name: p2c.test, port: 80, endpoints: {eps}}}
+  - {{name: rr.test, port: 80, loadBalancer: {{policy: round-robin}}, endpoints: {eps}}}
+"
+        ),
+    );
+    // A 1 s time constant lets the estimates settle within the test (the default is 10 s).
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap(), "--lb-ewma-decay", "1s"]);
+
+    let mut report = Vec::new();
+    for host in ["p2c.test:80", "rr.test:80"] {
+        // Warm up for three time constants: both estimates start at 30 ms (between the two
+        // endpoints' 5 and 50 ms) and learn from
+        // traffic. Two clients: the load counts requests in flight, and a server is
+        // assumed to slow down with each one.
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_secs(3) {
+            load(&proxy, host, 2, 10).await;
+        }
+        let (f0, s0) = (served(&fast), served(&slow));
+        let mut lat = load(&proxy, host, 2, 200).await;
+        let (f, s) = (served(&fast) - f0, served(&slow) - s0);
+        let p50 = percentile(&mut lat, 0.50);
+        let p99 = percentile(&mut lat, 0.99);
+        println!(
+            "{host}: p50 {p50:?} p99 {p99:?}; fast served {f}, slow served {s} ({:.1} %)",
+            100.0 * s as f64 / (f + s) as f64
+        );
+        report.push((p99, s as f64 / (f + s) as f64));
+    }
+    let ((p2c_p99, p2c_slow), (rr_p99, rr_slow)) = (report[0], report[1]);
+    assert!(
+        (0.45..=0.55).contains(&rr_slow),
+        "round robin sends half to each: {rr_slow}"
+    );
+    assert!(
+        p2c_slow < 0.05,
+        "P2C keeps off the slow endpoint: {p2c_slow}"
+    );
+    assert!(
+        rr_p99 >= Duration::from_millis(50) && p2c_p99 * 2 < rr_p99,
+        "P2C's p99 {p2c_p99:?} is not clearly below round robin's {rr_p99:?}"
+    );
+}
+
+#[tokio::test]
+async fn ring_hash_keeps_a_user_on_one_endpoint_and_a_sticky_split_on_one_subset() {
+    let peers = [
+        http_peer::server("a").await,
+        http_peer::server("b").await,
+        http_peer::server("c").await,
+    ];
+    let dir = TempDir::new("ring-hash");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: sticky.test
+    port: 80
+    loadBalancer: {{policy: ring-hash, hash: {{header: x-user}}}}
+    endpoints: [{{address: '{a}'}}, {{address: '{b}'}}, {{address: '{c}'}}]
+  - name: canary.test
+    port: 80
+    loadBalancer: {{hash: {{cookie: user}}}}
+    endpoints:
+      - {{address: '{a}', labels: {{version: v1}}}}
+      - {{address: '{c}', labels: {{version: v2}}}}
+    subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+    routes: [{{backends: [{{subset: v1, weight: 50}}, {{subset: v2, weight: 50}}]}}]
+",
+            a = peers[0].addr,
+            b = peers[1].addr,
+            c = peers[2].addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
+
+    let mut owners: HashMap<String, usize> = HashMap::new();
+    for user in 0..60 {
+        let id = format!("user-{user}");
+        let mut seen = HashSet::new();
+        for _ in 0..8 {
+            seen.insert(whoami(&proxy, "sticky.test", ("x-user", &id)).await);
+        }
+        assert_eq!(seen.len(), 1, "{id} was served by {seen:?}");
+        *owners.entry(seen.into_iter().next().unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        owners.len(),
+        3,
+        "users spread over every endpoint: {owners:?}"
+    );
+
+    let mut v2 = 0;
+    for user in 0..100 {
+        let cookie = format!("theme=dark; user=u{user}");
+        let mut seen = HashSet::new();
+        for _ in 0..5 {
+            seen.insert(whoami(&proxy, "canary.test", ("cookie", &cookie)).await);
+        }
+        assert_eq!(seen.len(), 1, "u{user} saw {seen:?}");
+        v2 += usize::from(seen.contains("c"));
+    }
+    assert!(
+        (30..=70).contains(&v2),
+        "{v2} of 100 users on v2 (50 % split)"
+    );
+}
