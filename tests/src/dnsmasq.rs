@@ -15,7 +15,8 @@ pub struct Dnsmasq {
     /// Where it answers (UDP and TCP).
     pub addr: SocketAddr,
     hosts: PathBuf,
-    _dir: TempDir,
+    /// Its hosts file and log; kept until dnsmasq is dropped.
+    _dir: Option<TempDir>,
 }
 
 impl Dnsmasq {
@@ -25,42 +26,49 @@ impl Dnsmasq {
         let bin = tools::require("dnsmasq")?;
         let dir = TempDir::new("dnsmasq");
         let hosts_file = dir.write("hosts", hosts);
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--local-ttl=1",
-            "--cache-size=0",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--pid-file=",
-            "--log-facility=-",
-        ])
-        .arg(format!("--addn-hosts={}", hosts_file.display()))
-        .arg(format!("--local=/{domain}/"))
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        // As root it would switch to `nobody`, who cannot read the test's directory.
-        if crate::netns::is_root() {
-            cmd.arg("--user=root");
+        // The port is free when chosen but may be taken before dnsmasq binds it (by another
+        // test): then dnsmasq exits, and it is tried again on another.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_udp_and_tcp_port();
+            let log = dir.0.join("dnsmasq.log");
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--local-ttl=1",
+                "--cache-size=0",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--pid-file=",
+                "--log-facility=-",
+            ])
+            .arg(format!("--addn-hosts={}", hosts_file.display()))
+            .arg(format!("--local=/{domain}/"))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+            // As root it would switch to `nobody`, who cannot read the test's directory.
+            if crate::netns::is_root() {
+                cmd.arg("--user=root");
+            }
+            let child = cmd.spawn().expect("start dnsmasq");
+            let mut d = Dnsmasq {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                hosts: hosts_file.clone(),
+                _dir: None,
+            };
+            if d.wait_answering(domain) {
+                d._dir = Some(dir);
+                return Some(d);
+            }
+            d.stop();
+            last = std::fs::read_to_string(&log).unwrap_or_default();
         }
-        let child = cmd.spawn().expect("start dnsmasq");
-        let d = Dnsmasq {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            hosts: hosts_file,
-            _dir: dir,
-        };
-        d.wait_answering(domain);
-        Some(d)
+        panic!("dnsmasq did not start: {last}");
     }
 
     /// Replaces the hosts file and makes dnsmasq read it again (SIGHUP).
@@ -80,7 +88,8 @@ impl Dnsmasq {
         let _ = self.child.wait();
     }
 
-    fn wait_answering(&self, domain: &str) {
+    /// Whether it answers within 10 s (false at once if it exited).
+    fn wait_answering(&mut self, domain: &str) -> bool {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -94,12 +103,26 @@ impl Dnsmasq {
         q.extend_from_slice(&[0, 0, 1, 0, 1]);
         let mut buf = [0u8; 512];
         while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
             let _ = sock.send_to(&q, self.addr);
             if matches!(sock.recv(&mut buf), Ok(n) if n >= 12 && buf[..2] == [0x77, 0x01]) {
-                return;
+                return true;
             }
         }
-        panic!("dnsmasq did not answer on {} within 10 s", self.addr);
+        false
+    }
+}
+
+/// A loopback port free for both UDP and TCP (dnsmasq binds both).
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
