@@ -107,11 +107,6 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// The latency estimate now, in seconds.
-    pub fn latency_estimate(&self) -> f64 {
-        self.ewma.lock().expect("ewma lock").decayed(Instant::now()) / 1e9
-    }
-
     /// Peak-EWMA load: the latency estimate times (requests in flight + 1).
     fn load(&self, now: Instant) -> f64 {
         let cost = self.ewma.lock().expect("ewma lock").decayed(now);
@@ -212,16 +207,6 @@ impl Balancer {
         }
     }
 
-    pub fn policy(&self) -> LbPolicy {
-        match self {
-            Balancer::P2cEwma => LbPolicy::P2cEwma,
-            Balancer::LeastRequest => LbPolicy::LeastRequest,
-            Balancer::Random => LbPolicy::Random,
-            Balancer::RoundRobin { .. } => LbPolicy::RoundRobin,
-            Balancer::RingHash { .. } => LbPolicy::RingHash,
-        }
-    }
-
     /// The index (into `endpoints`) of the endpoint for a request; `hash` is the request's
     /// hash key, when the route has one and the request carries it.
     pub fn pick<T>(
@@ -251,16 +236,16 @@ impl Balancer {
                     .filter_map(|_| endpoints.pick_index(fastrand::u64(..)))
                     .find(|b| *b != a)
                     .unwrap_or((a + 1) % n);
-                let (wa, wb) = (endpoints.weight_at(a), endpoints.weight_at(b));
-                let load = |i: usize, w: u64| {
+                let now = Instant::now();
+                let load = |i: usize| {
                     let s = state(endpoints.get(i).expect("index in range"));
                     let l = match self {
-                        Balancer::P2cEwma => s.load(Instant::now()),
+                        Balancer::P2cEwma => s.load(now),
                         _ => f64::from(s.in_flight() + 1),
                     };
-                    l / w.max(1) as f64
+                    l / endpoints.weight_at(i).max(1) as f64
                 };
-                Some(if load(b, wb) < load(a, wa) { b } else { a })
+                Some(if load(b) < load(a) { b } else { a })
             }
         }
     }

@@ -281,17 +281,11 @@ impl HttpProxy {
                     .iter()
                     .find(|r| r.matches.matches(method, path, headers))
                     .unwrap_or(&svc.default_route);
-                // A caller with a hash key stays on one backend of the split (sticky canary)
-                // and, on a ring-hash cluster, on one endpoint.
                 let hash = route
                     .hash
                     .as_ref()
                     .and_then(|h| h.key(headers, conn.client));
-                let cluster = match hash {
-                    Some(h) => route.backends.pick_with(h),
-                    None => route.backends.pick(),
-                };
-                match cluster.and_then(|c| c.pick(hash)) {
+                match route.endpoint(hash) {
                     Some(ep) => Ok(Dest {
                         addr: ep.addr,
                         identity: ep.identity.clone(),

@@ -181,7 +181,13 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
                 .prime(table.dns_names(), STARTUP_RESOLVE_LIMIT)
                 .await
             {
-                table = table::load_text(path, &text, 1, &metrics, &resolver.resolved(), &table)?;
+                table = table.recompile(1, &metrics, &resolver.resolved()).map_err(
+                    |(field, message)| LoadError::Invalid {
+                        file: path.display().to_string(),
+                        field,
+                        message,
+                    },
+                )?;
             }
             (table, text)
         }

@@ -101,6 +101,18 @@ struct Entry {
     resolved_at: Option<SystemTime>,
 }
 
+impl Entry {
+    /// A name not looked up yet: due at once.
+    fn new(now: Instant) -> Self {
+        Entry {
+            due: now,
+            failures: 0,
+            last_error: None,
+            resolved_at: None,
+        }
+    }
+}
+
 /// Resolves the host names the table in force uses and keeps their answers fresh.
 pub struct Resolver {
     dns: Result<TokioResolver, String>,
@@ -208,12 +220,9 @@ impl Resolver {
                 let mut entries = self.entries.lock().expect("resolver lock");
                 entries.retain(|name, _| wanted.contains(name));
                 for name in &wanted {
-                    entries.entry(name.clone()).or_insert(Entry {
-                        due: now,
-                        failures: 0,
-                        last_error: None,
-                        resolved_at: None,
-                    });
+                    entries
+                        .entry(name.clone())
+                        .or_insert_with(|| Entry::new(now));
                 }
                 entries
                     .iter()
@@ -258,12 +267,9 @@ impl Resolver {
             let mut entries = self.entries.lock().expect("resolver lock");
             let now = Instant::now();
             for (name, answer) in due.iter().zip(answers) {
-                let entry = entries.entry(name.clone()).or_insert(Entry {
-                    due: now,
-                    failures: 0,
-                    last_error: None,
-                    resolved_at: None,
-                });
+                let entry = entries
+                    .entry(name.clone())
+                    .or_insert_with(|| Entry::new(now));
                 entry.resolved_at = Some(SystemTime::now());
                 let addrs = match answer {
                     Answer::Addresses(addrs, valid_until) => {

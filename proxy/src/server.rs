@@ -153,12 +153,8 @@ impl Listener {
                         .hash
                         .as_ref()
                         .and_then(|h| h.key(&http::HeaderMap::new(), Some(peer)));
-                    let cluster = match hash {
-                        Some(h) => route.backends.pick_with(h),
-                        None => route.backends.pick(),
-                    };
-                    cluster
-                        .and_then(|c| c.pick(hash))
+                    route
+                        .endpoint(hash)
                         .map(|e| (e.addr, e.identity.clone(), Some(e.state.start())))
                 };
                 let table = self.table.load();

@@ -94,6 +94,18 @@ pub struct Route {
     pub hash: Option<HashOn>,
 }
 
+impl Route {
+    /// The endpoint for a request with hash key `hash`: a key keeps a caller on one backend of
+    /// the split (sticky canary) and, on a ring-hash cluster, on one endpoint.
+    pub fn endpoint(&self, hash: Option<u64>) -> Option<&Endpoint> {
+        let cluster = match hash {
+            Some(h) => self.backends.pick_with(h),
+            None => self.backends.pick(),
+        };
+        cluster?.pick(hash)
+    }
+}
+
 /// The part of a request a route hashes.
 #[derive(Debug, Clone)]
 pub enum HashOn {
@@ -338,6 +350,24 @@ impl Table {
             .collect();
     }
 
+    /// This table compiled again from its file as it was loaded (same version), against new
+    /// answers for its endpoint host names. The source compiled once, so an error is a bug.
+    pub fn recompile(
+        &self,
+        generation: u64,
+        metrics: &Metrics,
+        dns: &Resolved,
+    ) -> Result<Table, (String, String)> {
+        Table::compile(
+            self.source.clone(),
+            self.version.clone(),
+            generation,
+            metrics,
+            dns,
+            self,
+        )
+    }
+
     /// Compiles and validates a table file. Errors name the field (`services[1].port`).
     pub fn compile(
         source: TableFile,
@@ -428,8 +458,14 @@ impl<'a> Names<'a> {
         }
     }
 
-    pub(crate) fn addresses(&self, addr: &EndpointAddress) -> Vec<SocketAddr> {
-        match addr {
+    /// The endpoints `addr` stands for, each with `labels` and `identity`.
+    pub(crate) fn endpoints(
+        &self,
+        addr: &EndpointAddress,
+        labels: &Arc<BTreeMap<String, String>>,
+        identity: &Option<Arc<str>>,
+    ) -> Vec<Endpoint> {
+        let addrs = match addr {
             EndpointAddress::Ip(a) => vec![*a],
             EndpointAddress::Host { host, port } => {
                 self.used.borrow_mut().insert(host.clone());
@@ -439,17 +475,8 @@ impl<'a> Names<'a> {
                     .map(|ip| SocketAddr::new(*ip, *port))
                     .collect()
             }
-        }
-    }
-
-    /// The endpoints `addr` stands for, each with `labels` and `identity`.
-    pub(crate) fn endpoints(
-        &self,
-        addr: &EndpointAddress,
-        labels: &Arc<BTreeMap<String, String>>,
-        identity: &Option<Arc<str>>,
-    ) -> Vec<Endpoint> {
-        self.addresses(addr)
+        };
+        addrs
             .into_iter()
             .map(|addr| Endpoint {
                 addr,

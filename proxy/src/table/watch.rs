@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use super::{SharedTable, Table, load_text};
+use super::{SharedTable, load_text};
 use crate::{metrics::Metrics, resolve::Resolver};
 
 /// Watches one table file.
@@ -54,21 +54,12 @@ impl FileWatch {
     fn recompile(&self) {
         let current = self.table.load_full();
         let generation = current.generation + 1;
-        let compiled = Table::compile(
-            current.source.clone(),
-            current.version.clone(),
-            generation,
-            &self.metrics,
-            &self.resolver.resolved(),
-            &current,
-        );
-        match compiled {
+        match current.recompile(generation, &self.metrics, &self.resolver.resolved()) {
             Ok(t) => {
                 self.table.store(Arc::new(t));
                 self.metrics.table_loaded(&current.version, generation);
                 tracing::info!(version = %current.version, generation, "routing table recompiled: endpoint addresses changed");
             }
-            // The same source compiled before; only a bug gets here.
             Err((field, message)) => {
                 tracing::error!(%field, %message, "routing table recompile failed; keeping the table in force");
             }
