@@ -63,18 +63,16 @@ fn served(p: &Peer) -> usize {
 
 /// The peer name a request answered by `/id` came from.
 async fn whoami(proxy: &Proxy, host: &str, header: (&str, &str)) -> String {
-    let rsp = http_peer::request_h1(
+    let (status, body) = http_peer::exchange(
         proxy.addr("outbound"),
         Request::get("/id")
             .header("host", host)
             .header(header.0, header.1),
         String::new(),
     )
-    .await
-    .unwrap();
-    assert_eq!(rsp.status(), 200);
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
+    .await;
+    assert_eq!(status, 200);
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

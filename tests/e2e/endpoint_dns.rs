@@ -5,21 +5,16 @@
 use std::{net::SocketAddr, time::Duration};
 
 use http::Request;
-use http_body_util::BodyExt;
 use weft_tests::{chain::TempDir, dnsmasq::Dnsmasq, eventually, http_peer, proxy::Proxy};
 
 /// One request to `backend.test` through the proxy: status and body.
 async fn call(proxy: &Proxy) -> (u16, String) {
-    let rsp = http_peer::request_h1(
+    http_peer::exchange(
         proxy.addr("outbound"),
         Request::get("/id").header("host", "backend.test"),
         String::new(),
     )
     .await
-    .unwrap();
-    let status = rsp.status().as_u16();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 async fn name_status(proxy: &Proxy) -> serde_json::Value {

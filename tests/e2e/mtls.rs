@@ -157,6 +157,14 @@ fn service(
 }
 
 impl Mesh {
+    /// Requests the `web` application has answered.
+    fn served(&self) -> usize {
+        self.web
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn new(o: Options) -> Mesh {
         let dir = TempDir::new("mtls");
         let mut tokens = String::new();
@@ -395,11 +403,7 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
 
     // The intruder is authenticated but not allowed: 403, PERMISSION_DENIED, a closed
     // connection; nothing reaches the applications.
-    let served = m
-        .web
-        .state
-        .requests
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let served = m.served();
     let rsp = Mesh::get_web(&m.intruder).await;
     assert_eq!(rsp.status(), 403, "{rsp:?}");
     let reason = rsp.headers()["weft-proxy-error"].to_str().unwrap();
@@ -407,13 +411,7 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
         reason.contains(&id("other", "intruder")) && reason.contains(WEB),
         "{reason}"
     );
-    assert_eq!(
-        m.web
-            .state
-            .requests
-            .load(std::sync::atomic::Ordering::SeqCst),
-        served
-    );
+    assert_eq!(m.served(), served);
     let mut c = grpc::client(m.intruder.addr("outbound"), ECHO).await;
     let err = c.unary(msg("hello", 10)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
@@ -619,11 +617,7 @@ async fn strict_inbound_refuses_everything_but_mesh_mtls_from_an_allowed_identit
             .contains(&format!("x-seen-peer-identity: {}", id("demo", "frontend"))),
         "{out}"
     );
-    let served = m
-        .web
-        .state
-        .requests
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let served = m.served();
 
     // No client certificate, one from another CA, an expired one.
     for (cert, result, alert) in [
@@ -657,15 +651,11 @@ async fn strict_inbound_refuses_everything_but_mesh_mtls_from_an_allowed_identit
     );
     let mut plain = tokio::net::TcpStream::connect(inbound).await.unwrap();
     plain.write_all(request.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+    let got = until_closed(&mut plain).await;
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
 
     assert_eq!(
-        m.web
-            .state
-            .requests
-            .load(std::sync::atomic::Ordering::SeqCst),
+        m.served(),
         served,
         "nothing refused reached the application"
     );
@@ -707,13 +697,7 @@ async fn an_unexpected_server_identity_fails_the_request_and_permissive_accepts_
         )),
         "{reason}"
     );
-    assert_eq!(
-        m.web
-            .state
-            .requests
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!(m.served(), 0);
     assert!(
         m.frontend
             .metric(r#"weft_tls_handshakes_total{direction="outbound",result="identity_mismatch"}"#)
@@ -774,28 +758,18 @@ async fn an_unexpected_server_identity_fails_the_request_and_permissive_accepts_
     assert!(!seen.contains("peer_identity"), "{seen}");
     // A client that says nothing until detection gives up (the server-first timeout) is opaque;
     // to an HTTP service that is refused, so a forged header cannot ride in as raw bytes.
-    let served = m
-        .web
-        .state
-        .requests
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let served = m.served();
     let mut quiet = tokio::net::TcpStream::connect(m.pods[0].addr("inbound"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Silent until the proxy decides (it closes a refused connection); then the forgery.
+    let mut got = until_closed(&mut quiet).await;
     let _ = quiet
         .write_all(b"GET /echo HTTP/1.1\r\nHost: web:8080\r\nx-weft-peer-identity: spiffe://cluster.local/ns/demo/sa/admin\r\n\r\n")
         .await;
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut got)).await;
+    got.extend(until_closed(&mut quiet).await);
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
-    assert_eq!(
-        m.web
-            .state
-            .requests
-            .load(std::sync::atomic::Ordering::SeqCst),
-        served
-    );
+    assert_eq!(m.served(), served);
     assert_eq!(
         m.pods[0]
             .metric(r#"weft_inbound_refused_total{reason="opaque_to_http"}"#)
@@ -998,4 +972,11 @@ async fn a_ca_outage_at_renewal_keeps_the_certificate_in_hand_until_the_ca_retur
     .await;
     assert_eq!(fe.config_dump().await["identity"]["valid"], true);
     assert_eq!(Mesh::get_web(fe).await.status(), 200);
+}
+
+/// What a connection receives until the proxy closes it (at most 5 s).
+async fn until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    got
 }

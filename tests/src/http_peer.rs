@@ -266,7 +266,7 @@ pub async fn simple_request(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let rsp = request_h1(
+    exchange(
         addr,
         Request::builder()
             .method(method)
@@ -275,7 +275,22 @@ pub async fn simple_request(
         body.to_string(),
     )
     .await
-    .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"));
+}
+
+/// Sends one HTTP/1.1 request on a new connection; returns status and body text.
+pub async fn exchange(
+    addr: SocketAddr,
+    req: http::request::Builder,
+    body: String,
+) -> (u16, String) {
+    let what = format!(
+        "{} {} on {addr}",
+        req.method_ref().unwrap(),
+        req.uri_ref().unwrap()
+    );
+    let rsp = request_h1(addr, req, body)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let status = rsp.status().as_u16();
     let text = rsp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&text).into_owned())

@@ -13,6 +13,19 @@ fn ca(dir: &Path) -> Ca {
     .unwrap()
 }
 
+/// Why the CA in `dir` does not load (without creating one).
+fn load_error(dir: &Path) -> String {
+    Ca::load_or_create(
+        dir,
+        false,
+        TD,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .unwrap_err()
+    .to_string()
+}
+
 fn csr(sans: &[&str]) -> (KeyPair, String) {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
@@ -72,14 +85,7 @@ fn tmp(tag: &str) -> PathBuf {
 #[test]
 fn creates_persists_and_reloads_the_root() {
     let dir = tmp("root");
-    let err = Ca::load_or_create(
-        &dir,
-        false,
-        TD,
-        Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-    .unwrap_err();
+    let err = load_error(&dir);
     assert!(
         err.to_string().contains("ca.key and") && err.to_string().contains("--ca-create"),
         "{err}"
@@ -292,14 +298,7 @@ fn an_intermediate_signs_with_its_chain_and_extra_roots_join_the_bundle() {
     std::fs::write(dir.join("ca.key"), int_key.serialize_pem()).unwrap();
     // The intermediate alone: no trust anchor yet.
     std::fs::write(dir.join("ca.crt"), &int_pem).unwrap();
-    let err = Ca::load_or_create(
-        &dir,
-        false,
-        TD,
-        Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-    .unwrap_err();
+    let err = load_error(&dir);
     assert!(err.to_string().contains("no trust anchor"), "{err}");
     // With its root after it.
     std::fs::write(dir.join("ca.crt"), format!("{int_pem}{root_pem}")).unwrap();
@@ -322,14 +321,7 @@ fn an_intermediate_signs_with_its_chain_and_extra_roots_join_the_bundle() {
     // A key that is not the certificate's is refused by name.
     let (other_key, _) = ca_cert("other", None);
     std::fs::write(dir.join("ca.key"), other_key.serialize_pem()).unwrap();
-    let err = Ca::load_or_create(
-        &dir,
-        false,
-        TD,
-        Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-    .unwrap_err();
+    let err = load_error(&dir);
     assert!(err.to_string().contains("does not belong"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
