@@ -23,7 +23,8 @@ pub use weft_core::{
     authz::{AllowRule, Authorization, AuthzDefault},
     policy::{
         Backoff, CircuitBreaker, FailureRate, Fault, FaultAbort, FaultDelay, HashKey, LbPolicy,
-        LoadBalancer, OutlierDetection, RETRY_CONDITIONS, RateLimit, RetryBudget, RetryPolicy,
+        LoadBalancer, Mirror, OutlierDetection, RETRY_CONDITIONS, RateLimit, RetryBudget,
+        RetryPolicy,
     },
 };
 
@@ -73,6 +74,20 @@ pub struct PolicySpec {
     /// Default retry policy for routes that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// The longest `grpc-timeout` a caller may ask for; longer ones are cut to this.
+    #[serde(
+        default,
+        with = "weft_core::duration::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_timeout_max: Option<Duration>,
+    /// A stream that carries nothing for this long is ended.
+    #[serde(
+        default,
+        with = "weft_core::duration::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +131,23 @@ pub struct RouteRule {
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// A token bucket for this route alone (the service's `rateLimit` applies as well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+    #[serde(
+        default,
+        with = "weft_core::duration::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_timeout_max: Option<Duration>,
+    #[serde(
+        default,
+        with = "weft_core::duration::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Every part given must match.
@@ -128,6 +160,9 @@ pub struct RouteMatch {
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameters, matched on their values as sent (not percent-decoded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<HeaderMatch>,
 }
 
 /// Exactly one of the fields. Regexes match the whole value.
@@ -142,7 +177,8 @@ pub struct StringMatch {
     pub regex: Option<String>,
 }
 
-/// A header match: at most one of `exact`, `prefix`, `regex`; none means "present".
+/// A header (or query parameter) match: at most one of `exact`, `prefix`, `regex`; none
+/// means "present".
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderMatch {

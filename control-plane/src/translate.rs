@@ -12,9 +12,12 @@
 //! - a ClusterLoadAssignment per cluster, with weights, health, and the endpoint's labels and
 //!   identity in its metadata.
 //!
-//! Settings that no standard field carries (fault injection, rate limit, authorization,
-//! weft-specific load balancing) travel in metadata under the `weft` key, never in
-//! non-standard fields. Authorization is the Listener's (it is per service, and enforced by
+//! Standard fields carry what they can: weighted clusters, retry policies, hash policies,
+//! mirror policies, timeouts, circuit breakers, outlier detection, and the fault and local
+//! rate-limit filters' per-route (and, for the service's rate limit, per-virtual-host)
+//! configs. Settings that no standard field carries (the retry budget's minimum per second,
+//! the failure-rate window, authorization, weft-specific load balancing) travel in metadata
+//! under the `weft` key, never in non-standard fields. Authorization is the Listener's (it is per service, and enforced by
 //! the inbound sidecars of the service's endpoints).
 
 mod convert;
@@ -28,6 +31,7 @@ use weft_xds_proto::{
             cluster::v3::{
                 Cluster, LoadBalancingPolicy, OutlierDetection as EnvoyOutlier,
                 circuit_breakers::{Thresholds, thresholds::RetryBudget as EnvoyBudget},
+                cluster::CommonLbConfig,
                 cluster::{
                     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as EnvoyLb,
                 },
@@ -43,12 +47,16 @@ use weft_xds_proto::{
             listener::v3::{ApiListener, Listener},
             route::v3::{
                 Route, RouteAction, RouteConfiguration, VirtualHost, WeightedCluster,
-                route::Action, route_action::ClusterSpecifier, weighted_cluster::ClusterWeight,
+                route::Action,
+                route_action::{ClusterSpecifier, MaxStreamDuration, RequestMirrorPolicy},
+                weighted_cluster::ClusterWeight,
             },
         },
         extensions::{
             filters::{
-                http::router::v3::Router,
+                http::{
+                    fault::v3::HttpFault, local_ratelimit::v3::LocalRateLimit, router::v3::Router,
+                },
                 network::http_connection_manager::v3::{
                     HttpConnectionManager, HttpFilter, Rds,
                     http_connection_manager::RouteSpecifier, http_filter::ConfigType,
@@ -70,6 +78,9 @@ use convert::{duration, metadata, retry_policy, route_match, socket_address, u32
 
 /// The name of the metadata key (filter metadata namespace) weft's own settings travel under.
 pub const METADATA_KEY: &str = "weft";
+/// The HTTP filters whose per-route configs carry fault injection and local rate limits.
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
 
 /// Every resource for one snapshot, each list sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -190,11 +201,29 @@ fn listener(
             config_source: Some(ads()),
             route_config_name: authority.to_string(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(ConfigType::TypedConfig(any(&Router::default()))),
-            ..Default::default()
-        }],
+        // The filters whose per-route configs the routes carry, then the router. Clients
+        // without a local rate limiter may skip it.
+        http_filters: vec![
+            HttpFilter {
+                name: FAULT_FILTER.into(),
+                config_type: Some(ConfigType::TypedConfig(any(&HttpFault::default()))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: RATE_LIMIT_FILTER.into(),
+                config_type: Some(ConfigType::TypedConfig(any(&LocalRateLimit {
+                    stat_prefix: "local_rate_limit".into(),
+                    ..Default::default()
+                }))),
+                is_optional: true,
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(ConfigType::TypedConfig(any(&Router::default()))),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
     let mut weft = serde_json::json!({ "protocol": svc.spec.protocol });
@@ -258,6 +287,12 @@ fn route_config(
             name: authority.to_string(),
             domains,
             routes,
+            // The service's own bucket, shared by all its routes.
+            typed_per_filter_config: policy
+                .and_then(|p| p.rate_limit.as_ref())
+                .map(|rl| (RATE_LIMIT_FILTER.to_string(), any(&convert::rate_limit(rl))))
+                .into_iter()
+                .collect(),
             ..Default::default()
         }],
         ..Default::default()
@@ -291,30 +326,37 @@ fn route(authority: &str, index: usize, r: &RouteRule, p: &PolicySpec) -> Route 
         .map(convert::hash_policy)
         .into_iter()
         .collect();
+    let mirror = r.mirror.as_ref().map(|m| RequestMirrorPolicy {
+        cluster: cluster_of(&m.subset),
+        runtime_fraction: Some(convert::runtime_percent(m.percent.unwrap_or(100.0))),
+        ..Default::default()
+    });
+    let grpc_timeout_max = r.grpc_timeout_max.or(p.grpc_timeout_max);
     let action = RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: r.timeout.or(p.timeout).map(duration),
+        idle_timeout: r.idle_timeout.or(p.idle_timeout).map(duration),
         retry_policy: r.retry.as_ref().or(p.retry.as_ref()).map(retry_policy),
         hash_policy,
+        request_mirror_policies: mirror.into_iter().collect(),
+        max_stream_duration: grpc_timeout_max.map(|d| MaxStreamDuration {
+            grpc_timeout_header_max: Some(duration(d)),
+            ..Default::default()
+        }),
         ..Default::default()
     };
-    let fault = r.fault.as_ref().or(p.fault.as_ref());
-    let mut weft = serde_json::Map::new();
-    for (k, v) in [
-        ("fault", serde_json::to_value(fault)),
-        ("rateLimit", serde_json::to_value(&p.rate_limit)),
-    ] {
-        if let Ok(v) = v
-            && !v.is_null()
-        {
-            weft.insert(k.into(), v);
-        }
+    let mut per_filter = std::collections::HashMap::new();
+    if let Some(f) = r.fault.as_ref().or(p.fault.as_ref()) {
+        per_filter.insert(FAULT_FILTER.to_string(), any(&convert::fault(f)));
+    }
+    if let Some(rl) = &r.rate_limit {
+        per_filter.insert(RATE_LIMIT_FILTER.to_string(), any(&convert::rate_limit(rl)));
     }
     Route {
         name: r.name.clone().unwrap_or_else(|| format!("route-{index}")),
         r#match: Some(route_match(r.matches.as_ref())),
         action: Some(Action::Route(action)),
-        metadata: (!weft.is_empty()).then(|| metadata(serde_json::Value::Object(weft))),
+        typed_per_filter_config: per_filter,
         ..Default::default()
     }
 }
@@ -397,6 +439,7 @@ fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
             interval: o.interval.map(duration),
             base_ejection_time: o.base_ejection_time.map(duration),
             max_ejection_percent: o.max_ejection_percent.map(u32v),
+            max_ejection_time: o.max_ejection_time.map(duration),
             failure_percentage_threshold: o
                 .failure_rate
                 .as_ref()
@@ -436,6 +479,15 @@ fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
             }
         }),
         outlier_detection: outlier,
+        common_lb_config: policy
+            .and_then(|p| p.load_balancer.as_ref())
+            .and_then(|l| l.panic_threshold)
+            .map(|t| CommonLbConfig {
+                healthy_panic_threshold: Some(weft_xds_proto::envoy::r#type::v3::Percent {
+                    value: t,
+                }),
+                ..Default::default()
+            }),
         metadata: Some(metadata(weft)),
         ..Default::default()
     }

@@ -32,6 +32,9 @@ pub struct RetryPolicy {
     pub budget: Option<RetryBudget>,
 }
 
+/// Retries after the first try when a policy does not say.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
 /// The retry conditions a policy may name.
 pub const RETRY_CONDITIONS: &[&str] = &[
     "connect-failure",
@@ -83,6 +86,10 @@ pub struct LoadBalancer {
     /// With `ring-hash`: what to hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<HashKey>,
+    /// Below this percentage of endpoints not ejected, ejections are ignored and every
+    /// endpoint takes traffic (default 50, as Envoy's `healthy_panic_threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -147,6 +154,13 @@ pub struct OutlierDetection {
         skip_serializing_if = "Option::is_none"
     )]
     pub base_ejection_time: Option<Duration>,
+    /// Ejections grow from `baseEjectionTime` doubling up to this (default 300s).
+    #[serde(
+        default,
+        with = "crate::duration::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_time: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
 }
@@ -207,4 +221,16 @@ pub struct RateLimit {
     /// Bucket size; defaults to `requestsPerSecond`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+}
+
+/// Copies `percent` of a route's requests to a subset (absent: every endpoint of the
+/// service); the copies' responses are discarded and the caller never waits for them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mirror {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
 }

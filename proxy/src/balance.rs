@@ -14,20 +14,31 @@
 //!   endpoint owns points derived from its own address, so adding or removing one endpoint
 //!   moves only the keys on its arcs. A request without the key is balanced at random.
 //!
-//! Per-endpoint state (latency estimate, requests in flight) is kept by address and carried
-//! from the table in force into the next one, so a table swap does not reset it.
+//! Per-endpoint state (latency estimate, requests in flight, outlier detection) is kept by
+//! address and carried from the table in force into the next one, so a table swap does not
+//! reset it.
+//!
+//! Outlier detection (per cluster, off unless configured) ejects an endpoint after
+//! consecutive 5xx responses or gateway errors, or when its failures reach a share of its
+//! recent calls; the balancers then skip it. An ejection lasts the base ejection time, doubled
+//! for each ejection that follows too soon on the last, up to a maximum. When it runs out the
+//! endpoint is on probation: its next outcome decides whether it stays or goes straight back
+//! out. At most a share of a cluster is ejected at once, and below the panic threshold of
+//! endpoints in service ejections are ignored: every endpoint takes traffic again.
 
 use std::{
+    collections::VecDeque,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use tokio::time::Instant;
 pub use weft_core::policy::LbPolicy;
+use weft_core::policy::OutlierDetection;
 
 use crate::route::WeightedSplit;
 
@@ -69,6 +80,102 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
+    /// While ejected: until when ([`now_ms`]); 0 when in service.
+    ejected_until: AtomicU64,
+    outlier: Mutex<OutlierState>,
+}
+
+/// What outlier detection has seen of an endpoint.
+#[derive(Debug, Default)]
+struct OutlierState {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    /// Recent outcomes (when, failed), newest last, at most the failure rate's minimum.
+    recent: VecDeque<(u64, bool)>,
+    /// Ejections in a row, each following too soon on the last.
+    ejections: u32,
+    /// The last ejection's length and when it ended (`now_ms`).
+    last_ejection: Duration,
+    returned_at: u64,
+    /// Back from an ejection: the next outcome decides.
+    probation: bool,
+}
+
+/// Milliseconds on tokio's clock since the first call (paused time in tests moves it).
+pub fn now_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    // Never 0, which means "not ejected".
+    Instant::now().saturating_duration_since(origin).as_millis() as u64 + 1
+}
+
+/// How a request to an endpoint ended, as outlier detection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A 5xx response other than 502, 503 and 504.
+    ServerError,
+    /// 502, 503, 504, or no response at all (connect failure, reset, timeout).
+    GatewayError,
+}
+
+impl Outcome {
+    pub fn of_status(status: u16) -> Outcome {
+        match status {
+            502..=504 => Outcome::GatewayError,
+            500..=599 => Outcome::ServerError,
+            _ => Outcome::Success,
+        }
+    }
+}
+
+pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+pub const DEFAULT_FAILURE_RATE_MINIMUM: u32 = 10;
+pub const DEFAULT_FAILURE_RATE_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
+
+/// A cluster's outlier detection, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway: Option<u32>,
+    /// (threshold percent, minimum calls, window).
+    pub failure_rate: Option<(u32, u32, Duration)>,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+impl Outlier {
+    pub fn compile(o: &OutlierDetection) -> Outlier {
+        let base = o.base_ejection_time.unwrap_or(DEFAULT_BASE_EJECTION);
+        Outlier {
+            consecutive_5xx: o.consecutive_5xx.unwrap_or(DEFAULT_CONSECUTIVE_5XX),
+            consecutive_gateway: o.consecutive_gateway_errors,
+            failure_rate: o.failure_rate.as_ref().map(|f| {
+                (
+                    f.threshold_percent,
+                    f.minimum_requests
+                        .unwrap_or(DEFAULT_FAILURE_RATE_MINIMUM)
+                        .max(1),
+                    f.window
+                        .or(o.interval)
+                        .unwrap_or(DEFAULT_FAILURE_RATE_WINDOW),
+                )
+            }),
+            base_ejection: base,
+            max_ejection: o
+                .max_ejection_time
+                .unwrap_or(DEFAULT_MAX_EJECTION)
+                .max(base),
+            max_ejection_percent: o
+                .max_ejection_percent
+                .unwrap_or(DEFAULT_MAX_EJECTION_PERCENT),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +206,117 @@ impl EndpointState {
                 cost: default_rtt().as_nanos() as f64,
                 at: Instant::now(),
             }),
+            ejected_until: AtomicU64::new(0),
+            outlier: Mutex::default(),
         }
+    }
+
+    /// Whether the endpoint is ejected at `now` ([`now_ms`]).
+    pub fn ejected(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now < until
+    }
+
+    /// Ends an ejection that has run out, putting the endpoint on probation; true if this
+    /// call ended it (the caller counts it back in service).
+    pub fn return_if_due(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 || now < until {
+            return false;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let mut o = self.outlier.lock().expect("outlier lock");
+        o.probation = true;
+        o.returned_at = now;
+        true
+    }
+
+    /// Records an outcome; true when it calls for an ejection (the caller checks the cluster's
+    /// share of ejected endpoints, then calls [`EndpointState::eject`]).
+    pub fn record(&self, outcome: Outcome, cfg: &Outlier, now: u64) -> bool {
+        if self.ejected(now) {
+            return false;
+        }
+        let mut o = self.outlier.lock().expect("outlier lock");
+        let failed = outcome != Outcome::Success;
+        if o.probation {
+            o.probation = false;
+            if failed {
+                return true;
+            }
+        }
+        match outcome {
+            Outcome::Success => {
+                o.consecutive_5xx = 0;
+                o.consecutive_gateway = 0;
+            }
+            Outcome::ServerError => {
+                o.consecutive_5xx += 1;
+                o.consecutive_gateway = 0;
+            }
+            Outcome::GatewayError => {
+                o.consecutive_5xx += 1;
+                o.consecutive_gateway += 1;
+            }
+        }
+        if o.consecutive_5xx >= cfg.consecutive_5xx {
+            return true;
+        }
+        if cfg
+            .consecutive_gateway
+            .is_some_and(|n| o.consecutive_gateway >= n)
+        {
+            return true;
+        }
+        if let Some((threshold, minimum, window)) = cfg.failure_rate {
+            let horizon = now.saturating_sub(window.as_millis() as u64);
+            while o.recent.front().is_some_and(|(at, _)| *at < horizon) {
+                o.recent.pop_front();
+            }
+            if o.recent.len() >= minimum as usize {
+                o.recent.pop_front();
+            }
+            o.recent.push_back((now, failed));
+            let failures = o.recent.iter().filter(|(_, f)| *f).count() as u64;
+            if o.recent.len() >= minimum as usize
+                && failures * 100 >= u64::from(threshold) * o.recent.len() as u64
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Ejects the endpoint; returns for how long. The time doubles with each ejection that
+    /// comes before the endpoint has stayed in service as long as it was last out.
+    pub fn eject(&self, cfg: &Outlier, now: u64) -> Duration {
+        let mut o = self.outlier.lock().expect("outlier lock");
+        let stayed = Duration::from_millis(now.saturating_sub(o.returned_at));
+        o.ejections = if o.ejections > 0 && stayed <= o.last_ejection.max(cfg.base_ejection) {
+            o.ejections + 1
+        } else {
+            1
+        };
+        let factor = 1u32.checked_shl(o.ejections - 1).unwrap_or(u32::MAX);
+        let time = cfg
+            .base_ejection
+            .checked_mul(factor)
+            .unwrap_or(cfg.max_ejection)
+            .min(cfg.max_ejection);
+        o.last_ejection = time;
+        o.consecutive_5xx = 0;
+        o.consecutive_gateway = 0;
+        o.recent.clear();
+        o.probation = false;
+        self.ejected_until
+            .store(now + time.as_millis() as u64, Ordering::Relaxed);
+        time
     }
 
     /// Requests sent to the endpoint that have no response yet.

@@ -5,6 +5,7 @@ pub mod body;
 pub mod error;
 pub mod grpc;
 pub mod headers;
+pub mod replay;
 mod request;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -20,13 +21,15 @@ use self::{
     error::ProxyError,
 };
 use crate::{
-    balance::EndpointState,
+    balance::{EndpointState, Outcome},
     config::UpstreamConfig,
     drain::Drain,
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, PEER_IDENTITY_HEADER_UNDERSCORE, Peer},
     metrics::{Direction, OpenConn, TargetMetrics},
+    pool::Pending,
     pool::Pools,
-    table::{Protocol, SharedTable},
+    table::{Cluster, Protocol, Route, Service, SharedTable},
+    traffic::{self, Limit},
 };
 
 /// HTTP/2 flow-control windows: what one stream / one connection may have in flight before the
@@ -93,6 +96,114 @@ struct Dest {
     metrics: Arc<TargetMetrics>,
     /// The balancer's view of the endpoint, when it is one of a cluster's.
     state: Option<Arc<EndpointState>>,
+    /// Outbound requests routed by the table: where their policies come from.
+    routed: Option<Routed>,
+}
+
+/// The route and backend an outbound request took.
+struct Routed {
+    svc: Arc<Service>,
+    /// Into `svc.routes`; past the end means the default route.
+    route: usize,
+    cluster: Arc<Cluster>,
+    /// The request's hash key, kept for a retry's pick.
+    hash: Option<u64>,
+}
+
+impl Routed {
+    fn route(&self) -> &Route {
+        self.svc.route(self.route)
+    }
+}
+
+/// What later tries of a request send as its body.
+enum Replay {
+    /// The body is not kept: there is no later try.
+    None,
+    /// The request has no body.
+    Empty,
+    Kept(Arc<replay::Shared>),
+}
+
+impl Replay {
+    /// A later try's body, if the request can still be sent again.
+    fn next(&self) -> Option<RequestBody> {
+        match self {
+            Replay::None => None,
+            Replay::Empty => Some(RequestBody::empty()),
+            Replay::Kept(s) => s.next().map(RequestBody::replay),
+        }
+    }
+}
+
+/// How much of a request body is kept so that the request can be retried or mirrored.
+pub const REPLAY_CAP: usize = 64 * 1024;
+/// How long a mirrored request may take before it is given up.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request's method, target, version and headers, to send again.
+#[derive(Clone)]
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Self {
+        Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn request(self, body: RequestBody) -> Request<RequestBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+
+    /// As Envoy marks a mirrored request: `-shadow` after the host, in the Host header and the
+    /// authority.
+    fn shadow(mut self) -> Self {
+        if let Some(h) = self
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            && let Ok(v) = HeaderValue::from_str(&shadow_host(h))
+        {
+            self.headers.insert(http::header::HOST, v);
+        }
+        if let Some(a) = self.uri.authority() {
+            let mut parts = self.uri.clone().into_parts();
+            if let Ok(a) = shadow_host(a.as_str()).parse() {
+                parts.authority = Some(a);
+                if let Ok(u) = http::Uri::from_parts(parts) {
+                    self.uri = u;
+                }
+            }
+        }
+        self
+    }
+}
+
+fn shadow_host(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() {
+                format!("{host}-shadow:{port}")
+            } else {
+                format!("{authority}-shadow")
+            }
+        }
+        _ => format!("{authority}-shadow"),
+    }
 }
 
 impl HttpProxy {
@@ -237,6 +348,7 @@ impl HttpProxy {
                     timeout: None,
                     metrics,
                     state: None,
+                    routed: None,
                 })
             }
             Router::Outbound {
@@ -266,6 +378,7 @@ impl HttpProxy {
                         timeout: None,
                         metrics: passthrough.clone(),
                         state: None,
+                        routed: None,
                     });
                 }
                 let Some(svc) = svc else {
@@ -276,23 +389,31 @@ impl HttpProxy {
                     return Err((ProxyError::NoRoute(name.to_string()), unknown.clone()));
                 };
                 let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
-                let route = svc
+                let query = req.uri().query();
+                let index = svc
                     .routes
                     .iter()
-                    .find(|r| r.matches.matches(method, path, headers))
-                    .unwrap_or(&svc.default_route);
+                    .position(|r| r.matches.matches(method, path, query, headers))
+                    .unwrap_or(usize::MAX);
+                let route = svc.route(index);
                 let hash = route
                     .hash
                     .as_ref()
                     .and_then(|h| h.key(headers, conn.client));
-                match route.endpoint(hash) {
-                    Some(ep) => Ok(Dest {
+                match route.target(hash, &svc.metrics) {
+                    Some((cluster, ep)) => Ok(Dest {
                         addr: ep.addr,
                         identity: ep.identity.clone(),
                         protocol: svc.protocol,
                         timeout: route.timeout,
                         metrics: svc.metrics.clone(),
                         state: Some(ep.state.clone()),
+                        routed: Some(Routed {
+                            svc: svc.clone(),
+                            route: index,
+                            cluster: cluster.clone(),
+                            hash,
+                        }),
                     }),
                     None => Err((
                         ProxyError::NoEndpoints(svc.name.clone()),
@@ -335,12 +456,32 @@ impl HttpProxy {
             }
         }
         dest.metrics.request();
-        let mut obs = Observer::new(dest.metrics.clone(), is_grpc);
+        let obs = Observer::new(dest.metrics.clone(), is_grpc);
+        let routed = dest.routed.take();
+        // The route's gate: rate limits, then injected faults, then the cluster's request limit
+        // (held until the response has ended).
+        let mut held = None;
+        if let Some(r) = &routed {
+            match self.admit(r, &dest.metrics).await {
+                Ok(permit) => held = permit,
+                Err(e) => return fail(e, is_grpc, obs, version),
+            }
+        }
+        let route = routed.as_ref().map(Routed::route);
+        let policy = route.map(|r| &r.policy);
         let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        // gRPC's own deadline bounds the whole call; the route timeout bounds the wait for
-        // response headers.
-        let grpc_budget = is_grpc.then(|| grpc::timeout(req.headers())).flatten();
+        // gRPC's own deadline bounds the whole call (cut to the route's maximum, and the
+        // upstream told the shorter one); the route timeout bounds the wait for response
+        // headers, retries included.
+        let mut grpc_budget = is_grpc.then(|| grpc::timeout(req.headers())).flatten();
+        if let (Some(g), Some(max)) = (grpc_budget, policy.and_then(|p| p.grpc_timeout_max))
+            && g > max
+        {
+            grpc_budget = Some(max);
+            req.headers_mut()
+                .insert(grpc::TIMEOUT, grpc::encode_timeout(max));
+        }
         // Between sidecars HTTP is HTTP/2 over mutual TLS; a request the application should
         // get as HTTP/1 says so, for the inbound side to restore.
         let mut protocol = dest.protocol;
@@ -361,8 +502,14 @@ impl HttpProxy {
         if let Err(e) = request::prepare(&mut req, protocol, upgrade) {
             return fail(e, is_grpc, obs, version);
         }
+        // A stream idle timeout also bounds the wait for the response's headers.
+        let idle = policy.and_then(|p| p.idle_timeout);
+        let head_timeout = match (dest.timeout, idle) {
+            (Some(t), Some(i)) => Some(t.min(i)),
+            (t, i) => t.or(i),
+        };
         // A deadline too far away to represent is no deadline.
-        let deadline = match (dest.timeout, grpc_budget) {
+        let deadline = match (head_timeout, grpc_budget) {
             (Some(t), Some(g)) if g < t => start
                 .checked_add(g)
                 .map(|at| (at, ProxyError::GrpcDeadline(g))),
@@ -375,29 +522,68 @@ impl HttpProxy {
         // With a deadline, the request body can be cut off when it passes, which resets the
         // upstream stream even if the client is still sending.
         let cancel = deadline.is_some().then(|| Arc::new(Cancel::default()));
-        let req = req.map(|b| RequestBody::new(b, cancel.clone()));
-        let in_flight = dest.state.as_ref().map(|s| s.start());
-        let sent = self
-            .pools
-            .send(dest.addr, dest.identity.as_ref(), req, upgrade);
-        let res = match deadline {
-            Some((at, err)) => match tokio::time::timeout_at(at, sent).await {
+        let retry = policy.and_then(|p| p.retry.as_ref()).filter(|_| !upgrade);
+        let mirror = policy
+            .and_then(|p| p.mirror.as_ref())
+            .filter(|m| !upgrade && traffic::chance(m.percent));
+        let (parts, body) = req.into_parts();
+        let direct = RequestBody::direct(body, cancel.clone());
+        let keep = retry.is_some() || mirror.is_some();
+        let (first, replay) = if !keep {
+            (RequestBody::from(direct), Replay::None)
+        } else if http_body::Body::is_end_stream(&direct) {
+            (RequestBody::empty(), Replay::Empty)
+        } else {
+            let shared = replay::Shared::new(direct, REPLAY_CAP);
+            (RequestBody::replay(shared.first()), Replay::Kept(shared))
+        };
+        let head = keep.then(|| Head::of(&parts));
+        let mut req = Request::from_parts(parts, first);
+        if let (Some(m), Some(head), Some(r)) = (mirror, &head, &routed) {
+            self.mirror(m, head, &replay, &r.svc.metrics);
+        }
+        if let Some(r) = &routed
+            && retry.is_some()
+        {
+            r.svc.budget.deposit();
+        }
+        if let Some(b) = routed.as_ref().and_then(|r| r.cluster.breaker.as_ref()) {
+            match b.acquire(Limit::Pending) {
+                Some(p) => {
+                    req.extensions_mut().insert(Pending(Arc::new(p)));
+                }
+                None => {
+                    dest.metrics.overflow(Limit::Pending);
+                    let e = overflow(routed.as_ref(), Limit::Pending);
+                    return fail(e, is_grpc, obs, version);
+                }
+            }
+        }
+        let tries = self.send_with_retries(
+            &dest,
+            routed.as_ref(),
+            retry,
+            req,
+            head,
+            &replay,
+            upgrade,
+            deadline.as_ref().map(|d| d.0),
+        );
+        let (res, attempts) = match deadline {
+            Some((at, err)) => match tokio::time::timeout_at(at, tries).await {
                 Ok(res) => res,
                 Err(_elapsed) => {
                     if let Some(c) = &cancel {
                         c.fire();
                     }
-                    Err(err)
+                    (Err(err), 0)
                 }
             },
-            None => sent.await,
+            None => tries.await,
         };
         dest.metrics.latency(start.elapsed().as_secs_f64());
-        if let Some(f) = in_flight {
-            match &res {
-                Ok(_) => f.responded(),
-                Err(_) => f.failed(),
-            }
+        if retry.is_some() && attempts > 0 {
+            dest.metrics.attempts(attempts);
         }
         let mut rsp = match res {
             Ok(rsp) => rsp,
@@ -424,6 +610,7 @@ impl HttpProxy {
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         *rsp.version_mut() = version;
+        let mut obs = obs;
         obs.response_head(rsp.status().as_u16(), rsp.headers());
         // After the headers only gRPC's deadline still runs (the route timeout is over).
         let body_deadline =
@@ -433,7 +620,190 @@ impl HttpProxy {
         } else {
             None
         };
-        rsp.map(|b| ProxyBody::upstream(b, obs, body_deadline, cancel))
+        rsp.map(|b| {
+            ProxyBody::upstream(b, obs, body_deadline, cancel)
+                .idle(idle)
+                .hold(held)
+        })
+    }
+
+    /// The route's gate, before anything is sent: the service's and the route's rate limits,
+    /// injected faults, and the cluster's limit of concurrent requests (whose permit the
+    /// response holds until it ends).
+    async fn admit(
+        &self,
+        r: &Routed,
+        metrics: &TargetMetrics,
+    ) -> Result<Option<traffic::Permit>, ProxyError> {
+        let route = r.route();
+        let limited = |b: &Option<Arc<traffic::TokenBucket>>| b.as_ref().is_some_and(|b| !b.take());
+        if limited(&r.svc.rate_limit) || limited(&route.policy.rate_limit) {
+            metrics.rate_limited();
+            return Err(ProxyError::RateLimited(r.svc.name.clone()));
+        }
+        if let Some(f) = &route.policy.fault {
+            if let Some((percent, delay)) = f.delay
+                && traffic::chance(percent)
+            {
+                metrics.fault(false);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some((percent, abort)) = f.abort
+                && traffic::chance(percent)
+            {
+                metrics.fault(true);
+                return Err(ProxyError::Fault(abort));
+            }
+        }
+        match &r.cluster.breaker {
+            Some(b) => match b.acquire(Limit::Requests) {
+                Some(p) => Ok(Some(p)),
+                None => {
+                    metrics.overflow(Limit::Requests);
+                    Err(overflow(Some(r), Limit::Requests))
+                }
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Sends a copy of the request to the mirror's cluster, in the background; its response is
+    /// read and dropped.
+    fn mirror(
+        &self,
+        m: &crate::table::Mirror,
+        head: &Head,
+        replay: &Replay,
+        metrics: &Arc<TargetMetrics>,
+    ) {
+        let body = match replay {
+            Replay::Kept(s) => RequestBody::replay(s.mirror()),
+            Replay::Empty => RequestBody::empty(),
+            Replay::None => return,
+        };
+        let Some(ep) = m.cluster.pick(None, metrics) else {
+            metrics.mirrored(false);
+            return;
+        };
+        let (addr, identity) = (ep.addr, ep.identity.clone());
+        let req = head.clone().shadow().request(body);
+        let pools = self.pools.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let sent = async {
+                let rsp = pools.send(addr, identity.as_ref(), req, false).await.ok()?;
+                http_body_util::BodyExt::collect(rsp.into_body()).await.ok()
+            };
+            let answered = matches!(
+                tokio::time::timeout(MIRROR_TIMEOUT, sent).await,
+                Ok(Some(_))
+            );
+            metrics.mirrored(answered);
+        });
+    }
+
+    /// Sends the request, and again while the route's retry policy, the body's replay buffer,
+    /// the budget, the cluster's retry limit and the deadline allow. Returns the last try's
+    /// result and how many tries were made.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with_retries(
+        &self,
+        dest: &Dest,
+        routed: Option<&Routed>,
+        retry: Option<&traffic::Retry>,
+        first: Request<RequestBody>,
+        head: Option<Head>,
+        replay: &Replay,
+        upgrade: bool,
+        deadline: Option<Instant>,
+    ) -> (Result<Response<Incoming>, ProxyError>, u32) {
+        let mut ep = (dest.addr, dest.identity.clone(), dest.state.clone());
+        let mut req = first;
+        let mut tries = 1;
+        let mut _retry_permit = None;
+        loop {
+            let in_flight = ep.2.as_ref().map(|s| s.start());
+            let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
+            let res = match retry.and_then(|r| r.per_try_timeout) {
+                Some(t) => tokio::time::timeout(t, sent)
+                    .await
+                    .unwrap_or(Err(ProxyError::PerTryTimeout(t))),
+                None => sent.await,
+            };
+            let outcome = match &res {
+                Ok(rsp) => Outcome::of_status(rsp.status().as_u16()),
+                Err(_) => Outcome::GatewayError,
+            };
+            if let Some(f) = in_flight {
+                match &res {
+                    Ok(_) => f.responded(),
+                    Err(_) => f.failed(),
+                }
+            }
+            if let (Some(r), Some(state)) = (routed, &ep.2) {
+                r.cluster.observe(state, outcome, &dest.metrics);
+            }
+            let (Some(policy), Some(r), Some(head)) = (retry, routed, &head) else {
+                return (res, tries);
+            };
+            let reason = match &res {
+                Ok(rsp) => policy.response(rsp.status(), rsp.headers()),
+                Err(e) => policy.failure(e),
+            };
+            let Some(reason) = reason else {
+                return (res, tries);
+            };
+            if tries > policy.retries {
+                return (res, tries);
+            }
+            let wait = match res
+                .as_ref()
+                .ok()
+                .and_then(|rsp| traffic::pushback(rsp.headers()))
+            {
+                Some(Some(d)) if d <= traffic::MAX_PUSHBACK => d,
+                // The upstream asked not to be tried again (or not for a long while).
+                Some(_) => return (res, tries),
+                None => policy.backoff(tries - 1, fastrand::f64()),
+            };
+            if deadline.is_some_and(|at| Instant::now() + wait >= at) {
+                return (res, tries);
+            }
+            let Some(body) = replay.next() else {
+                return (res, tries);
+            };
+            if !r.svc.budget.withdraw() {
+                dest.metrics.budget_exhausted();
+                return (res, tries);
+            }
+            if let Some(b) = &r.cluster.breaker {
+                match b.acquire(Limit::Retries) {
+                    Some(p) => _retry_permit = Some(p),
+                    None => {
+                        dest.metrics.overflow(Limit::Retries);
+                        return (res, tries);
+                    }
+                }
+            }
+            dest.metrics.retry(reason);
+            tracing::debug!(addr = %ep.0, reason = reason.as_str(), try_no = tries, "retrying");
+            // Dropping a response we will not relay resets its stream.
+            drop(res);
+            tokio::time::sleep(wait).await;
+            if let Some(e) = r.cluster.pick_other(r.hash, ep.0, &dest.metrics) {
+                ep = (e.addr, e.identity.clone(), Some(e.state.clone()));
+            }
+            req = head.clone().request(body);
+            tries += 1;
+        }
+    }
+}
+
+/// The error for a request turned away at a cluster's limit.
+fn overflow(r: Option<&Routed>, limit: Limit) -> ProxyError {
+    ProxyError::Overflow {
+        cluster: r.map_or_else(|| Arc::from(""), |r| r.cluster.name.clone()),
+        limit,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod route;
 pub mod server;
 pub mod table;
 pub mod tcp;
+pub mod traffic;
 pub mod transport;
 
 use std::{

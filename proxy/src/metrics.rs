@@ -57,6 +57,39 @@ pub struct Metrics {
     xds_updates: IntCounterVec,
     endpoint_dns: IntCounterVec,
     pub tls: TlsMetrics,
+    traffic: Arc<TrafficFamilies>,
+}
+
+/// The traffic-management metric families (retries, limits, ejections, faults, mirroring).
+#[derive(Debug)]
+struct TrafficFamilies {
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+    attempts: HistogramVec,
+    overflow: IntCounterVec,
+    ejections: IntCounterVec,
+    ejected: IntGaugeVec,
+    rate_limited: IntCounterVec,
+    faults: IntCounterVec,
+    mirrored: IntCounterVec,
+}
+
+/// Buckets of `weft_request_attempts`: tries per request.
+const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0];
+
+/// A target's traffic-management handles, each made on first use (a service that never
+/// retries shows no retry series).
+#[derive(Default)]
+struct TrafficHandles {
+    retries: [OnceLock<IntCounter>; crate::traffic::REASONS.len()],
+    budget_exhausted: OnceLock<IntCounter>,
+    attempts: OnceLock<Histogram>,
+    overflow: [OnceLock<IntCounter>; crate::traffic::LIMITS.len()],
+    ejections: OnceLock<IntCounter>,
+    ejected: OnceLock<IntGauge>,
+    rate_limited: OnceLock<IntCounter>,
+    faults: [OnceLock<IntCounter>; 2],
+    mirrored: [OnceLock<IntCounter>; 2],
 }
 
 /// Workload identity, mutual TLS and authorization.
@@ -127,6 +160,8 @@ pub struct TargetMetrics {
     http: Box<[OnceLock<IntCounter>]>,
     /// gRPC responses (HTTP 200) by grpc-status.
     grpc: [OnceLock<IntCounter>; GRPC_CODES],
+    families: Arc<TrafficFamilies>,
+    traffic: TrafficHandles,
 }
 
 impl std::fmt::Debug for TargetMetrics {
@@ -366,6 +401,83 @@ impl Metrics {
         reg(Box::new(xds_connected.clone()));
         reg(Box::new(xds_updates.clone()));
         reg(Box::new(endpoint_dns.clone()));
+        let dt = ["direction", "target"];
+        let traffic = TrafficFamilies {
+            retries: IntCounterVec::new(
+                opts("retries_total", "Retries, by reason (the retry condition, or per-try-timeout)."),
+                &["direction", "target", "reason"],
+            )
+            .unwrap(),
+            budget_exhausted: IntCounterVec::new(
+                opts(
+                    "retry_budget_exhausted_total",
+                    "Retries not made because the retry budget was spent.",
+                ),
+                &dt,
+            )
+            .unwrap(),
+            attempts: HistogramVec::new(
+                HistogramOpts::from(opts(
+                    "request_attempts",
+                    "Tries per request on routes that retry (1 means no retry).",
+                ))
+                .buckets(ATTEMPT_BUCKETS.to_vec()),
+                &dt,
+            )
+            .unwrap(),
+            overflow: IntCounterVec::new(
+                opts(
+                    "circuit_breaker_overflow_total",
+                    "Requests failed fast (or retries not made) at a cluster limit, by limit (connections, pending, requests, retries).",
+                ),
+                &["direction", "target", "limit"],
+            )
+            .unwrap(),
+            ejections: IntCounterVec::new(
+                opts("outlier_ejections_total", "Endpoints ejected by outlier detection."),
+                &dt,
+            )
+            .unwrap(),
+            ejected: IntGaugeVec::new(
+                opts("outlier_ejected_endpoints", "Endpoints now ejected by outlier detection."),
+                &dt,
+            )
+            .unwrap(),
+            rate_limited: IntCounterVec::new(
+                opts(
+                    "rate_limited_total",
+                    "Requests refused by a local rate limit (429, RESOURCE_EXHAUSTED).",
+                ),
+                &dt,
+            )
+            .unwrap(),
+            faults: IntCounterVec::new(
+                opts("faults_injected_total", "Faults injected, by kind (delay, abort)."),
+                &["direction", "target", "fault"],
+            )
+            .unwrap(),
+            mirrored: IntCounterVec::new(
+                opts(
+                    "mirrored_requests_total",
+                    "Requests copied to a mirror, by result (sent: it answered; failed: it did not).",
+                ),
+                &["direction", "target", "result"],
+            )
+            .unwrap(),
+        };
+        for c in [
+            &traffic.retries,
+            &traffic.budget_exhausted,
+            &traffic.overflow,
+            &traffic.ejections,
+            &traffic.rate_limited,
+            &traffic.faults,
+            &traffic.mirrored,
+        ] {
+            reg(Box::new(c.clone()));
+        }
+        reg(Box::new(traffic.attempts.clone()));
+        reg(Box::new(traffic.ejected.clone()));
         for r in ["ok", "error"] {
             table_reloads.with_label_values(&[r]);
         }
@@ -394,6 +506,7 @@ impl Metrics {
             xds_updates,
             endpoint_dns,
             tls,
+            traffic: Arc::new(traffic),
         })
     }
 
@@ -412,6 +525,8 @@ impl Metrics {
                     responses: self.responses.clone(),
                     http: (100..600).map(|_| OnceLock::new()).collect(),
                     grpc: std::array::from_fn(|_| OnceLock::new()),
+                    families: self.traffic.clone(),
+                    traffic: TrafficHandles::default(),
                 })
             })
             .clone()
@@ -463,6 +578,108 @@ impl Metrics {
 }
 
 impl TargetMetrics {
+    fn labels<'a>(&'a self, extra: &'a str) -> [&'a str; 3] {
+        [self.direction, &self.target, extra]
+    }
+
+    pub fn retry(&self, reason: crate::traffic::Reason) {
+        self.traffic.retries[reason as usize]
+            .get_or_init(|| {
+                self.families
+                    .retries
+                    .with_label_values(&self.labels(reason.as_str()))
+            })
+            .inc();
+    }
+
+    pub fn budget_exhausted(&self) {
+        self.traffic
+            .budget_exhausted
+            .get_or_init(|| {
+                self.families
+                    .budget_exhausted
+                    .with_label_values(&self.labels("")[..2])
+            })
+            .inc();
+    }
+
+    pub fn attempts(&self, n: u32) {
+        self.traffic
+            .attempts
+            .get_or_init(|| {
+                self.families
+                    .attempts
+                    .with_label_values(&self.labels("")[..2])
+            })
+            .observe(f64::from(n));
+    }
+
+    pub fn overflow(&self, limit: crate::traffic::Limit) {
+        self.traffic.overflow[limit as usize]
+            .get_or_init(|| {
+                self.families
+                    .overflow
+                    .with_label_values(&self.labels(limit.as_str()))
+            })
+            .inc();
+    }
+
+    fn ejected_gauge(&self) -> &IntGauge {
+        self.traffic.ejected.get_or_init(|| {
+            self.families
+                .ejected
+                .with_label_values(&self.labels("")[..2])
+        })
+    }
+
+    /// An endpoint was ejected.
+    pub fn ejection(&self) {
+        self.traffic
+            .ejections
+            .get_or_init(|| {
+                self.families
+                    .ejections
+                    .with_label_values(&self.labels("")[..2])
+            })
+            .inc();
+        self.ejected_gauge().inc();
+    }
+
+    /// An ejected endpoint is back in service.
+    pub fn returned(&self) {
+        self.ejected_gauge().dec();
+    }
+
+    pub fn rate_limited(&self) {
+        self.traffic
+            .rate_limited
+            .get_or_init(|| {
+                self.families
+                    .rate_limited
+                    .with_label_values(&self.labels("")[..2])
+            })
+            .inc();
+    }
+
+    /// `abort` false: a delay.
+    pub fn fault(&self, abort: bool) {
+        let (i, kind) = if abort { (1, "abort") } else { (0, "delay") };
+        self.traffic.faults[i]
+            .get_or_init(|| self.families.faults.with_label_values(&self.labels(kind)))
+            .inc();
+    }
+
+    pub fn mirrored(&self, answered: bool) {
+        let (i, result) = if answered { (0, "sent") } else { (1, "failed") };
+        self.traffic.mirrored[i]
+            .get_or_init(|| {
+                self.families
+                    .mirrored
+                    .with_label_values(&self.labels(result))
+            })
+            .inc();
+    }
+
     pub fn request(&self) {
         self.requests.inc();
     }

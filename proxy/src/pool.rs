@@ -25,6 +25,12 @@ use crate::{
     },
 };
 
+/// Carried in a request's extensions while it waits for an upstream connection (the
+/// circuit breaker's `maxPendingRequests` counts these); the pool drops it once the request
+/// has a connection.
+#[derive(Debug, Clone)]
+pub struct Pending(pub Arc<crate::traffic::Permit>);
+
 #[derive(Debug)]
 pub struct Pools {
     h1: h1::Pool,

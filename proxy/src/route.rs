@@ -45,16 +45,44 @@ pub struct HeaderMatch {
     pub value: StringMatch,
 }
 
+/// A query parameter match, on the value as sent (not percent-decoded); `Any` means the
+/// parameter is present.
+#[derive(Debug, Clone)]
+pub struct QueryMatch {
+    pub name: Box<str>,
+    pub value: StringMatch,
+}
+
 /// What a request must look like for a route to take it. Every part given must match.
 #[derive(Debug, Clone, Default)]
 pub struct RouteMatch {
     pub path: Option<StringMatch>,
     pub method: Option<Method>,
     pub headers: Vec<HeaderMatch>,
+    pub query: Vec<QueryMatch>,
 }
 
 impl RouteMatch {
-    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> bool {
+        if !self.query.is_empty() {
+            let q = query.unwrap_or("");
+            // A parameter given more than once matches if any of its values does.
+            let ok = self.query.iter().all(|m| {
+                q.split('&').any(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    k == &*m.name && m.value.matches(v)
+                })
+            });
+            if !ok {
+                return false;
+            }
+        }
         if let Some(m) = &self.method
             && m != method
         {
@@ -192,16 +220,44 @@ mod tests {
                 name: HeaderName::from_static("x-canary"),
                 value: StringMatch::Exact("1".into()),
             }],
+            query: vec![],
         };
         let mut h = HeaderMap::new();
-        assert!(!m.matches(&Method::POST, "/api/x", &h));
+        assert!(!m.matches(&Method::POST, "/api/x", None, &h));
         h.append("x-canary", "0".parse().unwrap());
-        assert!(!m.matches(&Method::POST, "/api/x", &h));
+        assert!(!m.matches(&Method::POST, "/api/x", None, &h));
         h.append("x-canary", "1".parse().unwrap());
-        assert!(m.matches(&Method::POST, "/api/x", &h));
-        assert!(!m.matches(&Method::GET, "/api/x", &h));
-        assert!(!m.matches(&Method::POST, "/web", &h));
-        assert!(RouteMatch::default().matches(&Method::GET, "/", &HeaderMap::new()));
+        assert!(m.matches(&Method::POST, "/api/x", None, &h));
+        assert!(!m.matches(&Method::GET, "/api/x", None, &h));
+        assert!(!m.matches(&Method::POST, "/web", None, &h));
+        assert!(RouteMatch::default().matches(&Method::GET, "/", None, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn query_parameters_match_on_their_values_as_sent() {
+        let m = RouteMatch {
+            query: vec![
+                QueryMatch {
+                    name: "version".into(),
+                    value: StringMatch::Exact("v2".into()),
+                },
+                QueryMatch {
+                    name: "debug".into(),
+                    value: StringMatch::Any,
+                },
+            ],
+            ..Default::default()
+        };
+        let h = HeaderMap::new();
+        let get = |q: Option<&str>| m.matches(&Method::GET, "/", q, &h);
+        assert!(get(Some("version=v2&debug")));
+        assert!(get(Some("debug=&a=b&version=v1&version=v2")));
+        assert!(!get(Some("version=v2")));
+        assert!(!get(Some("version=v1&debug=1")));
+        assert!(!get(Some("versionx=v2&debug")));
+        assert!(!get(None));
+        // Not percent-decoded.
+        assert!(!get(Some("version=v%32&debug")));
     }
 
     #[test]

@@ -147,15 +147,27 @@ impl Listener {
                 // One endpoint, with the identity it must prove (an opaque connection to a
                 // meshed endpoint is mutual TLS too).
                 // The caller's address is all an opaque connection can be hashed on.
+                // A cluster's `maxConnections` bounds its opaque connections: one over the
+                // limit is closed at once.
                 let pick = |s: &Arc<crate::table::Service>| {
                     let route = &s.default_route;
                     let hash = route
                         .hash
                         .as_ref()
                         .and_then(|h| h.key(&http::HeaderMap::new(), Some(peer)));
-                    route
-                        .endpoint(hash)
-                        .map(|e| (e.addr, e.identity.clone(), Some(e.state.start())))
+                    let (cluster, e) = route.target(hash, &s.metrics)?;
+                    let permit = match &cluster.breaker {
+                        Some(b) => match b.acquire(crate::traffic::Limit::Connections) {
+                            Some(p) => Some(p),
+                            None => {
+                                s.metrics.overflow(crate::traffic::Limit::Connections);
+                                tracing::debug!(%peer, cluster = %cluster.name, "connection limit reached; closing");
+                                return None;
+                            }
+                        },
+                        None => None,
+                    };
+                    Some((e.addr, e.identity.clone(), Some((e.state.start(), permit))))
                 };
                 let table = self.table.load();
                 let dest = match (&self.tcp, orig_dst) {

@@ -26,11 +26,12 @@ use weft_core::{
 };
 
 use crate::{
-    balance::{Balancer, EndpointState},
+    balance::{Balancer, EndpointState, Outcome, Outlier},
     inbound::Authz,
     metrics::{Direction, Metrics, TargetMetrics},
     resolve::Resolved,
-    route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
+    route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch, WeightedSplit},
+    traffic::{Breaker, Budget, Fault, Retry, TokenBucket},
 };
 pub use file::{LoadError, Protocol, TableFile};
 
@@ -80,6 +81,37 @@ pub struct Service {
     pub domains: Box<[Box<str>]>,
     /// Who may call the service's endpoints; `None` allows everyone.
     pub authz: Option<Arc<Authz>>,
+    /// What retries on the service's routes may add (on by default).
+    pub budget: Arc<Budget>,
+    /// The service's own token bucket, shared by its routes.
+    pub rate_limit: Option<Arc<TokenBucket>>,
+}
+
+impl Service {
+    /// Route `i`, or the default route for any index past the routes.
+    pub fn route(&self, i: usize) -> &Route {
+        self.routes.get(i).unwrap_or(&self.default_route)
+    }
+}
+
+/// A route's traffic policies beyond where it sends requests.
+#[derive(Debug, Default)]
+pub struct RoutePolicy {
+    pub retry: Option<Retry>,
+    pub fault: Option<Fault>,
+    pub rate_limit: Option<Arc<TokenBucket>>,
+    pub mirror: Option<Mirror>,
+    /// The longest `grpc-timeout` honoured; a longer one is cut to this.
+    pub grpc_timeout_max: Option<Duration>,
+    /// A response stream that carries nothing for this long is ended.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Copies of a share of a route's requests go to `cluster`.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: Arc<Cluster>,
+    pub percent: f64,
 }
 
 #[derive(Debug)]
@@ -92,17 +124,22 @@ pub struct Route {
     /// What a request is hashed on: for a ring-hash cluster's endpoint, and to keep a caller
     /// on one backend of the split (sticky canary).
     pub hash: Option<HashOn>,
+    pub policy: RoutePolicy,
 }
 
 impl Route {
-    /// The endpoint for a request with hash key `hash`: a key keeps a caller on one backend of
-    /// the split (sticky canary) and, on a ring-hash cluster, on one endpoint.
-    pub fn endpoint(&self, hash: Option<u64>) -> Option<&Endpoint> {
+    /// The backend and endpoint for a request with hash key `hash`: a key keeps a caller on
+    /// one backend of the split (sticky canary) and, on a ring-hash cluster, on one endpoint.
+    pub fn target(
+        &self,
+        hash: Option<u64>,
+        metrics: &TargetMetrics,
+    ) -> Option<(&Arc<Cluster>, &Endpoint)> {
         let cluster = match hash {
             Some(h) => self.backends.pick_with(h),
             None => self.backends.pick(),
-        };
-        cluster?.pick(hash)
+        }?;
+        Some((cluster, cluster.pick(hash, metrics)?))
     }
 }
 
@@ -145,6 +182,10 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub endpoints: WeightedSplit<Endpoint>,
     pub balancer: Balancer,
+    pub outlier: Option<Outlier>,
+    /// Percent of endpoints that must be in service for ejections to count.
+    pub panic_threshold: f64,
+    pub breaker: Option<Breaker>,
 }
 
 impl Cluster {
@@ -154,13 +195,84 @@ impl Cluster {
             name,
             endpoints,
             balancer,
+            outlier: None,
+            panic_threshold: crate::balance::DEFAULT_PANIC_THRESHOLD,
+            breaker: None,
         }
     }
 
-    /// The endpoint for a request with hash key `hash` (see [`HashOn`]).
-    pub fn pick(&self, hash: Option<u64>) -> Option<&Endpoint> {
+    /// The endpoint for a request with hash key `hash` (see [`HashOn`]), skipping ejected
+    /// ones unless too few are left in service (the panic threshold).
+    pub fn pick(&self, hash: Option<u64>, metrics: &TargetMetrics) -> Option<&Endpoint> {
         let i = self.balancer.pick(&self.endpoints, |e| &*e.state, hash)?;
-        self.endpoints.get(i)
+        let ep = self.endpoints.get(i)?;
+        if self.outlier.is_none() {
+            return Some(ep);
+        }
+        let now = crate::balance::now_ms();
+        if ep.state.return_if_due(now) {
+            metrics.returned();
+        }
+        if !ep.state.ejected(now) {
+            return Some(ep);
+        }
+        // The balancer chose an ejected endpoint: the next one in service after it.
+        let n = self.endpoints.len();
+        let mut in_service = 0;
+        let mut next = None;
+        for k in 1..n {
+            let j = (i + k) % n;
+            let e = self.endpoints.get(j)?;
+            if e.state.return_if_due(now) {
+                metrics.returned();
+            }
+            if !e.state.ejected(now) {
+                in_service += 1;
+                next.get_or_insert(e);
+            }
+        }
+        if (in_service as f64) * 100.0 < self.panic_threshold * n as f64 {
+            return Some(ep);
+        }
+        next
+    }
+
+    /// An endpoint for a retry: another than `avoid` if the cluster has one.
+    pub fn pick_other(
+        &self,
+        hash: Option<u64>,
+        avoid: SocketAddr,
+        metrics: &TargetMetrics,
+    ) -> Option<&Endpoint> {
+        let first = self.pick(hash, metrics)?;
+        if first.addr != avoid || self.endpoints.len() < 2 {
+            return Some(first);
+        }
+        (0..3)
+            .filter_map(|_| self.pick(None, metrics))
+            .find(|e| e.addr != avoid)
+            .or(Some(first))
+    }
+
+    /// Feeds a request's outcome to outlier detection, ejecting the endpoint when it calls
+    /// for it and the cluster's share of ejected endpoints allows (one always may be).
+    pub fn observe(&self, ep: &EndpointState, outcome: Outcome, metrics: &TargetMetrics) {
+        let Some(cfg) = &self.outlier else { return };
+        let now = crate::balance::now_ms();
+        if !ep.record(outcome, cfg, now) {
+            return;
+        }
+        let n = self.endpoints.len() as u64;
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.ejected(now))
+            .count() as u64;
+        if ejected == 0 || (ejected + 1) * 100 <= u64::from(cfg.max_ejection_percent) * n {
+            let time = ep.eject(cfg, now);
+            metrics.ejection();
+            tracing::info!(cluster = %self.name, endpoint = %ep.addr, ?time, "outlier detection ejected an endpoint");
+        }
     }
 }
 
@@ -487,6 +599,53 @@ impl<'a> Names<'a> {
             .collect()
     }
 
+    fn previous_service(&self, name: &str) -> Option<&'a Arc<Service>> {
+        self.previous.services.iter().find(|s| &*s.name == name)
+    }
+
+    /// The service's retry budget: the one in force if its settings are the same.
+    pub(crate) fn budget(&self, service: &str, new: Budget) -> Arc<Budget> {
+        match self.previous_service(service) {
+            Some(s) if s.budget.same(&new) => s.budget.clone(),
+            _ => Arc::new(new),
+        }
+    }
+
+    /// A token bucket, the one in force if its settings are the same: the service's
+    /// (`route` `None`) or a route's.
+    pub(crate) fn bucket(
+        &self,
+        service: &str,
+        route: Option<&str>,
+        new: TokenBucket,
+    ) -> Arc<TokenBucket> {
+        let old = self.previous_service(service).and_then(|s| match route {
+            None => s.rate_limit.clone(),
+            Some(r) => s
+                .routes
+                .iter()
+                .find(|x| &*x.name == r)
+                .and_then(|x| x.policy.rate_limit.clone()),
+        });
+        match old {
+            Some(b) if b.same(&new) => b,
+            _ => Arc::new(new),
+        }
+    }
+
+    /// A cluster's breaker, counting on from the one in force by the cluster's name.
+    pub(crate) fn breaker(&self, cluster: &str, p: &weft_core::policy::CircuitBreaker) -> Breaker {
+        let old = self
+            .previous
+            .services
+            .iter()
+            .flat_map(|s| s.routes.iter().chain([&s.default_route]))
+            .flat_map(|r| r.backends.iter())
+            .find(|c| &*c.name == cluster)
+            .and_then(|c| c.breaker.as_ref());
+        Breaker::new(p, old)
+    }
+
     fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
         if let Some(s) = self.previous.states.get(&addr) {
             return s.clone();
@@ -539,6 +698,8 @@ struct ServiceDraft {
     default_route: Route,
     domains: Vec<Box<str>>,
     authz: Option<Arc<Authz>>,
+    budget: Arc<Budget>,
+    rate_limit: Option<Arc<TokenBucket>>,
 }
 
 impl ServiceDraft {
@@ -551,6 +712,8 @@ impl ServiceDraft {
             default_route: self.default_route,
             domains: self.domains.into(),
             authz: self.authz,
+            budget: self.budget,
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -595,11 +758,30 @@ fn compile_service(
             .map(|ep| (e.weight, ep))
             .collect()
     };
-    let all = Arc::new(Cluster::new(
+    let outlier = spec.outlier_detection.as_ref().map(Outlier::compile);
+    let panic_threshold = lb
+        .panic_threshold
+        .unwrap_or(crate::balance::DEFAULT_PANIC_THRESHOLD);
+    if !(0.0..=100.0).contains(&panic_threshold) {
+        return Err((
+            format!("{at}.loadBalancer.panicThreshold"),
+            format!("{panic_threshold} is not a percentage between 0 and 100"),
+        ));
+    }
+    let cluster = |name: Arc<str>, members: WeightedSplit<Endpoint>| {
+        let mut c = Cluster::new(name.clone(), members, lb.policy);
+        c.outlier = outlier.clone();
+        c.panic_threshold = panic_threshold;
+        c.breaker = spec
+            .circuit_breaker
+            .as_ref()
+            .map(|cb| names.breaker(&name, cb));
+        Arc::new(c)
+    };
+    let all = cluster(
         name.clone(),
         WeightedSplit::new(spec.endpoints.iter().flat_map(endpoints)),
-        lb.policy,
-    ));
+    );
     let mut subsets: HashMap<&str, Arc<Cluster>> = HashMap::new();
     for (i, s) in spec.subsets.iter().enumerate() {
         if s.name.is_empty() {
@@ -612,35 +794,39 @@ fn compile_service(
             .endpoints
             .iter()
             .filter(|e| s.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
-        let cluster = Cluster::new(
+        let c = cluster(
             format!("{name}/{}", s.name).into(),
             WeightedSplit::new(members.flat_map(endpoints)),
-            lb.policy,
         );
-        if subsets.insert(&s.name, Arc::new(cluster)).is_some() {
+        if subsets.insert(&s.name, c).is_some() {
             return Err((
                 format!("{at}.subsets[{i}].name"),
                 format!("subset `{}` is defined twice", s.name),
             ));
         }
     }
+    let subset = |s: &Option<String>, field: String| -> Result<Arc<Cluster>, (String, String)> {
+        match s {
+            None => Ok(all.clone()),
+            Some(s) => subsets.get(s.as_str()).cloned().ok_or_else(|| {
+                let mut known: Vec<&str> = subsets.keys().copied().collect();
+                known.sort_unstable();
+                (
+                    field,
+                    format!("unknown subset `{s}` (defined: {})", known.join(", ")),
+                )
+            }),
+        }
+    };
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (i, r) in spec.routes.iter().enumerate() {
         let rat = format!("{at}.routes[{i}]");
         let mut backends = Vec::with_capacity(r.backends.len());
         for (j, b) in r.backends.iter().enumerate() {
-            let cluster = match &b.subset {
-                None => all.clone(),
-                Some(s) => subsets.get(s.as_str()).cloned().ok_or_else(|| {
-                    let mut known: Vec<&str> = subsets.keys().copied().collect();
-                    known.sort_unstable();
-                    (
-                        format!("{rat}.backends[{j}].subset"),
-                        format!("unknown subset `{s}` (defined: {})", known.join(", ")),
-                    )
-                })?,
-            };
-            backends.push((b.weight, cluster));
+            backends.push((
+                b.weight,
+                subset(&b.subset, format!("{rat}.backends[{j}].subset"))?,
+            ));
         }
         let backends = if backends.is_empty() {
             WeightedSplit::new([(1, all.clone())])
@@ -653,19 +839,92 @@ fn compile_service(
                 "every backend has weight 0: nothing could be routed".into(),
             ));
         }
+        let route_name: Arc<str> = r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route-{i}"))
+            .into();
+        let mirror = match &r.mirror {
+            Some(m) => {
+                let percent = m.percent.unwrap_or(100.0);
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err((
+                        format!("{rat}.mirror.percent"),
+                        format!("{percent} is not a percentage between 0 and 100"),
+                    ));
+                }
+                Some(Mirror {
+                    cluster: subset(&m.subset, format!("{rat}.mirror.subset"))?,
+                    percent,
+                })
+            }
+            None => None,
+        };
+        let policy = RoutePolicy {
+            retry: compile_retry(r.retry.as_ref().or(spec.retry.as_ref()), &rat)?,
+            fault: r
+                .fault
+                .as_ref()
+                .or(spec.fault.as_ref())
+                .map(Fault::compile)
+                .transpose()
+                .map_err(|e| (format!("{rat}.fault"), e))?,
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .map(|rl| {
+                    check_rate_limit(rl, &format!("{rat}.rateLimit"))?;
+                    Ok::<_, (String, String)>(names.bucket(
+                        &name,
+                        Some(&route_name),
+                        TokenBucket::from_policy(rl),
+                    ))
+                })
+                .transpose()?,
+            mirror,
+            grpc_timeout_max: r.grpc_timeout_max,
+            idle_timeout: r.idle_timeout,
+        };
         routes.push(Route {
-            name: r
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("route-{i}"))
-                .into(),
+            name: route_name,
             matches: compile_match(&r.matches, &format!("{rat}.match"))?,
             backends,
             timeout: r.timeout,
             hash: hash.clone(),
+            policy,
         });
     }
+    let default_policy = RoutePolicy {
+        retry: compile_retry(spec.retry.as_ref(), at)?,
+        fault: spec
+            .fault
+            .as_ref()
+            .map(Fault::compile)
+            .transpose()
+            .map_err(|e| (format!("{at}.fault"), e))?,
+        ..RoutePolicy::default()
+    };
+    let budget = Budget::from_policy(spec.retry.as_ref().and_then(|r| r.budget.as_ref()));
+    if !(0.0..=1.0).contains(&budget.ratio) {
+        return Err((
+            format!("{at}.retry.budget.ratio"),
+            format!(
+                "{} is not a ratio between 0 and 1 (0.2 means 20%)",
+                budget.ratio
+            ),
+        ));
+    }
+    let rate_limit = spec
+        .rate_limit
+        .as_ref()
+        .map(|rl| {
+            check_rate_limit(rl, &format!("{at}.rateLimit"))?;
+            Ok::<_, (String, String)>(names.bucket(&name, None, TokenBucket::from_policy(rl)))
+        })
+        .transpose()?;
     Ok(ServiceDraft {
+        budget: names.budget(&name, budget),
+        rate_limit,
         name,
         protocol: spec.protocol,
         routes: routes.into(),
@@ -675,10 +934,34 @@ fn compile_service(
             backends: WeightedSplit::new([(1, all)]),
             timeout: None,
             hash,
+            policy: default_policy,
         },
         domains: Vec::new(),
         authz,
     })
+}
+
+/// A retry policy, compiled; `at` is where it applies (its `retry` field is named in errors).
+fn compile_retry(
+    p: Option<&weft_core::policy::RetryPolicy>,
+    at: &str,
+) -> Result<Option<Retry>, (String, String)> {
+    p.map(Retry::compile)
+        .transpose()
+        .map_err(|e| (format!("{at}.retry"), e))
+}
+
+fn check_rate_limit(rl: &weft_core::policy::RateLimit, at: &str) -> Result<(), (String, String)> {
+    if rl.requests_per_second == 0 {
+        return Err((
+            format!("{at}.requestsPerSecond"),
+            "must be at least 1".into(),
+        ));
+    }
+    if rl.burst == Some(0) {
+        return Err((format!("{at}.burst"), "must be at least 1".into()));
+    }
+    Ok(())
 }
 
 /// What a service's load balancer hashes, checked: `ring-hash` needs a key; a key with any
@@ -742,10 +1025,22 @@ fn compile_match(m: &file::MatchSpec, at: &str) -> Result<RouteMatch, (String, S
         let value = compile_string_match(&h.value(), &hat, true)?;
         headers.push(HeaderMatch { name, value });
     }
+    let mut query = Vec::with_capacity(m.query_params.len());
+    for (i, q) in m.query_params.iter().enumerate() {
+        let qat = format!("{at}.queryParams[{i}]");
+        if q.name.is_empty() {
+            return Err((format!("{qat}.name"), "must not be empty".into()));
+        }
+        query.push(QueryMatch {
+            name: q.name.as_str().into(),
+            value: compile_string_match(&q.value(), &qat, true)?,
+        });
+    }
     Ok(RouteMatch {
         path,
         method,
         headers,
+        query,
     })
 }
 

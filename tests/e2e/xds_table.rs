@@ -109,7 +109,7 @@ fn the_control_planes_resources_compile_into_the_same_routing() {
     let pick = |method: &Method, path: &str, h: &HeaderMap| {
         svc.routes
             .iter()
-            .find(|r| r.matches.matches(method, path, h))
+            .find(|r| r.matches.matches(method, path, None, h))
             .map(|r| r.name.to_string())
     };
     assert_eq!(

@@ -153,11 +153,15 @@ impl PolicySpec {
             f.check("spec.fault", c);
         }
         if let Some(rl) = &self.rate_limit {
-            c.positive(
-                "spec.rateLimit.requestsPerSecond".into(),
-                Some(rl.requests_per_second),
-            );
-            c.positive("spec.rateLimit.burst".into(), rl.burst);
+            rl.check("spec.rateLimit", c);
+        }
+        for (name, d) in [
+            ("grpcTimeoutMax", self.grpc_timeout_max),
+            ("idleTimeout", self.idle_timeout),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                c.fail(format!("spec.{name}"), "must be more than 0");
+            }
         }
         if let Some(a) = &self.authorization {
             check_authorization(a, c);
@@ -195,6 +199,13 @@ impl RouteRule {
                 }
                 check_string_match(&f, &h.exact, &h.prefix, &h.regex, false, c);
             }
+            for (i, q) in m.query_params.iter().enumerate() {
+                let f = format!("{at}.match.queryParams[{i}]");
+                if q.name.is_empty() {
+                    c.fail(format!("{f}.name"), "must not be empty");
+                }
+                check_string_match(&f, &q.exact, &q.prefix, &q.regex, false, c);
+            }
         }
         let mut total = 0u64;
         for (i, b) in self.backends.iter().enumerate() {
@@ -221,6 +232,41 @@ impl RouteRule {
         if let Some(f) = &self.fault {
             f.check(&format!("{at}.fault"), c);
         }
+        if let Some(rl) = &self.rate_limit {
+            rl.check(&format!("{at}.rateLimit"), c);
+        }
+        if let Some(m) = &self.mirror {
+            if let Some(p) = m.percent {
+                c.percent(format!("{at}.mirror.percent"), p);
+            }
+            if let Some(s) = &m.subset
+                && !subsets.contains(s.as_str())
+            {
+                let known: Vec<&str> = subsets.iter().copied().collect();
+                c.fail(
+                    format!("{at}.mirror.subset"),
+                    format!("unknown subset `{s}` (defined: {})", known.join(", ")),
+                );
+            }
+        }
+        for (name, d) in [
+            ("grpcTimeoutMax", self.grpc_timeout_max),
+            ("idleTimeout", self.idle_timeout),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                c.fail(format!("{at}.{name}"), "must be more than 0");
+            }
+        }
+    }
+}
+
+impl Validate for RateLimit {
+    fn check(&self, at: &str, c: &mut Check) {
+        c.positive(
+            format!("{at}.requestsPerSecond"),
+            Some(self.requests_per_second),
+        );
+        c.positive(format!("{at}.burst"), self.burst);
     }
 }
 
@@ -338,6 +384,9 @@ impl Validate for LoadBalancer {
             ),
             (None, _) => {}
         }
+        if let Some(p) = self.panic_threshold {
+            c.percent("spec.loadBalancer.panicThreshold".into(), p);
+        }
     }
 }
 
@@ -371,9 +420,18 @@ impl Validate for OutlierDetection {
                 c.fail(format!("{at}.failureRate.window"), "must be more than 0");
             }
         }
+        if let (Some(base), Some(max)) = (self.base_ejection_time, self.max_ejection_time)
+            && max < base
+        {
+            c.fail(
+                format!("{at}.maxEjectionTime"),
+                format!("{max:?} is less than baseEjectionTime {base:?}"),
+            );
+        }
         for (name, d) in [
             ("interval", self.interval),
             ("baseEjectionTime", self.base_ejection_time),
+            ("maxEjectionTime", self.max_ejection_time),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
                 c.fail(format!("{at}.{name}"), "must be more than 0");

@@ -7,22 +7,37 @@ use weft_core::address::EndpointAddress;
 use weft_xds_proto::{
     envoy::{
         config::{
-            core::v3::{Address, Metadata, SocketAddress, address, socket_address::PortSpecifier},
+            core::v3::{
+                Address, Metadata, RuntimeFractionalPercent, SocketAddress, address,
+                socket_address::PortSpecifier,
+            },
             route::v3::{
-                HeaderMatcher, RetryPolicy as EnvoyRetry, RouteMatch as EnvoyMatch,
+                HeaderMatcher, QueryParameterMatcher, RetryPolicy as EnvoyRetry,
+                RouteMatch as EnvoyMatch,
                 header_matcher::HeaderMatchSpecifier,
+                query_parameter_matcher::QueryParameterMatchSpecifier,
                 retry_policy::RetryBackOff,
                 route_action::{HashPolicy, hash_policy},
                 route_match::PathSpecifier,
             },
         },
-        r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher::MatchPattern},
+        extensions::filters::{
+            common::fault::v3::{FaultDelay, fault_delay::FaultDelaySecifier},
+            http::{
+                fault::v3::{FaultAbort, HttpFault, fault_abort::ErrorType},
+                local_ratelimit::v3::LocalRateLimit,
+            },
+        },
+        r#type::{
+            matcher::v3::{RegexMatcher, StringMatcher, string_matcher::MatchPattern},
+            v3::{FractionalPercent, TokenBucket, fractional_percent::DenominatorType},
+        },
     },
     google::protobuf::{self as pb, value::Kind},
 };
 
 use super::METADATA_KEY;
-use crate::policy::{HashKey, RetryPolicy, RouteMatch};
+use crate::policy::{Fault, HashKey, RateLimit, RetryPolicy, RouteMatch};
 
 pub fn duration(d: Duration) -> pb::Duration {
     pb::Duration {
@@ -148,9 +163,73 @@ pub fn route_match(m: Option<&RouteMatch>) -> EnvoyMatch {
             ..Default::default()
         });
     }
+    let query_parameters = m
+        .query_params
+        .iter()
+        .map(|q| QueryParameterMatcher {
+            name: q.name.clone(),
+            query_parameter_match_specifier: Some(
+                match string_matcher(&q.exact, &q.prefix, &q.regex) {
+                    Some(sm) => QueryParameterMatchSpecifier::StringMatch(sm),
+                    None => QueryParameterMatchSpecifier::PresentMatch(true),
+                },
+            ),
+        })
+        .collect();
     EnvoyMatch {
         path_specifier: Some(path),
         headers,
+        query_parameters,
+        ..Default::default()
+    }
+}
+
+/// A percentage as Envoy's fraction: per million, so that 0.5% or 12.25% keep their value.
+pub fn percent(p: f64) -> FractionalPercent {
+    FractionalPercent {
+        numerator: (p.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+pub fn runtime_percent(p: f64) -> RuntimeFractionalPercent {
+    RuntimeFractionalPercent {
+        default_value: Some(percent(p)),
+        runtime_key: String::new(),
+    }
+}
+
+/// The fault filter's per-route config.
+pub fn fault(f: &Fault) -> HttpFault {
+    HttpFault {
+        delay: f.delay.as_ref().map(|d| FaultDelay {
+            percentage: Some(percent(d.percent)),
+            fault_delay_secifier: d.fixed.map(|t| FaultDelaySecifier::FixedDelay(duration(t))),
+        }),
+        abort: f.abort.as_ref().map(|a| FaultAbort {
+            percentage: Some(percent(a.percent)),
+            error_type: match (a.http_status, a.grpc_status) {
+                (_, Some(g)) => Some(ErrorType::GrpcStatus(g)),
+                (Some(h), None) => Some(ErrorType::HttpStatus(u32::from(h))),
+                (None, None) => None,
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+/// The local rate-limit filter's config: a bucket of `burst` tokens refilled at
+/// `requestsPerSecond`, enabled and enforced for every request.
+pub fn rate_limit(rl: &RateLimit) -> LocalRateLimit {
+    LocalRateLimit {
+        stat_prefix: "local_rate_limit".into(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: rl.burst.unwrap_or(rl.requests_per_second),
+            tokens_per_fill: Some(u32v(rl.requests_per_second)),
+            fill_interval: Some(duration(Duration::from_secs(1))),
+        }),
+        filter_enabled: Some(runtime_percent(100.0)),
+        filter_enforced: Some(runtime_percent(100.0)),
         ..Default::default()
     }
 }
@@ -158,7 +237,11 @@ pub fn route_match(m: Option<&RouteMatch>) -> EnvoyMatch {
 pub fn retry_policy(r: &RetryPolicy) -> EnvoyRetry {
     EnvoyRetry {
         retry_on: r.on.join(","),
-        num_retries: r.attempts.map(u32v),
+        // Envoy's own default is 1; weft's is written out so every client agrees.
+        num_retries: Some(u32v(
+            r.attempts
+                .unwrap_or(weft_core::policy::DEFAULT_RETRY_ATTEMPTS),
+        )),
         per_try_timeout: r.per_try_timeout.map(duration),
         retriable_status_codes: r.status_codes.iter().map(|c| u32::from(*c)).collect(),
         retry_back_off: r.backoff.as_ref().map(|b| RetryBackOff {

@@ -34,9 +34,11 @@ spec:
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
   routes:
     - name: testers
-      match: {path: {prefix: /api}, method: get, headers: [{name: X-Canary, exact: '1'}, {name: x-debug}]}
+      match: {path: {prefix: /api}, method: get, headers: [{name: X-Canary, exact: '1'}, {name: x-debug}], queryParams: [{name: beta, exact: 'on'}]}
       backends: [{subset: v2}]
       fault: {abort: {percent: 5, grpcStatus: 14}}
+      mirror: {subset: v1, percent: 12.5}
+      rateLimit: {requestsPerSecond: 5}
     - name: split
       backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]
       timeout: 2s
@@ -48,6 +50,8 @@ spec:
     budget: {ratio: 0.2, minPerSecond: 10}
   loadBalancer: {policy: ring-hash, hash: {header: X-User}}
   circuitBreaker: {maxRequests: 1000}
+  rateLimit: {requestsPerSecond: 100, burst: 200}
+  grpcTimeoutMax: 10s
   authorization: {default: deny, allow: [{namespace: shop}, {identity: spiffe://cluster.local/ns/web/sa/frontend}]}
   outlierDetection: {consecutive5xx: 5, failureRate: {thresholdPercent: 50, minimumRequests: 10, window: 10s}}
 ---
@@ -124,8 +128,14 @@ fn listeners_use_rds_over_ads_and_the_router() {
         rds.config_source.unwrap().config_source_specifier,
         Some(ConfigSourceSpecifier::Ads(_))
     ));
-    assert_eq!(hcm.http_filters.len(), 1);
-    let Some(ConfigType::TypedConfig(router)) = &hcm.http_filters[0].config_type else {
+    let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        filters,
+        [FAULT_FILTER, RATE_LIMIT_FILTER, "envoy.filters.http.router"]
+    );
+    // Clients without a local rate limiter may skip it; the others are required.
+    assert!(hcm.http_filters[1].is_optional && !hcm.http_filters[0].is_optional);
+    let Some(ConfigType::TypedConfig(router)) = &hcm.http_filters[2].config_type else {
         panic!("typed router config expected")
     };
     assert_eq!(router.type_url, Router::type_url());
@@ -173,10 +183,53 @@ fn routes_follow_the_policy_then_a_default() {
         a.cluster_specifier,
         Some(ClusterSpecifier::Cluster(format!("{A}/v2")))
     );
-    let Kind::StructValue(fault) = weft_meta(&testers.metadata, "fault") else {
-        panic!()
-    };
-    assert!(fault.fields.contains_key("abort"));
+    assert_eq!(m.query_parameters.len(), 1);
+    assert_eq!(m.query_parameters[0].name, "beta");
+    let fault = HttpFault::decode(&*testers.typed_per_filter_config[FAULT_FILTER].value).unwrap();
+    let abort = fault.abort.unwrap();
+    // Percentages travel per million, so fractions keep their value.
+    assert_eq!(abort.percentage.unwrap().numerator, 50_000);
+    assert_eq!(
+        abort.error_type,
+        Some(weft_xds_proto::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType::GrpcStatus(14))
+    );
+    assert_eq!(a.request_mirror_policies.len(), 1);
+    assert_eq!(a.request_mirror_policies[0].cluster, format!("{A}/v1"));
+    let fraction = a.request_mirror_policies[0]
+        .runtime_fraction
+        .as_ref()
+        .and_then(|f| f.default_value)
+        .unwrap();
+    assert_eq!(fraction.numerator, 125_000);
+    assert_eq!(
+        a.max_stream_duration
+            .as_ref()
+            .and_then(|m| m.grpc_timeout_header_max),
+        Some(duration(Duration::from_secs(10)))
+    );
+    let route_bucket =
+        LocalRateLimit::decode(&*testers.typed_per_filter_config[RATE_LIMIT_FILTER].value)
+            .unwrap()
+            .token_bucket
+            .unwrap();
+    assert_eq!(
+        (route_bucket.max_tokens, route_bucket.tokens_per_fill),
+        (5, Some(u32v(5)))
+    );
+    // The service's bucket is the virtual host's, shared by every route.
+    let svc_bucket = LocalRateLimit::decode(&*vh.typed_per_filter_config[RATE_LIMIT_FILTER].value)
+        .unwrap()
+        .token_bucket
+        .unwrap();
+    assert_eq!(
+        (svc_bucket.max_tokens, svc_bucket.tokens_per_fill),
+        (200, Some(u32v(100)))
+    );
+    assert!(
+        !vh.routes[1]
+            .typed_per_filter_config
+            .contains_key(RATE_LIMIT_FILTER)
+    );
 
     let Some(Action::Route(split)) = &vh.routes[1].action else {
         panic!()

@@ -187,3 +187,98 @@ fn ring_hash_follows_weights() {
         .count();
     assert!((6500..=8500).contains(&to_a), "{to_a}");
 }
+
+fn outlier(consecutive: u32) -> Outlier {
+    Outlier::compile(&OutlierDetection {
+        consecutive_5xx: Some(consecutive),
+        base_ejection_time: Some(Duration::from_secs(1)),
+        max_ejection_time: Some(Duration::from_secs(5)),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_errors_eject_and_successes_reset() {
+    let cfg = outlier(3);
+    let ep = EndpointState::new("10.0.0.1:80".parse().unwrap());
+    let now = now_ms();
+    assert!(!ep.record(Outcome::ServerError, &cfg, now));
+    assert!(!ep.record(Outcome::GatewayError, &cfg, now));
+    // A success in between starts the count again.
+    assert!(!ep.record(Outcome::Success, &cfg, now));
+    assert!(!ep.record(Outcome::ServerError, &cfg, now));
+    assert!(!ep.record(Outcome::ServerError, &cfg, now));
+    assert!(ep.record(Outcome::ServerError, &cfg, now));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejections_double_while_the_endpoint_keeps_failing_and_probation_decides() {
+    let cfg = outlier(1);
+    let ep = EndpointState::new("10.0.0.1:80".parse().unwrap());
+    assert!(ep.record(Outcome::GatewayError, &cfg, now_ms()));
+    assert_eq!(ep.eject(&cfg, now_ms()), Duration::from_secs(1));
+    assert!(ep.ejected(now_ms()));
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(ep.ejected(now_ms()));
+    assert!(!ep.return_if_due(now_ms()));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(ep.return_if_due(now_ms()));
+    assert!(!ep.ejected(now_ms()));
+    // On probation: one failure sends it straight back, for twice as long.
+    assert!(ep.record(Outcome::ServerError, &outlier(100), now_ms()));
+    assert_eq!(ep.eject(&cfg, now_ms()), Duration::from_secs(2));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(ep.return_if_due(now_ms()));
+    assert!(ep.record(Outcome::GatewayError, &cfg, now_ms()));
+    assert_eq!(ep.eject(&cfg, now_ms()), Duration::from_secs(4));
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(ep.return_if_due(now_ms()));
+    assert!(ep.record(Outcome::GatewayError, &cfg, now_ms()));
+    // Capped at the maximum.
+    assert_eq!(ep.eject(&cfg, now_ms()), Duration::from_secs(5));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(ep.return_if_due(now_ms()));
+    // A success on probation keeps it in; once it has stayed in longer than it was last
+    // out, the next ejection is back to the base time.
+    assert!(!ep.record(Outcome::Success, &cfg, now_ms()));
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(ep.record(Outcome::GatewayError, &cfg, now_ms()));
+    assert_eq!(ep.eject(&cfg, now_ms()), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_rate_over_the_last_calls_within_the_window() {
+    // 50% of the last 10 calls within 10 s.
+    let cfg = Outlier::compile(&OutlierDetection {
+        consecutive_5xx: Some(1000),
+        failure_rate: Some(weft_core::policy::FailureRate {
+            threshold_percent: 50,
+            minimum_requests: Some(10),
+            window: Some(Duration::from_secs(10)),
+        }),
+        ..Default::default()
+    });
+    let ep = EndpointState::new("10.0.0.1:80".parse().unwrap());
+    // Alternating: 4 failures in 9 calls is below the minimum count...
+    for i in 0..9 {
+        let o = if i % 2 == 1 {
+            Outcome::ServerError
+        } else {
+            Outcome::Success
+        };
+        assert!(!ep.record(o, &cfg, now_ms()), "call {i}");
+    }
+    // ...the 10th makes 5 of 10.
+    assert!(ep.record(Outcome::GatewayError, &cfg, now_ms()));
+    // Old calls leave the window: the same pattern spread over 20 s never reaches 10 calls.
+    let ep = EndpointState::new("10.0.0.2:80".parse().unwrap());
+    for i in 0..20 {
+        let o = if i % 2 == 1 {
+            Outcome::ServerError
+        } else {
+            Outcome::Success
+        };
+        assert!(!ep.record(o, &cfg, now_ms()), "call {i}");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+    }
+}

@@ -39,6 +39,12 @@ pin_project! {
             // Fired with the deadline: cuts off the request body, so the upstream stream is
             // reset even while the client is still sending (client streaming, bidi).
             cancel: Option<Arc<Cancel>>,
+            // The route's stream idle timeout: pushed back by every frame.
+            #[pin]
+            idle: Option<Sleep>,
+            idle_for: Duration,
+            // A circuit-breaker permit the request holds until its response ends.
+            hold: Option<crate::traffic::Permit>,
         },
         Full { data: Option<Bytes> },
     }
@@ -73,9 +79,35 @@ impl ProxyBody {
             deadline,
             budget,
             cancel,
+            idle: None,
+            idle_for: Duration::ZERO,
+            hold: None,
         }
     }
+
+    /// Ends the stream when no frame has come for `after`: gRPC calls with DEADLINE_EXCEEDED
+    /// trailers, others with an error (the downstream stream is reset).
+    pub fn idle(mut self, after: Option<Duration>) -> Self {
+        if let (ProxyBody::Upstream { idle, idle_for, .. }, Some(after)) = (&mut self, after) {
+            *idle = Some(tokio::time::sleep(after));
+            *idle_for = after;
+        }
+        self
+    }
+
+    /// Keeps `permit` until the body has ended.
+    pub fn hold(mut self, permit: Option<crate::traffic::Permit>) -> Self {
+        if let ProxyBody::Upstream { hold, .. } = &mut self {
+            *hold = permit;
+        }
+        self
+    }
 }
+
+/// A stream that carried nothing for its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the stream was idle for {0:?} (weft-proxy)")]
+pub struct IdleTimeout(pub Duration);
 
 /// Counts a request's response in metrics once it is over: at its end of stream, at its
 /// trailers, or when it is dropped unfinished (a reset or cancelled stream). Made as soon as a
@@ -141,12 +173,12 @@ fn deadline_trailers(after: Duration) -> HeaderMap {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             Proj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Proj::Upstream {
@@ -155,7 +187,30 @@ impl Body for ProxyBody {
                 mut deadline,
                 budget,
                 cancel,
+                mut idle,
+                idle_for,
+                hold,
             } => {
+                if let Some(sleep) = idle.as_mut().as_pin_mut()
+                    && sleep.poll(cx).is_ready()
+                {
+                    idle.set(None);
+                    *hold = None;
+                    if inner.take().is_some() {
+                        if obs.grpc {
+                            obs.finish(Some(grpc::DEADLINE_EXCEEDED));
+                            let mut t = HeaderMap::with_capacity(2);
+                            t.insert(grpc::STATUS, HeaderValue::from(grpc::DEADLINE_EXCEEDED));
+                            t.insert(
+                                grpc::MESSAGE,
+                                grpc::encode_message(&IdleTimeout(*idle_for).to_string()),
+                            );
+                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                        }
+                        obs.finish(None);
+                        return Poll::Ready(Some(Err(IdleTimeout(*idle_for).into())));
+                    }
+                }
                 if let Some(sleep) = deadline.as_mut().as_pin_mut()
                     && sleep.poll(cx).is_ready()
                 {
@@ -172,6 +227,9 @@ impl Body for ProxyBody {
                     return Poll::Ready(None);
                 };
                 let frame = ready!(Pin::new(body).poll_frame(cx));
+                if let Some(sleep) = idle.as_mut().as_pin_mut() {
+                    sleep.reset(tokio::time::Instant::now() + *idle_for);
+                }
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(t) = f.trailers_ref() {
@@ -182,9 +240,11 @@ impl Body for ProxyBody {
                         obs.finish(None);
                         *inner = None;
                         deadline.set(None);
+                        idle.set(None);
+                        *hold = None;
                     }
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
         }
     }
@@ -226,23 +286,54 @@ impl Cancel {
     }
 }
 
-/// The request body sent upstream: the client's body, relayed frame by frame, that a
-/// [`Cancel`] can cut off.
+/// The request body sent upstream: the client's body relayed frame by frame (that a
+/// [`Cancel`] can cut off), none, or one try's view of a body kept for replay.
 #[derive(Debug)]
-pub struct RequestBody {
+pub struct RequestBody(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    Direct(Direct),
+    Empty,
+    Replay(super::replay::Replay),
+}
+
+/// The client's body as it arrives.
+#[derive(Debug)]
+pub struct Direct {
     inner: Incoming,
     cancel: Option<Arc<Cancel>>,
 }
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl RequestBody {
     pub fn new(inner: Incoming, cancel: Option<Arc<Cancel>>) -> Self {
-        RequestBody { inner, cancel }
+        RequestBody(Kind::Direct(Direct { inner, cancel }))
+    }
+
+    pub fn direct(inner: Incoming, cancel: Option<Arc<Cancel>>) -> Direct {
+        Direct { inner, cancel }
+    }
+
+    pub fn empty() -> Self {
+        RequestBody(Kind::Empty)
+    }
+
+    pub fn replay(r: super::replay::Replay) -> Self {
+        RequestBody(Kind::Replay(r))
     }
 }
 
-impl Body for RequestBody {
+impl From<Direct> for RequestBody {
+    fn from(d: Direct) -> Self {
+        RequestBody(Kind::Direct(d))
+    }
+}
+
+impl Body for Direct {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -264,5 +355,37 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.0 {
+            Kind::Direct(d) => Pin::new(d).poll_frame(cx),
+            Kind::Empty => Poll::Ready(None),
+            Kind::Replay(r) => Pin::new(r).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Direct(d) => d.is_end_stream(),
+            Kind::Empty => true,
+            Kind::Replay(r) => r.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Direct(d) => d.size_hint(),
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Replay(r) => r.size_hint(),
+        }
     }
 }

@@ -43,6 +43,17 @@ pub enum ProxyError {
     Timeout(Duration),
     #[error("gRPC deadline of {0:?} exceeded")]
     GrpcDeadline(Duration),
+    #[error("no response within the per-try timeout of {0:?}")]
+    PerTryTimeout(Duration),
+    #[error("{0}: rate limit exceeded")]
+    RateLimited(std::sync::Arc<str>),
+    #[error("fault injected by policy")]
+    Fault(crate::traffic::Abort),
+    #[error("cluster {cluster}: {} limit reached", limit.as_str())]
+    Overflow {
+        cluster: std::sync::Arc<str>,
+        limit: crate::traffic::Limit,
+    },
 }
 
 impl ProxyError {
@@ -59,9 +70,15 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, grpc::UNAVAILABLE)
             }
             ProxyError::Forbidden { .. } => (StatusCode::FORBIDDEN, grpc::PERMISSION_DENIED),
-            ProxyError::Timeout(_) | ProxyError::GrpcDeadline(_) => {
+            ProxyError::Timeout(_) | ProxyError::GrpcDeadline(_) | ProxyError::PerTryTimeout(_) => {
                 (StatusCode::GATEWAY_TIMEOUT, grpc::DEADLINE_EXCEEDED)
             }
+            ProxyError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, grpc::RESOURCE_EXHAUSTED),
+            ProxyError::Fault(crate::traffic::Abort::Http(s)) => (*s, grpc::UNAVAILABLE),
+            ProxyError::Fault(crate::traffic::Abort::Grpc(g)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, *g)
+            }
+            ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
         }
     }
 

@@ -13,6 +13,7 @@ pub const UNIMPLEMENTED: u32 = 12;
 pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
 pub const DEADLINE_EXCEEDED: u32 = 4;
+pub const RESOURCE_EXHAUSTED: u32 = 8;
 pub const PERMISSION_DENIED: u32 = 7;
 
 /// A request is gRPC if its content type is `application/grpc` or `application/grpc+<codec>`.
@@ -40,6 +41,23 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// A `grpc-timeout` value for `d`, in the finest unit that fits eight digits.
+pub fn encode_timeout(d: Duration) -> HeaderValue {
+    let n = d.as_nanos();
+    let (v, unit) = [
+        (n, "n"),
+        (n / 1_000, "u"),
+        (n / 1_000_000, "m"),
+        (n / 1_000_000_000, "S"),
+        (n / 60_000_000_000, "M"),
+        (n / 3_600_000_000_000, "H"),
+    ]
+    .into_iter()
+    .find(|(v, _)| *v < 100_000_000)
+    .unwrap_or((99_999_999, "H"));
+    HeaderValue::from_str(&format!("{v}{unit}")).expect("digits and a unit letter")
 }
 
 /// The `grpc-status` of a header or trailer block, if it has one.

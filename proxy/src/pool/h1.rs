@@ -94,6 +94,8 @@ impl Pool {
                     Box::pin(connect(pools, addr, None, false)).await?
                 }
             };
+            // No longer waiting for a connection.
+            req.extensions_mut().remove::<super::Pending>();
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
                     // The connection is reusable once this response's body has been read; until

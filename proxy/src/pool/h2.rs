@@ -151,6 +151,8 @@ impl Pool {
         // it never took is sent again once on a fresh connection.
         for attempt in 0..2 {
             let (slot, mut sender) = self.checkout(pools, addr, identity).await?;
+            // No longer waiting for a connection.
+            req.extensions_mut().remove::<super::Pending>();
             match sender.try_send_request(req).await {
                 Ok(rsp) => return Ok(rsp),
                 Err(mut e) => match e.take_message() {

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use weft_core::address::EndpointAddress;
+use weft_core::{address::EndpointAddress, policy};
 
 /// A table file as written by the operator (and as `/config_dump` shows it back).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -46,6 +46,27 @@ pub struct ServiceSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub load_balancer: Option<weft_core::policy::LoadBalancer>,
+    /// Retries for routes that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<policy::RetryPolicy>,
+    #[serde(
+        default,
+        rename = "circuitBreaker",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub circuit_breaker: Option<policy::CircuitBreaker>,
+    #[serde(
+        default,
+        rename = "outlierDetection",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outlier_detection: Option<policy::OutlierDetection>,
+    /// One token bucket for all the service's requests.
+    #[serde(default, rename = "rateLimit", skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<policy::RateLimit>,
+    /// Fault injection for routes that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<policy::Fault>,
 }
 
 /// How the proxy talks to a service's endpoints.
@@ -107,6 +128,29 @@ pub struct RouteSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<policy::RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<policy::Fault>,
+    /// A token bucket for this route alone.
+    #[serde(default, rename = "rateLimit", skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<policy::RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<policy::Mirror>,
+    #[serde(
+        default,
+        rename = "grpcTimeoutMax",
+        with = "weft_core::duration::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_timeout_max: Option<Duration>,
+    #[serde(
+        default,
+        rename = "idleTimeout",
+        with = "weft_core::duration::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -118,6 +162,9 @@ pub struct MatchSpec {
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatchSpec>,
+    /// Query parameters (`name` plus at most one of `exact`, `prefix`, `regex`; none: present).
+    #[serde(default, rename = "queryParams", skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<HeaderMatchSpec>,
 }
 
 /// Exactly one of the fields is set.

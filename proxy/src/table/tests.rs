@@ -186,7 +186,7 @@ fn route_order_and_default() {
     let take = |path: &str, h: &http::HeaderMap| {
         svc.routes
             .iter()
-            .find(|r| r.matches.matches(&Method::GET, path, h))
+            .find(|r| r.matches.matches(&Method::GET, path, None, h))
             .map(|r| r.name.to_string())
     };
     assert_eq!(take("/api/x", &h).as_deref(), Some("canary-header"));

@@ -28,6 +28,7 @@ use weft_xds_proto::{
             route::v3::{
                 HeaderMatcher, Route as XdsRoute, RouteAction, RouteConfiguration,
                 header_matcher::HeaderMatchSpecifier,
+                query_parameter_matcher::QueryParameterMatchSpecifier,
                 route::Action,
                 route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
                 route_match::PathSpecifier,
@@ -43,12 +44,17 @@ use weft_xds_proto::{
 
 use weft_core::{address::EndpointAddress, policy::LbPolicy};
 
-use super::{Cluster, Endpoint, HashOn, Names, Protocol, Route, Service, ServiceDraft, Table};
+mod policy;
+
+use super::{
+    Cluster, Endpoint, HashOn, Mirror, Names, Protocol, Route, RoutePolicy, Service, ServiceDraft,
+    Table,
+};
 use crate::{
     inbound::{AuthorizationSpec, Authz},
     metrics::Metrics,
     resolve::Resolved,
-    route::{HeaderMatch, RouteMatch, StringMatch, WeightedSplit},
+    route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch, WeightedSplit},
 };
 
 /// The resources a proxy holds, by name.
@@ -115,10 +121,30 @@ fn route_match(r: &XdsRoute) -> Result<RouteMatch, String> {
             .map_err(|_| format!("`{}` is not a header name", h.name))?;
         headers.push(HeaderMatch { name, value });
     }
+    let mut query = Vec::with_capacity(m.query_parameters.len());
+    for q in &m.query_parameters {
+        let value = match &q.query_parameter_match_specifier {
+            Some(QueryParameterMatchSpecifier::StringMatch(sm)) => {
+                string_match(sm).map_err(|e| format!("query parameter {}: {e}", q.name))?
+            }
+            Some(QueryParameterMatchSpecifier::PresentMatch(true)) | None => StringMatch::Any,
+            Some(QueryParameterMatchSpecifier::PresentMatch(false)) => {
+                return Err(format!(
+                    "query parameter {}: absence matches are not supported",
+                    q.name
+                ));
+            }
+        };
+        query.push(QueryMatch {
+            name: q.name.as_str().into(),
+            value,
+        });
+    }
     Ok(RouteMatch {
         path,
         method,
         headers,
+        query,
     })
 }
 
@@ -244,11 +270,15 @@ fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, S
             }
         },
     };
-    Ok(Arc::new(Cluster::new(
+    let mut cluster = Cluster::new(
         name.into(),
         WeightedSplit::new(endpoints.map_err(|e| format!("cluster `{name}`: {e}"))?),
         lb_policy(c)?,
-    )))
+    );
+    cluster.outlier = policy::outlier(c);
+    cluster.panic_threshold = policy::panic_threshold(c);
+    cluster.breaker = policy::circuit_breaker(c).map(|cb| names.breaker(name, &cb));
+    Ok(Arc::new(cluster))
 }
 
 /// The cluster's balancer: weft's own choice from its metadata (`lbPolicy`), else the
@@ -316,7 +346,28 @@ fn route_name(r: &XdsRoute, index: usize) -> Arc<str> {
     }
 }
 
-fn route(r: &XdsRoute, index: usize, res: &Resources, names: &Names) -> Result<Route, String> {
+/// A route's policies that stand on their own (no cluster, no state): what a
+/// RouteConfiguration is checked for when it arrives.
+fn route_policy(r: &XdsRoute, action: &RouteAction) -> Result<RoutePolicy, String> {
+    let (grpc_timeout_max, idle_timeout) = policy::timeouts(action);
+    policy::rate_limit(r.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))?;
+    Ok(RoutePolicy {
+        retry: policy::retry(action)?,
+        fault: policy::fault(r.typed_per_filter_config.get(policy::FAULT_FILTER))?,
+        rate_limit: None,
+        mirror: None,
+        grpc_timeout_max,
+        idle_timeout,
+    })
+}
+
+fn route(
+    r: &XdsRoute,
+    index: usize,
+    service: &str,
+    res: &Resources,
+    names: &Names,
+) -> Result<Route, String> {
     let name = route_name(r, index);
     let at = |e: String| format!("route `{name}`: {e}");
     let (action, clusters) = route_action(r).map_err(at)?;
@@ -325,6 +376,23 @@ fn route(r: &XdsRoute, index: usize, res: &Resources, names: &Names) -> Result<R
         backends.push((weight, cluster(c, res, names).map_err(at)?));
     }
     let backends = WeightedSplit::new(backends);
+    let mut policy = route_policy(r, action).map_err(at)?;
+    policy.rate_limit = policy::keep_bucket(
+        names,
+        service,
+        Some(&name),
+        policy::rate_limit(r.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER)).map_err(at)?,
+    );
+    if let Some(m) = action.request_mirror_policies.first() {
+        policy.mirror = Some(Mirror {
+            cluster: cluster(&m.cluster, res, names).map_err(at)?,
+            percent: m
+                .runtime_fraction
+                .as_ref()
+                .and_then(|f| f.default_value.as_ref())
+                .map_or(100.0, policy::percent),
+        });
+    }
     Ok(Route {
         matches: route_match(r).map_err(at)?,
         backends,
@@ -334,6 +402,7 @@ fn route(r: &XdsRoute, index: usize, res: &Resources, names: &Names) -> Result<R
             .map(duration)
             .filter(|d| !d.is_zero()),
         hash: hash_on(action).map_err(at)?,
+        policy,
         name,
     })
 }
@@ -365,9 +434,12 @@ pub fn check_route_config(rc: &RouteConfiguration) -> Result<(), String> {
     let vh = rc.virtual_hosts.first().ok_or("no virtual host")?;
     for (i, r) in vh.routes.iter().enumerate() {
         let at = |e: String| format!("route `{}`: {e}", route_name(r, i));
-        hash_on(route_action(r).map_err(at)?.0).map_err(at)?;
+        let action = route_action(r).map_err(at)?.0;
+        hash_on(action).map_err(at)?;
         route_match(r).map_err(at)?;
+        route_policy(r, action).map_err(at)?;
     }
+    policy::rate_limit(vh.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))?;
     Ok(())
 }
 
@@ -405,7 +477,7 @@ fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft,
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| route(r, i, res, names))
+        .map(|(i, r)| route(r, i, &l.name, res, names))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("RouteConfiguration `{}`: {e}", rc.name))?;
     let protocol = match string_field(weft(&l.metadata), "protocol") {
@@ -433,7 +505,17 @@ fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft,
         domains.push(vip.into());
     }
     let authz = authorization(l)?.map(Arc::new);
+    let rate_limit = policy::keep_bucket(
+        names,
+        &name,
+        None,
+        policy::rate_limit(vh.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))
+            .map_err(|e| format!("RouteConfiguration `{}`: {e}", rc.name))?,
+    );
+    let budget = names.budget(&name, policy::budget(res.clusters.get(&l.name)));
     Ok(ServiceDraft {
+        budget,
+        rate_limit,
         name,
         protocol,
         routes: routes.into(),
@@ -443,6 +525,7 @@ fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft,
             backends: default_backends,
             timeout: None,
             hash: None,
+            policy: RoutePolicy::default(),
         },
         domains,
         authz,

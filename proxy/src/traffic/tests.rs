@@ -1,0 +1,284 @@
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use weft_core::policy::{Backoff, RetryPolicy};
+
+use super::*;
+
+fn policy(on: &[&str]) -> RetryPolicy {
+    RetryPolicy {
+        on: on.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn defaults_are_two_retries_25ms_to_250ms() {
+    let r = Retry::compile(&policy(&["5xx"])).unwrap();
+    assert_eq!(r.retries, 2);
+    assert_eq!(r.base, Duration::from_millis(25));
+    assert_eq!(r.max, Duration::from_millis(250));
+    assert_eq!(r.per_try_timeout, None);
+}
+
+#[test]
+fn backoff_doubles_under_full_jitter_up_to_max() {
+    let r = Retry::compile(&policy(&["5xx"])).unwrap();
+    // The ceiling: 25, 50, 100, 200, then 250 for ever.
+    let ceilings = [25, 50, 100, 200, 250, 250, 250];
+    for (n, c) in ceilings.iter().enumerate() {
+        let c = Duration::from_millis(*c);
+        assert_eq!(r.backoff(n as u32, 0.0), Duration::ZERO);
+        // Just under the ceiling, never at or above it.
+        let top = r.backoff(n as u32, 0.999_999);
+        assert!(top < c && top > c.mul_f64(0.999), "n={n}: {top:?} vs {c:?}");
+        assert_eq!(r.backoff(n as u32, 0.5), c / 2);
+    }
+    // Huge retry numbers do not overflow.
+    assert_eq!(r.backoff(u32::MAX, 0.5), Duration::from_millis(125));
+    // Jitter spreads the waits: draws are uniform below the ceiling.
+    let waits: Vec<Duration> = (0..1000).map(|_| r.backoff(3, fastrand::f64())).collect();
+    let below_half = waits
+        .iter()
+        .filter(|w| **w < Duration::from_millis(100))
+        .count();
+    assert!(
+        (400..600).contains(&below_half),
+        "{below_half} of 1000 below half"
+    );
+}
+
+#[test]
+fn the_common_client_setting_is_expressible() {
+    // 500 ms doubling up to 5 s, 3 attempts (2 retries).
+    let r = Retry::compile(&RetryPolicy {
+        attempts: Some(2),
+        backoff: Some(Backoff {
+            base: Some(Duration::from_millis(500)),
+            max: Some(Duration::from_secs(5)),
+        }),
+        ..policy(&["unavailable"])
+    })
+    .unwrap();
+    assert_eq!(r.retries, 2);
+    assert_eq!(r.backoff(0, 0.5), Duration::from_millis(250));
+    assert_eq!(r.backoff(1, 0.5), Duration::from_millis(500));
+    assert_eq!(r.backoff(4, 0.5), Duration::from_millis(2500));
+    assert_eq!(r.backoff(5, 0.5), Duration::from_millis(2500));
+}
+
+#[test]
+fn bad_policies_are_refused_by_name() {
+    let e = Retry::compile(&policy(&["5xx", "sometimes"])).unwrap_err();
+    assert!(e.contains("unknown retry condition `sometimes`"), "{e}");
+    let e = Retry::compile(&RetryPolicy {
+        backoff: Some(Backoff {
+            base: Some(Duration::from_secs(1)),
+            max: Some(Duration::from_millis(10)),
+        }),
+        ..policy(&["5xx"])
+    })
+    .unwrap_err();
+    assert!(e.contains("at most max"), "{e}");
+}
+
+fn grpc(code: u32) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("grpc-status", HeaderValue::from(code));
+    h
+}
+
+#[test]
+fn responses_are_classified_by_the_conditions_named() {
+    let none = HeaderMap::new();
+    let r = Retry::compile(&policy(&["gateway-error"])).unwrap();
+    assert_eq!(
+        r.response(StatusCode::SERVICE_UNAVAILABLE, &none),
+        Some(Reason::GatewayError)
+    );
+    assert_eq!(r.response(StatusCode::INTERNAL_SERVER_ERROR, &none), None);
+    assert_eq!(r.response(StatusCode::OK, &none), None);
+    let r = Retry::compile(&policy(&["5xx"])).unwrap();
+    assert_eq!(
+        r.response(StatusCode::INTERNAL_SERVER_ERROR, &none),
+        Some(Reason::Http5xx)
+    );
+    assert_eq!(r.response(StatusCode::TOO_MANY_REQUESTS, &none), None);
+    let r = Retry::compile(&RetryPolicy {
+        status_codes: vec![409],
+        ..policy(&["retriable-status-codes"])
+    })
+    .unwrap();
+    assert_eq!(
+        r.response(StatusCode::CONFLICT, &none),
+        Some(Reason::StatusCode)
+    );
+    assert_eq!(r.response(StatusCode::SERVICE_UNAVAILABLE, &none), None);
+    // gRPC statuses are each opt-in.
+    let r = Retry::compile(&policy(&["unavailable", "resource-exhausted"])).unwrap();
+    assert_eq!(
+        r.response(StatusCode::OK, &grpc(14)),
+        Some(Reason::Unavailable)
+    );
+    assert_eq!(
+        r.response(StatusCode::OK, &grpc(8)),
+        Some(Reason::ResourceExhausted)
+    );
+    assert_eq!(r.response(StatusCode::OK, &grpc(13)), None);
+    assert_eq!(r.response(StatusCode::OK, &grpc(4)), None);
+    assert_eq!(r.response(StatusCode::OK, &grpc(0)), None);
+}
+
+#[test]
+fn failures_without_a_response_are_classified() {
+    let connect = ProxyError::Connect(crate::transport::ConnectError::Shared {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        reason: "refused".into(),
+    });
+    let timeout = ProxyError::PerTryTimeout(Duration::from_millis(5));
+    let r = Retry::compile(&policy(&["connect-failure"])).unwrap();
+    assert_eq!(r.failure(&connect), Some(Reason::ConnectFailure));
+    assert_eq!(r.failure(&timeout), None);
+    // `5xx` covers every failure to get a response.
+    let r = Retry::compile(&policy(&["5xx"])).unwrap();
+    assert_eq!(r.failure(&connect), Some(Reason::ConnectFailure));
+    assert_eq!(r.failure(&timeout), Some(Reason::PerTryTimeout));
+    // Errors of the proxy's own making are never retried.
+    assert_eq!(r.failure(&ProxyError::NoEndpoints("a:1".into())), None);
+    assert_eq!(
+        r.failure(&ProxyError::Timeout(Duration::from_secs(1))),
+        None
+    );
+    let r = Retry::compile(&policy(&["unavailable"])).unwrap();
+    assert_eq!(r.failure(&connect), None);
+}
+
+#[test]
+fn pushback_headers() {
+    let mut h = HeaderMap::new();
+    assert_eq!(pushback(&h), None);
+    h.insert("retry-after", HeaderValue::from_static("3"));
+    assert_eq!(pushback(&h), Some(Some(Duration::from_secs(3))));
+    h.insert(
+        "retry-after",
+        HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+    );
+    assert_eq!(pushback(&h), None);
+    h.insert("grpc-retry-pushback-ms", HeaderValue::from_static("120"));
+    assert_eq!(pushback(&h), Some(Some(Duration::from_millis(120))));
+    // Negative or malformed: do not retry.
+    h.insert("grpc-retry-pushback-ms", HeaderValue::from_static("-1"));
+    assert_eq!(pushback(&h), Some(None));
+    h.insert("grpc-retry-pushback-ms", HeaderValue::from_static("soon"));
+    assert_eq!(pushback(&h), Some(None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_allows_the_ratio_plus_the_reserve() {
+    let b = Budget::new(0.2, 10);
+    // With no requests yet, only the reserve: 10 in the first second.
+    assert_eq!((0..30).filter(|_| b.withdraw()).count(), 10);
+    // 100 requests pay for 20 retries.
+    for _ in 0..100 {
+        b.deposit();
+    }
+    assert_eq!((0..30).filter(|_| b.withdraw()).count(), 20);
+    // A second later the reserve is back (10), the ratio is spent.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!((0..30).filter(|_| b.withdraw()).count(), 10);
+    // Half a second refills half the reserve.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert_eq!((0..30).filter(|_| b.withdraw()).count(), 5);
+    // Deposits expire after the window: 11 s on, the 100 requests no longer count, nor the
+    // retries they paid for.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    for _ in 0..10 {
+        b.deposit();
+    }
+    assert_eq!((0..30).filter(|_| b.withdraw()).count(), 2 + 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fully_failing_upstream_sees_at_most_the_budget() {
+    // 100 requests a second for 20 s, each wanting 2 retries.
+    let b = Budget::new(0.2, 10);
+    let mut retries = 0;
+    for _ in 0..20 {
+        for _ in 0..100 {
+            b.deposit();
+            retries += (0..2).filter(|_| b.withdraw()).count();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // At most 20% of 2000 plus 10 a second.
+    assert!(retries <= 400 + 200, "{retries}");
+    assert!(retries >= 400, "{retries}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_token_bucket_refills_at_its_rate() {
+    let t = TokenBucket::new(10.0, 5);
+    assert_eq!((0..20).filter(|_| t.take()).count(), 5);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    assert_eq!((0..20).filter(|_| t.take()).count(), 3);
+    // Never more than the burst, however long it rests.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!((0..20).filter(|_| t.take()).count(), 5);
+}
+
+#[test]
+fn faults_compile_and_refuse_bad_input() {
+    let f = Fault::compile(&policy::Fault {
+        delay: Some(policy::FaultDelay {
+            percent: 50.0,
+            fixed: Some(Duration::from_millis(100)),
+        }),
+        abort: Some(policy::FaultAbort {
+            percent: 10.0,
+            grpc_status: Some(14),
+            http_status: None,
+        }),
+    })
+    .unwrap();
+    assert_eq!(f.delay, Some((50.0, Duration::from_millis(100))));
+    assert_eq!(f.abort, Some((10.0, Abort::Grpc(14))));
+    let e = Fault::compile(&policy::Fault {
+        abort: Some(policy::FaultAbort {
+            percent: 120.0,
+            http_status: Some(503),
+            grpc_status: None,
+        }),
+        delay: None,
+    })
+    .unwrap_err();
+    assert!(e.contains("120 is not a percentage"), "{e}");
+}
+
+#[test]
+fn breaker_limits_and_gives_back() {
+    let b = Breaker::new(
+        &policy::CircuitBreaker {
+            max_requests: Some(2),
+            ..Default::default()
+        },
+        None,
+    );
+    let p1 = b.acquire(Limit::Requests).unwrap();
+    let _p2 = b.acquire(Limit::Requests).unwrap();
+    assert!(b.acquire(Limit::Requests).is_none());
+    // Unlimited ones are not limited.
+    assert!(b.acquire(Limit::Retries).is_some());
+    drop(p1);
+    let _p3 = b.acquire(Limit::Requests).unwrap();
+    // A new table's breaker counts on from the old one's.
+    let next = Breaker::new(
+        &policy::CircuitBreaker {
+            max_requests: Some(3),
+            ..Default::default()
+        },
+        Some(&b),
+    );
+    assert_eq!(next.in_use(Limit::Requests), 2);
+    let _p4 = next.acquire(Limit::Requests).unwrap();
+    assert!(next.acquire(Limit::Requests).is_none());
+}
