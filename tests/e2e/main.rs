@@ -18,4 +18,5 @@ mod mtls;
 mod swap;
 mod tcp;
 mod tools;
+mod traffic;
 mod xds_table;

@@ -45,6 +45,10 @@ pub struct PeerState {
     reset: tokio::sync::Notify,
     /// Added before every answer, in milliseconds (a slow endpoint).
     pub delay_ms: AtomicU64,
+    /// When not 0, `/id` answers with this status (a failing endpoint).
+    pub status: std::sync::atomic::AtomicU16,
+    /// The Host (or authority) of the last request.
+    pub last_host: std::sync::Mutex<String>,
 }
 
 impl PeerState {
@@ -112,6 +116,14 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
     }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    if let Some(h) = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        req.headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(String::from)
+    }) {
+        *st.last_host.lock().unwrap() = h;
+    }
     match path.as_str() {
         "/echo" => {
             let mut seen = HeaderMap::new();
@@ -156,7 +168,12 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
         }
         "/id" => {
             let _ = req.into_body().collect().await;
-            Response::new(full(st.name.clone()))
+            let mut rsp = Response::new(full(st.name.clone()));
+            let status = st.status.load(Ordering::Relaxed);
+            if status != 0 {
+                *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            }
+            rsp
         }
         "/trailers" => {
             let mut t = HeaderMap::new();

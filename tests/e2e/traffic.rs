@@ -1,0 +1,448 @@
+//! Traffic management through the real proxy, against backends the tests make misbehave:
+//! retries absorbing connect failures, the retry budget bounding a fully failing backend,
+//! outlier detection ejecting and returning an endpoint, a 90/10 canary split and a header
+//! match, mirroring, fault injection, rate limits, and deadlines.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use weft_tests::{
+    chain::TempDir,
+    http_peer::{self, Peer},
+    proxy::Proxy,
+};
+
+/// `workers` keep-alive HTTP/1.1 connections sending `per_worker` requests each to `path` on
+/// `host`, with `headers`; each response's status and body.
+async fn run(
+    proxy: &Proxy,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    workers: usize,
+    per_worker: usize,
+) -> Vec<(u16, String)> {
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let addr = proxy.addr("outbound");
+        let host = host.to_string();
+        let path = path.to_string();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut out = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                let mut req = Request::get(&path).header("host", &host);
+                for (k, v) in &headers {
+                    req = req.header(k, v);
+                }
+                tx.ready().await.unwrap();
+                let rsp = tx
+                    .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+                    .await
+                    .unwrap();
+                let status = rsp.status().as_u16();
+                let body = rsp.into_body().collect().await.unwrap().to_bytes();
+                out.push((status, String::from_utf8_lossy(&body).into_owned()));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// The sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
+async fn metric(proxy: &Proxy, name: &str, labels: &[&str]) -> f64 {
+    proxy
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn served(p: &Peer) -> usize {
+    p.state.requests.load(Ordering::SeqCst)
+}
+
+/// A port nothing listens on: connections to it are refused.
+async fn dead_port() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_absorb_connect_failures_and_the_budget_bounds_a_failing_backend() {
+    let peers = [
+        http_peer::server("a").await,
+        http_peer::server("b").await,
+        http_peer::server("c").await,
+        http_peer::server("d").await,
+    ];
+    let dead = dead_port().await;
+    let failing = http_peer::server("failing").await;
+    failing.state.status.store(503, Ordering::SeqCst);
+    let dir = TempDir::new("retries");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: flaky.test
+    port: 80
+    loadBalancer: {{policy: round-robin}}
+    retry: {{on: [connect-failure], attempts: 2, budget: {{ratio: 0.5}}}}
+    endpoints: [{{address: '{dead}'}}, {{address: '{}'}}, {{address: '{}'}}, {{address: '{}'}}, {{address: '{}'}}]
+  - name: down.test
+    port: 80
+    retry: {{on: [5xx], attempts: 3, backoff: {{base: 1ms, max: 2ms}}, budget: {{ratio: 0.2, minPerSecond: 10}}}}
+    endpoints: [{{address: '{}'}}]
+",
+            peers[0].addr, peers[1].addr, peers[2].addr, peers[3].addr, failing.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
+
+    // One endpoint in five refuses connections: 20 % of first tries fail. (The default
+    // budget, 20 % + 10/s, is just what this needs on average and runs short in bursts:
+    // about 1.5 % of requests then fail. This service gives retries 50 %.)
+    let results = run(&proxy, "flaky.test", "/id", &[], 4, 250).await;
+    let failed = results.iter().filter(|(s, _)| *s != 200).count();
+    let retries = metric(
+        &proxy,
+        "weft_retries_total",
+        &["target=\"flaky.test:80\"", "reason=\"connect-failure\""],
+    )
+    .await;
+    println!(
+        "connect failures: {failed} of {} failed for the client; {retries} retries",
+        results.len()
+    );
+    assert_eq!(failed, 0, "retries absorb every connect failure");
+    assert!(
+        (150.0..=250.0).contains(&retries),
+        "about a fifth of 1000 requests retried: {retries}"
+    );
+    let attempts = metric(&proxy, "weft_request_attempts_count", &["flaky.test:80"]).await;
+    assert_eq!(attempts, 1000.0);
+
+    // A backend that fails everything: each request would be tried 4 times without the
+    // budget; with it, upstream load stays within (1 + 20 %) × requests + 10 a second.
+    let start = Instant::now();
+    let before = served(&failing);
+    let results = run(&proxy, "down.test", "/id", &[], 2, 500).await;
+    let secs = start.elapsed().as_secs_f64();
+    let upstream = served(&failing) - before;
+    let bound = 1.2 * results.len() as f64 + 10.0 * secs.ceil() + 10.0;
+    let exhausted = metric(
+        &proxy,
+        "weft_retry_budget_exhausted_total",
+        &["down.test:80"],
+    )
+    .await;
+    println!(
+        "failing backend: {} requests in {secs:.2}s reached it as {upstream} (bound {bound:.0}, 4x would be {}); budget exhausted {exhausted} times",
+        results.len(),
+        4 * results.len()
+    );
+    assert!(results.iter().all(|(s, _)| *s == 503));
+    assert!(
+        upstream as f64 <= bound,
+        "{upstream} upstream requests exceed the budget's bound {bound}"
+    );
+    assert!(upstream > results.len(), "some retries were made");
+    assert!(exhausted > 0.0, "budget exhaustion is counted");
+    weft_tests::tools::assert_promtool_clean(&proxy.metrics().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_endpoint_and_returns_it_after_recovery() {
+    let good = http_peer::server("good").await;
+    let bad = http_peer::server("bad").await;
+    bad.state.status.store(500, Ordering::SeqCst);
+    let dir = TempDir::new("outlier");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: od.test
+    port: 80
+    loadBalancer: {{policy: round-robin}}
+    outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 1s, maxEjectionPercent: 50}}
+    endpoints: [{{address: '{}'}}, {{address: '{}'}}]
+",
+            good.addr, bad.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
+    let results = run(&proxy, "od.test", "/id", &[], 1, 100).await;
+    let errors = results.iter().filter(|(s, _)| *s == 500).count();
+    // Round robin alternates: the bad endpoint's third 500 ejects it, after which the good
+    // one takes everything.
+    assert_eq!(
+        errors, 3,
+        "only the 500s before the ejection reach the client"
+    );
+    assert_eq!(
+        metric(&proxy, "weft_outlier_ejections_total", &["od.test:80"]).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&proxy, "weft_outlier_ejected_endpoints", &["od.test:80"]).await,
+        1.0
+    );
+    // It recovers; once the ejection has run out it is on probation, succeeds, and takes
+    // its share again.
+    bad.state.status.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = served(&bad);
+    let results = run(&proxy, "od.test", "/id", &[], 1, 100).await;
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    let back = served(&bad) - before;
+    assert!(
+        (40..=60).contains(&back),
+        "returned endpoint served {back} of 100"
+    );
+    assert_eq!(
+        metric(&proxy, "weft_outlier_ejected_endpoints", &["od.test:80"]).await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_splits_90_10_and_a_header_match_always_goes_to_v2() {
+    let v1 = http_peer::server("v1").await;
+    let v2 = http_peer::server("v2").await;
+    let dir = TempDir::new("canary");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: reviews.test
+    port: 80
+    endpoints:
+      - {{address: '{}', labels: {{version: v1}}}}
+      - {{address: '{}', labels: {{version: v2}}}}
+    subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+    routes:
+      - name: canary-testers
+        match: {{headers: [{{name: user-agent, regex: '.*Canary.*'}}]}}
+        backends: [{{subset: v2}}]
+      - name: beta-query
+        match: {{queryParams: [{{name: beta, exact: 'on'}}]}}
+        backends: [{{subset: v2}}]
+      - name: split
+        backends: [{{subset: v1, weight: 90}}, {{subset: v2, weight: 10}}]
+",
+            v1.addr, v2.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
+    let results = run(&proxy, "reviews.test", "/id", &[], 4, 2500).await;
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    let to_v2 = results.iter().filter(|(_, b)| b == "v2").count();
+    let share = 100.0 * to_v2 as f64 / results.len() as f64;
+    println!("canary: {to_v2} of {} to v2 ({share:.2} %)", results.len());
+    assert!(
+        (8.0..=12.0).contains(&share),
+        "v2 got {share:.2} % (10 ± 2 expected)"
+    );
+    let ua = [("user-agent", "Mozilla/5.0 (Canary build)")];
+    let testers = run(&proxy, "reviews.test", "/id", &ua, 2, 200).await;
+    assert!(testers.iter().all(|(s, b)| *s == 200 && b == "v2"));
+    let beta = run(&proxy, "reviews.test", "/id?beta=on", &[], 1, 100).await;
+    assert!(beta.iter().all(|(s, b)| *s == 200 && b == "v2"));
+    let not_beta = run(&proxy, "reviews.test", "/id?beta=off", &[], 1, 400).await;
+    assert!(not_beta.iter().any(|(_, b)| b == "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_faults_and_rate_limits_act_at_their_rates() {
+    let primary = http_peer::server("primary").await;
+    let shadow = http_peer::server("shadow").await;
+    // The mirror is slow: the caller must not wait for it.
+    shadow.state.delay_ms.store(300, Ordering::SeqCst);
+    let dir = TempDir::new("faults");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: mirror.test
+    port: 80
+    endpoints:
+      - {{address: '{p}', labels: {{role: primary}}}}
+      - {{address: '{s}', labels: {{role: shadow}}}}
+    subsets: [{{name: primary, labels: {{role: primary}}}}, {{name: shadow, labels: {{role: shadow}}}}]
+    routes:
+      - backends: [{{subset: primary}}]
+        mirror: {{subset: shadow, percent: 50}}
+  - name: fault.test
+    port: 80
+    endpoints: [{{address: '{p}'}}]
+    routes:
+      - match: {{path: {{prefix: /id}}}}
+        fault: {{abort: {{percent: 25, httpStatus: 418}}}}
+      - match: {{path: {{prefix: /slow}}}}
+        fault: {{delay: {{percent: 100, fixed: 200ms}}}}
+  - name: limited.test
+    port: 80
+    endpoints: [{{address: '{p}'}}]
+    rateLimit: {{requestsPerSecond: 20, burst: 20}}
+",
+            p = primary.addr,
+            s = shadow.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
+
+    // Mirroring: every caller answered by the primary, quickly; about half copied.
+    let start = Instant::now();
+    let results = run(&proxy, "mirror.test", "/id", &[], 2, 200).await;
+    let took = start.elapsed();
+    assert!(results.iter().all(|(s, b)| *s == 200 && b == "primary"));
+    assert!(
+        took < Duration::from_secs(20),
+        "callers waited for the slow mirror: {took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&proxy, "weft_mirrored_requests_total", &["mirror.test:80"]).await < 1.0
+        || Instant::now() < start + took + Duration::from_millis(400)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "mirrored requests never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mirrored = served(&shadow);
+    println!("mirror: {mirrored} of 400 copied in {took:?}");
+    assert!(
+        (150..=250).contains(&mirrored),
+        "{mirrored} of 400 mirrored (50 %)"
+    );
+    assert!(
+        shadow
+            .state
+            .last_host
+            .lock()
+            .unwrap()
+            .starts_with("mirror.test-shadow")
+    );
+
+    // Fault injection: 25 % aborted with 418.
+    let results = run(&proxy, "fault.test", "/id", &[], 2, 1000).await;
+    let aborted = results.iter().filter(|(s, _)| *s == 418).count();
+    let share = 100.0 * aborted as f64 / results.len() as f64;
+    println!("abort: {aborted} of 2000 ({share:.1} %)");
+    assert!(
+        (21.0..=29.0).contains(&share),
+        "{share:.1} % aborted (25 expected)"
+    );
+    assert!(results.iter().all(|(s, _)| *s == 418 || *s == 200));
+    assert_eq!(
+        metric(&proxy, "weft_faults_injected_total", &["fault=\"abort\""]).await,
+        aborted as f64
+    );
+    let start = Instant::now();
+    let (status, _) = http_peer::exchange(
+        proxy.addr("outbound"),
+        Request::get("/slow").header("host", "fault.test"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 404, "the delayed request still reaches the backend");
+    assert!(start.elapsed() >= Duration::from_millis(200));
+
+    // Rate limit: a burst of 20, then 20 a second.
+    let start = Instant::now();
+    let results = run(&proxy, "limited.test", "/id", &[], 1, 100).await;
+    let secs = start.elapsed().as_secs_f64();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let limited = results.iter().filter(|(s, _)| *s == 429).count();
+    println!("rate limit: {ok} passed, {limited} refused in {secs:.2}s");
+    assert_eq!(ok + limited, 100);
+    assert!(
+        ok >= 20 && ok as f64 <= 20.0 + 20.0 * secs + 1.0,
+        "{ok} passed"
+    );
+    assert_eq!(
+        metric(&proxy, "weft_rate_limited_total", &["limited.test:80"]).await,
+        limited as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_end_slow_calls_promptly() {
+    let slow = http_peer::server("slow").await;
+    let dir = TempDir::new("deadline");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: slow.test
+    port: 80
+    protocol: http2
+    endpoints: [{{address: '{}'}}]
+    routes:
+      - match: {{path: {{prefix: /delay}}}}
+        grpcTimeoutMax: 300ms
+      - timeout: 300ms
+",
+            slow.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
+    let mut h2 = http_peer::h2_client(proxy.addr("outbound")).await;
+    // A gRPC call asking for 10 s gets the route's 300 ms maximum, against a 2 s backend.
+    let start = Instant::now();
+    let rsp = h2
+        .send_request(
+            Request::post("http://slow.test/delay?ms=2000")
+                .header("content-type", "application/grpc")
+                .header("grpc-timeout", "10S")
+                .body(http_peer::body("\0\0\0\0\0"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // An HTTP request past the route timeout: 504.
+    let start = Instant::now();
+    let rsp = h2
+        .send_request(
+            Request::get("http://slow.test/hang")
+                .body(http_peer::body(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 504);
+    assert!(start.elapsed() < Duration::from_millis(1500));
+}
