@@ -107,6 +107,39 @@ pub struct RoutePolicy {
     pub idle_timeout: Option<Duration>,
 }
 
+impl RoutePolicy {
+    /// What `/config_dump` shows of it (only what is set).
+    pub fn describe(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        let d = |t: Duration| serde_json::Value::from(format!("{t:?}"));
+        if let Some(r) = &self.retry {
+            m.insert("retry".into(), serde_json::Value::from(format!("{r:?}")));
+        }
+        if let Some(f) = &self.fault {
+            m.insert("fault".into(), serde_json::Value::from(format!("{f:?}")));
+        }
+        if let Some(b) = &self.rate_limit {
+            m.insert(
+                "rateLimit".into(),
+                serde_json::json!({"perSecond": b.rate, "burst": b.burst}),
+            );
+        }
+        if let Some(mi) = &self.mirror {
+            m.insert(
+                "mirror".into(),
+                serde_json::json!({"cluster": &*mi.cluster.name, "percent": mi.percent}),
+            );
+        }
+        if let Some(t) = self.grpc_timeout_max {
+            m.insert("grpcTimeoutMax".into(), d(t));
+        }
+        if let Some(t) = self.idle_timeout {
+            m.insert("idleTimeout".into(), d(t));
+        }
+        m.into()
+    }
+}
+
 /// Copies of a share of a route's requests go to `cluster`.
 #[derive(Debug)]
 pub struct Mirror {
@@ -343,6 +376,7 @@ impl Table {
                 "name": &*r.name,
                 "match": format!("{:?}", r.matches),
                 "timeout": r.timeout.map(|t| format!("{t:?}")),
+                "policy": r.policy.describe(),
                 "backends": r.backends.weighted().map(|(w, c)| json!({
                     "cluster": &*c.name,
                     "weight": w,

@@ -20,6 +20,8 @@ fn the_demo_runs_with_mutual_tls_and_shows_the_identities() {
         "the web app sees its caller (x-weft-peer-identity): spiffe://cluster.local/ns/demo/sa/frontend",
         "plaintext straight to web-v1's sidecar: refused",
         "HTTP/2, 400 requests: web-v2: 400  (v2 100.0%)",
+        "budget 50 % + 10/s), 300 requests: web-v2: 300  (0 failed)",
+        "weft_retries_total{direction=\"outbound\",reason=\"5xx\"",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }

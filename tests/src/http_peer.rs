@@ -47,6 +47,8 @@ pub struct PeerState {
     pub delay_ms: AtomicU64,
     /// When not 0, `/id` answers with this status (a failing endpoint).
     pub status: std::sync::atomic::AtomicU16,
+    /// When not 0, every this-many-th request is answered 503 (an intermittently failing app).
+    pub fail_every: AtomicUsize,
     /// The Host (or authority) of the last request.
     pub last_host: std::sync::Mutex<String>,
 }
@@ -109,7 +111,13 @@ impl Drop for CancelGuard {
 }
 
 async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body> {
-    st.requests.fetch_add(1, Ordering::SeqCst);
+    let n = st.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let every = st.fail_every.load(Ordering::Relaxed);
+    if every > 0 && n % every == 0 {
+        let mut rsp = Response::new(full("failing on purpose\n"));
+        *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        return rsp;
+    }
     let delay = st.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

@@ -19,8 +19,14 @@ use weft_tests::{
 const WEB: &str = "web.demo.svc.cluster.local:8080";
 const ECHO: &str = "echo.demo.svc.cluster.local:50051";
 
-/// The web policy: `x-canary: 1` goes to v2; the rest is split `w1`/`w2`.
-fn policy(w1: u32, w2: u32) -> String {
+/// The web policy: `x-canary: 1` goes to v2; the rest is split `w1`/`w2`; with `retry`,
+/// failed requests are tried again.
+fn policy(w1: u32, w2: u32, retry: bool) -> String {
+    let retry = if retry {
+        "  retry: {attempts: 2, on: [5xx], backoff: {base: 25ms, max: 250ms}, budget: {ratio: 0.5}}\n"
+    } else {
+        ""
+    };
     format!(
         r#"apiVersion: weft.dev/v1alpha1
 kind: TrafficPolicy
@@ -34,7 +40,7 @@ spec:
       backends: [{{subset: v2}}]
     - name: split
       backends: [{{subset: v1, weight: {w1}}}, {{subset: v2, weight: {w2}}}]
-"#
+{retry}"#
     )
 }
 
@@ -71,7 +77,11 @@ async fn served_by(
                     .unwrap()
             }
         };
-        let who = rsp.headers()["x-served-by"].to_str().unwrap().to_string();
+        // A failed request (no app answered it) is counted by its status.
+        let who = match rsp.headers().get("x-served-by") {
+            Some(v) => v.to_str().unwrap().to_string(),
+            None => rsp.status().as_str().to_string(),
+        };
         let _ = rsp.into_body().collect().await;
         *out.entry(who).or_default() += 1;
     }
@@ -91,8 +101,8 @@ fn share(m: &BTreeMap<String, usize>, who: &str) -> f64 {
 }
 
 /// `weftctl apply` of the web policy with `w1`/`w2`, then waits until sidecar A routes by it.
-async fn shift(cp: &Proxy, a: &Proxy, work: &TempDir, w1: u32, w2: u32) {
-    let f = work.write("web-policy.yaml", &policy(w1, w2));
+async fn shift(cp: &Proxy, a: &Proxy, work: &TempDir, w1: u32, w2: u32, retry: bool) {
+    let f = work.write("web-policy.yaml", &policy(w1, w2, retry));
     let path = f.to_str().unwrap();
     let (code, out, err) = weftctl(cp, &["apply", "-f", path]);
     assert_eq!(code, Some(0), "weftctl apply failed: {err}");
@@ -117,7 +127,8 @@ async fn shift(cp: &Proxy, a: &Proxy, work: &TempDir, w1: u32, w2: u32) {
                 .iter()
                 .filter_map(|b| b["weight"].as_u64())
                 .collect();
-            (weights == want).then_some(())
+            let has_retry = !web["routes"][1]["policy"]["retry"].is_null();
+            (weights == want && has_retry == retry).then_some(())
         },
     )
     .await;
@@ -319,7 +330,7 @@ async fn main() {
 
     let work = TempDir::new("demo-policies");
     println!("\n1. A canary policy: 90/10 between v1 and v2, `x-canary: 1` always to v2");
-    shift(&cp, &a, &work, 90, 10).await;
+    shift(&cp, &a, &work, 90, 10, false).await;
     let m = served_by(out, 400, false, false).await;
     println!(
         "   HTTP/1.1, 400 requests: {}  (v2 {:.1}%)",
@@ -353,7 +364,7 @@ async fn main() {
 
     println!("3. Shifting the canary live with weftctl");
     for (w1, w2) in [(50, 50), (0, 100)] {
-        shift(&cp, &a, &work, w1, w2).await;
+        shift(&cp, &a, &work, w1, w2, false).await;
         let m = served_by(out, 400, true, false).await;
         println!(
             "   HTTP/2, 400 requests: {}  (v2 {:.1}%)",
@@ -362,13 +373,44 @@ async fn main() {
         );
     }
 
-    println!("\n4. What the control plane knows of its proxies (weftctl proxy-status):");
+    println!("\n4. Retries: web-v2 starts failing every fourth request with 503");
+    web_v2
+        .state
+        .fail_every
+        .store(4, std::sync::atomic::Ordering::SeqCst);
+    let failed = |m: &BTreeMap<String, usize>| m.get("503").copied().unwrap_or(0);
+    let m = served_by(out, 300, true, false).await;
+    println!(
+        "   no retry policy, 300 requests: {}  ({} failed)",
+        show(&m),
+        failed(&m)
+    );
+    assert!(failed(&m) > 50, "web-v2 fails a quarter of its requests");
+    shift(&cp, &a, &work, 0, 100, true).await;
+    let m = served_by(out, 300, true, false).await;
+    println!(
+        "   retry on 5xx (2 retries, backoff 25-250 ms, budget 50 % + 10/s), 300 requests: {}  ({} failed)",
+        show(&m),
+        failed(&m)
+    );
+    assert_eq!(failed(&m), 0, "retries absorb the failures");
+    for line in a.metrics().await.lines() {
+        if line.starts_with("weft_retries_total")
+            || line.starts_with("weft_request_attempts_sum")
+            || line.starts_with("weft_request_attempts_count")
+            || line.starts_with("weft_retry_budget_exhausted_total")
+        {
+            println!("   {line}");
+        }
+    }
+
+    println!("\n5. What the control plane knows of its proxies (weftctl proxy-status):");
     let (_, status, _) = weftctl(&cp, &["proxy-status"]);
     for line in status.lines() {
         println!("   {line}");
     }
     println!(
-        "\n5. What sidecar A counted (GET /metrics on its probe port {}):",
+        "\n6. What sidecar A counted (GET /metrics on its probe port {}):",
         a.addr("probe")
     );
     for line in a.metrics().await.lines() {
