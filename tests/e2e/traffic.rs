@@ -407,9 +407,15 @@ async fn deadlines_end_slow_calls_promptly() {
     routes:
       - match: {{path: {{prefix: /delay}}}}
         grpcTimeoutMax: 300ms
+      - match: {{path: {{prefix: /hang}}, headers: [{{name: x-idle}}]}}
+        idleTimeout: 200ms
       - timeout: 300ms
+  - name: guarded.test
+    port: 80
+    circuitBreaker: {{maxRequests: 1}}
+    endpoints: [{{address: '{}'}}]
 ",
-            slow.addr
+            slow.addr, slow.addr
         ),
     );
     let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
@@ -445,4 +451,59 @@ async fn deadlines_end_slow_calls_promptly() {
         .unwrap();
     assert_eq!(rsp.status(), 504);
     assert!(start.elapsed() < Duration::from_millis(1500));
+    // A stream idle timeout also bounds the wait for headers.
+    let start = Instant::now();
+    let rsp = h2
+        .send_request(
+            Request::get("http://slow.test/hang")
+                .header("x-idle", "1")
+                .body(http_peer::body(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 504);
+    assert!(
+        start.elapsed() >= Duration::from_millis(200)
+            && start.elapsed() < Duration::from_millis(290),
+        "the idle timeout (200 ms), not the route's 300 ms: {:?}",
+        start.elapsed()
+    );
+
+    // A cluster limit of one request: a second, concurrent one fails fast with 503.
+    let addr = proxy.addr("outbound");
+    let first = tokio::spawn(http_peer::exchange(
+        addr,
+        Request::get("/delay?ms=500").header("host", "guarded.test"),
+        String::new(),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let (status, body) = http_peer::exchange(
+        addr,
+        Request::get("/id").header("host", "guarded.test"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("requests limit reached"), "{body}");
+    assert!(start.elapsed() < Duration::from_millis(300));
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(
+        metric(
+            &proxy,
+            "weft_circuit_breaker_overflow_total",
+            &["guarded.test:80", "limit=\"requests\""]
+        )
+        .await,
+        1.0
+    );
+    // The permit is given back when the response ends.
+    let (status, _) = http_peer::exchange(
+        addr,
+        Request::get("/id").header("host", "guarded.test"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
 }

@@ -358,3 +358,97 @@ fn a_host_name_over_eds_is_refused_naming_the_address() {
         "`db.example.com` is not an IP address (endpoints known by host name belong in a STRICT_DNS cluster's load_assignment)"
     );
 }
+
+/// Every traffic policy survives the trip through standard xDS fields: what the proxy
+/// compiles is what the policy said.
+#[test]
+fn traffic_policies_cross_xds_into_the_table() {
+    let files = FILES.replace(
+        "    - name: split\n      backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]\n",
+        "    - name: split
+      match: {queryParams: [{name: beta, exact: 'on'}]}
+      backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]
+      fault: {delay: {percent: 12.5, fixed: 50ms}, abort: {percent: 5, grpcStatus: 14}}
+      rateLimit: {requestsPerSecond: 5, burst: 7}
+      mirror: {subset: v1, percent: 25}
+      grpcTimeoutMax: 3s
+      idleTimeout: 20s
+      retry: {attempts: 3, on: [5xx, unavailable], perTryTimeout: 1s, backoff: {base: 500ms, max: 5s}}
+  retry: {on: [connect-failure], budget: {ratio: 0.3, minPerSecond: 4}}
+  rateLimit: {requestsPerSecond: 100}
+  circuitBreaker: {maxRequests: 50, maxRetries: 3}
+  outlierDetection: {consecutive5xx: 4, baseEjectionTime: 2s, maxEjectionTime: 20s, maxEjectionPercent: 40, failureRate: {thresholdPercent: 50, minimumRequests: 8, window: 5s}}
+  loadBalancer: {panicThreshold: 30}
+",
+    );
+    let metrics = Metrics::new();
+    let compiled = xds::compile(
+        &resources(&files),
+        Arc::from("v1"),
+        1,
+        &metrics,
+        &Table::empty(),
+        &Resolved::none(),
+    );
+    assert_eq!(compiled.held_back, Vec::<String>::new());
+    let table = compiled.table;
+    let svc = table.by_authority("web").unwrap();
+    let split = svc.routes.iter().find(|r| &*r.name == "split").unwrap();
+    let p = &split.policy;
+    let retry = p.retry.as_ref().unwrap();
+    assert_eq!(retry.retries, 3);
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(std::time::Duration::from_secs(1))
+    );
+    assert_eq!(
+        (retry.base, retry.max),
+        (
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(5)
+        )
+    );
+    let fault = p.fault.as_ref().unwrap();
+    assert_eq!(
+        fault.delay,
+        Some((12.5, std::time::Duration::from_millis(50)))
+    );
+    assert_eq!(
+        fault.abort,
+        Some((5.0, weft_proxy::traffic::Abort::Grpc(14)))
+    );
+    let bucket = p.rate_limit.as_ref().unwrap();
+    assert_eq!((bucket.rate, bucket.burst), (5.0, 7));
+    let mirror = p.mirror.as_ref().unwrap();
+    assert_eq!(
+        (&*mirror.cluster.name, mirror.percent),
+        ("web.demo.svc.cluster.local:8080/v1", 25.0)
+    );
+    assert_eq!(p.grpc_timeout_max, Some(std::time::Duration::from_secs(3)));
+    assert_eq!(p.idle_timeout, Some(std::time::Duration::from_secs(20)));
+    assert_eq!(split.matches.query.len(), 1);
+    // The service's own settings.
+    let svc_bucket = svc.rate_limit.as_ref().unwrap();
+    assert_eq!((svc_bucket.rate, svc_bucket.burst), (100.0, 100));
+    assert_eq!((svc.budget.ratio, svc.budget.min_per_second), (0.3, 4));
+    // The testers route has no retry of its own: the policy's.
+    let testers = &svc.routes[0];
+    assert_eq!(testers.policy.retry.as_ref().unwrap().retries, 2);
+    // Every cluster carries the outlier detection, limits and panic threshold.
+    let v2 = testers.backends.pick().unwrap();
+    let o = v2.outlier.as_ref().unwrap();
+    assert_eq!(o.consecutive_5xx, 4);
+    assert_eq!(o.base_ejection, std::time::Duration::from_secs(2));
+    assert_eq!(o.max_ejection, std::time::Duration::from_secs(20));
+    assert_eq!(o.max_ejection_percent, 40);
+    assert_eq!(
+        o.failure_rate,
+        Some((50, 8, std::time::Duration::from_secs(5)))
+    );
+    assert_eq!(v2.panic_threshold, 30.0);
+    let b = v2.breaker.as_ref().unwrap();
+    let _one = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
+    let _two = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
+    let _three = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
+    assert!(b.acquire(weft_proxy::traffic::Limit::Retries).is_none());
+}
