@@ -172,38 +172,32 @@ impl Head {
     /// As Envoy marks a mirrored request: `-shadow` after the host, in the Host header and the
     /// authority.
     fn shadow(mut self) -> Self {
-        if let Some(h) = self
+        if let Some(v) = self
             .headers
             .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            && let Ok(v) = HeaderValue::from_str(&shadow_host(h))
+            .and_then(|h| h.to_str().ok()?.parse().ok())
+            .and_then(|a| HeaderValue::from_str(shadow(&a).as_str()).ok())
         {
             self.headers.insert(http::header::HOST, v);
         }
         if let Some(a) = self.uri.authority() {
             let mut parts = self.uri.clone().into_parts();
-            if let Ok(a) = shadow_host(a.as_str()).parse() {
-                parts.authority = Some(a);
-                if let Ok(u) = http::Uri::from_parts(parts) {
-                    self.uri = u;
-                }
+            parts.authority = Some(shadow(a));
+            if let Ok(u) = http::Uri::from_parts(parts) {
+                self.uri = u;
             }
         }
         self
     }
 }
 
-fn shadow_host(authority: &str) -> String {
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-            if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() {
-                format!("{host}-shadow:{port}")
-            } else {
-                format!("{authority}-shadow")
-            }
-        }
-        _ => format!("{authority}-shadow"),
-    }
+/// `host[:port]` as `host-shadow[:port]`.
+fn shadow(a: &http::uri::Authority) -> http::uri::Authority {
+    let shadowed = match a.port() {
+        Some(p) => format!("{}-shadow:{p}", a.host()),
+        None => format!("{}-shadow", a.host()),
+    };
+    shadowed.parse().unwrap_or_else(|_| a.clone())
 }
 
 impl HttpProxy {
@@ -547,16 +541,13 @@ impl HttpProxy {
         {
             r.svc.budget.deposit();
         }
-        if let Some(b) = routed.as_ref().and_then(|r| r.cluster.breaker.as_ref()) {
-            match b.acquire(Limit::Pending) {
-                Some(p) => {
+        if let Some(r) = &routed {
+            match r.cluster.permit(Limit::Pending, &dest.metrics) {
+                Ok(Some(p)) => {
                     req.extensions_mut().insert(Pending(Arc::new(p)));
                 }
-                None => {
-                    dest.metrics.overflow(Limit::Pending);
-                    let e = overflow(routed.as_ref(), Limit::Pending);
-                    return fail(e, is_grpc, obs, version);
-                }
+                Ok(None) => {}
+                Err(e) => return fail(e.into(), is_grpc, obs, version),
             }
         }
         let tries = self.send_with_retries(
@@ -655,16 +646,7 @@ impl HttpProxy {
                 return Err(ProxyError::Fault(abort));
             }
         }
-        match &r.cluster.breaker {
-            Some(b) => match b.acquire(Limit::Requests) {
-                Some(p) => Ok(Some(p)),
-                None => {
-                    metrics.overflow(Limit::Requests);
-                    Err(overflow(Some(r), Limit::Requests))
-                }
-            },
-            None => Ok(None),
-        }
+        Ok(r.cluster.permit(Limit::Requests, metrics)?)
     }
 
     /// Sends a copy of the request to the mirror's cluster, in the background; its response is
@@ -776,14 +758,9 @@ impl HttpProxy {
                 dest.metrics.budget_exhausted();
                 return (res, tries);
             }
-            if let Some(b) = &r.cluster.breaker {
-                match b.acquire(Limit::Retries) {
-                    Some(p) => _retry_permit = Some(p),
-                    None => {
-                        dest.metrics.overflow(Limit::Retries);
-                        return (res, tries);
-                    }
-                }
+            match r.cluster.permit(Limit::Retries, &dest.metrics) {
+                Ok(p) => _retry_permit = p,
+                Err(_) => return (res, tries),
             }
             dest.metrics.retry(reason);
             tracing::debug!(addr = %ep.0, reason = reason.as_str(), try_no = tries, "retrying");
@@ -796,14 +773,6 @@ impl HttpProxy {
             req = head.clone().request(body);
             tries += 1;
         }
-    }
-}
-
-/// The error for a request turned away at a cluster's limit.
-fn overflow(r: Option<&Routed>, limit: Limit) -> ProxyError {
-    ProxyError::Overflow {
-        cluster: r.map_or_else(|| Arc::from(""), |r| r.cluster.name.clone()),
-        limit,
     }
 }
 

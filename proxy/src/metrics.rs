@@ -81,7 +81,7 @@ const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0];
 /// retries shows no retry series).
 #[derive(Default)]
 struct TrafficHandles {
-    retries: [OnceLock<IntCounter>; crate::traffic::REASONS.len()],
+    retries: [OnceLock<IntCounter>; crate::traffic::REASON_COUNT],
     budget_exhausted: OnceLock<IntCounter>,
     attempts: OnceLock<Histogram>,
     overflow: [OnceLock<IntCounter>; crate::traffic::LIMITS.len()],
@@ -578,7 +578,12 @@ impl Metrics {
 }
 
 impl TargetMetrics {
-    fn labels<'a>(&'a self, extra: &'a str) -> [&'a str; 3] {
+    fn labels(&self) -> [&str; 2] {
+        [self.direction, &self.target]
+    }
+
+    /// The target's labels and one more.
+    fn labels_and<'a>(&'a self, extra: &'a str) -> [&'a str; 3] {
         [self.direction, &self.target, extra]
     }
 
@@ -587,7 +592,7 @@ impl TargetMetrics {
             .get_or_init(|| {
                 self.families
                     .retries
-                    .with_label_values(&self.labels(reason.as_str()))
+                    .with_label_values(&self.labels_and(reason.as_str()))
             })
             .inc();
     }
@@ -598,7 +603,7 @@ impl TargetMetrics {
             .get_or_init(|| {
                 self.families
                     .budget_exhausted
-                    .with_label_values(&self.labels("")[..2])
+                    .with_label_values(&self.labels())
             })
             .inc();
     }
@@ -606,11 +611,7 @@ impl TargetMetrics {
     pub fn attempts(&self, n: u32) {
         self.traffic
             .attempts
-            .get_or_init(|| {
-                self.families
-                    .attempts
-                    .with_label_values(&self.labels("")[..2])
-            })
+            .get_or_init(|| self.families.attempts.with_label_values(&self.labels()))
             .observe(f64::from(n));
     }
 
@@ -619,28 +620,22 @@ impl TargetMetrics {
             .get_or_init(|| {
                 self.families
                     .overflow
-                    .with_label_values(&self.labels(limit.as_str()))
+                    .with_label_values(&self.labels_and(limit.as_str()))
             })
             .inc();
     }
 
     fn ejected_gauge(&self) -> &IntGauge {
-        self.traffic.ejected.get_or_init(|| {
-            self.families
-                .ejected
-                .with_label_values(&self.labels("")[..2])
-        })
+        self.traffic
+            .ejected
+            .get_or_init(|| self.families.ejected.with_label_values(&self.labels()))
     }
 
     /// An endpoint was ejected.
     pub fn ejection(&self) {
         self.traffic
             .ejections
-            .get_or_init(|| {
-                self.families
-                    .ejections
-                    .with_label_values(&self.labels("")[..2])
-            })
+            .get_or_init(|| self.families.ejections.with_label_values(&self.labels()))
             .inc();
         self.ejected_gauge().inc();
     }
@@ -653,11 +648,7 @@ impl TargetMetrics {
     pub fn rate_limited(&self) {
         self.traffic
             .rate_limited
-            .get_or_init(|| {
-                self.families
-                    .rate_limited
-                    .with_label_values(&self.labels("")[..2])
-            })
+            .get_or_init(|| self.families.rate_limited.with_label_values(&self.labels()))
             .inc();
     }
 
@@ -665,7 +656,11 @@ impl TargetMetrics {
     pub fn fault(&self, abort: bool) {
         let (i, kind) = if abort { (1, "abort") } else { (0, "delay") };
         self.traffic.faults[i]
-            .get_or_init(|| self.families.faults.with_label_values(&self.labels(kind)))
+            .get_or_init(|| {
+                self.families
+                    .faults
+                    .with_label_values(&self.labels_and(kind))
+            })
             .inc();
     }
 
@@ -675,7 +670,7 @@ impl TargetMetrics {
             .get_or_init(|| {
                 self.families
                     .mirrored
-                    .with_label_values(&self.labels(result))
+                    .with_label_values(&self.labels_and(result))
             })
             .inc();
     }

@@ -156,17 +156,14 @@ impl Listener {
                         .as_ref()
                         .and_then(|h| h.key(&http::HeaderMap::new(), Some(peer)));
                     let (cluster, e) = route.target(hash, &s.metrics)?;
-                    let permit = match &cluster.breaker {
-                        Some(b) => match b.acquire(crate::traffic::Limit::Connections) {
-                            Some(p) => Some(p),
-                            None => {
-                                s.metrics.overflow(crate::traffic::Limit::Connections);
-                                tracing::debug!(%peer, cluster = %cluster.name, "connection limit reached; closing");
+                    let permit =
+                        match cluster.permit(crate::traffic::Limit::Connections, &s.metrics) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "closing the connection");
                                 return None;
                             }
-                        },
-                        None => None,
-                    };
+                        };
                     Some((e.addr, e.identity.clone(), Some((e.state.start(), permit))))
                 };
                 let table = self.table.load();

@@ -31,7 +31,7 @@ use crate::{
     metrics::{Direction, Metrics, TargetMetrics},
     resolve::Resolved,
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch, WeightedSplit},
-    traffic::{Breaker, Budget, Fault, Retry, TokenBucket},
+    traffic::{Breaker, Budget, Fault, Limit, OverLimit, Permit, Retry, TokenBucket},
 };
 pub use file::{LoadError, Protocol, TableFile};
 
@@ -61,6 +61,10 @@ pub struct Table {
     dns_names: Box<[Box<str>]>,
     /// Every endpoint's balancer state, by address: the next table starts from these.
     states: HashMap<SocketAddr, Arc<EndpointState>>,
+    /// Services by name, and clusters' breakers by cluster name: what the next table's
+    /// budgets, buckets and breaker counts carry on from.
+    by_name: HashMap<Arc<str>, usize>,
+    breakers: HashMap<Arc<str>, Breaker>,
     /// What the table was compiled from, for `/config_dump`.
     pub source: TableFile,
 }
@@ -270,6 +274,28 @@ impl Cluster {
         next
     }
 
+    /// One unit of the cluster's `limit` (none to take without a circuit breaker); at the
+    /// limit, the refusal is counted and the error for it returned.
+    pub fn permit(
+        &self,
+        limit: Limit,
+        metrics: &TargetMetrics,
+    ) -> Result<Option<Permit>, OverLimit> {
+        let Some(b) = &self.breaker else {
+            return Ok(None);
+        };
+        match b.acquire(limit) {
+            Some(p) => Ok(Some(p)),
+            None => {
+                metrics.overflow(limit);
+                Err(OverLimit {
+                    cluster: self.name.clone(),
+                    limit,
+                })
+            }
+        }
+    }
+
     /// An endpoint for a retry: another than `avoid` if the cluster has one.
     pub fn pick_other(
         &self,
@@ -334,6 +360,8 @@ impl Table {
             vips: HashMap::new(),
             dns_names: Box::default(),
             states: HashMap::new(),
+            by_name: HashMap::new(),
+            breakers: HashMap::new(),
             source: TableFile::default(),
         }
     }
@@ -449,11 +477,17 @@ impl Table {
         let mut by_endpoint: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
         let mut identities = HashMap::new();
         let mut states = HashMap::new();
+        let mut breakers = HashMap::new();
+        let mut by_name = HashMap::new();
         for (i, svc) in self.services.iter().enumerate() {
+            by_name.entry(svc.name.clone()).or_insert(i);
             let clusters = std::iter::once(&svc.default_route)
                 .chain(svc.routes.iter())
                 .flat_map(|r| r.backends.iter());
             for c in clusters {
+                if let Some(b) = &c.breaker {
+                    breakers.entry(c.name.clone()).or_insert_with(|| b.clone());
+                }
                 for e in c.endpoints.iter() {
                     states.insert(e.addr, e.state.clone());
                     if let Some(id) = &e.identity {
@@ -473,6 +507,8 @@ impl Table {
         self.by_endpoint = by_endpoint;
         self.identities = identities;
         self.states = states;
+        self.breakers = breakers;
+        self.by_name = by_name;
         let mut vips: HashMap<Box<str>, Option<std::net::IpAddr>> = HashMap::new();
         for svc in &self.services {
             let Some(vip) = svc
@@ -634,7 +670,8 @@ impl<'a> Names<'a> {
     }
 
     fn previous_service(&self, name: &str) -> Option<&'a Arc<Service>> {
-        self.previous.services.iter().find(|s| &*s.name == name)
+        let i = *self.previous.by_name.get(name)?;
+        self.previous.services.get(i)
     }
 
     /// The service's retry budget: the one in force if its settings are the same.
@@ -669,15 +706,7 @@ impl<'a> Names<'a> {
 
     /// A cluster's breaker, counting on from the one in force by the cluster's name.
     pub(crate) fn breaker(&self, cluster: &str, p: &weft_core::policy::CircuitBreaker) -> Breaker {
-        let old = self
-            .previous
-            .services
-            .iter()
-            .flat_map(|s| s.routes.iter().chain([&s.default_route]))
-            .flat_map(|r| r.backends.iter())
-            .find(|c| &*c.name == cluster)
-            .and_then(|c| c.breaker.as_ref());
-        Breaker::new(p, old)
+        Breaker::new(p, self.previous.breakers.get(cluster))
     }
 
     fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
@@ -793,15 +822,11 @@ fn compile_service(
             .collect()
     };
     let outlier = spec.outlier_detection.as_ref().map(Outlier::compile);
-    let panic_threshold = lb
-        .panic_threshold
-        .unwrap_or(crate::balance::DEFAULT_PANIC_THRESHOLD);
-    if !(0.0..=100.0).contains(&panic_threshold) {
-        return Err((
-            format!("{at}.loadBalancer.panicThreshold"),
-            format!("{panic_threshold} is not a percentage between 0 and 100"),
-        ));
-    }
+    let panic_threshold = crate::traffic::check_percent(
+        lb.panic_threshold
+            .unwrap_or(crate::balance::DEFAULT_PANIC_THRESHOLD),
+    )
+    .map_err(|e| (format!("{at}.loadBalancer.panicThreshold"), e))?;
     let cluster = |name: Arc<str>, members: WeightedSplit<Endpoint>| {
         let mut c = Cluster::new(name.clone(), members, lb.policy);
         c.outlier = outlier.clone();
@@ -880,13 +905,8 @@ fn compile_service(
             .into();
         let mirror = match &r.mirror {
             Some(m) => {
-                let percent = m.percent.unwrap_or(100.0);
-                if !(0.0..=100.0).contains(&percent) {
-                    return Err((
-                        format!("{rat}.mirror.percent"),
-                        format!("{percent} is not a percentage between 0 and 100"),
-                    ));
-                }
+                let percent = crate::traffic::check_percent(m.percent.unwrap_or(100.0))
+                    .map_err(|e| (format!("{rat}.mirror.percent"), e))?;
                 Some(Mirror {
                     cluster: subset(&m.subset, format!("{rat}.mirror.subset"))?,
                     percent,

@@ -31,8 +31,7 @@ const BUDGET_WINDOW_SECS: u64 = 10;
 /// ends the retries.
 pub const MAX_PUSHBACK: Duration = Duration::from_secs(60);
 
-/// Why a try is retried: a condition's name, or `per-try-timeout`. The index of each is its
-/// metric label's.
+/// Why a try is retried: a condition, or `per-try-timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Reason {
@@ -50,25 +49,17 @@ pub enum Reason {
     PerTryTimeout,
 }
 
-/// Every reason's label, in [`Reason`]'s order: the retry conditions, then `per-try-timeout`.
-pub const REASONS: [&str; 12] = [
-    "connect-failure",
-    "refused-stream",
-    "reset",
-    "5xx",
-    "gateway-error",
-    "retriable-status-codes",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-    "per-try-timeout",
-];
+/// How many reasons there are: the retry conditions, then `per-try-timeout`.
+pub const REASON_COUNT: usize = RETRY_CONDITIONS.len() + 1;
 
 impl Reason {
+    /// The metric label: the condition's name (the variants up to `Unavailable` are in
+    /// [`RETRY_CONDITIONS`]' order), or `per-try-timeout`.
     pub fn as_str(self) -> &'static str {
-        REASONS[self as usize]
+        RETRY_CONDITIONS
+            .get(self as usize)
+            .copied()
+            .unwrap_or("per-try-timeout")
     }
 
     fn bit(self) -> u16 {
@@ -402,7 +393,8 @@ impl Fault {
     }
 }
 
-fn check_percent(p: f64) -> Result<f64, String> {
+/// `p` if it is a percentage, else an error that says it is not.
+pub fn check_percent(p: f64) -> Result<f64, String> {
     if (0.0..=100.0).contains(&p) {
         Ok(p)
     } else {
@@ -472,6 +464,14 @@ impl Breaker {
     pub fn in_use(&self, limit: Limit) -> u32 {
         self.used[limit as usize].load(Ordering::Relaxed)
     }
+}
+
+/// A request turned away at a cluster's limit.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cluster {cluster}: {} limit reached", limit.as_str())]
+pub struct OverLimit {
+    pub cluster: Arc<str>,
+    pub limit: Limit,
 }
 
 /// One unit of a limit in use, given back when dropped.

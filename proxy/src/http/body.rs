@@ -161,13 +161,11 @@ impl Drop for Observer {
     }
 }
 
-fn deadline_trailers(after: Duration) -> HeaderMap {
+/// The trailers that end a gRPC call the proxy cut off: DEADLINE_EXCEEDED and why.
+fn deadline_trailers(message: &str) -> HeaderMap {
     let mut t = HeaderMap::with_capacity(2);
     t.insert(grpc::STATUS, HeaderValue::from(grpc::DEADLINE_EXCEEDED));
-    t.insert(
-        grpc::MESSAGE,
-        grpc::encode_message(&format!("deadline of {after:?} exceeded (weft-proxy)")),
-    );
+    t.insert(grpc::MESSAGE, grpc::encode_message(message));
     t
 }
 
@@ -199,12 +197,7 @@ impl Body for ProxyBody {
                     if inner.take().is_some() {
                         if obs.grpc {
                             obs.finish(Some(grpc::DEADLINE_EXCEEDED));
-                            let mut t = HeaderMap::with_capacity(2);
-                            t.insert(grpc::STATUS, HeaderValue::from(grpc::DEADLINE_EXCEEDED));
-                            t.insert(
-                                grpc::MESSAGE,
-                                grpc::encode_message(&IdleTimeout(*idle_for).to_string()),
-                            );
+                            let t = deadline_trailers(&IdleTimeout(*idle_for).to_string());
                             return Poll::Ready(Some(Ok(Frame::trailers(t))));
                         }
                         obs.finish(None);
@@ -220,7 +213,10 @@ impl Body for ProxyBody {
                     }
                     if inner.take().is_some() {
                         obs.finish(Some(grpc::DEADLINE_EXCEEDED));
-                        return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers(*budget)))));
+                        let t = deadline_trailers(&format!(
+                            "deadline of {budget:?} exceeded (weft-proxy)"
+                        ));
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
                     }
                 }
                 let Some(body) = inner.as_mut() else {

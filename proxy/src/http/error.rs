@@ -49,11 +49,8 @@ pub enum ProxyError {
     RateLimited(std::sync::Arc<str>),
     #[error("fault injected by policy")]
     Fault(crate::traffic::Abort),
-    #[error("cluster {cluster}: {} limit reached", limit.as_str())]
-    Overflow {
-        cluster: std::sync::Arc<str>,
-        limit: crate::traffic::Limit,
-    },
+    #[error(transparent)]
+    Overflow(#[from] crate::traffic::OverLimit),
 }
 
 impl ProxyError {
@@ -78,7 +75,7 @@ impl ProxyError {
             ProxyError::Fault(crate::traffic::Abort::Grpc(g)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, *g)
             }
-            ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
+            ProxyError::Overflow(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
         }
     }
 

@@ -55,6 +55,7 @@ use crate::{
     metrics::Metrics,
     resolve::Resolved,
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch, WeightedSplit},
+    traffic::TokenBucket,
 };
 
 /// The resources a proxy holds, by name.
@@ -346,19 +347,24 @@ fn route_name(r: &XdsRoute, index: usize) -> Arc<str> {
     }
 }
 
-/// A route's policies that stand on their own (no cluster, no state): what a
-/// RouteConfiguration is checked for when it arrives.
-fn route_policy(r: &XdsRoute, action: &RouteAction) -> Result<RoutePolicy, String> {
+/// A route's policies that stand on their own (no cluster, no state), and its rate limit's
+/// bucket (not yet shared with the table in force): what a RouteConfiguration is checked for
+/// when it arrives.
+fn route_policy(
+    r: &XdsRoute,
+    action: &RouteAction,
+) -> Result<(RoutePolicy, Option<TokenBucket>), String> {
     let (grpc_timeout_max, idle_timeout) = policy::timeouts(action);
-    policy::rate_limit(r.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))?;
-    Ok(RoutePolicy {
+    let policy = RoutePolicy {
         retry: policy::retry(action)?,
         fault: policy::fault(r.typed_per_filter_config.get(policy::FAULT_FILTER))?,
         rate_limit: None,
         mirror: None,
         grpc_timeout_max,
         idle_timeout,
-    })
+    };
+    let bucket = policy::rate_limit(r.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))?;
+    Ok((policy, bucket))
 }
 
 fn route(
@@ -376,13 +382,8 @@ fn route(
         backends.push((weight, cluster(c, res, names).map_err(at)?));
     }
     let backends = WeightedSplit::new(backends);
-    let mut policy = route_policy(r, action).map_err(at)?;
-    policy.rate_limit = policy::keep_bucket(
-        names,
-        service,
-        Some(&name),
-        policy::rate_limit(r.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER)).map_err(at)?,
-    );
+    let (mut policy, bucket) = route_policy(r, action).map_err(at)?;
+    policy.rate_limit = bucket.map(|b| names.bucket(service, Some(&name), b));
     if let Some(m) = action.request_mirror_policies.first() {
         policy.mirror = Some(Mirror {
             cluster: cluster(&m.cluster, res, names).map_err(at)?,
@@ -505,13 +506,9 @@ fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft,
         domains.push(vip.into());
     }
     let authz = authorization(l)?.map(Arc::new);
-    let rate_limit = policy::keep_bucket(
-        names,
-        &name,
-        None,
-        policy::rate_limit(vh.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))
-            .map_err(|e| format!("RouteConfiguration `{}`: {e}", rc.name))?,
-    );
+    let rate_limit = policy::rate_limit(vh.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))
+        .map_err(|e| format!("RouteConfiguration `{}`: {e}", rc.name))?
+        .map(|b| names.bucket(&name, None, b));
     let budget = names.budget(&name, policy::budget(res.clusters.get(&l.name)));
     Ok(ServiceDraft {
         budget,

@@ -282,3 +282,12 @@ fn breaker_limits_and_gives_back() {
     let _p4 = next.acquire(Limit::Requests).unwrap();
     assert!(next.acquire(Limit::Requests).is_none());
 }
+
+#[test]
+fn reasons_are_labelled_by_their_conditions() {
+    assert_eq!(Reason::ConnectFailure.as_str(), "connect-failure");
+    assert_eq!(Reason::StatusCode.as_str(), "retriable-status-codes");
+    assert_eq!(Reason::Unavailable.as_str(), "unavailable");
+    assert_eq!(Reason::PerTryTimeout.as_str(), "per-try-timeout");
+    assert_eq!(Reason::PerTryTimeout as usize + 1, REASON_COUNT);
+}

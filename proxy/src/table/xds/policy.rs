@@ -4,7 +4,7 @@
 //! `outlier_detection`, `circuit_breakers` and `common_lb_config`. weft's additions (the retry
 //! budget's minimum per second, the failure-rate window) come from `weft` metadata.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use prost::{Message, Name};
 use weft_core::policy;
@@ -246,14 +246,4 @@ pub fn timeouts(action: &RouteAction) -> (Option<Duration>, Option<Duration>) {
         .map(duration)
         .filter(|d| !d.is_zero());
     (grpc_max, idle)
-}
-
-/// Shares a bucket with the table in force where the settings are the same.
-pub fn keep_bucket(
-    names: &super::Names,
-    service: &str,
-    route: Option<&str>,
-    b: Option<TokenBucket>,
-) -> Option<Arc<TokenBucket>> {
-    b.map(|b| names.bucket(service, route, b))
 }
