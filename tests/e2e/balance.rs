@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use weft_tests::{
     chain::TempDir,
     http_peer::{self, Peer},
@@ -20,36 +17,21 @@ use weft_tests::{
 /// `workers` keep-alive connections each sending `per_worker` requests for `host` one after
 /// another; every request's latency.
 async fn load(proxy: &Proxy, host: &str, workers: usize, per_worker: usize) -> Vec<Duration> {
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let addr = proxy.addr("outbound");
-        let host = host.to_string();
-        tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut out = Vec::with_capacity(per_worker);
-            for _ in 0..per_worker {
-                let req = Request::get("/id")
-                    .header("host", &host)
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                let start = Instant::now();
-                let rsp = tx.send_request(req).await.unwrap();
-                assert_eq!(rsp.status(), 200);
-                rsp.into_body().collect().await.unwrap();
-                out.push(start.elapsed());
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
+    http_peer::keepalive_load(
+        proxy.addr("outbound"),
+        host,
+        "/id",
+        &[],
+        workers,
+        per_worker,
+    )
+    .await
+    .into_iter()
+    .map(|(status, _, latency)| {
+        assert_eq!(status, 200);
+        latency
+    })
+    .collect()
 }
 
 fn percentile(lat: &mut [Duration], p: f64) -> Duration {

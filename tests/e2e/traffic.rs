@@ -8,10 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use weft_tests::{
     chain::TempDir,
     http_peer::{self, Peer},
@@ -28,44 +25,18 @@ async fn run(
     workers: usize,
     per_worker: usize,
 ) -> Vec<(u16, String)> {
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let addr = proxy.addr("outbound");
-        let host = host.to_string();
-        let path = path.to_string();
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut out = Vec::with_capacity(per_worker);
-            for _ in 0..per_worker {
-                let mut req = Request::get(&path).header("host", &host);
-                for (k, v) in &headers {
-                    req = req.header(k, v);
-                }
-                tx.ready().await.unwrap();
-                let rsp = tx
-                    .send_request(req.body(Empty::<Bytes>::new()).unwrap())
-                    .await
-                    .unwrap();
-                let status = rsp.status().as_u16();
-                let body = rsp.into_body().collect().await.unwrap().to_bytes();
-                out.push((status, String::from_utf8_lossy(&body).into_owned()));
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
+    http_peer::keepalive_load(
+        proxy.addr("outbound"),
+        host,
+        path,
+        headers,
+        workers,
+        per_worker,
+    )
+    .await
+    .into_iter()
+    .map(|(status, body, _)| (status, body))
+    .collect()
 }
 
 /// The sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
@@ -215,7 +186,16 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_returns_it_after_recove
     // It recovers; once the ejection has run out it is on probation, succeeds, and takes
     // its share again.
     bad.state.status.store(0, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Requests until the ejection has run out and the endpoint is tried again.
+    let seen = served(&bad);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(&bad) == seen {
+        assert!(
+            Instant::now() < deadline,
+            "the ejected endpoint never came back"
+        );
+        run(&proxy, "od.test", "/id", &[], 1, 1).await;
+    }
     let before = served(&bad);
     let results = run(&proxy, "od.test", "/id", &[], 1, 100).await;
     assert!(results.iter().all(|(s, _)| *s == 200));
@@ -325,15 +305,18 @@ async fn mirroring_faults_and_rate_limits_act_at_their_rates() {
         took < Duration::from_secs(20),
         "callers waited for the slow mirror: {took:?}"
     );
+    // Until every copy the mirror has taken has been answered and counted.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&proxy, "weft_mirrored_requests_total", &["mirror.test:80"]).await < 1.0
-        || Instant::now() < start + took + Duration::from_millis(400)
-    {
+    loop {
+        let counted = metric(&proxy, "weft_mirrored_requests_total", &["mirror.test:80"]).await;
+        if counted > 0.0 && counted as usize == served(&shadow) {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "mirrored requests never finished"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mirrored = served(&shadow);
     println!("mirror: {mirrored} of 400 copied in {took:?}");
@@ -472,12 +455,18 @@ async fn deadlines_end_slow_calls_promptly() {
 
     // A cluster limit of one request: a second, concurrent one fails fast with 503.
     let addr = proxy.addr("outbound");
+    let seen = served(&slow);
     let first = tokio::spawn(http_peer::exchange(
         addr,
         Request::get("/delay?ms=500").header("host", "guarded.test"),
         String::new(),
     ));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Until the first holds the cluster's one permit (the backend has it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served(&slow) == seen {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let start = Instant::now();
     let (status, body) = http_peer::exchange(
         addr,

@@ -75,19 +75,24 @@ fn resources(files: &str) -> Resources {
     }
 }
 
-#[test]
-fn the_control_planes_resources_compile_into_the_same_routing() {
-    let metrics = Metrics::new();
+/// The table a proxy compiles from its first, complete set of resources made from `files`.
+fn first_table(files: &str, metrics: &Metrics) -> Table {
     let compiled = xds::compile(
-        &resources(FILES),
+        &resources(files),
         Arc::from("v1"),
         1,
-        &metrics,
+        metrics,
         &Table::empty(),
         &Resolved::none(),
     );
     assert_eq!(compiled.held_back, Vec::<String>::new());
-    let table = compiled.table;
+    compiled.table
+}
+
+#[test]
+fn the_control_planes_resources_compile_into_the_same_routing() {
+    let metrics = Metrics::new();
+    let table = first_table(FILES, &metrics);
     let svc = table
         .by_authority("web.demo.svc.cluster.local:8080")
         .expect("by host:port");
@@ -381,17 +386,7 @@ fn traffic_policies_cross_xds_into_the_table() {
   loadBalancer: {panicThreshold: 30}
 ",
     );
-    let metrics = Metrics::new();
-    let compiled = xds::compile(
-        &resources(&files),
-        Arc::from("v1"),
-        1,
-        &metrics,
-        &Table::empty(),
-        &Resolved::none(),
-    );
-    assert_eq!(compiled.held_back, Vec::<String>::new());
-    let table = compiled.table;
+    let table = first_table(&files, &Metrics::new());
     let svc = table.by_authority("web").unwrap();
     let split = svc.routes.iter().find(|r| &*r.name == "split").unwrap();
     let p = &split.policy;

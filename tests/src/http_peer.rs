@@ -349,3 +349,56 @@ pub fn body(s: &str) -> Body {
 }
 
 pub type ClientBody = Body;
+
+/// One response of [`keepalive_load`]: status, body, and the time from sending the request to
+/// the end of its body.
+pub type Answer = (u16, String, std::time::Duration);
+
+/// `workers` keep-alive HTTP/1.1 connections to `addr`, each sending `per_worker` GETs of
+/// `path` for `host` (with `headers`) one after another.
+pub async fn keepalive_load(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    workers: usize,
+    per_worker: usize,
+) -> Vec<Answer> {
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let mut req = Request::get(path).header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let template = req.body(()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut out = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                let mut req = Request::new(Empty::<Bytes>::new());
+                *req.uri_mut() = template.uri().clone();
+                *req.headers_mut() = template.headers().clone();
+                let start = std::time::Instant::now();
+                tx.ready().await.unwrap();
+                let rsp = tx.send_request(req).await.unwrap();
+                let status = rsp.status().as_u16();
+                let body = rsp.into_body().collect().await.unwrap().to_bytes();
+                out.push((
+                    status,
+                    String::from_utf8_lossy(&body).into_owned(),
+                    start.elapsed(),
+                ));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
