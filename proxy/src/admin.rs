@@ -207,3 +207,44 @@ pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
         ),
     }
 }
+
+/// `weft-proxy wait`: asks the probe server's `/ready` until it answers 200 or `cfg.timeout`
+/// passes. Blocking and runtime-free: it runs in a postStart hook beside the sidecar.
+pub fn wait_ready(cfg: &crate::config::WaitConfig) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + cfg.timeout;
+    let step = cfg.interval.max(std::time::Duration::from_millis(10));
+    let mut last;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&cfg.probe_addr, step * 5)?;
+            s.set_read_timeout(Some(step * 5))?;
+            write!(
+                s,
+                "GET /ready HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                cfg.probe_addr
+            )?;
+            let mut rsp = String::new();
+            s.take(4096).read_to_string(&mut rsp)?;
+            Ok(rsp)
+        })();
+        match attempt {
+            Ok(rsp) if rsp.starts_with("HTTP/1.1 200") => return Ok(()),
+            Ok(rsp) => {
+                last = rsp
+                    .split_once("\r\n\r\n")
+                    .map_or(rsp.as_str(), |(_, body)| body)
+                    .trim()
+                    .to_string();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if std::time::Instant::now() + step > deadline {
+            return Err(format!(
+                "{} was not ready after {:?}: {last}",
+                cfg.probe_addr, cfg.timeout
+            ));
+        }
+        std::thread::sleep(step);
+    }
+}

@@ -29,6 +29,25 @@ pub enum Command {
     /// Programs the pod's network namespace (iptables nat table) to send its TCP traffic
     /// through the sidecar; what an init container runs before the application starts.
     Init(crate::init::InitConfig),
+    /// Waits until a sidecar on this host answers its readiness probe: what a classic sidecar's
+    /// postStart hook runs, so the application's containers start once the proxy is ready.
+    Wait(WaitConfig),
+}
+
+/// `weft-proxy wait`.
+#[derive(Debug, Clone, Args)]
+pub struct WaitConfig {
+    /// The sidecar's probe server.
+    #[arg(long, env = "WEFT_PROBE_ADDR", default_value = "127.0.0.1:15020")]
+    pub probe_addr: SocketAddr,
+
+    /// Give up (exit 1) after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub timeout: Duration,
+
+    /// How often to ask.
+    #[arg(long, value_parser = parse_duration, default_value = "200ms")]
+    pub interval: Duration,
 }
 
 /// Settings of a running sidecar.
@@ -187,6 +206,11 @@ pub struct DiscoveryConfig {
     #[arg(long = "node-label", env = "WEFT_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub node_labels: Vec<(String, String)>,
 
+    /// More labels, from a file in the Kubernetes downward API's format (`key="value"` lines,
+    /// Go-quoted): what the injector mounts from the pod's `metadata.labels`. Read at start.
+    #[arg(long, env = "WEFT_NODE_LABELS_FILE", value_name = "FILE")]
+    pub node_labels_file: Option<PathBuf>,
+
     /// With a control plane: /ready answers 503 until the first configuration (every resource
     /// type) has arrived, so the application starts with routes in place.
     #[arg(long, env = "WEFT_READY_REQUIRES_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
@@ -288,6 +312,45 @@ impl DiscoveryConfig {
     }
 }
 
+/// The downward API's labels file: one `key="value"` per line, the value quoted as Go's `%q`
+/// quotes (backslash escapes `\\`, `\"`, `\n`, `\t`, `\r`, `\xNN`, `\uNNNN`).
+pub fn parse_labels_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |why: &str| format!("line {}: `{line}`: {why}", n + 1);
+        let (key, quoted) = line.split_once('=').ok_or_else(|| bad("expected key=\"value\""))?;
+        let inner = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .ok_or_else(|| bad("the value is not in double quotes"))?;
+        let mut value = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                value.push(c);
+                continue;
+            }
+            let hex = |chars: &mut std::str::Chars, n: usize| -> Option<char> {
+                let digits: String = chars.take(n).collect();
+                u32::from_str_radix(&digits, 16).ok().and_then(char::from_u32)
+            };
+            let unescaped = match chars.next() {
+                Some('n') => Some('\n'),
+                Some('t') => Some('\t'),
+                Some('r') => Some('\r'),
+                Some(c @ ('\\' | '"')) => Some(c),
+                Some('x') => hex(&mut chars, 2),
+                Some('u') => hex(&mut chars, 4),
+                Some('U') => hex(&mut chars, 8),
+                _ => None,
+            };
+            value.push(unescaped.ok_or_else(|| bad("a malformed escape"))?);
+        }
+        out.push((key.trim().to_string(), value));
+    }
+    Ok(out)
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -331,6 +394,17 @@ pub struct MtlsConfig {
     /// CA. Peers are verified against the bundle that comes with the workload certificate.
     #[arg(long, env = "WEFT_TRUST_BUNDLE", value_name = "FILE")]
     pub trust_bundle: Option<PathBuf>,
+
+    /// The mesh trust bundle itself (PEM text) instead of a file: what the Kubernetes injector
+    /// sets, as the CA's certificate is not in the workload's namespace.
+    #[arg(
+        long,
+        env = "WEFT_TRUST_BUNDLE_PEM",
+        value_name = "PEM",
+        conflicts_with = "trust_bundle",
+        hide_env_values = true
+    )]
+    pub trust_bundle_pem: Option<String>,
 
     /// The CA's gRPC address [default: the first --control-plane].
     #[arg(long, env = "WEFT_CA_ADDRESS", value_name = "URL")]
@@ -519,6 +593,25 @@ pub use weft_core::duration::parse as parse_duration;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downward_api_labels_file() {
+        // As the kubelet writes it: sorted keys, Go-quoted values.
+        let text = "app=\"web\"\npod-template-hash=\"5d8f7c9b4\"\nteam=\"a \\\"b\\\" \\u00e9\\\\\"\n";
+        let got = parse_labels_file(text).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("app".to_string(), "web".to_string()),
+                ("pod-template-hash".to_string(), "5d8f7c9b4".to_string()),
+                ("team".to_string(), "a \"b\" é\\".to_string()),
+            ]
+        );
+        let err = parse_labels_file("app=web\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("double quotes"), "{err}");
+        let err = parse_labels_file("ok=\"1\"\nx=\"\\q\"").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("escape"), "{err}");
+    }
 
     #[test]
     fn durations() {

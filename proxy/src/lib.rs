@@ -66,6 +66,8 @@ pub enum StartError {
     },
     #[error("identity: {0}")]
     Identity(String),
+    #[error("--node-labels-file {0}")]
+    Labels(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -150,7 +152,14 @@ fn bind_err(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Star
 }
 
 /// Runs the sidecar until it is told to stop (SIGTERM, SIGINT or `POST /shutdown`), then drains.
-pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), StartError> {
+pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), StartError> {
+    if let Some(path) = &cfg.discovery.node_labels_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Labels(format!("{}: {e}", path.display())))?;
+        let labels = config::parse_labels_file(&text)
+            .map_err(|e| StartError::Labels(format!("{}: {e}", path.display())))?;
+        cfg.discovery.node_labels.extend(labels);
+    }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     // SIGHUP's default action ends the process: take it over before anything else.
@@ -200,11 +209,21 @@ pub async fn run(cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), St
     let drain = Drain::new();
 
     // The mesh trust bundle verifies an https:// control plane (xDS and the CA).
-    let control_tls = match &cfg.mtls.trust_bundle {
-        Some(path) => {
-            let roots = transport::tls::load_certs(path)
-                .and_then(|certs| transport::tls::roots(&certs).map_err(|e| e.to_string()))
-                .map_err(|e| StartError::Identity(format!("--trust-bundle: {e}")))?;
+    let bundle = match (&cfg.mtls.trust_bundle, &cfg.mtls.trust_bundle_pem) {
+        (Some(path), _) => Some(
+            transport::tls::load_certs(path)
+                .map_err(|e| StartError::Identity(format!("--trust-bundle: {e}"))),
+        ),
+        (None, Some(text)) => Some(
+            transport::tls::pem_certs(text)
+                .map_err(|e| StartError::Identity(format!("--trust-bundle-pem: {e}"))),
+        ),
+        (None, None) => None,
+    };
+    let control_tls = match bundle {
+        Some(certs) => {
+            let roots = transport::tls::roots(&certs?)
+                .map_err(|e| StartError::Identity(format!("the trust bundle: {e}")))?;
             Some(Arc::new(transport::tls::control_plane_config(roots)))
         }
         None => None,

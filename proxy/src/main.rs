@@ -13,17 +13,29 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Init(init)) = cli.command {
-        return match weft_proxy::init::run(&init) {
-            Ok(done) => {
-                print!("{done}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("weft-proxy init: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Some(Command::Init(init)) => {
+            return match weft_proxy::init::run(&init) {
+                Ok(done) => {
+                    print!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("weft-proxy init: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Wait(wait)) => {
+            return match weft_proxy::admin::wait_ready(&wait) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weft-proxy wait: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let cfg = cli.run;
     let log = match weft_proxy::log::init(&cfg.log_level, cfg.log_format) {
