@@ -15,6 +15,7 @@
 //!   auth, valid from a minute ago (clock skew) for the requested lifetime, capped by the CA's
 //!   maximum and by the CA certificate's own expiry. Nothing else in the CSR is copied.
 
+mod secret;
 mod service;
 
 use std::{
@@ -28,6 +29,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+pub use secret::{from_secret, load_or_create as load_or_create_secret, new_secret};
 pub use service::{BootstrapTokens, CaService, TokenReviewer};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,14 @@ pub enum CaError {
 /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+/// What the CA's PEM texts are called in errors: file paths, or a Secret's keys.
+#[derive(Debug, Clone)]
+pub struct PemNames {
+    pub key: String,
+    pub cert: String,
+    pub bundle: String,
 }
 
 pub struct Ca {
@@ -108,47 +118,85 @@ impl Ca {
         }
         let key_pem = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;
         let cert_text = std::fs::read_to_string(&cert_path).map_err(|e| file_err(&cert_path, e))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| file_err(&key_path, e))?;
-        let chain = certs(&cert_text).map_err(|e| file_err(&cert_path, e))?;
+        let extra_path = dir.join("bundle.crt");
+        let extra = if extra_path.exists() {
+            Some(std::fs::read_to_string(&extra_path).map_err(|e| file_err(&extra_path, e))?)
+        } else {
+            None
+        };
+        let names = PemNames {
+            key: key_path.display().to_string(),
+            cert: cert_path.display().to_string(),
+            bundle: extra_path.display().to_string(),
+        };
+        Self::from_pem(
+            &key_pem,
+            &cert_text,
+            extra.as_deref(),
+            &names,
+            trust_domain,
+            default_ttl,
+            max_ttl,
+        )
+    }
+
+    /// The CA from its PEM texts: the key, the certificate chain (signing certificate first)
+    /// and optionally more trust anchors. Errors name the texts by `names`.
+    pub fn from_pem(
+        key_pem: &str,
+        cert_text: &str,
+        extra: Option<&str>,
+        names: &PemNames,
+        trust_domain: &str,
+        default_ttl: Duration,
+        max_ttl: Duration,
+    ) -> Result<Ca, CaError> {
+        let err = |what: &str, e: &dyn std::fmt::Display| CaError::File {
+            path: what.to_string(),
+            message: e.to_string(),
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(|e| err(&names.key, &e))?;
+        let chain = certs(cert_text).map_err(|e| err(&names.cert, &e))?;
         let (signing_der, signing_pem) = &chain[0];
-        let (_, signing) = x509_parser::parse_x509_certificate(signing_der)
-            .map_err(|e| file_err(&cert_path, e))?;
+        let (_, signing) =
+            x509_parser::parse_x509_certificate(signing_der).map_err(|e| err(&names.cert, &e))?;
         if signing.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(file_err(
-                &key_path,
-                format!(
+            return Err(err(
+                &names.key,
+                &format!(
                     "this key does not belong to the first certificate of {}",
-                    cert_path.display()
+                    names.cert
                 ),
             ));
         }
         let ca_not_after = signing.validity().not_after.to_datetime();
         let issuer =
-            Issuer::from_ca_cert_pem(signing_pem, key).map_err(|e| file_err(&cert_path, e))?;
+            Issuer::from_ca_cert_pem(signing_pem, key).map_err(|e| err(&names.cert, &e))?;
         let mut intermediates = Vec::new();
         let mut bundle = Vec::new();
         for (der, pem) in &chain {
             let (_, c) =
-                x509_parser::parse_x509_certificate(der).map_err(|e| file_err(&cert_path, e))?;
+                x509_parser::parse_x509_certificate(der).map_err(|e| err(&names.cert, &e))?;
             if c.subject() == c.issuer() {
                 bundle.push(pem.clone());
             } else {
                 intermediates.push(pem.clone());
             }
         }
-        let extra = dir.join("bundle.crt");
-        if extra.exists() {
-            let text = std::fs::read_to_string(&extra).map_err(|e| file_err(&extra, e))?;
-            for (_, pem) in certs(&text).map_err(|e| file_err(&extra, e))? {
+        if let Some(text) = extra {
+            for (_, pem) in certs(text).map_err(|e| err(&names.bundle, &e))? {
                 if !bundle.contains(&pem) {
                     bundle.push(pem);
                 }
             }
         }
         if bundle.is_empty() {
-            return Err(file_err(
-                &cert_path,
-                "no trust anchor: the chain ends in no self-signed root; put the root in bundle.crt",
+            return Err(err(
+                &names.cert,
+                &format!(
+                    "no trust anchor: the chain ends in no self-signed root; put the root in {}",
+                    names.bundle
+                ),
             ));
         }
         Ok(Ca {
@@ -162,13 +210,9 @@ impl Ca {
         })
     }
 
-    fn create(
-        dir: &Path,
-        key_path: &Path,
-        cert_path: &Path,
-        trust_domain: &str,
-    ) -> Result<(), CaError> {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    /// A new self-signed root for `trust_domain` (ECDSA P-256, ten years): key and
+    /// certificate, PEM.
+    pub fn generate_root(trust_domain: &str) -> Result<(String, String), CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -197,8 +241,19 @@ impl Ca {
         let cert = params
             .self_signed(&key)
             .map_err(|e| CaError::Sign(e.to_string()))?;
-        write_private(key_path, &key.serialize_pem())?;
-        std::fs::write(cert_path, cert.pem()).map_err(|e| file_err(cert_path, e))?;
+        Ok((key.serialize_pem(), cert.pem()))
+    }
+
+    fn create(
+        dir: &Path,
+        key_path: &Path,
+        cert_path: &Path,
+        trust_domain: &str,
+    ) -> Result<(), CaError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        let (key, cert) = Self::generate_root(trust_domain)?;
+        write_private(key_path, &key)?;
+        std::fs::write(cert_path, cert).map_err(|e| file_err(cert_path, e))?;
         tracing::info!(cert = %cert_path.display(), "created a new mesh root CA");
         Ok(())
     }

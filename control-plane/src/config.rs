@@ -81,13 +81,49 @@ pub struct Config {
     pub tls_san: Vec<String>,
 
     /// The mesh CA's directory: `ca.key` and `ca.crt` (a root, or an intermediate whose chain
-    /// follows it in `ca.crt`). Without it the control plane is no CA and serves no TLS port.
+    /// follows it in `ca.crt`). Without it (or --ca-secret) the control plane is no CA and
+    /// serves no TLS port.
     #[arg(long, env = "WEFT_CA_DIR", value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
 
-    /// Create the CA's key and certificate in --ca-dir on first start when neither exists.
+    /// Kubernetes: the mesh CA's key and certificate in this Secret (keys `ca.key`, `ca.crt`,
+    /// optionally `bundle.crt`) of --namespace, shared by every replica. Instead of --ca-dir.
+    #[arg(
+        long,
+        env = "WEFT_CA_SECRET",
+        value_name = "NAME",
+        conflicts_with = "ca_dir"
+    )]
+    pub ca_secret: Option<String>,
+
+    /// Create the CA's key and certificate on first start when there is none (in --ca-dir, or
+    /// as the --ca-secret Secret).
     #[arg(long, env = "WEFT_CA_CREATE")]
     pub ca_create: bool,
+
+    /// The namespace the control plane runs in (its CA Secret lives there).
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "weft-system")]
+    pub namespace: String,
+
+    /// The mesh configuration (YAML: the chart's ConfigMap) of the sidecar injector. Given, the
+    /// control plane serves the injector webhook on --webhook-addr; it needs the CA.
+    #[arg(long, env = "WEFT_MESH_CONFIG", value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
+
+    /// The injector webhook (HTTPS, `POST /inject`).
+    #[arg(long, env = "WEFT_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
+    pub webhook_addr: SocketAddr,
+
+    /// The webhook's certificate and key as `tls.crt` and `tls.key` in this directory
+    /// (cert-manager's Secret), reloaded when they change. Without it the mesh CA issues one
+    /// for the --tls-san names.
+    #[arg(long, env = "WEFT_WEBHOOK_CERT_DIR", value_name = "DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+
+    /// With a certificate from the mesh CA: the MutatingWebhookConfiguration whose caBundle the
+    /// control plane keeps set to the mesh CA.
+    #[arg(long, env = "WEFT_WEBHOOK_CONFIG_NAME", value_name = "NAME")]
+    pub webhook_config_name: Option<String>,
 
     /// Bootstrap tokens for workloads outside Kubernetes: lines of
     /// `TOKEN NAMESPACE SERVICE_ACCOUNT`; each token proves that one identity to the CA.

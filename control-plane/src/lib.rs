@@ -9,6 +9,7 @@ pub mod ads;
 pub mod api;
 pub mod ca;
 pub mod config;
+pub mod inject;
 pub mod metrics;
 pub mod policy;
 pub mod registry;

@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Certificate requests to the CA, by result (issued, unauthenticated, denied, invalid,
     /// error).
     pub ca_requests: IntCounterVec,
+    /// AdmissionReviews answered by the sidecar injector, by result (injected, skipped,
+    /// denied, invalid).
+    pub injections: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -75,13 +78,21 @@ impl Default for Metrics {
             .unwrap(),
             tls_handshake_failures: IntCounter::with_opts(o(
                 "tls_handshake_failures_total",
-                "TLS handshakes on the xDS/CA port that failed or timed out.",
+                "TLS handshakes on the xDS/CA and webhook ports that failed or timed out.",
             ))
             .unwrap(),
             ca_requests: IntCounterVec::new(
                 o(
                     "ca_requests_total",
                     "Certificate requests to the mesh CA, by result.",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            injections: IntCounterVec::new(
+                o(
+                    "injections_total",
+                    "Admission reviews answered by the sidecar injector, by result.",
                 ),
                 &["result"],
             )
@@ -97,6 +108,7 @@ impl Default for Metrics {
             Box::new(m.push_latency.clone()),
             Box::new(m.tls_handshake_failures.clone()),
             Box::new(m.ca_requests.clone()),
+            Box::new(m.injections.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

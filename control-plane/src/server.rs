@@ -22,6 +22,7 @@ use crate::{
     api::{self, Api, PolicyStore, Rsp, text},
     ca::{self, BootstrapTokens, Ca, CaService, TokenReviewer},
     config::{Config, RegistryKind},
+    inject,
     metrics::Metrics,
     registry::{Snapshot, etcd::EtcdRegistry, file::FileRegistry, kubernetes},
     snapshot::{self, XdsSnapshot},
@@ -42,8 +43,10 @@ pub enum StartError {
     Ca(#[from] crate::ca::CaError),
     #[error("--bootstrap-tokens {0}")]
     Tokens(String),
-    #[error("Kubernetes registry: {0}")]
+    #[error("Kubernetes: {0}")]
     Kubernetes(String),
+    #[error("injector: {0}")]
+    Injector(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -82,11 +85,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             (Registry::Etcd(r), first, errors)
         }
         RegistryKind::Kubernetes => {
-            let client = kube::Client::try_default().await.map_err(|e| {
-                StartError::Kubernetes(format!(
-                    "no cluster credentials (in-cluster service account or KUBECONFIG): {e}"
-                ))
-            })?;
+            let client = kube_client("--registry kubernetes").await?;
             let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
             let errors_gauge = metrics.registry_errors.clone();
             tokio::spawn(kubernetes::run(
@@ -143,15 +142,19 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     for (name, l) in [("xds", &xds_l), ("metrics", &metrics_l), ("api", &api_l)] {
         tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
     }
-    let secure = match &cfg.ca_dir {
-        Some(dir) => Some(secure_port(&cfg, dir, &metrics).await?),
+    let ca = load_ca(&cfg).await?;
+    let secure = match &ca {
+        Some(ca) => Some(secure_port(&cfg, ca.clone(), &metrics).await?),
         None => {
             tracing::warn!(
-                "no --ca-dir: the control plane is no CA and serves no TLS port (plaintext xDS only)"
+                "no --ca-dir or --ca-secret: the control plane is no CA and serves no TLS port (plaintext xDS only)"
             );
             None
         }
     };
+    if let Some(path) = &cfg.mesh_config {
+        start_injector(&cfg, path, ca.clone(), &metrics).await?;
+    }
 
     let registry_errors = metrics.registry_errors.clone();
     registry_errors.set(errors.len() as i64);
@@ -235,29 +238,118 @@ struct Secure {
     ca: CaService,
 }
 
-/// Loads (or creates) the CA, issues the TLS port its certificate and binds it.
-async fn secure_port(
+/// Loads (or creates) the CA from --ca-dir or --ca-secret, if either is given.
+async fn load_ca(cfg: &Config) -> Result<Option<Arc<Ca>>, StartError> {
+    let ca = match (&cfg.ca_dir, &cfg.ca_secret) {
+        (Some(dir), _) => Ca::load_or_create(
+            dir,
+            cfg.ca_create,
+            &cfg.trust_domain,
+            cfg.cert_ttl,
+            cfg.cert_max_ttl,
+        )?,
+        (None, Some(name)) => {
+            ca::load_or_create_secret(
+                kube_client("--ca-secret").await?,
+                &cfg.namespace,
+                name,
+                cfg.ca_create,
+                &cfg.trust_domain,
+                cfg.cert_ttl,
+                cfg.cert_max_ttl,
+            )
+            .await?
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Arc::new(ca)))
+}
+
+async fn kube_client(what: &str) -> Result<kube::Client, StartError> {
+    kube::Client::try_default().await.map_err(|e| {
+        StartError::Kubernetes(format!(
+            "{what} needs cluster credentials (in-cluster service account or KUBECONFIG): {e}"
+        ))
+    })
+}
+
+/// Serves the sidecar injector on --webhook-addr, with a certificate from --webhook-cert-dir or
+/// from the mesh CA (and then keeps the webhook configuration's caBundle set).
+async fn start_injector(
     cfg: &Config,
-    dir: &std::path::Path,
+    mesh_config: &std::path::Path,
+    ca: Option<Arc<Ca>>,
     metrics: &Metrics,
-) -> Result<Secure, StartError> {
-    let ca = Arc::new(Ca::load_or_create(
-        dir,
-        cfg.ca_create,
-        &cfg.trust_domain,
-        cfg.cert_ttl,
-        cfg.cert_max_ttl,
-    )?);
+) -> Result<(), StartError> {
+    let mesh = inject::MeshConfig::load(mesh_config).map_err(StartError::Injector)?;
+    let Some(ca) = ca else {
+        return Err(StartError::Injector(
+            "the injector needs the mesh CA (--ca-dir or --ca-secret): sidecars get its trust bundle".into(),
+        ));
+    };
+    if mesh.trust_domain != cfg.trust_domain {
+        return Err(StartError::Injector(format!(
+            "{}: trustDomain `{}` differs from --trust-domain `{}`",
+            mesh_config.display(),
+            mesh.trust_domain,
+            cfg.trust_domain
+        )));
+    }
+    let bundle = ca.trust_bundle().concat();
+    let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match &cfg.webhook_cert_dir {
+        Some(dir) => {
+            let cert = tls::FileCert::load(dir)?;
+            tokio::spawn(cert.clone().watch(std::time::Duration::from_secs(10)));
+            cert
+        }
+        None => {
+            let identity = ca::spiffe_id(&cfg.trust_domain, &cfg.namespace, "weft-control-plane");
+            let (cert, expires) = ServingCert::issue(&ca, &cfg.tls_san, &identity)?;
+            tokio::spawn(
+                cert.clone()
+                    .renew(ca, cfg.tls_san.clone(), identity, expires),
+            );
+            if let Some(name) = &cfg.webhook_config_name {
+                tokio::spawn(inject::server::keep_ca_bundle(
+                    kube_client("--webhook-config-name").await?,
+                    name.clone(),
+                    bundle.clone().into_bytes(),
+                    std::time::Duration::from_secs(30),
+                ));
+            }
+            cert
+        }
+    };
+    let listener = TcpListener::bind(cfg.webhook_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "injector webhook listener",
+            addr: cfg.webhook_addr,
+            source,
+        })?;
+    tracing::info!(listener = "webhook", addr = %listener.local_addr()?, image = %mesh.proxy.image, native_sidecars = mesh.native_sidecars, "listening");
+    let injector = Arc::new(inject::Injector {
+        mesh,
+        trust_bundle: bundle,
+    });
+    tokio::spawn(inject::server::serve(
+        listener,
+        Arc::new(tls::server_config_with(resolver, b"http/1.1")),
+        injector,
+        metrics.injections.clone(),
+        metrics.tls_handshake_failures.clone(),
+    ));
+    Ok(())
+}
+
+/// Issues the TLS port its certificate from the CA and binds it.
+async fn secure_port(cfg: &Config, ca: Arc<Ca>, metrics: &Metrics) -> Result<Secure, StartError> {
     let tokens = match &cfg.bootstrap_tokens {
         Some(path) => BootstrapTokens::load(path, &cfg.trust_domain).map_err(StartError::Tokens)?,
         None => BootstrapTokens::default(),
     };
     let reviewer = if cfg.token_review {
-        let client = kube::Client::try_default().await.map_err(|e| {
-            StartError::Kubernetes(format!(
-                "--token-review needs cluster credentials (in-cluster service account or KUBECONFIG): {e}"
-            ))
-        })?;
+        let client = kube_client("--token-review").await?;
         Some(TokenReviewer {
             client,
             audiences: vec![cfg.token_audience.clone()],

@@ -114,13 +114,105 @@ impl ServingCert {
 /// TLS 1.2 and 1.3 (gRPC clients of every language connect here), ALPN h2, no client
 /// certificate.
 pub fn server_config(cert: Arc<ServingCert>) -> ServerConfig {
+    server_config_with(cert, b"h2")
+}
+
+/// TLS 1.2 and 1.3 with the certificate `cert` resolves, offering one ALPN protocol.
+pub fn server_config_with(cert: Arc<dyn ResolvesServerCert>, alpn: &[u8]) -> ServerConfig {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg
+}
+
+/// A certificate and key from files another party writes (cert-manager's `tls.crt` and
+/// `tls.key`), reloaded when they change.
+#[derive(Debug)]
+pub struct FileCert {
+    current: ArcSwap<CertifiedKey>,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl ResolvesServerCert for FileCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl FileCert {
+    /// Loads `dir/tls.crt` and `dir/tls.key`; errors name the file.
+    pub fn load(dir: &std::path::Path) -> Result<Arc<Self>, CaError> {
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let loaded = Self::read(&cert, &key)?;
+        Ok(Arc::new(FileCert {
+            current: ArcSwap::from_pointee(loaded),
+            cert,
+            key,
+        }))
+    }
+
+    fn read(cert: &std::path::Path, key: &std::path::Path) -> Result<CertifiedKey, CaError> {
+        let file_err = |p: &std::path::Path, e: &dyn std::fmt::Display| CaError::File {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            pem::parse_many(std::fs::read(cert).map_err(|e| file_err(cert, &e))?)
+                .map_err(|e| file_err(cert, &e))?
+                .into_iter()
+                .filter(|p| p.tag() == "CERTIFICATE")
+                .map(|p| CertificateDer::from(p.into_contents()))
+                .collect();
+        if chain.is_empty() {
+            return Err(file_err(cert, &"no CERTIFICATE in it"));
+        }
+        let key_pem = pem::parse(std::fs::read(key).map_err(|e| file_err(key, &e))?)
+            .map_err(|e| file_err(key, &e))?;
+        let der = match key_pem.tag() {
+            "PRIVATE KEY" => PrivateKeyDer::Pkcs8(key_pem.into_contents().into()),
+            "EC PRIVATE KEY" => PrivateKeyDer::Sec1(key_pem.into_contents().into()),
+            "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(key_pem.into_contents().into()),
+            other => {
+                return Err(file_err(
+                    key,
+                    &format!("a {other} where a private key was expected"),
+                ));
+            }
+        };
+        let signing = provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| file_err(key, &e))?;
+        Ok(CertifiedKey::new(chain, signing))
+    }
+
+    /// Reloads the files whenever they change (checked every `interval`); a bad new pair is
+    /// logged and the one in use stays.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut last = (stamp(&self.cert), stamp(&self.key));
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = (stamp(&self.cert), stamp(&self.key));
+            if now == last {
+                continue;
+            }
+            last = now;
+            match Self::read(&self.cert, &self.key) {
+                Ok(k) => {
+                    self.current.store(Arc::new(k));
+                    tracing::info!(cert = %self.cert.display(), "webhook certificate reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook certificate not reloaded; the previous one stays")
+                }
+            }
+        }
+    }
 }
 
 /// An accepted, handshaken connection, as tonic serves it.

@@ -316,9 +316,15 @@ impl DiscoveryConfig {
 /// quotes (backslash escapes `\\`, `\"`, `\n`, `\t`, `\r`, `\xNN`, `\uNNNN`).
 pub fn parse_labels_file(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let bad = |why: &str| format!("line {}: `{line}`: {why}", n + 1);
-        let (key, quoted) = line.split_once('=').ok_or_else(|| bad("expected key=\"value\""))?;
+        let (key, quoted) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=\"value\""))?;
         let inner = quoted
             .strip_prefix('"')
             .and_then(|q| q.strip_suffix('"'))
@@ -332,7 +338,9 @@ pub fn parse_labels_file(text: &str) -> Result<Vec<(String, String)>, String> {
             }
             let hex = |chars: &mut std::str::Chars, n: usize| -> Option<char> {
                 let digits: String = chars.take(n).collect();
-                u32::from_str_radix(&digits, 16).ok().and_then(char::from_u32)
+                u32::from_str_radix(&digits, 16)
+                    .ok()
+                    .and_then(char::from_u32)
             };
             let unescaped = match chars.next() {
                 Some('n') => Some('\n'),
@@ -597,7 +605,8 @@ mod tests {
     #[test]
     fn downward_api_labels_file() {
         // As the kubelet writes it: sorted keys, Go-quoted values.
-        let text = "app=\"web\"\npod-template-hash=\"5d8f7c9b4\"\nteam=\"a \\\"b\\\" \\u00e9\\\\\"\n";
+        let text =
+            "app=\"web\"\npod-template-hash=\"5d8f7c9b4\"\nteam=\"a \\\"b\\\" \\u00e9\\\\\"\n";
         let got = parse_labels_file(text).unwrap();
         assert_eq!(
             got,
@@ -608,7 +617,10 @@ mod tests {
             ]
         );
         let err = parse_labels_file("app=web\n").unwrap_err();
-        assert!(err.contains("line 1") && err.contains("double quotes"), "{err}");
+        assert!(
+            err.contains("line 1") && err.contains("double quotes"),
+            "{err}"
+        );
         let err = parse_labels_file("ok=\"1\"\nx=\"\\q\"").unwrap_err();
         assert!(err.contains("line 2") && err.contains("escape"), "{err}");
     }

@@ -465,3 +465,37 @@ async fn kubernetes_service_account_tokens_prove_their_account_through_token_rev
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_ca_kept_in_a_secret_round_trips_and_names_what_is_missing() {
+    let day = Duration::from_secs(24 * 3600);
+    let secret = new_secret("weft-system", "weft-ca", TD).unwrap();
+    // Through JSON, as the API server stores and returns it (data base64).
+    let json = serde_json::to_value(&secret).unwrap();
+    assert!(json["data"]["ca.key"].as_str().is_some());
+    let back: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json).unwrap();
+    let ca = from_secret(&back, TD, day, day * 7).unwrap();
+    let id = spiffe_id(TD, "shop", "web");
+    let (_key, pem) = csr(&[&id]);
+    let (chain, _) = ca.sign(&pem, &id, None).unwrap();
+    verify(&chain, &ca.trust_bundle()).unwrap();
+
+    let mut no_key = back.clone();
+    no_key.data.as_mut().unwrap().remove("ca.key");
+    let err = from_secret(&no_key, TD, day, day).unwrap_err().to_string();
+    assert!(
+        err.contains("Secret weft-system/weft-ca key ca.key"),
+        "{err}"
+    );
+
+    let mut bad = back;
+    bad.data
+        .as_mut()
+        .unwrap()
+        .insert("ca.crt".into(), k8s_openapi::ByteString(b"junk".to_vec()));
+    let err = from_secret(&bad, TD, day, day).unwrap_err().to_string();
+    assert!(
+        err.contains("Secret weft-system/weft-ca key ca.crt"),
+        "{err}"
+    );
+}
