@@ -2,6 +2,7 @@
 
 mod balance;
 mod capture;
+mod chart;
 mod config;
 mod control_plane;
 mod demo;
@@ -12,6 +13,7 @@ mod grpc;
 mod http1;
 mod http2;
 mod identity;
+mod inject;
 mod interop;
 mod mesh;
 mod mtls;

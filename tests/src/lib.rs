@@ -5,6 +5,7 @@ pub mod chain;
 pub mod dnsmasq;
 pub mod etcd;
 pub mod grpc;
+pub mod k8s;
 pub mod http_peer;
 pub mod mesh;
 pub mod netns;
