@@ -75,7 +75,9 @@ impl Webhook {
     /// POSTs `review` as the API server would (HTTPS, verifying the certificate against the
     /// mesh CA); returns the HTTP status and the body.
     fn post(&self, name: &str, review: &Value) -> (u16, String) {
-        let file = self.dir.write(&format!("{name}.review.json"), &review.to_string());
+        let file = self
+            .dir
+            .write(&format!("{name}.review.json"), &review.to_string());
         let url = format!("https://{}/inject?timeout=10s", self.cp.addr("webhook"));
         let (ok, out, err) = run(Command::new(&self.curl)
             .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
@@ -113,7 +115,11 @@ impl Webhook {
         }
         assert!(status.success(), "apply_patch.py failed for {name}");
         let (passed, unknown) = validate(&self.py, &out);
-        assert_eq!((passed, unknown), (vec!["pod".to_string()], vec![]), "{name}");
+        assert_eq!(
+            (passed, unknown),
+            (vec!["pod".to_string()], vec![]),
+            "{name}"
+        );
         let pod: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         (response, Some(pod))
     }
@@ -134,7 +140,11 @@ fn env<'a>(c: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|e| e["name"] == name)
         .unwrap_or_else(|| panic!("no {name} in {}", c["name"]));
-    if e["value"].is_null() { &e["valueFrom"] } else { &e["value"] }
+    if e["value"].is_null() {
+        &e["valueFrom"]
+    } else {
+        &e["value"]
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +172,10 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
         init["securityContext"]["capabilities"]["add"],
         json!(["NET_ADMIN", "NET_RAW"])
     );
-    assert_eq!(env(init, "WEFT_EXCLUDE_OUTBOUND_CIDRS"), "169.254.169.254/32");
+    assert_eq!(
+        env(init, "WEFT_EXCLUDE_OUTBOUND_CIDRS"),
+        "169.254.169.254/32"
+    );
     let proxy = container(inits, "weft-proxy");
     assert_eq!(proxy["restartPolicy"], "Always");
     assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
@@ -173,7 +186,10 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
     );
     // The trust bundle the sidecar verifies the control plane with is this CA's.
     let ca = std::fs::read_to_string(wh.dir.0.join("ca/ca.crt")).unwrap();
-    assert_eq!(env(proxy, "WEFT_TRUST_BUNDLE_PEM").as_str().unwrap().trim(), ca.trim());
+    assert_eq!(
+        env(proxy, "WEFT_TRUST_BUNDLE_PEM").as_str().unwrap().trim(),
+        ca.trim()
+    );
     let token = pod["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -184,8 +200,14 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
         token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "weft-ca"
     );
-    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "15020");
-    assert_eq!(pod["metadata"]["annotations"]["weft.dev/status"], "injected");
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"],
+        "15020"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["weft.dev/status"],
+        "injected"
+    );
     // The app container is untouched.
     assert_eq!(
         pod["spec"]["containers"],
@@ -210,7 +232,10 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
     let (rsp, pod) = wh.review("annotated", &fixture("annotated-pod.json"));
     let pod = pod.expect("the annotated pod is injected");
     let inits = &pod["spec"]["initContainers"];
-    assert_eq!(inits[2]["name"], "migrate", "the pod's init container runs after the proxy");
+    assert_eq!(
+        inits[2]["name"], "migrate",
+        "the pod's init container runs after the proxy"
+    );
     let init = container(inits, "weft-init");
     assert_eq!(env(init, "WEFT_EXCLUDE_INBOUND_PORTS"), "9090,9091");
     assert_eq!(env(init, "WEFT_EXCLUDE_OUTBOUND_PORTS"), "5432");
@@ -227,7 +252,10 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
     assert!(patched.is_none());
     assert_eq!(rsp["allowed"], false);
     let msg = rsp["status"]["message"].as_str().unwrap();
-    assert!(msg.contains("cannot read the pod") && msg.contains("sequence"), "{msg}");
+    assert!(
+        msg.contains("cannot read the pod") && msg.contains("sequence"),
+        "{msg}"
+    );
     let mut bad = review.clone();
     bad["request"]["object"]["metadata"]["annotations"] =
         json!({"weft.dev/exclude-outbound-ports": "5432,postgres"});
@@ -245,7 +273,12 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
 
     // Every outcome is counted, and the control plane's metrics pass promtool.
     let metrics = wh.cp.metrics().await;
-    for (result, n) in [("injected", 2), ("skipped", 3), ("denied", 2), ("invalid", 1)] {
+    for (result, n) in [
+        ("injected", 2),
+        ("skipped", 3),
+        ("denied", 2),
+        ("invalid", 1),
+    ] {
         let line = format!("weft_cp_injections_total{{result=\"{result}\"}} {n}");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
@@ -276,8 +309,17 @@ async fn weft_proxy_wait_returns_when_the_sidecar_is_ready() {
     let table = dir.write("mesh.yaml", "services: []\n");
     let proxy = weft_tests::proxy::Proxy::start(&["--config", table.to_str().unwrap()]);
     let wait = |addr: String, timeout: &str| {
-        run(Command::new(weft_tests::proxy::binary_named("weft-proxy"))
-            .args(["wait", "--probe-addr", &addr, "--timeout", timeout, "--interval", "20ms"]))
+        run(
+            Command::new(weft_tests::proxy::binary_named("weft-proxy")).args([
+                "wait",
+                "--probe-addr",
+                &addr,
+                "--timeout",
+                timeout,
+                "--interval",
+                "20ms",
+            ]),
+        )
     };
     let (ok, _, err) = wait(proxy.addr("probe").to_string(), "10s");
     assert!(ok, "{err}");

@@ -20,5 +20,10 @@ if "patch" not in response:
 assert response.get("patchType") == "JSONPatch", response.get("patchType")
 patch = jsonpatch.JsonPatch(json.loads(base64.b64decode(response["patch"])))
 patched = patch.apply(pod)
+# A generateName pod has no name yet when admission runs (the API server names it after);
+# the schema check wants one, so give it the kind of name it will get.
+meta = patched.setdefault("metadata", {})
+if not meta.get("name") and meta.get("generateName"):
+    meta["name"] = meta["generateName"] + "x7k2p"
 with open(out, "w") as f:
     json.dump(patched, f, indent=1)
