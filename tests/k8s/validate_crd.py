@@ -1,12 +1,15 @@
 """Validates TrafficPolicy documents against the CRD's openAPIV3Schema with `jsonschema`.
 
 usage: validate_crd.py CRD.json POLICIES.json
-POLICIES.json is a list of [source, policy] pairs. Prints one line per failure; exit 1 if any.
+POLICIES.json is a list of [source, yaml_text] pairs. The YAML is read as kubectl reads it,
+YAML 1.1 (PyYAML), where a bare `on` is the boolean true. Prints one line per failure; exit 1
+if any.
 """
 import json
 import sys
 
 import jsonschema
+import yaml
 
 with open(sys.argv[1]) as f:
     crd = json.load(f)
@@ -31,12 +34,30 @@ def strip(node):
     return node
 
 
+def bool_keys(node, path=""):
+    """Keys YAML 1.1 turned into booleans (`on:`, `yes:`): kubectl would send them as "true"."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(k, bool):
+                yield f"{path}.{k}".lstrip(".")
+            yield from bool_keys(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from bool_keys(v, f"{path}[{i}]")
+
+
 validator = jsonschema.Draft7Validator(strip(schema))
 failed = 0
-for source, policy in policies:
+count = 0
+for source, text in policies:
+    policy = yaml.safe_load(text)
+    count += 1
+    for key in bool_keys(policy):
+        failed += 1
+        print(f"{source}: {key}: a YAML 1.1 boolean key (quote it)")
     for error in validator.iter_errors(policy):
         failed += 1
         path = ".".join(str(p) for p in error.absolute_path)
         print(f"{source}: {path}: {error.message}")
-print(f"validated {len(policies)} policies, {failed} errors", file=sys.stderr)
+print(f"validated {count} policies, {failed} errors", file=sys.stderr)
 sys.exit(1 if failed else 0)
