@@ -334,7 +334,7 @@ fn the_kubernetes_registry_without_credentials_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(
-            "Kubernetes registry: no cluster credentials (in-cluster service account or KUBECONFIG)"
+            "Kubernetes: --registry kubernetes needs cluster credentials (in-cluster service account or KUBECONFIG)"
         ),
         "{err}"
     );
