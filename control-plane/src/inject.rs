@@ -12,7 +12,10 @@
 //! - a projected service-account token for the CA (audience `weft-ca`), the pod's labels as a
 //!   downward-API file, its name, namespace and service account as downward-API variables;
 //! - `weft.dev/status: injected`, and Prometheus scrape annotations for port 15020 unless the
-//!   pod has its own.
+//!   pod has its own;
+//! - the pod's HTTP and TCP probes pointed at the sidecar's probe port, which asks the
+//!   application on the kubelet's behalf (the kubelet's plaintext probes would not pass strict
+//!   mTLS).
 //!
 //! A pod is left alone when it opts out (`weft.dev/inject: "false"`), uses the host's network,
 //! is the control plane (label `weft.dev/control-plane`), or was injected already: injecting
@@ -562,25 +565,30 @@ impl Injector {
             env("WEFT_INBOUND_MTLS", s.mtls_mode),
             env("WEFT_LOG", &s.log_level),
         ];
-        if s.mtls_mode == "strict" {
-            // The kubelet's probes are plaintext from the node: on a strict port they would be
-            // refused and the pod never become ready. Those ports stay permissive.
-            let probe_ports = probe_ports(spec.containers.iter());
-            if !probe_ports.is_empty() {
-                let list: Vec<String> = probe_ports
+        let probes = rewrite_probes(&spec.containers);
+        if !probes.app.is_empty() {
+            let json = serde_json::to_string(&probes.app).expect("JSON values serialize");
+            proxy_env.push(env("WEFT_APP_PROBES", &json));
+        }
+        if s.mtls_mode == "strict" && !probes.kept_ports.is_empty() {
+            // Probes the sidecar cannot ask for the kubelet (gRPC, HTTPS, another host) come
+            // in plaintext from the node: on a strict port they would be refused and the pod
+            // never become ready. Those ports stay permissive, and the pod's creator is told.
+            let list: Vec<String> = probes
+                .kept_ports
+                .iter()
+                .map(|p| format!("{p}=permissive"))
+                .collect();
+            proxy_env.push(env("WEFT_INBOUND_MTLS_PORTS", &list.join(",")));
+            warnings.push(format!(
+                "weft: mTLS is strict, but port(s) {} take the kubelet's plaintext gRPC/HTTPS probes and stay permissive; exclude a dedicated probe port (weft.dev/exclude-inbound-ports) to keep everything strict",
+                probes
+                    .kept_ports
                     .iter()
-                    .map(|p| format!("{p}=permissive"))
-                    .collect();
-                proxy_env.push(env("WEFT_INBOUND_MTLS_PORTS", &list.join(",")));
-                warnings.push(format!(
-                    "weft: mTLS is strict, but port(s) {} take the kubelet's plaintext probes and stay permissive",
-                    probe_ports
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         if self.mesh.capture.redirect_dns {
             proxy_env.push(env("WEFT_DNS_ADDR", "127.0.0.1:15053"));
@@ -671,7 +679,9 @@ impl Injector {
             },
         });
 
-        let mut ops = Vec::new();
+        // The probes first: their container indexes are the pod's, before a classic sidecar
+        // is put in front.
+        let mut ops = probes.ops;
         // Init containers run in order: the rules first, then (native) the proxy, then the
         // pod's own. A classic sidecar is not running yet during init, so there the rules go
         // last, after the pod's own init containers have done their network work uncaptured.
@@ -771,14 +781,28 @@ fn map_entries(ops: &mut Vec<Value>, path: &str, exists: bool, entries: &[(&str,
     }
 }
 
-/// The container ports the containers' HTTP, TCP and gRPC probes use (named ports resolved
-/// against the container's own), sorted.
-fn probe_ports<'a>(containers: impl Iterator<Item = &'a Container>) -> Vec<u16> {
+/// What pointing the pod's probes at the sidecar gives.
+#[derive(Debug, Default)]
+struct Probes {
+    /// The JSONPatch operations that replace the probes (container indexes as in the pod).
+    ops: Vec<Value>,
+    /// The originals, by the path the kubelet now asks: the proxy's `WEFT_APP_PROBES`.
+    app: BTreeMap<String, Value>,
+    /// The ports of the probes that stay as they were (gRPC, HTTPS, another host, a port name
+    /// the container does not declare), sorted.
+    kept_ports: Vec<u16>,
+}
+
+/// Points every HTTP and TCP probe of the pod's containers at the sidecar's probe port
+/// (`/app-health/<container>/<livez|readyz|startupz>` on 15020, never captured), so that the
+/// kubelet's plaintext probes work whatever the inbound mTLS mode; the proxy asks the
+/// application over loopback on its behalf.
+fn rewrite_probes(containers: &[Container]) -> Probes {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    let mut out = Vec::new();
-    for c in containers {
+    let mut out = Probes::default();
+    for (i, c) in containers.iter().enumerate() {
         let resolve = |port: &IntOrString| match port {
-            IntOrString::Int(p) => u16::try_from(*p).ok(),
+            IntOrString::Int(p) => u16::try_from(*p).ok().filter(|p| *p != 0),
             IntOrString::String(name) => c
                 .ports
                 .iter()
@@ -786,20 +810,65 @@ fn probe_ports<'a>(containers: impl Iterator<Item = &'a Container>) -> Vec<u16> 
                 .find(|p| p.name.as_deref() == Some(name))
                 .and_then(|p| u16::try_from(p.container_port).ok()),
         };
-        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
-            .into_iter()
-            .flatten()
-        {
-            let port = probe
-                .http_get
-                .as_ref()
-                .and_then(|h| resolve(&h.port))
-                .or_else(|| probe.tcp_socket.as_ref().and_then(|t| resolve(&t.port)))
-                .or_else(|| probe.grpc.as_ref().and_then(|g| u16::try_from(g.port).ok()));
-            out.extend(port);
+        for (field, kind, probe) in [
+            ("livenessProbe", "livez", &c.liveness_probe),
+            ("readinessProbe", "readyz", &c.readiness_probe),
+            ("startupProbe", "startupz", &c.startup_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            let timeout = probe.timeout_seconds.unwrap_or(1);
+            let original = if let Some(h) = &probe.http_get {
+                let plain = h
+                    .scheme
+                    .as_deref()
+                    .is_none_or(|s| s.eq_ignore_ascii_case("http"));
+                match (resolve(&h.port), plain && h.host.is_none()) {
+                    (Some(port), true) => Some(json!({
+                        "httpGet": {
+                            "port": port,
+                            "path": h.path.as_deref().unwrap_or("/"),
+                            "httpHeaders": h.http_headers.iter().flatten()
+                                .map(|hd| json!({"name": hd.name, "value": hd.value}))
+                                .collect::<Vec<_>>(),
+                        },
+                        "timeoutSeconds": timeout,
+                    })),
+                    (port, _) => {
+                        out.kept_ports.extend(port);
+                        None
+                    }
+                }
+            } else if let Some(t) = &probe.tcp_socket {
+                match (resolve(&t.port), t.host.is_none()) {
+                    (Some(port), true) => Some(json!({
+                        "tcpSocket": { "port": port },
+                        "timeoutSeconds": timeout,
+                    })),
+                    (port, _) => {
+                        out.kept_ports.extend(port);
+                        None
+                    }
+                }
+            } else {
+                out.kept_ports
+                    .extend(probe.grpc.as_ref().and_then(|g| u16::try_from(g.port).ok()));
+                None
+            };
+            let Some(original) = original else { continue };
+            let path = format!("/app-health/{}/{kind}", c.name);
+            let mut rewritten = serde_json::to_value(probe).expect("a probe serializes");
+            let obj = rewritten.as_object_mut().expect("a probe is an object");
+            obj.remove("tcpSocket");
+            obj.insert(
+                "httpGet".into(),
+                json!({ "path": path, "port": PROBE_PORT, "scheme": "HTTP" }),
+            );
+            out.ops
+                .push(add(&format!("/spec/containers/{i}/{field}"), rewritten));
+            out.app.insert(path, original);
         }
     }
-    out.sort_unstable();
-    out.dedup();
+    out.kept_ports.sort_unstable();
+    out.kept_ports.dedup();
     out
 }

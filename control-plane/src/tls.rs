@@ -135,6 +135,12 @@ pub struct FileCert {
     current: ArcSwap<CertifiedKey>,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
+    /// The files' modification times when they were first read.
+    loaded: (Option<SystemTime>, Option<SystemTime>),
+}
+
+fn modified(p: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 impl ResolvesServerCert for FileCert {
@@ -147,11 +153,14 @@ impl FileCert {
     /// Loads `dir/tls.crt` and `dir/tls.key`; errors name the file.
     pub fn load(dir: &std::path::Path) -> Result<Arc<Self>, CaError> {
         let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-        let loaded = Self::read(&cert, &key)?;
+        // Stamped before reading: a change made meanwhile is seen by `watch`.
+        let stamps = (modified(&cert), modified(&key));
+        let pair = Self::read(&cert, &key)?;
         Ok(Arc::new(FileCert {
-            current: ArcSwap::from_pointee(loaded),
+            current: ArcSwap::from_pointee(pair),
             cert,
             key,
+            loaded: stamps,
         }))
     }
 
@@ -187,17 +196,27 @@ impl FileCert {
             .key_provider
             .load_private_key(der)
             .map_err(|e| file_err(key, &e))?;
-        Ok(CertifiedKey::new(chain, signing))
+        let pair = CertifiedKey::new(chain, signing);
+        // Caught between the two files' writes, the key may not be the certificate's yet.
+        pair.keys_match().map_err(|e| {
+            file_err(
+                key,
+                &format!(
+                    "does not belong to the certificate in {}: {e}",
+                    cert.display()
+                ),
+            )
+        })?;
+        Ok(pair)
     }
 
     /// Reloads the files whenever they change (checked every `interval`); a bad new pair is
     /// logged and the one in use stays.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
-        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut last = (stamp(&self.cert), stamp(&self.key));
+        let mut last = self.loaded;
         loop {
             tokio::time::sleep(interval).await;
-            let now = (stamp(&self.cert), stamp(&self.key));
+            let now = (modified(&self.cert), modified(&self.key));
             if now == last {
                 continue;
             }
@@ -294,4 +313,51 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed(name: &str) -> (String, String, Vec<u8>) {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        (
+            c.cert.pem(),
+            c.signing_key.serialize_pem(),
+            c.cert.der().to_vec(),
+        )
+    }
+
+    #[tokio::test]
+    async fn webhook_files_are_reloaded_when_they_change_and_a_bad_pair_is_kept_out() {
+        let dir = std::env::temp_dir().join(format!("weft-filecert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key, der1) = self_signed("one.example");
+        std::fs::write(dir.join("tls.crt"), &cert).unwrap();
+        std::fs::write(dir.join("tls.key"), &key).unwrap();
+        let fc = FileCert::load(&dir).unwrap();
+        assert_eq!(fc.current.load().cert[0].as_ref(), der1.as_slice());
+        tokio::spawn(fc.clone().watch(Duration::from_millis(10)));
+
+        // A renewal (cert-manager swaps both files): the new pair is served.
+        let (cert, key, der2) = self_signed("two.example");
+        // Modification times have a coarse grain on some filesystems: make the change visible.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.join("tls.key"), &key).unwrap();
+        std::fs::write(dir.join("tls.crt"), &cert).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while fc.current.load().cert[0].as_ref() != der2.as_slice() {
+            assert!(std::time::Instant::now() < deadline, "not reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // A broken certificate file: the pair in use stays.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.join("tls.crt"), "not PEM").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fc.current.load().cert[0].as_ref(), der2.as_slice());
+        let err = FileCert::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("tls.crt"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -41,6 +41,8 @@ pub struct AdminState {
     pub listeners: Vec<(String, SocketAddr)>,
     /// Endpoint host names and their answers.
     pub resolver: Arc<crate::resolve::Resolver>,
+    /// The application's probes, asked at `/app-health/...`.
+    pub app_probes: crate::app_probe::AppProbes,
 }
 
 type Rsp = Response<Full<Bytes>>;
@@ -201,9 +203,18 @@ pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
             );
             r
         }
+        (&Method::GET, path) if path.starts_with("/app-health/") => {
+            match state.app_probes.get(path) {
+                Some(probe) => match crate::app_probe::check(probe).await {
+                    Ok(()) => text(StatusCode::OK, "ok\n"),
+                    Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e + "\n"),
+                },
+                None => text(StatusCode::NOT_FOUND, "no such application probe\n"),
+            }
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "endpoints: /live, /ready, /metrics\n",
+            "endpoints: /live, /ready, /metrics, /app-health/...\n",
         ),
     }
 }

@@ -131,6 +131,12 @@ pub struct Config {
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
 
+    /// The application's HTTP and TCP probes the probe server asks on the kubelet's behalf, at
+    /// `/app-health/...` (JSON; the Kubernetes injector writes it when it points the pod's
+    /// probes at the sidecar).
+    #[arg(long, env = "WEFT_APP_PROBES", value_name = "JSON")]
+    pub app_probes: Option<String>,
+
     /// Probe and metrics server (/live, /ready, /metrics).
     #[arg(long, env = "WEFT_PROBE_ADDR", default_value = "0.0.0.0:15020")]
     pub probe_addr: SocketAddr,
@@ -309,6 +315,27 @@ impl DiscoveryConfig {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "weft-proxy".into())
+    }
+}
+
+impl Config {
+    /// With capture on a pod that has a global IPv6 address (what `weft-proxy init --ipv6 auto`
+    /// checks too), ip6tables redirects IPv6 as well: listen at `[::1]` on the outbound port
+    /// and on `[::]` (both families) inbound, where the flags left the IPv4 defaults.
+    pub fn listen_for_ipv6(&mut self, pod_has_ipv6: bool) {
+        if !self.capture || !pod_has_ipv6 {
+            return;
+        }
+        if self.outbound_addr_v6.is_none() {
+            self.outbound_addr_v6 = Some(SocketAddr::new(
+                std::net::Ipv6Addr::LOCALHOST.into(),
+                self.outbound_addr.port(),
+            ));
+        }
+        if self.inbound_addr.ip() == std::net::Ipv4Addr::UNSPECIFIED {
+            self.inbound_addr
+                .set_ip(std::net::Ipv6Addr::UNSPECIFIED.into());
+        }
     }
 }
 
@@ -712,6 +739,35 @@ mod tests {
         assert_eq!(cfg.detect.detect_timeout, Duration::from_secs(10));
         assert_eq!(cfg.discovery.xds_protocol, XdsProtocol::Delta);
         assert!(cfg.discovery.ready_requires_config);
+    }
+
+    #[test]
+    fn a_captured_pod_with_ipv6_listens_for_both_families() {
+        let parse = |args: &[&str]| {
+            let mut cfg = Cli::parse_from([&["weft-proxy"], args].concat()).run;
+            cfg.listen_for_ipv6(true);
+            (cfg.outbound_addr_v6, cfg.inbound_addr)
+        };
+        assert_eq!(
+            parse(&["--capture"]),
+            (
+                Some("[::1]:15001".parse().unwrap()),
+                "[::]:15006".parse().unwrap()
+            )
+        );
+        // Without capture, or with addresses given, nothing changes.
+        assert_eq!(parse(&[]), (None, "0.0.0.0:15006".parse().unwrap()));
+        assert_eq!(
+            parse(&["--capture", "--inbound-addr", "10.0.0.5:15006"]),
+            (
+                Some("[::1]:15001".parse().unwrap()),
+                "10.0.0.5:15006".parse().unwrap()
+            )
+        );
+        let mut cfg = Cli::parse_from(["weft-proxy", "--capture"]).run;
+        cfg.listen_for_ipv6(false);
+        assert_eq!(cfg.outbound_addr_v6, None);
+        assert_eq!(cfg.inbound_addr, "0.0.0.0:15006".parse().unwrap());
     }
 
     #[test]

@@ -384,7 +384,7 @@ fn detect_backend() -> Backend {
 }
 
 /// Whether this namespace has a global IPv6 address (`/proc/net/if_inet6`, scope 00).
-fn has_global_ipv6() -> bool {
+pub fn has_global_ipv6() -> bool {
     std::fs::read_to_string("/proc/net/if_inet6")
         .map(|t| t.lines().any(|l| l.split_whitespace().nth(3) == Some("00")))
         .unwrap_or(false)

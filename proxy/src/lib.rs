@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_probe;
 pub mod balance;
 pub mod config;
 pub mod discovery;
@@ -68,6 +69,8 @@ pub enum StartError {
     Identity(String),
     #[error("--node-labels-file {0}")]
     Labels(String),
+    #[error("--app-probes: {0}")]
+    AppProbes(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -153,6 +156,11 @@ fn bind_err(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Star
 
 /// Runs the sidecar until it is told to stop (SIGTERM, SIGINT or `POST /shutdown`), then drains.
 pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), StartError> {
+    cfg.listen_for_ipv6(init::has_global_ipv6());
+    let app_probes = match &cfg.app_probes {
+        Some(json) => app_probe::parse(json).map_err(StartError::AppProbes)?,
+        None => Default::default(),
+    };
     if let Some(path) = &cfg.discovery.node_labels_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StartError::Labels(format!("{}: {e}", path.display())))?;
@@ -313,6 +321,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         ready_requires_identity: cfg.mtls.ready_requires_identity,
         listeners,
         resolver: resolver.clone(),
+        app_probes,
     });
     spawn_admin(state.clone(), admin_l, probe_l)?;
 

@@ -96,6 +96,10 @@ fn default_values_render_valid_objects_for_a_secure_control_plane() {
         serde_json::json!(["ALL"])
     );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(
+        c["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!(["sleep", "5"])
+    );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");
     assert!(c["resources"]["requests"]["cpu"].is_string());
 
@@ -271,7 +275,16 @@ fn ha_values_render_cert_manager_monitoring_and_classic_sidecars() {
         cert["spec"]["dnsNames"][0],
         "weft-control-plane.weft-system.svc"
     );
-    assert_eq!(cert["spec"]["issuerRef"]["name"], "weft-webhook-selfsigned");
+    // Signed by a CA of its own, so the injected caBundle outlives the leaf's renewals.
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "weft-webhook-ca");
+    let ca_issuer = find(&docs, "Issuer", "weft-webhook-ca");
+    assert_eq!(ca_issuer["spec"]["ca"]["secretName"], "weft-webhook-ca");
+    let ca_cert = find(&docs, "Certificate", "weft-webhook-ca");
+    assert_eq!(ca_cert["spec"]["isCA"], true);
+    assert_eq!(
+        ca_cert["spec"]["issuerRef"]["name"],
+        "weft-webhook-selfsigned"
+    );
     assert!(find(&docs, "Issuer", "weft-webhook-selfsigned")["spec"]["selfSigned"].is_object());
     let webhook = find(
         &docs,

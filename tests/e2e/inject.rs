@@ -208,11 +208,25 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
         pod["metadata"]["annotations"]["weft.dev/status"],
         "injected"
     );
-    // The app container is untouched.
+    // The app's readiness probe (HTTP on the named port) now asks the sidecar, which asks the
+    // app; nothing else in the app container changed.
+    let web = &pod["spec"]["containers"][0];
     assert_eq!(
-        pod["spec"]["containers"],
-        review["request"]["object"]["spec"]["containers"]
+        web["readinessProbe"]["httpGet"],
+        json!({"path": "/app-health/web/readyz", "port": 15020, "scheme": "HTTP"})
     );
+    assert_eq!(web["readinessProbe"]["periodSeconds"], 10);
+    let probes = env(proxy, "WEFT_APP_PROBES").as_str().unwrap();
+    let parsed =
+        weft_proxy::app_probe::parse(probes).expect("the proxy reads what the injector writes");
+    let readyz = &parsed["/app-health/web/readyz"];
+    assert_eq!(readyz.http_get.as_ref().unwrap().port, 8080);
+    assert_eq!(readyz.http_get.as_ref().unwrap().path, "/healthz");
+    let mut original = review["request"]["object"]["spec"]["containers"][0].clone();
+    let mut injected = web.clone();
+    original.as_object_mut().unwrap().remove("readinessProbe");
+    injected.as_object_mut().unwrap().remove("readinessProbe");
+    assert_eq!(injected, original);
 
     // The injected pod again: nothing to do.
     let mut again = review.clone();
@@ -241,6 +255,15 @@ async fn injected_pods_validate_against_the_pod_schema_and_injection_is_idempote
     assert_eq!(env(init, "WEFT_EXCLUDE_OUTBOUND_PORTS"), "5432");
     let proxy = container(inits, "weft-proxy");
     assert_eq!(env(proxy, "WEFT_INBOUND_MTLS"), "strict");
+    // The TCP liveness probe goes through the sidecar; the gRPC readiness probe cannot, so
+    // its port stays permissive (and the creator is warned).
+    let ledger = container(&pod["spec"]["containers"], "ledger");
+    assert_eq!(
+        ledger["livenessProbe"]["httpGet"]["path"],
+        "/app-health/ledger/livez"
+    );
+    assert!(ledger["livenessProbe"]["tcpSocket"].is_null());
+    assert_eq!(ledger["readinessProbe"]["grpc"]["port"], 7000);
     assert_eq!(env(proxy, "WEFT_INBOUND_MTLS_PORTS"), "7000=permissive");
     assert_eq!(env(proxy, "WEFT_LOG"), "weft_proxy=debug,info");
     assert_eq!(proxy["resources"]["requests"]["cpu"], "200m");
@@ -298,6 +321,13 @@ async fn a_classic_sidecar_pod_validates_and_waits_for_the_proxy() {
         pod["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"],
         json!(["weft-proxy", "wait", "--timeout", "120s"])
     );
+    // The probe rewrite landed on the app container, not on the proxy put in front of it.
+    assert_eq!(pod["spec"]["containers"][1]["name"], "web");
+    assert_eq!(
+        pod["spec"]["containers"][1]["readinessProbe"]["httpGet"]["path"],
+        "/app-health/web/readyz"
+    );
+    assert!(pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/ready");
     assert_eq!(pod["spec"]["initContainers"][0]["name"], "weft-init");
 }
 
@@ -329,4 +359,64 @@ async fn weft_proxy_wait_returns_when_the_sidecar_is_ready() {
     let (ok, _, err) = wait(gone.clone(), "300ms");
     assert!(!ok);
     assert!(err.contains(&gone) && err.contains("not ready"), "{err}");
+}
+
+/// The probes the injector points at the sidecar: the probe server asks the application over
+/// loopback and answers as the kubelet would judge it (200-399 ready, else 503 with why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_probes_ask_the_application_on_the_kubelets_behalf() {
+    use std::sync::atomic::Ordering;
+    let app = weft_tests::http_peer::server("app").await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = TempDir::new("app-probes");
+    let table = dir.write("mesh.yaml", "services: []\n");
+    // What the injector writes for the recorded Deployment pod, with the peer's port.
+    let probes = json!({
+        "/app-health/web/readyz": {"httpGet": {"port": app.addr.port(), "path": "/id",
+            "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]}, "timeoutSeconds": 2},
+        "/app-health/web/livez": {"tcpSocket": {"port": app.addr.port()}, "timeoutSeconds": 1},
+        "/app-health/db/livez": {"tcpSocket": {"port": closed}, "timeoutSeconds": 1},
+    });
+    let probes = probes.to_string();
+    let proxy = weft_tests::proxy::Proxy::start(&[
+        "--config",
+        table.to_str().unwrap(),
+        "--app-probes",
+        &probes,
+    ]);
+    assert_eq!(proxy.get("probe", "/app-health/web/readyz").await.0, 200);
+    assert!(
+        app.state.requests.load(Ordering::SeqCst) >= 1,
+        "the app was asked"
+    );
+    assert_eq!(proxy.get("probe", "/app-health/web/livez").await.0, 200);
+    let (status, body) = proxy.get("probe", "/app-health/db/livez").await;
+    assert_eq!(status, 503);
+    assert!(body.contains(&format!("127.0.0.1:{closed}")), "{body}");
+    // The application failing its own check fails the probe.
+    app.state.status.store(500, Ordering::SeqCst);
+    let (status, body) = proxy.get("probe", "/app-health/web/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("answered 500"), "{body}");
+    assert_eq!(proxy.get("probe", "/app-health/nope/readyz").await.0, 404);
+
+    // A malformed list stops the start, naming the flag.
+    let out = Command::new(weft_tests::proxy::binary_named("weft-proxy"))
+        .args([
+            "--config",
+            table.to_str().unwrap(),
+            "--app-probes",
+            r#"{"/healthz": {}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--app-probes") && err.contains("/app-health/"),
+        "{err}"
+    );
 }

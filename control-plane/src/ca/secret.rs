@@ -6,7 +6,10 @@
 //! makes a root and creates the Secret. When replicas race, the first create wins and the others
 //! read what it wrote (the API server answers their create with 409 Conflict), so there is never
 //! more than one CA. An operator can create the Secret beforehand with a CA of their own
-//! (`kubectl create secret generic weft-ca --from-file=ca.crt --from-file=ca.key`).
+//! (`kubectl create secret generic weft-ca --from-file=ca.crt --from-file=ca.key`), or point
+//! `--ca-secret` at a `kubernetes.io/tls` Secret cert-manager writes for a CA Certificate
+//! (`isCA: true`): `tls.key` and `tls.crt` are then the CA, and its `ca.crt` (the issuer)
+//! joins the trust bundle.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -46,13 +49,19 @@ pub fn from_secret(
         key: where_(KEY),
         cert: where_(CERT),
     };
-    let key = text(KEY)?.ok_or_else(missing)?;
-    let cert = text(CERT)?.ok_or_else(missing)?;
-    let extra = text(BUNDLE)?;
+    // weft's own keys, or cert-manager's for a CA Certificate.
+    let (k, c, b) = if !data.contains_key(KEY) && data.contains_key("tls.key") {
+        ("tls.key", "tls.crt", CERT)
+    } else {
+        (KEY, CERT, BUNDLE)
+    };
+    let key = text(k)?.ok_or_else(missing)?;
+    let cert = text(c)?.ok_or_else(missing)?;
+    let extra = text(b)?;
     let names = PemNames {
-        key: where_(KEY),
-        cert: where_(CERT),
-        bundle: where_(BUNDLE),
+        key: where_(k),
+        cert: where_(c),
+        bundle: where_(b),
     };
     Ca::from_pem(
         &key,

@@ -1,3 +1,5 @@
+use base64::Engine;
+
 use super::*;
 
 const TD: &str = "cluster.local";
@@ -498,4 +500,28 @@ fn a_ca_kept_in_a_secret_round_trips_and_names_what_is_missing() {
         err.contains("Secret weft-system/weft-ca key ca.crt"),
         "{err}"
     );
+}
+
+#[test]
+fn a_cert_manager_ca_secret_is_read_by_its_tls_keys() {
+    let day = Duration::from_secs(24 * 3600);
+    let (key, cert) = Ca::generate_root(TD).unwrap();
+    // As cert-manager writes a self-signed CA Certificate's Secret.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "mesh-ca", "namespace": "weft-system",
+                     "annotations": {"cert-manager.io/certificate-name": "mesh-ca"}},
+        "data": {
+            "tls.key": base64::engine::general_purpose::STANDARD.encode(&key),
+            "tls.crt": base64::engine::general_purpose::STANDARD.encode(&cert),
+            "ca.crt": base64::engine::general_purpose::STANDARD.encode(&cert),
+        }
+    }))
+    .unwrap();
+    let ca = from_secret(&secret, TD, day, day).unwrap();
+    assert_eq!(ca.trust_bundle().len(), 1, "the same root once");
+    let id = spiffe_id(TD, "shop", "web");
+    let (_key, pem) = csr(&[&id]);
+    let (chain, _) = ca.sign(&pem, &id, None).unwrap();
+    verify(&chain, &ca.trust_bundle()).unwrap();
 }

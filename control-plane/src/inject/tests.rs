@@ -165,6 +165,21 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_capture_init_container() {
     assert_eq!(penv["WEFT_INBOUND_MTLS"], "permissive");
     assert_eq!(penv["WEFT_CAPTURE"], "true");
     assert!(!penv.contains_key("WEFT_INBOUND_MTLS_PORTS"));
+    // The app's HTTP readiness probe (named port) is pointed at the sidecar.
+    let web = &spec["containers"][0];
+    assert_eq!(
+        web["readinessProbe"]["httpGet"],
+        json!({"path": "/app-health/web/readyz", "port": 15020, "scheme": "HTTP"})
+    );
+    assert_eq!(web["readinessProbe"]["failureThreshold"], 3);
+    let app: Value = serde_json::from_str(penv["WEFT_APP_PROBES"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        app,
+        json!({"/app-health/web/readyz": {
+            "httpGet": {"port": 8080, "path": "/healthz", "httpHeaders": []},
+            "timeoutSeconds": 1,
+        }})
+    );
     assert_eq!(proxy["resources"]["requests"]["cpu"], "100m");
     assert_eq!(proxy["resources"]["limits"]["memory"], "256Mi");
 
@@ -202,6 +217,10 @@ fn a_classic_sidecar_is_the_first_container_and_holds_the_app_in_post_start() {
     let spec = &pod.unwrap()["spec"];
     assert_eq!(names(&spec["initContainers"]), ["weft-init"]);
     assert_eq!(names(&spec["containers"]), ["weft-proxy", "web"]);
+    assert_eq!(
+        spec["containers"][1]["readinessProbe"]["httpGet"]["path"],
+        "/app-health/web/readyz"
+    );
     let proxy = &spec["containers"][0];
     assert!(proxy["restartPolicy"].is_null() && proxy["startupProbe"].is_null());
     assert_eq!(
@@ -231,8 +250,12 @@ fn annotations_override_the_mesh_defaults_per_pod() {
     let penv = env_of(proxy);
     assert_eq!(penv["WEFT_LOG"], "weft_proxy=debug,info");
     assert_eq!(penv["WEFT_INBOUND_MTLS"], "strict");
-    // The kubelet's tcpSocket and gRPC probes on 7000 are plaintext: that port stays
-    // permissive, and whoever created the pod is told.
+    // The tcpSocket probe goes through the sidecar; the gRPC one on 7000 cannot: that port
+    // stays permissive, and whoever created the pod is told.
+    assert_eq!(
+        spec["containers"][0]["livenessProbe"]["httpGet"]["path"],
+        "/app-health/ledger/livez"
+    );
     assert_eq!(penv["WEFT_INBOUND_MTLS_PORTS"], "7000=permissive");
     let warnings = rsp["warnings"].as_array().unwrap();
     assert!(

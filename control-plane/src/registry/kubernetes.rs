@@ -14,8 +14,10 @@
 //! - Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`: each address
 //!   with the slice port of the same name as the Service port. `ready: false` endpoints stay,
 //!   unhealthy; terminating ones that are no longer serving are left out. An endpoint whose
-//!   `targetRef` is a Pod gets the Pod's labels (what policy subsets select on) and the
-//!   identity `spiffe://<trust-domain>/ns/<namespace>/sa/<service account>`.
+//!   `targetRef` is a Pod gets the Pod's labels (what policy subsets select on) and, when the
+//!   injector gave the pod a sidecar (annotation `weft.dev/status: injected`), the identity
+//!   `spiffe://<trust-domain>/ns/<namespace>/sa/<service account>`: sidecars reach it over
+//!   mutual TLS, and everything else in plaintext.
 //! - A TrafficPolicy that fails validation keeps its last good version in force, reported in
 //!   the registry's errors.
 
@@ -267,7 +269,17 @@ impl Translator {
                 let labels = pod
                     .and_then(|p| p.metadata.labels.clone())
                     .unwrap_or_default();
-                let identity = pod.map(|p| {
+                // Only a pod with a sidecar speaks mutual TLS: the injector marks it. Any other
+                // (opted out, hostNetwork, a namespace without injection) is reached in
+                // plaintext.
+                let injected = pod.filter(|p| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("weft.dev/status"))
+                        .is_some_and(|v| v == "injected")
+                });
+                let identity = injected.map(|p| {
                     let sa = p
                         .spec
                         .as_ref()

@@ -125,6 +125,10 @@ fn recorded_objects_become_services_endpoints_and_policies() {
         reviews.spec.endpoints[0].identity.as_deref(),
         Some("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews")
     );
+    assert_eq!(
+        reviews.spec.endpoints[1].identity, None,
+        "a pod the injector did not mark (weft.dev/status) has no sidecar: plaintext"
+    );
 
     let grpc = &snap.services["ratings.bookinfo.svc.cluster.local:50051"];
     assert_eq!(
