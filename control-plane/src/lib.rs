@@ -10,6 +10,8 @@ pub mod api;
 pub mod ca;
 pub mod config;
 pub mod inject;
+#[cfg(test)]
+mod kube_stand_in;
 pub mod metrics;
 pub mod policy;
 pub mod registry;

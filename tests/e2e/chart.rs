@@ -335,6 +335,29 @@ fn ha_values_render_cert_manager_monitoring_and_classic_sidecars() {
 }
 
 #[test]
+fn install_notes_say_how_to_enable_injection_and_verify() {
+    let Some(helm) = k8s::helm() else { return };
+    for args in [&[][..], &["-f", "ci/ha-values.yaml"][..]] {
+        let (ok, out, err) = run(Command::new(&helm)
+            .args(["install", "weft"])
+            .arg(k8s::chart_dir())
+            .args(["--namespace", "weft-system", "--dry-run=client"])
+            .current_dir(k8s::chart_dir())
+            .args(args));
+        assert!(ok, "{err}");
+        let notes = out.split("NOTES:").nth(1).expect("NOTES");
+        for want in [
+            "kubectl label namespace <ns> weft.dev/inject=enabled",
+            "weftctl --control-plane 127.0.0.1:15015 proxy-status",
+            "weft-control-plane.weft-system",
+        ] {
+            assert!(notes.contains(want), "{want} not in\n{notes}");
+        }
+        assert!(!notes.contains("<no value>"), "{notes}");
+    }
+}
+
+#[test]
 fn bad_values_are_refused_by_the_schema_with_the_field_named() {
     let Some(helm) = k8s::helm() else { return };
     for (set, field) in [

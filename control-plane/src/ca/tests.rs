@@ -525,3 +525,86 @@ fn a_cert_manager_ca_secret_is_read_by_its_tls_keys() {
     let (chain, _) = ca.sign(&pem, &id, None).unwrap();
     verify(&chain, &ca.trust_bundle()).unwrap();
 }
+
+const SECRET_PATH: &str = "/api/v1/namespaces/weft-system/secrets/weft-ca";
+
+#[tokio::test]
+async fn replicas_racing_to_create_the_ca_secret_end_up_with_one_ca() {
+    use crate::kube_stand_in::{serve, status};
+    let day = Duration::from_secs(24 * 3600);
+    // Another replica's CA, created while this one was starting: the first GET finds nothing,
+    // the create answers 409, and the GET after it finds theirs.
+    let theirs = serde_json::to_value(new_secret("weft-system", "weft-ca", TD).unwrap()).unwrap();
+    let their_cert = theirs["data"]["ca.crt"].clone();
+    let gets = std::sync::atomic::AtomicUsize::new(0);
+    let (client, seen) = serve(move |method, path, _| match (method.as_str(), path) {
+        ("GET", SECRET_PATH) if gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+            status(404, "NotFound", "secrets \"weft-ca\" not found")
+        }
+        ("GET", SECRET_PATH) => (200, theirs.clone()),
+        ("POST", "/api/v1/namespaces/weft-system/secrets") => {
+            status(409, "AlreadyExists", "secrets \"weft-ca\" already exists")
+        }
+        _ => status(404, "NotFound", "no such path"),
+    })
+    .await;
+    let ca = load_or_create_secret(client, "weft-system", "weft-ca", true, TD, day, day)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let calls: Vec<String> = seen.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+    assert_eq!(
+        calls,
+        [
+            format!("GET {SECRET_PATH}"),
+            "POST /api/v1/namespaces/weft-system/secrets".to_string(),
+            format!("GET {SECRET_PATH}"),
+        ]
+    );
+    // What this replica tried to create: a new root, as an Opaque Secret.
+    let created = &seen[1].2;
+    assert_eq!(created["metadata"]["name"], "weft-ca");
+    assert_eq!(created["type"], "Opaque");
+    assert_ne!(created["data"]["ca.crt"], their_cert);
+    // ...but it signs with theirs.
+    let their_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(their_cert.as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ca.trust_bundle(), vec![their_pem]);
+}
+
+#[tokio::test]
+async fn a_missing_ca_secret_is_created_or_named() {
+    use crate::kube_stand_in::{serve, status};
+    let day = Duration::from_secs(24 * 3600);
+    // The API server answers a create with the object it stored.
+    let (client, seen) = serve(|method, path, body| match (method.as_str(), path) {
+        ("GET", SECRET_PATH) => status(404, "NotFound", "secrets \"weft-ca\" not found"),
+        ("POST", "/api/v1/namespaces/weft-system/secrets") => (201, body.clone()),
+        _ => status(404, "NotFound", "no such path"),
+    })
+    .await;
+    let ca = load_or_create_secret(client.clone(), "weft-system", "weft-ca", true, TD, day, day)
+        .await
+        .unwrap();
+    let created = seen.lock().unwrap()[1].2.clone();
+    let pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(created["data"]["ca.crt"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ca.trust_bundle(), vec![pem]);
+
+    let err = load_or_create_secret(client, "weft-system", "weft-ca", false, TD, day, day)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Secret weft-system/weft-ca key ca.key"),
+        "{err}"
+    );
+}

@@ -439,3 +439,63 @@ fn the_ca_bundle_is_written_into_every_webhook_once() {
     );
     assert!(server::with_ca_bundle(updated, BUNDLE.as_bytes()).is_none());
 }
+
+#[tokio::test]
+async fn the_ca_bundle_is_kept_set_through_the_api() {
+    use crate::kube_stand_in::{serve, status};
+    const PATH: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/weft-sidecar-injector-weft-system";
+    // The chart's object as the API server returns it, with an empty caBundle; a PUT replaces
+    // it (and bumps its resourceVersion).
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "weft-sidecar-injector-weft-system", "resourceVersion": "48213"},
+        "webhooks": [{
+            "name": "inject.weft.dev",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"service": {"name": "weft-control-plane", "namespace": "weft-system", "path": "/inject", "port": 15017}},
+            "sideEffects": "None",
+        }]
+    })));
+    let store = stored.clone();
+    let (client, seen) = serve(move |method, path, body| match (method.as_str(), path) {
+        ("GET", PATH) => (200, store.lock().unwrap().clone()),
+        ("PUT", PATH) => {
+            let mut next = body.clone();
+            next["metadata"]["resourceVersion"] = json!("48214");
+            *store.lock().unwrap() = next.clone();
+            (200, next)
+        }
+        _ => status(404, "NotFound", "no such path"),
+    })
+    .await;
+    tokio::spawn(server::keep_ca_bundle(
+        client,
+        "weft-sidecar-injector-weft-system".into(),
+        BUNDLE.as_bytes().to_vec(),
+        std::time::Duration::from_millis(10),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = seen.lock().unwrap().len();
+        if n >= 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} requests");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let puts: Vec<&Value> = seen
+        .iter()
+        .filter(|(m, _, _)| m == http::Method::PUT)
+        .map(|(_, _, b)| b)
+        .collect();
+    // One write, carrying the version it read (so a concurrent change conflicts instead of
+    // being overwritten); after it, only reads: the bundle is in place.
+    assert_eq!(puts.len(), 1, "{seen:?}");
+    assert_eq!(puts[0]["metadata"]["resourceVersion"], "48213");
+    assert_eq!(
+        stored.lock().unwrap()["webhooks"][0]["clientConfig"]["caBundle"],
+        base64::engine::general_purpose::STANDARD.encode(BUNDLE)
+    );
+}
