@@ -332,72 +332,47 @@ fn an_intermediate_signs_with_its_chain_and_extra_roots_join_the_bundle() {
 /// Its answers are written in the API server's shape (authentication.k8s.io/v1, 201 Created):
 /// `sa-token` is the projected token of `shop/reviews`, `user-token` a person's, anything
 /// else is not authenticated. It also checks that the CA asks for the right audience.
-async fn token_review_server() -> std::net::SocketAddr {
-    use http_body_util::BodyExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        assert_eq!(req.method(), http::Method::POST);
-                        assert_eq!(
-                            req.uri().path(),
-                            "/apis/authentication.k8s.io/v1/tokenreviews"
-                        );
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        assert_eq!(review["spec"]["audiences"], serde_json::json!(["weft-ca"]));
-                        let status = match review["spec"]["token"].as_str().unwrap() {
-                            "sa-token" => serde_json::json!({
-                                "authenticated": true,
-                                "user": {
-                                    "username": "system:serviceaccount:shop:reviews",
-                                    "uid": "5f1c2c8e-3a7e-4d8e-9b1e-2f0d7c9a4b11",
-                                    "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
-                                    "extra": {"authentication.kubernetes.io/pod-name": ["reviews-v1-7d9f8c6b5-x2x7q"]}
-                                },
-                                "audiences": ["weft-ca"]
-                            }),
-                            "other-audience-token" => serde_json::json!({
-                                "authenticated": true,
-                                "user": {"username": "system:serviceaccount:shop:reviews"},
-                            }),
-                            "user-token" => serde_json::json!({
-                                "authenticated": true,
-                                "user": {"username": "alice@example.com", "groups": ["system:authenticated"]},
-                                "audiences": ["weft-ca"]
-                            }),
-                            _ => serde_json::json!({
-                                "user": {},
-                                "error": "[invalid bearer token, token lookup failed]"
-                            }),
-                        };
-                        let rsp = serde_json::json!({
-                            "kind": "TokenReview",
-                            "apiVersion": "authentication.k8s.io/v1",
-                            "metadata": {"creationTimestamp": null},
-                            "spec": review["spec"],
-                            "status": status,
-                        });
-                        let mut r = http::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(rsp.to_string()),
-                        ));
-                        *r.status_mut() = http::StatusCode::CREATED;
-                        r.headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, std::convert::Infallible>(r)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+async fn token_review_server() -> kube::Client {
+    let (client, _) = crate::kube_stand_in::serve(|method, path, review| {
+        assert_eq!(method, http::Method::POST);
+        assert_eq!(path, "/apis/authentication.k8s.io/v1/tokenreviews");
+        assert_eq!(review["spec"]["audiences"], serde_json::json!(["weft-ca"]));
+        let status = match review["spec"]["token"].as_str().unwrap() {
+            "sa-token" => serde_json::json!({
+                "authenticated": true,
+                "user": {
+                    "username": "system:serviceaccount:shop:reviews",
+                    "uid": "5f1c2c8e-3a7e-4d8e-9b1e-2f0d7c9a4b11",
+                    "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
+                    "extra": {"authentication.kubernetes.io/pod-name": ["reviews-v1-7d9f8c6b5-x2x7q"]}
+                },
+                "audiences": ["weft-ca"]
+            }),
+            "other-audience-token" => serde_json::json!({
+                "authenticated": true,
+                "user": {"username": "system:serviceaccount:shop:reviews"},
+            }),
+            "user-token" => serde_json::json!({
+                "authenticated": true,
+                "user": {"username": "alice@example.com", "groups": ["system:authenticated"]},
+                "audiences": ["weft-ca"]
+            }),
+            _ => serde_json::json!({
+                "user": {},
+                "error": "[invalid bearer token, token lookup failed]"
+            }),
+        };
+        let rsp = serde_json::json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": review["spec"],
+            "status": status,
+        });
+        (201, rsp)
+    })
+    .await;
+    client
 }
 
 #[tokio::test]
@@ -405,10 +380,7 @@ async fn kubernetes_service_account_tokens_prove_their_account_through_token_rev
     use weft_xds_proto::ca::v1::{
         CreateCertificateRequest, certificate_service_server::CertificateService,
     };
-    let api = token_review_server().await;
-    let client =
-        kube::Client::try_from(kube::Config::new(format!("http://{api}").parse().unwrap()))
-            .unwrap();
+    let client = token_review_server().await;
     let dir = tmp("review");
     let svc = CaService {
         ca: std::sync::Arc::new(ca(&dir)),

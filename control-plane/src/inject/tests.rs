@@ -406,14 +406,13 @@ fn quantities() {
     }
 }
 
-#[test]
-fn the_ca_bundle_is_written_into_every_webhook_once() {
-    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    // As `kubectl get mutatingwebhookconfiguration -o json` shows the chart's object.
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+/// The chart's webhook configuration as `kubectl get mutatingwebhookconfiguration -o json`
+/// shows it before the control plane has written its caBundle.
+fn webhook_configuration() -> Value {
+    json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "weft-sidecar-injector", "resourceVersion": "48213"},
+        "metadata": {"name": "weft-sidecar-injector-weft-system", "resourceVersion": "48213"},
         "webhooks": [{
             "name": "inject.weft.dev",
             "admissionReviewVersions": ["v1"],
@@ -422,8 +421,14 @@ fn the_ca_bundle_is_written_into_every_webhook_once() {
             "sideEffects": "None",
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}]
         }]
-    }))
-    .unwrap();
+    })
+}
+
+#[test]
+fn the_ca_bundle_is_written_into_every_webhook_once() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let config: MutatingWebhookConfiguration =
+        serde_json::from_value(webhook_configuration()).unwrap();
     let updated = server::with_ca_bundle(config, BUNDLE.as_bytes()).expect("a change");
     let hook = &updated.webhooks.as_ref().unwrap()[0];
     assert_eq!(
@@ -446,17 +451,7 @@ async fn the_ca_bundle_is_kept_set_through_the_api() {
     const PATH: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/weft-sidecar-injector-weft-system";
     // The chart's object as the API server returns it, with an empty caBundle; a PUT replaces
     // it (and bumps its resourceVersion).
-    let stored = std::sync::Arc::new(std::sync::Mutex::new(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "weft-sidecar-injector-weft-system", "resourceVersion": "48213"},
-        "webhooks": [{
-            "name": "inject.weft.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"service": {"name": "weft-control-plane", "namespace": "weft-system", "path": "/inject", "port": 15017}},
-            "sideEffects": "None",
-        }]
-    })));
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(webhook_configuration()));
     let store = stored.clone();
     let (client, seen) = serve(move |method, path, body| match (method.as_str(), path) {
         ("GET", PATH) => (200, store.lock().unwrap().clone()),
