@@ -81,9 +81,10 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-fn file_err(path: &Path, e: impl std::fmt::Display) -> CaError {
+/// An error about one of the CA's texts: a file, or a Secret's key.
+pub(crate) fn file_err(path: impl std::fmt::Display, e: impl std::fmt::Display) -> CaError {
     CaError::File {
-        path: path.display().to_string(),
+        path: path.to_string(),
         message: e.to_string(),
     }
 }
@@ -116,11 +117,16 @@ impl Ca {
             }
             Self::create(dir, &key_path, &cert_path, trust_domain)?;
         }
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;
-        let cert_text = std::fs::read_to_string(&cert_path).map_err(|e| file_err(&cert_path, e))?;
+        let key_pem =
+            std::fs::read_to_string(&key_path).map_err(|e| file_err(key_path.display(), e))?;
+        let cert_text =
+            std::fs::read_to_string(&cert_path).map_err(|e| file_err(cert_path.display(), e))?;
         let extra_path = dir.join("bundle.crt");
         let extra = if extra_path.exists() {
-            Some(std::fs::read_to_string(&extra_path).map_err(|e| file_err(&extra_path, e))?)
+            Some(
+                std::fs::read_to_string(&extra_path)
+                    .map_err(|e| file_err(extra_path.display(), e))?,
+            )
         } else {
             None
         };
@@ -151,19 +157,15 @@ impl Ca {
         default_ttl: Duration,
         max_ttl: Duration,
     ) -> Result<Ca, CaError> {
-        let err = |what: &str, e: &dyn std::fmt::Display| CaError::File {
-            path: what.to_string(),
-            message: e.to_string(),
-        };
-        let key = KeyPair::from_pem(key_pem).map_err(|e| err(&names.key, &e))?;
-        let chain = certs(cert_text).map_err(|e| err(&names.cert, &e))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| file_err(&names.key, e))?;
+        let chain = certs(cert_text).map_err(|e| file_err(&names.cert, e))?;
         let (signing_der, signing_pem) = &chain[0];
-        let (_, signing) =
-            x509_parser::parse_x509_certificate(signing_der).map_err(|e| err(&names.cert, &e))?;
+        let (_, signing) = x509_parser::parse_x509_certificate(signing_der)
+            .map_err(|e| file_err(&names.cert, e))?;
         if signing.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(err(
+            return Err(file_err(
                 &names.key,
-                &format!(
+                format!(
                     "this key does not belong to the first certificate of {}",
                     names.cert
                 ),
@@ -171,12 +173,12 @@ impl Ca {
         }
         let ca_not_after = signing.validity().not_after.to_datetime();
         let issuer =
-            Issuer::from_ca_cert_pem(signing_pem, key).map_err(|e| err(&names.cert, &e))?;
+            Issuer::from_ca_cert_pem(signing_pem, key).map_err(|e| file_err(&names.cert, e))?;
         let mut intermediates = Vec::new();
         let mut bundle = Vec::new();
         for (der, pem) in &chain {
             let (_, c) =
-                x509_parser::parse_x509_certificate(der).map_err(|e| err(&names.cert, &e))?;
+                x509_parser::parse_x509_certificate(der).map_err(|e| file_err(&names.cert, e))?;
             if c.subject() == c.issuer() {
                 bundle.push(pem.clone());
             } else {
@@ -184,16 +186,16 @@ impl Ca {
             }
         }
         if let Some(text) = extra {
-            for (_, pem) in certs(text).map_err(|e| err(&names.bundle, &e))? {
+            for (_, pem) in certs(text).map_err(|e| file_err(&names.bundle, e))? {
                 if !bundle.contains(&pem) {
                     bundle.push(pem);
                 }
             }
         }
         if bundle.is_empty() {
-            return Err(err(
+            return Err(file_err(
                 &names.cert,
-                &format!(
+                format!(
                     "no trust anchor: the chain ends in no self-signed root; put the root in {}",
                     names.bundle
                 ),
@@ -250,10 +252,10 @@ impl Ca {
         cert_path: &Path,
         trust_domain: &str,
     ) -> Result<(), CaError> {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir.display(), e))?;
         let (key, cert) = Self::generate_root(trust_domain)?;
         write_private(key_path, &key)?;
-        std::fs::write(cert_path, cert).map_err(|e| file_err(cert_path, e))?;
+        std::fs::write(cert_path, cert).map_err(|e| file_err(cert_path.display(), e))?;
         tracing::info!(cert = %cert_path.display(), "created a new mesh root CA");
         Ok(())
     }
@@ -417,8 +419,9 @@ fn write_private(path: &Path, pem: &str) -> Result<(), CaError> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| file_err(path, e))?;
-    f.write_all(pem.as_bytes()).map_err(|e| file_err(path, e))
+        .map_err(|e| file_err(path.display(), e))?;
+    f.write_all(pem.as_bytes())
+        .map_err(|e| file_err(path.display(), e))
 }
 
 /// The certificates of a PEM text, each as DER and as PEM, in order.

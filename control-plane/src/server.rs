@@ -118,27 +118,9 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     };
     let (xds_tx, xds_rx) = watch::channel(Arc::new(first_xds));
 
-    let xds_l = TcpListener::bind(cfg.xds_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "xDS listener",
-            addr: cfg.xds_addr,
-            source,
-        })?;
-    let api_l = TcpListener::bind(cfg.api_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "API listener",
-            addr: cfg.api_addr,
-            source,
-        })?;
-    let metrics_l = TcpListener::bind(cfg.metrics_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "metrics listener",
-            addr: cfg.metrics_addr,
-            source,
-        })?;
+    let xds_l = bind("xDS listener", cfg.xds_addr).await?;
+    let api_l = bind("API listener", cfg.api_addr).await?;
+    let metrics_l = bind("metrics listener", cfg.metrics_addr).await?;
     for (name, l) in [("xds", &xds_l), ("metrics", &metrics_l), ("api", &api_l)] {
         tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
     }
@@ -238,6 +220,13 @@ struct Secure {
     ca: CaService,
 }
 
+/// Binds one of the control plane's listeners; the error names which.
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
 /// Loads (or creates) the CA from --ca-dir or --ca-secret, if either is given.
 async fn load_ca(cfg: &Config) -> Result<Option<Arc<Ca>>, StartError> {
     let ca = match (&cfg.ca_dir, &cfg.ca_secret) {
@@ -320,13 +309,7 @@ async fn start_injector(
             cert
         }
     };
-    let listener = TcpListener::bind(cfg.webhook_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "injector webhook listener",
-            addr: cfg.webhook_addr,
-            source,
-        })?;
+    let listener = bind("injector webhook listener", cfg.webhook_addr).await?;
     tracing::info!(listener = "webhook", addr = %listener.local_addr()?, image = %mesh.proxy.image, native_sidecars = mesh.native_sidecars, "listening");
     let injector = Arc::new(inject::Injector {
         mesh,
@@ -364,13 +347,7 @@ async fn secure_port(cfg: &Config, ca: Arc<Ca>, metrics: &Metrics) -> Result<Sec
         cert.clone()
             .renew(ca.clone(), cfg.tls_san.clone(), identity, expires),
     );
-    let listener = TcpListener::bind(cfg.tls_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "TLS (xDS + CA) listener",
-            addr: cfg.tls_addr,
-            source,
-        })?;
+    let listener = bind("TLS (xDS + CA) listener", cfg.tls_addr).await?;
     tracing::info!(listener = "xds-tls", addr = %listener.local_addr()?, names = ?cfg.tls_san, "listening");
     Ok(Secure {
         listener,

@@ -165,43 +165,40 @@ impl FileCert {
     }
 
     fn read(cert: &std::path::Path, key: &std::path::Path) -> Result<CertifiedKey, CaError> {
-        let file_err = |p: &std::path::Path, e: &dyn std::fmt::Display| CaError::File {
-            path: p.display().to_string(),
-            message: e.to_string(),
-        };
+        use crate::ca::file_err;
         let chain: Vec<CertificateDer<'static>> =
-            pem::parse_many(std::fs::read(cert).map_err(|e| file_err(cert, &e))?)
-                .map_err(|e| file_err(cert, &e))?
+            pem::parse_many(std::fs::read(cert).map_err(|e| file_err(cert.display(), e))?)
+                .map_err(|e| file_err(cert.display(), e))?
                 .into_iter()
                 .filter(|p| p.tag() == "CERTIFICATE")
                 .map(|p| CertificateDer::from(p.into_contents()))
                 .collect();
         if chain.is_empty() {
-            return Err(file_err(cert, &"no CERTIFICATE in it"));
+            return Err(file_err(cert.display(), "no CERTIFICATE in it"));
         }
-        let key_pem = pem::parse(std::fs::read(key).map_err(|e| file_err(key, &e))?)
-            .map_err(|e| file_err(key, &e))?;
+        let key_pem = pem::parse(std::fs::read(key).map_err(|e| file_err(key.display(), e))?)
+            .map_err(|e| file_err(key.display(), e))?;
         let der = match key_pem.tag() {
             "PRIVATE KEY" => PrivateKeyDer::Pkcs8(key_pem.into_contents().into()),
             "EC PRIVATE KEY" => PrivateKeyDer::Sec1(key_pem.into_contents().into()),
             "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(key_pem.into_contents().into()),
             other => {
                 return Err(file_err(
-                    key,
-                    &format!("a {other} where a private key was expected"),
+                    key.display(),
+                    format!("a {other} where a private key was expected"),
                 ));
             }
         };
         let signing = provider()
             .key_provider
             .load_private_key(der)
-            .map_err(|e| file_err(key, &e))?;
+            .map_err(|e| file_err(key.display(), e))?;
         let pair = CertifiedKey::new(chain, signing);
         // Caught between the two files' writes, the key may not be the certificate's yet.
         pair.keys_match().map_err(|e| {
             file_err(
-                key,
-                &format!(
+                key.display(),
+                format!(
                     "does not belong to the certificate in {}: {e}",
                     cert.display()
                 ),

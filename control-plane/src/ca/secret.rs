@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, api::PostParams};
 
-use super::{Ca, CaError, PemNames};
+use super::{Ca, CaError, PemNames, file_err};
 
 /// The keys of the Secret, as the CA files are named.
 const KEY: &str = "ca.key";
@@ -38,10 +38,8 @@ pub fn from_secret(
     let text = |key: &str| -> Result<Option<String>, CaError> {
         data.get(key)
             .map(|b| {
-                String::from_utf8(b.0.clone()).map_err(|_| CaError::File {
-                    path: where_(key),
-                    message: "not UTF-8 PEM text".into(),
-                })
+                String::from_utf8(b.0.clone())
+                    .map_err(|_| file_err(where_(key), "not UTF-8 PEM text"))
             })
             .transpose()
     };
@@ -107,10 +105,7 @@ pub async fn load_or_create(
     max_ttl: Duration,
 ) -> Result<Ca, CaError> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
-    let api_err = |e: kube::Error| CaError::File {
-        path: format!("Secret {namespace}/{name}"),
-        message: e.to_string(),
-    };
+    let api_err = |e: kube::Error| file_err(format!("Secret {namespace}/{name}"), e);
     let secret = match api.get_opt(name).await.map_err(api_err)? {
         Some(s) => s,
         None if !create => {
