@@ -213,19 +213,25 @@ impl FileCert {
         let mut last = self.loaded;
         loop {
             tokio::time::sleep(interval).await;
-            let now = (modified(&self.cert), modified(&self.key));
-            if now == last {
-                continue;
+            self.reload_if_changed(&mut last);
+        }
+    }
+
+    /// One check of `watch`: when the files' modification times differ from `last`, reads
+    /// them again and, if they make a good pair, serves it.
+    fn reload_if_changed(&self, last: &mut (Option<SystemTime>, Option<SystemTime>)) {
+        let now = (modified(&self.cert), modified(&self.key));
+        if now == *last {
+            return;
+        }
+        *last = now;
+        match Self::read(&self.cert, &self.key) {
+            Ok(k) => {
+                self.current.store(Arc::new(k));
+                tracing::info!(cert = %self.cert.display(), "webhook certificate reloaded");
             }
-            last = now;
-            match Self::read(&self.cert, &self.key) {
-                Ok(k) => {
-                    self.current.store(Arc::new(k));
-                    tracing::info!(cert = %self.cert.display(), "webhook certificate reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "webhook certificate not reloaded; the previous one stays")
-                }
+            Err(e) => {
+                tracing::error!(error = %e, "webhook certificate not reloaded; the previous one stays")
             }
         }
     }
@@ -325,33 +331,45 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn webhook_files_are_reloaded_when_they_change_and_a_bad_pair_is_kept_out() {
+    /// Writes `text` to `path` with a modification time `secs` past the epoch, so that each
+    /// write is a visible change whatever the filesystem's timestamp grain.
+    fn write_at(path: &std::path::Path, text: &str, secs: u64) {
+        std::fs::write(path, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn webhook_files_are_reloaded_when_they_change_and_a_bad_pair_is_kept_out() {
         let dir = std::env::temp_dir().join(format!("weft-filecert-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key, der1) = self_signed("one.example");
-        std::fs::write(dir.join("tls.crt"), &cert).unwrap();
-        std::fs::write(dir.join("tls.key"), &key).unwrap();
+        let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let (cert, k, der1) = self_signed("one.example");
+        write_at(&crt, &cert, 1_000);
+        write_at(&key, &k, 1_000);
         let fc = FileCert::load(&dir).unwrap();
         assert_eq!(fc.current.load().cert[0].as_ref(), der1.as_slice());
-        tokio::spawn(fc.clone().watch(Duration::from_millis(10)));
+        let mut last = fc.loaded;
+        fc.reload_if_changed(&mut last);
+        assert_eq!(fc.current.load().cert[0].as_ref(), der1.as_slice());
 
-        // A renewal (cert-manager swaps both files): the new pair is served.
-        let (cert, key, der2) = self_signed("two.example");
-        // Modification times have a coarse grain on some filesystems: make the change visible.
-        std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(dir.join("tls.key"), &key).unwrap();
-        std::fs::write(dir.join("tls.crt"), &cert).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while fc.current.load().cert[0].as_ref() != der2.as_slice() {
-            assert!(std::time::Instant::now() < deadline, "not reloaded");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // A renewal (cert-manager swaps both files), seen half-way: the new key with the old
+        // certificate is no pair and stays out; once both are there, the new pair is served.
+        let (cert, k, der2) = self_signed("two.example");
+        write_at(&key, &k, 2_000);
+        fc.reload_if_changed(&mut last);
+        assert_eq!(fc.current.load().cert[0].as_ref(), der1.as_slice());
+        write_at(&crt, &cert, 2_000);
+        fc.reload_if_changed(&mut last);
+        assert_eq!(fc.current.load().cert[0].as_ref(), der2.as_slice());
 
         // A broken certificate file: the pair in use stays.
-        std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(dir.join("tls.crt"), "not PEM").unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        write_at(&crt, "not PEM", 3_000);
+        fc.reload_if_changed(&mut last);
         assert_eq!(fc.current.load().cert[0].as_ref(), der2.as_slice());
         let err = FileCert::load(&dir).unwrap_err().to_string();
         assert!(err.contains("tls.crt"), "{err}");
