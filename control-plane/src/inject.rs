@@ -497,9 +497,9 @@ impl Injector {
             mtls_mode: mtls_mode(&self.mesh.mtls_mode).unwrap_or("permissive"),
         };
         for (key, value) in annotations {
-            let Some(_) = key.strip_prefix("weft.dev/") else {
+            if !key.starts_with("weft.dev/") {
                 continue;
-            };
+            }
             let bad = |e: String| format!("annotation {key}: {e}");
             match key.as_str() {
                 EXCLUDE_INBOUND_PORTS => s.exclude_inbound_ports.extend(ports(value).map_err(bad)?),
@@ -582,12 +582,7 @@ impl Injector {
             proxy_env.push(env("WEFT_INBOUND_MTLS_PORTS", &list.join(",")));
             warnings.push(format!(
                 "weft: mTLS is strict, but port(s) {} take the kubelet's plaintext gRPC/HTTPS probes and stay permissive; exclude a dedicated probe port (weft.dev/exclude-inbound-ports) to keep everything strict",
-                probes
-                    .kept_ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                join_ports(&probes.kept_ports, ", ")
             ));
         }
         if self.mesh.capture.redirect_dns {
@@ -635,13 +630,15 @@ impl Injector {
             });
         }
 
-        let join = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
         let mut init_env = vec![env("WEFT_PROXY_UID", &PROXY_UID.to_string())];
         for (name, value) in [
-            ("WEFT_EXCLUDE_INBOUND_PORTS", join(&s.exclude_inbound_ports)),
+            (
+                "WEFT_EXCLUDE_INBOUND_PORTS",
+                join_ports(&s.exclude_inbound_ports, ","),
+            ),
             (
                 "WEFT_EXCLUDE_OUTBOUND_PORTS",
-                join(&s.exclude_outbound_ports),
+                join_ports(&s.exclude_outbound_ports, ","),
             ),
             (
                 "WEFT_EXCLUDE_OUTBOUND_CIDRS",
@@ -750,6 +747,14 @@ impl Injector {
         );
         (ops, warnings)
     }
+}
+
+fn join_ports(ports: &[u16], sep: &str) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 fn env(name: &str, value: &str) -> Value {

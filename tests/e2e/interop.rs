@@ -10,37 +10,11 @@ use weft_tests::{
     mesh::{self, weftctl},
 };
 
-/// The venv `tests/run` creates with grpcio and grpcio-tools.
-fn python() -> Option<PathBuf> {
-    let venv = std::env::var_os("WEFT_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/weft-venv"));
-    let py = venv.join("bin/python");
-    let ok = Command::new(&py)
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    match ok {
-        true => Some(py),
-        false if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "{} with grpcio is required in CI (tests/run creates it)",
-                py.display()
-            )
-        }
-        false => {
-            eprintln!(
-                "SKIPPED: no Python venv with grpcio at {}; run tests/run",
-                venv.display()
-            );
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_proxyless_client_follows_the_weighted_split() {
-    let Some(py) = python() else { return };
+    let Some(py) = weft_tests::tools::venv_python("grpc, grpc_tools") else {
+        return;
+    };
     let (a1, s1) = grpc::server().await;
     let (a2, s2) = grpc::server().await;
     let dir = TempDir::new("interop");

@@ -7,18 +7,6 @@ use std::{
     process::Command,
 };
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn missing(what: &str) -> Option<PathBuf> {
-    if in_ci() {
-        panic!("{what} is required in CI (tests/run installs it)");
-    }
-    eprintln!("SKIPPED: {what} is missing; run tests/run to install it");
-    None
-}
-
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -30,41 +18,17 @@ pub fn chart_dir() -> PathBuf {
 
 /// `helm`: `$WEFT_HELM`, else the one `tests/run` installs under `target/`, else the PATH.
 pub fn helm() -> Option<PathBuf> {
-    let candidates = std::env::var_os("WEFT_HELM")
+    std::env::var_os("WEFT_HELM")
         .map(PathBuf::from)
         .into_iter()
-        .chain([workspace().join("target/weft-tools/bin/helm")]);
-    for c in candidates {
-        if c.is_file() {
-            return Some(c);
-        }
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("helm"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| missing("helm"))
+        .chain([workspace().join("target/weft-tools/bin/helm")])
+        .find(|c| c.is_file())
+        .or_else(|| crate::tools::require("helm"))
 }
 
 /// The venv's Python, when it has the Kubernetes tools.
 pub fn python() -> Option<PathBuf> {
-    let venv = std::env::var_os("WEFT_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/weft-venv"));
-    let py = venv.join("bin/python");
-    let ok = Command::new(&py)
-        .args(["-c", "import kubernetes_validate, jsonpatch, jsonschema"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        Some(py)
-    } else {
-        missing(&format!(
-            "{} with kubernetes-validate, jsonpatch and jsonschema",
-            py.display()
-        ))
-    }
+    crate::tools::venv_python("kubernetes_validate, jsonpatch, jsonschema")
 }
 
 /// Runs a command; returns (success, stdout, stderr).

@@ -3,6 +3,17 @@
 
 use std::path::PathBuf;
 
+/// `found`, or `None` after saying that `what` is missing; in CI a missing tool is a failure.
+fn found_or_skip(found: Option<PathBuf>, what: &str) -> Option<PathBuf> {
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{what} is required in CI but is missing (tests/run installs it)");
+        }
+        eprintln!("SKIPPED: {what} is missing; run tests/run to install it");
+    }
+    found
+}
+
 /// The tool's path, or `None` (after saying so) when it is missing outside CI.
 pub fn require(tool: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
@@ -10,16 +21,24 @@ pub fn require(tool: &str) -> Option<PathBuf> {
             .map(|p| p.join(tool))
             .find(|p| p.is_file())
     });
-    match found {
-        Some(p) => Some(p),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("`{tool}` is required in CI but is not installed (tests/run installs it)")
-        }
-        None => {
-            eprintln!("SKIPPED: `{tool}` is not installed; run tests/run to install it");
-            None
-        }
-    }
+    found_or_skip(found, &format!("`{tool}`"))
+}
+
+/// The Python of the venv `tests/run` creates (`$WEFT_TEST_VENV`, else `target/weft-venv`),
+/// when it can import every one of `modules` (comma-separated, as `import` takes them).
+pub fn venv_python(modules: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os("WEFT_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/weft-venv"));
+    let py = venv.join("bin/python");
+    let ok = std::process::Command::new(&py)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    found_or_skip(
+        ok.then_some(py),
+        &format!("a Python venv at {} with {modules}", venv.display()),
+    )
 }
 
 /// Asserts that `promtool check metrics` has nothing to say about `metrics` (skipped, visibly,
