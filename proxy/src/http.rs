@@ -26,8 +26,7 @@ use crate::{
     drain::Drain,
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, PEER_IDENTITY_HEADER_UNDERSCORE, Peer},
     metrics::{Direction, OpenConn, TargetMetrics},
-    pool::Pending,
-    pool::Pools,
+    pool::{Pending, Pools, UpstreamBody},
     table::{Cluster, Protocol, Route, Service, SharedTable},
     traffic::{self, Limit},
 };
@@ -698,7 +697,7 @@ impl HttpProxy {
         replay: &Replay,
         upgrade: bool,
         deadline: Option<Instant>,
-    ) -> (Result<Response<Incoming>, ProxyError>, u32) {
+    ) -> (Result<Response<UpstreamBody>, ProxyError>, u32) {
         let mut ep = (dest.addr, dest.identity.clone(), dest.state.clone());
         let mut req = first;
         let mut tries = 1;

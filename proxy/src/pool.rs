@@ -7,9 +7,17 @@
 mod h1;
 mod h2;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use bytes::Bytes;
 use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 pub use crate::http::body::RequestBody;
@@ -98,7 +106,7 @@ impl Pools {
         identity: Option<&Arc<str>>,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let identity = identity.filter(|_| self.mtls.is_some());
         if req.version() == Version::HTTP_2 {
             self.h2.send(self, addr, identity, req).await
@@ -168,6 +176,42 @@ impl Pools {
     }
 }
 
+/// An upstream response's body: hyper's for HTTP/1.1, the h2 stream's for HTTP/2.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Http1(Incoming),
+    Http2(self::h2::ResponseBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = crate::http::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(b) => b.is_end_stream(),
+            UpstreamBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(b) => b.size_hint(),
+            UpstreamBody::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A pool's clock: milliseconds since the pool was made, cheap to store atomically. Tokio's
 /// clock, so tests can run it in paused time.
 #[derive(Debug, Clone, Copy)]
@@ -217,20 +261,15 @@ mod testing {
     }
 
     /// An HTTP/2 connection to an in-memory server, and the server's task.
-    pub async fn h2() -> (
-        conn::http2::SendRequest<RequestBody>,
-        tokio::task::JoinHandle<()>,
-    ) {
+    pub async fn h2() -> (super::h2::Conn, tokio::task::JoinHandle<()>) {
         let (c, s) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move {
             let _ = server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(s), service_fn(ok))
                 .await;
         });
-        let (tx, conn) = conn::http2::handshake(TokioExecutor::new(), TokioIo::new(c))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        (tx, server)
+        let addr = "10.0.0.1:80".parse().unwrap();
+        let conn = super::h2::conn::start(c, addr, None).await.unwrap();
+        (conn, server)
     }
 }

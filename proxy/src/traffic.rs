@@ -182,8 +182,8 @@ impl Retry {
 }
 
 /// Whether the upstream refused the stream (HTTP/2 REFUSED_STREAM): it did not process it.
-fn refused_stream(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+fn refused_stream(e: &crate::http::body::BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM);

@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::grpc;
-use crate::metrics::TargetMetrics;
+use crate::{metrics::TargetMetrics, pool::UpstreamBody};
 
 pin_project! {
     #[project = Proj]
@@ -29,7 +29,7 @@ pin_project! {
         Upstream {
             // `None` once finished or cut off by the deadline (dropping it resets the upstream
             // stream).
-            inner: Option<Incoming>,
+            inner: Option<UpstreamBody>,
             obs: Observer,
             // The gRPC deadline: when it fires the call ends with DEADLINE_EXCEEDED trailers.
             #[pin]
@@ -64,7 +64,7 @@ impl ProxyBody {
     /// Relays `inner`; with a gRPC `deadline` (when, and the budget it came from), the call is
     /// ended with DEADLINE_EXCEEDED trailers when it fires.
     pub fn upstream(
-        inner: Incoming,
+        inner: UpstreamBody,
         obs: Observer,
         deadline: Option<(Sleep, Duration)>,
         cancel: Option<Arc<Cancel>>,
@@ -240,7 +240,7 @@ impl Body for ProxyBody {
                         *hold = None;
                     }
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
         }
     }

@@ -29,7 +29,7 @@ pub enum ProxyError {
     #[error("upstream {addr}: {source}")]
     Upstream {
         addr: std::net::SocketAddr,
-        source: hyper::Error,
+        source: super::body::BoxError,
     },
     #[error("mutual TLS to {addr} failed ({reason}): {message}")]
     Tls {

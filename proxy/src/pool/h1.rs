@@ -3,11 +3,11 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, sync::Mutex, time::Duration};
 
 use http::{Request, Response};
-use hyper::{body::Incoming, client::conn::http1};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 
-use super::{Clock, Pools, RequestBody};
+use super::{Clock, Pools, RequestBody, UpstreamBody};
 use crate::http::error::ProxyError;
 
 type Sender = http1::SendRequest<RequestBody>;
@@ -76,7 +76,7 @@ impl Pool {
         pools: &Arc<Pools>,
         addr: SocketAddr,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         // At the limit of connections in use, wait for one to come free.
         let permit = self
             .permits(addr)
@@ -98,6 +98,7 @@ impl Pool {
             req.extensions_mut().remove::<super::Pending>();
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
+                    let rsp = rsp.map(UpstreamBody::Http1);
                     // The connection is reusable once this response's body has been read; until
                     // then it holds its permit.
                     let pools = pools.clone();
@@ -114,7 +115,7 @@ impl Pool {
                     _ => {
                         return Err(ProxyError::Upstream {
                             addr,
-                            source: e.into_error(),
+                            source: e.into_error().into(),
                         });
                     }
                 },
@@ -147,7 +148,10 @@ pub async fn connect(
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|source| ProxyError::Upstream { addr, source })?;
+        .map_err(|e| ProxyError::Upstream {
+            addr,
+            source: e.into(),
+        })?;
     tokio::spawn(async move {
         let res = if upgrades {
             conn.with_upgrades().await
@@ -166,11 +170,15 @@ pub async fn send_once(
     mut sender: Sender,
     addr: SocketAddr,
     req: Request<RequestBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     sender
         .send_request(req)
         .await
-        .map_err(|source| ProxyError::Upstream { addr, source })
+        .map(|rsp| rsp.map(UpstreamBody::Http1))
+        .map_err(|e| ProxyError::Upstream {
+            addr,
+            source: e.into(),
+        })
 }
 
 #[cfg(test)]

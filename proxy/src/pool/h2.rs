@@ -1,4 +1,13 @@
 //! HTTP/2 upstream connections: one per endpoint, shared by every request to it.
+//!
+//! Requests go to the `h2` crate directly rather than through hyper's client: hyper hands each
+//! request to its connection task over a channel and spawns a task per request for the response
+//! (and another for the body), which the HTTP/2 benchmark showed as a large part of the proxy's
+//! CPU. Here the request's own task opens the stream and awaits the response; only a request
+//! body still being sent when the response arrives gets a task of its own.
+
+mod body;
+pub(super) mod conn;
 
 use std::{
     collections::HashMap,
@@ -11,10 +20,10 @@ use std::{
 };
 
 use http::{Request, Response};
-use hyper::{body::Incoming, client::conn::http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Clock, Pools, RequestBody};
+pub use self::body::ResponseBody;
+pub use self::conn::Conn;
+use super::{Clock, Pools, RequestBody, UpstreamBody};
 use crate::{http::error::ProxyError, transport::ConnectError};
 
 /// An endpoint, and the identity it must prove when the connection is mutual TLS.
@@ -38,7 +47,7 @@ impl Default for Pool {
 
 #[derive(Debug, Default)]
 struct Slot {
-    sender: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    conn: Mutex<Option<Conn>>,
     /// Held while connecting, so that concurrent requests share one new connection.
     connecting: tokio::sync::Mutex<()>,
     last_used_ms: AtomicU64,
@@ -83,9 +92,13 @@ impl Failure {
 }
 
 impl Slot {
-    fn live(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let s = self.sender.lock().expect("h2 slot lock");
-        s.as_ref().filter(|s| !s.is_closed()).cloned()
+    fn live(&self) -> Option<Conn> {
+        let mut c = self.conn.lock().expect("h2 slot lock");
+        let open = c.as_mut().is_some_and(Conn::is_open);
+        if !open {
+            *c = None;
+        }
+        c.clone()
     }
 }
 
@@ -104,75 +117,96 @@ impl Pool {
         pools: &Pools,
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
-    ) -> Result<(Arc<Slot>, http2::SendRequest<RequestBody>), ProxyError> {
+    ) -> Result<Conn, ProxyError> {
         let slot = self.slot(addr, identity);
         slot.last_used_ms
             .store(self.clock.now_ms(), Ordering::Relaxed);
-        if let Some(s) = slot.live() {
-            return Ok((slot, s));
+        if let Some(c) = slot.live() {
+            return Ok(c);
         }
         let waiting_since = self.clock.now_ms();
-        let sender = {
-            let _connecting = slot.connecting.lock().await;
-            if let Some(s) = slot.live() {
-                s
-            } else {
-                let failed = slot.failed.lock().expect("h2 slot lock").clone();
-                if let Some((_, failure)) = failed.filter(|(at, _)| *at >= waiting_since) {
-                    return Err(failure.error(addr));
-                }
-                // Boxed: connecting is rare, and its large state would otherwise be part of
-                // every request's future.
-                match Box::pin(connect(pools, addr, identity)).await {
-                    Ok(sender) => {
-                        *slot.sender.lock().expect("h2 slot lock") = Some(sender.clone());
-                        *slot.failed.lock().expect("h2 slot lock") = None;
-                        sender
-                    }
-                    Err(e) => {
-                        let failure = (self.clock.now_ms(), Failure::of(&e));
-                        *slot.failed.lock().expect("h2 slot lock") = Some(failure);
-                        return Err(e);
-                    }
-                }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        let failed = slot.failed.lock().expect("h2 slot lock").clone();
+        if let Some((_, failure)) = failed.filter(|(at, _)| *at >= waiting_since) {
+            return Err(failure.error(addr));
+        }
+        // Boxed: connecting is rare, and its large state would otherwise be part of every
+        // request's future.
+        match Box::pin(conn::connect(pools, addr, identity)).await {
+            Ok(c) => {
+                *slot.conn.lock().expect("h2 slot lock") = Some(c.clone());
+                *slot.failed.lock().expect("h2 slot lock") = None;
+                Ok(c)
             }
-        };
-        Ok((slot, sender))
+            Err(e) => {
+                let failure = (self.clock.now_ms(), Failure::of(&e));
+                *slot.failed.lock().expect("h2 slot lock") = Some(failure);
+                Err(e)
+            }
+        }
     }
 
+    /// Sends `req` on the endpoint's connection (made first if there is none) and waits for
+    /// the response's head. The request body is sent alongside; what is left of it when the
+    /// response arrives goes on in a task of its own (a streaming call's later messages).
     pub async fn send(
         &self,
         pools: &Pools,
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        // A pooled connection may have gone away (GOAWAY, reset) since it was checked; a request
-        // it never took is sent again once on a fresh connection.
-        for attempt in 0..2 {
-            let (slot, mut sender) = self.checkout(pools, addr, identity).await?;
-            // No longer waiting for a connection.
-            req.extensions_mut().remove::<super::Pending>();
-            match sender.try_send_request(req).await {
-                Ok(rsp) => return Ok(rsp),
-                Err(mut e) => match e.take_message() {
-                    Some(r) if attempt == 0 => {
-                        let mut s = slot.sender.lock().expect("h2 slot lock");
-                        if s.as_ref().is_some_and(|s| s.is_closed()) {
-                            *s = None;
-                        }
-                        req = r;
-                    }
-                    _ => {
-                        return Err(ProxyError::Upstream {
-                            addr,
-                            source: e.into_error(),
-                        });
-                    }
-                },
-            }
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let upstream = |e: h2::Error| ProxyError::Upstream {
+            addr,
+            source: e.into(),
+        };
+        // The pooled connection may have gone away (GOAWAY, reset) since it was last used:
+        // `checkout` only hands out one that can still open a stream, making a new one if not.
+        let mut conn = self.checkout(pools, addr, identity).await?;
+        let (mut parts, mut body) = req.into_parts();
+        // Opening the stream drops the extensions, and with them the wait for a connection
+        // (`Pending`).
+        let eos = http_body::Body::is_end_stream(&body);
+        if let Some(len) = http_body::Body::size_hint(&body).exact()
+            && (len != 0 || has_payload_semantics(&parts.method))
+            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         }
-        unreachable!("the second attempt always returns")
+        let (mut response, mut tx) = conn
+            .sender()
+            .send_request(Request::from_parts(parts, ()), eos)
+            .map_err(upstream)?;
+        let head = if eos {
+            drop(tx);
+            response.await
+        } else {
+            // The body is sent from this task while the response is awaited: most bodies
+            // (unary calls, small POSTs) are done before the response comes.
+            let mut sending = true;
+            let head = std::future::poll_fn(|cx| {
+                if sending && body::poll_send(&mut body, &mut tx, cx).is_ready() {
+                    sending = false;
+                }
+                std::pin::Pin::new(&mut response).poll(cx)
+            })
+            .await;
+            if sending && head.is_ok() {
+                tokio::spawn(std::future::poll_fn(move |cx| {
+                    body::poll_send(&mut body, &mut tx, cx)
+                }));
+            }
+            head
+        };
+        let rsp = head.map_err(upstream)?;
+        let (parts, recv) = rsp.into_parts();
+        let body = UpstreamBody::Http2(ResponseBody::new(recv, &parts.headers));
+        Ok(Response::from_parts(parts, body))
     }
 
     /// Drops connections unused for `idle`; streams still open on them run to completion.
@@ -186,36 +220,18 @@ impl Pool {
     }
 }
 
-async fn connect(
-    pools: &Pools,
-    addr: SocketAddr,
-    identity: Option<&Arc<str>>,
-) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-    let io = pools
-        .connect_upstream(addr, identity, crate::transport::tls::Alpn::H2)
-        .await?;
-    let cfg = &pools.cfg;
-    let mut b = http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(super::super::http::STREAM_WINDOW)
-        .initial_connection_window_size(super::super::http::CONN_WINDOW)
-        .max_frame_size(super::super::http::MAX_FRAME)
-        .max_concurrent_reset_streams(1024);
-    if !cfg.http2_keepalive_interval.is_zero() {
-        b.keep_alive_interval(cfg.http2_keepalive_interval)
-            .keep_alive_timeout(cfg.http2_keepalive_timeout)
-            .keep_alive_while_idle(true);
-    }
-    let (sender, conn) = b
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|source| ProxyError::Upstream { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
-        }
-    });
-    Ok(sender)
+/// Methods whose requests carry a body by definition: an empty one is sent as
+/// `content-length: 0` (as hyper does).
+fn has_payload_semantics(m: &http::Method) -> bool {
+    !matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::DELETE
+            | http::Method::CONNECT
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+    )
 }
 
 #[cfg(test)]
@@ -230,7 +246,7 @@ mod tests {
         let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let (tx, _server) = testing::h2().await;
         let slot = pool.slot(addr, None);
-        *slot.sender.lock().unwrap() = Some(tx);
+        *slot.conn.lock().unwrap() = Some(tx);
         slot.last_used_ms
             .store(pool.clock.now_ms(), Ordering::Relaxed);
         assert!(pool.slot(addr, None).live().is_some());
@@ -285,7 +301,7 @@ mod tests {
         let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let (tx, server) = testing::h2().await;
         let slot = pool.slot(addr, None);
-        *slot.sender.lock().unwrap() = Some(tx);
+        *slot.conn.lock().unwrap() = Some(tx);
         assert!(slot.live().is_some());
         server.abort();
         let _ = server.await;
