@@ -1,10 +1,20 @@
 //! HTTP/2 through the chain: trailers, multiplexing, flow control, resets, raw gRPC deadlines.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
+use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use weft_tests::{chain::Chain, eventually, http_peer};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn get(path: &str) -> Request<http_peer::ClientBody> {
     Request::get(format!("http://echo.test:8080{path}"))
@@ -91,6 +101,65 @@ async fn slow_reader_is_held_back_by_flow_control() {
         }
     }
     assert_eq!(got, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_reader_holds_the_uploader_back() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let mut tx = http_peer::h2_client(chain.outbound()).await;
+    let total: u64 = 128 << 20;
+    let taken = Arc::new(AtomicU64::new(0));
+    // The upload: 64 KiB chunks, counted as the client's connection takes them.
+    let (chunks, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    let counted = taken.clone();
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![7u8; 64 << 10]);
+        let mut sent = 0;
+        while sent < total {
+            if chunks.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                return;
+            }
+            sent += chunk.len() as u64;
+            counted.store(sent, Ordering::SeqCst);
+        }
+    });
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = Request::post("http://echo.test:8080/sink")
+        .body(http_body_util::BodyExt::boxed(body))
+        .unwrap();
+    let answer = tokio::spawn(tx.send_request(req));
+    let mut last = u64::MAX;
+    let stalled = eventually(
+        Duration::from_secs(20),
+        "the uploader to be held back",
+        || {
+            let now = taken.load(Ordering::SeqCst);
+            let stalled = now == last && now > 0;
+            last = now;
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                stalled.then_some(now)
+            }
+        },
+    )
+    .await;
+    let (rss_a, rss_b) = (chain.a.rss(), chain.b.rss());
+    eprintln!("stalled after {stalled} bytes; RSS A {rss_a} B {rss_b}");
+    assert!(
+        stalled < 48 << 20,
+        "the client sent {stalled} bytes to an upstream that read nothing"
+    );
+    assert!(
+        rss_a < 64 << 20 && rss_b < 64 << 20,
+        "RSS A {rss_a} B {rss_b}"
+    );
+    // Now the upstream reads it all: nothing was lost.
+    peer.state.open_sink();
+    let rsp = answer.await.unwrap().unwrap();
+    assert_eq!(rsp.status(), 200);
+    let got = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, total.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

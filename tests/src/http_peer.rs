@@ -4,7 +4,9 @@
 //! `/id` answers the server's name; `/delay?ms=N` answers it after N ms; `/trailers` ends with a trailer; `/big?bytes=N` streams N
 //! bytes; `/upgrade` switches protocols and echoes raw bytes; `/hang` never answers;
 //! `/grpc-partial` sends gRPC headers and one message and then nothing; `/reset` sends a
-//! chunk and resets the stream once the test calls [`PeerState::reset_now`]; `/status/<code>`.
+//! chunk and resets the stream once the test calls [`PeerState::reset_now`]; `/sink` reads its
+//! request body only once the test calls [`PeerState::open_sink`], and answers its length;
+//! `/status/<code>`.
 
 use std::{
     convert::Infallible,
@@ -43,6 +45,8 @@ pub struct PeerState {
     pub cancelled: AtomicUsize,
     /// Releases a `/reset` response's reset.
     reset: tokio::sync::Notify,
+    /// Lets a `/sink` request read its body.
+    sink: tokio::sync::Notify,
     /// Added before every answer, in milliseconds (a slow endpoint).
     pub delay_ms: AtomicU64,
     /// When not 0, `/id` answers with this status (a failing endpoint).
@@ -58,6 +62,11 @@ impl PeerState {
     /// first chunk: a reset while the response head is still queued would drop the head too.
     pub fn reset_now(&self) {
         self.reset.notify_one();
+    }
+
+    /// Lets the (next) `/sink` request read its body.
+    pub fn open_sink(&self) {
+        self.sink.notify_one();
     }
 }
 
@@ -164,6 +173,20 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
             let mut rsp = Response::new(req.into_body().map_err(Into::into).boxed());
             rsp.headers_mut().extend(seen);
             rsp
+        }
+        "/sink" => {
+            // Reads nothing until the test says so, then the whole body; answers its length.
+            st.sink.notified().await;
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(f) = body.frame().await {
+                match f.map(Frame::into_data) {
+                    Ok(Ok(d)) => n += d.len() as u64,
+                    Ok(Err(_)) => {}
+                    Err(e) => return Response::new(full(format!("body failed: {e}"))),
+                }
+            }
+            Response::new(full(n.to_string()))
         }
         "/delay" => {
             // Answers after `ms` milliseconds: a slow upstream.

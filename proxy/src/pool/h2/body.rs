@@ -108,7 +108,10 @@ pub fn poll_send(
                 }
             }
         } else if let Poll::Ready(reason) = tx.poll_reset(cx) {
-            tracing::debug!(?reason, "upstream reset the stream; request body not sent on");
+            tracing::debug!(
+                ?reason,
+                "upstream reset the stream; request body not sent on"
+            );
             return Poll::Ready(());
         }
         let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {

@@ -130,3 +130,69 @@ async fn keep_alive(mut ping: h2::PingPong, every: Duration, within: Duration) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const PING: u8 = 6;
+
+    fn addr() -> SocketAddr {
+        "10.0.0.1:80".parse().unwrap()
+    }
+
+    /// An HTTP/2 server that sends its SETTINGS and then never answers anything; returns the
+    /// types of the frames it got, once the client has closed the connection.
+    async fn mute_server(mut s: DuplexStream) -> Vec<u8> {
+        s.write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        // The client preface, then frames.
+        let mut at = 24;
+        let mut types = Vec::new();
+        while at + 9 <= buf.len() {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            types.push(buf[at + 3]);
+            at += 9 + len;
+        }
+        types
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_keepalive_ping_gives_the_connection_up() {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(mute_server(s));
+        let keepalive = (Duration::from_secs(10), Duration::from_secs(5));
+        let mut conn = start(c, addr(), Some(keepalive)).await.unwrap();
+        assert!(conn.is_open());
+        tokio::time::sleep(Duration::from_secs(14)).await;
+        assert!(conn.is_open(), "the first PING is not yet overdue");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!conn.is_open(), "no PING ack within 5 s of sending it");
+        let types = server.await.unwrap();
+        assert!(types.contains(&PING), "{types:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_keepalive_pings_keep_the_connection() {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        // h2's server answers PINGs as long as its connection is polled.
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            while conn.accept().await.is_some() {}
+        });
+        let keepalive = (Duration::from_secs(10), Duration::from_secs(5));
+        let mut conn = start(c, addr(), Some(keepalive)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(conn.is_open(), "six PINGs answered");
+    }
+}
