@@ -181,12 +181,18 @@ impl Retry {
     }
 }
 
-/// Whether the upstream refused the stream (HTTP/2 REFUSED_STREAM): it did not process it.
+/// Whether the upstream did not process the stream: it refused it (REFUSED_STREAM), or it was
+/// past the last stream a graceful GOAWAY (NO_ERROR) kept (RFC 9113 §8.7: either way the request
+/// can be sent again safely).
 fn refused_stream(e: &crate::http::body::BoxError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return match h2.reason() {
+                Some(h2::Reason::REFUSED_STREAM) => true,
+                Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
+                _ => false,
+            };
         }
         source = s.source();
     }

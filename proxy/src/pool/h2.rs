@@ -310,4 +310,69 @@ mod tests {
         }
         assert!(slot.live().is_none());
     }
+
+    /// An HTTP/2 server on `127.0.0.1:0` that reads the client's first frames and then answers
+    /// with SETTINGS and `frame`, and closes.
+    async fn answering_with(frame: &'static [u8]) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            // The preface, then frames up to the request's HEADERS (type 1).
+            let (mut buf, mut chunk, mut at) = (Vec::new(), [0u8; 4096], 24);
+            'headers: loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the client closed before sending its request");
+                buf.extend_from_slice(&chunk[..n]);
+                while at + 9 <= buf.len() {
+                    if buf[at + 3] == 1 {
+                        break 'headers;
+                    }
+                    at += 9 + u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                }
+            }
+            s.write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                .await
+                .unwrap();
+            s.write_all(frame).await.unwrap();
+            let _ = s.read(&mut chunk).await;
+        });
+        addr
+    }
+
+    async fn refused_as(frame: &'static [u8]) -> Option<crate::traffic::Reason> {
+        let addr = answering_with(frame).await;
+        let metrics = crate::metrics::Metrics::new();
+        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
+        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
+        let req = Request::get("http://echo:80/")
+            .version(http::Version::HTTP_2)
+            .body(RequestBody::empty())
+            .unwrap();
+        let e = pools
+            .h2
+            .send(&pools, addr, None, req)
+            .await
+            .expect_err("the server answers nothing");
+        let on = weft_core::policy::RetryPolicy {
+            on: vec!["refused-stream".into()],
+            ..Default::default()
+        };
+        crate::traffic::Retry::compile(&on).unwrap().failure(&e)
+    }
+
+    #[tokio::test]
+    async fn streams_the_upstream_did_not_process_can_be_retried() {
+        use crate::traffic::Reason::RefusedStream;
+        // RST_STREAM(REFUSED_STREAM) on stream 1.
+        let refused = b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x07";
+        assert_eq!(refused_as(refused).await, Some(RefusedStream));
+        // GOAWAY(last stream 0, NO_ERROR): stream 1 was never processed.
+        let go_away = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+        assert_eq!(refused_as(go_away).await, Some(RefusedStream));
+        // RST_STREAM(INTERNAL_ERROR): maybe processed; not a refusal.
+        let reset = b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x02";
+        assert_eq!(refused_as(reset).await, None);
+    }
 }
