@@ -51,10 +51,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if !upgrade {
         headers.remove(UPGRADE);
     }
+    // HTTP/2 allows `te` only as exactly `trailers` (RFC 9113 §8.2.2): any other spelling of it
+    // is normalised, anything else removed.
     if let Some(te) = headers.get(TE)
-        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+        && te.as_bytes() != b"trailers"
     {
-        headers.remove(TE);
+        if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(TE);
+        }
     }
 }
 
@@ -135,5 +141,18 @@ mod tests {
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn te_is_exactly_trailers_or_gone() {
+        let mut h = map(&[("te", "Trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h["te"], "trailers",
+            "HTTP/2 accepts only the lower-case token"
+        );
+        let mut h = map(&[("te", "gzip, trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("te").is_none());
     }
 }

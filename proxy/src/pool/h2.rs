@@ -23,8 +23,11 @@ use http::{Request, Response};
 
 pub use self::body::ResponseBody;
 pub use self::conn::Conn;
-use super::{Clock, Pools, RequestBody, UpstreamBody};
-use crate::{http::error::ProxyError, transport::ConnectError};
+use super::{Clock, Pools, UpstreamBody};
+use crate::{
+    http::{body::BoxError, error::ProxyError},
+    transport::ConnectError,
+};
 
 /// An endpoint, and the identity it must prove when the connection is mutual TLS.
 type Key = (SocketAddr, Option<Arc<str>>);
@@ -152,13 +155,16 @@ impl Pool {
     /// Sends `req` on the endpoint's connection (made first if there is none) and waits for
     /// the response's head. The request body is sent alongside; what is left of it when the
     /// response arrives goes on in a task of its own (a streaming call's later messages).
-    pub async fn send(
+    pub async fn send<B>(
         &self,
         pools: &Pools,
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
-        req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        req: Request<B>,
+    ) -> Result<Response<UpstreamBody>, ProxyError>
+    where
+        B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + Unpin + 'static,
+    {
         let upstream = |e: h2::Error| ProxyError::Upstream {
             addr,
             source: e.into(),
@@ -182,30 +188,35 @@ impl Pool {
             .sender()
             .send_request(Request::from_parts(parts, ()), eos)
             .map_err(upstream)?;
+        let mut abandoned = None;
         let head = if eos {
             drop(tx);
             response.await
         } else {
             // The body is sent from this task while the response is awaited: most bodies
             // (unary calls, small POSTs) are done before the response comes.
+            let abandon = Arc::new(body::Abandon::default());
             let mut sending = true;
             let head = std::future::poll_fn(|cx| {
-                if sending && body::poll_send(&mut body, &mut tx, cx).is_ready() {
+                if sending && body::poll_send(&mut body, &mut tx, &abandon, cx).is_ready() {
                     sending = false;
                 }
                 std::pin::Pin::new(&mut response).poll(cx)
             })
             .await;
             if sending && head.is_ok() {
+                // The rest goes on in a task of its own, until the body ends or the response
+                // is dropped unfinished.
+                abandoned = Some(abandon.clone());
                 tokio::spawn(std::future::poll_fn(move |cx| {
-                    body::poll_send(&mut body, &mut tx, cx)
+                    body::poll_send(&mut body, &mut tx, &abandon, cx)
                 }));
             }
             head
         };
         let rsp = head.map_err(upstream)?;
         let (parts, recv) = rsp.into_parts();
-        let body = UpstreamBody::Http2(ResponseBody::new(recv, &parts.headers));
+        let body = UpstreamBody::Http2(ResponseBody::new(recv, &parts.headers, abandoned));
         Ok(Response::from_parts(parts, body))
     }
 
@@ -225,19 +236,14 @@ impl Pool {
 fn has_payload_semantics(m: &http::Method) -> bool {
     !matches!(
         *m,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::DELETE
-            | http::Method::CONNECT
-            | http::Method::OPTIONS
-            | http::Method::TRACE
+        http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::CONNECT
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::testing;
+    use crate::pool::{RequestBody, testing};
     use clap::Parser;
 
     #[tokio::test(start_paused = true)]
@@ -374,5 +380,83 @@ mod tests {
         // RST_STREAM(INTERNAL_ERROR): maybe processed; not a refusal.
         let reset = b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x02";
         assert_eq!(refused_as(reset).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_response_cut_short_by_a_reset_is_an_error() {
+        use http_body_util::BodyExt;
+        // HEADERS `:status: 200` (no END_STREAM), DATA "hi", then RST_STREAM(NO_ERROR).
+        let frames = b"\x00\x00\x01\x01\x04\x00\x00\x00\x01\x88\
+            \x00\x00\x02\x00\x00\x00\x00\x00\x01hi\
+            \x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x00";
+        let addr = answering_with(frames).await;
+        let metrics = crate::metrics::Metrics::new();
+        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
+        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
+        let req = Request::get("http://echo:80/")
+            .version(http::Version::HTTP_2)
+            .body(RequestBody::empty())
+            .unwrap();
+        let rsp = pools.h2.send(&pools, addr, None, req).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        let mut body = rsp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "hi");
+        let end = body.frame().await.expect("not a clean end");
+        assert!(end.is_err(), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unfinished_response_resets_a_request_still_uploading() {
+        // An upstream that answers at once, then waits on the request body.
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let (upload_end, ended) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move {
+                let _stream = respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                let mut body = req.into_body();
+                // The body's end: Some(reason) if it was reset, None if it ended cleanly.
+                let mut end = None;
+                while let Some(r) = body.data().await {
+                    if let Err(e) = r {
+                        end = e.reason();
+                        break;
+                    }
+                }
+                let _ = upload_end.send(end);
+            });
+            while conn.accept().await.is_some() {}
+        });
+        let pool = Pool::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        *pool.slot(addr, None).conn.lock().unwrap() =
+            Some(conn::start(c, addr, None).await.unwrap());
+        let metrics = crate::metrics::Metrics::new();
+        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
+        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
+        // A client upload that has sent one chunk and goes on (the sender stays open).
+        let (chunks, rx) =
+            tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, BoxError>>(1);
+        chunks
+            .send(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x"))))
+            .await
+            .unwrap();
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let req = Request::post("http://echo:80/upload")
+            .version(http::Version::HTTP_2)
+            .body(body)
+            .unwrap();
+        let rsp = pool.send(&pools, addr, None, req).await.unwrap();
+        drop(rsp);
+        let reason = tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .expect("the upstream stream is reset, not left open")
+            .unwrap();
+        assert_eq!(reason, Some(h2::Reason::CANCEL));
+        drop(chunks);
     }
 }

@@ -3,15 +3,21 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
 };
+
+use futures_util::task::AtomicWaker;
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::http::body::{BoxError, RequestBody};
+use crate::http::body::BoxError;
 
 /// An upstream response's body: its DATA frames as they arrive (each one's flow-control window
 /// given back as soon as it is handed on), then its trailers.
@@ -19,30 +25,57 @@ use crate::http::body::{BoxError, RequestBody};
 pub struct ResponseBody {
     recv: RecvStream,
     data_done: bool,
+    ended: bool,
     /// What `content-length` says is still to come.
     remaining: Option<u64>,
+    /// Tells the request body's sender when this response is dropped unfinished.
+    abandoned: Option<Arc<Abandon>>,
+}
+
+/// Set when a response is dropped before its end, so that the task still sending its request
+/// body resets the stream instead of holding it open.
+#[derive(Debug, Default)]
+pub struct Abandon {
+    fired: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl ResponseBody {
-    pub fn new(recv: RecvStream, headers: &HeaderMap) -> Self {
+    pub fn new(recv: RecvStream, headers: &HeaderMap, abandoned: Option<Arc<Abandon>>) -> Self {
         let remaining = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
         ResponseBody {
             recv,
             data_done: false,
+            ended: false,
             remaining,
+            abandoned,
+        }
+    }
+
+    /// A reset ends the body with an error, except a graceful one (NO_ERROR) once all the
+    /// body `content-length` announced has arrived. (h2 already ends a body cleanly when the
+    /// reset follows END_STREAM, RFC 9113 §8.1; a reset before it means the response was cut
+    /// short.)
+    fn reset(&mut self, e: h2::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.ended = true;
+        if e.reason() == Some(h2::Reason::NO_ERROR) && self.remaining == Some(0) {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Err(e.into())))
         }
     }
 }
 
-/// A reset with NO_ERROR ends a stream early without failing it (RFC 9113 §8.1: the server
-/// has its answer and needs no more of the request).
-fn end_or_fail<T>(e: h2::Error) -> Poll<Option<Result<T, BoxError>>> {
-    if e.reason() == Some(h2::Reason::NO_ERROR) {
-        Poll::Ready(None)
-    } else {
-        Poll::Ready(Some(Err(e.into())))
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(a) = &self.abandoned
+            && !self.ended
+        {
+            a.fired.store(true, Ordering::Release);
+            a.waker.wake();
+        }
     }
 }
 
@@ -64,13 +97,16 @@ impl Body for ResponseBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return end_or_fail(e),
+                Some(Err(e)) => return this.reset(e),
                 None => this.data_done = true,
             }
         }
         match ready!(this.recv.poll_trailers(cx)) {
-            Ok(t) => Poll::Ready(t.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) => end_or_fail(e),
+            Ok(t) => {
+                this.ended = true;
+                Poll::Ready(t.map(|t| Ok(Frame::trailers(t))))
+            }
+            Err(e) => this.reset(e),
         }
     }
 
@@ -87,13 +123,23 @@ impl Body for ResponseBody {
 }
 
 /// Sends `body` on `tx` until it ends, fails (the stream is then reset), or the server resets
-/// the stream. It reads no more of the body than the stream's send window takes: a slow
-/// upstream slows the client instead of filling the proxy's memory.
-pub fn poll_send(
-    body: &mut RequestBody,
+/// the stream, or the response is `abandoned` (the stream is then reset with CANCEL). It reads
+/// no more of the body than the stream's send window takes: a slow upstream slows the client
+/// instead of filling the proxy's memory.
+pub fn poll_send<B>(
+    body: &mut B,
     tx: &mut SendStream<Bytes>,
+    abandoned: &Abandon,
     cx: &mut Context<'_>,
-) -> Poll<()> {
+) -> Poll<()>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    abandoned.waker.register(cx.waker());
+    if abandoned.fired.load(Ordering::Acquire) {
+        tx.send_reset(h2::Reason::CANCEL);
+        return Poll::Ready(());
+    }
     loop {
         // Room for at least a byte before the next frame is read; a frame larger than the
         // window waits in h2's send buffer.
@@ -121,20 +167,30 @@ pub fn poll_send(
                 return Poll::Ready(());
             }
             None => {
-                let _ = tx.send_data(Bytes::new(), true);
+                if tx.send_data(Bytes::new(), true).is_err() {
+                    tx.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
                 return Poll::Ready(());
             }
         };
+        // h2 refuses what it cannot send (trailers with a connection-specific field, data
+        // after the stream closed): the stream is reset rather than left waiting for its end.
         match frame.into_data() {
             Ok(data) => {
                 let eos = body.is_end_stream();
-                if tx.send_data(data, eos).is_err() || eos {
+                if tx.send_data(data, eos).is_err() {
+                    tx.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Poll::Ready(());
+                }
+                if eos {
                     return Poll::Ready(());
                 }
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    let _ = tx.send_trailers(trailers);
+                    if tx.send_trailers(trailers).is_err() {
+                        tx.send_reset(h2::Reason::INTERNAL_ERROR);
+                    }
                     return Poll::Ready(());
                 }
             }

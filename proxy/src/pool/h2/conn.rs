@@ -2,10 +2,12 @@
 //! connection, and its keepalive PINGs.
 
 use std::{
+    io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, Waker},
     time::Duration,
@@ -13,7 +15,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     http::{CONN_WINDOW, MAX_FRAME, STREAM_WINDOW, error::ProxyError},
@@ -25,7 +27,7 @@ use crate::{
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
 /// The most response header bytes accepted (as HPACK counts them).
 const MAX_HEADER_LIST: u32 = 64 * 1024;
-/// What the connection may hold of request bodies not yet sent (flow control permitting).
+/// What a stream may hold of its request body not yet sent (flow control permitting).
 const MAX_SEND_BUFFER: usize = 1 << 20;
 
 /// A handle on one upstream connection, cheap to clone: every request to the endpoint opens its
@@ -81,6 +83,11 @@ pub async fn start<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let reads = Arc::new(AtomicU64::new(0));
+    let io = Reads {
+        io,
+        count: reads.clone(),
+    };
     let (send, mut conn) = h2::client::Builder::new()
         .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
         .initial_window_size(STREAM_WINDOW)
@@ -104,7 +111,7 @@ where
         let why = match keepalive {
             Some((ping, every, within)) => tokio::select! {
                 r = &mut conn => r.err().map(|e| e.to_string()),
-                e = keep_alive(ping, every, within) => Some(e),
+                e = keep_alive(ping, every, within, &reads) => Some(e),
             },
             None => conn.await.err().map(|e| e.to_string()),
         };
@@ -118,16 +125,79 @@ where
     Ok(Conn { send, closed })
 }
 
-/// PINGs the server every `every`; returns why the connection should be given up when one is
-/// not answered within `within`.
-async fn keep_alive(mut ping: h2::PingPong, every: Duration, within: Duration) -> String {
+/// PINGs the server once nothing has been read from it for `every` (a connection that is
+/// receiving is alive, and its PING could wait behind a window's worth of DATA); returns why
+/// the connection should be given up when a PING is not answered within `within`.
+async fn keep_alive(
+    mut ping: h2::PingPong,
+    every: Duration,
+    within: Duration,
+    reads: &AtomicU64,
+) -> String {
+    let mut seen = reads.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(every).await;
+        let now = reads.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            continue;
+        }
         match tokio::time::timeout(within, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
+            Ok(Ok(_pong)) => seen = reads.load(Ordering::Relaxed),
             Ok(Err(e)) => return format!("keepalive PING failed: {e}"),
             Err(_) => return format!("keepalive PING not answered within {within:?}"),
         }
+    }
+}
+
+/// The connection's IO, counting reads that returned data (what keepalive watches).
+struct Reads<T> {
+    io: T,
+    count: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Reads<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Reads<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -142,44 +212,85 @@ mod tests {
         "10.0.0.1:80".parse().unwrap()
     }
 
-    /// An HTTP/2 server that sends its SETTINGS and then never answers anything; returns the
-    /// types of the frames it got, once the client has closed the connection.
-    async fn mute_server(mut s: DuplexStream) -> Vec<u8> {
+    /// An HTTP/2 server that sends its SETTINGS and then, every `chatter` if given, a PING of
+    /// its own, and never answers anything. Returns the client's frames as (type, flags), once
+    /// the client has closed the connection or `until` has passed.
+    async fn mute_server(
+        mut s: DuplexStream,
+        chatter: Option<Duration>,
+        until: Duration,
+    ) -> Vec<(u8, u8)> {
         s.write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             .await
             .unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
+        let end = tokio::time::Instant::now() + until;
+        let mut next = chatter.map(|c| tokio::time::Instant::now() + c);
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
         loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            let wake = next.unwrap_or(end).min(end);
+            tokio::select! {
+                r = s.read(&mut chunk) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+                _ = tokio::time::sleep_until(wake) => {
+                    if wake >= end {
+                        break;
+                    }
+                    let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00weftping";
+                    s.write_all(ping).await.unwrap();
+                    next = chatter.map(|c| wake + c);
+                }
             }
         }
         // The client preface, then frames.
-        let mut at = 24;
-        let mut types = Vec::new();
+        let (mut at, mut frames) = (24, Vec::new());
         while at + 9 <= buf.len() {
             let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
-            types.push(buf[at + 3]);
+            frames.push((buf[at + 3], buf[at + 4]));
             at += 9 + len;
         }
-        types
+        frames
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_keepalive_ping_gives_the_connection_up() {
         let (c, s) = tokio::io::duplex(64 * 1024);
-        let server = tokio::spawn(mute_server(s));
+        let server = tokio::spawn(mute_server(s, None, Duration::from_secs(600)));
         let keepalive = (Duration::from_secs(10), Duration::from_secs(5));
         let mut conn = start(c, addr(), Some(keepalive)).await.unwrap();
         assert!(conn.is_open());
         tokio::time::sleep(Duration::from_secs(14)).await;
-        assert!(conn.is_open(), "the first PING is not yet overdue");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(conn.is_open(), "no PING is overdue yet");
+        // Idle from the server's SETTINGS on: a PING within 20 s, given up 5 s later.
+        tokio::time::sleep(Duration::from_secs(12)).await;
         assert!(!conn.is_open(), "no PING ack within 5 s of sending it");
-        let types = server.await.unwrap();
-        assert!(types.contains(&PING), "{types:?}");
+        let frames = server.await.unwrap();
+        assert!(frames.contains(&(PING, 0)), "{frames:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_is_receiving_is_not_pinged() {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        // Something arrives every 2 s, and the server answers no PING.
+        let server = tokio::spawn(mute_server(
+            s,
+            Some(Duration::from_secs(2)),
+            Duration::from_secs(60),
+        ));
+        let keepalive = (Duration::from_secs(10), Duration::from_secs(5));
+        let mut conn = start(c, addr(), Some(keepalive)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(conn.is_open());
+        let frames = server.await.unwrap();
+        assert!(
+            frames.contains(&(PING, 1)),
+            "the server's PINGs were answered: {frames:?}"
+        );
+        assert!(
+            !frames.contains(&(PING, 0)),
+            "the client sent a PING: {frames:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
