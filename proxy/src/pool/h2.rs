@@ -459,4 +459,45 @@ mod tests {
         assert_eq!(reason, Some(h2::Reason::CANCEL));
         drop(chunks);
     }
+
+    #[tokio::test]
+    async fn a_connection_told_to_go_away_is_not_handed_out_again() {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        // An upstream that holds its first request unanswered (so the connection stays up),
+        // answers the second, and then shuts down gracefully (GOAWAY).
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let _held = conn.accept().await.unwrap().unwrap();
+            let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+            respond
+                .send_response(http::Response::new(()), true)
+                .unwrap();
+            conn.graceful_shutdown();
+            while conn.accept().await.is_some() {}
+        });
+        let pool = Pool::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let slot = pool.slot(addr, None);
+        let mut up = conn::start(c, addr, None).await.unwrap();
+        let held = Request::get("http://echo:80/held").body(()).unwrap();
+        let _held = up.sender().send_request(held, true).unwrap();
+        *slot.conn.lock().unwrap() = Some(up);
+        let metrics = crate::metrics::Metrics::new();
+        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
+        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
+        let req = Request::get("http://echo:80/")
+            .version(http::Version::HTTP_2)
+            .body(RequestBody::empty())
+            .unwrap();
+        let rsp = pool.send(&pools, addr, None, req).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while slot.live().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection is still handed out after GOAWAY"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
