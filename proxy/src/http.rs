@@ -598,7 +598,10 @@ impl HttpProxy {
                 }
             });
         }
-        headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+        // A response that arrived over HTTP/2 has none: h2 refuses a message carrying them.
+        if rsp.version() != Version::HTTP_2 {
+            headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+        }
         *rsp.version_mut() = version;
         let mut obs = obs;
         obs.response_head(rsp.status().as_u16(), rsp.headers());

@@ -1,5 +1,7 @@
 //! Header handling a proxy owes every message: hop-by-hop fields (RFC 9110 §7.6.1) are removed,
-//! except what an `Upgrade` handshake needs end to end.
+//! except what an `Upgrade` handshake needs end to end. Messages received over HTTP/2 carry none
+//! (h2 refuses connection-specific fields and any `te` but `trailers`, RFC 9113 §8.2.2), so
+//! only HTTP/1 messages are stripped.
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,

@@ -29,8 +29,11 @@ pub fn prepare<B>(
     protocol: Protocol,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
-    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let from = req.version();
+    // A request that arrived over HTTP/2 has none: h2 refuses a message carrying them.
+    if from != Version::HTTP_2 {
+        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    }
     let to = match protocol {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 if !upgrade => Version::HTTP_2,
