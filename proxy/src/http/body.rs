@@ -267,8 +267,9 @@ impl Body for ProxyBody {
     }
 }
 
-/// Cuts off a request's upstream body: once fired, the body fails with CANCEL, and the upstream
-/// connection resets the stream.
+/// A one-way signal to a request body's sender, waking it: the proxy's deadline cutting off the
+/// upstream body (which then fails with CANCEL, and the upstream connection resets the stream),
+/// or an upstream response dropped before its end (whose stream the sender then resets).
 #[derive(Debug, Default)]
 pub struct Cancel {
     fired: AtomicBool,
@@ -279,6 +280,12 @@ impl Cancel {
     pub fn fire(&self) {
         self.fired.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// Whether it has fired; if not, the task is woken when it does.
+    pub fn poll_fired(&self, cx: &Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.fired.load(Ordering::Acquire)
     }
 }
 
@@ -335,12 +342,11 @@ impl Body for Direct {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(c) = &self.cancel {
-            c.waker.register(cx.waker());
-            if c.fired.load(Ordering::Acquire) {
-                // An h2 CANCEL in the error: hyper resets the upstream stream with that code.
-                return Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))));
-            }
+        if let Some(c) = &self.cancel
+            && c.poll_fired(cx)
+        {
+            // An h2 CANCEL in the error: hyper resets the upstream stream with that code.
+            return Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))));
         }
         Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
     }

@@ -195,10 +195,9 @@ impl Pool {
         } else {
             // The body is sent from this task while the response is awaited: most bodies
             // (unary calls, small POSTs) are done before the response comes.
-            let abandon = Arc::new(body::Abandon::default());
             let mut sending = true;
             let head = std::future::poll_fn(|cx| {
-                if sending && body::poll_send(&mut body, &mut tx, &abandon, cx).is_ready() {
+                if sending && body::poll_send(&mut body, &mut tx, None, cx).is_ready() {
                     sending = false;
                 }
                 std::pin::Pin::new(&mut response).poll(cx)
@@ -207,9 +206,10 @@ impl Pool {
             if sending && head.is_ok() {
                 // The rest goes on in a task of its own, until the body ends or the response
                 // is dropped unfinished.
+                let abandon = Arc::new(crate::http::body::Cancel::default());
                 abandoned = Some(abandon.clone());
                 tokio::spawn(std::future::poll_fn(move |cx| {
-                    body::poll_send(&mut body, &mut tx, &abandon, cx)
+                    body::poll_send(&mut body, &mut tx, Some(&abandon), cx)
                 }));
             }
             head

@@ -3,21 +3,16 @@
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll, ready},
 };
-
-use futures_util::task::AtomicWaker;
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::http::body::BoxError;
+use crate::http::body::{BoxError, Cancel};
 
 /// An upstream response's body: its DATA frames as they arrive (each one's flow-control window
 /// given back as soon as it is handed on), then its trailers.
@@ -28,20 +23,13 @@ pub struct ResponseBody {
     ended: bool,
     /// What `content-length` says is still to come.
     remaining: Option<u64>,
-    /// Tells the request body's sender when this response is dropped unfinished.
-    abandoned: Option<Arc<Abandon>>,
-}
-
-/// Set when a response is dropped before its end, so that the task still sending its request
-/// body resets the stream instead of holding it open.
-#[derive(Debug, Default)]
-pub struct Abandon {
-    fired: AtomicBool,
-    waker: AtomicWaker,
+    /// Fired when this response is dropped unfinished, so that the task still sending its
+    /// request body resets the stream instead of holding it open.
+    abandoned: Option<Arc<Cancel>>,
 }
 
 impl ResponseBody {
-    pub fn new(recv: RecvStream, headers: &HeaderMap, abandoned: Option<Arc<Abandon>>) -> Self {
+    pub fn new(recv: RecvStream, headers: &HeaderMap, abandoned: Option<Arc<Cancel>>) -> Self {
         let remaining = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
@@ -73,8 +61,7 @@ impl Drop for ResponseBody {
         if let Some(a) = &self.abandoned
             && !self.ended
         {
-            a.fired.store(true, Ordering::Release);
-            a.waker.wake();
+            a.fire();
         }
     }
 }
@@ -123,20 +110,19 @@ impl Body for ResponseBody {
 }
 
 /// Sends `body` on `tx` until it ends, fails (the stream is then reset), or the server resets
-/// the stream, or the response is `abandoned` (the stream is then reset with CANCEL). It reads
+/// the stream, or `abandoned` fires (the stream is then reset with CANCEL). It reads
 /// no more of the body than the stream's send window takes: a slow upstream slows the client
 /// instead of filling the proxy's memory.
 pub fn poll_send<B>(
     body: &mut B,
     tx: &mut SendStream<Bytes>,
-    abandoned: &Abandon,
+    abandoned: Option<&Cancel>,
     cx: &mut Context<'_>,
 ) -> Poll<()>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    abandoned.waker.register(cx.waker());
-    if abandoned.fired.load(Ordering::Acquire) {
+    if abandoned.is_some_and(|a| a.poll_fired(cx)) {
         tx.send_reset(h2::Reason::CANCEL);
         return Poll::Ready(());
     }
