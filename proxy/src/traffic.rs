@@ -185,18 +185,11 @@ impl Retry {
 /// past the last stream a graceful GOAWAY (NO_ERROR) kept (RFC 9113 §8.7: either way the request
 /// can be sent again safely).
 fn refused_stream(e: &crate::http::body::BoxError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return match h2.reason() {
-                Some(h2::Reason::REFUSED_STREAM) => true,
-                Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
-                _ => false,
-            };
-        }
-        source = s.source();
-    }
-    false
+    crate::http::error::find_h2(&**e).is_some_and(|h2| match h2.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => true,
+        Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
+        _ => false,
+    })
 }
 
 /// How long the upstream asked the caller to wait before trying again, from `Retry-After`

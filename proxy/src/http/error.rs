@@ -53,6 +53,18 @@ pub enum ProxyError {
     Overflow(#[from] crate::traffic::OverLimit),
 }
 
+/// The HTTP/2 error somewhere in `e`'s chain of sources (hyper wraps h2's), if there is one.
+pub fn find_h2<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = s.source();
+    }
+    None
+}
+
 impl ProxyError {
     /// The HTTP status and the gRPC status code that stand for this error.
     pub fn statuses(&self) -> (StatusCode, u32) {

@@ -187,12 +187,7 @@ where
 /// The reset code for a request body that failed: the h2 code it carries (a cancelled
 /// downstream stream, the proxy's own deadline), else INTERNAL_ERROR.
 fn reset_reason(e: &(dyn std::error::Error + 'static)) -> h2::Reason {
-    let mut source = Some(e);
-    while let Some(s) = source {
-        if let Some(r) = s.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return r;
-        }
-        source = s.source();
-    }
-    h2::Reason::INTERNAL_ERROR
+    crate::http::error::find_h2(e)
+        .and_then(h2::Error::reason)
+        .unwrap_or(h2::Reason::INTERNAL_ERROR)
 }
