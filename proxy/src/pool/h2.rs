@@ -246,6 +246,21 @@ mod tests {
     use crate::pool::{RequestBody, testing};
     use clap::Parser;
 
+    /// Outbound pools with the default upstream settings.
+    fn pools() -> Arc<Pools> {
+        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
+        let metrics = crate::metrics::Metrics::new();
+        Pools::new(cfg, metrics, crate::metrics::Direction::Outbound)
+    }
+
+    /// An HTTP/2 GET with no body.
+    fn get() -> Request<RequestBody> {
+        Request::get("http://echo:80/")
+            .version(http::Version::HTTP_2)
+            .body(RequestBody::empty())
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn shared_connection_expires_when_unused() {
         let pool = Pool::default();
@@ -278,9 +293,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let metrics = crate::metrics::Metrics::new();
-        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
-        let pools = Pools::new(cfg, metrics.clone(), crate::metrics::Direction::Outbound);
+        let pools = pools();
         let attempts = (0..5).map(|_| pools.h2.checkout(&pools, addr, None));
         let results = futures_util::future::join_all(attempts).await;
         let errors: Vec<String> = results
@@ -292,7 +305,7 @@ mod tests {
             4,
             "{errors:?}"
         );
-        let text = metrics.render();
+        let text = pools.metrics().render();
         assert!(
             text.contains(
                 r#"weft_upstream_connect_errors_total{direction="outbound",reason="refused"} 1"#
@@ -349,13 +362,8 @@ mod tests {
 
     async fn refused_as(frame: &'static [u8]) -> Option<crate::traffic::Reason> {
         let addr = answering_with(frame).await;
-        let metrics = crate::metrics::Metrics::new();
-        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
-        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
-        let req = Request::get("http://echo:80/")
-            .version(http::Version::HTTP_2)
-            .body(RequestBody::empty())
-            .unwrap();
+        let pools = pools();
+        let req = get();
         let e = pools
             .h2
             .send(&pools, addr, None, req)
@@ -390,13 +398,8 @@ mod tests {
             \x00\x00\x02\x00\x00\x00\x00\x00\x01hi\
             \x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x00";
         let addr = answering_with(frames).await;
-        let metrics = crate::metrics::Metrics::new();
-        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
-        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
-        let req = Request::get("http://echo:80/")
-            .version(http::Version::HTTP_2)
-            .body(RequestBody::empty())
-            .unwrap();
+        let pools = pools();
+        let req = get();
         let rsp = pools.h2.send(&pools, addr, None, req).await.unwrap();
         assert_eq!(rsp.status(), 200);
         let mut body = rsp.into_body();
@@ -435,9 +438,7 @@ mod tests {
         let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
         *pool.slot(addr, None).conn.lock().unwrap() =
             Some(conn::start(c, addr, None).await.unwrap());
-        let metrics = crate::metrics::Metrics::new();
-        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
-        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
+        let pools = pools();
         // A client upload that has sent one chunk and goes on (the sender stays open).
         let (chunks, rx) =
             tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, BoxError>>(1);
@@ -482,13 +483,8 @@ mod tests {
         let held = Request::get("http://echo:80/held").body(()).unwrap();
         let _held = up.sender().send_request(held, true).unwrap();
         *slot.conn.lock().unwrap() = Some(up);
-        let metrics = crate::metrics::Metrics::new();
-        let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.upstream;
-        let pools = Pools::new(cfg, metrics, crate::metrics::Direction::Outbound);
-        let req = Request::get("http://echo:80/")
-            .version(http::Version::HTTP_2)
-            .body(RequestBody::empty())
-            .unwrap();
+        let pools = pools();
+        let req = get();
         let rsp = pool.send(&pools, addr, None, req).await.unwrap();
         assert_eq!(rsp.status(), 200);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
