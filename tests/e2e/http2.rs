@@ -56,23 +56,15 @@ async fn trailers_and_multiplexing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_reader_is_held_back_by_flow_control() {
-    let peer = http_peer::server("s1").await;
-    let chain = Chain::start(peer.addr);
-    let mut tx = http_peer::h2_client(chain.outbound()).await;
-    let total: u64 = 128 << 20;
-    let rsp = tx
-        .send_request(get(&format!("/big?bytes={total}")))
-        .await
-        .unwrap();
-    // Read nothing; wait until the server can send no more.
+/// Waits until `sent` (what a sender has handed on) stops growing, and checks that flow control
+/// held the sender back to under 48 MiB, with both proxies under 64 MiB of RSS.
+async fn held_back(sent: &AtomicU64, chain: &Chain, sender: &str, to: &str) {
     let mut last = u64::MAX;
     let stalled = eventually(
         Duration::from_secs(20),
-        "the server to be held back",
+        &format!("{sender} to be held back"),
         || {
-            let now = peer.state.big_sent.load(Ordering::SeqCst);
+            let now = sent.load(Ordering::SeqCst);
             let stalled = now == last && now > 0;
             last = now;
             async move {
@@ -84,14 +76,31 @@ async fn slow_reader_is_held_back_by_flow_control() {
     .await;
     let (rss_a, rss_b) = (chain.a.rss(), chain.b.rss());
     eprintln!("stalled after {stalled} bytes; RSS A {rss_a} B {rss_b}");
-    assert!(
-        stalled < 48 << 20,
-        "server sent {stalled} bytes to a reader that read nothing"
-    );
+    assert!(stalled < 48 << 20, "{sender} sent {stalled} bytes to {to}");
     assert!(
         rss_a < 64 << 20 && rss_b < 64 << 20,
         "RSS A {rss_a} B {rss_b}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_held_back_by_flow_control() {
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let mut tx = http_peer::h2_client(chain.outbound()).await;
+    let total: u64 = 128 << 20;
+    let rsp = tx
+        .send_request(get(&format!("/big?bytes={total}")))
+        .await
+        .unwrap();
+    // Read nothing; wait until the server can send no more.
+    held_back(
+        &peer.state.big_sent,
+        &chain,
+        "the server",
+        "a reader that read nothing",
+    )
+    .await;
     // Now read it all: nothing was lost.
     let mut body = rsp.into_body();
     let mut got = 0u64;
@@ -129,31 +138,13 @@ async fn slow_upstream_reader_holds_the_uploader_back() {
         .body(http_body_util::BodyExt::boxed(body))
         .unwrap();
     let answer = tokio::spawn(tx.send_request(req));
-    let mut last = u64::MAX;
-    let stalled = eventually(
-        Duration::from_secs(20),
-        "the uploader to be held back",
-        || {
-            let now = taken.load(Ordering::SeqCst);
-            let stalled = now == last && now > 0;
-            last = now;
-            async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                stalled.then_some(now)
-            }
-        },
+    held_back(
+        &taken,
+        &chain,
+        "the client",
+        "an upstream that read nothing",
     )
     .await;
-    let (rss_a, rss_b) = (chain.a.rss(), chain.b.rss());
-    eprintln!("stalled after {stalled} bytes; RSS A {rss_a} B {rss_b}");
-    assert!(
-        stalled < 48 << 20,
-        "the client sent {stalled} bytes to an upstream that read nothing"
-    );
-    assert!(
-        rss_a < 64 << 20 && rss_b < 64 << 20,
-        "RSS A {rss_a} B {rss_b}"
-    );
     // Now the upstream reads it all: nothing was lost.
     peer.state.open_sink();
     let rsp = answer.await.unwrap().unwrap();
