@@ -8,11 +8,19 @@ pub mod headers;
 pub mod replay;
 mod request;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::{body::Incoming, server::conn, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -26,7 +34,7 @@ use crate::{
     drain::Drain,
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, PEER_IDENTITY_HEADER_UNDERSCORE, Peer},
     metrics::{Direction, OpenConn, TargetMetrics},
-    pool::{Pending, Pools, UpstreamBody},
+    pool::{Pending, Pools, Received},
     table::{Cluster, Protocol, Route, Service, SharedTable},
     traffic::{self, Limit},
 };
@@ -112,6 +120,55 @@ struct Routed {
 impl Routed {
     fn route(&self) -> &Route {
         self.svc.route(self.route)
+    }
+}
+
+/// A request routed and counted, at its route's gate.
+struct Admitted {
+    req: Request<Received>,
+    dest: Dest,
+    routed: Option<Routed>,
+    obs: Observer,
+    is_grpc: bool,
+    version: Version,
+    /// The cluster's request-limit permit, once through the gate.
+    held: Option<traffic::Permit>,
+}
+
+impl Admitted {
+    fn fail(self, e: ProxyError) -> Response<ProxyBody> {
+        fail(e, self.is_grpc, self.obs, self.version)
+    }
+}
+
+/// A request ready to be sent, and what its response needs.
+struct Call {
+    /// The first try (taken when it is sent).
+    req: Option<Request<RequestBody>>,
+    /// The head again, for retries and a mirror.
+    head: Option<Head>,
+    replay: Replay,
+    dest: Dest,
+    routed: Option<Routed>,
+    obs: Observer,
+    is_grpc: bool,
+    version: Version,
+    held: Option<traffic::Permit>,
+    upgrade: bool,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// When the wait for the response's head ends, and the error it ends with.
+    deadline: Option<(Instant, ProxyError)>,
+    /// Cuts the request body off at the deadline.
+    cancel: Option<Arc<Cancel>>,
+    grpc_budget: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+impl Call {
+    /// The route's retry policy (an upgrade is never retried).
+    fn retry(&self) -> Option<&traffic::Retry> {
+        let policy = &self.routed.as_ref()?.route().policy;
+        policy.retry.as_ref().filter(|_| !self.upgrade)
     }
 }
 
@@ -213,50 +270,32 @@ impl HttpProxy {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if http2 {
+            let res = crate::http2::server::serve(self.clone(), io, open, conn).await;
+            if let Err(e) = res {
+                tracing::debug!(direction = self.direction.as_str(), error = %e, "downstream connection ended with an error");
+            }
+            return;
+        }
         let this = self.clone();
-        let svc = service_fn(move |req| {
+        let svc = service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             // Boxed: the request's state machine is about 2.4 KiB, and hyper moves the future it
-            // is given into a task of its own per HTTP/2 stream (perf showed those copies at ~4%
-            // of CPU); one small allocation is cheaper.
-            let fut = Box::pin(this.handle(req, open.clone(), conn.clone()));
+            // is given; one small allocation is cheaper than the copies.
+            let fut = Box::pin(this.handle(req.map(Received::Http1), open.clone(), conn.clone()));
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let io = TokioIo::new(io);
-        let res = if http2 {
-            let mut b = conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .max_concurrent_streams(self.cfg.http2_max_concurrent_streams)
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONN_WINDOW)
-                .max_frame_size(MAX_FRAME)
-                .max_pending_accept_reset_streams(1024);
-            if !self.cfg.http2_keepalive_interval.is_zero() {
-                b.keep_alive_interval(self.cfg.http2_keepalive_interval)
-                    .keep_alive_timeout(self.cfg.http2_keepalive_timeout);
-            }
-            let c = b.serve_connection(io, svc);
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = self.drain.signaled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-            }
-        } else {
-            let c = conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(io, svc)
-                .with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = self.drain.signaled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
+        let c = conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        tokio::pin!(c);
+        let res = tokio::select! {
+            r = c.as_mut() => r,
+            _ = self.drain.signaled() => {
+                c.as_mut().graceful_shutdown();
+                c.await
             }
         };
         if let Err(e) = res {
@@ -323,7 +362,7 @@ impl HttpProxy {
 
     fn resolve(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<Received>,
         conn: &ConnInfo,
     ) -> Result<Dest, (ProxyError, Arc<TargetMetrics>)> {
         match &self.router {
@@ -417,26 +456,83 @@ impl HttpProxy {
         }
     }
 
-    async fn handle(
+    /// Serves one request: routed and counted, through its route's gate, sent (and retried),
+    /// and answered with the upstream's response relayed or the proxy's own error.
+    ///
+    /// The stages between the two awaits are plain functions, and what one stage hands the
+    /// next is moved inside a block: an async function's state machine keeps room for every
+    /// local that is alive (even moved out of) across an await, and this future is made for
+    /// every request.
+    pub(crate) async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Received>,
         open: Arc<OpenConn>,
         conn: Arc<ConnInfo>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
+        let mut call = {
+            let mut admitted = match self.route(req, &conn) {
+                Ok(a) => a,
+                Err(rsp) => return *rsp,
+            };
+            // The route's gate: rate limits, then injected faults, then the cluster's request
+            // limit (held until the response has ended).
+            if let Some(r) = &admitted.routed {
+                match self.admit(r, &admitted.dest.metrics).await {
+                    Ok(permit) => admitted.held = permit,
+                    Err(e) => return admitted.fail(e),
+                }
+            }
+            match self.prepare(admitted, start) {
+                Ok(call) => call,
+                Err(rsp) => return *rsp,
+            }
+        };
+        let tries = {
+            let at = call.deadline.as_ref().map(|d| d.0);
+            let req = call.req.take().expect("a call is sent once");
+            let head = call.head.take();
+            let tries = self.send_with_retries(
+                &call.dest,
+                call.routed.as_ref(),
+                call.retry(),
+                req,
+                head,
+                &call.replay,
+                call.upgrade,
+                at,
+            );
+            Within::new(tries, at)
+        };
+        let res = tries.await;
+        self.respond(call, res, open, start)
+    }
+
+    /// Routes a request and counts it; answers it at once when it cannot be routed or the
+    /// inbound side refuses it.
+    fn route(
+        &self,
+        mut req: Request<Received>,
+        conn: &ConnInfo,
+    ) -> Result<Admitted, Box<Response<ProxyBody>>> {
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
         if request::has_duplicate_host(&req) {
             let metrics = self.fallback_metrics();
             metrics.request();
             let e = ProxyError::BadRequest("more than one Host header");
-            return fail(e, is_grpc, Observer::new(metrics.clone(), is_grpc), version);
+            return Err(failed(
+                e,
+                is_grpc,
+                Observer::new(metrics.clone(), is_grpc),
+                version,
+            ));
         }
-        let mut dest = match self.resolve(&req, &conn) {
+        let mut dest = match self.resolve(&req, conn) {
             Ok(d) => d,
             Err((e, metrics)) => {
                 metrics.request();
-                return fail(e, is_grpc, Observer::new(metrics, is_grpc), version);
+                return Err(failed(e, is_grpc, Observer::new(metrics, is_grpc), version));
             }
         };
         if self.direction == Direction::Inbound {
@@ -444,22 +540,38 @@ impl HttpProxy {
                 Ok(p) => dest.protocol = p,
                 Err(e) => {
                     dest.metrics.request();
-                    return fail(e, is_grpc, Observer::new(dest.metrics, is_grpc), version);
+                    let obs = Observer::new(dest.metrics, is_grpc);
+                    return Err(failed(e, is_grpc, obs, version));
                 }
             }
         }
         dest.metrics.request();
         let obs = Observer::new(dest.metrics.clone(), is_grpc);
         let routed = dest.routed.take();
-        // The route's gate: rate limits, then injected faults, then the cluster's request limit
-        // (held until the response has ended).
-        let mut held = None;
-        if let Some(r) = &routed {
-            match self.admit(r, &dest.metrics).await {
-                Ok(permit) => held = permit,
-                Err(e) => return fail(e, is_grpc, obs, version),
-            }
-        }
+        Ok(Admitted {
+            req,
+            dest,
+            routed,
+            obs,
+            is_grpc,
+            version,
+            held: None,
+        })
+    }
+
+    /// Everything between the route's gate and sending: the upgrade, gRPC's deadline, the
+    /// version the upstream gets, the request's timeouts, keeping the body for retries and a
+    /// mirror, and the cluster's pending-request limit.
+    fn prepare(&self, a: Admitted, start: Instant) -> Result<Call, Box<Response<ProxyBody>>> {
+        let Admitted {
+            mut req,
+            dest,
+            routed,
+            obs,
+            is_grpc,
+            version,
+            held,
+        } = a;
         let route = routed.as_ref().map(Routed::route);
         let policy = route.map(|r| &r.policy);
         let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
@@ -493,7 +605,7 @@ impl HttpProxy {
             protocol = Protocol::Http2;
         }
         if let Err(e) = request::prepare(&mut req, protocol, upgrade) {
-            return fail(e, is_grpc, obs, version);
+            return Err(failed(e, is_grpc, obs, version));
         }
         // A stream idle timeout also bounds the wait for the response's headers.
         let idle = policy.and_then(|p| p.idle_timeout);
@@ -546,33 +658,65 @@ impl HttpProxy {
                     req.extensions_mut().insert(Pending(Arc::new(p)));
                 }
                 Ok(None) => {}
-                Err(e) => return fail(e.into(), is_grpc, obs, version),
+                Err(e) => return Err(failed(e.into(), is_grpc, obs, version)),
             }
         }
-        let tries = self.send_with_retries(
-            &dest,
-            routed.as_ref(),
-            retry,
-            req,
+        Ok(Call {
+            req: Some(req),
             head,
-            &replay,
+            replay,
+            dest,
+            routed,
+            obs,
+            is_grpc,
+            version,
+            held,
             upgrade,
-            deadline.as_ref().map(|d| d.0),
-        );
-        let (res, attempts) = match deadline {
-            Some((at, err)) => match tokio::time::timeout_at(at, tries).await {
-                Ok(res) => res,
-                Err(_elapsed) => {
-                    if let Some(c) = &cancel {
-                        c.fire();
-                    }
-                    (Err(err), 0)
+            on_upgrade,
+            deadline,
+            cancel,
+            grpc_budget,
+            idle,
+        })
+    }
+
+    /// The response to a call: the upstream's, relayed (with a protocol upgrade's tunnel set
+    /// up), or the proxy's own error.
+    fn respond(
+        &self,
+        call: Call,
+        res: Option<(Result<Response<Received>, ProxyError>, u32)>,
+        open: Arc<OpenConn>,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let retried = call.retry().is_some();
+        let Call {
+            dest,
+            obs,
+            is_grpc,
+            version,
+            held,
+            on_upgrade,
+            deadline,
+            cancel,
+            grpc_budget,
+            idle,
+            ..
+        } = call;
+        let (res, attempts) = match res {
+            Some(res) => res,
+            None => {
+                if let Some(c) = &cancel {
+                    c.fire();
                 }
-            },
-            None => tries.await,
+                let err = deadline
+                    .map(|d| d.1)
+                    .expect("only a deadline cuts the tries off");
+                (Err(err), 0)
+            }
         };
         dest.metrics.latency(start.elapsed().as_secs_f64());
-        if retry.is_some() && attempts > 0 {
+        if retried && attempts > 0 {
             dest.metrics.attempts(attempts);
         }
         let mut rsp = match res {
@@ -700,20 +844,21 @@ impl HttpProxy {
         replay: &Replay,
         upgrade: bool,
         deadline: Option<Instant>,
-    ) -> (Result<Response<UpstreamBody>, ProxyError>, u32) {
+    ) -> (Result<Response<Received>, ProxyError>, u32) {
         let mut ep = (dest.addr, dest.identity.clone(), dest.state.clone());
         let mut req = first;
         let mut tries = 1;
         let mut _retry_permit = None;
         loop {
             let in_flight = ep.2.as_ref().map(|s| s.start());
-            let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
-            let res = match retry.and_then(|r| r.per_try_timeout) {
-                Some(t) => tokio::time::timeout(t, sent)
-                    .await
-                    .unwrap_or(Err(ProxyError::PerTryTimeout(t))),
-                None => sent.await,
+            let per_try = retry.and_then(|r| r.per_try_timeout);
+            let sent = {
+                let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
+                Within::new(sent, per_try.map(|t| Instant::now() + t))
             };
+            let res = sent
+                .await
+                .unwrap_or_else(|| Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default())));
             let outcome = match &res {
                 Ok(rsp) => Outcome::of_status(rsp.status().as_u16()),
                 Err(_) => Outcome::GatewayError,
@@ -778,10 +923,56 @@ impl HttpProxy {
     }
 }
 
+/// [`fail`], boxed (the error side of a stage that otherwise hands on a request).
+fn failed(
+    e: ProxyError,
+    is_grpc: bool,
+    obs: Observer,
+    version: Version,
+) -> Box<Response<ProxyBody>> {
+    Box::new(fail(e, is_grpc, obs, version))
+}
+
 /// The proxy's own answer to a failed request, counted in metrics.
 fn fail(e: ProxyError, is_grpc: bool, mut obs: Observer, version: Version) -> Response<ProxyBody> {
     let mut rsp = e.to_response(is_grpc);
     *rsp.version_mut() = version;
     obs.response_head(rsp.status().as_u16(), rsp.headers());
     rsp
+}
+
+pin_project_lite::pin_project! {
+    /// A future cut off at an optional deadline: `None` once the deadline has passed. One
+    /// future for both cases, where `match` over `timeout_at(at, fut).await` and `fut.await`
+    /// would hold the (large) request future twice in the enclosing state machine.
+    struct Within<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F: Future> Within<F> {
+    fn new(fut: F, deadline: Option<Instant>) -> Self {
+        Within {
+            fut,
+            sleep: deadline.map(tokio::time::sleep_until),
+        }
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
 }

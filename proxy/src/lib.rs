@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod dns;
 pub mod drain;
 pub mod http;
+pub mod http2;
 pub mod identity;
 pub mod inbound;
 pub mod init;

@@ -7,20 +7,11 @@
 mod h1;
 mod h2;
 
-use std::{
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{Request, Response, Version};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
-pub use crate::http::body::RequestBody;
+pub use crate::http::body::{Received, RequestBody};
 
 use crate::{
     config::UpstreamConfig,
@@ -106,7 +97,7 @@ impl Pools {
         identity: Option<&Arc<str>>,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<Response<Received>, ProxyError> {
         let identity = identity.filter(|_| self.mtls.is_some());
         if req.version() == Version::HTTP_2 {
             self.h2.send(self, addr, identity, req).await
@@ -173,42 +164,6 @@ impl Pools {
                 self.metrics.connect_error(self.direction, e.reason());
                 ProxyError::Connect(e)
             })
-    }
-}
-
-/// An upstream response's body: hyper's for HTTP/1.1, the h2 stream's for HTTP/2.
-#[derive(Debug)]
-pub enum UpstreamBody {
-    Http1(Incoming),
-    Http2(self::h2::ResponseBody),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = crate::http::body::BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Http1(b) => b.is_end_stream(),
-            UpstreamBody::Http2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Http1(b) => b.size_hint(),
-            UpstreamBody::Http2(b) => b.size_hint(),
-        }
     }
 }
 

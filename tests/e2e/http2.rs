@@ -47,6 +47,21 @@ async fn trailers_and_multiplexing() {
     });
     let ok = futures_util::future::join_all(reqs).await;
     assert!(ok.iter().all(|b| *b));
+
+    // The proxy's own answer carries the length of its body.
+    let req = Request::get("http://nowhere.test/")
+        .body(http_peer::body(""))
+        .unwrap();
+    let rsp = tx.clone().send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 404);
+    let length: usize = rsp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert!(length > 0);
+    assert_eq!(body.len(), length);
     assert_eq!(
         chain
             .a
@@ -192,6 +207,27 @@ async fn resets_propagate_both_ways() {
         res.map(|c| c.to_bytes())
     );
     // The connection survives for other streams.
+    let rsp = tx.clone().send_request(get("/status/204")).await.unwrap();
+    assert_eq!(rsp.status(), 204);
+
+    // Client resets mid-body: the reset goes up the chain and the server's body is dropped,
+    // long before its end.
+    let total = 1u64 << 30;
+    let rsp = tx
+        .clone()
+        .send_request(get(&format!("/big?bytes={total}")))
+        .await
+        .unwrap();
+    let mut body = rsp.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    drop(body);
+    eventually(
+        Duration::from_secs(10),
+        "the server's body to be dropped",
+        || async { (peer.state.big_dropped.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    assert!(peer.state.big_sent.load(Ordering::SeqCst) < total / 8);
     let rsp = tx.clone().send_request(get("/status/204")).await.unwrap();
     assert_eq!(rsp.status(), 204);
 }

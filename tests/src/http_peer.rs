@@ -43,6 +43,8 @@ pub struct PeerState {
     pub big_sent: AtomicU64,
     /// `/hang` requests whose handler was dropped (the client or proxy cancelled).
     pub cancelled: AtomicUsize,
+    /// `/big` bodies dropped before their end (the client or proxy reset the stream).
+    pub big_dropped: AtomicUsize,
     /// Releases a `/reset` response's reset.
     reset: tokio::sync::Notify,
     /// Lets a `/sink` request read its body.
@@ -229,6 +231,7 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
                 while sent < total {
                     let n = (total - sent).min(chunk.len() as u64) as usize;
                     if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                        st2.big_dropped.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                     sent += n as u64;

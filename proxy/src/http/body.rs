@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::grpc;
-use crate::{metrics::TargetMetrics, pool::UpstreamBody};
+use crate::metrics::TargetMetrics;
 
 pin_project! {
     #[project = Proj]
@@ -29,7 +29,7 @@ pin_project! {
         Upstream {
             // `None` once finished or cut off by the deadline (dropping it resets the upstream
             // stream).
-            inner: Option<UpstreamBody>,
+            inner: Option<Received>,
             obs: Observer,
             // The gRPC deadline: when it fires the call ends with DEADLINE_EXCEEDED trailers.
             #[pin]
@@ -64,7 +64,7 @@ impl ProxyBody {
     /// Relays `inner`; with a gRPC `deadline` (when, and the budget it came from), the call is
     /// ended with DEADLINE_EXCEEDED trailers when it fires.
     pub fn upstream(
-        inner: UpstreamBody,
+        inner: Received,
         obs: Observer,
         deadline: Option<(Sleep, Duration)>,
         cancel: Option<Arc<Cancel>>,
@@ -304,19 +304,18 @@ enum Kind {
 /// The client's body as it arrives.
 #[derive(Debug)]
 pub struct Direct {
-    inner: Incoming,
+    inner: Received,
     cancel: Option<Arc<Cancel>>,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl RequestBody {
-    pub fn new(inner: Incoming, cancel: Option<Arc<Cancel>>) -> Self {
-        RequestBody(Kind::Direct(Direct { inner, cancel }))
-    }
-
-    pub fn direct(inner: Incoming, cancel: Option<Arc<Cancel>>) -> Direct {
-        Direct { inner, cancel }
+    pub fn direct(inner: impl Into<Received>, cancel: Option<Arc<Cancel>>) -> Direct {
+        Direct {
+            inner: inner.into(),
+            cancel,
+        }
     }
 
     pub fn empty() -> Self {
@@ -348,7 +347,7 @@ impl Body for Direct {
             // An h2 CANCEL in the error: hyper resets the upstream stream with that code.
             return Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))));
         }
-        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -389,5 +388,48 @@ impl Body for RequestBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Replay(r) => r.size_hint(),
         }
+    }
+}
+
+/// A body received from a peer (a downstream request's, an upstream response's): hyper's for
+/// HTTP/1.1, the h2 stream's for HTTP/2.
+#[derive(Debug)]
+pub enum Received {
+    Http1(Incoming),
+    Http2(crate::http2::RecvBody),
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Received::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::Http2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Http1(b) => b.is_end_stream(),
+            Received::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Http1(b) => b.size_hint(),
+            Received::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
+impl From<Incoming> for Received {
+    fn from(b: Incoming) -> Self {
+        Received::Http1(b)
     }
 }

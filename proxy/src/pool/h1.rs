@@ -7,7 +7,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 
-use super::{Clock, Pools, RequestBody, UpstreamBody};
+use super::{Clock, Pools, Received, RequestBody};
 use crate::http::error::ProxyError;
 
 type Sender = http1::SendRequest<RequestBody>;
@@ -76,7 +76,7 @@ impl Pool {
         pools: &Arc<Pools>,
         addr: SocketAddr,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<Response<Received>, ProxyError> {
         // At the limit of connections in use, wait for one to come free.
         let permit = self
             .permits(addr)
@@ -98,7 +98,7 @@ impl Pool {
             req.extensions_mut().remove::<super::Pending>();
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
-                    let rsp = rsp.map(UpstreamBody::Http1);
+                    let rsp = rsp.map(Received::Http1);
                     // The connection is reusable once this response's body has been read; until
                     // then it holds its permit.
                     let pools = pools.clone();
@@ -170,11 +170,11 @@ pub async fn send_once(
     mut sender: Sender,
     addr: SocketAddr,
     req: Request<RequestBody>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<Response<Received>, ProxyError> {
     sender
         .send_request(req)
         .await
-        .map(|rsp| rsp.map(UpstreamBody::Http1))
+        .map(|rsp| rsp.map(Received::Http1))
         .map_err(|e| ProxyError::Upstream {
             addr,
             source: e.into(),

@@ -6,12 +6,12 @@
 //! CPU. Here the request's own task opens the stream and awaits the response; only a request
 //! body still being sent when the response arrives gets a task of its own.
 
-mod body;
 pub(super) mod conn;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -21,11 +21,11 @@ use std::{
 
 use http::{Request, Response};
 
-pub use self::body::ResponseBody;
 pub use self::conn::Conn;
-use super::{Clock, Pools, UpstreamBody};
+use super::{Clock, Pools, Received};
 use crate::{
     http::{body::BoxError, error::ProxyError},
+    http2::{RecvBody, Sender},
     transport::ConnectError,
 };
 
@@ -161,7 +161,7 @@ impl Pool {
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
         req: Request<B>,
-    ) -> Result<Response<UpstreamBody>, ProxyError>
+    ) -> Result<Response<Received>, ProxyError>
     where
         B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + Unpin + 'static,
     {
@@ -184,7 +184,7 @@ impl Pool {
                 .headers
                 .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         }
-        let (mut response, mut tx) = conn
+        let (mut response, tx) = conn
             .sender()
             .send_request(Request::from_parts(parts, ()), eos)
             .map_err(upstream)?;
@@ -195,12 +195,13 @@ impl Pool {
         } else {
             // The body is sent from this task while the response is awaited: most bodies
             // (unary calls, small POSTs) are done before the response comes.
+            let mut sender = Sender::new(tx);
             let mut sending = true;
             let head = std::future::poll_fn(|cx| {
-                if sending && body::poll_send(&mut body, &mut tx, None, cx).is_ready() {
+                if sending && sender.poll_send(Pin::new(&mut body), None, cx).is_ready() {
                     sending = false;
                 }
-                std::pin::Pin::new(&mut response).poll(cx)
+                Pin::new(&mut response).poll(cx)
             })
             .await;
             if sending && head.is_ok() {
@@ -209,14 +210,14 @@ impl Pool {
                 let abandon = Arc::new(crate::http::body::Cancel::default());
                 abandoned = Some(abandon.clone());
                 tokio::spawn(std::future::poll_fn(move |cx| {
-                    body::poll_send(&mut body, &mut tx, Some(&abandon), cx)
+                    sender.poll_send(Pin::new(&mut body), Some(&abandon), cx)
                 }));
             }
             head
         };
         let rsp = head.map_err(upstream)?;
         let (parts, recv) = rsp.into_parts();
-        let body = UpstreamBody::Http2(ResponseBody::new(recv, &parts.headers, abandoned));
+        let body = Received::Http2(RecvBody::new(recv, &parts.headers, abandoned));
         Ok(Response::from_parts(parts, body))
     }
 

@@ -2,12 +2,10 @@
 //! connection, and its keepalive PINGs.
 
 use std::{
-    io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, Waker},
     time::Duration,
@@ -15,18 +13,20 @@ use std::{
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     http::{CONN_WINDOW, MAX_FRAME, STREAM_WINDOW, error::ProxyError},
+    http2::{
+        MAX_HEADER_LIST,
+        keepalive::{Reads, keep_alive},
+    },
     pool::Pools,
 };
 
 /// What the client side of HTTP/2 allows itself before the server's SETTINGS arrive (RFC 9113
 /// §6.5.2 recommends servers allow at least 100 concurrent streams).
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
-/// The most response header bytes accepted (as HPACK counts them).
-const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// What a stream may hold of its request body not yet sent (flow control permitting).
 const MAX_SEND_BUFFER: usize = 1 << 20;
 
@@ -83,11 +83,7 @@ pub async fn start<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let reads = Arc::new(AtomicU64::new(0));
-    let io = Reads {
-        io,
-        count: reads.clone(),
-    };
+    let (io, reads) = Reads::new(io);
     let (send, mut conn) = h2::client::Builder::new()
         .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
         .initial_window_size(STREAM_WINDOW)
@@ -123,82 +119,6 @@ where
         // Dropping the connection fails whatever streams it still had.
     });
     Ok(Conn { send, closed })
-}
-
-/// PINGs the server once nothing has been read from it for `every` (a connection that is
-/// receiving is alive, and its PING could wait behind a window's worth of DATA); returns why
-/// the connection should be given up when a PING is not answered within `within`.
-async fn keep_alive(
-    mut ping: h2::PingPong,
-    every: Duration,
-    within: Duration,
-    reads: &AtomicU64,
-) -> String {
-    let mut seen = reads.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(every).await;
-        let now = reads.load(Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            continue;
-        }
-        match tokio::time::timeout(within, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => seen = reads.load(Ordering::Relaxed),
-            Ok(Err(e)) => return format!("keepalive PING failed: {e}"),
-            Err(_) => return format!("keepalive PING not answered within {within:?}"),
-        }
-    }
-}
-
-/// The connection's IO, counting reads that returned data (what keepalive watches).
-struct Reads<T> {
-    io: T,
-    count: Arc<AtomicU64>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Reads<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.count.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Reads<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
