@@ -20,7 +20,7 @@ use std::{
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::{body::Incoming, server::conn, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -270,32 +270,50 @@ impl HttpProxy {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if http2 {
-            let res = crate::http2::server::serve(self.clone(), io, open, conn).await;
-            if let Err(e) = res {
-                tracing::debug!(direction = self.direction.as_str(), error = %e, "downstream connection ended with an error");
-            }
-            return;
-        }
         let this = self.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            // Boxed: the request's state machine is about 2.4 KiB, and hyper moves the future it
-            // is given; one small allocation is cheaper than the copies.
-            let fut = Box::pin(this.handle(req.map(Received::Http1), open.clone(), conn.clone()));
+            // Boxed: the request's state machine is several KiB, and hyper moves the future it
+            // is given into a task of its own per HTTP/2 stream; one small allocation is
+            // cheaper than the copies.
+            let fut = Box::pin(this.handle(req.map(Received::Hyper), open.clone(), conn.clone()));
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let c = conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
-        tokio::pin!(c);
-        let res = tokio::select! {
-            r = c.as_mut() => r,
-            _ = self.drain.signaled() => {
-                c.as_mut().graceful_shutdown();
-                c.await
+        let io = TokioIo::new(io);
+        let res = if http2 {
+            let mut b = conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(self.cfg.http2_max_concurrent_streams)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONN_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                .max_pending_accept_reset_streams(1024);
+            if !self.cfg.http2_keepalive_interval.is_zero() {
+                b.keep_alive_interval(self.cfg.http2_keepalive_interval)
+                    .keep_alive_timeout(self.cfg.http2_keepalive_timeout);
+            }
+            let c = b.serve_connection(io, svc);
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = self.drain.signaled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        } else {
+            let c = conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = self.drain.signaled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
             }
         };
         if let Err(e) = res {
@@ -463,7 +481,7 @@ impl HttpProxy {
     /// next is moved inside a block: an async function's state machine keeps room for every
     /// local that is alive (even moved out of) across an await, and this future is made for
     /// every request.
-    pub(crate) async fn handle(
+    async fn handle(
         self: Arc<Self>,
         req: Request<Received>,
         open: Arc<OpenConn>,

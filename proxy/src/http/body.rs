@@ -391,12 +391,12 @@ impl Body for RequestBody {
     }
 }
 
-/// A body received from a peer (a downstream request's, an upstream response's): hyper's for
-/// HTTP/1.1, the h2 stream's for HTTP/2.
+/// A body received from a peer: hyper's (a downstream request's, an upstream HTTP/1.1
+/// response's) or an h2 stream's (an upstream HTTP/2 response's).
 #[derive(Debug)]
 pub enum Received {
-    Http1(Incoming),
-    Http2(crate::http2::RecvBody),
+    Hyper(Incoming),
+    H2(crate::http2::RecvBody),
 }
 
 impl Body for Received {
@@ -408,28 +408,28 @@ impl Body for Received {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            Received::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Received::Http2(b) => Pin::new(b).poll_frame(cx),
+            Received::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::H2(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Received::Http1(b) => b.is_end_stream(),
-            Received::Http2(b) => b.is_end_stream(),
+            Received::Hyper(b) => b.is_end_stream(),
+            Received::H2(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Received::Http1(b) => b.size_hint(),
-            Received::Http2(b) => b.size_hint(),
+            Received::Hyper(b) => b.size_hint(),
+            Received::H2(b) => b.size_hint(),
         }
     }
 }
 
 impl From<Incoming> for Received {
     fn from(b: Incoming) -> Self {
-        Received::Http1(b)
+        Received::Hyper(b)
     }
 }

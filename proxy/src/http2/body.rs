@@ -1,6 +1,5 @@
-//! Bodies on HTTP/2 streams: a received one ([`RecvBody`], a downstream request's or an
-//! upstream response's), read from `h2` and handed on as frames, and one being sent
-//! ([`Sender`]) under the stream's flow control.
+//! Bodies on upstream HTTP/2 streams: the response's ([`RecvBody`]), read from `h2` and handed
+//! on as frames, and the request's, sent ([`Sender`]) under the stream's flow control.
 
 use std::{
     pin::Pin,
@@ -15,9 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::http::body::{BoxError, Cancel};
 
-/// A received body (a downstream request's, an upstream response's): its DATA frames as they
-/// arrive (each one's flow-control window given back as soon as it is handed on), then its
-/// trailers.
+/// A received body: its DATA frames as they arrive (each one's flow-control window given back
+/// as soon as it is handed on), then its trailers.
 #[derive(Debug)]
 pub struct RecvBody {
     recv: RecvStream,
@@ -25,8 +23,8 @@ pub struct RecvBody {
     ended: bool,
     /// What `content-length` says is still to come.
     remaining: Option<u64>,
-    /// An upstream response's: fired when it is dropped unfinished, so that the task still
-    /// sending its request body resets the stream instead of holding it open.
+    /// Fired when the response is dropped unfinished, so that the task still sending its
+    /// request body resets the stream instead of holding it open.
     abandoned: Option<Arc<Cancel>>,
 }
 

@@ -98,7 +98,7 @@ impl Pool {
             req.extensions_mut().remove::<super::Pending>();
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
-                    let rsp = rsp.map(Received::Http1);
+                    let rsp = rsp.map(Received::Hyper);
                     // The connection is reusable once this response's body has been read; until
                     // then it holds its permit.
                     let pools = pools.clone();
@@ -174,7 +174,7 @@ pub async fn send_once(
     sender
         .send_request(req)
         .await
-        .map(|rsp| rsp.map(Received::Http1))
+        .map(|rsp| rsp.map(Received::Hyper))
         .map_err(|e| ProxyError::Upstream {
             addr,
             source: e.into(),

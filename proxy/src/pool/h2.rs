@@ -217,7 +217,7 @@ impl Pool {
         };
         let rsp = head.map_err(upstream)?;
         let (parts, recv) = rsp.into_parts();
-        let body = Received::Http2(RecvBody::new(recv, &parts.headers, abandoned));
+        let body = Received::H2(RecvBody::new(recv, &parts.headers, abandoned));
         Ok(Response::from_parts(parts, body))
     }
 
