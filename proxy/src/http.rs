@@ -872,7 +872,8 @@ impl HttpProxy {
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let sent = {
                 let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
-                Within::new(sent, per_try.map(|t| Instant::now() + t))
+                // A timeout too long to represent is none.
+                Within::new(sent, per_try.and_then(|t| Instant::now().checked_add(t)))
             };
             let res = sent
                 .await
@@ -966,8 +967,10 @@ pin_project_lite::pin_project! {
     struct Within<F> {
         #[pin]
         fut: F,
+        // Polled outside the task's budget (as tokio's `Timeout` does): a future that spends
+        // the budget must not hold its deadline back.
         #[pin]
-        sleep: Option<tokio::time::Sleep>,
+        sleep: Option<tokio::task::Unconstrained<tokio::time::Sleep>>,
     }
 }
 
@@ -975,7 +978,7 @@ impl<F: Future> Within<F> {
     fn new(fut: F, deadline: Option<Instant>) -> Self {
         Within {
             fut,
-            sleep: deadline.map(tokio::time::sleep_until),
+            sleep: deadline.map(|at| tokio::task::unconstrained(tokio::time::sleep_until(at))),
         }
     }
 }
@@ -992,5 +995,40 @@ impl<F: Future> Future for Within<F> {
             Some(Poll::Ready(())) => Poll::Ready(None),
             _ => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::Within;
+
+    #[tokio::test(start_paused = true)]
+    async fn within_cuts_a_future_off_at_its_deadline_and_only_then() {
+        let slow = tokio::time::sleep(Duration::from_secs(5));
+        let at = Instant::now() + Duration::from_secs(2);
+        assert_eq!(Within::new(slow, Some(at)).await, None);
+        assert_eq!(
+            Instant::now(),
+            at,
+            "cut off at the deadline, not before or after"
+        );
+
+        let quick = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            7
+        };
+        let at = Instant::now() + Duration::from_secs(2);
+        assert_eq!(Within::new(quick, Some(at)).await, Some(7));
+
+        // No deadline: the future runs to its end, however long.
+        let long = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            8
+        };
+        assert_eq!(Within::new(long, None).await, Some(8));
     }
 }
