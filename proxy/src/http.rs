@@ -123,9 +123,8 @@ impl Routed {
     }
 }
 
-/// A request routed and counted, at its route's gate.
-struct Admitted {
-    req: Request<Received>,
+/// Where a routed request goes, and what every answer to it needs; handed from stage to stage.
+struct Routing {
     dest: Dest,
     routed: Option<Routed>,
     obs: Observer,
@@ -135,10 +134,17 @@ struct Admitted {
     held: Option<traffic::Permit>,
 }
 
-impl Admitted {
+impl Routing {
+    /// The proxy's own answer, counted in metrics.
     fn fail(self, e: ProxyError) -> Response<ProxyBody> {
         fail(e, self.is_grpc, self.obs, self.version)
     }
+}
+
+/// A request routed and counted, at its route's gate.
+struct Admitted {
+    req: Request<Received>,
+    to: Routing,
 }
 
 /// A request ready to be sent, and what its response needs.
@@ -148,12 +154,7 @@ struct Call {
     /// The head again, for retries and a mirror.
     head: Option<Head>,
     replay: Replay,
-    dest: Dest,
-    routed: Option<Routed>,
-    obs: Observer,
-    is_grpc: bool,
-    version: Version,
-    held: Option<traffic::Permit>,
+    to: Routing,
     upgrade: bool,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// When the wait for the response's head ends, and the error it ends with.
@@ -167,7 +168,7 @@ struct Call {
 impl Call {
     /// The route's retry policy (an upgrade is never retried).
     fn retry(&self) -> Option<&traffic::Retry> {
-        let policy = &self.routed.as_ref()?.route().policy;
+        let policy = &self.to.routed.as_ref()?.route().policy;
         policy.retry.as_ref().filter(|_| !self.upgrade)
     }
 }
@@ -495,10 +496,11 @@ impl HttpProxy {
             };
             // The route's gate: rate limits, then injected faults, then the cluster's request
             // limit (held until the response has ended).
-            if let Some(r) = &admitted.routed {
-                match self.admit(r, &admitted.dest.metrics).await {
-                    Ok(permit) => admitted.held = permit,
-                    Err(e) => return admitted.fail(e),
+            let to = &mut admitted.to;
+            if let Some(r) = &to.routed {
+                match self.admit(r, &to.dest.metrics).await {
+                    Ok(permit) => to.held = permit,
+                    Err(e) => return admitted.to.fail(e),
                 }
             }
             match self.prepare(admitted, start) {
@@ -511,8 +513,8 @@ impl HttpProxy {
             let req = call.req.take().expect("a call is sent once");
             let head = call.head.take();
             let tries = self.send_with_retries(
-                &call.dest,
-                call.routed.as_ref(),
+                &call.to.dest,
+                call.to.routed.as_ref(),
                 call.retry(),
                 req,
                 head,
@@ -568,12 +570,14 @@ impl HttpProxy {
         let routed = dest.routed.take();
         Ok(Admitted {
             req,
-            dest,
-            routed,
-            obs,
-            is_grpc,
-            version,
-            held: None,
+            to: Routing {
+                dest,
+                routed,
+                obs,
+                is_grpc,
+                version,
+                held: None,
+            },
         })
     }
 
@@ -581,23 +585,16 @@ impl HttpProxy {
     /// version the upstream gets, the request's timeouts, keeping the body for retries and a
     /// mirror, and the cluster's pending-request limit.
     fn prepare(&self, a: Admitted, start: Instant) -> Result<Call, Box<Response<ProxyBody>>> {
-        let Admitted {
-            mut req,
-            dest,
-            routed,
-            obs,
-            is_grpc,
-            version,
-            held,
-        } = a;
-        let route = routed.as_ref().map(Routed::route);
+        let Admitted { mut req, to } = a;
+        let (dest, version) = (&to.dest, to.version);
+        let route = to.routed.as_ref().map(Routed::route);
         let policy = route.map(|r| &r.policy);
         let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // gRPC's own deadline bounds the whole call (cut to the route's maximum, and the
         // upstream told the shorter one); the route timeout bounds the wait for response
         // headers, retries included.
-        let mut grpc_budget = is_grpc.then(|| grpc::timeout(req.headers())).flatten();
+        let mut grpc_budget = to.is_grpc.then(|| grpc::timeout(req.headers())).flatten();
         if let (Some(g), Some(max)) = (grpc_budget, policy.and_then(|p| p.grpc_timeout_max))
             && g > max
         {
@@ -623,7 +620,7 @@ impl HttpProxy {
             protocol = Protocol::Http2;
         }
         if let Err(e) = request::prepare(&mut req, protocol, upgrade) {
-            return Err(failed(e, is_grpc, obs, version));
+            return Err(Box::new(to.fail(e)));
         }
         // A stream idle timeout also bounds the wait for the response's headers.
         let idle = policy.and_then(|p| p.idle_timeout);
@@ -662,33 +659,28 @@ impl HttpProxy {
         };
         let head = keep.then(|| Head::of(&parts));
         let mut req = Request::from_parts(parts, first);
-        if let (Some(m), Some(head), Some(r)) = (mirror, &head, &routed) {
+        if let (Some(m), Some(head), Some(r)) = (mirror, &head, &to.routed) {
             self.mirror(m, head, &replay, &r.svc.metrics);
         }
-        if let Some(r) = &routed
+        if let Some(r) = &to.routed
             && retry.is_some()
         {
             r.svc.budget.deposit();
         }
-        if let Some(r) = &routed {
-            match r.cluster.permit(Limit::Pending, &dest.metrics) {
+        if let Some(r) = &to.routed {
+            match r.cluster.permit(Limit::Pending, &to.dest.metrics) {
                 Ok(Some(p)) => {
                     req.extensions_mut().insert(Pending(Arc::new(p)));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(failed(e.into(), is_grpc, obs, version)),
+                Err(e) => return Err(Box::new(to.fail(e.into()))),
             }
         }
         Ok(Call {
             req: Some(req),
             head,
             replay,
-            dest,
-            routed,
-            obs,
-            is_grpc,
-            version,
-            held,
+            to,
             upgrade,
             on_upgrade,
             deadline,
@@ -709,11 +701,7 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let retried = call.retry().is_some();
         let Call {
-            dest,
-            obs,
-            is_grpc,
-            version,
-            held,
+            to,
             on_upgrade,
             deadline,
             cancel,
@@ -733,17 +721,20 @@ impl HttpProxy {
                 (Err(err), 0)
             }
         };
-        dest.metrics.latency(start.elapsed().as_secs_f64());
+        to.dest.metrics.latency(start.elapsed().as_secs_f64());
         if retried && attempts > 0 {
-            dest.metrics.attempts(attempts);
+            to.dest.metrics.attempts(attempts);
         }
         let mut rsp = match res {
             Ok(rsp) => rsp,
             Err(e) => {
-                tracing::debug!(direction = self.direction.as_str(), addr = %dest.addr, error = %e, "request failed");
-                return fail(e, is_grpc, obs, version);
+                tracing::debug!(direction = self.direction.as_str(), addr = %to.dest.addr, error = %e, "request failed");
+                return to.fail(e);
             }
         };
+        let Routing {
+            obs, version, held, ..
+        } = to;
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(down), true) = (on_upgrade, switching) {
             let up = hyper::upgrade::on(&mut rsp);

@@ -5,6 +5,3 @@ pub mod body;
 pub mod keepalive;
 
 pub use self::body::{RecvBody, Sender};
-
-/// The most response header bytes accepted (as HPACK counts them).
-pub const MAX_HEADER_LIST: u32 = 64 * 1024;

@@ -17,16 +17,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     http::{CONN_WINDOW, MAX_FRAME, STREAM_WINDOW, error::ProxyError},
-    http2::{
-        MAX_HEADER_LIST,
-        keepalive::{Reads, keep_alive},
-    },
+    http2::keepalive::{Reads, keep_alive},
     pool::Pools,
 };
 
 /// What the client side of HTTP/2 allows itself before the server's SETTINGS arrive (RFC 9113
 /// §6.5.2 recommends servers allow at least 100 concurrent streams).
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
+/// The most response header bytes accepted (as HPACK counts them).
+const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// What a stream may hold of its request body not yet sent (flow control permitting).
 const MAX_SEND_BUFFER: usize = 1 << 20;
 
