@@ -8,9 +8,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p weft-control-plane \
- && install -D -m 0755 target/release/weft-control-plane /out/weft-control-plane \
- && install -D -m 0755 target/release/weftctl /out/weftctl
+    cargo build --profile dist --locked -p weft-control-plane \
+ && install -D -m 0755 target/dist/weft-control-plane /out/weft-control-plane \
+ && install -D -m 0755 target/dist/weftctl /out/weftctl
 
 # A slim Debian with CA certificates and the two binaries, as UID 65532 (the chart's
 # runAsUser); the root filesystem can be mounted read-only.

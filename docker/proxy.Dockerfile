@@ -8,8 +8,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p weft-proxy \
- && install -D -m 0755 target/release/weft-proxy /out/weft-proxy
+    cargo build --profile dist --locked -p weft-proxy \
+ && install -D -m 0755 target/dist/weft-proxy /out/weft-proxy
 
 # The runtime needs iptables (nft and legacy backends) for `weft-proxy init`, and nothing else.
 FROM debian:bookworm-slim
