@@ -33,7 +33,7 @@ use crate::{
     config::UpstreamConfig,
     drain::Drain,
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, PEER_IDENTITY_HEADER_UNDERSCORE, Peer},
-    metrics::{Direction, OpenConn, TargetMetrics},
+    metrics::{AuthzProtocol, Direction, OpenConn, TargetMetrics},
     pool::{Pending, Pools, Received},
     table::{Cluster, Protocol, Route, Service, SharedTable},
     traffic::{self, Limit},
@@ -357,10 +357,14 @@ impl HttpProxy {
                     .load()
                     .authorize(peer.local, peer.id.as_deref(), peer.namespace.as_deref())
             {
-                self.pools
-                    .metrics()
-                    .tls
-                    .authz(if is_grpc { "grpc" } else { "http" }, verdict.is_ok());
+                self.pools.metrics().tls.authz(
+                    if is_grpc {
+                        AuthzProtocol::Grpc
+                    } else {
+                        AuthzProtocol::Http
+                    },
+                    verdict.is_ok(),
+                );
                 if let Err(service) = verdict {
                     return Err(ProxyError::Forbidden {
                         peer: peer

@@ -92,6 +92,14 @@ struct TrafficHandles {
     mirrored: [OnceLock<IntCounter>; 2],
 }
 
+/// What an authorization decision was about, for `weft_authz_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthzProtocol {
+    Http,
+    Grpc,
+    Tcp,
+}
+
 /// Workload identity, mutual TLS and authorization.
 #[derive(Debug)]
 pub struct TlsMetrics {
@@ -102,6 +110,8 @@ pub struct TlsMetrics {
     pub refused: IntCounterVec,
     /// `weft_authz_total{protocol, result}`.
     authz: IntCounterVec,
+    /// Its handles, by [`AuthzProtocol`] and then deny, allow.
+    authz_handles: [[IntCounter; 2]; 3],
     /// `weft_inbound_peer_requests_total{client_id, tls}`.
     peer_requests: IntCounterVec,
     /// Set from the identity when metrics are read.
@@ -117,10 +127,9 @@ impl TlsMetrics {
             .inc();
     }
 
-    /// Counts an authorization decision: `protocol` is http, grpc or tcp.
-    pub fn authz(&self, protocol: &str, allowed: bool) {
-        let result = if allowed { "allow" } else { "deny" };
-        self.authz.with_label_values(&[protocol, result]).inc();
+    /// Counts an authorization decision.
+    pub fn authz(&self, protocol: AuthzProtocol, allowed: bool) {
+        self.authz_handles[protocol as usize][usize::from(allowed)].inc();
     }
 
     /// Brings the identity's figures up to date (called before metrics are rendered).
@@ -158,8 +167,11 @@ pub struct TargetMetrics {
     responses: IntCounterVec,
     /// Indexed by status code - 100; filled the first time a code is seen.
     http: Box<[OnceLock<IntCounter>]>,
-    /// gRPC responses (HTTP 200) by grpc-status.
-    grpc: [OnceLock<IntCounter>; GRPC_CODES],
+    /// gRPC responses by grpc-status: HTTP 200, then 499 (the client went away first).
+    grpc: [[OnceLock<IntCounter>; GRPC_CODES]; 2],
+    /// Any other combination (a status code outside 100-599, a gRPC response with an unusual
+    /// status code), made once each.
+    other: Mutex<HashMap<(u16, Option<u32>), IntCounter>>,
     families: Arc<TrafficFamilies>,
     traffic: TrafficHandles,
 }
@@ -329,6 +341,14 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        let authz = IntCounterVec::new(
+            opts(
+                "authz_total",
+                "Inbound authorization decisions, by protocol (http, grpc, tcp) and result (allow, deny).",
+            ),
+            &["protocol", "result"],
+        )
+        .unwrap();
         let tls = TlsMetrics {
             handshakes: IntCounterVec::new(
                 opts(
@@ -346,14 +366,9 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
-            authz: IntCounterVec::new(
-                opts(
-                    "authz_total",
-                    "Inbound authorization decisions, by protocol (http, grpc, tcp) and result (allow, deny).",
-                ),
-                &["protocol", "result"],
-            )
-            .unwrap(),
+            authz: authz.clone(),
+            authz_handles: ["http", "grpc", "tcp"]
+                .map(|p| ["deny", "allow"].map(|r| authz.with_label_values(&[p, r]))),
             peer_requests: IntCounterVec::new(
                 opts(
                     "inbound_peer_requests_total",
@@ -524,7 +539,8 @@ impl Metrics {
                     latency: self.latency.with_label_values(&l),
                     responses: self.responses.clone(),
                     http: (100..600).map(|_| OnceLock::new()).collect(),
-                    grpc: std::array::from_fn(|_| OnceLock::new()),
+                    grpc: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+                    other: Mutex::new(HashMap::new()),
                     families: self.traffic.clone(),
                     traffic: TrafficHandles::default(),
                 })
@@ -684,25 +700,37 @@ impl TargetMetrics {
     }
 
     /// Counts a finished response. `grpc` is the grpc-status of a gRPC response, if any.
+    /// Label values are formatted once per target and combination, never per response.
     pub fn response(&self, status: u16, grpc: Option<u32>) {
-        match grpc {
-            Some(g) if status == 200 && (g as usize) < GRPC_CODES => self.grpc[g as usize]
-                .get_or_init(|| self.counter(status, &g.to_string()))
+        let row = match status {
+            200 => Some(0),
+            499 => Some(1),
+            _ => None,
+        };
+        let slot = match (grpc, row) {
+            (Some(g), Some(row)) => self.grpc[row].get(g as usize),
+            (Some(_), None) => None,
+            (None, _) => self.http.get(usize::from(status).wrapping_sub(100)),
+        };
+        match slot {
+            Some(slot) => slot.get_or_init(|| self.counter(status, grpc)).inc(),
+            None => self
+                .other
+                .lock()
+                .expect("metrics lock")
+                .entry((status, grpc))
+                .or_insert_with(|| self.counter(status, grpc))
                 .inc(),
-            Some(g) => self.counter(status, &g.to_string()).inc(),
-            None => match self.http.get(usize::from(status).wrapping_sub(100)) {
-                Some(slot) => slot.get_or_init(|| self.counter(status, "")).inc(),
-                None => self.counter(status, "").inc(),
-            },
         }
     }
 
-    fn counter(&self, status: u16, grpc: &str) -> IntCounter {
+    fn counter(&self, status: u16, grpc: Option<u32>) -> IntCounter {
+        let grpc = grpc.map(|g| g.to_string()).unwrap_or_default();
         self.responses.with_label_values(&[
             self.direction,
             &*self.target,
             &status.to_string(),
-            grpc,
+            &grpc,
         ])
     }
 }
@@ -724,6 +752,11 @@ mod tests {
         t.response(200, None);
         t.response(200, Some(14));
         t.response(503, None);
+        t.response(499, Some(1));
+        t.response(499, Some(1));
+        t.response(502, Some(14));
+        t.response(700, None);
+        m.tls.authz(AuthzProtocol::Grpc, false);
         let text = m.render();
         assert!(
             text.contains(r#"weft_request_total{direction="outbound",target="echo:80"} 1"#),
@@ -738,5 +771,13 @@ mod tests {
             text.contains(r#"status_code="503",target="echo:80"} 1"#),
             "{text}"
         );
+        for line in [
+            r#"grpc_status="1",status_code="499",target="echo:80"} 2"#,
+            r#"grpc_status="14",status_code="502",target="echo:80"} 1"#,
+            r#"grpc_status="",status_code="700",target="echo:80"} 1"#,
+            r#"weft_authz_total{protocol="grpc",result="deny"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     config::{DetectConfig, InboundMode, MtlsConfig},
     http::{ConnInfo, HttpProxy},
     inbound::Peer,
-    metrics::{Direction, Metrics, OpenConn, TargetMetrics},
+    metrics::{AuthzProtocol, Direction, Metrics, OpenConn, TargetMetrics},
     table::{Protocol, SharedTable},
     tcp,
     transport::{
@@ -352,7 +352,7 @@ impl Listener {
             if let Some(v) =
                 table.authorize(peer.local, peer.id.as_deref(), peer.namespace.as_deref())
             {
-                self.metrics.tls.authz("tcp", v.is_ok());
+                self.metrics.tls.authz(AuthzProtocol::Tcp, v.is_ok());
                 if let Err(service) = v {
                     tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");
                     return;
