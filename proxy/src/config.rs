@@ -42,11 +42,11 @@ pub struct WaitConfig {
     pub probe_addr: SocketAddr,
 
     /// Give up (exit 1) after this long.
-    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    #[arg(long, env = "WEFT_WAIT_TIMEOUT", value_parser = parse_duration, default_value = "120s")]
     pub timeout: Duration,
 
     /// How often to ask.
-    #[arg(long, value_parser = parse_duration, default_value = "200ms")]
+    #[arg(long, env = "WEFT_WAIT_INTERVAL", value_parser = parse_duration, default_value = "200ms")]
     pub interval: Duration,
 }
 
@@ -727,6 +727,43 @@ mod tests {
                 .unwrap_err()
                 .contains("not a socket address")
         );
+    }
+
+    /// Every flag of every subcommand has a `WEFT_*` variable, and the configuration reference
+    /// names both.
+    #[test]
+    fn every_flag_has_an_env_variable_and_is_documented() {
+        use clap::CommandFactory;
+        let doc = include_str!("../../docs/configuration.md");
+        let mut missing = Vec::new();
+        let mut stack = vec![(String::new(), Cli::command())];
+        while let Some((path, cmd)) = stack.pop() {
+            for arg in cmd.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let flag = format!("`{path}--{long}");
+                match arg.get_env().and_then(|e| e.to_str()) {
+                    Some(env) if env.starts_with("WEFT_") => {
+                        if !doc.contains(&format!("`{env}`")) {
+                            missing.push(format!("{env} is not in configuration.md"));
+                        }
+                    }
+                    _ => missing.push(format!("{flag}` has no WEFT_* variable")),
+                }
+                // Flags are written `--name` or `--name VALUE`; subcommands' in their section.
+                let named =
+                    doc.contains(&format!("`--{long}`")) || doc.contains(&format!("`--{long} "));
+                if !named {
+                    missing.push(format!("{flag}` is not in configuration.md"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                stack.push((format!("{}{} ", path, sub.get_name()), sub.clone()));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 
     #[test]

@@ -95,11 +95,11 @@ pub struct InitConfig {
     pub ipv6: Ipv6,
 
     /// Print the rules (iptables-restore input) and change nothing.
-    #[arg(long)]
+    #[arg(long, env = "WEFT_INIT_DRY_RUN")]
     pub dry_run: bool,
 
     /// Remove weft's rules and chains instead of installing them.
-    #[arg(long)]
+    #[arg(long, env = "WEFT_INIT_CLEANUP")]
     pub cleanup: bool,
 }
 

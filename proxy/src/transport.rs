@@ -137,3 +137,43 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener on loopback whose accept queue is full, so that the kernel drops further
+    /// SYNs and a connection attempt gets no answer; the held connections come back with it.
+    async fn unanswering() -> (std::net::TcpListener, Vec<TcpStream>) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        socket.listen(0).expect("listen");
+        let listener: std::net::TcpListener = socket.into();
+        let addr = listener.local_addr().expect("address");
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+                Ok(s) => held.push(s.expect("connect while the queue has room")),
+                Err(_) => return (listener, held),
+            }
+        }
+        panic!("the accept queue never filled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_that_gets_no_answer_times_out() {
+        let (listener, _held) = unanswering().await;
+        let addr = listener.local_addr().unwrap();
+        let start = tokio::time::Instant::now();
+        let err = connect(addr, Duration::from_millis(750)).await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::from_millis(750));
+        assert_eq!(err.reason(), "timeout");
+        assert_eq!(
+            err.to_string(),
+            format!("connect to {addr}: timed out after 750ms")
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::{process::Command, time::Duration};
 use http::Request;
 use weft_tests::{
     chain::TempDir,
-    eventually, http_peer,
+    eventually, http_peer, mesh,
     proxy::{self, Proxy},
 };
 
@@ -195,6 +195,42 @@ async fn admin_endpoints() {
             .0,
         405
     );
+}
+
+/// With a control plane, `/ready` answers 503 and says why until the first configuration has
+/// arrived, then 200; `/live` answers 200 throughout.
+#[tokio::test]
+async fn ready_only_once_the_first_configuration_is_in() {
+    // A port nothing listens on yet: the proxy keeps trying it.
+    let xds = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(&[
+        "--control-plane",
+        &xds.to_string(),
+        "--xds-backoff-base",
+        "50ms",
+        "--xds-backoff-max",
+        "200ms",
+    ]);
+    assert_eq!(proxy.get("probe", "/live").await, (200, "live\n".into()));
+    let waiting = (
+        503,
+        "waiting for the first configuration from the control plane\n".to_string(),
+    );
+    assert_eq!(proxy.get("probe", "/ready").await, waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.get("probe", "/ready").await, waiting);
+    let dir = TempDir::new("ready-cp");
+    let _cp = mesh::control_plane(&dir, &["--xds-addr", &xds.to_string()]);
+    eventually(
+        Duration::from_secs(10),
+        "the proxy to be ready once the control plane answers",
+        || async { (proxy.get("probe", "/ready").await == (200, "ready\n".into())).then_some(()) },
+    )
+    .await;
+    assert_eq!(proxy.get("probe", "/live").await, (200, "live\n".into()));
 }
 
 #[test]

@@ -18,6 +18,7 @@ async fn long_stream_completes_while_the_proxy_drains() {
             count: 30,
             size: 100,
             interval_ms: 100,
+            fail_after: 0,
         })
         .await
         .unwrap()

@@ -32,6 +32,7 @@ async fn all_four_call_shapes() {
             count: 50,
             size: 1000,
             interval_ms: 0,
+            fail_after: 0,
         })
         .await
         .unwrap()
@@ -93,6 +94,7 @@ async fn four_mib_messages_both_ways() {
             count: 3,
             size: big as u32,
             interval_ms: 0,
+            fail_after: 0,
         })
         .await
         .unwrap()
@@ -122,6 +124,7 @@ async fn thousand_concurrent_streams() {
                     count: 3,
                     size: 64,
                     interval_ms: 0,
+                    fail_after: 0,
                 })
                 .await
                 .unwrap()
@@ -190,6 +193,7 @@ async fn client_cancel_reaches_the_server() {
             count: 1000,
             size: 10,
             interval_ms: 20,
+            fail_after: 0,
         })
         .await
         .unwrap()
@@ -263,6 +267,64 @@ async fn error_status_and_trailers_pass_unchanged() {
     assert_eq!(err.metadata().get("x-weft-test").unwrap(), "trailer-value");
     let series = r#"weft_response_total{direction="outbound",grpc_status="8",status_code="200",target="echo.test:8080"}"#;
     assert_eq!(chain.a.metric(series).await, 1.0);
+}
+
+/// A status that ends a stream after messages travels in the trailers (not a trailers-only
+/// response): code, message and custom metadata arrive unchanged after the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_status_in_trailers_after_messages_passes_unchanged() {
+    let (server, _) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    let mut s = c
+        .server_stream(StreamReq {
+            count: 10,
+            size: 100,
+            interval_ms: 0,
+            fail_after: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..3 {
+        assert_eq!(s.message().await.unwrap().unwrap().count, i);
+    }
+    let err = s.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert_eq!(err.message(), "stopped after 3 messages ✓");
+    assert_eq!(err.metadata().get("x-weft-test").unwrap(), "after-data");
+    let series = r#"weft_response_total{direction="outbound",grpc_status="10",status_code="200",target="echo.test:8080"}"#;
+    eventually(Duration::from_secs(5), "the status counted", || async {
+        (chain.a.metric(series).await == 1.0).then_some(())
+    })
+    .await;
+}
+
+/// A client-streaming call's messages reach the server one by one as the client sends them:
+/// each is seen by the server before the client sends the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_stream_messages_arrive_as_they_are_sent() {
+    let (server, state) = grpc::server().await;
+    let chain = Chain::start(server);
+    let mut c = grpc::client(chain.outbound(), HTTP_SERVICE).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let call = tokio::spawn(async move {
+        c.client_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    for i in 1..=10 {
+        tx.send(msg("", 100)).await.unwrap();
+        eventually(
+            Duration::from_secs(5),
+            "the server to have the message before the next is sent",
+            || async { (state.client_stream_messages.load(Ordering::SeqCst) == i).then_some(()) },
+        )
+        .await;
+    }
+    drop(tx);
+    let r = call.await.unwrap().unwrap();
+    assert_eq!((r.count, r.text.as_str()), (10, "1000"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

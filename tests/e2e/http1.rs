@@ -8,7 +8,11 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weft_tests::{chain::Chain, http_peer};
+use weft_tests::{
+    chain::{Chain, TempDir},
+    http_peer,
+    proxy::Proxy,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_chunked_bodies_and_hop_by_hop_headers() {
@@ -21,11 +25,14 @@ async fn keep_alive_chunked_bodies_and_hop_by_hop_headers() {
         .await
         .unwrap();
     tokio::spawn(conn);
+    // Request `i`'s chunked body of `n` chunks (one body type for every request on `tx`).
+    let chunked = |i: usize, n: usize| {
+        StreamBody::new(futures_util::stream::iter((0..n).map(move |c| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("r{i}c{c};"))))
+        })))
+    };
     for i in 0..3 {
         // A chunked upload (no content-length), echoed back.
-        let chunks = (0..4).map(move |c| {
-            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("r{i}c{c};"))))
-        });
         let req = Request::post("/echo")
             .header("host", "echo.test:8080")
             .header("connection", "keep-alive, x-hop")
@@ -34,7 +41,7 @@ async fn keep_alive_chunked_bodies_and_hop_by_hop_headers() {
             .header("proxy-connection", "keep-alive")
             .header("x-end-to-end", "kept")
             .header("te", "gzip")
-            .body(StreamBody::new(futures_util::stream::iter(chunks)))
+            .body(chunked(i, 4))
             .unwrap();
         tx.ready().await.unwrap();
         let rsp = tx.send_request(req).await.unwrap();
@@ -57,7 +64,24 @@ async fn keep_alive_chunked_bodies_and_hop_by_hop_headers() {
         let body = rsp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, format!("r{i}c0;r{i}c1;r{i}c2;r{i}c3;"));
     }
-    // All three requests rode one client connection to A, and one upstream connection from B.
+    // The response's hop-by-hop headers stop at each hop too.
+    let req = Request::get("/hop-headers")
+        .header("host", "echo.test:8080")
+        .body(chunked(0, 0))
+        .unwrap();
+    tx.ready().await.unwrap();
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.headers()["x-end-to-end-rsp"], "kept");
+    for hop in ["x-hop-rsp", "keep-alive", "proxy-connection", "connection"] {
+        assert!(
+            !rsp.headers().contains_key(hop),
+            "{hop} passed: {:?}",
+            rsp.headers()
+        );
+    }
+    assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "hop");
+    // All four requests rode one client connection to A, and one upstream connection from B.
     assert_eq!(
         peer.state
             .connections
@@ -98,6 +122,64 @@ async fn upstream_status_passes_and_proxy_errors_are_marked() {
     assert_eq!(
         rsp.headers()["weft-proxy-error"],
         "no service for authority `nowhere.test`"
+    );
+}
+
+/// An endpoint that never answers the connection attempt (its accept queue is full, so the
+/// kernel drops the SYN): the request fails after `--connect-timeout` with a 503 that says so,
+/// and the timeout is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_connect_times_out() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    let full = loop {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(s) => held.push(s.unwrap()),
+            Err(_) => break true,
+        }
+        if held.len() > 16 {
+            break false;
+        }
+    };
+    assert!(full, "the accept queue never filled");
+    let dir = TempDir::new("connect-timeout");
+    let table = dir.write(
+        "table.yaml",
+        &format!(
+            "services:\n  - name: silent.test\n    port: 80\n    endpoints:\n      - address: {addr}\n"
+        ),
+    );
+    let proxy = Proxy::start(&[
+        "--config",
+        table.to_str().unwrap(),
+        "--connect-timeout",
+        "300ms",
+    ]);
+    let rsp = http_peer::request_h1(
+        proxy.addr("outbound"),
+        Request::get("/").header("host", "silent.test"),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 503);
+    assert_eq!(
+        rsp.headers()["weft-proxy-error"],
+        format!("connect to {addr}: timed out after 300ms").as_str()
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"weft_upstream_connect_errors_total{direction="outbound",reason="timeout"}"#)
+            .await,
+        1.0
     );
 }
 

@@ -32,6 +32,8 @@ pub struct ServerState {
     pub started: AtomicUsize,
     /// Server streams whose every message was handed to the transport.
     pub completed_streams: AtomicUsize,
+    /// Messages client-streaming calls have received so far, counted as each arrives.
+    pub client_stream_messages: AtomicUsize,
     /// Bidi calls whose request stream ended, however (end of stream, reset, error).
     pub bidi_inputs_ended: AtomicUsize,
     /// Per call, in order: its method and the `x-weft-peer-identity` it carried (`-` for none).
@@ -127,6 +129,18 @@ impl Echo for Svc {
         tokio::spawn(async move {
             let guard = CallGuard::new(&state);
             for i in 0..r.count {
+                if r.fail_after > 0 && i == r.fail_after {
+                    let mut md = tonic::metadata::MetadataMap::new();
+                    md.insert("x-weft-test", MetadataValue::from_static("after-data"));
+                    let status = Status::with_metadata(
+                        tonic::Code::Aborted,
+                        format!("stopped after {i} messages ✓"),
+                        md,
+                    );
+                    let _ = tx.send(Err(status)).await;
+                    guard.done();
+                    return;
+                }
                 if r.interval_ms > 0 && i > 0 {
                     tokio::time::sleep(Duration::from_millis(r.interval_ms)).await;
                 }
@@ -151,6 +165,7 @@ impl Echo for Svc {
         let mut s = req.into_inner();
         let (mut count, mut bytes) = (0u64, 0usize);
         while let Some(m) = s.message().await? {
+            self.0.client_stream_messages.fetch_add(1, Ordering::SeqCst);
             count += 1;
             bytes += m.payload.len();
         }
@@ -274,6 +289,7 @@ pub async fn four_shapes(
             count: 5,
             size: 16,
             interval_ms: 0,
+            fail_after: 0,
         })
         .await
         .map_err(|e| format!("server stream: {e}"))?

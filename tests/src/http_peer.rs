@@ -208,6 +208,17 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
             }
             rsp
         }
+        "/hop-headers" => {
+            // A response carrying hop-by-hop headers, named in `connection` and by RFC 9110.
+            Response::builder()
+                .header("connection", "keep-alive, x-hop-rsp")
+                .header("x-hop-rsp", "must not pass")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-connection", "keep-alive")
+                .header("x-end-to-end-rsp", "kept")
+                .body(full("hop"))
+                .unwrap()
+        }
         "/trailers" => {
             let mut t = HeaderMap::new();
             t.insert("x-trailer", HeaderValue::from_static("yes"));
