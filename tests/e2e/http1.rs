@@ -237,6 +237,71 @@ async fn upgrade_passes_through() {
     );
 }
 
+/// A real WebSocket client and server (tungstenite) through the chain: the handshake
+/// (`Sec-WebSocket-Key`/`-Accept`, checked by both ends), text and binary messages, ping and
+/// pong, and the closing handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_through_the_chain() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // Echoes data messages; tungstenite answers pings and closes by itself.
+        while let Some(Ok(m)) = ws.next().await {
+            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let chain = Chain::start(server);
+    let tcp = tokio::net::TcpStream::connect(chain.outbound())
+        .await
+        .unwrap();
+    let (mut ws, rsp) = tokio_tungstenite::client_async("ws://echo.test:8080/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 101);
+    let big = Bytes::from(vec![0xa5u8; 256 * 1024]);
+    for m in [
+        Message::text("hello through two sidecars"),
+        Message::binary(big.clone()),
+        Message::text("ünïcode ✓"),
+    ] {
+        ws.send(m.clone()).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the echo within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, m);
+    }
+    ws.send(Message::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(Bytes::from_static(b"are you there")));
+    ws.close(None).await.unwrap();
+    // The server's close frame comes back, then the stream ends.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(_))) => continue,
+            None | Some(Err(_)) => break,
+            Some(Ok(m)) => panic!("unexpected after close: {m:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_tunnel_survives_drain() {
     let peer = http_peer::server("s1").await;
