@@ -356,7 +356,9 @@ async fn proxy_errors_are_grpc_shaped() {
 
     let mut c = grpc::client(chain.outbound(), "nowhere.test:1").await;
     let err = c.unary(msg("x", 1)).await.unwrap_err();
+    // The proxy's own gRPC status and message, not one tonic would infer from an HTTP 404.
     assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.message(), "no service for authority `nowhere.test:1`");
 }
 
 /// A gRPC message frame: uncompressed flag, length, protobuf bytes.

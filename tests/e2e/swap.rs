@@ -41,16 +41,20 @@ async fn two_hundred_swaps_under_load_drop_nothing() {
     ]);
     let outbound = proxy.addr("outbound");
 
-    // Load: 4 clients (2 HTTP/1.1 keep-alive, 2 HTTP/2) in a loop until told to stop, at most
-    // 100,000 requests in all.
+    // Load: 6 clients (3 HTTP/1.1 keep-alive, 3 HTTP/2) in a loop until told to stop, at most
+    // 100,000 requests in all. Two of them ask for answers 100 ms late, so that requests are
+    // in flight across many swaps (an endpoint they are on may leave the table meanwhile).
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let slow_ok = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
-    for c in 0..4 {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+    for c in 0..6 {
+        let (stop, ok, failed, slow_ok) =
+            (stop.clone(), ok.clone(), failed.clone(), slow_ok.clone());
         clients.push(tokio::spawn(async move {
             let mut served: HashMap<String, usize> = HashMap::new();
             let h2 = c % 2 == 1;
+            let path = if c >= 4 { "/delay?ms=100" } else { "/id" };
             let mut h2tx = if h2 {
                 Some(http_peer::h2_client(outbound).await)
             } else {
@@ -66,7 +70,7 @@ async fn two_hundred_swaps_under_load_drop_nothing() {
                 && ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < 100_000
             {
                 let res = if let Some(tx) = h2tx.as_mut() {
-                    let req = Request::get("http://echo.test:8080/id")
+                    let req = Request::get(format!("http://echo.test:8080{path}"))
                         .body(http_peer::body(""))
                         .unwrap();
                     match tx.send_request(req).await {
@@ -76,7 +80,7 @@ async fn two_hundred_swaps_under_load_drop_nothing() {
                         _ => None,
                     }
                 } else {
-                    let req = Request::get("/id")
+                    let req = Request::get(path)
                         .header("host", "echo.test:8080")
                         .body(String::new())
                         .unwrap();
@@ -91,6 +95,9 @@ async fn two_hundred_swaps_under_load_drop_nothing() {
                 match res {
                     Some(b) => {
                         ok.fetch_add(1, Ordering::Relaxed);
+                        if c >= 4 {
+                            slow_ok.fetch_add(1, Ordering::Relaxed);
+                        }
                         *served
                             .entry(String::from_utf8_lossy(&b).into_owned())
                             .or_default() += 1;
@@ -141,6 +148,8 @@ async fn two_hundred_swaps_under_load_drop_nothing() {
     eprintln!("{ok} requests ok, {failed} failed, served by {served:?}");
     assert_eq!(failed, 0, "requests failed during swaps");
     assert!(ok > 1000, "too little load to prove anything: {ok}");
+    let slow_ok = slow_ok.load(Ordering::Relaxed);
+    assert!(slow_ok >= 4, "too few slow requests: {slow_ok}");
     assert_eq!(
         served.len(),
         3,

@@ -131,3 +131,63 @@ async fn promtool_accepts_the_metrics() {
 }
 
 use weft_tests::chain;
+
+/// Every family the proxy exports, each given a sample, passes promtool's lint (a family with
+/// no series is not exported, so the chain above only checks those its traffic fills), and
+/// `docs/metrics.md` lists exactly these families.
+#[test]
+fn every_proxy_metric_family_passes_promtool_and_is_documented() {
+    use std::sync::Arc;
+    use weft_proxy::{
+        metrics::{AuthzProtocol, Direction, Metrics},
+        traffic::{Limit, Reason},
+    };
+    let m = Metrics::new();
+    let t = m.target(Direction::Outbound, &Arc::from("echo.test:8080"));
+    t.request();
+    t.latency(0.003);
+    t.response(200, None);
+    t.response(200, Some(14));
+    t.retry(Reason::Http5xx);
+    t.budget_exhausted();
+    t.attempts(2);
+    t.overflow(Limit::Pending);
+    t.ejection();
+    t.rate_limited();
+    t.fault(true);
+    t.mirrored(true);
+    let c = m.conns(Direction::Inbound);
+    c.accepted.inc();
+    c.open.inc();
+    c.read_bytes.inc_by(10);
+    c.write_bytes.inc_by(20);
+    c.detected("http2");
+    m.connect_error(Direction::Outbound, "timeout");
+    m.table_loaded("v2", 2);
+    m.table_reload_failed();
+    m.xds_connected.set(1);
+    m.xds_update("cluster", true);
+    m.endpoint_dns("ok");
+    m.tls.handshake(Direction::Inbound, "ok");
+    m.tls.refused.with_label_values(&["plaintext"]).inc();
+    m.tls.authz(AuthzProtocol::Http, true);
+    m.tls
+        .peer_requests(Some("spiffe://cluster.local/ns/demo/sa/web"))
+        .inc();
+    m.tls.identity(Some(std::time::SystemTime::now()), 1, 1);
+    let text = m.render();
+
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let documented: std::collections::BTreeSet<&str> = include_str!("../../docs/metrics.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|f| f.starts_with("weft_") && !f.starts_with("weft_cp_"))
+        .collect();
+    assert_eq!(exported, documented, "exported families against metrics.md");
+    tools::assert_promtool_clean(&text);
+}
