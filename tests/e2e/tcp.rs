@@ -1,4 +1,5 @@
-//! Opaque TCP through the chain: echo with half-close, and a server that speaks first.
+//! Opaque TCP through the chain: echo with half-close, a server that speaks first, and an
+//! application's own TLS passed through.
 
 use std::time::Duration;
 
@@ -61,4 +62,66 @@ async fn server_speaks_first() {
         .unwrap()
         .unwrap();
     assert_eq!(&echo, b"HELO weft\r\n");
+}
+
+/// An application's own TLS (a ClientHello first) passes through untouched: B's inbound side
+/// detects TLS and, with no mesh identity of its own, forwards the bytes as they are; the
+/// handshake, certificate check and data are end to end between a rustls client and server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_tls_passes_through_as_opaque() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, pki_types};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let app = rcgen::generate_simple_self_signed(vec!["app.test".into()]).unwrap();
+    let cert = app.cert.der().clone();
+    let key = pki_types::PrivateKeyDer::try_from(app.signing_key.serialize_der()).unwrap();
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut line = [0u8; 5];
+        tls.read_exact(&mut line).await.unwrap();
+        tls.write_all(b"secret reply to ").await.unwrap();
+        tls.write_all(&line).await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+
+    let chain = Chain::start(server);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(chain.tcp_listener())
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+        .connect(pki_types::ServerName::try_from("app.test").unwrap(), tcp)
+        .await
+        .expect("the TLS handshake through the chain");
+    tls.write_all(b"hello").await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut back))
+        .await
+        .expect("the reply and the server's close within 10 s")
+        .unwrap();
+    assert_eq!(back, b"secret reply to hello");
+    assert_eq!(
+        chain
+            .b
+            .metric(r#"weft_protocol_detect_total{direction="inbound",protocol="tls"}"#)
+            .await,
+        1.0
+    );
 }
