@@ -69,6 +69,16 @@ async fn trailers_and_multiplexing() {
             .await,
         1.0
     );
+    // Upstream, the 200 concurrent requests were multiplexed too: one HTTP/2 connection from A
+    // to B, and one from B to the server.
+    assert_eq!(
+        chain
+            .b
+            .metric(r#"weft_tcp_accepted_total{direction="inbound"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(peer.state.connections.load(Ordering::SeqCst), 1);
 }
 
 /// Waits until `sent` (what a sender has handed on) stops growing, and checks that flow control
