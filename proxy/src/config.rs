@@ -730,37 +730,57 @@ mod tests {
     }
 
     /// Every flag of every subcommand has a `WEFT_*` variable, and the configuration reference
-    /// names both.
+    /// has a row for it, in its command's section, naming the variable and the default.
     #[test]
     fn every_flag_has_an_env_variable_and_is_documented() {
         use clap::CommandFactory;
         let doc = include_str!("../../docs/configuration.md");
+        let section = |heading: &str| {
+            let start = doc.find(heading).expect(heading) + heading.len();
+            let len = doc[start..].find("\n## ").unwrap_or(doc.len() - start);
+            &doc[start..start + len]
+        };
+        let cli = Cli::command();
+        let mut commands = vec![(section("\n## Flags\n"), cli.clone())];
+        for sub in cli.get_subcommands() {
+            let heading = format!("\n## `weft-proxy {}`\n", sub.get_name());
+            commands.push((section(&heading), sub.clone()));
+        }
         let mut missing = Vec::new();
-        let mut stack = vec![(String::new(), Cli::command())];
-        while let Some((path, cmd)) = stack.pop() {
+        for (text, cmd) in commands {
             for arg in cmd.get_arguments() {
                 let Some(long) = arg.get_long() else { continue };
                 if matches!(long, "help" | "version") {
                     continue;
                 }
-                let flag = format!("`{path}--{long}");
+                let flag = format!("{} --{long}", cmd.get_name());
+                let row = text.lines().find(|l| {
+                    l.starts_with(&format!("| `--{long}`"))
+                        || l.starts_with(&format!("| `--{long} "))
+                });
+                let Some(row) = row else {
+                    missing.push(format!("{flag}: no row in its section of configuration.md"));
+                    continue;
+                };
                 match arg.get_env().and_then(|e| e.to_str()) {
                     Some(env) if env.starts_with("WEFT_") => {
-                        if !doc.contains(&format!("`{env}`")) {
-                            missing.push(format!("{env} is not in configuration.md"));
+                        if !row.contains(&format!("`{env}`")) {
+                            missing.push(format!("{flag}: its row does not name {env}"));
                         }
                     }
-                    _ => missing.push(format!("{flag}` has no WEFT_* variable")),
+                    _ => missing.push(format!("{flag}: no WEFT_* variable")),
                 }
-                // Flags are written `--name` or `--name VALUE`; subcommands' in their section.
-                let named =
-                    doc.contains(&format!("`--{long}`")) || doc.contains(&format!("`--{long} "));
-                if !named {
-                    missing.push(format!("{flag}` is not in configuration.md"));
+                // Switches default to off; every other default is written as it is given.
+                let default_column = row.split(" | ").nth(2).unwrap_or("");
+                if arg.get_action().takes_values() {
+                    for d in arg.get_default_values() {
+                        let d = d.to_string_lossy();
+                        if !default_column.contains(&format!("`{d}`")) {
+                            missing
+                                .push(format!("{flag}: default `{d}` not in `{default_column}`"));
+                        }
+                    }
                 }
-            }
-            for sub in cmd.get_subcommands() {
-                stack.push((format!("{}{} ", path, sub.get_name()), sub.clone()));
             }
         }
         assert!(missing.is_empty(), "{}", missing.join("\n"));

@@ -43,6 +43,8 @@ type TargetKey = (Direction, Arc<str>);
 
 pub struct Metrics {
     registry: Registry,
+    /// The name of every family registered, whether it has series yet or not.
+    families: Vec<String>,
     requests: IntCounterVec,
     responses: IntCounterVec,
     latency: HistogramVec,
@@ -232,7 +234,11 @@ fn opts(name: &str, help: &str) -> Opts {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
         let reg = |c: Box<dyn prometheus::core::Collector>| {
+            names
+                .borrow_mut()
+                .extend(c.desc().iter().map(|d| d.fq_name.clone()));
             registry.register(c).expect("metric names are unique");
         };
         let requests = IntCounterVec::new(
@@ -508,6 +514,7 @@ impl Metrics {
         });
         Arc::new(Metrics {
             registry,
+            families: names.into_inner(),
             requests,
             responses,
             latency,
@@ -583,6 +590,12 @@ impl Metrics {
 
     pub fn table_reload_failed(&self) {
         self.table_reloads.with_label_values(&["error"]).inc();
+    }
+
+    /// The names of every metric family this proxy can export (a family is exported once it
+    /// has a series).
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     /// The Prometheus text exposition of every metric.

@@ -201,11 +201,12 @@ async fn admin_endpoints() {
 /// arrived, then 200; `/live` answers 200 throughout.
 #[tokio::test]
 async fn ready_only_once_the_first_configuration_is_in() {
-    // A port nothing listens on yet: the proxy keeps trying it.
-    let xds = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port held bound but not listening (connections to it are refused) until the control
+    // plane takes it, so that no other test can take it meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.set_reuseaddr(true).unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let xds = reserved.local_addr().unwrap();
     let proxy = Proxy::start(&[
         "--control-plane",
         &xds.to_string(),
@@ -223,6 +224,7 @@ async fn ready_only_once_the_first_configuration_is_in() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.get("probe", "/ready").await, waiting);
     let dir = TempDir::new("ready-cp");
+    drop(reserved);
     let _cp = mesh::control_plane(&dir, &["--xds-addr", &xds.to_string()]);
     eventually(
         Duration::from_secs(10),

@@ -163,12 +163,16 @@ async fn an_unanswered_connect_times_out() {
         "--connect-timeout",
         "300ms",
     ]);
-    let rsp = http_peer::request_h1(
-        proxy.addr("outbound"),
-        Request::get("/").header("host", "silent.test"),
-        String::new(),
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_peer::request_h1(
+            proxy.addr("outbound"),
+            Request::get("/").header("host", "silent.test"),
+            String::new(),
+        ),
     )
     .await
+    .expect("an answer within 10 s")
     .unwrap();
     assert_eq!(rsp.status(), 503);
     assert_eq!(

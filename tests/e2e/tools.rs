@@ -188,6 +188,12 @@ fn every_proxy_metric_family_passes_promtool_and_is_documented() {
         .filter_map(|l| l.split('`').next())
         .filter(|f| f.starts_with("weft_") && !f.starts_with("weft_cp_"))
         .collect();
+    let registered: std::collections::BTreeSet<&str> =
+        m.families().iter().map(String::as_str).collect();
+    assert_eq!(
+        exported, registered,
+        "every registered family given a sample"
+    );
     assert_eq!(exported, documented, "exported families against metrics.md");
     tools::assert_promtool_clean(&text);
 }
