@@ -197,6 +197,42 @@ async fn admin_endpoints() {
     );
 }
 
+/// The log filter and format come from `WEFT_LOG` and `WEFT_LOG_FORMAT` when no flag is given:
+/// the lines are JSON, debug lines of other crates are filtered out, and `/log_level` reports
+/// the filter.
+#[tokio::test]
+async fn log_filter_and_format_from_the_environment() {
+    let mut cmd = Command::new(proxy::binary());
+    cmd.env("WEFT_LOG", "warn,weft_proxy=debug")
+        .env("WEFT_LOG_FORMAT", "json")
+        .args([
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--inbound-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-addr", "127.0.0.1:0", "--probe-addr", "127.0.0.1:0"]);
+    // The harness reads JSON lines and waits for weft_proxy's "ready": only that works here.
+    let proxy = Proxy::spawn(cmd).unwrap_or_else(|(s, logs)| panic!("{s:?}: {logs:?}"));
+    assert_eq!(
+        proxy.get("admin", "/log_level").await,
+        (200, "warn,weft_proxy=debug\n".into())
+    );
+    let logs = proxy.logs.lock().unwrap().clone();
+    let levels: Vec<serde_json::Value> = logs
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON log lines"))
+        .collect();
+    assert!(
+        levels.iter().all(|v| v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("weft_proxy"))
+            || v["level"] == "WARN"
+            || v["level"] == "ERROR"),
+        "{logs:?}"
+    );
+}
+
 /// With a control plane, `/ready` answers 503 and says why until the first configuration has
 /// arrived, then 200; `/live` answers 200 throughout.
 #[tokio::test]
