@@ -294,28 +294,14 @@ impl HttpProxy {
                     .keep_alive_timeout(self.cfg.http2_keepalive_timeout);
             }
             let c = b.serve_connection(io, svc);
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = self.drain.signaled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-            }
+            until_drained(c, |c| c.graceful_shutdown(), &self.drain).await
         } else {
             let c = conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = self.drain.signaled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-            }
+            until_drained(c, |c| c.graceful_shutdown(), &self.drain).await
         };
         if let Err(e) = res {
             tracing::debug!(direction = self.direction.as_str(), error = %e, "downstream connection ended with an error");
@@ -672,7 +658,7 @@ impl HttpProxy {
             r.svc.budget.deposit();
         }
         if let Some(r) = &to.routed {
-            match r.cluster.permit(Limit::Pending, &to.dest.metrics) {
+            match r.cluster.permit(Limit::Pending, &dest.metrics) {
                 Ok(Some(p)) => {
                     req.extensions_mut().insert(Pending(Arc::new(p)));
                 }
@@ -953,6 +939,23 @@ fn fail(e: ProxyError, is_grpc: bool, mut obs: Observer, version: Version) -> Re
     *rsp.version_mut() = version;
     obs.response_head(rsp.status().as_u16(), rsp.headers());
     rsp
+}
+
+/// Serves a downstream connection to its end; once the drain begins, it is asked to finish
+/// gracefully (HTTP/2: GOAWAY; HTTP/1.1: close after the response in flight).
+async fn until_drained<C: Future>(
+    c: C,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+    drain: &Drain,
+) -> C::Output {
+    tokio::pin!(c);
+    tokio::select! {
+        r = c.as_mut() => r,
+        _ = drain.signaled() => {
+            graceful_shutdown(c.as_mut());
+            c.await
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
