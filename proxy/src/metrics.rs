@@ -110,10 +110,8 @@ pub struct TlsMetrics {
     /// `weft_inbound_refused_total{reason}`: connections STRICT mode turned away before any
     /// handshake (`plaintext`, `foreign_tls`).
     pub refused: IntCounterVec,
-    /// `weft_authz_total{protocol, result}`.
-    authz: IntCounterVec,
-    /// Its handles, by [`AuthzProtocol`] and then deny, allow.
-    authz_handles: [[IntCounter; 2]; 3],
+    /// `weft_authz_total{protocol, result}`, by [`AuthzProtocol`] and then deny, allow.
+    authz: [[IntCounter; 2]; 3],
     /// `weft_inbound_peer_requests_total{client_id, tls}`.
     peer_requests: IntCounterVec,
     /// Set from the identity when metrics are read.
@@ -131,7 +129,7 @@ impl TlsMetrics {
 
     /// Counts an authorization decision.
     pub fn authz(&self, protocol: AuthzProtocol, allowed: bool) {
-        self.authz_handles[protocol as usize][usize::from(allowed)].inc();
+        self.authz[protocol as usize][usize::from(allowed)].inc();
     }
 
     /// Brings the identity's figures up to date (called before metrics are rendered).
@@ -372,8 +370,7 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
-            authz: authz.clone(),
-            authz_handles: ["http", "grpc", "tcp"]
+            authz: ["http", "grpc", "tcp"]
                 .map(|p| ["deny", "allow"].map(|r| authz.with_label_values(&[p, r]))),
             peer_requests: IntCounterVec::new(
                 opts(
@@ -399,12 +396,7 @@ impl Metrics {
             ))
             .unwrap(),
         };
-        for c in [
-            &tls.handshakes,
-            &tls.refused,
-            &tls.authz,
-            &tls.peer_requests,
-        ] {
+        for c in [&tls.handshakes, &tls.refused, &authz, &tls.peer_requests] {
             reg(Box::new(c.clone()));
         }
         reg(Box::new(tls.cert_expiry.clone()));
