@@ -257,7 +257,20 @@ async fn ready_only_once_the_first_configuration_is_in() {
         "waiting for the first configuration from the control plane\n".to_string(),
     );
     assert_eq!(proxy.get("probe", "/ready").await, waiting);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still waiting once the proxy has tried the control plane again.
+    eventually(
+        Duration::from_secs(10),
+        "a second attempt at the control plane",
+        || async {
+            let logs = proxy.logs.lock().unwrap();
+            let failed = logs
+                .iter()
+                .filter(|l| l.contains("xDS stream ended"))
+                .count();
+            (failed >= 2).then_some(())
+        },
+    )
+    .await;
     assert_eq!(proxy.get("probe", "/ready").await, waiting);
     let dir = TempDir::new("ready-cp");
     drop(reserved);
