@@ -89,6 +89,31 @@ impl FromStr for EndpointAddress {
     }
 }
 
+/// Whether an authority (`host`, `host:port`, `[v6]`, `[v6]:port`, as a `Host` header or a URL
+/// carries it) names this host's loopback: `localhost`, an address in `127.0.0.0/8`, or `::1`.
+pub fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, "")) => v6,
+            Some((v6, port)) if port.strip_prefix(':').is_some_and(is_port) => v6,
+            _ => return false,
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) if is_port(port) => host,
+            Some(_) => return false,
+            None => authority,
+        },
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A host name as DNS knows it, lower-cased and without a trailing dot; the error names what is
 /// wrong. A name whose last label is all digits is refused: it is a mistyped IP address
 /// (`10.0.0.256`), not a name (no top-level domain is numeric).
@@ -157,6 +182,34 @@ impl<'de> Deserialize<'de> for EndpointAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_authorities() {
+        for a in [
+            "localhost",
+            "LOCALHOST:15000",
+            "127.0.0.1",
+            "127.9.9.9:1",
+            "[::1]",
+            "[::1]:15000",
+        ] {
+            assert!(is_loopback_authority(a), "{a}");
+        }
+        for a in [
+            "evil.example",
+            "evil.example:15000",
+            "localhost.evil.example",
+            "10.0.0.7:15000",
+            "[fd00::1]:15000",
+            "::1",
+            "[::1]x",
+            "localhost:abc",
+            "127.0.0.1:15000@evil",
+            "",
+        ] {
+            assert!(!is_loopback_authority(a), "{a}");
+        }
+    }
 
     #[test]
     fn parses_ips_and_host_names() {

@@ -12,7 +12,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http::{
+    Method, Request, Response, StatusCode,
+    header::{CONTENT_TYPE, HOST},
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -95,8 +98,26 @@ where
     }
 }
 
-/// Admin endpoints. Keep this server on loopback: it can stop the proxy.
+/// Whether a request to the admin server names it by a loopback host (or names no host): a
+/// page another site's script sends to a name that resolves to 127.0.0.1 (DNS rebinding)
+/// carries that name, and is refused.
+fn addressed_to_loopback<B>(req: &Request<B>) -> bool {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers().get(HOST).map(|h| h.as_bytes()));
+    host.is_none_or(|h| std::str::from_utf8(h).is_ok_and(weft_core::address::is_loopback_authority))
+}
+
+/// Admin endpoints. This server is on loopback only (checked at start): it can stop the proxy.
 pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
+    if !addressed_to_loopback(&req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "the admin server answers requests for localhost, 127.0.0.1 or [::1] only (Host)\n",
+        );
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => {
             let table = state.table.load();
@@ -257,5 +278,52 @@ pub fn wait_ready(cfg: &crate::config::WaitConfig) -> Result<(), String> {
             ));
         }
         std::thread::sleep(step);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::get(uri);
+        if let Some(h) = host {
+            b = b.header(HOST, h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_loopback_hosts_reach_the_admin_endpoints() {
+        assert!(addressed_to_loopback(&get(
+            "/config_dump",
+            Some("127.0.0.1:15000")
+        )));
+        assert!(addressed_to_loopback(&get(
+            "/config_dump",
+            Some("localhost:15000")
+        )));
+        assert!(addressed_to_loopback(&get(
+            "/config_dump",
+            Some("[::1]:15000")
+        )));
+        assert!(
+            addressed_to_loopback(&get("/config_dump", None)),
+            "HTTP/1.0"
+        );
+        // DNS rebinding: a name that resolves to 127.0.0.1 is still not a loopback name.
+        assert!(!addressed_to_loopback(&get(
+            "/shutdown",
+            Some("rebind.example:15000")
+        )));
+        assert!(!addressed_to_loopback(&get(
+            "/shutdown",
+            Some("10.0.0.7:15000")
+        )));
+        // An absolute-form target names the host too, whatever Host says.
+        assert!(!addressed_to_loopback(&get(
+            "http://rebind.example:15000/shutdown",
+            Some("127.0.0.1:15000")
+        )));
     }
 }

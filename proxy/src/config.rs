@@ -117,17 +117,25 @@ pub struct Config {
     #[arg(long, env = "WEFT_CAPTURE")]
     pub capture: bool,
 
-    /// Where redirected inbound connections are delivered: this address, on the port the
-    /// client sent them to.
-    #[arg(long, env = "WEFT_INBOUND_APP_IP", default_value = "127.0.0.1")]
-    pub inbound_app_ip: std::net::IpAddr,
+    /// Redirected inbound connections go where the client sent them (the pod's own address):
+    /// an application bound to loopback only is private to its pod. Connections to these
+    /// original ports go to loopback instead (comma-separated), for an application that
+    /// listens on loopback only and should still serve the mesh on that port.
+    #[arg(
+        long,
+        env = "WEFT_INBOUND_LOOPBACK_PORTS",
+        value_delimiter = ',',
+        value_name = "PORTS"
+    )]
+    pub inbound_loopback_ports: Vec<u16>,
 
     /// Extra outbound TCP listener bound to one service: `LISTEN_ADDR=SERVICE[:PORT]`.
     /// Repeatable; in the environment, comma-separated.
     #[arg(long = "outbound-tcp", env = "WEFT_OUTBOUND_TCP", value_delimiter = ',', value_parser = parse_tcp_mapping)]
     pub outbound_tcp: Vec<TcpMapping>,
 
-    /// Admin server (/config_dump, /shutdown, /log_level). Keep it on loopback.
+    /// Admin server (/config_dump, /shutdown, /log_level): a loopback address (any other is
+    /// refused at start), answering only requests whose Host is a loopback name.
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
 

@@ -21,6 +21,57 @@ pub static PEER_IDENTITY_HEADER_UNDERSCORE: HeaderName =
 /// connection between them: the version to restore for the application.
 pub static ORIG_PROTO_HEADER: HeaderName = HeaderName::from_static("x-weft-orig-proto");
 
+/// Where captured inbound connections are delivered, and which are refused.
+///
+/// A captured connection goes to the address its client dialled (the pod's own IP and the
+/// original port), as if there were no sidecar: an application bound only to loopback stays
+/// private to its pod. A connection whose original port is one of the sidecar's own (every
+/// listener it bound) is refused, whatever the mode, so no other pod reaches the admin,
+/// outbound or DNS listeners through the inbound side.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// The ports of every listener the sidecar bound, sorted.
+    own_ports: Box<[u16]>,
+    /// Original ports delivered on loopback instead (`--inbound-loopback-ports`), sorted: an
+    /// escape hatch for an application that listens on loopback only and should still take
+    /// mesh traffic on that port.
+    loopback_ports: Box<[u16]>,
+}
+
+impl Delivery {
+    /// `bound`: the addresses of the listeners the sidecar actually bound.
+    pub fn new(bound: impl IntoIterator<Item = SocketAddr>, loopback_ports: &[u16]) -> Self {
+        let sorted = |ports: Vec<u16>| {
+            let mut ports = ports;
+            ports.sort_unstable();
+            ports.dedup();
+            ports.into_boxed_slice()
+        };
+        Delivery {
+            own_ports: sorted(bound.into_iter().map(|a| a.port()).collect()),
+            loopback_ports: sorted(loopback_ports.to_vec()),
+        }
+    }
+
+    /// Whether `port` is one of the sidecar's own.
+    pub fn is_own(&self, port: u16) -> bool {
+        self.own_ports.binary_search(&port).is_ok()
+    }
+
+    /// Where a captured connection sent to `orig` goes: `orig` itself, or loopback (of the
+    /// same family) on an escape-hatch port.
+    pub fn app(&self, orig: SocketAddr) -> SocketAddr {
+        if self.loopback_ports.binary_search(&orig.port()).is_err() {
+            return orig;
+        }
+        let ip: std::net::IpAddr = match orig {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        SocketAddr::new(ip, orig.port())
+    }
+}
+
 /// Who is on the other end of an inbound connection, and where it was sent.
 #[derive(Debug)]
 pub struct Peer {
@@ -186,6 +237,26 @@ mod tests {
                 .unwrap_err()
                 .starts_with("allow[0]: set exactly one")
         );
+    }
+
+    #[test]
+    fn captured_connections_go_where_they_were_sent_but_never_to_the_sidecar() {
+        let bound: Vec<SocketAddr> = ["127.0.0.1:15000", "0.0.0.0:15006", "127.0.0.1:15001"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let d = Delivery::new(bound, &[9090]);
+        assert!(d.is_own(15000) && d.is_own(15001) && d.is_own(15006));
+        assert!(!d.is_own(8080));
+        let at = |a: &str| d.app(a.parse().unwrap()).to_string();
+        assert_eq!(
+            at("10.0.0.7:8080"),
+            "10.0.0.7:8080",
+            "the pod's own address"
+        );
+        assert_eq!(at("[fd00::7]:8080"), "[fd00::7]:8080");
+        assert_eq!(at("10.0.0.7:9090"), "127.0.0.1:9090", "the escape hatch");
+        assert_eq!(at("[fd00::7]:9090"), "[::1]:9090");
     }
 
     #[test]

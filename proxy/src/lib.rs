@@ -72,19 +72,19 @@ pub enum StartError {
     Labels(String),
     #[error("--app-probes: {0}")]
     AppProbes(String),
+    #[error(
+        "--admin-addr {0}: the admin server can stop the proxy and shows its whole configuration; it listens on a loopback address only (127.0.0.1 or [::1])"
+    )]
+    AdminNotLoopback(SocketAddr),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Whether `url` (`[http://]host:port`) names this host's loopback.
+/// Whether `url` (`[http://]host:port[/...]`) names this host's loopback.
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let authority = rest.split('/').next().unwrap_or(rest);
+    weft_core::address::is_loopback_authority(authority)
 }
 
 /// Starts keeping a workload certificate, if one is configured: from the CA (the first one
@@ -158,6 +158,9 @@ fn bind_err(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Star
 /// Runs the sidecar until it is told to stop (SIGTERM, SIGINT or `POST /shutdown`), then drains.
 pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<(), StartError> {
     cfg.listen_for_ipv6(init::has_global_ipv6());
+    if !cfg.admin_addr.ip().is_loopback() {
+        return Err(StartError::AdminNotLoopback(cfg.admin_addr));
+    }
     let app_probes = match &cfg.app_probes {
         Some(json) => app_probe::parse(json).map_err(StartError::AppProbes)?,
         None => Default::default(),
@@ -268,14 +271,17 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         extra.push((m.service.clone(), l));
     }
     let dns = match cfg.dns_addr {
-        Some(addr) => Some((
-            tokio::net::UdpSocket::bind(addr)
+        Some(addr) => {
+            let udp = tokio::net::UdpSocket::bind(addr)
                 .await
-                .map_err(bind_err("DNS (UDP)", addr))?,
-            tokio::net::TcpListener::bind(addr)
+                .map_err(bind_err("DNS (UDP)", addr))?;
+            // TCP on the port UDP got, so the DNS proxy has one port (also with port 0).
+            let addr = udp.local_addr()?;
+            let tcp = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(bind_err("DNS (TCP)", addr))?,
-        )),
+                .map_err(bind_err("DNS (TCP)", addr))?;
+            Some((udp, tcp))
+        }
         None => None,
     };
     let admin_l =
@@ -301,6 +307,12 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, %addr, "listening");
     }
+    // One list of the sidecar's own ports, from what it actually bound.
+    let delivery = Arc::new(inbound::Delivery::new(
+        listeners.iter().map(|(_, a)| *a),
+        &cfg.inbound_loopback_ports,
+    ));
+    let local = Arc::new(transport::local::LocalAddrs::default());
 
     tokio::spawn(resolver.clone().run(table.clone(), drain.token()));
     let discovery = Discovery::new(
@@ -360,7 +372,8 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             table: table.clone(),
             inbound,
             capture: cfg.capture,
-            inbound_app_ip: cfg.inbound_app_ip,
+            delivery: delivery.clone(),
+            local: local.clone(),
         })
     };
     tokio::spawn(listener(outbound_http.clone(), TcpTarget::None, None).run(outbound));

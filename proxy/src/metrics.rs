@@ -107,9 +107,11 @@ pub enum AuthzProtocol {
 pub struct TlsMetrics {
     /// `weft_tls_handshakes_total{direction, result}`: `ok` or why it failed.
     handshakes: IntCounterVec,
-    /// `weft_inbound_refused_total{reason}`: connections STRICT mode turned away before any
-    /// handshake (`plaintext`, `foreign_tls`).
+    /// `weft_inbound_refused_total{reason}`: inbound connections turned away before any
+    /// handshake (reasons are the code's own words, never the peer's).
     pub refused: IntCounterVec,
+    /// `weft_outbound_refused_total`: connections to an outbound listener from outside the pod.
+    pub outbound_refused: IntCounter,
     /// `weft_authz_total{protocol, result}`, by [`AuthzProtocol`] and then deny, allow.
     authz: [[IntCounter; 2]; 3],
     /// `weft_inbound_peer_requests_total{client_id, tls}`.
@@ -365,10 +367,15 @@ impl Metrics {
             refused: IntCounterVec::new(
                 opts(
                     "inbound_refused_total",
-                    "Inbound connections refused by STRICT mode before any handshake, by reason (plaintext, foreign_tls).",
+                    "Inbound connections refused before any handshake, by reason (proxy_port, not_redirected, plaintext, foreign_tls, opaque_to_http).",
                 ),
                 &["reason"],
             )
+            .unwrap(),
+            outbound_refused: IntCounter::with_opts(opts(
+                "outbound_refused_total",
+                "Connections to an outbound listener from a peer outside the pod, refused.",
+            ))
             .unwrap(),
             authz: ["http", "grpc", "tcp"]
                 .map(|p| ["deny", "allow"].map(|r| authz.with_label_values(&[p, r]))),
@@ -399,6 +406,7 @@ impl Metrics {
         for c in [&tls.handshakes, &tls.refused, &authz, &tls.peer_requests] {
             reg(Box::new(c.clone()));
         }
+        reg(Box::new(tls.outbound_refused.clone()));
         reg(Box::new(tls.cert_expiry.clone()));
         reg(Box::new(tls.renewals.clone()));
         reg(Box::new(tls.renewal_failures.clone()));

@@ -2,7 +2,14 @@
 //! accept -> count -> detect -> (inbound: mutual TLS, authorization) -> HTTP proxy or opaque
 //! TCP.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::BytesMut;
 use tokio::{
@@ -13,7 +20,7 @@ use tokio::{
 use crate::{
     config::{DetectConfig, InboundMode, MtlsConfig},
     http::{ConnInfo, HttpProxy},
-    inbound::Peer,
+    inbound::{Delivery, Peer},
     metrics::{AuthzProtocol, Direction, Metrics, OpenConn, TargetMetrics},
     table::{Protocol, SharedTable},
     tcp,
@@ -21,6 +28,7 @@ use crate::{
         self,
         detect::{self, Detected},
         io::{CountedIo, PrefixedIo},
+        local::LocalAddrs,
         orig_dst,
         tls::{self, Alpn, Hello, Mtls},
     },
@@ -59,8 +67,20 @@ pub struct Listener {
     pub inbound: Option<InboundTls>,
     /// Traffic arrives redirected: an inbound connection that was not is refused.
     pub capture: bool,
-    /// Where redirected inbound connections go (on their original port).
-    pub inbound_app_ip: std::net::IpAddr,
+    /// Inbound: where captured connections go, and which are refused.
+    pub delivery: Arc<Delivery>,
+    /// Outbound: the pod's own addresses, the only peers an outbound listener serves.
+    pub local: Arc<LocalAddrs>,
+}
+
+/// Whether a refusal an attacker can repeat at will is logged now: at most one line a second
+/// (the counters count every one).
+fn log_refusal_now() -> bool {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.swap(now, Ordering::Relaxed) != now
 }
 
 impl Listener {
@@ -97,6 +117,9 @@ impl Listener {
         let open = Arc::new(OpenConn::new(conns.clone()));
         transport::set_stream_options(&stream);
         let orig_dst = orig_dst::original_dst(&stream);
+        if !self.admits(direction, peer, orig_dst) {
+            return;
+        }
         let mut io = CountedIo::new(stream, conns);
         // A connection for a `tcp` service (by listener, or by the VIP it was sent to) is
         // opaque: no detection, so a server-first protocol does not wait for it.
@@ -189,6 +212,32 @@ impl Listener {
         }
     }
 
+    /// Who may use this listener at all, before a byte is read: an outbound listener serves
+    /// only its own pod; no captured inbound connection reaches one of the sidecar's own ports.
+    fn admits(&self, direction: Direction, peer: SocketAddr, orig_dst: Option<SocketAddr>) -> bool {
+        match (direction, orig_dst) {
+            (Direction::Outbound, _) if !self.local.contains(peer) => {
+                self.metrics.tls.outbound_refused.inc();
+                if log_refusal_now() {
+                    tracing::warn!(%peer, "connection to an outbound listener from outside the pod refused");
+                }
+                false
+            }
+            (Direction::Inbound, Some(orig)) if self.delivery.is_own(orig.port()) => {
+                self.metrics
+                    .tls
+                    .refused
+                    .with_label_values(&["proxy_port"])
+                    .inc();
+                if log_refusal_now() {
+                    tracing::warn!(%peer, dest = %orig, "connection to one of the sidecar's own ports refused");
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// The inbound side: mesh TLS is terminated (STRICT and PERMISSIVE), plaintext refused
     /// (STRICT) or served as it came (PERMISSIVE, DISABLE); then authorization, then the
     /// application.
@@ -218,9 +267,9 @@ impl Listener {
             }
             (None, Err(_)) => return,
         };
-        // Captured: the application on the port the client dialled.
+        // Captured: the application, where the client sent it.
         let app = orig_dst.map(|o| {
-            let addr = SocketAddr::new(self.inbound_app_ip, o.port());
+            let addr = self.delivery.app(o);
             let metrics = self
                 .metrics
                 .target(Direction::Inbound, &Arc::from(addr.to_string()));

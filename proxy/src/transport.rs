@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod io;
+pub mod local;
 pub mod orig_dst;
 pub mod tls;
 

@@ -13,9 +13,9 @@ use weft_tests::{
     proxy::{Proxy, binary, binary_named},
 };
 
-const TD: &str = "spiffe://cluster.local/ns/demo/sa";
+pub(crate) const TD: &str = "spiffe://cluster.local/ns/demo/sa";
 const A_IP: &str = "10.77.0.1";
-const B_IP: &str = "10.77.0.2";
+pub(crate) const B_IP: &str = "10.77.0.2";
 
 /// A CA and one certificate per pod, as files the sidecars read (`--identity files`).
 fn certificates(dir: &TempDir) -> PathBuf {
@@ -41,7 +41,9 @@ fn certificates(dir: &TempDir) -> PathBuf {
     dir.write("ca.crt", &ca_cert.pem())
 }
 
-/// The table both sidecars load: three services on B, each with a VIP.
+/// The table both sidecars load: three services on B, each with a VIP; and two that name B's
+/// private ports (its sidecar's admin port, an application bound to loopback only) as a
+/// meshed endpoint, which a caller could try.
 fn table() -> String {
     let mut t = String::from(
         "services:\n  - name: web6.demo\n    port: 8080\n    vip: fd00:96::10\n    endpoints:\n      - address: '[fd00:77::2]:8080'\n        identity: spiffe://cluster.local/ns/demo/sa/b\n",
@@ -50,6 +52,8 @@ fn table() -> String {
         ("web", 8080, "http", "10.96.0.10"),
         ("echo", 9090, "http2", "10.96.0.11"),
         ("tcp", 7000, "tcp", "10.96.0.12"),
+        ("admin-b", 15000, "http", "10.96.0.20"),
+        ("private-b", 7010, "http", "10.96.0.21"),
     ] {
         t += &format!(
             "  - name: {name}.demo\n    port: {port}\n    protocol: {protocol}\n    vip: {vip}\n    endpoints:\n      - address: {B_IP}:{port}\n        identity: {TD}/b\n"
@@ -59,14 +63,15 @@ fn table() -> String {
 }
 
 /// Fields drop in order: the processes first, then the namespaces, then the files.
-struct Pods {
-    sidecar_a: Option<Proxy>,
-    _sidecar_b: Proxy,
-    /// B's applications: web 8080, gRPC 9090, TCP echo 7000; and outside the mesh, HTTP on 7002
-    /// and a TCP echo on 7001.
-    apps: Vec<Proxy>,
-    a: Netns,
-    b: Netns,
+pub(crate) struct Pods {
+    pub(crate) sidecar_a: Option<Proxy>,
+    pub(crate) sidecar_b: Proxy,
+    /// B's applications: web 8080, gRPC 9090, TCP echo 7000; outside the mesh, HTTP on 7002
+    /// and a TCP echo on 7001; bound to 127.0.0.1 only, HTTP on 7010 and (B's escape hatch)
+    /// 7020.
+    pub(crate) apps: Vec<Proxy>,
+    pub(crate) a: Netns,
+    pub(crate) b: Netns,
     _dir: TempDir,
 }
 
@@ -101,8 +106,6 @@ fn sidecar(ns: &Netns, dir: &TempDir, pod: &str, table: &str, extra: &[&str]) ->
             key.to_str().unwrap(),
             "--identity-bundle",
             ca.to_str().unwrap(),
-            "--inbound-mtls",
-            "strict",
             "--log-format",
             "json",
         ],
@@ -129,7 +132,8 @@ fn init(ns: &Netns, args: &[&str]) {
 }
 
 impl Pods {
-    fn new() -> Pods {
+    /// `b_mode`: B's inbound mutual TLS mode (`--inbound-mtls`).
+    pub(crate) fn new(b_mode: &str) -> Pods {
         let dir = TempDir::new("capture");
         certificates(&dir);
         dir.write("table.yaml", &table());
@@ -146,14 +150,35 @@ impl Pods {
         netns::add_ipv6(&a, "fd00:77::1");
         netns::add_ipv6(&b, "fd00:77::2");
         let apps = vec![
-            app(&b, &["b", "0.0.0.0:8080", "0.0.0.0:9090", "0.0.0.0:7000"]),
+            // Web on both families: IPv6 callers are delivered over IPv6, as without a mesh.
+            app(&b, &["b", "[::]:8080", "0.0.0.0:9090", "0.0.0.0:7000"]),
             app(
                 &b,
                 &["outside", "0.0.0.0:7002", "0.0.0.0:7003", "0.0.0.0:7001"],
             ),
+            app(
+                &b,
+                &[
+                    "private",
+                    "127.0.0.1:7010",
+                    "127.0.0.1:7011",
+                    "127.0.0.1:7012",
+                ],
+            ),
+            // Loopback only too, but its port is B's escape hatch (--inbound-loopback-ports).
+            app(
+                &b,
+                &[
+                    "hatch",
+                    "127.0.0.1:7020",
+                    "127.0.0.1:7021",
+                    "127.0.0.1:7022",
+                ],
+            ),
         ];
         init(&a, &["--exclude-outbound-ports", "7002", "--redirect-dns"]);
-        init(&b, &["--exclude-inbound-ports", "7001,7002,7003"]);
+        // 7100: an outbound listener bound to every address, and not captured.
+        init(&b, &["--exclude-inbound-ports", "7001,7002,7003,7100"]);
         let sidecar_b = sidecar(
             &b,
             &dir,
@@ -164,6 +189,12 @@ impl Pods {
                 "0.0.0.0:5353",
                 "--dns-upstream",
                 "127.0.0.1:1",
+                "--outbound-tcp",
+                "0.0.0.0:7100=web.demo:8080",
+                "--inbound-loopback-ports",
+                "7020,15000",
+                "--inbound-mtls",
+                b_mode,
             ],
         );
         let sidecar_a = Some(sidecar(
@@ -178,11 +209,13 @@ impl Pods {
                 "10.77.0.2:5353",
                 "--outbound-addr-v6",
                 "[::1]:15001",
+                "--inbound-mtls",
+                "strict",
             ],
         ));
         Pods {
             sidecar_a,
-            _sidecar_b: sidecar_b,
+            sidecar_b,
             apps,
             a,
             b,
@@ -192,7 +225,7 @@ impl Pods {
 }
 
 /// Runs `args` in `ns`; returns its exit success and stdout.
-fn run(cmd: &mut Command) -> (bool, String) {
+pub(crate) fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap();
     (
         out.status.success(),
@@ -201,7 +234,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
 }
 
 /// One sample of a sidecar's metrics, read inside its namespace.
-fn metric(ns: &Netns, series: &str) -> f64 {
+pub(crate) fn metric(ns: &Netns, series: &str) -> f64 {
     let (_, text) = run(&mut ns.cmd(&["curl", "-s", "http://127.0.0.1:15020/metrics"]));
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -209,13 +242,13 @@ fn metric(ns: &Netns, series: &str) -> f64 {
 }
 
 /// A TCP client (bash's `/dev/tcp`): connects, sends a line, prints the line that comes back.
-fn tcp_ping(ns: &Netns, uid: u32, addr: &str) -> (bool, String) {
+pub(crate) fn tcp_ping(ns: &Netns, uid: u32, addr: &str) -> (bool, String) {
     let (host, port) = addr.split_once(':').unwrap();
     let script = format!("exec 3<>/dev/tcp/{host}/{port} && echo ping >&3 && head -1 <&3");
     run(&mut ns.cmd_as(uid, &["timeout", "5", "bash", "-c", &script]))
 }
 
-fn curl(ns: &Netns, url: &str) -> (bool, String) {
+pub(crate) fn curl(ns: &Netns, url: &str) -> (bool, String) {
     run(&mut ns.cmd(&["curl", "-sS", "-m", "5", "-D", "-", url]))
 }
 
@@ -224,7 +257,7 @@ fn unmodified_clients_reach_the_other_pod_through_both_sidecars_over_mutual_tls(
     if !netns::root_or_skip() {
         return;
     }
-    let mut p = Pods::new();
+    let mut p = Pods::new("strict");
     let (a, b) = (&p.a, &p.b);
     let outbound_accepted = || metric(a, r#"weft_tcp_accepted_total{direction="outbound"}"#);
 

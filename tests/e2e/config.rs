@@ -330,3 +330,13 @@ fn mutual_tls_settings_that_cannot_work_stop_the_start_and_say_why() {
         assert!(stderr.contains(&want), "{want} not in {stderr}");
     }
 }
+
+#[test]
+fn an_admin_server_off_loopback_stops_the_start() {
+    let (code, stderr) = run_to_exit(&["--admin-addr", "0.0.0.0:0"], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--admin-addr 0.0.0.0:0: the admin server can stop the proxy"),
+        "{stderr}"
+    );
+}

@@ -49,6 +49,20 @@ async fn long_stream_completes_while_the_proxy_drains() {
 async fn admin_shutdown_drains_too() {
     let (server, _) = grpc::server().await;
     let mut chain = Chain::start(server);
+    // A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) sends its name as
+    // Host: refused, and the proxy keeps running.
+    let admin = chain.b.addr("admin");
+    let rebound = http::Request::builder()
+        .method("POST")
+        .uri("/shutdown")
+        .header("host", format!("rebind.example:{}", admin.port()));
+    let (status, body) = weft_tests::http_peer::exchange(admin, rebound, String::new()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("localhost, 127.0.0.1 or [::1] only"),
+        "{body}"
+    );
+    assert!(chain.b.wait_exit(Duration::ZERO).is_none(), "still running");
     let (status, body) =
         weft_tests::http_peer::simple_request(chain.b.addr("admin"), "POST", "/shutdown", "").await;
     assert_eq!((status, body.as_str()), (200, "draining\n"));

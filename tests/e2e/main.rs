@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `weft-proxy` binary between real clients and servers.
 
 mod balance;
+mod boundary;
 mod capture;
 mod chart;
 mod config;

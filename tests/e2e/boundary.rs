@@ -1,0 +1,168 @@
+//! The sidecar's trust boundary, attacked from another pod. Pod B runs as a new user deploys it:
+//! capture on, inbound PERMISSIVE. From pod A, as its proxy's UID (so A's own capture stays out
+//! of the way: this is any workload on the network), the attacker dials B's pod IP on the
+//! sidecar's own ports and on an application port bound to loopback only; and, through A's
+//! sidecar, over mutual TLS with A's identity. Each attempt is refused, counted, and B's
+//! sidecar keeps running; ordinary calls to B's application still work.
+
+use std::time::Duration;
+
+use weft_tests::netns::{self, Netns};
+
+use super::capture::{B_IP, Pods, TD, curl, metric, run};
+
+/// An attacker's curl from pod A, outside A's capture (A's proxy UID).
+fn attack(a: &Netns, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["curl", "-sS", "-m", "5", "-D", "-"];
+    all.extend_from_slice(args);
+    run(&mut a.cmd_as(2102, &all))
+}
+
+/// A DNS question for `name` (type A) over TCP to `addr`, from pod A outside its capture;
+/// prints the answer's first address, or fails.
+fn dns_over_tcp(a: &Netns, addr: &str, name: &str) -> (bool, String) {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let script = format!(
+        r#"
+import socket, struct, sys
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+for label in "{name}".split("."):
+    q += bytes([len(label)]) + label.encode()
+q += b"\x00" + struct.pack(">HH", 1, 1)
+s = socket.create_connection(("{host}", {port}), timeout=5)
+s.sendall(struct.pack(">H", len(q)) + q)
+head = s.recv(2)
+if len(head) < 2:
+    sys.exit("closed without an answer")
+n = struct.unpack(">H", head)[0]
+data = b""
+while len(data) < n:
+    more = s.recv(n - len(data))
+    if not more:
+        sys.exit("closed mid-answer")
+    data += more
+print(".".join(str(b) for b in data[-4:]))
+"#
+    );
+    run(&mut a.cmd_as(2102, &["/usr/bin/python3", "-c", &script]))
+}
+
+fn refused(b: &Netns, reason: &str) -> f64 {
+    metric(
+        b,
+        &format!(r#"weft_inbound_refused_total{{reason="{reason}"}}"#),
+    )
+}
+
+/// B's application answered, and saw the caller it should have.
+fn served_by_b(out: &str, peer: Option<&str>) -> bool {
+    let lower = out.to_ascii_lowercase();
+    lower.starts_with("http/1.1 200")
+        && lower.contains("x-served-by: b")
+        && peer.is_none_or(|p| lower.contains(&format!("x-seen-peer-identity: {p}")))
+}
+
+#[test]
+fn another_pod_cannot_reach_the_sidecars_own_ports_or_loopback_only_apps() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let mut p = Pods::new("permissive");
+    let (a, b) = (&p.a, &p.b);
+    let b_admin = format!("http://{B_IP}:15000");
+    // Every attempt that got through, named: all are listed when the test fails.
+    let mut breaches = Vec::new();
+    let mut refuse = |what: &str, (ok, out): (bool, String), got_in: bool| {
+        if got_in {
+            breaches.push(format!("{what} ({ok}):\n{out}"));
+        }
+    };
+
+    // The admin server, through B's capture: no table (and, below, no shutdown).
+    let r = attack(a, &[&format!("{b_admin}/config_dump")]);
+    let got_in = r.0 || r.1.contains("services");
+    refuse("config_dump answered", r, got_in);
+    // Over IPv6 too (ip6tables captures it the same way).
+    let r = attack(a, &["-6", "-g", "http://[fd00:77::2]:15000/config_dump"]);
+    let got_in = r.0 || r.1.contains("services");
+    refuse("config_dump answered over IPv6", r, got_in);
+
+    // The outbound listener, through B's capture: a request that would leave B with B's
+    // identity (to B's own web service, which would then see B as the caller).
+    let r = attack(
+        a,
+        &[
+            "-H",
+            "Host: web.demo:8080",
+            &format!("http://{B_IP}:15001/echo"),
+        ],
+    );
+    let got_in = r.0;
+    refuse("B's outbound listener relayed for another pod", r, got_in);
+    // An outbound listener bound to every address and not captured serves only B's own pod.
+    let r = attack(a, &[&format!("http://{B_IP}:7100/echo")]);
+    let got_in = r.0;
+    refuse(
+        "B's outbound-tcp listener relayed for another pod",
+        r,
+        got_in,
+    );
+
+    // The DNS proxy's TCP port, through B's capture.
+    let r = dns_over_tcp(a, &format!("{B_IP}:5353"), "web.demo");
+    let got_in = r.0;
+    refuse("B's DNS proxy answered another pod over TCP", r, got_in);
+
+    // An application bound to 127.0.0.1 only is private to its pod: not in plaintext...
+    let r = attack(a, &[&format!("http://{B_IP}:7010/echo")]);
+    let got_in = r.1.to_ascii_lowercase().contains("x-served-by: private");
+    refuse("a loopback-only application answered", r, got_in);
+    // ... and not over mutual TLS, as a meshed endpoint: A's applications (captured by A's
+    // sidecar, which dials B with A's certificate) reach neither it nor B's admin server.
+    let r = curl(a, "http://10.96.0.21:7010/echo");
+    let got_in = r.1.to_ascii_lowercase().contains("x-served-by: private");
+    refuse("a loopback-only application answered over mTLS", r, got_in);
+    let r = curl(a, "http://10.96.0.20:15000/config_dump");
+    let got_in = r.1.contains("services");
+    refuse("B's admin server answered over mTLS", r, got_in);
+    // Last: before the fix, this one stopped B.
+    let r = attack(a, &["-X", "POST", &format!("{b_admin}/shutdown")]);
+    let got_in = r.0;
+    refuse("shutdown answered", r, got_in);
+    assert!(breaches.is_empty(), "{}", breaches.join("\n\n"));
+
+    // B refused and counted each attempt on its own ports (two admin requests over IPv4, one
+    // over IPv6, one over mTLS, the outbound port, the DNS port), and is still running.
+    assert_eq!(refused(b, "proxy_port"), 6.0);
+    assert!(
+        p.sidecar_b.wait_exit(Duration::ZERO).is_none(),
+        "B's sidecar stopped"
+    );
+    let (ok, out) = run(&mut b.cmd(&["curl", "-sS", "-m", "5", "http://127.0.0.1:15020/live"]));
+    assert!(ok, "{out}");
+    let logs = p.sidecar_b.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("connection to one of the sidecar's own ports refused"),
+        "{logs}"
+    );
+
+    // What B serves still works: over mutual TLS with A's identity, and in plaintext
+    // (PERMISSIVE) with none.
+    let (ok, out) = curl(a, "http://10.96.0.10:8080/echo");
+    assert!(ok && served_by_b(&out, Some(&format!("{TD}/a"))), "{out}");
+    let (ok, out) = attack(a, &[&format!("http://{B_IP}:8080/echo")]);
+    assert!(ok && served_by_b(&out, None), "{out}");
+    // The escape hatch: B delivers port 7020 on loopback (--inbound-loopback-ports), so its
+    // loopback-only application serves the mesh there; the same flag naming the admin port
+    // (15000) did not open it above.
+    let (ok, out) = attack(a, &[&format!("http://{B_IP}:7020/echo")]);
+    assert!(
+        ok && out.to_ascii_lowercase().contains("x-served-by: hatch"),
+        "{out}"
+    );
+    assert!(
+        !out.to_ascii_lowercase()
+            .contains("x-seen-peer-identity: spiffe")
+    );
+    drop(p.sidecar_a.take());
+}
