@@ -32,7 +32,7 @@ use crate::{
     balance::{EndpointState, Outcome},
     config::UpstreamConfig,
     drain::Drain,
-    inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, PEER_IDENTITY_HEADER_UNDERSCORE, Peer},
+    inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, Peer},
     metrics::{AuthzProtocol, Direction, OpenConn, TargetMetrics},
     pool::{Pending, Pools, Received},
     table::{Cluster, Protocol, Route, Service, SharedTable},
@@ -145,6 +145,8 @@ impl Routing {
 struct Admitted {
     req: Request<Received>,
     to: Routing,
+    /// It asks for a protocol upgrade (read before its hop-by-hop fields went).
+    upgrade: bool,
 }
 
 /// A request ready to be sent, and what its response needs.
@@ -316,23 +318,22 @@ impl HttpProxy {
         }
     }
 
-    /// The inbound side's part of a request: the caller's identity header (never a forged
-    /// one), authorization, and the HTTP version the application gets back when an HTTP/1
-    /// request crossed the mesh over HTTP/2. Returns that version's protocol.
+    /// The inbound side's part of a request (whose reserved headers are gone already): the
+    /// caller's identity header, authorization, and the HTTP version the application gets back
+    /// when an HTTP/1 request crossed the mesh over HTTP/2 (`orig`, which only a caller that
+    /// proved an identity can say). Returns that version's protocol.
     fn inbound<B>(
         &self,
         req: &mut Request<B>,
         peer: Option<&Peer>,
         is_grpc: bool,
+        orig: Option<HeaderValue>,
     ) -> Result<Protocol, ProxyError> {
         let headers = req.headers_mut();
-        headers.remove(&PEER_IDENTITY_HEADER);
-        // CGI-style servers read `x_weft_peer_identity` as the same header.
-        headers.remove(&PEER_IDENTITY_HEADER_UNDERSCORE);
-        let orig = headers.remove(&ORIG_PROTO_HEADER);
         let Router::Inbound { table, .. } = &self.router else {
             return Ok(Protocol::Http);
         };
+        let orig = orig.filter(|_| peer.is_some_and(|p| p.id.is_some()));
         if let Some(peer) = peer {
             peer.requests.inc();
             if let Some(v) = &peer.header {
@@ -527,6 +528,16 @@ impl HttpProxy {
     ) -> Result<Admitted, Box<Response<ProxyBody>>> {
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
+        let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
+        // Hop-by-hop fields go first, so that `Connection` can never name a header the sidecar
+        // sets below (a message received over HTTP/2 has none).
+        if version != Version::HTTP_2 {
+            headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        }
+        // What a sending sidecar said of the application's protocol; then no header weft
+        // reserves is left, in any spelling: the caller can neither forge nor remove one.
+        let orig_proto = req.headers_mut().remove(&ORIG_PROTO_HEADER);
+        headers::strip_reserved(req.headers_mut());
         if request::has_duplicate_host(&req) {
             let metrics = self.fallback_metrics();
             metrics.request();
@@ -546,7 +557,7 @@ impl HttpProxy {
             }
         };
         if self.direction == Direction::Inbound {
-            match self.inbound(&mut req, conn.peer.as_ref(), is_grpc) {
+            match self.inbound(&mut req, conn.peer.as_ref(), is_grpc, orig_proto) {
                 Ok(p) => dest.protocol = p,
                 Err(e) => {
                     dest.metrics.request();
@@ -568,18 +579,22 @@ impl HttpProxy {
                 version,
                 held: None,
             },
+            upgrade,
         })
     }
 
     /// Everything between the route's gate and sending: the upgrade, gRPC's deadline, the
-    /// version the upstream gets, the request's timeouts, keeping the body for retries and a
-    /// mirror, and the cluster's pending-request limit.
+    /// request's timeouts, keeping the body for retries and a mirror, and the cluster's
+    /// pending-request limit. (What depends on the endpoint is decided per try.)
     fn prepare(&self, a: Admitted, start: Instant) -> Result<Call, Box<Response<ProxyBody>>> {
-        let Admitted { mut req, to } = a;
-        let (dest, version) = (&to.dest, to.version);
+        let Admitted {
+            mut req,
+            to,
+            upgrade,
+        } = a;
+        let dest = &to.dest;
         let route = to.routed.as_ref().map(Routed::route);
         let policy = route.map(|r| &r.policy);
-        let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // gRPC's own deadline bounds the whole call (cut to the route's maximum, and the
         // upstream told the shorter one); the route timeout bounds the wait for response
@@ -591,26 +606,6 @@ impl HttpProxy {
             grpc_budget = Some(max);
             req.headers_mut()
                 .insert(grpc::TIMEOUT, grpc::encode_timeout(max));
-        }
-        // Between sidecars HTTP is HTTP/2 over mutual TLS; a request the application should
-        // get as HTTP/1 says so, for the inbound side to restore.
-        let mut protocol = dest.protocol;
-        if !upgrade && self.pools.meshed(dest.identity.as_ref()) {
-            let app_http2 = match protocol {
-                Protocol::Http1 => false,
-                Protocol::Http2 => true,
-                _ => version == Version::HTTP_2,
-            };
-            if !app_http2 {
-                req.headers_mut().insert(
-                    ORIG_PROTO_HEADER.clone(),
-                    HeaderValue::from_static("HTTP/1.1"),
-                );
-            }
-            protocol = Protocol::Http2;
-        }
-        if let Err(e) = request::prepare(&mut req, protocol, upgrade) {
-            return Err(Box::new(to.fail(e)));
         }
         // A stream idle timeout also bounds the wait for the response's headers.
         let idle = policy.and_then(|p| p.idle_timeout);
@@ -650,7 +645,7 @@ impl HttpProxy {
         let head = keep.then(|| Head::of(&parts));
         let mut req = Request::from_parts(parts, first);
         if let (Some(m), Some(head), Some(r)) = (mirror, &head, &to.routed) {
-            self.mirror(m, head, &replay, &r.svc.metrics);
+            self.mirror(m, head, &replay, dest.protocol, &r.svc.metrics);
         }
         if let Some(r) = &to.routed
             && retry.is_some()
@@ -794,6 +789,36 @@ impl HttpProxy {
         Ok(r.cluster.permit(Limit::Requests, metrics)?)
     }
 
+    /// Readies one try's request for the endpoint it goes to (the first try, a retry and a
+    /// mirror alike; `req` is as it arrived, its hop-by-hop fields gone): to a meshed endpoint
+    /// HTTP/2 over mutual TLS, saying so when the application speaks HTTP/1, for the far
+    /// sidecar to restore; to any other, the service's protocol, and nothing meant for a
+    /// sidecar.
+    fn for_endpoint<B>(
+        &self,
+        req: &mut Request<B>,
+        identity: Option<&Arc<str>>,
+        protocol: Protocol,
+        upgrade: bool,
+    ) -> Result<(), ProxyError> {
+        let mut protocol = protocol;
+        if !upgrade && self.pools.meshed(identity) {
+            let app_http2 = match protocol {
+                Protocol::Http1 => false,
+                Protocol::Http2 => true,
+                _ => req.version() == Version::HTTP_2,
+            };
+            if !app_http2 {
+                req.headers_mut().insert(
+                    ORIG_PROTO_HEADER.clone(),
+                    HeaderValue::from_static("HTTP/1.1"),
+                );
+            }
+            protocol = Protocol::Http2;
+        }
+        request::prepare(req, protocol, upgrade)
+    }
+
     /// Sends a copy of the request to the mirror's cluster, in the background; its response is
     /// read and dropped.
     fn mirror(
@@ -801,6 +826,7 @@ impl HttpProxy {
         m: &crate::table::Mirror,
         head: &Head,
         replay: &Replay,
+        protocol: Protocol,
         metrics: &Arc<TargetMetrics>,
     ) {
         let body = match replay {
@@ -813,7 +839,14 @@ impl HttpProxy {
             return;
         };
         let (addr, identity) = (ep.addr, ep.identity.clone());
-        let req = head.clone().shadow().request(body);
+        let mut req = head.clone().shadow().request(body);
+        if self
+            .for_endpoint(&mut req, identity.as_ref(), protocol, false)
+            .is_err()
+        {
+            metrics.mirrored(false);
+            return;
+        }
         let pools = self.pools.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -851,14 +884,18 @@ impl HttpProxy {
         loop {
             let in_flight = ep.2.as_ref().map(|s| s.start());
             let per_try = retry.and_then(|r| r.per_try_timeout);
-            let sent = {
-                let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
-                // A timeout too long to represent is none.
-                Within::new(sent, per_try.and_then(|t| Instant::now().checked_add(t)))
+            let res = match self.for_endpoint(&mut req, ep.1.as_ref(), dest.protocol, upgrade) {
+                Ok(()) => {
+                    let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
+                    // A timeout too long to represent is none.
+                    Within::new(sent, per_try.and_then(|t| Instant::now().checked_add(t)))
+                        .await
+                        .unwrap_or_else(|| {
+                            Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default()))
+                        })
+                }
+                Err(e) => Err(e),
             };
-            let res = sent
-                .await
-                .unwrap_or_else(|| Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default())));
             let outcome = match &res {
                 Ok(rsp) => Outcome::of_status(rsp.status().as_u16()),
                 Err(_) => Outcome::GatewayError,

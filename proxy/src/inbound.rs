@@ -11,11 +11,9 @@ use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 use http::{HeaderName, HeaderValue};
 
 /// The header the application reads the caller's identity from. Set by the inbound proxy on
-/// every request from a mesh peer, removed from every request (so no caller can forge it).
+/// every request from a mesh peer; like every `x-weft-*` name, removed from every request in
+/// every spelling first (`http::headers::strip_reserved`), so no caller can forge it.
 pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-weft-peer-identity");
-/// The same with underscores, which CGI-style servers map to the same variable: removed too.
-pub static PEER_IDENTITY_HEADER_UNDERSCORE: HeaderName =
-    HeaderName::from_static("x_weft_peer_identity");
 
 /// Carried from the outbound to the inbound sidecar when an HTTP/1 request rides the HTTP/2
 /// connection between them: the version to restore for the application.

@@ -109,7 +109,7 @@ impl Pools {
             })
             .await
         } else {
-            self.h1.send(self, addr, req).await
+            self.h1.send(self, addr, identity, req).await
         }
     }
 

@@ -980,3 +980,190 @@ async fn until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
     got
 }
+
+/// A service with one plain endpoint (an application outside the mesh, HTTP/1.1) and one meshed
+/// one (web, behind its STRICT sidecar); round robin, one retry on 5xx, every request mirrored
+/// to the meshed endpoint. Whichever endpoint a try goes to decides its protocol, TLS and the
+/// identity expected: a retry or a mirror never reuses what the first try was prepared for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_is_secured_for_the_endpoint_it_goes_to() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let m = Mesh::new(Options::default()).await;
+    let plain = http_peer::server("plain").await;
+    let web = m.pods[0].addr("inbound");
+    m.registry.write(
+        "mixed.yaml",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: mixed, namespace: demo}}\nspec:\n  port: 8080\n  protocol: http\n  aliases: [mixed]\n  endpoints:\n    - {{address: {web}, identity: {}, labels: {{kind: meshed}}}}\n    - {{address: {}, labels: {{kind: plain}}}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: mixed, namespace: demo}}\nspec:\n  service: mixed.demo.svc.cluster.local:8080\n  subsets: [{{name: meshed, labels: {{kind: meshed}}}}]\n  loadBalancer: {{policy: round-robin}}\n  routes:\n    - name: all\n      mirror: {{subset: meshed}}\n      retry: {{attempts: 1, backoff: {{base: 1ms, max: 1ms}}, \"on\": [5xx]}}\n",
+            id("demo", "web"),
+            plain.addr
+        ),
+    );
+    let get = || async {
+        let rsp = http_peer::request_h1(
+            m.frontend.addr("outbound"),
+            Request::get("/echo").header("host", "mixed:8080"),
+            String::new(),
+        )
+        .await
+        .unwrap();
+        let (parts, _) = rsp.into_parts();
+        parts
+    };
+    eventually(Duration::from_secs(10), "the mixed service", || async {
+        (get().await.status != 404).then_some(())
+    })
+    .await;
+    let mirrored = || {
+        m.frontend.metric(
+            r#"weft_mirrored_requests_total{direction="outbound",result="sent",target="mixed.demo.svc.cluster.local:8080"}"#,
+        )
+    };
+    let header = |p: &http::response::Parts, name: &str| {
+        p.headers
+            .get(name)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string())
+    };
+
+    // The plain endpoint fails: every request that starts there is retried on the meshed one,
+    // over mutual TLS with frontend's identity (web's sidecar refuses anything else).
+    plain.state.fail_every.store(1, SeqCst);
+    let (plain_before, mirrored_before) = (plain.state.requests.load(SeqCst), mirrored().await);
+    for i in 0..4 {
+        let p = get().await;
+        assert_eq!(p.status, 200, "request {i}: {p:?}");
+        assert_eq!(header(&p, "x-served-by"), "web", "request {i}");
+        assert_eq!(
+            header(&p, "x-seen-peer-identity"),
+            id("demo", "frontend"),
+            "request {i}"
+        );
+    }
+    assert!(
+        plain.state.requests.load(SeqCst) - plain_before >= 1,
+        "some first tries went to the plain endpoint"
+    );
+    // Each copy reached the meshed endpoint over mutual TLS, whatever endpoint the request's
+    // first try was prepared for (the mirror's result comes in the background).
+    eventually(Duration::from_secs(10), "four mirrored copies", || async {
+        (mirrored().await - mirrored_before >= 4.0).then_some(())
+    })
+    .await;
+
+    // The meshed endpoint fails: requests that start there are retried on the plain one as
+    // plain HTTP/1.1, with no header meant for a sidecar.
+    plain.state.fail_every.store(0, SeqCst);
+    m.web.state.fail_every.store(1, SeqCst);
+    for i in 0..4 {
+        let p = get().await;
+        assert_eq!(p.status, 200, "request {i}: {p:?}");
+        assert_eq!(header(&p, "x-served-by"), "plain", "request {i}");
+        assert_eq!(header(&p, "x-seen-version"), "HTTP/1.1", "request {i}");
+        let seen = header(&p, "x-seen-headers");
+        assert!(!seen.contains("x-weft"), "request {i}: {seen}");
+    }
+    assert!(
+        m.served() >= 1,
+        "some first tries went to the meshed endpoint"
+    );
+}
+
+/// The names weft reserves (`x-weft-*`) never reach the application from a caller, in any
+/// spelling a server could read as one (CGI, Rack and Puma map `_` to `-` and ignore case), in
+/// headers or trailers; and `Connection` cannot remove the identity header the sidecar sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_headers_cannot_be_forged_or_removed_in_any_spelling() {
+    let m = Mesh::new(Options {
+        web_mode: "permissive",
+        web_authz: false,
+        ..Options::default()
+    })
+    .await;
+    let inbound = m.pods[0].addr("inbound");
+    let admin = id("demo", "admin");
+    let spellings = [
+        "x-weft-peer-identity",
+        "x_weft_peer_identity",
+        "x-weft-peer_identity",
+        "x_weft-peer-identity",
+        "X-Weft_Peer-IDENTITY",
+        "x-weft-orig-proto",
+        "x_weft_not_yet_invented",
+    ];
+
+    // PERMISSIVE plaintext: the caller is nobody, whatever it writes.
+    for name in spellings {
+        let rsp = http_peer::request_h1(
+            inbound,
+            Request::get("/echo")
+                .header("host", "web:8080")
+                .header(name, admin.as_str()),
+            String::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rsp.status(), 200, "{name}");
+        let seen = rsp.headers()["x-seen-headers"].to_str().unwrap();
+        assert!(!seen.contains("weft"), "{name} reached the app: {seen}");
+    }
+
+    // Mutual TLS, as a sidecar speaking HTTP/1.1 with frontend's certificate: every spelling
+    // forged, and `Connection` naming the header the sidecar sets.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let cert = leaf(
+        &m.dir,
+        "caller",
+        &mesh_ca(&m.dir),
+        &id("demo", "frontend"),
+        later,
+    );
+    let mut request = String::from(
+        "GET /echo HTTP/1.1\r\nHost: web:8080\r\nConnection: close, x-weft-peer-identity\r\n",
+    );
+    for name in spellings {
+        request += &format!("{name}: {admin}\r\n");
+    }
+    request += "\r\n";
+    let out = s_client(inbound, &m.bundle, Some(&cert), "http/1.1,weft/1", &request).await;
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.contains("http/1.1 200"), "{out}");
+    assert!(
+        lower.contains(&format!("x-seen-peer-identity: {}", id("demo", "frontend"))),
+        "the identity the sidecar set was removed:\n{out}"
+    );
+    assert!(
+        !lower.contains("sa/admin"),
+        "a forged identity got through:\n{out}"
+    );
+    let seen = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("x-seen-headers: "))
+        .unwrap_or_default();
+    assert_eq!(
+        seen.matches("weft").count(),
+        1,
+        "only the sidecar's own: {seen}"
+    );
+
+    // Trailers: the application lists the trailer names it received.
+    let trailers = "POST /seen-trailers HTTP/1.1\r\nHost: web:8080\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nTrailer: x_weft_peer_identity, x-weft-peer-identity, x-kept-trailer\r\n\r\n4\r\nbody\r\n0\r\nx_weft_peer_identity: forged\r\nx-weft-peer-identity: forged\r\nx-kept-trailer: yes\r\n\r\n";
+    for (what, cert) in [("mTLS", Some(&cert)), ("plaintext", None)] {
+        let out = match cert {
+            Some(c) => s_client(inbound, &m.bundle, Some(c), "http/1.1,weft/1", trailers).await,
+            None => raw_http(inbound, trailers).await,
+        };
+        let seen = out
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("x-seen-trailers: ").map(String::from));
+        assert_eq!(seen.as_deref(), Some("x-kept-trailer"), "{what}:\n{out}");
+    }
+}
+
+/// Sends `request` on a plain TCP connection to `addr`; returns everything that comes back
+/// until the server closes.
+async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    String::from_utf8_lossy(&until_closed(&mut s).await).into_owned()
+}

@@ -208,6 +208,20 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
             }
             rsp
         }
+        "/seen-trailers" => {
+            // Reads the whole request; answers the names of its trailers, in a header.
+            let trailers = match req.into_body().collect().await {
+                Ok(c) => c.trailers().cloned().unwrap_or_default(),
+                Err(e) => return Response::new(full(format!("body failed: {e}"))),
+            };
+            let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+            let mut rsp = Response::new(full("ok"));
+            rsp.headers_mut().insert(
+                "x-seen-trailers",
+                HeaderValue::from_str(&names.join(",")).unwrap(),
+            );
+            rsp
+        }
         "/hop-headers" => {
             // A response carrying hop-by-hop headers, named in `connection` and by RFC 9110.
             Response::builder()

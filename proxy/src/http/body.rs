@@ -301,7 +301,7 @@ enum Kind {
     Replay(super::replay::Replay),
 }
 
-/// The client's body as it arrives.
+/// The client's body as it arrives (its trailers without any header weft reserves).
 #[derive(Debug)]
 pub struct Direct {
     inner: Received,
@@ -347,7 +347,14 @@ impl Body for Direct {
             // An h2 CANCEL in the error: hyper resets the upstream stream with that code.
             return Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))));
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let mut frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // Trailers are headers too: none weft reserves passes, in any spelling.
+        if let Some(Ok(f)) = &mut frame
+            && let Some(t) = f.trailers_mut()
+        {
+            super::headers::strip_reserved(t);
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -2,6 +2,9 @@
 //! except what an `Upgrade` handshake needs end to end. Messages received over HTTP/2 carry none
 //! (h2 refuses connection-specific fields and any `te` but `trailers`, RFC 9113 §8.2.2), so
 //! only HTTP/1 messages are stripped.
+//!
+//! And the names weft reserves (`x-weft-*`): no request carries one past the sidecar in any
+//! spelling a server could read as one of them.
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
@@ -10,6 +13,31 @@ use http::{
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is one weft reserves (`x-weft-*`), read as CGI, Rack and Puma-style servers
+/// read names: case aside (names arrive lower-cased) and `_` the same as `-`, so that
+/// `x_weft-peer_identity` is `x-weft-peer-identity` to them.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    match name.as_str().as_bytes() {
+        [b'x', s1, b'w', b'e', b'f', b't', s2, ..] => is_dash(*s1) && is_dash(*s2),
+        _ => false,
+    }
+}
+
+fn is_dash(b: u8) -> bool {
+    b == b'-' || b == b'_'
+}
+
+/// Removes every header weft reserves, in every spelling. Allocates only when there is one.
+pub fn strip_reserved(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_reserved) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| is_reserved(n)).cloned().collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
 
 /// Whether a request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade: x`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -143,6 +171,30 @@ mod tests {
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn reserved_names_are_removed_in_every_spelling() {
+        let mut h = map(&[
+            ("x-weft-peer-identity", "a"),
+            ("x_weft_peer_identity", "b"),
+            ("x-weft-peer_identity", "c"),
+            ("x_weft-peer-identity", "d"),
+            ("X-Weft_Peer-Identity", "e"),
+            ("x-weft-orig-proto", "HTTP/1.1"),
+            ("x_weft_anything_new", "f"),
+            ("x-weftx", "kept: not x-weft-*"),
+            ("x-wefty-thing", "kept"),
+            ("weft-proxy-error", "kept"),
+            ("x-kept", "yes"),
+        ]);
+        strip_reserved(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["weft-proxy-error", "x-kept", "x-weftx", "x-wefty-thing"]
+        );
     }
 
     #[test]

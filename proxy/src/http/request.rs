@@ -1,5 +1,5 @@
-//! Turning a downstream request into the upstream one: hop-by-hop headers out, and the request
-//! line rewritten when the upstream speaks another HTTP version than the client.
+//! Turning a downstream request into the upstream one: the request line rewritten when the
+//! upstream speaks another HTTP version than the client.
 
 use http::{
     HeaderValue, Request, Uri, Version,
@@ -7,7 +7,7 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
 };
 
-use super::{error::ProxyError, headers};
+use super::error::ProxyError;
 use crate::table::Protocol;
 
 /// Whether the request carries `Host` more than once (ambiguous: refused).
@@ -23,17 +23,14 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.headers().get(HOST)?.to_str().ok())
 }
 
-/// Prepares `req` for an upstream that speaks `protocol`.
+/// Prepares `req` (as it arrived, its hop-by-hop fields already removed) for an upstream that
+/// speaks `protocol`: the request line and authority in that version's form.
 pub fn prepare<B>(
     req: &mut Request<B>,
     protocol: Protocol,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
     let from = req.version();
-    // A request that arrived over HTTP/2 has none: h2 refuses a message carrying them.
-    if from != Version::HTTP_2 {
-        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    }
     let to = match protocol {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 if !upgrade => Version::HTTP_2,
@@ -94,14 +91,14 @@ mod tests {
     fn http1_to_http2_moves_host_into_the_uri() {
         let mut req = Request::get("/a?b=1")
             .header("host", "echo:8080")
-            .header("connection", "keep-alive")
+            .header("expect", "100-continue")
             .body(())
             .unwrap();
         prepare(&mut req, Protocol::Http2, false).unwrap();
         assert_eq!(req.version(), Version::HTTP_2);
         assert_eq!(req.uri(), "http://echo:8080/a?b=1");
         assert!(req.headers().get("host").is_none());
-        assert!(req.headers().get("connection").is_none());
+        assert!(req.headers().get("expect").is_none());
     }
 
     #[test]

@@ -12,9 +12,13 @@ use crate::http::error::ProxyError;
 
 type Sender = http1::SendRequest<RequestBody>;
 
+/// An endpoint, and the identity it must prove when the connection is mutual TLS: a connection
+/// made for one is never handed to a request for the other.
+type Key = (SocketAddr, Option<Arc<str>>);
+
 #[derive(Debug)]
 pub struct Pool {
-    endpoints: Mutex<HashMap<SocketAddr, Endpoint>>,
+    endpoints: Mutex<HashMap<Key, Endpoint>>,
     max_idle: usize,
     max_active: usize,
     clock: Clock,
@@ -39,18 +43,18 @@ impl Pool {
         }
     }
 
-    fn permits(&self, addr: SocketAddr) -> Arc<Semaphore> {
+    fn permits(&self, key: &Key) -> Arc<Semaphore> {
         let mut eps = self.endpoints.lock().expect("h1 pool lock");
-        let ep = eps.entry(addr).or_insert_with(|| Endpoint {
+        let ep = eps.entry(key.clone()).or_insert_with(|| Endpoint {
             idle: Vec::new(),
             active: Arc::new(Semaphore::new(self.max_active)),
         });
         ep.active.clone()
     }
 
-    fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+    fn checkout(&self, key: &Key) -> Option<Sender> {
         let mut eps = self.endpoints.lock().expect("h1 pool lock");
-        let list = &mut eps.get_mut(&addr)?.idle;
+        let list = &mut eps.get_mut(key)?.idle;
         while let Some((s, _)) = list.pop() {
             if s.is_ready() {
                 return Some(s);
@@ -59,27 +63,30 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, addr: SocketAddr, sender: Sender) {
+    fn checkin(&self, key: &Key, sender: Sender) {
         if self.max_idle == 0 {
             return;
         }
         let mut eps = self.endpoints.lock().expect("h1 pool lock");
-        if let Some(ep) = eps.get_mut(&addr)
+        if let Some(ep) = eps.get_mut(key)
             && ep.idle.len() < self.max_idle
         {
             ep.idle.push((sender, self.clock.now_ms()));
         }
     }
 
+    /// Sends `req` to `addr`, over mutual TLS when it must prove `identity`.
     pub async fn send(
         &self,
         pools: &Arc<Pools>,
         addr: SocketAddr,
+        identity: Option<&Arc<str>>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Received>, ProxyError> {
+        let key: Key = (addr, identity.cloned());
         // At the limit of connections in use, wait for one to come free.
         let permit = self
-            .permits(addr)
+            .permits(&key)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
@@ -87,11 +94,11 @@ impl Pool {
         // then tried once on a new connection.
         let mut fresh = false;
         loop {
-            let mut sender = match self.checkout(addr) {
+            let mut sender = match self.checkout(&key) {
                 Some(s) => s,
                 None => {
                     fresh = true;
-                    Box::pin(connect(pools, addr, None, false)).await?
+                    Box::pin(connect(pools, addr, identity, false)).await?
                 }
             };
             // No longer waiting for a connection.
@@ -105,7 +112,7 @@ impl Pool {
                     tokio::spawn(async move {
                         let _permit = permit;
                         if sender.ready().await.is_ok() {
-                            pools.h1.checkin(addr, sender);
+                            pools.h1.checkin(&key, sender);
                         }
                     });
                     return Ok(rsp);
@@ -186,46 +193,46 @@ mod tests {
     use super::*;
     use crate::pool::testing;
 
-    fn addr() -> SocketAddr {
-        "10.0.0.1:80".parse().unwrap()
+    fn addr() -> Key {
+        ("10.0.0.1:80".parse().unwrap(), None)
     }
 
     #[tokio::test(start_paused = true)]
     async fn keeps_at_most_max_idle() {
         let pool = Pool::new(2, 8);
-        pool.permits(addr());
+        pool.permits(&addr());
         let mut servers = Vec::new();
         for _ in 0..3 {
             let (tx, server) = testing::h1().await;
             servers.push(server);
-            pool.checkin(addr(), tx);
+            pool.checkin(&addr(), tx);
         }
-        assert!(pool.checkout(addr()).is_some());
-        assert!(pool.checkout(addr()).is_some());
-        assert!(pool.checkout(addr()).is_none(), "only two were kept");
+        assert!(pool.checkout(&addr()).is_some());
+        assert!(pool.checkout(&addr()).is_some());
+        assert!(pool.checkout(&addr()).is_none(), "only two were kept");
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire_and_closed_ones_are_skipped() {
         let pool = Pool::new(8, 8);
-        pool.permits(addr());
+        pool.permits(&addr());
         let (tx, _server) = testing::h1().await;
-        pool.checkin(addr(), tx);
+        pool.checkin(&addr(), tx);
         tokio::time::advance(Duration::from_secs(60)).await;
         pool.sweep(Duration::from_secs(90));
         assert!(
-            pool.checkout(addr()).is_some(),
+            pool.checkout(&addr()).is_some(),
             "60 s idle is within the 90 s timeout"
         );
 
         let (tx, _server) = testing::h1().await;
-        pool.checkin(addr(), tx);
+        pool.checkin(&addr(), tx);
         tokio::time::advance(Duration::from_secs(91)).await;
         pool.sweep(Duration::from_secs(90));
-        assert!(pool.checkout(addr()).is_none(), "swept after 91 s idle");
+        assert!(pool.checkout(&addr()).is_none(), "swept after 91 s idle");
 
         let (tx, server) = testing::h1().await;
-        pool.checkin(addr(), tx);
+        pool.checkin(&addr(), tx);
         server.abort();
         let _ = server.await;
         // The client side notices the close once its connection task has run.
@@ -233,7 +240,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(
-            pool.checkout(addr()).is_none(),
+            pool.checkout(&addr()).is_none(),
             "a closed connection is not handed out"
         );
     }
