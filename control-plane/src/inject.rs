@@ -47,6 +47,7 @@ pub const PROXY_CPU_LIMIT: &str = "weft.dev/proxy-cpu-limit";
 pub const PROXY_MEMORY_LIMIT: &str = "weft.dev/proxy-memory-limit";
 pub const LOG_LEVEL: &str = "weft.dev/log-level";
 pub const MTLS_MODE: &str = "weft.dev/mtls-mode";
+pub const DEFAULT_AUTHZ: &str = "weft.dev/default-authz";
 
 /// Every annotation the injector reads, for the error that names an unknown `weft.dev/` one.
 const ANNOTATIONS: &[&str] = &[
@@ -62,6 +63,7 @@ const ANNOTATIONS: &[&str] = &[
     PROXY_MEMORY_LIMIT,
     LOG_LEVEL,
     MTLS_MODE,
+    DEFAULT_AUTHZ,
 ];
 
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -86,6 +88,10 @@ pub struct MeshConfig {
     /// The default inbound mTLS mode: strict, permissive or disable.
     #[serde(default = "default_mtls")]
     pub mtls_mode: String,
+    /// What a sidecar does with a caller where no authorization policy guards the destination:
+    /// allow or deny (`--default-authz`).
+    #[serde(default = "default_authz")]
+    pub default_authz: String,
     #[serde(default)]
     pub proxy: ProxySettings,
     #[serde(default)]
@@ -145,6 +151,17 @@ fn default_trust_domain() -> String {
 }
 fn default_mtls() -> String {
     "permissive".into()
+}
+fn default_authz() -> String {
+    "allow".into()
+}
+
+fn default_authz_value(s: &str) -> Result<&'static str, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "allow" => Ok("allow"),
+        "deny" => Ok("deny"),
+        _ => Err(format!("`{s}` is not allow or deny")),
+    }
 }
 fn default_audience() -> String {
     "weft-ca".into()
@@ -209,6 +226,7 @@ impl MeshConfig {
             ));
         }
         mtls_mode(&self.mtls_mode).map_err(|e| format!("mtlsMode: {e}"))?;
+        default_authz_value(&self.default_authz).map_err(|e| format!("defaultAuthz: {e}"))?;
         log_level(&self.proxy.log_level).map_err(|e| format!("proxy.logLevel: {e}"))?;
         if !matches!(
             self.proxy.image_pull_policy.as_str(),
@@ -367,6 +385,7 @@ struct PodSettings {
     resources: ResourceRequirements,
     log_level: String,
     mtls_mode: &'static str,
+    default_authz: &'static str,
 }
 
 /// The injector: the mesh configuration and the trust bundle sidecars verify the control plane
@@ -495,6 +514,7 @@ impl Injector {
             resources: self.mesh.proxy.resources.clone(),
             log_level: self.mesh.proxy.log_level.clone(),
             mtls_mode: mtls_mode(&self.mesh.mtls_mode).unwrap_or("permissive"),
+            default_authz: default_authz_value(&self.mesh.default_authz).unwrap_or("allow"),
         };
         for (key, value) in annotations {
             if !key.starts_with("weft.dev/") {
@@ -526,6 +546,7 @@ impl Injector {
                     s.log_level = value.clone();
                 }
                 MTLS_MODE => s.mtls_mode = mtls_mode(value).map_err(bad)?,
+                DEFAULT_AUTHZ => s.default_authz = default_authz_value(value).map_err(bad)?,
                 k if ANNOTATIONS.contains(&k) => {}
                 _ => {
                     return Err(format!(
@@ -563,6 +584,7 @@ impl Injector {
             env("WEFT_NODE_LABELS_FILE", &format!("{PODINFO_DIR}/labels")),
             env("WEFT_CAPTURE", "true"),
             env("WEFT_INBOUND_MTLS", s.mtls_mode),
+            env("WEFT_DEFAULT_AUTHZ", s.default_authz),
             env("WEFT_LOG", &s.log_level),
         ];
         let probes = rewrite_probes(&spec.containers);

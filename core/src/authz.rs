@@ -36,3 +36,67 @@ pub struct AllowRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticated: Option<bool>,
 }
+
+/// What one allow rule admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule<'a> {
+    Identity(&'a str),
+    Namespace(&'a str),
+    Authenticated,
+}
+
+impl AllowRule {
+    /// The rule, or what is wrong with it: the field (within the rule; empty for the rule as a
+    /// whole) and why. The control plane's validation and the proxy's compile both ask this,
+    /// so a policy one accepts the other does too.
+    pub fn rule(&self) -> Result<Rule<'_>, (&'static str, String)> {
+        match (&self.identity, &self.namespace, self.authenticated) {
+            (Some(id), None, None) if id.starts_with("spiffe://") => Ok(Rule::Identity(id)),
+            (Some(id), None, None) => Err((
+                "identity",
+                format!("`{id}` is not a SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)"),
+            )),
+            (None, Some(ns), None) if !ns.is_empty() => Ok(Rule::Namespace(ns)),
+            (None, Some(_), None) => Err(("namespace", "the namespace is empty".into())),
+            (None, None, Some(true)) => Ok(Rule::Authenticated),
+            _ => Err((
+                "",
+                "set exactly one of `identity`, `namespace`, `authenticated: true`".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> Result<Rule<'static>, (&'static str, String)> {
+        let r: AllowRule = serde_json::from_str(yaml).unwrap();
+        let r: &'static AllowRule = Box::leak(Box::new(r));
+        r.rule()
+    }
+
+    #[test]
+    fn a_rule_is_exactly_one_of_three() {
+        assert_eq!(
+            rule(r#"{"identity": "spiffe://td/ns/a/sa/b"}"#),
+            Ok(Rule::Identity("spiffe://td/ns/a/sa/b"))
+        );
+        assert_eq!(rule(r#"{"namespace": "ops"}"#), Ok(Rule::Namespace("ops")));
+        assert_eq!(rule(r#"{"authenticated": true}"#), Ok(Rule::Authenticated));
+        assert_eq!(
+            rule(r#"{"identity": "frontend"}"#).unwrap_err().0,
+            "identity"
+        );
+        assert_eq!(rule(r#"{"namespace": ""}"#).unwrap_err().0, "namespace");
+        for bad in [
+            r#"{}"#,
+            r#"{"authenticated": false}"#,
+            r#"{"identity": "spiffe://td/ns/a/sa/b", "authenticated": false}"#,
+            r#"{"namespace": "a", "authenticated": true}"#,
+        ] {
+            assert_eq!(rule(bad).unwrap_err().0, "", "{bad}");
+        }
+    }
+}

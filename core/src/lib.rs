@@ -9,4 +9,5 @@ pub mod duration;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod log;
+pub mod matching;
 pub mod policy;

@@ -519,6 +519,12 @@ pub struct MtlsConfig {
     /// /ready answers 503 while mutual TLS is on and no valid certificate is held.
     #[arg(long, env = "WEFT_READY_REQUIRES_IDENTITY", default_value_t = true, action = clap::ArgAction::Set)]
     pub ready_requires_identity: bool,
+
+    /// What the inbound side does with a caller when no authorization policy guards the
+    /// destination (no service with a policy has an endpoint there): `allow` (compatible with
+    /// earlier weft) or `deny` (only what a policy allows gets in).
+    #[arg(long, env = "WEFT_DEFAULT_AUTHZ", value_enum, default_value = "allow")]
+    pub default_authz: crate::inbound::DefaultAuthz,
 }
 
 fn parse_port_mode(s: &str) -> Result<(u16, InboundMode), String> {

@@ -339,11 +339,7 @@ impl HttpProxy {
             if let Some(v) = &peer.header {
                 headers.insert(PEER_IDENTITY_HEADER.clone(), v.clone());
             }
-            if let Some(verdict) =
-                table
-                    .load()
-                    .authorize(peer.local, peer.id.as_deref(), peer.namespace.as_deref())
-            {
+            if let Some(verdict) = peer.authorize(&table.load()) {
                 self.pools.metrics().tls.authz(
                     if is_grpc {
                         AuthzProtocol::Grpc
@@ -359,7 +355,7 @@ impl HttpProxy {
                             .as_deref()
                             .unwrap_or("a plaintext caller")
                             .to_string(),
-                        service: service.to_string(),
+                        service,
                     });
                 }
             }

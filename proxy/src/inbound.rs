@@ -10,6 +10,8 @@ use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 
 use http::{HeaderName, HeaderValue};
 
+use crate::table::Table;
+
 /// The header the application reads the caller's identity from. Set by the inbound proxy on
 /// every request from a mesh peer; like every `x-weft-*` name, removed from every request in
 /// every spelling first (`http::headers::strip_reserved`), so no caller can forge it.
@@ -70,6 +72,14 @@ impl Delivery {
     }
 }
 
+/// `--default-authz`: what a destination no policy guards does with a caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultAuthz {
+    #[default]
+    Allow,
+    Deny,
+}
+
 /// Who is on the other end of an inbound connection, and where it was sent.
 #[derive(Debug)]
 pub struct Peer {
@@ -84,6 +94,8 @@ pub struct Peer {
     /// The caller's namespace, when its identity is of this proxy's trust domain (namespace
     /// rules match only there: another trust domain's `ns/ops` is not this mesh's).
     pub namespace: Option<Box<str>>,
+    /// Where no policy guards `local`.
+    pub default: DefaultAuthz,
 }
 
 impl Peer {
@@ -93,6 +105,7 @@ impl Peer {
         local: SocketAddr,
         metrics: &crate::metrics::Metrics,
         trust_domain: &str,
+        default: DefaultAuthz,
     ) -> Self {
         let requests = metrics.tls.peer_requests(id.as_deref());
         let namespace = id
@@ -106,6 +119,22 @@ impl Peer {
             local,
             requests,
             namespace,
+            default,
+        }
+    }
+
+    /// Whether this caller may reach its destination: every policy guarding it must allow;
+    /// where none does, `--default-authz`. `None`: nothing was decided (no policy, default
+    /// allow). The error names what refused.
+    pub fn authorize(&self, table: &Table) -> Option<Result<(), String>> {
+        match table.authorize(self.local, self.id.as_deref(), self.namespace.as_deref()) {
+            Some(Ok(())) => Some(Ok(())),
+            Some(Err(service)) => Some(Err(service.to_string())),
+            None if self.default == DefaultAuthz::Deny => Some(Err(format!(
+                "{} (no policy guards it; --default-authz deny)",
+                self.local
+            ))),
+            None => None,
         }
     }
 }
@@ -113,7 +142,7 @@ impl Peer {
 /// A service's authorization policy, as written (the `authorization` of a TrafficPolicy, or
 /// of a service in the table file).
 pub use weft_core::authz::{
-    AllowRule, Authorization as AuthorizationSpec, AuthzDefault as DefaultAction,
+    AllowRule, Authorization as AuthorizationSpec, AuthzDefault as DefaultAction, Rule,
 };
 
 /// A compiled policy.
@@ -135,22 +164,16 @@ impl Authz {
             authenticated: false,
         };
         for (i, r) in spec.allow.iter().enumerate() {
-            match (&r.identity, &r.namespace, r.authenticated) {
-                (Some(id), None, None) if id.starts_with("spiffe://") => {
-                    a.identities.insert(id.as_str().into());
+            match r.rule() {
+                Ok(Rule::Identity(id)) => {
+                    a.identities.insert(id.into());
                 }
-                (Some(id), None, None) => {
-                    return Err(format!("allow[{i}].identity: `{id}` is not a SPIFFE id"));
+                Ok(Rule::Namespace(ns)) => {
+                    a.namespaces.insert(ns.into());
                 }
-                (None, Some(ns), None) if !ns.is_empty() => {
-                    a.namespaces.insert(ns.as_str().into());
-                }
-                (None, None, Some(true)) => a.authenticated = true,
-                _ => {
-                    return Err(format!(
-                        "allow[{i}]: set exactly one of `identity`, `namespace`, `authenticated: true`"
-                    ));
-                }
+                Ok(Rule::Authenticated) => a.authenticated = true,
+                Err(("", why)) => return Err(format!("allow[{i}]: {why}")),
+                Err((field, why)) => return Err(format!("allow[{i}].{field}: {why}")),
             }
         }
         Ok(a)
@@ -226,7 +249,7 @@ mod tests {
             serde_yaml_ng::from_str("allow: [{identity: frontend}]").unwrap();
         assert_eq!(
             Authz::compile(&spec).unwrap_err(),
-            "allow[0].identity: `frontend` is not a SPIFFE id"
+            "allow[0].identity: `frontend` is not a SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)"
         );
         let spec: AuthorizationSpec =
             serde_yaml_ng::from_str("allow: [{namespace: a, authenticated: true}]").unwrap();

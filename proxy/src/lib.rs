@@ -374,6 +374,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             capture: cfg.capture,
             delivery: delivery.clone(),
             local: local.clone(),
+            default_authz: cfg.mtls.default_authz,
         })
     };
     tokio::spawn(listener(outbound_http.clone(), TcpTarget::None, None).run(outbound));

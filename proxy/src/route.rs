@@ -1,12 +1,7 @@
 //! Pure routing logic, no I/O: request matching and weighted choice.
 
 use http::{HeaderMap, HeaderName, Method};
-use regex::{Regex, RegexBuilder};
-
-/// The largest compiled program a route's regex may have, in bytes. Matching runs on every
-/// request, so the proxy bounds it (as Envoy bounds RE2's program size); a larger regex is
-/// refused where it is loaded (a table file error, or an xDS NACK).
-pub const MAX_REGEX_SIZE: usize = 2 * 1024 * 1024;
+use regex::Regex;
 
 /// How a string (a path, a header value) is matched.
 #[derive(Debug, Clone)]
@@ -21,12 +16,10 @@ pub enum StringMatch {
 
 impl StringMatch {
     /// Compiles a regex so that it matches whole values, as Envoy's `safe_regex` does, within
-    /// [`MAX_REGEX_SIZE`].
-    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
-        RegexBuilder::new(&format!("^(?:{pattern})$"))
-            .size_limit(MAX_REGEX_SIZE)
-            .build()
-            .map(StringMatch::Regex)
+    /// the bound the control plane validates with too
+    /// ([`weft_core::matching::MAX_REGEX_SIZE`]); the error starts `invalid regex:`.
+    pub fn regex(pattern: &str) -> Result<Self, String> {
+        weft_core::matching::whole_value_regex(pattern).map(StringMatch::Regex)
     }
 
     pub fn matches(&self, value: &str) -> bool {
@@ -190,10 +183,10 @@ mod tests {
 
     #[test]
     fn oversized_regexes_are_refused() {
-        // A Unicode class repeated compiles to megabytes (about 35 KiB per `\w`): over the
+        // A Unicode class repeated compiles to megabytes (about 50 KiB per `\w`): over the
         // bound, with a clear error.
         let err = StringMatch::regex(r"\w{100}").unwrap_err();
-        assert!(err.to_string().contains("size limit"), "{err}");
+        assert!(err.contains("size limit"), "{err}");
         assert!(StringMatch::regex(r"/api/v[0-9]+/.*").is_ok());
     }
 

@@ -71,6 +71,8 @@ pub struct Listener {
     pub delivery: Arc<Delivery>,
     /// Outbound: the pod's own addresses, the only peers an outbound listener serves.
     pub local: Arc<LocalAddrs>,
+    /// Inbound: what a destination no policy guards does with a caller.
+    pub default_authz: crate::inbound::DefaultAuthz,
 }
 
 /// Whether a refusal an attacker can repeat at will is logged now: at most one line a second
@@ -307,7 +309,13 @@ impl Listener {
             (InboundMode::Permissive, ..) => {}
         }
         let conn = Arc::new(ConnInfo {
-            peer: Some(Peer::new(None, local, &self.metrics, self.trust_domain())),
+            peer: Some(Peer::new(
+                None,
+                local,
+                &self.metrics,
+                self.trust_domain(),
+                self.default_authz,
+            )),
             client: Some(remote),
             orig_dst,
             app,
@@ -363,7 +371,13 @@ impl Listener {
         let alpn = Alpn::negotiated(conn.alpn_protocol());
         tracing::trace!(%remote, peer = ?id, ?alpn, "inbound mesh TLS");
         let conn = Arc::new(ConnInfo {
-            peer: Some(Peer::new(id, local, &self.metrics, self.trust_domain())),
+            peer: Some(Peer::new(
+                id,
+                local,
+                &self.metrics,
+                self.trust_domain(),
+                self.default_authz,
+            )),
             client: Some(remote),
             orig_dst: None,
             app,
@@ -398,9 +412,7 @@ impl Listener {
                 tracing::debug!(peer = ?peer.id, dest = %peer.local, "opaque connection to an HTTP service refused");
                 return;
             }
-            if let Some(v) =
-                table.authorize(peer.local, peer.id.as_deref(), peer.namespace.as_deref())
-            {
+            if let Some(v) = peer.authorize(&table) {
                 self.metrics.tls.authz(AuthzProtocol::Tcp, v.is_ok());
                 if let Err(service) = v {
                     tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");

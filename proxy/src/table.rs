@@ -52,6 +52,10 @@ pub struct Table {
     by_vip: HashMap<SocketAddr, usize>,
     /// The services each endpoint address belongs to (what an inbound connection reached).
     by_endpoint: HashMap<SocketAddr, Vec<usize>>,
+    /// Every service's authorization, with the addresses it guards; kept apart from routing.
+    guards: Vec<Guard>,
+    /// Into `guards`, by endpoint address.
+    guarded: HashMap<SocketAddr, Vec<usize>>,
     /// The identity each meshed endpoint proves, by address.
     identities: HashMap<SocketAddr, Arc<str>>,
     /// Host names (lower case) and the VIP the DNS proxy answers for them; a host two services
@@ -67,6 +71,19 @@ pub struct Table {
     breakers: HashMap<Arc<str>, Breaker>,
     /// What the table was compiled from, for `/config_dump`.
     pub source: TableFile,
+}
+
+/// Who may call a service, and every address of it that policy guards (healthy or not: an
+/// endpoint out of rotation still takes connections). Kept apart from the service's routing,
+/// so that routing trouble (a Listener held back, a rejected RouteConfiguration) never lifts
+/// it: the newest valid policy stays in force until the service is deleted.
+#[derive(Debug)]
+pub struct Guard {
+    /// The service's name (its Listener's).
+    pub service: Arc<str>,
+    pub authz: Arc<Authz>,
+    /// Canonical addresses (no IPv4-mapped IPv6).
+    pub endpoints: Box<[SocketAddr]>,
 }
 
 /// A logical destination: a host and port that clients address.
@@ -356,6 +373,8 @@ impl Table {
             by_host: HashMap::new(),
             by_vip: HashMap::new(),
             by_endpoint: HashMap::new(),
+            guards: Vec::new(),
+            guarded: HashMap::new(),
             identities: HashMap::new(),
             vips: HashMap::new(),
             dns_names: Box::default(),
@@ -431,8 +450,8 @@ impl Table {
         self.by_vip.get(&addr).map(|i| &self.services[*i])
     }
 
-    /// Whether every service with an endpoint at `addr` lets `peer` call it: `None` when no
-    /// service has, or none of those has a policy; else the verdict and the denying service.
+    /// Whether every service whose policy guards `addr` lets `peer` call it: `None` when no
+    /// policy guards it; else the verdict and the denying service.
     pub fn authorize(
         &self,
         addr: SocketAddr,
@@ -440,16 +459,19 @@ impl Table {
         namespace: Option<&str>,
     ) -> Option<Result<(), &str>> {
         let mut verdict = None;
-        for i in self.by_endpoint.get(&canonical(addr))? {
-            let svc = &self.services[*i];
-            if let Some(a) = &svc.authz {
-                if !a.allows(peer, namespace) {
-                    return Some(Err(&svc.name));
-                }
-                verdict = Some(Ok(()));
+        for i in self.guarded.get(&canonical(addr))? {
+            let g = &self.guards[*i];
+            if !g.authz.allows(peer, namespace) {
+                return Some(Err(&g.service));
             }
+            verdict = Some(Ok(()));
         }
         verdict
+    }
+
+    /// The policy guarding `service`, if it has one.
+    pub fn guard(&self, service: &str) -> Option<&Guard> {
+        self.guards.iter().find(|g| &*g.service == service)
     }
 
     /// The identity the endpoint at `addr` proves, if it is a meshed endpoint of some service
@@ -472,8 +494,20 @@ impl Table {
             .map(|i| &self.services[*i])
     }
 
-    /// Indexes services by their endpoints' addresses; the last step of every compile.
-    fn index_endpoints(&mut self) {
+    /// Indexes services by their endpoints' addresses, and `guards` by theirs; the last step of
+    /// every compile.
+    fn index_endpoints(&mut self, guards: Vec<Guard>) {
+        let mut guarded: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        for (i, g) in guards.iter().enumerate() {
+            for a in g.endpoints.iter() {
+                let v = guarded.entry(*a).or_default();
+                if v.last() != Some(&i) {
+                    v.push(i);
+                }
+            }
+        }
+        self.guards = guards;
+        self.guarded = guarded;
         let mut by_endpoint: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
         let mut identities = HashMap::new();
         let mut states = HashMap::new();
@@ -567,9 +601,22 @@ impl Table {
         };
         let mut host_ports: HashMap<String, Vec<usize>> = HashMap::new();
         let mut drafts = Vec::with_capacity(source.services.len());
+        let mut guards = Vec::new();
         for (i, spec) in source.services.iter().enumerate() {
             let at = format!("services[{i}]");
             let mut svc = compile_service(spec, &at, &names)?;
+            if let Some(authz) = &svc.authz {
+                guards.push(Guard {
+                    service: svc.name.clone(),
+                    authz: authz.clone(),
+                    endpoints: spec
+                        .endpoints
+                        .iter()
+                        .flat_map(|e| names.addrs(&e.address))
+                        .map(canonical)
+                        .collect(),
+                });
+            }
             let idx = drafts.len();
             for (j, host) in std::iter::once(&spec.name).chain(&spec.aliases).enumerate() {
                 let field = if j == 0 {
@@ -613,7 +660,7 @@ impl Table {
             .collect();
         t.source = source;
         t.dns_names = names.into_used();
-        t.index_endpoints();
+        t.index_endpoints(guards);
         Ok(t)
     }
 }
@@ -640,14 +687,9 @@ impl<'a> Names<'a> {
         }
     }
 
-    /// The endpoints `addr` stands for, each with `labels` and `identity`.
-    pub(crate) fn endpoints(
-        &self,
-        addr: &EndpointAddress,
-        labels: &Arc<BTreeMap<String, String>>,
-        identity: &Option<Arc<str>>,
-    ) -> Vec<Endpoint> {
-        let addrs = match addr {
+    /// The addresses `addr` stands for: itself, or every address its host name resolved to.
+    pub(crate) fn addrs(&self, addr: &EndpointAddress) -> Vec<SocketAddr> {
+        match addr {
             EndpointAddress::Ip(a) => vec![*a],
             EndpointAddress::Host { host, port } => {
                 self.used.borrow_mut().insert(host.clone());
@@ -657,8 +699,17 @@ impl<'a> Names<'a> {
                     .map(|ip| SocketAddr::new(*ip, *port))
                     .collect()
             }
-        };
-        addrs
+        }
+    }
+
+    /// The endpoints `addr` stands for, each with `labels` and `identity`.
+    pub(crate) fn endpoints(
+        &self,
+        addr: &EndpointAddress,
+        labels: &Arc<BTreeMap<String, String>>,
+        identity: &Option<Arc<str>>,
+    ) -> Vec<Endpoint> {
+        self.addrs(addr)
             .into_iter()
             .map(|addr| Endpoint {
                 addr,
@@ -1106,8 +1157,7 @@ fn compile_string_match(
     match (&m.exact, &m.prefix, &m.regex) {
         (Some(e), None, None) => Ok(StringMatch::Exact(e.as_str().into())),
         (None, Some(p), None) => Ok(StringMatch::Prefix(p.as_str().into())),
-        (None, None, Some(r)) => StringMatch::regex(r)
-            .map_err(|e| (format!("{at}.regex"), format!("invalid regex: {e}"))),
+        (None, None, Some(r)) => StringMatch::regex(r).map_err(|e| (format!("{at}.regex"), e)),
         (None, None, None) if none_ok => Ok(StringMatch::Any),
         _ => Err((
             at.to_string(),

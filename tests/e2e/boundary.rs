@@ -166,3 +166,79 @@ fn another_pod_cannot_reach_the_sidecars_own_ports_or_loopback_only_apps() {
     );
     drop(p.sidecar_a.take());
 }
+
+/// `--default-authz deny`: a destination no policy guards takes nobody; one whose service has
+/// a policy takes whom the policy allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_default_authz_deny_only_what_a_policy_allows_gets_in() {
+    use weft_tests::{chain::TempDir, eventually, http_peer, proxy::Proxy};
+    let app = http_peer::server("app").await;
+    let dir = TempDir::new("default-authz");
+    let table = dir.write(
+        "table.yaml",
+        "services:\n  - name: other.demo\n    port: 80\n    endpoints: [{address: 10.0.0.1:80}]\n",
+    );
+    let forward = app.addr.to_string();
+    let proxy = Proxy::start(&[
+        "--config",
+        table.to_str().unwrap(),
+        "--inbound-forward",
+        &forward,
+        "--default-authz",
+        "deny",
+    ]);
+    let inbound = proxy.addr("inbound");
+    let get = || async {
+        http_peer::request_h1(
+            inbound,
+            http::Request::get("/echo").header("host", "app:80"),
+            String::new(),
+        )
+        .await
+        .unwrap()
+    };
+    let rsp = get().await;
+    assert_eq!(rsp.status(), 403, "{rsp:?}");
+    assert!(
+        rsp.headers()["weft-proxy-error"]
+            .to_str()
+            .unwrap()
+            .contains("no policy guards it; --default-authz deny"),
+        "{rsp:?}"
+    );
+    assert_eq!(
+        app.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
+    // A service at this address with a policy that lets everyone in.
+    dir.write(
+        "table.yaml",
+        &format!(
+            "services:\n  - name: app.demo\n    port: 80\n    endpoints: [{{address: {inbound}}}]\n    authorization: {{default: allow}}\n"
+        ),
+    );
+    proxy.signal("HUP");
+    eventually(Duration::from_secs(10), "the policy in force", || async {
+        (get().await.status() == 200).then_some(())
+    })
+    .await;
+    // Counted as decisions: the denials before, an allow now.
+    let count = |result: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric(&format!(
+                    r#"weft_authz_total{{protocol="http",result="{result}"}}"#
+                ))
+                .await
+        }
+    };
+    let (denied, allowed) = (count("deny").await, count("allow").await);
+    assert!(denied >= 1.0);
+    assert_eq!(get().await.status(), 200);
+    assert_eq!(
+        (count("deny").await, count("allow").await),
+        (denied, allowed + 1.0)
+    );
+}

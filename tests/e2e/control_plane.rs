@@ -217,6 +217,22 @@ async fn weftctl_applies_lists_deletes_and_reports_proxies() {
         )
     );
 
+    // A regex every proxy would refuse (its compiled program is over the bound proxies
+    // enforce) is refused here, by the same check, not NACKed later by every proxy.
+    let heavy = work.write(
+        "heavy.yaml",
+        &policy.replace(
+            "routes: [{backends:",
+            "routes: [{match: {path: {regex: '/\\w{60}'}}, backends:",
+        ),
+    );
+    let (code, _, err) = weftctl(&cp, &["apply", "-f", heavy.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("policy demo/web: spec.routes[0].match.path.regex: invalid regex: compiled, it is larger than the size limit of 2 MiB"),
+        "{err}"
+    );
+
     let good = work.write("good.yaml", policy);
     let (code, out, err) = weftctl(&cp, &["apply", "-f", good.to_str().unwrap()]);
     assert_eq!(

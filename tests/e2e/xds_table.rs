@@ -14,10 +14,14 @@ use weft_proxy::{
     },
 };
 use weft_tests::chain::TempDir;
-use weft_xds_proto::envoy::config::{
-    cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType},
-    core::v3::address,
-    endpoint::v3::lb_endpoint::HostIdentifier,
+use weft_xds_proto::envoy::{
+    config::{
+        cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType},
+        core::v3::address,
+        endpoint::v3::lb_endpoint::HostIdentifier,
+        route::v3::header_matcher::HeaderMatchSpecifier,
+    },
+    r#type::matcher::v3::string_matcher::MatchPattern,
 };
 
 const FILES: &str = "apiVersion: weft.dev/v1alpha1
@@ -240,14 +244,29 @@ fn resources_are_checked_one_by_one() {
     for e in res.endpoints.values() {
         xds::check_load_assignment(e).unwrap();
     }
-    // A regex the control plane accepts (it is valid) but over the proxy's program-size bound.
+    // A regex over the proxy's program-size bound, as another control plane might send it
+    // (weft's refuses it: see `weftctl_applies_lists_deletes_and_reports_proxies`).
     let files = FILES.replace(
         "headers: [{name: x-canary, exact: '1'}]",
-        r"headers: [{name: x-canary, regex: '\w{100}'}]",
+        r"headers: [{name: x-canary, regex: 'c[0-9]'}]",
     );
     let res = resources(&files);
-    let rc = res.routes.values().next().unwrap();
-    let err = xds::check_route_config(rc).unwrap_err();
+    let mut rc = res.routes.values().next().unwrap().clone();
+    let pattern = rc.virtual_hosts[0].routes[0]
+        .r#match
+        .as_mut()
+        .and_then(|m| m.headers.iter_mut().find(|h| h.name == "x-canary"))
+        .and_then(|h| match &mut h.header_match_specifier {
+            Some(HeaderMatchSpecifier::StringMatch(sm)) => match &mut sm.match_pattern {
+                Some(MatchPattern::SafeRegex(re)) => Some(re),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("the x-canary regex");
+    assert_eq!(pattern.regex, "c[0-9]");
+    pattern.regex = r"\w{100}".into();
+    let err = xds::check_route_config(&rc).unwrap_err();
     assert!(
         err.starts_with("route `testers`: ") && err.contains("size limit"),
         "{err}"
@@ -446,4 +465,96 @@ fn traffic_policies_cross_xds_into_the_table() {
     let _two = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
     let _three = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
     assert!(b.acquire(weft_proxy::traffic::Limit::Retries).is_none());
+}
+
+/// A service's authorization stays in force through routing trouble: a Listener whose routes
+/// have not arrived (or were rejected) is held back, but who may call the service is known from
+/// the Listener and its endpoints, and is enforced; only deleting the service removes it.
+#[test]
+fn authorization_never_fails_open_when_routing_is_held_back() {
+    const GUARDED: &str = "apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: pay, namespace: demo}
+spec:
+  port: 8080
+  endpoints: [{address: 10.0.0.9:8080}, {address: 10.0.0.8:8080, healthy: false}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: pay, namespace: demo}
+spec:
+  service: pay.demo.svc.cluster.local:8080
+  authorization:
+    default: deny
+    allow: [{identity: spiffe://cluster.local/ns/demo/sa/frontend}]
+";
+    let metrics = Metrics::new();
+    let endpoint = "10.0.0.9:8080".parse().unwrap();
+    let frontend = Some("spiffe://cluster.local/ns/demo/sa/frontend");
+    let intruder = Some("spiffe://cluster.local/ns/other/sa/intruder");
+    let compile = |res: &Resources, previous: &Table| {
+        xds::compile(
+            res,
+            Arc::from("v"),
+            previous.generation + 1,
+            &metrics,
+            previous,
+            &Resolved::none(),
+        )
+    };
+    let verdict =
+        |t: &Table, who: Option<&str>| t.authorize(endpoint, who, None).map(|v| v.is_ok());
+
+    // A proxy starting while the service's RouteConfiguration is missing (not yet sent, or
+    // rejected): the service is held back, its authorization is not.
+    let mut res = resources(GUARDED);
+    res.routes.clear();
+    let started = compile(&res, &Table::empty());
+    assert_eq!(started.held_back.len(), 1, "{:?}", started.held_back);
+    assert!(
+        started
+            .table
+            .by_authority("pay.demo.svc.cluster.local:8080")
+            .is_none()
+    );
+    assert_eq!(
+        verdict(&started.table, intruder),
+        Some(false),
+        "fails open at start"
+    );
+    assert_eq!(verdict(&started.table, frontend), Some(true));
+
+    // Running: a newer Listener tightens the policy while its routes are held back; the newer
+    // policy applies at once (the previous routes stay).
+    let full = compile(&resources(GUARDED), &Table::empty()).table;
+    assert_eq!(verdict(&full, frontend), Some(true));
+    // An endpoint out of rotation (a pod not ready) still takes connections: guarded too.
+    let unready = "10.0.0.8:8080".parse().unwrap();
+    assert_eq!(
+        full.authorize(unready, intruder, None).map(|v| v.is_ok()),
+        Some(false)
+    );
+    let mut res = resources(&GUARDED.replace(
+        "allow: [{identity: spiffe://cluster.local/ns/demo/sa/frontend}]",
+        "allow: []",
+    ));
+    res.routes.clear();
+    let tightened = compile(&res, &full);
+    assert_eq!(tightened.held_back.len(), 1);
+    assert!(
+        tightened
+            .table
+            .by_authority("pay.demo.svc.cluster.local:8080")
+            .is_some()
+    );
+    assert_eq!(verdict(&tightened.table, frontend), Some(false));
+
+    // ... and its endpoints unknown too: the last endpoints known carry the newer policy.
+    res.endpoints.clear();
+    let blind = compile(&res, &tightened.table);
+    assert_eq!(verdict(&blind.table, frontend), Some(false));
+
+    // Deleted on purpose (no Listener): no policy is known; the proxy's default decides.
+    let gone = compile(&Resources::default(), &blind.table);
+    assert_eq!(verdict(&gone.table, intruder), None);
 }

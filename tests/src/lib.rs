@@ -12,6 +12,7 @@ pub mod netns;
 pub mod proxy;
 pub mod tcp_peer;
 pub mod tools;
+pub mod xds_relay;
 
 use std::time::Duration;
 

@@ -163,6 +163,7 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_capture_init_container() {
     );
     assert_eq!(penv["WEFT_IDENTITY"], "ca");
     assert_eq!(penv["WEFT_INBOUND_MTLS"], "permissive");
+    assert_eq!(penv["WEFT_DEFAULT_AUTHZ"], "allow");
     assert_eq!(penv["WEFT_CAPTURE"], "true");
     assert!(!penv.contains_key("WEFT_INBOUND_MTLS_PORTS"));
     // The app's HTTP readiness probe (named port) is pointed at the sidecar.
@@ -250,6 +251,7 @@ fn annotations_override_the_mesh_defaults_per_pod() {
     let penv = env_of(proxy);
     assert_eq!(penv["WEFT_LOG"], "weft_proxy=debug,info");
     assert_eq!(penv["WEFT_INBOUND_MTLS"], "strict");
+    assert_eq!(penv["WEFT_DEFAULT_AUTHZ"], "deny");
     // The tcpSocket probe goes through the sidecar; the gRPC one on 7000 cannot: that port
     // stays permissive, and whoever created the pod is told.
     assert_eq!(
@@ -335,6 +337,7 @@ fn a_pod_that_cannot_be_read_or_a_bad_annotation_is_refused_with_the_reason() {
             "not strict, permissive or disable",
         ),
         ("weft.dev/log-level", "loud", "not a log filter"),
+        ("weft.dev/default-authz", "maybe", "not allow or deny"),
         ("weft.dev/inject", "maybe", "not enabled, disabled"),
         (
             "weft.dev/proxy-cpus",
@@ -373,6 +376,7 @@ fn mesh_config_errors_name_the_field() {
     assert!(MeshConfig::parse(base).is_ok());
     for (extra, expect) in [
         ("mtlsMode: sometimes\n", "mtlsMode"),
+        ("defaultAuthz: maybe\n", "defaultAuthz"),
         ("proxy: {logLevel: loud}\n", "proxy.logLevel"),
         (
             "proxy: {imagePullPolicy: Sometimes}\n",

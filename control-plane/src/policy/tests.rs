@@ -229,7 +229,7 @@ fn every_invalid_field_is_named() {
             &[
                 "spec.rateLimit.requestsPerSecond: must be at least 1",
                 "spec.authorization.allow[0].identity: `frontend` is not a SPIFFE id",
-                "spec.authorization.allow[1]: set one of `identity`, `namespace`, `authenticated`",
+                "spec.authorization.allow[1]: set exactly one of `identity`, `namespace`, `authenticated: true`",
             ],
         ),
     ];

@@ -287,10 +287,11 @@ fn check_string_match(
         ],
         need_one,
     );
+    // The proxy's own compile, bound included: what passes here, every proxy takes.
     if let Some(r) = regex
-        && let Err(e) = regex::Regex::new(&format!("^(?:{r})$"))
+        && let Err(e) = weft_core::matching::whole_value_regex(r)
     {
-        c.fail(format!("{at}.regex"), format!("invalid regex: {e}"));
+        c.fail(format!("{at}.regex"), e);
     }
 }
 
@@ -480,24 +481,14 @@ impl Validate for Fault {
 
 /// (A free function: the type lives in weft-core, shared with the proxy.)
 fn check_authorization(a: &Authorization, c: &mut Check) {
+    // The proxy's own reading of a rule: what passes here, every proxy takes.
     for (i, r) in a.allow.iter().enumerate() {
-        let at = format!("spec.authorization.allow[{i}]");
-        c.at_most_one(
-            &at,
-            &[
-                ("identity", r.identity.is_some()),
-                ("namespace", r.namespace.is_some()),
-                ("authenticated", r.authenticated == Some(true)),
-            ],
-            true,
-        );
-        if let Some(id) = &r.identity
-            && !id.starts_with("spiffe://")
-        {
-            c.fail(
-                format!("{at}.identity"),
-                format!("`{id}` is not a SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)"),
-            );
+        if let Err((field, why)) = r.rule() {
+            let at = format!("spec.authorization.allow[{i}]");
+            match field {
+                "" => c.fail(at, why),
+                f => c.fail(format!("{at}.{f}"), why),
+            }
         }
     }
 }

@@ -47,8 +47,8 @@ use weft_core::{address::EndpointAddress, policy::LbPolicy};
 mod policy;
 
 use super::{
-    Cluster, Endpoint, HashOn, Mirror, Names, Protocol, Route, RoutePolicy, Service, ServiceDraft,
-    Table,
+    Cluster, Endpoint, Guard, HashOn, Mirror, Names, Protocol, Route, RoutePolicy, Service,
+    ServiceDraft, Table, canonical,
 };
 use crate::{
     inbound::{AuthorizationSpec, Authz},
@@ -87,9 +87,7 @@ fn string_match(m: &StringMatcher) -> Result<StringMatch, String> {
     match &m.match_pattern {
         Some(MatchPattern::Exact(e)) => Ok(StringMatch::Exact(e.as_str().into())),
         Some(MatchPattern::Prefix(p)) => Ok(StringMatch::Prefix(p.as_str().into())),
-        Some(MatchPattern::SafeRegex(r)) => {
-            StringMatch::regex(&r.regex).map_err(|e| format!("invalid regex: {e}"))
-        }
+        Some(MatchPattern::SafeRegex(r)) => StringMatch::regex(&r.regex),
         other => Err(format!("unsupported string match {other:?}")),
     }
 }
@@ -101,7 +99,7 @@ fn route_match(r: &XdsRoute) -> Result<RouteMatch, String> {
         Some(PathSpecifier::Prefix(p)) => Some(StringMatch::Prefix(p.as_str().into())),
         Some(PathSpecifier::Path(p)) => Some(StringMatch::Exact(p.as_str().into())),
         Some(PathSpecifier::SafeRegex(re)) => {
-            Some(StringMatch::regex(&re.regex).map_err(|e| format!("path regex: {e}"))?)
+            Some(StringMatch::regex(&re.regex).map_err(|e| format!("path: {e}"))?)
         }
         other => return Err(format!("unsupported path match {other:?}")),
     };
@@ -529,6 +527,34 @@ fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft,
     })
 }
 
+/// A service's policy over every address of the cluster of all its endpoints (named as the
+/// Listener), healthy or not; while that cluster or its endpoints are missing, over the
+/// addresses the table in force guarded for it. `None` when neither is known.
+fn guard(
+    l: &Listener,
+    authz: Arc<Authz>,
+    res: &Resources,
+    names: &Names,
+    previous: &Table,
+) -> Option<Guard> {
+    let all = res.clusters.get(&l.name).and_then(|c| {
+        let (cla, hosts) = match inline_assignment(c) {
+            Some(cla) => (cla.ok()?, true),
+            None => (res.endpoints.get(&l.name)?, false),
+        };
+        endpoints(cla, names, hosts).ok()
+    });
+    let endpoints = match all {
+        Some(eps) => eps.into_iter().map(|(_, e)| canonical(e.addr)).collect(),
+        None => previous.guard(&l.name)?.endpoints.clone(),
+    };
+    Some(Guard {
+        service: l.name.as_str().into(),
+        authz,
+        endpoints,
+    })
+}
+
 /// The listener's `authorization` (weft metadata), compiled.
 fn authorization(l: &Listener) -> Result<Option<Authz>, String> {
     let Some(v) = weft(&l.metadata).and_then(|w| w.fields.get("authorization")) else {
@@ -584,9 +610,19 @@ pub fn compile(
     let names = Names::new(dns, previous);
     let mut held_back = Vec::new();
     let mut services: Vec<Arc<Service>> = Vec::with_capacity(res.listeners.len());
+    let mut guards = Vec::new();
     let mut old: Option<HashMap<&str, &Arc<Service>>> = None;
     for l in res.listeners.values() {
-        match service(l, res, &names) {
+        let built = service(l, res, &names);
+        // Who may call the service does not wait for its routes: the newest Listener's policy.
+        let authz = match &built {
+            Ok(draft) => draft.authz.clone(),
+            Err(_) => authorization(l).ok().flatten().map(Arc::new),
+        };
+        if let Some(g) = authz.and_then(|a| guard(l, a, res, &names, previous)) {
+            guards.push(g);
+        }
+        match built {
             Ok(draft) => services.push(Arc::new(draft.finish(metrics))),
             Err(e) => {
                 held_back.push(format!("Listener `{}`: {e}", l.name));
@@ -623,7 +659,7 @@ pub fn compile(
     }
     t.services = services;
     t.dns_names = names.into_used();
-    t.index_endpoints();
+    t.index_endpoints(guards);
     Compiled {
         table: t,
         held_back,
