@@ -133,7 +133,7 @@ impl PolicyStore {
             PolicyStore::Dir(dir) => {
                 let file = policy_file(dir, key);
                 // Write beside, then rename: the registry never reads half a file.
-                let tmp = dir.join(format!(".{key}.tmp").replace('/', "-"));
+                let tmp = dir.join(format!(".{}.tmp", stored_name(key)));
                 tokio::fs::write(&tmp, yaml)
                     .await
                     .and(tokio::fs::rename(&tmp, &file).await)
@@ -177,10 +177,17 @@ impl PolicyStore {
 
 fn etcd_key(prefix: &str, key: &str) -> String {
     format!(
-        "{}/config/weftctl-{}",
+        "{}/config/{}",
         prefix.trim_end_matches('/'),
-        key.replace('/', "-")
+        stored_name(key)
     )
+}
+
+/// What weftctl names the policy `namespace/name` in its store: `weftctl-<namespace>_<name>`.
+/// Namespaces and names never hold `_` (validated), so no two policies share a name (with `-`
+/// for the slash, `a-b/c` and `a/b-c` did).
+fn stored_name(key: &str) -> String {
+    format!("weftctl-{}", key.replacen('/', "_", 1))
 }
 
 /// What the API needs.
@@ -194,7 +201,7 @@ pub struct Api {
 
 /// The file weftctl keeps a policy in.
 fn policy_file(dir: &std::path::Path, key: &str) -> PathBuf {
-    dir.join(format!("weftctl-{}.yaml", key.replace('/', "-")))
+    dir.join(format!("{}.yaml", stored_name(key)))
 }
 
 impl Api {
@@ -231,8 +238,12 @@ impl Api {
                 "application/json",
                 proxy_status_json(&self.nodes),
             ),
-            (Method::GET, p) if p.starts_with("/api/v1/proxies/") && p.ends_with("/config") => {
-                let node = &p["/api/v1/proxies/".len()..p.len() - "/config".len()];
+            (Method::GET, p)
+                if let Some(node) = p
+                    .strip_prefix("/api/v1/proxies/")
+                    .and_then(|rest| rest.strip_suffix("/config"))
+                    .filter(|node| !node.is_empty()) =>
+            {
                 let snap = self.snapshots.borrow().clone();
                 match proxy_config_json(&self.nodes, &snap, node) {
                     Some(body) => text(StatusCode::OK, "application/json", body),
@@ -309,10 +320,15 @@ impl Api {
         if matches!(self.store, PolicyStore::Kubernetes) {
             return plain(StatusCode::CONFLICT, KUBERNETES_POLICIES);
         }
-        let Some((ns, name)) = key.split_once('/') else {
+        let Some((ns, name)) = key
+            .split_once('/')
+            .filter(|(ns, name)| policy::is_name(ns) && policy::is_name(name))
+        else {
             return plain(
                 StatusCode::BAD_REQUEST,
-                format!("`{key}`: expected <namespace>/<name>"),
+                format!(
+                    "`{key}`: expected <namespace>/<name> (lower-case letters, digits, `-` and `.`)"
+                ),
             );
         };
         let key = format!("{ns}/{name}");

@@ -15,6 +15,7 @@
 //!   auth, valid from a minute ago (clock skew) for the requested lifetime, capped by the CA's
 //!   maximum and by the CA certificate's own expiry. Nothing else in the CSR is copied.
 
+pub mod limit;
 mod secret;
 mod service;
 
@@ -89,12 +90,18 @@ pub(crate) fn file_err(path: impl std::fmt::Display, e: impl std::fmt::Display) 
     }
 }
 
-/// A random serial number (positive, 16 bytes).
-fn serial() -> SerialNumber {
-    let mut b: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
+/// A serial number from the operating system's CSPRNG (positive, 16 bytes: 120 random bits,
+/// more than the 64 CA/B rules ask): nobody can predict the serial of a certificate before it
+/// is issued.
+fn serial() -> Result<SerialNumber, CaError> {
+    let mut b = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut b)
+        .map_err(|_| CaError::Sign("the system's random number generator failed".into()))?;
     b[0] &= 0x7f;
     b[0] |= 0x01;
-    SerialNumber::from_slice(&b)
+    Ok(SerialNumber::from_slice(&b))
 }
 
 impl Ca {
@@ -239,7 +246,7 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);
         params.not_after = now + time::Duration::days(3650);
-        params.serial_number = Some(serial());
+        params.serial_number = Some(serial()?);
         let cert = params
             .self_signed(&key)
             .map_err(|e| CaError::Sign(e.to_string()))?;
@@ -337,7 +344,7 @@ impl Ca {
         ];
         params.not_before = now - time::Duration::minutes(1);
         params.not_after = not_after;
-        params.serial_number = Some(serial());
+        params.serial_number = Some(serial()?);
         params.use_authority_key_identifier_extension = true;
         let signed = CertificateSigningRequestParams {
             params,
@@ -395,7 +402,7 @@ impl Ca {
         .min(self.ca_not_after);
         params.not_before = now - time::Duration::minutes(1);
         params.not_after = not_after;
-        params.serial_number = Some(serial());
+        params.serial_number = Some(serial()?);
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.issuer)

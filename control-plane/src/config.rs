@@ -139,6 +139,11 @@ pub struct Config {
     #[arg(long, env = "WEFT_TOKEN_AUDIENCE", default_value = "weft-ca")]
     pub token_audience: String,
 
+    /// TokenReviews the CA asks the API server for on behalf of one caller address, per second
+    /// (in bursts of twice that); more get RESOURCE_EXHAUSTED without a review. 0: no limit.
+    #[arg(long, env = "WEFT_TOKEN_REVIEW_RATE", default_value_t = 5)]
+    pub token_review_rate: u32,
+
     /// Lifetime of a workload certificate when the workload asks for none.
     #[arg(long, env = "WEFT_CERT_TTL", value_parser = parse_duration, default_value = "24h")]
     pub cert_ttl: Duration,
@@ -152,7 +157,8 @@ pub struct Config {
     #[arg(long, env = "WEFT_API_ADDR", default_value = "127.0.0.1:15015")]
     pub api_addr: SocketAddr,
 
-    /// Health and metrics: /live, /ready, /metrics, /proxy_status, /registry.
+    /// Health and metrics: /live, /ready, /metrics (reachable from the network: it shows no
+    /// mesh state).
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:15014")]
     pub metrics_addr: SocketAddr,
 

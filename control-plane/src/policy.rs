@@ -30,7 +30,7 @@ pub use weft_core::{
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::FieldError;
+pub use validate::{FieldError, is_name};
 
 pub const API_VERSION: &str = "weft.dev/v1alpha1";
 pub const KIND: &str = "TrafficPolicy";

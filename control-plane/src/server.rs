@@ -19,7 +19,7 @@ use weft_xds_proto::{
 
 use crate::{
     ads::{AdsServer, Nodes},
-    api::{self, Api, PolicyStore, Rsp, text},
+    api::{Api, PolicyStore, Rsp, text},
     ca::{self, BootstrapTokens, Ca, CaService, TokenReviewer},
     config::{Config, RegistryKind},
     inject,
@@ -203,7 +203,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         snapshots: api_snapshots,
     };
     tokio::spawn(api.serve(api_l));
-    tokio::spawn(serve_admin(metrics_l, nodes, reg_rx));
+    tokio::spawn(serve_admin(metrics_l, nodes));
     tracing::info!("weft-control-plane ready");
 
     tokio::select! {
@@ -356,21 +356,24 @@ async fn secure_port(cfg: &Config, ca: Arc<Ca>, metrics: &Metrics) -> Result<Sec
             ca,
             tokens: Arc::new(tokens),
             reviewer,
+            review_limit: Arc::new(crate::ca::limit::PerCaller::new(cfg.token_review_rate)),
             requests: metrics.ca_requests.clone(),
         },
     })
 }
 
-async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>, registry: watch::Receiver<Arc<Snapshot>>) {
+/// Health and metrics, on a port the network reaches (the kubelet's probes, Prometheus): nothing
+/// here says what the mesh holds (the registry and each proxy's state are on the API port).
+async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>) {
     loop {
         let Ok((s, _)) = l.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let (nodes, registry) = (nodes.clone(), registry.clone());
+        let nodes = nodes.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let rsp = admin(&req, &nodes, &registry);
+                let rsp = admin(&req, &nodes);
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let _ = http1::Builder::new()
@@ -380,7 +383,7 @@ async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>, registry: watch::Receive
     }
 }
 
-fn admin(req: &Request<Incoming>, nodes: &Nodes, registry: &watch::Receiver<Arc<Snapshot>>) -> Rsp {
+fn admin(req: &Request<Incoming>, nodes: &Nodes) -> Rsp {
     const TEXT: &str = "text/plain; charset=utf-8";
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live" | "/ready") => text(StatusCode::OK, TEXT, "ok\n"),
@@ -389,20 +392,10 @@ fn admin(req: &Request<Incoming>, nodes: &Nodes, registry: &watch::Receiver<Arc<
             "text/plain; version=0.0.4; charset=utf-8",
             nodes.metrics.render(),
         ),
-        (&Method::GET, "/proxy_status") => text(
-            StatusCode::OK,
-            "application/json",
-            api::proxy_status_json(nodes),
-        ),
-        (&Method::GET, "/registry") => text(
-            StatusCode::OK,
-            "application/json",
-            api::registry_json(registry),
-        ),
         _ => text(
             StatusCode::NOT_FOUND,
             TEXT,
-            "endpoints: /live, /ready, /metrics, /proxy_status, /registry\n",
+            "endpoints: /live, /ready, /metrics (the registry and proxy status are on the API port: /api/v1/registry, /api/v1/proxy-status)\n",
         ),
     }
 }

@@ -125,9 +125,14 @@ async fn serves_the_file_registry_over_ads_and_follows_edits() {
     let cla = ClusterLoadAssignment::decode(&*eds2.resources[0].value).unwrap();
     assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
 
-    // Status and metrics over HTTP.
+    // Status over the API (loopback), metrics on the port the network reaches, which shows
+    // nothing of the mesh.
     let status: serde_json::Value =
-        serde_json::from_str(&cp.get("metrics", "/proxy_status").await.1).unwrap();
+        serde_json::from_str(&cp.get("api", "/api/v1/proxy-status").await.1).unwrap();
+    for path in ["/proxy_status", "/registry"] {
+        let (code, body) = cp.get("metrics", path).await;
+        assert_eq!(code, 404, "{path} on the metrics port: {body}");
+    }
     assert_eq!(status["proxy-1"]["connected"], true);
     assert_eq!(
         status["proxy-1"]["types"][CLUSTER]["acked"],
@@ -152,7 +157,7 @@ async fn serves_the_file_registry_over_ads_and_follows_edits() {
     )
     .await;
     let registry: serde_json::Value =
-        serde_json::from_str(&cp.get("metrics", "/registry").await.1).unwrap();
+        serde_json::from_str(&cp.get("api", "/api/v1/registry").await.1).unwrap();
     assert_eq!(
         registry["services"][svc]["spec"]["endpoints"]
             .as_array()
@@ -300,6 +305,38 @@ async fn weftctl_applies_lists_deletes_and_reports_proxies() {
         ],
         "{status}"
     );
+
+    // Two policies whose namespace/name would collide with `-` for the slash are kept apart.
+    let pair = ["a-b/c", "a/b-c"].map(|key| {
+        let (ns, name) = key.split_once('/').unwrap();
+        work.write(
+            &format!("{ns}_{name}.yaml"),
+            &format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  service: {name}.{ns}.svc.cluster.local:80\n  timeout: 1s\n"
+            ),
+        )
+    });
+    for f in &pair {
+        let (code, _, err) = weftctl(&cp, &["apply", "-f", f.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let (code, out, _) = weftctl(&cp, &["delete", "policy", "a-b/c"]);
+    assert_eq!((code, out.as_str()), (Some(0), "policy a-b/c deleted\n"));
+    let (code, out, err) = weftctl(&cp, &["delete", "policy", "a/b-c"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "policy a/b-c deleted\n"),
+        "the other one is still there: {err}"
+    );
+    // A path the API does not serve is answered, whatever its length.
+    for path in [
+        "/api/v1/proxies/config",
+        "/api/v1/proxies//config",
+        "/api/v1/proxies/",
+    ] {
+        let (code, body) = cp.get("api", path).await;
+        assert_eq!(code, 404, "{path}: {body}");
+    }
 
     let (code, out, _) = weftctl(&cp, &["delete", "policy", "demo/web"]);
     assert_eq!((code, out.as_str()), (Some(0), "policy demo/web deleted\n"));

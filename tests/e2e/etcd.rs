@@ -211,7 +211,7 @@ async fn etcd_registrations_leases_and_restarts() {
     assert_eq!(code, Some(0), "{out}{err}");
     let stored = etcdctl(
         &etcd,
-        &["get", "/weft/config/weftctl-demo-web", "--print-value-only"],
+        &["get", "/weft/config/weftctl-demo_web", "--print-value-only"],
     );
     assert!(stored.contains("timeout"), "{stored}");
     eventually(

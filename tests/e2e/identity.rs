@@ -108,6 +108,7 @@ async fn certificates_rotate_under_load_and_survive_a_ca_outage() {
         ca,
         tokens: Arc::new(BootstrapTokens::parse("tokens", TOKENS, "cluster.local").unwrap()),
         reviewer: None,
+        review_limit: Arc::new(weft_control_plane::ca::limit::PerCaller::new(5)),
         requests: weft_control_plane::metrics::Metrics::default().ca_requests,
     };
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

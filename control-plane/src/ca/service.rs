@@ -140,6 +140,8 @@ pub struct CaService {
     pub tokens: Arc<BootstrapTokens>,
     /// With Kubernetes: tokens that are not bootstrap tokens go to the API server.
     pub reviewer: Option<TokenReviewer>,
+    /// How often one caller address may have a token reviewed.
+    pub review_limit: Arc<super::limit::PerCaller>,
     /// `weft_cp_ca_requests_total`, by result.
     pub requests: prometheus::IntCounterVec,
 }
@@ -163,6 +165,7 @@ impl CertificateService for CaService {
                 tonic::Code::Unauthenticated => "unauthenticated",
                 tonic::Code::PermissionDenied => "denied",
                 tonic::Code::InvalidArgument => "invalid",
+                tonic::Code::ResourceExhausted => "rate_limited",
                 _ => "error",
             },
         });
@@ -186,7 +189,17 @@ impl CaService {
         let token = token.trim();
         let identity = match (self.tokens.identity(token), &self.reviewer) {
             (Some(id), _) => id.to_string(),
-            (None, Some(reviewer)) => reviewer.review(token).await?,
+            (None, Some(reviewer)) => {
+                // A caller without an address (not over TCP: tests) is not limited.
+                if let Some(ip) = req.remote_addr().map(|a| a.ip())
+                    && !self.review_limit.allow(ip)
+                {
+                    return Err(Status::resource_exhausted(format!(
+                        "too many token reviews from {ip}: try again in a few seconds"
+                    )));
+                }
+                reviewer.review(token).await?
+            }
             (None, None) => {
                 return Err(Status::unauthenticated(
                     "the bootstrap token is not known to this CA",

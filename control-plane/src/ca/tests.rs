@@ -213,6 +213,7 @@ async fn the_grpc_service_issues_only_to_a_proven_identity() {
         ca: ca.clone(),
         tokens: std::sync::Arc::new(tokens),
         reviewer: None,
+        review_limit: std::sync::Arc::new(super::limit::PerCaller::new(5)),
         requests: requests.clone(),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -390,6 +391,7 @@ async fn kubernetes_service_account_tokens_prove_their_account_through_token_rev
             audiences: vec!["weft-ca".into()],
             trust_domain: TD.into(),
         }),
+        review_limit: std::sync::Arc::new(super::limit::PerCaller::new(5)),
         requests: crate::metrics::Metrics::default().ca_requests,
     };
     let ask = |sa: &str, token: &str| {
@@ -438,6 +440,110 @@ async fn kubernetes_service_account_tokens_prove_their_account_through_token_rev
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One caller sending token after token gets its burst of TokenReviews, then
+/// RESOURCE_EXHAUSTED without the API server being asked; another caller is still served.
+#[tokio::test]
+async fn token_reviews_are_limited_per_caller_address() {
+    use weft_xds_proto::ca::v1::{
+        CreateCertificateRequest, certificate_service_server::CertificateService,
+    };
+    let (client, seen) = crate::kube_stand_in::serve(|_, _, review| {
+        let status = match review["spec"]["token"].as_str() {
+            Some("sa-token") => serde_json::json!({
+                "authenticated": true,
+                "user": {"username": "system:serviceaccount:shop:reviews"},
+                "audiences": ["weft-ca"]
+            }),
+            _ => serde_json::json!({"user": {}, "error": "[invalid bearer token]"}),
+        };
+        let rsp = serde_json::json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": review["spec"],
+            "status": status,
+        });
+        (201, rsp)
+    })
+    .await;
+    let dir = tmp("review-limit");
+    let svc = CaService {
+        ca: std::sync::Arc::new(ca(&dir)),
+        tokens: std::sync::Arc::new(BootstrapTokens::default()),
+        reviewer: Some(TokenReviewer {
+            client,
+            audiences: vec!["weft-ca".into()],
+            trust_domain: TD.into(),
+        }),
+        review_limit: std::sync::Arc::new(super::limit::PerCaller::new(5)),
+        requests: crate::metrics::Metrics::default().ca_requests,
+    };
+    let ask = |from: &str, token: &str| {
+        let mut req = tonic::Request::new(CreateCertificateRequest {
+            csr: csr(&[&spiffe_id(TD, "shop", "reviews")]).1,
+            validity_seconds: 600,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req.extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(from.parse().unwrap()),
+            });
+        req
+    };
+    let mut codes = Vec::new();
+    for i in 0..30 {
+        let err = svc
+            .create_certificate(ask("10.0.0.66:40000", &format!("guess-{i}")))
+            .await
+            .unwrap_err();
+        codes.push(err.code());
+    }
+    let reviewed = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::Unauthenticated)
+        .count();
+    assert_eq!(reviewed, 10, "a burst of twice the rate: {codes:?}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        10,
+        "the API server was asked 10 times"
+    );
+    assert!(
+        codes[10..]
+            .iter()
+            .all(|c| *c == tonic::Code::ResourceExhausted)
+    );
+    // Another pod, with a real token, is served (unless the two addresses share one of the
+    // 1,024 slots, which is what the first address tells).
+    let other = svc
+        .create_certificate(ask("10.0.0.7:40000", "sa-token"))
+        .await;
+    let same_slot = other
+        .as_ref()
+        .is_err_and(|e| e.code() == tonic::Code::ResourceExhausted);
+    assert!(other.is_ok() || same_slot, "{other:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Serial numbers come from the system's CSPRNG, not from a generator whose seed decides them
+/// (fastrand, seeded alike, repeats itself).
+#[test]
+fn serial_numbers_do_not_follow_a_seeded_generator() {
+    fastrand::seed(7);
+    let a = super::serial().unwrap();
+    fastrand::seed(7);
+    let b = super::serial().unwrap();
+    assert_ne!(a, b);
+    let bytes = a.to_bytes();
+    assert_eq!(bytes.len(), 16);
+    assert!(
+        bytes[0] & 0x80 == 0 && bytes[0] != 0,
+        "positive, full length"
+    );
 }
 
 #[test]

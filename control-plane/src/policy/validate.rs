@@ -56,6 +56,12 @@ impl Check {
     }
 }
 
+/// A namespace or a name as policies use them: lower-case letters, digits, `-` and `.` (never
+/// `_` or `/`, which weftctl's store relies on).
+pub fn is_name(h: &str) -> bool {
+    is_host(h)
+}
+
 fn is_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
@@ -83,6 +89,14 @@ impl TrafficPolicy {
                     "`{}` is not a name (lower-case letters, digits, `-` and `.`)",
                     self.metadata.name
                 ),
+            );
+        }
+        if let Some(ns) = &self.metadata.namespace
+            && !is_host(ns)
+        {
+            c.fail(
+                "metadata.namespace",
+                format!("`{ns}` is not a namespace (lower-case letters, digits, `-` and `.`)"),
             );
         }
         self.spec.check(&mut c);
