@@ -576,6 +576,12 @@ pub struct UpstreamConfig {
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
     pub connect_timeout: Duration,
 
+    /// The HTTP/1.1 upgrades tunnelled (the `Upgrade` protocols, comma-separated, any case);
+    /// a request offering any other has its offer removed and is served as a plain request.
+    /// `h2c` is never tunnelled.
+    #[arg(long, env = "WEFT_HTTP_UPGRADES", value_delimiter = ',', default_value = "websocket", value_parser = parse_upgrade)]
+    pub http_upgrades: Vec<String>,
+
     /// An upstream connection unused for this long is closed.
     #[arg(long = "upstream-idle-timeout", env = "WEFT_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "90s")]
     pub idle_timeout: Duration,
@@ -634,6 +640,15 @@ fn parse_tcp_mapping(s: &str) -> Result<TcpMapping, String> {
         listen,
         service: service.to_ascii_lowercase(),
     })
+}
+
+fn parse_upgrade(s: &str) -> Result<String, String> {
+    let p = s.trim().to_ascii_lowercase();
+    match p.as_str() {
+        "" => Err("an empty protocol name".into()),
+        "h2c" => Err("`h2c` is never tunnelled: an HTTP/2 connection inside it would skip the proxy's checks".into()),
+        _ => Ok(p),
+    }
 }
 
 /// Parses durations such as `250ms`, `10s`, `2m`, `1h` (a bare number is seconds).

@@ -9,7 +9,6 @@ pub mod replay;
 mod request;
 
 use std::{
-    convert::Infallible,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -275,12 +274,28 @@ impl HttpProxy {
     {
         let this = self.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
-            let this = this.clone();
+            // A malformed HTTP/2 request is refused with a stream error and never forwarded.
+            let refused = http2
+                && request::malformed_h2(&req).is_some_and(|why| {
+                    tracing::debug!(why, "malformed HTTP/2 request refused (PROTOCOL_ERROR)");
+                    true
+                });
             // Boxed: the request's state machine is several KiB, and hyper moves the future it
             // is given into a task of its own per HTTP/2 stream; one small allocation is
             // cheaper than the copies.
-            let fut = Box::pin(this.handle(req.map(Received::Hyper), open.clone(), conn.clone()));
-            async move { Ok::<_, Infallible>(fut.await) }
+            let fut = (!refused).then(|| {
+                Box::pin(
+                    this.clone()
+                        .handle(req.map(Received::Hyper), open.clone(), conn.clone()),
+                )
+            });
+            async move {
+                match fut {
+                    Some(fut) => Ok(fut.await),
+                    // hyper resets the stream with the reason it finds in the error.
+                    None => Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR)),
+                }
+            }
         });
         let io = TokioIo::new(io);
         let res = if http2 {
@@ -524,7 +539,11 @@ impl HttpProxy {
     ) -> Result<Admitted, Box<Response<ProxyBody>>> {
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
-        let upgrade = version < Version::HTTP_2 && headers::wants_upgrade(req.headers());
+        // Only allow-listed upgrades are tunnelled; any other offer is removed with the
+        // hop-by-hop fields, and the request served as a plain one (the upgrade declined).
+        let upgrade = version < Version::HTTP_2
+            && headers::wants_upgrade(req.headers())
+            && headers::upgrade_allowed(req.headers(), &self.cfg.http_upgrades);
         // Hop-by-hop fields go first, so that `Connection` can never name a header the sidecar
         // sets below (a message received over HTTP/2 has none).
         if version != Version::HTTP_2 {
@@ -717,6 +736,15 @@ impl HttpProxy {
             obs, version, held, ..
         } = to;
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && on_upgrade.is_none() {
+            // Switching to a protocol this request did not offer (or may not tunnel).
+            return fail(
+                ProxyError::UnexpectedUpgrade(to.dest.addr),
+                to.is_grpc,
+                obs,
+                version,
+            );
+        }
         if let (Some(down), true) = (on_upgrade, switching) {
             let up = hyper::upgrade::on(&mut rsp);
             // The tunnel outlives this connection's HTTP serving: drain waits for it, and the
@@ -790,7 +818,7 @@ impl HttpProxy {
     /// HTTP/2 over mutual TLS, saying so when the application speaks HTTP/1, for the far
     /// sidecar to restore; to any other, the service's protocol, and nothing meant for a
     /// sidecar.
-    fn for_endpoint<B>(
+    fn for_endpoint<B: http_body::Body>(
         &self,
         req: &mut Request<B>,
         identity: Option<&Arc<str>>,
@@ -812,7 +840,9 @@ impl HttpProxy {
             }
             protocol = Protocol::Http2;
         }
-        request::prepare(req, protocol, upgrade)
+        request::prepare(req, protocol, upgrade)?;
+        request::keep_body(req);
+        Ok(())
     }
 
     /// Sends a copy of the request to the mirror's cluster, in the background; its response is

@@ -192,7 +192,7 @@ async fn open_tunnel(chain: &Chain) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(chain.outbound())
         .await
         .unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: echo.test:8080\r\nConnection: Upgrade\r\nUpgrade: weft-echo\r\n\r\n")
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: echo.test:8080\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
         .unwrap();
     let mut head = Vec::new();
@@ -212,7 +212,7 @@ async fn open_tunnel(chain: &Chain) -> tokio::net::TcpStream {
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: weft-echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
     echo(&mut s, "ping").await;
     s
 }
@@ -400,4 +400,164 @@ async fn the_upstream_sees_the_authority_that_was_routed() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+}
+
+/// A server that answers every request on each connection with `response`, after reading the
+/// request's head; returns its address.
+async fn canned_upstream(response: &'static str) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&b[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = s.write_all(response.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream HTTP/1.1 response framed by `Transfer-Encoding: chunked` that also carries a
+/// (stale) `Content-Length` reaches HTTP/1.1 and HTTP/2 clients whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_content_length_beside_chunked_framing_does_not_cut_the_body() {
+    let upstream = canned_upstream(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n",
+    )
+    .await;
+    // The upstream speaks HTTP/1.1 whatever the client does.
+    let dir = TempDir::new("te-cl");
+    let table = dir.write(
+        "table.yaml",
+        &format!(
+            "services:\n  - name: app\n    port: 80\n    protocol: http1\n    endpoints: [{{address: {upstream}}}]\n"
+        ),
+    );
+    let proxy = Proxy::start(&["--config", table.to_str().unwrap()]);
+    let rsp = http_peer::request_h1(
+        proxy.addr("outbound"),
+        Request::get("/").header("host", "app:80"),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert!(rsp.headers().get("content-length").is_none(), "{rsp:?}");
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"abcdefghijklmnopqrstuvwxyz");
+
+    let mut h2 = http_peer::h2_client(proxy.addr("outbound")).await;
+    let rsp = h2
+        .send_request(
+            Request::get("http://app:80/")
+                .body(http_peer::body(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"abcdefghijklmnopqrstuvwxyz");
+}
+
+/// GET requests with a body of unknown length keep it on the way to an HTTP/1.1 upstream (from
+/// an HTTP/1.1 client's chunked body, and from an HTTP/2 client's DATA frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_of_unknown_length_is_relayed_whole() {
+    let peer = http_peer::server("s1").await;
+    let dir = TempDir::new("get-body");
+    let table = dir.write(
+        "table.yaml",
+        &format!(
+            "services:\n  - name: app\n    port: 80\n    protocol: http1\n    endpoints: [{{address: {}}}]\n",
+            peer.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", table.to_str().unwrap()]);
+    let inbound = proxy.addr("outbound");
+    let mut tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    tcp.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: app:80\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out).to_string();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("hello") && out.contains(" world"),
+        "the body was dropped:\n{out}"
+    );
+
+    let frames =
+        futures_util::stream::iter(["from ", "h2"].map(|s| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(s.as_bytes())))
+        }));
+    let req = Request::get("http://app:80/echo")
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let (mut tx, conn) = {
+        let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tcp),
+        )
+        .await
+        .unwrap()
+    };
+    tokio::spawn(conn);
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(rsp.headers()["x-seen-version"], "HTTP/1.1");
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"from h2");
+}
+
+/// Only allow-listed upgrades are tunnelled: `h2c` is declined (the offer removed, the request
+/// served as plain HTTP/1.1); an upstream switching protocols unasked gets a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_upgrades_are_tunnelled() {
+    let peer = http_peer::server("s1").await;
+    let proxy = Proxy::start(&["--inbound-forward", &peer.addr.to_string()]);
+    let rsp = http_peer::request_h1(
+        proxy.addr("inbound"),
+        Request::get("/echo")
+            .header("host", "app")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 200, "{rsp:?}");
+    let seen = rsp.headers()["x-seen-headers"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !seen.contains("upgrade") && !seen.contains("http2-settings"),
+        "the h2c offer reached the upstream: {seen}"
+    );
+
+    let switching = canned_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&["--inbound-forward", &switching.to_string()]);
+    let rsp = http_peer::request_h1(
+        proxy.addr("inbound"),
+        Request::get("/").header("host", "app"),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 502, "{rsp:?}");
 }

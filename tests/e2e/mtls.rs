@@ -374,7 +374,7 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
     let mut s = tokio::net::TcpStream::connect(m.frontend.addr("outbound"))
         .await
         .unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: web:8080\r\nConnection: Upgrade\r\nUpgrade: weft-echo\r\n\r\n")
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: web:8080\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
         .unwrap();
     let mut head = Vec::new();

@@ -266,6 +266,8 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
             Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed())
         }
         "/upgrade" => {
+            // Switches to the protocol offered (an echo, whatever its name).
+            let offered = req.headers().get("upgrade").cloned();
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(up) = on.await {
@@ -281,7 +283,10 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
             Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "upgrade")
-                .header("upgrade", "weft-echo")
+                .header(
+                    "upgrade",
+                    offered.unwrap_or_else(|| HeaderValue::from_static("weft-echo")),
+                )
                 .body(Empty::new().map_err(|e| match e {}).boxed())
                 .unwrap()
         }

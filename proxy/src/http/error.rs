@@ -39,6 +39,8 @@ pub enum ProxyError {
     },
     #[error("{peer} may not call {service}")]
     Forbidden { peer: String, service: String },
+    #[error("upstream {0} switched to a protocol the request did not offer (or may not tunnel)")]
+    UnexpectedUpgrade(std::net::SocketAddr),
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
     #[error("gRPC deadline of {0:?} exceeded")]
@@ -75,9 +77,9 @@ impl ProxyError {
             }
             ProxyError::NoEndpoints(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
             ProxyError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
-            ProxyError::Upstream { .. } | ProxyError::Tls { .. } => {
-                (StatusCode::BAD_GATEWAY, grpc::UNAVAILABLE)
-            }
+            ProxyError::Upstream { .. }
+            | ProxyError::Tls { .. }
+            | ProxyError::UnexpectedUpgrade(_) => (StatusCode::BAD_GATEWAY, grpc::UNAVAILABLE),
             ProxyError::Forbidden { .. } => (StatusCode::FORBIDDEN, grpc::PERMISSION_DENIED),
             ProxyError::Timeout(_) | ProxyError::GrpcDeadline(_) | ProxyError::PerTryTimeout(_) => {
                 (StatusCode::GATEWAY_TIMEOUT, grpc::DEADLINE_EXCEEDED)

@@ -8,7 +8,7 @@
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE},
 };
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -44,6 +44,18 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
 }
 
+/// Whether every protocol an `Upgrade` offers (`name[/version]`, any case) is in `allowed`
+/// (lower case).
+pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut offers = headers
+        .get_all(UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\0").split(','))
+        .map(|p| p.trim().split('/').next().unwrap_or(""))
+        .peekable();
+    offers.peek().is_some() && offers.all(|p| allowed.iter().any(|a| a.eq_ignore_ascii_case(p)))
+}
+
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(CONNECTION).iter().any(|v| {
         v.to_str()
@@ -77,7 +89,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
+    // The framing the message arrived with was hop-by-hop; a `Content-Length` beside a
+    // `Transfer-Encoding` is stale (RFC 9112 §6.3: the sender removes it before forwarding),
+    // and kept it would frame the body anew, cut short.
+    if headers.remove(TRANSFER_ENCODING).is_some() {
+        headers.remove(CONTENT_LENGTH);
+    }
     if !upgrade {
         headers.remove(UPGRADE);
     }
@@ -195,6 +212,30 @@ mod tests {
             names,
             ["weft-proxy-error", "x-kept", "x-weftx", "x-wefty-thing"]
         );
+    }
+
+    #[test]
+    fn a_content_length_beside_transfer_encoding_goes_with_it() {
+        let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("content-length", "5")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["content-length"], "5", "alone, it frames the body");
+    }
+
+    #[test]
+    fn only_allowed_upgrades() {
+        let allowed = ["websocket".to_string()];
+        let offer = |v: &str| map(&[("connection", "upgrade"), ("upgrade", v)]);
+        assert!(upgrade_allowed(&offer("websocket"), &allowed));
+        assert!(upgrade_allowed(&offer("WebSocket/13"), &allowed));
+        assert!(!upgrade_allowed(&offer("h2c"), &allowed));
+        assert!(
+            !upgrade_allowed(&offer("websocket, h2c"), &allowed),
+            "every offer"
+        );
+        assert!(!upgrade_allowed(&map(&[]), &allowed));
     }
 
     #[test]

@@ -10,6 +10,29 @@ use http::{
 use super::error::ProxyError;
 use crate::table::Protocol;
 
+/// Why an HTTP/2 request is malformed in a way h2 does not check itself, if it is: such a
+/// request is refused with a stream error and never forwarded, so the two sides of the proxy
+/// never read it differently (RFC 9113 §8.2.1, §8.3.1, §8.5).
+pub fn malformed_h2<B>(req: &Request<B>) -> Option<&'static str> {
+    let authority = req.uri().authority();
+    if req.method() == http::Method::CONNECT && authority.is_none() {
+        return Some("CONNECT without :authority");
+    }
+    if let (Some(a), Some(host)) = (authority, req.headers().get(HOST))
+        && !host.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+    {
+        return Some("`host` differs from :authority");
+    }
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    if req.headers().values().any(padded) {
+        return Some("a field value starts or ends with whitespace");
+    }
+    None
+}
+
 /// Whether the request carries `Host` more than once (ambiguous: refused).
 pub fn has_duplicate_host<B>(req: &Request<B>) -> bool {
     req.headers().get_all(HOST).iter().nth(1).is_some()
@@ -75,6 +98,23 @@ pub fn prepare<B>(
         }
     }
     Ok(())
+}
+
+/// A GET or HEAD request with a body of unknown length, going out as HTTP/1.1, says it is
+/// chunked: hyper would otherwise send such a body as empty (it assumes these methods have
+/// none), so the upstream would read a different request than the client sent.
+pub fn keep_body<B: http_body::Body>(req: &mut Request<B>) {
+    let unknown = !req.body().is_end_stream() && req.body().size_hint().exact().is_none();
+    if unknown
+        && req.version() != Version::HTTP_2
+        && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        req.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 }
 
 fn path_and_query(uri: &Uri) -> PathAndQuery {
@@ -147,6 +187,36 @@ mod tests {
             .body(())
             .unwrap();
         assert!(has_duplicate_host(&req));
+    }
+
+    #[test]
+    fn malformed_http2_requests_are_named() {
+        let h2 = |b: http::request::Builder| b.version(Version::HTTP_2).body(()).unwrap();
+        assert_eq!(malformed_h2(&h2(Request::get("http://a.svc/"))), None);
+        assert_eq!(
+            malformed_h2(&h2(Request::get("http://a.svc/").header("host", "A.SVC"))),
+            None,
+            "host names compare without case"
+        );
+        assert_eq!(
+            malformed_h2(&h2(Request::get("http://a.svc/").header("host", "b.svc"))),
+            Some("`host` differs from :authority")
+        );
+        assert_eq!(
+            malformed_h2(&h2(Request::connect("/"))),
+            Some("CONNECT without :authority")
+        );
+        for v in [" x", "x\t", "\tx"] {
+            assert_eq!(
+                malformed_h2(&h2(Request::get("http://a.svc/").header("x-a", v))),
+                Some("a field value starts or ends with whitespace"),
+                "{v:?}"
+            );
+        }
+        assert_eq!(
+            malformed_h2(&h2(Request::get("http://a.svc/").header("x-a", "x y"))),
+            None
+        );
     }
 
     #[test]
