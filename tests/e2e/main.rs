@@ -5,6 +5,7 @@ mod boundary;
 mod capture;
 mod chart;
 mod config;
+mod conformance;
 mod control_plane;
 mod demo;
 mod drain;

@@ -333,6 +333,13 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
                 .body(full(format!("status {code}")))
                 .unwrap()
         }
+        "/" => {
+            // Reads the whole request first (as a server that needs it would), then answers.
+            match req.into_body().collect().await {
+                Ok(_) => Response::new(full("the whole request was read\n")),
+                Err(e) => Response::new(full(format!("body failed: {e}"))),
+            }
+        }
         _ => Response::builder()
             .status(404)
             .body(full("no such path"))

@@ -24,6 +24,17 @@ pub fn require(tool: &str) -> Option<PathBuf> {
     found_or_skip(found, &format!("`{tool}`"))
 }
 
+/// `httpwg` (the RFC 9113 conformance suite, crate `httpwg-cli`), as `tests/run` installs it
+/// under `target/weft-tools/cargo/bin`, else from the PATH.
+pub fn httpwg() -> Option<PathBuf> {
+    let installed =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/weft-tools/cargo/bin/httpwg");
+    if installed.is_file() {
+        return Some(installed);
+    }
+    require("httpwg")
+}
+
 /// The Python of the venv `tests/run` creates (`$WEFT_TEST_VENV`, else `target/weft-venv`),
 /// when it can import every one of `modules` (comma-separated, as `import` takes them).
 pub fn venv_python(modules: &str) -> Option<PathBuf> {
