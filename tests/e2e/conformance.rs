@@ -48,6 +48,7 @@ const TIMING: &[&str] = &[
     "5. streams and multiplexing :: half closed remote sends data frame",
     "6. frame definitions :: sends data frame on invalid stream state",
     "6. frame definitions :: sends multiple window update frames increasing flow control window above max on stream",
+    "7. error codes :: sends goaway frame with unknown error code",
     "8. expressing http semantics in http2 :: sends second headers frame without end stream",
     "8. expressing http semantics in http2 :: sends headers frame with incorrect content length single data frame",
     "8. expressing http semantics in http2 :: sends headers frame with incorrect content length multiple data frames",
