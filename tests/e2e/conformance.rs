@@ -58,12 +58,12 @@ const TIMING: &[&str] = &[
 /// Every case httpwg 0.2.5 has.
 const CASES: usize = 107;
 
-/// Runs httpwg against `addr` (one case at a time, a second per expected frame), `filter`
+/// Runs httpwg against `addr` (one case at a time, two seconds per expected frame), `filter`
 /// choosing cases by a part of their name; returns each case's name and whether it passed.
 fn run(httpwg: &Path, addr: &str, filter: Option<&str>) -> BTreeMap<String, bool> {
     let mut cmd = Command::new(httpwg);
     cmd.env("SEQUENTIAL", "1")
-        .args(["--frame-timeout", "1000", "-a", addr]);
+        .args(["--frame-timeout", "2000", "-a", addr]);
     if let Some(f) = filter {
         cmd.args(["-f", f]);
     }
