@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod check;
+
 /// Retries: which failures, how many times, how far apart, within what budget.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -34,6 +36,9 @@ pub struct RetryPolicy {
 
 /// Retries after the first try when a policy does not say.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// The backoff's base and cap when a policy does not say.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// The retry conditions a policy may name.
 pub const RETRY_CONDITIONS: &[&str] = &[

@@ -19,8 +19,7 @@ use crate::http::{error::ProxyError, grpc};
 
 /// Retries after the first try when a policy does not say.
 pub const DEFAULT_RETRIES: u32 = policy::DEFAULT_RETRY_ATTEMPTS;
-pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub use weft_core::policy::{DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX};
 /// Retries may add this share of the request rate...
 pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
 /// ...plus this many per second.
@@ -80,21 +79,16 @@ pub struct Retry {
 }
 
 impl Retry {
-    /// Compiles a policy; an unknown condition is an error that names it.
+    /// Compiles a policy, checked as the control plane checks it (`weft_core::policy::check`);
+    /// the error names the field.
     pub fn compile(p: &policy::RetryPolicy) -> Result<Retry, String> {
-        let mut on = 0;
-        for cond in &p.on {
-            let i = RETRY_CONDITIONS
-                .iter()
-                .position(|c| c == cond)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown retry condition `{cond}` (known: {})",
-                        RETRY_CONDITIONS.join(", ")
-                    )
-                })?;
-            on |= 1 << i;
+        if let Some(problem) = p.problems().into_iter().next() {
+            return Err(problem.to_string());
         }
+        let on =
+            p.on.iter()
+                .filter_map(|cond| RETRY_CONDITIONS.iter().position(|c| c == cond))
+                .fold(0, |on, i| on | 1 << i);
         let base = p
             .backoff
             .as_ref()
@@ -105,11 +99,6 @@ impl Retry {
             .as_ref()
             .and_then(|b| b.max)
             .unwrap_or(DEFAULT_BACKOFF_MAX.max(base));
-        if base.is_zero() || max < base {
-            return Err(format!(
-                "backoff base {base:?} must be more than 0 and at most max {max:?}"
-            ));
-        }
         Ok(Retry {
             on,
             status_codes: p.status_codes.clone().into(),
@@ -361,30 +350,22 @@ pub enum Abort {
 }
 
 impl Fault {
+    /// Compiles a fault, checked as the control plane checks it; the error names the field.
     pub fn compile(f: &policy::Fault) -> Result<Fault, String> {
-        let delay = match &f.delay {
-            Some(d) => Some((
-                check_percent(d.percent)?,
-                d.fixed.ok_or("a delay needs its length (`fixed`)")?,
-            )),
-            None => None,
-        };
+        if let Some(problem) = f.problems().into_iter().next() {
+            return Err(problem.to_string());
+        }
+        let delay = f.delay.as_ref().and_then(|d| Some((d.percent, d.fixed?)));
         let abort = match &f.abort {
             Some(a) => {
                 let what = match (a.http_status, a.grpc_status) {
-                    (Some(h), None) => Abort::Http(
-                        StatusCode::from_u16(h)
-                            .ok()
-                            .filter(|s| (200..=599).contains(&s.as_u16()))
-                            .ok_or_else(|| format!("{h} is not an HTTP status from 200 to 599"))?,
-                    ),
-                    (None, Some(g)) if (1..=16).contains(&g) => Abort::Grpc(g),
-                    (None, Some(g)) => {
-                        return Err(format!("{g} is not a gRPC error status (1 to 16)"));
+                    (Some(h), _) => {
+                        Abort::Http(StatusCode::from_u16(h).map_err(|e| format!("{h}: {e}"))?)
                     }
-                    _ => return Err("an abort needs one of `httpStatus` and `grpcStatus`".into()),
+                    (None, Some(g)) => Abort::Grpc(g),
+                    (None, None) => return Err("an abort needs a status".into()),
                 };
-                Some((check_percent(a.percent)?, what))
+                Some((a.percent, what))
             }
             None => None,
         };
@@ -393,13 +374,7 @@ impl Fault {
 }
 
 /// `p` if it is a percentage, else an error that says it is not.
-pub fn check_percent(p: f64) -> Result<f64, String> {
-    if (0.0..=100.0).contains(&p) {
-        Ok(p)
-    } else {
-        Err(format!("{p} is not a percentage between 0 and 100"))
-    }
-}
+pub use weft_core::policy::check::percent as check_percent;
 
 /// Whether a draw falls within `percent`.
 pub fn chance(percent: f64) -> bool {

@@ -558,3 +558,98 @@ spec:
     let gone = compile(&Resources::default(), &blind.table);
     assert_eq!(verdict(&gone.table, intruder), None);
 }
+
+/// The control plane refuses exactly the settings every proxy would refuse: each case is
+/// checked by `weftctl apply`'s validation and by the proxy's own compile of the same setting.
+#[test]
+fn the_control_plane_and_the_proxy_take_the_same_settings() {
+    use weft_control_plane::policy;
+    use weft_proxy::{inbound::Authz, route::StringMatch, traffic};
+    let spec = |body: &str| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: web, namespace: demo}}\nspec:\n  service: web.demo.svc.cluster.local:8080\n{body}"
+        )
+    };
+    let retry = |yaml: &str| {
+        let p: weft_core::policy::RetryPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        traffic::Retry::compile(&p).is_ok()
+    };
+    let fault = |yaml: &str| {
+        let p: weft_core::policy::Fault = serde_yaml_ng::from_str(yaml).unwrap();
+        traffic::Fault::compile(&p).is_ok()
+    };
+    let authz = |yaml: &str| Authz::compile(&serde_yaml_ng::from_str(yaml).unwrap()).is_ok();
+    let regex = |r: &str| StringMatch::regex(r).is_ok();
+    #[allow(clippy::type_complexity)]
+    let cases: &[(&str, &str, &dyn Fn(&str) -> bool, &str)] = &[
+        (
+            "  retry: {backoff: {max: 10ms}, on: [5xx]}\n",
+            "retry",
+            &retry,
+            "{backoff: {max: 10ms}, on: [5xx]}",
+        ),
+        (
+            "  retry: {attempts: 11, on: [5xx]}\n",
+            "retry",
+            &retry,
+            "{attempts: 11, on: [5xx]}",
+        ),
+        (
+            "  retry: {attempts: 3, on: [5xx]}\n",
+            "retry",
+            &retry,
+            "{attempts: 3, on: [5xx]}",
+        ),
+        (
+            "  fault: {abort: {percent: 5, httpStatus: 503, grpcStatus: 14}}\n",
+            "fault",
+            &fault,
+            "{abort: {percent: 5, httpStatus: 503, grpcStatus: 14}}",
+        ),
+        (
+            "  fault: {delay: {percent: 5, fixed: 1s}}\n",
+            "fault",
+            &fault,
+            "{delay: {percent: 5, fixed: 1s}}",
+        ),
+        (
+            "  authorization: {allow: [{namespace: ''}]}\n",
+            "authz",
+            &authz,
+            "{allow: [{namespace: ''}]}",
+        ),
+        (
+            "  authorization: {allow: [{identity: 'spiffe://td/ns/a/sa/b', authenticated: false}]}\n",
+            "authz",
+            &authz,
+            "{allow: [{identity: 'spiffe://td/ns/a/sa/b', authenticated: false}]}",
+        ),
+        (
+            "  authorization: {allow: [{namespace: ops}]}\n",
+            "authz",
+            &authz,
+            "{allow: [{namespace: ops}]}",
+        ),
+        (
+            "  routes: [{match: {path: {regex: '/\\w{60}'}}}]\n",
+            "regex",
+            &regex,
+            "/\\w{60}",
+        ),
+        (
+            "  routes: [{match: {path: {regex: '/[a-z]+'}}}]\n",
+            "regex",
+            &regex,
+            "/[a-z]+",
+        ),
+    ];
+    for (body, what, proxy_takes, setting) in cases {
+        let cp_takes = policy::parse("case", &spec(body)).is_ok();
+        assert_eq!(
+            cp_takes,
+            proxy_takes(setting),
+            "{what} `{setting}`: the control plane {} it, the proxy does not",
+            if cp_takes { "takes" } else { "refuses" }
+        );
+    }
+}

@@ -221,7 +221,7 @@ fn every_invalid_field_is_named() {
             &[
                 "spec.fault.delay.percent: 200 is not a percentage between 0 and 100",
                 "spec.fault.delay.fixed: a delay needs its length",
-                "spec.fault.abort: set only one of `httpStatus`, `grpcStatus` (found httpStatus, grpcStatus)",
+                "spec.fault.abort: set exactly one of `httpStatus` and `grpcStatus`",
             ],
         ),
         (

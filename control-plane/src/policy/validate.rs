@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use weft_core::policy::check::Problem;
+
 use super::*;
 
 /// One problem in one field (`spec.routes[1].backends[0].subset`).
@@ -41,11 +43,8 @@ impl Check {
     }
 
     fn percent(&mut self, field: String, value: f64) {
-        if !(0.0..=100.0).contains(&value) {
-            self.fail(
-                field,
-                format!("{value} is not a percentage between 0 and 100"),
-            );
+        if let Err(e) = weft_core::policy::check::percent(value) {
+            self.fail(field, e);
         }
     }
 
@@ -314,70 +313,20 @@ trait Validate {
     fn check(&self, at: &str, c: &mut Check);
 }
 
+/// The proxy's own checks (`weft_core::policy::check`), each problem under `at`.
+fn problems(at: &str, problems: Vec<Problem>, c: &mut Check) {
+    for p in problems {
+        let field = match p.field.as_str() {
+            "" => at.to_string(),
+            f => format!("{at}.{f}"),
+        };
+        c.fail(field, p.message);
+    }
+}
+
 impl Validate for RetryPolicy {
     fn check(&self, at: &str, c: &mut Check) {
-        if let Some(n) = self.attempts
-            && n > 10
-        {
-            c.fail(
-                format!("{at}.attempts"),
-                format!("{n} retries is more than the limit of 10"),
-            );
-        }
-        if let Some(b) = &self.backoff {
-            if b.base.is_some_and(|d| d.is_zero()) {
-                c.fail(format!("{at}.backoff.base"), "must be more than 0");
-            }
-            if let (Some(base), Some(max)) = (b.base, b.max)
-                && max < base
-            {
-                c.fail(
-                    format!("{at}.backoff.max"),
-                    format!("{max:?} is less than base {base:?}"),
-                );
-            }
-        }
-        for (i, cond) in self.on.iter().enumerate() {
-            if !RETRY_CONDITIONS.contains(&cond.as_str()) {
-                c.fail(
-                    format!("{at}.on[{i}]"),
-                    format!(
-                        "unknown retry condition `{cond}` (known: {})",
-                        RETRY_CONDITIONS.join(", ")
-                    ),
-                );
-            }
-        }
-        let wants_codes = self.on.iter().any(|o| o == "retriable-status-codes");
-        if wants_codes && self.status_codes.is_empty() {
-            c.fail(
-                format!("{at}.statusCodes"),
-                "`retriable-status-codes` needs at least one status code",
-            );
-        }
-        if !wants_codes && !self.status_codes.is_empty() {
-            c.fail(
-                format!("{at}.statusCodes"),
-                "status codes are only used with the `retriable-status-codes` condition",
-            );
-        }
-        for (i, code) in self.status_codes.iter().enumerate() {
-            if !(100..=599).contains(code) {
-                c.fail(
-                    format!("{at}.statusCodes[{i}]"),
-                    format!("{code} is not an HTTP status"),
-                );
-            }
-        }
-        if let Some(b) = &self.budget
-            && let Some(r) = b.ratio
-            && !(0.0..=1.0).contains(&r)
-        {
-            c.fail(
-                format!("{at}.budget.ratio"),
-                format!("{r} is not a ratio between 0 and 1 (0.2 means 20%)"),
-            );
-        }
+        problems(at, self.problems(), c);
     }
 }
 
@@ -457,39 +406,7 @@ impl Validate for OutlierDetection {
 
 impl Validate for Fault {
     fn check(&self, at: &str, c: &mut Check) {
-        if let Some(d) = &self.delay {
-            c.percent(format!("{at}.delay.percent"), d.percent);
-            if d.fixed.is_none() {
-                c.fail(format!("{at}.delay.fixed"), "a delay needs its length");
-            }
-        }
-        if let Some(a) = &self.abort {
-            c.percent(format!("{at}.abort.percent"), a.percent);
-            c.at_most_one(
-                &format!("{at}.abort"),
-                &[
-                    ("httpStatus", a.http_status.is_some()),
-                    ("grpcStatus", a.grpc_status.is_some()),
-                ],
-                true,
-            );
-            if let Some(s) = a.http_status
-                && !(200..=599).contains(&s)
-            {
-                c.fail(
-                    format!("{at}.abort.httpStatus"),
-                    format!("{s} is not an HTTP status from 200 to 599"),
-                );
-            }
-            if let Some(g) = a.grpc_status
-                && !(1..=16).contains(&g)
-            {
-                c.fail(
-                    format!("{at}.abort.grpcStatus"),
-                    format!("{g} is not a gRPC error status (1 to 16)"),
-                );
-            }
-        }
+        problems(at, self.problems(), c);
     }
 }
 
