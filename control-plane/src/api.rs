@@ -129,6 +129,8 @@ impl PolicyStore {
     }
 
     async fn write(&self, key: &str, yaml: String) -> Result<(), String> {
+        // The same policy under the name an earlier weftctl gave it would shadow this one.
+        self.remove_legacy(key).await?;
         match self {
             PolicyStore::Dir(dir) => {
                 let file = policy_file(dir, key);
@@ -147,23 +149,59 @@ impl PolicyStore {
         }
     }
 
-    /// Removes a policy weftctl wrote; `Ok(false)` if there was none.
-    async fn remove(&self, key: &str) -> Result<bool, String> {
+    /// Removes the policy `key` from where a weftctl before `weftctl-<ns>_<name>` kept it
+    /// (`weftctl-<ns>-<name>`, a name two policies could share: it is removed only when it holds
+    /// this one). `Ok(true)` when there was one.
+    async fn remove_legacy(&self, key: &str) -> Result<bool, String> {
+        let legacy = format!("weftctl-{}", key.replace('/', "-"));
+        let holds = |text: &str| {
+            policy::parse("legacy", text).is_ok_and(|ps| ps.iter().any(|p| p.key() == key))
+        };
         match self {
             PolicyStore::Dir(dir) => {
-                Ok(tokio::fs::remove_file(policy_file(dir, key)).await.is_ok())
+                let file = dir.join(format!("{legacy}.yaml"));
+                match tokio::fs::read_to_string(&file).await {
+                    Ok(text) if holds(&text) => {
+                        tokio::fs::remove_file(&file)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
             }
+            PolicyStore::Etcd { client, prefix } => {
+                let k = format!("{}/config/{legacy}", prefix.trim_end_matches('/'));
+                let (kvs, _) = client.range_prefix(&k).await.map_err(|e| e.to_string())?;
+                match kvs.iter().find(|kv| kv.key == k) {
+                    Some(kv) if holds(&kv.value) => {
+                        client.delete(&k).await.map_err(|e| e.to_string())?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }
+            PolicyStore::Kubernetes => Ok(false),
+        }
+    }
+
+    /// Removes a policy weftctl wrote; `Ok(false)` if there was none.
+    async fn remove(&self, key: &str) -> Result<bool, String> {
+        let legacy = self.remove_legacy(key).await?;
+        let current = match self {
+            PolicyStore::Dir(dir) => tokio::fs::remove_file(policy_file(dir, key)).await.is_ok(),
             PolicyStore::Etcd { client, prefix } => {
                 let k = etcd_key(prefix, key);
                 let (kvs, _) = client.range_prefix(&k).await.map_err(|e| e.to_string())?;
-                if !kvs.iter().any(|kv| kv.key == k) {
-                    return Ok(false);
+                let there = kvs.iter().any(|kv| kv.key == k);
+                if there {
+                    client.delete(&k).await.map_err(|e| e.to_string())?;
                 }
-                client.delete(&k).await.map_err(|e| e.to_string())?;
-                Ok(true)
+                there
             }
-            PolicyStore::Kubernetes => Err(KUBERNETES_POLICIES.into()),
-        }
+            PolicyStore::Kubernetes => return Err(KUBERNETES_POLICIES.into()),
+        };
+        Ok(legacy || current)
     }
 
     fn describe(&self) -> String {
@@ -197,6 +235,10 @@ pub struct Api {
     pub registry: watch::Receiver<Arc<Snapshot>>,
     pub nodes: Arc<Nodes>,
     pub snapshots: watch::Receiver<Arc<XdsSnapshot>>,
+    /// The API listens on loopback: it answers only requests whose `Host` is a loopback name
+    /// (a page on another site whose name resolves to 127.0.0.1 sends its own: DNS
+    /// rebinding). Elsewhere (behind an authenticating proxy) any Host is taken.
+    pub loopback_only: bool,
 }
 
 /// The file weftctl keeps a policy in.
@@ -226,6 +268,17 @@ impl Api {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Rsp {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| h.to_str().unwrap_or("\0"));
+        if self.loopback_only && host.is_some_and(|h| !weft_core::address::is_loopback_authority(h))
+        {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "the API answers requests for localhost, 127.0.0.1 or [::1] only (Host)",
+            );
+        }
         let path = req.uri().path().to_string();
         match (req.method().clone(), path.as_str()) {
             (Method::GET, "/api/v1/registry") => text(

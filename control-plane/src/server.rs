@@ -201,6 +201,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         registry: reg_rx.clone(),
         nodes: nodes.clone(),
         snapshots: api_snapshots,
+        loopback_only: cfg.api_addr.ip().is_loopback(),
     };
     tokio::spawn(api.serve(api_l));
     tokio::spawn(serve_admin(metrics_l, nodes));

@@ -908,19 +908,19 @@ impl HttpProxy {
         let mut tries = 1;
         let mut _retry_permit = None;
         loop {
+            // A request that cannot be put in this endpoint's form (an HTTP/1 request without
+            // a host, for HTTP/2) fails as it is: nothing was sent, the endpoint is not to blame.
+            if let Err(e) = self.for_endpoint(&mut req, ep.1.as_ref(), dest.protocol, upgrade) {
+                return (Err(e), tries);
+            }
             let in_flight = ep.2.as_ref().map(|s| s.start());
             let per_try = retry.and_then(|r| r.per_try_timeout);
-            let res = match self.for_endpoint(&mut req, ep.1.as_ref(), dest.protocol, upgrade) {
-                Ok(()) => {
-                    let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
-                    // A timeout too long to represent is none.
-                    Within::new(sent, per_try.and_then(|t| Instant::now().checked_add(t)))
-                        .await
-                        .unwrap_or_else(|| {
-                            Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default()))
-                        })
-                }
-                Err(e) => Err(e),
+            let res = {
+                let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
+                // A timeout too long to represent is none.
+                Within::new(sent, per_try.and_then(|t| Instant::now().checked_add(t)))
+                    .await
+                    .unwrap_or_else(|| Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default())))
             };
             let outcome = match &res {
                 Ok(rsp) => Outcome::of_status(rsp.status().as_u16()),

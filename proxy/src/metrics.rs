@@ -367,7 +367,7 @@ impl Metrics {
             refused: IntCounterVec::new(
                 opts(
                     "inbound_refused_total",
-                    "Inbound connections refused before any handshake, by reason (proxy_port, not_redirected, plaintext, foreign_tls, opaque_to_http).",
+                    "Inbound connections refused before any handshake, by reason (proxy_port, not_local, not_redirected, plaintext, foreign_tls, opaque_to_http).",
                 ),
                 &["reason"],
             )

@@ -236,6 +236,20 @@ impl Listener {
                 }
                 false
             }
+            // Redirected, but not sent to the pod: to loopback or another host, through this
+            // pod's link. Delivered, it would reach loopback-only applications, or make the
+            // sidecar a relay.
+            (Direction::Inbound, Some(orig)) if !self.local.is_pod_address(orig) => {
+                self.metrics
+                    .tls
+                    .refused
+                    .with_label_values(&["not_local"])
+                    .inc();
+                if log_refusal_now() {
+                    tracing::warn!(%peer, dest = %orig, "redirected connection to an address that is not the pod's refused");
+                }
+                false
+            }
             _ => true,
         }
     }

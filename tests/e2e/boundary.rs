@@ -125,6 +125,26 @@ fn another_pod_cannot_reach_the_sidecars_own_ports_or_loopback_only_apps() {
     let r = curl(a, "http://10.96.0.20:15000/config_dump");
     let got_in = r.1.contains("services");
     refuse("B's admin server answered over mTLS", r, got_in);
+    // A packet for another address, sent through B's link (A routes 10.99.0.1 via B): the
+    // redirect takes it, but B is not a relay (to a cloud metadata address, say), and a
+    // destination of 127.0.0.1 would reach loopback-only applications the same way.
+    a.must(&[
+        "ip",
+        "route",
+        "add",
+        "10.99.0.1/32",
+        "via",
+        B_IP,
+        "dev",
+        "eth0",
+    ]);
+    let r = attack(a, &["http://10.99.0.1:8080/echo"]);
+    let got_in = r.1.contains("HTTP/1.1");
+    refuse(
+        "B's sidecar served a connection for another address",
+        r,
+        got_in,
+    );
     // Last: before the fix, this one stopped B.
     let r = attack(a, &["-X", "POST", &format!("{b_admin}/shutdown")]);
     let got_in = r.0;
@@ -134,6 +154,7 @@ fn another_pod_cannot_reach_the_sidecars_own_ports_or_loopback_only_apps() {
     // B refused and counted each attempt on its own ports (two admin requests over IPv4, one
     // over IPv6, one over mTLS, the outbound port, the DNS port), and is still running.
     assert_eq!(refused(b, "proxy_port"), 6.0);
+    assert_eq!(refused(b, "not_local"), 1.0);
     assert!(
         p.sidecar_b.wait_exit(Duration::ZERO).is_none(),
         "B's sidecar stopped"

@@ -328,6 +328,17 @@ async fn weftctl_applies_lists_deletes_and_reports_proxies() {
         (Some(0), "policy a/b-c deleted\n"),
         "the other one is still there: {err}"
     );
+    // On loopback, the API answers loopback host names only (DNS rebinding).
+    let (code, body) = weft_tests::http_peer::exchange(
+        cp.addr("api"),
+        http::Request::builder()
+            .method("GET")
+            .uri("/api/v1/registry")
+            .header("host", "rebind.example:15015"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
     // A path the API does not serve is answered, whatever its length.
     for path in [
         "/api/v1/proxies/config",
@@ -391,4 +402,44 @@ fn the_kubernetes_registry_without_credentials_says_so() {
         ),
         "{err}"
     );
+}
+
+/// A policy an earlier weftctl stored as `weftctl-<ns>-<name>` is replaced, not shadowed, when
+/// it is applied again (the old file sorted first and won), and `delete` removes it.
+#[test]
+fn a_policy_stored_under_the_earlier_name_is_replaced_and_deleted() {
+    let dir = TempDir::new("weftctl-legacy");
+    let (service, policy) = SERVICE.split_once("---\n").unwrap();
+    dir.write("web.yaml", service);
+    dir.write("weftctl-demo-web.yaml", policy);
+    let cp = start(&dir);
+    let work = TempDir::new("weftctl-legacy-files");
+    let tighter = work.write(
+        "p.yaml",
+        &policy
+            .replace("weight: 90", "weight: 50")
+            .replace("weight: 10", "weight: 50"),
+    );
+    let (code, out, err) = weftctl(&cp, &["apply", "-f", tighter.to_str().unwrap()]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "policy demo/web applied\n"),
+        "{err}"
+    );
+    assert!(
+        !dir.0.join("weftctl-demo-web.yaml").exists(),
+        "the earlier file is gone"
+    );
+    let now = std::fs::read_to_string(dir.0.join("weftctl-demo_web.yaml")).unwrap();
+    assert!(now.contains("weight: 50"), "{now}");
+
+    dir.write("weftctl-demo-web.yaml", policy);
+    std::fs::remove_file(dir.0.join("weftctl-demo_web.yaml")).unwrap();
+    let (code, out, err) = weftctl(&cp, &["delete", "policy", "demo/web"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "policy demo/web deleted\n"),
+        "{err}"
+    );
+    assert!(!dir.0.join("weftctl-demo-web.yaml").exists());
 }

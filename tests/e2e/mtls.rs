@@ -1054,6 +1054,12 @@ async fn every_attempt_is_secured_for_the_endpoint_it_goes_to() {
     // plain HTTP/1.1, with no header meant for a sidecar.
     plain.state.fail_every.store(0, SeqCst);
     m.web.state.fail_every.store(1, SeqCst);
+    let retries = || {
+        m.frontend.metric(
+            r#"weft_retries_total{direction="outbound",reason="5xx",target="mixed.demo.svc.cluster.local:8080"}"#,
+        )
+    };
+    let retried_before = retries().await;
     for i in 0..4 {
         let p = get().await;
         assert_eq!(p.status, 200, "request {i}: {p:?}");
@@ -1063,8 +1069,8 @@ async fn every_attempt_is_secured_for_the_endpoint_it_goes_to() {
         assert!(!seen.contains("x-weft"), "request {i}: {seen}");
     }
     assert!(
-        m.served() >= 1,
-        "some first tries went to the meshed endpoint"
+        retries().await - retried_before >= 1.0,
+        "some first tries went to the failing meshed endpoint and were retried"
     );
 }
 

@@ -49,12 +49,20 @@ impl PerCaller {
         }
     }
 
-    /// Takes one review from `caller`'s budget; `false` when it is spent.
+    /// Takes one review from `caller`'s budget; `false` when it is spent. IPv6 callers are
+    /// taken by their /64 (one host can hold all of one).
     pub fn allow(&self, caller: IpAddr) -> bool {
         if self.rate == 0.0 {
             return true;
         }
-        let i = (self.hasher.hash_one(caller) % SLOTS as u64) as usize;
+        let key = match caller {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            },
+            v4 => v4,
+        };
+        let i = (self.hasher.hash_one(key) % SLOTS as u64) as usize;
         let mut b = self.slots[i].lock().expect("token review limiter");
         let now = Instant::now();
         b.tokens = match b.at {
@@ -91,5 +99,11 @@ mod tests {
         assert!(l.allow(a), "one more after a fifth of a second");
         assert!(!l.allow(a));
         assert!(PerCaller::new(0).allow(a), "0: no limit");
+        // One /64 is one caller.
+        let l = PerCaller::new(1);
+        let burst = (0..10u16)
+            .take_while(|i| l.allow(format!("fd00:1:2:3::{i:x}").parse().unwrap()))
+            .count();
+        assert_eq!(burst, 2);
     }
 }

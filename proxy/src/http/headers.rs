@@ -66,6 +66,8 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields. With `upgrade`, `Connection: upgrade` and `Upgrade` are kept.
 /// `TE: trailers` is kept (HTTP/2 and gRPC need it end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Read before `Connection` is, which could name it.
+    let chunked = headers.contains_key(TRANSFER_ENCODING);
     match headers.get_all(CONNECTION).iter().count() {
         0 => {}
         // The usual case (`Connection: keep-alive`): no allocation.
@@ -92,7 +94,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // The framing the message arrived with was hop-by-hop; a `Content-Length` beside a
     // `Transfer-Encoding` is stale (RFC 9112 §6.3: the sender removes it before forwarding),
     // and kept it would frame the body anew, cut short.
-    if headers.remove(TRANSFER_ENCODING).is_some() {
+    if chunked {
+        headers.remove(TRANSFER_ENCODING);
         headers.remove(CONTENT_LENGTH);
     }
     if !upgrade {
@@ -111,13 +114,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Removes the fields a `Connection` value lists (except `TE`, handled on its own, and, for an
-/// upgrade, `Upgrade`).
+/// Removes the fields a `Connection` value lists, except `TE` (handled on its own), the fields
+/// that frame or address the message (`Host`, `Content-Length`, `Transfer-Encoding`: removed
+/// by name they would change what the request means, not how it travels) and, for an upgrade,
+/// `Upgrade`.
 fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool) {
+    const KEPT: [&str; 4] = ["te", "host", "content-length", "transfer-encoding"];
     let Ok(v) = connection.to_str() else { return };
     for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let keep =
-            token.eq_ignore_ascii_case("te") || (upgrade && token.eq_ignore_ascii_case("upgrade"));
+        let keep = KEPT.iter().any(|k| token.eq_ignore_ascii_case(k))
+            || (upgrade && token.eq_ignore_ascii_case("upgrade"));
         if !keep {
             // `&str` names are looked up without allocating.
             headers.remove(token);
@@ -222,6 +228,20 @@ mod tests {
         let mut h = map(&[("content-length", "5")]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h["content-length"], "5", "alone, it frames the body");
+        // `Connection` naming the framing or the address changes neither.
+        let mut h = map(&[
+            ("connection", "transfer-encoding, content-length, host"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("host", "a.svc"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["host"],
+            "the stale length went with the chunked framing"
+        );
     }
 
     #[test]

@@ -40,6 +40,15 @@ impl LocalAddrs {
         }
         local
     }
+
+    /// Whether `addr` is one of the pod's own addresses other than loopback: the only
+    /// original destination a captured inbound connection may have. (A peer on the same link
+    /// can send a packet to 127.0.0.1, or to any address, by this pod's MAC: the redirect
+    /// takes it all the same.)
+    pub fn is_pod_address(&self, addr: SocketAddr) -> bool {
+        let ip = crate::table::canonical(addr).ip();
+        !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast() && self.contains(addr)
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +69,17 @@ mod tests {
             local.known.read().unwrap().is_empty(),
             "loopback is not stored"
         );
+        for not_the_pods in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:80",
+            "0.0.0.0:80",
+            "203.0.113.9:80",
+        ] {
+            assert!(
+                !local.is_pod_address(not_the_pods.parse().unwrap()),
+                "{not_the_pods}"
+            );
+        }
     }
 }
