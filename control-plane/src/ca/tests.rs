@@ -333,8 +333,11 @@ fn an_intermediate_signs_with_its_chain_and_extra_roots_join_the_bundle() {
 /// Its answers are written in the API server's shape (authentication.k8s.io/v1, 201 Created):
 /// `sa-token` is the projected token of `shop/reviews`, `user-token` a person's, anything
 /// else is not authenticated. It also checks that the CA asks for the right audience.
-async fn token_review_server() -> kube::Client {
-    let (client, _) = crate::kube_stand_in::serve(|method, path, review| {
+async fn token_review_server() -> (
+    kube::Client,
+    std::sync::Arc<std::sync::Mutex<Vec<crate::kube_stand_in::Seen>>>,
+) {
+    crate::kube_stand_in::serve(|method, path, review| {
         assert_eq!(method, http::Method::POST);
         assert_eq!(path, "/apis/authentication.k8s.io/v1/tokenreviews");
         assert_eq!(review["spec"]["audiences"], serde_json::json!(["weft-ca"]));
@@ -372,19 +375,13 @@ async fn token_review_server() -> kube::Client {
         });
         (201, rsp)
     })
-    .await;
-    client
+    .await
 }
 
-#[tokio::test]
-async fn kubernetes_service_account_tokens_prove_their_account_through_token_review() {
-    use weft_xds_proto::ca::v1::{
-        CreateCertificateRequest, certificate_service_server::CertificateService,
-    };
-    let client = token_review_server().await;
-    let dir = tmp("review");
-    let svc = CaService {
-        ca: std::sync::Arc::new(ca(&dir)),
+/// The CA of `dir` with TokenReviews through `client`, five a second per caller.
+fn reviewing_service(client: kube::Client, dir: &std::path::Path) -> CaService {
+    CaService {
+        ca: std::sync::Arc::new(ca(dir)),
         tokens: std::sync::Arc::new(BootstrapTokens::default()),
         reviewer: Some(TokenReviewer {
             client,
@@ -393,7 +390,17 @@ async fn kubernetes_service_account_tokens_prove_their_account_through_token_rev
         }),
         review_limit: std::sync::Arc::new(super::limit::PerCaller::new(5)),
         requests: crate::metrics::Metrics::default().ca_requests,
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens_prove_their_account_through_token_review() {
+    use weft_xds_proto::ca::v1::{
+        CreateCertificateRequest, certificate_service_server::CertificateService,
     };
+    let (client, _) = token_review_server().await;
+    let dir = tmp("review");
+    let svc = reviewing_service(client, &dir);
     let ask = |sa: &str, token: &str| {
         let mut req = tonic::Request::new(CreateCertificateRequest {
             csr: csr(&[&spiffe_id(TD, "shop", sa)]).1,
@@ -449,37 +456,9 @@ async fn token_reviews_are_limited_per_caller_address() {
     use weft_xds_proto::ca::v1::{
         CreateCertificateRequest, certificate_service_server::CertificateService,
     };
-    let (client, seen) = crate::kube_stand_in::serve(|_, _, review| {
-        let status = match review["spec"]["token"].as_str() {
-            Some("sa-token") => serde_json::json!({
-                "authenticated": true,
-                "user": {"username": "system:serviceaccount:shop:reviews"},
-                "audiences": ["weft-ca"]
-            }),
-            _ => serde_json::json!({"user": {}, "error": "[invalid bearer token]"}),
-        };
-        let rsp = serde_json::json!({
-            "kind": "TokenReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"creationTimestamp": null},
-            "spec": review["spec"],
-            "status": status,
-        });
-        (201, rsp)
-    })
-    .await;
+    let (client, seen) = token_review_server().await;
     let dir = tmp("review-limit");
-    let svc = CaService {
-        ca: std::sync::Arc::new(ca(&dir)),
-        tokens: std::sync::Arc::new(BootstrapTokens::default()),
-        reviewer: Some(TokenReviewer {
-            client,
-            audiences: vec!["weft-ca".into()],
-            trust_domain: TD.into(),
-        }),
-        review_limit: std::sync::Arc::new(super::limit::PerCaller::new(5)),
-        requests: crate::metrics::Metrics::default().ca_requests,
-    };
+    let svc = reviewing_service(client, &dir);
     let ask = |from: &str, token: &str| {
         let mut req = tonic::Request::new(CreateCertificateRequest {
             csr: csr(&[&spiffe_id(TD, "shop", "reviews")]).1,
