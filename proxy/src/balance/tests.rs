@@ -282,3 +282,35 @@ async fn failure_rate_over_the_last_calls_within_the_window() {
         tokio::time::advance(Duration::from_millis(1500)).await;
     }
 }
+
+#[test]
+fn the_ring_is_bounded_whatever_the_weights() {
+    // Weights 1 and 1,000,000 (4,000,000,000 made a proxy grow past 1 GB): the ring holds at
+    // most RING_MAX_POINTS, plus one point for each endpoint a share would round to none.
+    let keys = ["10.0.0.1:80".to_string(), "10.0.0.2:80".to_string()];
+    let r = ring(&[1, 1_000_000], &keys);
+    assert!(r.len() as u64 <= RING_MAX_POINTS + 2, "{} points", r.len());
+    assert!(
+        r.iter().any(|(_, i)| *i == 0),
+        "the light endpoint keeps a point"
+    );
+    let heavy = r.iter().filter(|(_, i)| *i == 1).count();
+    assert!(heavy as u64 >= RING_MAX_POINTS - 2, "{heavy}");
+    // Small rings are as before: 64 points per unit of the smallest weight.
+    assert_eq!(ring(&[3, 1], &keys).len(), 4 * 64);
+    // Sorted, so lookups can bisect.
+    assert!(r.windows(2).all(|w| w[0].0 <= w[1].0));
+}
+
+#[test]
+fn a_schedule_of_many_endpoints_keeps_every_one_and_its_share() {
+    // 5,000 endpoints: every one comes up, in proportion to its weight.
+    let weights: Vec<u64> = (0..5_000).map(|i| if i % 2 == 0 { 2 } else { 1 }).collect();
+    let s = smooth_schedule(&weights);
+    let mut count = vec![0u32; weights.len()];
+    for i in s.iter() {
+        count[*i as usize] += 1;
+    }
+    assert!(count.iter().all(|c| *c >= 1));
+    assert_eq!(count[0], 2 * count[1], "{:?}", &count[..4]);
+}
