@@ -2,9 +2,10 @@
 //! `Service` and `TrafficPolicy` documents, several per file if `---`-separated, re-read when
 //! their content changes.
 //!
-//! A file that fails to parse or validate keeps its last good content in force (nothing
-//! registered is lost because of a bad edit); the error names the file, the object and the
-//! field. Files are read in name order; when two define the same service or policy, the first
+//! A file that fails to parse or validate, or cannot be read as text (permissions, bytes that
+//! are not UTF-8), keeps its last good content in force (nothing registered is lost because of
+//! a bad edit); the error names the file, the object and the field. Only a file that is gone
+//! is removed. Files are read in name order; when two define the same service or policy, the first
 //! wins and the second is reported.
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
@@ -71,9 +72,27 @@ impl FileRegistry {
             if !is_doc || !path.is_file() {
                 continue;
             }
-            // A file that vanished between listing and reading counts as gone.
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
+            // A file that vanished between listing and reading counts as gone; one that cannot
+            // be read as text keeps its last good content, as a bad document does.
+            let text = match std::fs::read(&path).map(String::from_utf8) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Ok(Ok(text)) => text,
+                unreadable => {
+                    let why = match unreadable {
+                        Err(e) => format!("cannot be read: {e}"),
+                        _ => "is not UTF-8 text".into(),
+                    };
+                    let state = self.files.entry(path.clone()).or_insert(FileState {
+                        text: String::new(),
+                        good: None,
+                        error: None,
+                    });
+                    // Forget the text: once readable, the file is parsed again.
+                    state.text.clear();
+                    state.error = Some(format!("{}: {why}", path.display()));
+                    seen.push(path);
+                    continue;
+                }
             };
             seen.push(path.clone());
             if self.files.get(&path).is_some_and(|f| f.text == text) {

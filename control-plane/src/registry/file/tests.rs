@@ -205,3 +205,37 @@ async fn the_watch_publishes_the_latest_snapshot() {
         .expect("the watch ends when nobody listens")
         .unwrap();
 }
+
+/// A file that can no longer be read as text keeps its last good content in force (it used
+/// to count as deleted: its services and authorization policies vanished, failing open).
+#[test]
+fn a_file_that_cannot_be_read_keeps_its_last_good_content() {
+    let dir = Dir::new();
+    let path = dir.write("reviews.yaml", REVIEWS);
+    let mut reg = FileRegistry::new(&dir.0);
+    let snap = reg.scan().unwrap();
+    assert!(snap.services.contains_key(AUTHORITY));
+    std::fs::write(&path, [0xff, 0xfe, b'a']).unwrap();
+    let snap = reg.scan().unwrap();
+    assert!(
+        snap.services.contains_key(AUTHORITY),
+        "the service vanished"
+    );
+    assert!(
+        snap.policies.contains_key("shop/reviews"),
+        "the policy vanished"
+    );
+    assert_eq!(reg.errors.len(), 1, "{:?}", reg.errors);
+    assert!(
+        reg.errors[0].contains("reviews.yaml") && reg.errors[0].contains("not UTF-8"),
+        "{:?}",
+        reg.errors
+    );
+    // Readable again: read again (even with the same text as before).
+    dir.write("reviews.yaml", REVIEWS);
+    reg.scan().unwrap();
+    assert!(reg.errors.is_empty(), "{:?}", reg.errors);
+    // Gone for real: gone.
+    std::fs::remove_file(&path).unwrap();
+    assert!(!reg.scan().unwrap().services.contains_key(AUTHORITY));
+}
