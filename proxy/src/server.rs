@@ -41,6 +41,9 @@ pub struct InboundTls {
     pub cfg: MtlsConfig,
 }
 
+/// The `target` label of inbound traffic to a destination no service declares.
+pub const UNDECLARED_TARGET: &str = "other";
+
 /// A ClientHello larger than this is not a sidecar's.
 const MAX_HELLO: usize = 16 * 1024;
 
@@ -283,13 +286,18 @@ impl Listener {
             }
             (None, Err(_)) => return,
         };
-        // Captured: the application, where the client sent it.
+        // Captured: the application, where the client sent it. A destination the table
+        // declares (an endpoint of a service) has series of its own; any other (a port scan
+        // reaches 65,535) counts under `other`, so the network cannot grow the metrics.
         let app = orig_dst.map(|o| {
             let addr = self.delivery.app(o);
-            let metrics = self
-                .metrics
-                .target(Direction::Inbound, &Arc::from(addr.to_string()));
-            (addr, metrics)
+            let declared = self.table.load().services_at(o).next().is_some();
+            let target: Arc<str> = if declared {
+                addr.to_string().into()
+            } else {
+                Arc::from(UNDECLARED_TARGET)
+            };
+            (addr, self.metrics.target(Direction::Inbound, &target))
         });
         let mode = self
             .inbound

@@ -263,3 +263,42 @@ async fn with_default_authz_deny_only_what_a_policy_allows_gets_in() {
         (denied, allowed + 1.0)
     );
 }
+
+/// A port scan of the pod does not grow the sidecar's metrics: destinations no service
+/// declares share the `other` target; a declared one keeps its own.
+#[test]
+fn a_port_scan_does_not_grow_the_metrics() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let p = Pods::new("permissive");
+    let (a, b) = (&p.a, &p.b);
+    let ports: Vec<u16> = (7030..7050).collect();
+    for port in &ports {
+        let _ = attack(a, &["-m", "2", &format!("http://{B_IP}:{port}/")]);
+    }
+    let (ok, out) = attack(a, &[&format!("http://{B_IP}:8080/echo")]);
+    assert!(ok && served_by_b(&out, None), "{out}");
+    let (_, text) = run(&mut b.cmd(&["curl", "-s", "http://127.0.0.1:15020/metrics"]));
+    let targets: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("weft_request_total{") && l.contains(r#"direction="inbound""#))
+        .filter_map(|l| l.split(r#"target=""#).nth(1)?.split('"').next())
+        .collect();
+    // The declared web port, the undeclared rest, and the `--inbound-forward` address (the
+    // target of uncaptured connections, made at start).
+    assert_eq!(
+        targets,
+        ["10.77.0.2:8080", "other", "127.0.0.1:8080"]
+            .into_iter()
+            .collect(),
+        "{targets:?}"
+    );
+    assert_eq!(
+        metric(
+            b,
+            r#"weft_request_total{direction="inbound",target="other"}"#
+        ),
+        ports.len() as f64
+    );
+}
