@@ -31,6 +31,25 @@ use crate::{metrics::Metrics, snapshot::XdsSnapshot};
 /// Responses a stream may have queued for a slow client before its task waits.
 const STREAM_BUFFER: usize = 4;
 
+/// The longest NACK text kept per node and type (longer ones are cut, saying how long they
+/// were).
+pub const MAX_NACK_TEXT: usize = 4096;
+/// Disconnected nodes remembered for `proxy-status`; beyond, the oldest to leave is forgotten.
+pub const MAX_GONE_NODES: usize = 1024;
+/// Resource names one delta stream may subscribe to per type.
+pub const MAX_SUBSCRIBED_NAMES: usize = 65_536;
+
+/// Whether the server serves `type_url`. Other types are answered (empty) and counted under
+/// `other`, and nothing of them is kept: a client chooses their names.
+fn served(type_url: &str) -> bool {
+    weft_xds_proto::type_url::APPLY_ORDER.contains(&type_url)
+}
+
+/// The `type_url` label for `type_url`.
+fn type_label(type_url: &str) -> &str {
+    if served(type_url) { type_url } else { "other" }
+}
+
 /// What the server knows about one type on one node's stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TypeStatus {
@@ -46,14 +65,18 @@ pub struct NodeStatus {
     pub connected: bool,
     pub delta: bool,
     pub since: SystemTime,
-    /// By type URL.
+    /// By type URL (the types the server serves only).
     pub types: BTreeMap<String, TypeStatus>,
+    /// When it disconnected, as a count of disconnections: the oldest is forgotten first.
+    left: Option<u64>,
 }
 
 /// Status of every node that opened a stream, by node id, and the metrics it feeds.
 #[derive(Debug, Default)]
 pub struct Nodes {
     status: Mutex<BTreeMap<String, NodeStatus>>,
+    /// Disconnections so far.
+    departures: std::sync::atomic::AtomicU64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -61,6 +84,7 @@ impl Nodes {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Nodes {
             status: Mutex::default(),
+            departures: Default::default(),
             metrics,
         }
     }
@@ -78,11 +102,15 @@ impl Nodes {
                 delta,
                 since: SystemTime::now(),
                 types: BTreeMap::new(),
+                left: None,
             },
         );
     }
 
     fn update(&self, node: &str, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+        if !served(type_url) {
+            return;
+        }
         if let Some(n) = self.status.lock().expect("nodes lock").get_mut(node) {
             f(n.types.entry(type_url.to_string()).or_default());
         }
@@ -90,17 +118,39 @@ impl Nodes {
 
     fn disconnect(&self, node: &str) {
         self.metrics.connected_proxies.dec();
-        if let Some(n) = self.status.lock().expect("nodes lock").get_mut(node) {
+        let seq = self
+            .departures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut status = self.status.lock().expect("nodes lock");
+        if let Some(n) = status.get_mut(node) {
             n.connected = false;
+            n.left = Some(seq);
+        }
+        // Node ids are the clients' to choose: keep the newest MAX_GONE_NODES departures.
+        let gone = status.values().filter(|n| n.left.is_some()).count();
+        if gone > MAX_GONE_NODES {
+            let oldest = status
+                .iter()
+                .filter_map(|(id, n)| Some((n.left?, id.clone())))
+                .min();
+            if let Some((_, id)) = oldest {
+                status.remove(&id);
+            }
         }
     }
 
     fn pushed(&self, type_url: &str) {
-        self.metrics.pushes.with_label_values(&[type_url]).inc();
+        self.metrics
+            .pushes
+            .with_label_values(&[type_label(type_url)])
+            .inc();
     }
 
     fn nacked(&self, type_url: &str) {
-        self.metrics.nacks.with_label_values(&[type_url]).inc();
+        self.metrics
+            .nacks
+            .with_label_values(&[type_label(type_url)])
+            .inc();
     }
 }
 
@@ -173,9 +223,9 @@ impl<R: Send> Conn<R> {
         let Some(node) = &self.node else { return };
         match error {
             Some(err) => {
-                tracing::warn!(%node, %type_url, %version, error = %err.message, delta = self.delta, "xDS NACK");
+                let msg = cut(&err.message, MAX_NACK_TEXT);
+                tracing::warn!(%node, %type_url, %version, error = %msg, delta = self.delta, "xDS NACK");
                 self.nodes.nacked(type_url);
-                let msg = err.message.clone();
                 self.nodes
                     .update(node, type_url, |t| t.last_nack = Some((version, msg)));
             }
@@ -210,6 +260,18 @@ impl<R: Send> Conn<R> {
         }
         Ok(())
     }
+}
+
+/// `text`, or its first `max` bytes (at a character boundary) and how long it was.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
 }
 
 impl<R> Drop for Conn<R> {

@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "WEFT_XDS_ADDR", default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
 
+    /// The largest xDS request a client may send, in bytes (a request names types and
+    /// resources: a few KiB); a larger one ends its stream.
+    #[arg(long, env = "WEFT_XDS_MAX_MESSAGE_SIZE", default_value_t = 4 << 20)]
+    pub xds_max_message_size: usize,
+
     /// xDS and the CA over TLS: what proxies use. Served when the CA is configured
     /// (--ca-dir); its certificate comes from the mesh CA and names --tls-san.
     #[arg(long, env = "WEFT_TLS_ADDR", default_value = "0.0.0.0:15012")]

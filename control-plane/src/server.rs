@@ -175,8 +175,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let api_snapshots = xds_rx.clone();
     let ads = AdsServer::new(xds_rx, metrics.clone());
     let nodes = ads.nodes.clone();
-    let ads_service =
-        AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20);
+    let ads_service = AggregatedDiscoveryServiceServer::new(ads)
+        .max_decoding_message_size(cfg.xds_max_message_size);
     if let Some(Secure {
         listener,
         config,

@@ -238,6 +238,12 @@ pub struct DiscoveryConfig {
     /// The longest reconnect delay.
     #[arg(long, env = "WEFT_XDS_BACKOFF_MAX", value_parser = parse_duration, default_value = "10s")]
     pub xds_backoff_max: Duration,
+
+    /// The largest xDS response accepted, in bytes; a larger one ends the stream (and the
+    /// table in force stays). A response carries a whole resource type: a mesh of 10,000
+    /// services sends a few MiB.
+    #[arg(long, env = "WEFT_XDS_MAX_MESSAGE_SIZE", default_value_t = 16 << 20)]
+    pub xds_max_message_size: usize,
 }
 
 /// Self-registration in etcd, for workloads outside Kubernetes.

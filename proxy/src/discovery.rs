@@ -50,9 +50,6 @@ use crate::{
 };
 pub use state::{KINDS, State, Update};
 
-/// The largest xDS response accepted (a mesh of 10,000 services is a few MiB).
-const MAX_MESSAGE: usize = 256 * 1024 * 1024;
-
 /// gRPC status INVALID_ARGUMENT, the code a NACK's error detail carries.
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -235,8 +232,8 @@ impl Discovery {
             Err(e) => return e,
         };
         let client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+            .max_decoding_message_size(self.cfg.xds_max_message_size)
+            .max_encoding_message_size(self.cfg.xds_max_message_size);
         match self.cfg.xds_protocol {
             XdsProtocol::Delta => self.delta(client, progressed).await,
             XdsProtocol::Sotw => self.sotw(client, progressed).await,

@@ -443,3 +443,41 @@ fn a_policy_stored_under_the_earlier_name_is_replaced_and_deleted() {
     );
     assert!(!dir.0.join("weftctl-demo-web.yaml").exists());
 }
+
+/// An xDS request larger than `--xds-max-message-size` (4 MiB by default) ends its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_xds_request_ends_its_stream() {
+    let dir = TempDir::new("xds-limit");
+    dir.write("web.yaml", SERVICE.split_once("---\n").unwrap().0);
+    let cp = start(&dir);
+    let (tx, mut rsp) = subscribe_clusters(&cp, "big").await;
+    assert!(rsp.message().await.unwrap().is_some(), "the first answer");
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: "big".into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        // About 5 MiB of names.
+        resource_names: (0..160_000)
+            .map(|i| format!("cluster-name-number-{i:08}"))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The server drops the stream: it ends (or fails) instead of answering.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = rsp.message().await {}
+    })
+    .await
+    .expect("the stream ends");
+    assert!(
+        cp.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| !l.contains("panicked")),
+        "the control plane is fine"
+    );
+}

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tonic::Streaming;
 use weft_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 
-use super::{Closed, Conn};
+use super::{Closed, Conn, MAX_SUBSCRIBED_NAMES, served};
 
 /// One type on this stream.
 #[derive(Debug, Default)]
@@ -55,6 +55,18 @@ impl Stream {
 
     async fn handle(&mut self, r: DeltaDiscoveryRequest) -> Result<(), Closed> {
         self.conn.node(&r.node);
+        if !served(&r.type_url) {
+            // Answered (no resources) when asked, its ACKs ignored, nothing of it kept.
+            if !r.response_nonce.is_empty() {
+                return Ok(());
+            }
+            let rsp = DeltaDiscoveryResponse {
+                type_url: r.type_url.clone(),
+                nonce: self.conn.next_nonce(),
+                ..Default::default()
+            };
+            return self.conn.send(&r.type_url, "", rsp, None).await;
+        }
         let new = !self.subs.contains_key(&r.type_url);
         let sub = self.subs.entry(r.type_url.clone()).or_default();
         if new {
@@ -87,6 +99,17 @@ impl Stream {
                 sub.names.remove(&n);
                 sub.has.remove(&n);
             }
+        }
+        if sub.names.len() > MAX_SUBSCRIBED_NAMES || sub.has.len() > MAX_SUBSCRIBED_NAMES {
+            let _ = self
+                .conn
+                .tx
+                .send(Err(tonic::Status::resource_exhausted(format!(
+                    "more than {MAX_SUBSCRIBED_NAMES} resource names subscribed for {}",
+                    r.type_url
+                ))))
+                .await;
+            return Err(Closed);
         }
         if changed {
             self.push(&r.type_url, false).await?;

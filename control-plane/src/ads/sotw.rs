@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tonic::Streaming;
 use weft_xds_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
 
-use super::{Closed, Conn};
+use super::{Closed, Conn, served};
 
 /// One type on this stream.
 #[derive(Debug, Default)]
@@ -51,6 +51,19 @@ impl Stream {
 
     async fn handle(&mut self, r: DiscoveryRequest) -> Result<(), Closed> {
         self.conn.node(&r.node);
+        if !served(&r.type_url) {
+            // Answered (no resources) when asked, its ACKs ignored, nothing of it kept: the
+            // client chooses the name.
+            if !r.response_nonce.is_empty() {
+                return Ok(());
+            }
+            let rsp = DiscoveryResponse {
+                type_url: r.type_url.clone(),
+                nonce: self.conn.next_nonce(),
+                ..Default::default()
+            };
+            return self.conn.send(&r.type_url, "", rsp, None).await;
+        }
         let sub = self.subs.entry(r.type_url.clone()).or_default();
         if !r.response_nonce.is_empty() {
             if r.response_nonce != sub.nonce {

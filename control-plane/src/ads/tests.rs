@@ -340,3 +340,95 @@ async fn a_stuck_client_does_not_delay_others() {
     .await
     .expect("the healthy client reaches the latest version");
 }
+
+/// What a client chooses (its node id, the type URLs it asks for, its NACK texts, the names it
+/// subscribes to) cannot grow the server's state or its metrics without bound.
+#[tokio::test]
+async fn what_clients_choose_cannot_grow_the_server() {
+    let mut h = start(xds(&["a"], 1)).await;
+    let (tx, rx) = mpsc::channel(64);
+    let mut s = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // 40 type URLs nobody serves: each answered (empty), counted under one label, not kept.
+    for i in 0..40 {
+        tx.send(DiscoveryRequest {
+            node: node("greedy"),
+            type_url: format!("type.googleapis.com/made.Up{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(next(&mut s).await.resources.is_empty());
+    }
+    let text = h.nodes.metrics.render();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("weft_cp_pushes_total{"))
+        .count();
+    assert_eq!(series, 1, "{text}");
+    assert!(
+        text.contains(r#"weft_cp_pushes_total{type_url="other"} 40"#),
+        "{text}"
+    );
+    assert!(h.nodes.snapshot()["greedy"].types.is_empty());
+
+    // A NACK text of a megabyte is kept to its first MAX_NACK_TEXT bytes.
+    tx.send(DiscoveryRequest {
+        node: node("greedy"),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rsp = next(&mut s).await;
+    tx.send(DiscoveryRequest {
+        node: node("greedy"),
+        type_url: CLUSTER.into(),
+        response_nonce: rsp.nonce.clone(),
+        version_info: String::new(),
+        error_detail: Some(rpc::Status {
+            code: 3,
+            message: "x".repeat(1 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually_status(&h.nodes, |n| {
+        n["greedy"]
+            .types
+            .get(CLUSTER)
+            .is_some_and(|t| t.last_nack.is_some())
+    })
+    .await;
+    let nack = h.nodes.snapshot()["greedy"].types[CLUSTER]
+        .last_nack
+        .clone()
+        .unwrap();
+    assert!(
+        nack.1.len() <= MAX_NACK_TEXT + 64,
+        "{} bytes kept",
+        nack.1.len()
+    );
+    drop(tx);
+
+    // Nodes come and go with ids of their choosing: the disconnected ones are forgotten
+    // beyond MAX_GONE_NODES, oldest first.
+    for i in 0..(MAX_GONE_NODES + 20) {
+        h.nodes.connect(&format!("passing-{i}"), false);
+        h.nodes.disconnect(&format!("passing-{i}"));
+    }
+    let status = h.nodes.snapshot();
+    assert!(
+        status.len() <= MAX_GONE_NODES + 1,
+        "{} nodes kept",
+        status.len()
+    );
+    assert!(!status.contains_key("passing-0"), "the oldest went first");
+    assert!(status.contains_key(&format!("passing-{}", MAX_GONE_NODES + 19)));
+}
