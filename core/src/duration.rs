@@ -7,6 +7,14 @@ use serde::{Deserializer, Serializer};
 
 /// Ten years: longer than any timeout means, and still representable as a deadline.
 const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
+/// The longest duration weft takes from any configuration (flags, the table file, policies,
+/// xDS); a longer one is this.
+pub const MAX: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// `d`, at most [`MAX`]: no deadline computed from a configured duration can overflow.
+pub fn clamp(d: Duration) -> Duration {
+    d.min(MAX)
+}
 
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -958,7 +958,8 @@ impl HttpProxy {
                 Some(_) => return (res, tries),
                 None => policy.backoff(tries - 1, fastrand::f64()),
             };
-            if deadline.is_some_and(|at| Instant::now() + wait >= at) {
+            let wake = Instant::now().checked_add(wait);
+            if deadline.is_some_and(|at| wake.is_none_or(|w| w >= at)) {
                 return (res, tries);
             }
             let Some(body) = replay.next() else {

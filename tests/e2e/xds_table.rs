@@ -653,3 +653,39 @@ fn the_control_plane_and_the_proxy_take_the_same_settings() {
         );
     }
 }
+
+/// Durations from xDS are clamped to ten years, as every configured duration is: a route's
+/// `idle_timeout` of `i64::MAX` seconds (another control plane may send one) would have
+/// overflowed the request's timer and panicked it.
+#[test]
+fn durations_from_xds_are_clamped() {
+    use weft_xds_proto::{envoy::config::route::v3::route::Action, google::protobuf};
+    let metrics = Metrics::new();
+    let mut res = resources(FILES);
+    for rc in res.routes.values_mut() {
+        for r in rc.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes) {
+            if let Some(Action::Route(a)) = &mut r.action {
+                a.idle_timeout = Some(protobuf::Duration {
+                    seconds: i64::MAX,
+                    nanos: 999_999_999,
+                });
+            }
+        }
+    }
+    let compiled = xds::compile(
+        &res,
+        Arc::from("v1"),
+        1,
+        &metrics,
+        &Table::empty(),
+        &Resolved::none(),
+    );
+    assert!(compiled.held_back.is_empty(), "{:?}", compiled.held_back);
+    let svc = compiled
+        .table
+        .by_authority("web.demo.svc.cluster.local:8080")
+        .unwrap();
+    let idle = svc.routes[0].policy.idle_timeout.unwrap();
+    assert_eq!(idle, weft_core::duration::MAX);
+    assert!(tokio::time::Instant::now().checked_add(idle).is_some());
+}

@@ -224,7 +224,9 @@ impl Body for ProxyBody {
                 };
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 if let Some(sleep) = idle.as_mut().as_pin_mut() {
-                    sleep.reset(tokio::time::Instant::now() + *idle_for);
+                    // Configured durations are at most ten years: this cannot overflow.
+                    let idle = weft_core::duration::clamp(*idle_for);
+                    sleep.reset(tokio::time::Instant::now() + idle);
                 }
                 match &frame {
                     Some(Ok(f)) => {

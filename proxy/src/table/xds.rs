@@ -79,8 +79,11 @@ fn string_field<'a>(s: Option<&'a Struct>, key: &str) -> Option<&'a str> {
     }
 }
 
+/// A protobuf duration (negative parts as 0), at most ten years (`weft_core::duration::MAX`):
+/// no deadline computed from it can overflow (`i64::MAX` seconds panicked a request's timer).
 fn duration(d: &weft_xds_proto::google::protobuf::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+    let nanos = (d.nanos.max(0) as u32).min(999_999_999);
+    weft_core::duration::clamp(Duration::new(d.seconds.max(0) as u64, nanos))
 }
 
 fn string_match(m: &StringMatcher) -> Result<StringMatch, String> {
