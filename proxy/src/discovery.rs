@@ -4,7 +4,9 @@
 //!
 //! - Each resource is checked on its own when it arrives. A bad one is rejected (NACK, naming
 //!   it and the problem) and its previous version, if any, stays; the good ones of the same
-//!   response apply. A response is acknowledged only once the table built from it is in force.
+//!   response apply. A state-of-the-world response with a resource that cannot even be decoded
+//!   (so it cannot be named) removes nothing for being absent. A response is acknowledged only
+//!   once the table built from it is in force; one rejected whole does not count as received.
 //! - A listener whose routes, clusters or endpoints have not all arrived keeps its previous
 //!   service (see [`xds::compile`]).
 //! - Responses already waiting on the stream are applied together: one table per burst, not per

@@ -64,6 +64,8 @@ pub struct Outcome {
     pub changed: bool,
     /// One per rejected resource, naming it.
     pub errors: Vec<String>,
+    /// Resources accepted (changed or not).
+    pub applied: usize,
 }
 
 /// Every resource the client holds (each one checked), and their versions.
@@ -170,9 +172,10 @@ impl State {
         digest(&self.type_versions.join("/")).replace("fnv-", "xds-")
     }
 
-    /// Applies a response of `kind` (an index into [`KINDS`]).
+    /// Applies a response of `kind` (an index into [`KINDS`]). A response counts as received
+    /// (for `/ready`) once it was accepted, or applied at least one resource: one rejected
+    /// whole does not.
     pub fn apply(&mut self, kind: usize, u: Update) -> Outcome {
-        self.received[kind] = true;
         let version = u.version.clone();
         let outcome = match kind {
             0 => self.apply_as::<Cluster>(u),
@@ -183,6 +186,7 @@ impl State {
         if outcome.errors.is_empty() {
             self.type_versions[kind] = version;
         }
+        self.received[kind] |= outcome.errors.is_empty() || outcome.applied > 0;
         outcome
     }
 
@@ -192,6 +196,9 @@ impl State {
         let held = R::held(&mut self.res);
         let mut out = Outcome::default();
         let mut seen = HashSet::new();
+        // A rejected resource the response does not name (state of the world): any resource
+        // held could be it, so none is removed for being absent.
+        let mut unnamed_rejected = false;
         for (name, version, any) in u.resources {
             let decoded = decode::<R>(name.as_deref(), any.as_ref(), &u.type_url);
             let shown = name
@@ -205,20 +212,24 @@ impl State {
                             out.errors.push(format!("{label} `{n}`: {e}"));
                             seen.insert(n.clone());
                         }
-                        None => out.errors.push(format!("{label}: {e}")),
+                        None => {
+                            out.errors.push(format!("{label}: {e}"));
+                            unnamed_rejected = true;
+                        }
                     }
                     continue;
                 }
             };
             let name = r.name().to_string();
             seen.insert(name.clone());
+            out.applied += 1;
             versions.insert(name.clone(), version);
             if held.get(&name) != Some(&r) {
                 held.insert(name, r);
                 out.changed = true;
             }
         }
-        if u.full {
+        if u.full && !unnamed_rejected {
             let before = held.len();
             held.retain(|n, _| seen.contains(n));
             versions.retain(|n, _| seen.contains(n));

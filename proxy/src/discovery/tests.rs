@@ -210,3 +210,57 @@ fn reconnect_backoff_grows_with_full_jitter_up_to_the_cap() {
     let seen: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, max, 3)).collect();
     assert!(seen.len() > 1);
 }
+
+#[test]
+fn an_undecodable_resource_in_a_full_response_removes_nothing() {
+    let mut st = State::default();
+    st.apply(
+        ENDPOINTS,
+        update(
+            ENDPOINTS,
+            "1",
+            true,
+            &[any(&cla("a", 1)), any(&cla("b", 2))],
+            &[],
+        ),
+    );
+    // State of the world: `a` changes, and a resource that cannot be decoded (it may be `b`).
+    let garbage = Any {
+        type_url: KINDS[ENDPOINTS].type_url.into(),
+        value: vec![0xff, 0xff, 0xff],
+    };
+    let out = st.apply(
+        ENDPOINTS,
+        update(ENDPOINTS, "2", true, &[any(&cla("a", 10)), garbage], &[]),
+    );
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+    let res = st.resources();
+    assert_eq!(res.endpoints["a"], cla("a", 10), "the good one applies");
+    assert_eq!(
+        res.endpoints["b"],
+        cla("b", 2),
+        "`b` keeps its last good version"
+    );
+}
+
+#[test]
+fn a_response_rejected_whole_is_not_received() {
+    let mut st = State::default();
+    let out = st.apply(
+        ENDPOINTS,
+        update(ENDPOINTS, "1", true, &[any(&cla("b", 0))], &[]),
+    );
+    assert_eq!(out.errors.len(), 1);
+    for k in [0, 2, 3] {
+        st.apply(k, update(k, "1", true, &[], &[]));
+    }
+    assert!(
+        !st.complete(),
+        "nothing of the endpoints was accepted: not ready"
+    );
+    st.apply(
+        ENDPOINTS,
+        update(ENDPOINTS, "2", true, &[any(&cla("b", 2))], &[]),
+    );
+    assert!(st.complete());
+}
