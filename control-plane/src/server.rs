@@ -111,7 +111,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         "registry loaded"
     );
     // The first resources are ready before any proxy can connect.
-    let first_xds = XdsSnapshot::new(&crate::translate::translate(&first));
+    let mut vips = crate::translate::Vips::default();
+    let first_xds = XdsSnapshot::new(&crate::translate::translate_with(&first, &mut vips));
     let (reg_tx, reg_rx) = match &registry {
         Registry::Kubernetes(tx, rx) => (tx.clone(), rx.clone()),
         _ => watch::channel(Arc::new(first)),
@@ -170,6 +171,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         xds_tx,
         cfg.push_debounce,
         metrics.registry_events.clone(),
+        vips,
     ));
 
     let api_snapshots = xds_rx.clone();

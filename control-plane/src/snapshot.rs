@@ -221,16 +221,18 @@ impl XdsSnapshot {
 /// Turns registry snapshots into xDS snapshots. After a change it waits `debounce` for more,
 /// so a burst of registry events produces one push; it publishes only when something changed.
 /// `events` counts the registry changes seen (a burst the watch coalesced counts once).
+/// `vips`: the VIPs the first snapshot was given, which hosts keep.
 pub async fn publish(
     mut registry: watch::Receiver<Arc<registry::Snapshot>>,
     out: watch::Sender<Arc<XdsSnapshot>>,
     debounce: Duration,
     events: IntCounter,
+    mut vips: translate::Vips,
 ) {
     let mut changed_at = None;
     loop {
         let snap = registry.borrow_and_update().clone();
-        let mut xds = XdsSnapshot::new(&translate::translate(&snap));
+        let mut xds = XdsSnapshot::new(&translate::translate_with(&snap, &mut vips));
         xds.changed_at = changed_at;
         out.send_if_modified(|cur| {
             let changed = **cur != xds;
@@ -299,6 +301,7 @@ mod tests {
             out_tx,
             Duration::from_millis(100),
             IntCounter::new("events", "test").unwrap(),
+            translate::Vips::default(),
         ));
         out_rx.changed().await.unwrap();
         out_rx.borrow_and_update();

@@ -107,14 +107,32 @@ fn ads() -> ConfigSource {
     }
 }
 
-/// Translates a snapshot. A service's policy is the first (by `namespace/name`) whose
-/// `spec.service` names it; policies naming no registered service produce nothing.
+/// Translates a snapshot, allocating VIPs afresh (as a control plane does at start). A
+/// service's policy is the first (by `namespace/name`) whose `spec.service` names it;
+/// policies naming no registered service produce nothing.
 pub fn translate(snap: &Snapshot) -> Resources {
+    translate_with(snap, &mut Vips::default())
+}
+
+/// The VIPs allocated so far, by host: what keeps a service's VIP when others come and go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vips(BTreeMap<String, std::net::IpAddr>);
+
+/// Translates a snapshot; a host keeps the VIP `vips` holds for it (`vips` then holds this
+/// snapshot's).
+pub fn translate_with(snap: &Snapshot, vips: &mut Vips) -> Resources {
     let mut by_service: BTreeMap<&str, &TrafficPolicy> = BTreeMap::new();
     for p in snap.policies.values() {
         by_service.entry(p.spec.service.as_str()).or_insert(p);
     }
-    let vips = allocate_vips(snap);
+    let allocated = allocate_vips(snap, vips);
+    *vips = Vips(
+        allocated
+            .iter()
+            .map(|(h, ip)| (h.to_string(), *ip))
+            .collect(),
+    );
+    let vips = allocated;
     let mut out = Resources::default();
     for (authority, svc) in &snap.services {
         let policy = by_service.get(authority.as_str()).map(|p| &p.spec);
@@ -153,10 +171,13 @@ pub fn translate(snap: &Snapshot) -> Resources {
 /// network routes, as Istio uses for the same purpose).
 const VIP_BLOCK: [u8; 2] = [240, 240];
 
-/// Every host's VIP: the one registered, else one allocated from `240.240.0.0/16` by a hash of
-/// the host (probing past taken addresses, hosts in order), so it is stable across pushes and
-/// the same on every replica. Sidecars answer DNS for mesh names with these.
-fn allocate_vips(snap: &Snapshot) -> BTreeMap<&str, std::net::IpAddr> {
+/// Every host's VIP: the one registered; else the one `previous` allocated it, if still free;
+/// else one allocated from `240.240.0.0/16` by a hash of the host (probing past taken
+/// addresses, hosts in order). A host keeps its VIP while it exists, whoever comes or goes
+/// (a newcomer whose hash falls on a taken address probes on; it never moves the holder), and
+/// a control plane starting from the same registry allocates the same. Sidecars answer DNS for
+/// mesh names with these.
+fn allocate_vips<'a>(snap: &'a Snapshot, previous: &Vips) -> BTreeMap<&'a str, std::net::IpAddr> {
     let mut vips = BTreeMap::new();
     for svc in snap.services.values() {
         if let Some(v) = svc.spec.vip {
@@ -166,6 +187,14 @@ fn allocate_vips(snap: &Snapshot) -> BTreeMap<&str, std::net::IpAddr> {
     let mut taken: std::collections::HashSet<std::net::IpAddr> = vips.values().copied().collect();
     let hosts: std::collections::BTreeSet<&str> =
         snap.services.values().map(|s| s.host.as_str()).collect();
+    for host in &hosts {
+        if let Some(ip) = previous.0.get(*host)
+            && !vips.contains_key(host)
+            && taken.insert(*ip)
+        {
+            vips.insert(host, *ip);
+        }
+    }
     const SLOTS: u32 = 65534;
     for host in hosts {
         if vips.contains_key(host) {

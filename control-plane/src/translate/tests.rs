@@ -384,3 +384,52 @@ fn services_without_a_vip_get_a_stable_one_from_the_reserved_block() {
         .unwrap();
     assert!(rc.virtual_hosts[0].domains.contains(&allocated));
 }
+
+/// Two host names whose hashes fall on the same VIP: whichever registers second probes on, and
+/// neither one's VIP changes when the other comes or goes (a cached DNS answer would reach the
+/// wrong service).
+#[test]
+fn a_service_keeps_its_vip_when_a_colliding_one_comes_and_goes() {
+    let slot = |h: &str| {
+        h.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        }) % 65534
+    };
+    // Two names on one slot, the second sorting before the first.
+    let mut seen = std::collections::HashMap::new();
+    let (first, second) = (0..100_000)
+        .map(|i| format!("svc-{i}.example"))
+        .find_map(|h| {
+            let other = seen.insert(slot(&h), h.clone())?;
+            Some(if other < h { (h, other) } else { (other, h) })
+        })
+        .expect("a collision among 100,000 names");
+    assert!(second < first);
+    let vip_of = |r: &Resources, host: &str| {
+        let l = r
+            .listeners
+            .iter()
+            .find(|l| l.name.starts_with(&format!("{host}:")))
+            .unwrap();
+        match weft_meta(&l.metadata, "vip") {
+            Kind::StringValue(v) => v,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut vips = Vips::default();
+    let alone = translate_with(&crate::registry::test_snapshot(&[&first], 1), &mut vips);
+    let before = vip_of(&alone, &first);
+    let both = translate_with(
+        &crate::registry::test_snapshot(&[&first, &second], 1),
+        &mut vips,
+    );
+    assert_eq!(vip_of(&both, &first), before, "the newcomer moved it");
+    let newcomer = vip_of(&both, &second);
+    assert_ne!(newcomer, before);
+    let without = translate_with(&crate::registry::test_snapshot(&[&second], 1), &mut vips);
+    assert_eq!(
+        vip_of(&without, &second),
+        newcomer,
+        "the departure moved it"
+    );
+}
