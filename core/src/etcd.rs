@@ -43,7 +43,11 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
+    /// The value as text (with U+FFFD where it is not UTF-8: see `binary`).
     pub value: String,
+    /// The value is not UTF-8 text: whoever reads it as a document should refuse it (one bad
+    /// value must not fail the whole read or watch).
+    pub binary: bool,
     pub mod_revision: i64,
     pub lease: i64,
 }
@@ -91,9 +95,18 @@ fn text(v: &Value) -> Result<String, Error> {
 }
 
 fn key_value(kv: &Value) -> Result<KeyValue, Error> {
+    let s = kv["value"].as_str().unwrap_or("");
+    let raw = B64
+        .decode(s)
+        .map_err(|e| Error::Protocol(format!("bad base64 `{s}`: {e}")))?;
+    let (value, binary) = match String::from_utf8(raw) {
+        Ok(v) => (v, false),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+    };
     Ok(KeyValue {
         key: text(&kv["key"])?,
-        value: text(&kv["value"])?,
+        value,
+        binary,
         mod_revision: int(&kv["mod_revision"]),
         lease: int(&kv["lease"]),
     })

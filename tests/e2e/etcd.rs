@@ -354,3 +354,64 @@ async fn replicas_on_one_etcd_serve_the_same_and_a_proxy_fails_over() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(ok > 100, "too little load: {ok}");
 }
+
+/// A value that is not UTF-8 text is an error naming its key; the key's last good value stays,
+/// the rest of the registry applies, and a control plane starting with it in etcd starts (it
+/// used to fail the whole read: the first load retried forever, and the watch spun).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_is_not_text_is_skipped_with_its_key_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(etcd) = Etcd::start() else { return };
+    let doc = |name: &str| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec: {{port: 8080}}\n"
+        )
+    };
+    etcdctl(&etcd, &["put", "/weft/config/web", &doc("web")]);
+    let cp = control_plane(&etcd, &[]);
+    let registry = || async {
+        let (_, body) = cp.get("api", "/api/v1/registry").await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert!(registry().await["services"][WEB].is_object());
+
+    let bin = tools::require("etcdctl").expect("etcdctl");
+    let out = Command::new(&bin)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", etcd.addr))
+        .args(["put", "/weft/config/web"])
+        .arg(std::ffi::OsStr::from_bytes(&[0xff, 0xfe, b'x']))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    etcdctl(&etcd, &["put", "/weft/config/api", &doc("api")]);
+    eventually(Duration::from_secs(10), "the later key applied", || async {
+        registry().await["services"]["api.demo.svc.cluster.local:8080"]
+            .is_object()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        registry().await["services"][WEB].is_object(),
+        "web's last good value stays"
+    );
+    let metrics = cp.metrics().await;
+    assert!(metrics.contains("weft_cp_registry_errors 1"), "{metrics}");
+    assert!(
+        cp.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("/weft/config/web: the value is not UTF-8 text")),
+        "the key is named"
+    );
+
+    // A control plane starting now reads everything else.
+    let late = control_plane(&etcd, &[]);
+    let (_, body) = late.get("api", "/api/v1/registry").await;
+    let reg: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        reg["services"]["api.demo.svc.cluster.local:8080"].is_object(),
+        "{reg}"
+    );
+}

@@ -115,10 +115,30 @@ impl EtcdRegistry {
             if let Some(r) = old_regs.get(&kv.key) {
                 self.regs.insert(kv.key.clone(), r.clone());
             }
-            self.put(&kv.key, &kv.value);
+            self.take(&kv);
         }
         self.revision = revision;
         Ok(self.assemble())
+    }
+
+    /// Takes one key's value; a bad value (not UTF-8, not a valid document or registration) is
+    /// an error naming the key, and the key's last good value stays.
+    fn take(&mut self, kv: &etcd::KeyValue) {
+        if !kv.binary {
+            return self.put(&kv.key, &kv.value);
+        }
+        let Some(rest) = kv.key.strip_prefix(&self.prefix) else {
+            return;
+        };
+        let error = format!("{}: the value is not UTF-8 text", kv.key);
+        if rest.starts_with("config/") {
+            let doc = self.docs.entry(kv.key.clone()).or_default();
+            // Forgotten, so the next good value is read again.
+            doc.text.clear();
+            doc.error = Some(error);
+        } else if rest.starts_with("endpoints/") {
+            self.regs.entry(kv.key.clone()).or_default().1 = Some(error);
+        }
     }
 
     fn put(&mut self, key: &str, value: &str) {
@@ -158,7 +178,7 @@ impl EtcdRegistry {
     pub fn apply(&mut self, events: Vec<Event>, revision: i64) -> Snapshot {
         for e in events {
             match e {
-                Event::Put(kv) => self.put(&kv.key, &kv.value),
+                Event::Put(kv) => self.take(&kv),
                 Event::Delete { key, .. } => self.delete(&key),
             }
         }
@@ -291,10 +311,11 @@ impl EtcdRegistry {
                 }
             };
             tracing::info!(revision = self.revision, "etcd registry: watching");
-            delay = Duration::from_millis(100);
             loop {
                 match w.next().await {
                     Ok((events, revision)) => {
+                        // Only a watch that delivers resets the backoff.
+                        delay = Duration::from_millis(100);
                         let snap = self.apply(events, revision);
                         self.publish(&tx, snap, &mut reported, &on_errors);
                     }
@@ -303,7 +324,11 @@ impl EtcdRegistry {
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, revision = self.revision, "etcd registry: watch broken; resuming");
+                        // Resumed after a backoff: a watch that breaks at once (the same
+                        // revision failing again) does not spin.
+                        tracing::warn!(error = %e, revision = self.revision, retry_in = ?delay, "etcd registry: watch broken; resuming");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
                         break;
                     }
                 }
