@@ -198,6 +198,10 @@ impl Replay {
 pub const REPLAY_CAP: usize = 64 * 1024;
 /// How long a mirrored request may take before it is given up.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Mirrored requests in flight at once, in the whole proxy: beyond, a request is not copied
+/// (counted as a failed mirror), so a slow mirror never holds more bodies than this.
+pub const MAX_MIRRORS_IN_FLIGHT: usize = 64;
+static MIRRORS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_MIRRORS_IN_FLIGHT);
 
 /// A request's method, target, version and headers, to send again.
 #[derive(Clone)]
@@ -855,6 +859,13 @@ impl HttpProxy {
         protocol: Protocol,
         metrics: &Arc<TargetMetrics>,
     ) {
+        if matches!(replay, Replay::None) {
+            return;
+        }
+        let Ok(permit) = MIRRORS.try_acquire() else {
+            metrics.mirrored(false);
+            return;
+        };
         let body = match replay {
             Replay::Kept(s) => RequestBody::replay(s.mirror()),
             Replay::Empty => RequestBody::empty(),
@@ -876,6 +887,7 @@ impl HttpProxy {
         let pools = self.pools.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let sent = async {
                 let rsp = pools.send(addr, identity.as_ref(), req, false).await.ok()?;
                 http_body_util::BodyExt::collect(rsp.into_body()).await.ok()

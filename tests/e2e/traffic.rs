@@ -305,11 +305,23 @@ async fn mirroring_faults_and_rate_limits_act_at_their_rates() {
         took < Duration::from_secs(20),
         "callers waited for the slow mirror: {took:?}"
     );
-    // Until every copy the mirror has taken has been answered and counted.
+    // Until every copy the mirror has taken has been answered and counted. (Copies beyond the
+    // 64 in flight are not made, and counted as failed: with a 300 ms mirror, some are.)
     let deadline = Instant::now() + Duration::from_secs(30);
+    let count = |result: &'static str| {
+        let proxy = &proxy;
+        async move {
+            metric(
+                proxy,
+                "weft_mirrored_requests_total",
+                &["mirror.test:80", result],
+            )
+            .await
+        }
+    };
     loop {
-        let counted = metric(&proxy, "weft_mirrored_requests_total", &["mirror.test:80"]).await;
-        if counted > 0.0 && counted as usize == served(&shadow) {
+        let sent = count("result=\"sent\"").await;
+        if sent > 0.0 && sent as usize == served(&shadow) {
             break;
         }
         assert!(
@@ -318,11 +330,15 @@ async fn mirroring_faults_and_rate_limits_act_at_their_rates() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mirrored = served(&shadow);
-    println!("mirror: {mirrored} of 400 copied in {took:?}");
+    let not_made = count("result=\"failed\"").await as usize;
+    let chosen = served(&shadow) + not_made;
+    println!(
+        "mirror: {chosen} of 400 chosen, {} copied, {not_made} over the cap, in {took:?}",
+        served(&shadow)
+    );
     assert!(
-        (150..=250).contains(&mirrored),
-        "{mirrored} of 400 mirrored (50 %)"
+        (150..=250).contains(&chosen),
+        "{chosen} of 400 chosen for mirroring (50 %)"
     );
     assert!(
         shadow
@@ -495,4 +511,60 @@ async fn deadlines_end_slow_calls_promptly() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// A mirror that never answers holds at most MAX_MIRRORS_IN_FLIGHT (64) copies at once; the
+/// requests beyond are not copied (counted as failed mirrors), and every caller is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_never_answers_holds_a_bounded_number_of_copies() {
+    let primary = http_peer::server("primary").await;
+    // Accepts connections and reads, never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = TempDir::new("mirror-cap");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: mirror.test
+    port: 80
+    endpoints:
+      - {{address: '{p}', labels: {{role: primary}}}}
+      - {{address: '{hole_addr}', labels: {{role: hole}}}}
+    subsets: [{{name: primary, labels: {{role: primary}}}}, {{name: hole, labels: {{role: hole}}}}]
+    routes:
+      - backends: [{{subset: primary}}]
+        mirror: {{subset: hole}}
+",
+            p = primary.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
+    for i in 0..100 {
+        let (status, _) = http_peer::exchange(
+            proxy.addr("outbound"),
+            Request::get("/id").header("host", "mirror.test:80"),
+            String::new(),
+        )
+        .await;
+        assert_eq!(status, 200, "request {i}");
+    }
+    let failed = metric(
+        &proxy,
+        "weft_mirrored_requests_total",
+        &["result=\"failed\""],
+    )
+    .await;
+    let sent = metric(&proxy, "weft_mirrored_requests_total", &["result=\"sent\""]).await;
+    assert_eq!(
+        (failed, sent),
+        (36.0, 0.0),
+        "64 copies held by the hole, 36 not made"
+    );
 }

@@ -32,8 +32,10 @@ pub struct Shared {
 struct State {
     /// The client's body; `None` once it has ended or failed.
     inner: Option<Direct>,
-    /// What has been read of it, while within the cap.
+    /// What has been read of it, while within the cap (copies: a kept frame never holds on
+    /// to the buffer it was read into).
     chunks: Vec<Bytes>,
+    /// The bytes kept, plus [`FRAME_COST`] a frame: what the cap bounds.
     len: usize,
     cap: usize,
     /// The body outgrew the cap: the copy is gone.
@@ -58,6 +60,10 @@ pub struct Replay {
 
 /// The mirror's try number: it never reads the client's body itself.
 const MIRROR: u32 = u32::MAX;
+
+/// What one kept frame costs against the cap besides its bytes: a body of many tiny frames
+/// (65,536 one-byte frames) is capped as soon as one of a few large ones.
+const FRAME_COST: usize = 64;
 
 impl Shared {
     /// Keeps up to `cap` bytes of `inner` for replay.
@@ -181,12 +187,13 @@ impl Body for Replay {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     if !s.capped {
-                        if s.len + data.len() > s.cap {
+                        let cost = data.len() + FRAME_COST;
+                        if s.len + cost > s.cap {
                             s.capped = true;
                             s.chunks = Vec::new();
                         } else {
-                            s.len += data.len();
-                            s.chunks.push(data.clone());
+                            s.len += cost;
+                            s.chunks.push(Bytes::copy_from_slice(data));
                             this.pos = s.chunks.len();
                         }
                     }

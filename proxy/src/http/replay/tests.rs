@@ -113,3 +113,16 @@ async fn the_mirror_follows_the_first_try() {
     assert_eq!(first, b"abc");
     assert_eq!(mirror.await.unwrap().unwrap(), b"abc");
 }
+
+#[tokio::test]
+async fn many_tiny_frames_are_capped_like_a_large_body() {
+    // 65,536 one-byte frames: 64 KiB of bytes, but each kept frame costs more than its byte.
+    let shared = Shared::new(
+        RequestBody::direct(incoming(vec![b"x"; 65_536]).await, None),
+        64 * 1024,
+    );
+    let first = read(RequestBody::replay(shared.first())).await.unwrap();
+    assert_eq!(first.len(), 65_536, "the first try still sends it all");
+    assert!(!shared.replayable(), "the copy was dropped at the cap");
+    assert!(shared.state.lock().unwrap().chunks.is_empty());
+}
