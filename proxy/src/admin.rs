@@ -62,12 +62,20 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Rsp {
     r
 }
 
+/// How long a client of the admin or probe server may take to send a request's headers, and
+/// the longest a connection may stay open without a request.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Connections each of the two servers holds at once; beyond, a new one is closed at once.
+/// (The probe port is reachable from the network and never captured.)
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serves `listener` with `route` until the process exits.
 pub async fn serve<F, Fut>(listener: TcpListener, state: Arc<AdminState>, route: F)
 where
     F: Fn(Arc<AdminState>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Rsp> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -78,8 +86,13 @@ where
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let drain_after = Arc::new(AtomicBool::new(false));
             let (st, flag) = (state.clone(), drain_after.clone());
             let svc = service_fn(move |mut req: Request<Incoming>| {
@@ -88,6 +101,8 @@ where
                 async move { Ok::<_, Infallible>(route(state, req).await) }
             });
             let _ = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
             // Only now, with the answer to `/shutdown` written, may the process go away.
