@@ -21,11 +21,18 @@ use crate::table::SharedTable;
 const TTL: u32 = 30;
 /// How long an upstream has to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queries relayed upstream at once (each holds a socket and a 64 KiB buffer until the answer
+/// or the timeout); beyond, a query gets SERVFAIL at once.
+pub const MAX_RELAYS_IN_FLIGHT: usize = 256;
+/// TCP connections held at once; beyond, a new one is closed.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
 
 #[derive(Debug)]
 pub struct DnsProxy {
     pub table: SharedTable,
     pub upstream: Option<SocketAddr>,
+    /// Permits for relays in flight ([`MAX_RELAYS_IN_FLIGHT`]).
+    pub relays: tokio::sync::Semaphore,
 }
 
 /// The first `nameserver` of a resolv.conf text, on port 53.
@@ -115,6 +122,9 @@ impl DnsProxy {
         if let Some(a) = self.answer(query) {
             return Some(a);
         }
+        let Ok(_relay) = self.relays.try_acquire() else {
+            return Self::servfail(query);
+        };
         let relayed = if tcp {
             self.relay_tcp(query).await
         } else {
@@ -141,13 +151,19 @@ impl DnsProxy {
     }
 
     pub async fn serve_tcp(self: Arc<Self>, l: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
         loop {
             let Ok((mut s, _)) = l.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(s);
+                continue;
+            };
             let this = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 while let Some(query) =
                     tokio::time::timeout(Duration::from_secs(30), read_framed(&mut s))
                         .await
@@ -196,6 +212,7 @@ mod tests {
         DnsProxy {
             table: Arc::new(ArcSwap::from_pointee(table)),
             upstream: None,
+            relays: tokio::sync::Semaphore::new(MAX_RELAYS_IN_FLIGHT),
         }
     }
 

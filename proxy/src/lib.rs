@@ -429,6 +429,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         let proxy = Arc::new(dns::DnsProxy {
             table: table.clone(),
             upstream,
+            relays: tokio::sync::Semaphore::new(dns::MAX_RELAYS_IN_FLIGHT),
         });
         tokio::spawn(proxy.clone().serve_udp(udp));
         tokio::spawn(proxy.serve_tcp(tcp));

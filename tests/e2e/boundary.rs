@@ -330,3 +330,53 @@ async fn a_slow_client_of_the_probe_and_admin_servers_is_cut_off() {
     // And the probe still answers.
     assert_eq!(proxy.get("probe", "/live").await.0, 200);
 }
+
+/// The DNS proxy relays at most MAX_RELAYS_IN_FLIGHT (256) queries at once: with an upstream
+/// that never answers, 600 queries hold at most 256 sockets; the rest are answered SERVFAIL at
+/// once (each relay held a socket and a 64 KiB buffer for 5 s, without a bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dns_proxy_relays_a_bounded_number_of_queries_at_once() {
+    // An upstream that takes queries and never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let upstream = silent.local_addr().unwrap().to_string();
+    let proxy = weft_tests::proxy::Proxy::start(&[
+        "--dns-addr",
+        "127.0.0.1:0",
+        "--dns-upstream",
+        &upstream,
+    ]);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(proxy.addr("dns")).await.unwrap();
+    for i in 0..600u16 {
+        // A query for example.org, type A, id i.
+        let mut q = i.to_be_bytes().to_vec();
+        q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        q.extend_from_slice(b"\x07example\x03org\x00\x00\x01\x00\x01");
+        client.send(&q).await.unwrap();
+    }
+    // The answers that come at once are SERVFAIL (rcode 2), for the queries over the bound.
+    let mut servfails = 0;
+    let mut buf = [0u8; 512];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf)).await
+    {
+        if n > 3 && buf[3] & 0x0f == 2 {
+            servfails += 1;
+        }
+        if servfails == 600 - 256 {
+            break;
+        }
+    }
+    let held = fds().saturating_sub(before);
+    assert!(held <= 256 + 8, "{held} descriptors held for relays");
+    // (UDP: some of a burst of 600 may be lost on the way in or out.)
+    assert!(
+        servfails > 0,
+        "the queries over the bound are answered at once"
+    );
+}
