@@ -164,6 +164,11 @@ pub struct Config {
     #[command(flatten)]
     pub upstream: UpstreamConfig,
 
+    /// Connections each listener (outbound, inbound, `--outbound-tcp`) holds at once, tunnels
+    /// included; beyond, a new one is closed at once (`weft_tcp_refused_total`).
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
     /// How long in-flight requests and streams may run once draining has begun.
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace_period: Duration,

@@ -375,6 +375,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             delivery: delivery.clone(),
             local: local.clone(),
             default_authz: cfg.mtls.default_authz,
+            max_connections: cfg.max_connections,
         })
     };
     tokio::spawn(listener(outbound_http.clone(), TcpTarget::None, None).run(outbound));

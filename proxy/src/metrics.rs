@@ -192,6 +192,8 @@ impl std::fmt::Debug for TargetMetrics {
 pub struct ConnMetrics {
     pub open: IntGauge,
     pub accepted: IntCounter,
+    /// `weft_tcp_refused_total`: closed at once, the listener holding `--max-connections`.
+    pub refused: IntCounter,
     pub read_bytes: IntCounter,
     pub write_bytes: IntCounter,
     /// `weft_protocol_detect_total`, one handle per entry of [`PROTOCOLS`].
@@ -210,20 +212,32 @@ impl ConnMetrics {
     }
 }
 
-/// One open accepted connection in `weft_tcp_open_connections`: counted while this lives.
+/// One open accepted connection in `weft_tcp_open_connections`: counted while this lives, and
+/// holding its listener's slot (`--max-connections`), tunnels it upgraded into included.
 #[derive(Debug)]
-pub struct OpenConn(Arc<ConnMetrics>);
+pub struct OpenConn {
+    metrics: Arc<ConnMetrics>,
+    /// Given back when the last holder is gone.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl OpenConn {
     pub fn new(m: Arc<ConnMetrics>) -> Self {
+        Self::holding(m, None)
+    }
+
+    pub fn holding(m: Arc<ConnMetrics>, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
         m.open.inc();
-        OpenConn(m)
+        OpenConn {
+            metrics: m,
+            _slot: slot,
+        }
     }
 }
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.0.open.dec();
+        self.metrics.open.dec();
     }
 }
 
@@ -270,6 +284,14 @@ impl Metrics {
         .unwrap();
         let accepted = IntCounterVec::new(
             opts("tcp_accepted_total", "TCP connections accepted."),
+            &["direction"],
+        )
+        .unwrap();
+        let refused = IntCounterVec::new(
+            opts(
+                "tcp_refused_total",
+                "TCP connections closed at once: the listener held --max-connections.",
+            ),
             &["direction"],
         )
         .unwrap();
@@ -410,7 +432,9 @@ impl Metrics {
         reg(Box::new(tls.cert_expiry.clone()));
         reg(Box::new(tls.renewals.clone()));
         reg(Box::new(tls.renewal_failures.clone()));
-        for c in [&requests, &responses, &accepted, &read, &write, &detected] {
+        for c in [
+            &requests, &responses, &accepted, &refused, &read, &write, &detected,
+        ] {
             reg(Box::new(c.clone()));
         }
         reg(Box::new(latency.clone()));
@@ -507,6 +531,7 @@ impl Metrics {
             Arc::new(ConnMetrics {
                 open: open.with_label_values(&l),
                 accepted: accepted.with_label_values(&l),
+                refused: refused.with_label_values(&l),
                 read_bytes: read.with_label_values(&l),
                 write_bytes: write.with_label_values(&l),
                 detected: PROTOCOLS.map(|p| detected.with_label_values(&[d.as_str(), p])),

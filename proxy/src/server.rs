@@ -76,6 +76,8 @@ pub struct Listener {
     pub local: Arc<LocalAddrs>,
     /// Inbound: what a destination no policy guards does with a caller.
     pub default_authz: crate::inbound::DefaultAuthz,
+    /// Connections held at once (`--max-connections`).
+    pub max_connections: usize,
 }
 
 /// Whether a refusal an attacker can repeat at will is logged now: at most one line a second
@@ -93,6 +95,7 @@ impl Listener {
     /// are refused while accepted ones finish.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         let drain = self.http.drain.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections.max(1)));
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -100,8 +103,13 @@ impl Listener {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        self.metrics.conns(self.http.direction).refused.inc();
+                        drop(stream);
+                        continue;
+                    };
                     let this = self.clone();
-                    drain.spawn(async move { this.serve(stream, peer).await });
+                    drain.spawn(async move { this.serve(stream, peer, slot).await });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly rather than spin.
@@ -113,13 +121,18 @@ impl Listener {
         drop(listener);
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let direction = self.http.direction;
         let conns = self.metrics.conns(direction).clone();
         conns.accepted.inc();
         // Held by the connection and by any tunnel it upgrades into; the gauge drops when the
         // last of them ends.
-        let open = Arc::new(OpenConn::new(conns.clone()));
+        let open = Arc::new(OpenConn::holding(conns.clone(), Some(slot)));
         transport::set_stream_options(&stream);
         let orig_dst = orig_dst::original_dst(&stream);
         if !self.admits(direction, peer, orig_dst) {
