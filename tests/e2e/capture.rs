@@ -233,12 +233,18 @@ pub(crate) fn run(cmd: &mut Command) -> (bool, String) {
     )
 }
 
-/// One sample of a sidecar's metrics, read inside its namespace.
+/// One sample of a sidecar's metrics, read inside its namespace; fails the test when the
+/// series is missing.
 pub(crate) fn metric(ns: &Netns, series: &str) -> f64 {
-    let (_, text) = run(&mut ns.cmd(&["curl", "-s", "http://127.0.0.1:15020/metrics"]));
+    try_metric(ns, series).unwrap_or_else(|| panic!("series `{series}` is not in the metrics"))
+}
+
+/// One sample of a sidecar's metrics, or `None` while the series does not exist yet.
+pub(crate) fn try_metric(ns: &Netns, series: &str) -> Option<f64> {
+    let (ok, text) = run(&mut ns.cmd(&["curl", "-sf", "http://127.0.0.1:15020/metrics"]));
+    assert!(ok, "GET /metrics in the namespace: {text}");
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A TCP client (bash's `/dev/tcp`): connects, sends a line, prints the line that comes back.

@@ -40,10 +40,22 @@ async fn run(
 }
 
 /// The sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
+/// The sum of the samples of `name` whose labels include all of `labels`; fails the test
+/// when there is none.
 async fn metric(proxy: &Proxy, name: &str, labels: &[&str]) -> f64 {
-    proxy
-        .metrics()
-        .await
+    try_metric(proxy, name, labels).await.unwrap_or_else(|| {
+        panic!(
+            "no series `{name}` with {labels:?} in the metrics of pid {}",
+            proxy.pid()
+        )
+    })
+}
+
+/// As `metric`, `None` while no such series exists (a labelled counter appears with its
+/// first event).
+async fn try_metric(proxy: &Proxy, name: &str, labels: &[&str]) -> Option<f64> {
+    let text = proxy.metrics().await;
+    let values: Vec<f64> = text
         .lines()
         .filter(|l| {
             l.strip_prefix(name)
@@ -51,7 +63,8 @@ async fn metric(proxy: &Proxy, name: &str, labels: &[&str]) -> f64 {
         })
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 fn served(p: &Peer) -> usize {
@@ -310,13 +323,15 @@ async fn mirroring_faults_and_rate_limits_act_at_their_rates() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let count = |result: &'static str| {
         let proxy = &proxy;
+        // Each result's series appears with its first copy.
         async move {
-            metric(
+            try_metric(
                 proxy,
                 "weft_mirrored_requests_total",
                 &["mirror.test:80", result],
             )
             .await
+            .unwrap_or(0.0)
         }
     };
     loop {
@@ -561,10 +576,10 @@ async fn a_mirror_that_never_answers_holds_a_bounded_number_of_copies() {
         &["result=\"failed\""],
     )
     .await;
-    let sent = metric(&proxy, "weft_mirrored_requests_total", &["result=\"sent\""]).await;
+    let sent = try_metric(&proxy, "weft_mirrored_requests_total", &["result=\"sent\""]).await;
     assert_eq!(
         (failed, sent),
-        (36.0, 0.0),
+        (36.0, None),
         "64 copies held by the hole, 36 not made"
     );
 }

@@ -163,16 +163,34 @@ impl Proxy {
         } else {
             "metrics"
         };
-        self.get(listener, "/metrics").await.1
+        let (status, body) = self.get(listener, "/metrics").await;
+        assert_eq!(status, 200, "GET /metrics of pid {}: {body}", self.pid());
+        body
     }
 
-    /// The value of one sample in the proxy's metrics (`name{labels}` as exposed), or 0.
+    /// The value of one sample in the proxy's metrics (`name{labels}` exactly as exposed).
+    /// Fails the test when the series is missing, naming it and the series of that name
+    /// that are there: a misspelt label must not read as 0.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .await
+        let text = self.metrics().await;
+        if let Some(v) = sample(&text, series) {
+            return v;
+        }
+        let name = series.split('{').next().unwrap_or(series);
+        let present: Vec<&str> = text
             .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+            .filter(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name))
+            .collect();
+        panic!(
+            "series `{series}` is not in the metrics of pid {}; series named `{name}`: {present:#?}",
+            self.pid()
+        )
+    }
+
+    /// The value of one sample, or `None` while the series does not exist yet (a labelled
+    /// counter appears with its first event): for polls and for "never happened" checks.
+    pub async fn try_metric(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics().await, series)
     }
 
     pub async fn config_dump(&self) -> serde_json::Value {
@@ -190,6 +208,12 @@ impl Proxy {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.child.wait_timeout(timeout)
     }
+}
+
+/// The value of `series` (`name{labels}` as exposed) in a Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 pub fn rss_of(pid: u32) -> u64 {
