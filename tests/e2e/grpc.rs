@@ -253,7 +253,10 @@ async fn route_timeout_fails_grpc_calls_with_deadline_exceeded() {
     )
     .await;
     let series = r#"weft_response_total{direction="outbound",grpc_status="4",status_code="200",target="echo.test:8080"}"#;
-    assert_eq!(chain.a.metric(series).await, 1.0);
+    eventually(Duration::from_secs(5), series, || async {
+        (chain.a.try_metric(series).await == Some(1.0)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,6 +423,7 @@ async fn deadlines_end_slow_calls_promptly() {
         grpcTimeoutMax: 300ms
       - match: {{path: {{prefix: /hang}}, headers: [{{name: x-idle}}]}}
         idleTimeout: 200ms
+        timeout: 20s
       - timeout: 300ms
   - name: guarded.test
     port: 80
@@ -465,7 +466,8 @@ async fn deadlines_end_slow_calls_promptly() {
         .unwrap();
     assert_eq!(rsp.status(), 504);
     assert!(start.elapsed() < Duration::from_millis(1500));
-    // A stream idle timeout also bounds the wait for headers.
+    // A stream idle timeout also bounds the wait for headers: the route's 20 s timeout
+    // does not decide (a window wide enough for a loaded machine tells the two apart).
     let start = Instant::now();
     let rsp = h2
         .send_request(
@@ -477,11 +479,10 @@ async fn deadlines_end_slow_calls_promptly() {
         .await
         .unwrap();
     assert_eq!(rsp.status(), 504);
+    let took = start.elapsed();
     assert!(
-        start.elapsed() >= Duration::from_millis(200)
-            && start.elapsed() < Duration::from_millis(290),
-        "the idle timeout (200 ms), not the route's 300 ms: {:?}",
-        start.elapsed()
+        took >= Duration::from_millis(200) && took < Duration::from_secs(10),
+        "the idle timeout (200 ms), not the route's 20 s: {took:?}"
     );
 
     // A cluster limit of one request: a second, concurrent one fails fast with 503.
@@ -489,7 +490,7 @@ async fn deadlines_end_slow_calls_promptly() {
     let seen = served(&slow);
     let first = tokio::spawn(http_peer::exchange(
         addr,
-        Request::get("/delay?ms=500").header("host", "guarded.test"),
+        Request::get("/delay?ms=2000").header("host", "guarded.test"),
         String::new(),
     ));
     // Until the first holds the cluster's one permit (the backend has it).
@@ -507,7 +508,13 @@ async fn deadlines_end_slow_calls_promptly() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("requests limit reached"), "{body}");
-    assert!(start.elapsed() < Duration::from_millis(300));
+    // Fast: refused while the first still holds the permit, not queued behind it.
+    assert!(!first.is_finished(), "the 503 waited for the first request");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(
         metric(
