@@ -590,3 +590,126 @@ async fn a_mirror_that_never_answers_holds_a_bounded_number_of_copies() {
         "64 copies held by the hole, 36 not made"
     );
 }
+
+/// A cluster's `maxPendingRequests` and `maxConnections`, end to end: with one upstream
+/// HTTP/1 connection per endpoint held by a slow request, one more request waits for it and
+/// the next is turned away at once (503, counted); an opaque TCP service limited to one
+/// connection closes a second at once, and takes a new one once the first has closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_and_connections_are_bounded_per_cluster() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slow = http_peer::server("slow").await;
+    let echo = weft_tests::tcp_peer::echo_server(false).await;
+    let dir = TempDir::new("limits");
+    let cfg = dir.write(
+        "mesh.yaml",
+        &format!(
+            "services:
+  - name: pending.test
+    port: 80
+    circuitBreaker: {{maxPendingRequests: 1}}
+    endpoints: [{{address: '{}'}}]
+  - name: conns.test
+    port: 9000
+    protocol: tcp
+    circuitBreaker: {{maxConnections: 1}}
+    endpoints: [{{address: '{echo}'}}]
+",
+            slow.addr
+        ),
+    );
+    let proxy = Proxy::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--http1-max-connections-per-endpoint",
+        "1",
+        "--outbound-tcp",
+        "127.0.0.1:0=conns.test:9000",
+    ]);
+    let addr = proxy.addr("outbound");
+    let send = move |path: &'static str| async move {
+        let (status, body) = http_peer::exchange(
+            addr,
+            Request::get(path).header("host", "pending.test"),
+            String::new(),
+        )
+        .await;
+        (status, body, Instant::now())
+    };
+
+    // The first request holds the endpoint's one connection for 3 s.
+    let seen = served(&slow);
+    let first = tokio::spawn(send("/delay?ms=3000"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served(&slow) == seen {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Two more at once: whichever comes first waits for the connection (the one pending
+    // request allowed), the other is refused without waiting.
+    let (b, c) = tokio::join!(send("/id"), send("/id"));
+    let (_, _, first_done) = first.await.unwrap();
+    let (mut served_ok, mut refused) = (0, 0);
+    for (status, body, done) in [b, c] {
+        match status {
+            200 => served_ok += 1,
+            503 => {
+                assert!(body.contains("pending limit reached"), "{body}");
+                assert!(done < first_done, "the refusal waited for the connection");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((served_ok, refused), (1, 1));
+    assert_eq!(
+        metric(
+            &proxy,
+            "weft_circuit_breaker_overflow_total",
+            &["pending.test:80", "limit=\"pending\""]
+        )
+        .await,
+        1.0
+    );
+
+    // One opaque connection at a time.
+    let tcp = proxy.addr("outbound-tcp conns.test:9000");
+    let ping = |mut s: tokio::net::TcpStream| async move {
+        s.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("the echo answers")
+            .map(|_| (s, back))
+    };
+    let (held, back) = ping(tokio::net::TcpStream::connect(tcp).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    let mut second = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("the connection over the limit is closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(
+        metric(
+            &proxy,
+            "weft_circuit_breaker_overflow_total",
+            &["conns.test:9000", "limit=\"connections\""]
+        )
+        .await,
+        1.0
+    );
+    // The permit comes back with the connection.
+    drop(held);
+    weft_tests::eventually(
+        Duration::from_secs(10),
+        "a connection after the first closed",
+        || async {
+            let s = tokio::net::TcpStream::connect(tcp).await.ok()?;
+            ping(s).await.ok().map(|_| ())
+        },
+    )
+    .await;
+}
