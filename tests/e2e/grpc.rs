@@ -334,10 +334,10 @@ async fn client_stream_messages_arrive_as_they_are_sent() {
 async fn proxy_errors_are_grpc_shaped() {
     // A's table points at an endpoint where nothing listens.
     let (server, _) = grpc::server().await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Bound and never listening, held to the end so no other test's server takes the port.
+    let dead_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    dead_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = dead_socket.local_addr().unwrap();
     let chain = Chain::start_with(server, &[], |_| {
         format!(
             "services:\n  - name: echo.test\n    port: 8080\n    endpoints:\n      - address: {dead}\n  - name: empty.test\n    port: 8080\n"

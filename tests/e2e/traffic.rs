@@ -71,10 +71,12 @@ fn served(p: &Peer) -> usize {
     p.state.requests.load(Ordering::SeqCst)
 }
 
-/// A port nothing listens on: connections to it are refused.
-async fn dead_port() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// A port nothing listens on: connections to it are refused. The socket stays bound (and
+/// never listens) while the returned guard lives, so no other test's server can take the port.
+fn dead_port() -> (std::net::SocketAddr, tokio::net::TcpSocket) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (s.local_addr().unwrap(), s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +87,7 @@ async fn retries_absorb_connect_failures_and_the_budget_bounds_a_failing_backend
         http_peer::server("c").await,
         http_peer::server("d").await,
     ];
-    let dead = dead_port().await;
+    let (dead, _dead_guard) = dead_port();
     let failing = http_peer::server("failing").await;
     failing.state.status.store(503, Ordering::SeqCst);
     let dir = TempDir::new("retries");
