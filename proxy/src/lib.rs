@@ -150,6 +150,25 @@ fn start_identity(
     Ok(Some(id))
 }
 
+/// The DNS proxy's UDP socket and TCP listener, on one port. With port 0 the TCP port is
+/// the one UDP got; when that port is taken for TCP, another is tried (a few times).
+async fn bind_dns(
+    addr: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener), StartError> {
+    let mut tries = if addr.port() == 0 { 16 } else { 1 };
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(bind_err("DNS (UDP)", addr))?;
+        let got = udp.local_addr()?;
+        match tokio::net::TcpListener::bind(got).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+            Err(e) => return Err(bind_err("DNS (TCP)", got)(e)),
+        }
+    }
+}
+
 fn bind_err(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError {
     let what = what.to_string();
     move |source| StartError::Bind { what, addr, source }
@@ -271,17 +290,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         extra.push((m.service.clone(), l));
     }
     let dns = match cfg.dns_addr {
-        Some(addr) => {
-            let udp = tokio::net::UdpSocket::bind(addr)
-                .await
-                .map_err(bind_err("DNS (UDP)", addr))?;
-            // TCP on the port UDP got, so the DNS proxy has one port (also with port 0).
-            let addr = udp.local_addr()?;
-            let tcp = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(bind_err("DNS (TCP)", addr))?;
-            Some((udp, tcp))
-        }
+        Some(addr) => Some(bind_dns(addr).await?),
         None => None,
     };
     let admin_l =
