@@ -47,9 +47,9 @@ impl Mesh {
         Self::start(protocol, policies, false).await
     }
 
-    /// The mesh with the client proxy's ADS stream through a [`Relay`] (state of the world).
-    async fn with_relay() -> Mesh {
-        Self::start("sotw", false, true).await
+    /// The mesh with the client proxy's ADS stream (`protocol`) through a [`Relay`].
+    async fn with_relay(protocol: &str) -> Mesh {
+        Self::start(protocol, false, true).await
     }
 
     async fn start(protocol: &str, policies: bool, relay: bool) -> Mesh {
@@ -162,7 +162,8 @@ fn client_proxy(xds: &SocketAddr, protocol: &str) -> Proxy {
 
 /// In a RouteConfiguration response, every header match by the regex `from` becomes one by `to`.
 fn replace_header_regex(
-    rsp: &mut weft_xds_proto::discovery::DiscoveryResponse,
+    type_url: &str,
+    any: &mut weft_xds_proto::google::protobuf::Any,
     from: &str,
     to: &str,
 ) {
@@ -171,27 +172,25 @@ fn replace_header_regex(
         config::route::v3::{RouteConfiguration, header_matcher::HeaderMatchSpecifier},
         r#type::matcher::v3::string_matcher::MatchPattern,
     };
-    if rsp.type_url != weft_xds_proto::type_url::ROUTE {
+    if type_url != weft_xds_proto::type_url::ROUTE {
         return;
     }
-    for any in &mut rsp.resources {
-        let mut rc = RouteConfiguration::decode(&*any.value).unwrap();
-        let headers = rc
-            .virtual_hosts
-            .iter_mut()
-            .flat_map(|v| &mut v.routes)
-            .flat_map(|r| &mut r.r#match)
-            .flat_map(|m| &mut m.headers);
-        for h in headers {
-            if let Some(HeaderMatchSpecifier::StringMatch(sm)) = &mut h.header_match_specifier
-                && let Some(MatchPattern::SafeRegex(re)) = &mut sm.match_pattern
-                && re.regex == from
-            {
-                re.regex = to.into();
-            }
+    let mut rc = RouteConfiguration::decode(&*any.value).unwrap();
+    let headers = rc
+        .virtual_hosts
+        .iter_mut()
+        .flat_map(|v| &mut v.routes)
+        .flat_map(|r| &mut r.r#match)
+        .flat_map(|m| &mut m.headers);
+    for h in headers {
+        if let Some(HeaderMatchSpecifier::StringMatch(sm)) = &mut h.header_match_specifier
+            && let Some(MatchPattern::SafeRegex(re)) = &mut sm.match_pattern
+            && re.regex == from
+        {
+            re.regex = to.into();
         }
-        any.value = rc.encode_to_vec();
     }
+    any.value = rc.encode_to_vec();
 }
 
 async fn wait_ready(p: &Proxy) {
@@ -492,7 +491,18 @@ async fn two_hundred_pushes_under_load_drop_nothing_and_the_split_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_the_proxy_rejects_keeps_the_old_routes_and_shows_in_proxy_status() {
-    let m = Mesh::with_relay().await;
+    rejected_policy("sotw").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_the_proxy_rejects_over_delta_xds_keeps_the_old_routes() {
+    rejected_policy("delta").await;
+}
+
+/// A route the proxy rejects (NACK), over the ADS variant `protocol`: the old routes stay in
+/// force, and the proxy, `proxy-status` and `config-dump` say what was rejected.
+async fn rejected_policy(protocol: &str) {
+    let m = Mesh::with_relay(protocol).await;
     wait_ready(&m.client).await;
     let work = TempDir::new("mesh-policies");
 
@@ -533,7 +543,7 @@ async fn a_policy_the_proxy_rejects_keeps_the_old_routes_and_shows_in_proxy_stat
     m.relay
         .as_ref()
         .unwrap()
-        .tamper(|rsp| replace_header_regex(rsp, "u[0-9]+", r"\w{100}"));
+        .tamper(|type_url, any| replace_header_regex(type_url, any, "u[0-9]+", r"\w{100}"));
     let bad = mesh::split_policy("web", 8080, (100, 0)).replace(
         "    - name: split\n",
         "    - name: users\n      match: {headers: [{name: x-user, regex: 'u[0-9]+'}]}\n      backends: [{subset: v1}]\n    - name: split\n",
@@ -574,7 +584,7 @@ async fn a_policy_the_proxy_rejects_keeps_the_old_routes_and_shows_in_proxy_stat
     assert_eq!(code, Some(0), "{err}");
     let dump: serde_json::Value = serde_json::from_str(&out).unwrap();
     let routes = &dump["types"][weft_xds_proto::type_url::ROUTE];
-    assert_eq!(dump["stream"], "sotw");
+    assert_eq!(dump["stream"], protocol);
     assert!(
         routes["lastNack"]["error"]
             .as_str()

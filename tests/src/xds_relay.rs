@@ -1,5 +1,6 @@
-//! An ADS relay for tests: it stands between a proxy and the control plane, forwards
-//! state-of-the-world ADS both ways, and changes responses on their way down when a test asks.
+//! An ADS relay for tests: it stands between a proxy and the control plane, forwards ADS
+//! both ways (state of the world or delta, as the proxy speaks), and changes resources on
+//! their way down when a test asks.
 //! It plays a control plane of another version, whose resources a proxy may reject: weft's own
 //! control plane validates with the proxy's checks, so it never sends one.
 
@@ -18,9 +19,11 @@ use weft_xds_proto::discovery::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceClient, AggregatedDiscoveryServiceServer,
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use weft_xds_proto::google::protobuf::Any;
 
-/// What a test does to each response on its way to the proxy.
-type Tamper = Arc<Mutex<Option<Box<dyn Fn(&mut DiscoveryResponse) + Send>>>>;
+/// What a test does to a resource (its type URL, its encoding) on its way to the proxy.
+type TamperFn = dyn Fn(&str, &mut Any) + Send;
+type Tamper = Arc<Mutex<Option<Box<TamperFn>>>>;
 
 pub struct Relay {
     /// Where proxies connect (plaintext gRPC).
@@ -52,8 +55,9 @@ impl Relay {
         }
     }
 
-    /// From now on, `f` changes every response relayed (those already sent stay as they were).
-    pub fn tamper(&self, f: impl Fn(&mut DiscoveryResponse) + Send + 'static) {
+    /// From now on, `f` changes every resource relayed, given its type URL (those already
+    /// sent stay as they were).
+    pub fn tamper(&self, f: impl Fn(&str, &mut Any) + Send + 'static) {
         *self.tamper.lock().unwrap() = Some(Box::new(f));
     }
 }
@@ -78,36 +82,65 @@ impl AggregatedDiscoveryService for Svc {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(self.upstream.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("the control plane: {e}")))?;
+        let mut client = self.client().await?;
         // Requests (ACKs and NACKs included) go up as they are.
         let requests = req.into_inner().map_while(Result::ok);
-        let mut up = client
+        let up = client
             .stream_aggregated_resources(requests)
             .await?
             .into_inner();
+        Ok(self.relay_down(up, |rsp, f| {
+            for any in &mut rsp.resources {
+                f(&rsp.type_url, any);
+            }
+        }))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut client = self.client().await?;
+        let requests = req.into_inner().map_while(Result::ok);
+        let up = client
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner();
+        Ok(self.relay_down(up, |rsp, f| {
+            for any in rsp.resources.iter_mut().filter_map(|r| r.resource.as_mut()) {
+                f(&rsp.type_url, any);
+            }
+        }))
+    }
+}
+
+impl Svc {
+    async fn client(
+        &self,
+    ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, Status> {
+        AggregatedDiscoveryServiceClient::connect(self.upstream.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("the control plane: {e}")))
+    }
+
+    /// Relays the control plane's responses down, each through `each` with the tamper.
+    fn relay_down<T: Send + 'static>(
+        &self,
+        mut up: Streaming<T>,
+        each: fn(&mut T, &TamperFn),
+    ) -> Response<ReceiverStream<Result<T, Status>>> {
         let (tx, rx) = mpsc::channel(16);
         let tamper = self.tamper.clone();
         tokio::spawn(async move {
             while let Some(Ok(mut rsp)) = up.next().await {
                 if let Some(f) = &*tamper.lock().unwrap() {
-                    f(&mut rsp);
+                    each(&mut rsp, f);
                 }
                 if tx.send(Ok(rsp)).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        _req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "the test relay speaks state-of-the-world ADS only",
-        ))
+        Response::new(ReceiverStream::new(rx))
     }
 }
