@@ -369,3 +369,47 @@ async fn draining_sends_goaway() {
     );
     assert!(proxy.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// A downstream request's headers are bounded: over HTTP/2 a header list over 16 KiB
+/// (hyper's SETTINGS_MAX_HEADER_LIST_SIZE, which the proxy advertises) is answered 431 and
+/// never forwarded; over HTTP/1.1, more than 100 header fields are (hyper's limit; a header
+/// section over about 400 KiB is too). Real curl for HTTP/2, raw bytes for HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_over_their_bounds_are_refused_with_431() {
+    let Some(curl) = weft_tests::tools::require("curl") else {
+        return;
+    };
+    let peer = http_peer::server("s1").await;
+    let chain = Chain::start(peer.addr);
+    let target = format!("echo.test:8080:{}", chain.outbound());
+    let h2 = |len: usize| {
+        let out = std::process::Command::new(&curl)
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10"])
+            .args(["--http2-prior-knowledge", "--connect-to", &target])
+            .args(["-H", &format!("x-big: {}", "a".repeat(len))])
+            .arg("http://echo.test:8080/id")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(h2(12_000), "200");
+    let served = peer.state.requests.load(Ordering::SeqCst);
+    assert_eq!(h2(20_000), "431");
+    assert_eq!(peer.state.requests.load(Ordering::SeqCst), served);
+
+    let h1 = |fields: usize| {
+        let mut req = b"GET /id HTTP/1.1\r\nHost: echo.test:8080\r\nConnection: close\r\n".to_vec();
+        for i in 0..fields {
+            req.extend_from_slice(format!("x-h{i}: 1\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        let outbound = chain.outbound();
+        async move { weft_tests::raw_exchange(outbound, &req).await }
+    };
+    let rsp = h1(90).await;
+    assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    let served = peer.state.requests.load(Ordering::SeqCst);
+    let rsp = h1(150).await;
+    assert!(rsp.starts_with("HTTP/1.1 431"), "{rsp}");
+    assert_eq!(peer.state.requests.load(Ordering::SeqCst), served);
+}
