@@ -71,6 +71,16 @@ fn served(p: &Peer) -> usize {
     p.state.requests.load(Ordering::SeqCst)
 }
 
+/// Waits until `p` has been sent a request beyond the `seen` it had.
+async fn arrived(p: &Peer, seen: usize) {
+    weft_tests::eventually(
+        Duration::from_secs(5),
+        "the first request to arrive",
+        || async { (served(p) > seen).then_some(()) },
+    )
+    .await;
+}
+
 /// A port nothing listens on: connections to it are refused. The socket stays bound (and
 /// never listens) while the returned guard lives, so no other test's server can take the port.
 fn dead_port() -> (std::net::SocketAddr, tokio::net::TcpSocket) {
@@ -496,11 +506,7 @@ async fn deadlines_end_slow_calls_promptly() {
         String::new(),
     ));
     // Until the first holds the cluster's one permit (the backend has it).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while served(&slow) == seen {
-        assert!(Instant::now() < deadline, "the first request never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    arrived(&slow, seen).await;
     let start = Instant::now();
     let (status, body) = http_peer::exchange(
         addr,
@@ -642,11 +648,7 @@ async fn pending_requests_and_connections_are_bounded_per_cluster() {
     // The first request holds the endpoint's one connection for 3 s.
     let seen = served(&slow);
     let first = tokio::spawn(send("/delay?ms=3000"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while served(&slow) == seen {
-        assert!(Instant::now() < deadline, "the first request never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    arrived(&slow, seen).await;
     // Two more at once: whichever comes first waits for the connection (the one pending
     // request allowed), the other is refused without waiting.
     let (b, c) = tokio::join!(send("/id"), send("/id"));
