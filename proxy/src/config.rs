@@ -593,6 +593,13 @@ pub struct UpstreamConfig {
     #[arg(long, env = "WEFT_HTTP_UPGRADES", value_delimiter = ',', default_value = "websocket", value_parser = parse_upgrade)]
     pub http_upgrades: Vec<String>,
 
+    /// The longest a request waits for room at an endpoint: an HTTP/1.1 connection to come
+    /// free (all `--http1-max-connections-per-endpoint` in use) or a stream on its HTTP/2
+    /// connection (at the server's `SETTINGS_MAX_CONCURRENT_STREAMS`). Past it the request
+    /// fails with 503 (`weft_pending_timeouts_total`).
+    #[arg(long, env = "WEFT_PENDING_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub pending_timeout: Duration,
+
     /// An upstream connection unused for this long is closed.
     #[arg(long = "upstream-idle-timeout", env = "WEFT_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "90s")]
     pub idle_timeout: Duration,

@@ -33,7 +33,7 @@ use crate::{
     drain::Drain,
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, Peer},
     metrics::{AuthzProtocol, Direction, OpenConn, TargetMetrics},
-    pool::{Pending, Pools, Received},
+    pool::{Pools, Received, Waiter},
     table::{Cluster, Protocol, Route, Service, SharedTable},
     traffic::{self, Limit},
 };
@@ -662,7 +662,7 @@ impl HttpProxy {
             (RequestBody::replay(shared.first()), Replay::Kept(shared))
         };
         let head = keep.then(|| Head::of(&parts));
-        let mut req = Request::from_parts(parts, first);
+        let req = Request::from_parts(parts, first);
         if let (Some(m), Some(head), Some(r)) = (mirror, &head, &to.routed) {
             self.mirror(m, head, &replay, dest.protocol, &r.svc.metrics);
         }
@@ -670,15 +670,6 @@ impl HttpProxy {
             && retry.is_some()
         {
             r.svc.budget.deposit();
-        }
-        if let Some(r) = &to.routed {
-            match r.cluster.permit(Limit::Pending, &dest.metrics) {
-                Ok(Some(p)) => {
-                    req.extensions_mut().insert(Pending(Arc::new(p)));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(Box::new(to.fail(e.into()))),
-            }
         }
         Ok(Call {
             req: Some(req),
@@ -875,7 +866,7 @@ impl HttpProxy {
             metrics.mirrored(false);
             return;
         };
-        let (addr, identity) = (ep.addr, ep.identity.clone());
+        let (addr, identity, cluster) = (ep.addr, ep.identity.clone(), m.cluster.clone());
         let mut req = head.clone().shadow().request(body);
         if self
             .for_endpoint(&mut req, identity.as_ref(), protocol, false)
@@ -889,7 +880,14 @@ impl HttpProxy {
         tokio::spawn(async move {
             let _permit = permit;
             let sent = async {
-                let rsp = pools.send(addr, identity.as_ref(), req, false).await.ok()?;
+                let wait = Waiter {
+                    metrics: &metrics,
+                    cluster: Some(&cluster),
+                };
+                let rsp = pools
+                    .send(addr, identity.as_ref(), req, false, wait)
+                    .await
+                    .ok()?;
                 http_body_util::BodyExt::collect(rsp.into_body()).await.ok()
             };
             let answered = matches!(
@@ -928,7 +926,11 @@ impl HttpProxy {
             let in_flight = ep.2.as_ref().map(|s| s.start());
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let res = {
-                let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade);
+                let wait = Waiter {
+                    metrics: &dest.metrics,
+                    cluster: routed.map(|r| &*r.cluster),
+                };
+                let sent = self.pools.send(ep.0, ep.1.as_ref(), req, upgrade, wait);
                 // A timeout too long to represent is none.
                 Within::new(sent, per_try.and_then(|t| Instant::now().checked_add(t)))
                     .await
@@ -944,7 +946,13 @@ impl HttpProxy {
                     Err(_) => f.failed(),
                 }
             }
-            if let (Some(r), Some(state)) = (routed, &ep.2) {
+            // A request that found no room at the endpoint was never sent: outlier detection
+            // learns nothing of the endpoint from it (the balancer does: it was slow to take it).
+            let unsent = matches!(
+                &res,
+                Err(ProxyError::PendingTimeout { .. } | ProxyError::Overflow(_))
+            );
+            if let (Some(r), Some(state), false) = (routed, &ep.2, unsent) {
                 r.cluster.observe(state, outcome, &dest.metrics);
             }
             let (Some(policy), Some(r), Some(head)) = (retry, routed, &head) else {

@@ -69,6 +69,7 @@ struct TrafficFamilies {
     budget_exhausted: IntCounterVec,
     attempts: HistogramVec,
     overflow: IntCounterVec,
+    pending_timeouts: IntCounterVec,
     ejections: IntCounterVec,
     ejected: IntGaugeVec,
     rate_limited: IntCounterVec,
@@ -87,6 +88,7 @@ struct TrafficHandles {
     budget_exhausted: OnceLock<IntCounter>,
     attempts: OnceLock<Histogram>,
     overflow: [OnceLock<IntCounter>; crate::traffic::LIMITS.len()],
+    pending_timeouts: OnceLock<IntCounter>,
     ejections: OnceLock<IntCounter>,
     ejected: OnceLock<IntGauge>,
     rate_limited: OnceLock<IntCounter>,
@@ -478,6 +480,14 @@ impl Metrics {
                 &["direction", "target", "limit"],
             )
             .unwrap(),
+            pending_timeouts: IntCounterVec::new(
+                opts(
+                    "pending_timeouts_total",
+                    "Requests failed because no connection or stream to the endpoint came free within --pending-timeout.",
+                ),
+                &dt,
+            )
+            .unwrap(),
             ejections: IntCounterVec::new(
                 opts("outlier_ejections_total", "Endpoints ejected by outlier detection."),
                 &dt,
@@ -514,6 +524,7 @@ impl Metrics {
             &traffic.retries,
             &traffic.budget_exhausted,
             &traffic.overflow,
+            &traffic.pending_timeouts,
             &traffic.ejections,
             &traffic.rate_limited,
             &traffic.faults,
@@ -667,6 +678,17 @@ impl TargetMetrics {
             .attempts
             .get_or_init(|| self.families.attempts.with_label_values(&self.labels()))
             .observe(f64::from(n));
+    }
+
+    pub fn pending_timeout(&self) {
+        self.traffic
+            .pending_timeouts
+            .get_or_init(|| {
+                self.families
+                    .pending_timeouts
+                    .with_label_values(&self.labels())
+            })
+            .inc();
     }
 
     pub fn overflow(&self, limit: crate::traffic::Limit) {

@@ -16,7 +16,9 @@ pub use crate::http::body::{Received, RequestBody};
 use crate::{
     config::UpstreamConfig,
     http::error::ProxyError,
-    metrics::{Direction, Metrics},
+    metrics::{Direction, Metrics, TargetMetrics},
+    table::Cluster,
+    traffic::{Limit, Permit},
     transport::{
         self,
         io::Upstream,
@@ -24,11 +26,33 @@ use crate::{
     },
 };
 
-/// Carried in a request's extensions while it waits for an upstream connection (the
-/// circuit breaker's `maxPendingRequests` counts these); the pool drops it once the request
-/// has a connection.
-#[derive(Debug, Clone)]
-pub struct Pending(pub Arc<crate::traffic::Permit>);
+/// A request that may have to wait for room at an endpoint: the target its waits are counted
+/// under, and the cluster whose `maxPendingRequests` bounds how many wait at once. A unit of
+/// that limit is taken only once the request has to wait (for a connection being made, a
+/// connection of a full HTTP/1.1 pool, or a stream of a full HTTP/2 connection), so a request
+/// that finds room at once costs nothing here.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiter<'a> {
+    pub metrics: &'a TargetMetrics,
+    pub cluster: Option<&'a Cluster>,
+}
+
+impl Waiter<'_> {
+    /// A unit of the cluster's pending-request limit, held while the request waits; at the
+    /// limit, the refusal (counted).
+    fn pending(self) -> Result<Option<Permit>, ProxyError> {
+        match self.cluster {
+            Some(c) => Ok(c.permit(Limit::Pending, self.metrics)?),
+            None => Ok(None),
+        }
+    }
+
+    /// The request waited `after` for room at `addr` in vain (counted).
+    fn timed_out(self, addr: SocketAddr, after: Duration) -> ProxyError {
+        self.metrics.pending_timeout();
+        ProxyError::PendingTimeout { addr, after }
+    }
+}
 
 #[derive(Debug)]
 pub struct Pools {
@@ -89,18 +113,19 @@ impl Pools {
     }
 
     /// Sends `req` to the endpoint at `addr` (which must prove `identity`, if it has one), in
-    /// the request's HTTP version. An `upgrade` request gets a connection of its own that is
-    /// never pooled.
+    /// the request's HTTP version, waiting for room there as `wait` allows. An `upgrade`
+    /// request gets a connection of its own that is never pooled.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
         req: Request<RequestBody>,
         upgrade: bool,
+        wait: Waiter<'_>,
     ) -> Result<Response<Received>, ProxyError> {
         let identity = identity.filter(|_| self.mtls.is_some());
         if req.version() == Version::HTTP_2 {
-            self.h2.send(self, addr, identity, req).await
+            self.h2.send(self, addr, identity, req, wait).await
         } else if upgrade {
             // Boxed: rare, and kept out of every other request's future.
             Box::pin(async {
@@ -109,7 +134,7 @@ impl Pools {
             })
             .await
         } else {
-            self.h1.send(self, addr, identity, req).await
+            self.h1.send(self, addr, identity, req, wait).await
         }
     }
 

@@ -239,7 +239,7 @@ pub struct Cluster {
     pub outlier: Option<Outlier>,
     /// Percent of endpoints that must be in service for ejections to count.
     pub panic_threshold: f64,
-    pub breaker: Option<Breaker>,
+    pub breaker: Breaker,
 }
 
 impl Cluster {
@@ -251,7 +251,7 @@ impl Cluster {
             balancer,
             outlier: None,
             panic_threshold: crate::balance::DEFAULT_PANIC_THRESHOLD,
-            breaker: None,
+            breaker: Breaker::new(&Default::default(), None),
         }
     }
 
@@ -291,16 +291,17 @@ impl Cluster {
         next
     }
 
-    /// One unit of the cluster's `limit` (none to take without a circuit breaker); at the
+    /// One unit of the cluster's `limit` (none to take for a limit it does not set); at the
     /// limit, the refusal is counted and the error for it returned.
     pub fn permit(
         &self,
         limit: Limit,
         metrics: &TargetMetrics,
     ) -> Result<Option<Permit>, OverLimit> {
-        let Some(b) = &self.breaker else {
+        let b = &self.breaker;
+        if !b.limits(limit) {
             return Ok(None);
-        };
+        }
         match b.acquire(limit) {
             Some(p) => Ok(Some(p)),
             None => {
@@ -519,9 +520,9 @@ impl Table {
                 .chain(svc.routes.iter())
                 .flat_map(|r| r.backends.iter());
             for c in clusters {
-                if let Some(b) = &c.breaker {
-                    breakers.entry(c.name.clone()).or_insert_with(|| b.clone());
-                }
+                breakers
+                    .entry(c.name.clone())
+                    .or_insert_with(|| c.breaker.clone());
                 for e in c.endpoints.iter() {
                     states.insert(e.addr, e.state.clone());
                     if let Some(id) = &e.identity {
@@ -755,9 +756,15 @@ impl<'a> Names<'a> {
         }
     }
 
-    /// A cluster's breaker, counting on from the one in force by the cluster's name.
-    pub(crate) fn breaker(&self, cluster: &str, p: &weft_core::policy::CircuitBreaker) -> Breaker {
-        Breaker::new(p, self.previous.breakers.get(cluster))
+    /// A cluster's breaker (`p`, else the default limits), counting on from the one in force
+    /// by the cluster's name.
+    pub(crate) fn breaker(
+        &self,
+        cluster: &str,
+        p: Option<&weft_core::policy::CircuitBreaker>,
+    ) -> Breaker {
+        let default = weft_core::policy::CircuitBreaker::default();
+        Breaker::new(p.unwrap_or(&default), self.previous.breakers.get(cluster))
     }
 
     fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
@@ -882,10 +889,7 @@ fn compile_service(
         let mut c = Cluster::new(name.clone(), members, lb.policy);
         c.outlier = outlier.clone();
         c.panic_threshold = panic_threshold;
-        c.breaker = spec
-            .circuit_breaker
-            .as_ref()
-            .map(|cb| names.breaker(&name, cb));
+        c.breaker = names.breaker(&name, spec.circuit_breaker.as_ref());
         Arc::new(c)
     };
     let all = cluster(

@@ -398,6 +398,11 @@ impl Limit {
     }
 }
 
+/// The `maxPendingRequests` of a cluster that sets none (Envoy's default): requests waiting
+/// for room at an endpoint beyond it fail at once, so a burst cannot queue without bound.
+/// The other limits have no default.
+pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
+
 /// A cluster's circuit-breaker limits and what is in use of each.
 #[derive(Debug, Clone)]
 pub struct Breaker {
@@ -412,12 +417,18 @@ impl Breaker {
         Breaker {
             max: [
                 m(p.max_connections),
-                m(p.max_pending_requests),
+                p.max_pending_requests
+                    .unwrap_or(DEFAULT_MAX_PENDING_REQUESTS),
                 m(p.max_requests),
                 m(p.max_retries),
             ],
             used: previous.map_or_else(Default::default, |b| b.used.clone()),
         }
+    }
+
+    /// Whether `limit` has a maximum (one without is not counted at all).
+    pub fn limits(&self, limit: Limit) -> bool {
+        self.max[limit as usize] != u32::MAX
     }
 
     /// One more in use of `limit`, unless it is at its maximum.

@@ -460,7 +460,7 @@ fn traffic_policies_cross_xds_into_the_table() {
         Some((50, 8, std::time::Duration::from_secs(5)))
     );
     assert_eq!(v2.panic_threshold, 30.0);
-    let b = v2.breaker.as_ref().unwrap();
+    let b = &v2.breaker;
     let _one = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
     let _two = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
     let _three = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();

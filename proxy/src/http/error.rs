@@ -53,6 +53,13 @@ pub enum ProxyError {
     Fault(crate::traffic::Abort),
     #[error(transparent)]
     Overflow(#[from] crate::traffic::OverLimit),
+    #[error(
+        "no room at {addr} (a connection or stream to it) within the pending timeout of {after:?}"
+    )]
+    PendingTimeout {
+        addr: std::net::SocketAddr,
+        after: Duration,
+    },
 }
 
 /// The HTTP/2 error somewhere in `e`'s chain of sources (hyper wraps h2's), if there is one.
@@ -89,7 +96,9 @@ impl ProxyError {
             ProxyError::Fault(crate::traffic::Abort::Grpc(g)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, *g)
             }
-            ProxyError::Overflow(_) => (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE),
+            ProxyError::Overflow(_) | ProxyError::PendingTimeout { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE)
+            }
         }
     }
 

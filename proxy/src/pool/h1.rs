@@ -7,7 +7,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 
-use super::{Clock, Pools, Received, RequestBody};
+use super::{Clock, Pools, Received, RequestBody, Waiter};
 use crate::http::error::ProxyError;
 
 type Sender = http1::SendRequest<RequestBody>;
@@ -82,14 +82,23 @@ impl Pool {
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
         mut req: Request<RequestBody>,
+        wait: Waiter<'_>,
     ) -> Result<Response<Received>, ProxyError> {
         let key: Key = (addr, identity.cloned());
-        // At the limit of connections in use, wait for one to come free.
-        let permit = self
-            .permits(&key)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        // At the limit of connections in use, wait for one to come free, as a pending request
+        // and for no longer than the pending timeout.
+        let active = self.permits(&key);
+        let permit = match active.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let _pending = wait.pending()?;
+                let after = pools.cfg.pending_timeout;
+                match tokio::time::timeout(after, active.acquire_owned()).await {
+                    Ok(p) => p.expect("the semaphore is never closed"),
+                    Err(_) => return Err(wait.timed_out(addr, after)),
+                }
+            }
+        };
         // A pooled connection the server closed while idle hands the request back unsent; it is
         // then tried once on a new connection.
         let mut fresh = false;
@@ -98,11 +107,11 @@ impl Pool {
                 Some(s) => s,
                 None => {
                     fresh = true;
+                    // Waiting for a connection being made is pending too.
+                    let _pending = wait.pending()?;
                     Box::pin(connect(pools, addr, identity, false)).await?
                 }
             };
-            // No longer waiting for a connection.
-            req.extensions_mut().remove::<super::Pending>();
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
                     let rsp = rsp.map(Received::Hyper);

@@ -16,13 +16,14 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Waker},
     time::Duration,
 };
 
 use http::{Request, Response};
 
 pub use self::conn::Conn;
-use super::{Clock, Pools, Received};
+use super::{Clock, Pools, Received, Waiter};
 use crate::{
     http::{body::BoxError, error::ProxyError},
     http2::{RecvBody, Sender},
@@ -120,6 +121,7 @@ impl Pool {
         pools: &Pools,
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
+        wait: Waiter<'_>,
     ) -> Result<Conn, ProxyError> {
         let slot = self.slot(addr, identity);
         slot.last_used_ms
@@ -127,6 +129,8 @@ impl Pool {
         if let Some(c) = slot.live() {
             return Ok(c);
         }
+        // Waiting for the connection to be made (by this request or another) is pending.
+        let _pending = wait.pending()?;
         let waiting_since = self.clock.now_ms();
         let _connecting = slot.connecting.lock().await;
         if let Some(c) = slot.live() {
@@ -161,6 +165,7 @@ impl Pool {
         addr: SocketAddr,
         identity: Option<&Arc<str>>,
         req: Request<B>,
+        wait: Waiter<'_>,
     ) -> Result<Response<Received>, ProxyError>
     where
         B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + Unpin + 'static,
@@ -171,10 +176,8 @@ impl Pool {
         };
         // The pooled connection may have gone away (GOAWAY, reset) since it was last used:
         // `checkout` only hands out one that can still open a stream, making a new one if not.
-        let mut conn = self.checkout(pools, addr, identity).await?;
+        let mut conn = self.checkout(pools, addr, identity, wait).await?;
         let (mut parts, mut body) = req.into_parts();
-        // Opening the stream drops the extensions, and with them the wait for a connection
-        // (`Pending`).
         let eos = http_body::Body::is_end_stream(&body);
         if let Some(len) = http_body::Body::size_hint(&body).exact()
             && (len != 0 || has_payload_semantics(&parts.method))
@@ -188,6 +191,22 @@ impl Pool {
             .sender()
             .send_request(Request::from_parts(parts, ()), eos)
             .map_err(upstream)?;
+        // At the server's SETTINGS_MAX_CONCURRENT_STREAMS the stream waits in h2's queue until
+        // another ends (h2 then holds this handle back: `poll_ready`). That wait is pending, and
+        // bounded; giving up drops the stream before it was ever sent.
+        let queued = conn
+            .sender()
+            .poll_ready(&mut Context::from_waker(Waker::noop()))
+            .is_pending();
+        if queued {
+            let _pending = wait.pending()?;
+            let after = pools.cfg.pending_timeout;
+            let opened = std::future::poll_fn(|cx| conn.sender().poll_ready(cx));
+            match tokio::time::timeout(after, opened).await {
+                Ok(r) => r.map_err(upstream)?,
+                Err(_) => return Err(wait.timed_out(addr, after)),
+            }
+        }
         let mut abandoned = None;
         let head = if eos {
             drop(tx);
@@ -254,6 +273,21 @@ mod tests {
         Pools::new(cfg, metrics, crate::metrics::Direction::Outbound)
     }
 
+    fn test_target(pools: &Pools) -> Arc<crate::metrics::TargetMetrics> {
+        let name: Arc<str> = "echo:80".into();
+        pools
+            .metrics()
+            .target(crate::metrics::Direction::Outbound, &name)
+    }
+
+    /// No cluster limit: waits bounded only by the pending timeout.
+    fn waiter(target: &crate::metrics::TargetMetrics) -> Waiter<'_> {
+        Waiter {
+            metrics: target,
+            cluster: None,
+        }
+    }
+
     /// An HTTP/2 GET with no body.
     fn get() -> Request<RequestBody> {
         Request::get("http://echo:80/")
@@ -295,7 +329,8 @@ mod tests {
             .local_addr()
             .unwrap();
         let pools = pools();
-        let attempts = (0..5).map(|_| pools.h2.checkout(&pools, addr, None));
+        let target = test_target(&pools);
+        let attempts = (0..5).map(|_| pools.h2.checkout(&pools, addr, None, waiter(&target)));
         let results = futures_util::future::join_all(attempts).await;
         let errors: Vec<String> = results
             .into_iter()
@@ -367,7 +402,7 @@ mod tests {
         let req = get();
         let e = pools
             .h2
-            .send(&pools, addr, None, req)
+            .send(&pools, addr, None, req, waiter(&test_target(&pools)))
             .await
             .expect_err("the server answers nothing");
         let on = weft_core::policy::RetryPolicy {
@@ -401,7 +436,12 @@ mod tests {
         let addr = answering_with(frames).await;
         let pools = pools();
         let req = get();
-        let rsp = pools.h2.send(&pools, addr, None, req).await.unwrap();
+        let target = test_target(&pools);
+        let rsp = pools
+            .h2
+            .send(&pools, addr, None, req, waiter(&target))
+            .await
+            .unwrap();
         assert_eq!(rsp.status(), 200);
         let mut body = rsp.into_body();
         let first = body.frame().await.unwrap().unwrap();
@@ -452,7 +492,11 @@ mod tests {
             .version(http::Version::HTTP_2)
             .body(body)
             .unwrap();
-        let rsp = pool.send(&pools, addr, None, req).await.unwrap();
+        let target = test_target(&pools);
+        let rsp = pool
+            .send(&pools, addr, None, req, waiter(&target))
+            .await
+            .unwrap();
         drop(rsp);
         let reason = tokio::time::timeout(Duration::from_secs(10), ended)
             .await
@@ -486,7 +530,11 @@ mod tests {
         *slot.conn.lock().unwrap() = Some(up);
         let pools = pools();
         let req = get();
-        let rsp = pool.send(&pools, addr, None, req).await.unwrap();
+        let target = test_target(&pools);
+        let rsp = pool
+            .send(&pools, addr, None, req, waiter(&target))
+            .await
+            .unwrap();
         assert_eq!(rsp.status(), 200);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while slot.live().is_some() {

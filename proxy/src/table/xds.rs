@@ -279,7 +279,7 @@ fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, S
     );
     cluster.outlier = policy::outlier(c);
     cluster.panic_threshold = policy::panic_threshold(c);
-    cluster.breaker = policy::circuit_breaker(c).map(|cb| names.breaker(name, &cb));
+    cluster.breaker = names.breaker(name, policy::circuit_breaker(c).as_ref());
     Ok(Arc::new(cluster))
 }
 

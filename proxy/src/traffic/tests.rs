@@ -284,6 +284,24 @@ fn breaker_limits_and_gives_back() {
 }
 
 #[test]
+fn pending_requests_are_bounded_by_default_and_nothing_else_is() {
+    let b = Breaker::new(&policy::CircuitBreaker::default(), None);
+    let held: Vec<_> = (0..DEFAULT_MAX_PENDING_REQUESTS)
+        .map(|_| b.acquire(Limit::Pending).expect("under the default"))
+        .collect();
+    assert!(
+        b.acquire(Limit::Pending).is_none(),
+        "1,025th pending request"
+    );
+    assert!(b.limits(Limit::Pending));
+    for l in [Limit::Connections, Limit::Requests, Limit::Retries] {
+        assert!(!b.limits(l), "{l:?} has no default");
+    }
+    drop(held);
+    assert_eq!(b.in_use(Limit::Pending), 0);
+}
+
+#[test]
 fn reasons_are_labelled_by_their_conditions() {
     assert_eq!(Reason::ConnectFailure.as_str(), "connect-failure");
     assert_eq!(Reason::StatusCode.as_str(), "retriable-status-codes");

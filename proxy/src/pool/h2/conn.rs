@@ -16,7 +16,7 @@ use h2::client::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    http::{CONN_WINDOW, MAX_FRAME, STREAM_WINDOW, error::ProxyError},
+    http::{MAX_FRAME, STREAM_WINDOW, error::ProxyError},
     http2::keepalive::{Reads, keep_alive},
     pool::Pools,
 };
@@ -28,6 +28,13 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// What a stream may hold of its request body not yet sent (flow control permitting).
 const MAX_SEND_BUFFER: usize = 1 << 20;
+/// The connection's receive window: far more than its streams' windows together (1 MiB each,
+/// `STREAM_WINDOW`) for any stream count a server allows in practice. The connection is shared
+/// by every caller of the endpoint, so it must never be the limit: with a smaller window a few
+/// responses nobody reads (a client that stopped reading) used it all up, and every other
+/// caller's response stopped with them. What a stream holds unread stays bounded by its own
+/// window; the streams are bounded by the downstream connections and their stream limits.
+const CONN_WINDOW: u32 = 1 << 30;
 
 /// A handle on one upstream connection, cheap to clone: every request to the endpoint opens its
 /// stream through one.
