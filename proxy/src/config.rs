@@ -629,9 +629,26 @@ pub struct UpstreamConfig {
     #[arg(
         long,
         env = "WEFT_HTTP2_MAX_CONCURRENT_STREAMS",
-        default_value_t = 4096
+        default_value_t = 1024
     )]
     pub http2_max_concurrent_streams: u32,
+
+    /// Response bytes buffered per downstream HTTP/2 stream for a client that reads slower
+    /// than its upstream answers; past it the upstream is held back by flow control. Times
+    /// --http2-max-concurrent-streams, what one connection can make the proxy hold.
+    #[arg(
+        long,
+        env = "WEFT_HTTP2_STREAM_SEND_BUFFER",
+        default_value_t = 128 * 1024,
+        value_parser = clap::value_parser!(u32).range(16 * 1024..=16 * 1024 * 1024)
+    )]
+    pub http2_stream_send_buffer: u32,
+
+    /// A downstream HTTP/2 connection with no open stream for this long is shut down
+    /// gracefully (GOAWAY); 0 keeps it. (An idle HTTP/1.1 connection is closed 30 s after its
+    /// last response, by the header read timeout.)
+    #[arg(long, env = "WEFT_HTTP2_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "10m")]
+    pub http2_idle_timeout: Duration,
 }
 
 pub use weft_core::log::LogFormat;

@@ -27,6 +27,7 @@ use self::{
     body::{Cancel, Observer, ProxyBody, RequestBody},
     error::ProxyError,
 };
+use crate::http2::idle::{Streams, Tracked};
 use crate::{
     balance::{EndpointState, Outcome},
     config::UpstreamConfig,
@@ -277,7 +278,12 @@ impl HttpProxy {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
+        // HTTP/2: the connection's open streams, for its idle timeout. (An idle HTTP/1.1
+        // connection is closed by its header read timeout.)
+        let streams = http2.then(Streams::new);
+        let idle = streams.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
+            let stream = streams.as_ref().map(Streams::open);
             // A malformed HTTP/2 request is refused with a stream error and never forwarded.
             let refused = http2
                 && request::malformed_h2(&req).is_some_and(|why| {
@@ -295,7 +301,7 @@ impl HttpProxy {
             });
             async move {
                 match fut {
-                    Some(fut) => Ok(fut.await),
+                    Some(fut) => Ok(fut.await.map(|b| Tracked::new(b, stream))),
                     // hyper resets the stream with the reason it finds in the error.
                     None => Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR)),
                 }
@@ -309,20 +315,29 @@ impl HttpProxy {
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONN_WINDOW)
                 .max_frame_size(MAX_FRAME)
+                .max_send_buf_size(self.cfg.http2_stream_send_buffer as usize)
                 .max_pending_accept_reset_streams(1024);
             if !self.cfg.http2_keepalive_interval.is_zero() {
                 b.keep_alive_interval(self.cfg.http2_keepalive_interval)
                     .keep_alive_timeout(self.cfg.http2_keepalive_timeout);
             }
             let c = b.serve_connection(io, svc);
-            until_drained(c, |c| c.graceful_shutdown(), &self.drain).await
+            let after = self.cfg.http2_idle_timeout;
+            let idle = async {
+                match idle {
+                    Some(s) if !after.is_zero() => s.idle(after).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            until_drained(c, |c| c.graceful_shutdown(), &self.drain, idle).await
         } else {
             let c = conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            until_drained(c, |c| c.graceful_shutdown(), &self.drain).await
+            let idle = std::future::pending();
+            until_drained(c, |c| c.graceful_shutdown(), &self.drain, idle).await
         };
         if let Err(e) = res {
             tracing::debug!(direction = self.direction.as_str(), error = %e, "downstream connection ended with an error");
@@ -1025,17 +1040,23 @@ fn fail(e: ProxyError, is_grpc: bool, mut obs: Observer, version: Version) -> Re
     rsp
 }
 
-/// Serves a downstream connection to its end; once the drain begins, it is asked to finish
-/// gracefully (HTTP/2: GOAWAY; HTTP/1.1: close after the response in flight).
+/// Serves a downstream connection to its end; once the drain begins or `idle` resolves, it is
+/// asked to finish gracefully (HTTP/2: GOAWAY; HTTP/1.1: close after the response in flight).
 async fn until_drained<C: Future>(
     c: C,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
     drain: &Drain,
+    idle: impl Future<Output = ()>,
 ) -> C::Output {
     tokio::pin!(c);
     tokio::select! {
         r = c.as_mut() => r,
         _ = drain.signaled() => {
+            graceful_shutdown(c.as_mut());
+            c.await
+        }
+        _ = idle => {
+            tracing::debug!("idle downstream connection shut down");
             graceful_shutdown(c.as_mut());
             c.await
         }

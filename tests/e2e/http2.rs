@@ -413,3 +413,55 @@ async fn request_headers_over_their_bounds_are_refused_with_431() {
     assert!(rsp.starts_with("HTTP/1.1 431"), "{rsp}");
     assert_eq!(peer.state.requests.load(Ordering::SeqCst), served);
 }
+
+/// A downstream HTTP/2 connection with no open stream for `--http2-idle-timeout` is shut down
+/// gracefully (GOAWAY, then closed); one with a stream open is kept: a request sent after the
+/// timeout has passed, while another is still open, is served on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_shut_down() {
+    let peer = http_peer::server("idle").await;
+    let chain = Chain::start_with(peer.addr, &["--http2-idle-timeout", "1s"], |b| {
+        format!(
+            "services:\n  - name: echo.test\n    port: 8080\n    endpoints: [{{address: '{b}'}}]\n"
+        )
+    });
+    let tcp = tokio::net::TcpStream::connect(chain.outbound())
+        .await
+        .unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let call = |path: &'static str| {
+        let mut tx = tx.clone();
+        async move {
+            let rsp = tx
+                .send_request(get(path))
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = rsp.status().as_u16();
+            let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body.to_bytes()))
+        }
+    };
+    // One call held open for 2.5 s; half a second past the idle timeout, another is served on
+    // the same connection.
+    let long = tokio::spawn(call("/delay?ms=2500"));
+    eventually(Duration::from_secs(5), "the long call to arrive", || {
+        let n = peer.state.requests.load(Ordering::SeqCst);
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(call("/id").await, Ok((200, Bytes::from("idle"))));
+    assert_eq!(long.await.unwrap(), Ok((200, Bytes::from("idle"))));
+    // Then nothing is open: the proxy ends the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the idle connection was not shut down gracefully: {ended:?}"
+    );
+}

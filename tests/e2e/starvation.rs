@@ -97,10 +97,7 @@ async fn a_client_that_never_reads_does_not_stall_other_callers() {
     }
     let held = stalled(&peer.state.big_sent).await;
     eprintln!("the upstream was held back after {held} bytes");
-    assert!(
-        held < 128 << 20,
-        "the unread responses were not held back"
-    );
+    assert!(held < 128 << 20, "the unread responses were not held back");
 
     let answer = get_h2(addr, "big.test", "/id").await;
     assert_eq!(answer, Ok((200, "big".to_string())), "the second caller");
