@@ -69,10 +69,10 @@ pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// Ring points per unit of an endpoint's weight (relative to the smallest weight), and the
 /// most a ring holds.
 const RING_POINTS_PER_WEIGHT: u64 = 64;
-const RING_MAX_POINTS: u64 = 64 * 1024;
+pub(crate) const RING_MAX_POINTS: u64 = 64 * 1024;
 /// The longest smooth-round-robin schedule (or four slots an endpoint, if more); heavier
 /// weights are scaled down to fit.
-const SCHEDULE_MAX: u64 = 4096;
+pub(crate) const SCHEDULE_MAX: u64 = 4096;
 
 /// What the balancer knows of one endpoint; shared by every cluster that has it and kept
 /// across table swaps.

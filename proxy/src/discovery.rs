@@ -15,7 +15,7 @@
 //!   the client reconnects with exponential backoff and full jitter. On a delta stream it tells
 //!   the control plane the versions it holds, so only what changed meanwhile is sent again.
 
-mod state;
+pub(crate) mod state;
 
 use std::{
     collections::BTreeMap,

@@ -6,7 +6,7 @@ pub mod error;
 pub mod grpc;
 pub mod headers;
 pub mod replay;
-mod request;
+pub(crate) mod request;
 
 use std::{
     future::Future,

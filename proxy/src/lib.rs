@@ -22,6 +22,8 @@ pub mod init;
 pub use weft_core::log;
 pub mod metrics;
 pub mod pool;
+#[cfg(any(test, feature = "properties"))]
+pub mod properties;
 pub mod register;
 pub mod resolve;
 pub mod route;

@@ -19,6 +19,7 @@ mod inject;
 mod interop;
 mod mesh;
 mod mtls;
+mod properties;
 mod starvation;
 mod swap;
 mod tcp;

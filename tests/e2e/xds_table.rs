@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
-use weft_control_plane::{registry::file::FileRegistry, translate};
 use weft_proxy::{
     metrics::Metrics,
     resolve::Resolved,
@@ -13,7 +12,6 @@ use weft_proxy::{
         xds::{self, Resources},
     },
 };
-use weft_tests::chain::TempDir;
 use weft_xds_proto::envoy::{
     config::{
         cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType},
@@ -53,30 +51,7 @@ spec:
 ";
 
 fn resources(files: &str) -> Resources {
-    let dir = TempDir::new("xds-table");
-    dir.write("web.yaml", files);
-    let mut reg = FileRegistry::new(&dir.0);
-    let snap = reg.scan().unwrap();
-    assert!(reg.errors.is_empty(), "{:?}", reg.errors);
-    let r = translate::translate(&snap);
-    Resources {
-        listeners: r
-            .listeners
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect(),
-        routes: r.routes.into_iter().map(|c| (c.name.clone(), c)).collect(),
-        clusters: r
-            .clusters
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect(),
-        endpoints: r
-            .endpoints
-            .into_iter()
-            .map(|e| (e.cluster_name.clone(), e))
-            .collect(),
-    }
+    weft_tests::properties::registry_resources(files).expect("the registry takes the files")
 }
 
 /// The table a proxy compiles from its first, complete set of resources made from `files`.

@@ -7,10 +7,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::config::DetectConfig;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Past this many bytes without a verdict, the connection is opaque (an HTTP/1 request line
 /// longer than this would be refused by most servers anyway).
-const MAX_DETECT_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_DETECT_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {
@@ -47,7 +47,7 @@ impl Detected {
 }
 
 /// What the bytes so far say, if anything yet.
-fn classify(buf: &[u8]) -> Option<Detected> {
+pub(crate) fn classify(buf: &[u8]) -> Option<Detected> {
     if buf.is_empty() {
         return None;
     }
