@@ -16,8 +16,7 @@ use std::{convert::Infallible, path::PathBuf, sync::Arc};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, service::service_fn};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{ads::Nodes, policy, registry::Snapshot, snapshot::XdsSnapshot};
@@ -249,20 +248,23 @@ fn policy_file(dir: &std::path::Path, key: &str) -> PathBuf {
 impl Api {
     pub async fn serve(self, l: TcpListener) {
         let api = Arc::new(self);
+        let slots = crate::serve::Slots::default();
         loop {
             let Ok((s, _)) = l.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
+            let Some(slot) = slots.take("api") else {
+                continue;
+            };
             let api = api.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| {
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                crate::serve::connection(s, svc).await;
             });
         }
     }

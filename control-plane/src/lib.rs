@@ -15,6 +15,7 @@ mod kube_stand_in;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
+pub mod serve;
 pub mod server;
 pub mod snapshot;
 pub mod tls;

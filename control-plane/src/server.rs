@@ -4,8 +4,7 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{Method, Request, StatusCode};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, service::service_fn};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -368,20 +367,23 @@ async fn secure_port(cfg: &Config, ca: Arc<Ca>, metrics: &Metrics) -> Result<Sec
 /// Health and metrics, on a port the network reaches (the kubelet's probes, Prometheus): nothing
 /// here says what the mesh holds (the registry and each proxy's state are on the API port).
 async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>) {
+    let slots = crate::serve::Slots::default();
     loop {
         let Ok((s, _)) = l.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Some(slot) = slots.take("metrics") else {
+            continue;
+        };
         let nodes = nodes.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let rsp = admin(&req, &nodes);
                 async move { Ok::<_, Infallible>(rsp) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
+            crate::serve::connection(s, svc).await;
         });
     }
 }

@@ -176,8 +176,19 @@ const VIP_BLOCK: [u8; 2] = [240, 240];
 /// addresses, hosts in order). A host keeps its VIP while it exists, whoever comes or goes
 /// (a newcomer whose hash falls on a taken address probes on; it never moves the holder), and
 /// a control plane starting from the same registry allocates the same. Sidecars answer DNS for
-/// mesh names with these.
+/// mesh names with these. With the block full (65,534 hosts), a host left over gets no VIP
+/// (its name does not resolve through the sidecar; its own registered VIP or an alias still
+/// routes it), with a warning.
 fn allocate_vips<'a>(snap: &'a Snapshot, previous: &Vips) -> BTreeMap<&'a str, std::net::IpAddr> {
+    allocate_vips_in(snap, previous, 65534)
+}
+
+/// [`allocate_vips`] in the first `slots` addresses of the block.
+fn allocate_vips_in<'a>(
+    snap: &'a Snapshot,
+    previous: &Vips,
+    slots: u32,
+) -> BTreeMap<&'a str, std::net::IpAddr> {
     let mut vips = BTreeMap::new();
     for svc in snap.services.values() {
         if let Some(v) = svc.spec.vip {
@@ -195,7 +206,7 @@ fn allocate_vips<'a>(snap: &'a Snapshot, previous: &Vips) -> BTreeMap<&'a str, s
             vips.insert(host, *ip);
         }
     }
-    const SLOTS: u32 = 65534;
+    let mut left_over = 0;
     for host in hosts {
         if vips.contains_key(host) {
             continue;
@@ -204,16 +215,23 @@ fn allocate_vips<'a>(snap: &'a Snapshot, previous: &Vips) -> BTreeMap<&'a str, s
         let hash = host.bytes().fold(0x811c_9dc5_u32, |h, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
         });
-        let mut slot = hash % SLOTS;
-        loop {
-            let n = slot + 1;
-            let ip = std::net::IpAddr::from([VIP_BLOCK[0], VIP_BLOCK[1], (n >> 8) as u8, n as u8]);
-            if taken.insert(ip) {
+        // Every slot at most once: a full block ends the probe.
+        let free = (0..slots)
+            .map(|i| (hash % slots + i) % slots + 1)
+            .map(|n| std::net::IpAddr::from([VIP_BLOCK[0], VIP_BLOCK[1], (n >> 8) as u8, n as u8]))
+            .find(|ip| taken.insert(*ip));
+        match free {
+            Some(ip) => {
                 vips.insert(host, ip);
-                break;
             }
-            slot = (slot + 1) % SLOTS;
+            None => left_over += 1,
         }
+    }
+    if left_over > 0 {
+        tracing::warn!(
+            hosts = left_over,
+            "the VIP block 240.240.0.0/16 is full: these hosts get no VIP"
+        );
     }
     vips
 }

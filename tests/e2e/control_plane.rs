@@ -481,3 +481,58 @@ async fn an_oversized_xds_request_ends_its_stream() {
         "the control plane is fine"
     );
 }
+
+/// The control plane's plain HTTP servers keep the bounds the sidecar's admin and probe
+/// servers keep: a client that does not finish its request's headers within 5 s is cut off,
+/// and each server holds at most 256 connections, closing a new one beyond at once. (Both
+/// held connections for ever, without a limit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_and_api_servers_bound_slow_and_idle_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("cp-bounds");
+    let cp = weft_tests::mesh::control_plane(&dir, &[]);
+    for listener in ["metrics", "api"] {
+        let mut s = tokio::net::TcpStream::connect(cp.addr(listener))
+            .await
+            .unwrap();
+        s.write_all(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "{listener}: still open after 15 s");
+        assert!(
+            started.elapsed() >= Duration::from_secs(4),
+            "{listener}: closed too early ({:?})",
+            started.elapsed()
+        );
+
+        // 256 connections that send nothing (yet), then one more.
+        let mut held = Vec::new();
+        for _ in 0..256 {
+            held.push(
+                tokio::net::TcpStream::connect(cp.addr(listener))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut extra = tokio::net::TcpStream::connect(cp.addr(listener))
+            .await
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut byte)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "{listener}: the 257th connection was not closed at once: {n:?}"
+        );
+        drop(held);
+    }
+    // Once they are gone, the servers answer again.
+    weft_tests::eventually(
+        Duration::from_secs(10),
+        "the metrics server to answer",
+        || async { (cp.get("metrics", "/live").await.0 == 200).then_some(()) },
+    )
+    .await;
+}

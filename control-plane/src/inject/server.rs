@@ -7,8 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, service::service_fn};
 use k8s_openapi::{ByteString, api::admissionregistration::v1::MutatingWebhookConfiguration};
 use kube::{Api, api::PostParams};
 use tokio::net::TcpListener;
@@ -29,17 +28,20 @@ pub async fn serve(
     handshake_failures: prometheus::IntCounter,
 ) {
     let mut conns = crate::tls::incoming(listener, tls, handshake_failures);
+    let slots = crate::serve::Slots::default();
     while let Some(conn) = conns.next().await {
         let Ok(conn) = conn else { continue };
+        let Some(slot) = slots.take("injector") else {
+            continue;
+        };
         let (injector, results) = (injector.clone(), results.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (injector, results) = (injector.clone(), results.clone());
                 async move { Ok::<_, Infallible>(handle(req, &injector, &results).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(conn), svc)
-                .await;
+            crate::serve::connection(conn, svc).await;
         });
     }
 }
