@@ -37,6 +37,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED) get precomputed counters.
 const GRPC_CODES: usize = 17;
+/// The `grpc_status` of a gRPC status past the defined codes (a label value any upstream could
+/// otherwise choose).
+const GRPC_OTHER: u32 = u32::MAX;
 
 /// A target's identity: its direction and its label (a service, the local application).
 type TargetKey = (Direction, Arc<str>);
@@ -173,8 +176,9 @@ pub struct TargetMetrics {
     http: Box<[OnceLock<IntCounter>]>,
     /// gRPC responses by grpc-status: HTTP 200, then 499 (the client went away first).
     grpc: [[OnceLock<IntCounter>; GRPC_CODES]; 2],
-    /// Any other combination (a status code outside 100-599, a gRPC response with an unusual
-    /// status code), made once each.
+    /// Any other combination (a status code outside 100-599, a gRPC status with another
+    /// HTTP status), made once each. Bounded: HTTP status codes have three digits, and a
+    /// grpc-status past the 17 defined codes is counted as `other` ([`GRPC_OTHER`]).
     other: Mutex<HashMap<(u16, Option<u32>), IntCounter>>,
     families: Arc<TrafficFamilies>,
     traffic: TrafficHandles,
@@ -762,6 +766,14 @@ impl TargetMetrics {
     /// Counts a finished response. `grpc` is the grpc-status of a gRPC response, if any.
     /// Label values are formatted once per target and combination, never per response.
     pub fn response(&self, status: u16, grpc: Option<u32>) {
+        // The upstream chooses the number: one label value for every undefined code.
+        let grpc = grpc.map(|g| {
+            if (g as usize) < GRPC_CODES {
+                g
+            } else {
+                GRPC_OTHER
+            }
+        });
         let row = match status {
             200 => Some(0),
             499 => Some(1),
@@ -785,7 +797,11 @@ impl TargetMetrics {
     }
 
     fn counter(&self, status: u16, grpc: Option<u32>) -> IntCounter {
-        let grpc = grpc.map(|g| g.to_string()).unwrap_or_default();
+        let grpc = match grpc {
+            Some(GRPC_OTHER) => "other".to_string(),
+            Some(g) => g.to_string(),
+            None => String::new(),
+        };
         self.responses.with_label_values(&[
             self.direction,
             &*self.target,
@@ -816,6 +832,10 @@ mod tests {
         t.response(499, Some(1));
         t.response(502, Some(14));
         t.response(700, None);
+        // Undefined gRPC codes share one series.
+        t.response(200, Some(17));
+        t.response(200, Some(4_000_000_000));
+        t.response(503, Some(99));
         m.tls.authz(AuthzProtocol::Grpc, false);
         let text = m.render();
         assert!(
@@ -835,6 +855,8 @@ mod tests {
             r#"grpc_status="1",status_code="499",target="echo:80"} 2"#,
             r#"grpc_status="14",status_code="502",target="echo:80"} 1"#,
             r#"grpc_status="",status_code="700",target="echo:80"} 1"#,
+            r#"grpc_status="other",status_code="200",target="echo:80"} 2"#,
+            r#"grpc_status="other",status_code="503",target="echo:80"} 1"#,
             r#"weft_authz_total{protocol="grpc",result="deny"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");

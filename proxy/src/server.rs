@@ -450,7 +450,11 @@ impl Listener {
             if let Some(v) = peer.authorize(&table) {
                 self.metrics.tls.authz(AuthzProtocol::Tcp, v.is_ok());
                 if let Err(service) = v {
-                    tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");
+                    // A caller can open connections as fast as it likes: at most a line a
+                    // second (`weft_authz_total` counts every one).
+                    if log_refusal_now() {
+                        tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");
+                    }
                     return;
                 }
             }
