@@ -201,6 +201,12 @@ impl State {
         let mut unnamed_rejected = false;
         for (name, version, any) in u.resources {
             let decoded = decode::<R>(name.as_deref(), any.as_ref(), &u.type_url);
+            // A body that calls itself another name than the response gives it may be meant
+            // as either: neither is removed as absent from the set.
+            if let Err((_, Some(body_name))) = &decoded {
+                seen.insert(body_name.clone());
+            }
+            let decoded = decoded.map_err(|(e, _)| e);
             let shown = name
                 .clone()
                 .or_else(|| decoded.as_ref().ok().map(|r| r.name().to_string()));
@@ -245,16 +251,26 @@ impl State {
 
 /// Decodes one resource, checking that it is of the response's type and, when the response
 /// names it, that the name matches.
-fn decode<R: Resource>(name: Option<&str>, any: Option<&Any>, type_url: &str) -> Result<R, String> {
-    let any = any.ok_or("the resource has no body")?;
+///
+/// The error comes with the name the body gives itself, when it decoded.
+fn decode<R: Resource>(
+    name: Option<&str>,
+    any: Option<&Any>,
+    type_url: &str,
+) -> Result<R, (String, Option<String>)> {
+    let any = any.ok_or(("the resource has no body".to_string(), None))?;
     if any.type_url != type_url {
-        return Err(format!("a {} in a response of {type_url}", any.type_url));
+        return Err((
+            format!("a {} in a response of {type_url}", any.type_url),
+            None,
+        ));
     }
-    let r = R::decode(&*any.value).map_err(|e| format!("cannot decode: {e}"))?;
+    let r = R::decode(&*any.value).map_err(|e| (format!("cannot decode: {e}"), None))?;
     if let Some(n) = name
         && n != r.name()
     {
-        return Err(format!("the resource calls itself `{}`", r.name()));
+        let own = r.name().to_string();
+        return Err((format!("the resource calls itself `{own}`"), Some(own)));
     }
     Ok(r)
 }

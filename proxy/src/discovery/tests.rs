@@ -264,3 +264,34 @@ fn a_response_rejected_whole_is_not_received() {
     );
     assert!(st.complete());
 }
+
+/// Found by the `xds_updates` fuzz target: a response of the whole set names a resource `x`
+/// whose body calls itself `b`. It is rejected, and `b`, which it may have been meant to be,
+/// keeps its last good version (it was removed as absent from the set).
+#[test]
+fn a_resource_rejected_for_its_name_keeps_the_one_its_body_names() {
+    let mut st = State::default();
+    st.apply(
+        ENDPOINTS,
+        update(
+            ENDPOINTS,
+            "1",
+            true,
+            &[any(&cla("a", 1)), any(&cla("b", 2))],
+            &[],
+        ),
+    );
+    let mut u = update(ENDPOINTS, "2", true, &[any(&cla("a", 10))], &[]);
+    u.resources
+        .push((Some("x".into()), "2-r".into(), Some(any(&cla("b", 20)))));
+    let out = st.apply(ENDPOINTS, u);
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+    let res = st.resources();
+    assert_eq!(res.endpoints["a"], cla("a", 10));
+    assert_eq!(
+        res.endpoints["b"],
+        cla("b", 2),
+        "`b` keeps its last good version"
+    );
+    assert!(!res.endpoints.contains_key("x"));
+}
