@@ -89,6 +89,7 @@ pub fn table_file(text: &str) {
 
 /// A resource in a fuzzed xDS response.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "properties", derive(arbitrary::Arbitrary))]
 pub struct XdsResource {
     /// The name the response gives it (delta responses do; state of the world ones do not).
     pub name: Option<String>,
@@ -100,6 +101,7 @@ pub struct XdsResource {
 /// A resource's body: raw bytes, or a resource of the response's kind built from a few
 /// fields (so that most of them decode, and some pass the checks).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "properties", derive(arbitrary::Arbitrary))]
 pub enum XdsBody {
     Raw(Vec<u8>),
     Built {
@@ -113,6 +115,7 @@ pub enum XdsBody {
 
 /// One xDS response of a fuzzed stream.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "properties", derive(arbitrary::Arbitrary))]
 pub struct XdsStep {
     pub kind: u8,
     pub full: bool,
@@ -365,6 +368,7 @@ pub fn balancer(weights: &[u32]) {
 /// A request as it could arrive: the proxy's hop-by-hop and reserved-header handling, then its
 /// preparation for an upstream of each protocol.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "properties", derive(arbitrary::Arbitrary))]
 pub struct RawRequest {
     pub http2: bool,
     pub method: String,

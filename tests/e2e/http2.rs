@@ -84,21 +84,8 @@ async fn trailers_and_multiplexing() {
 /// Waits until `sent` (what a sender has handed on) stops growing, and checks that flow control
 /// held the sender back to under 48 MiB, with both proxies under 64 MiB of RSS.
 async fn held_back(sent: &AtomicU64, chain: &Chain, sender: &str, to: &str) {
-    let mut last = u64::MAX;
-    let stalled = eventually(
-        Duration::from_secs(20),
-        &format!("{sender} to be held back"),
-        || {
-            let now = sent.load(Ordering::SeqCst);
-            let stalled = now == last && now > 0;
-            last = now;
-            async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                stalled.then_some(now)
-            }
-        },
-    )
-    .await;
+    let stalled =
+        weft_tests::until_it_stops_growing(sent, &format!("{sender} to be held back")).await;
     let (rss_a, rss_b) = (chain.a.rss(), chain.b.rss());
     eprintln!("stalled after {stalled} bytes; RSS A {rss_a} B {rss_b}");
     assert!(stalled < 48 << 20, "{sender} sent {stalled} bytes to {to}");

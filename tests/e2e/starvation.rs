@@ -27,25 +27,6 @@ fn proxy_to(dir: &TempDir, svc: &str, at: SocketAddr, flags: &[&str]) -> Proxy {
     Proxy::start(&args)
 }
 
-/// Waits until `sent` stops growing (300 ms without a byte), within 20 s.
-async fn stalled(sent: &AtomicU64) -> u64 {
-    let mut last = u64::MAX;
-    eventually(
-        Duration::from_secs(20),
-        "the server to be held back",
-        || {
-            let now = sent.load(Ordering::SeqCst);
-            let still = now == last && now > 0;
-            last = now;
-            async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                still.then_some(now)
-            }
-        },
-    )
-    .await
-}
-
 /// One GET over a new HTTP/2 connection to `addr`: its status and body, or why it failed to
 /// complete within 5 s.
 async fn get_h2(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
@@ -95,7 +76,9 @@ async fn a_client_that_never_reads_does_not_stall_other_callers() {
             .unwrap();
         unread.push(slow.send_request(req).await.unwrap());
     }
-    let held = stalled(&peer.state.big_sent).await;
+    let held =
+        weft_tests::until_it_stops_growing(&peer.state.big_sent, "the server to be held back")
+            .await;
     eprintln!("the upstream was held back after {held} bytes");
     assert!(held < 128 << 20, "the unread responses were not held back");
 

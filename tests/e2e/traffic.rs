@@ -447,11 +447,13 @@ async fn deadlines_end_slow_calls_promptly() {
     );
     let proxy = Proxy::start(&["--config", cfg.to_str().unwrap()]);
     let mut h2 = http_peer::h2_client(proxy.addr("outbound")).await;
-    // A gRPC call asking for 10 s gets the route's 300 ms maximum, against a 2 s backend.
+    // A gRPC call asking for 10 s gets the route's 300 ms maximum, against a 30 s backend.
+    // (The windows are wide: what they tell apart is 300 ms from 10 s and more, on a machine
+    // that may be loaded.)
     let start = Instant::now();
     let rsp = h2
         .send_request(
-            Request::post("http://slow.test/delay?ms=2000")
+            Request::post("http://slow.test/delay?ms=30000")
                 .header("content-type", "application/grpc")
                 .header("grpc-timeout", "10S")
                 .body(http_peer::body("\0\0\0\0\0"))
@@ -463,8 +465,8 @@ async fn deadlines_end_slow_calls_promptly() {
     assert_eq!(rsp.status(), 200);
     assert_eq!(rsp.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
-        "{took:?}"
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "the route's 300 ms, not the client's 10 s: {took:?}"
     );
     // An HTTP request past the route timeout: 504.
     let start = Instant::now();
@@ -477,7 +479,11 @@ async fn deadlines_end_slow_calls_promptly() {
         .await
         .unwrap();
     assert_eq!(rsp.status(), 504);
-    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the route's 300 ms: {:?}",
+        start.elapsed()
+    );
     // A stream idle timeout also bounds the wait for headers: the route's 20 s timeout
     // does not decide (a window wide enough for a loaded machine tells the two apart).
     let start = Instant::now();

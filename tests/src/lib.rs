@@ -50,6 +50,42 @@ pub async fn until_refused(addr: std::net::SocketAddr) {
     .await
 }
 
+/// Waits until `sent` (what a sender has handed on) stops growing: 300 ms without a byte,
+/// within 20 s. Returns how far it got.
+pub async fn until_it_stops_growing(sent: &std::sync::atomic::AtomicU64, what: &str) -> u64 {
+    use std::sync::atomic::Ordering;
+    let mut last = u64::MAX;
+    eventually(Duration::from_secs(20), what, || {
+        let now = sent.load(Ordering::SeqCst);
+        let still = now == last && now > 0;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            still.then_some(now)
+        }
+    })
+    .await
+}
+
+/// Asserts that the HTTP/1.1 server at `addr` (`what`, for the message) closes a connection
+/// whose request headers stop half way, after about 5 s (at least 4, within 15).
+pub async fn slow_headers_are_cut_off(addr: std::net::SocketAddr, what: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "{what}: still open after 15 s");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{what}: closed too early ({:?})",
+        started.elapsed()
+    );
+}
+
 /// Writes `request` on a new connection to `addr` and reads until the server closes it.
 pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
