@@ -128,6 +128,23 @@ impl Outcome {
             _ => Outcome::Success,
         }
     }
+
+    /// A gRPC response's outcome: by its HTTP status, else by the `grpc-status` of a
+    /// trailers-only response, read as the HTTP status it stands for (as Envoy maps them):
+    /// UNAVAILABLE a 503 and DEADLINE_EXCEEDED a 504 (gateway errors: a sidecar whose
+    /// application is down answers UNAVAILABLE at once, which must not look like a fast,
+    /// healthy endpoint), UNKNOWN, INTERNAL and DATA_LOSS a 500.
+    pub fn of_grpc(status: u16, headers: &http::HeaderMap) -> Outcome {
+        let by_status = Outcome::of_status(status);
+        if by_status != Outcome::Success {
+            return by_status;
+        }
+        match crate::http::grpc::status(headers) {
+            Some(4 | 14) => Outcome::GatewayError,
+            Some(2 | 13 | 15) => Outcome::ServerError,
+            _ => Outcome::Success,
+        }
+    }
 }
 
 pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;

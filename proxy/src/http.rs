@@ -536,6 +536,7 @@ impl HttpProxy {
             let tries = self.send_with_retries(
                 &call.to.dest,
                 call.to.routed.as_ref(),
+                call.to.is_grpc,
                 call.retry(),
                 req,
                 head,
@@ -921,6 +922,7 @@ impl HttpProxy {
         &self,
         dest: &Dest,
         routed: Option<&Routed>,
+        is_grpc: bool,
         retry: Option<&traffic::Retry>,
         first: Request<RequestBody>,
         head: Option<Head>,
@@ -952,13 +954,15 @@ impl HttpProxy {
                     .unwrap_or_else(|| Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default())))
             };
             let outcome = match &res {
+                Ok(rsp) if is_grpc => Outcome::of_grpc(rsp.status().as_u16(), rsp.headers()),
                 Ok(rsp) => Outcome::of_status(rsp.status().as_u16()),
                 Err(_) => Outcome::GatewayError,
             };
+            // A gateway error teaches the balancer the endpoint is slow, however fast it came.
             if let Some(f) = in_flight {
-                match &res {
-                    Ok(_) => f.responded(),
-                    Err(_) => f.failed(),
+                match outcome {
+                    Outcome::GatewayError => f.failed(),
+                    _ => f.responded(),
                 }
             }
             // A request that found no room at the endpoint was never sent: outlier detection

@@ -325,10 +325,19 @@ impl Cluster {
         if first.addr != avoid || self.endpoints.len() < 2 {
             return Some(first);
         }
-        (0..3)
-            .filter_map(|_| self.pick(None, metrics))
-            .find(|e| e.addr != avoid)
-            .or(Some(first))
+        // The balancer chose the endpoint that just failed (a fast failure looks cheap to it):
+        // one of the others in service, at random. Only when there is none, the same again.
+        let now = crate::balance::now_ms();
+        let others = || {
+            self.endpoints
+                .iter()
+                .filter(move |e| e.addr != avoid && !e.state.ejected(now))
+        };
+        let n = others().count();
+        if n == 0 {
+            return Some(first);
+        }
+        others().nth(fastrand::usize(..n))
     }
 
     /// Feeds a request's outcome to outlier detection, ejecting the endpoint when it calls

@@ -299,3 +299,41 @@ fn a_host_name_endpoint_is_every_address_it_resolved_to() {
         "db.example.com:5432"
     );
 }
+
+/// A retry goes to another endpoint than the one that just failed, even when the balancer
+/// prefers the failed one (found by the soak benchmark: a sidecar whose application is down
+/// answers UNAVAILABLE at once, so P2C saw the fastest endpoint, and retries went back to it).
+#[test]
+fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
+    use crate::balance::EndpointState;
+    let ep = |port: u16| Endpoint {
+        addr: SocketAddr::from(([10, 0, 0, 1], port)),
+        labels: Default::default(),
+        identity: None,
+        state: Arc::new(EndpointState::new(SocketAddr::from(([10, 0, 0, 1], port)))),
+    };
+    let (dead, a, b) = (ep(1), ep(2), ep(3));
+    // The others look busy: P2C prefers the dead one whenever it is a candidate.
+    let busy: Vec<_> = (0..50)
+        .flat_map(|_| [a.state.start(), b.state.start()])
+        .collect();
+    let avoid = dead.addr;
+    let split = crate::route::WeightedSplit::new([(1, dead), (1, a), (1, b)]);
+    let cluster = Cluster::new("c".into(), split, weft_core::policy::LbPolicy::P2cEwma);
+    let metrics = Metrics::new().target(Direction::Outbound, &Arc::from("c"));
+    for _ in 0..500 {
+        let e = cluster.pick_other(None, avoid, &metrics).unwrap();
+        assert_ne!(
+            e.addr, avoid,
+            "the retry went back to the endpoint that failed"
+        );
+    }
+    // With no other endpoint in service, the same one again.
+    let alone = Cluster::new(
+        "d".into(),
+        crate::route::WeightedSplit::new([(1, ep(1))]),
+        weft_core::policy::LbPolicy::P2cEwma,
+    );
+    assert_eq!(alone.pick_other(None, avoid, &metrics).unwrap().addr, avoid);
+    drop(busy);
+}
