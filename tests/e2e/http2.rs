@@ -452,3 +452,68 @@ async fn idle_http2_connections_are_shut_down() {
         "the idle connection was not shut down gracefully: {ended:?}"
     );
 }
+
+/// The rapid-reset attack (CVE-2023-44487): a client that opens streams and resets each one at
+/// once, thousands in one burst, gets GOAWAY ENHANCE_YOUR_CALM and its connection closed, the
+/// upstream sees a bounded share of them, and the proxy goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_gets_the_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STREAMS: u32 = 5000;
+    let peer = http_peer::server("rapid").await;
+    let chain = Chain::start(peer.addr);
+    let mut s = tokio::net::TcpStream::connect(chain.outbound())
+        .await
+        .unwrap();
+    // GET http://echo.test:8080/ in HPACK: :method GET, :scheme http, :path / (indexed), then
+    // :authority as a literal without indexing.
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 14];
+    block.extend_from_slice(b"echo.test:8080");
+    let mut burst = PREFACE_AND_SETTINGS.to_vec();
+    for i in 0..STREAMS {
+        let id = (2 * i + 1).to_be_bytes();
+        // HEADERS, END_STREAM | END_HEADERS.
+        burst.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05]);
+        burst.extend_from_slice(&id);
+        burst.extend_from_slice(&block);
+        // RST_STREAM, CANCEL.
+        burst.extend_from_slice(&[0, 0, 4, 3, 0]);
+        burst.extend_from_slice(&id);
+        burst.extend_from_slice(&8u32.to_be_bytes());
+    }
+    // The proxy may close the connection before it has read everything.
+    let _ = s.write_all(&burst).await;
+    // Frames until GOAWAY; its error code.
+    let (mut buf, mut at, mut chunk) = (Vec::new(), 0, [0u8; 16384]);
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while at + 9 <= buf.len() {
+                let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                if buf[at + 3] == GOAWAY && at + 9 + len <= buf.len() {
+                    let p = &buf[at + 9..at + 9 + len];
+                    return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                }
+                if at + 9 + len > buf.len() {
+                    break;
+                }
+                at += 9 + len;
+            }
+        }
+    })
+    .await
+    .expect("an answer to the flood within 10 s");
+    assert_eq!(code, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM");
+    let reached = peer.state.requests.load(Ordering::SeqCst);
+    assert!(
+        reached < STREAMS as usize / 2,
+        "{reached} of {STREAMS} reset streams reached the upstream"
+    );
+    // Others are served.
+    let mut tx = http_peer::h2_client(chain.outbound()).await;
+    let rsp = tx.send_request(get("/id")).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+}
