@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod authz;
+pub mod backoff;
 pub mod duration;
 #[cfg(feature = "etcd")]
 pub mod etcd;

@@ -497,11 +497,7 @@ fn nack_status(message: String) -> rpc::Status {
 /// The delay before reconnect attempt `failures` (0 for the first): uniformly random up to
 /// `base * 2^failures`, capped at `max` (full jitter).
 fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
-    let ceiling = base
-        .checked_mul(1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX))
-        .unwrap_or(max)
-        .min(max);
-    ceiling.mul_f64(fastrand::f64())
+    weft_core::backoff::full_jitter(base, max, failures, fastrand::f64())
 }
 
 /// The node this proxy reports: id, and its pod, namespace, service account and labels in the

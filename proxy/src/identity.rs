@@ -333,12 +333,13 @@ pub async fn run(cfg: IdentityConfig, id: Arc<Identity>, stop: CancellationToken
             }
             Err(e) => {
                 id.failures.fetch_add(1, Ordering::Relaxed);
-                let ceiling = cfg
-                    .backoff_base
-                    .saturating_mul(1u32 << failures.min(16))
-                    .min(cfg.backoff_max);
+                let mut wait = weft_core::backoff::full_jitter(
+                    cfg.backoff_base,
+                    cfg.backoff_max,
+                    failures,
+                    fastrand::f64(),
+                );
                 failures += 1;
-                let mut wait = ceiling.mul_f64(fastrand::f64());
                 if let Some(left) = id
                     .expires()
                     .and_then(|e| e.duration_since(SystemTime::now()).ok())

@@ -391,10 +391,11 @@ enum Answer {
 
 /// The wait before retrying a lookup that failed `failures` times in a row.
 fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    FAILURE_BACKOFF_BASE
-        .saturating_mul(1 << exp)
-        .min(FAILURE_BACKOFF_MAX)
+    weft_core::backoff::ceiling(
+        FAILURE_BACKOFF_BASE,
+        FAILURE_BACKOFF_MAX,
+        failures.saturating_sub(1),
+    )
 }
 
 #[cfg(test)]

@@ -116,12 +116,7 @@ impl Retry {
     /// The wait before retry number `n` (0 for the first): full jitter, a uniform draw
     /// (`unit` in [0, 1)) below `base × 2^n`, capped at `max`.
     pub fn backoff(&self, n: u32, unit: f64) -> Duration {
-        let ceiling = self
-            .base
-            .checked_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
-            .unwrap_or(self.max)
-            .min(self.max);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+        weft_core::backoff::full_jitter(self.base, self.max, n, unit)
     }
 
     /// Whether a response (its head) is one to retry, and why. A gRPC error only shows in the
