@@ -152,6 +152,7 @@ fn every_proxy_metric_family_passes_promtool_and_is_documented() {
     t.budget_exhausted();
     t.attempts(2);
     t.overflow(Limit::Pending);
+    t.pending_timeout();
     t.ejection();
     t.rate_limited();
     t.fault(true);
