@@ -5,7 +5,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -92,16 +92,19 @@ async fn never(_: Request<hyper::body::Incoming>) -> Result<http::Response<Strin
     std::future::pending().await
 }
 
+/// The paths an [`unanswering_h2`] server was sent, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// An HTTP/2 server on `127.0.0.1:0` that allows `streams` concurrent streams and answers
-/// none; counts the requests it got.
-async fn unanswering_h2(streams: u32, got: std::sync::Arc<AtomicU64>) -> SocketAddr {
+/// none; records the paths it got.
+async fn unanswering_h2(streams: u32, got: Seen) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let got = got.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                got.fetch_add(1, Ordering::SeqCst);
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                got.lock().unwrap().push(req.uri().path().to_string());
                 never(req)
             });
             tokio::spawn(
@@ -117,7 +120,9 @@ async fn unanswering_h2(streams: u32, got: std::sync::Arc<AtomicU64>) -> SocketA
 /// Requests beyond what an endpoint can take at once wait at most `--pending-timeout` for room,
 /// then fail with 503 (counted), both when HTTP/1.1 connections to it are all in use and when
 /// its HTTP/2 connection is at the server's `SETTINGS_MAX_CONCURRENT_STREAMS`. (They used to
-/// wait for as long as the requests ahead of them ran: here, for ever.)
+/// wait for as long as the requests ahead of them ran: here, for ever.) A request failed so is
+/// never sent, even once a stream frees (it used to wait in h2's own queue, which sent it when
+/// a stream freed, and then reset it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_wait_for_a_full_endpoint_only_as_long_as_the_pending_timeout() {
     // HTTP/1.1: two connections per endpoint, both held by requests the server never answers.
@@ -165,8 +170,9 @@ async fn requests_wait_for_a_full_endpoint_only_as_long_as_the_pending_timeout()
     held.iter().for_each(|h| h.abort());
 
     // HTTP/2: a server that allows two streams and answers none.
-    let got = std::sync::Arc::new(AtomicU64::new(0));
+    let got = Seen::default();
     let h2 = unanswering_h2(2, got.clone()).await;
+    let seen = || got.lock().unwrap().clone();
     let dir = TempDir::new("pending-h2");
     let proxy = proxy_to(&dir, "streams.test", h2, &["--pending-timeout", "300ms"]);
     let addr = proxy.addr("outbound");
@@ -175,7 +181,7 @@ async fn requests_wait_for_a_full_endpoint_only_as_long_as_the_pending_timeout()
         held.push(tokio::spawn(get_h2(addr, "streams.test", "/held")));
     }
     eventually(Duration::from_secs(5), "both held streams to open", || {
-        let n = got.load(Ordering::SeqCst);
+        let n = seen().len();
         async move { (n >= 2).then_some(()) }
     })
     .await;
@@ -185,8 +191,8 @@ async fn requests_wait_for_a_full_endpoint_only_as_long_as_the_pending_timeout()
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("pending"), "{body}");
     assert_eq!(
-        got.load(Ordering::SeqCst),
-        2,
+        seen(),
+        ["/held", "/held"],
         "the third never reached the server"
     );
     assert_eq!(
@@ -195,5 +201,20 @@ async fn requests_wait_for_a_full_endpoint_only_as_long_as_the_pending_timeout()
             .await,
         1.0
     );
+    // One held call goes away (its stream is reset), and a fourth is sent: the fourth takes
+    // the freed stream, and the third, failed already, is not sent.
+    held[0].abort();
+    let fourth = tokio::spawn(get_h2(addr, "streams.test", "/fourth"));
+    eventually(
+        Duration::from_secs(5),
+        "a third request at the server",
+        || {
+            let n = seen().len();
+            async move { (n >= 3).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(seen(), ["/held", "/held", "/fourth"]);
+    fourth.abort();
     held.iter().for_each(|h| h.abort());
 }

@@ -14,6 +14,42 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::http::body::{BoxError, Cancel};
 
+/// The streams this proxy holds open on one upstream connection, counted against the server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (`pool/h2/conn.rs`).
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    pub(crate) open: std::sync::atomic::AtomicUsize,
+    pub(crate) freed: tokio::sync::Notify,
+}
+
+/// One stream's place on its connection, given back when dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<OpenStreams>);
+
+impl StreamSlot {
+    /// Stands for a place `streams` has already counted.
+    pub(crate) fn counted(streams: Arc<OpenStreams>) -> Self {
+        StreamSlot(streams)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// Who holds a stream's place: its response body alone, or that and the task still sending
+/// the request body (streaming calls).
+#[derive(Debug)]
+pub enum Held {
+    Alone(StreamSlot),
+    Shared(Arc<StreamSlot>),
+}
+
 /// A received body: its DATA frames as they arrive (each one's flow-control window given back
 /// as soon as it is handed on), then its trailers.
 #[derive(Debug)]
@@ -26,10 +62,17 @@ pub struct RecvBody {
     /// Fired when the response is dropped unfinished, so that the task still sending its
     /// request body resets the stream instead of holding it open.
     abandoned: Option<Arc<Cancel>>,
+    /// The stream's place on its connection, until the body is done with.
+    _slot: Option<Held>,
 }
 
 impl RecvBody {
-    pub fn new(recv: RecvStream, headers: &HeaderMap, abandoned: Option<Arc<Cancel>>) -> Self {
+    pub fn new(
+        recv: RecvStream,
+        headers: &HeaderMap,
+        abandoned: Option<Arc<Cancel>>,
+        slot: Option<Held>,
+    ) -> Self {
         let remaining = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
@@ -39,6 +82,7 @@ impl RecvBody {
             ended: false,
             remaining,
             abandoned,
+            _slot: slot,
         }
     }
 

@@ -16,7 +16,6 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Waker},
     time::Duration,
 };
 
@@ -26,7 +25,7 @@ pub use self::conn::Conn;
 use super::{Clock, Pools, Received, Waiter};
 use crate::{
     http::{body::BoxError, error::ProxyError},
-    http2::{RecvBody, Sender},
+    http2::{RecvBody, Sender, body::Held},
     transport::ConnectError,
 };
 
@@ -187,26 +186,25 @@ impl Pool {
                 .headers
                 .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         }
+        // At the server's SETTINGS_MAX_CONCURRENT_STREAMS, wait for a stream to end before
+        // making this one: as a pending request, for at most the pending timeout. The stream
+        // is made only with a place, so one given up on is never sent.
+        let slot = match conn.try_slot() {
+            Some(s) => s,
+            None => {
+                let _pending = wait.pending()?;
+                let after = pools.cfg.pending_timeout;
+                match tokio::time::timeout(after, conn.slot()).await {
+                    Ok(s) => s,
+                    Err(_) => return Err(wait.timed_out(addr, after)),
+                }
+            }
+        };
         let (mut response, tx) = conn
             .sender()
             .send_request(Request::from_parts(parts, ()), eos)
             .map_err(upstream)?;
-        // At the server's SETTINGS_MAX_CONCURRENT_STREAMS the stream waits in h2's queue until
-        // another ends (h2 then holds this handle back: `poll_ready`). That wait is pending, and
-        // bounded; giving up drops the stream before it was ever sent.
-        let queued = conn
-            .sender()
-            .poll_ready(&mut Context::from_waker(Waker::noop()))
-            .is_pending();
-        if queued {
-            let _pending = wait.pending()?;
-            let after = pools.cfg.pending_timeout;
-            let opened = std::future::poll_fn(|cx| conn.sender().poll_ready(cx));
-            match tokio::time::timeout(after, opened).await {
-                Ok(r) => r.map_err(upstream)?,
-                Err(_) => return Err(wait.timed_out(addr, after)),
-            }
-        }
+        let mut slot = Some(Held::Alone(slot));
         let mut abandoned = None;
         let head = if eos {
             drop(tx);
@@ -228,7 +226,15 @@ impl Pool {
                 // is dropped unfinished.
                 let abandon = Arc::new(crate::http::body::Cancel::default());
                 abandoned = Some(abandon.clone());
+                // The stream keeps its place until both the task and the response are done.
+                let shared = match slot.take() {
+                    Some(Held::Alone(s)) => Arc::new(s),
+                    Some(Held::Shared(s)) => s,
+                    None => unreachable!("the slot is taken once"),
+                };
+                slot = Some(Held::Shared(shared.clone()));
                 tokio::spawn(std::future::poll_fn(move |cx| {
+                    let _place = &shared;
                     sender.poll_send(Pin::new(&mut body), Some(&abandon), cx)
                 }));
             }
@@ -236,7 +242,7 @@ impl Pool {
         };
         let rsp = head.map_err(upstream)?;
         let (parts, recv) = rsp.into_parts();
-        let body = Received::H2(RecvBody::new(recv, &parts.headers, abandoned));
+        let body = Received::H2(RecvBody::new(recv, &parts.headers, abandoned, slot));
         Ok(Response::from_parts(parts, body))
     }
 

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     http::{MAX_FRAME, STREAM_WINDOW, error::ProxyError},
+    http2::body::{OpenStreams, StreamSlot},
     http2::keepalive::{Reads, keep_alive},
     pool::Pools,
 };
@@ -44,6 +45,11 @@ pub struct Conn {
     /// Set when the connection's task has ended (closed, failed, or a keepalive went
     /// unanswered).
     closed: Arc<AtomicBool>,
+    /// The streams open on it, against the server's limit: a request takes a place before its
+    /// stream is made, so no stream ever waits in h2's own queue (a stream given up on there
+    /// is still sent once a place frees, then reset: the upstream would get a request its
+    /// client was told failed).
+    streams: Arc<OpenStreams>,
 }
 
 impl Conn {
@@ -61,6 +67,34 @@ impl Conn {
 
     pub fn sender(&mut self) -> &mut SendRequest<Bytes> {
         &mut self.send
+    }
+
+    /// A place for one more stream, if the connection has one under the server's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` (100 until the server's SETTINGS arrive).
+    pub fn try_slot(&self) -> Option<StreamSlot> {
+        let max = self.send.current_max_send_streams();
+        self.streams
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot::counted(self.streams.clone()))
+    }
+
+    /// Waits for a place for one more stream.
+    pub async fn slot(&self) -> StreamSlot {
+        loop {
+            let freed = self.streams.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(s) = self.try_slot() {
+                // The server may have raised its limit: let the next waiter look too.
+                self.streams.freed.notify_one();
+                return s;
+            }
+            freed.await;
+        }
     }
 }
 
@@ -124,7 +158,11 @@ where
         }
         // Dropping the connection fails whatever streams it still had.
     });
-    Ok(Conn { send, closed })
+    Ok(Conn {
+        send,
+        closed,
+        streams: Arc::default(),
+    })
 }
 
 #[cfg(test)]
