@@ -211,6 +211,11 @@ fn allocate_vips_in<'a>(
         if vips.contains_key(host) {
             continue;
         }
+        // Once a probe found the block full, every host after it is left over at once.
+        if left_over > 0 {
+            left_over += 1;
+            continue;
+        }
         // FNV-1a: stable across builds and platforms.
         let hash = host.bytes().fold(0x811c_9dc5_u32, |h, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)

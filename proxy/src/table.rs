@@ -326,18 +326,33 @@ impl Cluster {
             return Some(first);
         }
         // The balancer chose the endpoint that just failed (a fast failure looks cheap to it):
-        // one of the others in service, at random. Only when there is none, the same again.
+        // one of the others, drawn by weight; ejected ones only when too few are in service
+        // (the panic threshold, as `pick` has it). Only when there is none, the same again.
         let now = crate::balance::now_ms();
-        let others = || {
-            self.endpoints
-                .iter()
-                .filter(move |e| e.addr != avoid && !e.state.ejected(now))
+        let n = self.endpoints.len();
+        let in_service = (0..n)
+            .filter_map(|i| self.endpoints.get(i))
+            .filter(|e| !e.state.ejected(now))
+            .count();
+        let panicking = (in_service as f64) * 100.0 < self.panic_threshold * n as f64;
+        let candidate = |i: usize| {
+            let e = self.endpoints.get(i)?;
+            (e.addr != avoid && (panicking || !e.state.ejected(now)))
+                .then(|| (e, self.endpoints.weight_at(i)))
         };
-        let n = others().count();
-        if n == 0 {
+        let total: u64 = (0..n).filter_map(candidate).map(|(_, w)| w).sum();
+        if total == 0 {
             return Some(first);
         }
-        others().nth(fastrand::usize(..n))
+        let mut draw = fastrand::u64(..total);
+        (0..n).filter_map(candidate).find_map(|(e, w)| {
+            if draw < w {
+                Some(e)
+            } else {
+                draw -= w;
+                None
+            }
+        })
     }
 
     /// Feeds a request's outcome to outlier detection, ejecting the endpoint when it calls

@@ -2,12 +2,7 @@
 //! responses, and requests that find an endpoint's connections all in use, against the real
 //! proxy. Each waits on events (bytes stop flowing, a request arrives), never on a fixed sleep.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::atomic::Ordering,
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
 use http::Request;
 use http_body_util::BodyExt;

@@ -337,3 +337,56 @@ fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
     assert_eq!(alone.pick_other(None, avoid, &metrics).unwrap().addr, avoid);
     drop(busy);
 }
+
+/// The other endpoint a retry takes is drawn by weight, and ejected ones count when too few are
+/// in service (the panic threshold), as for a first try.
+#[test]
+fn a_retrys_other_endpoint_follows_weights_and_the_panic_threshold() {
+    use crate::balance::{EndpointState, Outlier};
+    let ep = |port: u16| Endpoint {
+        addr: SocketAddr::from(([10, 0, 0, 1], port)),
+        labels: Default::default(),
+        identity: None,
+        state: Arc::new(EndpointState::new(SocketAddr::from(([10, 0, 0, 1], port)))),
+    };
+    let (failed, light, heavy) = (ep(1), ep(2), ep(3));
+    let (avoid, heavy_addr) = (failed.addr, heavy.addr);
+    let metrics = Metrics::new().target(Direction::Outbound, &Arc::from("c"));
+    let split = crate::route::WeightedSplit::new([(1, failed), (1, light), (98, heavy)]);
+    let cluster = Cluster::new("c".into(), split, weft_core::policy::LbPolicy::Random);
+    let mut to_heavy = 0;
+    let mut tries = 0;
+    while tries < 2000 {
+        // Only the retries the balancer sent back to the failed endpoint exercise the draw.
+        if cluster.pick(None, &metrics).unwrap().addr != avoid {
+            continue;
+        }
+        tries += 1;
+        let e = cluster.pick_other(None, avoid, &metrics).unwrap();
+        assert_ne!(e.addr, avoid);
+        to_heavy += usize::from(e.addr == heavy_addr);
+    }
+    assert!(
+        to_heavy > 1900,
+        "weights 1 and 98: {to_heavy} of 2000 to the heavy one"
+    );
+
+    // Both others ejected: in panic (1 of 3 in service, under 50 %), they still take retries.
+    // (The failed endpoint is weighted so that the balancer picks it again nearly always.)
+    let (failed, a, b) = (ep(1), ep(2), ep(3));
+    let split = crate::route::WeightedSplit::new([(98, failed), (1, a), (1, b)]);
+    let mut panicking = Cluster::new("p".into(), split, weft_core::policy::LbPolicy::Random);
+    let cfg = Outlier::compile(&Default::default());
+    let now = crate::balance::now_ms();
+    for i in 1..3 {
+        panicking.endpoints.get(i).unwrap().state.eject(&cfg, now);
+    }
+    panicking.outlier = Some(cfg);
+    for _ in 0..200 {
+        let e = panicking.pick_other(None, avoid, &metrics).unwrap();
+        assert_ne!(
+            e.addr, avoid,
+            "in panic, an ejected endpoint rather than the failed one"
+        );
+    }
+}

@@ -29,13 +29,14 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// What a stream may hold of its request body not yet sent (flow control permitting).
 const MAX_SEND_BUFFER: usize = 1 << 20;
-/// The connection's receive window: far more than its streams' windows together (1 MiB each,
-/// `STREAM_WINDOW`) for any stream count a server allows in practice. The connection is shared
-/// by every caller of the endpoint, so it must never be the limit: with a smaller window a few
-/// responses nobody reads (a client that stopped reading) used it all up, and every other
-/// caller's response stopped with them. What a stream holds unread stays bounded by its own
-/// window; the streams are bounded by the downstream connections and their stream limits.
-const CONN_WINDOW: u32 = 1 << 30;
+/// The connection's receive window: 64 streams' windows (1 MiB each, `STREAM_WINDOW`). The
+/// connection is shared by every caller of the endpoint: with 4 MiB, four responses nobody
+/// reads (a client that stopped reading) used it all up and every other caller's response
+/// stopped with them; now it takes 64. It also bounds what one upstream connection can make
+/// the proxy hold unread: 64 MiB. (A client holding 64 unread streams to one endpoint still
+/// stalls it; a second connection per endpoint, or a budget per downstream connection, is the
+/// remedy, left to the client rebuild.)
+const CONN_WINDOW: u32 = 64 << 20;
 
 /// A handle on one upstream connection, cheap to clone: every request to the endpoint opens its
 /// stream through one.
