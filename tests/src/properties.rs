@@ -60,12 +60,13 @@ spec:
 /// A TrafficPolicy with `spec` (YAML, indented under `spec:`) for `web.demo`: if the control
 /// plane's registry accepts it, every resource it translates to passes the proxy's checks (no
 /// NACK), the proxy's table compiles with nothing held back, and the service is routed.
-pub fn policy_differential(spec: &str) {
+/// Returns whether the control plane accepted it (a caller checks that some cases are).
+pub fn policy_differential(spec: &str) -> bool {
     let files = format!(
         "{SERVICE}apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: web, namespace: demo}}\nspec:\n  service: web.demo.svc.cluster.local:8080\n{spec}"
     );
     let Ok(res) = registry_resources(&files) else {
-        return;
+        return false;
     };
     let nack = |what: &str, name: &str, e: String| -> ! {
         panic!(
@@ -100,6 +101,7 @@ pub fn policy_differential(spec: &str) {
             .is_some(),
         "the service is not routed:\n{files}"
     );
+    true
 }
 
 /// The mesh settings the injector of [`admission_review`] runs with.
@@ -134,6 +136,19 @@ pub fn admission_review(body: &[u8]) {
     match decision {
         Decision::Inject { patch, .. } => {
             assert_eq!(response["allowed"], true);
+            // The patch applies to the pod it was made for, and adds the sidecar.
+            let mut pod = review["request"]["object"].clone();
+            for op in &patch {
+                add(&mut pod, op);
+            }
+            let named = |list: &serde_json::Value| {
+                list.as_array()
+                    .is_some_and(|l| l.iter().any(|c| c["name"] == "weft-proxy"))
+            };
+            assert!(
+                named(&pod["spec"]["containers"]) || named(&pod["spec"]["initContainers"]),
+                "no weft-proxy container after the patch: {pod}"
+            );
             assert_eq!(response["patchType"], "JSONPatch");
             let carried = base64::engine::general_purpose::STANDARD
                 .decode(response["patch"].as_str().expect("the patch is a string"))
@@ -158,5 +173,38 @@ pub fn admission_review(body: &[u8]) {
             assert_eq!(response["status"]["code"], 400);
             assert!(!why.is_empty());
         }
+    }
+}
+
+/// Applies one JSONPatch `add` (RFC 6902) to `doc`; panics when its parent does not exist.
+fn add(doc: &mut serde_json::Value, op: &serde_json::Value) {
+    assert_eq!(op["op"], "add", "{op}");
+    let path = op["path"].as_str().expect("a path");
+    let mut parts: Vec<String> = path[1..]
+        .split('/')
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let last = parts.pop().expect("a path with a name");
+    let mut at = &mut *doc;
+    for p in &parts {
+        at = match at {
+            serde_json::Value::Object(m) => m.get_mut(p.as_str()),
+            serde_json::Value::Array(a) => p.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        }
+        .unwrap_or_else(|| panic!("the patch adds under a missing parent: {path}"));
+    }
+    let value = op["value"].clone();
+    match at {
+        serde_json::Value::Object(m) => {
+            m.insert(last, value);
+        }
+        serde_json::Value::Array(a) if last == "-" => a.push(value),
+        serde_json::Value::Array(a) => {
+            let i: usize = last.parse().expect("an array index");
+            assert!(i <= a.len(), "index {i} past the end in {path}");
+            a.insert(i, value);
+        }
+        other => panic!("the patch adds into {other} at {path}"),
     }
 }
