@@ -300,18 +300,23 @@ fn a_host_name_endpoint_is_every_address_it_resolved_to() {
     );
 }
 
+/// An endpoint at 10.0.0.1:`port` with a balancer state of its own.
+fn endpoint(port: u16) -> Endpoint {
+    let addr = SocketAddr::from(([10, 0, 0, 1], port));
+    Endpoint {
+        addr,
+        labels: Default::default(),
+        identity: None,
+        state: Arc::new(crate::balance::EndpointState::new(addr)),
+    }
+}
+
 /// A retry goes to another endpoint than the one that just failed, even when the balancer
 /// prefers the failed one (found by the soak benchmark: a sidecar whose application is down
 /// answers UNAVAILABLE at once, so P2C saw the fastest endpoint, and retries went back to it).
 #[test]
 fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
-    use crate::balance::EndpointState;
-    let ep = |port: u16| Endpoint {
-        addr: SocketAddr::from(([10, 0, 0, 1], port)),
-        labels: Default::default(),
-        identity: None,
-        state: Arc::new(EndpointState::new(SocketAddr::from(([10, 0, 0, 1], port)))),
-    };
+    let ep = endpoint;
     let (dead, a, b) = (ep(1), ep(2), ep(3));
     // The others look busy: P2C prefers the dead one whenever it is a candidate.
     let busy: Vec<_> = (0..50)
@@ -342,13 +347,8 @@ fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
 /// in service (the panic threshold), as for a first try.
 #[test]
 fn a_retrys_other_endpoint_follows_weights_and_the_panic_threshold() {
-    use crate::balance::{EndpointState, Outlier};
-    let ep = |port: u16| Endpoint {
-        addr: SocketAddr::from(([10, 0, 0, 1], port)),
-        labels: Default::default(),
-        identity: None,
-        state: Arc::new(EndpointState::new(SocketAddr::from(([10, 0, 0, 1], port)))),
-    };
+    use crate::balance::Outlier;
+    let ep = endpoint;
     let (failed, light, heavy) = (ep(1), ep(2), ep(3));
     let (avoid, heavy_addr) = (failed.addr, heavy.addr);
     let metrics = Metrics::new().target(Direction::Outbound, &Arc::from("c"));
