@@ -264,7 +264,7 @@ impl Api {
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
-                crate::serve::connection(s, svc).await;
+                crate::serve::connection(s, svc, crate::serve::HEADER_READ_TIMEOUT).await;
             });
         }
     }

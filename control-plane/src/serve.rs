@@ -15,6 +15,10 @@ use tokio::{
 /// How long a client may take to send a request's headers (and so how long an idle
 /// keep-alive connection is kept).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for the injector's webhook: its one client, the API server, keeps idle connections
+/// for up to 90 s and does not retry a POST written as the server closes one, so the webhook
+/// keeps them longer than that (its connections come only after a TLS handshake).
+pub const WEBHOOK_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Connections one server holds at once.
 pub const MAX_CONNECTIONS: usize = 256;
 
@@ -43,8 +47,8 @@ impl Slots {
     }
 }
 
-/// Serves one HTTP/1.1 connection with `svc`, within the header read timeout.
-pub async fn connection<I, S>(io: I, svc: S)
+/// Serves one HTTP/1.1 connection with `svc`, within `header_read_timeout`.
+pub async fn connection<I, S>(io: I, svc: S, header_read_timeout: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming>,
@@ -55,7 +59,7 @@ where
 {
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .serve_connection(TokioIo::new(io), svc)
         .await;
 }

@@ -383,7 +383,7 @@ async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>) {
                 let rsp = admin(&req, &nodes);
                 async move { Ok::<_, Infallible>(rsp) }
             });
-            crate::serve::connection(s, svc).await;
+            crate::serve::connection(s, svc, crate::serve::HEADER_READ_TIMEOUT).await;
         });
     }
 }

@@ -41,7 +41,7 @@ pub async fn serve(
                 let (injector, results) = (injector.clone(), results.clone());
                 async move { Ok::<_, Infallible>(handle(req, &injector, &results).await) }
             });
-            crate::serve::connection(conn, svc).await;
+            crate::serve::connection(conn, svc, crate::serve::WEBHOOK_HEADER_READ_TIMEOUT).await;
         });
     }
 }
