@@ -248,23 +248,20 @@ fn policy_file(dir: &std::path::Path, key: &str) -> PathBuf {
 impl Api {
     pub async fn serve(self, l: TcpListener) {
         let api = Arc::new(self);
-        let slots = crate::serve::Slots::default();
+        let slots = crate::serve::slots();
         loop {
             let Ok((s, _)) = l.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
-            let Some(slot) = slots.take("api") else {
-                continue;
-            };
+            let slot = slots.take();
             let api = api.clone();
             tokio::spawn(async move {
-                let _slot = slot;
                 let svc = service_fn(move |req| {
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
-                crate::serve::connection(s, svc, crate::serve::HEADER_READ_TIMEOUT).await;
+                crate::serve::connection(s, svc, crate::serve::HEADER_READ_TIMEOUT, slot).await;
             });
         }
     }

@@ -1,16 +1,15 @@
 //! The bounds every plain HTTP server of the control plane keeps (the health and metrics port,
 //! the policy API, the injector's webhook): a client has a few seconds to send a request's
-//! headers, and a connection that sends none for as long is closed; and each server holds a
-//! bounded number of connections, closing new ones beyond it at once.
+//! headers, and a connection that sends none for as long is closed; and each server holds at
+//! most 256 connections, a new one beyond taking the place of the oldest (`weft_core::slots`),
+//! so the kubelet's probes always get in.
 
 use std::{sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, server::conn::http1, service::HttpService};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::io::{AsyncRead, AsyncWrite};
+use weft_core::slots::Slot;
 
 /// How long a client may take to send a request's headers (and so how long an idle
 /// keep-alive connection is kept).
@@ -23,32 +22,13 @@ pub const WEBHOOK_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// One server's connection slots.
-#[derive(Debug, Clone)]
-pub struct Slots(Arc<Semaphore>);
-
-impl Default for Slots {
-    fn default() -> Self {
-        Slots(Arc::new(Semaphore::new(MAX_CONNECTIONS)))
-    }
+pub fn slots() -> Arc<weft_core::slots::Slots> {
+    weft_core::slots::Slots::new(MAX_CONNECTIONS)
 }
 
-impl Slots {
-    /// A slot for a new connection, held until it is dropped; `None` at the limit (close the
-    /// connection).
-    pub fn take(&self, server: &'static str) -> Option<OwnedSemaphorePermit> {
-        let slot = self.0.clone().try_acquire_owned().ok();
-        if slot.is_none() {
-            tracing::debug!(
-                server,
-                "connection limit reached; a new connection is closed"
-            );
-        }
-        slot
-    }
-}
-
-/// Serves one HTTP/1.1 connection with `svc`, within `header_read_timeout`.
-pub async fn connection<I, S>(io: I, svc: S, header_read_timeout: Duration)
+/// Serves one HTTP/1.1 connection with `svc`, within `header_read_timeout`, until it ends or a
+/// newer connection takes its `slot`.
+pub async fn connection<I, S>(io: I, svc: S, header_read_timeout: Duration, slot: Slot)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming>,
@@ -57,9 +37,12 @@ where
     <S::ResBody as hyper::body::Body>::Data: Send,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let _ = http1::Builder::new()
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .serve_connection(TokioIo::new(io), svc)
-        .await;
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = slot.evicted() => {}
+    }
 }

@@ -367,23 +367,20 @@ async fn secure_port(cfg: &Config, ca: Arc<Ca>, metrics: &Metrics) -> Result<Sec
 /// Health and metrics, on a port the network reaches (the kubelet's probes, Prometheus): nothing
 /// here says what the mesh holds (the registry and each proxy's state are on the API port).
 async fn serve_admin(l: TcpListener, nodes: Arc<Nodes>) {
-    let slots = crate::serve::Slots::default();
+    let slots = crate::serve::slots();
     loop {
         let Ok((s, _)) = l.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let Some(slot) = slots.take("metrics") else {
-            continue;
-        };
+        let slot = slots.take();
         let nodes = nodes.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let rsp = admin(&req, &nodes);
                 async move { Ok::<_, Infallible>(rsp) }
             });
-            crate::serve::connection(s, svc, crate::serve::HEADER_READ_TIMEOUT).await;
+            crate::serve::connection(s, svc, crate::serve::HEADER_READ_TIMEOUT, slot).await;
         });
     }
 }

@@ -12,3 +12,5 @@ pub mod etcd;
 pub mod log;
 pub mod matching;
 pub mod policy;
+#[cfg(feature = "server")]
+pub mod slots;

@@ -65,8 +65,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Rsp {
 /// How long a client of the admin or probe server may take to send a request's headers, and
 /// the longest a connection may stay open without a request.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Connections each of the two servers holds at once; beyond, a new one is closed at once.
-/// (The probe port is reachable from the network and never captured.)
+/// Connections each of the two servers holds at once; a new one beyond takes the place of the
+/// oldest, which is closed (`weft_core::slots`): the probe port is reachable from the network
+/// and never captured, and whoever keeps connections busy there must not lock the kubelet out.
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Serves `listener` with `route` until the process exits.
@@ -75,7 +76,7 @@ where
     F: Fn(Arc<AdminState>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Rsp> + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = weft_core::slots::Slots::new(MAX_CONNECTIONS);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -86,13 +87,9 @@ where
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+        let slot = slots.take();
         let state = state.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let drain_after = Arc::new(AtomicBool::new(false));
             let (st, flag) = (state.clone(), drain_after.clone());
             let svc = service_fn(move |mut req: Request<Incoming>| {
@@ -100,11 +97,14 @@ where
                 req.extensions_mut().insert(DrainOnClose(flag.clone()));
                 async move { Ok::<_, Infallible>(route(state, req).await) }
             });
-            let _ = http1::Builder::new()
+            let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = slot.evicted() => {}
+            }
             // Only now, with the answer to `/shutdown` written, may the process go away.
             if drain_after.load(Ordering::Acquire) {
                 state.drain.start();

@@ -28,20 +28,18 @@ pub async fn serve(
     handshake_failures: prometheus::IntCounter,
 ) {
     let mut conns = crate::tls::incoming(listener, tls, handshake_failures);
-    let slots = crate::serve::Slots::default();
+    let slots = crate::serve::slots();
     while let Some(conn) = conns.next().await {
         let Ok(conn) = conn else { continue };
-        let Some(slot) = slots.take("injector") else {
-            continue;
-        };
+        let slot = slots.take();
         let (injector, results) = (injector.clone(), results.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (injector, results) = (injector.clone(), results.clone());
                 async move { Ok::<_, Infallible>(handle(req, &injector, &results).await) }
             });
-            crate::serve::connection(conn, svc, crate::serve::WEBHOOK_HEADER_READ_TIMEOUT).await;
+            crate::serve::connection(conn, svc, crate::serve::WEBHOOK_HEADER_READ_TIMEOUT, slot)
+                .await;
         });
     }
 }
