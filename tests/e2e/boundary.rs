@@ -305,12 +305,20 @@ fn a_port_scan_does_not_grow_the_metrics() {
 
 /// The probe server (reachable from the network, never captured) and the admin server close a
 /// connection that does not finish its request's headers within 5 s (one byte at a time would
-/// otherwise hold it forever).
+/// otherwise hold it forever), and hold at most 256 connections, a new one taking the place of
+/// the oldest (a client holding them all used to lock the kubelet's probes out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_of_the_probe_and_admin_servers_is_cut_off() {
     let proxy = weft_tests::proxy::Proxy::start(&[]);
     for listener in ["probe", "admin"] {
         weft_tests::slow_headers_are_cut_off(proxy.addr(listener), listener).await;
+        // Whoever holds the 256 connections cannot lock a new client (the kubelet) out.
+        weft_tests::the_newest_connection_takes_the_oldests_place(
+            proxy.addr(listener),
+            listener,
+            256,
+        )
+        .await;
     }
     // And the probe still answers.
     assert_eq!(proxy.get("probe", "/live").await.0, 200);

@@ -489,38 +489,13 @@ async fn an_oversized_xds_request_ends_its_stream() {
 /// for ever, without a limit.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_and_api_servers_bound_slow_and_idle_clients() {
-    use tokio::io::AsyncReadExt;
     let dir = TempDir::new("cp-bounds");
     let cp = weft_tests::mesh::control_plane(&dir, &[]);
     for listener in ["metrics", "api"] {
         weft_tests::slow_headers_are_cut_off(cp.addr(listener), listener).await;
 
-        // 256 connections that send nothing (yet), then one more: the newest is served, and
-        // the oldest is closed to make room.
-        let mut held = Vec::new();
-        for _ in 0..256 {
-            held.push(
-                tokio::net::TcpStream::connect(cp.addr(listener))
-                    .await
-                    .unwrap(),
-            );
-        }
-        let answer = weft_tests::raw_exchange(
-            cp.addr(listener),
-            b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(
-            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 404"),
-            "{listener}: the 257th connection was not served: {answer}"
-        );
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(Duration::from_secs(3), held[0].read(&mut byte)).await;
-        assert!(
-            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
-            "{listener}: the oldest connection was not closed for the newer one: {n:?}"
-        );
-        drop(held);
+        weft_tests::the_newest_connection_takes_the_oldests_place(cp.addr(listener), listener, 256)
+            .await;
     }
     // Once they are gone, the servers answer again.
     weft_tests::eventually(

@@ -86,6 +86,35 @@ pub async fn slow_headers_are_cut_off(addr: std::net::SocketAddr, what: &str) {
     );
 }
 
+/// Asserts that the HTTP/1.1 server at `addr` (`what`, for the message), holding `max`
+/// connections that sent nothing yet, serves one more and closes the oldest to make room.
+pub async fn the_newest_connection_takes_the_oldests_place(
+    addr: std::net::SocketAddr,
+    what: &str,
+    max: usize,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut held = Vec::new();
+    for _ in 0..max {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let answer = raw_exchange(
+        addr,
+        b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 404"),
+        "{what}: the connection beyond {max} was not served: {answer}"
+    );
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(3), held[0].read(&mut byte)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "{what}: the oldest connection was not closed for the newer one: {n:?}"
+    );
+}
+
 /// Writes `request` on a new connection to `addr` and reads until the server closes it.
 pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
