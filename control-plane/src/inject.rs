@@ -23,6 +23,7 @@
 //! refused with a message that names what was wrong.
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use weft_core::contract;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
@@ -570,27 +571,27 @@ impl Injector {
         let native = self.mesh.native_sidecars;
         let mut warnings = Vec::new();
         let mut proxy_env = vec![
-            env("WEFT_CONTROL_PLANE", &self.mesh.control_plane_address),
-            env("WEFT_TRUST_BUNDLE_PEM", &self.trust_bundle),
-            env("WEFT_TRUST_DOMAIN", &self.mesh.trust_domain),
-            env("WEFT_IDENTITY", "ca"),
+            env(contract::CONTROL_PLANE, &self.mesh.control_plane_address),
+            env(contract::TRUST_BUNDLE_PEM, &self.trust_bundle),
+            env(contract::TRUST_DOMAIN, &self.mesh.trust_domain),
+            env(contract::IDENTITY, "ca"),
             env(
-                "WEFT_IDENTITY_TOKEN_FILE",
+                contract::IDENTITY_TOKEN_FILE,
                 &format!("{TOKEN_DIR}/weft-token"),
             ),
-            field_env("WEFT_POD_NAME", "metadata.name"),
-            field_env("WEFT_POD_NAMESPACE", "metadata.namespace"),
-            field_env("WEFT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            env("WEFT_NODE_LABELS_FILE", &format!("{PODINFO_DIR}/labels")),
-            env("WEFT_CAPTURE", "true"),
-            env("WEFT_INBOUND_MTLS", s.mtls_mode),
-            env("WEFT_DEFAULT_AUTHZ", s.default_authz),
-            env("WEFT_LOG", &s.log_level),
+            field_env(contract::POD_NAME, "metadata.name"),
+            field_env(contract::POD_NAMESPACE, "metadata.namespace"),
+            field_env(contract::SERVICE_ACCOUNT, "spec.serviceAccountName"),
+            env(contract::NODE_LABELS_FILE, &format!("{PODINFO_DIR}/labels")),
+            env(contract::CAPTURE, "true"),
+            env(contract::INBOUND_MTLS, s.mtls_mode),
+            env(contract::DEFAULT_AUTHZ, s.default_authz),
+            env(contract::LOG, &s.log_level),
         ];
         let probes = rewrite_probes(&spec.containers);
         if !probes.app.is_empty() {
             let json = serde_json::to_string(&probes.app).expect("JSON values serialize");
-            proxy_env.push(env("WEFT_APP_PROBES", &json));
+            proxy_env.push(env(contract::APP_PROBES, &json));
         }
         if s.mtls_mode == "strict" && !probes.kept_ports.is_empty() {
             // Probes the sidecar cannot ask for the kubelet (gRPC, HTTPS, another host) come
@@ -601,14 +602,14 @@ impl Injector {
                 .iter()
                 .map(|p| format!("{p}=permissive"))
                 .collect();
-            proxy_env.push(env("WEFT_INBOUND_MTLS_PORTS", &list.join(",")));
+            proxy_env.push(env(contract::INBOUND_MTLS_PORTS, &list.join(",")));
             warnings.push(format!(
                 "weft: mTLS is strict, but port(s) {} take the kubelet's plaintext gRPC/HTTPS probes and stay permissive; exclude a dedicated probe port (weft.dev/exclude-inbound-ports) to keep everything strict",
                 join_ports(&probes.kept_ports, ", ")
             ));
         }
         if self.mesh.capture.redirect_dns {
-            proxy_env.push(env("WEFT_DNS_ADDR", "127.0.0.1:15053"));
+            proxy_env.push(env(contract::DNS_ADDR, "127.0.0.1:15053"));
         }
         let probe = |path: &str, period: u32, failures: u32| {
             json!({
@@ -652,22 +653,22 @@ impl Injector {
             });
         }
 
-        let mut init_env = vec![env("WEFT_PROXY_UID", &PROXY_UID.to_string())];
+        let mut init_env = vec![env(contract::PROXY_UID, &PROXY_UID.to_string())];
         for (name, value) in [
             (
-                "WEFT_EXCLUDE_INBOUND_PORTS",
+                contract::EXCLUDE_INBOUND_PORTS,
                 join_ports(&s.exclude_inbound_ports, ","),
             ),
             (
-                "WEFT_EXCLUDE_OUTBOUND_PORTS",
+                contract::EXCLUDE_OUTBOUND_PORTS,
                 join_ports(&s.exclude_outbound_ports, ","),
             ),
             (
-                "WEFT_EXCLUDE_OUTBOUND_CIDRS",
+                contract::EXCLUDE_OUTBOUND_CIDRS,
                 s.exclude_outbound_cidrs.join(","),
             ),
             (
-                "WEFT_INCLUDE_OUTBOUND_CIDRS",
+                contract::INCLUDE_OUTBOUND_CIDRS,
                 s.include_outbound_cidrs.join(","),
             ),
         ] {
@@ -676,7 +677,7 @@ impl Injector {
             }
         }
         if self.mesh.capture.redirect_dns {
-            init_env.push(env("WEFT_REDIRECT_DNS", "true"));
+            init_env.push(env(contract::REDIRECT_DNS, "true"));
         }
         let init = json!({
             "name": INIT_CONTAINER,

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod authz;
 pub mod backoff;
+pub mod contract;
 pub mod duration;
 #[cfg(feature = "etcd")]
 pub mod etcd;

@@ -81,7 +81,7 @@ pub struct Config {
     /// The DNS proxy's address (UDP and TCP): mesh names are answered with their VIPs, other
     /// queries relayed upstream. Off unless given (`weft-proxy init --redirect-dns` sends the
     /// pod's DNS to 127.0.0.1:15053).
-    #[arg(long, env = "WEFT_DNS_ADDR")]
+    #[arg(long, env = weft_core::contract::DNS_ADDR)]
     pub dns_addr: Option<SocketAddr>,
 
     /// The DNS server both the DNS proxy relays to and endpoints configured by host name are
@@ -114,7 +114,7 @@ pub struct Config {
 
     /// Traffic arrives redirected by `weft-proxy init`: an inbound connection that was not
     /// redirected (one addressed to the proxy's own port) is refused.
-    #[arg(long, env = "WEFT_CAPTURE")]
+    #[arg(long, env = weft_core::contract::CAPTURE)]
     pub capture: bool,
 
     /// Redirected inbound connections go where the client sent them (the pod's own address):
@@ -142,7 +142,7 @@ pub struct Config {
     /// The application's HTTP and TCP probes the probe server asks on the kubelet's behalf, at
     /// `/app-health/...` (JSON; the Kubernetes injector writes it when it points the pod's
     /// probes at the sidecar).
-    #[arg(long, env = "WEFT_APP_PROBES", value_name = "JSON")]
+    #[arg(long, env = weft_core::contract::APP_PROBES, value_name = "JSON")]
     pub app_probes: Option<String>,
 
     /// Probe and metrics server (/live, /ready, /metrics).
@@ -178,7 +178,7 @@ pub struct Config {
     pub worker_threads: usize,
 
     /// Log filter, `tracing` syntax (e.g. `info`, `weft_proxy=debug,hyper=info`).
-    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    #[arg(long, env = weft_core::contract::LOG, default_value = "info")]
     pub log_level: String,
 
     /// Log format.
@@ -194,7 +194,7 @@ pub struct DiscoveryConfig {
     /// repeated); a lost stream reconnects to the next.
     #[arg(
         long,
-        env = "WEFT_CONTROL_PLANE",
+        env = weft_core::contract::CONTROL_PLANE,
         value_name = "URL",
         value_delimiter = ',',
         conflicts_with = "config"
@@ -211,13 +211,13 @@ pub struct DiscoveryConfig {
 
     /// The pod (or host) this sidecar serves; the Kubernetes injector sets it from the
     /// downward API.
-    #[arg(long, env = "WEFT_POD_NAME")]
+    #[arg(long, env = weft_core::contract::POD_NAME)]
     pub pod_name: Option<String>,
 
-    #[arg(long, env = "WEFT_POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = weft_core::contract::POD_NAMESPACE, default_value = "default")]
     pub pod_namespace: String,
 
-    #[arg(long, env = "WEFT_SERVICE_ACCOUNT", default_value = "default")]
+    #[arg(long, env = weft_core::contract::SERVICE_ACCOUNT, default_value = "default")]
     pub service_account: String,
 
     /// The workload's labels, `KEY=VALUE`, sent in the node metadata. Repeatable; in the
@@ -227,7 +227,7 @@ pub struct DiscoveryConfig {
 
     /// More labels, from a file in the Kubernetes downward API's format (`key="value"` lines,
     /// Go-quoted): what the injector mounts from the pod's `metadata.labels`. Read at start.
-    #[arg(long, env = "WEFT_NODE_LABELS_FILE", value_name = "FILE")]
+    #[arg(long, env = weft_core::contract::NODE_LABELS_FILE, value_name = "FILE")]
     pub node_labels_file: Option<PathBuf>,
 
     /// With a control plane: /ready answers 503 until the first configuration (every resource
@@ -441,7 +441,7 @@ pub enum InboundMode {
 pub struct MtlsConfig {
     /// Where this workload's certificate comes from. With one, connections to endpoints that
     /// carry an identity are mutual TLS, and the inbound side terminates mesh TLS.
-    #[arg(long, env = "WEFT_IDENTITY", value_enum, default_value = "none")]
+    #[arg(long, env = weft_core::contract::IDENTITY, value_enum, default_value = "none")]
     pub identity: IdentitySource,
 
     /// The mesh trust bundle (PEM CA certificates): verifies an `https://` control plane and
@@ -453,7 +453,7 @@ pub struct MtlsConfig {
     /// sets, as the CA's certificate is not in the workload's namespace.
     #[arg(
         long,
-        env = "WEFT_TRUST_BUNDLE_PEM",
+        env = weft_core::contract::TRUST_BUNDLE_PEM,
         value_name = "PEM",
         conflicts_with = "trust_bundle",
         hide_env_values = true
@@ -468,14 +468,14 @@ pub struct MtlsConfig {
     /// Kubernetes the projected service-account token. Read again before every request.
     #[arg(
         long,
-        env = "WEFT_IDENTITY_TOKEN_FILE",
+        env = weft_core::contract::IDENTITY_TOKEN_FILE,
         value_name = "FILE",
         required_if_eq("identity", "ca")
     )]
     pub identity_token_file: Option<PathBuf>,
 
     /// The trust domain of the SPIFFE id asked for (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`).
-    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    #[arg(long, env = weft_core::contract::TRUST_DOMAIN, default_value = "cluster.local")]
     pub trust_domain: String,
 
     /// The certificate lifetime asked of the CA (it may grant less); renewal is at 70 %.
@@ -516,7 +516,7 @@ pub struct MtlsConfig {
     /// What the inbound side accepts (with an identity; without one it is always `disable`).
     #[arg(
         long,
-        env = "WEFT_INBOUND_MTLS",
+        env = weft_core::contract::INBOUND_MTLS,
         value_enum,
         default_value = "permissive"
     )]
@@ -524,7 +524,7 @@ pub struct MtlsConfig {
 
     /// A mode for one destination port, overriding --inbound-mtls: `PORT=MODE`. Repeatable; in
     /// the environment, comma-separated.
-    #[arg(long = "inbound-mtls-port", env = "WEFT_INBOUND_MTLS_PORTS", value_delimiter = ',', value_parser = parse_port_mode)]
+    #[arg(long = "inbound-mtls-port", env = weft_core::contract::INBOUND_MTLS_PORTS, value_delimiter = ',', value_parser = parse_port_mode)]
     pub inbound_mtls_ports: Vec<(u16, InboundMode)>,
 
     /// /ready answers 503 while mutual TLS is on and no valid certificate is held.
@@ -534,7 +534,7 @@ pub struct MtlsConfig {
     /// What the inbound side does with a caller when no authorization policy guards the
     /// destination (no service with a policy has an endpoint there): `allow` (compatible with
     /// earlier weft) or `deny` (only what a policy allows gets in).
-    #[arg(long, env = "WEFT_DEFAULT_AUTHZ", value_enum, default_value = "allow")]
+    #[arg(long, env = weft_core::contract::DEFAULT_AUTHZ, value_enum, default_value = "allow")]
     pub default_authz: crate::inbound::DefaultAuthz,
 }
 
@@ -791,6 +791,24 @@ mod tests {
                 .unwrap_err()
                 .contains("not a socket address")
         );
+    }
+
+    /// The variables the injector writes (`weft_core::contract`) are each read by a flag.
+    #[test]
+    fn every_variable_the_injector_writes_is_read_by_a_flag() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let envs: Vec<String> = std::iter::once(&cli)
+            .chain(cli.get_subcommands())
+            .flat_map(|c| c.get_arguments())
+            .filter_map(|a| a.get_env()?.to_str().map(String::from))
+            .collect();
+        for name in weft_core::contract::ALL {
+            assert!(
+                envs.iter().any(|e| e == name),
+                "the injector writes {name}, which no flag reads"
+            );
+        }
     }
 
     /// Every flag of every subcommand has a `WEFT_*` variable, and the configuration reference

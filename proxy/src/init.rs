@@ -47,7 +47,7 @@ pub enum Ipv6 {
 #[derive(Debug, Clone, Args)]
 pub struct InitConfig {
     /// The UID the proxy runs as: its own traffic is never redirected.
-    #[arg(long, env = "WEFT_PROXY_UID", default_value_t = 2102)]
+    #[arg(long, env = weft_core::contract::PROXY_UID, default_value_t = 2102)]
     pub proxy_uid: u32,
 
     /// Where inbound TCP is redirected (the proxy's inbound listener).
@@ -63,23 +63,23 @@ pub struct InitConfig {
     pub inbound_ports: String,
 
     /// Inbound ports never redirected (the probe port 15020 always is not).
-    #[arg(long, env = "WEFT_EXCLUDE_INBOUND_PORTS", value_delimiter = ',')]
+    #[arg(long, env = weft_core::contract::EXCLUDE_INBOUND_PORTS, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
 
     /// Outbound destination ports never redirected.
-    #[arg(long, env = "WEFT_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',')]
+    #[arg(long, env = weft_core::contract::EXCLUDE_OUTBOUND_PORTS, value_delimiter = ',')]
     pub exclude_outbound_ports: Vec<u16>,
 
     /// Outbound destination CIDRs never redirected (`10.0.0.0/8`, `fd00::/8`).
-    #[arg(long, env = "WEFT_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    #[arg(long, env = weft_core::contract::EXCLUDE_OUTBOUND_CIDRS, value_delimiter = ',', value_parser = parse_cidr)]
     pub exclude_outbound_cidrs: Vec<Cidr>,
 
     /// Only these outbound destination CIDRs are redirected [default: all].
-    #[arg(long, env = "WEFT_INCLUDE_OUTBOUND_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    #[arg(long, env = weft_core::contract::INCLUDE_OUTBOUND_CIDRS, value_delimiter = ',', value_parser = parse_cidr)]
     pub include_outbound_cidrs: Vec<Cidr>,
 
     /// Redirect the pod's DNS (UDP and TCP port 53) to the proxy's DNS port.
-    #[arg(long, env = "WEFT_REDIRECT_DNS")]
+    #[arg(long, env = weft_core::contract::REDIRECT_DNS)]
     pub redirect_dns: bool,
 
     /// The proxy's DNS port.
