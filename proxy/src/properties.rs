@@ -3,26 +3,21 @@
 //! targets in `fuzz/` on fuzzed ones (cargo-fuzz, `tests/fuzz`). Built for tests and with the
 //! `properties` feature only.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
-use prost::{Message, Name};
-use weft_xds_proto::{
-    envoy::config::{
-        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-        route::v3::RouteConfiguration,
-    },
-    google::protobuf::Any,
-};
+
+mod xds_updates;
+
+pub use xds_updates::{XdsBody, XdsResource, XdsStep, xds_updates};
 
 use crate::{
     balance::Balancer,
-    discovery::state::{KINDS, State, Update},
     http::{grpc, headers, request},
     metrics::Metrics,
     resolve::Resolved,
     route::WeightedSplit,
-    table::{Protocol, Table, xds},
+    table::{Protocol, Table},
     transport::{detect, tls},
 };
 
@@ -89,237 +84,6 @@ pub fn table_file(text: &str) {
                 "the error names the file: {msg}"
             );
         }
-    }
-}
-
-/// A resource in a fuzzed xDS response.
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "properties", derive(arbitrary::Arbitrary))]
-pub struct XdsResource {
-    /// The name the response gives it (delta responses do; state of the world ones do not).
-    pub name: Option<String>,
-    /// 0: the response's own type; 1: another kind's; 2: no body at all.
-    pub type_sel: u8,
-    pub body: XdsBody,
-}
-
-/// A resource's body: raw bytes, or a resource of the response's kind built from a few
-/// fields (so that most of them decode, and some pass the checks).
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "properties", derive(arbitrary::Arbitrary))]
-pub enum XdsBody {
-    Raw(Vec<u8>),
-    Built {
-        name: String,
-        address: String,
-        port: u32,
-        weight: u32,
-        other: String,
-    },
-}
-
-/// One xDS response of a fuzzed stream.
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "properties", derive(arbitrary::Arbitrary))]
-pub struct XdsStep {
-    pub kind: u8,
-    pub full: bool,
-    pub resources: Vec<XdsResource>,
-    pub removed: Vec<String>,
-}
-
-/// Responses applied one after another to the proxy's xDS state. After each: every resource
-/// held passes its check (nothing rejected is ever held); a resource changes only to a value
-/// the response carried; one goes away only when the response removes it, or replaces the
-/// whole set without it and without a rejected resource it could not name; a response
-/// rejected whole changes nothing but its removals; and the table compiles.
-pub fn xds_updates(steps: &[XdsStep]) {
-    let mut st = State::default();
-    let metrics = Metrics::new();
-    for step in steps {
-        let kind = usize::from(step.kind % 4);
-        let own = KINDS[kind].type_url;
-        let before = held(&st, kind);
-        let mut carried: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut unnamed_undecodable = false;
-        let mut resources = Vec::new();
-        for r in &step.resources {
-            let any = match r.type_sel % 3 {
-                0 => Some(Any {
-                    type_url: own.to_string(),
-                    value: body(kind, &r.body),
-                }),
-                1 => Some(Any {
-                    type_url: KINDS[(kind + 1) % 4].type_url.to_string(),
-                    value: body((kind + 1) % 4, &r.body),
-                }),
-                _ => None,
-            };
-            match any.as_ref().and_then(|a| named(kind, own, a)) {
-                Some((name, bytes)) => carried.entry(name).or_default().push(bytes),
-                None if r.name.is_none() => unnamed_undecodable = true,
-                None => {}
-            }
-            resources.push((r.name.clone(), "v1".to_string(), any));
-        }
-        let out = st.apply(
-            kind,
-            Update {
-                type_url: own.to_string(),
-                version: "v1".into(),
-                full: step.full,
-                resources,
-                removed: step.removed.clone(),
-            },
-        );
-        let after = held(&st, kind);
-        for (name, bytes) in &after {
-            assert!(
-                checks(kind, bytes),
-                "{own} `{name}` is held but fails its check"
-            );
-            if before.get(name) != Some(bytes) {
-                let ours = carried.get(name).is_some_and(|c| c.contains(bytes));
-                assert!(
-                    ours,
-                    "{own} `{name}` changed to a value the response did not carry"
-                );
-            }
-        }
-        for name in before.keys().filter(|n| !after.contains_key(*n)) {
-            let removed = step.removed.contains(name);
-            let replaced = step.full && !unnamed_undecodable && !carried.contains_key(name);
-            assert!(
-                removed || replaced,
-                "{own} `{name}` went away though nothing removed it"
-            );
-        }
-        if out.applied == 0 && !out.errors.is_empty() {
-            let mut expected = before.clone();
-            expected.retain(|n, _| !step.removed.contains(n));
-            if !step.full || unnamed_undecodable {
-                assert_eq!(after, expected, "a response rejected whole changed {own}");
-            }
-        }
-        let compiled = xds::compile(
-            st.resources(),
-            st.version().into(),
-            1,
-            &metrics,
-            &Table::empty(),
-            &Resolved::none(),
-        );
-        assert!(compiled.table.services().len() <= st.len(2));
-    }
-}
-
-/// The resources of `kind` held, encoded, by name.
-fn held(st: &State, kind: usize) -> BTreeMap<String, Vec<u8>> {
-    fn enc<M: Message>(m: &BTreeMap<String, M>) -> BTreeMap<String, Vec<u8>> {
-        m.iter()
-            .map(|(k, v)| (k.clone(), v.encode_to_vec()))
-            .collect()
-    }
-    let r = st.resources();
-    match kind {
-        0 => enc(&r.clusters),
-        1 => enc(&r.endpoints),
-        2 => enc(&r.listeners),
-        _ => enc(&r.routes),
-    }
-}
-
-/// The name and canonical encoding of `any` if it decodes as a resource of `kind`.
-fn named(kind: usize, own: &str, any: &Any) -> Option<(String, Vec<u8>)> {
-    fn dec<M: Message + Name + Default>(
-        any: &Any,
-        name: impl Fn(&M) -> String,
-    ) -> Option<(String, Vec<u8>)> {
-        let m = M::decode(&*any.value).ok()?;
-        Some((name(&m), m.encode_to_vec()))
-    }
-    if any.type_url != own {
-        return None;
-    }
-    match kind {
-        0 => dec::<Cluster>(any, |c| c.name.clone()),
-        1 => dec::<ClusterLoadAssignment>(any, |c| c.cluster_name.clone()),
-        2 => dec::<Listener>(any, |l| l.name.clone()),
-        _ => dec::<RouteConfiguration>(any, |r| r.name.clone()),
-    }
-}
-
-/// Whether the encoded resource of `kind` passes the check the proxy applies to it.
-fn checks(kind: usize, bytes: &[u8]) -> bool {
-    match kind {
-        0 => xds::check_cluster(&Cluster::decode(bytes).unwrap()).is_ok(),
-        1 => xds::check_load_assignment(&ClusterLoadAssignment::decode(bytes).unwrap()).is_ok(),
-        2 => xds::check_listener(&Listener::decode(bytes).unwrap()).is_ok(),
-        _ => xds::check_route_config(&RouteConfiguration::decode(bytes).unwrap()).is_ok(),
-    }
-}
-
-/// The bytes of a resource body of `kind`.
-fn body(kind: usize, b: &XdsBody) -> Vec<u8> {
-    use weft_xds_proto::envoy::config::{
-        core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier},
-        endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier},
-    };
-    let XdsBody::Built {
-        name,
-        address,
-        port,
-        weight,
-        other,
-    } = b
-    else {
-        let XdsBody::Raw(raw) = b else { unreachable!() };
-        return raw.clone();
-    };
-    match kind {
-        0 => Cluster {
-            name: name.clone(),
-            ..Default::default()
-        }
-        .encode_to_vec(),
-        1 => {
-            let addr = Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: address.clone(),
-                    port_specifier: Some(PortSpecifier::PortValue(*port)),
-                    ..Default::default()
-                })),
-            };
-            ClusterLoadAssignment {
-                cluster_name: name.clone(),
-                endpoints: vec![LocalityLbEndpoints {
-                    lb_endpoints: vec![LbEndpoint {
-                        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                            address: Some(addr),
-                            ..Default::default()
-                        })),
-                        load_balancing_weight: Some(
-                            weft_xds_proto::google::protobuf::UInt32Value { value: *weight },
-                        ),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }
-            .encode_to_vec()
-        }
-        2 => Listener {
-            name: name.clone(),
-            stat_prefix: other.clone(),
-            ..Default::default()
-        }
-        .encode_to_vec(),
-        _ => RouteConfiguration {
-            name: name.clone(),
-            ..Default::default()
-        }
-        .encode_to_vec(),
     }
 }
 

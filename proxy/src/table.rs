@@ -285,10 +285,16 @@ impl Cluster {
                 next.get_or_insert(e);
             }
         }
-        if (in_service as f64) * 100.0 < self.panic_threshold * n as f64 {
+        if self.panicking(in_service) {
             return Some(ep);
         }
         next
+    }
+
+    /// Whether so few endpoints are in service (below the panic threshold) that ejections are
+    /// ignored.
+    fn panicking(&self, in_service: usize) -> bool {
+        (in_service as f64) * 100.0 < self.panic_threshold * self.endpoints.len() as f64
     }
 
     /// One unit of the cluster's `limit` (none to take for a limit it does not set); at the
@@ -334,7 +340,7 @@ impl Cluster {
             .filter_map(|i| self.endpoints.get(i))
             .filter(|e| !e.state.ejected(now))
             .count();
-        let panicking = (in_service as f64) * 100.0 < self.panic_threshold * n as f64;
+        let panicking = self.panicking(in_service);
         let candidate = |i: usize| {
             let e = self.endpoints.get(i)?;
             (e.addr != avoid && (panicking || !e.state.ejected(now)))

@@ -63,7 +63,7 @@ pub struct RecvBody {
     /// request body resets the stream instead of holding it open.
     abandoned: Option<Arc<Cancel>>,
     /// The stream's place on its connection, until the body is done with.
-    _slot: Option<Held>,
+    _slot: Held,
 }
 
 impl RecvBody {
@@ -71,7 +71,7 @@ impl RecvBody {
         recv: RecvStream,
         headers: &HeaderMap,
         abandoned: Option<Arc<Cancel>>,
-        slot: Option<Held>,
+        slot: Held,
     ) -> Self {
         let remaining = headers
             .get(http::header::CONTENT_LENGTH)

@@ -204,11 +204,9 @@ impl Pool {
             .sender()
             .send_request(Request::from_parts(parts, ()), eos)
             .map_err(upstream)?;
-        let mut slot = Some(Held::Alone(slot));
-        let mut abandoned = None;
-        let head = if eos {
+        let (head, held, abandoned) = if eos {
             drop(tx);
-            response.await
+            (response.await, Held::Alone(slot), None)
         } else {
             // The body is sent from this task while the response is awaited: most bodies
             // (unary calls, small POSTs) are done before the response comes.
@@ -223,26 +221,22 @@ impl Pool {
             .await;
             if sending && head.is_ok() {
                 // The rest goes on in a task of its own, until the body ends or the response
-                // is dropped unfinished.
+                // is dropped unfinished; the stream keeps its place until both are done.
                 let abandon = Arc::new(crate::http::body::Cancel::default());
-                abandoned = Some(abandon.clone());
-                // The stream keeps its place until both the task and the response are done.
-                let shared = match slot.take() {
-                    Some(Held::Alone(s)) => Arc::new(s),
-                    Some(Held::Shared(s)) => s,
-                    None => unreachable!("the slot is taken once"),
-                };
-                slot = Some(Held::Shared(shared.clone()));
+                let (shared, cancel) = (Arc::new(slot), abandon.clone());
+                let place = shared.clone();
                 tokio::spawn(std::future::poll_fn(move |cx| {
-                    let _place = &shared;
-                    sender.poll_send(Pin::new(&mut body), Some(&abandon), cx)
+                    let _place = &place;
+                    sender.poll_send(Pin::new(&mut body), Some(&cancel), cx)
                 }));
+                (head, Held::Shared(shared), Some(abandon))
+            } else {
+                (head, Held::Alone(slot), None)
             }
-            head
         };
         let rsp = head.map_err(upstream)?;
         let (parts, recv) = rsp.into_parts();
-        let body = Received::H2(RecvBody::new(recv, &parts.headers, abandoned, slot));
+        let body = Received::H2(RecvBody::new(recv, &parts.headers, abandoned, held));
         Ok(Response::from_parts(parts, body))
     }
 
