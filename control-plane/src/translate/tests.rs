@@ -439,7 +439,7 @@ fn a_service_keeps_its_vip_when_a_colliding_one_comes_and_goes() {
 #[test]
 fn a_full_vip_block_leaves_hosts_without_a_vip_and_ends() {
     let snap = crate::registry::test_snapshot(&["a.example", "b.example", "c.example"], 1);
-    let vips = super::allocate_vips_in(&snap, &Vips::default(), 2);
+    let vips = super::vips::allocate_vips_in(&snap, &Vips::default(), 2);
     assert_eq!(vips.len(), 2, "{vips:?}");
     let distinct: std::collections::HashSet<_> = vips.values().collect();
     assert_eq!(distinct.len(), 2);
