@@ -193,6 +193,46 @@ impl std::fmt::Debug for TargetMetrics {
     }
 }
 
+/// A service's handles, made the first time a request or connection uses the service: a table
+/// of 10,000 services costs no metric memory, and `/metrics` shows no series, for the services
+/// this pod never calls. Created once per target and kept across table swaps (see
+/// [`Metrics::target`]).
+pub struct LazyTarget {
+    cell: OnceLock<Arc<TargetMetrics>>,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    target: Arc<str>,
+}
+
+impl LazyTarget {
+    pub fn new(metrics: &Arc<Metrics>, direction: Direction, target: Arc<str>) -> Self {
+        LazyTarget {
+            cell: OnceLock::new(),
+            metrics: metrics.clone(),
+            direction,
+            target,
+        }
+    }
+}
+
+impl std::ops::Deref for LazyTarget {
+    type Target = Arc<TargetMetrics>;
+
+    fn deref(&self) -> &Arc<TargetMetrics> {
+        self.cell
+            .get_or_init(|| self.metrics.target(self.direction, &self.target))
+    }
+}
+
+impl std::fmt::Debug for LazyTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyTarget")
+            .field("target", &self.target)
+            .field("made", &self.cell.get().is_some())
+            .finish()
+    }
+}
+
 /// Per-direction connection handles.
 #[derive(Debug)]
 pub struct ConnMetrics {

@@ -28,7 +28,7 @@ use weft_core::{
 use crate::{
     balance::{Balancer, EndpointState, Outcome, Outlier},
     inbound::Authz,
-    metrics::{Direction, Metrics, TargetMetrics},
+    metrics::{Direction, LazyTarget, Metrics, TargetMetrics},
     resolve::Resolved,
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch, WeightedSplit},
     traffic::{Breaker, Budget, Fault, Limit, OverLimit, Permit, Retry, TokenBucket},
@@ -96,7 +96,8 @@ pub struct Service {
     pub routes: Box<[Route]>,
     /// Taken when no route matches: every endpoint of the service.
     pub default_route: Route,
-    pub metrics: Arc<TargetMetrics>,
+    /// Made on first use.
+    pub metrics: LazyTarget,
     /// Every `host:port`, bare host and `vip:port` the service was declared with (lower case;
     /// a bare host two services share reaches neither).
     pub domains: Box<[Box<str>]>,
@@ -602,7 +603,7 @@ impl Table {
     pub fn recompile(
         &self,
         generation: u64,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         dns: &Resolved,
     ) -> Result<Table, (String, String)> {
         Table::compile(
@@ -620,7 +621,7 @@ impl Table {
         source: TableFile,
         version: Arc<str>,
         generation: u64,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         dns: &Resolved,
         previous: &Table,
     ) -> Result<Table, (String, String)> {
@@ -854,9 +855,9 @@ struct ServiceDraft {
 }
 
 impl ServiceDraft {
-    fn finish(self, metrics: &Metrics) -> Service {
+    fn finish(self, metrics: &Arc<Metrics>) -> Service {
         Service {
-            metrics: metrics.target(Direction::Outbound, &self.name),
+            metrics: LazyTarget::new(metrics, Direction::Outbound, self.name.clone()),
             name: self.name,
             protocol: self.protocol,
             routes: self.routes,
@@ -1204,7 +1205,7 @@ fn compile_string_match(
 pub fn load(
     path: &Path,
     generation: u64,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     dns: &Resolved,
     previous: &Table,
 ) -> Result<Table, LoadError> {
@@ -1220,7 +1221,7 @@ pub fn load_text(
     path: &Path,
     text: &str,
     generation: u64,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     dns: &Resolved,
     previous: &Table,
 ) -> Result<Table, LoadError> {

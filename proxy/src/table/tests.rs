@@ -210,7 +210,7 @@ fn a_rejected_table_creates_no_metrics_series() {
         .is_err()
     );
     assert!(!m.render().contains("good:80"));
-    load_text(
+    let t = load_text(
         Path::new("x"),
         "services:\n  - {name: good, port: 80}\n",
         1,
@@ -219,6 +219,10 @@ fn a_rejected_table_creates_no_metrics_series() {
         &Table::empty(),
     )
     .unwrap();
+    // Nor does a table in force, until the service is used: 10,000 services this pod never
+    // calls cost no series.
+    assert!(!m.render().contains("good:80"));
+    t.by_authority("good:80").unwrap().metrics.request();
     assert!(m.render().contains(r#"target="good:80""#));
 }
 

@@ -606,7 +606,7 @@ pub fn compile(
     res: &Resources,
     version: Arc<str>,
     generation: u64,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     previous: &Table,
     dns: &Resolved,
 ) -> Compiled {
