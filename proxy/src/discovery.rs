@@ -124,6 +124,10 @@ pub struct Discovery {
     metrics: Arc<Metrics>,
     pub shared: Arc<Shared>,
     state: State,
+    /// What the table in force was compiled from, so an update compiles only what it touches.
+    incremental: xds::Incremental,
+    /// What the responses applied since the last table changed.
+    changed: xds::Changed,
     resolver: Arc<Resolver>,
     /// Told when an endpoint host name resolves to new addresses.
     dns: watch::Receiver<u64>,
@@ -178,6 +182,8 @@ impl Discovery {
             metrics,
             shared,
             state: State::default(),
+            incremental: Default::default(),
+            changed: Default::default(),
             dns: resolver.subscribe(),
             resolver,
         })
@@ -220,7 +226,10 @@ impl Discovery {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = &mut retry => break,
-                    Ok(()) = self.dns.changed() => self.publish(),
+                    Ok(()) = self.dns.changed() => {
+                        self.changed.dns = true;
+                        self.publish();
+                    }
                 }
             }
         }
@@ -330,6 +339,7 @@ impl Discovery {
             let (batch, ended) = tokio::select! {
                 b = batch(&mut stream) => b,
                 Ok(()) = self.dns.changed() => {
+                    self.changed.dns = true;
                     self.publish();
                     continue;
                 }
@@ -358,8 +368,11 @@ impl Discovery {
                 continue;
             };
             let version = update.version.clone();
-            let outcome = self.state.apply(kind, update);
+            let mut outcome = self.state.apply(kind, update);
             changed |= outcome.changed;
+            for n in outcome.names.drain(..) {
+                self.changed.mark(kind, n);
+            }
             let name = KINDS[kind].name;
             self.metrics.xds_update(name, outcome.errors.is_empty());
             let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
@@ -398,20 +411,21 @@ impl Discovery {
         answers
     }
 
-    /// Compiles the resources held into a table and swaps it in.
+    /// Compiles what changed into a new table and swaps it in.
     fn publish(&mut self) {
         let current = self.table.load_full();
         let generation = current.generation + 1;
         let version: Arc<str> = self.state.version().into();
-        let compiled = xds::compile(
+        let compiled = self.incremental.update(
             self.state.resources(),
+            &std::mem::take(&mut self.changed),
             version.clone(),
             generation,
             &self.metrics,
             &current,
             &self.resolver.resolved(),
         );
-        let services = compiled.table.services().len();
+        let services = compiled.table.service_count();
         self.table.store(Arc::new(compiled.table));
         self.resolver.table_changed();
         self.metrics.table_loaded(&version, generation);

@@ -475,11 +475,11 @@ impl HttpProxy {
                 match route.target(hash, &svc.metrics) {
                     Some((cluster, ep)) => Ok(Dest {
                         addr: ep.addr,
-                        identity: ep.identity.clone(),
+                        identity: ep.identity,
                         protocol: svc.protocol,
                         timeout: route.timeout,
                         metrics: svc.metrics.clone(),
-                        state: Some(ep.state.clone()),
+                        state: Some(ep.state),
                         routed: Some(Routed {
                             svc: svc.clone(),
                             route: index,
@@ -882,7 +882,7 @@ impl HttpProxy {
             metrics.mirrored(false);
             return;
         };
-        let (addr, identity, cluster) = (ep.addr, ep.identity.clone(), m.cluster.clone());
+        let (addr, identity, cluster) = (ep.addr, ep.identity, m.cluster.clone());
         let mut req = head.clone().shadow().request(body);
         if self
             .for_endpoint(&mut req, identity.as_ref(), protocol, false)
@@ -1018,7 +1018,7 @@ impl HttpProxy {
             drop(res);
             tokio::time::sleep(wait).await;
             if let Some(e) = r.cluster.pick_other(r.hash, ep.0, &dest.metrics) {
-                ep = (e.addr, e.identity.clone(), Some(e.state.clone()));
+                ep = (e.addr, e.identity, Some(e.state));
             }
             req = head.clone().request(body);
             tries += 1;

@@ -221,7 +221,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             // Endpoints given by host name get their addresses before the proxy serves
             // (bounded: a slow DNS does not hold the start; they follow when it answers).
             if resolver
-                .prime(table.dns_names(), STARTUP_RESOLVE_LIMIT)
+                .prime(&table.dns_names(), STARTUP_RESOLVE_LIMIT)
                 .await
             {
                 table = table.recompile(1, &metrics, &resolver.resolved()).map_err(
@@ -237,7 +237,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         None => (Table::empty(), String::new()),
     };
     metrics.table_loaded(&table.version, table.generation);
-    tracing::info!(version = %table.version, services = table.services().len(), "routing table loaded");
+    tracing::info!(version = %table.version, services = table.service_count(), "routing table loaded");
     let table = Arc::new(ArcSwap::from_pointee(table));
     let drain = Drain::new();
 

@@ -214,7 +214,7 @@ impl Resolver {
     /// Keeps the names of the table in force resolved until `stop`.
     pub async fn run(self: Arc<Self>, table: SharedTable, stop: CancellationToken) {
         loop {
-            let wanted: Vec<Box<str>> = table.load().dns_names().to_vec();
+            let wanted: Vec<Box<str>> = table.load().dns_names();
             let now = Instant::now();
             let due: Vec<Box<str>> = {
                 let mut entries = self.entries.lock().expect("resolver lock");

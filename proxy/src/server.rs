@@ -205,7 +205,7 @@ impl Listener {
                                 return None;
                             }
                         };
-                    Some((e.addr, e.identity.clone(), Some((e.state.start(), permit))))
+                    Some((e.addr, e.identity, Some((e.state.start(), permit))))
                 };
                 let table = self.table.load();
                 let dest = match (&self.tcp, orig_dst) {

@@ -9,7 +9,7 @@ use weft_proxy::{
     resolve::Resolved,
     table::{
         Table,
-        xds::{self, Resources},
+        xds::{self, Changed, Incremental, Resources},
     },
 };
 use weft_xds_proto::envoy::{
@@ -115,12 +115,12 @@ fn the_control_planes_resources_compile_into_the_same_routing() {
     let v2 = testers.backends.pick().unwrap();
     assert_eq!(&*v2.name, "web.demo.svc.cluster.local:8080/v2");
     // The unhealthy v2 endpoint gets no traffic; the healthy one all of it.
-    assert_eq!(v2.endpoints.len(), 1);
+    assert_eq!(v2.endpoints().len(), 1);
     assert_eq!(
-        v2.endpoints.pick().unwrap().addr,
+        v2.endpoints().pick().unwrap().addr,
         "10.0.0.2:8080".parse().unwrap()
     );
-    assert_eq!(v2.endpoints.pick().unwrap().labels["version"], "v2");
+    assert_eq!(v2.endpoints().pick().unwrap().labels["version"], "v2");
 
     let split = &svc.routes[1];
     assert_eq!(split.backends.total(), 100);
@@ -294,7 +294,7 @@ spec:
             .flat_map(|r| r.backends.iter())
             .find(|c| &*c.name == cluster)
             .unwrap()
-            .endpoints
+            .endpoints()
             .weighted()
             .map(|(w, e)| (w, e.addr.to_string()))
             .collect()
@@ -663,4 +663,190 @@ fn durations_from_xds_are_clamped() {
     let idle = svc.routes[0].policy.idle_timeout.unwrap();
     assert_eq!(idle, weft_core::duration::MAX);
     assert!(tokio::time::Instant::now().checked_add(idle).is_some());
+}
+
+/// `FILES` and `n` plain services (two endpoints each).
+fn mesh_files(n: usize) -> String {
+    let mut files = FILES.to_string();
+    for i in 0..n {
+        files.push_str(&format!(
+            "---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: demo}}\nspec:\n  port: 8080\n  endpoints: [{{address: '10.1.0.{i}:8080'}}, {{address: '10.2.0.{i}:8080'}}]\n"
+        ));
+    }
+    files
+}
+
+/// Applies one change to `res` as the proxy's client does (only what `changed` names is
+/// compiled again) and checks the table against a full compile of the same resources: the
+/// same services, routes and endpoints, the same answers to lookups. Returns the new table
+/// and how many Listeners the update compiled.
+fn apply_and_compare(
+    inc: &mut Incremental,
+    res: &Resources,
+    changed: Changed,
+    previous: &Table,
+    metrics: &Arc<Metrics>,
+) -> (Table, u64) {
+    let before = inc.compiles;
+    let generation = previous.generation + 1;
+    let c = inc.update(
+        res,
+        &changed,
+        Arc::from("v"),
+        generation,
+        metrics,
+        previous,
+        &Resolved::none(),
+    );
+    let full = xds::compile(
+        res,
+        Arc::from("v"),
+        generation,
+        metrics,
+        previous,
+        &Resolved::none(),
+    );
+    assert_eq!(c.table.describe(), full.table.describe());
+    assert_eq!(c.held_back, full.held_back);
+    assert_eq!(c.table.service_count(), full.table.service_count());
+    for s in full.table.services() {
+        for d in s.domains.iter() {
+            let (a, b) = match d.parse() {
+                Ok(vip) => (c.table.by_vip(vip), full.table.by_vip(vip)),
+                Err(_) => (c.table.by_authority(d), full.table.by_authority(d)),
+            };
+            assert_eq!(a.map(|s| &s.name), b.map(|s| &s.name), "{d}");
+        }
+        let addrs: Vec<_> = s
+            .default_route
+            .backends
+            .iter()
+            .flat_map(|c| c.endpoints().iter().map(|e| e.addr).collect::<Vec<_>>())
+            .collect();
+        for addr in addrs {
+            let (a, b) = (c.table.services_at(addr), full.table.services_at(addr));
+            let names = |i: &mut dyn Iterator<Item = &Arc<weft_proxy::table::Service>>| {
+                let mut v: Vec<_> = i.map(|s| s.name.clone()).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(names(&mut { a }), names(&mut { b }), "{addr}");
+            assert_eq!(
+                c.table.endpoint_identity(addr),
+                full.table.endpoint_identity(addr)
+            );
+        }
+    }
+    (c.table, inc.compiles - before)
+}
+
+#[test]
+fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() {
+    let metrics = Metrics::new();
+    let mut res = resources(&mesh_files(40));
+    let mut inc = Incremental::default();
+    let (mut table, n) = apply_and_compare(
+        &mut inc,
+        &res,
+        Changed::default(),
+        &Table::empty(),
+        &metrics,
+    );
+    assert_eq!((n, table.service_count()), (41, 41));
+    let svc = |i: usize| format!("svc-{i}.demo.svc.cluster.local:8080");
+    let state_of = |t: &Table, i: usize| {
+        t.service(&svc(i))
+            .unwrap()
+            .default_route
+            .backends
+            .iter()
+            .next()
+            .unwrap()
+            .endpoints()
+            .iter()
+            .next()
+            .unwrap()
+            .state
+            .clone()
+    };
+    let kept = state_of(&table, 3);
+    let untouched = table.service(&svc(9)).unwrap().clone();
+
+    // One endpoint added to one service: that service only, and the endpoint that stays keeps
+    // its balancer state.
+    let cla = res.endpoints.get_mut(&svc(3)).unwrap();
+    let mut extra = cla.endpoints[0].lb_endpoints[0].clone();
+    if let Some(HostIdentifier::Endpoint(e)) = &mut extra.host_identifier
+        && let Some(address::Address::SocketAddress(sa)) =
+            e.address.as_mut().and_then(|a| a.address.as_mut())
+    {
+        sa.address = "10.3.0.3".into();
+    }
+    cla.endpoints[0].lb_endpoints.push(extra);
+    let mut changed = Changed::default();
+    changed.endpoints.insert(svc(3));
+    let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
+    table = t;
+    assert_eq!(n, 0, "an endpoint change compiled {n} listeners");
+    assert!(Arc::ptr_eq(&kept, &state_of(&table, 3)));
+    assert!(Arc::ptr_eq(&untouched, table.service(&svc(9)).unwrap()));
+    assert_eq!(
+        table
+            .service(&svc(3))
+            .unwrap()
+            .default_route
+            .backends
+            .iter()
+            .next()
+            .unwrap()
+            .endpoints()
+            .len(),
+        3
+    );
+
+    // A route change: its service only.
+    let web = "web.demo.svc.cluster.local:8080";
+    let rc = res.routes.get_mut(web).unwrap();
+    rc.virtual_hosts[0].routes[0].name = "renamed".into();
+    let mut changed = Changed::default();
+    changed.routes.insert(web.to_string());
+    let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
+    table = t;
+    assert_eq!(n, 1);
+    assert_eq!(&*table.service(web).unwrap().routes[0].name, "renamed");
+
+    // A listener removed: gone, and nothing compiled.
+    res.listeners.remove(&svc(5));
+    let mut changed = Changed::default();
+    changed.listeners.insert(svc(5));
+    let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
+    table = t;
+    assert_eq!((n, table.service_count()), (0, 40));
+    assert!(table.by_authority(&svc(5)).is_none());
+
+    // A RouteConfiguration removed: its listener keeps its service, held back until the
+    // RouteConfiguration is back (and compiled again only then).
+    let rc6 = res.routes.remove(&svc(6)).unwrap();
+    let mut changed = Changed::default();
+    changed.routes.insert(svc(6));
+    let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
+    table = t;
+    assert_eq!(n, 1);
+    assert!(table.service(&svc(6)).is_some());
+    let mut changed = Changed::default();
+    changed.endpoints.insert(svc(7));
+    let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
+    table = t;
+    assert_eq!(n, 0, "an unrelated update compiled {n} listeners");
+    assert_eq!(inc.held_back().count(), 1, "svc-6 is still held back");
+    res.routes.insert(svc(6), rc6);
+    let mut changed = Changed::default();
+    changed.routes.insert(svc(6));
+    let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
+    table = t;
+    assert_eq!(n, 1);
+    let mut changed = Changed::default();
+    changed.endpoints.insert(svc(8));
+    let (_, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
+    assert_eq!(n, 0, "nothing is held back any more");
 }

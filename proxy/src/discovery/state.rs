@@ -66,6 +66,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Resources accepted (changed or not).
     pub applied: usize,
+    /// The names of the resources added, changed or removed.
+    pub names: Vec<String>,
 }
 
 /// Every resource the client holds (each one checked), and their versions.
@@ -231,20 +233,28 @@ impl State {
             out.applied += 1;
             versions.insert(name.clone(), version);
             if held.get(&name) != Some(&r) {
-                held.insert(name, r);
+                held.insert(name.clone(), r);
                 out.changed = true;
+                out.names.push(name);
             }
         }
         if u.full && !unnamed_rejected {
-            let before = held.len();
-            held.retain(|n, _| seen.contains(n));
+            held.retain(|n, _| {
+                let keep = seen.contains(n);
+                if !keep {
+                    out.names.push(n.clone());
+                }
+                keep
+            });
             versions.retain(|n, _| seen.contains(n));
-            out.changed |= held.len() != before;
         }
         for n in u.removed {
             versions.remove(&n);
-            out.changed |= held.remove(&n).is_some();
+            if held.remove(&n).is_some() {
+                out.names.push(n);
+            }
         }
+        out.changed = !out.names.is_empty();
         out
     }
 }

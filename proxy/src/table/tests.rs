@@ -1,6 +1,9 @@
 use std::path::Path;
 
+use http::Method;
+
 use super::*;
+use crate::metrics::Direction;
 
 fn load(text: &str) -> Result<Table, LoadError> {
     load_text(
@@ -73,13 +76,18 @@ fn compiles_services_routes_and_subsets() {
     assert_eq!(svc.routes[1].timeout, Some(Duration::from_millis(250)));
     let v2 = svc.routes[0].backends.pick().unwrap();
     assert_eq!(&*v2.name, "echo.default:8080/v2");
-    assert_eq!(v2.endpoints.len(), 1);
+    assert_eq!(v2.endpoints().len(), 1);
     assert_eq!(
-        v2.endpoints.pick().unwrap().addr,
+        v2.endpoints().pick().unwrap().addr,
         "127.0.0.1:9002".parse().unwrap()
     );
     assert_eq!(
-        svc.default_route.backends.pick().unwrap().endpoints.total(),
+        svc.default_route
+            .backends
+            .pick()
+            .unwrap()
+            .endpoints()
+            .total(),
         4
     );
 }
@@ -92,7 +100,7 @@ fn an_empty_file_is_refused() {
             "mesh.yaml: the file is empty (for a table with no services write `services: []`)"
         );
     }
-    assert_eq!(load("services: []").unwrap().services().len(), 0);
+    assert_eq!(load("services: []").unwrap().service_count(), 0);
 }
 
 #[test]
@@ -272,7 +280,7 @@ fn a_host_name_endpoint_is_every_address_it_resolved_to() {
             .iter()
             .next()
             .unwrap()
-            .endpoints
+            .endpoints()
             .weighted()
             .map(|(w, e)| (w, e.addr.to_string()))
             .collect()
@@ -383,7 +391,7 @@ fn a_retrys_other_endpoint_follows_weights_and_the_panic_threshold() {
     let cfg = Outlier::compile(&Default::default());
     let now = crate::balance::now_ms();
     for i in 1..3 {
-        panicking.endpoints.get(i).unwrap().state.eject(&cfg, now);
+        panicking.endpoints().get(i).unwrap().state.eject(&cfg, now);
     }
     panicking.outlier = Some(cfg);
     for _ in 0..200 {

@@ -92,7 +92,7 @@ impl FileWatch {
             &self.table.load(),
         ) {
             Ok(t) => {
-                let (version, services) = (t.version.clone(), t.services().len());
+                let (version, services) = (t.version.clone(), t.service_count());
                 self.table.store(Arc::new(t));
                 self.resolver.table_changed();
                 self.metrics.table_loaded(&version, generation);

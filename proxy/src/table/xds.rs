@@ -6,12 +6,7 @@
 //! Conversion happens outside any lock and rejects the whole set when a resource is bad; each
 //! error names the resource, so the caller can NACK with it and keep the table in force.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{HeaderName, Method};
 use prost::Message;
@@ -44,11 +39,14 @@ use weft_xds_proto::{
 
 use weft_core::{address::EndpointAddress, policy::LbPolicy};
 
+mod incremental;
 mod policy;
 
+pub use incremental::{Changed, Incremental};
+
 use super::{
-    Cluster, Endpoint, Guard, HashOn, Mirror, Names, Protocol, Route, RoutePolicy, Service,
-    ServiceDraft, Table, canonical,
+    Cluster, Endpoint, Guard, HashOn, Mirror, Names, Protocol, Route, RoutePolicy, ServiceDraft,
+    Table, canonical, index::Entry,
 };
 use crate::{
     inbound::{AuthorizationSpec, Authz},
@@ -256,31 +254,58 @@ fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, St
     }
 }
 
-/// A cluster with its endpoints, if both have arrived.
+/// A cluster with its endpoints, if both have arrived: the one made for another route of
+/// this compile, or the one in force when it may be used again (see `Names::keeping`), else
+/// made now.
 fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, String> {
     let Some(c) = res.clusters.get(name) else {
         return Err(format!("cluster `{name}` has not been received"));
     };
-    let endpoints = match inline_assignment(c) {
+    let inline = inline_assignment(c);
+    if inline.is_none() && !res.endpoints.contains_key(name) {
+        return Err(format!(
+            "cluster `{name}`: its ClusterLoadAssignment has not been received"
+        ));
+    }
+    if let Some(c) = names.cluster(name) {
+        return Ok(c);
+    }
+    let endpoints = match inline {
         Some(cla) => endpoints(cla?, names, true),
-        None => match res.endpoints.get(name) {
-            Some(cla) => endpoints(cla, names, false),
-            None => {
-                return Err(format!(
-                    "cluster `{name}`: its ClusterLoadAssignment has not been received"
-                ));
-            }
-        },
+        None => endpoints(&res.endpoints[name], names, false),
     };
-    let mut cluster = Cluster::new(
-        name.into(),
-        WeightedSplit::new(endpoints.map_err(|e| format!("cluster `{name}`: {e}"))?),
-        lb_policy(c)?,
-    );
+    let endpoints = endpoints.map_err(|e| format!("cluster `{name}`: {e}"))?;
+    let mut cluster = Cluster::new(name.into(), WeightedSplit::new(endpoints), lb_policy(c)?);
+    cluster.dns = names.take_used();
     cluster.outlier = policy::outlier(c);
     cluster.panic_threshold = policy::panic_threshold(c);
     cluster.breaker = names.breaker(name, policy::circuit_breaker(c).as_ref());
-    Ok(Arc::new(cluster))
+    let cluster = Arc::new(cluster);
+    names.built(&cluster);
+    Ok(cluster)
+}
+
+/// Replaces the endpoints of the EDS cluster in force under `name` with its newest
+/// ClusterLoadAssignment, in place: no route is compiled again. `false` when there is no
+/// such cluster or no assignment to take (the services using it are then compiled again).
+fn swap_endpoints(name: &str, res: &Resources, names: &Names) -> bool {
+    let (Some(c), Some(cla), Some(cluster)) = (
+        res.clusters.get(name),
+        res.endpoints.get(name),
+        names.in_force(name),
+    ) else {
+        return false;
+    };
+    if inline_assignment(c).is_some() {
+        return false;
+    }
+    match endpoints(cla, names, false) {
+        Ok(eps) => {
+            cluster.set_endpoints(WeightedSplit::new(eps));
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// The cluster's balancer: weft's own choice from its metadata (`lbPolicy`), else the
@@ -530,6 +555,19 @@ fn service(l: &Listener, res: &Resources, names: &Names) -> Result<ServiceDraft,
     })
 }
 
+/// A Listener's entry again after the endpoints of its clusters changed in place (see
+/// [`swap_endpoints`]): the same service, no route compiled; its endpoint index and guard
+/// brought up to date.
+fn refreshed(l: &Listener, res: &Resources, names: &Names, previous: &Table) -> Option<Entry> {
+    let old = previous.index.entry(&l.name)?;
+    let guard = old
+        .guard
+        .as_ref()
+        .and_then(|g| guard(l, g.authz.clone(), res, names, previous));
+    names.take_used();
+    Some(Entry::new(old.service.clone(), guard))
+}
+
 /// A service's policy over every address of the cluster of all its endpoints (named as the
 /// Listener), healthy or not; while that cluster or its endpoints are missing, over the
 /// addresses the table in force guarded for it. `None` when neither is known.
@@ -610,61 +648,43 @@ pub fn compile(
     previous: &Table,
     dns: &Resolved,
 ) -> Compiled {
-    let names = Names::new(dns, previous);
-    let mut held_back = Vec::new();
-    let mut services: Vec<Arc<Service>> = Vec::with_capacity(res.listeners.len());
-    let mut guards = Vec::new();
-    let mut old: Option<HashMap<&str, &Arc<Service>>> = None;
-    for l in res.listeners.values() {
-        let built = service(l, res, &names);
-        // Who may call the service does not wait for its routes: the newest Listener's policy.
-        let authz = match &built {
-            Ok(draft) => draft.authz.clone(),
-            Err(_) => authorization(l).ok().flatten().map(Arc::new),
-        };
-        if let Some(g) = authz.and_then(|a| guard(l, a, res, &names, previous)) {
-            guards.push(g);
-        }
-        match built {
-            Ok(draft) => services.push(Arc::new(draft.finish(metrics))),
-            Err(e) => {
-                held_back.push(format!("Listener `{}`: {e}", l.name));
-                let old = old.get_or_insert_with(|| {
-                    previous.services.iter().map(|s| (&*s.name, s)).collect()
-                });
-                if let Some(s) = old.get(l.name.as_str()) {
-                    services.push(Arc::clone(s));
-                }
-            }
-        }
-    }
-    let mut t = Table {
+    Incremental::default().update(
+        res,
+        &Changed::default(),
         version,
         generation,
-        ..Table::empty()
+        metrics,
+        previous,
+        dns,
+    )
+}
+
+/// One Listener's entry in the table, and why it was held back if it was: a listener whose
+/// RouteConfiguration, clusters or load assignments are not all there keeps its service from
+/// `previous`, and a new one is left out (only its authorization guard applies).
+fn listener(
+    l: &Listener,
+    res: &Resources,
+    names: &Names,
+    metrics: &Arc<Metrics>,
+    previous: &Table,
+) -> (Option<Entry>, Option<String>) {
+    let built = service(l, res, names);
+    // Who may call the service does not wait for its routes: the newest Listener's policy.
+    let authz = match &built {
+        Ok(draft) => draft.authz.clone(),
+        Err(_) => authorization(l).ok().flatten().map(Arc::new),
     };
-    let mut hosts: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, svc) in services.iter().enumerate() {
-        for d in &svc.domains {
-            if let Ok(vip) = d.parse::<SocketAddr>() {
-                t.by_vip.insert(vip, i);
-            } else if d.contains(':') {
-                t.by_authority.entry(d.clone()).or_insert(i);
-            } else {
-                hosts.entry(d).or_default().push(i);
-            }
-        }
-    }
-    for (host, idxs) in hosts {
-        if let [only] = idxs[..] {
-            t.by_host.insert(host.into(), only);
-        }
-    }
-    t.services = services;
-    t.dns_names = names.into_used();
-    t.index_endpoints(guards);
-    Compiled {
-        table: t,
-        held_back,
-    }
+    let guard = authz.and_then(|a| guard(l, a, res, names, previous));
+    // The guard's host names are its cluster's, counted there.
+    names.take_used();
+    let (service, held) = match built {
+        Ok(draft) => (Some(Arc::new(draft.finish(metrics))), None),
+        Err(e) => (
+            previous.service(&l.name).cloned(),
+            Some(format!("Listener `{}`: {e}", l.name)),
+        ),
+    };
+    let entry = (service.is_some() || guard.is_some()).then(|| Entry::new(service, guard));
+    (entry, held)
 }

@@ -1,0 +1,238 @@
+//! Applying xDS changes to the table in force, compiling only the services they touch.
+//!
+//! [`Incremental`] remembers what each Listener's service was compiled from (its
+//! RouteConfiguration and the clusters its routes name). A batch of responses marks the
+//! resources it changed ([`Changed`]); only the Listeners that depend on one of them (held
+//! back or not) are compiled again, and the new table is the one in force with
+//! those entries replaced (see [`super::super::index`]): its cost is the change's, not the
+//! mesh's.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use super::{Compiled, Resources, listener, rds_name, refreshed, route_action, swap_endpoints};
+use crate::{
+    metrics::Metrics,
+    resolve::Resolved,
+    table::{Names, Table},
+};
+
+/// The names of the resources a batch of responses added, changed or removed, by type.
+#[derive(Debug, Default, Clone)]
+pub struct Changed {
+    pub listeners: BTreeSet<String>,
+    pub routes: BTreeSet<String>,
+    pub clusters: BTreeSet<String>,
+    pub endpoints: BTreeSet<String>,
+    /// Endpoint host names resolved to new addresses: every service using one is compiled
+    /// again.
+    pub dns: bool,
+}
+
+impl Changed {
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+            && self.routes.is_empty()
+            && self.clusters.is_empty()
+            && self.endpoints.is_empty()
+            && !self.dns
+    }
+
+    /// Marks `name` of resource kind `kind` (an index into `discovery::KINDS`: cluster,
+    /// endpoint, listener, route).
+    pub fn mark(&mut self, kind: usize, name: String) {
+        match kind {
+            0 => self.clusters.insert(name),
+            1 => self.endpoints.insert(name),
+            2 => self.listeners.insert(name),
+            _ => self.routes.insert(name),
+        };
+    }
+}
+
+/// What one Listener's entry was compiled from.
+#[derive(Debug, Default)]
+struct Deps {
+    route: Option<String>,
+    clusters: Vec<String>,
+    dns: bool,
+}
+
+/// The table's dependencies on the resources held, kept between updates.
+#[derive(Debug, Default)]
+pub struct Incremental {
+    deps: HashMap<Arc<str>, Deps>,
+    by_route: HashMap<String, BTreeSet<Arc<str>>>,
+    by_cluster: HashMap<String, BTreeSet<Arc<str>>>,
+    /// Listeners whose clusters' endpoints are known by host name.
+    dns: BTreeSet<Arc<str>>,
+    /// Listeners held back, with what each waits for.
+    held: std::collections::BTreeMap<Arc<str>, String>,
+    /// Listener compiles so far (what an update cost; tests count them).
+    pub compiles: u64,
+}
+
+impl Incremental {
+    /// A table for `res` made from `previous` by compiling again only the Listeners `changed`
+    /// touches (every Listener the first time).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &mut self,
+        res: &Resources,
+        changed: &Changed,
+        version: Arc<str>,
+        generation: u64,
+        metrics: &Arc<Metrics>,
+        previous: &Table,
+        dns: &Resolved,
+    ) -> Compiled {
+        let first = self.deps.is_empty();
+        // The clusters in force are used again unless their resource changed, or their
+        // endpoints' host names resolved anew; and only after the first compile.
+        let keep = |c: &crate::table::Cluster| {
+            !first && !changed.clusters.contains(&*c.name) && (!changed.dns || c.dns.is_empty())
+        };
+        let names = Names::new(dns, previous).keeping(keep);
+        // A Listener held back is compiled again when something it references changes, as
+        // any other: its dependencies are recorded whether it compiled or not.
+        let mut dirty: BTreeSet<Arc<str>> = BTreeSet::new();
+        // Listeners whose clusters only had their endpoints replaced in place.
+        let mut refresh: BTreeSet<Arc<str>> = BTreeSet::new();
+        if first {
+            // Nothing compiled from these resources yet: every Listener, into an empty table.
+            dirty.extend(res.listeners.keys().map(|l| Arc::from(l.as_str())));
+        } else {
+            dirty.extend(changed.listeners.iter().map(|l| Arc::from(l.as_str())));
+            for r in &changed.routes {
+                dirty.extend(self.by_route.get(r).into_iter().flatten().cloned());
+            }
+            for c in &changed.clusters {
+                dirty.extend(self.by_cluster.get(c).into_iter().flatten().cloned());
+            }
+            for c in changed.endpoints.difference(&changed.clusters) {
+                let users = self.by_cluster.get(c).into_iter().flatten().cloned();
+                if swap_endpoints(c, res, &names) {
+                    refresh.extend(users);
+                } else {
+                    dirty.extend(users);
+                }
+            }
+            if changed.dns {
+                dirty.extend(self.dns.iter().cloned());
+            }
+        }
+        let mut table = Table {
+            version,
+            generation,
+            index: if first {
+                Default::default()
+            } else {
+                previous.index.clone()
+            },
+            source: Default::default(),
+        };
+        for name in &dirty {
+            self.forget(name);
+            let Some(l) = res.listeners.get(&**name) else {
+                table.index.put(name, None);
+                continue;
+            };
+            self.compiles += 1;
+            let (entry, held) = listener(l, res, &names, metrics, previous);
+            let deps = Deps {
+                route: rds_name(l).ok(),
+                clusters: clusters_of(l, res),
+                dns: entry.as_ref().is_some_and(|e| e.uses_dns()),
+            };
+            if let Some(h) = held {
+                self.held.insert(name.clone(), h);
+            }
+            self.remember(name, deps);
+            table.index.put(name, entry);
+        }
+        for name in refresh.difference(&dirty) {
+            if let Some(l) = res.listeners.get(&**name) {
+                let entry = refreshed(l, res, &names, previous);
+                table.index.put(name, entry);
+            }
+        }
+        Compiled {
+            table,
+            held_back: self.held.values().cloned().collect(),
+        }
+    }
+
+    /// What each Listener held back waits for.
+    pub fn held_back(&self) -> impl Iterator<Item = &String> {
+        self.held.values()
+    }
+
+    fn forget(&mut self, name: &Arc<str>) {
+        self.held.remove(name);
+        self.dns.remove(name);
+        let Some(d) = self.deps.remove(name) else {
+            return;
+        };
+        let drop_from = |m: &mut HashMap<String, BTreeSet<Arc<str>>>, k: &String| {
+            if let Some(s) = m.get_mut(k) {
+                s.remove(name);
+                if s.is_empty() {
+                    m.remove(k);
+                }
+            }
+        };
+        if let Some(r) = &d.route {
+            drop_from(&mut self.by_route, r);
+        }
+        for c in &d.clusters {
+            drop_from(&mut self.by_cluster, c);
+        }
+    }
+
+    fn remember(&mut self, name: &Arc<str>, d: Deps) {
+        if let Some(r) = &d.route {
+            self.by_route
+                .entry(r.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        for c in &d.clusters {
+            self.by_cluster
+                .entry(c.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        if d.dns {
+            self.dns.insert(name.clone());
+        }
+        self.deps.insert(name.clone(), d);
+    }
+}
+
+/// Every cluster a Listener's service uses or waits for: the one named as the Listener (all
+/// its endpoints), and those its RouteConfiguration's routes and mirrors name.
+fn clusters_of(
+    l: &weft_xds_proto::envoy::config::listener::v3::Listener,
+    res: &Resources,
+) -> Vec<String> {
+    let mut out = vec![l.name.clone()];
+    let rc = rds_name(l).ok().and_then(|r| res.routes.get(&r));
+    for vh in rc.into_iter().flat_map(|rc| rc.virtual_hosts.first()) {
+        for r in &vh.routes {
+            if let Ok((action, backends)) = route_action(r) {
+                out.extend(backends.into_iter().map(|(_, c)| c.to_string()));
+                out.extend(
+                    action
+                        .request_mirror_policies
+                        .iter()
+                        .map(|m| m.cluster.clone()),
+                );
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
