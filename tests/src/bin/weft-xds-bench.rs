@@ -6,9 +6,11 @@
 //!   HTTP/2 connection); `--changes` endpoint changes, one at a time. For each change: the time
 //!   until every client has received the changed endpoints and answered. Reports p50/p99 over
 //!   clients and over changes, and the control plane's CPU time and RSS.
-//! - Size: `--table-services` services translated and compiled in this process (the proxy's
-//!   table compile = the swap cost) and looked up by authority; then a real `weft-proxy` on the
-//!   control plane with that many services, for its RSS.
+//! - Size and apply: `--table-services` services (with 1, then 5 endpoints each) translated
+//!   and applied in this process as the proxy's ADS client applies responses (`State` and
+//!   `Incremental`): the first table, a lookup by authority, and `--table-changes` endpoint
+//!   changes and route changes of one service each (p50/p99); then a real `weft-proxy` on the
+//!   control plane with that many services: its first full table and its RSS.
 //!
 //! Not a test: the figures depend on the machine.
 
@@ -23,12 +25,20 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use weft_control_plane::{registry, translate};
+use weft_proxy::{
+    discovery::{State, Update},
+    table::xds::{Changed, Incremental},
+};
 use weft_tests::{chain::TempDir, etcd::Etcd, mesh, proxy::Proxy};
 use weft_xds_proto::{
     discovery::{AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest},
     envoy::config::core::v3::Node,
     type_url,
 };
+
+// The proxy's allocator, so the figures measured in this process are the proxy's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -65,28 +75,36 @@ fn usage(pid: u32) -> (f64, u64) {
 }
 
 fn registration(port: u16, weight: u32) -> String {
+    registration_of(port, 0, weight)
+}
+
+/// Endpoint `e` of service `port`.
+fn registration_of(port: u16, e: usize, weight: u32) -> String {
     format!(
-        "{{\"address\": \"10.1.{}.{}:15006\", \"port\": 8080, \"weight\": {weight}}}",
+        "{{\"address\": \"10.{}.{}.{}:15006\", \"port\": 8080, \"weight\": {weight}}}",
+        1 + e,
         port / 250,
         port % 250 + 1
     )
 }
 
-/// Writes `n` services (one endpoint each) into etcd.
-async fn populate(client: &weft_core::etcd::Client, n: usize) {
+/// Writes `n` services (`eps` endpoints each) into etcd.
+async fn populate(client: &weft_core::etcd::Client, n: usize, eps: usize) {
     let mut tasks = Vec::new();
     for chunk in (0..n).collect::<Vec<_>>().chunks(n.div_ceil(8).max(1)) {
         let (client, chunk) = (client.clone(), chunk.to_vec());
         tasks.push(tokio::spawn(async move {
             for i in chunk {
-                client
-                    .put(
-                        &format!("/weft/endpoints/bench/svc-{i}/pod-0"),
-                        &registration(i as u16, 1),
-                        None,
-                    )
-                    .await
-                    .unwrap();
+                for e in 0..eps {
+                    client
+                        .put(
+                            &format!("/weft/endpoints/bench/svc-{i}/pod-{e}"),
+                            &registration_of(i as u16, e, 1),
+                            None,
+                        )
+                        .await
+                        .unwrap();
+                }
             }
         }));
     }
@@ -139,7 +157,7 @@ async fn client(
 
 async fn push_bench(etcd: &Etcd, clients: usize, services: usize, changes: usize) {
     let kv = weft_core::etcd::Client::new(&[etcd.addr.to_string()]);
-    populate(&kv, services).await;
+    populate(&kv, services, 1).await;
     let dir = TempDir::new("xds-bench");
     let ep = etcd.addr.to_string();
     let cp = mesh::control_plane(&dir, &["--registry", "etcd", "--etcd-endpoints", &ep]);
@@ -221,76 +239,156 @@ async fn push_bench(etcd: &Etcd, clients: usize, services: usize, changes: usize
         rss as f64 / (1 << 20) as f64
     );
     // Clear the services for the next run.
-    for i in 0..services {
-        let _ = kv
-            .delete(&format!("/weft/endpoints/bench/svc-{i}/pod-0"))
-            .await;
+    clear(&kv, services, 1).await;
+}
+
+async fn clear(kv: &weft_core::etcd::Client, n: usize, eps: usize) {
+    for i in 0..n {
+        for e in 0..eps {
+            let _ = kv
+                .delete(&format!("/weft/endpoints/bench/svc-{i}/pod-{e}"))
+                .await;
+        }
     }
 }
 
-/// The proxy side of a big mesh: compile and lookup in-process, then a real proxy's RSS.
-async fn table_bench(etcd: &Etcd, n: usize) {
-    // Build the registry snapshot the control plane would have, translate it, and compile it
-    // as the proxy does.
+/// A response carrying `items`, as the proxy's client hands it to `State::apply`.
+fn update<M: prost::Message + prost::Name>(type_url: &str, items: &[M], full: bool) -> Update {
+    Update {
+        type_url: type_url.to_string(),
+        version: "v".into(),
+        full,
+        resources: items
+            .iter()
+            .map(|m| {
+                let any = weft_xds_proto::google::protobuf::Any {
+                    type_url: type_url.to_string(),
+                    value: m.encode_to_vec(),
+                };
+                (None, "1".to_string(), Some(any))
+            })
+            .collect(),
+        removed: Vec::new(),
+    }
+}
+
+/// The registry snapshot of `n` services with `eps` endpoints each, as the control plane
+/// would hold it.
+fn snapshot(n: usize, eps: usize) -> registry::Snapshot {
     let mut snap = registry::Snapshot::default();
     for i in 0..n {
         let host = format!("svc-{i}.bench.svc.cluster.local");
+        let endpoints: Vec<_> = (0..eps)
+            .map(|e| serde_json::json!({"address": format!("10.{}.{}.{}:15006", 1 + e, i / 250, i % 250 + 1)}))
+            .collect();
         let svc = registry::Service {
             key: format!("bench/svc-{i}"),
             host: host.clone(),
             spec: serde_json::from_value(serde_json::json!({
                 "port": 8080,
                 "aliases": [format!("svc-{i}")],
-                "endpoints": [{"address": format!("10.1.{}.{}:15006", i / 250, i % 250 + 1)}],
+                "endpoints": endpoints,
             }))
             .unwrap(),
         };
         snap.services.insert(svc.authority(), svc);
     }
+    snap
+}
+
+/// p50 and p99 of `samples` (ms).
+fn p50_p99(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    (pct(&samples, 0.5), pct(&samples, 0.99))
+}
+
+/// The proxy side of a big mesh, in this process: the first table, then `changes` endpoint
+/// changes and route changes, each applied as the proxy's ADS client applies a response
+/// (decoded, checked, the services it touches compiled, the table swapped).
+fn apply_bench(n: usize, eps: usize, changes: usize) {
     let t = Instant::now();
-    let res = translate::translate(&snap);
+    let res = translate::translate(&snapshot(n, eps));
     let translate_ms = t.elapsed().as_secs_f64() * 1e3;
-    let resources = weft_proxy::table::xds::Resources {
-        listeners: res
-            .listeners
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect(),
-        routes: res
-            .routes
-            .into_iter()
-            .map(|r| (r.name.clone(), r))
-            .collect(),
-        clusters: res
-            .clusters
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect(),
-        endpoints: res
-            .endpoints
-            .into_iter()
-            .map(|e| (e.cluster_name.clone(), e))
-            .collect(),
-    };
     let metrics = weft_proxy::metrics::Metrics::new();
-    let empty = weft_proxy::table::Table::empty();
-    let mut compile_ms = Vec::new();
-    let mut table = None;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let c = weft_proxy::table::xds::compile(
-            &resources,
+    let dns = weft_proxy::resolve::Resolved::none();
+    let mut state = State::default();
+    let mut inc = Incremental::default();
+    let mut table = weft_proxy::table::Table::empty();
+    let mut generation = 0;
+    let mut apply = |state: &mut State,
+                     inc: &mut Incremental,
+                     table: &mut weft_proxy::table::Table,
+                     kind: usize,
+                     u: Update| {
+        let outcome = state.apply(kind, u);
+        assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+        let mut changed = Changed::default();
+        for name in outcome.names {
+            changed.mark(kind, name);
+        }
+        generation += 1;
+        let c = inc.update(
+            state.resources(),
+            &changed,
             Arc::from("v"),
-            1,
+            generation,
             &metrics,
-            &empty,
-            &weft_proxy::resolve::Resolved::none(),
+            table,
+            &dns,
         );
-        compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        table = Some(c.table);
+        *table = c.table;
+    };
+    let t = Instant::now();
+    apply(
+        &mut state,
+        &mut inc,
+        &mut table,
+        0,
+        update(type_url::CLUSTER, &res.clusters, true),
+    );
+    apply(
+        &mut state,
+        &mut inc,
+        &mut table,
+        1,
+        update(type_url::ENDPOINT, &res.endpoints, true),
+    );
+    apply(
+        &mut state,
+        &mut inc,
+        &mut table,
+        2,
+        update(type_url::LISTENER, &res.listeners, true),
+    );
+    apply(
+        &mut state,
+        &mut inc,
+        &mut table,
+        3,
+        update(type_url::ROUTE, &res.routes, true),
+    );
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(table.service_count(), n);
+    if std::env::var_os("WEFT_BENCH_MEMORY").is_some() {
+        let rss = || weft_tests::proxy::rss_of(std::process::id()) as f64 / (1 << 20) as f64;
+        let settle = || std::thread::sleep(Duration::from_millis(500));
+        settle();
+        let all = rss();
+        drop(std::mem::take(&mut state));
+        settle();
+        let without_state = rss();
+        drop(std::mem::replace(
+            &mut table,
+            weft_proxy::table::Table::empty(),
+        ));
+        drop(std::mem::take(&mut inc));
+        settle();
+        let without_both = rss();
+        println!(
+            "memory services={n} endpoints/service={eps}: RSS {all:.1} MiB; without the resources held {without_state:.1} MiB; without the table too {without_both:.1} MiB"
+        );
+        return;
     }
-    compile_ms.sort_by(f64::total_cmp);
-    let table = table.unwrap();
     let names: Vec<String> = (0..n)
         .map(|i| format!("svc-{i}.bench.svc.cluster.local:8080"))
         .collect();
@@ -302,14 +400,94 @@ async fn table_bench(etcd: &Etcd, n: usize) {
     }
     let lookup_ns = t.elapsed().as_nanos() as f64 / lookups as f64;
     assert_eq!(found, lookups);
-    println!(
-        "table services={n}: translate {translate_ms:.0} ms; proxy compile (the swap's cost) median {:.0} ms; lookup by authority {lookup_ns:.0} ns",
-        compile_ms[2]
-    );
 
-    // A real proxy on the control plane with that many services.
+    // Endpoint changes: one service's load assignment gains an endpoint, then loses it.
+    let mut endpoint_ms = Vec::with_capacity(changes);
+    for c in 0..changes {
+        let k = (c * 7919) % n;
+        let mut cla = res.endpoints[k].clone();
+        if c % 2 == 0 {
+            let mut extra = cla.endpoints[0].lb_endpoints[0].clone();
+            if let Some(
+                weft_xds_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(
+                    ep,
+                ),
+            ) = &mut extra.host_identifier
+                && let Some(
+                    weft_xds_proto::envoy::config::core::v3::address::Address::SocketAddress(sa),
+                ) = ep.address.as_mut().and_then(|a| a.address.as_mut())
+            {
+                sa.address = format!("10.99.{}.{}", k / 250, k % 250 + 1);
+            }
+            cla.endpoints[0].lb_endpoints.push(extra);
+        }
+        let gen_before = inc.compiles;
+        let t = Instant::now();
+        apply(
+            &mut state,
+            &mut inc,
+            &mut table,
+            1,
+            update(type_url::ENDPOINT, &[cla], false),
+        );
+        endpoint_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(
+            inc.compiles, gen_before,
+            "an endpoint change compiled a route"
+        );
+    }
+    // Route changes: one service's route becomes a weighted split with a new weight.
+    let mut route_ms = Vec::with_capacity(changes);
+    for c in 0..changes {
+        let k = (c * 7919) % n;
+        let mut rc = res.routes[k].clone();
+        for r in rc
+            .virtual_hosts
+            .iter_mut()
+            .flat_map(|v| v.routes.iter_mut())
+        {
+            use weft_xds_proto::envoy::config::route::v3::{
+                WeightedCluster, route::Action, route_action::ClusterSpecifier,
+                weighted_cluster::ClusterWeight,
+            };
+            if let Some(Action::Route(a)) = &mut r.action
+                && let Some(ClusterSpecifier::Cluster(name)) = a.cluster_specifier.clone()
+            {
+                a.cluster_specifier = Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
+                    clusters: vec![ClusterWeight {
+                        name,
+                        weight: Some(weft_xds_proto::google::protobuf::UInt32Value {
+                            value: 1 + c as u32,
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }));
+            }
+        }
+        let t = Instant::now();
+        apply(
+            &mut state,
+            &mut inc,
+            &mut table,
+            3,
+            update(type_url::ROUTE, &[rc], false),
+        );
+        route_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (e50, e99) = p50_p99(endpoint_ms);
+    let (r50, r99) = p50_p99(route_ms);
+    println!(
+        "apply services={n} endpoints/service={eps}: translate {translate_ms:.0} ms; first table {first_ms:.0} ms; lookup by authority {lookup_ns:.0} ns; one endpoint changed p50 {e50:.3} ms p99 {e99:.3} ms; one route changed p50 {r50:.3} ms p99 {r99:.3} ms ({changes} changes each; {} listener compiles in all)",
+        inc.compiles
+    );
+}
+
+/// A real proxy on the control plane with `n` services of `eps` endpoints each: the time to
+/// its first full table, and its RSS.
+async fn proxy_bench(etcd: &Etcd, n: usize, eps: usize) {
     let kv = weft_core::etcd::Client::new(&[etcd.addr.to_string()]);
-    populate(&kv, n).await;
+    populate(&kv, n, eps).await;
     let dir = TempDir::new("xds-bench-table");
     let ep = etcd.addr.to_string();
     let cp = mesh::control_plane(&dir, &["--registry", "etcd", "--etcd-endpoints", &ep]);
@@ -324,10 +502,11 @@ async fn table_bench(etcd: &Etcd, n: usize) {
     }
     let first = t.elapsed().as_secs_f64();
     println!(
-        "proxy services={services}: first full table after {first:.2} s; proxy RSS {:.1} MiB; control plane RSS {:.1} MiB",
+        "proxy services={services} endpoints/service={eps}: first full table after {first:.2} s; proxy RSS {:.1} MiB; control plane RSS {:.1} MiB",
         proxy.rss() as f64 / (1 << 20) as f64,
         usage(cp.pid()).1 as f64 / (1 << 20) as f64
     );
+    clear(&kv, n, eps).await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -336,10 +515,31 @@ async fn main() {
         eprintln!("etcd is not installed (Debian etcd-server)");
         std::process::exit(1);
     };
+    // `--parts push,apply,proxy` (all by default) runs some of the benchmarks.
+    let args: Vec<String> = std::env::args().collect();
+    let parts = args
+        .iter()
+        .position(|a| a == "--parts")
+        .and_then(|i| args.get(i + 1))
+        .map_or("push,apply,proxy", |p| p.as_str());
+    let part = |p: &str| parts.split(',').any(|x| x == p);
     let services = arg("--services", 100);
     let changes = arg("--changes", 20);
-    for clients in [arg("--clients", 100), arg("--clients2", 1000)] {
-        push_bench(&etcd, clients, services, changes).await;
+    if part("push") {
+        for clients in [arg("--clients", 100), arg("--clients2", 1000)] {
+            push_bench(&etcd, clients, services, changes).await;
+        }
     }
-    table_bench(&etcd, arg("--table-services", 10_000)).await;
+    let (n, changes) = (
+        arg("--table-services", 10_000),
+        arg("--table-changes", 1_000),
+    );
+    for eps in [1, 5] {
+        if part("apply") {
+            apply_bench(n, eps, changes);
+        }
+        if part("proxy") {
+            proxy_bench(&etcd, n, eps).await;
+        }
+    }
 }
