@@ -9,7 +9,7 @@ use weft_proxy::{
     resolve::Resolved,
     table::{
         Table,
-        xds::{self, Changed, Incremental, Resources},
+        xds::{self, Changed, Incremental, Protos},
     },
 };
 use weft_xds_proto::envoy::{
@@ -50,7 +50,7 @@ spec:
       backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]
 ";
 
-fn resources(files: &str) -> Resources {
+fn resources(files: &str) -> Protos {
     weft_tests::properties::registry_resources(files).expect("the registry takes the files")
 }
 
@@ -467,7 +467,7 @@ spec:
     let endpoint = "10.0.0.9:8080".parse().unwrap();
     let frontend = Some("spiffe://cluster.local/ns/demo/sa/frontend");
     let intruder = Some("spiffe://cluster.local/ns/other/sa/intruder");
-    let compile = |res: &Resources, previous: &Table| {
+    let compile = |res: &Protos, previous: &Table| {
         xds::compile(
             res,
             Arc::from("v"),
@@ -530,7 +530,7 @@ spec:
     assert_eq!(verdict(&blind.table, frontend), Some(false));
 
     // Deleted on purpose (no Listener): no policy is known; the proxy's default decides.
-    let gone = compile(&Resources::default(), &blind.table);
+    let gone = compile(&Protos::default(), &blind.table);
     assert_eq!(verdict(&gone.table, intruder), None);
 }
 
@@ -682,7 +682,7 @@ fn mesh_files(n: usize) -> String {
 /// and how many Listeners the update compiled.
 fn apply_and_compare(
     inc: &mut Incremental,
-    res: &Resources,
+    res: &Protos,
     changed: Changed,
     previous: &Table,
     metrics: &Arc<Metrics>,
@@ -690,7 +690,7 @@ fn apply_and_compare(
     let before = inc.compiles;
     let generation = previous.generation + 1;
     let c = inc.update(
-        res,
+        &res.convert(),
         &changed,
         Arc::from("v"),
         generation,

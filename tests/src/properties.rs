@@ -8,7 +8,7 @@ use weft_proxy::{
     resolve::Resolved,
     table::{
         Table,
-        xds::{self, Resources},
+        xds::{self, Protos},
     },
 };
 
@@ -16,7 +16,7 @@ use crate::chain::TempDir;
 
 /// The xDS resources the control plane makes of registry `files` (one YAML stream), as the
 /// proxy holds them; `Err` with the registry's errors when it refuses any document.
-pub fn registry_resources(files: &str) -> Result<Resources, Vec<String>> {
+pub fn registry_resources(files: &str) -> Result<Protos, Vec<String>> {
     let dir = TempDir::new("registry");
     dir.write("mesh.yaml", files);
     let mut reg = FileRegistry::new(&dir.0);
@@ -25,7 +25,7 @@ pub fn registry_resources(files: &str) -> Result<Resources, Vec<String>> {
         return Err(reg.errors.clone());
     }
     let r = translate::translate(&snap);
-    Ok(Resources {
+    Ok(Protos {
         listeners: r
             .listeners
             .into_iter()

@@ -76,69 +76,88 @@ pub struct State {
     res: xds::Resources,
     /// Per kind: resource name -> the version the control plane gave it (delta).
     versions: [BTreeMap<String, String>; 4],
+    /// Per kind: resource name -> the digest of the bytes it was converted from.
+    digests: [BTreeMap<String, u64>; 4],
     /// Per kind: the version of the last response accepted whole.
     type_versions: [String; 4],
     received: [bool; 4],
 }
 
-/// The four message types, handled alike.
-trait Resource: Message + Name + Default + PartialEq + Sized {
+/// The four message types, handled alike: decoded, converted (see `xds::convert`) and kept
+/// converted.
+trait Resource: Message + Name + Default + Sized {
     const KIND: usize;
+    /// What the proxy keeps of it.
+    type Spec;
     fn name(&self) -> &str;
-    fn check(&self) -> Result<(), String>;
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self>;
+    fn convert(&self) -> Result<Self::Spec, String>;
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec>;
 }
 
 impl Resource for Cluster {
     const KIND: usize = 0;
+    type Spec = xds::ClusterSpec;
     fn name(&self) -> &str {
         &self.name
     }
-    fn check(&self) -> Result<(), String> {
-        xds::check_cluster(self)
+    fn convert(&self) -> Result<Self::Spec, String> {
+        xds::convert::cluster(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
         &mut res.clusters
     }
 }
 
 impl Resource for ClusterLoadAssignment {
     const KIND: usize = 1;
+    type Spec = xds::Endpoints;
     fn name(&self) -> &str {
         &self.cluster_name
     }
-    fn check(&self) -> Result<(), String> {
-        xds::check_load_assignment(self)
+    fn convert(&self) -> Result<Self::Spec, String> {
+        xds::convert::load_assignment(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
         &mut res.endpoints
     }
 }
 
 impl Resource for Listener {
     const KIND: usize = 2;
+    type Spec = xds::ListenerSpec;
     fn name(&self) -> &str {
         &self.name
     }
-    fn check(&self) -> Result<(), String> {
-        xds::check_listener(self)
+    fn convert(&self) -> Result<Self::Spec, String> {
+        xds::convert::listener(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
         &mut res.listeners
     }
 }
 
 impl Resource for RouteConfiguration {
     const KIND: usize = 3;
+    type Spec = xds::RouteConfigSpec;
     fn name(&self) -> &str {
         &self.name
     }
-    fn check(&self) -> Result<(), String> {
-        xds::check_route_config(self)
+    fn convert(&self) -> Result<Self::Spec, String> {
+        xds::convert::route_config(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
         &mut res.routes
     }
+}
+
+/// A digest of a resource's bytes as they arrived (FNV-1a, 64 bits): what tells a changed
+/// resource from one sent again. A control plane that encodes unchanged content differently
+/// (protobuf maps in another order) costs one service's compile, never a wrong table; weft's
+/// sends a resource again only when its content changed (delta).
+pub fn bytes_digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl State {
@@ -195,6 +214,7 @@ impl State {
     fn apply_as<R: Resource>(&mut self, u: Update) -> Outcome {
         let label = R::NAME;
         let versions = &mut self.versions[R::KIND];
+        let digests = &mut self.digests[R::KIND];
         let held = R::held(&mut self.res);
         let mut out = Outcome::default();
         let mut seen = HashSet::new();
@@ -202,6 +222,17 @@ impl State {
         // held could be it, so none is removed for being absent.
         let mut unnamed_rejected = false;
         for (name, version, any) in u.resources {
+            let sum = any.as_ref().map(|a| bytes_digest(&a.value));
+            // The same bytes again under the same name: nothing to convert.
+            if let (Some(n), Some(d)) = (&name, sum)
+                && digests.get(n) == Some(&d)
+                && any.as_ref().is_some_and(|a| a.type_url == u.type_url)
+            {
+                seen.insert(n.clone());
+                out.applied += 1;
+                versions.insert(n.clone(), version);
+                continue;
+            }
             let decoded = decode::<R>(name.as_deref(), any.as_ref(), &u.type_url);
             // A body that calls itself another name than the response gives it may be meant
             // as either: neither is removed as absent from the set.
@@ -212,8 +243,10 @@ impl State {
             let shown = name
                 .clone()
                 .or_else(|| decoded.as_ref().ok().map(|r| r.name().to_string()));
-            let r = match decoded.and_then(|r| r.check().map(|()| r)) {
-                Ok(r) => r,
+            let converted =
+                decoded.and_then(|r| r.convert().map(|spec| (r.name().to_string(), spec)));
+            let (name, spec) = match converted {
+                Ok(c) => c,
                 Err(e) => {
                     match &shown {
                         Some(n) => {
@@ -228,13 +261,13 @@ impl State {
                     continue;
                 }
             };
-            let name = r.name().to_string();
             seen.insert(name.clone());
             out.applied += 1;
             versions.insert(name.clone(), version);
-            if held.get(&name) != Some(&r) {
-                held.insert(name.clone(), r);
-                out.changed = true;
+            let sum = sum.expect("a resource that converted has a body");
+            if digests.get(&name) != Some(&sum) {
+                digests.insert(name.clone(), sum);
+                held.insert(name.clone(), spec);
                 out.names.push(name);
             }
         }
@@ -247,15 +280,22 @@ impl State {
                 keep
             });
             versions.retain(|n, _| seen.contains(n));
+            digests.retain(|n, _| seen.contains(n));
         }
         for n in u.removed {
             versions.remove(&n);
+            digests.remove(&n);
             if held.remove(&n).is_some() {
                 out.names.push(n);
             }
         }
         out.changed = !out.names.is_empty();
         out
+    }
+
+    /// The digest of the bytes the resource of `kind` named `name` was converted from.
+    pub fn digest_of(&self, kind: usize, name: &str) -> Option<u64> {
+        self.digests[kind].get(name).copied()
     }
 }
 

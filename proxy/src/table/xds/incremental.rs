@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Compiled, Resources, listener, rds_name, refreshed, route_action, swap_endpoints};
+use super::{Compiled, ListenerSpec, Resources, listener, refreshed, swap_endpoints};
 use crate::{
     metrics::Metrics,
     resolve::Resolved,
@@ -140,10 +140,10 @@ impl Incremental {
                 continue;
             };
             self.compiles += 1;
-            let (entry, held) = listener(l, res, &names, metrics, previous);
+            let (entry, held) = listener(name, l, res, &names, metrics, previous);
             let deps = Deps {
-                route: rds_name(l).ok(),
-                clusters: clusters_of(l, res),
+                route: Some(l.rds.clone()),
+                clusters: clusters_of(name, l, res),
                 dns: entry.as_ref().is_some_and(|e| e.uses_dns()),
             };
             if let Some(h) = held {
@@ -153,8 +153,8 @@ impl Incremental {
             table.index.put(name, entry);
         }
         for name in refresh.difference(&dirty) {
-            if let Some(l) = res.listeners.get(&**name) {
-                let entry = refreshed(l, res, &names, previous);
+            if res.listeners.contains_key(&**name) {
+                let entry = refreshed(name, res, &names, previous);
                 table.index.put(name, entry);
             }
         }
@@ -213,24 +213,16 @@ impl Incremental {
 
 /// Every cluster a Listener's service uses or waits for: the one named as the Listener (all
 /// its endpoints), and those its RouteConfiguration's routes and mirrors name.
-fn clusters_of(
-    l: &weft_xds_proto::envoy::config::listener::v3::Listener,
-    res: &Resources,
-) -> Vec<String> {
-    let mut out = vec![l.name.clone()];
-    let rc = rds_name(l).ok().and_then(|r| res.routes.get(&r));
-    for vh in rc.into_iter().flat_map(|rc| rc.virtual_hosts.first()) {
-        for r in &vh.routes {
-            if let Ok((action, backends)) = route_action(r) {
-                out.extend(backends.into_iter().map(|(_, c)| c.to_string()));
-                out.extend(
-                    action
-                        .request_mirror_policies
-                        .iter()
-                        .map(|m| m.cluster.clone()),
-                );
-            }
-        }
+fn clusters_of(name: &str, l: &ListenerSpec, res: &Resources) -> Vec<String> {
+    let mut out = vec![name.to_string()];
+    for r in res
+        .routes
+        .get(&l.rds)
+        .into_iter()
+        .flat_map(|rc| rc.routes.iter())
+    {
+        out.extend(r.backends.iter().map(|(_, c)| c.to_string()));
+        out.extend(r.mirror.iter().map(|(c, _)| c.to_string()));
     }
     out.sort_unstable();
     out.dedup();

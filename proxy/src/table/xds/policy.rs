@@ -26,7 +26,7 @@ use weft_xds_proto::{
     google::protobuf::{Any, value::Kind},
 };
 
-use super::{duration, string_field, weft};
+use super::convert::{duration, string_field, weft};
 use crate::{
     balance::Outlier,
     traffic::{Budget, Fault, Retry, TokenBucket},

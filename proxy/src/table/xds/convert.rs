@@ -1,0 +1,438 @@
+//! Each xDS resource converted, once, when it arrives, into weft's own types: what a
+//! Listener, RouteConfiguration, Cluster or ClusterLoadAssignment says that the proxy uses,
+//! checked. A resource that does not convert is rejected on its own (the client NACKs it
+//! naming it); the decoded protobuf is not kept.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use http::{HeaderName, Method};
+use prost::Message;
+use weft_core::{address::EndpointAddress, policy::LbPolicy};
+use weft_xds_proto::{
+    envoy::{
+        config::{
+            cluster::v3::{
+                Cluster as XdsCluster,
+                cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLb},
+            },
+            core::v3::{HealthStatus, Metadata, address, socket_address::PortSpecifier},
+            endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
+            listener::v3::Listener,
+            route::v3::{
+                HeaderMatcher, Route as XdsRoute, RouteAction, RouteConfiguration,
+                header_matcher::HeaderMatchSpecifier,
+                query_parameter_matcher::QueryParameterMatchSpecifier,
+                route::Action,
+                route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
+                route_match::PathSpecifier,
+            },
+        },
+        extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, http_connection_manager::RouteSpecifier,
+        },
+        r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
+    },
+    google::protobuf::{Struct, value::Kind},
+};
+
+use super::{
+    policy,
+    spec::{ClusterSpec, EndpointSpec, Endpoints, ListenerSpec, RouteConfigSpec, RouteSpec},
+};
+use crate::{
+    inbound::{AuthorizationSpec, Authz},
+    route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch},
+    table::{HashOn, Protocol},
+};
+
+/// Converts a Listener.
+pub fn listener(l: &Listener) -> Result<ListenerSpec, String> {
+    let meta = weft(&l.metadata);
+    Ok(ListenerSpec {
+        rds: rds_name(l)?,
+        protocol: match string_field(meta, "protocol") {
+            Some("http1") => Protocol::Http1,
+            Some("http2") => Protocol::Http2,
+            Some("tcp") => Protocol::Tcp,
+            _ => Protocol::Http,
+        },
+        vip: string_field(meta, "vip").map(Box::from),
+        authz: authorization(l)?.map(Arc::new),
+    })
+}
+
+/// Converts a RouteConfiguration (matches, regexes, actions, policies); the clusters it names
+/// may arrive later.
+pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, String> {
+    let vh = rc.virtual_hosts.first().ok_or("no virtual host")?;
+    let mut routes = Vec::with_capacity(vh.routes.len());
+    for (i, r) in vh.routes.iter().enumerate() {
+        let name = route_name(r, i);
+        let at = |e: String| format!("route `{name}`: {e}");
+        let (action, backends) = route_action(r).map_err(at)?;
+        let hash = hash_on(action).map_err(at)?;
+        let matches = route_match(r).map_err(at)?;
+        let (grpc_timeout_max, idle_timeout) = policy::timeouts(action);
+        let retry = policy::retry(action).map_err(at)?;
+        let fault =
+            policy::fault(r.typed_per_filter_config.get(policy::FAULT_FILTER)).map_err(at)?;
+        let rate_limit =
+            policy::rate_limit(r.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))
+                .map_err(at)?;
+        let mirror = action.request_mirror_policies.first().map(|m| {
+            let percent = m
+                .runtime_fraction
+                .as_ref()
+                .and_then(|f| f.default_value.as_ref())
+                .map_or(100.0, policy::percent);
+            (Arc::from(m.cluster.as_str()), percent)
+        });
+        routes.push(RouteSpec {
+            matches,
+            backends: backends
+                .into_iter()
+                .map(|(w, c)| (w, Arc::from(c)))
+                .collect(),
+            timeout: action
+                .timeout
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero()),
+            hash,
+            retry,
+            fault,
+            grpc_timeout_max,
+            idle_timeout,
+            rate_limit,
+            mirror,
+            name,
+        });
+    }
+    let rate_limit = policy::rate_limit(vh.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))?;
+    Ok(RouteConfigSpec {
+        domains: vh
+            .domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase().into())
+            .collect(),
+        routes: routes.into(),
+        rate_limit,
+    })
+}
+
+/// Converts a Cluster (and the endpoints it lists itself).
+pub fn cluster(c: &XdsCluster) -> Result<ClusterSpec, String> {
+    if c.name.is_empty() {
+        return Err("the cluster has no name".into());
+    }
+    let lb = lb_policy(c)?;
+    let inline = match inline_assignment(c) {
+        Some(cla) => Some(endpoint_specs(cla?, true)?),
+        None => None,
+    };
+    let budget = policy::budget(Some(c));
+    Ok(ClusterSpec {
+        lb,
+        outlier: policy::outlier(c),
+        panic_threshold: policy::panic_threshold(c),
+        breaker: policy::circuit_breaker(c),
+        budget: (budget.ratio, budget.min_per_second),
+        inline,
+    })
+}
+
+/// Converts a ClusterLoadAssignment (addresses and ports; no host names over EDS).
+pub fn load_assignment(cla: &ClusterLoadAssignment) -> Result<Endpoints, String> {
+    endpoint_specs(cla, false)
+}
+
+/// The `weft` filter metadata, if any.
+pub(super) fn weft(m: &Option<Metadata>) -> Option<&Struct> {
+    m.as_ref()?.filter_metadata.get("weft")
+}
+
+pub(super) fn string_field<'a>(s: Option<&'a Struct>, key: &str) -> Option<&'a str> {
+    match s?.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// A protobuf duration (negative parts as 0), at most ten years (`weft_core::duration::MAX`):
+/// no deadline computed from it can overflow (`i64::MAX` seconds panicked a request's timer).
+pub(super) fn duration(d: &weft_xds_proto::google::protobuf::Duration) -> Duration {
+    let nanos = (d.nanos.max(0) as u32).min(999_999_999);
+    weft_core::duration::clamp(Duration::new(d.seconds.max(0) as u64, nanos))
+}
+
+fn string_match(m: &StringMatcher) -> Result<StringMatch, String> {
+    match &m.match_pattern {
+        Some(MatchPattern::Exact(e)) => Ok(StringMatch::Exact(e.as_str().into())),
+        Some(MatchPattern::Prefix(p)) => Ok(StringMatch::Prefix(p.as_str().into())),
+        Some(MatchPattern::SafeRegex(r)) => StringMatch::regex(&r.regex),
+        other => Err(format!("unsupported string match {other:?}")),
+    }
+}
+
+fn route_match(r: &XdsRoute) -> Result<RouteMatch, String> {
+    let m = r.r#match.as_ref().ok_or("route has no match")?;
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) if p == "/" || p.is_empty() => None,
+        Some(PathSpecifier::Prefix(p)) => Some(StringMatch::Prefix(p.as_str().into())),
+        Some(PathSpecifier::Path(p)) => Some(StringMatch::Exact(p.as_str().into())),
+        Some(PathSpecifier::SafeRegex(re)) => {
+            Some(StringMatch::regex(&re.regex).map_err(|e| format!("path: {e}"))?)
+        }
+        other => return Err(format!("unsupported path match {other:?}")),
+    };
+    let mut method = None;
+    let mut headers = Vec::new();
+    for h in &m.headers {
+        let value = header_value_match(h)?;
+        if h.name == ":method" {
+            let StringMatch::Exact(v) = &value else {
+                return Err(":method must be matched exactly".into());
+            };
+            method = Some(
+                Method::from_bytes(v.as_bytes()).map_err(|_| format!("`{v}` is not a method"))?,
+            );
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("`{}` is not a header name", h.name))?;
+        headers.push(HeaderMatch { name, value });
+    }
+    let mut query = Vec::with_capacity(m.query_parameters.len());
+    for q in &m.query_parameters {
+        let value = match &q.query_parameter_match_specifier {
+            Some(QueryParameterMatchSpecifier::StringMatch(sm)) => {
+                string_match(sm).map_err(|e| format!("query parameter {}: {e}", q.name))?
+            }
+            Some(QueryParameterMatchSpecifier::PresentMatch(true)) | None => StringMatch::Any,
+            Some(QueryParameterMatchSpecifier::PresentMatch(false)) => {
+                return Err(format!(
+                    "query parameter {}: absence matches are not supported",
+                    q.name
+                ));
+            }
+        };
+        query.push(QueryMatch {
+            name: q.name.as_str().into(),
+            value,
+        });
+    }
+    Ok(RouteMatch {
+        path,
+        method,
+        headers,
+        query,
+    })
+}
+
+// The deprecated exact/prefix forms are still sent by older control planes.
+#[allow(deprecated)]
+fn header_value_match(h: &HeaderMatcher) -> Result<StringMatch, String> {
+    if h.invert_match {
+        return Err(format!(
+            "header {}: inverted matches are not supported",
+            h.name
+        ));
+    }
+    match &h.header_match_specifier {
+        Some(HeaderMatchSpecifier::StringMatch(m)) => string_match(m),
+        Some(HeaderMatchSpecifier::ExactMatch(e)) => Ok(StringMatch::Exact(e.as_str().into())),
+        Some(HeaderMatchSpecifier::PrefixMatch(p)) => Ok(StringMatch::Prefix(p.as_str().into())),
+        Some(HeaderMatchSpecifier::PresentMatch(true)) | None => Ok(StringMatch::Any),
+        other => Err(format!("header {}: unsupported match {other:?}", h.name)),
+    }
+}
+
+/// A load assignment's endpoints with their weights. Endpoints not healthy (or unknown) get
+/// weight 0: no traffic, as the table's weighted choice leaves them out. Host names are allowed
+/// only where `hosts` (a DNS cluster's own load assignment); the proxy resolves them.
+fn endpoint_specs(cla: &ClusterLoadAssignment, hosts: bool) -> Result<Endpoints, String> {
+    let mut eps = Vec::new();
+    for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+        let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+            return Err("an endpoint without an address".into());
+        };
+        let Some(address::Address::SocketAddress(sa)) =
+            ep.address.as_ref().and_then(|a| a.address.as_ref())
+        else {
+            return Err("only socket addresses are supported".into());
+        };
+        let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
+            return Err(format!("endpoint {} has no port", sa.address));
+        };
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("endpoint {}: port {port} is out of range", sa.address))?;
+        let addr = EndpointAddress::from_parts(&sa.address, port)?;
+        if !hosts && addr.ip().is_none() {
+            return Err(format!(
+                "`{}` is not an IP address (endpoints known by host name belong in a STRICT_DNS cluster's load_assignment)",
+                sa.address
+            ));
+        }
+        let healthy = matches!(
+            HealthStatus::try_from(e.health_status),
+            Ok(HealthStatus::Healthy | HealthStatus::Unknown)
+        );
+        let weight = if healthy {
+            e.load_balancing_weight.as_ref().map_or(1, |w| w.value)
+        } else {
+            0
+        };
+        let labels = match weft(&e.metadata).and_then(|w| w.fields.get("labels")?.kind.as_ref()) {
+            Some(Kind::StructValue(s)) => s
+                .fields
+                .iter()
+                .filter_map(|(k, v)| match &v.kind {
+                    Some(Kind::StringValue(v)) => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        eps.push(EndpointSpec {
+            weight,
+            addr,
+            labels: Arc::new(labels),
+            identity: string_field(weft(&e.metadata), "identity").map(Arc::from),
+        });
+    }
+    Ok(eps.into())
+}
+
+/// Whether a cluster lists its endpoints itself, by host name (STRICT_DNS, LOGICAL_DNS) or
+/// address (STATIC), rather than over EDS.
+fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, String>> {
+    let kind = match c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t).ok(),
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Some(Err("custom cluster types are not supported".into()));
+        }
+        None => Some(DiscoveryType::Static),
+    };
+    match kind {
+        Some(DiscoveryType::Eds) => None,
+        Some(DiscoveryType::StrictDns | DiscoveryType::LogicalDns | DiscoveryType::Static) => Some(
+            c.load_assignment
+                .as_ref()
+                .ok_or_else(|| "a STATIC or DNS cluster without a load_assignment".into()),
+        ),
+        Some(DiscoveryType::OriginalDst) | None => Some(Err(
+            "only EDS, STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into(),
+        )),
+    }
+}
+
+/// The cluster's balancer: weft's own choice from its metadata (`lbPolicy`), else the
+/// standard `lb_policy` (Envoy's default, ROUND_ROBIN, when unset).
+fn lb_policy(c: &XdsCluster) -> Result<LbPolicy, String> {
+    if let Some(p) = string_field(weft(&c.metadata), "lbPolicy") {
+        return serde_json::from_value(serde_json::Value::String(p.to_string()))
+            .map_err(|_| format!("cluster `{}`: unknown lbPolicy `{p}`", c.name));
+    }
+    Ok(match EnvoyLb::try_from(c.lb_policy) {
+        Ok(EnvoyLb::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(EnvoyLb::RingHash | EnvoyLb::Maglev) => LbPolicy::RingHash,
+        Ok(EnvoyLb::Random) => LbPolicy::Random,
+        _ => LbPolicy::RoundRobin,
+    })
+}
+
+/// The first hash policy of a route the proxy supports (header, cookie, source IP).
+fn hash_on(action: &RouteAction) -> Result<Option<HashOn>, String> {
+    for h in &action.hash_policy {
+        match &h.policy_specifier {
+            Some(PolicySpecifier::Header(hd)) => {
+                let name = HeaderName::from_bytes(hd.header_name.as_bytes()).map_err(|_| {
+                    format!("hash policy: `{}` is not a header name", hd.header_name)
+                })?;
+                return Ok(Some(HashOn::Header(name)));
+            }
+            Some(PolicySpecifier::Cookie(c)) if !c.name.is_empty() => {
+                return Ok(Some(HashOn::Cookie(c.name.as_str().into())));
+            }
+            Some(PolicySpecifier::ConnectionProperties(p)) if p.source_ip => {
+                return Ok(Some(HashOn::SourceIp));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The clusters a route sends to, with their weights.
+type Backends<'a> = Vec<(u32, &'a str)>;
+
+/// A route's action and the clusters it sends to.
+fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), String> {
+    let Some(Action::Route(action)) = &r.action else {
+        return Err("only route actions are supported".into());
+    };
+    let clusters = match &action.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => vec![(1, c.as_str())],
+        Some(ClusterSpecifier::WeightedClusters(w)) => w
+            .clusters
+            .iter()
+            .map(|c| (c.weight.as_ref().map_or(0, |w| w.value), c.name.as_str()))
+            .collect(),
+        other => return Err(format!("unsupported cluster specifier {other:?}")),
+    };
+    Ok((action, clusters))
+}
+
+fn route_name(r: &XdsRoute, index: usize) -> Arc<str> {
+    if r.name.is_empty() {
+        format!("route-{index}").into()
+    } else {
+        r.name.as_str().into()
+    }
+}
+
+/// The RouteConfiguration a listener takes its routes from.
+fn rds_name(l: &Listener) -> Result<String, String> {
+    let any = l
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+        .ok_or("no api_listener")?;
+    let hcm = HttpConnectionManager::decode(&*any.value)
+        .map_err(|e| format!("api_listener is not an HttpConnectionManager: {e}"))?;
+    match hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => Ok(rds.route_config_name),
+        _ => Err("routes must come over RDS".into()),
+    }
+}
+
+/// The listener's `authorization` (weft metadata), compiled.
+fn authorization(l: &Listener) -> Result<Option<Authz>, String> {
+    let Some(v) = weft(&l.metadata).and_then(|w| w.fields.get("authorization")) else {
+        return Ok(None);
+    };
+    let spec: AuthorizationSpec =
+        serde_json::from_value(json(v)).map_err(|e| format!("metadata `authorization`: {e}"))?;
+    Authz::compile(&spec)
+        .map(Some)
+        .map_err(|e| format!("metadata `authorization`: {e}"))
+}
+
+/// A protobuf `Value` as JSON.
+fn json(v: &weft_xds_proto::google::protobuf::Value) -> serde_json::Value {
+    match &v.kind {
+        Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::json!(n),
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Some(Kind::ListValue(l)) => l.values.iter().map(json).collect(),
+    }
+}

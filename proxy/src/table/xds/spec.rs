@@ -1,0 +1,85 @@
+//! What the proxy keeps of each xDS resource: weft's own types, converted once when the
+//! resource arrives (see [`super::convert`]).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use weft_core::{
+    address::EndpointAddress,
+    policy::{CircuitBreaker, LbPolicy},
+};
+
+use crate::{
+    balance::Outlier,
+    inbound::Authz,
+    route::RouteMatch,
+    table::{HashOn, Protocol},
+    traffic::{Fault, Retry, TokenBucket},
+};
+
+/// A Listener: the service it stands for.
+#[derive(Debug)]
+pub struct ListenerSpec {
+    /// The RouteConfiguration its routes come from (RDS).
+    pub rds: String,
+    pub protocol: Protocol,
+    /// `vip:port`, when the service has a VIP.
+    pub vip: Option<Box<str>>,
+    /// Who may call the service (`None`: everyone).
+    pub authz: Option<Arc<Authz>>,
+}
+
+/// A RouteConfiguration: its first virtual host.
+#[derive(Debug)]
+pub struct RouteConfigSpec {
+    /// Lower case.
+    pub domains: Box<[Box<str>]>,
+    pub routes: Box<[RouteSpec]>,
+    /// The service's own rate limit (settings; the bucket in force is kept when they stay).
+    pub rate_limit: Option<TokenBucket>,
+}
+
+/// One route of a RouteConfiguration, with the clusters it names (not yet resolved).
+#[derive(Debug)]
+pub struct RouteSpec {
+    pub name: Arc<str>,
+    pub matches: RouteMatch,
+    /// Cluster names with their weights.
+    pub backends: Box<[(u32, Arc<str>)]>,
+    pub timeout: Option<Duration>,
+    pub hash: Option<HashOn>,
+    pub retry: Option<Retry>,
+    pub fault: Option<Fault>,
+    pub grpc_timeout_max: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub rate_limit: Option<TokenBucket>,
+    /// The cluster copies go to, and the percent of requests copied.
+    pub mirror: Option<(Arc<str>, f64)>,
+}
+
+/// A Cluster: how it balances and protects its endpoints, and the endpoints it lists itself.
+#[derive(Debug)]
+pub struct ClusterSpec {
+    pub lb: LbPolicy,
+    pub outlier: Option<Outlier>,
+    pub panic_threshold: f64,
+    pub breaker: Option<CircuitBreaker>,
+    /// The retry budget of the service named as the cluster: ratio and minimum per second.
+    pub budget: (f64, u32),
+    /// STATIC and DNS clusters: their own endpoints; EDS clusters: `None`.
+    pub inline: Option<Endpoints>,
+}
+
+/// A load assignment's endpoints.
+pub type Endpoints = Box<[EndpointSpec]>;
+
+/// One endpoint of a load assignment.
+#[derive(Debug)]
+pub struct EndpointSpec {
+    /// 0 for an endpoint not healthy.
+    pub weight: u32,
+    /// An address, or (DNS clusters only) a host name and port.
+    pub addr: EndpointAddress,
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// The SPIFFE id it proves, when it is meshed.
+    pub identity: Option<Arc<str>>,
+}
