@@ -29,7 +29,7 @@ use crate::{
     route::{RouteMatch, WeightedSplit},
     traffic::{Budget, Fault, Retry, TokenBucket},
 };
-pub use cluster::{Cluster, Endpoint, EndpointSet};
+pub use cluster::{Cluster, Endpoint, EndpointSet, Picked};
 pub(crate) use compile::ServiceDraft;
 pub use file::{LoadError, Protocol, TableFile};
 use index::Index;
@@ -166,7 +166,7 @@ impl Route {
         &self,
         hash: Option<u64>,
         metrics: &TargetMetrics,
-    ) -> Option<(&Arc<Cluster>, Endpoint)> {
+    ) -> Option<(&Arc<Cluster>, Picked)> {
         let cluster = match hash {
             Some(h) => self.backends.pick_with(h),
             None => self.backends.pick(),

@@ -84,8 +84,9 @@ impl Cluster {
 
     /// The endpoint for a request with hash key `hash` (see `HashOn`), skipping ejected
     /// ones unless too few are left in service (the panic threshold).
-    pub fn pick(&self, hash: Option<u64>, metrics: &TargetMetrics) -> Option<Endpoint> {
-        self.pick_in(&self.endpoints.load(), hash, metrics).cloned()
+    pub fn pick(&self, hash: Option<u64>, metrics: &TargetMetrics) -> Option<Picked> {
+        self.pick_in(&self.endpoints.load(), hash, metrics)
+            .map(Picked::of)
     }
 
     fn pick_in<'s>(
@@ -163,12 +164,12 @@ impl Cluster {
         hash: Option<u64>,
         avoid: SocketAddr,
         metrics: &TargetMetrics,
-    ) -> Option<Endpoint> {
+    ) -> Option<Picked> {
         let set = self.endpoints.load();
         let eps = &set.endpoints;
         let first = self.pick_in(&set, hash, metrics)?;
         if first.addr != avoid || eps.len() < 2 {
-            return Some(first.clone());
+            return Some(Picked::of(first));
         }
         // The balancer chose the endpoint that just failed (a fast failure looks cheap to it):
         // one of the others, drawn by weight; ejected ones only when too few are in service
@@ -183,7 +184,7 @@ impl Cluster {
         };
         let total: u64 = (0..n).filter_map(candidate).map(|(_, w)| w).sum();
         if total == 0 {
-            return Some(first.clone());
+            return Some(Picked::of(first));
         }
         let mut draw = fastrand::u64(..total);
         (0..n)
@@ -196,7 +197,7 @@ impl Cluster {
                     None
                 }
             })
-            .cloned()
+            .map(Picked::of)
     }
 
     /// Feeds a request's outcome to outlier detection, ejecting the endpoint when it calls
@@ -214,6 +215,25 @@ impl Cluster {
             let time = ep.eject(cfg, now);
             metrics.ejection();
             tracing::info!(cluster = %self.name, endpoint = %ep.addr, ?time, "outlier detection ejected an endpoint");
+        }
+    }
+}
+
+/// What a request takes of the endpoint chosen for it (the set it came from may be replaced
+/// while the request is under way).
+#[derive(Debug)]
+pub struct Picked {
+    pub addr: SocketAddr,
+    pub identity: Option<Arc<str>>,
+    pub state: Arc<EndpointState>,
+}
+
+impl Picked {
+    fn of(e: &Endpoint) -> Self {
+        Picked {
+            addr: e.addr,
+            identity: e.identity.clone(),
+            state: e.state.clone(),
         }
     }
 }
