@@ -134,12 +134,13 @@ impl Outcome {
     /// UNAVAILABLE a 503 and DEADLINE_EXCEEDED a 504 (gateway errors: a sidecar whose
     /// application is down answers UNAVAILABLE at once, which must not look like a fast,
     /// healthy endpoint), UNKNOWN, INTERNAL and DATA_LOSS a 500.
-    pub fn of_grpc(status: u16, headers: &http::HeaderMap) -> Outcome {
+    /// `grpc_status` is the response headers' `grpc-status`, if any.
+    pub fn of_grpc(status: u16, grpc_status: Option<u32>) -> Outcome {
         let by_status = Outcome::of_status(status);
         if by_status != Outcome::Success {
             return by_status;
         }
-        match crate::http::grpc::status(headers) {
+        match grpc_status {
             Some(4 | 14) => Outcome::GatewayError,
             Some(2 | 13 | 15) => Outcome::ServerError,
             _ => Outcome::Success,

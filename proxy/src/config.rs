@@ -535,7 +535,7 @@ pub struct MtlsConfig {
     /// destination (no service with a policy has an endpoint there): `allow` (compatible with
     /// earlier weft) or `deny` (only what a policy allows gets in).
     #[arg(long, env = weft_core::contract::DEFAULT_AUTHZ, value_enum, default_value = "allow")]
-    pub default_authz: crate::inbound::DefaultAuthz,
+    pub default_authz: DefaultAuthz,
 }
 
 fn parse_port_mode(s: &str) -> Result<(u16, InboundMode), String> {
@@ -961,4 +961,12 @@ mod tests {
             .to_string();
         assert!(err.contains("expected KEY=VALUE"), "{err}");
     }
+}
+
+/// `--default-authz`: what a destination no policy guards does with a caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultAuthz {
+    #[default]
+    Allow,
+    Deny,
 }

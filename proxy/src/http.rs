@@ -954,7 +954,9 @@ impl HttpProxy {
                     .unwrap_or_else(|| Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default())))
             };
             let outcome = match &res {
-                Ok(rsp) if is_grpc => Outcome::of_grpc(rsp.status().as_u16(), rsp.headers()),
+                Ok(rsp) if is_grpc => {
+                    Outcome::of_grpc(rsp.status().as_u16(), grpc::status(rsp.headers()))
+                }
                 Ok(rsp) => Outcome::of_status(rsp.status().as_u16()),
                 Err(_) => Outcome::GatewayError,
             };

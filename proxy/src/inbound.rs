@@ -6,6 +6,7 @@
 //! authorization policy must allow the caller. The caller is the SPIFFE id its mesh TLS
 //! certificate proved, or nobody (plaintext, in PERMISSIVE mode).
 
+use crate::config::DefaultAuthz;
 use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 
 use http::{HeaderName, HeaderValue};
@@ -70,14 +71,6 @@ impl Delivery {
         };
         SocketAddr::new(ip, orig.port())
     }
-}
-
-/// `--default-authz`: what a destination no policy guards does with a caller.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DefaultAuthz {
-    #[default]
-    Allow,
-    Deny,
 }
 
 /// Who is on the other end of an inbound connection, and where it was sent.

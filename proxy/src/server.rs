@@ -75,7 +75,7 @@ pub struct Listener {
     /// Outbound: the pod's own addresses, the only peers an outbound listener serves.
     pub local: Arc<LocalAddrs>,
     /// Inbound: what a destination no policy guards does with a caller.
-    pub default_authz: crate::inbound::DefaultAuthz,
+    pub default_authz: crate::config::DefaultAuthz,
     /// Connections held at once (`--max-connections`).
     pub max_connections: usize,
 }
