@@ -276,6 +276,7 @@ impl Table {
                 "backends": r.backends.weighted().map(|(w, c)| json!({
                     "cluster": &*c.name,
                     "weight": w,
+                    "lbPolicy": c.lb_policy(),
                     "endpoints": c.endpoints().weighted()
                         .map(|(w, e)| format!("{} (weight {w})", e.addr))
                         .collect::<Vec<_>>(),

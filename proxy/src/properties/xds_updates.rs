@@ -59,10 +59,14 @@ pub struct XdsStep {
 /// held passes its check (nothing rejected is ever held); a resource changes only to a value
 /// the response carried; one goes away only when the response removes it, or replaces the
 /// whole set without it and without a rejected resource it could not name; a response
-/// rejected whole changes nothing but its removals; and the table compiles.
+/// rejected whole changes nothing but its removals; and the table the client keeps, compiling
+/// only what each response changed, is the one a full compile of the same resources makes.
 pub fn xds_updates(steps: &[XdsStep]) {
     let mut st = State::default();
     let metrics = Metrics::new();
+    let mut inc = xds::Incremental::default();
+    let mut table = Table::empty();
+    let mut generation = 0;
     for step in steps {
         let kind = usize::from(step.kind % 4);
         let own = KINDS[kind].type_url;
@@ -131,16 +135,37 @@ pub fn xds_updates(steps: &[XdsStep]) {
                 assert_eq!(after, expected, "a response rejected whole changed {own}");
             }
         }
-        let compiled = xds::Incremental::default().update(
+        // The table the client keeps, changed only where the response did, is the table a
+        // full compile of the same resources makes against the same table in force.
+        let mut changed = xds::Changed::default();
+        for n in out.names {
+            changed.mark(kind, n);
+        }
+        generation += 1;
+        let version: std::sync::Arc<str> = st.version().into();
+        let none = Resolved::none();
+        let kept = inc.update(
+            st.resources(),
+            &changed,
+            version.clone(),
+            generation,
+            &metrics,
+            &table,
+            &none,
+        );
+        let full = xds::Incremental::default().update(
             st.resources(),
             &xds::Changed::default(),
-            st.version().into(),
-            1,
+            version,
+            generation,
             &metrics,
-            &Table::empty(),
-            &Resolved::none(),
+            &table,
+            &none,
         );
-        assert!(compiled.table.service_count() <= st.len(2));
+        assert_eq!(kept.table.describe(), full.table.describe());
+        assert_eq!(kept.held_back, full.held_back);
+        assert!(kept.table.service_count() <= st.len(2));
+        table = kept.table;
     }
 }
 

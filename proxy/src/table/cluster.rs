@@ -70,6 +70,10 @@ impl Cluster {
         }
     }
 
+    pub fn lb_policy(&self) -> LbPolicy {
+        self.policy
+    }
+
     /// The endpoints in force (hold the guard briefly).
     pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
         self.endpoints.load()

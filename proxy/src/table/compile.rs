@@ -83,7 +83,10 @@ impl Table {
         let mut index = Index::default();
         for (svc, guard) in drafts {
             let svc = Arc::new(svc.finish(metrics));
-            index.put(&svc.name.clone(), Some(Entry::new(Some(svc), guard)));
+            index.put(
+                &svc.name.clone(),
+                Some(Entry::new(Some(svc), guard, Box::default())),
+            );
         }
         Ok(Table {
             version,

@@ -20,22 +20,27 @@ pub(crate) struct Entry {
     /// `None` for a Listener held back before it ever compiled: only its guard applies.
     pub service: Option<Arc<Service>>,
     pub guard: Option<Arc<Guard>>,
-    /// The distinct clusters the service's routes send to.
+    /// The distinct clusters the service's routes send to, and those its mirrors copy to.
     clusters: Box<[Arc<Cluster>]>,
-    /// Every endpoint of those clusters by canonical address (sorted, one per address): its
-    /// identity and balancer state.
+    /// Every endpoint the routes send to (mirrors aside) by canonical address (sorted, one per
+    /// address, one that proves an identity first): its identity and balancer state.
     endpoints: Box<[Member]>,
+    /// The endpoint host names its clusters and guard use (sorted, once each).
+    dns: Box<[Box<str>]>,
 }
 
 impl Entry {
-    pub fn new(service: Option<Arc<Service>>, guard: Option<Guard>) -> Self {
+    /// `guard_dns`: the host names the guard's addresses came from.
+    pub fn new(
+        service: Option<Arc<Service>>,
+        guard: Option<Guard>,
+        guard_dns: Box<[Box<str>]>,
+    ) -> Self {
         let mut clusters: Vec<Arc<Cluster>> = Vec::new();
         let mut endpoints = Vec::new();
         if let Some(svc) = &service {
-            let all = std::iter::once(&svc.default_route)
-                .chain(svc.routes.iter())
-                .flat_map(|r| r.backends.iter());
-            for c in all {
+            let routes = || std::iter::once(&svc.default_route).chain(svc.routes.iter());
+            for c in routes().flat_map(|r| r.backends.iter()) {
                 if clusters.iter().any(|k| Arc::ptr_eq(k, c)) {
                     continue;
                 }
@@ -44,20 +49,34 @@ impl Entry {
                     endpoints.push((canonical(e.addr), e.identity.clone(), e.state.clone()));
                 }
             }
+            for m in routes().filter_map(|r| r.policy.mirror.as_ref()) {
+                if !clusters.iter().any(|k| Arc::ptr_eq(k, &m.cluster)) {
+                    clusters.push(m.cluster.clone());
+                }
+            }
         }
-        endpoints.sort_by_key(|e| e.0);
+        // An address two clusters list: the identity one of them names wins.
+        endpoints.sort_by_key(|e| (e.0, e.1.is_none()));
         endpoints.dedup_by_key(|e| e.0);
+        let mut dns: Vec<Box<str>> = clusters
+            .iter()
+            .flat_map(|c| c.dns.iter().cloned())
+            .chain(guard_dns)
+            .collect();
+        dns.sort_unstable();
+        dns.dedup();
         Entry {
             service,
             guard: guard.map(Arc::new),
             clusters: clusters.into(),
             endpoints: endpoints.into(),
+            dns: dns.into(),
         }
     }
 
-    /// Whether any of its clusters' endpoints are known by host name.
+    /// Whether any of its endpoints are known by host name.
     pub fn uses_dns(&self) -> bool {
-        self.clusters.iter().any(|c| !c.dns.is_empty())
+        !self.dns.is_empty()
     }
 
     fn endpoint(&self, addr: SocketAddr) -> Option<&Member> {
@@ -125,7 +144,7 @@ pub(crate) struct Index {
     addrs: ShardMap<SocketAddr, AddrEntry>,
     /// Clusters by name, with how many entries use each.
     clusters: ShardMap<Arc<str>, (Arc<Cluster>, u32)>,
-    /// Endpoint host names the clusters use, with how many clusters use each.
+    /// Endpoint host names the entries use, with how many entries use each.
     dns: Arc<BTreeMap<Box<str>, u32>>,
     /// Entries that have a service.
     services: usize,
@@ -296,16 +315,16 @@ impl Index {
                 };
                 (n > 0).then_some((cluster, n))
             });
-            if c.dns.is_empty() {
-                continue;
-            }
-            let dns = Arc::make_mut(&mut self.dns);
-            for h in c.dns.iter() {
-                match dns.get(h).copied().unwrap_or(0).saturating_add_signed(by) {
-                    0 => dns.remove(h),
-                    n => dns.insert(h.clone(), n),
-                };
-            }
+        }
+        if e.dns.is_empty() {
+            return;
+        }
+        let dns = Arc::make_mut(&mut self.dns);
+        for h in e.dns.iter() {
+            match dns.get(h).copied().unwrap_or(0).saturating_add_signed(by) {
+                0 => dns.remove(h),
+                n => dns.insert(h.clone(), n),
+            };
         }
     }
 }

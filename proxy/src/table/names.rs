@@ -20,9 +20,6 @@ use crate::{
 /// resolved to. Records the names it was asked about, resolved or not.
 /// Endpoints get the balancer state of the same address in `previous` (the table in force),
 /// so a swap does not reset it.
-/// Which clusters in force a compile may use again.
-type Keep<'a> = Box<dyn Fn(&Cluster) -> bool + 'a>;
-
 pub(crate) struct Names<'a> {
     resolved: &'a Resolved,
     previous: &'a Table,
@@ -32,8 +29,8 @@ pub(crate) struct Names<'a> {
     /// Clusters made during this compile, one per name, shared by every route naming it
     /// (xDS).
     built: std::cell::RefCell<HashMap<Box<str>, Arc<Cluster>>>,
-    /// Which clusters of `previous` may be used again as they are; `None`: none.
-    keep: Option<Keep<'a>>,
+    /// Clusters built from the resources as they are now, which may be used again.
+    reuse: Option<&'a HashMap<Arc<str>, Arc<Cluster>>>,
 }
 
 impl<'a> Names<'a> {
@@ -44,24 +41,24 @@ impl<'a> Names<'a> {
             used: Default::default(),
             fresh: Default::default(),
             built: Default::default(),
-            keep: None,
+            reuse: None,
         }
     }
 
-    /// Lets the clusters of `previous` for which `keep` holds be used again as they are.
-    pub(crate) fn keeping(mut self, keep: impl Fn(&Cluster) -> bool + 'a) -> Self {
-        self.keep = Some(Box::new(keep));
+    /// Lets the clusters of `current` (built from the resources as they are now) be used
+    /// again as they are.
+    pub(crate) fn reusing(mut self, current: &'a HashMap<Arc<str>, Arc<Cluster>>) -> Self {
+        self.reuse = Some(current);
         self
     }
 
-    /// The cluster named `name` if this compile made it already, or the one in force may be
-    /// used again.
+    /// The cluster named `name` if this compile made it already, or one that may be used
+    /// again.
     pub(crate) fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
         if let Some(c) = self.built.borrow().get(name) {
             return Some(c.clone());
         }
-        let c = self.previous.index.cluster(name)?;
-        self.keep.as_ref().is_some_and(|k| k(c)).then(|| c.clone())
+        self.reuse?.get(name).cloned()
     }
 
     /// Records a cluster this compile made, for the other routes naming it.
@@ -71,9 +68,9 @@ impl<'a> Names<'a> {
             .insert(c.name.as_ref().into(), c.clone());
     }
 
-    /// The cluster in force under `name`, if any.
-    pub(crate) fn in_force(&self, name: &str) -> Option<&'a Arc<Cluster>> {
-        self.previous.index.cluster(name)
+    /// The clusters this compile made.
+    pub(crate) fn take_built(&self) -> HashMap<Box<str>, Arc<Cluster>> {
+        std::mem::take(&mut *self.built.borrow_mut())
     }
 
     /// The addresses `addr` stands for: itself, or every address its host name resolved to.

@@ -157,8 +157,8 @@ fn cluster_endpoints<'r>(name: &str, res: &'r Resources) -> Option<&'r [Endpoint
 }
 
 /// A cluster with its endpoints, if both have arrived: the one made for another route of
-/// this compile, or the one in force when it may be used again (see `Names::keeping`), else
-/// made now.
+/// this compile, or the one built from the resources as they are now (see
+/// `Names::reusing`), else made now.
 fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, String> {
     let Some(c) = res.clusters.get(name) else {
         return Err(format!("cluster `{name}` has not been received"));
@@ -182,21 +182,20 @@ fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, S
     Ok(cluster)
 }
 
-/// Replaces the endpoints of the EDS cluster in force under `name` with its newest
-/// ClusterLoadAssignment, in place: no route is compiled again. `false` when there is no
-/// such cluster or no assignment to take (the services using it are then compiled again).
-fn swap_endpoints(name: &str, res: &Resources, names: &Names) -> bool {
-    let (Some(c), Some(cla), Some(cluster)) = (
-        res.clusters.get(name),
-        res.endpoints.get(name),
-        names.in_force(name),
-    ) else {
+/// Replaces the endpoints of `cluster` (the EDS cluster built from the resources as they are
+/// now) with its newest ClusterLoadAssignment, in place: no route is compiled again. `false`
+/// when there is no assignment to take (the services using it are then compiled again).
+fn swap_endpoints(cluster: &Cluster, res: &Resources, names: &Names) -> bool {
+    let name = &*cluster.name;
+    let (Some(c), Some(cla)) = (res.clusters.get(name), res.endpoints.get(name)) else {
         return false;
     };
     if c.inline.is_some() {
         return false;
     }
     cluster.set_endpoints(WeightedSplit::new(endpoints(cla, names)));
+    // Its host names (none: EDS has addresses) are the cluster's, counted there.
+    names.take_used();
     true
 }
 
@@ -310,8 +309,7 @@ fn listener(
         .authz
         .clone()
         .and_then(|a| guard(name, a, res, names, previous));
-    // The guard's host names are its cluster's, counted there.
-    names.take_used();
+    let guard_dns = names.take_used();
     let (service, held) = match built {
         Ok(draft) => (Some(Arc::new(draft.finish(metrics))), None),
         Err(e) => (
@@ -319,7 +317,8 @@ fn listener(
             Some(format!("Listener `{name}`: {e}")),
         ),
     };
-    let entry = (service.is_some() || guard.is_some()).then(|| Entry::new(service, guard));
+    let entry =
+        (service.is_some() || guard.is_some()).then(|| Entry::new(service, guard, guard_dns));
     (entry, held)
 }
 
@@ -332,8 +331,7 @@ fn refreshed(name: &Arc<str>, res: &Resources, names: &Names, previous: &Table) 
         .guard
         .as_ref()
         .and_then(|g| guard(name, g.authz.clone(), res, names, previous));
-    names.take_used();
-    Some(Entry::new(old.service.clone(), guard))
+    Some(Entry::new(old.service.clone(), guard, names.take_used()))
 }
 
 /// A service's policy over every address of the cluster of all its endpoints (named as the

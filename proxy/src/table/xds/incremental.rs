@@ -16,7 +16,7 @@ use super::{Compiled, ListenerSpec, Resources, listener, refreshed, swap_endpoin
 use crate::{
     metrics::Metrics,
     resolve::Resolved,
-    table::{Names, Table},
+    table::{Cluster, Names, Table},
 };
 
 /// The names of the resources a batch of responses added, changed or removed, by type.
@@ -68,6 +68,10 @@ pub struct Incremental {
     by_cluster: HashMap<String, BTreeSet<Arc<str>>>,
     /// Listeners whose clusters' endpoints are known by host name.
     dns: BTreeSet<Arc<str>>,
+    /// The clusters built from the resources as they are now, by name: what a compile uses
+    /// again, and what an EDS change updates in place. A cluster whose resource changes, or
+    /// whose host names resolve anew, leaves it until it is built again.
+    current: HashMap<Arc<str>, Arc<Cluster>>,
     /// Listeners held back, with what each waits for.
     held: std::collections::BTreeMap<Arc<str>, String>,
     /// Listener compiles so far (what an update cost; tests count them).
@@ -89,12 +93,24 @@ impl Incremental {
         dns: &Resolved,
     ) -> Compiled {
         let first = self.deps.is_empty();
-        // The clusters in force are used again unless their resource changed, or their
-        // endpoints' host names resolved anew; and only after the first compile.
-        let keep = |c: &crate::table::Cluster| {
-            !first && !changed.clusters.contains(&*c.name) && (!changed.dns || c.dns.is_empty())
-        };
-        let names = Names::new(dns, previous).keeping(keep);
+        if first {
+            self.current.clear();
+        }
+        for c in &changed.clusters {
+            self.current.remove(&**c);
+        }
+        for c in &changed.endpoints {
+            // Taken away: whoever holds the cluster keeps its endpoints; a new assignment makes
+            // a new cluster.
+            if !res.endpoints.contains_key(c) {
+                self.current.remove(&**c);
+            }
+        }
+        if changed.dns {
+            self.current.retain(|_, c| c.dns.is_empty());
+        }
+        let mut current = std::mem::take(&mut self.current);
+        let names = Names::new(dns, previous).reusing(&current);
         // A Listener held back is compiled again when something it references changes, as
         // any other: its dependencies are recorded whether it compiled or not.
         let mut dirty: BTreeSet<Arc<str>> = BTreeSet::new();
@@ -113,10 +129,16 @@ impl Incremental {
             }
             for c in changed.endpoints.difference(&changed.clusters) {
                 let users = self.by_cluster.get(c).into_iter().flatten().cloned();
-                if swap_endpoints(c, res, &names) {
-                    refresh.extend(users);
-                } else {
-                    dirty.extend(users);
+                let swapped = current
+                    .get(&**c)
+                    .is_some_and(|cluster| swap_endpoints(cluster, res, &names));
+                for u in users {
+                    // One held back keeps its old service: it is compiled, not refreshed.
+                    if swapped && !self.held.contains_key(&u) {
+                        refresh.insert(u);
+                    } else {
+                        dirty.insert(u);
+                    }
                 }
             }
             if changed.dns {
@@ -158,6 +180,10 @@ impl Incremental {
                 table.index.put(name, entry);
             }
         }
+        let built = names.take_built();
+        drop(names);
+        current.extend(built.into_iter().map(|(k, v)| (Arc::from(k), v)));
+        self.current = current;
         Compiled {
             table,
             held_back: self.held.values().cloned().collect(),
