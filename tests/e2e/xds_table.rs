@@ -740,6 +740,12 @@ fn apply_and_compare(
     (c.table, inc.compiles - before)
 }
 
+/// The cluster of all of `service`'s endpoints (its default route's).
+fn all_endpoints(t: &Table, service: &str) -> Arc<weft_proxy::table::Cluster> {
+    let svc = t.service(service).unwrap();
+    svc.default_route.backends.iter().next().unwrap().clone()
+}
+
 #[test]
 fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() {
     let metrics = Metrics::new();
@@ -755,13 +761,7 @@ fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() 
     assert_eq!((n, table.service_count()), (41, 41));
     let svc = |i: usize| format!("svc-{i}.demo.svc.cluster.local:8080");
     let state_of = |t: &Table, i: usize| {
-        t.service(&svc(i))
-            .unwrap()
-            .default_route
-            .backends
-            .iter()
-            .next()
-            .unwrap()
+        all_endpoints(t, &svc(i))
             .endpoints()
             .iter()
             .next()
@@ -790,19 +790,7 @@ fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() 
     assert_eq!(n, 0, "an endpoint change compiled {n} listeners");
     assert!(Arc::ptr_eq(&kept, &state_of(&table, 3)));
     assert!(Arc::ptr_eq(&untouched, table.service(&svc(9)).unwrap()));
-    assert_eq!(
-        table
-            .service(&svc(3))
-            .unwrap()
-            .default_route
-            .backends
-            .iter()
-            .next()
-            .unwrap()
-            .endpoints()
-            .len(),
-        3
-    );
+    assert_eq!(all_endpoints(&table, &svc(3)).endpoints().len(), 3);
 
     // A route change: its service only.
     let web = "web.demo.svc.cluster.local:8080";
