@@ -1,6 +1,6 @@
 //! The admin server (loopback: /config_dump, /shutdown, /log_level) and the probe server
-//! (/live, /ready, /metrics). Both run on a small runtime of their own so that a busy data plane
-//! cannot starve them.
+//! (/live, /ready, /metrics). Both run on the control runtime (`Control` in `lib.rs`), a thread
+//! of its own, so that a busy data plane cannot starve them.
 
 use std::{
     convert::Infallible,

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app_probe;
 pub mod balance;
 pub mod config;
+mod control;
 pub mod discovery;
 pub mod dns;
 pub mod drain;
@@ -44,6 +45,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     admin::AdminState,
     config::{Config, IdentitySource},
+    control::Control,
     discovery::Discovery,
     drain::Drain,
     http::{HttpProxy, Router},
@@ -95,6 +97,7 @@ fn start_identity(
     cfg: &Config,
     control_tls: Option<Arc<rustls::ClientConfig>>,
     drain: &Drain,
+    control: &tokio::runtime::Handle,
 ) -> Result<Option<Arc<Identity>>, StartError> {
     let m = &cfg.mtls;
     let id = Arc::new(Identity::default());
@@ -131,7 +134,7 @@ fn start_identity(
                 backoff_base: std::time::Duration::from_millis(500),
                 backoff_max: std::time::Duration::from_secs(30),
             };
-            tokio::spawn(identity::run(icfg, id.clone(), drain.token()));
+            control.spawn(identity::run(icfg, id.clone(), drain.token()));
         }
         IdentitySource::Files => {
             let files = IdentityFiles {
@@ -141,7 +144,7 @@ fn start_identity(
             };
             files.load(&id).map_err(StartError::Identity)?;
             tracing::info!(identity = ?id.spiffe_id(), "workload identity from files");
-            tokio::spawn(identity::watch_files(
+            control.spawn(identity::watch_files(
                 files,
                 id.clone(),
                 m.identity_poll_interval,
@@ -197,6 +200,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     let mut sigint = signal(SignalKind::interrupt())?;
     // SIGHUP's default action ends the process: take it over before anything else.
     let mut sighup = signal(SignalKind::hangup())?;
+    let control = Control::start()?;
     let metrics = Metrics::new();
     balance::configure(cfg.lb_ewma_decay, cfg.lb_default_rtt);
     let resolver = Resolver::new(
@@ -272,7 +276,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             "`{url}` is TLS: give the mesh trust bundle to verify it (--trust-bundle)"
         )));
     }
-    let identity = start_identity(&cfg, control_tls.clone(), &drain)?;
+    let identity = start_identity(&cfg, control_tls.clone(), &drain, &control.handle)?;
     let mtls = identity
         .as_ref()
         .map(|id| Arc::new(transport::tls::Mtls::new(id.clone())));
@@ -325,7 +329,9 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     ));
     let local = Arc::new(transport::local::LocalAddrs::default());
 
-    tokio::spawn(resolver.clone().run(table.clone(), drain.token()));
+    control
+        .handle
+        .spawn(resolver.clone().run(table.clone(), drain.token()));
     let discovery = Discovery::new(
         cfg.discovery.clone(),
         control_tls,
@@ -347,7 +353,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         resolver: resolver.clone(),
         app_probes,
     });
-    spawn_admin(state.clone(), admin_l, probe_l)?;
+    control.serve_admin(state.clone(), admin_l, probe_l)?;
 
     let make_http = |direction: Direction, router: Router| {
         Arc::new(HttpProxy {
@@ -425,7 +431,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     tokio::spawn(listener(inbound_http, TcpTarget::Addr(forward), inbound_tls).run(inbound));
 
     if let Some(d) = discovery {
-        tokio::spawn(d.run(drain.token()));
+        control.handle.spawn(d.run(drain.token()));
     }
     if let Some((udp, tcp)) = dns {
         let upstream = cfg.dns_upstream.or_else(|| {
@@ -495,31 +501,5 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             "grace period over; closing remaining connections"
         );
     }
-    Ok(())
-}
-
-/// Runs the admin and probe servers on a one-thread runtime of their own.
-fn spawn_admin(
-    state: Arc<AdminState>,
-    admin_l: std::net::TcpListener,
-    probe_l: std::net::TcpListener,
-) -> std::io::Result<()> {
-    admin_l.set_nonblocking(true)?;
-    probe_l.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("weft-admin".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let admin_l = tokio::net::TcpListener::from_std(admin_l).expect("admin listener");
-                let probe_l = tokio::net::TcpListener::from_std(probe_l).expect("probe listener");
-                tokio::join!(
-                    admin::serve(admin_l, state.clone(), admin::admin),
-                    admin::serve(probe_l, state, admin::probes),
-                );
-            })
-        })?;
     Ok(())
 }
