@@ -25,6 +25,11 @@ fn sum<M: Message>(m: &M) -> u64 {
     state::bytes_digest(&m.encode_to_vec())
 }
 
+/// That the state holds, under `name`, the load assignment `cla` as it was sent.
+fn assert_holds(st: &State, name: &str, cla: &ClusterLoadAssignment, what: &str) {
+    assert_eq!(st.digest_of(ENDPOINTS, name), Some(sum(cla)), "{what}");
+}
+
 fn cla(name: &str, port: u32) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
         cluster_name: name.into(),
@@ -148,15 +153,12 @@ fn a_bad_resource_is_rejected_alone_and_its_previous_version_stays() {
         ["ClusterLoadAssignment `b`: endpoint 127.0.0.1: port 0 is out of range"]
     );
     assert!(out.changed);
-    assert_eq!(
-        st.digest_of(ENDPOINTS, "a"),
-        Some(sum(&cla("a", 10))),
-        "the good one applies"
-    );
-    assert_eq!(
-        st.digest_of(ENDPOINTS, "b"),
-        Some(sum(&cla("b", 2))),
-        "the bad one keeps its last good version"
+    assert_holds(&st, "a", &cla("a", 10), "the good one applies");
+    assert_holds(
+        &st,
+        "b",
+        &cla("b", 2),
+        "the bad one keeps its last good version",
     );
     assert_eq!(
         st.type_version(ENDPOINTS),
@@ -242,16 +244,8 @@ fn an_undecodable_resource_in_a_full_response_removes_nothing() {
         update(ENDPOINTS, "2", true, &[any(&cla("a", 10)), garbage], &[]),
     );
     assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
-    assert_eq!(
-        st.digest_of(ENDPOINTS, "a"),
-        Some(sum(&cla("a", 10))),
-        "the good one applies"
-    );
-    assert_eq!(
-        st.digest_of(ENDPOINTS, "b"),
-        Some(sum(&cla("b", 2))),
-        "`b` keeps its last good version"
-    );
+    assert_holds(&st, "a", &cla("a", 10), "the good one applies");
+    assert_holds(&st, "b", &cla("b", 2), "`b` keeps its last good version");
 }
 
 #[test]
@@ -299,10 +293,6 @@ fn a_resource_rejected_for_its_name_keeps_the_one_its_body_names() {
     assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
     let res = st.resources();
     assert_eq!(st.digest_of(ENDPOINTS, "a"), Some(sum(&cla("a", 10))));
-    assert_eq!(
-        st.digest_of(ENDPOINTS, "b"),
-        Some(sum(&cla("b", 2))),
-        "`b` keeps its last good version"
-    );
+    assert_holds(&st, "b", &cla("b", 2), "`b` keeps its last good version");
     assert!(!res.endpoints.contains_key("x"));
 }
