@@ -80,11 +80,9 @@ use crate::{
 };
 use convert::{duration, metadata, retry_policy, route_match, socket_address, u32v};
 
-/// The name of the metadata key (filter metadata namespace) weft's own settings travel under.
-pub const METADATA_KEY: &str = "weft";
-/// The HTTP filters whose per-route configs carry fault injection and local rate limits.
-pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
-pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+use weft_core::contract::xds as names;
+/// The names weft's settings travel under in xDS, shared with the proxy.
+pub use weft_core::contract::xds::{FAULT_FILTER, METADATA as METADATA_KEY, RATE_LIMIT_FILTER};
 
 /// Every resource for one snapshot, each list sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -204,15 +202,16 @@ fn listener(
         ],
         ..Default::default()
     };
-    let mut weft = serde_json::json!({ "protocol": svc.spec.protocol });
+    let mut weft = serde_json::json!({});
+    weft[names::PROTOCOL] = serde_json::json!(svc.spec.protocol);
     if let Some(vip) = vip {
-        weft["vip"] = serde_json::json!(format!("{vip}:{}", svc.spec.port));
+        weft[names::VIP] = serde_json::json!(format!("{vip}:{}", svc.spec.port));
     }
     // Enforced by the inbound sidecars of the service's endpoints.
     if let Some(a) = policy.and_then(|p| p.authorization.as_ref())
         && let Ok(v) = serde_json::to_value(a)
     {
-        weft["authorization"] = v;
+        weft[names::AUTHORIZATION] = v;
     }
     Listener {
         name: authority.to_string(),
@@ -430,16 +429,17 @@ fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
             enforcing_failure_percentage: o.failure_rate.as_ref().map(|_| u32v(100)),
             ..Default::default()
         });
-    let mut weft = serde_json::json!({ "lbPolicy": lb });
+    let mut weft = serde_json::json!({});
+    weft[names::LB_POLICY] = serde_json::json!(lb);
     if let Some(b) = budget.and_then(|b| b.min_per_second) {
-        weft["retryBudgetMinPerSecond"] = b.into();
+        weft[names::RETRY_BUDGET_MIN_PER_SECOND] = b.into();
     }
     if let Some(w) = policy
         .and_then(|p| p.outlier_detection.as_ref())
         .and_then(|o| o.failure_rate.as_ref())
         .and_then(|f| f.window)
     {
-        weft["failureRateWindow"] = weft_core::duration::format(w).into();
+        weft[names::FAILURE_RATE_WINDOW] = weft_core::duration::format(w).into();
     }
     Cluster {
         name: name.to_string(),
@@ -482,9 +482,10 @@ fn load_assignment(
         .iter()
         .filter(|e| subset.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
         .map(|e| {
-            let mut weft = serde_json::json!({ "labels": e.labels });
+            let mut weft = serde_json::json!({});
+            weft[names::LABELS] = serde_json::json!(e.labels);
             if let Some(id) = &e.identity {
-                weft["identity"] = id.clone().into();
+                weft[names::IDENTITY] = id.clone().into();
             }
             LbEndpoint {
                 host_identifier: Some(HostIdentifier::Endpoint(

@@ -1,7 +1,7 @@
-//! The contract between the sidecar injector (control plane) and the sidecar it injects: the
-//! environment variables the injector writes into the proxy and init containers, each read by
-//! one of `weft-proxy`'s flags. Both sides name them from here, so a rename on one side cannot
-//! leave the other behind.
+//! The contract between the control plane and the sidecar: the environment variables the
+//! injector writes into the proxy and init containers, each read by one of `weft-proxy`'s
+//! flags, and (in [`xds`]) the names weft's own settings travel under in xDS. Both sides name
+//! them from here, so a rename on one side cannot leave the other behind.
 
 pub const APP_PROBES: &str = "WEFT_APP_PROBES";
 pub const CAPTURE: &str = "WEFT_CAPTURE";
@@ -51,3 +51,31 @@ pub const ALL: &[&str] = &[
     TRUST_BUNDLE_PEM,
     TRUST_DOMAIN,
 ];
+
+/// weft's settings in standard xDS resources: filter metadata under [`xds::METADATA`], and
+/// the HTTP filters whose per-route configuration carries faults and rate limits. The control
+/// plane's translator writes them; the proxy's conversion reads them.
+pub mod xds {
+    /// The filter metadata namespace of weft's own settings.
+    pub const METADATA: &str = "weft";
+    /// Listener: `http`, `http1`, `http2` or `tcp`.
+    pub const PROTOCOL: &str = "protocol";
+    /// Listener: the service's `vip:port`.
+    pub const VIP: &str = "vip";
+    /// Listener: who may call the service (weft's authorization policy, as JSON).
+    pub const AUTHORIZATION: &str = "authorization";
+    /// Cluster: weft's balancer (`p2c-ewma`, `round-robin`, ...), over the standard field.
+    pub const LB_POLICY: &str = "lbPolicy";
+    /// Cluster: the retry budget's minimum retries per second.
+    pub const RETRY_BUDGET_MIN_PER_SECOND: &str = "retryBudgetMinPerSecond";
+    /// Endpoint: its labels (subsets).
+    pub const LABELS: &str = "labels";
+    /// Endpoint: the SPIFFE id it proves (it is meshed).
+    pub const IDENTITY: &str = "identity";
+    /// Cluster: outlier detection's failure-rate window (a weft duration).
+    pub const FAILURE_RATE_WINDOW: &str = "failureRateWindow";
+    /// The HTTP filter whose per-route configuration injects faults.
+    pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+    /// The HTTP filter whose per-route (and per-virtual-host) configuration rate-limits.
+    pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+}

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{HeaderName, Method};
 use prost::Message;
-use weft_core::{address::EndpointAddress, policy::LbPolicy};
+use weft_core::{address::EndpointAddress, contract::xds as names, policy::LbPolicy};
 use weft_xds_proto::{
     envoy::{
         config::{
@@ -50,13 +50,13 @@ pub fn listener(l: &Listener) -> Result<ListenerSpec, String> {
     let meta = weft(&l.metadata);
     Ok(ListenerSpec {
         rds: rds_name(l)?,
-        protocol: match string_field(meta, "protocol") {
+        protocol: match string_field(meta, names::PROTOCOL) {
             Some("http1") => Protocol::Http1,
             Some("http2") => Protocol::Http2,
             Some("tcp") => Protocol::Tcp,
             _ => Protocol::Http,
         },
-        vip: string_field(meta, "vip").map(Box::from),
+        vip: string_field(meta, names::VIP).map(Box::from),
         authz: authorization(l)?.map(Arc::new),
     })
 }
@@ -148,7 +148,7 @@ pub fn load_assignment(cla: &ClusterLoadAssignment) -> Result<Endpoints, String>
 
 /// The `weft` filter metadata, if any.
 pub(super) fn weft(m: &Option<Metadata>) -> Option<&Struct> {
-    m.as_ref()?.filter_metadata.get("weft")
+    m.as_ref()?.filter_metadata.get(names::METADATA)
 }
 
 pub(super) fn string_field<'a>(s: Option<&'a Struct>, key: &str) -> Option<&'a str> {
@@ -284,22 +284,23 @@ fn endpoint_specs(cla: &ClusterLoadAssignment, hosts: bool) -> Result<Endpoints,
         } else {
             0
         };
-        let labels = match weft(&e.metadata).and_then(|w| w.fields.get("labels")?.kind.as_ref()) {
-            Some(Kind::StructValue(s)) => s
-                .fields
-                .iter()
-                .filter_map(|(k, v)| match &v.kind {
-                    Some(Kind::StringValue(v)) => Some((k.clone(), v.clone())),
-                    _ => None,
-                })
-                .collect(),
-            _ => BTreeMap::new(),
-        };
+        let labels =
+            match weft(&e.metadata).and_then(|w| w.fields.get(names::LABELS)?.kind.as_ref()) {
+                Some(Kind::StructValue(s)) => s
+                    .fields
+                    .iter()
+                    .filter_map(|(k, v)| match &v.kind {
+                        Some(Kind::StringValue(v)) => Some((k.clone(), v.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => BTreeMap::new(),
+            };
         eps.push(EndpointSpec {
             weight,
             addr,
             labels: Arc::new(labels),
-            identity: string_field(weft(&e.metadata), "identity").map(Arc::from),
+            identity: string_field(weft(&e.metadata), names::IDENTITY).map(Arc::from),
         });
     }
     Ok(eps.into())
@@ -331,7 +332,7 @@ fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, St
 /// The cluster's balancer: weft's own choice from its metadata (`lbPolicy`), else the
 /// standard `lb_policy` (Envoy's default, ROUND_ROBIN, when unset).
 fn lb_policy(c: &XdsCluster) -> Result<LbPolicy, String> {
-    if let Some(p) = string_field(weft(&c.metadata), "lbPolicy") {
+    if let Some(p) = string_field(weft(&c.metadata), names::LB_POLICY) {
         return serde_json::from_value(serde_json::Value::String(p.to_string()))
             .map_err(|_| format!("cluster `{}`: unknown lbPolicy `{p}`", c.name));
     }
@@ -410,7 +411,7 @@ fn rds_name(l: &Listener) -> Result<String, String> {
 
 /// The listener's `authorization` (weft metadata), compiled.
 fn authorization(l: &Listener) -> Result<Option<Authz>, String> {
-    let Some(v) = weft(&l.metadata).and_then(|w| w.fields.get("authorization")) else {
+    let Some(v) = weft(&l.metadata).and_then(|w| w.fields.get(names::AUTHORIZATION)) else {
         return Ok(None);
     };
     let spec: AuthorizationSpec =

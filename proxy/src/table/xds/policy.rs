@@ -32,8 +32,7 @@ use crate::{
     traffic::{Budget, Fault, Retry, TokenBucket},
 };
 
-pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
-pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+pub use weft_core::contract::xds::{FAULT_FILTER, RATE_LIMIT_FILTER};
 
 /// A fraction as a percentage.
 pub fn percent(f: &FractionalPercent) -> f64 {
@@ -163,8 +162,11 @@ pub fn rate_limit(any: Option<&Any>) -> Result<Option<TokenBucket>, String> {
 /// A cluster's outlier detection.
 pub fn outlier(c: &XdsCluster) -> Option<Outlier> {
     let o = c.outlier_detection.as_ref()?;
-    let window = string_field(weft(&c.metadata), "failureRateWindow")
-        .and_then(|w| weft_core::duration::parse(w).ok());
+    let window = string_field(
+        weft(&c.metadata),
+        weft_core::contract::xds::FAILURE_RATE_WINDOW,
+    )
+    .and_then(|w| weft_core::duration::parse(w).ok());
     let failure_rate = o
         .failure_percentage_threshold
         .as_ref()
@@ -221,7 +223,11 @@ pub fn budget(c: Option<&XdsCluster>) -> Budget {
         .and_then(|b| b.budget_percent.as_ref())
         .map(|p| (p.value / 100.0).clamp(0.0, 1.0));
     let min = c.and_then(|c| weft(&c.metadata)).and_then(|w| {
-        match w.fields.get("retryBudgetMinPerSecond")?.kind {
+        match w
+            .fields
+            .get(weft_core::contract::xds::RETRY_BUDGET_MIN_PER_SECOND)?
+            .kind
+        {
             Some(Kind::NumberValue(n)) if n >= 0.0 => Some(n as u32),
             _ => None,
         }
