@@ -10,7 +10,7 @@ use crate::admin::{self, AdminState};
 /// plane does not delay a renewal, an xDS answer or the kubelet's probes.
 pub(crate) struct Control {
     pub(crate) handle: tokio::runtime::Handle,
-    admin: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<AdminServers>>>,
+    admin: Option<tokio::sync::oneshot::Sender<AdminServers>>,
 }
 
 type AdminServers = (
@@ -47,20 +47,20 @@ impl Control {
             })?;
         Ok(Control {
             handle,
-            admin: std::sync::Mutex::new(Some(tx)),
+            admin: Some(tx),
         })
     }
 
     /// Serves the admin and probe ports on the control runtime.
     pub(crate) fn serve_admin(
-        &self,
+        &mut self,
         state: Arc<AdminState>,
         admin_l: std::net::TcpListener,
         probe_l: std::net::TcpListener,
     ) -> std::io::Result<()> {
         admin_l.set_nonblocking(true)?;
         probe_l.set_nonblocking(true)?;
-        if let Some(tx) = self.admin.lock().expect("control lock").take() {
+        if let Some(tx) = self.admin.take() {
             let _ = tx.send((state, admin_l, probe_l));
         }
         Ok(())

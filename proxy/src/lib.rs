@@ -200,7 +200,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     let mut sigint = signal(SignalKind::interrupt())?;
     // SIGHUP's default action ends the process: take it over before anything else.
     let mut sighup = signal(SignalKind::hangup())?;
-    let control = Control::start()?;
+    let mut control = Control::start()?;
     let metrics = Metrics::new();
     balance::configure(cfg.lb_ewma_decay, cfg.lb_default_rtt);
     let resolver = Resolver::new(

@@ -150,15 +150,11 @@ impl Resource for RouteConfiguration {
     }
 }
 
-/// A digest of a resource's bytes as they arrived (FNV-1a, 64 bits): what tells a changed
-/// resource from one sent again. A control plane that encodes unchanged content differently
-/// (protobuf maps in another order) costs one service's compile, never a wrong table; weft's
-/// sends a resource again only when its content changed (delta).
-pub fn bytes_digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+/// A digest of a resource's bytes as they arrived (`balance::hash64`: stable, no seed): what
+/// tells a changed resource from one sent again. A control plane that encodes unchanged
+/// content differently (protobuf maps in another order) costs one service's compile, never a
+/// wrong table; weft's sends a resource again only when its content changed (delta).
+pub use crate::balance::hash64 as bytes_digest;
 
 impl State {
     pub fn resources(&self) -> &xds::Resources {

@@ -292,13 +292,13 @@ impl Index {
             let i = x.guards.partition_point(|o| o.service < g.service);
             x.guards.insert(i, g.clone());
         }
-        let first = x
-            .services
-            .iter()
-            .filter_map(|n| self.entries.get(&**n)?.endpoint(a))
-            .collect::<Vec<_>>();
-        x.identity = first.iter().find_map(|e| e.1.clone());
-        x.state = first.first().map(|e| e.2.clone());
+        let members = || {
+            x.services
+                .iter()
+                .filter_map(|n| self.entries.get(&**n)?.endpoint(a))
+        };
+        x.identity = members().find_map(|e| e.1.clone());
+        x.state = members().next().map(|e| e.2.clone());
         let keep = (!x.services.is_empty() || !x.guards.is_empty()).then_some(x);
         self.addrs.update(a, |_| keep);
     }

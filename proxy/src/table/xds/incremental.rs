@@ -32,14 +32,6 @@ pub struct Changed {
 }
 
 impl Changed {
-    pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty()
-            && self.routes.is_empty()
-            && self.clusters.is_empty()
-            && self.endpoints.is_empty()
-            && !self.dns
-    }
-
     /// Marks `name` of resource kind `kind` (an index into `discovery::KINDS`: cluster,
     /// endpoint, listener, route).
     pub fn mark(&mut self, kind: usize, name: String) {
@@ -55,7 +47,7 @@ impl Changed {
 /// What one Listener's entry was compiled from.
 #[derive(Debug, Default)]
 struct Deps {
-    route: Option<String>,
+    route: String,
     clusters: Vec<String>,
     dns: bool,
 }
@@ -164,7 +156,7 @@ impl Incremental {
             self.compiles += 1;
             let (entry, held) = listener(name, l, res, &names, metrics, previous);
             let deps = Deps {
-                route: Some(l.rds.clone()),
+                route: l.rds.clone(),
                 clusters: clusters_of(name, l, res),
                 dns: entry.as_ref().is_some_and(|e| e.uses_dns()),
             };
@@ -209,21 +201,17 @@ impl Incremental {
                 }
             }
         };
-        if let Some(r) = &d.route {
-            drop_from(&mut self.by_route, r);
-        }
+        drop_from(&mut self.by_route, &d.route);
         for c in &d.clusters {
             drop_from(&mut self.by_cluster, c);
         }
     }
 
     fn remember(&mut self, name: &Arc<str>, d: Deps) {
-        if let Some(r) = &d.route {
-            self.by_route
-                .entry(r.clone())
-                .or_default()
-                .insert(name.clone());
-        }
+        self.by_route
+            .entry(d.route.clone())
+            .or_default()
+            .insert(name.clone());
         for c in &d.clusters {
             self.by_cluster
                 .entry(c.clone())
