@@ -31,6 +31,8 @@ pub mod route;
 pub mod server;
 pub mod table;
 pub mod tcp;
+#[cfg(test)]
+mod testing;
 pub mod traffic;
 pub mod transport;
 

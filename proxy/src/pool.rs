@@ -20,7 +20,7 @@ use crate::{
     table::Cluster,
     traffic::{Limit, Permit},
     transport::{
-        self,
+        connect::{Conn, Connect, Tcp},
         io::Upstream,
         tls::{self, Alpn, Mtls},
     },
@@ -63,6 +63,8 @@ pub struct Pools {
     cfg: UpstreamConfig,
     metrics: Arc<Metrics>,
     direction: Direction,
+    /// How connections are opened: TCP in the proxy, in-memory upstreams in tests.
+    connector: Arc<dyn Connect>,
 }
 
 impl Pools {
@@ -76,8 +78,19 @@ impl Pools {
         direction: Direction,
         mtls: Option<Arc<Mtls>>,
     ) -> Arc<Self> {
+        Self::with_connector(cfg, metrics, direction, mtls, Arc::new(Tcp))
+    }
+
+    pub fn with_connector(
+        cfg: UpstreamConfig,
+        metrics: Arc<Metrics>,
+        direction: Direction,
+        mtls: Option<Arc<Mtls>>,
+        connector: Arc<dyn Connect>,
+    ) -> Arc<Self> {
         let pools = Arc::new(Pools {
             mtls,
+            connector,
             h1: h1::Pool::new(
                 cfg.http1_max_idle_per_endpoint,
                 cfg.http1_max_connections_per_endpoint,
@@ -179,11 +192,9 @@ impl Pools {
         }
     }
 
-    pub(crate) async fn connect(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<tokio::net::TcpStream, ProxyError> {
-        transport::connect(addr, self.cfg.connect_timeout)
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, ProxyError> {
+        self.connector
+            .connect(addr, self.cfg.connect_timeout)
             .await
             .map_err(|e| {
                 self.metrics.connect_error(self.direction, e.reason());

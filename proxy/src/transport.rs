@@ -1,6 +1,7 @@
 //! Listeners, upstream connects, protocol detection, the IO wrappers they share, and mutual TLS
 //! between sidecars ([`tls`]).
 
+pub mod connect;
 pub mod detect;
 pub mod io;
 pub mod local;
