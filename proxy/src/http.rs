@@ -3,7 +3,6 @@
 
 pub mod body;
 pub mod error;
-pub mod grpc;
 pub mod headers;
 pub mod replay;
 pub(crate) mod request;
@@ -32,6 +31,7 @@ use crate::{
     balance::{EndpointState, Outcome},
     config::UpstreamConfig,
     drain::Drain,
+    grpc,
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, Peer},
     metrics::{AuthzProtocol, Direction, OpenConn, TargetMetrics},
     pool::{Pools, Received, Waiter},
@@ -981,7 +981,7 @@ impl HttpProxy {
             };
             let reason = match &res {
                 Ok(rsp) => policy.response(rsp.status(), rsp.headers()),
-                Err(e) => policy.failure(e),
+                Err(e) => e.unanswered().and_then(|why| policy.failure(why)),
             };
             let Some(reason) = reason else {
                 return (res, tries);

@@ -9,12 +9,14 @@
 
 pub mod admin;
 pub mod app_probe;
+pub mod authz;
 pub mod balance;
 pub mod config;
 mod control;
 pub mod discovery;
 pub mod dns;
 pub mod drain;
+pub mod grpc;
 pub mod http;
 pub mod http2;
 pub mod identity;

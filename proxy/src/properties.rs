@@ -13,7 +13,8 @@ pub use xds_updates::{XdsBody, XdsResource, XdsStep, xds_updates};
 
 use crate::{
     balance::Balancer,
-    http::{grpc, headers, request},
+    grpc,
+    http::{headers, request},
     metrics::Metrics,
     resolve::Resolved,
     route::WeightedSplit,

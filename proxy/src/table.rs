@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 
 use crate::{
-    inbound::Authz,
+    authz::Authz,
     metrics::{LazyTarget, Metrics, TargetMetrics},
     resolve::Resolved,
     route::{RouteMatch, WeightedSplit},

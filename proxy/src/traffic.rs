@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 use weft_core::policy::{self, RETRY_CONDITIONS};
 
-use crate::http::{error::ProxyError, grpc};
+use crate::grpc;
 
 /// Retries after the first try when a policy does not say.
 pub const DEFAULT_RETRIES: u32 = policy::DEFAULT_RETRY_ATTEMPTS;
@@ -146,34 +146,19 @@ impl Retry {
         None
     }
 
-    /// Whether a try that got no response is one to retry, and why. As Envoy's, `5xx` covers
-    /// every failure to get a response, `gateway-error` the ones a gateway answers with 502,
-    /// 503 or 504 (connect failures, resets, per-try timeouts).
-    pub fn failure(&self, e: &ProxyError) -> Option<Reason> {
-        let reason = match e {
-            ProxyError::Connect(_) | ProxyError::Tls { .. } => Reason::ConnectFailure,
-            ProxyError::Upstream { source, .. } if refused_stream(source) => Reason::RefusedStream,
-            ProxyError::Upstream { .. } => Reason::Reset,
-            ProxyError::PerTryTimeout(_) => Reason::PerTryTimeout,
-            _ => return None,
-        };
+    /// Whether a try that got no response, for `reason` ([`ProxyError::unanswered`]), is one
+    /// to retry. As Envoy's, `5xx` covers every failure to get a response, `gateway-error`
+    /// the ones a gateway answers with 502, 503 or 504 (connect failures, resets, per-try
+    /// timeouts).
+    ///
+    /// [`ProxyError::unanswered`]: crate::http::error::ProxyError::unanswered
+    pub fn failure(&self, reason: Reason) -> Option<Reason> {
         let covered = self.has(reason)
             || self.has(Reason::Http5xx)
             || (self.has(Reason::GatewayError) && reason != Reason::RefusedStream)
             || (reason == Reason::PerTryTimeout && self.has(Reason::Reset));
         covered.then_some(reason)
     }
-}
-
-/// Whether the upstream did not process the stream: it refused it (REFUSED_STREAM), or it was
-/// past the last stream a graceful GOAWAY (NO_ERROR) kept (RFC 9113 §8.7: either way the request
-/// can be sent again safely).
-fn refused_stream(e: &crate::http::body::BoxError) -> bool {
-    crate::http::error::find_h2(&**e).is_some_and(|h2| match h2.reason() {
-        Some(h2::Reason::REFUSED_STREAM) => true,
-        Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
-        _ => false,
-    })
 }
 
 /// How long the upstream asked the caller to wait before trying again, from `Retry-After`

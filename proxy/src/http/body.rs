@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::grpc;
+use crate::grpc;
 use crate::metrics::TargetMetrics;
 
 pin_project! {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
 
-use super::{body::ProxyBody, grpc};
-use crate::transport::ConnectError;
+use super::body::ProxyBody;
+use crate::{grpc, traffic::Reason, transport::ConnectError};
 
 /// The header on every response the proxy generated itself, carrying the reason.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -74,7 +74,32 @@ pub fn find_h2<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::E
     None
 }
 
+/// Whether the upstream did not process the stream: it refused it (REFUSED_STREAM), or it was
+/// past the last stream a graceful GOAWAY (NO_ERROR) kept (RFC 9113 §8.7: either way the request
+/// can be sent again safely).
+fn refused_stream(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    find_h2(e).is_some_and(|h2| match h2.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => true,
+        Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
+        _ => false,
+    })
+}
+
 impl ProxyError {
+    /// Why a try that ended in this error got no response, as a retry reason; `None` for the
+    /// proxy's own refusals, which no retry changes.
+    pub fn unanswered(&self) -> Option<Reason> {
+        Some(match self {
+            ProxyError::Connect(_) | ProxyError::Tls { .. } => Reason::ConnectFailure,
+            ProxyError::Upstream { source, .. } if refused_stream(&**source) => {
+                Reason::RefusedStream
+            }
+            ProxyError::Upstream { .. } => Reason::Reset,
+            ProxyError::PerTryTimeout(_) => Reason::PerTryTimeout,
+            _ => return None,
+        })
+    }
+
     /// The HTTP status and the gRPC status code that stand for this error.
     pub fn statuses(&self) -> (StatusCode, u32) {
         match self {
@@ -154,5 +179,46 @@ mod tests {
             rsp.headers()[PROXY_ERROR_HEADER],
             "request timed out after 1s"
         );
+    }
+
+    fn retry(on: &[&str]) -> crate::traffic::Retry {
+        let p = weft_core::policy::RetryPolicy {
+            on: on.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        crate::traffic::Retry::compile(&p).unwrap()
+    }
+
+    #[test]
+    fn failures_without_a_response_are_classified() {
+        let connect = ProxyError::Connect(ConnectError::Shared {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            reason: "refused".into(),
+        });
+        let timeout = ProxyError::PerTryTimeout(Duration::from_millis(5));
+        let r = retry(&["connect-failure"]);
+        assert_eq!(
+            connect.unanswered().and_then(|w| r.failure(w)),
+            Some(Reason::ConnectFailure)
+        );
+        assert_eq!(timeout.unanswered().and_then(|w| r.failure(w)), None);
+        // `5xx` covers every failure to get a response.
+        let r = retry(&["5xx"]);
+        assert_eq!(
+            connect.unanswered().and_then(|w| r.failure(w)),
+            Some(Reason::ConnectFailure)
+        );
+        assert_eq!(
+            timeout.unanswered().and_then(|w| r.failure(w)),
+            Some(Reason::PerTryTimeout)
+        );
+        // Errors of the proxy's own making are never retried.
+        assert_eq!(ProxyError::NoEndpoints("a:1".into()).unanswered(), None);
+        assert_eq!(
+            ProxyError::Timeout(Duration::from_secs(1)).unanswered(),
+            None
+        );
+        let r = retry(&["unavailable"]);
+        assert_eq!(connect.unanswered().and_then(|w| r.failure(w)), None);
     }
 }

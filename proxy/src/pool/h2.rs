@@ -409,7 +409,8 @@ mod tests {
             on: vec!["refused-stream".into()],
             ..Default::default()
         };
-        crate::traffic::Retry::compile(&on).unwrap().failure(&e)
+        let why = e.unanswered()?;
+        crate::traffic::Retry::compile(&on).unwrap().failure(why)
     }
 
     #[tokio::test]

@@ -13,8 +13,8 @@ use super::{
     names::Names,
 };
 use crate::{
+    authz::Authz,
     balance::Outlier,
-    inbound::Authz,
     metrics::{Direction, LazyTarget, Metrics},
     resolve::Resolved,
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch, WeightedSplit},

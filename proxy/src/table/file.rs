@@ -38,7 +38,7 @@ pub struct ServiceSpec {
     pub routes: Vec<RouteSpec>,
     /// Who may call this service's endpoints (enforced by their inbound sidecars).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<crate::inbound::AuthorizationSpec>,
+    pub authorization: Option<crate::authz::AuthorizationSpec>,
     /// How requests are spread over the endpoints (default `p2c-ewma`), and what to hash.
     #[serde(
         default,

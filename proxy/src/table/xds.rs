@@ -339,7 +339,7 @@ fn refreshed(name: &Arc<str>, res: &Resources, names: &Names, previous: &Table) 
 /// addresses the table in force guarded for it. `None` when neither is known.
 fn guard(
     name: &Arc<str>,
-    authz: Arc<crate::inbound::Authz>,
+    authz: Arc<crate::authz::Authz>,
     res: &Resources,
     names: &Names,
     previous: &Table,

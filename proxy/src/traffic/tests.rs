@@ -130,30 +130,6 @@ fn responses_are_classified_by_the_conditions_named() {
 }
 
 #[test]
-fn failures_without_a_response_are_classified() {
-    let connect = ProxyError::Connect(crate::transport::ConnectError::Shared {
-        addr: "127.0.0.1:1".parse().unwrap(),
-        reason: "refused".into(),
-    });
-    let timeout = ProxyError::PerTryTimeout(Duration::from_millis(5));
-    let r = Retry::compile(&policy(&["connect-failure"])).unwrap();
-    assert_eq!(r.failure(&connect), Some(Reason::ConnectFailure));
-    assert_eq!(r.failure(&timeout), None);
-    // `5xx` covers every failure to get a response.
-    let r = Retry::compile(&policy(&["5xx"])).unwrap();
-    assert_eq!(r.failure(&connect), Some(Reason::ConnectFailure));
-    assert_eq!(r.failure(&timeout), Some(Reason::PerTryTimeout));
-    // Errors of the proxy's own making are never retried.
-    assert_eq!(r.failure(&ProxyError::NoEndpoints("a:1".into())), None);
-    assert_eq!(
-        r.failure(&ProxyError::Timeout(Duration::from_secs(1))),
-        None
-    );
-    let r = Retry::compile(&policy(&["unavailable"])).unwrap();
-    assert_eq!(r.failure(&connect), None);
-}
-
-#[test]
 fn pushback_headers() {
     let mut h = HeaderMap::new();
     assert_eq!(pushback(&h), None);

@@ -40,7 +40,7 @@ use super::{
     spec::{ClusterSpec, EndpointSpec, Endpoints, ListenerSpec, RouteConfigSpec, RouteSpec},
 };
 use crate::{
-    inbound::{AuthorizationSpec, Authz},
+    authz::{AuthorizationSpec, Authz},
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch},
     table::{HashOn, Protocol},
 };

@@ -9,8 +9,8 @@ use weft_core::{
 };
 
 use crate::{
+    authz::Authz,
     balance::Outlier,
-    inbound::Authz,
     route::RouteMatch,
     table::{HashOn, Protocol},
     traffic::{Fault, Retry, TokenBucket},
