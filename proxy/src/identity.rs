@@ -31,9 +31,13 @@ use weft_xds_proto::ca::v1::{
     CreateCertificateRequest, certificate_service_client::CertificateServiceClient,
 };
 
-use crate::transport::{
-    self,
+mod mtls;
+
+pub use mtls::Mtls;
+
+use crate::{
     tls::{self, Credentials},
+    transport,
 };
 
 /// Where certificates come from and for which identity.

@@ -16,13 +16,14 @@ pub use crate::http::body::{Received, RequestBody};
 use crate::{
     config::UpstreamConfig,
     http::error::ProxyError,
+    identity::Mtls,
     metrics::{Direction, Metrics, TargetMetrics},
     table::Cluster,
+    tls::{self, Alpn},
     traffic::{Limit, Permit},
     transport::{
         connect::{Conn, Connect, Tcp},
         io::Upstream,
-        tls::{self, Alpn, Mtls},
     },
 };
 

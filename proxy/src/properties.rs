@@ -19,7 +19,8 @@ use crate::{
     resolve::Resolved,
     route::WeightedSplit,
     table::{Protocol, Table},
-    transport::{detect, tls},
+    tls,
+    transport::detect,
 };
 
 /// Protocol detection on every prefix of `data` (each a read boundary the network could

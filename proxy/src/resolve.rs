@@ -34,7 +34,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, table::SharedTable};
+use crate::metrics::Metrics;
 
 /// The first retry after a failed lookup; doubled per failure up to [`FAILURE_BACKOFF_MAX`].
 const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -211,10 +211,14 @@ impl Resolver {
             .unwrap_or(false)
     }
 
-    /// Keeps the names of the table in force resolved until `stop`.
-    pub async fn run(self: Arc<Self>, table: SharedTable, stop: CancellationToken) {
+    /// Keeps the names the table in force uses (`wanted` lists them) resolved until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        wanted: impl Fn() -> Vec<Box<str>> + Send + 'static,
+        stop: CancellationToken,
+    ) {
         loop {
-            let wanted: Vec<Box<str>> = table.load().dns_names();
+            let wanted: Vec<Box<str>> = wanted();
             let now = Instant::now();
             let due: Vec<Box<str>> = {
                 let mut entries = self.entries.lock().expect("resolver lock");

@@ -20,17 +20,18 @@ use tokio::{
 use crate::{
     config::{DetectConfig, InboundMode, MtlsConfig},
     http::{ConnInfo, HttpProxy},
+    identity::Mtls,
     inbound::{Delivery, Peer},
     metrics::{AuthzProtocol, Direction, Metrics, OpenConn, TargetMetrics},
     table::{Protocol, SharedTable},
     tcp,
+    tls::{self, Alpn, Hello},
     transport::{
         self,
         detect::{self, Detected},
         io::{CountedIo, PrefixedIo},
         local::LocalAddrs,
         orig_dst,
-        tls::{self, Alpn, Hello, Mtls},
     },
 };
 

@@ -362,17 +362,7 @@ impl Table {
     }
 }
 
-/// An IPv4 address in IPv6 clothing (`[::ffff:10.0.0.1]:80`, as a dual-stack listener reports
-/// IPv4 callers) as the IPv4 address it is.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
+pub use crate::transport::canonical;
 
 /// Reads, parses and compiles a table file.
 pub fn load(

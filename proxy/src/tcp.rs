@@ -22,7 +22,7 @@ pub async fn forward<I>(
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut up = match pools
-        .connect_upstream(addr, identity, crate::transport::tls::Alpn::Opaque)
+        .connect_upstream(addr, identity, crate::tls::Alpn::Opaque)
         .await
     {
         Ok(s) => s,

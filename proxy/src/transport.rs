@@ -1,12 +1,11 @@
-//! Listeners, upstream connects, protocol detection, the IO wrappers they share, and mutual TLS
-//! between sidecars ([`tls`]).
+//! Listeners, upstream connects, protocol detection, and the IO wrappers they share. (Mutual
+//! TLS between sidecars is [`crate::tls`].)
 
 pub mod connect;
 pub mod detect;
 pub mod io;
 pub mod local;
 pub mod orig_dst;
-pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -64,6 +63,18 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         .map_err(|source| ConnectError::Io { addr, source })?;
     set_stream_options(&stream);
     Ok(stream)
+}
+
+/// An IPv4 address in IPv6 clothing (`[::ffff:10.0.0.1]:80`, as a dual-stack listener reports
+/// IPv4 callers) as the IPv4 address it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
 }
 
 /// `TCP_NODELAY` (we write whole frames) and keepalive probes (to notice dead peers).

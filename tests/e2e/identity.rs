@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use weft_control_plane::ca::{BootstrapTokens, Ca, CaService, spiffe_id};
 use weft_proxy::{
     identity::{self, Identity, IdentityConfig},
-    transport::tls,
+    tls,
 };
 use weft_tests::{chain::TempDir, eventually};
 use weft_xds_proto::ca::v1::certificate_service_server::CertificateServiceServer;

@@ -539,7 +539,7 @@ spec:
 #[test]
 fn the_control_plane_and_the_proxy_take_the_same_settings() {
     use weft_control_plane::policy;
-    use weft_proxy::{inbound::Authz, route::StringMatch, traffic};
+    use weft_proxy::{authz::Authz, route::StringMatch, traffic};
     let spec = |body: &str| {
         format!(
             "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: web, namespace: demo}}\nspec:\n  service: web.demo.svc.cluster.local:8080\n{body}"

@@ -159,7 +159,7 @@ pub async fn connect(
     upgrades: bool,
 ) -> Result<Sender, ProxyError> {
     let io = pools
-        .connect_upstream(addr, identity, crate::transport::tls::Alpn::Http1)
+        .connect_upstream(addr, identity, crate::tls::Alpn::Http1)
         .await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))

@@ -24,7 +24,7 @@ impl LocalAddrs {
     /// socket can be bound to here (the kernel's own answer, so a new pod address needs no
     /// configuration). Addresses found local are remembered; others cost one `bind` each.
     pub fn contains(&self, peer: SocketAddr) -> bool {
-        let ip = crate::table::canonical(peer).ip();
+        let ip = super::canonical(peer).ip();
         if ip.is_loopback() {
             return true;
         }
@@ -46,7 +46,7 @@ impl LocalAddrs {
     /// can send a packet to 127.0.0.1, or to any address, by this pod's MAC: the redirect
     /// takes it all the same.)
     pub fn is_pod_address(&self, addr: SocketAddr) -> bool {
-        let ip = crate::table::canonical(addr).ip();
+        let ip = super::canonical(addr).ip();
         !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast() && self.contains(addr)
     }
 }

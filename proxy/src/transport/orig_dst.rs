@@ -20,5 +20,5 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     }
     .ok()?
     .as_socket()?;
-    (orig != crate::table::canonical(local)).then_some(orig)
+    (orig != super::canonical(local)).then_some(orig)
 }

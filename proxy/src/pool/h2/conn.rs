@@ -106,7 +106,7 @@ pub async fn connect(
     identity: Option<&Arc<str>>,
 ) -> Result<Conn, ProxyError> {
     let io = pools
-        .connect_upstream(addr, identity, crate::transport::tls::Alpn::H2)
+        .connect_upstream(addr, identity, crate::tls::Alpn::H2)
         .await?;
     let cfg = &pools.cfg;
     let keepalive = (!cfg.http2_keepalive_interval.is_zero())

@@ -14,10 +14,7 @@
 //!   before it the protocol that follows: `h2` for HTTP (HTTP/1.1 is carried over HTTP/2
 //!   between sidecars), `http/1.1` for upgrades (WebSocket), nothing more for opaque TCP.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use rustls::{
@@ -329,7 +326,7 @@ pub fn client_config(
     client_config_for(roots, creds, expected, Alpn::H2)
 }
 
-fn client_config_for(
+pub(crate) fn client_config_for(
     roots: Arc<RootCertStore>,
     creds: Arc<Credentials>,
     expected: &str,
@@ -402,70 +399,6 @@ pub fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err("no certificate".into());
     }
     Ok(out)
-}
-
-/// A configuration and the bundle it was made with.
-type Cached<T> = (Arc<RootCertStore>, Arc<T>);
-/// By the identity expected of the server and the ALPN offered.
-type ClientConfigs = HashMap<(Arc<str>, Alpn), Cached<ClientConfig>>;
-
-/// Mutual TLS in force: the identity, and the TLS configurations made from it, kept until the
-/// trust bundle changes (so sessions resume and nothing is rebuilt per connection).
-#[derive(Debug)]
-pub struct Mtls {
-    pub identity: Arc<crate::identity::Identity>,
-    server: Mutex<Option<Cached<ServerConfig>>>,
-    clients: Mutex<ClientConfigs>,
-}
-
-impl Mtls {
-    pub fn new(identity: Arc<crate::identity::Identity>) -> Self {
-        Mtls {
-            identity,
-            server: Mutex::default(),
-            clients: Mutex::default(),
-        }
-    }
-
-    /// For the inbound side; `None` until a certificate and bundle are held.
-    pub fn server(&self) -> Option<Arc<ServerConfig>> {
-        let roots = self.identity.roots()?;
-        let mut cached = self.server.lock().expect("mtls lock");
-        if let Some((r, cfg)) = &*cached
-            && Arc::ptr_eq(r, &roots)
-        {
-            return Some(cfg.clone());
-        }
-        let cfg = Arc::new(server_config(roots.clone(), self.identity.credentials.clone()).ok()?);
-        *cached = Some((roots, cfg.clone()));
-        Some(cfg)
-    }
-
-    /// For a connection to an endpoint that must prove `expected`.
-    pub fn client(&self, expected: &Arc<str>, alpn: Alpn) -> Option<Arc<ClientConfig>> {
-        let roots = self.identity.roots()?;
-        let mut cached = self.clients.lock().expect("mtls lock");
-        let key = (expected.clone(), alpn);
-        if let Some((r, cfg)) = cached.get(&key)
-            && Arc::ptr_eq(r, &roots)
-        {
-            return Some(cfg.clone());
-        }
-        let cfg = Arc::new(
-            client_config_for(
-                roots.clone(),
-                self.identity.credentials.clone(),
-                expected,
-                alpn,
-            )
-            .ok()?,
-        );
-        if cached.len() > 4096 {
-            cached.clear();
-        }
-        cached.insert(key, (roots, cfg.clone()));
-        Some(cfg)
-    }
 }
 
 #[cfg(test)]
