@@ -20,7 +20,6 @@ pub mod dns;
 pub mod drain;
 pub mod grpc;
 pub mod http;
-pub mod http2;
 pub mod identity;
 pub mod inbound;
 pub mod init;
@@ -30,6 +29,7 @@ pub mod pool;
 #[cfg(any(test, feature = "properties"))]
 pub mod properties;
 pub mod register;
+pub mod relay;
 pub mod resolve;
 pub mod route;
 pub mod server;

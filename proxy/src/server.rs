@@ -19,10 +19,10 @@ use tokio::{
 
 use crate::{
     config::{DetectConfig, InboundMode, MtlsConfig},
-    http::{ConnInfo, HttpProxy},
     identity::Mtls,
     inbound::{Delivery, Peer},
     metrics::{AuthzProtocol, Direction, Metrics, OpenConn, TargetMetrics},
+    relay::{ConnInfo, HttpProxy},
     table::{Protocol, SharedTable},
     tcp,
     tls::{self, Alpn, Hello},

@@ -32,9 +32,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::{
     drain::Drain,
-    http::{ConnInfo, HttpProxy, Router},
     metrics::{Direction, Metrics, OpenConn},
     pool::Pools,
+    relay::{ConnInfo, HttpProxy, Router},
     resolve::Resolved,
     table::{self, Table},
     transport::{

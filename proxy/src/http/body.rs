@@ -405,7 +405,7 @@ impl Body for RequestBody {
 #[derive(Debug)]
 pub enum Received {
     Hyper(Incoming),
-    H2(crate::http2::RecvBody),
+    H2(crate::http::http2::RecvBody),
 }
 
 impl Body for Received {

@@ -24,8 +24,8 @@ use http::{Request, Response};
 pub use self::conn::Conn;
 use super::{Clock, Pools, Received, Waiter};
 use crate::{
+    http::http2::{RecvBody, Sender, body::Held},
     http::{body::BoxError, error::ProxyError},
-    http2::{RecvBody, Sender, body::Held},
     transport::ConnectError,
 };
 

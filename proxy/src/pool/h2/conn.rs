@@ -16,9 +16,9 @@ use h2::client::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    http::http2::body::{OpenStreams, StreamSlot},
+    http::http2::keepalive::{Reads, keep_alive},
     http::{MAX_FRAME, STREAM_WINDOW, error::ProxyError},
-    http2::body::{OpenStreams, StreamSlot},
-    http2::keepalive::{Reads, keep_alive},
     pool::Pools,
 };
 
