@@ -16,6 +16,7 @@
 //!   the control plane the versions it holds, so only what changed meanwhile is sent again.
 
 pub(crate) mod state;
+mod wire;
 
 use std::{
     collections::BTreeMap,
@@ -23,25 +24,16 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
-use futures_util::FutureExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use weft_xds_proto::{
-    discovery::{
-        AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-        DiscoveryRequest, DiscoveryResponse,
-    },
-    envoy::config::core::v3::{Node, node::UserAgentVersionType},
-    google::{
-        protobuf::{Struct, Value, value::Kind},
-        rpc,
-    },
+    discovery::{AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DiscoveryRequest},
+    envoy::config::core::v3::Node,
 };
 
 use crate::{
@@ -51,6 +43,7 @@ use crate::{
     table::{SharedTable, xds},
 };
 pub use state::{KINDS, State, Update};
+use wire::{backoff, batch, delta_update, nack_status, node, sotw_update};
 
 /// gRPC status INVALID_ARGUMENT, the code a NACK's error detail carries.
 const INVALID_ARGUMENT: i32 = 3;
@@ -437,122 +430,5 @@ impl Discovery {
     }
 }
 
-/// A delta response as an update, with its nonce.
-fn delta_update(r: DeltaDiscoveryResponse) -> (Update, String) {
-    let update = Update {
-        type_url: r.type_url,
-        version: r.system_version_info,
-        full: false,
-        resources: r
-            .resources
-            .into_iter()
-            .map(|r| (Some(r.name), r.version, r.resource))
-            .collect(),
-        removed: r.removed_resources,
-    };
-    (update, r.nonce)
-}
-
-/// A state-of-the-world response as an update, with its nonce.
-fn sotw_update(r: DiscoveryResponse) -> (Update, String) {
-    let update = Update {
-        type_url: r.type_url,
-        version: r.version_info,
-        full: true,
-        resources: r
-            .resources
-            .into_iter()
-            .map(|a| (None, String::new(), Some(a)))
-            .collect(),
-        removed: Vec::new(),
-    };
-    (update, r.nonce)
-}
-
-/// Waits for one message, then takes every message already waiting. Returns them with the
-/// reason the stream ended, if it did.
-async fn batch<T>(stream: &mut tonic::Streaming<T>) -> (Vec<T>, Option<String>) {
-    let ended = |r: Result<Option<T>, tonic::Status>| match r {
-        Ok(Some(m)) => Ok(m),
-        Ok(None) => Err("the control plane closed the stream".to_string()),
-        Err(s) => Err(format!(
-            "ADS stream failed: {} ({:?})",
-            s.message(),
-            s.code()
-        )),
-    };
-    let mut out = Vec::new();
-    match ended(stream.message().await) {
-        Ok(m) => out.push(m),
-        Err(e) => return (out, Some(e)),
-    }
-    // At most a few rounds of each type: a control plane that never stops talking still gets
-    // its answers.
-    while out.len() < KINDS.len() * 4 {
-        match stream.message().now_or_never() {
-            None => break,
-            Some(r) => match ended(r) {
-                Ok(m) => out.push(m),
-                Err(e) => return (out, Some(e)),
-            },
-        }
-    }
-    (out, None)
-}
-
-fn nack_status(message: String) -> rpc::Status {
-    rpc::Status {
-        code: INVALID_ARGUMENT,
-        message,
-        details: Vec::new(),
-    }
-}
-
-/// The delay before reconnect attempt `failures` (0 for the first): uniformly random up to
-/// `base * 2^failures`, capped at `max` (full jitter).
-fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
-    weft_core::backoff::full_jitter(base, max, failures, fastrand::f64())
-}
-
-/// The node this proxy reports: id, and its pod, namespace, service account and labels in the
-/// metadata.
-fn node(cfg: &DiscoveryConfig) -> Node {
-    let string = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.to_string())),
-    };
-    let labels = Struct {
-        fields: cfg
-            .node_labels
-            .iter()
-            .map(|(k, v)| (k.clone(), string(v)))
-            .collect(),
-    };
-    let mut fields = BTreeMap::new();
-    if let Some(p) = &cfg.pod_name {
-        fields.insert("pod".to_string(), string(p));
-    }
-    fields.insert("namespace".to_string(), string(&cfg.pod_namespace));
-    fields.insert("service_account".to_string(), string(&cfg.service_account));
-    fields.insert(
-        "labels".to_string(),
-        Value {
-            kind: Some(Kind::StructValue(labels)),
-        },
-    );
-    Node {
-        id: cfg.node_id(),
-        cluster: cfg.pod_namespace.clone(),
-        metadata: Some(Struct {
-            fields: fields.into_iter().collect(),
-        }),
-        user_agent_name: "weft-proxy".into(),
-        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
-            env!("CARGO_PKG_VERSION").into(),
-        )),
-        ..Default::default()
-    }
-}
-
-/// An error and its sources, `a: b: c` (tonic's transport errors hide the cause).
 #[cfg(test)]
 mod tests;

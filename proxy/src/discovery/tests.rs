@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use prost::{Message, Name};
 use weft_xds_proto::{
     envoy::config::{

@@ -1,0 +1,269 @@
+//! One target's handles (a service, the local application): the request, response and
+//! traffic-policy series, each made the first time it is counted.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+
+use super::*;
+
+/// Per-target handles, created once per target and kept across table swaps.
+pub struct TargetMetrics {
+    direction: &'static str,
+    target: Arc<str>,
+    requests: IntCounter,
+    latency: Histogram,
+    responses: IntCounterVec,
+    /// Indexed by status code - 100; filled the first time a code is seen.
+    http: Box<[OnceLock<IntCounter>]>,
+    /// gRPC responses by grpc-status: HTTP 200, then 499 (the client went away first).
+    grpc: [[OnceLock<IntCounter>; GRPC_CODES]; 2],
+    /// Any other combination (a status code outside 100-599, a gRPC status with another
+    /// HTTP status), made once each. Bounded: HTTP status codes have three digits, and a
+    /// grpc-status past the 17 defined codes is counted as `other` ([`GRPC_OTHER`]).
+    other: Mutex<HashMap<(u16, Option<u32>), IntCounter>>,
+    families: Arc<TrafficFamilies>,
+    traffic: TrafficHandles,
+}
+
+impl std::fmt::Debug for TargetMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetMetrics")
+            .field("direction", &self.direction)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A service's handles, made the first time a request or connection uses the service: a table
+/// of 10,000 services costs no metric memory, and `/metrics` shows no series, for the services
+/// this pod never calls. Created once per target and kept across table swaps (see
+/// [`Metrics::target`]).
+pub struct LazyTarget {
+    cell: OnceLock<Arc<TargetMetrics>>,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    target: Arc<str>,
+}
+
+impl LazyTarget {
+    pub fn new(metrics: &Arc<Metrics>, direction: Direction, target: Arc<str>) -> Self {
+        LazyTarget {
+            cell: OnceLock::new(),
+            metrics: metrics.clone(),
+            direction,
+            target,
+        }
+    }
+}
+
+impl std::ops::Deref for LazyTarget {
+    type Target = Arc<TargetMetrics>;
+
+    fn deref(&self) -> &Arc<TargetMetrics> {
+        self.cell
+            .get_or_init(|| self.metrics.target(self.direction, &self.target))
+    }
+}
+
+impl std::fmt::Debug for LazyTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyTarget")
+            .field("target", &self.target)
+            .field("made", &self.cell.get().is_some())
+            .finish()
+    }
+}
+
+impl Metrics {
+    /// The handles for one target, created on first use and shared afterwards.
+    pub fn target(&self, direction: Direction, target: &Arc<str>) -> Arc<TargetMetrics> {
+        let mut targets = self.targets.lock().expect("metrics lock");
+        targets
+            .entry((direction, target.clone()))
+            .or_insert_with(|| {
+                let l = [direction.as_str(), &**target];
+                Arc::new(TargetMetrics {
+                    direction: direction.as_str(),
+                    target: target.clone(),
+                    requests: self.requests.with_label_values(&l),
+                    latency: self.latency.with_label_values(&l),
+                    responses: self.responses.clone(),
+                    http: (100..600).map(|_| OnceLock::new()).collect(),
+                    grpc: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+                    other: Mutex::new(HashMap::new()),
+                    families: self.traffic.clone(),
+                    traffic: TrafficHandles::default(),
+                })
+            })
+            .clone()
+    }
+}
+
+impl TargetMetrics {
+    fn labels(&self) -> [&str; 2] {
+        [self.direction, &self.target]
+    }
+
+    /// The target's labels and one more.
+    fn labels_and<'a>(&'a self, extra: &'a str) -> [&'a str; 3] {
+        [self.direction, &self.target, extra]
+    }
+
+    pub fn retry(&self, reason: crate::traffic::Reason) {
+        self.traffic.retries[reason as usize]
+            .get_or_init(|| {
+                self.families
+                    .retries
+                    .with_label_values(&self.labels_and(reason.as_str()))
+            })
+            .inc();
+    }
+
+    pub fn budget_exhausted(&self) {
+        self.traffic
+            .budget_exhausted
+            .get_or_init(|| {
+                self.families
+                    .budget_exhausted
+                    .with_label_values(&self.labels())
+            })
+            .inc();
+    }
+
+    pub fn attempts(&self, n: u32) {
+        self.traffic
+            .attempts
+            .get_or_init(|| self.families.attempts.with_label_values(&self.labels()))
+            .observe(f64::from(n));
+    }
+
+    pub fn pending_timeout(&self) {
+        self.traffic
+            .pending_timeouts
+            .get_or_init(|| {
+                self.families
+                    .pending_timeouts
+                    .with_label_values(&self.labels())
+            })
+            .inc();
+    }
+
+    pub fn overflow(&self, limit: crate::traffic::Limit) {
+        self.traffic.overflow[limit as usize]
+            .get_or_init(|| {
+                self.families
+                    .overflow
+                    .with_label_values(&self.labels_and(limit.as_str()))
+            })
+            .inc();
+    }
+
+    fn ejected_gauge(&self) -> &IntGauge {
+        self.traffic
+            .ejected
+            .get_or_init(|| self.families.ejected.with_label_values(&self.labels()))
+    }
+
+    /// An endpoint was ejected.
+    pub fn ejection(&self) {
+        self.traffic
+            .ejections
+            .get_or_init(|| self.families.ejections.with_label_values(&self.labels()))
+            .inc();
+        self.ejected_gauge().inc();
+    }
+
+    /// An ejected endpoint is back in service.
+    pub fn returned(&self) {
+        self.ejected_gauge().dec();
+    }
+
+    pub fn rate_limited(&self) {
+        self.traffic
+            .rate_limited
+            .get_or_init(|| self.families.rate_limited.with_label_values(&self.labels()))
+            .inc();
+    }
+
+    /// `abort` false: a delay.
+    pub fn fault(&self, abort: bool) {
+        let (i, kind) = if abort { (1, "abort") } else { (0, "delay") };
+        self.traffic.faults[i]
+            .get_or_init(|| {
+                self.families
+                    .faults
+                    .with_label_values(&self.labels_and(kind))
+            })
+            .inc();
+    }
+
+    pub fn mirrored(&self, answered: bool) {
+        let (i, result) = if answered { (0, "sent") } else { (1, "failed") };
+        self.traffic.mirrored[i]
+            .get_or_init(|| {
+                self.families
+                    .mirrored
+                    .with_label_values(&self.labels_and(result))
+            })
+            .inc();
+    }
+
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn latency(&self, secs: f64) {
+        self.latency.observe(secs);
+    }
+
+    /// Counts a finished response. `grpc` is the grpc-status of a gRPC response, if any.
+    /// Label values are formatted once per target and combination, never per response.
+    pub fn response(&self, status: u16, grpc: Option<u32>) {
+        // The upstream chooses the number: one label value for every undefined code.
+        let grpc = grpc.map(|g| {
+            if (g as usize) < GRPC_CODES {
+                g
+            } else {
+                GRPC_OTHER
+            }
+        });
+        let row = match status {
+            200 => Some(0),
+            499 => Some(1),
+            _ => None,
+        };
+        let slot = match (grpc, row) {
+            (Some(g), Some(row)) => self.grpc[row].get(g as usize),
+            (Some(_), None) => None,
+            (None, _) => self.http.get(usize::from(status).wrapping_sub(100)),
+        };
+        match slot {
+            Some(slot) => slot.get_or_init(|| self.counter(status, grpc)).inc(),
+            None => self
+                .other
+                .lock()
+                .expect("metrics lock")
+                .entry((status, grpc))
+                .or_insert_with(|| self.counter(status, grpc))
+                .inc(),
+        }
+    }
+
+    fn counter(&self, status: u16, grpc: Option<u32>) -> IntCounter {
+        let grpc = match grpc {
+            Some(GRPC_OTHER) => "other".to_string(),
+            Some(g) => g.to_string(),
+            None => String::new(),
+        };
+        self.responses.with_label_values(&[
+            self.direction,
+            &*self.target,
+            &status.to_string(),
+            &grpc,
+        ])
+    }
+}

@@ -1,0 +1,49 @@
+use super::*;
+
+#[test]
+fn responses_are_counted_by_code() {
+    let m = Metrics::new();
+    let t = m.target(Direction::Outbound, &Arc::from("echo:80"));
+    assert!(Arc::ptr_eq(
+        &t,
+        &m.target(Direction::Outbound, &Arc::from("echo:80"))
+    ));
+    t.request();
+    t.response(200, None);
+    t.response(200, None);
+    t.response(200, Some(14));
+    t.response(503, None);
+    t.response(499, Some(1));
+    t.response(499, Some(1));
+    t.response(502, Some(14));
+    t.response(700, None);
+    // Undefined gRPC codes share one series.
+    t.response(200, Some(17));
+    t.response(200, Some(4_000_000_000));
+    t.response(503, Some(99));
+    m.tls.authz(AuthzProtocol::Grpc, false);
+    let text = m.render();
+    assert!(
+        text.contains(r#"weft_request_total{direction="outbound",target="echo:80"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"weft_response_total{direction="outbound",grpc_status="",status_code="200",target="echo:80"} 2"#), "{text}");
+    assert!(
+        text.contains(r#"grpc_status="14",status_code="200",target="echo:80"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"status_code="503",target="echo:80"} 1"#),
+        "{text}"
+    );
+    for line in [
+        r#"grpc_status="1",status_code="499",target="echo:80"} 2"#,
+        r#"grpc_status="14",status_code="502",target="echo:80"} 1"#,
+        r#"grpc_status="",status_code="700",target="echo:80"} 1"#,
+        r#"grpc_status="other",status_code="200",target="echo:80"} 2"#,
+        r#"grpc_status="other",status_code="503",target="echo:80"} 1"#,
+        r#"weft_authz_total{protocol="grpc",result="deny"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
