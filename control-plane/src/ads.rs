@@ -8,6 +8,10 @@
 
 mod delta;
 mod sotw;
+mod wire;
+
+pub use wire::AdsService;
+use wire::{DeltaResponse, SotwResponse};
 
 use std::{
     collections::BTreeMap,
@@ -17,12 +21,9 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use weft_xds_proto::{
-    discovery::{
-        AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-        DiscoveryRequest, DiscoveryResponse,
-    },
+    discovery::{DeltaDiscoveryRequest, DiscoveryRequest},
     google::rpc,
 };
 
@@ -282,39 +283,27 @@ impl<R> Drop for Conn<R> {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+impl AdsServer {
+    /// Serves one state-of-the-world stream; its responses.
+    fn sotw(
         &self,
-        req: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        input: Streaming<DiscoveryRequest>,
+    ) -> ReceiverStream<Result<SotwResponse, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = sotw::Stream::new(Conn::new(
-            self.snapshots.clone(),
-            self.nodes.clone(),
-            tx,
-            false,
-        ));
-        tokio::spawn(stream.run(req.into_inner()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let conn = Conn::new(self.snapshots.clone(), self.nodes.clone(), tx, false);
+        tokio::spawn(sotw::Stream::new(conn).run(input));
+        ReceiverStream::new(rx)
     }
 
-    async fn delta_aggregated_resources(
+    /// Serves one delta stream; its responses.
+    fn delta(
         &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        input: Streaming<DeltaDiscoveryRequest>,
+    ) -> ReceiverStream<Result<DeltaResponse, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = delta::Stream::new(Conn::new(
-            self.snapshots.clone(),
-            self.nodes.clone(),
-            tx,
-            true,
-        ));
-        tokio::spawn(stream.run(req.into_inner()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let conn = Conn::new(self.snapshots.clone(), self.nodes.clone(), tx, true);
+        tokio::spawn(delta::Stream::new(conn).run(input));
+        ReceiverStream::new(rx)
     }
 }
 

@@ -73,7 +73,7 @@ pub fn proxy_config_json(nodes: &Nodes, snapshot: &XdsSnapshot, node: &str) -> O
             let resources: serde_json::Map<String, serde_json::Value> = set
                 .resources
                 .iter()
-                .map(|(name, v)| (name.clone(), v.version.clone().into()))
+                .map(|(name, v)| (name.to_string(), v.version.to_string().into()))
                 .collect();
             let nack = st
                 .last_nack

@@ -34,21 +34,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub const INJECT: &str = "weft.dev/inject";
-pub const STATUS: &str = "weft.dev/status";
-pub const CONTROL_PLANE_LABEL: &str = "weft.dev/control-plane";
-pub const INJECTED_LABEL: &str = "weft.dev/injected";
-pub const EXCLUDE_INBOUND_PORTS: &str = "weft.dev/exclude-inbound-ports";
-pub const EXCLUDE_OUTBOUND_PORTS: &str = "weft.dev/exclude-outbound-ports";
-pub const EXCLUDE_OUTBOUND_CIDRS: &str = "weft.dev/exclude-outbound-cidrs";
-pub const INCLUDE_OUTBOUND_CIDRS: &str = "weft.dev/include-outbound-cidrs";
-pub const PROXY_CPU: &str = "weft.dev/proxy-cpu";
-pub const PROXY_MEMORY: &str = "weft.dev/proxy-memory";
-pub const PROXY_CPU_LIMIT: &str = "weft.dev/proxy-cpu-limit";
-pub const PROXY_MEMORY_LIMIT: &str = "weft.dev/proxy-memory-limit";
-pub const LOG_LEVEL: &str = "weft.dev/log-level";
-pub const MTLS_MODE: &str = "weft.dev/mtls-mode";
-pub const DEFAULT_AUTHZ: &str = "weft.dev/default-authz";
+pub use weft_core::contract::annotation::*;
 
 /// Every annotation the injector reads, for the error that names an unknown `weft.dev/` one.
 const ANNOTATIONS: &[&str] = &[
@@ -369,7 +355,7 @@ impl Decision {
     /// The `result` label of `weft_cp_injections_total`.
     pub fn result(&self) -> &'static str {
         match self {
-            Decision::Inject { .. } => "injected",
+            Decision::Inject { .. } => INJECTED,
             Decision::Skip(_) => "skipped",
             Decision::Deny(_) => "denied",
         }
@@ -748,7 +734,7 @@ impl Injector {
         }
 
         let annotations = pod.metadata.annotations.as_ref();
-        let mut new_annotations = vec![(STATUS, "injected")];
+        let mut new_annotations = vec![(STATUS, INJECTED)];
         if !annotations.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/"))) {
             new_annotations.extend([
                 ("prometheus.io/scrape", "true"),

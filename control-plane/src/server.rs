@@ -11,13 +11,10 @@ use tokio::{
     sync::watch,
 };
 use tokio_stream::wrappers::TcpListenerStream;
-use weft_xds_proto::{
-    ca::v1::certificate_service_server::CertificateServiceServer,
-    discovery::AggregatedDiscoveryServiceServer,
-};
+use weft_xds_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 
 use crate::{
-    ads::{AdsServer, Nodes},
+    ads::{AdsServer, AdsService, Nodes},
     api::{Api, PolicyStore, Rsp, text},
     ca::{self, BootstrapTokens, Ca, CaService, TokenReviewer},
     config::{Config, RegistryKind},
@@ -176,8 +173,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let api_snapshots = xds_rx.clone();
     let ads = AdsServer::new(xds_rx, metrics.clone());
     let nodes = ads.nodes.clone();
-    let ads_service = AggregatedDiscoveryServiceServer::new(ads)
-        .max_decoding_message_size(cfg.xds_max_message_size);
+    let ads_service = AdsService::new(ads, cfg.xds_max_message_size);
     if let Some(Secure {
         listener,
         config,

@@ -11,27 +11,31 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use prometheus::IntCounter;
-
-use prost::Name;
+use prost::{Message, Name};
 use tokio::sync::watch;
 use weft_xds_proto::{
+    discovery::Resource,
     envoy::config::core::v3::Metadata,
     envoy::config::{
         cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
         route::v3::RouteConfiguration,
     },
-    google::protobuf::{Any, Struct, Value, value::Kind},
+    google::protobuf::{Struct, Value, value::Kind},
     type_url,
 };
 
 use crate::{registry, translate};
 
-/// One resource, packed, with its version.
+/// One resource with its version, encoded once for every stream that sends it.
 #[derive(Debug, Clone)]
 pub struct Versioned {
-    pub version: String,
-    pub any: Any,
+    pub version: Arc<str>,
+    /// The resource packed in an `Any`, encoded: what a state-of-the-world response carries.
+    pub sotw: Bytes,
+    /// The resource as a delta `Resource` (its name, version and `Any`), encoded.
+    pub delta: Bytes,
 }
 
 /// Resources are equal when their versions are: the packed bytes of equal content may differ
@@ -46,7 +50,7 @@ impl PartialEq for Versioned {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TypeSet {
     pub version: String,
-    pub resources: BTreeMap<String, Versioned>,
+    pub resources: BTreeMap<Arc<str>, Versioned>,
 }
 
 /// Every resource the control plane serves at one moment.
@@ -143,12 +147,23 @@ fn type_set<M: prost::Message + Name + Clone>(
     name: impl Fn(&M) -> &str,
     metadata: fn(&mut M) -> Vec<Metadata>,
 ) -> TypeSet {
-    let resources: BTreeMap<String, Versioned> = items
+    let resources: BTreeMap<Arc<str>, Versioned> = items
         .iter()
         .map(|m| {
             let any = translate::any(m);
             let version = version(m, metadata);
-            (name(m).to_string(), Versioned { version, any })
+            let delta = Resource {
+                name: name(m).to_string(),
+                version: version.clone(),
+                resource: Some(any.clone()),
+                ..Default::default()
+            };
+            let v = Versioned {
+                version: version.into(),
+                sotw: any.encode_to_vec().into(),
+                delta: delta.encode_to_vec().into(),
+            };
+            (name(m).into(), v)
         })
         .collect();
     let version = digest(

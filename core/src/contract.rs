@@ -1,7 +1,8 @@
 //! The contract between the control plane and the sidecar: the environment variables the
 //! injector writes into the proxy and init containers, each read by one of `weft-proxy`'s
-//! flags, and (in [`xds`]) the names weft's own settings travel under in xDS. Both sides name
-//! them from here, so a rename on one side cannot leave the other behind.
+//! flags; (in [`annotation`]) the `weft.dev/` annotations and labels the injector reads and
+//! writes on a pod; and (in [`xds`]) the names weft's own settings travel under in xDS. Every
+//! side names them from here, so a rename on one side cannot leave another behind.
 
 pub const APP_PROBES: &str = "WEFT_APP_PROBES";
 pub const CAPTURE: &str = "WEFT_CAPTURE";
@@ -51,6 +52,30 @@ pub const ALL: &[&str] = &[
     TRUST_BUNDLE_PEM,
     TRUST_DOMAIN,
 ];
+
+/// The `weft.dev/` annotations and labels of a pod. The injector reads the settings below from
+/// a pod's annotations and marks the pods it injected ([`STATUS`] = [`INJECTED`], and the
+/// [`INJECTED_LABEL`] label); the Kubernetes registry reads that mark to tell a meshed pod
+/// (mutual TLS) from one reached in plaintext.
+pub mod annotation {
+    pub const INJECT: &str = "weft.dev/inject";
+    pub const STATUS: &str = "weft.dev/status";
+    /// [`STATUS`] on a pod the injector gave a sidecar.
+    pub const INJECTED: &str = "injected";
+    pub const CONTROL_PLANE_LABEL: &str = "weft.dev/control-plane";
+    pub const INJECTED_LABEL: &str = "weft.dev/injected";
+    pub const EXCLUDE_INBOUND_PORTS: &str = "weft.dev/exclude-inbound-ports";
+    pub const EXCLUDE_OUTBOUND_PORTS: &str = "weft.dev/exclude-outbound-ports";
+    pub const EXCLUDE_OUTBOUND_CIDRS: &str = "weft.dev/exclude-outbound-cidrs";
+    pub const INCLUDE_OUTBOUND_CIDRS: &str = "weft.dev/include-outbound-cidrs";
+    pub const PROXY_CPU: &str = "weft.dev/proxy-cpu";
+    pub const PROXY_MEMORY: &str = "weft.dev/proxy-memory";
+    pub const PROXY_CPU_LIMIT: &str = "weft.dev/proxy-cpu-limit";
+    pub const PROXY_MEMORY_LIMIT: &str = "weft.dev/proxy-memory-limit";
+    pub const LOG_LEVEL: &str = "weft.dev/log-level";
+    pub const MTLS_MODE: &str = "weft.dev/mtls-mode";
+    pub const DEFAULT_AUTHZ: &str = "weft.dev/default-authz";
+}
 
 /// weft's settings in standard xDS resources: filter metadata under [`xds::METADATA`], and
 /// the HTTP filters whose per-route configuration carries faults and rate limits. The control

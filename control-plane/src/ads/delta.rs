@@ -1,20 +1,23 @@
 //! A delta (incremental) ADS stream: each response carries only the resources that changed
 //! since the client last had them, and the names of those that went away.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use tonic::Streaming;
-use weft_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use weft_xds_proto::discovery::DeltaDiscoveryRequest;
 
-use super::{Closed, Conn, MAX_SUBSCRIBED_NAMES, served};
+use super::{Closed, Conn, DeltaResponse as DeltaDiscoveryResponse, MAX_SUBSCRIBED_NAMES, served};
 
 /// One type on this stream.
 #[derive(Debug, Default)]
 struct Sub {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the client has: name -> version.
-    has: BTreeMap<String, String>,
+    /// What the client has: name -> version (shared with the snapshot that was sent).
+    has: BTreeMap<Arc<str>, Arc<str>>,
     nonce: String,
     /// The type version of the last response, reported as acknowledged when its nonce is.
     sent_version: String,
@@ -72,7 +75,11 @@ impl Stream {
         if new {
             // A first request that names nothing subscribes to everything.
             sub.wildcard = r.resource_names_subscribe.is_empty();
-            sub.has = r.initial_resource_versions.into_iter().collect();
+            sub.has = r
+                .initial_resource_versions
+                .into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect();
         }
         if !r.response_nonce.is_empty() && r.response_nonce == sub.nonce {
             self.conn.answered(
@@ -88,7 +95,7 @@ impl Stream {
                 sub.wildcard = true;
             } else {
                 // A name subscribed again is sent again.
-                sub.has.remove(&n);
+                sub.has.remove(n.as_str());
                 sub.names.insert(n);
             }
         }
@@ -97,7 +104,7 @@ impl Stream {
                 sub.wildcard = false;
             } else {
                 sub.names.remove(&n);
-                sub.has.remove(&n);
+                sub.has.remove(n.as_str());
             }
         }
         if sub.names.len() > MAX_SUBSCRIBED_NAMES || sub.has.len() > MAX_SUBSCRIBED_NAMES {
@@ -135,17 +142,14 @@ impl Stream {
         };
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
         let mut resources = Vec::new();
+        let mut sent = Vec::new();
         for (name, v) in set.into_iter().flat_map(|s| s.resources.iter()) {
             if wanted(name) && sub.has.get(name) != Some(&v.version) {
-                resources.push(Resource {
-                    name: name.clone(),
-                    version: v.version.clone(),
-                    resource: Some(v.any.clone()),
-                    ..Default::default()
-                });
+                resources.push(v.delta.clone());
+                sent.push((name.clone(), v.version.clone()));
             }
         }
-        let removed: Vec<String> = sub
+        let removed: Vec<Arc<str>> = sub
             .has
             .keys()
             .filter(|n| set.is_none_or(|s| !s.resources.contains_key(*n)))
@@ -154,12 +158,11 @@ impl Stream {
         if resources.is_empty() && removed.is_empty() && sub.responded {
             return Ok(());
         }
-        for r in &resources {
-            sub.has.insert(r.name.clone(), r.version.clone());
-        }
+        sub.has.extend(sent);
         for n in &removed {
             sub.has.remove(n);
         }
+        let removed = removed.iter().map(|n| n.to_string()).collect();
         let nonce = self.conn.next_nonce();
         let version = set.map_or_else(String::new, |s| s.version.clone());
         let rsp = DeltaDiscoveryResponse {
@@ -168,7 +171,6 @@ impl Stream {
             type_url: type_url.to_string(),
             removed_resources: removed,
             nonce: nonce.clone(),
-            ..Default::default()
         };
         let changed_at = if change { snap.changed_at } else { None };
         self.conn.send(type_url, &version, rsp, changed_at).await?;

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tonic::Streaming;
-use weft_xds_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
+use weft_xds_proto::discovery::DiscoveryRequest;
 
-use super::{Closed, Conn, served};
+use super::{Closed, Conn, SotwResponse as DiscoveryResponse, served};
 
 /// One type on this stream.
 #[derive(Debug, Default)]
@@ -110,8 +110,8 @@ impl Stream {
         let resources = set
             .into_iter()
             .flat_map(|s| s.resources.iter())
-            .filter(|(name, _)| sub.names.is_empty() || sub.names.contains(*name))
-            .map(|(_, v)| v.any.clone())
+            .filter(|(name, _)| sub.names.is_empty() || sub.names.contains(&**name as &str))
+            .map(|(_, v)| v.sotw.clone())
             .collect();
         let nonce = self.conn.next_nonce();
         let rsp = DiscoveryResponse {
@@ -119,7 +119,6 @@ impl Stream {
             resources,
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
-            ..Default::default()
         };
         let changed_at = if force { None } else { snap.changed_at };
         self.conn.send(type_url, &version, rsp, changed_at).await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use prost::Message;
 use tokio_stream::wrappers::TcpListenerStream;
 use weft_xds_proto::{
-    discovery::{AggregatedDiscoveryServiceClient, AggregatedDiscoveryServiceServer},
+    discovery::{AggregatedDiscoveryServiceClient, DiscoveryResponse},
     envoy::config::{core::v3::Node, endpoint::v3::ClusterLoadAssignment},
     google::rpc,
     type_url::{CLUSTER, ENDPOINT},
@@ -38,7 +38,7 @@ async fn start(initial: Arc<XdsSnapshot>) -> Harness {
     let addr = l.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .add_service(AdsService::new(server, 4 << 20))
             .serve_with_incoming(TcpListenerStream::new(l)),
     );
     let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
@@ -431,4 +431,70 @@ async fn what_clients_choose_cannot_grow_the_server() {
     );
     assert!(!status.contains_key("passing-0"), "the oldest went first");
     assert!(status.contains_key(&format!("passing-{}", MAX_GONE_NODES + 19)));
+}
+
+/// The hand-written responses are what prost would write for the same messages, byte for byte.
+#[test]
+fn responses_are_encoded_as_prost_encodes_them() {
+    use weft_xds_proto::{
+        discovery::{DeltaDiscoveryResponse, Resource},
+        google::protobuf::Any,
+    };
+    use wire::Encode;
+    let snap = xds(&["a.test", "b.test"], 3);
+    for (url, set) in &snap.types {
+        let sotw = SotwResponse {
+            version_info: set.version.clone(),
+            resources: set.resources.values().map(|v| v.sotw.clone()).collect(),
+            type_url: url.to_string(),
+            nonce: "7".into(),
+        };
+        let want = DiscoveryResponse {
+            version_info: set.version.clone(),
+            resources: set
+                .resources
+                .values()
+                .map(|v| Any::decode(&v.sotw[..]).unwrap())
+                .collect(),
+            type_url: url.to_string(),
+            nonce: "7".into(),
+            ..Default::default()
+        };
+        assert!(!want.resources.is_empty());
+        let mut got = Vec::new();
+        sotw.encode(&mut got);
+        assert_eq!(got, want.encode_to_vec(), "{url}: state of the world");
+
+        let delta = DeltaResponse {
+            system_version_info: set.version.clone(),
+            resources: set.resources.values().map(|v| v.delta.clone()).collect(),
+            type_url: url.to_string(),
+            removed_resources: vec!["gone.test:80".into(), "also-gone".into()],
+            nonce: "8".into(),
+        };
+        let want = DeltaDiscoveryResponse {
+            system_version_info: set.version.clone(),
+            resources: set
+                .resources
+                .iter()
+                .map(|(name, v)| Resource {
+                    name: name.to_string(),
+                    version: v.version.to_string(),
+                    resource: Some(Any::decode(&v.sotw[..]).unwrap()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: url.to_string(),
+            removed_resources: vec!["gone.test:80".into(), "also-gone".into()],
+            nonce: "8".into(),
+            ..Default::default()
+        };
+        let mut got = Vec::new();
+        delta.encode(&mut got);
+        assert_eq!(got, want.encode_to_vec(), "{url}: delta");
+    }
+    // Empty fields are left out, as proto3 has them.
+    let mut got = Vec::new();
+    SotwResponse::default().encode(&mut got);
+    assert!(got.is_empty());
 }

@@ -34,7 +34,7 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use weft_core::address::EndpointAddress;
+use weft_core::{address::EndpointAddress, contract::annotation};
 
 use super::{Endpoint, Protocol, Service, ServiceSpec, Snapshot};
 use crate::policy::{self, TrafficPolicy};
@@ -276,8 +276,8 @@ impl Translator {
                     p.metadata
                         .annotations
                         .as_ref()
-                        .and_then(|a| a.get("weft.dev/status"))
-                        .is_some_and(|v| v == "injected")
+                        .and_then(|a| a.get(annotation::STATUS))
+                        .is_some_and(|v| v == annotation::INJECTED)
                 });
                 let identity = injected.map(|p| {
                     let sa = p
