@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use prometheus::IntCounter;
-use prost::{Message, Name};
+use prost::{Message, Name, encoding::encoded_len_varint};
 use tokio::sync::watch;
 use weft_xds_proto::{
     discovery::Resource,
@@ -32,7 +32,8 @@ use crate::{registry, translate};
 #[derive(Debug, Clone)]
 pub struct Versioned {
     pub version: Arc<str>,
-    /// The resource packed in an `Any`, encoded: what a state-of-the-world response carries.
+    /// The resource packed in an `Any`, encoded: what a state-of-the-world response carries
+    /// (a slice of `delta`, which holds these bytes).
     pub sotw: Bytes,
     /// The resource as a delta `Resource` (its name, version and `Any`), encoded.
     pub delta: Bytes,
@@ -152,16 +153,23 @@ fn type_set<M: prost::Message + Name + Clone>(
         .map(|m| {
             let any = translate::any(m);
             let version = version(m, metadata);
-            let delta = Resource {
+            let delta: Bytes = Resource {
                 name: name(m).to_string(),
                 version: version.clone(),
                 resource: Some(any.clone()),
                 ..Default::default()
-            };
+            }
+            .encode_to_vec()
+            .into();
+            // The `Any` is the delta `Resource`'s field 2, after its version (field 1): the
+            // state-of-the-world form is a slice of the same bytes (the version, a digest, is
+            // never empty, so field 1 is always there).
+            let field = |len: usize| 1 + encoded_len_varint(len as u64);
+            let start = field(version.len()) + version.len() + field(any.encoded_len());
             let v = Versioned {
+                sotw: delta.slice(start..start + any.encoded_len()),
+                delta,
                 version: version.into(),
-                sotw: any.encode_to_vec().into(),
-                delta: delta.encode_to_vec().into(),
             };
             (name(m).into(), v)
         })
