@@ -30,7 +30,9 @@ pub mod pool;
 pub mod properties;
 pub mod register;
 pub mod relay;
+pub mod resilience;
 pub mod resolve;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod table;
@@ -38,7 +40,6 @@ pub mod tcp;
 #[cfg(test)]
 mod testing;
 pub mod tls;
-pub mod traffic;
 pub mod transport;
 
 pub use app::{StartError, run};

@@ -93,10 +93,10 @@ const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0];
 /// retries shows no retry series).
 #[derive(Default)]
 struct TrafficHandles {
-    retries: [OnceLock<IntCounter>; crate::traffic::REASON_COUNT],
+    retries: [OnceLock<IntCounter>; crate::retry::REASON_COUNT],
     budget_exhausted: OnceLock<IntCounter>,
     attempts: OnceLock<Histogram>,
-    overflow: [OnceLock<IntCounter>; crate::traffic::LIMITS.len()],
+    overflow: [OnceLock<IntCounter>; crate::resilience::LIMITS.len()],
     pending_timeouts: OnceLock<IntCounter>,
     ejections: OnceLock<IntCounter>,
     ejected: OnceLock<IntGauge>,

@@ -18,9 +18,9 @@ use crate::{
     http::error::ProxyError,
     identity::Mtls,
     metrics::{Direction, Metrics, TargetMetrics},
+    resilience::{Limit, Permit},
     table::Cluster,
     tls::{self, Alpn},
-    traffic::{Limit, Permit},
     transport::{
         connect::{Conn, Connect, Tcp},
         io::Upstream,

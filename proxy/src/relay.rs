@@ -44,8 +44,9 @@ use crate::{
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, Peer},
     metrics::{AuthzProtocol, Direction, OpenConn, TargetMetrics},
     pool::{Pools, Received, Waiter},
+    resilience::{self, Limit},
+    retry,
     table::{Cluster, Protocol, Route, Service, SharedTable},
-    traffic::{self, Limit},
 };
 
 /// How long an HTTP/1 client may take to send a request's headers.
@@ -135,7 +136,7 @@ struct Routing {
     is_grpc: bool,
     version: Version,
     /// The cluster's request-limit permit, once through the gate.
-    held: Option<traffic::Permit>,
+    held: Option<resilience::Permit>,
 }
 
 impl Routing {
@@ -173,7 +174,7 @@ struct Call {
 
 impl Call {
     /// The route's retry policy (an upgrade is never retried).
-    fn retry(&self) -> Option<&traffic::Retry> {
+    fn retry(&self) -> Option<&retry::Retry> {
         let policy = &self.to.routed.as_ref()?.route().policy;
         policy.retry.as_ref().filter(|_| !self.upgrade)
     }

@@ -199,7 +199,7 @@ impl Listener {
                         .and_then(|h| h.key(&http::HeaderMap::new(), Some(peer)));
                     let (cluster, e) = route.target(hash, &s.metrics)?;
                     let permit =
-                        match cluster.permit(crate::traffic::Limit::Connections, &s.metrics) {
+                        match cluster.permit(crate::resilience::Limit::Connections, &s.metrics) {
                             Ok(p) => p,
                             Err(e) => {
                                 tracing::debug!(%peer, error = %e, "closing the connection");

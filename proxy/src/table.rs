@@ -25,9 +25,10 @@ use http::HeaderName;
 use crate::{
     authz::Authz,
     metrics::{LazyTarget, Metrics, TargetMetrics},
+    resilience::{Fault, TokenBucket},
     resolve::Resolved,
+    retry::{Budget, Retry},
     route::{RouteMatch, WeightedSplit},
-    traffic::{Budget, Fault, Retry, TokenBucket},
 };
 pub use cluster::{Cluster, Endpoint, EndpointSet, Picked};
 pub(crate) use compile::ServiceDraft;

@@ -140,7 +140,8 @@ fn every_proxy_metric_family_passes_promtool_and_is_documented() {
     use std::sync::Arc;
     use weft_proxy::{
         metrics::{AuthzProtocol, Direction, Metrics},
-        traffic::{Limit, Reason},
+        resilience::Limit,
+        retry::Reason,
     };
     let m = Metrics::new();
     let t = m.target(Direction::Outbound, &Arc::from("echo.test:8080"));

@@ -404,7 +404,7 @@ fn traffic_policies_cross_xds_into_the_table() {
     );
     assert_eq!(
         fault.abort,
-        Some((5.0, weft_proxy::traffic::Abort::Grpc(14)))
+        Some((5.0, weft_proxy::resilience::Abort::Grpc(14)))
     );
     let bucket = p.rate_limit.as_ref().unwrap();
     assert_eq!((bucket.rate, bucket.burst), (5.0, 7));
@@ -436,10 +436,10 @@ fn traffic_policies_cross_xds_into_the_table() {
     );
     assert_eq!(v2.panic_threshold, 30.0);
     let b = &v2.breaker;
-    let _one = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
-    let _two = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
-    let _three = b.acquire(weft_proxy::traffic::Limit::Retries).unwrap();
-    assert!(b.acquire(weft_proxy::traffic::Limit::Retries).is_none());
+    let _one = b.acquire(weft_proxy::resilience::Limit::Retries).unwrap();
+    let _two = b.acquire(weft_proxy::resilience::Limit::Retries).unwrap();
+    let _three = b.acquire(weft_proxy::resilience::Limit::Retries).unwrap();
+    assert!(b.acquire(weft_proxy::resilience::Limit::Retries).is_none());
 }
 
 /// A service's authorization stays in force through routing trouble: a Listener whose routes
@@ -539,7 +539,7 @@ spec:
 #[test]
 fn the_control_plane_and_the_proxy_take_the_same_settings() {
     use weft_control_plane::policy;
-    use weft_proxy::{authz::Authz, route::StringMatch, traffic};
+    use weft_proxy::{authz::Authz, resilience, retry, route::StringMatch};
     let spec = |body: &str| {
         format!(
             "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: web, namespace: demo}}\nspec:\n  service: web.demo.svc.cluster.local:8080\n{body}"
@@ -547,11 +547,11 @@ fn the_control_plane_and_the_proxy_take_the_same_settings() {
     };
     let retry = |yaml: &str| {
         let p: weft_core::policy::RetryPolicy = serde_yaml_ng::from_str(yaml).unwrap();
-        traffic::Retry::compile(&p).is_ok()
+        retry::Retry::compile(&p).is_ok()
     };
     let fault = |yaml: &str| {
         let p: weft_core::policy::Fault = serde_yaml_ng::from_str(yaml).unwrap();
-        traffic::Fault::compile(&p).is_ok()
+        resilience::Fault::compile(&p).is_ok()
     };
     let authz = |yaml: &str| Authz::compile(&serde_yaml_ng::from_str(yaml).unwrap()).is_ok();
     let regex = |r: &str| StringMatch::regex(r).is_ok();

@@ -44,7 +44,7 @@ pin_project! {
             idle: Option<Sleep>,
             idle_for: Duration,
             // A circuit-breaker permit the request holds until its response ends.
-            hold: Option<crate::traffic::Permit>,
+            hold: Option<crate::resilience::Permit>,
         },
         Full { data: Option<Bytes> },
     }
@@ -96,7 +96,7 @@ impl ProxyBody {
     }
 
     /// Keeps `permit` until the body has ended.
-    pub fn hold(mut self, permit: Option<crate::traffic::Permit>) -> Self {
+    pub fn hold(mut self, permit: Option<crate::resilience::Permit>) -> Self {
         if let ProxyBody::Upstream { hold, .. } = &mut self {
             *hold = permit;
         }

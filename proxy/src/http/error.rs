@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
 
 use super::body::ProxyBody;
-use crate::{grpc, traffic::Reason, transport::ConnectError};
+use crate::{grpc, retry::Reason, transport::ConnectError};
 
 /// The header on every response the proxy generated itself, carrying the reason.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -50,9 +50,9 @@ pub enum ProxyError {
     #[error("{0}: rate limit exceeded")]
     RateLimited(std::sync::Arc<str>),
     #[error("fault injected by policy")]
-    Fault(crate::traffic::Abort),
+    Fault(crate::resilience::Abort),
     #[error(transparent)]
-    Overflow(#[from] crate::traffic::OverLimit),
+    Overflow(#[from] crate::resilience::OverLimit),
     #[error(
         "no room at {addr} (a connection or stream to it) within the pending timeout of {after:?}"
     )]
@@ -117,8 +117,8 @@ impl ProxyError {
                 (StatusCode::GATEWAY_TIMEOUT, grpc::DEADLINE_EXCEEDED)
             }
             ProxyError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, grpc::RESOURCE_EXHAUSTED),
-            ProxyError::Fault(crate::traffic::Abort::Http(s)) => (*s, grpc::UNAVAILABLE),
-            ProxyError::Fault(crate::traffic::Abort::Grpc(g)) => {
+            ProxyError::Fault(crate::resilience::Abort::Http(s)) => (*s, grpc::UNAVAILABLE),
+            ProxyError::Fault(crate::resilience::Abort::Grpc(g)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, *g)
             }
             ProxyError::Overflow(_) | ProxyError::PendingTimeout { .. } => {
@@ -181,12 +181,12 @@ mod tests {
         );
     }
 
-    fn retry(on: &[&str]) -> crate::traffic::Retry {
+    fn retry(on: &[&str]) -> crate::retry::Retry {
         let p = weft_core::policy::RetryPolicy {
             on: on.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        crate::traffic::Retry::compile(&p).unwrap()
+        crate::retry::Retry::compile(&p).unwrap()
     }
 
     #[test]

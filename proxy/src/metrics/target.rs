@@ -113,7 +113,7 @@ impl TargetMetrics {
         [self.direction, &self.target, extra]
     }
 
-    pub fn retry(&self, reason: crate::traffic::Reason) {
+    pub fn retry(&self, reason: crate::retry::Reason) {
         self.traffic.retries[reason as usize]
             .get_or_init(|| {
                 self.families
@@ -152,7 +152,7 @@ impl TargetMetrics {
             .inc();
     }
 
-    pub fn overflow(&self, limit: crate::traffic::Limit) {
+    pub fn overflow(&self, limit: crate::resilience::Limit) {
         self.traffic.overflow[limit as usize]
             .get_or_init(|| {
                 self.families

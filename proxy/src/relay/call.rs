@@ -56,7 +56,7 @@ impl HttpProxy {
         let retry = policy.and_then(|p| p.retry.as_ref()).filter(|_| !upgrade);
         let mirror = policy
             .and_then(|p| p.mirror.as_ref())
-            .filter(|m| !upgrade && traffic::chance(m.percent));
+            .filter(|m| !upgrade && resilience::chance(m.percent));
         let (parts, body) = req.into_parts();
         let direct = RequestBody::direct(body, cancel.clone());
         let keep = retry.is_some() || mirror.is_some();

@@ -11,22 +11,23 @@ impl HttpProxy {
         &self,
         r: &Routed,
         metrics: &TargetMetrics,
-    ) -> Result<Option<traffic::Permit>, ProxyError> {
+    ) -> Result<Option<resilience::Permit>, ProxyError> {
         let route = r.route();
-        let limited = |b: &Option<Arc<traffic::TokenBucket>>| b.as_ref().is_some_and(|b| !b.take());
+        let limited =
+            |b: &Option<Arc<resilience::TokenBucket>>| b.as_ref().is_some_and(|b| !b.take());
         if limited(&r.svc.rate_limit) || limited(&route.policy.rate_limit) {
             metrics.rate_limited();
             return Err(ProxyError::RateLimited(r.svc.name.clone()));
         }
         if let Some(f) = &route.policy.fault {
             if let Some((percent, delay)) = f.delay
-                && traffic::chance(percent)
+                && resilience::chance(percent)
             {
                 metrics.fault(false);
                 tokio::time::sleep(delay).await;
             }
             if let Some((percent, abort)) = f.abort
-                && traffic::chance(percent)
+                && resilience::chance(percent)
             {
                 metrics.fault(true);
                 return Err(ProxyError::Fault(abort));
@@ -76,7 +77,7 @@ impl HttpProxy {
         dest: &Dest,
         routed: Option<&Routed>,
         is_grpc: bool,
-        retry: Option<&traffic::Retry>,
+        retry: Option<&retry::Retry>,
         first: Request<RequestBody>,
         head: Option<Head>,
         replay: &Replay,
@@ -145,9 +146,9 @@ impl HttpProxy {
             let wait = match res
                 .as_ref()
                 .ok()
-                .and_then(|rsp| traffic::pushback(rsp.headers()))
+                .and_then(|rsp| retry::pushback(rsp.headers()))
             {
-                Some(Some(d)) if d <= traffic::MAX_PUSHBACK => d,
+                Some(Some(d)) if d <= retry::MAX_PUSHBACK => d,
                 // The upstream asked not to be tried again (or not for a long while).
                 Some(_) => return (res, tries),
                 None => policy.backoff(tries - 1, fastrand::f64()),

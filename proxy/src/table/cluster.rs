@@ -9,8 +9,8 @@ use weft_core::policy::LbPolicy;
 use crate::{
     balance::{Balancer, EndpointState, Outcome, Outlier},
     metrics::TargetMetrics,
+    resilience::{Breaker, Limit, OverLimit, Permit},
     route::WeightedSplit,
-    traffic::{Breaker, Limit, OverLimit, Permit},
 };
 
 /// A concrete backend: a balanced set of endpoints.

@@ -16,9 +16,10 @@ use crate::{
     authz::Authz,
     balance::Outlier,
     metrics::{Direction, LazyTarget, Metrics},
+    resilience::{Fault, TokenBucket},
     resolve::Resolved,
+    retry::{Budget, Retry},
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch, WeightedSplit},
-    traffic::{Budget, Fault, Retry, TokenBucket},
 };
 
 impl Table {
@@ -182,7 +183,7 @@ fn compile_service(
             .collect()
     };
     let outlier = spec.outlier_detection.as_ref().map(Outlier::compile);
-    let panic_threshold = crate::traffic::check_percent(
+    let panic_threshold = crate::resilience::check_percent(
         lb.panic_threshold
             .unwrap_or(crate::balance::DEFAULT_PANIC_THRESHOLD),
     )
@@ -263,7 +264,7 @@ fn compile_service(
             .into();
         let mirror = match &r.mirror {
             Some(m) => {
-                let percent = crate::traffic::check_percent(m.percent.unwrap_or(100.0))
+                let percent = crate::resilience::check_percent(m.percent.unwrap_or(100.0))
                     .map_err(|e| (format!("{rat}.mirror.percent"), e))?;
                 Some(Mirror {
                     cluster: subset(&m.subset, format!("{rat}.mirror.subset"))?,

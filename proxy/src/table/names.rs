@@ -12,8 +12,9 @@ use weft_core::address::EndpointAddress;
 use super::{Cluster, Endpoint, Service, Table, canonical};
 use crate::{
     balance::EndpointState,
+    resilience::{Breaker, TokenBucket},
     resolve::Resolved,
-    traffic::{Breaker, Budget, TokenBucket},
+    retry::Budget,
 };
 
 /// Endpoint addresses as the table compiles them: a host name stands for every address it

@@ -30,9 +30,10 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
+    resilience::TokenBucket,
     resolve::Resolved,
+    retry::Budget,
     route::{RouteMatch, WeightedSplit},
-    traffic::{Budget, TokenBucket},
 };
 
 /// The resources a proxy holds, converted, by name.

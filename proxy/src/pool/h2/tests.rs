@@ -132,7 +132,7 @@ async fn answering_with(frame: &'static [u8]) -> SocketAddr {
     addr
 }
 
-async fn refused_as(frame: &'static [u8]) -> Option<crate::traffic::Reason> {
+async fn refused_as(frame: &'static [u8]) -> Option<crate::retry::Reason> {
     let addr = answering_with(frame).await;
     let pools = pools();
     let req = get();
@@ -145,13 +145,13 @@ async fn refused_as(frame: &'static [u8]) -> Option<crate::traffic::Reason> {
         on: vec!["refused-stream".into()],
         ..Default::default()
     };
-    let retry = crate::traffic::Retry::compile(&on).unwrap();
+    let retry = crate::retry::Retry::compile(&on).unwrap();
     retry.failure(e.unanswered()?)
 }
 
 #[tokio::test]
 async fn streams_the_upstream_did_not_process_can_be_retried() {
-    use crate::traffic::Reason::RefusedStream;
+    use crate::retry::Reason::RefusedStream;
     // RST_STREAM(REFUSED_STREAM) on stream 1.
     let refused = b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x07";
     assert_eq!(refused_as(refused).await, Some(RefusedStream));

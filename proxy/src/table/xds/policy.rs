@@ -29,7 +29,8 @@ use weft_xds_proto::{
 use super::convert::{duration, string_field, weft};
 use crate::{
     balance::Outlier,
-    traffic::{Budget, Fault, Retry, TokenBucket},
+    resilience::{Fault, TokenBucket},
+    retry::{Budget, Retry},
 };
 
 pub use weft_core::contract::xds::{FAULT_FILTER, RATE_LIMIT_FILTER};

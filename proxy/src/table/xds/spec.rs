@@ -11,9 +11,10 @@ use weft_core::{
 use crate::{
     authz::Authz,
     balance::Outlier,
+    resilience::{Fault, TokenBucket},
+    retry::Retry,
     route::RouteMatch,
     table::{HashOn, Protocol},
-    traffic::{Fault, Retry, TokenBucket},
 };
 
 /// A Listener: the service it stands for.
