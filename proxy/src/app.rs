@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin::AdminState,
-    app_probe, balance, config,
+    app_probe, balance, client, config,
     config::{Config, IdentitySource},
     control::Control,
     discovery::Discovery,
@@ -22,7 +22,7 @@ use crate::{
     identity::{Identity, IdentityConfig, IdentityFiles},
     inbound, init, log,
     metrics::{Direction, Metrics},
-    pool, register,
+    register,
     relay::{HttpProxy, Router},
     resolve::{ResolveConfig, Resolved, Resolver},
     server::{InboundTls, Listener, TcpTarget},
@@ -337,7 +337,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         Arc::new(HttpProxy {
             direction,
             router,
-            pools: pool::Pools::with_mtls(
+            pools: client::Pools::with_mtls(
                 cfg.upstream.clone(),
                 metrics.clone(),
                 direction,

@@ -1,11 +1,13 @@
 //! `weft-proxy`: the weft service-mesh sidecar. [`app`] is its composition root: it binds the
 //! listeners, wires the parts together, runs them and drains them.
 //!
-//! The folder tree follows a connection: [`server`] accepts it and runs [`transport::detect`];
-//! HTTP goes through [`http`] (routed by the [`table`] with [`route`], sent through [`pool`]),
-//! anything else through [`tcp`]. The table comes from a file ([`table::watch`]) or from the
-//! control plane ([`discovery`], the ADS client). [`admin`] serves the admin and probe endpoints, [`metrics`]
-//! the Prometheus registry, [`drain`] graceful shutdown.
+//! The modules follow a connection: [`server`] accepts it and runs [`transport::detect`]; HTTP
+//! goes through [`relay`] (routed by the [`table`] with [`route`], guarded by [`resilience`],
+//! retried by [`retry`], sent through [`client`]), anything else through [`tcp`]. The table
+//! comes from a file ([`table::watch`]) or from the control plane ([`discovery`], the ADS
+//! client). [`admin`] serves the admin and probe endpoints, [`metrics`] the Prometheus
+//! registry, [`drain`] graceful shutdown. `docs/architecture.md` follows one request through
+//! them, file by file.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -24,8 +26,8 @@ pub mod identity;
 pub mod inbound;
 pub mod init;
 pub use weft_core::log;
+pub mod client;
 pub mod metrics;
-pub mod pool;
 #[cfg(any(test, feature = "properties"))]
 pub mod properties;
 pub mod register;

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::{
     balance::{EndpointState, Outcome},
+    client::{Pools, Received, Waiter},
     config::UpstreamConfig,
     drain::Drain,
     grpc,
@@ -43,7 +44,6 @@ use crate::{
     },
     inbound::{ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER, Peer},
     metrics::{AuthzProtocol, Direction, OpenConn, TargetMetrics},
-    pool::{Pools, Received, Waiter},
     resilience::{self, Limit},
     retry,
     table::{Cluster, Protocol, Route, Service, SharedTable},

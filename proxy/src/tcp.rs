@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{metrics::Direction, pool::Pools};
+use crate::{client::Pools, metrics::Direction};
 
 /// Copy buffer per direction.
 const BUF: usize = 32 * 1024;

@@ -31,9 +31,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncReadExt;
 
 use crate::{
+    client::Pools,
     drain::Drain,
     metrics::{Direction, Metrics, OpenConn},
-    pool::Pools,
     relay::{ConnInfo, HttpProxy, Router},
     resolve::Resolved,
     table::{self, Table},

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::http::body::{BoxError, Cancel};
 
 /// The streams this proxy holds open on one upstream connection, counted against the server's
-/// `SETTINGS_MAX_CONCURRENT_STREAMS` (`pool/h2/conn.rs`).
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (`client/h2/conn.rs`).
 #[derive(Debug, Default)]
 pub struct OpenStreams {
     pub(crate) open: std::sync::atomic::AtomicUsize,

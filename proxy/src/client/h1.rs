@@ -200,7 +200,7 @@ pub async fn send_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::testing;
+    use crate::client::testing;
 
     fn addr() -> Key {
         ("10.0.0.1:80".parse().unwrap(), None)

@@ -16,10 +16,10 @@ use h2::client::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    client::Pools,
     http::http2::body::{OpenStreams, StreamSlot},
     http::http2::keepalive::{Reads, keep_alive},
     http::{MAX_FRAME, STREAM_WINDOW, error::ProxyError},
-    pool::Pools,
 };
 
 /// What the client side of HTTP/2 allows itself before the server's SETTINGS arrive (RFC 9113

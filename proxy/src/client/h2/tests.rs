@@ -1,5 +1,5 @@
 use super::*;
-use crate::pool::{RequestBody, testing};
+use crate::client::{RequestBody, testing};
 use clap::Parser;
 
 /// Outbound pools with the default upstream settings.
