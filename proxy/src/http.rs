@@ -1,6 +1,6 @@
 //! HTTP as the proxy handles it, on both sides of a connection: bodies that relay, count and
 //! hold what a response needs ([`body`]), the proxy's own errors and how they are answered
-//! ([`error`]), header rules ([`headers`], [`request`]), bodies kept for another try
+//! ([`error`]), header rules ([`headers`], `request`), bodies kept for another try
 //! ([`replay`]), and HTTP/2's flow control, keepalive and idle timeout ([`http2`]). The
 //! request engine that uses them is [`crate::relay`].
 

@@ -1,4 +1,4 @@
-//! `weft-proxy`: the weft service-mesh sidecar. [`app`] is its composition root: it binds the
+//! `weft-proxy`: the weft service-mesh sidecar. `app` is its composition root: it binds the
 //! listeners, wires the parts together, runs them and drains them.
 //!
 //! The modules follow a connection: [`server`] accepts it and runs [`transport::detect`]; HTTP

@@ -1,8 +1,8 @@
 //! One downstream HTTP connection (HTTP/1.1 or HTTP/2), served: each request is routed
-//! ([`route`]: to the local application inbound; by the table to a service's route, backend and
-//! endpoint outbound), made ready to send ([`call`]: deadlines, the body kept for retries and a
-//! mirror), sent and retried through the pools ([`send`]), and answered with the upstream's
-//! response or the proxy's own error ([`call`] again).
+//! (`route`: to the local application inbound; by the table to a service's route, backend and
+//! endpoint outbound), made ready to send (`call`: deadlines, the body kept for retries and a
+//! mirror), sent and retried through the pools (`send`), and answered with the upstream's
+//! response or the proxy's own error (`call` again).
 //!
 //! This file holds the connection loop, the request's pipeline, and the types one stage hands
 //! the next.

@@ -173,7 +173,7 @@ pub fn pushback(headers: &HeaderMap) -> Option<Option<Duration>> {
     Some(Some(Duration::from_secs(secs)))
 }
 
-/// Retries may add at most `ratio` of the requests of the last [`BUDGET_WINDOW_SECS`] seconds,
+/// Retries may add at most `ratio` of the requests of the last `BUDGET_WINDOW_SECS` seconds,
 /// plus a reserve of `min_per_second` that refills every second (Finagle's and Linkerd's
 /// scheme). A fully failing upstream then sees at most (1 + ratio) × the request rate +
 /// `min_per_second`.

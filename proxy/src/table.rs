@@ -1,8 +1,8 @@
 //! The compiled routing table and the `ArcSwap` that publishes it.
 //!
 //! A [`Table`] is immutable. A new one is made off to the side (from the static file by
-//! [`compile`], or from xDS resources by [`xds`]) and published with one atomic store; readers
-//! `load()` it once per request or connection and never lock. Its indexes ([`index`]) are kept
+//! `compile`, or from xDS resources by [`xds`]) and published with one atomic store; readers
+//! `load()` it once per request or connection and never lock. Its indexes (`index`) are kept
 //! in shards a new table shares with the one before it, so a table changed in one service
 //! costs what that service touches. State that must outlive a swap (connection pools,
 //! metrics, balancer state, breakers, budgets) is kept outside the routes, keyed by service,

@@ -22,7 +22,7 @@ pub trait Connect: Send + Sync + std::fmt::Debug + 'static {
 /// The future of one connect.
 pub type Connecting<'a> = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send + 'a>>;
 
-/// The proxy's connector: TCP, with the options of [`super::connect`].
+/// The proxy's connector: TCP, with the options of [`super::connect()`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tcp;
 
