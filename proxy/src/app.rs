@@ -117,7 +117,9 @@ fn start_identity(
                 key: m.identity_key.clone().unwrap_or_default(),
                 bundle: m.identity_bundle.clone().unwrap_or_default(),
             };
-            files.load(&id).map_err(StartError::Identity)?;
+            files
+                .load(&id)
+                .map_err(|e| StartError::Identity(e.to_string()))?;
             tracing::info!(identity = ?id.spiffe_id(), "workload identity from files");
             control.spawn(identity::watch_files(
                 files,

@@ -40,6 +40,30 @@ use crate::{
     transport,
 };
 
+/// Why a certificate could not be had or put in force. Each says where the problem is (the
+/// CA, a file, the certificate); the certificate in force, if any, stays.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The bootstrap token could not be read.
+    #[error("bootstrap token {}: {source}", path.display())]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// No connection to the CA.
+    #[error("cannot reach the CA: {0}")]
+    Unreachable(String),
+    /// The CA answered with an error.
+    #[error("the CA refused: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+    /// One of `--identity files`' files is unreadable or unusable.
+    #[error("{}: {message}", file.display())]
+    File { file: PathBuf, message: String },
+    /// What the CA sent, or what this proxy made, cannot be used: the reason.
+    #[error("{0}")]
+    Unusable(String),
+}
+
 /// Where certificates come from and for which identity.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
@@ -177,23 +201,28 @@ fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Strin
 }
 
 /// Asks the CA for a certificate for a new key; stores both. Returns the certificate's expiry.
-pub async fn fetch(cfg: &IdentityConfig, id: &Identity) -> Result<SystemTime, String> {
+pub async fn fetch(cfg: &IdentityConfig, id: &Identity) -> Result<SystemTime, IdentityError> {
     let token = tokio::fs::read_to_string(&cfg.token_file)
         .await
-        .map_err(|e| format!("bootstrap token {}: {e}", cfg.token_file.display()))?;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        .map_err(|source| IdentityError::Token {
+            path: cfg.token_file.clone(),
+            source,
+        })?;
+    let unusable = |e: String| IdentityError::Unusable(e);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| unusable(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.subject_alt_names =
         vec![SanType::URI(cfg.spiffe_id.as_str().try_into().map_err(
-            |e: rcgen::Error| format!("`{}`: {e}", cfg.spiffe_id),
+            |e: rcgen::Error| unusable(format!("`{}`: {e}", cfg.spiffe_id)),
         )?)];
     let csr = params
         .serialize_request(&key)
         .and_then(|c| c.pem())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| unusable(e.to_string()))?;
     let channel = transport::grpc_channel(&cfg.ca, cfg.tls.clone())
         .await
-        .map_err(|e| format!("cannot reach the CA: {e}"))?;
+        .map_err(IdentityError::Unreachable)?;
     let mut client = CertificateServiceClient::new(channel);
     let mut req = tonic::Request::new(CreateCertificateRequest {
         csr,
@@ -203,21 +232,25 @@ pub async fn fetch(cfg: &IdentityConfig, id: &Identity) -> Result<SystemTime, St
         "authorization",
         format!("Bearer {}", token.trim())
             .parse()
-            .map_err(|_| "the bootstrap token is not a valid header value".to_string())?,
+            .map_err(|_| unusable("the bootstrap token is not a valid header value".into()))?,
     );
     req.set_timeout(Duration::from_secs(10));
     let rsp = client
         .create_certificate(req)
         .await
-        .map_err(|s| format!("the CA refused: {:?}: {}", s.code(), s.message()))?
+        .map_err(|s| IdentityError::Refused {
+            code: s.code(),
+            message: s.message().to_string(),
+        })?
         .into_inner();
-    let chain = pem_certs(&rsp.cert_chain)?;
-    let bundle = pem_certs(&rsp.trust_bundle)?;
+    let chain = pem_certs(&rsp.cert_chain).map_err(unusable)?;
+    let bundle = pem_certs(&rsp.trust_bundle).map_err(unusable)?;
     id.store(
         chain,
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         bundle,
     )
+    .map_err(unusable)
 }
 
 /// The files of `--identity files`.
@@ -229,14 +262,13 @@ pub struct IdentityFiles {
 }
 
 impl IdentityFiles {
-    fn read(&self) -> Result<(String, String, String), String> {
-        let read =
-            |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    fn read(&self) -> Result<(String, String, String), IdentityError> {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| file(p, e));
         Ok((read(&self.cert)?, read(&self.key)?, read(&self.bundle)?))
     }
 
     /// Loads the three files into `id`; errors name the file.
-    pub fn load(&self, id: &Identity) -> Result<SystemTime, String> {
+    pub fn load(&self, id: &Identity) -> Result<SystemTime, IdentityError> {
         let (cert, key, bundle) = self.read()?;
         self.load_texts(id, &cert, &key, &bundle)
     }
@@ -247,13 +279,20 @@ impl IdentityFiles {
         cert: &str,
         key: &str,
         bundle: &str,
-    ) -> Result<SystemTime, String> {
-        let chain = tls::pem_certs(cert).map_err(|e| format!("{}: {e}", self.cert.display()))?;
-        let bundle =
-            tls::pem_certs(bundle).map_err(|e| format!("{}: {e}", self.bundle.display()))?;
-        let key = private_key(key).map_err(|e| format!("{}: {e}", self.key.display()))?;
+    ) -> Result<SystemTime, IdentityError> {
+        let chain = tls::pem_certs(cert).map_err(|e| file(&self.cert, e))?;
+        let bundle = tls::pem_certs(bundle).map_err(|e| file(&self.bundle, e))?;
+        let key = private_key(key).map_err(|e| file(&self.key, e))?;
         id.store(chain, key, bundle)
-            .map_err(|e| format!("{}: {e}", self.cert.display()))
+            .map_err(|e| file(&self.cert, e))
+    }
+}
+
+/// An error of one of `--identity files`' files.
+fn file(path: &std::path::Path, e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::File {
+        file: path.to_path_buf(),
+        message: e.to_string(),
     }
 }
 
