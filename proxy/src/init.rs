@@ -178,8 +178,29 @@ fn jumps(cfg: &InitConfig) -> &'static [(&'static str, &'static str)] {
     }
 }
 
+/// Why `weft-proxy init` could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A flag whose value makes no rule.
+    #[error("{0}")]
+    Flag(String),
+    /// A command this needs is not installed.
+    #[error("`{0}` is not installed (Debian: apt-get install iptables)")]
+    Missing(String),
+    /// A command could not be run or fed its input.
+    #[error("cannot run `{cmd}`: {source}")]
+    Run { cmd: String, source: std::io::Error },
+    /// A command ran and failed: what it said, and a hint when it lacked the privileges.
+    #[error("`{cmd}` failed: {stderr}{hint}")]
+    Failed {
+        cmd: String,
+        stderr: String,
+        hint: &'static str,
+    },
+}
+
 /// The `iptables-restore --noflush` input that installs weft's rules for `family`.
-pub fn rules(cfg: &InitConfig, family: Family) -> Result<String, String> {
+pub fn rules(cfg: &InitConfig, family: Family) -> Result<String, InitError> {
     let mut r = vec!["*nat".to_string()];
     for c in CHAINS {
         r.push(format!(":{c} - [0:0]"));
@@ -209,10 +230,9 @@ pub fn rules(cfg: &InitConfig, family: Family) -> Result<String, String> {
         "" => {}
         list => {
             for p in list.split(',') {
-                let p: u16 =
-                    p.trim().parse().ok().filter(|p| *p != 0).ok_or_else(|| {
-                        format!("--inbound-ports: `{p}` is not a port (or use `*`)")
-                    })?;
+                let p: u16 = p.trim().parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    InitError::Flag(format!("--inbound-ports: `{p}` is not a port (or use `*`)"))
+                })?;
                 r.push(format!(
                     "-A WEFT_INBOUND -p tcp --dport {p} -j WEFT_IN_REDIRECT"
                 ));
@@ -286,7 +306,7 @@ impl Tables {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Result<std::process::Output, String> {
+    fn run(&self, args: &[&str]) -> Result<std::process::Output, InitError> {
         Command::new(&self.cmd)
             .args(args)
             .output()
@@ -294,7 +314,7 @@ impl Tables {
     }
 
     /// Removes weft's jumps and chains; what is not there is skipped.
-    fn cleanup(&self) -> Result<(), String> {
+    fn cleanup(&self) -> Result<(), InitError> {
         // Whatever `init` ran with before: every jump weft may have installed.
         for (chain, rule) in JUMPS {
             let rule: Vec<&str> = rule.split(' ').collect();
@@ -319,7 +339,7 @@ impl Tables {
         Ok(())
     }
 
-    fn install(&self, rules: &str) -> Result<(), String> {
+    fn install(&self, rules: &str) -> Result<(), InitError> {
         let mut child = Command::new(&self.restore)
             .args(["-w", "--noflush"])
             .stdin(Stdio::piped())
@@ -332,23 +352,30 @@ impl Tables {
             .take()
             .expect("piped stdin")
             .write_all(rules.as_bytes())
-            .map_err(|e| format!("{}: {e}", self.restore))?;
+            .map_err(|e| ran(&self.restore, e))?;
         let out = child
             .wait_with_output()
-            .map_err(|e| format!("{}: {e}", self.restore))?;
+            .map_err(|e| ran(&self.restore, e))?;
         check(&self.restore, out)
     }
 }
 
-fn missing(cmd: &str, e: std::io::Error) -> String {
+fn missing(cmd: &str, e: std::io::Error) -> InitError {
     if e.kind() == std::io::ErrorKind::NotFound {
-        format!("`{cmd}` is not installed (Debian: apt-get install iptables)")
+        InitError::Missing(cmd.to_string())
     } else {
-        format!("cannot run `{cmd}`: {e}")
+        ran(cmd, e)
     }
 }
 
-fn check(cmd: &str, out: std::process::Output) -> Result<(), String> {
+fn ran(cmd: &str, source: std::io::Error) -> InitError {
+    InitError::Run {
+        cmd: cmd.to_string(),
+        source,
+    }
+}
+
+fn check(cmd: &str, out: std::process::Output) -> Result<(), InitError> {
     if out.status.success() {
         return Ok(());
     }
@@ -358,7 +385,11 @@ fn check(cmd: &str, out: std::process::Output) -> Result<(), String> {
     } else {
         ""
     };
-    Err(format!("`{cmd}` failed: {err}{hint}"))
+    Err(InitError::Failed {
+        cmd: cmd.to_string(),
+        stderr: err,
+        hint,
+    })
 }
 
 /// The backend holding rules in this namespace; nft when neither does (or cannot tell).
@@ -391,7 +422,7 @@ pub fn has_global_ipv6() -> bool {
 }
 
 /// Runs `weft-proxy init`: prints, installs or removes the rules. Returns what it did.
-pub fn run(cfg: &InitConfig) -> Result<String, String> {
+pub fn run(cfg: &InitConfig) -> Result<String, InitError> {
     let mut families = vec![Family::V4];
     let v6 = match cfg.ipv6 {
         Ipv6::On => true,

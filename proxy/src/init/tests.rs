@@ -80,10 +80,11 @@ fn exclusions_inclusions_and_dns_become_rules_per_family() {
 
 #[test]
 fn bad_values_are_named() {
-    assert!(
+    assert_eq!(
         rules(&cfg(&["--inbound-ports", "80,http"]), Family::V4)
             .unwrap_err()
-            .contains("`http` is not a port")
+            .to_string(),
+        "--inbound-ports: `http` is not a port (or use `*`)"
     );
     assert!(parse_cidr("10.0.0.0/33").unwrap_err().contains("0 to 32"));
     assert!(
