@@ -163,6 +163,18 @@ pub fn reply(status: u16, body: &'static str) -> Response<Full<Bytes>> {
     rsp
 }
 
+/// A trailers-only gRPC response with `grpc-status: code`.
+pub fn grpc_reply(code: u32) -> Response<Full<Bytes>> {
+    let mut rsp = reply(200, "");
+    let h = rsp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        "application/grpc".parse().unwrap(),
+    );
+    h.insert("grpc-status", code.into());
+    rsp
+}
+
 /// A response that comes after `after` (in the test's clock).
 pub async fn slow(after: Duration, status: u16) -> Response<Full<Bytes>> {
     tokio::time::sleep(after).await;
@@ -217,29 +229,51 @@ impl Mesh {
         }
     }
 
-    /// Sends `req` through the proxy on a new HTTP/1.1 client connection; the response with
-    /// its whole body.
+    /// Sends `req` through the proxy on a new client connection of the request's version
+    /// (HTTP/1.1 or HTTP/2); the response with its whole body, and its trailers (if any) added
+    /// to its headers.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Response<Bytes> {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let open = Arc::new(OpenConn::new(
             self.metrics.conns(Direction::Outbound).clone(),
         ));
+        let h2 = req.version() == http::Version::HTTP_2;
         tokio::spawn(
             self.proxy
                 .clone()
-                .serve(server, false, open, Arc::new(ConnInfo::default())),
+                .serve(server, h2, open, Arc::new(ConnInfo::default())),
         );
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-            .await
-            .expect("a client connection to the proxy");
-        tokio::spawn(conn);
-        let rsp = tx
-            .send_request(req)
-            .await
-            .expect("a response from the proxy");
-        let (head, body) = rsp.into_parts();
-        let body = body.collect().await.expect("the response body").to_bytes();
-        Response::from_parts(head, body)
+        let io = TokioIo::new(client);
+        let rsp = if h2 {
+            let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("a client connection to the proxy");
+            tokio::spawn(conn);
+            tx.send_request(req).await
+        } else {
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("a client connection to the proxy");
+            tokio::spawn(conn);
+            tx.send_request(req).await
+        };
+        let (mut head, body) = rsp.expect("a response from the proxy").into_parts();
+        let body = body.collect().await.expect("the response body");
+        if let Some(t) = body.trailers() {
+            head.headers.extend(t.clone());
+        }
+        Response::from_parts(head, body.to_bytes())
+    }
+
+    /// A unary gRPC call (an empty message) to `http://{authority}{path}`, over HTTP/2.
+    pub async fn grpc(&self, authority: &str, path: &str) -> Response<Bytes> {
+        let req = Request::post(format!("http://{authority}{path}"))
+            .version(http::Version::HTTP_2)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .expect("a request");
+        self.send(req).await
     }
 
     /// `GET http://{authority}{path}`.

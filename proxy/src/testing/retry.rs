@@ -9,7 +9,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{Mesh, Upstreams, reply, slow};
+use super::{Mesh, Upstreams, grpc_reply, reply, slow};
 
 const A: &str = "10.0.0.1:80";
 
@@ -273,4 +273,38 @@ async fn the_budgets_ratio_lets_retries_add_a_share_of_the_requests() {
     assert_eq!(mesh.get("echo", "/").await.status(), 503);
     // 11 requests deposited: retries may add up to half of them, 5.
     assert_eq!(mesh.upstreams.requests(A), 10 + 1 + 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_calls_are_retried_on_the_statuses_the_policy_names_over_http2() {
+    // (policy, the status of the first two answers, requests made, the status the client gets)
+    let cases = [
+        ("{attempts: 2, on: [unavailable]}", 14, 3, "0"),
+        ("{attempts: 2, on: [unavailable]}", 13, 1, "13"),
+        (
+            "{attempts: 2, on: [internal, resource-exhausted]}",
+            8,
+            3,
+            "0",
+        ),
+        // 5xx is about HTTP statuses: a gRPC error rides a 200.
+        ("{attempts: 2, on: [5xx]}", 14, 1, "14"),
+    ];
+    for (policy, code, requests, answer) in cases {
+        let up = Upstreams::default();
+        up.serve(A, move |n, req| async move {
+            assert_eq!(req.version(), http::Version::HTTP_2, "HTTP/2 upstream");
+            grpc_reply(if n <= 2 { code } else { 0 })
+        });
+        let mesh = Mesh::outbound(&table(policy, ""), up);
+        let rsp = mesh.grpc("echo:80", "/echo.Echo/Say").await;
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.headers()["grpc-status"], answer, "{policy}, {code}");
+        assert_eq!(mesh.upstreams.requests(A), requests, "{policy}, {code}");
+        assert_eq!(
+            mesh.upstreams.connects(A),
+            1,
+            "one HTTP/2 connection for every try"
+        );
+    }
 }
