@@ -106,10 +106,15 @@ struct OutlierState {
     probation: bool,
 }
 
-/// Milliseconds on tokio's clock since the first call (paused time in tests moves it).
+/// Milliseconds on tokio's clock since a fixed origin (paused time in tests moves it). The
+/// origin is a day before the first call: each test runtime's clock starts at the moment the
+/// runtime was made, and one made before the first call must not read 0 for its first day.
 pub fn now_ms() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
+    let origin = *ORIGIN.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+    });
     // Never 0, which means "not ejected".
     Instant::now().saturating_duration_since(origin).as_millis() as u64 + 1
 }

@@ -469,7 +469,7 @@ fn responses_are_encoded_as_prost_encodes_them() {
             system_version_info: set.version.clone(),
             resources: set.resources.values().map(|v| v.delta.clone()).collect(),
             type_url: url.to_string(),
-            removed_resources: vec!["gone.test:80".into(), "also-gone".into()],
+            removed_resources: vec!["gone.test:80".into(), String::new(), "also-gone".into()],
             nonce: "8".into(),
         };
         let want = DeltaDiscoveryResponse {
@@ -485,7 +485,7 @@ fn responses_are_encoded_as_prost_encodes_them() {
                 })
                 .collect(),
             type_url: url.to_string(),
-            removed_resources: vec!["gone.test:80".into(), "also-gone".into()],
+            removed_resources: vec!["gone.test:80".into(), String::new(), "also-gone".into()],
             nonce: "8".into(),
             ..Default::default()
         };

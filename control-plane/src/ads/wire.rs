@@ -86,8 +86,9 @@ impl Encode for DeltaResponse {
         }
         string(4, &self.type_url, buf);
         string(5, &self.nonce, buf);
+        // A repeated field's elements are all written, an empty name too.
         for n in &self.removed_resources {
-            string(6, n, buf);
+            message(6, n.as_bytes(), buf);
         }
     }
 }

@@ -37,9 +37,14 @@ async fn requests_past_the_breakers_limit_are_refused_at_once() {
         let mesh = mesh.clone();
         async move { mesh.get("echo", "/").await.status() }
     });
-    while mesh.upstreams.requests(A) == 0 {
-        tokio::task::yield_now().await;
-    }
+    let arrived = async {
+        while mesh.upstreams.requests(A) == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), arrived)
+        .await
+        .expect("the first request reaches the upstream");
     let start = Instant::now();
     let rsp = mesh.get("echo", "/").await;
     assert_eq!(rsp.status(), 503, "the second request at once");
@@ -142,8 +147,10 @@ async fn an_endpoint_that_recovers_stays_in_after_probation() {
         assert_eq!(mesh.get("echo", "/").await.status(), 200);
     }
     assert_eq!(mesh.upstreams.requests(A), 2 + 5, "its share again");
+    let ejections = r#"weft_outlier_ejections_total{direction="outbound",target="echo:80"}"#;
+    assert_eq!(mesh.metric(ejections), 1.0, "it was ejected once");
     let ejected = r#"weft_outlier_ejected_endpoints{direction="outbound",target="echo:80"}"#;
-    assert_eq!(mesh.metric(ejected), 0.0);
+    assert_eq!(mesh.metric(ejected), 0.0, "and is back");
 }
 
 #[tokio::test(start_paused = true)]

@@ -292,9 +292,11 @@ async fn grpc_calls_are_retried_on_the_statuses_the_policy_names_over_http2() {
     ];
     for (policy, code, requests, answer) in cases {
         let up = Upstreams::default();
-        up.serve(A, move |n, req| async move {
-            assert_eq!(req.version(), http::Version::HTTP_2, "HTTP/2 upstream");
-            grpc_reply(if n <= 2 { code } else { 0 })
+        let versions = Arc::new(Mutex::new(Vec::new()));
+        let seen = versions.clone();
+        up.serve(A, move |n, req| {
+            seen.lock().unwrap().push(req.version());
+            async move { grpc_reply(if n <= 2 { code } else { 0 }) }
         });
         let mesh = Mesh::outbound(&table(policy, ""), up);
         let rsp = mesh.grpc("echo:80", "/echo.Echo/Say").await;
@@ -305,6 +307,11 @@ async fn grpc_calls_are_retried_on_the_statuses_the_policy_names_over_http2() {
             mesh.upstreams.connects(A),
             1,
             "one HTTP/2 connection for every try"
+        );
+        let versions = versions.lock().unwrap();
+        assert!(
+            versions.iter().all(|v| *v == http::Version::HTTP_2),
+            "{versions:?}"
         );
     }
 }
