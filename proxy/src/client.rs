@@ -14,12 +14,12 @@ use http::{Request, Response, Version};
 pub use crate::http::body::{Received, RequestBody};
 
 use crate::{
+    clusters::Cluster,
     config::UpstreamConfig,
     http::error::ProxyError,
     identity::Mtls,
     metrics::{Direction, Metrics, TargetMetrics},
     resilience::{Limit, Permit},
-    table::Cluster,
     tls::{self, Alpn},
     transport::{
         connect::{Conn, Connect, Tcp},

@@ -27,6 +27,7 @@ pub mod inbound;
 pub mod init;
 pub use weft_core::log;
 pub mod client;
+pub mod clusters;
 pub mod metrics;
 #[cfg(any(test, feature = "properties"))]
 pub mod properties;

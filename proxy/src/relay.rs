@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::{
     balance::{EndpointState, Outcome},
     client::{Pools, Received, Waiter},
+    clusters::Cluster,
     config::UpstreamConfig,
     drain::Drain,
     grpc,
@@ -46,7 +47,7 @@ use crate::{
     metrics::{AuthzProtocol, Direction, OpenConn, TargetMetrics},
     resilience::{self, Limit},
     retry,
-    table::{Cluster, Protocol, Route, Service, SharedTable},
+    table::{Protocol, Route, Service, SharedTable},
 };
 
 /// How long an HTTP/1 client may take to send a request's headers.

@@ -8,7 +8,6 @@
 //! metrics, balancer state, breakers, budgets) is kept outside the routes, keyed by service,
 //! cluster or endpoint, so a swap never resets it.
 
-pub mod cluster;
 mod compile;
 pub mod file;
 pub(crate) mod index;
@@ -22,6 +21,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use http::HeaderName;
 
+pub use crate::clusters::{Cluster, Endpoint, EndpointSet, Picked};
 use crate::{
     authz::Authz,
     metrics::{LazyTarget, Metrics, TargetMetrics},
@@ -30,7 +30,6 @@ use crate::{
     retry::{Budget, Retry},
     route::{RouteMatch, WeightedSplit},
 };
-pub use cluster::{Cluster, Endpoint, EndpointSet, Picked};
 pub(crate) use compile::ServiceDraft;
 pub use file::{LoadError, Protocol, TableFile};
 use index::Index;

@@ -1,4 +1,7 @@
-//! A concrete backend (a cluster): its endpoints, balancer, outlier detection and breaker.
+//! The live state of concrete backends (clusters), outside the routes: each cluster's endpoint
+//! set and balancer (swapped whole on an EDS or DNS change, one store, no route compiled),
+//! the balancer's state per endpoint address (kept across swaps), outlier detection and the
+//! breaker. Routes name clusters; a table swap hands them on by name (`table/names.rs`).
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
