@@ -217,7 +217,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         }
         None => (Table::empty(), String::new()),
     };
-    metrics.table_loaded(&table.version, table.generation);
+    metrics.table_loaded(&table.version, table.generation, table.service_count());
     tracing::info!(version = %table.version, services = table.service_count(), "routing table loaded");
     let table = Arc::new(ArcSwap::from_pointee(table));
     let drain = Drain::new();

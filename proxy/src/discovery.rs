@@ -421,7 +421,7 @@ impl Discovery {
         let services = compiled.table.service_count();
         self.table.store(Arc::new(compiled.table));
         self.resolver.table_changed();
-        self.metrics.table_loaded(&version, generation);
+        self.metrics.table_loaded(&version, generation, services);
         for h in &compiled.held_back {
             tracing::info!(waiting = %h, "listener keeps its previous routes until what it references arrives");
         }

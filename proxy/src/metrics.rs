@@ -60,6 +60,7 @@ pub struct Metrics {
     targets: Mutex<HashMap<TargetKey, Arc<TargetMetrics>>>,
     conns: [Arc<ConnMetrics>; 2],
     pub table_generation: IntGauge,
+    table_services: IntGauge,
     table_info: IntGaugeVec,
     table_reloads: IntCounterVec,
     upstream_connect_errors: IntCounterVec,
@@ -194,6 +195,11 @@ impl Metrics {
             "Routing tables loaded since start; 0 means none yet.",
         ))
         .unwrap();
+        let table_services = IntGauge::with_opts(opts(
+            "table_services",
+            "Services in the routing table in force.",
+        ))
+        .unwrap();
         let table_info = IntGaugeVec::new(
             opts(
                 "table_info",
@@ -310,6 +316,7 @@ impl Metrics {
         reg(Box::new(latency.clone()));
         reg(Box::new(open.clone()));
         reg(Box::new(table_generation.clone()));
+        reg(Box::new(table_services.clone()));
         reg(Box::new(table_info.clone()));
         reg(Box::new(table_reloads.clone()));
         reg(Box::new(upstream_connect_errors.clone()));
@@ -425,6 +432,7 @@ impl Metrics {
             targets: Mutex::new(HashMap::new()),
             conns,
             table_generation,
+            table_services,
             table_info,
             table_reloads,
             upstream_connect_errors,
@@ -446,11 +454,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a table now in force.
-    pub fn table_loaded(&self, version: &str, generation: u64) {
+    /// Records a table now in force, of `services` services.
+    pub fn table_loaded(&self, version: &str, generation: u64, services: usize) {
         self.table_info.reset();
         self.table_info.with_label_values(&[version]).set(1);
         self.table_generation.set(generation as i64);
+        self.table_services.set(services as i64);
         if generation > 1 {
             self.table_reloads.with_label_values(&["ok"]).inc();
         }

@@ -165,7 +165,7 @@ fn every_proxy_metric_family_passes_promtool_and_is_documented() {
     c.write_bytes.inc_by(20);
     c.detected("http2");
     m.connect_error(Direction::Outbound, "timeout");
-    m.table_loaded("v2", 2);
+    m.table_loaded("v2", 2, 3);
     m.table_reload_failed();
     m.xds_connected.set(1);
     m.xds_update("cluster", true);

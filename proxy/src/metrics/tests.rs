@@ -47,3 +47,19 @@ fn responses_are_counted_by_code() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+#[test]
+fn the_table_in_force_is_described_by_its_version_generation_and_size() {
+    let m = Metrics::new();
+    m.table_loaded("v1", 1, 10_000);
+    m.table_loaded("v2", 2, 9_999);
+    let text = m.render();
+    for line in [
+        "weft_table_services 9999",
+        "weft_table_generation 2",
+        r#"weft_table_info{version="v2"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    assert!(!text.contains(r#"version="v1""#), "only the table in force");
+}

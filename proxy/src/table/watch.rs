@@ -56,8 +56,10 @@ impl FileWatch {
         let generation = current.generation + 1;
         match current.recompile(generation, &self.metrics, &self.resolver.resolved()) {
             Ok(t) => {
+                let services = t.service_count();
                 self.table.store(Arc::new(t));
-                self.metrics.table_loaded(&current.version, generation);
+                self.metrics
+                    .table_loaded(&current.version, generation, services);
                 tracing::info!(version = %current.version, generation, "routing table recompiled: endpoint addresses changed");
             }
             Err((field, message)) => {
@@ -95,7 +97,7 @@ impl FileWatch {
                 let (version, services) = (t.version.clone(), t.service_count());
                 self.table.store(Arc::new(t));
                 self.resolver.table_changed();
-                self.metrics.table_loaded(&version, generation);
+                self.metrics.table_loaded(&version, generation, services);
                 tracing::info!(%version, generation, services, "routing table reloaded");
             }
             Err(e) => {
