@@ -1,5 +1,7 @@
 use std::collections::HashMap;
 
+use weft_core::policy::OutlierDetection;
+
 use super::*;
 
 fn split(weights: &[u32]) -> WeightedSplit<Arc<EndpointState>> {

@@ -62,12 +62,9 @@ async fn requests_past_the_breakers_limit_are_refused_at_once() {
     assert_eq!(mesh.get("echo", "/").await.status(), 200);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_endpoint_is_ejected_then_tried_again_and_ejected_for_longer() {
-    let up = Upstreams::default();
-    up.serve(A, |_, _| async { reply(502, "a") });
-    up.serve(B, |_, _| async { reply(200, "b") });
-    let table = format!(
+/// `echo:80` at [`A`] and [`B`] in turn, an endpoint out for 10 s after two gateway errors.
+fn ejecting() -> String {
+    format!(
         "services:
   - name: echo
     port: 80
@@ -75,8 +72,15 @@ async fn a_failing_endpoint_is_ejected_then_tried_again_and_ejected_for_longer()
     loadBalancer: {{policy: round-robin}}
     outlierDetection: {{consecutiveGatewayErrors: 2, baseEjectionTime: 10s, maxEjectionPercent: 50}}
 "
-    );
-    let mesh = Mesh::outbound(&table, up);
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_endpoint_is_ejected_then_tried_again_and_ejected_for_longer() {
+    let up = Upstreams::default();
+    up.serve(A, |_, _| async { reply(502, "a") });
+    up.serve(B, |_, _| async { reply(200, "b") });
+    let mesh = Mesh::outbound(&ejecting(), up);
     let ejections = r#"weft_outlier_ejections_total{direction="outbound",target="echo:80"}"#;
     let ejected = r#"weft_outlier_ejected_endpoints{direction="outbound",target="echo:80"}"#;
     for _ in 0..20 {
@@ -128,16 +132,7 @@ async fn an_endpoint_that_recovers_stays_in_after_probation() {
         reply(if n <= 2 { 502 } else { 200 }, "a")
     });
     up.serve(B, |_, _| async { reply(200, "b") });
-    let table = format!(
-        "services:
-  - name: echo
-    port: 80
-    endpoints: [{{address: {A}}}, {{address: {B}}}]
-    loadBalancer: {{policy: round-robin}}
-    outlierDetection: {{consecutiveGatewayErrors: 2, baseEjectionTime: 10s, maxEjectionPercent: 50}}
-"
-    );
-    let mesh = Mesh::outbound(&table, up);
+    let mesh = Mesh::outbound(&ejecting(), up);
     for _ in 0..4 {
         mesh.get("echo", "/").await;
     }
