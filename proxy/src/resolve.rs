@@ -14,7 +14,7 @@
 //! - Names no table uses any more are forgotten.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -222,7 +222,8 @@ impl Resolver {
             let now = Instant::now();
             let due: Vec<Box<str>> = {
                 let mut entries = self.entries.lock().expect("resolver lock");
-                entries.retain(|name, _| wanted.contains(name));
+                let keep: HashSet<&str> = wanted.iter().map(|n| &**n).collect();
+                entries.retain(|name, _| keep.contains(&**name));
                 for name in &wanted {
                     entries
                         .entry(name.clone())
@@ -265,7 +266,8 @@ impl Resolver {
         let answers =
             futures_util::future::join_all(due.iter().map(|name| self.lookup(name))).await;
         let mut next = Resolved::clone(&self.current.load());
-        next.hosts.retain(|name, _| wanted.contains(name));
+        let keep: HashSet<&str> = wanted.iter().map(|n| &**n).collect();
+        next.hosts.retain(|name, _| keep.contains(&**name));
         let mut changed = false;
         {
             let mut entries = self.entries.lock().expect("resolver lock");
