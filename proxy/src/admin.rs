@@ -125,6 +125,22 @@ fn addressed_to_loopback<B>(req: &Request<B>) -> bool {
     host.is_none_or(|h| std::str::from_utf8(h).is_ok_and(weft_core::address::is_loopback_authority))
 }
 
+/// `/config_dump`'s body: the table in force and the state around it, as JSON.
+fn config_dump(state: &AdminState) -> Vec<u8> {
+    let table = state.table.load();
+    let dump = serde_json::json!({
+        "version": &*table.version,
+        "generation": table.generation,
+        "listeners": state.listeners.iter().map(|(n, a)| (n.clone(), a.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        "table": &table.source,
+        "services": table.describe(),
+        "xds": state.xds.as_ref().map(|x| x.status()),
+        "identity": state.identity.as_ref().map(|id| id.describe()),
+        "endpoint_dns": (!table.dns_names().is_empty()).then(|| state.resolver.describe()),
+    });
+    serde_json::to_vec_pretty(&dump).unwrap_or_default()
+}
+
 /// Admin endpoints. This server is on loopback only (checked at start): it can stop the proxy.
 pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
     if !addressed_to_loopback(&req) {
@@ -135,21 +151,13 @@ pub async fn admin(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => {
-            let table = state.table.load();
-            let dump = serde_json::json!({
-                "version": &*table.version,
-                "generation": table.generation,
-                "listeners": state.listeners.iter().map(|(n, a)| (n.clone(), a.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
-                "table": &table.source,
-                "services": table.describe(),
-                "xds": state.xds.as_ref().map(|x| x.status()),
-                "identity": state.identity.as_ref().map(|id| id.describe()),
-                "endpoint_dns": (!table.dns_names().is_empty()).then(|| state.resolver.describe()),
-            });
-            let mut r = text(
-                StatusCode::OK,
-                serde_json::to_vec_pretty(&dump).unwrap_or_default(),
-            );
+            // Off the control thread: on a large mesh writing the whole table out takes longer
+            // than an xDS apply, which would wait for it.
+            let state = state.clone();
+            let Ok(dump) = tokio::task::spawn_blocking(move || config_dump(&state)).await else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "config dump failed\n");
+            };
+            let mut r = text(StatusCode::OK, dump);
             r.headers_mut()
                 .insert(CONTENT_TYPE, "application/json".parse().unwrap());
             r
