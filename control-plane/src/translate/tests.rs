@@ -13,6 +13,7 @@ use weft_xds_proto::{
 
 use super::*;
 use crate::registry::file::FileRegistry;
+use weft_xds_proto::envoy::config::cluster::v3::cluster::LbPolicy as EnvoyLb;
 
 const FILES: &str = "apiVersion: weft.dev/v1alpha1
 kind: Service
