@@ -22,16 +22,16 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Parser;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncReadExt;
 
 use crate::{
     client::Pools,
+    config::DetectConfig,
     drain::Drain,
     metrics::{Direction, Metrics, OpenConn},
     relay::{ConnInfo, HttpProxy, Router},
@@ -40,6 +40,7 @@ use crate::{
     transport::{
         ConnectError,
         connect::{Conn, Connect, Connecting},
+        detect::{Detected, detect},
         io::PrefixedIo,
     },
 };
@@ -129,23 +130,23 @@ impl Connect for Upstreams {
     }
 }
 
-/// Serves one connection in the HTTP version its first bytes show (the HTTP/2 preface or not).
+/// Serves one connection in the HTTP version its first bytes show, as the proxy's own
+/// detection reads them (no timeout cuts it short here: the test's clock may jump).
 async fn serve<S>(mut io: tokio::io::DuplexStream, svc: S)
 where
     S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut first = BytesMut::with_capacity(3);
-    while first.len() < 3 {
-        match io.read_buf(&mut first).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-    let h2 = first.starts_with(b"PRI");
+    let patient = DetectConfig {
+        detect_timeout: Duration::from_secs(86_400),
+        server_first_timeout: Duration::from_secs(86_400),
+    };
+    let Ok((detected, first)) = detect(&mut io, &patient).await else {
+        return;
+    };
     let io = TokioIo::new(PrefixedIo::new(first, io));
-    if h2 {
+    if detected == Detected::Http2 {
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(io, svc)
             .await;
