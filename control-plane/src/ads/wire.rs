@@ -10,7 +10,7 @@
 //! requests are decoded with prost as usual. The encoding is checked against prost's own in
 //! `ads/tests.rs`.
 
-use std::{convert::Infallible, marker::PhantomData, pin::Pin, sync::Arc};
+use std::{convert::Infallible, marker::PhantomData, pin::Pin};
 
 use bytes::{BufMut, Bytes};
 use prost::{
@@ -144,7 +144,7 @@ impl<D: Message + Default> Decoder for Dec<D> {
 /// The ADS service (both variants) over [`AdsServer`], for tonic's router.
 #[derive(Debug, Clone)]
 pub struct AdsService {
-    server: Arc<AdsServer>,
+    server: AdsServer,
     max_decoding: usize,
 }
 
@@ -152,7 +152,7 @@ impl AdsService {
     /// Requests larger than `max_decoding` bytes are refused.
     pub fn new(server: AdsServer, max_decoding: usize) -> Self {
         AdsService {
-            server: Arc::new(server),
+            server,
             max_decoding,
         }
     }
@@ -167,8 +167,8 @@ impl NamedService for AdsService {
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 type Responses<T> = ReceiverStream<Result<T, Status>>;
 
-struct Sotw(Arc<AdsServer>);
-struct Delta(Arc<AdsServer>);
+struct Sotw(AdsServer);
+struct Delta(AdsServer);
 
 impl StreamingService<DiscoveryRequest> for Sotw {
     type Response = SotwResponse;
