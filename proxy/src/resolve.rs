@@ -206,7 +206,8 @@ impl Resolver {
         if due.is_empty() {
             return false;
         }
-        tokio::time::timeout(limit, self.refresh(names, due))
+        let wanted = names.iter().map(|n| &**n).collect();
+        tokio::time::timeout(limit, self.refresh(&wanted, due))
             .await
             .unwrap_or(false)
     }
@@ -219,10 +220,10 @@ impl Resolver {
     ) {
         loop {
             let wanted: Vec<Box<str>> = wanted();
+            let keep: HashSet<&str> = wanted.iter().map(|n| &**n).collect();
             let now = Instant::now();
             let due: Vec<Box<str>> = {
                 let mut entries = self.entries.lock().expect("resolver lock");
-                let keep: HashSet<&str> = wanted.iter().map(|n| &**n).collect();
                 entries.retain(|name, _| keep.contains(&**name));
                 for name in &wanted {
                     entries
@@ -236,7 +237,7 @@ impl Resolver {
                     .collect()
             };
             if !due.is_empty() {
-                self.refresh(&wanted, due).await;
+                self.refresh(&keep, due).await;
                 continue;
             }
             let next = self
@@ -262,12 +263,11 @@ impl Resolver {
 
     /// Looks up `due` (concurrently), records the answers and, when the addresses of any of
     /// `wanted` changed, publishes them. Returns whether they changed.
-    async fn refresh(&self, wanted: &[Box<str>], due: Vec<Box<str>>) -> bool {
+    async fn refresh(&self, wanted: &HashSet<&str>, due: Vec<Box<str>>) -> bool {
         let answers =
             futures_util::future::join_all(due.iter().map(|name| self.lookup(name))).await;
         let mut next = Resolved::clone(&self.current.load());
-        let keep: HashSet<&str> = wanted.iter().map(|n| &**n).collect();
-        next.hosts.retain(|name, _| keep.contains(&**name));
+        next.hosts.retain(|name, _| wanted.contains(&**name));
         let mut changed = false;
         {
             let mut entries = self.entries.lock().expect("resolver lock");
