@@ -464,6 +464,19 @@ fn responses_are_encoded_as_prost_encodes_them() {
         let mut got = Vec::new();
         sotw.encode(&mut got);
         assert_eq!(got, want.encode_to_vec(), "{url}: state of the world");
+        assert_eq!(
+            sotw.encoded_len(),
+            got.len(),
+            "{url}: state of the world's length"
+        );
+        let framed = wire::frame(&sotw).unwrap();
+        assert_eq!(framed[0], 0, "not compressed");
+        assert_eq!(
+            framed[1..5],
+            (got.len() as u32).to_be_bytes(),
+            "the frame's length"
+        );
+        assert_eq!(framed[5..], got[..]);
 
         let delta = DeltaResponse {
             system_version_info: set.version.clone(),
@@ -492,9 +505,11 @@ fn responses_are_encoded_as_prost_encodes_them() {
         let mut got = Vec::new();
         delta.encode(&mut got);
         assert_eq!(got, want.encode_to_vec(), "{url}: delta");
+        assert_eq!(delta.encoded_len(), got.len(), "{url}: delta's length");
     }
     // Empty fields are left out, as proto3 has them.
     let mut got = Vec::new();
     SotwResponse::default().encode(&mut got);
     assert!(got.is_empty());
+    assert_eq!(SotwResponse::default().encoded_len(), 0);
 }

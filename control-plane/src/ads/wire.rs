@@ -3,27 +3,32 @@
 //! carries, [`crate::snapshot::Versioned`]); a response is those bytes written after their
 //! field keys, next to its few strings. No stream decodes, clones or re-encodes a resource: the
 //! bytes are shared, reference-counted, by every stream that sends them, and written once into
-//! the stream's gRPC frame.
+//! the response's gRPC frame, which is allocated at its size and freed once sent.
 //!
-//! The service is tonic's, by hand: the generated `AggregatedDiscoveryServiceServer` encodes
-//! the prost response types, which would need each resource decoded into them per stream. The
-//! requests are decoded with prost as usual. The encoding is checked against prost's own in
-//! `ads/tests.rs`.
+//! The service is written by hand over tonic's pieces: the generated
+//! `AggregatedDiscoveryServiceServer` encodes the prost response types, which would need each
+//! resource decoded into them per stream, and tonic's encoder keeps a buffer per stream. The
+//! requests are decoded by tonic's `Streaming` with prost, bounded in size, as usual. The
+//! encoding is checked against prost's own in `ads/tests.rs`.
 
-use std::{convert::Infallible, marker::PhantomData, pin::Pin};
+use std::{
+    convert::Infallible,
+    marker::PhantomData,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
 use bytes::{BufMut, Bytes};
 use prost::{
     Message,
-    encoding::{WireType, encode_key, encode_varint},
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint},
 };
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{
-    Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    server::{Grpc, NamedService, StreamingService},
+    Status, Streaming,
+    codec::{DecodeBuf, Decoder},
+    server::NamedService,
 };
-use weft_xds_proto::discovery::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 use super::AdsServer;
 
@@ -49,6 +54,8 @@ pub struct DeltaResponse {
 /// A message written from parts already encoded.
 pub trait Encode: Send + 'static {
     fn encode(&self, buf: &mut impl BufMut);
+    /// The length `encode` writes.
+    fn encoded_len(&self) -> usize;
 }
 
 /// A length-delimited field: an embedded message from its encoding, or a string.
@@ -65,6 +72,20 @@ fn string(tag: u32, s: &str, buf: &mut impl BufMut) {
     }
 }
 
+/// The length [`message`] writes (every field number here fits one byte of key).
+fn message_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// The length [`string`] writes.
+fn string_len(s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        message_len(s.len())
+    }
+}
+
 impl Encode for SotwResponse {
     fn encode(&self, buf: &mut impl BufMut) {
         // Field numbers of envoy.service.discovery.v3.DiscoveryResponse.
@@ -74,6 +95,17 @@ impl Encode for SotwResponse {
         }
         string(4, &self.type_url, buf);
         string(5, &self.nonce, buf);
+    }
+
+    fn encoded_len(&self) -> usize {
+        string_len(&self.version_info)
+            + self
+                .resources
+                .iter()
+                .map(|r| message_len(r.len()))
+                .sum::<usize>()
+            + string_len(&self.type_url)
+            + string_len(&self.nonce)
     }
 }
 
@@ -91,44 +123,79 @@ impl Encode for DeltaResponse {
             message(6, n.as_bytes(), buf);
         }
     }
-}
 
-/// Encodes `E` from its parts; decodes requests `D` with prost.
-pub struct AdsCodec<E, D>(PhantomData<fn() -> (E, D)>);
-
-impl<E, D> Default for AdsCodec<E, D> {
-    fn default() -> Self {
-        AdsCodec(PhantomData)
+    fn encoded_len(&self) -> usize {
+        string_len(&self.system_version_info)
+            + self
+                .resources
+                .iter()
+                .map(|r| message_len(r.len()))
+                .sum::<usize>()
+            + string_len(&self.type_url)
+            + string_len(&self.nonce)
+            + (self.removed_resources.iter())
+                .map(|n| message_len(n.len()))
+                .sum::<usize>()
     }
 }
 
-pub struct Enc<E>(PhantomData<fn() -> E>);
-pub struct Dec<D>(PhantomData<fn() -> D>);
-
-impl<E: Encode, D: Message + Default + Send + 'static> Codec for AdsCodec<E, D> {
-    type Encode = E;
-    type Decode = D;
-    type Encoder = Enc<E>;
-    type Decoder = Dec<D>;
-
-    fn encoder(&mut self) -> Enc<E> {
-        Enc(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Dec<D> {
-        Dec(PhantomData)
-    }
+/// A gRPC message frame: the flag byte (not compressed), the length, the message. Allocated
+/// at its exact size and freed once sent: a stream keeps no buffer between its responses.
+/// tonic's own encoder would keep one per stream, as large as the largest response the stream
+/// ever sent (the Listeners of a large mesh), for the stream's life.
+pub(super) fn frame(msg: &impl Encode) -> Result<Bytes, Status> {
+    let len = msg.encoded_len();
+    let len32 = u32::try_from(len)
+        .map_err(|_| Status::resource_exhausted(format!("a {len}-byte response")))?;
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len32);
+    msg.encode(&mut buf);
+    debug_assert_eq!(buf.len(), 5 + len, "encoded_len agrees with encode");
+    Ok(Bytes::from(buf))
 }
 
-impl<E: Encode> Encoder for Enc<E> {
-    type Item = E;
+/// A response body: one frame per message, then the status in trailers.
+struct Frames<T> {
+    source: Responses<T>,
+    done: bool,
+}
+
+impl<T: Encode> http_body::Body for Frames<T> {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: E, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(buf);
-        Ok(())
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let end = match ready!(Pin::new(&mut this.source).poll_next(cx)) {
+            Some(Ok(msg)) => match frame(&msg) {
+                Ok(data) => return Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                Err(status) => status,
+            },
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        this.done = true;
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(match end.add_header(&mut trailers) {
+            Ok(()) => Ok(http_body::Frame::trailers(trailers)),
+            Err(status) => Err(status),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
+
+/// Decodes requests `D` with prost.
+struct Dec<D>(PhantomData<fn() -> D>);
 
 impl<D: Message + Default> Decoder for Dec<D> {
     type Item = D;
@@ -139,6 +206,29 @@ impl<D: Message + Default> Decoder for Dec<D> {
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))
     }
+}
+
+/// A stream's requests, decoded with prost, bounded in size.
+fn requests<D, B>(body: B, max: usize) -> Streaming<D>
+where
+    D: Message + Default + Send + 'static,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    Streaming::new_request(Dec(PhantomData), body, None, Some(max))
+}
+
+/// The response to a stream: gRPC's headers, then `source`'s messages.
+fn respond<T: Encode>(source: Responses<T>) -> http::Response<tonic::body::Body> {
+    let mut rsp = http::Response::new(tonic::body::Body::new(Frames {
+        source,
+        done: false,
+    }));
+    rsp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    rsp
 }
 
 /// The ADS service (both variants) over [`AdsServer`], for tonic's router.
@@ -167,34 +257,6 @@ impl NamedService for AdsService {
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 type Responses<T> = ReceiverStream<Result<T, Status>>;
 
-struct Sotw(AdsServer);
-struct Delta(AdsServer);
-
-impl StreamingService<DiscoveryRequest> for Sotw {
-    type Response = SotwResponse;
-    type ResponseStream = Responses<SotwResponse>;
-    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<tonic::Streaming<DiscoveryRequest>>) -> Self::Future {
-        let rsp = self.0.sotw(req.into_inner());
-        Box::pin(async move { Ok(tonic::Response::new(rsp)) })
-    }
-}
-
-impl StreamingService<DeltaDiscoveryRequest> for Delta {
-    type Response = DeltaResponse;
-    type ResponseStream = Responses<DeltaResponse>;
-    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(
-        &mut self,
-        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Self::Future {
-        let rsp = self.0.delta(req.into_inner());
-        Box::pin(async move { Ok(tonic::Response::new(rsp)) })
-    }
-}
-
 impl<B> tonic::codegen::Service<http::Request<B>> for AdsService
 where
     B: tonic::codegen::Body + Send + 'static,
@@ -214,18 +276,15 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let server = self.server.clone();
         let max = self.max_decoding;
-        match req.uri().path().strip_prefix(PATH) {
-            Some("StreamAggregatedResources") => Box::pin(async move {
-                let codec = AdsCodec::<SotwResponse, DiscoveryRequest>::default();
-                let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max), None);
-                Ok(grpc.streaming(Sotw(server), req).await)
-            }),
-            Some("DeltaAggregatedResources") => Box::pin(async move {
-                let codec = AdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default();
-                let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max), None);
-                Ok(grpc.streaming(Delta(server), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
-        }
+        let rsp = match req.uri().path().strip_prefix(PATH) {
+            Some("StreamAggregatedResources") => {
+                respond(server.sotw(requests(req.into_body(), max)))
+            }
+            Some("DeltaAggregatedResources") => {
+                respond(server.delta(requests(req.into_body(), max)))
+            }
+            _ => Status::unimplemented("").into_http(),
+        };
+        Box::pin(std::future::ready(Ok(rsp)))
     }
 }
