@@ -16,6 +16,7 @@
 //!   the control plane the versions it holds, so only what changed meanwhile is sent again.
 
 pub(crate) mod state;
+mod stream;
 mod wire;
 
 use std::{
@@ -28,11 +29,12 @@ use std::{
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use weft_xds_proto::{
-    discovery::{AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DiscoveryRequest},
+    discovery::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    },
     envoy::config::core::v3::Node,
 };
 
@@ -235,12 +237,9 @@ impl Discovery {
             Ok(c) => c,
             Err(e) => return e,
         };
-        let client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(self.cfg.xds_max_message_size)
-            .max_encoding_message_size(self.cfg.xds_max_message_size);
         match self.cfg.xds_protocol {
-            XdsProtocol::Delta => self.delta(client, progressed).await,
-            XdsProtocol::Sotw => self.sotw(client, progressed).await,
+            XdsProtocol::Delta => self.delta(channel, progressed).await,
+            XdsProtocol::Sotw => self.sotw(channel, progressed).await,
         }
     }
 
@@ -257,11 +256,7 @@ impl Discovery {
         });
     }
 
-    async fn delta(
-        &mut self,
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        progressed: &mut bool,
-    ) -> String {
+    async fn delta(&mut self, channel: Channel, progressed: &mut bool) -> String {
         let (tx, rx) = mpsc::unbounded_channel();
         for (i, kind) in KINDS.iter().enumerate() {
             let _ = tx.send(DeltaDiscoveryRequest {
@@ -271,10 +266,10 @@ impl Discovery {
                 ..Default::default()
             });
         }
-        let rx = UnboundedReceiverStream::new(rx);
-        let stream = match client.delta_aggregated_resources(rx).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => return format!("ADS stream refused: {}", e.message()),
+        let max = self.cfg.xds_max_message_size;
+        let stream = match stream::open::<_, DeltaDiscoveryResponse>(channel, stream::DELTA, rx, max).await {
+            Ok(s) => s,
+            Err(e) => return e,
         };
         self.follow(stream, progressed, delta_update, |a| {
             let _ = tx.send(DeltaDiscoveryRequest {
@@ -287,11 +282,7 @@ impl Discovery {
         .await
     }
 
-    async fn sotw(
-        &mut self,
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        progressed: &mut bool,
-    ) -> String {
+    async fn sotw(&mut self, channel: Channel, progressed: &mut bool) -> String {
         let (tx, rx) = mpsc::unbounded_channel();
         for (i, kind) in KINDS.iter().enumerate() {
             let _ = tx.send(DiscoveryRequest {
@@ -301,10 +292,10 @@ impl Discovery {
                 ..Default::default()
             });
         }
-        let rx = UnboundedReceiverStream::new(rx);
-        let stream = match client.stream_aggregated_resources(rx).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => return format!("ADS stream refused: {}", e.message()),
+        let max = self.cfg.xds_max_message_size;
+        let stream = match stream::open::<_, DiscoveryResponse>(channel, stream::SOTW, rx, max).await {
+            Ok(s) => s,
+            Err(e) => return e,
         };
         self.follow(stream, progressed, sotw_update, |a| {
             let _ = tx.send(DiscoveryRequest {
@@ -320,9 +311,9 @@ impl Discovery {
 
     /// Follows an open stream: applies each burst of responses and sends the answers, until the
     /// stream ends; returns why.
-    async fn follow<R>(
+    async fn follow<R: prost::Message + Default>(
         &mut self,
-        mut stream: tonic::Streaming<R>,
+        mut stream: stream::Responses<R>,
         progressed: &mut bool,
         update: fn(R) -> (Update, String),
         mut answer: impl FnMut(Answer),

@@ -14,7 +14,7 @@ use weft_xds_proto::{
     },
 };
 
-use super::{INVALID_ARGUMENT, KINDS, Update};
+use super::{INVALID_ARGUMENT, KINDS, Update, stream::Responses};
 use crate::config::DiscoveryConfig;
 
 /// A delta response as an update, with its nonce.
@@ -51,15 +51,13 @@ pub(super) fn sotw_update(r: DiscoveryResponse) -> (Update, String) {
 
 /// Waits for one message, then takes every message already waiting. Returns them with the
 /// reason the stream ended, if it did.
-pub(super) async fn batch<T>(stream: &mut tonic::Streaming<T>) -> (Vec<T>, Option<String>) {
-    let ended = |r: Result<Option<T>, tonic::Status>| match r {
+pub(super) async fn batch<T: prost::Message + Default>(
+    stream: &mut Responses<T>,
+) -> (Vec<T>, Option<String>) {
+    let ended = |r: Result<Option<T>, String>| match r {
         Ok(Some(m)) => Ok(m),
         Ok(None) => Err("the control plane closed the stream".to_string()),
-        Err(s) => Err(format!(
-            "ADS stream failed: {} ({:?})",
-            s.message(),
-            s.code()
-        )),
+        Err(e) => Err(e),
     };
     let mut out = Vec::new();
     match ended(stream.message().await) {

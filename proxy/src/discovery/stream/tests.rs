@@ -1,0 +1,103 @@
+use bytes::{BufMut, Bytes};
+use prost::Message;
+use http_body_util::StreamBody;
+use tonic::{Status, body::Body};
+use weft_xds_proto::discovery::DiscoveryResponse;
+
+use super::{Responses, frame};
+
+type Frame = Result<http_body::Frame<Bytes>, Status>;
+
+fn response(nonce: &str, size: usize) -> DiscoveryResponse {
+    DiscoveryResponse {
+        nonce: nonce.into(),
+        version_info: "v".repeat(size),
+        ..Default::default()
+    }
+}
+
+fn trailers(code: tonic::Code, message: &str) -> Frame {
+    let mut t = http::HeaderMap::new();
+    Status::new(code, message).add_header(&mut t).unwrap();
+    Ok(http_body::Frame::trailers(t))
+}
+
+fn data(b: &[u8]) -> Frame {
+    Ok(http_body::Frame::data(Bytes::copy_from_slice(b)))
+}
+
+fn responses(frames: Vec<Frame>, max: usize) -> Responses<DiscoveryResponse> {
+    Responses::new(
+        Body::new(StreamBody::new(futures_util::stream::iter(frames))),
+        max,
+    )
+}
+
+/// Every message comes out whole however the frames cut the bytes: inside a header, inside a
+/// message, several messages in one frame, an empty message.
+#[tokio::test]
+async fn messages_are_read_whole_across_any_cut() {
+    let sent = [response("1", 10), response("2", 0), response("3", 40_000)];
+    let mut wire = Vec::new();
+    for m in &sent {
+        wire.extend_from_slice(&frame(m));
+    }
+    wire.extend_from_slice(&frame(&DiscoveryResponse::default()));
+    for cut in [1, 2, 3, 4, 5, 6, 7, 16, 17, 1000, 16_384, wire.len()] {
+        let mut frames: Vec<Frame> = wire.chunks(cut).map(data).collect();
+        frames.push(trailers(tonic::Code::Ok, ""));
+        let mut rx = responses(frames, 1 << 20);
+        for m in &sent {
+            assert_eq!(rx.message().await, Ok(Some(m.clone())), "cut every {cut} bytes");
+        }
+        assert_eq!(rx.message().await, Ok(Some(DiscoveryResponse::default())));
+        assert_eq!(rx.message().await, Ok(None), "cut every {cut} bytes: the end");
+    }
+}
+
+/// A response over the bound ends the stream, naming the flag; one at the bound is read.
+#[tokio::test]
+async fn a_response_over_the_bound_ends_the_stream() {
+    let m = response("1", 1000);
+    let len = m.encoded_len();
+    let mut at = responses(vec![data(&frame(&m))], len);
+    assert_eq!(at.message().await, Ok(Some(m.clone())));
+    // The header alone is enough to refuse it: nothing of the body is awaited or allocated.
+    let mut over = responses(vec![data(&frame(&m)[..5])], len - 1);
+    let e = over.message().await.unwrap_err();
+    assert!(
+        e.contains(&format!("{len} bytes")) && e.contains("--xds-max-message-size"),
+        "{e}"
+    );
+}
+
+/// A compressed message (weft asks for none), a stream cut inside a message, an error status
+/// in the trailers, a reset: each ends the stream with an error that says which.
+#[tokio::test]
+async fn a_broken_stream_says_how() {
+    let whole = frame(&response("1", 10));
+    let mut compressed = whole.to_vec();
+    compressed[0] = 1;
+    let e = responses(vec![data(&compressed)], 1 << 20).message().await;
+    assert!(e.unwrap_err().contains("compressed"));
+
+    let e = responses(vec![data(&whole[..8])], 1 << 20).message().await;
+    assert!(e.unwrap_err().contains("inside a response"));
+    let e = responses(vec![data(&whole[..3])], 1 << 20).message().await;
+    assert!(e.unwrap_err().contains("inside a response"));
+
+    let frames = vec![data(&whole), trailers(tonic::Code::Unavailable, "going away")];
+    let mut rx = responses(frames, 1 << 20);
+    assert!(rx.message().await.unwrap().is_some());
+    let e = rx.message().await.unwrap_err();
+    assert!(e.contains("going away") && e.contains("Unavailable"), "{e}");
+
+    let e = responses(vec![Err(Status::cancelled("reset"))], 1 << 20).message().await;
+    assert!(e.unwrap_err().contains("reset"));
+
+    let mut garbage = vec![0u8];
+    garbage.put_u32(2);
+    garbage.extend_from_slice(&[0xff, 0xff]);
+    let e = responses(vec![data(&garbage)], 1 << 20).message().await;
+    assert!(e.unwrap_err().contains("does not decode"));
+}
