@@ -262,12 +262,21 @@ impl Discovery {
             let _ = tx.send(DeltaDiscoveryRequest {
                 node: (i == 0).then(|| self.node.clone()),
                 type_url: kind.type_url.to_string(),
-                initial_resource_versions: self.state.versions(i).clone().into_iter().collect(),
+                initial_resource_versions: (self.state.versions(i))
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
                 ..Default::default()
             });
         }
         let max = self.cfg.xds_max_message_size;
-        let stream = match stream::open::<_, DeltaDiscoveryResponse>(channel, stream::DELTA, rx, max).await {
+        let stream = match stream::open::<_, DeltaDiscoveryResponse>(
+            channel,
+            stream::DELTA,
+            rx,
+            max,
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => return e,
         };
@@ -293,10 +302,11 @@ impl Discovery {
             });
         }
         let max = self.cfg.xds_max_message_size;
-        let stream = match stream::open::<_, DiscoveryResponse>(channel, stream::SOTW, rx, max).await {
-            Ok(s) => s,
-            Err(e) => return e,
-        };
+        let stream =
+            match stream::open::<_, DiscoveryResponse>(channel, stream::SOTW, rx, max).await {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
         self.follow(stream, progressed, sotw_update, |a| {
             let _ = tx.send(DiscoveryRequest {
                 type_url: KINDS[a.kind].type_url.to_string(),

@@ -784,7 +784,7 @@ fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() 
     }
     cla.endpoints[0].lb_endpoints.push(extra);
     let mut changed = Changed::default();
-    changed.endpoints.insert(svc(3));
+    changed.endpoints.insert(svc(3).into());
     let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
     table = t;
     assert_eq!(n, 0, "an endpoint change compiled {n} listeners");
@@ -797,7 +797,7 @@ fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() 
     let rc = res.routes.get_mut(web).unwrap();
     rc.virtual_hosts[0].routes[0].name = "renamed".into();
     let mut changed = Changed::default();
-    changed.routes.insert(web.to_string());
+    changed.routes.insert(web.to_string().into());
     let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
     table = t;
     assert_eq!(n, 1);
@@ -806,7 +806,7 @@ fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() 
     // A listener removed: gone, and nothing compiled.
     res.listeners.remove(&svc(5));
     let mut changed = Changed::default();
-    changed.listeners.insert(svc(5));
+    changed.listeners.insert(svc(5).into());
     let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
     table = t;
     assert_eq!((n, table.service_count()), (0, 40));
@@ -816,25 +816,25 @@ fn an_update_compiles_only_the_services_it_touches_and_matches_a_full_compile() 
     // RouteConfiguration is back (and compiled again only then).
     let rc6 = res.routes.remove(&svc(6)).unwrap();
     let mut changed = Changed::default();
-    changed.routes.insert(svc(6));
+    changed.routes.insert(svc(6).into());
     let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
     table = t;
     assert_eq!(n, 1);
     assert!(table.service(&svc(6)).is_some());
     let mut changed = Changed::default();
-    changed.endpoints.insert(svc(7));
+    changed.endpoints.insert(svc(7).into());
     let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
     table = t;
     assert_eq!(n, 0, "an unrelated update compiled {n} listeners");
     assert_eq!(inc.held_back().count(), 1, "svc-6 is still held back");
     res.routes.insert(svc(6), rc6);
     let mut changed = Changed::default();
-    changed.routes.insert(svc(6));
+    changed.routes.insert(svc(6).into());
     let (t, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
     table = t;
     assert_eq!(n, 1);
     let mut changed = Changed::default();
-    changed.endpoints.insert(svc(8));
+    changed.endpoints.insert(svc(8).into());
     let (_, n) = apply_and_compare(&mut inc, &res, changed, &table, &metrics);
     assert_eq!(n, 0, "nothing is held back any more");
 }
@@ -880,7 +880,7 @@ fn a_cluster_changed_while_its_listener_is_held_back_is_built_anew() {
     // v2 goes: web is held back; v1 changes its balancer meanwhile; v2 comes back.
     let gone = res.clusters.remove(&v2).unwrap();
     s.apply(&res, |c| {
-        c.clusters.insert(v2.clone());
+        c.clusters.insert(v2.clone().into());
     });
     {
         // The standard field decides once weft's own metadata does not name a balancer.
@@ -893,11 +893,11 @@ fn a_cluster_changed_while_its_listener_is_held_back_is_built_anew() {
         }
     }
     s.apply(&res, |c| {
-        c.clusters.insert(v1.clone());
+        c.clusters.insert(v1.clone().into());
     });
     res.clusters.insert(v2.clone(), gone);
     s.apply(&res, |c| {
-        c.clusters.insert(v2.clone());
+        c.clusters.insert(v2.clone().into());
     });
     let v1_policy = s.table.service(web).unwrap().routes[1]
         .backends
@@ -918,15 +918,15 @@ fn a_load_assignment_that_comes_back_compiles_the_listener_it_held_back() {
     let svc = "svc-1.demo.svc.cluster.local:8080".to_string();
     let cla = res.endpoints.remove(&svc).unwrap();
     s.apply(&res, |c| {
-        c.endpoints.insert(svc.clone());
+        c.endpoints.insert(svc.clone().into());
     });
     res.routes.get_mut(&svc).unwrap().virtual_hosts[0].routes[0].name = "renamed".into();
     s.apply(&res, |c| {
-        c.routes.insert(svc.clone());
+        c.routes.insert(svc.clone().into());
     });
     res.endpoints.insert(svc.clone(), cla);
     s.apply(&res, |c| {
-        c.endpoints.insert(svc.clone());
+        c.endpoints.insert(svc.clone().into());
     });
     assert_eq!(s.inc.held_back().count(), 0);
     assert_eq!(&*s.table.service(&svc).unwrap().routes[0].name, "renamed");

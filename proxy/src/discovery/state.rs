@@ -1,7 +1,10 @@
 //! The resources the ADS client holds, and how a response changes them. No I/O: the client
 //! feeds responses in and sends the answers this returns.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use prost::{Message, Name};
 use weft_xds_proto::{
@@ -67,20 +70,27 @@ pub struct Outcome {
     /// Resources accepted (changed or not).
     pub applied: usize,
     /// The names of the resources added, changed or removed.
-    pub names: Vec<String>,
+    pub names: Vec<Arc<str>>,
 }
 
 /// Every resource the client holds (each one checked), and their versions.
 #[derive(Debug, Default)]
 pub struct State {
     res: xds::Resources,
-    /// Per kind: resource name -> the version the control plane gave it (delta).
-    versions: [BTreeMap<String, String>; 4],
-    /// Per kind: resource name -> the digest of the bytes it was converted from.
-    digests: [BTreeMap<String, u64>; 4],
+    /// Per kind: for each resource held, under the name `res` holds it by (one allocation).
+    meta: [BTreeMap<Arc<str>, Meta>; 4],
     /// Per kind: the version of the last response accepted whole.
     type_versions: [String; 4],
     received: [bool; 4],
+}
+
+/// What the client keeps of a resource besides its conversion.
+#[derive(Debug)]
+struct Meta {
+    /// The version the control plane gave it (delta; empty in a state of the world).
+    version: Box<str>,
+    /// The digest of the bytes it was converted from.
+    digest: u64,
 }
 
 /// The four message types, handled alike: decoded, converted (see `xds::convert`) and kept
@@ -91,7 +101,7 @@ trait Resource: Message + Name + Default + Sized {
     type Spec;
     fn name(&self) -> &str;
     fn convert(&self) -> Result<Self::Spec, String>;
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec>;
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec>;
 }
 
 impl Resource for Cluster {
@@ -103,7 +113,7 @@ impl Resource for Cluster {
     fn convert(&self) -> Result<Self::Spec, String> {
         xds::convert::cluster(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
         &mut res.clusters
     }
 }
@@ -117,7 +127,7 @@ impl Resource for ClusterLoadAssignment {
     fn convert(&self) -> Result<Self::Spec, String> {
         xds::convert::load_assignment(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
         &mut res.endpoints
     }
 }
@@ -131,7 +141,7 @@ impl Resource for Listener {
     fn convert(&self) -> Result<Self::Spec, String> {
         xds::convert::listener(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
         &mut res.listeners
     }
 }
@@ -145,7 +155,7 @@ impl Resource for RouteConfiguration {
     fn convert(&self) -> Result<Self::Spec, String> {
         xds::convert::route_config(self)
     }
-    fn held(res: &mut xds::Resources) -> &mut BTreeMap<String, Self::Spec> {
+    fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
         &mut res.routes
     }
 }
@@ -161,8 +171,9 @@ impl State {
         &self.res
     }
 
-    pub fn versions(&self, kind: usize) -> &BTreeMap<String, String> {
-        &self.versions[kind]
+    /// The resources of `kind` held, with the versions the control plane gave them.
+    pub fn versions(&self, kind: usize) -> impl Iterator<Item = (&str, &str)> {
+        self.meta[kind].iter().map(|(n, m)| (&**n, &*m.version))
     }
 
     pub fn type_version(&self, kind: usize) -> &str {
@@ -209,8 +220,7 @@ impl State {
 
     fn apply_as<R: Resource>(&mut self, u: Update) -> Outcome {
         let label = R::NAME;
-        let versions = &mut self.versions[R::KIND];
-        let digests = &mut self.digests[R::KIND];
+        let meta = &mut self.meta[R::KIND];
         let held = R::held(&mut self.res);
         let mut out = Outcome::default();
         let mut seen = HashSet::new();
@@ -221,12 +231,13 @@ impl State {
             let sum = any.as_ref().map(|a| bytes_digest(&a.value));
             // The same bytes again under the same name: nothing to convert.
             if let (Some(n), Some(d)) = (&name, sum)
-                && digests.get(n) == Some(&d)
+                && let Some(m) = meta.get_mut(n.as_str())
+                && m.digest == d
                 && any.as_ref().is_some_and(|a| a.type_url == u.type_url)
             {
                 seen.insert(n.clone());
                 out.applied += 1;
-                versions.insert(n.clone(), version);
+                m.version = version.into();
                 continue;
             }
             let decoded = decode::<R>(name.as_deref(), any.as_ref(), &u.type_url);
@@ -257,31 +268,37 @@ impl State {
                     continue;
                 }
             };
-            seen.insert(name.clone());
             out.applied += 1;
-            versions.insert(name.clone(), version);
-            let sum = sum.expect("a resource that converted has a body");
-            if digests.get(&name) != Some(&sum) {
-                digests.insert(name.clone(), sum);
-                held.insert(name.clone(), spec);
-                out.names.push(name);
+            let digest = sum.expect("a resource that converted has a body");
+            let version = version.into();
+            match meta.get_key_value(name.as_str()) {
+                Some((_, m)) if m.digest == digest => {
+                    meta.get_mut(name.as_str()).expect("held").version = version;
+                }
+                held_before => {
+                    // A name is allocated once, the first time it arrives.
+                    let key =
+                        held_before.map_or_else(|| Arc::from(name.as_str()), |(k, _)| k.clone());
+                    meta.insert(key.clone(), Meta { version, digest });
+                    held.insert(key.clone(), spec);
+                    out.names.push(key);
+                }
             }
+            seen.insert(name);
         }
         if u.full && !unnamed_rejected {
             held.retain(|n, _| {
-                let keep = seen.contains(n);
+                let keep = seen.contains(&**n);
                 if !keep {
                     out.names.push(n.clone());
                 }
                 keep
             });
-            versions.retain(|n, _| seen.contains(n));
-            digests.retain(|n, _| seen.contains(n));
+            meta.retain(|n, _| seen.contains(&**n));
         }
         for n in u.removed {
-            versions.remove(&n);
-            digests.remove(&n);
-            if held.remove(&n).is_some() {
+            meta.remove(n.as_str());
+            if let Some((n, _)) = held.remove_entry(n.as_str()) {
                 out.names.push(n);
             }
         }
@@ -291,7 +308,7 @@ impl State {
 
     /// The digest of the bytes the resource of `kind` named `name` was converted from.
     pub fn digest_of(&self, kind: usize, name: &str) -> Option<u64> {
-        self.digests[kind].get(name).copied()
+        self.meta[kind].get(name).map(|m| m.digest)
     }
 }
 

@@ -108,15 +108,19 @@ impl<R: Message + Default> Responses<R> {
                 && buf.len() == *len
             {
                 let (buf, _) = self.message.take().expect("a whole message");
-                return R::decode(&buf[..])
-                    .map(Some)
-                    .map_err(|e| format!("ADS stream failed: a response that does not decode: {e}"));
+                return R::decode(&buf[..]).map(Some).map_err(|e| {
+                    format!("ADS stream failed: a response that does not decode: {e}")
+                });
             }
             if self.chunk.is_empty() {
                 match self.body.frame().await {
                     None => return self.end(None),
                     Some(Err(s)) => {
-                        return Err(format!("ADS stream failed: {} ({:?})", s.message(), s.code()));
+                        return Err(format!(
+                            "ADS stream failed: {} ({:?})",
+                            s.message(),
+                            s.code()
+                        ));
                     }
                     Some(Ok(f)) => match f.into_data() {
                         Ok(data) => self.chunk = data,
@@ -148,7 +152,9 @@ impl<R: Message + Default> Responses<R> {
     /// allocated at its size.
     fn header(&mut self) -> Result<(), String> {
         if self.head[0] != 0 {
-            return Err("ADS stream failed: a compressed response, which weft does not ask for".into());
+            return Err(
+                "ADS stream failed: a compressed response, which weft does not ask for".into(),
+            );
         }
         let len = u32::from_be_bytes(self.head[1..].try_into().expect("four bytes")) as usize;
         if len > self.max {

@@ -106,7 +106,7 @@ fn state_of_the_world_replaces_the_set_and_delta_changes_what_it_names() {
         update(ENDPOINTS, "2", true, &[any(&cla("a", 1))], &[]),
     );
     assert!(out.changed);
-    assert_eq!(st.resources().endpoints.keys().collect::<Vec<_>>(), ["a"]);
+    assert!(st.resources().endpoints.keys().map(|k| &**k).eq(["a"]));
 
     // Delta: additions and removals by name; the rest stays.
     let out = st.apply(
@@ -117,12 +117,9 @@ fn state_of_the_world_replaces_the_set_and_delta_changes_what_it_names() {
     assert_eq!(st.len(ENDPOINTS), 2);
     let out = st.apply(ENDPOINTS, update(ENDPOINTS, "4", false, &[], &["a"]));
     assert!(out.changed);
-    assert_eq!(st.resources().endpoints.keys().collect::<Vec<_>>(), ["c"]);
+    assert!(st.resources().endpoints.keys().map(|k| &**k).eq(["c"]));
     // The versions a reconnecting delta stream reports.
-    assert_eq!(
-        st.versions(ENDPOINTS).iter().collect::<Vec<_>>(),
-        [(&"c".to_string(), &"3-r".to_string())]
-    );
+    assert_eq!(st.versions(ENDPOINTS).collect::<Vec<_>>(), [("c", "3-r")]);
     assert!(!st.complete(), "only one type has arrived");
 }
 

@@ -172,7 +172,7 @@ pub fn xds_updates(steps: &[XdsStep]) {
 /// The resources of `kind` held, by name: the digests of the bytes each was converted from.
 fn held(st: &State, kind: usize) -> BTreeMap<String, u64> {
     let r = st.resources();
-    let names: Vec<&String> = match kind {
+    let names: Vec<&std::sync::Arc<str>> = match kind {
         0 => r.clusters.keys().collect(),
         1 => r.endpoints.keys().collect(),
         2 => r.listeners.keys().collect(),
@@ -184,7 +184,7 @@ fn held(st: &State, kind: usize) -> BTreeMap<String, u64> {
             let sum = st
                 .digest_of(kind, n)
                 .expect("every resource held has a digest");
-            (n.clone(), sum)
+            (n.to_string(), sum)
         })
         .collect()
 }

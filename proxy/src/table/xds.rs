@@ -36,13 +36,14 @@ use crate::{
     route::{RouteMatch, WeightedSplit},
 };
 
-/// The resources a proxy holds, converted, by name.
+/// The resources a proxy holds, converted, by name. A name is allocated once, when its
+/// resource arrives; the client's versions and the compiler's dependencies share it.
 #[derive(Debug, Default)]
 pub struct Resources {
-    pub listeners: BTreeMap<String, ListenerSpec>,
-    pub routes: BTreeMap<String, RouteConfigSpec>,
-    pub clusters: BTreeMap<String, ClusterSpec>,
-    pub endpoints: BTreeMap<String, Endpoints>,
+    pub listeners: BTreeMap<Arc<str>, ListenerSpec>,
+    pub routes: BTreeMap<Arc<str>, RouteConfigSpec>,
+    pub clusters: BTreeMap<Arc<str>, ClusterSpec>,
+    pub endpoints: BTreeMap<Arc<str>, Endpoints>,
 }
 
 /// Decoded resources by name, as a control plane sends them: what tests and benchmarks build
@@ -62,9 +63,9 @@ impl Protos {
         fn each<P, S>(
             m: &BTreeMap<String, P>,
             f: impl Fn(&P) -> Result<S, String>,
-        ) -> BTreeMap<String, S> {
+        ) -> BTreeMap<Arc<str>, S> {
             m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), f(v).ok()?)))
+                .filter_map(|(k, v)| Some((Arc::from(k.as_str()), f(v).ok()?)))
                 .collect()
         }
         Resources {
@@ -244,7 +245,7 @@ fn service(
     let rds = &l.rds;
     let rc = res
         .routes
-        .get(rds)
+        .get(&**rds)
         .ok_or_else(|| format!("RouteConfiguration `{rds}` has not been received"))?;
     let routes = rc
         .routes

@@ -1,6 +1,6 @@
 use bytes::{BufMut, Bytes};
-use prost::Message;
 use http_body_util::StreamBody;
+use prost::Message;
 use tonic::{Status, body::Body};
 use weft_xds_proto::discovery::DiscoveryResponse;
 
@@ -48,10 +48,18 @@ async fn messages_are_read_whole_across_any_cut() {
         frames.push(trailers(tonic::Code::Ok, ""));
         let mut rx = responses(frames, 1 << 20);
         for m in &sent {
-            assert_eq!(rx.message().await, Ok(Some(m.clone())), "cut every {cut} bytes");
+            assert_eq!(
+                rx.message().await,
+                Ok(Some(m.clone())),
+                "cut every {cut} bytes"
+            );
         }
         assert_eq!(rx.message().await, Ok(Some(DiscoveryResponse::default())));
-        assert_eq!(rx.message().await, Ok(None), "cut every {cut} bytes: the end");
+        assert_eq!(
+            rx.message().await,
+            Ok(None),
+            "cut every {cut} bytes: the end"
+        );
     }
 }
 
@@ -86,13 +94,18 @@ async fn a_broken_stream_says_how() {
     let e = responses(vec![data(&whole[..3])], 1 << 20).message().await;
     assert!(e.unwrap_err().contains("inside a response"));
 
-    let frames = vec![data(&whole), trailers(tonic::Code::Unavailable, "going away")];
+    let frames = vec![
+        data(&whole),
+        trailers(tonic::Code::Unavailable, "going away"),
+    ];
     let mut rx = responses(frames, 1 << 20);
     assert!(rx.message().await.unwrap().is_some());
     let e = rx.message().await.unwrap_err();
     assert!(e.contains("going away") && e.contains("Unavailable"), "{e}");
 
-    let e = responses(vec![Err(Status::cancelled("reset"))], 1 << 20).message().await;
+    let e = responses(vec![Err(Status::cancelled("reset"))], 1 << 20)
+        .message()
+        .await;
     assert!(e.unwrap_err().contains("reset"));
 
     let mut garbage = vec![0u8];

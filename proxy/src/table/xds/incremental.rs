@@ -22,10 +22,10 @@ use crate::{
 /// The names of the resources a batch of responses added, changed or removed, by type.
 #[derive(Debug, Default, Clone)]
 pub struct Changed {
-    pub listeners: BTreeSet<String>,
-    pub routes: BTreeSet<String>,
-    pub clusters: BTreeSet<String>,
-    pub endpoints: BTreeSet<String>,
+    pub listeners: BTreeSet<Arc<str>>,
+    pub routes: BTreeSet<Arc<str>>,
+    pub clusters: BTreeSet<Arc<str>>,
+    pub endpoints: BTreeSet<Arc<str>>,
     /// Endpoint host names resolved to new addresses: every service using one is compiled
     /// again.
     pub dns: bool,
@@ -34,7 +34,7 @@ pub struct Changed {
 impl Changed {
     /// Marks `name` of resource kind `kind` (an index into `discovery::KINDS`: cluster,
     /// endpoint, listener, route).
-    pub fn mark(&mut self, kind: usize, name: String) {
+    pub fn mark(&mut self, kind: usize, name: Arc<str>) {
         match kind {
             0 => self.clusters.insert(name),
             1 => self.endpoints.insert(name),
@@ -47,8 +47,8 @@ impl Changed {
 /// What one Listener's entry was compiled from.
 #[derive(Debug, Default)]
 struct Deps {
-    route: String,
-    clusters: Vec<String>,
+    route: Arc<str>,
+    clusters: Vec<Arc<str>>,
     dns: bool,
 }
 
@@ -56,8 +56,8 @@ struct Deps {
 #[derive(Debug, Default)]
 pub struct Incremental {
     deps: HashMap<Arc<str>, Deps>,
-    by_route: HashMap<String, BTreeSet<Arc<str>>>,
-    by_cluster: HashMap<String, BTreeSet<Arc<str>>>,
+    by_route: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    by_cluster: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
     /// Listeners whose clusters' endpoints are known by host name.
     dns: BTreeSet<Arc<str>>,
     /// The clusters built from the resources as they are now, by name: what a compile uses
@@ -110,9 +110,9 @@ impl Incremental {
         let mut refresh: BTreeSet<Arc<str>> = BTreeSet::new();
         if first {
             // Nothing compiled from these resources yet: every Listener, into an empty table.
-            dirty.extend(res.listeners.keys().map(|l| Arc::from(l.as_str())));
+            dirty.extend(res.listeners.keys().cloned());
         } else {
-            dirty.extend(changed.listeners.iter().map(|l| Arc::from(l.as_str())));
+            dirty.extend(changed.listeners.iter().cloned());
             for r in &changed.routes {
                 dirty.extend(self.by_route.get(r).into_iter().flatten().cloned());
             }
@@ -156,7 +156,7 @@ impl Incremental {
             self.compiles += 1;
             let (entry, held) = listener(name, l, res, &names, metrics, previous);
             let deps = Deps {
-                route: l.rds.clone(),
+                route: shared(&res.routes, &l.rds),
                 clusters: clusters_of(name, l, res),
                 dns: entry.as_ref().is_some_and(|e| e.uses_dns()),
             };
@@ -193,7 +193,7 @@ impl Incremental {
         let Some(d) = self.deps.remove(name) else {
             return;
         };
-        let drop_from = |m: &mut HashMap<String, BTreeSet<Arc<str>>>, k: &String| {
+        let drop_from = |m: &mut HashMap<Arc<str>, BTreeSet<Arc<str>>>, k: &Arc<str>| {
             if let Some(s) = m.get_mut(k) {
                 s.remove(name);
                 if s.is_empty() {
@@ -227,18 +227,25 @@ impl Incremental {
 
 /// Every cluster a Listener's service uses or waits for: the one named as the Listener (all
 /// its endpoints), and those its RouteConfiguration's routes and mirrors name.
-fn clusters_of(name: &str, l: &ListenerSpec, res: &Resources) -> Vec<String> {
-    let mut out = vec![name.to_string()];
+fn clusters_of(name: &Arc<str>, l: &ListenerSpec, res: &Resources) -> Vec<Arc<str>> {
+    let mut out = vec![name.clone()];
     for r in res
         .routes
-        .get(&l.rds)
+        .get(&*l.rds)
         .into_iter()
         .flat_map(|rc| rc.routes.iter())
     {
-        out.extend(r.backends.iter().map(|(_, c)| c.to_string()));
-        out.extend(r.mirror.iter().map(|(c, _)| c.to_string()));
+        out.extend(r.backends.iter().map(|(_, c)| shared(&res.clusters, c)));
+        out.extend(r.mirror.iter().map(|(c, _)| shared(&res.clusters, c)));
     }
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// `name` as the key of the resource it names holds it, when that resource is there: the
+/// dependency maps then add no copy of a name.
+fn shared<V>(held: &std::collections::BTreeMap<Arc<str>, V>, name: &str) -> Arc<str> {
+    held.get_key_value(name)
+        .map_or_else(|| Arc::from(name), |(k, _)| k.clone())
 }
