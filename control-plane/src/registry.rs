@@ -37,19 +37,8 @@ pub struct ServiceSpec {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// How proxies talk to the service's endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP in the version the client used.
-    #[default]
-    Http,
-    Http1,
-    /// HTTP/2 with prior knowledge (gRPC).
-    Http2,
-    /// Opaque TCP.
-    Tcp,
-}
+/// How proxies talk to the service's endpoints: the contract's, which the Listener carries.
+pub use weft_core::contract::xds::Protocol;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -193,23 +193,17 @@ fn listener(
         ],
         ..Default::default()
     };
-    let mut weft = serde_json::json!({});
-    weft[names::PROTOCOL] = serde_json::json!(svc.spec.protocol);
-    if let Some(vip) = vip {
-        weft[names::VIP] = serde_json::json!(format!("{vip}:{}", svc.spec.port));
-    }
-    // Enforced by the inbound sidecars of the service's endpoints.
-    if let Some(a) = policy.and_then(|p| p.authorization.as_ref())
-        && let Ok(v) = serde_json::to_value(a)
-    {
-        weft[names::AUTHORIZATION] = v;
-    }
+    let weft = names::ListenerMetadata {
+        protocol: svc.spec.protocol,
+        vip: vip.map(|vip| format!("{vip}:{}", svc.spec.port)),
+        authorization: policy.and_then(|p| p.authorization.clone()),
+    };
     Listener {
         name: authority.to_string(),
         api_listener: Some(ApiListener {
             api_listener: Some(any(&hcm)),
         }),
-        metadata: Some(metadata(weft)),
+        metadata: Some(metadata(&weft)),
         ..Default::default()
     }
 }
@@ -340,11 +334,10 @@ fn load_assignment(
         .iter()
         .filter(|e| subset.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
         .map(|e| {
-            let mut weft = serde_json::json!({});
-            weft[names::LABELS] = serde_json::json!(e.labels);
-            if let Some(id) = &e.identity {
-                weft[names::IDENTITY] = id.clone().into();
-            }
+            let weft = names::EndpointMetadata {
+                labels: e.labels.clone(),
+                identity: e.identity.clone(),
+            };
             LbEndpoint {
                 host_identifier: Some(HostIdentifier::Endpoint(
                     weft_xds_proto::envoy::config::endpoint::v3::Endpoint {
@@ -359,7 +352,7 @@ fn load_assignment(
                     (true, _) => HealthStatus::Healthy,
                 } as i32,
                 load_balancing_weight: Some(u32v(e.weight.max(1))),
-                metadata: Some(metadata(weft)),
+                metadata: Some(metadata(&weft)),
             }
         })
         .collect();

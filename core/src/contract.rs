@@ -81,26 +81,76 @@ pub mod annotation {
 /// the HTTP filters whose per-route configuration carries faults and rate limits. The control
 /// plane's translator writes them; the proxy's conversion reads them.
 pub mod xds {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::{authz::Authorization, policy::LbPolicy};
+
     /// The filter metadata namespace of weft's own settings.
     pub const METADATA: &str = "weft";
-    /// Listener: `http`, `http1`, `http2` or `tcp`.
-    pub const PROTOCOL: &str = "protocol";
-    /// Listener: the service's `vip:port`.
-    pub const VIP: &str = "vip";
-    /// Listener: who may call the service (weft's authorization policy, as JSON).
-    pub const AUTHORIZATION: &str = "authorization";
-    /// Cluster: weft's balancer (`p2c-ewma`, `round-robin`, ...), over the standard field.
-    pub const LB_POLICY: &str = "lbPolicy";
-    /// Cluster: the retry budget's minimum retries per second.
-    pub const RETRY_BUDGET_MIN_PER_SECOND: &str = "retryBudgetMinPerSecond";
-    /// Endpoint: its labels (subsets).
-    pub const LABELS: &str = "labels";
-    /// Endpoint: the SPIFFE id it proves (it is meshed).
-    pub const IDENTITY: &str = "identity";
-    /// Cluster: outlier detection's failure-rate window (a weft duration).
-    pub const FAILURE_RATE_WINDOW: &str = "failureRateWindow";
     /// The HTTP filter whose per-route configuration injects faults.
     pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
     /// The HTTP filter whose per-route (and per-virtual-host) configuration rate-limits.
     pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+
+    /// How proxies talk to a service's endpoints.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Protocol {
+        /// HTTP in the version the client used.
+        #[default]
+        Http,
+        /// Always HTTP/1.1 upstream.
+        Http1,
+        /// Always HTTP/2 (prior knowledge) upstream; gRPC services.
+        Http2,
+        /// Opaque TCP.
+        Tcp,
+    }
+
+    /// weft's settings on a Listener (one per service).
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ListenerMetadata {
+        #[serde(default)]
+        pub protocol: Protocol,
+        /// The service's `vip:port`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub vip: Option<String>,
+        /// Who may call the service: enforced by the inbound sidecars of its endpoints.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub authorization: Option<Authorization>,
+    }
+
+    /// weft's settings on a Cluster, beside the standard fields that carry the rest.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ClusterMetadata {
+        /// weft's balancer, over the standard `lb_policy` (which cannot name all of them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub lb_policy: Option<LbPolicy>,
+        /// The retry budget's minimum retries per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retry_budget_min_per_second: Option<u32>,
+        /// Outlier detection's failure-rate window.
+        #[serde(
+            default,
+            with = "crate::duration::opt",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub failure_rate_window: Option<Duration>,
+    }
+
+    /// weft's settings on one endpoint of a ClusterLoadAssignment.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EndpointMetadata {
+        /// Its labels (subsets).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub labels: BTreeMap<String, String>,
+        /// The SPIFFE id it proves: it is meshed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub identity: Option<String>,
+    }
 }

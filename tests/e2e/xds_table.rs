@@ -207,6 +207,80 @@ fn a_listener_missing_a_reference_keeps_its_previous_service() {
     ));
 }
 
+/// weft's settings cross in metadata typed once (`weft_core::contract::xds`): what the
+/// translator writes reads back as the same values, and a field that does not fit the type is
+/// refused, named, not taken for its default.
+#[test]
+fn weft_metadata_is_typed_once_and_a_bad_field_is_named() {
+    use weft_core::contract::xds::{
+        ClusterMetadata, EndpointMetadata, ListenerMetadata, METADATA, Protocol,
+    };
+    use weft_xds_proto::{
+        google::protobuf::{Value, value::Kind},
+        metadata::read,
+    };
+    let files = FILES.replace(
+        "  routes:\n",
+        "  retry: {budget: {minPerSecond: 7}}\n  loadBalancer: {policy: least-request}\n  routes:\n",
+    );
+    let res = resources(&files);
+    let name = "web.demo.svc.cluster.local:8080";
+    let mut l = res.listeners[name].clone();
+    let meta: ListenerMetadata = read(METADATA, l.metadata.as_ref()).unwrap();
+    assert_eq!(meta.protocol, Protocol::Http2);
+    assert_eq!(meta.vip.as_deref(), Some("10.96.0.30:8080"));
+    let mut c = res.clusters[name].clone();
+    let meta: ClusterMetadata = read(METADATA, c.metadata.as_ref()).unwrap();
+    assert_eq!(
+        meta.retry_budget_min_per_second,
+        Some(7),
+        "a whole number crosses as one"
+    );
+    assert_eq!(
+        meta.lb_policy,
+        Some(weft_core::policy::LbPolicy::LeastRequest)
+    );
+    let mut cla = res.endpoints[name].clone();
+    let ep = &cla.endpoints[0].lb_endpoints[0];
+    let meta: EndpointMetadata = read(METADATA, ep.metadata.as_ref()).unwrap();
+    assert_eq!(meta.labels["version"], "v1");
+
+    let set = |m: &mut Option<weft_xds_proto::envoy::config::core::v3::Metadata>,
+               field: &str,
+               kind: Kind| {
+        let weft = m
+            .as_mut()
+            .unwrap()
+            .filter_metadata
+            .get_mut(METADATA)
+            .unwrap();
+        weft.fields.insert(field.into(), Value { kind: Some(kind) });
+    };
+    set(
+        &mut l.metadata,
+        "protocol",
+        Kind::StringValue("quic".into()),
+    );
+    let e = xds::check_listener(&l).unwrap_err();
+    assert!(
+        e.contains("metadata `weft.protocol`") && e.contains("quic"),
+        "{e}"
+    );
+
+    set(
+        &mut c.metadata,
+        "retryBudgetMinPerSecond",
+        Kind::NumberValue(-1.0),
+    );
+    let e = xds::check_cluster(&c).unwrap_err();
+    assert!(e.contains("metadata `weft.retryBudgetMinPerSecond`"), "{e}");
+
+    let ep = &mut cla.endpoints[0].lb_endpoints[0];
+    set(&mut ep.metadata, "labels", Kind::NumberValue(3.0));
+    let e = xds::check_load_assignment(&cla).unwrap_err();
+    assert!(e.contains("metadata `weft.labels`"), "{e}");
+}
+
 #[test]
 fn resources_are_checked_one_by_one() {
     let res = resources(FILES);

@@ -33,6 +33,8 @@ pub mod type_url {
     pub const APPLY_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 }
 
+pub mod metadata;
+
 /// weft's mesh CA.
 pub mod ca {
     pub mod v1 {

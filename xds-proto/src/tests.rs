@@ -77,3 +77,53 @@ async fn ca_service_round_trip_over_grpc() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(err.message(), "csr: empty");
 }
+
+/// Settings written into metadata read back as they were: nested objects, lists, strings,
+/// and whole numbers, which protobuf holds as doubles, as integers again. No metadata reads as
+/// the defaults; a field of the wrong type is refused by name.
+#[test]
+fn typed_metadata_round_trips_and_names_a_bad_field() {
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Settings {
+        #[serde(default)]
+        count: u32,
+        #[serde(default)]
+        ratio: f64,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        names: Vec<String>,
+        #[serde(default)]
+        on: bool,
+    }
+    let s = Settings {
+        count: 7,
+        ratio: 0.25,
+        labels: BTreeMap::from([("version".into(), "v2".into())]),
+        names: vec!["a".into(), "b".into()],
+        on: true,
+    };
+    let m = metadata::write("ns", &s);
+    assert_eq!(metadata::read::<Settings>("ns", Some(&m)), Ok(s));
+    assert_eq!(
+        metadata::read::<Settings>("other", Some(&m)),
+        Ok(Settings::default())
+    );
+    assert_eq!(
+        metadata::read::<Settings>("ns", None),
+        Ok(Settings::default())
+    );
+
+    let mut bad = m.clone();
+    bad.filter_metadata.get_mut("ns").unwrap().fields.insert(
+        "count".into(),
+        google::protobuf::Value {
+            kind: Some(google::protobuf::value::Kind::NumberValue(2.5)),
+        },
+    );
+    let e = metadata::read::<Settings>("ns", Some(&bad)).unwrap_err();
+    assert!(e.starts_with("metadata `ns.count`: "), "{e}");
+}

@@ -119,18 +119,14 @@ pub(super) fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
             enforcing_failure_percentage: o.failure_rate.as_ref().map(|_| u32v(100)),
             ..Default::default()
         });
-    let mut weft = serde_json::json!({});
-    weft[names::LB_POLICY] = serde_json::json!(lb);
-    if let Some(b) = budget.and_then(|b| b.min_per_second) {
-        weft[names::RETRY_BUDGET_MIN_PER_SECOND] = b.into();
-    }
-    if let Some(w) = policy
-        .and_then(|p| p.outlier_detection.as_ref())
-        .and_then(|o| o.failure_rate.as_ref())
-        .and_then(|f| f.window)
-    {
-        weft[names::FAILURE_RATE_WINDOW] = weft_core::duration::format(w).into();
-    }
+    let weft = names::ClusterMetadata {
+        lb_policy: Some(lb),
+        retry_budget_min_per_second: budget.and_then(|b| b.min_per_second),
+        failure_rate_window: policy
+            .and_then(|p| p.outlier_detection.as_ref())
+            .and_then(|o| o.failure_rate.as_ref())
+            .and_then(|f| f.window),
+    };
     Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -156,7 +152,7 @@ pub(super) fn cluster(name: &str, policy: Option<&PolicySpec>) -> Cluster {
                 }),
                 ..Default::default()
             }),
-        metadata: Some(metadata(weft)),
+        metadata: Some(metadata(&weft)),
         ..Default::default()
     }
 }

@@ -33,7 +33,7 @@ use weft_xds_proto::{
             v3::{FractionalPercent, TokenBucket, fractional_percent::DenominatorType},
         },
     },
-    google::protobuf::{self as pb, value::Kind},
+    google::protobuf as pb,
 };
 
 use super::METADATA_KEY;
@@ -66,44 +66,8 @@ pub fn socket_address(a: &EndpointAddress) -> Address {
 }
 
 /// weft's own settings as filter metadata under [`METADATA_KEY`].
-pub fn metadata(weft: serde_json::Value) -> Metadata {
-    let mut m = Metadata::default();
-    if let Kind::StructValue(s) = json(weft) {
-        m.filter_metadata.insert(METADATA_KEY.into(), s);
-    }
-    m
-}
-
-/// JSON to protobuf `Value` (what `Struct` metadata holds).
-fn json(v: serde_json::Value) -> Kind {
-    use serde_json::Value as J;
-    match v {
-        J::Null => Kind::NullValue(0),
-        J::Bool(b) => Kind::BoolValue(b),
-        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        J::String(s) => Kind::StringValue(s),
-        J::Array(a) => Kind::ListValue(pb::ListValue {
-            values: a
-                .into_iter()
-                .map(|v| pb::Value {
-                    kind: Some(json(v)),
-                })
-                .collect(),
-        }),
-        J::Object(o) => Kind::StructValue(pb::Struct {
-            fields: o
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        pb::Value {
-                            kind: Some(json(v)),
-                        },
-                    )
-                })
-                .collect(),
-        }),
-    }
+pub fn metadata(weft: &impl serde::Serialize) -> Metadata {
+    weft_xds_proto::metadata::write(METADATA_KEY, weft)
 }
 
 fn string_matcher(

@@ -69,20 +69,8 @@ pub struct ServiceSpec {
     pub fault: Option<policy::Fault>,
 }
 
-/// How the proxy talks to a service's endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP in the version the client used.
-    #[default]
-    Http,
-    /// Always HTTP/1.1 upstream.
-    Http1,
-    /// Always HTTP/2 (prior knowledge) upstream; gRPC services.
-    Http2,
-    /// Opaque TCP.
-    Tcp,
-}
+/// How the proxy talks to a service's endpoints: the contract's, which a Listener carries.
+pub use weft_core::contract::xds::Protocol;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -3,36 +3,33 @@
 //! checked. A resource that does not convert is rejected on its own (the client NACKs it
 //! naming it); the decoded protobuf is not kept.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http::{HeaderName, Method};
 use prost::Message;
 use weft_core::{address::EndpointAddress, contract::xds as names, policy::LbPolicy};
-use weft_xds_proto::{
-    envoy::{
-        config::{
-            cluster::v3::{
-                Cluster as XdsCluster,
-                cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLb},
-            },
-            core::v3::{HealthStatus, Metadata, address, socket_address::PortSpecifier},
-            endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
-            listener::v3::Listener,
-            route::v3::{
-                HeaderMatcher, Route as XdsRoute, RouteAction, RouteConfiguration,
-                header_matcher::HeaderMatchSpecifier,
-                query_parameter_matcher::QueryParameterMatchSpecifier,
-                route::Action,
-                route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
-                route_match::PathSpecifier,
-            },
+use weft_xds_proto::envoy::{
+    config::{
+        cluster::v3::{
+            Cluster as XdsCluster,
+            cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLb},
         },
-        extensions::filters::network::http_connection_manager::v3::{
-            HttpConnectionManager, http_connection_manager::RouteSpecifier,
+        core::v3::{HealthStatus, Metadata, address, socket_address::PortSpecifier},
+        endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
+        listener::v3::Listener,
+        route::v3::{
+            HeaderMatcher, Route as XdsRoute, RouteAction, RouteConfiguration,
+            header_matcher::HeaderMatchSpecifier,
+            query_parameter_matcher::QueryParameterMatchSpecifier,
+            route::Action,
+            route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
+            route_match::PathSpecifier,
         },
-        r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
     },
-    google::protobuf::{Struct, value::Kind},
+    extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    },
+    r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
 };
 
 use super::{
@@ -40,24 +37,25 @@ use super::{
     spec::{ClusterSpec, EndpointSpec, Endpoints, ListenerSpec, RouteConfigSpec, RouteSpec},
 };
 use crate::{
-    authz::{AuthorizationSpec, Authz},
+    authz::Authz,
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch},
-    table::{HashOn, Protocol},
+    table::HashOn,
 };
 
 /// Converts a Listener.
 pub fn listener(l: &Listener) -> Result<ListenerSpec, String> {
-    let meta = weft(&l.metadata);
+    let meta: names::ListenerMetadata = weft(&l.metadata)?;
+    let authz = match &meta.authorization {
+        Some(a) => Some(Arc::new(
+            Authz::compile(a).map_err(|e| format!("metadata `authorization`: {e}"))?,
+        )),
+        None => None,
+    };
     Ok(ListenerSpec {
         rds: rds_name(l)?,
-        protocol: match string_field(meta, names::PROTOCOL) {
-            Some("http1") => Protocol::Http1,
-            Some("http2") => Protocol::Http2,
-            Some("tcp") => Protocol::Tcp,
-            _ => Protocol::Http,
-        },
-        vip: string_field(meta, names::VIP).map(Box::from),
-        authz: authorization(l)?.map(Arc::new),
+        protocol: meta.protocol,
+        vip: meta.vip.map(Box::from),
+        authz,
     })
 }
 
@@ -125,15 +123,16 @@ pub fn cluster(c: &XdsCluster) -> Result<ClusterSpec, String> {
     if c.name.is_empty() {
         return Err("the cluster has no name".into());
     }
-    let lb = lb_policy(c)?;
+    let meta: names::ClusterMetadata = weft(&c.metadata)?;
+    let lb = meta.lb_policy.unwrap_or_else(|| lb_policy(c));
     let inline = match inline_assignment(c) {
         Some(cla) => Some(endpoint_specs(cla?, true)?),
         None => None,
     };
-    let budget = policy::budget(Some(c));
+    let budget = policy::budget(Some(c), &meta);
     Ok(ClusterSpec {
         lb,
-        outlier: policy::outlier(c),
+        outlier: policy::outlier(c, &meta),
         panic_threshold: policy::panic_threshold(c),
         breaker: policy::circuit_breaker(c),
         budget: (budget.ratio, budget.min_per_second),
@@ -146,16 +145,11 @@ pub fn load_assignment(cla: &ClusterLoadAssignment) -> Result<Endpoints, String>
     endpoint_specs(cla, false)
 }
 
-/// The `weft` filter metadata, if any.
-pub(super) fn weft(m: &Option<Metadata>) -> Option<&Struct> {
-    m.as_ref()?.filter_metadata.get(names::METADATA)
-}
-
-pub(super) fn string_field<'a>(s: Option<&'a Struct>, key: &str) -> Option<&'a str> {
-    match s?.fields.get(key)?.kind.as_ref()? {
-        Kind::StringValue(v) => Some(v),
-        _ => None,
-    }
+/// weft's settings in a resource's `weft` filter metadata (their defaults when it has none).
+pub(super) fn weft<T: serde::de::DeserializeOwned + Default>(
+    m: &Option<Metadata>,
+) -> Result<T, String> {
+    weft_xds_proto::metadata::read(names::METADATA, m.as_ref())
 }
 
 /// A protobuf duration (negative parts as 0), at most ten years (`weft_core::duration::MAX`):
@@ -284,23 +278,12 @@ fn endpoint_specs(cla: &ClusterLoadAssignment, hosts: bool) -> Result<Endpoints,
         } else {
             0
         };
-        let labels =
-            match weft(&e.metadata).and_then(|w| w.fields.get(names::LABELS)?.kind.as_ref()) {
-                Some(Kind::StructValue(s)) => s
-                    .fields
-                    .iter()
-                    .filter_map(|(k, v)| match &v.kind {
-                        Some(Kind::StringValue(v)) => Some((k.clone(), v.clone())),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => BTreeMap::new(),
-            };
+        let meta: names::EndpointMetadata = weft(&e.metadata)?;
         eps.push(EndpointSpec {
             weight,
             addr,
-            labels: Arc::new(labels),
-            identity: string_field(weft(&e.metadata), names::IDENTITY).map(Arc::from),
+            labels: Arc::new(meta.labels),
+            identity: meta.identity.map(Arc::from),
         });
     }
     Ok(eps.into())
@@ -329,19 +312,15 @@ fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, St
     }
 }
 
-/// The cluster's balancer: weft's own choice from its metadata (`lbPolicy`), else the
-/// standard `lb_policy` (Envoy's default, ROUND_ROBIN, when unset).
-fn lb_policy(c: &XdsCluster) -> Result<LbPolicy, String> {
-    if let Some(p) = string_field(weft(&c.metadata), names::LB_POLICY) {
-        return serde_json::from_value(serde_json::Value::String(p.to_string()))
-            .map_err(|_| format!("cluster `{}`: unknown lbPolicy `{p}`", c.name));
-    }
-    Ok(match EnvoyLb::try_from(c.lb_policy) {
+/// The cluster's balancer from the standard `lb_policy` (Envoy's default, ROUND_ROBIN, when
+/// unset), for a cluster whose metadata does not choose one of weft's.
+fn lb_policy(c: &XdsCluster) -> LbPolicy {
+    match EnvoyLb::try_from(c.lb_policy) {
         Ok(EnvoyLb::LeastRequest) => LbPolicy::LeastRequest,
         Ok(EnvoyLb::RingHash | EnvoyLb::Maglev) => LbPolicy::RingHash,
         Ok(EnvoyLb::Random) => LbPolicy::Random,
         _ => LbPolicy::RoundRobin,
-    })
+    }
 }
 
 /// The first hash policy of a route the proxy supports (header, cookie, source IP).
@@ -406,34 +385,5 @@ fn rds_name(l: &Listener) -> Result<String, String> {
     match hcm.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => Ok(rds.route_config_name),
         _ => Err("routes must come over RDS".into()),
-    }
-}
-
-/// The listener's `authorization` (weft metadata), compiled.
-fn authorization(l: &Listener) -> Result<Option<Authz>, String> {
-    let Some(v) = weft(&l.metadata).and_then(|w| w.fields.get(names::AUTHORIZATION)) else {
-        return Ok(None);
-    };
-    let spec: AuthorizationSpec =
-        serde_json::from_value(json(v)).map_err(|e| format!("metadata `authorization`: {e}"))?;
-    Authz::compile(&spec)
-        .map(Some)
-        .map_err(|e| format!("metadata `authorization`: {e}"))
-}
-
-/// A protobuf `Value` as JSON.
-fn json(v: &weft_xds_proto::google::protobuf::Value) -> serde_json::Value {
-    match &v.kind {
-        Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
-        Some(Kind::NumberValue(n)) => serde_json::json!(n),
-        Some(Kind::StringValue(s)) => s.clone().into(),
-        Some(Kind::BoolValue(b)) => (*b).into(),
-        Some(Kind::StructValue(s)) => s
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), json(v)))
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-        Some(Kind::ListValue(l)) => l.values.iter().map(json).collect(),
     }
 }

@@ -23,15 +23,16 @@ use weft_xds_proto::{
         },
         r#type::v3::{FractionalPercent, fractional_percent::DenominatorType},
     },
-    google::protobuf::{Any, value::Kind},
+    google::protobuf::Any,
 };
 
-use super::convert::{duration, string_field, weft};
+use super::convert::duration;
 use crate::{
     balance::Outlier,
     resilience::{Fault, TokenBucket},
     retry::{Budget, Retry},
 };
+use weft_core::contract::xds::ClusterMetadata;
 
 pub use weft_core::contract::xds::{FAULT_FILTER, RATE_LIMIT_FILTER};
 
@@ -161,13 +162,9 @@ pub fn rate_limit(any: Option<&Any>) -> Result<Option<TokenBucket>, String> {
 }
 
 /// A cluster's outlier detection.
-pub fn outlier(c: &XdsCluster) -> Option<Outlier> {
+pub fn outlier(c: &XdsCluster, meta: &ClusterMetadata) -> Option<Outlier> {
     let o = c.outlier_detection.as_ref()?;
-    let window = string_field(
-        weft(&c.metadata),
-        weft_core::contract::xds::FAILURE_RATE_WINDOW,
-    )
-    .and_then(|w| weft_core::duration::parse(w).ok());
+    let window = meta.failure_rate_window;
     let failure_rate = o
         .failure_percentage_threshold
         .as_ref()
@@ -216,26 +213,16 @@ pub fn panic_threshold(c: &XdsCluster) -> f64 {
 
 /// The retry budget a service's cluster carries: `retry_budget.budget_percent`, and the
 /// minimum per second from metadata (weft's defaults for what is unset).
-pub fn budget(c: Option<&XdsCluster>) -> Budget {
+pub fn budget(c: Option<&XdsCluster>, meta: &ClusterMetadata) -> Budget {
     let ratio = c
         .and_then(|c| c.circuit_breakers.as_ref())
         .and_then(|cb| cb.thresholds.first())
         .and_then(|t| t.retry_budget.as_ref())
         .and_then(|b| b.budget_percent.as_ref())
         .map(|p| (p.value / 100.0).clamp(0.0, 1.0));
-    let min = c.and_then(|c| weft(&c.metadata)).and_then(|w| {
-        match w
-            .fields
-            .get(weft_core::contract::xds::RETRY_BUDGET_MIN_PER_SECOND)?
-            .kind
-        {
-            Some(Kind::NumberValue(n)) if n >= 0.0 => Some(n as u32),
-            _ => None,
-        }
-    });
     Budget::from_policy(Some(&policy::RetryBudget {
         ratio,
-        min_per_second: min,
+        min_per_second: meta.retry_budget_min_per_second,
     }))
 }
 
