@@ -41,7 +41,7 @@ use weft_xds_proto::{
 use crate::{
     config::{DiscoveryConfig, XdsProtocol},
     metrics::Metrics,
-    resolve::Resolver,
+    resolve::{Resolved, Resolver},
     table::{SharedTable, xds},
 };
 pub use state::{KINDS, State, Update};
@@ -123,6 +123,8 @@ pub struct Discovery {
     incremental: xds::Incremental,
     /// What the responses applied since the last table changed.
     changed: xds::Changed,
+    /// The answers the table in force was compiled against.
+    resolved: Arc<Resolved>,
     resolver: Arc<Resolver>,
     /// Told when an endpoint host name resolves to new addresses.
     dns: watch::Receiver<u64>,
@@ -179,6 +181,7 @@ impl Discovery {
             state: State::default(),
             incremental: Default::default(),
             changed: Default::default(),
+            resolved: Default::default(),
             dns: resolver.subscribe(),
             resolver,
         })
@@ -221,10 +224,7 @@ impl Discovery {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = &mut retry => break,
-                    Ok(()) = self.dns.changed() => {
-                        self.changed.dns = true;
-                        self.publish();
-                    }
+                    Ok(()) = self.dns.changed() => self.publish(),
                 }
             }
         }
@@ -333,7 +333,6 @@ impl Discovery {
             let (batch, ended) = tokio::select! {
                 b = batch(&mut stream) => b,
                 Ok(()) = self.dns.changed() => {
-                    self.changed.dns = true;
                     self.publish();
                     continue;
                 }
@@ -410,6 +409,11 @@ impl Discovery {
         let current = self.table.load_full();
         let generation = current.generation + 1;
         let version: Arc<str> = self.state.version().into();
+        // Only the services using a host name whose addresses changed are compiled again.
+        let resolved = self.resolver.resolved();
+        let hosts = resolved.changed_from(&self.resolved).map(Box::from);
+        self.changed.hosts.extend(hosts);
+        self.resolved = resolved.clone();
         let compiled = self.incremental.update(
             self.state.resources(),
             &std::mem::take(&mut self.changed),
@@ -417,7 +421,7 @@ impl Discovery {
             generation,
             &self.metrics,
             &current,
-            &self.resolver.resolved(),
+            &resolved,
         );
         let services = compiled.table.service_count();
         self.table.store(Arc::new(compiled.table));

@@ -69,6 +69,17 @@ impl Resolved {
     pub fn get(&self, host: &str) -> &[IpAddr] {
         self.hosts.get(host).map_or(&[], |a| a)
     }
+
+    /// The host names whose addresses differ from `old`'s: what a new answer changed.
+    pub fn changed_from<'a>(&'a self, old: &'a Resolved) -> impl Iterator<Item = &'a str> {
+        let changed_or_new = (self.hosts.iter())
+            .filter(|(h, a)| old.hosts.get(*h) != Some(*a))
+            .map(|(h, _)| &**h);
+        let gone = (old.hosts.keys())
+            .filter(|h| !self.hosts.contains_key(*h))
+            .map(|h| &**h);
+        changed_or_new.chain(gone)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1005,3 +1005,84 @@ fn a_load_assignment_that_comes_back_compiles_the_listener_it_held_back() {
     assert_eq!(s.inc.held_back().count(), 0);
     assert_eq!(&*s.table.service(&svc).unwrap().routes[0].name, "renamed");
 }
+
+/// A new answer for one endpoint host name compiles again only the services whose endpoints
+/// that name lists, not every service known by a host name; the result is a full compile's.
+#[test]
+fn a_new_dns_answer_compiles_only_the_services_that_name_it() {
+    let service = |name: &str| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  host: {name}.example
+  port: 443
+  protocol: tcp
+  endpoints: [{{address: api.{name}.example:8443}}]
+"
+        )
+    };
+    let res = resources(&format!("{}---\n{}", service("a"), service("b")));
+    let held = res.convert();
+    let metrics = Metrics::new();
+    let ip = |s: &str| vec![s.parse().unwrap()];
+    let first = Resolved::from_map([
+        ("api.a.example".to_string(), ip("192.0.2.1")),
+        ("api.b.example".to_string(), ip("192.0.2.2")),
+    ]);
+    let mut inc = Incremental::default();
+    let v = || Arc::from("v");
+    let before = inc
+        .update(
+            &held,
+            &Changed::default(),
+            v(),
+            1,
+            &metrics,
+            &Table::empty(),
+            &first,
+        )
+        .table;
+    let compiles = inc.compiles;
+
+    let next = Resolved::from_map([
+        ("api.a.example".to_string(), ip("192.0.2.1")),
+        ("api.b.example".to_string(), ip("192.0.2.3")),
+    ]);
+    let mut changed = Changed::default();
+    changed
+        .hosts
+        .extend(next.changed_from(&first).map(Box::from));
+    assert_eq!(changed.hosts, [Box::from("api.b.example")].into());
+    let after = inc
+        .update(&held, &changed, v(), 2, &metrics, &before, &next)
+        .table;
+    assert_eq!(
+        inc.compiles - compiles,
+        1,
+        "only b's service is compiled again"
+    );
+    let (a, b) = ("a.example:443", "b.example:443");
+    assert!(Arc::ptr_eq(
+        before.by_authority(a).unwrap(),
+        after.by_authority(a).unwrap()
+    ));
+    let addrs = |t: &Table, s: &str| -> Vec<String> {
+        t.by_authority(s)
+            .unwrap()
+            .default_route
+            .backends
+            .iter()
+            .flat_map(|c| {
+                c.endpoints()
+                    .weighted()
+                    .map(|(_, e)| e.addr.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(addrs(&after, b), ["192.0.2.3:8443"]);
+    let full = xds::compile(&res, v(), 2, &metrics, &before, &next).table;
+    assert_eq!(after.describe(), full.describe());
+}

@@ -74,9 +74,9 @@ impl Entry {
         }
     }
 
-    /// Whether any of its endpoints are known by host name.
-    pub fn uses_dns(&self) -> bool {
-        !self.dns.is_empty()
+    /// The host names its endpoints (and its guard's) are known by.
+    pub fn dns_names(&self) -> &[Box<str>] {
+        &self.dns
     }
 
     fn endpoint(&self, addr: SocketAddr) -> Option<&Member> {

@@ -26,9 +26,9 @@ pub struct Changed {
     pub routes: BTreeSet<Arc<str>>,
     pub clusters: BTreeSet<Arc<str>>,
     pub endpoints: BTreeSet<Arc<str>>,
-    /// Endpoint host names resolved to new addresses: every service using one is compiled
-    /// again.
-    pub dns: bool,
+    /// Endpoint host names resolved to new addresses: the services using one are compiled
+    /// again, and only those.
+    pub hosts: BTreeSet<Box<str>>,
 }
 
 impl Changed {
@@ -49,7 +49,8 @@ impl Changed {
 struct Deps {
     route: Arc<str>,
     clusters: Vec<Arc<str>>,
-    dns: bool,
+    /// The host names its endpoints are known by.
+    hosts: Box<[Box<str>]>,
 }
 
 /// The table's dependencies on the resources held, kept between updates.
@@ -58,8 +59,8 @@ pub struct Incremental {
     deps: HashMap<Arc<str>, Deps>,
     by_route: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
     by_cluster: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
-    /// Listeners whose clusters' endpoints are known by host name.
-    dns: BTreeSet<Arc<str>>,
+    /// Host name -> the Listeners whose endpoints it names.
+    by_host: HashMap<Box<str>, BTreeSet<Arc<str>>>,
     /// The clusters built from the resources as they are now, by name: what a compile uses
     /// again, and what an EDS change updates in place. A cluster whose resource changes, or
     /// whose host names resolve anew, leaves it until it is built again.
@@ -98,8 +99,9 @@ impl Incremental {
                 self.current.remove(&**c);
             }
         }
-        if changed.dns {
-            self.current.retain(|_, c| c.dns.is_empty());
+        if !changed.hosts.is_empty() {
+            self.current
+                .retain(|_, c| !c.dns.iter().any(|h| changed.hosts.contains(h)));
         }
         let mut current = std::mem::take(&mut self.current);
         let names = Names::new(dns, previous).reusing(&current);
@@ -133,8 +135,8 @@ impl Incremental {
                     }
                 }
             }
-            if changed.dns {
-                dirty.extend(self.dns.iter().cloned());
+            for h in &changed.hosts {
+                dirty.extend(self.by_host.get(h).into_iter().flatten().cloned());
             }
         }
         let mut table = Table {
@@ -158,7 +160,9 @@ impl Incremental {
             let deps = Deps {
                 route: shared(&res.routes, &l.rds),
                 clusters: clusters_of(name, l, res),
-                dns: entry.as_ref().is_some_and(|e| e.uses_dns()),
+                hosts: entry
+                    .as_ref()
+                    .map_or_else(Box::default, |e| e.dns_names().into()),
             };
             if let Some(h) = held {
                 self.held.insert(name.clone(), h);
@@ -189,7 +193,6 @@ impl Incremental {
 
     fn forget(&mut self, name: &Arc<str>) {
         self.held.remove(name);
-        self.dns.remove(name);
         let Some(d) = self.deps.remove(name) else {
             return;
         };
@@ -205,6 +208,14 @@ impl Incremental {
         for c in &d.clusters {
             drop_from(&mut self.by_cluster, c);
         }
+        for h in &d.hosts {
+            if let Some(s) = self.by_host.get_mut(h) {
+                s.remove(name);
+                if s.is_empty() {
+                    self.by_host.remove(h);
+                }
+            }
+        }
     }
 
     fn remember(&mut self, name: &Arc<str>, d: Deps) {
@@ -218,8 +229,11 @@ impl Incremental {
                 .or_default()
                 .insert(name.clone());
         }
-        if d.dns {
-            self.dns.insert(name.clone());
+        for h in &d.hosts {
+            self.by_host
+                .entry(h.clone())
+                .or_default()
+                .insert(name.clone());
         }
         self.deps.insert(name.clone(), d);
     }
