@@ -251,7 +251,7 @@ pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
             match state.app_probes.get(path) {
                 Some(probe) => match crate::app_probe::check(probe).await {
                     Ok(()) => text(StatusCode::OK, "ok\n"),
-                    Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e + "\n"),
+                    Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
                 },
                 None => text(StatusCode::NOT_FOUND, "no such application probe\n"),
             }
@@ -263,9 +263,19 @@ pub async fn probes(state: Arc<AdminState>, req: Request<Incoming>) -> Rsp {
     }
 }
 
+/// The sidecar did not say it was ready in time: what it last answered, or why it could not
+/// be asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{addr} was not ready after {timeout:?}: {last}")]
+pub struct NotReady {
+    pub addr: std::net::SocketAddr,
+    pub timeout: std::time::Duration,
+    pub last: String,
+}
+
 /// `weft-proxy wait`: asks the probe server's `/ready` until it answers 200 or `cfg.timeout`
 /// passes. Blocking and runtime-free: it runs in a postStart hook beside the sidecar.
-pub fn wait_ready(cfg: &crate::config::WaitConfig) -> Result<(), String> {
+pub fn wait_ready(cfg: &crate::config::WaitConfig) -> Result<(), NotReady> {
     use std::io::{Read, Write};
     let deadline = std::time::Instant::now() + cfg.timeout;
     let step = cfg.interval.max(std::time::Duration::from_millis(10));
@@ -295,10 +305,11 @@ pub fn wait_ready(cfg: &crate::config::WaitConfig) -> Result<(), String> {
             Err(e) => last = e.to_string(),
         }
         if std::time::Instant::now() + step > deadline {
-            return Err(format!(
-                "{} was not ready after {:?}: {last}",
-                cfg.probe_addr, cfg.timeout
-            ));
+            return Err(NotReady {
+                addr: cfg.probe_addr,
+                timeout: cfg.timeout,
+                last,
+            });
         }
         std::thread::sleep(step);
     }

@@ -46,11 +46,26 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("identity: {0}")]
-    Identity(String),
+    Identity(#[from] identity::IdentityError),
+    #[error("identity: --identity ca needs the CA's address (--ca-address or --control-plane)")]
+    NoCa,
+    #[error(
+        "identity: the CA at `{0}` is not https://: the identity token would cross the network in the clear (use the control plane's TLS port, or --ca-address https://...)"
+    )]
+    CaInTheClear(String),
+    #[error("identity: {flag}: {source}")]
+    TrustBundle {
+        flag: &'static str,
+        source: tls::PemError,
+    },
+    #[error("identity: the trust bundle: {0}")]
+    TrustRoots(rustls::Error),
+    #[error("identity: `{0}` is TLS: give the mesh trust bundle to verify it (--trust-bundle)")]
+    NoTrustBundle(String),
     #[error("--node-labels-file {0}")]
     Labels(String),
     #[error("--app-probes: {0}")]
-    AppProbes(String),
+    AppProbes(#[from] app_probe::ProbesError),
     #[error(
         "--admin-addr {0}: the admin server can stop the proxy and shows its whole configuration; it listens on a loopback address only (127.0.0.1 or [::1])"
     )]
@@ -83,17 +98,10 @@ fn start_identity(
                 .ca_address
                 .clone()
                 .or_else(|| cfg.discovery.control_plane.first().cloned())
-                .ok_or_else(|| {
-                    StartError::Identity(
-                        "--identity ca needs the CA's address (--ca-address or --control-plane)"
-                            .into(),
-                    )
-                })?;
+                .ok_or(StartError::NoCa)?;
             // The token proves an identity: it never crosses the network in the clear.
             if !ca.starts_with("https://") && !is_loopback_url(&ca) {
-                return Err(StartError::Identity(format!(
-                    "the CA at `{ca}` is not https://: the identity token would cross the network in the clear (use the control plane's TLS port, or --ca-address https://...)"
-                )));
+                return Err(StartError::CaInTheClear(ca));
             }
             let spiffe_id = format!(
                 "spiffe://{}/ns/{}/sa/{}",
@@ -117,9 +125,7 @@ fn start_identity(
                 key: m.identity_key.clone().unwrap_or_default(),
                 bundle: m.identity_bundle.clone().unwrap_or_default(),
             };
-            files
-                .load(&id)
-                .map_err(|e| StartError::Identity(e.to_string()))?;
+            files.load(&id)?;
             tracing::info!(identity = ?id.spiffe_id(), "workload identity from files");
             control.spawn(identity::watch_files(
                 files,
@@ -163,7 +169,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         return Err(StartError::AdminNotLoopback(cfg.admin_addr));
     }
     let app_probes = match &cfg.app_probes {
-        Some(json) => app_probe::parse(json).map_err(StartError::AppProbes)?,
+        Some(json) => app_probe::parse(json)?,
         None => Default::default(),
     };
     if let Some(path) = &cfg.discovery.node_labels_file {
@@ -225,18 +231,24 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     // The mesh trust bundle verifies an https:// control plane (xDS and the CA).
     let bundle = match (&cfg.mtls.trust_bundle, &cfg.mtls.trust_bundle_pem) {
         (Some(path), _) => Some(
-            tls::load_certs(path).map_err(|e| StartError::Identity(format!("--trust-bundle: {e}"))),
+            tls::load_certs(path).map_err(|source| StartError::TrustBundle {
+                flag: "--trust-bundle",
+                source,
+            }),
         ),
-        (None, Some(text)) => Some(
-            tls::pem_certs(text)
-                .map_err(|e| StartError::Identity(format!("--trust-bundle-pem: {e}"))),
-        ),
+        (None, Some(text)) => {
+            Some(
+                tls::pem_certs(text).map_err(|source| StartError::TrustBundle {
+                    flag: "--trust-bundle-pem",
+                    source,
+                }),
+            )
+        }
         (None, None) => None,
     };
     let control_tls = match bundle {
         Some(certs) => {
-            let roots = tls::roots(&certs?)
-                .map_err(|e| StartError::Identity(format!("the trust bundle: {e}")))?;
+            let roots = tls::roots(&certs?).map_err(StartError::TrustRoots)?;
             Some(Arc::new(tls::control_plane_config(roots)))
         }
         None => None,
@@ -248,9 +260,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         .chain(&cfg.mtls.ca_address)
         .find(|u| u.starts_with("https://"));
     if let (Some(url), None) = (https, &control_tls) {
-        return Err(StartError::Identity(format!(
-            "`{url}` is TLS: give the mesh trust bundle to verify it (--trust-bundle)"
-        )));
+        return Err(StartError::NoTrustBundle(url.clone()));
     }
     let identity = start_identity(&cfg, control_tls.clone(), &drain, &control.handle)?;
     let mtls = identity

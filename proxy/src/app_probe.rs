@@ -61,49 +61,92 @@ pub struct TcpSocket {
 /// The probes by the path the kubelet now asks (`/app-health/web/readyz`).
 pub type AppProbes = BTreeMap<String, AppProbe>;
 
+/// Why `WEFT_APP_PROBES` was refused: it is not the JSON the injector writes, or a probe in
+/// it (named) is not one the proxy may send.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbesError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("`{path}`: {problem}")]
+    Probe { path: String, problem: ProbeProblem },
+}
+
+/// What is wrong with one probe.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProbeProblem {
+    #[error("probe paths start with /app-health/")]
+    Path,
+    #[error("exactly one of httpGet, tcpSocket")]
+    Kind,
+    #[error("`{0}` is not a request path")]
+    RequestPath(String),
+    #[error("header `{0}` is not valid")]
+    Header(String),
+}
+
 /// Reads `WEFT_APP_PROBES`; errors name the probe.
-pub fn parse(json: &str) -> Result<AppProbes, String> {
-    let probes: AppProbes = serde_json::from_str(json).map_err(|e| e.to_string())?;
+pub fn parse(json: &str) -> Result<AppProbes, ProbesError> {
+    let probes: AppProbes = serde_json::from_str(json)?;
     for (path, p) in &probes {
+        let refuse = |problem| ProbesError::Probe {
+            path: path.clone(),
+            problem,
+        };
         if !path.starts_with("/app-health/") {
-            return Err(format!("`{path}`: probe paths start with /app-health/"));
+            return Err(refuse(ProbeProblem::Path));
         }
         if p.http_get.is_some() == p.tcp_socket.is_some() {
-            return Err(format!("`{path}`: exactly one of httpGet, tcpSocket"));
+            return Err(refuse(ProbeProblem::Kind));
         }
         if let Some(h) = &p.http_get
             && (!h.path.starts_with('/') || h.path.contains([' ', '\r', '\n']))
         {
-            return Err(format!("`{path}`: `{}` is not a request path", h.path));
+            return Err(refuse(ProbeProblem::RequestPath(h.path.clone())));
         }
         for h in p.http_get.iter().flat_map(|h| &h.http_headers) {
             if h.name.is_empty()
                 || !h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
                 || h.value.contains(['\r', '\n'])
             {
-                return Err(format!("`{path}`: header `{}` is not valid", h.name));
+                return Err(refuse(ProbeProblem::Header(h.name.clone())));
             }
         }
     }
     Ok(probes)
 }
 
+/// Why the application failed a probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeFailure {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connect to 127.0.0.1:{port}: {source}")]
+    Connect { port: u16, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the application's answer is not HTTP")]
+    NotHttp,
+    #[error("the application answered {0}")]
+    Status(u16),
+}
+
 /// Asks the application as the kubelet would: an HTTP GET whose status is 200-399, or a TCP
 /// connection that opens, within the probe's timeout. `Err` says what failed.
-pub async fn check(probe: &AppProbe) -> Result<(), String> {
+pub async fn check(probe: &AppProbe) -> Result<(), ProbeFailure> {
     let timeout = Duration::from_secs(probe.timeout_seconds.max(1));
     match tokio::time::timeout(timeout, ask(probe)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Err(_) => Err(ProbeFailure::Timeout(timeout)),
     }
 }
 
-async fn ask(probe: &AppProbe) -> Result<(), String> {
+async fn ask(probe: &AppProbe) -> Result<(), ProbeFailure> {
+    let connect = |port| move |source| ProbeFailure::Connect { port, source };
     if let Some(t) = &probe.tcp_socket {
         return TcpStream::connect(("127.0.0.1", t.port))
             .await
             .map(drop)
-            .map_err(|e| format!("connect to 127.0.0.1:{}: {e}", t.port));
+            .map_err(connect(t.port));
     }
     let h = probe
         .http_get
@@ -111,7 +154,7 @@ async fn ask(probe: &AppProbe) -> Result<(), String> {
         .expect("parse checked: one of the two");
     let mut s = TcpStream::connect(("127.0.0.1", h.port))
         .await
-        .map_err(|e| format!("connect to 127.0.0.1:{}: {e}", h.port))?;
+        .map_err(connect(h.port))?;
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: kube-probe/weft\r\nAccept: */*\r\nConnection: close\r\n",
         h.path, h.port
@@ -120,14 +163,12 @@ async fn ask(probe: &AppProbe) -> Result<(), String> {
         req += &format!("{}: {}\r\n", hd.name, hd.value);
     }
     req += "\r\n";
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).await?;
     // The status line is all that counts.
     let mut head = Vec::with_capacity(64);
     let mut buf = [0u8; 256];
     while !head.contains(&b'\n') && head.len() < 4096 {
-        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = s.read(&mut buf).await?;
         if n == 0 {
             break;
         }
@@ -138,11 +179,11 @@ async fn ask(probe: &AppProbe) -> Result<(), String> {
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| "the application's answer is not HTTP".to_string())?;
+        .ok_or(ProbeFailure::NotHttp)?;
     if (200..400).contains(&status) {
         Ok(())
     } else {
-        Err(format!("the application answered {status}"))
+        Err(ProbeFailure::Status(status))
     }
 }
 
@@ -160,20 +201,35 @@ mod tests {
         .unwrap();
         assert_eq!(ok["/app-health/web/readyz"].timeout_seconds, 3);
         assert_eq!(ok["/app-health/db/livez"].timeout_seconds, 1);
-        for (bad, why) in [
-            (r#"{"/x": {"tcpSocket": {"port": 1}}}"#, "/app-health/"),
-            (r#"{"/app-health/a/b": {}}"#, "exactly one"),
+        for (bad, want, why) in [
+            (
+                r#"{"/x": {"tcpSocket": {"port": 1}}}"#,
+                ProbeProblem::Path,
+                "/app-health/",
+            ),
+            (
+                r#"{"/app-health/a/b": {}}"#,
+                ProbeProblem::Kind,
+                "exactly one",
+            ),
             (
                 r#"{"/app-health/a/b": {"httpGet": {"port": 1, "path": "/a b"}}}"#,
+                ProbeProblem::RequestPath("/a b".into()),
                 "not a request path",
             ),
             (
                 r#"{"/app-health/a/b": {"httpGet": {"port": 1, "httpHeaders": [{"name": "a:b", "value": ""}]}}}"#,
+                ProbeProblem::Header("a:b".into()),
                 "not valid",
             ),
         ] {
             let err = parse(bad).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+            match err {
+                ProbesError::Probe { problem, .. } => assert_eq!(problem, want, "{bad}"),
+                other => panic!("{bad}: {other}"),
+            }
         }
+        assert!(matches!(parse("{"), Err(ProbesError::Json(_))));
     }
 }

@@ -62,6 +62,9 @@ pub enum IdentityError {
     /// What the CA sent, or what this proxy made, cannot be used: the reason.
     #[error("{0}")]
     Unusable(String),
+    /// The CA's certificates are not PEM certificates.
+    #[error("{0}")]
+    Pem(#[from] tls::PemError),
 }
 
 /// Where certificates come from and for which identity.
@@ -182,7 +185,7 @@ impl Identity {
     }
 }
 
-fn pem_certs(pems: &[String]) -> Result<Vec<CertificateDer<'static>>, String> {
+fn pem_certs(pems: &[String]) -> Result<Vec<CertificateDer<'static>>, tls::PemError> {
     let mut out = Vec::new();
     for p in pems {
         out.extend(tls::pem_certs(p)?);
@@ -243,8 +246,8 @@ pub async fn fetch(cfg: &IdentityConfig, id: &Identity) -> Result<SystemTime, Id
             message: s.message().to_string(),
         })?
         .into_inner();
-    let chain = pem_certs(&rsp.cert_chain).map_err(unusable)?;
-    let bundle = pem_certs(&rsp.trust_bundle).map_err(unusable)?;
+    let chain = pem_certs(&rsp.cert_chain)?;
+    let bundle = pem_certs(&rsp.trust_bundle)?;
     id.store(
         chain,
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),

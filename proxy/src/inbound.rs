@@ -74,6 +74,17 @@ impl Delivery {
     }
 }
 
+/// What refused a caller.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Denied {
+    /// The authorization policy of this service.
+    #[error("{0}")]
+    Policy(Arc<str>),
+    /// No policy guards this destination, and `--default-authz deny`.
+    #[error("{0} (no policy guards it; --default-authz deny)")]
+    Default(SocketAddr),
+}
+
 /// Who is on the other end of an inbound connection, and where it was sent.
 #[derive(Debug)]
 pub struct Peer {
@@ -120,14 +131,11 @@ impl Peer {
     /// Whether this caller may reach its destination: every policy guarding it must allow;
     /// where none does, `--default-authz`. `None`: nothing was decided (no policy, default
     /// allow). The error names what refused.
-    pub fn authorize(&self, table: &Table) -> Option<Result<(), String>> {
+    pub fn authorize(&self, table: &Table) -> Option<Result<(), Denied>> {
         match table.authorize(self.local, self.id.as_deref(), self.namespace.as_deref()) {
             Some(Ok(())) => Some(Ok(())),
-            Some(Err(service)) => Some(Err(service.to_string())),
-            None if self.default == DefaultAuthz::Deny => Some(Err(format!(
-                "{} (no policy guards it; --default-authz deny)",
-                self.local
-            ))),
+            Some(Err(service)) => Some(Err(Denied::Policy(service.clone()))),
+            None if self.default == DefaultAuthz::Deny => Some(Err(Denied::Default(self.local))),
             None => None,
         }
     }

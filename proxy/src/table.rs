@@ -307,7 +307,7 @@ impl Table {
         addr: SocketAddr,
         peer: Option<&str>,
         namespace: Option<&str>,
-    ) -> Option<Result<(), &str>> {
+    ) -> Option<Result<(), &Arc<str>>> {
         let mut verdict = None;
         for g in &self.index.addr(&canonical(addr))?.guards {
             if !g.authz.allows(peer, namespace) {

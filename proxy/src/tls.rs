@@ -377,26 +377,50 @@ pub fn control_plane_config(roots: Arc<RootCertStore>) -> ClientConfig {
     cfg
 }
 
+/// Why PEM text gave no certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    In {
+        path: std::path::PathBuf,
+        source: Box<PemError>,
+    },
+    #[error("{0}")]
+    Syntax(#[from] pem::PemError),
+    #[error("a {0} where a CERTIFICATE was expected")]
+    NotCertificate(String),
+    #[error("no certificate")]
+    Empty,
+}
+
 /// Reads a PEM file of certificates; errors name the file.
-pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    pem_certs(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PemError::Read {
+        path: path.into(),
+        source,
+    })?;
+    pem_certs(&text).map_err(|e| PemError::In {
+        path: path.into(),
+        source: Box::new(e),
+    })
 }
 
 /// The certificates in a PEM text, in order.
-pub fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let mut out = Vec::new();
-    for block in pem::parse_many(text).map_err(|e| e.to_string())? {
+    for block in pem::parse_many(text)? {
         if block.tag() != "CERTIFICATE" {
-            return Err(format!(
-                "a {} where a CERTIFICATE was expected",
-                block.tag()
-            ));
+            return Err(PemError::NotCertificate(block.tag().to_string()));
         }
         out.push(CertificateDer::from(block.into_contents()));
     }
     if out.is_empty() {
-        return Err("no certificate".into());
+        return Err(PemError::Empty);
     }
     Ok(out)
 }

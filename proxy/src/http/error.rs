@@ -38,7 +38,10 @@ pub enum ProxyError {
         message: String,
     },
     #[error("{peer} may not call {service}")]
-    Forbidden { peer: String, service: String },
+    Forbidden {
+        peer: String,
+        service: crate::inbound::Denied,
+    },
     #[error("upstream {0} switched to a protocol the request did not offer (or may not tunnel)")]
     UnexpectedUpgrade(std::net::SocketAddr),
     #[error("request timed out after {0:?}")]
