@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+use weft_core::policy::check::Problem;
+
 /// A service's authorization policy, as written (the `authorization` of a TrafficPolicy, or
 /// of a service in the table file).
 pub use weft_core::authz::{
@@ -21,7 +23,7 @@ pub struct Authz {
 
 impl Authz {
     /// Compiles a policy; the error names the rule.
-    pub fn compile(spec: &AuthorizationSpec) -> Result<Authz, String> {
+    pub fn compile(spec: &AuthorizationSpec) -> Result<Authz, Problem> {
         let mut a = Authz {
             deny_by_default: spec.default == DefaultAction::Deny,
             identities: HashSet::new(),
@@ -37,8 +39,10 @@ impl Authz {
                     a.namespaces.insert(ns.into());
                 }
                 Ok(Rule::Authenticated) => a.authenticated = true,
-                Err(("", why)) => return Err(format!("allow[{i}]: {why}")),
-                Err((field, why)) => return Err(format!("allow[{i}].{field}: {why}")),
+                Err(("", why)) => return Err(Problem::new(format!("allow[{i}]"), why)),
+                Err((field, why)) => {
+                    return Err(Problem::new(format!("allow[{i}].{field}"), why));
+                }
             }
         }
         Ok(a)
@@ -112,17 +116,17 @@ mod tests {
     fn bad_rules_are_named() {
         let spec: AuthorizationSpec =
             serde_yaml_ng::from_str("allow: [{identity: frontend}]").unwrap();
+        let e = Authz::compile(&spec).unwrap_err();
+        assert_eq!(e.field, "allow[0].identity");
         assert_eq!(
-            Authz::compile(&spec).unwrap_err(),
+            e.to_string(),
             "allow[0].identity: `frontend` is not a SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)"
         );
         let spec: AuthorizationSpec =
             serde_yaml_ng::from_str("allow: [{namespace: a, authenticated: true}]").unwrap();
-        assert!(
-            Authz::compile(&spec)
-                .unwrap_err()
-                .starts_with("allow[0]: set exactly one")
-        );
+        let e = Authz::compile(&spec).unwrap_err();
+        assert_eq!(e.field, "allow[0]");
+        assert!(e.message.starts_with("set exactly one"), "{e}");
     }
 
     #[test]

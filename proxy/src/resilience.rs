@@ -14,7 +14,7 @@ use std::{
 
 use http::StatusCode;
 use tokio::time::Instant;
-use weft_core::policy;
+use weft_core::policy::{self, check::Problem};
 
 /// A token bucket: `burst` tokens, refilled at `rate` per second.
 #[derive(Debug)]
@@ -76,19 +76,20 @@ pub enum Abort {
 
 impl Fault {
     /// Compiles a fault, checked as the control plane checks it; the error names the field.
-    pub fn compile(f: &policy::Fault) -> Result<Fault, String> {
+    pub fn compile(f: &policy::Fault) -> Result<Fault, Problem> {
         if let Some(problem) = f.problems().into_iter().next() {
-            return Err(problem.to_string());
+            return Err(problem);
         }
         let delay = f.delay.as_ref().and_then(|d| Some((d.percent, d.fixed?)));
         let abort = match &f.abort {
             Some(a) => {
                 let what = match (a.http_status, a.grpc_status) {
-                    (Some(h), _) => {
-                        Abort::Http(StatusCode::from_u16(h).map_err(|e| format!("{h}: {e}"))?)
-                    }
+                    (Some(h), _) => Abort::Http(
+                        StatusCode::from_u16(h)
+                            .map_err(|e| Problem::new("abort.httpStatus", format!("{h}: {e}")))?,
+                    ),
                     (None, Some(g)) => Abort::Grpc(g),
-                    (None, None) => return Err("an abort needs a status".into()),
+                    (None, None) => return Err(Problem::new("abort", "an abort needs a status")),
                 };
                 Some((a.percent, what))
             }

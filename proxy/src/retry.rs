@@ -8,7 +8,7 @@ use std::{sync::Mutex, time::Duration};
 
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
-use weft_core::policy::{self, RETRY_CONDITIONS};
+use weft_core::policy::{self, RETRY_CONDITIONS, check::Problem};
 
 use crate::grpc;
 
@@ -76,9 +76,9 @@ pub struct Retry {
 impl Retry {
     /// Compiles a policy, checked as the control plane checks it (`weft_core::policy::check`);
     /// the error names the field.
-    pub fn compile(p: &policy::RetryPolicy) -> Result<Retry, String> {
+    pub fn compile(p: &policy::RetryPolicy) -> Result<Retry, Problem> {
         if let Some(problem) = p.problems().into_iter().next() {
-            return Err(problem.to_string());
+            return Err(problem);
         }
         let on =
             p.on.iter()

@@ -18,7 +18,7 @@ impl StringMatch {
     /// Compiles a regex so that it matches whole values, as Envoy's `safe_regex` does, within
     /// the bound the control plane validates with too
     /// ([`weft_core::matching::MAX_REGEX_SIZE`]); the error starts `invalid regex:`.
-    pub fn regex(pattern: &str) -> Result<Self, String> {
+    pub fn regex(pattern: &str) -> Result<Self, weft_core::matching::RegexError> {
         weft_core::matching::whole_value_regex(pattern).map(StringMatch::Regex)
     }
 
@@ -186,7 +186,7 @@ mod tests {
         // A Unicode class repeated compiles to megabytes (about 50 KiB per `\w`): over the
         // bound, with a clear error.
         let err = StringMatch::regex(r"\w{100}").unwrap_err();
-        assert!(err.contains("size limit"), "{err}");
+        assert!(err.to_string().contains("size limit"), "{err}");
         assert!(StringMatch::regex(r"/api/v[0-9]+/.*").is_ok());
     }
 

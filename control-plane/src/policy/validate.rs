@@ -304,7 +304,7 @@ fn check_string_match(
     if let Some(r) = regex
         && let Err(e) = weft_core::matching::whole_value_regex(r)
     {
-        c.fail(format!("{at}.regex"), e);
+        c.fail(format!("{at}.regex"), e.to_string());
     }
 }
 

@@ -38,7 +38,7 @@ fn faults_compile_and_refuse_bad_input() {
         delay: None,
     })
     .unwrap_err();
-    assert!(e.contains("120 is not a percentage"), "{e}");
+    assert!(e.to_string().contains("120 is not a percentage"), "{e}");
 }
 
 #[test]

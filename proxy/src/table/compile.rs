@@ -166,10 +166,7 @@ fn compile_service(
         .as_ref()
         .map(Authz::compile)
         .transpose()
-        .map_err(|e| {
-            let (field, msg) = e.split_once(": ").unwrap_or(("", &e));
-            (format!("{at}.authorization.{field}"), msg.to_string())
-        })?
+        .map_err(|e| (format!("{at}.authorization.{}", e.field), e.message))?
         .map(Arc::new);
     let lb = spec.load_balancer.clone().unwrap_or_default();
     let hash = compile_hash(&lb, &format!("{at}.loadBalancer"))?;
@@ -281,7 +278,7 @@ fn compile_service(
                 .or(spec.fault.as_ref())
                 .map(Fault::compile)
                 .transpose()
-                .map_err(|e| (format!("{rat}.fault"), e))?,
+                .map_err(|e| (format!("{rat}.fault"), e.to_string()))?,
             rate_limit: r
                 .rate_limit
                 .as_ref()
@@ -314,7 +311,7 @@ fn compile_service(
             .as_ref()
             .map(Fault::compile)
             .transpose()
-            .map_err(|e| (format!("{at}.fault"), e))?,
+            .map_err(|e| (format!("{at}.fault"), e.to_string()))?,
         ..RoutePolicy::default()
     };
     let budget = Budget::from_policy(spec.retry.as_ref().and_then(|r| r.budget.as_ref()));
@@ -361,7 +358,7 @@ fn compile_retry(
 ) -> Result<Option<Retry>, (String, String)> {
     p.map(Retry::compile)
         .transpose()
-        .map_err(|e| (format!("{at}.retry"), e))
+        .map_err(|e| (format!("{at}.retry"), e.to_string()))
 }
 
 fn check_rate_limit(rl: &weft_core::policy::RateLimit, at: &str) -> Result<(), (String, String)> {
@@ -465,7 +462,9 @@ fn compile_string_match(
     match (&m.exact, &m.prefix, &m.regex) {
         (Some(e), None, None) => Ok(StringMatch::Exact(e.as_str().into())),
         (None, Some(p), None) => Ok(StringMatch::Prefix(p.as_str().into())),
-        (None, None, Some(r)) => StringMatch::regex(r).map_err(|e| (format!("{at}.regex"), e)),
+        (None, None, Some(r)) => {
+            StringMatch::regex(r).map_err(|e| (format!("{at}.regex"), e.to_string()))
+        }
         (None, None, None) if none_ok => Ok(StringMatch::Any),
         _ => Err((
             at.to_string(),

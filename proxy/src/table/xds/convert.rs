@@ -163,7 +163,7 @@ fn string_match(m: &StringMatcher) -> Result<StringMatch, String> {
     match &m.match_pattern {
         Some(MatchPattern::Exact(e)) => Ok(StringMatch::Exact(e.as_str().into())),
         Some(MatchPattern::Prefix(p)) => Ok(StringMatch::Prefix(p.as_str().into())),
-        Some(MatchPattern::SafeRegex(r)) => StringMatch::regex(&r.regex),
+        Some(MatchPattern::SafeRegex(r)) => StringMatch::regex(&r.regex).map_err(|e| e.to_string()),
         other => Err(format!("unsupported string match {other:?}")),
     }
 }

@@ -51,7 +51,9 @@ pub fn retry(action: &RouteAction) -> Result<Option<Retry>, String> {
     let Some(r) = &action.retry_policy else {
         return Ok(None);
     };
-    Retry::compile(&retry_policy(r)).map(Some)
+    Retry::compile(&retry_policy(r))
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 fn retry_policy(r: &EnvoyRetry) -> policy::RetryPolicy {
