@@ -77,6 +77,11 @@ fn message_len(len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
 }
 
+/// The length a repeated length-delimited field writes, every element included.
+fn messages_len<T: AsRef<[u8]>>(items: &[T]) -> usize {
+    items.iter().map(|i| message_len(i.as_ref().len())).sum()
+}
+
 /// The length [`string`] writes.
 fn string_len(s: &str) -> usize {
     if s.is_empty() {
@@ -99,11 +104,7 @@ impl Encode for SotwResponse {
 
     fn encoded_len(&self) -> usize {
         string_len(&self.version_info)
-            + self
-                .resources
-                .iter()
-                .map(|r| message_len(r.len()))
-                .sum::<usize>()
+            + messages_len(&self.resources)
             + string_len(&self.type_url)
             + string_len(&self.nonce)
     }
@@ -126,16 +127,10 @@ impl Encode for DeltaResponse {
 
     fn encoded_len(&self) -> usize {
         string_len(&self.system_version_info)
-            + self
-                .resources
-                .iter()
-                .map(|r| message_len(r.len()))
-                .sum::<usize>()
+            + messages_len(&self.resources)
             + string_len(&self.type_url)
             + string_len(&self.nonce)
-            + (self.removed_resources.iter())
-                .map(|n| message_len(n.len()))
-                .sum::<usize>()
+            + messages_len(&self.removed_resources)
     }
 }
 
