@@ -1085,4 +1085,22 @@ spec:
     assert_eq!(addrs(&after, b), ["192.0.2.3:8443"]);
     let full = xds::compile(&res, v(), 2, &metrics, &before, &next).table;
     assert_eq!(after.describe(), full.describe());
+
+    // A name that no longer resolves is a change too: its service only, now with no endpoint.
+    let gone = Resolved::from_map([("api.a.example".to_string(), ip("192.0.2.1"))]);
+    let mut changed = Changed::default();
+    changed
+        .hosts
+        .extend(gone.changed_from(&next).map(Box::from));
+    assert_eq!(changed.hosts, [Box::from("api.b.example")].into());
+    let compiles = inc.compiles;
+    let last = inc
+        .update(&held, &changed, v(), 3, &metrics, &after, &gone)
+        .table;
+    assert_eq!(inc.compiles - compiles, 1);
+    assert!(addrs(&last, b).is_empty());
+    assert!(Arc::ptr_eq(
+        after.by_authority(a).unwrap(),
+        last.by_authority(a).unwrap()
+    ));
 }

@@ -10,7 +10,8 @@ use crate::{
     google::protobuf::{ListValue, Struct, Value, value::Kind},
 };
 
-/// Metadata holding `settings` under `namespace`.
+/// Metadata holding `settings` under `namespace` (a type that always serializes to a JSON
+/// object, as weft's settings do).
 pub fn write<T: Serialize>(namespace: &str, settings: &T) -> Metadata {
     let mut m = Metadata::default();
     let json = serde_json::to_value(settings).expect("settings serialize to JSON");
@@ -20,8 +21,9 @@ pub fn write<T: Serialize>(namespace: &str, settings: &T) -> Metadata {
     m
 }
 
-/// The settings under `namespace` in `m` (their defaults when there are none). The error names
-/// the field that does not fit and why.
+/// The settings under `namespace` in `m` (their defaults when there are none; a field set to
+/// null counts as absent). The error names the field that does not fit and why. Every field
+/// of `T` must have a default: the field named is found by reading each one alone.
 pub fn read<T: DeserializeOwned + Default>(
     namespace: &str,
     m: Option<&Metadata>,
@@ -29,7 +31,8 @@ pub fn read<T: DeserializeOwned + Default>(
     let Some(s) = m.and_then(|m| m.filter_metadata.get(namespace)) else {
         return Ok(T::default());
     };
-    let fields = object(s);
+    let mut fields = object(s);
+    fields.retain(|_, v| !v.is_null());
     serde_json::from_value(serde_json::Value::Object(fields.clone())).map_err(|e| {
         // serde's message does not say where: each field alone tells which one it is.
         let field = fields.iter().find(|(k, v)| {

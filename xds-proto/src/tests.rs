@@ -126,4 +126,13 @@ fn typed_metadata_round_trips_and_names_a_bad_field() {
     );
     let e = metadata::read::<Settings>("ns", Some(&bad)).unwrap_err();
     assert!(e.starts_with("metadata `ns.count`: "), "{e}");
+    // A field set to null is absent: its default.
+    bad.filter_metadata.get_mut("ns").unwrap().fields.insert(
+        "count".into(),
+        google::protobuf::Value {
+            kind: Some(google::protobuf::value::Kind::NullValue(0)),
+        },
+    );
+    let read = metadata::read::<Settings>("ns", Some(&bad)).unwrap();
+    assert_eq!((read.count, read.ratio), (0, 0.25));
 }

@@ -513,3 +513,32 @@ fn responses_are_encoded_as_prost_encodes_them() {
     assert!(got.is_empty());
     assert_eq!(SotwResponse::default().encoded_len(), 0);
 }
+
+/// No compression is offered: a client that compresses its requests is refused before its
+/// first message, with UNIMPLEMENTED, as gRPC has it; `identity` is no compression.
+#[tokio::test]
+async fn a_client_that_compresses_is_refused_up_front() {
+    let (_snaps, rx) = watch::channel(xds(&["a.test"], 1));
+    let mut svc = AdsService::new(AdsServer::new(rx, Arc::default()), 4 << 20);
+    let call = |encoding: &str| {
+        http::Request::post(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        )
+        .header("content-type", "application/grpc")
+        .header("grpc-encoding", encoding)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap()
+    };
+    let rsp = tonic::codegen::Service::call(&mut svc, call("gzip"))
+        .await
+        .unwrap();
+    assert_eq!(rsp.headers()["grpc-status"], "12", "{:?}", rsp.headers());
+    let rsp = tonic::codegen::Service::call(&mut svc, call("identity"))
+        .await
+        .unwrap();
+    assert!(
+        rsp.headers().get("grpc-status").is_none(),
+        "{:?}",
+        rsp.headers()
+    );
+}

@@ -271,6 +271,17 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let server = self.server.clone();
         let max = self.max_decoding;
+        // No compression is offered: a client that compresses is told so before its first
+        // message, as gRPC has it.
+        if let Some(e) = req.headers().get("grpc-encoding")
+            && e.as_bytes() != b"identity"
+        {
+            let status = Status::unimplemented(format!(
+                "grpc-encoding {}: only identity is accepted",
+                String::from_utf8_lossy(e.as_bytes())
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         let rsp = match req.uri().path().strip_prefix(PATH) {
             Some("StreamAggregatedResources") => {
                 respond(server.sotw(requests(req.into_body(), max)))

@@ -178,6 +178,14 @@ fn held(st: &State, kind: usize) -> BTreeMap<String, u64> {
         2 => r.listeners.keys().collect(),
         _ => r.routes.keys().collect(),
     };
+    // And the other way: the versions a reconnecting delta stream reports are of resources
+    // held, or the control plane would never send one the proxy lacks.
+    for (n, _) in st.versions(kind) {
+        assert!(
+            names.iter().any(|h| &***h == n),
+            "a version for `{n}`, which is not held"
+        );
+    }
     names
         .into_iter()
         .map(|n| {

@@ -114,3 +114,33 @@ async fn a_broken_stream_says_how() {
     let e = responses(vec![data(&garbage)], 1 << 20).message().await;
     assert!(e.unwrap_err().contains("does not decode"));
 }
+
+/// Whole messages then an end without trailers: a clean end, as tonic reads a 200.
+#[tokio::test]
+async fn an_end_without_trailers_after_whole_messages_is_clean() {
+    let m = response("1", 10);
+    let mut rx = responses(vec![data(&frame(&m))], 1 << 20);
+    assert_eq!(rx.message().await, Ok(Some(m)));
+    assert_eq!(rx.message().await, Ok(None));
+}
+
+/// A read dropped halfway through a message (its future cancelled, as `select!` does) loses
+/// nothing: the next read returns the whole message.
+#[tokio::test]
+async fn a_read_cancelled_midway_loses_nothing() {
+    let m = response("1", 5000);
+    let wire = frame(&m);
+    let (tx, body) = tokio::sync::mpsc::channel::<Frame>(4);
+    let mut rx = Responses::<DiscoveryResponse>::new(
+        Body::new(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(body),
+        )),
+        1 << 20,
+    );
+    tx.send(data(&wire[..3])).await.unwrap();
+    tx.send(data(&wire[3..2000])).await.unwrap();
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(20), rx.message()).await;
+    assert!(waited.is_err(), "the message is not all there yet");
+    tx.send(data(&wire[2000..])).await.unwrap();
+    assert_eq!(rx.message().await, Ok(Some(m)));
+}

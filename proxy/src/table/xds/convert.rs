@@ -46,9 +46,11 @@ use crate::{
 pub fn listener(l: &Listener) -> Result<ListenerSpec, String> {
     let meta: names::ListenerMetadata = weft(&l.metadata)?;
     let authz = match &meta.authorization {
-        Some(a) => Some(Arc::new(
-            Authz::compile(a).map_err(|e| format!("metadata `authorization`: {e}"))?,
-        )),
+        Some(a) => {
+            Some(Arc::new(Authz::compile(a).map_err(|e| {
+                format!("metadata `weft.authorization`: {e}")
+            })?))
+        }
         None => None,
     };
     Ok(ListenerSpec {
