@@ -261,7 +261,7 @@ fn weft_metadata_is_typed_once_and_a_bad_field_is_named() {
         "protocol",
         Kind::StringValue("quic".into()),
     );
-    let e = xds::check_listener(&l).unwrap_err();
+    let e = xds::check_listener(&l).unwrap_err().to_string();
     assert!(
         e.contains("metadata `weft.protocol`") && e.contains("quic"),
         "{e}"
@@ -272,12 +272,12 @@ fn weft_metadata_is_typed_once_and_a_bad_field_is_named() {
         "retryBudgetMinPerSecond",
         Kind::NumberValue(-1.0),
     );
-    let e = xds::check_cluster(&c).unwrap_err();
+    let e = xds::check_cluster(&c).unwrap_err().to_string();
     assert!(e.contains("metadata `weft.retryBudgetMinPerSecond`"), "{e}");
 
     let ep = &mut cla.endpoints[0].lb_endpoints[0];
     set(&mut ep.metadata, "labels", Kind::NumberValue(3.0));
-    let e = xds::check_load_assignment(&cla).unwrap_err();
+    let e = xds::check_load_assignment(&cla).unwrap_err().to_string();
     assert!(e.contains("metadata `weft.labels`"), "{e}");
 }
 
@@ -316,6 +316,15 @@ fn resources_are_checked_one_by_one() {
     assert_eq!(pattern.regex, "c[0-9]");
     pattern.regex = r"\w{100}".into();
     let err = xds::check_route_config(&rc).unwrap_err();
+    assert_eq!(err.at[0], "route `testers`", "{err}");
+    assert!(
+        matches!(
+            err.reason,
+            xds::Reason::Regex(weft_core::matching::RegexError::TooBig)
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(
         err.starts_with("route `testers`: ") && err.contains("size limit"),
         "{err}"
@@ -427,7 +436,7 @@ fn a_host_name_over_eds_is_refused_naming_the_address() {
     };
     sa.address = "db.example.com".into();
     assert_eq!(
-        xds::check_load_assignment(cla).unwrap_err(),
+        xds::check_load_assignment(cla).unwrap_err().to_string(),
         "`db.example.com` is not an IP address (endpoints known by host name belong in a STRICT_DNS cluster's load_assignment)"
     );
 }

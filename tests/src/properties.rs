@@ -68,7 +68,7 @@ pub fn policy_differential(spec: &str) -> bool {
     let Ok(res) = registry_resources(&files) else {
         return false;
     };
-    let nack = |what: &str, name: &str, e: String| -> ! {
+    let nack = |what: &str, name: &str, e: weft_proxy::table::xds::Refused| -> ! {
         panic!(
             "the control plane accepted a policy whose {what} `{name}` the proxy rejects: {e}\n{files}"
         )

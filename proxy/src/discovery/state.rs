@@ -100,7 +100,7 @@ trait Resource: Message + Name + Default + Sized {
     /// What the proxy keeps of it.
     type Spec;
     fn name(&self) -> &str;
-    fn convert(&self) -> Result<Self::Spec, String>;
+    fn convert(&self) -> Result<Self::Spec, xds::Refused>;
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec>;
 }
 
@@ -110,7 +110,7 @@ impl Resource for Cluster {
     fn name(&self) -> &str {
         &self.name
     }
-    fn convert(&self) -> Result<Self::Spec, String> {
+    fn convert(&self) -> Result<Self::Spec, xds::Refused> {
         xds::convert::cluster(self)
     }
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
@@ -124,7 +124,7 @@ impl Resource for ClusterLoadAssignment {
     fn name(&self) -> &str {
         &self.cluster_name
     }
-    fn convert(&self) -> Result<Self::Spec, String> {
+    fn convert(&self) -> Result<Self::Spec, xds::Refused> {
         xds::convert::load_assignment(self)
     }
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
@@ -138,7 +138,7 @@ impl Resource for Listener {
     fn name(&self) -> &str {
         &self.name
     }
-    fn convert(&self) -> Result<Self::Spec, String> {
+    fn convert(&self) -> Result<Self::Spec, xds::Refused> {
         xds::convert::listener(self)
     }
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
@@ -152,7 +152,7 @@ impl Resource for RouteConfiguration {
     fn name(&self) -> &str {
         &self.name
     }
-    fn convert(&self) -> Result<Self::Spec, String> {
+    fn convert(&self) -> Result<Self::Spec, xds::Refused> {
         xds::convert::route_config(self)
     }
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
@@ -250,8 +250,12 @@ impl State {
             let shown = name
                 .clone()
                 .or_else(|| decoded.as_ref().ok().map(|r| r.name().to_string()));
-            let converted =
-                decoded.and_then(|r| r.convert().map(|spec| (r.name().to_string(), spec)));
+            // The NACK says why, as text.
+            let converted = decoded.and_then(|r| {
+                (r.convert())
+                    .map(|spec| (r.name().to_string(), spec))
+                    .map_err(|e| e.to_string())
+            });
             let (name, spec) = match converted {
                 Ok(c) => c,
                 Err(e) => {

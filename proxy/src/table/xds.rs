@@ -19,9 +19,11 @@ use weft_xds_proto::envoy::config::{
 pub mod convert;
 mod incremental;
 mod policy;
+mod refused;
 mod spec;
 
 pub use incremental::{Changed, Incremental};
+pub use refused::{Reason, Refused};
 pub use spec::{ClusterSpec, EndpointSpec, Endpoints, ListenerSpec, RouteConfigSpec, RouteSpec};
 
 use super::{
@@ -62,7 +64,7 @@ impl Protos {
     pub fn convert(&self) -> Resources {
         fn each<P, S>(
             m: &BTreeMap<String, P>,
-            f: impl Fn(&P) -> Result<S, String>,
+            f: impl Fn(&P) -> Result<S, Refused>,
         ) -> BTreeMap<Arc<str>, S> {
             m.iter()
                 .filter_map(|(k, v)| Some((Arc::from(k.as_str()), f(v).ok()?)))
@@ -78,23 +80,23 @@ impl Protos {
 }
 
 /// Checks a Listener on its own: what a proxy NACKs when it arrives.
-pub fn check_listener(l: &Listener) -> Result<(), String> {
+pub fn check_listener(l: &Listener) -> Result<(), Refused> {
     convert::listener(l).map(drop)
 }
 
 /// Checks a RouteConfiguration on its own (matches, regexes, actions); the clusters it names
 /// may arrive later.
-pub fn check_route_config(rc: &RouteConfiguration) -> Result<(), String> {
+pub fn check_route_config(rc: &RouteConfiguration) -> Result<(), Refused> {
     convert::route_config(rc).map(drop)
 }
 
 /// Checks a Cluster on its own (and the endpoints it lists itself).
-pub fn check_cluster(c: &XdsCluster) -> Result<(), String> {
+pub fn check_cluster(c: &XdsCluster) -> Result<(), Refused> {
     convert::cluster(c).map(drop)
 }
 
 /// Checks a ClusterLoadAssignment on its own (addresses and ports).
-pub fn check_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), String> {
+pub fn check_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), Refused> {
     convert::load_assignment(cla).map(drop)
 }
 

@@ -34,6 +34,7 @@ use weft_xds_proto::envoy::{
 
 use super::{
     policy,
+    refused::{Refused, invalid, missing, unsupported},
     spec::{ClusterSpec, EndpointSpec, Endpoints, ListenerSpec, RouteConfigSpec, RouteSpec},
 };
 use crate::{
@@ -43,12 +44,12 @@ use crate::{
 };
 
 /// Converts a Listener.
-pub fn listener(l: &Listener) -> Result<ListenerSpec, String> {
+pub fn listener(l: &Listener) -> Result<ListenerSpec, Refused> {
     let meta: names::ListenerMetadata = weft(&l.metadata)?;
     let authz = match &meta.authorization {
         Some(a) => {
             Some(Arc::new(Authz::compile(a).map_err(|e| {
-                format!("metadata `weft.authorization`: {e}")
+                Refused::from(e).at("metadata `weft.authorization`")
             })?))
         }
         None => None,
@@ -63,12 +64,15 @@ pub fn listener(l: &Listener) -> Result<ListenerSpec, String> {
 
 /// Converts a RouteConfiguration (matches, regexes, actions, policies); the clusters it names
 /// may arrive later.
-pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, String> {
-    let vh = rc.virtual_hosts.first().ok_or("no virtual host")?;
+pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused> {
+    let vh = rc
+        .virtual_hosts
+        .first()
+        .ok_or_else(|| missing("no virtual host"))?;
     let mut routes = Vec::with_capacity(vh.routes.len());
     for (i, r) in vh.routes.iter().enumerate() {
         let name = route_name(r, i);
-        let at = |e: String| format!("route `{name}`: {e}");
+        let at = |e: Refused| e.at(format!("route `{name}`"));
         let (action, backends) = route_action(r).map_err(at)?;
         let hash = hash_on(action).map_err(at)?;
         let matches = route_match(r).map_err(at)?;
@@ -121,9 +125,9 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, String> 
 }
 
 /// Converts a Cluster (and the endpoints it lists itself).
-pub fn cluster(c: &XdsCluster) -> Result<ClusterSpec, String> {
+pub fn cluster(c: &XdsCluster) -> Result<ClusterSpec, Refused> {
     if c.name.is_empty() {
-        return Err("the cluster has no name".into());
+        return Err(missing("the cluster has no name"));
     }
     let meta: names::ClusterMetadata = weft(&c.metadata)?;
     let lb = meta.lb_policy.unwrap_or_else(|| lb_policy(c));
@@ -143,15 +147,15 @@ pub fn cluster(c: &XdsCluster) -> Result<ClusterSpec, String> {
 }
 
 /// Converts a ClusterLoadAssignment (addresses and ports; no host names over EDS).
-pub fn load_assignment(cla: &ClusterLoadAssignment) -> Result<Endpoints, String> {
+pub fn load_assignment(cla: &ClusterLoadAssignment) -> Result<Endpoints, Refused> {
     endpoint_specs(cla, false)
 }
 
 /// weft's settings in a resource's `weft` filter metadata (their defaults when it has none).
 pub(super) fn weft<T: serde::de::DeserializeOwned + Default>(
     m: &Option<Metadata>,
-) -> Result<T, String> {
-    weft_xds_proto::metadata::read(names::METADATA, m.as_ref())
+) -> Result<T, Refused> {
+    weft_xds_proto::metadata::read(names::METADATA, m.as_ref()).map_err(invalid)
 }
 
 /// A protobuf duration (negative parts as 0), at most ten years (`weft_core::duration::MAX`):
@@ -161,25 +165,28 @@ pub(super) fn duration(d: &weft_xds_proto::google::protobuf::Duration) -> Durati
     weft_core::duration::clamp(Duration::new(d.seconds.max(0) as u64, nanos))
 }
 
-fn string_match(m: &StringMatcher) -> Result<StringMatch, String> {
+fn string_match(m: &StringMatcher) -> Result<StringMatch, Refused> {
     match &m.match_pattern {
         Some(MatchPattern::Exact(e)) => Ok(StringMatch::Exact(e.as_str().into())),
         Some(MatchPattern::Prefix(p)) => Ok(StringMatch::Prefix(p.as_str().into())),
-        Some(MatchPattern::SafeRegex(r)) => StringMatch::regex(&r.regex).map_err(|e| e.to_string()),
-        other => Err(format!("unsupported string match {other:?}")),
+        Some(MatchPattern::SafeRegex(r)) => Ok(StringMatch::regex(&r.regex)?),
+        other => Err(unsupported(format!("unsupported string match {other:?}"))),
     }
 }
 
-fn route_match(r: &XdsRoute) -> Result<RouteMatch, String> {
-    let m = r.r#match.as_ref().ok_or("route has no match")?;
+fn route_match(r: &XdsRoute) -> Result<RouteMatch, Refused> {
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| missing("route has no match"))?;
     let path = match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) if p == "/" || p.is_empty() => None,
         Some(PathSpecifier::Prefix(p)) => Some(StringMatch::Prefix(p.as_str().into())),
         Some(PathSpecifier::Path(p)) => Some(StringMatch::Exact(p.as_str().into())),
         Some(PathSpecifier::SafeRegex(re)) => {
-            Some(StringMatch::regex(&re.regex).map_err(|e| format!("path: {e}"))?)
+            Some(StringMatch::regex(&re.regex).map_err(|e| Refused::from(e).at("path"))?)
         }
-        other => return Err(format!("unsupported path match {other:?}")),
+        other => return Err(unsupported(format!("unsupported path match {other:?}"))),
     };
     let mut method = None;
     let mut headers = Vec::new();
@@ -187,29 +194,28 @@ fn route_match(r: &XdsRoute) -> Result<RouteMatch, String> {
         let value = header_value_match(h)?;
         if h.name == ":method" {
             let StringMatch::Exact(v) = &value else {
-                return Err(":method must be matched exactly".into());
+                return Err(unsupported(":method must be matched exactly"));
             };
             method = Some(
-                Method::from_bytes(v.as_bytes()).map_err(|_| format!("`{v}` is not a method"))?,
+                Method::from_bytes(v.as_bytes())
+                    .map_err(|_| invalid(format!("`{v}` is not a method")))?,
             );
             continue;
         }
         let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("`{}` is not a header name", h.name))?;
+            .map_err(|_| invalid(format!("`{}` is not a header name", h.name)))?;
         headers.push(HeaderMatch { name, value });
     }
     let mut query = Vec::with_capacity(m.query_parameters.len());
     for q in &m.query_parameters {
         let value = match &q.query_parameter_match_specifier {
             Some(QueryParameterMatchSpecifier::StringMatch(sm)) => {
-                string_match(sm).map_err(|e| format!("query parameter {}: {e}", q.name))?
+                string_match(sm).map_err(|e| e.at(format!("query parameter {}", q.name)))?
             }
             Some(QueryParameterMatchSpecifier::PresentMatch(true)) | None => StringMatch::Any,
             Some(QueryParameterMatchSpecifier::PresentMatch(false)) => {
-                return Err(format!(
-                    "query parameter {}: absence matches are not supported",
-                    q.name
-                ));
+                return Err(unsupported("absence matches are not supported")
+                    .at(format!("query parameter {}", q.name)));
             }
         };
         query.push(QueryMatch {
@@ -227,49 +233,54 @@ fn route_match(r: &XdsRoute) -> Result<RouteMatch, String> {
 
 // The deprecated exact/prefix forms are still sent by older control planes.
 #[allow(deprecated)]
-fn header_value_match(h: &HeaderMatcher) -> Result<StringMatch, String> {
+fn header_value_match(h: &HeaderMatcher) -> Result<StringMatch, Refused> {
     if h.invert_match {
-        return Err(format!(
-            "header {}: inverted matches are not supported",
-            h.name
-        ));
+        return Err(
+            unsupported("inverted matches are not supported").at(format!("header {}", h.name))
+        );
     }
     match &h.header_match_specifier {
         Some(HeaderMatchSpecifier::StringMatch(m)) => string_match(m),
         Some(HeaderMatchSpecifier::ExactMatch(e)) => Ok(StringMatch::Exact(e.as_str().into())),
         Some(HeaderMatchSpecifier::PrefixMatch(p)) => Ok(StringMatch::Prefix(p.as_str().into())),
         Some(HeaderMatchSpecifier::PresentMatch(true)) | None => Ok(StringMatch::Any),
-        other => Err(format!("header {}: unsupported match {other:?}", h.name)),
+        other => {
+            Err(unsupported(format!("unsupported match {other:?}"))
+                .at(format!("header {}", h.name)))
+        }
     }
 }
 
 /// A load assignment's endpoints with their weights. Endpoints not healthy (or unknown) get
 /// weight 0: no traffic, as the table's weighted choice leaves them out. Host names are allowed
 /// only where `hosts` (a DNS cluster's own load assignment); the proxy resolves them.
-fn endpoint_specs(cla: &ClusterLoadAssignment, hosts: bool) -> Result<Endpoints, String> {
+fn endpoint_specs(cla: &ClusterLoadAssignment, hosts: bool) -> Result<Endpoints, Refused> {
     let mut eps = Vec::new();
     for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
         let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
-            return Err("an endpoint without an address".into());
+            return Err(missing("an endpoint without an address"));
         };
         let Some(address::Address::SocketAddress(sa)) =
             ep.address.as_ref().and_then(|a| a.address.as_ref())
         else {
-            return Err("only socket addresses are supported".into());
+            return Err(unsupported("only socket addresses are supported"));
         };
         let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
-            return Err(format!("endpoint {} has no port", sa.address));
+            return Err(invalid(format!("endpoint {} has no port", sa.address)));
         };
         let port = u16::try_from(port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("endpoint {}: port {port} is out of range", sa.address))?;
-        let addr = EndpointAddress::from_parts(&sa.address, port)?;
+            .ok_or_else(|| {
+                invalid(format!("port {port} is out of range"))
+                    .at(format!("endpoint {}", sa.address))
+            })?;
+        let addr = EndpointAddress::from_parts(&sa.address, port).map_err(invalid)?;
         if !hosts && addr.ip().is_none() {
-            return Err(format!(
+            return Err(invalid(format!(
                 "`{}` is not an IP address (endpoints known by host name belong in a STRICT_DNS cluster's load_assignment)",
                 sa.address
-            ));
+            )));
         }
         let healthy = matches!(
             HealthStatus::try_from(e.health_status),
@@ -293,11 +304,11 @@ fn endpoint_specs(cla: &ClusterLoadAssignment, hosts: bool) -> Result<Endpoints,
 
 /// Whether a cluster lists its endpoints itself, by host name (STRICT_DNS, LOGICAL_DNS) or
 /// address (STATIC), rather than over EDS.
-fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, String>> {
+fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, Refused>> {
     let kind = match c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t).ok(),
         Some(ClusterDiscoveryType::ClusterType(_)) => {
-            return Some(Err("custom cluster types are not supported".into()));
+            return Some(Err(unsupported("custom cluster types are not supported")));
         }
         None => Some(DiscoveryType::Static),
     };
@@ -306,11 +317,11 @@ fn inline_assignment(c: &XdsCluster) -> Option<Result<&ClusterLoadAssignment, St
         Some(DiscoveryType::StrictDns | DiscoveryType::LogicalDns | DiscoveryType::Static) => Some(
             c.load_assignment
                 .as_ref()
-                .ok_or_else(|| "a STATIC or DNS cluster without a load_assignment".into()),
+                .ok_or_else(|| missing("a STATIC or DNS cluster without a load_assignment")),
         ),
-        Some(DiscoveryType::OriginalDst) | None => Some(Err(
-            "only EDS, STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into(),
-        )),
+        Some(DiscoveryType::OriginalDst) | None => Some(Err(unsupported(
+            "only EDS, STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported",
+        ))),
     }
 }
 
@@ -326,12 +337,12 @@ fn lb_policy(c: &XdsCluster) -> LbPolicy {
 }
 
 /// The first hash policy of a route the proxy supports (header, cookie, source IP).
-fn hash_on(action: &RouteAction) -> Result<Option<HashOn>, String> {
+fn hash_on(action: &RouteAction) -> Result<Option<HashOn>, Refused> {
     for h in &action.hash_policy {
         match &h.policy_specifier {
             Some(PolicySpecifier::Header(hd)) => {
                 let name = HeaderName::from_bytes(hd.header_name.as_bytes()).map_err(|_| {
-                    format!("hash policy: `{}` is not a header name", hd.header_name)
+                    invalid(format!("`{}` is not a header name", hd.header_name)).at("hash policy")
                 })?;
                 return Ok(Some(HashOn::Header(name)));
             }
@@ -351,9 +362,9 @@ fn hash_on(action: &RouteAction) -> Result<Option<HashOn>, String> {
 type Backends<'a> = Vec<(u32, &'a str)>;
 
 /// A route's action and the clusters it sends to.
-fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), String> {
+fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), Refused> {
     let Some(Action::Route(action)) = &r.action else {
-        return Err("only route actions are supported".into());
+        return Err(unsupported("only route actions are supported"));
     };
     let clusters = match &action.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => vec![(1, c.as_str())],
@@ -362,7 +373,11 @@ fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), String> {
             .iter()
             .map(|c| (c.weight.as_ref().map_or(0, |w| w.value), c.name.as_str()))
             .collect(),
-        other => return Err(format!("unsupported cluster specifier {other:?}")),
+        other => {
+            return Err(unsupported(format!(
+                "unsupported cluster specifier {other:?}"
+            )));
+        }
     };
     Ok((action, clusters))
 }
@@ -376,16 +391,16 @@ fn route_name(r: &XdsRoute, index: usize) -> Arc<str> {
 }
 
 /// The RouteConfiguration a listener takes its routes from.
-fn rds_name(l: &Listener) -> Result<String, String> {
+fn rds_name(l: &Listener) -> Result<String, Refused> {
     let any = l
         .api_listener
         .as_ref()
         .and_then(|a| a.api_listener.as_ref())
-        .ok_or("no api_listener")?;
+        .ok_or_else(|| missing("no api_listener"))?;
     let hcm = HttpConnectionManager::decode(&*any.value)
-        .map_err(|e| format!("api_listener is not an HttpConnectionManager: {e}"))?;
+        .map_err(|e| invalid(format!("api_listener is not an HttpConnectionManager: {e}")))?;
     match hcm.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => Ok(rds.route_config_name),
-        _ => Err("routes must come over RDS".into()),
+        _ => Err(unsupported("routes must come over RDS")),
     }
 }

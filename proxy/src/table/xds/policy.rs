@@ -26,7 +26,10 @@ use weft_xds_proto::{
     google::protobuf::Any,
 };
 
-use super::convert::duration;
+use super::{
+    convert::duration,
+    refused::{Refused, invalid, missing, unsupported},
+};
 use crate::{
     balance::Outlier,
     resilience::{Fault, TokenBucket},
@@ -47,13 +50,11 @@ pub fn percent(f: &FractionalPercent) -> f64 {
 }
 
 /// A route's retry policy.
-pub fn retry(action: &RouteAction) -> Result<Option<Retry>, String> {
+pub fn retry(action: &RouteAction) -> Result<Option<Retry>, Refused> {
     let Some(r) = &action.retry_policy else {
         return Ok(None);
     };
-    Retry::compile(&retry_policy(r))
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Ok(Some(Retry::compile(&retry_policy(r))?))
 }
 
 fn retry_policy(r: &EnvoyRetry) -> policy::RetryPolicy {
@@ -80,19 +81,15 @@ fn retry_policy(r: &EnvoyRetry) -> policy::RetryPolicy {
     }
 }
 
-fn decode<M: Message + Name + Default>(any: &Any, what: &str) -> Result<M, String> {
+fn decode<M: Message + Name + Default>(any: &Any, what: &'static str) -> Result<M, Refused> {
     if any.type_url != M::type_url() {
-        return Err(format!(
-            "{what}: expected {}, got {}",
-            M::type_url(),
-            any.type_url
-        ));
+        return Err(invalid(format!("expected {}, got {}", M::type_url(), any.type_url)).at(what));
     }
-    M::decode(&*any.value).map_err(|e| format!("{what}: {e}"))
+    M::decode(&*any.value).map_err(|e| invalid(e.to_string()).at(what))
 }
 
 /// The fault filter's per-route config.
-pub fn fault(any: Option<&Any>) -> Result<Option<Fault>, String> {
+pub fn fault(any: Option<&Any>) -> Result<Option<Fault>, Refused> {
     let Some(any) = any else { return Ok(None) };
     let f: HttpFault = decode(any, FAULT_FILTER)?;
     let delay = match &f.delay {
@@ -100,7 +97,9 @@ pub fn fault(any: Option<&Any>) -> Result<Option<Fault>, String> {
             percent: d.percentage.as_ref().map_or(0.0, percent),
             fixed: match &d.fault_delay_secifier {
                 Some(FaultDelaySecifier::FixedDelay(t)) => Some(duration(t)),
-                _ => return Err(format!("{FAULT_FILTER}: only fixed delays are supported")),
+                _ => {
+                    return Err(unsupported("only fixed delays are supported").at(FAULT_FILTER));
+                }
             },
         }),
         None => None,
@@ -111,9 +110,7 @@ pub fn fault(any: Option<&Any>) -> Result<Option<Fault>, String> {
                 Some(ErrorType::HttpStatus(s)) => (Some(u16::try_from(s).unwrap_or(0)), None),
                 Some(ErrorType::GrpcStatus(g)) => (None, Some(g)),
                 _ => {
-                    return Err(format!(
-                        "{FAULT_FILTER}: an abort needs an HTTP or gRPC status"
-                    ));
+                    return Err(missing("an abort needs an HTTP or gRPC status").at(FAULT_FILTER));
                 }
             };
             Some(policy::FaultAbort {
@@ -126,22 +123,23 @@ pub fn fault(any: Option<&Any>) -> Result<Option<Fault>, String> {
     };
     Fault::compile(&policy::Fault { delay, abort })
         .map(Some)
-        .map_err(|e| format!("{FAULT_FILTER}: {e}"))
+        .map_err(|e| Refused::from(e).at(FAULT_FILTER))
 }
 
 /// The local rate-limit filter's config, as a bucket's rate per second and size.
-pub fn rate_limit(any: Option<&Any>) -> Result<Option<TokenBucket>, String> {
+pub fn rate_limit(any: Option<&Any>) -> Result<Option<TokenBucket>, Refused> {
     let Some(any) = any else { return Ok(None) };
     let rl: LocalRateLimit = decode(any, RATE_LIMIT_FILTER)?;
     let Some(b) = rl.token_bucket else {
-        return Err(format!("{RATE_LIMIT_FILTER}: no token_bucket"));
+        return Err(missing("no token_bucket").at(RATE_LIMIT_FILTER));
     };
     let per_fill = b.tokens_per_fill.map_or(1, |t| t.value);
     let interval = b.fill_interval.as_ref().map(duration).unwrap_or_default();
     if b.max_tokens == 0 || per_fill == 0 || interval.is_zero() {
-        return Err(format!(
-            "{RATE_LIMIT_FILTER}: the token bucket needs max_tokens, tokens_per_fill and fill_interval above 0"
-        ));
+        return Err(invalid(
+            "the token bucket needs max_tokens, tokens_per_fill and fill_interval above 0",
+        )
+        .at(RATE_LIMIT_FILTER));
     }
     // A filter not enabled or not enforced for every request is out of scope: refuse it
     // rather than limit more than asked.
@@ -152,9 +150,9 @@ pub fn rate_limit(any: Option<&Any>) -> Result<Option<TokenBucket>, String> {
         if let Some(f) = f
             && f.default_value.as_ref().map_or(0.0, percent) < 100.0
         {
-            return Err(format!(
-                "{RATE_LIMIT_FILTER}: {name} below 100% is not supported"
-            ));
+            return Err(
+                unsupported(format!("{name} below 100% is not supported")).at(RATE_LIMIT_FILTER)
+            );
         }
     }
     Ok(Some(TokenBucket::new(
