@@ -68,8 +68,52 @@ pub struct NodeStatus {
     pub since: SystemTime,
     /// By type URL (the types the server serves only).
     pub types: BTreeMap<String, TypeStatus>,
+    /// What the node says of itself, and where its metrics are.
+    pub about: NodeAbout,
     /// When it disconnected, as a count of disconnections: the oldest is forgotten first.
     left: Option<u64>,
+}
+
+/// What a node says of itself (its metadata, each string cut to [`MAX_NODE_FIELD`] bytes), and
+/// where its `/metrics` is: its `metrics_port` on the address its stream comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAbout {
+    pub namespace: String,
+    pub pod: String,
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// The longest node metadata string kept (a DNS name's length): the client chooses them.
+pub const MAX_NODE_FIELD: usize = 253;
+
+impl NodeAbout {
+    /// From a node's metadata, its stream coming from `peer`.
+    fn new(
+        node: Option<&weft_xds_proto::envoy::config::core::v3::Node>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Self {
+        use weft_xds_proto::google::protobuf::value::Kind;
+        let field = |k: &str| {
+            node.and_then(|n| n.metadata.as_ref())
+                .and_then(|m| m.fields.get(k))
+                .and_then(|v| v.kind.as_ref())
+        };
+        let text = |k: &str| match field(k) {
+            Some(Kind::StringValue(s)) => cut(s, MAX_NODE_FIELD),
+            _ => String::new(),
+        };
+        let port = match field(weft_core::contract::xds::NODE_METRICS_PORT) {
+            Some(Kind::NumberValue(p)) if (1.0..=65535.0).contains(p) && p.fract() == 0.0 => {
+                Some(*p as u16)
+            }
+            _ => None,
+        };
+        NodeAbout {
+            namespace: text("namespace"),
+            pod: text("pod"),
+            metrics: peer.zip(port).map(|(ip, port)| (ip, port).into()),
+        }
+    }
 }
 
 /// Status of every node that opened a stream, by node id, and the metrics it feeds.
@@ -94,7 +138,7 @@ impl Nodes {
         self.status.lock().expect("nodes lock").clone()
     }
 
-    fn connect(&self, node: &str, delta: bool) {
+    fn connect(&self, node: &str, delta: bool, about: NodeAbout) {
         self.metrics.connected_proxies.inc();
         self.status.lock().expect("nodes lock").insert(
             node.to_string(),
@@ -103,6 +147,7 @@ impl Nodes {
                 delta,
                 since: SystemTime::now(),
                 types: BTreeMap::new(),
+                about,
                 left: None,
             },
         );
@@ -182,6 +227,8 @@ struct Conn<R> {
     node: Option<String>,
     delta: bool,
     nonce: u64,
+    /// Where the stream comes from.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl<R: Send> Conn<R> {
@@ -190,6 +237,7 @@ impl<R: Send> Conn<R> {
         nodes: Arc<Nodes>,
         tx: mpsc::Sender<Result<R, Status>>,
         delta: bool,
+        peer: Option<std::net::IpAddr>,
     ) -> Self {
         Conn {
             snaps,
@@ -198,6 +246,7 @@ impl<R: Send> Conn<R> {
             node: None,
             delta,
             nonce: 0,
+            peer,
         }
     }
 
@@ -208,7 +257,8 @@ impl<R: Send> Conn<R> {
             return n.clone();
         }
         let id = node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
-        self.nodes.connect(&id, self.delta);
+        let about = NodeAbout::new(node.as_ref(), self.peer);
+        self.nodes.connect(&id, self.delta, about);
         self.node = Some(id.clone());
         id
     }
@@ -288,9 +338,10 @@ impl AdsServer {
     fn sotw(
         &self,
         input: Streaming<DiscoveryRequest>,
+        peer: Option<std::net::IpAddr>,
     ) -> ReceiverStream<Result<SotwResponse, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let conn = Conn::new(self.snapshots.clone(), self.nodes.clone(), tx, false);
+        let conn = Conn::new(self.snapshots.clone(), self.nodes.clone(), tx, false, peer);
         tokio::spawn(sotw::Stream::new(conn).run(input));
         ReceiverStream::new(rx)
     }
@@ -299,9 +350,10 @@ impl AdsServer {
     fn delta(
         &self,
         input: Streaming<DeltaDiscoveryRequest>,
+        peer: Option<std::net::IpAddr>,
     ) -> ReceiverStream<Result<DeltaResponse, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let conn = Conn::new(self.snapshots.clone(), self.nodes.clone(), tx, true);
+        let conn = Conn::new(self.snapshots.clone(), self.nodes.clone(), tx, true, peer);
         tokio::spawn(delta::Stream::new(conn).run(input));
         ReceiverStream::new(rx)
     }

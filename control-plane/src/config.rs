@@ -162,8 +162,8 @@ pub struct Config {
     #[arg(long, env = "WEFT_API_ADDR", default_value = "127.0.0.1:15015")]
     pub api_addr: SocketAddr,
 
-    /// Health and metrics: /live, /ready, /metrics (reachable from the network: it shows no
-    /// mesh state).
+    /// Health and metrics: /live, /ready, /metrics, and /prometheus/targets (the connected
+    /// proxies' metrics addresses); reachable from the network: no policy, no registry.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:15014")]
     pub metrics_addr: SocketAddr,
 

@@ -390,10 +390,37 @@ fn admin(req: &Request<Incoming>, nodes: &Nodes) -> Rsp {
             "text/plain; version=0.0.4; charset=utf-8",
             nodes.metrics.render(),
         ),
+        (&Method::GET, "/prometheus/targets") => text(
+            StatusCode::OK,
+            "application/json",
+            prometheus_targets(nodes),
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             TEXT,
-            "endpoints: /live, /ready, /metrics (the registry and proxy status are on the API port: /api/v1/registry, /api/v1/proxy-status)\n",
+            "endpoints: /live, /ready, /metrics, /prometheus/targets (the registry and proxy status are on the API port: /api/v1/registry, /api/v1/proxy-status)\n",
         ),
     }
+}
+
+/// Prometheus' HTTP service discovery (`http_sd_configs`): every connected proxy that said
+/// where its metrics are, one target group each, labelled with its namespace and pod (and its
+/// node id as `__meta_weft_node_id`, for relabelling). So a mesh outside Kubernetes (file or
+/// etcd registry) is scraped too.
+fn prometheus_targets(nodes: &Nodes) -> Vec<u8> {
+    let groups: Vec<serde_json::Value> = (nodes.snapshot().into_iter())
+        .filter(|(_, n)| n.connected)
+        .filter_map(|(id, n)| {
+            let addr = n.about.metrics?;
+            let mut labels = serde_json::Map::new();
+            labels.insert("__meta_weft_node_id".into(), id.into());
+            for (k, v) in [("namespace", n.about.namespace), ("pod", n.about.pod)] {
+                if !v.is_empty() {
+                    labels.insert(k.into(), v.into());
+                }
+            }
+            Some(serde_json::json!({"targets": [addr.to_string()], "labels": labels}))
+        })
+        .collect();
+    serde_json::to_vec(&groups).expect("JSON values serialize")
 }

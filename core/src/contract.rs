@@ -89,6 +89,9 @@ pub mod xds {
 
     /// The filter metadata namespace of weft's own settings.
     pub const METADATA: &str = "weft";
+    /// Node metadata: the port of the proxy's `/metrics` (its probe server), on the address
+    /// its ADS stream comes from.
+    pub const NODE_METRICS_PORT: &str = "metrics_port";
     /// The HTTP filter whose per-route configuration injects faults.
     pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
     /// The HTTP filter whose per-route (and per-virtual-host) configuration rate-limits.

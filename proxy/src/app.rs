@@ -324,6 +324,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     ));
     let discovery = Discovery::new(
         cfg.discovery.clone(),
+        probe_l.local_addr()?.port(),
         control_tls,
         table.clone(),
         metrics.clone(),

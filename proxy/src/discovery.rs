@@ -140,8 +140,11 @@ struct Answer {
 }
 
 impl Discovery {
+    /// `metrics_port`: the probe server's port, where `/metrics` is; the node tells the control
+    /// plane, which lists it for Prometheus' service discovery.
     pub fn new(
         cfg: DiscoveryConfig,
+        metrics_port: u16,
         tls: Option<Arc<rustls::ClientConfig>>,
         table: SharedTable,
         metrics: Arc<Metrics>,
@@ -159,7 +162,7 @@ impl Discovery {
             })
             .collect();
         let url = urls.first()?.clone();
-        let node = node(&cfg);
+        let node = node(&cfg, metrics_port);
         let shared = Arc::new(Shared::default());
         shared.update(|s| {
             s.control_plane = url.clone();

@@ -505,3 +505,120 @@ async fn the_metrics_and_api_servers_bound_slow_and_idle_clients() {
     )
     .await;
 }
+
+/// Stops the child this test started, by its PID, however the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Prometheus' HTTP service discovery: the control plane lists every connected proxy's
+/// `/metrics` (its probe port, on the address its ADS stream comes from) with its namespace
+/// and pod, and a real Prometheus given that list scrapes the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_finds_and_scrapes_the_connected_proxies() {
+    let Some(prometheus) = weft_tests::tools::require("prometheus") else {
+        return;
+    };
+    let dir = TempDir::new("prometheus-sd");
+    let cp = mesh::control_plane(&dir, &[]);
+    let proxy = Proxy::start(&[
+        "--control-plane",
+        &cp.addr("xds").to_string(),
+        "--pod-name",
+        "web-7",
+        "--pod-namespace",
+        "shop",
+    ]);
+    let probe = proxy.addr("probe").to_string();
+    let groups: serde_json::Value = eventually(Duration::from_secs(10), "the proxy listed", || {
+        let cp = &cp;
+        async move {
+            let (status, body) = cp.get("metrics", "/prometheus/targets").await;
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (v.as_array()?.len() == 1).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(groups[0]["targets"], serde_json::json!([probe]));
+    assert_eq!(groups[0]["labels"]["namespace"], "shop");
+    assert_eq!(groups[0]["labels"]["pod"], "web-7");
+    assert_eq!(groups[0]["labels"]["__meta_weft_node_id"], "web-7.shop");
+
+    // A real Prometheus, scraping what the list names every second.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: weft\n    http_sd_configs: [{{url: 'http://{}/prometheus/targets', refresh_interval: 1s}}]\n",
+            cp.addr("metrics")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
+    let _prometheus = Child(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let query = "/api/v1/query?query=weft_xds_connected%7Bjob%3D%22weft%22%7D";
+    let sample = eventually(
+        Duration::from_secs(30),
+        "Prometheus' scrape of the proxy",
+        || async move {
+            // Prometheus may not listen yet: a refused connection is one more wait.
+            let req = http::Request::get(query).header("host", api.to_string());
+            let rsp = weft_tests::http_peer::request_h1(api, req, String::new())
+                .await
+                .ok()?;
+            if rsp.status() != 200 {
+                return None;
+            }
+            let body = http_body_util::BodyExt::collect(rsp.into_body())
+                .await
+                .ok()?
+                .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            v["data"]["result"].as_array()?.first().cloned()
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+    assert_eq!(sample["metric"]["instance"], probe, "{sample}\n{log}");
+    assert_eq!(sample["metric"]["namespace"], "shop");
+    assert_eq!(sample["metric"]["pod"], "web-7");
+    assert_eq!(
+        sample["value"][1], "1",
+        "the proxy's xDS stream is up: {sample}"
+    );
+
+    // A proxy that disconnects leaves the list.
+    drop(proxy);
+    eventually(Duration::from_secs(10), "the proxy unlisted", || {
+        let cp = &cp;
+        async move {
+            let (_, body) = cp.get("metrics", "/prometheus/targets").await;
+            (body.trim() == "[]").then_some(())
+        }
+    })
+    .await;
+}

@@ -420,7 +420,8 @@ async fn what_clients_choose_cannot_grow_the_server() {
     // Nodes come and go with ids of their choosing: the disconnected ones are forgotten
     // beyond MAX_GONE_NODES, oldest first.
     for i in 0..(MAX_GONE_NODES + 20) {
-        h.nodes.connect(&format!("passing-{i}"), false);
+        h.nodes
+            .connect(&format!("passing-{i}"), false, Default::default());
         h.nodes.disconnect(&format!("passing-{i}"));
     }
     let status = h.nodes.snapshot();
@@ -540,5 +541,51 @@ async fn a_client_that_compresses_is_refused_up_front() {
         rsp.headers().get("grpc-status").is_none(),
         "{:?}",
         rsp.headers()
+    );
+}
+
+/// What a node says of itself is bounded and cannot point elsewhere: its strings are cut, a
+/// port that is not one is ignored, and its metrics address is always on the address its
+/// stream comes from.
+#[test]
+fn what_a_node_says_of_itself_is_bounded() {
+    use weft_xds_proto::google::protobuf::{Struct, Value, value::Kind};
+    let node = |ns: &str, port: f64| Node {
+        id: "n".into(),
+        metadata: Some(Struct {
+            fields: [
+                (
+                    "namespace".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(ns.into())),
+                    },
+                ),
+                (
+                    "metrics_port".to_string(),
+                    Value {
+                        kind: Some(Kind::NumberValue(port)),
+                    },
+                ),
+            ]
+            .into(),
+        }),
+        ..Default::default()
+    };
+    let peer = Some("10.1.2.3".parse().unwrap());
+    let about = NodeAbout::new(Some(&node("shop", 15020.0)), peer);
+    assert_eq!(about.namespace, "shop");
+    assert_eq!(about.metrics, Some("10.1.2.3:15020".parse().unwrap()));
+    let long = "x".repeat(100_000);
+    let about = NodeAbout::new(Some(&node(&long, 70000.0)), peer);
+    assert!(
+        about.namespace.len() < MAX_NODE_FIELD + 40,
+        "{}",
+        about.namespace.len()
+    );
+    assert_eq!(about.metrics, None, "70000 is not a port");
+    assert_eq!(NodeAbout::new(Some(&node("a", 0.5)), peer).metrics, None);
+    assert_eq!(
+        NodeAbout::new(Some(&node("a", 15020.0)), None).metrics,
+        None
     );
 }

@@ -282,12 +282,17 @@ where
             ));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
+        // Where a node's metrics are: its metrics port on the address its stream comes from.
+        let peer = (req.extensions())
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|c| c.remote_addr())
+            .map(|a| a.ip().to_canonical());
         let rsp = match req.uri().path().strip_prefix(PATH) {
             Some("StreamAggregatedResources") => {
-                respond(server.sotw(requests(req.into_body(), max)))
+                respond(server.sotw(requests(req.into_body(), max), peer))
             }
             Some("DeltaAggregatedResources") => {
-                respond(server.delta(requests(req.into_body(), max)))
+                respond(server.delta(requests(req.into_body(), max), peer))
             }
             _ => Status::unimplemented("").into_http(),
         };
