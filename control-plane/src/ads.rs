@@ -70,6 +70,9 @@ pub struct NodeStatus {
     pub types: BTreeMap<String, TypeStatus>,
     /// What the node says of itself, and where its metrics are.
     pub about: NodeAbout,
+    /// The stream that registered it: only that stream's end marks it disconnected (a
+    /// reconnected node's old stream may end after the new one began).
+    stream: u64,
     /// When it disconnected, as a count of disconnections: the oldest is forgotten first.
     left: Option<u64>,
 }
@@ -122,6 +125,8 @@ pub struct Nodes {
     status: Mutex<BTreeMap<String, NodeStatus>>,
     /// Disconnections so far.
     departures: std::sync::atomic::AtomicU64,
+    /// Streams registered so far: each one's number.
+    streams: std::sync::atomic::AtomicU64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -130,6 +135,7 @@ impl Nodes {
         Nodes {
             status: Mutex::default(),
             departures: Default::default(),
+            streams: Default::default(),
             metrics,
         }
     }
@@ -138,8 +144,12 @@ impl Nodes {
         self.status.lock().expect("nodes lock").clone()
     }
 
-    fn connect(&self, node: &str, delta: bool, about: NodeAbout) {
+    /// Registers `node`'s new stream; returns its number.
+    fn connect(&self, node: &str, delta: bool, about: NodeAbout) -> u64 {
         self.metrics.connected_proxies.inc();
+        let stream = self
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.status.lock().expect("nodes lock").insert(
             node.to_string(),
             NodeStatus {
@@ -148,29 +158,47 @@ impl Nodes {
                 since: SystemTime::now(),
                 types: BTreeMap::new(),
                 about,
+                stream,
                 left: None,
             },
         );
+        stream
     }
 
-    fn update(&self, node: &str, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+    /// The connected nodes that said where their metrics are, with what they said: read under
+    /// the lock, nothing else copied.
+    pub fn targets(&self) -> Vec<(String, NodeAbout)> {
+        let status = self.status.lock().expect("nodes lock");
+        (status.iter())
+            .filter(|(_, n)| n.connected && n.about.metrics.is_some())
+            .map(|(id, n)| (id.clone(), n.about.clone()))
+            .collect()
+    }
+
+    fn update(&self, node: &str, stream: u64, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
         if !served(type_url) {
             return;
         }
-        if let Some(n) = self.status.lock().expect("nodes lock").get_mut(node) {
+        if let Some(n) = self.status.lock().expect("nodes lock").get_mut(node)
+            && n.stream == stream
+        {
             f(n.types.entry(type_url.to_string()).or_default());
         }
     }
 
-    fn disconnect(&self, node: &str) {
+    fn disconnect(&self, node: &str, stream: u64) {
         self.metrics.connected_proxies.dec();
-        let seq = self
-            .departures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut status = self.status.lock().expect("nodes lock");
-        if let Some(n) = status.get_mut(node) {
-            n.connected = false;
-            n.left = Some(seq);
+        match status.get_mut(node) {
+            Some(n) if n.stream == stream => {
+                n.connected = false;
+                n.left = Some(
+                    self.departures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                );
+            }
+            // Its node reconnected on another stream since: that one stands.
+            _ => return,
         }
         // Node ids are the clients' to choose: keep the newest MAX_GONE_NODES departures.
         let gone = status.values().filter(|n| n.left.is_some()).count();
@@ -224,7 +252,9 @@ struct Conn<R> {
     snaps: watch::Receiver<Arc<XdsSnapshot>>,
     nodes: Arc<Nodes>,
     tx: mpsc::Sender<Result<R, Status>>,
+    /// The node, and the number its registration gave this stream.
     node: Option<String>,
+    stream: u64,
     delta: bool,
     nonce: u64,
     /// Where the stream comes from.
@@ -244,6 +274,7 @@ impl<R: Send> Conn<R> {
             nodes,
             tx,
             node: None,
+            stream: 0,
             delta,
             nonce: 0,
             peer,
@@ -256,9 +287,10 @@ impl<R: Send> Conn<R> {
         if let Some(n) = &self.node {
             return n.clone();
         }
-        let id = node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+        // The client chooses its id: it is kept to a bounded length.
+        let id = cut(node.as_ref().map_or("", |n| &n.id), MAX_NODE_FIELD);
         let about = NodeAbout::new(node.as_ref(), self.peer);
-        self.nodes.connect(&id, self.delta, about);
+        self.stream = self.nodes.connect(&id, self.delta, about);
         self.node = Some(id.clone());
         id
     }
@@ -277,12 +309,13 @@ impl<R: Send> Conn<R> {
                 let msg = cut(&err.message, MAX_NACK_TEXT);
                 tracing::warn!(%node, %type_url, %version, error = %msg, delta = self.delta, "xDS NACK");
                 self.nodes.nacked(type_url);
-                self.nodes
-                    .update(node, type_url, |t| t.last_nack = Some((version, msg)));
+                self.nodes.update(node, self.stream, type_url, |t| {
+                    t.last_nack = Some((version, msg))
+                });
             }
-            None => self
-                .nodes
-                .update(node, type_url, |t| t.acked_version = Some(version)),
+            None => self.nodes.update(node, self.stream, type_url, |t| {
+                t.acked_version = Some(version)
+            }),
         }
     }
 
@@ -307,7 +340,7 @@ impl<R: Send> Conn<R> {
         if let Some(node) = &self.node {
             let v = version.to_string();
             self.nodes
-                .update(node, type_url, |t| t.sent_version = Some(v));
+                .update(node, self.stream, type_url, |t| t.sent_version = Some(v));
         }
         Ok(())
     }
@@ -328,7 +361,7 @@ fn cut(text: &str, max: usize) -> String {
 impl<R> Drop for Conn<R> {
     fn drop(&mut self) {
         if let Some(n) = &self.node {
-            self.nodes.disconnect(n);
+            self.nodes.disconnect(n, self.stream);
         }
     }
 }

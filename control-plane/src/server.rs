@@ -404,22 +404,23 @@ fn admin(req: &Request<Incoming>, nodes: &Nodes) -> Rsp {
 }
 
 /// Prometheus' HTTP service discovery (`http_sd_configs`): every connected proxy that said
-/// where its metrics are, one target group each, labelled with its namespace and pod (and its
-/// node id as `__meta_weft_node_id`, for relabelling). So a mesh outside Kubernetes (file or
-/// etcd registry) is scraped too.
+/// where its metrics are, one target group each. What a node says of itself is its own claim,
+/// so it comes as `__meta_` labels only (`__meta_weft_node_id`, `__meta_weft_namespace`,
+/// `__meta_weft_pod`), for the operator's relabelling to take or leave: nothing a client
+/// sends becomes a series label by itself. So a mesh outside Kubernetes (file or etcd
+/// registry) is scraped too.
 fn prometheus_targets(nodes: &Nodes) -> Vec<u8> {
-    let groups: Vec<serde_json::Value> = (nodes.snapshot().into_iter())
-        .filter(|(_, n)| n.connected)
-        .filter_map(|(id, n)| {
-            let addr = n.about.metrics?;
-            let mut labels = serde_json::Map::new();
-            labels.insert("__meta_weft_node_id".into(), id.into());
-            for (k, v) in [("namespace", n.about.namespace), ("pod", n.about.pod)] {
-                if !v.is_empty() {
-                    labels.insert(k.into(), v.into());
-                }
-            }
-            Some(serde_json::json!({"targets": [addr.to_string()], "labels": labels}))
+    let groups: Vec<serde_json::Value> = (nodes.targets().into_iter())
+        .filter_map(|(id, about)| {
+            let addr = about.metrics?;
+            Some(serde_json::json!({
+                "targets": [addr.to_string()],
+                "labels": {
+                    "__meta_weft_node_id": id,
+                    "__meta_weft_namespace": about.namespace,
+                    "__meta_weft_pod": about.pod,
+                },
+            }))
         })
         .collect();
     serde_json::to_vec(&groups).expect("JSON values serialize")

@@ -140,11 +140,12 @@ struct Answer {
 }
 
 impl Discovery {
-    /// `metrics_port`: the probe server's port, where `/metrics` is; the node tells the control
-    /// plane, which lists it for Prometheus' service discovery.
+    /// `metrics_port`: the probe server's port, where `/metrics` is, when it listens where the
+    /// control plane can reach it; the node tells the control plane, which lists it for
+    /// Prometheus' service discovery.
     pub fn new(
         cfg: DiscoveryConfig,
-        metrics_port: u16,
+        metrics_port: Option<u16>,
         tls: Option<Arc<rustls::ClientConfig>>,
         table: SharedTable,
         metrics: Arc<Metrics>,

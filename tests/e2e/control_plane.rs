@@ -546,9 +546,11 @@ async fn prometheus_finds_and_scrapes_the_connected_proxies() {
     })
     .await;
     assert_eq!(groups[0]["targets"], serde_json::json!([probe]));
-    assert_eq!(groups[0]["labels"]["namespace"], "shop");
-    assert_eq!(groups[0]["labels"]["pod"], "web-7");
+    // What a node says of itself is offered for relabelling only, never a label by itself.
+    assert_eq!(groups[0]["labels"]["__meta_weft_namespace"], "shop");
+    assert_eq!(groups[0]["labels"]["__meta_weft_pod"], "web-7");
     assert_eq!(groups[0]["labels"]["__meta_weft_node_id"], "web-7.shop");
+    assert_eq!(groups[0]["labels"].as_object().unwrap().len(), 3);
 
     // A real Prometheus, scraping what the list names every second.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -560,7 +562,7 @@ async fn prometheus_finds_and_scrapes_the_connected_proxies() {
     std::fs::write(
         &config,
         format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: weft\n    http_sd_configs: [{{url: 'http://{}/prometheus/targets', refresh_interval: 1s}}]\n",
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: weft\n    http_sd_configs: [{{url: 'http://{}/prometheus/targets', refresh_interval: 1s}}]\n    relabel_configs:\n      - {{source_labels: [__meta_weft_namespace], target_label: namespace}}\n      - {{source_labels: [__meta_weft_pod], target_label: pod}}\n",
             cp.addr("metrics")
         ),
     )

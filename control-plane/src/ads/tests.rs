@@ -420,9 +420,10 @@ async fn what_clients_choose_cannot_grow_the_server() {
     // Nodes come and go with ids of their choosing: the disconnected ones are forgotten
     // beyond MAX_GONE_NODES, oldest first.
     for i in 0..(MAX_GONE_NODES + 20) {
-        h.nodes
+        let stream = h
+            .nodes
             .connect(&format!("passing-{i}"), false, Default::default());
-        h.nodes.disconnect(&format!("passing-{i}"));
+        h.nodes.disconnect(&format!("passing-{i}"), stream);
     }
     let status = h.nodes.snapshot();
     assert!(
@@ -534,6 +535,7 @@ async fn a_client_that_compresses_is_refused_up_front() {
         .await
         .unwrap();
     assert_eq!(rsp.headers()["grpc-status"], "12", "{:?}", rsp.headers());
+    assert_eq!(rsp.headers()["grpc-accept-encoding"], "identity");
     let rsp = tonic::codegen::Service::call(&mut svc, call("identity"))
         .await
         .unwrap();
@@ -588,4 +590,28 @@ fn what_a_node_says_of_itself_is_bounded() {
         NodeAbout::new(Some(&node("a", 15020.0)), None).metrics,
         None
     );
+}
+
+/// A node that reconnects before its old stream is seen to end stays connected when the old
+/// stream ends: only the stream that registered it disconnects it. So a node id another client
+/// borrows is not taken off the list by that client leaving either.
+#[test]
+fn an_old_stream_ending_does_not_disconnect_a_reconnected_node() {
+    let nodes = Nodes::new(Arc::default());
+    let about = |port| NodeAbout {
+        metrics: Some(([10, 0, 0, 1], port).into()),
+        ..Default::default()
+    };
+    let old = nodes.connect("web-7.shop", true, about(15020));
+    let new = nodes.connect("web-7.shop", true, about(15021));
+    nodes.disconnect("web-7.shop", old);
+    assert!(nodes.snapshot()["web-7.shop"].connected);
+    assert_eq!(
+        nodes.targets(),
+        [("web-7.shop".to_string(), about(15021))],
+        "the new stream's node is listed"
+    );
+    nodes.disconnect("web-7.shop", new);
+    assert!(!nodes.snapshot()["web-7.shop"].connected);
+    assert!(nodes.targets().is_empty());
 }

@@ -280,7 +280,12 @@ where
                 "grpc-encoding {}: only identity is accepted",
                 String::from_utf8_lossy(e.as_bytes())
             ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+            let mut rsp = status.into_http();
+            rsp.headers_mut().insert(
+                "grpc-accept-encoding",
+                http::HeaderValue::from_static("identity"),
+            );
+            return Box::pin(std::future::ready(Ok(rsp)));
         }
         // Where a node's metrics are: its metrics port on the address its stream comes from.
         let peer = (req.extensions())

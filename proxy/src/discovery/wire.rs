@@ -94,7 +94,7 @@ pub(super) fn backoff(base: Duration, max: Duration, failures: u32) -> Duration 
 
 /// The node this proxy reports: id, and its pod, namespace, service account and labels in the
 /// metadata.
-pub(super) fn node(cfg: &DiscoveryConfig, metrics_port: u16) -> Node {
+pub(super) fn node(cfg: &DiscoveryConfig, metrics_port: Option<u16>) -> Node {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };
@@ -110,12 +110,14 @@ pub(super) fn node(cfg: &DiscoveryConfig, metrics_port: u16) -> Node {
         fields.insert("pod".to_string(), string(p));
     }
     fields.insert("namespace".to_string(), string(&cfg.pod_namespace));
-    fields.insert(
-        weft_core::contract::xds::NODE_METRICS_PORT.to_string(),
-        Value {
-            kind: Some(Kind::NumberValue(f64::from(metrics_port))),
-        },
-    );
+    if let Some(port) = metrics_port {
+        fields.insert(
+            weft_core::contract::xds::NODE_METRICS_PORT.to_string(),
+            Value {
+                kind: Some(Kind::NumberValue(f64::from(port))),
+            },
+        );
+    }
     fields.insert("service_account".to_string(), string(&cfg.service_account));
     fields.insert(
         "labels".to_string(),
