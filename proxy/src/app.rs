@@ -322,15 +322,9 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
         },
         drain.token(),
     ));
-    // The control plane lists the probe port on the address the xDS stream comes from: right
-    // when the probe listens on every address (or on loopback, with the control plane on this
-    // host); on another address, the proxy does not say.
-    let probe = probe_l.local_addr()?;
-    let metrics_port =
-        (probe.ip().is_unspecified() || probe.ip().is_loopback()).then(|| probe.port());
     let discovery = Discovery::new(
         cfg.discovery.clone(),
-        metrics_port,
+        probe_l.local_addr()?,
         control_tls,
         table.clone(),
         metrics.clone(),

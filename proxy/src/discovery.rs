@@ -140,12 +140,11 @@ struct Answer {
 }
 
 impl Discovery {
-    /// `metrics_port`: the probe server's port, where `/metrics` is, when it listens where the
-    /// control plane can reach it; the node tells the control plane, which lists it for
-    /// Prometheus' service discovery.
+    /// `probe`: where the probe server (`/metrics`) listens; the node tells the control plane
+    /// its port, which it lists for Prometheus' service discovery.
     pub fn new(
         cfg: DiscoveryConfig,
-        metrics_port: Option<u16>,
+        probe: std::net::SocketAddr,
         tls: Option<Arc<rustls::ClientConfig>>,
         table: SharedTable,
         metrics: Arc<Metrics>,
@@ -163,7 +162,7 @@ impl Discovery {
             })
             .collect();
         let url = urls.first()?.clone();
-        let node = node(&cfg, metrics_port);
+        let node = node(&cfg, probe);
         let shared = Arc::new(Shared::default());
         shared.update(|s| {
             s.control_plane = url.clone();

@@ -295,3 +295,31 @@ fn a_resource_rejected_for_its_name_keeps_the_one_its_body_names() {
     assert_holds(&st, "b", &cla("b", 2), "`b` keeps its last good version");
     assert!(!res.endpoints.contains_key("x"));
 }
+
+/// The node says where its metrics are only where the control plane can list that right (its
+/// port, on the address the stream comes from): a probe on every address, or on loopback; not
+/// one bound to some other address.
+#[test]
+fn the_node_names_its_metrics_port_only_where_that_is_right() {
+    use clap::Parser;
+    let cfg = crate::config::Cli::parse_from(["weft-proxy"]).run.discovery;
+    let port = |probe: &str| {
+        let node = super::wire::node(&cfg, probe.parse().unwrap());
+        node.metadata
+            .unwrap()
+            .fields
+            .get(weft_core::contract::xds::NODE_METRICS_PORT)
+            .map(|v| v.kind.clone())
+    };
+    use weft_xds_proto::google::protobuf::value::Kind;
+    assert_eq!(
+        port("0.0.0.0:15020"),
+        Some(Some(Kind::NumberValue(15020.0)))
+    );
+    assert_eq!(port("[::]:15020"), Some(Some(Kind::NumberValue(15020.0))));
+    assert_eq!(
+        port("127.0.0.1:4000"),
+        Some(Some(Kind::NumberValue(4000.0)))
+    );
+    assert_eq!(port("10.0.0.5:15020"), None);
+}

@@ -93,8 +93,12 @@ pub(super) fn backoff(base: Duration, max: Duration, failures: u32) -> Duration 
 }
 
 /// The node this proxy reports: id, and its pod, namespace, service account and labels in the
-/// metadata.
-pub(super) fn node(cfg: &DiscoveryConfig, metrics_port: Option<u16>) -> Node {
+/// metadata, and where its metrics are (`probe`'s port) when the control plane can list that
+/// right, on the address the stream comes from: when the probe server listens on every
+/// address, or on loopback (with the control plane on this host).
+pub(super) fn node(cfg: &DiscoveryConfig, probe: std::net::SocketAddr) -> Node {
+    let metrics_port =
+        (probe.ip().is_unspecified() || probe.ip().is_loopback()).then(|| probe.port());
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };
