@@ -304,3 +304,6 @@ where
         Box::pin(std::future::ready(Ok(rsp)))
     }
 }
+
+#[cfg(test)]
+mod tests;
