@@ -33,6 +33,7 @@ pub mod type_url {
     pub const APPLY_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 }
 
+pub mod grpc;
 pub mod metadata;
 
 /// weft's mesh CA.

@@ -140,14 +140,8 @@ impl Encode for DeltaResponse {
 /// ever sent (the Listeners of a large mesh), for the stream's life.
 pub(super) fn frame(msg: &impl Encode) -> Result<Bytes, Status> {
     let len = msg.encoded_len();
-    let len32 = u32::try_from(len)
-        .map_err(|_| Status::resource_exhausted(format!("a {len}-byte response")))?;
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(len32);
-    msg.encode(&mut buf);
-    debug_assert_eq!(buf.len(), 5 + len, "encoded_len agrees with encode");
-    Ok(Bytes::from(buf))
+    weft_xds_proto::grpc::frame(len, |buf| msg.encode(buf))
+        .ok_or_else(|| Status::resource_exhausted(format!("a {len}-byte response")))
 }
 
 /// A response body: one frame per message, then the status in trailers.

@@ -13,6 +13,7 @@ use prost::Message;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Status, body::Body, codegen::Service, transport::Channel};
+use weft_xds_proto::grpc::HEADER;
 
 /// The ADS methods' paths.
 pub(super) const DELTA: &str =
@@ -20,16 +21,9 @@ pub(super) const DELTA: &str =
 pub(super) const SOTW: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
-/// A gRPC message's frame header: the compressed flag and the length.
-const HEADER: usize = 5;
-
-/// A message as a gRPC frame (not compressed).
-fn frame(m: &impl Message) -> Bytes {
-    let mut buf = Vec::with_capacity(HEADER + m.encoded_len());
-    buf.put_u8(0);
-    buf.put_u32(m.encoded_len() as u32);
-    m.encode_raw(&mut buf);
-    Bytes::from(buf)
+/// A message as a gRPC frame (not compressed); `None` over gRPC's 4-byte length.
+fn frame(m: &impl Message) -> Option<Bytes> {
+    weft_xds_proto::grpc::frame(m.encoded_len(), |buf| m.encode_raw(buf))
 }
 
 /// Opens the stream `path` on `channel`, sending what `requests` yields; responses larger than
@@ -45,13 +39,16 @@ where
     R: Message + Default,
 {
     let body = UnboundedReceiverStream::new(requests).map(move |q| {
-        if q.encoded_len() > max {
-            return Err(Status::resource_exhausted(format!(
+        let over = || {
+            Status::resource_exhausted(format!(
                 "an xDS request of {} bytes, over --xds-max-message-size ({max})",
                 q.encoded_len()
-            )));
+            ))
+        };
+        if q.encoded_len() > max {
+            return Err(over());
         }
-        Ok(http_body::Frame::data(frame(&q)))
+        frame(&q).map(http_body::Frame::data).ok_or_else(over)
     });
     let req = http::Request::post(path)
         .header(http::header::CONTENT_TYPE, "application/grpc")
