@@ -414,9 +414,11 @@ impl Discovery {
         let version: Arc<str> = self.state.version().into();
         // Only the services using a host name whose addresses changed are compiled again.
         let resolved = self.resolver.resolved();
-        let hosts = resolved.changed_from(&self.resolved).map(Box::from);
-        self.changed.hosts.extend(hosts);
-        self.resolved = resolved.clone();
+        if !Arc::ptr_eq(&resolved, &self.resolved) {
+            let hosts = resolved.changed_from(&self.resolved).map(Box::from);
+            self.changed.hosts.extend(hosts);
+            self.resolved = resolved.clone();
+        }
         let compiled = self.incremental.update(
             self.state.resources(),
             &std::mem::take(&mut self.changed),
