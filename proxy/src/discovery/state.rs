@@ -275,18 +275,17 @@ impl State {
             out.applied += 1;
             let digest = sum.expect("a resource that converted has a body");
             let version = version.into();
-            match meta.get_key_value(name.as_str()) {
-                Some((_, m)) if m.digest == digest => {
-                    meta.get_mut(name.as_str()).expect("held").version = version;
-                }
-                held_before => {
-                    // A name is allocated once, the first time it arrives.
-                    let key =
-                        held_before.map_or_else(|| Arc::from(name.as_str()), |(k, _)| k.clone());
-                    meta.insert(key.clone(), Meta { version, digest });
-                    held.insert(key.clone(), spec);
-                    out.names.push(key);
-                }
+            if let Some(m) = meta.get_mut(name.as_str())
+                && m.digest == digest
+            {
+                m.version = version;
+            } else {
+                // A name is allocated once, the first time it arrives.
+                let key = (meta.get_key_value(name.as_str()))
+                    .map_or_else(|| Arc::from(name.as_str()), |(k, _)| k.clone());
+                meta.insert(key.clone(), Meta { version, digest });
+                held.insert(key.clone(), spec);
+                out.names.push(key);
             }
             seen.insert(name);
         }
