@@ -51,6 +51,7 @@ const ANNOTATIONS: &[&str] = &[
     LOG_LEVEL,
     MTLS_MODE,
     DEFAULT_AUTHZ,
+    ACCESS_LOG,
 ];
 
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -97,6 +98,9 @@ pub struct ProxySettings {
     pub image_pull_policy: String,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The sidecars' access log: `off`, `json` or `apache`.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
     #[serde(default = "default_resources")]
     pub resources: ResourceRequirements,
     #[serde(default = "default_init_resources")]
@@ -109,6 +113,7 @@ impl Default for ProxySettings {
             image: default_image(),
             image_pull_policy: default_pull_policy(),
             log_level: default_log_level(),
+            access_log: default_access_log(),
             resources: default_resources(),
             init_resources: default_init_resources(),
         }
@@ -161,6 +166,9 @@ fn default_pull_policy() -> String {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+fn default_access_log() -> String {
+    "off".into()
 }
 fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
     let map = |kv: &[(&str, &str)]| {
@@ -215,6 +223,7 @@ impl MeshConfig {
         mtls_mode(&self.mtls_mode).map_err(|e| format!("mtlsMode: {e}"))?;
         default_authz_value(&self.default_authz).map_err(|e| format!("defaultAuthz: {e}"))?;
         log_level(&self.proxy.log_level).map_err(|e| format!("proxy.logLevel: {e}"))?;
+        access_log(&self.proxy.access_log).map_err(|e| format!("proxy.accessLog: {e}"))?;
         if !matches!(
             self.proxy.image_pull_policy.as_str(),
             "Always" | "IfNotPresent" | "Never"
@@ -245,6 +254,16 @@ impl MeshConfig {
             return Err(format!("capture: port {p} is not a port"));
         }
         Ok(())
+    }
+}
+
+/// The access log formats `weft-proxy --access-log` takes.
+fn access_log(s: &str) -> Result<&'static str, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "off" => Ok("off"),
+        "json" => Ok("json"),
+        "apache" => Ok("apache"),
+        _ => Err(format!("`{s}` is not off, json or apache")),
     }
 }
 
@@ -373,6 +392,7 @@ struct PodSettings {
     log_level: String,
     mtls_mode: &'static str,
     default_authz: &'static str,
+    access_log: &'static str,
 }
 
 /// The injector: the mesh configuration and the trust bundle sidecars verify the control plane
@@ -502,6 +522,7 @@ impl Injector {
             log_level: self.mesh.proxy.log_level.clone(),
             mtls_mode: mtls_mode(&self.mesh.mtls_mode).unwrap_or("permissive"),
             default_authz: default_authz_value(&self.mesh.default_authz).unwrap_or("allow"),
+            access_log: access_log(&self.mesh.proxy.access_log).unwrap_or("off"),
         };
         for (key, value) in annotations {
             if !key.starts_with("weft.dev/") {
@@ -534,6 +555,7 @@ impl Injector {
                 }
                 MTLS_MODE => s.mtls_mode = mtls_mode(value).map_err(bad)?,
                 DEFAULT_AUTHZ => s.default_authz = default_authz_value(value).map_err(bad)?,
+                ACCESS_LOG => s.access_log = access_log(value).map_err(bad)?,
                 k if ANNOTATIONS.contains(&k) => {}
                 _ => {
                     return Err(format!(
@@ -574,6 +596,9 @@ impl Injector {
             env(contract::DEFAULT_AUTHZ, s.default_authz),
             env(contract::LOG, &s.log_level),
         ];
+        if s.access_log != "off" {
+            proxy_env.push(env(contract::ACCESS_LOG, s.access_log));
+        }
         let probes = rewrite_probes(&spec.containers);
         if !probes.app.is_empty() {
             let json = serde_json::to_string(&probes.app).expect("JSON values serialize");

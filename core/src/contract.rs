@@ -4,6 +4,7 @@
 //! writes on a pod; and (in [`xds`]) the names weft's own settings travel under in xDS. Every
 //! side names them from here, so a rename on one side cannot leave another behind.
 
+pub const ACCESS_LOG: &str = "WEFT_ACCESS_LOG";
 pub const APP_PROBES: &str = "WEFT_APP_PROBES";
 pub const CAPTURE: &str = "WEFT_CAPTURE";
 pub const CONTROL_PLANE: &str = "WEFT_CONTROL_PLANE";
@@ -29,6 +30,7 @@ pub const TRUST_DOMAIN: &str = "WEFT_TRUST_DOMAIN";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
+    ACCESS_LOG,
     APP_PROBES,
     CAPTURE,
     CONTROL_PLANE,
@@ -75,6 +77,7 @@ pub mod annotation {
     pub const LOG_LEVEL: &str = "weft.dev/log-level";
     pub const MTLS_MODE: &str = "weft.dev/mtls-mode";
     pub const DEFAULT_AUTHZ: &str = "weft.dev/default-authz";
+    pub const ACCESS_LOG: &str = "weft.dev/access-log";
 }
 
 /// weft's settings in standard xDS resources: filter metadata under [`xds::METADATA`], and

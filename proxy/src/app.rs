@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    access_log,
     admin::AdminState,
     app_probe, balance, client, config,
     config::{Config, IdentitySource},
@@ -34,45 +35,9 @@ use crate::{
 /// How long the start waits for the first answers for a table file's endpoint host names.
 const STARTUP_RESOLVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Why the proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Table(#[from] LoadError),
-    #[error("{what} listener {addr}: {source}")]
-    Bind {
-        what: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("identity: {0}")]
-    Identity(#[from] identity::IdentityError),
-    #[error("identity: --identity ca needs the CA's address (--ca-address or --control-plane)")]
-    NoCa,
-    #[error(
-        "identity: the CA at `{0}` is not https://: the identity token would cross the network in the clear (use the control plane's TLS port, or --ca-address https://...)"
-    )]
-    CaInTheClear(String),
-    #[error("identity: {flag}: {source}")]
-    TrustBundle {
-        flag: &'static str,
-        source: tls::PemError,
-    },
-    #[error("identity: the trust bundle: {0}")]
-    TrustRoots(rustls::Error),
-    #[error("identity: `{0}` is TLS: give the mesh trust bundle to verify it (--trust-bundle)")]
-    NoTrustBundle(String),
-    #[error("--node-labels-file {0}")]
-    Labels(String),
-    #[error("--app-probes: {0}")]
-    AppProbes(#[from] app_probe::ProbesError),
-    #[error(
-        "--admin-addr {0}: the admin server can stop the proxy and shows its whole configuration; it listens on a loopback address only (127.0.0.1 or [::1])"
-    )]
-    AdminNotLoopback(SocketAddr),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
+mod error;
+
+pub use error::StartError;
 
 /// Whether `url` (`[http://]host:port[/...]`) names this host's loopback.
 fn is_loopback_url(url: &str) -> bool {
@@ -346,6 +311,9 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     });
     control.serve_admin(state.clone(), admin_l, probe_l)?;
 
+    let dropped = metrics.access_log_dropped.clone();
+    let access_log = access_log::AccessLog::from_config(&cfg.access_log, dropped)
+        .map_err(|(path, source)| StartError::AccessLog { path, source })?;
     let make_http = |direction: Direction, router: Router| {
         Arc::new(HttpProxy {
             direction,
@@ -358,6 +326,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             ),
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
+            log: access_log.clone(),
         })
     };
     let unknown = metrics.target(Direction::Outbound, &Arc::from("unknown"));
@@ -403,6 +372,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             pools: outbound_http.pools.clone(),
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
+            log: access_log.clone(),
         });
         tokio::spawn(listener(http, TcpTarget::Service(svc), None).run(l));
     }
@@ -491,6 +461,9 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             connections = left,
             "grace period over; closing remaining connections"
         );
+    }
+    if let Some(l) = &access_log {
+        l.flush(std::time::Duration::from_secs(2));
     }
     Ok(())
 }

@@ -9,9 +9,11 @@ use clap::{Args, Parser};
 
 mod data_plane;
 mod discovery;
+mod observe;
 
 pub use data_plane::*;
 pub use discovery::*;
+pub use observe::*;
 
 /// `weft-proxy`: the weft service-mesh sidecar.
 #[derive(Debug, Parser)]
@@ -169,6 +171,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub upstream: UpstreamConfig,
+
+    #[command(flatten)]
+    pub access_log: AccessLogConfig,
 
     /// Connections each listener (outbound, inbound, `--outbound-tcp`) holds at once, tunnels
     /// included; beyond, a new one is closed at once (`weft_tcp_refused_total`).

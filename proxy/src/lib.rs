@@ -10,6 +10,7 @@
 //! them, file by file.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 mod app;
 pub mod app_probe;

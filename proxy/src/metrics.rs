@@ -4,18 +4,19 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
 };
 
 mod conn;
 mod target;
 
 pub use conn::{AuthzProtocol, ConnMetrics, OpenConn, PROTOCOLS, TlsMetrics};
+use target::{ATTEMPT_BUCKETS, TrafficFamilies};
 pub use target::{LazyTarget, TargetMetrics};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Which way traffic flows through the sidecar.
@@ -66,44 +67,12 @@ pub struct Metrics {
     upstream_connect_errors: IntCounterVec,
     /// 1 while an ADS stream to the control plane is open.
     pub xds_connected: IntGauge,
+    /// Access log lines dropped because the writer's queue was full.
+    pub access_log_dropped: IntCounter,
     xds_updates: IntCounterVec,
     endpoint_dns: IntCounterVec,
     pub tls: TlsMetrics,
     traffic: Arc<TrafficFamilies>,
-}
-
-/// The traffic-management metric families (retries, limits, ejections, faults, mirroring).
-#[derive(Debug)]
-struct TrafficFamilies {
-    retries: IntCounterVec,
-    budget_exhausted: IntCounterVec,
-    attempts: HistogramVec,
-    overflow: IntCounterVec,
-    pending_timeouts: IntCounterVec,
-    ejections: IntCounterVec,
-    ejected: IntGaugeVec,
-    rate_limited: IntCounterVec,
-    faults: IntCounterVec,
-    mirrored: IntCounterVec,
-}
-
-/// Buckets of `weft_request_attempts`: tries per request.
-const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0];
-
-/// A target's traffic-management handles, each made on first use (a service that never
-/// retries shows no retry series).
-#[derive(Default)]
-struct TrafficHandles {
-    retries: [OnceLock<IntCounter>; crate::retry::REASON_COUNT],
-    budget_exhausted: OnceLock<IntCounter>,
-    attempts: OnceLock<Histogram>,
-    overflow: [OnceLock<IntCounter>; crate::resilience::LIMITS.len()],
-    pending_timeouts: OnceLock<IntCounter>,
-    ejections: OnceLock<IntCounter>,
-    ejected: OnceLock<IntGauge>,
-    rate_limited: OnceLock<IntCounter>,
-    faults: [OnceLock<IntCounter>; 2],
-    mirrored: [OnceLock<IntCounter>; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -224,6 +193,11 @@ impl Metrics {
             &["direction", "reason"],
         )
         .unwrap();
+        let access_log_dropped = IntCounter::with_opts(opts(
+            "access_log_dropped_total",
+            "Access log lines dropped: the writer's queue (--access-log-queue) was full.",
+        ))
+        .unwrap();
         let xds_connected = IntGauge::with_opts(opts(
             "xds_connected",
             "1 while the ADS stream to the control plane is open.",
@@ -321,6 +295,7 @@ impl Metrics {
         reg(Box::new(table_reloads.clone()));
         reg(Box::new(upstream_connect_errors.clone()));
         reg(Box::new(xds_connected.clone()));
+        reg(Box::new(access_log_dropped.clone()));
         reg(Box::new(xds_updates.clone()));
         reg(Box::new(endpoint_dns.clone()));
         let dt = ["direction", "target"];
@@ -437,6 +412,7 @@ impl Metrics {
             table_reloads,
             upstream_connect_errors,
             xds_connected,
+            access_log_dropped,
             xds_updates,
             endpoint_dns,
             tls,

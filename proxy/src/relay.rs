@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::{
+    access_log::{AccessLog, Entry, Flags},
     balance::{EndpointState, Outcome},
     client::{Pools, Received, Waiter},
     clusters::Cluster,
@@ -97,6 +98,8 @@ pub struct HttpProxy {
     pub pools: Arc<Pools>,
     pub cfg: UpstreamConfig,
     pub drain: Drain,
+    /// The access log, when it is on.
+    pub log: Option<Arc<AccessLog>>,
 }
 
 /// Where one request goes.
@@ -126,6 +129,19 @@ struct Routed {
 impl Routed {
     fn route(&self) -> &Route {
         self.svc.route(self.route)
+    }
+}
+
+impl Dest {
+    /// What the access log says of where the request goes (before any retry moves it).
+    fn describe(&self, e: &mut Entry) {
+        e.upstream = Some(self.addr);
+        e.upstream_identity = self.identity.clone();
+        if let Some(r) = &self.routed {
+            e.service = Some(r.svc.name.clone());
+            e.route = Some(r.route().name.clone());
+            e.backend = Some(r.cluster.name.clone());
+        }
     }
 }
 
@@ -176,9 +192,14 @@ struct Call {
 impl Call {
     /// The route's retry policy (an upgrade is never retried).
     fn retry(&self) -> Option<&retry::Retry> {
-        let policy = &self.to.routed.as_ref()?.route().policy;
-        policy.retry.as_ref().filter(|_| !self.upgrade)
+        retry_of(self.to.routed.as_ref(), self.upgrade)
     }
+}
+
+/// The retry policy of a request routed by `routed` (an upgrade is never retried).
+fn retry_of(routed: Option<&Routed>, upgrade: bool) -> Option<&retry::Retry> {
+    let policy = &routed?.route().policy;
+    policy.retry.as_ref().filter(|_| !upgrade)
 }
 
 /// What later tries of a request send as its body.
@@ -312,7 +333,7 @@ impl HttpProxy {
             // limit (held until the response has ended).
             let to = &mut admitted.to;
             if let Some(r) = &to.routed {
-                match self.admit(r, &to.dest.metrics).await {
+                match self.admit(r, &to.dest.metrics, &mut to.obs).await {
                     Ok(permit) => to.held = permit,
                     Err(e) => return admitted.to.fail(e),
                 }
@@ -326,16 +347,18 @@ impl HttpProxy {
             let at = call.deadline.as_ref().map(|d| d.0);
             let req = call.req.take().expect("a call is sent once");
             let head = call.head.take();
+            let retry = retry_of(call.to.routed.as_ref(), call.upgrade);
             let tries = self.send_with_retries(
                 &call.to.dest,
                 call.to.routed.as_ref(),
                 call.to.is_grpc,
-                call.retry(),
+                retry,
                 req,
                 head,
                 &call.replay,
                 call.upgrade,
                 at,
+                call.to.obs.entry(),
             );
             Within::new(tries, at)
         };

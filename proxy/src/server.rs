@@ -17,7 +17,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+mod opaque;
+
 use crate::{
+    access_log::Flags,
     config::{DetectConfig, InboundMode, MtlsConfig},
     identity::Mtls,
     inbound::{Delivery, Peer},
@@ -186,47 +189,7 @@ impl Listener {
             Detected::Http1 => self.http.clone().serve(io, false, open, conn).await,
             Detected::Http2 => self.http.clone().serve(io, true, open, conn).await,
             Detected::Tls | Detected::Opaque(_) => {
-                // One endpoint, with the identity it must prove (an opaque connection to a
-                // meshed endpoint is mutual TLS too).
-                // The caller's address is all an opaque connection can be hashed on.
-                // A cluster's `maxConnections` bounds its opaque connections: one over the
-                // limit is closed at once.
-                let pick = |s: &Arc<crate::table::Service>| {
-                    let route = &s.default_route;
-                    let hash = route
-                        .hash
-                        .as_ref()
-                        .and_then(|h| h.key(&http::HeaderMap::new(), Some(peer)));
-                    let (cluster, e) = route.target(hash, &s.metrics)?;
-                    let permit =
-                        match cluster.permit(crate::resilience::Limit::Connections, &s.metrics) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                tracing::debug!(%peer, error = %e, "closing the connection");
-                                return None;
-                            }
-                        };
-                    Some((e.addr, e.identity, Some((e.state.start(), permit))))
-                };
-                let table = self.table.load();
-                let dest = match (&self.tcp, orig_dst) {
-                    (TcpTarget::Addr(a), _) => Some((*a, None, None)),
-                    (TcpTarget::Service(name), _) => table.by_authority(name).and_then(pick),
-                    // Captured: the service whose VIP was dialled, else where it was sent.
-                    (TcpTarget::None, Some(orig)) => match table.by_vip(orig) {
-                        Some(svc) => pick(svc),
-                        None => Some((orig, table.endpoint_identity(orig).cloned(), None)),
-                    },
-                    (TcpTarget::None, None) => None,
-                };
-                drop(table);
-                match dest {
-                    // The connection counts as in flight to its endpoint while it is open.
-                    Some((addr, identity, _in_flight)) => {
-                        tcp::forward(io, addr, identity.as_ref(), &self.http.pools, direction).await
-                    }
-                    None => tracing::debug!(%peer, "no destination for opaque connection; closing"),
-                }
+                self.forward_outbound_opaque(io, peer, orig_dst).await
             }
         }
     }
@@ -423,49 +386,6 @@ impl Listener {
             Alpn::Http1 => self.http.clone().serve(stream, false, open, conn).await,
             Alpn::Opaque => self.forward_opaque(stream, &conn).await,
         }
-    }
-
-    /// Opaque TCP to the application, if the caller may connect.
-    async fn forward_opaque<I>(&self, io: I, conn: &ConnInfo)
-    where
-        I: AsyncRead + AsyncWrite + Unpin,
-    {
-        let Some(peer) = &conn.peer else { return };
-        {
-            let table = self.table.load();
-            // Raw bytes to an HTTP service would skip what HTTP gets per request (the caller's
-            // header set and forgeries removed, authorization): only `tcp` services, or
-            // destinations the table does not know, take opaque connections.
-            if table
-                .services_at(peer.local)
-                .any(|s| s.protocol != Protocol::Tcp)
-            {
-                self.metrics
-                    .tls
-                    .refused
-                    .with_label_values(&["opaque_to_http"])
-                    .inc();
-                tracing::debug!(peer = ?peer.id, dest = %peer.local, "opaque connection to an HTTP service refused");
-                return;
-            }
-            if let Some(v) = peer.authorize(&table) {
-                self.metrics.tls.authz(AuthzProtocol::Tcp, v.is_ok());
-                if let Err(service) = v {
-                    // A caller can open connections as fast as it likes: at most a line a
-                    // second (`weft_authz_total` counts every one).
-                    if log_refusal_now() {
-                        tracing::info!(peer = ?peer.id, %service, "connection denied by authorization policy");
-                    }
-                    return;
-                }
-            }
-        }
-        let addr = match (&conn.app, &self.tcp) {
-            (Some((app, _)), _) => *app,
-            (None, TcpTarget::Addr(addr)) => *addr,
-            (None, _) => return,
-        };
-        tcp::forward(io, addr, None, &self.http.pools, Direction::Inbound).await;
     }
 }
 

@@ -8,6 +8,7 @@
 //! served by hyper (HTTP/1.1 or HTTP/2, as the pool speaks). A connect to an address it does
 //! not know is refused and recorded, and [`Mesh`] fails the test for it when dropped.
 
+mod access;
 mod resilience;
 mod retry;
 
@@ -30,6 +31,7 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::{
+    access_log,
     client::Pools,
     config::DetectConfig,
     drain::Drain,
@@ -222,6 +224,7 @@ impl Mesh {
             pools,
             cfg,
             drain: Drain::new(),
+            log: None,
         });
         Mesh {
             proxy,
@@ -286,6 +289,33 @@ impl Mesh {
         self.send(req).await
     }
 
+    /// Turns the access log on, in `format`, with room for `queue` lines; its lines are written
+    /// to memory.
+    pub fn access_log(&mut self, format: access_log::Format, queue: usize) -> Lines {
+        let lines = Lines::default();
+        let sink = access_log::Sink::Writer(Box::new(lines.clone()));
+        let dropped = self.metrics.access_log_dropped.clone();
+        let log = access_log::AccessLog::start(format, sink, false, queue, dropped)
+            .expect("the writer thread starts");
+        Arc::get_mut(&mut self.proxy)
+            .expect("the proxy is not shared yet")
+            .log = log;
+        lines
+    }
+
+    /// The access log's lines written so far, once every line queued is written.
+    pub fn log_lines(&self, lines: &Lines) -> Vec<String> {
+        if let Some(l) = &self.proxy.log {
+            l.flush(Duration::from_secs(5));
+        }
+        let text = lines.0.lock().unwrap().clone();
+        String::from_utf8(text)
+            .expect("lines are UTF-8")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The value of one series of the proxy's metrics (`name{labels}` as rendered), 0 when
     /// it is not there.
     pub fn metric(&self, series: &str) -> f64 {
@@ -294,6 +324,21 @@ impl Mesh {
             .lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
+    }
+}
+
+/// Where a test's access log writes: memory.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -166,6 +166,7 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_capture_init_container() {
     assert_eq!(penv["WEFT_DEFAULT_AUTHZ"], "allow");
     assert_eq!(penv["WEFT_CAPTURE"], "true");
     assert!(!penv.contains_key("WEFT_INBOUND_MTLS_PORTS"));
+    assert!(!penv.contains_key("WEFT_ACCESS_LOG"), "the access log is off by default");
     // The app's HTTP readiness probe (named port) is pointed at the sidecar.
     let web = &spec["containers"][0];
     assert_eq!(
@@ -252,6 +253,7 @@ fn annotations_override_the_mesh_defaults_per_pod() {
     assert_eq!(penv["WEFT_LOG"], "weft_proxy=debug,info");
     assert_eq!(penv["WEFT_INBOUND_MTLS"], "strict");
     assert_eq!(penv["WEFT_DEFAULT_AUTHZ"], "deny");
+    assert_eq!(penv["WEFT_ACCESS_LOG"], "json");
     // The tcpSocket probe goes through the sidecar; the gRPC one on 7000 cannot: that port
     // stays permissive, and whoever created the pod is told.
     assert_eq!(
@@ -338,6 +340,7 @@ fn a_pod_that_cannot_be_read_or_a_bad_annotation_is_refused_with_the_reason() {
         ),
         ("weft.dev/log-level", "loud", "not a log filter"),
         ("weft.dev/default-authz", "maybe", "not allow or deny"),
+        ("weft.dev/access-log", "xml", "not off, json or apache"),
         ("weft.dev/inject", "maybe", "not enabled, disabled"),
         (
             "weft.dev/proxy-cpus",
@@ -378,6 +381,7 @@ fn mesh_config_errors_name_the_field() {
         ("mtlsMode: sometimes\n", "mtlsMode"),
         ("defaultAuthz: maybe\n", "defaultAuthz"),
         ("proxy: {logLevel: loud}\n", "proxy.logLevel"),
+        ("proxy: {accessLog: xml}\n", "proxy.accessLog"),
         (
             "proxy: {imagePullPolicy: Sometimes}\n",
             "proxy.imagePullPolicy",

@@ -5,7 +5,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -20,8 +20,12 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+mod observe;
+
+pub use observe::Observer;
+
+use crate::access_log::Flags;
 use crate::grpc;
-use crate::metrics::TargetMetrics;
 
 pin_project! {
     #[project = Proj]
@@ -73,6 +77,8 @@ impl ProxyBody {
             Some((s, b)) => (Some(s), b),
             None => (None, Duration::ZERO),
         };
+        let mut obs = obs;
+        obs.relaying = true;
         ProxyBody::Upstream {
             inner: Some(inner),
             obs,
@@ -109,58 +115,6 @@ impl ProxyBody {
 #[error("the stream was idle for {0:?} (weft-proxy)")]
 pub struct IdleTimeout(pub Duration);
 
-/// Counts a request's response in metrics once it is over: at its end of stream, at its
-/// trailers, or when it is dropped unfinished (a reset or cancelled stream). Made as soon as a
-/// request is routed, so a request the client abandons before any response counts too: as
-/// status 499 (nginx's "client closed request"), gRPC status 1 CANCELLED.
-#[derive(Debug)]
-pub struct Observer {
-    metrics: Arc<TargetMetrics>,
-    status: u16,
-    /// Whether the request was gRPC.
-    grpc: bool,
-    /// grpc-status from the response headers (trailers-only responses).
-    header_status: Option<u32>,
-    done: bool,
-}
-
-impl Observer {
-    pub fn new(metrics: Arc<TargetMetrics>, grpc: bool) -> Self {
-        Observer {
-            metrics,
-            status: 499,
-            grpc,
-            header_status: grpc.then_some(grpc::CANCELLED),
-            done: false,
-        }
-    }
-
-    /// The response's head has been sent downstream.
-    pub fn response_head(&mut self, status: u16, headers: &HeaderMap) {
-        self.status = status;
-        self.header_status = if self.grpc {
-            grpc::status(headers)
-        } else {
-            None
-        };
-    }
-
-    fn finish(&mut self, trailer_status: Option<u32>) {
-        if !self.done {
-            self.done = true;
-            let g = trailer_status.or(self.header_status);
-            self.metrics
-                .response(self.status, if self.grpc { g } else { None });
-        }
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        self.finish(None);
-    }
-}
-
 /// The trailers that end a gRPC call the proxy cut off: DEADLINE_EXCEEDED and why.
 fn deadline_trailers(message: &str) -> HeaderMap {
     let mut t = HeaderMap::with_capacity(2);
@@ -195,6 +149,7 @@ impl Body for ProxyBody {
                     idle.set(None);
                     *hold = None;
                     if inner.take().is_some() {
+                        obs.flag(Flags::SI);
                         if obs.grpc {
                             obs.finish(Some(grpc::DEADLINE_EXCEEDED));
                             let t = deadline_trailers(&IdleTimeout(*idle_for).to_string());
@@ -212,6 +167,7 @@ impl Body for ProxyBody {
                         c.fire();
                     }
                     if inner.take().is_some() {
+                        obs.flag(Flags::UT);
                         obs.finish(Some(grpc::DEADLINE_EXCEEDED));
                         let t = deadline_trailers(&format!(
                             "deadline of {budget:?} exceeded (weft-proxy)"
@@ -232,9 +188,19 @@ impl Body for ProxyBody {
                     Some(Ok(f)) => {
                         if let Some(t) = f.trailers_ref() {
                             obs.finish(grpc::status(t));
+                        } else if let (Some(e), Some(d)) = (&mut obs.log, f.data_ref()) {
+                            e.bytes_out += d.len() as u64;
+                        }
+                        // hyper stops polling a body that says it has ended (one with a
+                        // length): that is its end, not the client going away.
+                        if inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                            obs.finish(None);
                         }
                     }
                     Some(Err(_)) | None => {
+                        if frame.is_some() {
+                            obs.flag(Flags::UC);
+                        }
                         obs.finish(None);
                         *inner = None;
                         deadline.set(None);
@@ -308,6 +274,8 @@ enum Kind {
 pub struct Direct {
     inner: Received,
     cancel: Option<Arc<Cancel>>,
+    /// Bytes received, for the access log.
+    counted: Option<Arc<AtomicU64>>,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -317,6 +285,7 @@ impl RequestBody {
         Direct {
             inner: inner.into(),
             cancel,
+            counted: None,
         }
     }
 
@@ -326,6 +295,14 @@ impl RequestBody {
 
     pub fn replay(r: super::replay::Replay) -> Self {
         RequestBody(Kind::Replay(r))
+    }
+}
+
+impl Direct {
+    /// Adds the bytes of each data frame to `counter`.
+    pub fn counted(mut self, counter: Option<Arc<AtomicU64>>) -> Self {
+        self.counted = counter;
+        self
     }
 }
 
@@ -350,11 +327,13 @@ impl Body for Direct {
             return Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))));
         }
         let mut frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        // Trailers are headers too: none weft reserves passes, in any spelling.
-        if let Some(Ok(f)) = &mut frame
-            && let Some(t) = f.trailers_mut()
-        {
-            super::headers::strip_reserved(t);
+        if let Some(Ok(f)) = &mut frame {
+            // Trailers are headers too: none weft reserves passes, in any spelling.
+            if let Some(t) = f.trailers_mut() {
+                super::headers::strip_reserved(t);
+            } else if let (Some(n), Some(d)) = (&self.counted, f.data_ref()) {
+                n.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
         }
         Poll::Ready(frame)
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
 
 use super::body::ProxyBody;
-use crate::{grpc, retry::Reason, transport::ConnectError};
+use crate::{access_log::Flags, grpc, retry::Reason, transport::ConnectError};
 
 /// The header on every response the proxy generated itself, carrying the reason.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -128,6 +128,26 @@ impl ProxyError {
                 (StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE)
             }
         }
+    }
+
+    /// The access log's response flag for this error (Envoy's vocabulary); `None` where no
+    /// flag applies (a request authorization refused is its 403 alone).
+    pub fn flag(&self) -> Option<Flags> {
+        Some(match self {
+            ProxyError::NoRoute(_) | ProxyError::NoAuthority => Flags::NR,
+            ProxyError::BadRequest(_) => Flags::DPE,
+            ProxyError::NoEndpoints(_) => Flags::UH,
+            ProxyError::Connect(_) | ProxyError::Tls { .. } => Flags::UF,
+            ProxyError::Upstream { .. } => Flags::UC,
+            ProxyError::UnexpectedUpgrade(_) => Flags::UPE,
+            ProxyError::Timeout(_) | ProxyError::GrpcDeadline(_) | ProxyError::PerTryTimeout(_) => {
+                Flags::UT
+            }
+            ProxyError::RateLimited(_) => Flags::RL,
+            ProxyError::Fault(_) => Flags::FI,
+            ProxyError::Overflow(_) | ProxyError::PendingTimeout { .. } => Flags::UO,
+            ProxyError::Forbidden { .. } => return None,
+        })
     }
 
     /// The response for a request that failed with this error.

@@ -10,6 +10,40 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 use super::*;
 
+/// The traffic-management metric families (retries, limits, ejections, faults, mirroring).
+#[derive(Debug)]
+pub(super) struct TrafficFamilies {
+    pub(super) retries: IntCounterVec,
+    pub(super) budget_exhausted: IntCounterVec,
+    pub(super) attempts: HistogramVec,
+    pub(super) overflow: IntCounterVec,
+    pub(super) pending_timeouts: IntCounterVec,
+    pub(super) ejections: IntCounterVec,
+    pub(super) ejected: IntGaugeVec,
+    pub(super) rate_limited: IntCounterVec,
+    pub(super) faults: IntCounterVec,
+    pub(super) mirrored: IntCounterVec,
+}
+
+/// Buckets of `weft_request_attempts`: tries per request.
+pub(super) const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0];
+
+/// A target's traffic-management handles, each made on first use (a service that never
+/// retries shows no retry series).
+#[derive(Default)]
+pub(super) struct TrafficHandles {
+    retries: [OnceLock<IntCounter>; crate::retry::REASON_COUNT],
+    budget_exhausted: OnceLock<IntCounter>,
+    attempts: OnceLock<Histogram>,
+    overflow: [OnceLock<IntCounter>; crate::resilience::LIMITS.len()],
+    pending_timeouts: OnceLock<IntCounter>,
+    ejections: OnceLock<IntCounter>,
+    ejected: OnceLock<IntGauge>,
+    rate_limited: OnceLock<IntCounter>,
+    faults: [OnceLock<IntCounter>; 2],
+    mirrored: [OnceLock<IntCounter>; 2],
+}
+
 /// Per-target handles, created once per target and kept across table swaps.
 pub struct TargetMetrics {
     direction: &'static str,

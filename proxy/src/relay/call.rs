@@ -15,9 +15,10 @@ impl HttpProxy {
     ) -> Result<Call, Box<Response<ProxyBody>>> {
         let Admitted {
             mut req,
-            to,
+            mut to,
             upgrade,
         } = a;
+        let counted = to.obs.entry().map(|e| e.bytes_in());
         let dest = &to.dest;
         let route = to.routed.as_ref().map(Routed::route);
         let policy = route.map(|r| &r.policy);
@@ -58,7 +59,7 @@ impl HttpProxy {
             .and_then(|p| p.mirror.as_ref())
             .filter(|m| !upgrade && resilience::chance(m.percent));
         let (parts, body) = req.into_parts();
-        let direct = RequestBody::direct(body, cancel.clone());
+        let direct = RequestBody::direct(body, cancel.clone()).counted(counted);
         let keep = retry.is_some() || mirror.is_some();
         let (first, replay) = if !keep {
             (RequestBody::from(direct), Replay::None)
@@ -103,7 +104,7 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let retried = call.retry().is_some();
         let Call {
-            to,
+            mut to,
             on_upgrade,
             deadline,
             cancel,
@@ -124,6 +125,10 @@ impl HttpProxy {
             }
         };
         to.dest.metrics.latency(start.elapsed().as_secs_f64());
+        // (Tries cut off by the deadline say nothing: the log counted them as they went.)
+        if let Some(e) = to.obs.entry().filter(|_| attempts > 0) {
+            e.attempts = attempts;
+        }
         if retried && attempts > 0 {
             to.dest.metrics.attempts(attempts);
         }
@@ -265,6 +270,12 @@ pub(super) fn fail(
 ) -> Response<ProxyBody> {
     let mut rsp = e.to_response(is_grpc);
     *rsp.version_mut() = version;
+    if let Some(f) = e.flag() {
+        obs.flag(f);
+    }
+    if let Some(log) = obs.entry() {
+        log.bytes_out = http_body::Body::size_hint(rsp.body()).exact().unwrap_or(0);
+    }
     obs.response_head(rsp.status().as_u16(), rsp.headers());
     rsp
 }

@@ -14,6 +14,12 @@ impl HttpProxy {
     ) -> Result<Admitted, Box<Response<ProxyBody>>> {
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
+        // The access log's line, taken before any header changes.
+        let mut entry = self.log.as_ref().map(|l| {
+            let mut e = l.request(&req, self.direction.as_str(), conn.client);
+            e.client_identity = conn.peer.as_ref().and_then(|p| p.id.clone());
+            e
+        });
         // Only allow-listed upgrades are tunnelled; any other offer is removed with the
         // hop-by-hop fields, and the request served as a plain one (the upgrade declined).
         let upgrade = version < Version::HTTP_2
@@ -32,32 +38,35 @@ impl HttpProxy {
             let metrics = self.fallback_metrics();
             metrics.request();
             let e = ProxyError::BadRequest("more than one Host header");
-            return Err(failed(
-                e,
-                is_grpc,
-                Observer::new(metrics.clone(), is_grpc),
-                version,
-            ));
+            let obs = Observer::new(metrics.clone(), is_grpc).logged(entry);
+            return Err(failed(e, is_grpc, obs, version));
         }
         let mut dest = match self.resolve(&req, conn) {
             Ok(d) => d,
             Err((e, metrics)) => {
                 metrics.request();
-                return Err(failed(e, is_grpc, Observer::new(metrics, is_grpc), version));
+                if let (Some(en), ProxyError::NoEndpoints(svc)) = (&mut entry, &e) {
+                    en.service = Some(svc.clone());
+                }
+                let obs = Observer::new(metrics, is_grpc).logged(entry);
+                return Err(failed(e, is_grpc, obs, version));
             }
         };
+        if let Some(e) = &mut entry {
+            dest.describe(e);
+        }
         if self.direction == Direction::Inbound {
             match self.inbound(&mut req, conn.peer.as_ref(), is_grpc, orig_proto) {
                 Ok(p) => dest.protocol = p,
                 Err(e) => {
                     dest.metrics.request();
-                    let obs = Observer::new(dest.metrics, is_grpc);
+                    let obs = Observer::new(dest.metrics, is_grpc).logged(entry);
                     return Err(failed(e, is_grpc, obs, version));
                 }
             }
         }
         dest.metrics.request();
-        let obs = Observer::new(dest.metrics.clone(), is_grpc);
+        let obs = Observer::new(dest.metrics.clone(), is_grpc).logged(entry);
         let routed = dest.routed.take();
         Ok(Admitted {
             req,

@@ -11,6 +11,7 @@ impl HttpProxy {
         &self,
         r: &Routed,
         metrics: &TargetMetrics,
+        obs: &mut Observer,
     ) -> Result<Option<resilience::Permit>, ProxyError> {
         let route = r.route();
         let limited =
@@ -24,6 +25,7 @@ impl HttpProxy {
                 && resilience::chance(percent)
             {
                 metrics.fault(false);
+                obs.flag(Flags::DI);
                 tokio::time::sleep(delay).await;
             }
             if let Some((percent, abort)) = f.abort
@@ -83,6 +85,7 @@ impl HttpProxy {
         replay: &Replay,
         upgrade: bool,
         deadline: Option<Instant>,
+        mut log: Option<&mut Entry>,
     ) -> (Result<Response<Received>, ProxyError>, u32) {
         let mut ep = (dest.addr, dest.identity.clone(), dest.state.clone());
         let mut req = first;
@@ -95,6 +98,10 @@ impl HttpProxy {
                 return (Err(e), tries);
             }
             let in_flight = ep.2.as_ref().map(|s| s.start());
+            let sent_at = log.as_deref_mut().map(|e| {
+                e.attempts = tries;
+                Instant::now()
+            });
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let res = {
                 let wait = Waiter {
@@ -107,6 +114,11 @@ impl HttpProxy {
                     .await
                     .unwrap_or_else(|| Err(ProxyError::PerTryTimeout(per_try.unwrap_or_default())))
             };
+            if let (Some(e), Some(at)) = (log.as_deref_mut(), sent_at) {
+                e.upstream = Some(ep.0);
+                e.upstream_identity = ep.1.clone();
+                e.upstream_time = res.is_ok().then(|| at.elapsed());
+            }
             let outcome = match &res {
                 Ok(rsp) if is_grpc => {
                     Outcome::of_grpc(rsp.status().as_u16(), grpc::status(rsp.headers()))
@@ -141,6 +153,9 @@ impl HttpProxy {
                 return (res, tries);
             };
             if tries > policy.retries {
+                if let Some(e) = log {
+                    e.flags.set(Flags::URX);
+                }
                 return (res, tries);
             }
             let wait = match res

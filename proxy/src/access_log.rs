@@ -1,0 +1,464 @@
+//! The access log: one line per HTTP request and per opaque TCP connection, as JSON or in
+//! Apache's combined format (with the fields Linkerd adds), written to stdout or a file.
+//!
+//! The request path only fills an [`Entry`] (a few small copies, each cut to a bound) and hands
+//! it to a bounded queue with `try_send`; a thread of its own formats and writes the lines, and
+//! flushes once the queue is empty. When the queue is full the line is dropped and counted in
+//! `weft_access_log_dropped_total`: a slow disk or pipe never holds a request back. With the log
+//! off no entry is made, and the request path only checks an `Option` that is `None`.
+//!
+//! Bounds: `--access-log-queue` lines queued (4,096 by default), each at most about 4 KiB (every
+//! field taken from a request is cut: see [`MAX_PATH`] and [`MAX_FIELD`]), so at most about
+//! 16 MiB in the queue.
+
+mod format;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError},
+    },
+    time::{Duration, SystemTime},
+};
+
+use http::{HeaderMap, Request, Version, header};
+use tokio::time::Instant;
+
+use crate::config::AccessLogConfig;
+pub use crate::config::AccessLogFormat as Format;
+
+pub use format::rfc3339_millis;
+
+/// The longest request path (and query) a line keeps, in bytes; a longer one is cut.
+pub const MAX_PATH: usize = 2048;
+/// The longest value of any other field taken from a request (authority, user agent,
+/// referer, `x-request-id`), in bytes.
+pub const MAX_FIELD: usize = 256;
+/// Lines queued for the writer by default (`--access-log-queue`).
+pub const DEFAULT_QUEUE: usize = 4096;
+
+/// Why a request or connection ended as it did, in Envoy's response-flag vocabulary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// No healthy upstream endpoint.
+    pub const UH: Flags = Flags(1);
+    /// Upstream connection failure (TCP or mutual TLS).
+    pub const UF: Flags = Flags(1 << 1);
+    /// Upstream overflow: the circuit breaker's limits, or no room within the pending timeout.
+    pub const UO: Flags = Flags(1 << 2);
+    /// No route: no service for the request's authority.
+    pub const NR: Flags = Flags(1 << 3);
+    /// Retries exhausted: the last try still failed in a way the policy retries.
+    pub const URX: Flags = Flags(1 << 4);
+    /// Upstream request timeout (the route's timeout, a per-try timeout, the gRPC deadline).
+    pub const UT: Flags = Flags(1 << 5);
+    /// The upstream closed or reset the connection or stream.
+    pub const UC: Flags = Flags(1 << 6);
+    /// The downstream client closed or reset before the response ended.
+    pub const DC: Flags = Flags(1 << 7);
+    /// Rate limited.
+    pub const RL: Flags = Flags(1 << 8);
+    /// Fault injected: abort.
+    pub const FI: Flags = Flags(1 << 9);
+    /// Fault injected: delay.
+    pub const DI: Flags = Flags(1 << 10);
+    /// The stream was idle for its idle timeout.
+    pub const SI: Flags = Flags(1 << 11);
+    /// Upstream protocol error (an upgrade the request did not offer).
+    pub const UPE: Flags = Flags(1 << 12);
+    /// Downstream protocol error (a malformed request).
+    pub const DPE: Flags = Flags(1 << 13);
+
+    const NAMES: [(Flags, &'static str); 14] = [
+        (Flags::UH, "UH"),
+        (Flags::UF, "UF"),
+        (Flags::UO, "UO"),
+        (Flags::NR, "NR"),
+        (Flags::URX, "URX"),
+        (Flags::UT, "UT"),
+        (Flags::UC, "UC"),
+        (Flags::DC, "DC"),
+        (Flags::RL, "RL"),
+        (Flags::FI, "FI"),
+        (Flags::DI, "DI"),
+        (Flags::SI, "SI"),
+        (Flags::UPE, "UPE"),
+        (Flags::DPE, "DPE"),
+    ];
+
+    pub fn set(&mut self, f: Flags) {
+        self.0 |= f.0;
+    }
+
+    pub fn contains(self, f: Flags) -> bool {
+        self.0 & f.0 == f.0 && f.0 != 0
+    }
+
+    /// As Envoy writes them: `UF,URX`; `-` for none.
+    pub fn render(self) -> String {
+        if self.0 == 0 {
+            return "-".to_string();
+        }
+        let names: Vec<&str> = Flags::NAMES
+            .iter()
+            .filter(|(f, _)| self.contains(*f))
+            .map(|(_, n)| *n)
+            .collect();
+        names.join(",")
+    }
+}
+
+/// What a line says of one request or connection. Made when it arrives, filled as it is
+/// routed and answered, and written once it has ended.
+#[derive(Debug)]
+pub struct Entry {
+    log: Arc<AccessLog>,
+    pub start: SystemTime,
+    pub started: Instant,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// `HTTP/1.1`, `HTTP/2`, ... or `TCP`.
+    pub protocol: &'static str,
+    pub method: Option<http::Method>,
+    pub authority: Option<Box<str>>,
+    /// The path, with the query when the log keeps it.
+    pub path: Option<Box<str>>,
+    pub client: Option<SocketAddr>,
+    pub user_agent: Option<Box<str>>,
+    pub referer: Option<Box<str>>,
+    pub request_id: Option<Box<str>>,
+    /// The W3C (or B3) trace id the request carried, as 32 lowercase hex digits.
+    pub trace_id: Option<Box<str>>,
+    /// The service the request was routed to (outbound), or the application (inbound).
+    pub service: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
+    /// The backend (cluster) the split chose.
+    pub backend: Option<Arc<str>>,
+    /// The endpoint the last try went to.
+    pub upstream: Option<SocketAddr>,
+    /// Inbound: the caller's SPIFFE id.
+    pub client_identity: Option<Arc<str>>,
+    /// Outbound: the SPIFFE id the endpoint had to prove.
+    pub upstream_identity: Option<Arc<str>>,
+    pub attempts: u32,
+    /// HTTP status; 0 for TCP.
+    pub status: u16,
+    pub grpc_status: Option<u32>,
+    pub flags: Flags,
+    /// Request body bytes read from the client (TCP: bytes from the client).
+    pub bytes_in: Arc<AtomicU64>,
+    /// Response body bytes sent to the client (TCP: bytes to the client).
+    pub bytes_out: u64,
+    pub duration: Duration,
+    /// From the last try's send to its response's headers.
+    pub upstream_time: Option<Duration>,
+}
+
+/// The writer's side of the log, shared by every listener.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: SyncSender<Msg>,
+    format: Format,
+    query: bool,
+    dropped: prometheus::IntCounter,
+}
+
+enum Msg {
+    Line(Box<Entry>),
+    /// Answered once every line queued before it has been written and flushed.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Line(_) => "Line",
+            Msg::Flush(_) => "Flush",
+        })
+    }
+}
+
+/// Where the lines go.
+pub enum Sink {
+    Stdout,
+    File(std::fs::File),
+    /// For tests: any writer.
+    Writer(Box<dyn Write + Send>),
+}
+
+impl AccessLog {
+    /// Starts the writer thread; `None` when the format is `off`. `query`: whether paths keep
+    /// their query. `queue`: lines held for the writer, beyond which lines are dropped.
+    pub fn start(
+        format: Format,
+        sink: Sink,
+        query: bool,
+        queue: usize,
+        dropped: prometheus::IntCounter,
+    ) -> std::io::Result<Option<Arc<AccessLog>>> {
+        if format == Format::Off {
+            return Ok(None);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue.max(1));
+        let out: Box<dyn Write + Send> = match sink {
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::File(f) => Box::new(f),
+            Sink::Writer(w) => w,
+        };
+        std::thread::Builder::new()
+            .name("weft-access-log".into())
+            .spawn(move || write_lines(rx, out, format))?;
+        Ok(Some(Arc::new(AccessLog {
+            tx,
+            format,
+            query,
+            dropped,
+        })))
+    }
+
+    /// The log `cfg` asks for: `None` when it is off. The error names the file that could not
+    /// be opened.
+    pub fn from_config(
+        cfg: &AccessLogConfig,
+        dropped: prometheus::IntCounter,
+    ) -> Result<Option<Arc<AccessLog>>, (PathBuf, std::io::Error)> {
+        if cfg.format == Format::Off {
+            return Ok(None);
+        }
+        let sink = match &cfg.path {
+            None => Sink::Stdout,
+            Some(p) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map(Sink::File)
+                .map_err(|e| (p.clone(), e))?,
+        };
+        let queue = cfg.queue as usize;
+        let here = || PathBuf::from(cfg.path.as_deref().unwrap_or("stdout".as_ref()));
+        AccessLog::start(cfg.format, sink, cfg.query, queue, dropped).map_err(|e| (here(), e))
+    }
+
+    /// The log's entry for an HTTP request (before any of its headers is changed).
+    pub fn request<B>(
+        self: &Arc<Self>,
+        req: &Request<B>,
+        direction: &'static str,
+        client: Option<SocketAddr>,
+    ) -> Box<Entry> {
+        let h = req.headers();
+        let uri = req.uri();
+        let path = match (self.query, uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str(),
+            _ => uri.path(),
+        };
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()));
+        let mut e = self.entry(direction, version_name(req.version()), client);
+        e.method = Some(req.method().clone());
+        e.path = Some(cut(path.as_bytes(), MAX_PATH));
+        e.authority = authority.map(|a| cut(a.as_bytes(), MAX_FIELD));
+        e.user_agent = field(h, &header::USER_AGENT);
+        e.referer = field(h, &header::REFERER);
+        e.request_id = field(h, X_REQUEST_ID);
+        e.trace_id = trace_id(h);
+        e
+    }
+
+    /// The log's entry for an opaque TCP connection.
+    pub fn connection(
+        self: &Arc<Self>,
+        direction: &'static str,
+        client: Option<SocketAddr>,
+    ) -> Box<Entry> {
+        self.entry(direction, "TCP", client)
+    }
+
+    fn entry(
+        self: &Arc<Self>,
+        direction: &'static str,
+        protocol: &'static str,
+        client: Option<SocketAddr>,
+    ) -> Box<Entry> {
+        Box::new(Entry {
+            log: self.clone(),
+            start: SystemTime::now(),
+            started: Instant::now(),
+            direction,
+            protocol,
+            method: None,
+            authority: None,
+            path: None,
+            client,
+            user_agent: None,
+            referer: None,
+            request_id: None,
+            trace_id: None,
+            service: None,
+            route: None,
+            backend: None,
+            upstream: None,
+            client_identity: None,
+            upstream_identity: None,
+            attempts: 0,
+            status: 0,
+            grpc_status: None,
+            flags: Flags::default(),
+            bytes_in: Arc::default(),
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream_time: None,
+        })
+    }
+
+    /// Waits (up to `within`) until every line queued so far is written and flushed: at
+    /// shutdown, so that the last requests' lines are not lost.
+    pub fn flush(&self, within: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(within);
+        }
+    }
+}
+
+impl Entry {
+    /// Queues the line (its duration measured now); drops and counts it when the queue is full.
+    pub fn finish(mut self: Box<Self>) {
+        self.duration = self.started.elapsed();
+        let log = self.log.clone();
+        match log.tx.try_send(Msg::Line(self)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => log.dropped.inc(),
+        }
+    }
+
+    /// Counts `n` more request body bytes (the handle the request body holds).
+    pub fn bytes_in(&self) -> Arc<AtomicU64> {
+        self.bytes_in.clone()
+    }
+
+    /// The format its line will be written in.
+    pub fn format(&self) -> Format {
+        self.log.format
+    }
+
+    fn received(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread: formats each line, writes it, and flushes whenever the queue is empty.
+fn write_lines(rx: Receiver<Msg>, out: Box<dyn Write + Send>, format: Format) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut line = Vec::with_capacity(1024);
+    let mut failed = false;
+    while let Ok(mut msg) = rx.recv() {
+        loop {
+            match msg {
+                Msg::Line(e) => {
+                    line.clear();
+                    format::line(&e, format, &mut line);
+                    if let Err(err) = out.write_all(&line)
+                        && !failed
+                    {
+                        failed = true;
+                        tracing::warn!(error = %err, "access log write failed; lines are being lost");
+                    }
+                }
+                Msg::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
+            }
+            match rx.try_recv() {
+                Ok(m) => msg = m,
+                Err(_) => break,
+            }
+        }
+        if out.flush().is_ok() {
+            failed = false;
+        }
+    }
+    let _ = out.flush();
+}
+
+/// The protocol as a line names it.
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// A header's value, cut to [`MAX_FIELD`].
+fn field(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<Box<str>> {
+    h.get(name).map(|v| cut(v.as_bytes(), MAX_FIELD))
+}
+
+/// `bytes` as text, cut to at most `max` bytes (on a character boundary); bytes that are not
+/// UTF-8 become U+FFFD.
+fn cut(bytes: &[u8], max: usize) -> Box<str> {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].into()
+}
+
+/// The trace id of a valid W3C `traceparent` (version 00 and later), else of B3
+/// (`x-b3-traceid`, 16 or 32 hex digits, the short form padded as B3 specifies).
+pub fn trace_id(h: &HeaderMap) -> Option<Box<str>> {
+    if let Some(tp) = h.get("traceparent").map(|v| v.as_bytes()) {
+        // version "-" trace-id "-" parent-id "-" flags, lowercase hex; version 00 is exactly
+        // that, a later version may add fields after another "-".
+        let ok = tp.len() >= 55
+            && tp[2] == b'-'
+            && tp[35] == b'-'
+            && tp[52] == b'-'
+            && tp[..2] != *b"ff"
+            && [&tp[..2], &tp[3..35], &tp[36..52], &tp[53..55]]
+                .iter()
+                .all(|part| hex_lower(part))
+            && (tp.len() == 55 || (tp[..2] != *b"00" && tp[55] == b'-'));
+        if !ok {
+            return None;
+        }
+        let id = &tp[3..35];
+        // An all-zero trace id or parent id is invalid.
+        if id.iter().all(|&b| b == b'0') || tp[36..52].iter().all(|&b| b == b'0') {
+            return None;
+        }
+        return Some(String::from_utf8_lossy(id).into());
+    }
+    let b3 = h.get("x-b3-traceid")?.as_bytes();
+    if !(b3.len() == 16 || b3.len() == 32) || !hex(b3) || b3.iter().all(|&b| b == b'0') {
+        return None;
+    }
+    let id = String::from_utf8_lossy(b3).to_ascii_lowercase();
+    Some(format!("{id:0>32}").into())
+}
+
+fn hex(b: &[u8]) -> bool {
+    b.iter().all(u8::is_ascii_hexdigit)
+}
+
+fn hex_lower(b: &[u8]) -> bool {
+    b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
