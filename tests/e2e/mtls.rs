@@ -119,6 +119,7 @@ fn sidecar(
             token.to_str().unwrap(),
         ]);
     }
+    let log = access_log(dir, sa);
     args.extend([
         "--pod-namespace",
         ns,
@@ -126,9 +127,38 @@ fn sidecar(
         sa,
         "--pod-name",
         sa,
+        "--access-log",
+        "json",
+        "--access-log-path",
+        log.to_str().unwrap(),
     ]);
     args.extend_from_slice(extra);
     Proxy::start(&args)
+}
+
+/// Where workload `sa`'s sidecar writes its access log.
+fn access_log(dir: &TempDir, sa: &str) -> PathBuf {
+    dir.0.join(format!("{sa}.access.log"))
+}
+
+/// The access log lines of `sa`'s sidecar that `pick` chooses, once there are `n` of them.
+async fn logged(
+    dir: &TempDir,
+    sa: &str,
+    n: usize,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let path = access_log(dir, sa);
+    eventually(Duration::from_secs(10), "access log lines", || async {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .filter(|l| pick(l))
+            .collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
 }
 
 fn token(sa: &str) -> String {
@@ -422,7 +452,73 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
     );
     assert_eq!(tcp_exchange(&m.intruder).await, b"");
 
-    // Metrics on both sides.
+    // Access logs: a request with a trace context through both sidecars (curl, HTTP/2), and
+    // the opaque TCP connection.
+    let curl = tools::require("curl");
+    if let Some(curl) = &curl {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let out = tokio::process::Command::new(curl)
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-H",
+                "Host: web:8080",
+                "-H",
+                &format!("traceparent: 00-{trace}-00f067aa0ba902b7-01"),
+                "-H",
+                "x-request-id: logged-1",
+                "--data-binary",
+                "hello",
+                &format!("http://{}/echo?secret=1", m.frontend.addr("outbound")),
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let by_id = |l: &serde_json::Value| l["request_id"] == "logged-1";
+        let out_line = &logged(&m.dir, "frontend", 1, by_id).await[0];
+        let in_line = &logged(&m.dir, "web", 1, by_id).await[0];
+        for (l, direction) in [(out_line, "outbound"), (in_line, "inbound")] {
+            assert_eq!(l["direction"], direction, "{l}");
+            assert_eq!(l["trace_id"], trace, "{l}");
+            assert_eq!(l["path"], "/echo", "the query is not logged: {l}");
+            assert_eq!(l["method"], "POST", "{l}");
+            assert_eq!(l["response_code"], 200, "{l}");
+            assert_eq!(l["response_flags"], "-", "{l}");
+            assert_eq!(l["bytes_received"], 5, "{l}");
+        }
+        assert_eq!(out_line["protocol"], "HTTP/2");
+        assert_eq!(out_line["service"], WEB);
+        assert_eq!(out_line["upstream_cluster"], WEB);
+        assert_eq!(out_line["upstream_identity"], id("demo", "web"));
+        assert_eq!(
+            out_line["upstream_host"],
+            m.pods[0].addr("inbound").to_string()
+        );
+        assert_eq!(in_line["client_identity"], frontend.as_str());
+        assert_eq!(in_line["upstream_host"], m.web.addr.to_string());
+        assert_eq!(out_line["bytes_sent"], in_line["bytes_sent"]);
+    }
+    let tcp = |l: &serde_json::Value| l["protocol"] == "TCP";
+    let out_line = &logged(&m.dir, "frontend", 1, tcp).await[0];
+    assert_eq!(out_line["service"], TCP);
+    assert_eq!(out_line["upstream_identity"], id("demo", "tcp"));
+    assert_eq!(
+        (&out_line["bytes_received"], &out_line["bytes_sent"]),
+        (&5.into(), &5.into())
+    );
+    let in_line = &logged(&m.dir, "tcp", 1, tcp).await[0];
+    assert_eq!(in_line["client_identity"], frontend.as_str());
+    assert_eq!(
+        (&in_line["bytes_received"], &in_line["bytes_sent"]),
+        (&5.into(), &5.into())
+    );
+    // The intruder's connection was closed by the tcp pod's authorization: nothing came back.
+    let refused = logged(&m.dir, "intruder", 1, tcp).await;
+    assert_eq!(refused[0]["bytes_sent"], 0, "{:?}", refused[0]);
+
+    // Metrics on both sides (curl's request is one more from frontend to web).
+    let curled = if curl.is_some() { 1.0 } else { 0.0 };
     let web_pod = &m.pods[0];
     assert!(
         web_pod
@@ -436,10 +532,10 @@ async fn two_sidecars_carry_http1_grpc_and_tcp_over_mutual_tls_and_enforce_autho
                 r#"weft_inbound_peer_requests_total{{client_id="{frontend}",tls="true"}}"#
             ))
             .await,
-        2.0
+        2.0 + curled
     );
     for (pod, protocol, result, count) in [
-        (0, "http", "allow", 2.0),
+        (0, "http", "allow", 2.0 + curled),
         (0, "http", "deny", 1.0),
         (1, "grpc", "deny", 1.0),
         (2, "tcp", "allow", 1.0),

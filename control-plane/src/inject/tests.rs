@@ -166,7 +166,10 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_capture_init_container() {
     assert_eq!(penv["WEFT_DEFAULT_AUTHZ"], "allow");
     assert_eq!(penv["WEFT_CAPTURE"], "true");
     assert!(!penv.contains_key("WEFT_INBOUND_MTLS_PORTS"));
-    assert!(!penv.contains_key("WEFT_ACCESS_LOG"), "the access log is off by default");
+    assert!(
+        !penv.contains_key("WEFT_ACCESS_LOG"),
+        "the access log is off by default"
+    );
     // The app's HTTP readiness probe (named port) is pointed at the sidecar.
     let web = &spec["containers"][0];
     assert_eq!(
