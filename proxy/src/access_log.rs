@@ -2,8 +2,8 @@
 //! Apache's combined format (with the fields Linkerd adds), written to stdout or a file.
 //!
 //! The request path only fills an [`Entry`] (a few small copies, each cut to a bound) and hands
-//! it to a bounded queue with `try_send`; a thread of its own formats and writes the lines, and
-//! flushes once the queue is empty. When the queue is full the line is dropped and counted in
+//! it to a bounded queue with `try_send`; a thread of its own formats and writes the lines in
+//! batches, flushing after each. When the queue is full the line is dropped and counted in
 //! `weft_access_log_dropped_total`: a slow disk or pipe never holds a request back. With the log
 //! off no entry is made, and the request path only checks an `Option` that is `None`.
 //!
@@ -104,15 +104,9 @@ impl Flags {
 
     /// As Envoy writes them: `UF,URX`; `-` for none.
     pub fn render(self) -> String {
-        if self.0 == 0 {
-            return "-".to_string();
-        }
-        let names: Vec<&str> = Flags::NAMES
-            .iter()
-            .filter(|(f, _)| self.contains(*f))
-            .map(|(_, n)| *n)
-            .collect();
-        names.join(",")
+        let mut out = Vec::new();
+        format::flags(self, &mut out);
+        String::from_utf8(out).expect("flag names are ASCII")
     }
 }
 
@@ -120,7 +114,7 @@ impl Flags {
 /// routed and answered, and written once it has ended.
 #[derive(Debug)]
 pub struct Entry {
-    log: Arc<AccessLog>,
+    log: &'static AccessLog,
     pub start: SystemTime,
     pub started: Instant,
     /// `inbound` or `outbound`.
@@ -128,15 +122,9 @@ pub struct Entry {
     /// `HTTP/1.1`, `HTTP/2`, ... or `TCP`.
     pub protocol: &'static str,
     pub method: Option<http::Method>,
-    pub authority: Option<Box<str>>,
-    /// The path, with the query when the log keeps it.
-    pub path: Option<Box<str>>,
     pub client: Option<SocketAddr>,
-    pub user_agent: Option<Box<str>>,
-    pub referer: Option<Box<str>>,
-    pub request_id: Option<Box<str>>,
-    /// The W3C (or B3) trace id the request carried, as 32 lowercase hex digits.
-    pub trace_id: Option<Box<str>>,
+    /// What the request said of itself, each cut to its bound, in one allocation.
+    text: Texts,
     /// The service the request was routed to (outbound), or the application (inbound).
     pub service: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
@@ -153,8 +141,11 @@ pub struct Entry {
     pub status: u16,
     pub grpc_status: Option<u32>,
     pub flags: Flags,
-    /// Request body bytes read from the client (TCP: bytes from the client).
-    pub bytes_in: Arc<AtomicU64>,
+    /// Request body bytes read from the client (shared with the body that counts them, made
+    /// for a request that has a body), or bytes from the client (TCP).
+    bytes_in: Option<Arc<AtomicU64>>,
+    /// TCP: bytes from the client.
+    pub bytes_from_client: u64,
     /// Response body bytes sent to the client (TCP: bytes to the client).
     pub bytes_out: u64,
     pub duration: Duration,
@@ -203,7 +194,7 @@ impl AccessLog {
         query: bool,
         queue: usize,
         dropped: prometheus::IntCounter,
-    ) -> std::io::Result<Option<Arc<AccessLog>>> {
+    ) -> std::io::Result<Option<&'static AccessLog>> {
         if format == Format::Off {
             return Ok(None);
         }
@@ -216,12 +207,13 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("weft-access-log".into())
             .spawn(move || write_lines(rx, out, format))?;
-        Ok(Some(Arc::new(AccessLog {
+        // It lives as long as the process: requests reach it without counting references.
+        Ok(Some(Box::leak(Box::new(AccessLog {
             tx,
             format,
             query,
             dropped,
-        })))
+        }))))
     }
 
     /// The log `cfg` asks for: `None` when it is off. The error names the file that could not
@@ -229,7 +221,7 @@ impl AccessLog {
     pub fn from_config(
         cfg: &AccessLogConfig,
         dropped: prometheus::IntCounter,
-    ) -> Result<Option<Arc<AccessLog>>, (PathBuf, std::io::Error)> {
+    ) -> Result<Option<&'static AccessLog>, (PathBuf, std::io::Error)> {
         if cfg.format == Format::Off {
             return Ok(None);
         }
@@ -249,7 +241,7 @@ impl AccessLog {
 
     /// The log's entry for an HTTP request (before any of its headers is changed).
     pub fn request<B>(
-        self: &Arc<Self>,
+        &'static self,
         req: &Request<B>,
         direction: &'static str,
         client: Option<SocketAddr>,
@@ -266,18 +258,36 @@ impl AccessLog {
             .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()));
         let mut e = self.entry(direction, version_name(req.version()), client);
         e.method = Some(req.method().clone());
-        e.path = Some(cut(path.as_bytes(), MAX_PATH));
-        e.authority = authority.map(|a| cut(a.as_bytes(), MAX_FIELD));
-        e.user_agent = field(h, &header::USER_AGENT);
-        e.referer = field(h, &header::REFERER);
-        e.request_id = field(h, X_REQUEST_ID);
-        e.trace_id = trace_id(h);
+        // One pass over the headers (a request has few) rather than a lookup for each name.
+        let (mut agent, mut referer, mut id) = (None, None, None);
+        let mut traced = false;
+        for (name, value) in h {
+            let v = Some((value.as_bytes(), MAX_FIELD));
+            if name == header::USER_AGENT {
+                agent = agent.or(v);
+            } else if name == header::REFERER {
+                referer = referer.or(v);
+            } else if name == X_REQUEST_ID {
+                id = id.or(v);
+            } else if name == TRACEPARENT || name == B3_TRACE_ID {
+                traced = true;
+            }
+        }
+        let trace = traced.then(|| trace_id(h)).flatten();
+        e.text = Texts::new([
+            authority.map(|a| (a.as_bytes(), MAX_FIELD)),
+            Some((path.as_bytes(), MAX_PATH)),
+            agent,
+            referer,
+            id,
+            trace.as_ref().map(|t| (&t[..], 32)),
+        ]);
         e
     }
 
     /// The log's entry for an opaque TCP connection.
     pub fn connection(
-        self: &Arc<Self>,
+        &'static self,
         direction: &'static str,
         client: Option<SocketAddr>,
     ) -> Box<Entry> {
@@ -285,25 +295,20 @@ impl AccessLog {
     }
 
     fn entry(
-        self: &Arc<Self>,
+        &'static self,
         direction: &'static str,
         protocol: &'static str,
         client: Option<SocketAddr>,
     ) -> Box<Entry> {
         Box::new(Entry {
-            log: self.clone(),
+            log: self,
             start: SystemTime::now(),
             started: Instant::now(),
             direction,
             protocol,
             method: None,
-            authority: None,
-            path: None,
             client,
-            user_agent: None,
-            referer: None,
-            request_id: None,
-            trace_id: None,
+            text: Texts::default(),
             service: None,
             route: None,
             backend: None,
@@ -314,7 +319,8 @@ impl AccessLog {
             status: 0,
             grpc_status: None,
             flags: Flags::default(),
-            bytes_in: Arc::default(),
+            bytes_in: None,
+            bytes_from_client: 0,
             bytes_out: 0,
             duration: Duration::ZERO,
             upstream_time: None,
@@ -335,16 +341,16 @@ impl Entry {
     /// Queues the line (its duration measured now); drops and counts it when the queue is full.
     pub fn finish(mut self: Box<Self>) {
         self.duration = self.started.elapsed();
-        let log = self.log.clone();
+        let log = self.log;
         match log.tx.try_send(Msg::Line(self)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => log.dropped.inc(),
         }
     }
 
-    /// Counts `n` more request body bytes (the handle the request body holds).
-    pub fn bytes_in(&self) -> Arc<AtomicU64> {
-        self.bytes_in.clone()
+    /// The counter the request body adds its bytes to.
+    pub fn bytes_in(&mut self) -> Arc<AtomicU64> {
+        self.bytes_in.get_or_insert_default().clone()
     }
 
     /// The format its line will be written in.
@@ -353,21 +359,29 @@ impl Entry {
     }
 
     fn received(&self) -> u64 {
-        self.bytes_in.load(Ordering::Relaxed)
+        self.bytes_in
+            .as_ref()
+            .map_or(self.bytes_from_client, |n| n.load(Ordering::Relaxed))
     }
 }
 
-/// The writer thread: formats each line, writes it, and flushes whenever the queue is empty.
+/// How long the writer rests after writing what was queued: lines are written in batches, and
+/// a request seldom has to wake it.
+const REST: Duration = Duration::from_millis(5);
+
+/// The writer thread: formats each line, writes it, flushes once the queue is empty, and rests
+/// [`REST`] before looking again.
 fn write_lines(rx: Receiver<Msg>, out: Box<dyn Write + Send>, format: Format) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(1024);
+    let mut formatter = format::Formatter::default();
     let mut failed = false;
     while let Ok(mut msg) = rx.recv() {
         loop {
             match msg {
                 Msg::Line(e) => {
                     line.clear();
-                    format::line(&e, format, &mut line);
+                    formatter.line(&e, format, &mut line);
                     if let Err(err) = out.write_all(&line)
                         && !failed
                     {
@@ -388,8 +402,83 @@ fn write_lines(rx: Receiver<Msg>, out: Box<dyn Write + Send>, format: Format) {
         if out.flush().is_ok() {
             failed = false;
         }
+        std::thread::sleep(REST);
     }
     let _ = out.flush();
+}
+
+/// The strings an entry takes from its request, in one buffer: a request's line costs one
+/// allocation for them, however many there are.
+#[derive(Debug, Default)]
+struct Texts {
+    buf: String,
+    /// Where each of [`AUTHORITY`], [`PATH`], ... is in `buf`.
+    spans: [Option<(u16, u16)>; 6],
+}
+
+const AUTHORITY: usize = 0;
+const PATH: usize = 1;
+const USER_AGENT: usize = 2;
+const REFERER: usize = 3;
+const REQUEST_ID: usize = 4;
+const TRACE_ID: usize = 5;
+
+impl Texts {
+    /// Each value cut to its bound (on a character boundary; bytes that are not UTF-8 become
+    /// U+FFFD). Bounds are at most [`MAX_PATH`], so every span fits in `u16`.
+    fn new(values: [Option<(&[u8], usize)>; 6]) -> Texts {
+        let len = values
+            .iter()
+            .flatten()
+            .map(|(v, max)| v.len().min(*max))
+            .sum();
+        let mut t = Texts {
+            buf: String::with_capacity(len),
+            spans: [None; 6],
+        };
+        for (span, value) in t.spans.iter_mut().zip(values) {
+            let Some((v, max)) = value else { continue };
+            let from = t.buf.len();
+            match std::str::from_utf8(&v[..v.len().min(max)]) {
+                Ok(s) => t.buf.push_str(s),
+                Err(_) => t.buf.push_str(&lossy(v, max)),
+            }
+            *span = Some((from as u16, t.buf.len() as u16));
+        }
+        t
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        self.spans[i].map(|(a, b)| &self.buf[usize::from(a)..usize::from(b)])
+    }
+}
+
+impl Entry {
+    pub fn authority(&self) -> Option<&str> {
+        self.text.get(AUTHORITY)
+    }
+
+    /// The path, with the query when the log keeps it.
+    pub fn path(&self) -> Option<&str> {
+        self.text.get(PATH)
+    }
+
+    pub fn user_agent(&self) -> Option<&str> {
+        self.text.get(USER_AGENT)
+    }
+
+    pub fn referer(&self) -> Option<&str> {
+        self.text.get(REFERER)
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.text.get(REQUEST_ID)
+    }
+
+    /// The W3C (or B3) trace id the request carried, as 32 lowercase hex digits.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.text.get(TRACE_ID)
+    }
 }
 
 /// The protocol as a line names it.
@@ -404,17 +493,15 @@ fn version_name(v: Version) -> &'static str {
     }
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
-
-/// A header's value, cut to [`MAX_FIELD`].
-fn field(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<Box<str>> {
-    h.get(name).map(|v| cut(v.as_bytes(), MAX_FIELD))
-}
+pub static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+static TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
+static B3_TRACE_ID: header::HeaderName = header::HeaderName::from_static("x-b3-traceid");
 
 /// `bytes` as text, cut to at most `max` bytes (on a character boundary); bytes that are not
 /// UTF-8 become U+FFFD.
-fn cut(bytes: &[u8], max: usize) -> Box<str> {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
+fn lossy(bytes: &[u8], max: usize) -> Box<str> {
+    let bytes = &bytes[..bytes.len().min(max)];
+    let s = String::from_utf8_lossy(bytes);
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -423,9 +510,10 @@ fn cut(bytes: &[u8], max: usize) -> Box<str> {
 }
 
 /// The trace id of a valid W3C `traceparent` (version 00 and later), else of B3
-/// (`x-b3-traceid`, 16 or 32 hex digits, the short form padded as B3 specifies).
-pub fn trace_id(h: &HeaderMap) -> Option<Box<str>> {
-    if let Some(tp) = h.get("traceparent").map(|v| v.as_bytes()) {
+/// (`x-b3-traceid`, 16 or 32 hex digits, the short form padded as B3 specifies): 32 lowercase
+/// hex digits.
+pub fn trace_id(h: &HeaderMap) -> Option<[u8; 32]> {
+    if let Some(tp) = h.get(&TRACEPARENT).map(|v| v.as_bytes()) {
         // version "-" trace-id "-" parent-id "-" flags, lowercase hex; version 00 is exactly
         // that, a later version may add fields after another "-".
         let ok = tp.len() >= 55
@@ -445,14 +533,16 @@ pub fn trace_id(h: &HeaderMap) -> Option<Box<str>> {
         if id.iter().all(|&b| b == b'0') || tp[36..52].iter().all(|&b| b == b'0') {
             return None;
         }
-        return Some(String::from_utf8_lossy(id).into());
+        return id.try_into().ok();
     }
-    let b3 = h.get("x-b3-traceid")?.as_bytes();
+    let b3 = h.get(&B3_TRACE_ID)?.as_bytes();
     if !(b3.len() == 16 || b3.len() == 32) || !hex(b3) || b3.iter().all(|&b| b == b'0') {
         return None;
     }
-    let id = String::from_utf8_lossy(b3).to_ascii_lowercase();
-    Some(format!("{id:0>32}").into())
+    let mut id = [b'0'; 32];
+    id[32 - b3.len()..].copy_from_slice(b3);
+    id.make_ascii_lowercase();
+    Some(id)
 }
 
 fn hex(b: &[u8]) -> bool {

@@ -99,7 +99,7 @@ pub struct HttpProxy {
     pub cfg: UpstreamConfig,
     pub drain: Drain,
     /// The access log, when it is on.
-    pub log: Option<Arc<AccessLog>>,
+    pub log: Option<&'static AccessLog>,
 }
 
 /// Where one request goes.

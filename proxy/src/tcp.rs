@@ -46,7 +46,7 @@ pub async fn forward<I>(
         Ok((sent, received)) => {
             tracing::trace!(%addr, sent, received, "opaque connection closed");
             if let Some(l) = &mut log {
-                l.bytes_in.store(sent, std::sync::atomic::Ordering::Relaxed);
+                l.bytes_from_client = sent;
                 l.bytes_out = received;
             }
         }

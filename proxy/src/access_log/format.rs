@@ -1,184 +1,366 @@
-//! An entry as a line: JSON, or Apache's combined format with weft's fields after it.
+//! An entry as a line: JSON, or Apache's combined format with weft's fields after it. Written
+//! byte by byte into one buffer the writer reuses (no allocation per line), the date and time
+//! of day formatted once a second.
 
-use std::{io::Write, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
 
-use serde::Serialize;
+use super::{Entry, Flags, Format};
 
-use super::{Entry, Format};
-
-/// A line as JSON: field names follow Envoy's default JSON access log where one exists.
-#[derive(Serialize)]
-struct Json<'a> {
-    start_time: &'a str,
-    direction: &'static str,
-    protocol: &'static str,
-    method: Option<&'a str>,
-    authority: Option<&'a str>,
-    path: Option<&'a str>,
-    response_code: u16,
-    grpc_status: Option<u32>,
-    response_flags: &'a str,
-    bytes_received: u64,
-    bytes_sent: u64,
-    duration_ms: f64,
-    upstream_service_time_ms: Option<f64>,
-    upstream_host: Option<String>,
-    service: Option<&'a str>,
-    route_name: Option<&'a str>,
-    upstream_cluster: Option<&'a str>,
-    attempts: u32,
-    downstream_remote_address: Option<String>,
-    client_identity: Option<&'a str>,
-    upstream_identity: Option<&'a str>,
-    request_id: Option<&'a str>,
-    trace_id: Option<&'a str>,
-    user_agent: Option<&'a str>,
-    referer: Option<&'a str>,
+/// Formats lines; keeps the last second's date and time of day.
+#[derive(Default)]
+pub(super) struct Formatter {
+    /// Seconds since the epoch of `second`.
+    at: u64,
+    /// `YYYY-MM-DDTHH:MM:SS` of `at`.
+    second: Vec<u8>,
 }
 
-/// Milliseconds, to the microsecond.
-fn millis(d: std::time::Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
-}
-
-/// Appends `e` as one line (with its newline) in `format`.
-pub(super) fn line(e: &Entry, format: Format, out: &mut Vec<u8>) {
-    let start = rfc3339_millis(e.start);
-    let flags = e.flags.render();
-    match format {
-        Format::Off => {}
-        Format::Json => {
-            let j = Json {
-                start_time: &start,
-                direction: e.direction,
-                protocol: e.protocol,
-                method: e.method.as_ref().map(|m| m.as_str()),
-                authority: e.authority.as_deref(),
-                path: e.path.as_deref(),
-                response_code: e.status,
-                grpc_status: e.grpc_status,
-                response_flags: &flags,
-                bytes_received: e.received(),
-                bytes_sent: e.bytes_out,
-                duration_ms: millis(e.duration),
-                upstream_service_time_ms: e.upstream_time.map(millis),
-                upstream_host: e.upstream.map(|a| a.to_string()),
-                service: e.service.as_deref(),
-                route_name: e.route.as_deref(),
-                upstream_cluster: e.backend.as_deref(),
-                attempts: e.attempts,
-                downstream_remote_address: e.client.map(|a| a.to_string()),
-                client_identity: e.client_identity.as_deref(),
-                upstream_identity: e.upstream_identity.as_deref(),
-                request_id: e.request_id.as_deref(),
-                trace_id: e.trace_id.as_deref(),
-                user_agent: e.user_agent.as_deref(),
-                referer: e.referer.as_deref(),
-            };
-            serde_json::to_writer(&mut *out, &j).expect("a Vec takes any write");
-            out.push(b'\n');
+impl Formatter {
+    /// Appends `e` as one line (with its newline) in `format`.
+    pub(super) fn line(&mut self, e: &Entry, format: Format, out: &mut Vec<u8>) {
+        match format {
+            Format::Off => {}
+            Format::Json => self.json(e, out),
+            Format::Apache => self.apache(e, out),
         }
-        Format::Apache => apache(e, &start, &flags, out),
     }
-}
 
-/// `client ident - [time] "METHOD path PROTOCOL" status bytes "referer" "user-agent"`, the
-/// combined format with the caller's identity as the ident (as Linkerd writes it), then weft's
-/// fields as `key=value`, `-` for what is unknown.
-fn apache(e: &Entry, start: &str, flags: &str, out: &mut Vec<u8>) {
-    let dash = |o: Option<&str>| o.unwrap_or("-").to_string();
-    let client = e.client.map(|a| a.to_string());
-    let _ = write!(
-        out,
-        "{} {} - [{start}] \"",
-        dash(client.as_deref()),
-        dash(e.client_identity.as_deref()),
-    );
-    match &e.method {
-        Some(m) => {
+    /// `t` as RFC 3339, UTC, to the millisecond: `2026-12-05T19:29:43.123Z`.
+    fn time(&mut self, t: SystemTime, out: &mut Vec<u8>) {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        if self.second.is_empty() || secs != self.at {
+            self.at = secs;
+            self.second.clear();
+            write_second(secs, &mut self.second);
+        }
+        out.extend_from_slice(&self.second);
+        out.push(b'.');
+        digits(u64::from(d.subsec_millis()), 3, out);
+        out.push(b'Z');
+    }
+
+    /// One JSON object: field names follow Envoy's default JSON access log where one exists; a
+    /// field that does not apply is left out.
+    fn json(&mut self, e: &Entry, out: &mut Vec<u8>) {
+        out.reserve(1024);
+        out.extend_from_slice(b"{\"start_time\":\"");
+        self.time(e.start, out);
+        out.push(b'"');
+        let mut j = Json(out);
+        j.str(b",\"direction\":", Some(e.direction));
+        j.str(b",\"protocol\":", Some(e.protocol));
+        j.str(b",\"method\":", e.method.as_ref().map(|m| m.as_str()));
+        j.str(b",\"authority\":", e.authority());
+        j.str(b",\"path\":", e.path());
+        j.num(b",\"response_code\":", Some(u64::from(e.status)));
+        j.num(b",\"grpc_status\":", e.grpc_status.map(u64::from));
+        j.key(b",\"response_flags\":");
+        j.0.push(b'"');
+        flags(e.flags, j.0);
+        j.0.push(b'"');
+        j.num(b",\"bytes_received\":", Some(e.received()));
+        j.num(b",\"bytes_sent\":", Some(e.bytes_out));
+        j.ms(b",\"duration_ms\":", Some(e.duration));
+        j.ms(b",\"upstream_service_time_ms\":", e.upstream_time);
+        j.addr(b",\"upstream_host\":", e.upstream);
+        j.str(b",\"service\":", e.service.as_deref());
+        j.str(b",\"route_name\":", e.route.as_deref());
+        j.str(b",\"upstream_cluster\":", e.backend.as_deref());
+        j.num(b",\"attempts\":", Some(u64::from(e.attempts)));
+        j.addr(b",\"downstream_remote_address\":", e.client);
+        j.str(b",\"client_identity\":", e.client_identity.as_deref());
+        j.str(b",\"upstream_identity\":", e.upstream_identity.as_deref());
+        j.str(b",\"request_id\":", e.request_id());
+        j.str(b",\"trace_id\":", e.trace_id());
+        j.str(b",\"user_agent\":", e.user_agent());
+        j.str(b",\"referer\":", e.referer());
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// `client ident - [time] "METHOD path PROTOCOL" status bytes "referer" "user-agent"`: the
+    /// combined format with the caller's identity as the ident (as Linkerd writes it), then
+    /// weft's fields as `key=value`, `-` for what is unknown.
+    fn apache(&mut self, e: &Entry, out: &mut Vec<u8>) {
+        match e.client {
+            Some(a) => addr(a, out),
+            None => out.push(b'-'),
+        }
+        out.push(b' ');
+        bare(e.client_identity.as_deref(), out);
+        out.extend_from_slice(b" - [");
+        self.time(e.start, out);
+        out.extend_from_slice(b"] \"");
+        if let Some(m) = &e.method {
             quoted(m.as_str(), out);
             out.push(b' ');
-            quoted(e.path.as_deref().unwrap_or("-"), out);
+            quoted(e.path().unwrap_or("-"), out);
             out.push(b' ');
-            quoted(e.protocol, out);
         }
-        None => quoted(e.protocol, out),
+        quoted(e.protocol, out);
+        out.extend_from_slice(b"\" ");
+        number(u64::from(e.status), out);
+        out.push(b' ');
+        number(e.bytes_out, out);
+        out.extend_from_slice(b" \"");
+        quoted(e.referer().unwrap_or("-"), out);
+        out.extend_from_slice(b"\" \"");
+        quoted(e.user_agent().unwrap_or("-"), out);
+        out.push(b'"');
+        let kv = |k: &str, out: &mut Vec<u8>| {
+            out.push(b' ');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'=');
+        };
+        kv("direction", out);
+        bare(Some(e.direction), out);
+        kv("authority", out);
+        bare(e.authority(), out);
+        kv("grpc_status", out);
+        match e.grpc_status {
+            Some(g) => number(u64::from(g), out),
+            None => out.push(b'-'),
+        }
+        kv("flags", out);
+        flags(e.flags, out);
+        kv("bytes_received", out);
+        number(e.received(), out);
+        kv("duration_ms", out);
+        millis(e.duration, out);
+        kv("upstream_ms", out);
+        match e.upstream_time {
+            Some(d) => millis(d, out),
+            None => out.push(b'-'),
+        }
+        kv("upstream", out);
+        match e.upstream {
+            Some(a) => addr(a, out),
+            None => out.push(b'-'),
+        }
+        kv("service", out);
+        bare(e.service.as_deref(), out);
+        kv("route", out);
+        bare(e.route.as_deref(), out);
+        kv("backend", out);
+        bare(e.backend.as_deref(), out);
+        kv("attempts", out);
+        number(u64::from(e.attempts), out);
+        kv("upstream_id", out);
+        bare(e.upstream_identity.as_deref(), out);
+        kv("request_id", out);
+        bare(e.request_id(), out);
+        kv("trace_id", out);
+        bare(e.trace_id(), out);
+        out.push(b'\n');
     }
-    let _ = write!(out, "\" {} {} \"", e.status, e.bytes_out);
-    quoted(e.referer.as_deref().unwrap_or("-"), out);
-    out.extend_from_slice(b"\" \"");
-    quoted(e.user_agent.as_deref().unwrap_or("-"), out);
-    out.push(b'"');
-    let mut kv = |k: &str, v: &str| {
-        let _ = write!(out, " {k}=");
-        if v.is_empty() {
-            out.push(b'-');
-        } else {
-            bare(v, out);
-        }
-    };
-    kv("direction", e.direction);
-    kv("authority", e.authority.as_deref().unwrap_or("-"));
-    kv(
-        "grpc_status",
-        &dash(e.grpc_status.map(|g| g.to_string()).as_deref()),
-    );
-    kv("flags", flags);
-    kv("bytes_received", &e.received().to_string());
-    kv("duration_ms", &millis(e.duration).to_string());
-    kv(
-        "upstream_ms",
-        &dash(e.upstream_time.map(|d| millis(d).to_string()).as_deref()),
-    );
-    kv(
-        "upstream",
-        &dash(e.upstream.map(|a| a.to_string()).as_deref()),
-    );
-    kv("service", e.service.as_deref().unwrap_or("-"));
-    kv("route", e.route.as_deref().unwrap_or("-"));
-    kv("backend", e.backend.as_deref().unwrap_or("-"));
-    kv("attempts", &e.attempts.to_string());
-    kv("upstream_id", e.upstream_identity.as_deref().unwrap_or("-"));
-    kv("request_id", e.request_id.as_deref().unwrap_or("-"));
-    kv("trace_id", e.trace_id.as_deref().unwrap_or("-"));
-    out.push(b'\n');
 }
+
+/// `,"key":value` pairs after the first.
+struct Json<'a>(&'a mut Vec<u8>);
+
+impl Json<'_> {
+    /// `k` is the whole `,"key":`.
+    fn key(&mut self, k: &[u8]) {
+        self.0.extend_from_slice(k);
+    }
+
+    // A field without a value is left out.
+
+    fn str(&mut self, k: &[u8], v: Option<&str>) {
+        if let Some(v) = v {
+            self.key(k);
+            json_string(v, self.0);
+        }
+    }
+
+    fn num(&mut self, k: &[u8], v: Option<u64>) {
+        if let Some(n) = v {
+            self.key(k);
+            number(n, self.0);
+        }
+    }
+
+    fn ms(&mut self, k: &[u8], v: Option<Duration>) {
+        if let Some(d) = v {
+            self.key(k);
+            millis(d, self.0);
+        }
+    }
+
+    fn addr(&mut self, k: &[u8], v: Option<SocketAddr>) {
+        if let Some(a) = v {
+            self.key(k);
+            self.0.push(b'"');
+            addr(a, self.0);
+            self.0.push(b'"');
+        }
+    }
+}
+
+/// `s` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`.
+fn json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    // Most values need no escape: one pass without branches says so.
+    let plain = !bytes.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            out.extend_from_slice(&bytes[from..i]);
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                _ => {
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 0xf)]);
+                }
+            }
+            from = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[from..]);
+    out.push(b'"');
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Text inside a quoted field: `"` and `\` escaped, control bytes as `\xHH` (as Apache does).
 fn quoted(s: &str, out: &mut Vec<u8>) {
     for &b in s.as_bytes() {
         match b {
             b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            0..=0x1f | 0x7f => {
-                let _ = write!(out, "\\x{b:02x}");
-            }
+            0..=0x1f | 0x7f => escaped(b, out),
             _ => out.push(b),
         }
     }
 }
 
-/// A `key=value` value: as [`quoted`], with spaces also escaped, so fields split on spaces.
-fn bare(s: &str, out: &mut Vec<u8>) {
-    for part in s.split(' ') {
-        quoted(part, out);
-        out.extend_from_slice(b"\\x20");
+/// A `key=value` value (or the ident): as [`quoted`], and spaces as `\x20`, so fields split on
+/// spaces; `-` when there is none or it is empty.
+fn bare(s: Option<&str>, out: &mut Vec<u8>) {
+    match s {
+        None | Some("") => out.push(b'-'),
+        Some(s) => {
+            for &b in s.as_bytes() {
+                match b {
+                    b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+                    0..=0x20 | 0x7f => escaped(b, out),
+                    _ => out.push(b),
+                }
+            }
+        }
     }
-    out.truncate(out.len() - 4);
+}
+
+fn escaped(b: u8, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\\x");
+    out.push(HEX[usize::from(b >> 4)]);
+    out.push(HEX[usize::from(b & 0xf)]);
+}
+
+/// `n` in decimal.
+fn number(mut n: u64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// `n` in exactly `width` decimal digits (it has no more).
+fn digits(mut n: u64, width: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for i in (start..start + width).rev() {
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Milliseconds, to the microsecond: `1.204`.
+fn millis(d: Duration, out: &mut Vec<u8>) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    number(us / 1000, out);
+    out.push(b'.');
+    digits(us % 1000, 3, out);
+}
+
+/// `ip:port`, `[ip6]:port`.
+fn addr(a: SocketAddr, out: &mut Vec<u8>) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(u64::from(o), out);
+            }
+            out.push(b':');
+            number(u64::from(a.port()), out);
+        }
+        SocketAddr::V6(_) => {
+            use std::io::Write;
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+/// As Envoy writes them: `UF,URX`; `-` for none.
+pub(super) fn flags(f: Flags, out: &mut Vec<u8>) {
+    let mut any = false;
+    for (flag, name) in Flags::NAMES {
+        if f.contains(flag) {
+            if any {
+                out.push(b',');
+            }
+            out.extend_from_slice(name.as_bytes());
+            any = true;
+        }
+    }
+    if !any {
+        out.push(b'-');
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` after the epoch (UTC).
+fn write_second(secs: u64, out: &mut Vec<u8>) {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil(days as i64);
+    digits(y.max(0) as u64, 4, out);
+    out.push(b'-');
+    digits(u64::from(m), 2, out);
+    out.push(b'-');
+    digits(u64::from(d), 2, out);
+    out.push(b'T');
+    digits(rem / 3600, 2, out);
+    out.push(b':');
+    digits(rem % 3600 / 60, 2, out);
+    out.push(b':');
+    digits(rem % 60, 2, out);
 }
 
 /// `t` in RFC 3339, UTC, to the millisecond: `2026-12-05T19:29:43.123Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let mut out = Vec::with_capacity(24);
+    Formatter::default().time(t, &mut out);
+    String::from_utf8(out).expect("digits and punctuation")
 }
 
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).

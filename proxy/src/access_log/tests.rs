@@ -8,6 +8,11 @@ use http::HeaderMap;
 
 use super::*;
 
+/// The trace id of `h`, as text.
+fn trace(h: &HeaderMap) -> Option<String> {
+    trace_id(h).map(|t| String::from_utf8(t.to_vec()).unwrap())
+}
+
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     pairs
         .iter()
@@ -38,13 +43,13 @@ fn trace_ids_come_from_a_valid_traceparent_or_b3() {
     let id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let ok = format!("00-{id}-00f067aa0ba902b7-01");
     assert_eq!(
-        trace_id(&headers(&[("traceparent", &ok)])).as_deref(),
+        trace(&headers(&[("traceparent", &ok)])).as_deref(),
         Some(id)
     );
     // A later version may append fields; version 00 may not.
     let later = format!("01-{id}-00f067aa0ba902b7-01-extra");
     assert_eq!(
-        trace_id(&headers(&[("traceparent", &later)])).as_deref(),
+        trace(&headers(&[("traceparent", &later)])).as_deref(),
         Some(id)
     );
     for bad in [
@@ -59,15 +64,15 @@ fn trace_ids_come_from_a_valid_traceparent_or_b3() {
     ] {
         // An invalid traceparent is ignored, B3 beside it too (W3C takes precedence).
         let h = headers(&[("traceparent", &bad), ("x-b3-traceid", id)]);
-        assert_eq!(trace_id(&h), None, "{bad}");
+        assert_eq!(trace(&h), None, "{bad}");
     }
     let b3 = headers(&[("x-b3-traceid", "A3CE929D0E0E4736")]);
     assert_eq!(
-        trace_id(&b3).as_deref(),
+        trace(&b3).as_deref(),
         Some("0000000000000000a3ce929d0e0e4736"),
         "a 64-bit B3 id is padded to 128 bits"
     );
-    assert_eq!(trace_id(&headers(&[("x-b3-traceid", "xyz")])), None);
+    assert_eq!(trace(&headers(&[("x-b3-traceid", "xyz")])), None);
 }
 
 #[test]
@@ -83,13 +88,25 @@ fn flags_read_as_envoy_writes_them() {
 #[test]
 fn fields_from_a_request_are_cut_to_their_bound() {
     let long = "é".repeat(MAX_FIELD);
-    let cut_value = cut(long.as_bytes(), MAX_FIELD);
-    assert!(cut_value.len() <= MAX_FIELD);
-    assert!(
-        cut_value.chars().all(|c| c == 'é'),
-        "cut on a character boundary"
-    );
-    assert_eq!(&*cut(b"\xffok", 10), "\u{fffd}ok");
+    let odd = format!("x{long}");
+    let t = Texts::new([
+        Some((long.as_bytes(), MAX_FIELD)),
+        Some((odd.as_bytes(), MAX_FIELD)),
+        Some((b"\xffok", 10)),
+        None,
+        Some((b"", 10)),
+        Some((b"0123", 2)),
+    ]);
+    let authority = t.get(AUTHORITY).unwrap();
+    assert_eq!(authority.len(), MAX_FIELD);
+    assert!(authority.chars().all(|c| c == 'é'));
+    let path = t.get(PATH).unwrap();
+    assert_eq!(path.len(), MAX_FIELD - 1, "cut on a character boundary");
+    assert!(path.starts_with("xé"));
+    assert_eq!(t.get(USER_AGENT), Some("\u{fffd}ok"));
+    assert_eq!(t.get(REFERER), None);
+    assert_eq!(t.get(REQUEST_ID), Some(""));
+    assert_eq!(t.get(TRACE_ID), Some("01"));
 }
 
 /// A writer that blocks until the test lets it go, and keeps what it was given.
@@ -146,4 +163,92 @@ fn a_full_queue_drops_lines_and_counts_them() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(v["protocol"], "TCP");
     }
+}
+
+/// A log writing to memory, and what it wrote once every queued line is out.
+fn memory_log(format: Format, query: bool) -> (&'static AccessLog, impl Fn() -> String) {
+    let written: Arc<Mutex<Vec<u8>>> = Arc::default();
+    struct W(Arc<Mutex<Vec<u8>>>);
+    impl Write for W {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+    let sink = Sink::Writer(Box::new(W(written.clone())));
+    let log = AccessLog::start(format, sink, query, 16, dropped)
+        .unwrap()
+        .unwrap();
+    let l = log;
+    (log, move || {
+        l.flush(Duration::from_secs(5));
+        String::from_utf8(written.lock().unwrap().clone()).unwrap()
+    })
+}
+
+fn hostile_request() -> http::Request<()> {
+    let agent = http::HeaderValue::from_bytes(b"a \"quoted\"\tback\\slash \xe9t\xe9").unwrap();
+    http::Request::get("http://web:8080/p%20ath?token=s3cret")
+        .header("user-agent", agent)
+        .body(())
+        .unwrap()
+}
+
+#[test]
+fn json_lines_read_back_as_what_the_request_sent() {
+    let (log, written) = memory_log(Format::Json, false);
+    let mut e = log.request(&hostile_request(), "outbound", "10.1.2.3:4567".parse().ok());
+    e.upstream = "[fd00::1]:80".parse().ok();
+    e.upstream_time = Some(Duration::from_micros(50));
+    e.duration = Duration::from_micros(1_234_567);
+    e.flags.set(Flags::UT);
+    e.finish();
+    let text = written();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(
+        v["user_agent"],
+        "a \"quoted\"\tback\\slash \u{fffd}t\u{fffd}"
+    );
+    assert_eq!(v["path"], "/p%20ath", "no query by default");
+    assert_eq!(v["authority"], "web:8080");
+    assert_eq!(v["downstream_remote_address"], "10.1.2.3:4567");
+    assert_eq!(v["upstream_host"], "[fd00::1]:80");
+    assert_eq!(v["upstream_service_time_ms"], 0.05);
+    assert_eq!(v["response_flags"], "UT");
+    assert!(
+        v["duration_ms"].as_f64().unwrap() < 1.0,
+        "measured at finish"
+    );
+    assert!(
+        v.get("trace_id").is_none(),
+        "a field without a value is left out: {v}"
+    );
+}
+
+#[test]
+fn apache_lines_escape_what_could_split_a_field_and_keep_the_query_when_asked() {
+    let (log, written) = memory_log(Format::Apache, true);
+    let mut e = log.request(&hostile_request(), "inbound", None);
+    e.client_identity = Some("spiffe://cluster.local/ns/a b/sa/c".into());
+    e.status = 200;
+    e.finish();
+    let text = written();
+    let line = text.strip_suffix('\n').unwrap();
+    assert!(!line.contains('\n') && !line.contains('\t'), "{line}");
+    assert!(
+        line.starts_with("- spiffe://cluster.local/ns/a\\x20b/sa/c - ["),
+        "{line}"
+    );
+    assert!(
+        line.contains(
+            r#"] "GET /p%20ath?token=s3cret HTTP/1.1" 200 0 "-" "a \"quoted\"\x09back\\slash "#
+        ),
+        "{line}"
+    );
+    assert!(line.ends_with(" trace_id=-"), "{line}");
 }

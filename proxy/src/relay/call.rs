@@ -18,7 +18,7 @@ impl HttpProxy {
             mut to,
             upgrade,
         } = a;
-        let counted = to.obs.entry().map(|e| e.bytes_in());
+
         let dest = &to.dest;
         let route = to.routed.as_ref().map(Routed::route);
         let policy = route.map(|r| &r.policy);
@@ -59,7 +59,13 @@ impl HttpProxy {
             .and_then(|p| p.mirror.as_ref())
             .filter(|m| !upgrade && resilience::chance(m.percent));
         let (parts, body) = req.into_parts();
-        let direct = RequestBody::direct(body, cancel.clone()).counted(counted);
+        let mut direct = RequestBody::direct(body, cancel.clone());
+        // The access log counts the body's bytes, when there is one.
+        if let Some(e) = to.obs.entry()
+            && !http_body::Body::is_end_stream(&direct)
+        {
+            direct = direct.counted(Some(e.bytes_in()));
+        }
         let keep = retry.is_some() || mirror.is_some();
         let (first, replay) = if !keep {
             (RequestBody::from(direct), Replay::None)
