@@ -48,8 +48,9 @@ const GRPC_CODES: usize = 17;
 /// otherwise choose).
 const GRPC_OTHER: u32 = u32::MAX;
 
-/// A target's identity: its direction and its label (a service, the local application).
-type TargetKey = (Direction, Arc<str>);
+/// A target's identity: its direction, its label (a service, the local application), and the
+/// route and backend of its request and response series (empty for the target's own).
+type TargetKey = (Direction, Arc<str>, Arc<str>, Arc<str>);
 
 pub struct Metrics {
     registry: Registry,
@@ -95,9 +96,11 @@ impl Metrics {
                 .extend(c.desc().iter().map(|d| d.fq_name.clone()));
             registry.register(c).expect("metric names are unique");
         };
+        // Outbound requests routed by the table are counted per route and backend (a canary's
+        // backends apart); every other request has both empty.
         let requests = IntCounterVec::new(
             opts("request_total", "HTTP requests received."),
-            &["direction", "target"],
+            &["direction", "target", "route", "backend"],
         )
         .unwrap();
         let responses = IntCounterVec::new(
@@ -105,7 +108,14 @@ impl Metrics {
                 "response_total",
                 "HTTP responses sent, by status code and (for gRPC) grpc-status.",
             ),
-            &["direction", "target", "status_code", "grpc_status"],
+            &[
+                "direction",
+                "target",
+                "route",
+                "backend",
+                "status_code",
+                "grpc_status",
+            ],
         )
         .unwrap();
         let latency = HistogramVec::new(
@@ -114,7 +124,7 @@ impl Metrics {
                 "Time from a request's headers to its response's headers.",
             ))
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["direction", "target"],
+            &["direction", "target", "route", "backend"],
         )
         .unwrap();
         let open = IntGaugeVec::new(

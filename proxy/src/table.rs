@@ -24,7 +24,7 @@ use http::HeaderName;
 pub use crate::clusters::{Cluster, Endpoint, EndpointSet, Picked};
 use crate::{
     authz::Authz,
-    metrics::{LazyTarget, Metrics, TargetMetrics},
+    metrics::{Direction, LazyTarget, Metrics, TargetMetrics},
     resilience::{Fault, TokenBucket},
     resolve::Resolved,
     retry::{Budget, Retry},
@@ -157,23 +157,54 @@ pub struct Route {
     /// on one backend of the split (sticky canary).
     pub hash: Option<HashOn>,
     pub policy: RoutePolicy,
+    /// Each backend's request and response series (in `backends`' order), made on first use;
+    /// filled when the service is finished.
+    pub metrics: Box<[LazyTarget]>,
 }
 
 impl Route {
-    /// The backend and endpoint for a request with hash key `hash`: a key keeps a caller on
-    /// one backend of the split (sticky canary) and, on a ring-hash cluster, on one endpoint.
-    pub fn target(
-        &self,
-        hash: Option<u64>,
-        metrics: &TargetMetrics,
-    ) -> Option<(&Arc<Cluster>, Picked)> {
-        let cluster = match hash {
-            Some(h) => self.backends.pick_with(h),
-            None => self.backends.pick(),
-        }?;
-        Some((cluster, cluster.pick(hash, metrics)?))
+    /// The backend (with its series) and an endpoint of it for a request with hash key
+    /// `hash`: a key keeps a caller on one backend of the split (sticky canary) and, on a
+    /// ring-hash cluster, on one endpoint. `None` only for a route without backends; no
+    /// endpoint when the backend has none in service.
+    pub fn target(&self, hash: Option<u64>, metrics: &TargetMetrics) -> Option<Target<'_>> {
+        let r = hash.unwrap_or_else(|| fastrand::u64(..));
+        let i = self.backends.pick_index(r)?;
+        let cluster = self.backends.get(i)?;
+        Some(Target {
+            cluster,
+            metrics: &self.metrics[i],
+            endpoint: cluster.pick(hash, metrics),
+        })
+    }
+
+    /// Makes each backend's series handles (on first use) for the route of `service`.
+    pub(crate) fn count(&mut self, metrics: &Arc<Metrics>, service: &Arc<str>) {
+        self.metrics = self
+            .backends
+            .iter()
+            .map(|c| {
+                let (route, backend) = (self.name.clone(), c.name.clone());
+                LazyTarget::backend(
+                    metrics,
+                    Direction::Outbound,
+                    service.clone(),
+                    route,
+                    backend,
+                )
+            })
+            .collect();
     }
 }
+
+/// Where a route sends one request: the backend, its series, and an endpoint if it has one.
+pub struct Target<'a> {
+    pub cluster: &'a Arc<Cluster>,
+    pub metrics: &'a LazyTarget,
+    pub endpoint: Option<Picked>,
+}
+
+impl Route {}
 
 /// The part of a request a route hashes.
 #[derive(Debug, Clone)]

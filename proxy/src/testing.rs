@@ -9,6 +9,7 @@
 //! not know is refused and recorded, and [`Mesh`] fails the test for it when dropped.
 
 mod access;
+mod golden;
 mod resilience;
 mod retry;
 

@@ -297,7 +297,7 @@ fn a_port_scan_does_not_grow_the_metrics() {
     assert_eq!(
         metric(
             b,
-            r#"weft_request_total{direction="inbound",target="other"}"#
+            r#"weft_request_total{backend="",direction="inbound",route="",target="other"}"#
         ),
         ports.len() as f64
     );

@@ -322,7 +322,7 @@ fn unmodified_clients_reach_the_other_pod_through_both_sidecars_over_mutual_tls(
     assert_eq!(
         metric(
             a,
-            r#"weft_request_total{direction="outbound",target="web.demo:8080"}"#
+            r#"weft_request_total{backend="web.demo:8080",direction="outbound",route="default",target="web.demo:8080"}"#
         ),
         1.0
     );

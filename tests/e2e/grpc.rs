@@ -71,11 +71,11 @@ async fn all_four_call_shapes() {
     // Metrics on both hops counted the calls by grpc-status.
     let a = chain
         .a
-        .metric(r#"weft_response_total{direction="outbound",grpc_status="0",status_code="200",target="echo.test:8080"}"#)
+        .metric(r#"weft_response_total{backend="echo.test:8080",direction="outbound",grpc_status="0",route="default",status_code="200",target="echo.test:8080"}"#)
         .await;
     assert_eq!(a, 4.0);
     let b = format!(
-        r#"weft_response_total{{direction="inbound",grpc_status="0",status_code="200",target="{server}"}}"#
+        r#"weft_response_total{{backend="",direction="inbound",grpc_status="0",route="",status_code="200",target="{server}"}}"#
     );
     assert_eq!(chain.b.metric(&b).await, 4.0);
 }
@@ -174,12 +174,18 @@ async fn client_cancel_reaches_the_server() {
     .await;
     // Both sidecars counted the abandoned call: 499 (client closed request), CANCELLED.
     let hops = [
-        (&chain.a, "outbound", HTTP_SERVICE.to_string()),
-        (&chain.b, "inbound", server.to_string()),
+        (&chain.a, "outbound", HTTP_SERVICE.to_string(), "default"),
+        (&chain.b, "inbound", server.to_string(), ""),
     ];
-    for (proxy, direction, target) in hops {
+    for (proxy, direction, target, route) in hops {
+        // Outbound, the service's default route and its one backend (all its endpoints).
+        let backend = if route.is_empty() {
+            ""
+        } else {
+            target.as_str()
+        };
         let series = format!(
-            r#"weft_response_total{{direction="{direction}",grpc_status="1",status_code="499",target="{target}"}}"#
+            r#"weft_response_total{{backend="{backend}",direction="{direction}",grpc_status="1",route="{route}",status_code="499",target="{target}"}}"#
         );
         eventually(Duration::from_secs(10), &series, || async {
             (proxy.try_metric(&series).await == Some(1.0)).then_some(())
@@ -252,7 +258,8 @@ async fn route_timeout_fails_grpc_calls_with_deadline_exceeded() {
         || async { (state.cancelled.load(Ordering::SeqCst) == 1).then_some(()) },
     )
     .await;
-    let series = r#"weft_response_total{direction="outbound",grpc_status="4",status_code="200",target="echo.test:8080"}"#;
+    // The table's one route, unnamed: `route-0`.
+    let series = r#"weft_response_total{backend="echo.test:8080",direction="outbound",grpc_status="4",route="route-0",status_code="200",target="echo.test:8080"}"#;
     eventually(Duration::from_secs(5), series, || async {
         (chain.a.try_metric(series).await == Some(1.0)).then_some(())
     })
@@ -268,7 +275,7 @@ async fn error_status_and_trailers_pass_unchanged() {
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(err.message(), "quota spent: ünïcode ✓ 100%");
     assert_eq!(err.metadata().get("x-weft-test").unwrap(), "trailer-value");
-    let series = r#"weft_response_total{direction="outbound",grpc_status="8",status_code="200",target="echo.test:8080"}"#;
+    let series = r#"weft_response_total{backend="echo.test:8080",direction="outbound",grpc_status="8",route="default",status_code="200",target="echo.test:8080"}"#;
     assert_eq!(chain.a.metric(series).await, 1.0);
 }
 
@@ -296,7 +303,7 @@ async fn error_status_in_trailers_after_messages_passes_unchanged() {
     assert_eq!(err.code(), Code::Aborted, "{err:?}");
     assert_eq!(err.message(), "stopped after 3 messages ✓");
     assert_eq!(err.metadata().get("x-weft-test").unwrap(), "after-data");
-    let series = r#"weft_response_total{direction="outbound",grpc_status="10",status_code="200",target="echo.test:8080"}"#;
+    let series = r#"weft_response_total{backend="echo.test:8080",direction="outbound",grpc_status="10",route="default",status_code="200",target="echo.test:8080"}"#;
     eventually(Duration::from_secs(5), "the status counted", || async {
         (chain.a.try_metric(series).await == Some(1.0)).then_some(())
     })

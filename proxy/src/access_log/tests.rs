@@ -252,3 +252,26 @@ fn apache_lines_escape_what_could_split_a_field_and_keep_the_query_when_asked() 
     );
     assert!(line.ends_with(" trace_id=-"), "{line}");
 }
+
+#[test]
+fn numbers_are_written_in_decimal() {
+    for n in [
+        0,
+        7,
+        9,
+        10,
+        42,
+        99,
+        100,
+        101,
+        999,
+        1000,
+        65_535,
+        1_234_567,
+        u64::MAX,
+    ] {
+        let mut out = Vec::new();
+        format::number(n, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+    }
+}

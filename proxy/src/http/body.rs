@@ -192,8 +192,9 @@ impl Body for ProxyBody {
                             e.bytes_out += d.len() as u64;
                         }
                         // hyper stops polling a body that says it has ended (one with a
-                        // length): that is its end, not the client going away.
-                        if inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                        // length): that is its end, not the client going away. (Only the
+                        // access log tells the two apart; metrics count it when dropped.)
+                        if obs.log.is_some() && inner.as_ref().is_some_and(|b| b.is_end_stream()) {
                             obs.finish(None);
                         }
                     }

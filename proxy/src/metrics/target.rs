@@ -48,6 +48,9 @@ pub(super) struct TrafficHandles {
 pub struct TargetMetrics {
     direction: &'static str,
     target: Arc<str>,
+    /// The route and backend of the request and response series (empty for a target's own).
+    route: Arc<str>,
+    backend: Arc<str>,
     requests: IntCounter,
     latency: Histogram,
     responses: IntCounterVec,
@@ -81,6 +84,8 @@ pub struct LazyTarget {
     metrics: Arc<Metrics>,
     direction: Direction,
     target: Arc<str>,
+    /// A route's backend: its route and backend names.
+    backend: Option<Box<(Arc<str>, Arc<str>)>>,
 }
 
 impl LazyTarget {
@@ -90,6 +95,21 @@ impl LazyTarget {
             metrics: metrics.clone(),
             direction,
             target,
+            backend: None,
+        }
+    }
+
+    /// The handles of one backend of one of the target's routes.
+    pub fn backend(
+        metrics: &Arc<Metrics>,
+        direction: Direction,
+        target: Arc<str>,
+        route: Arc<str>,
+        backend: Arc<str>,
+    ) -> Self {
+        LazyTarget {
+            backend: Some(Box::new((route, backend))),
+            ..LazyTarget::new(metrics, direction, target)
         }
     }
 }
@@ -98,8 +118,12 @@ impl std::ops::Deref for LazyTarget {
     type Target = Arc<TargetMetrics>;
 
     fn deref(&self) -> &Arc<TargetMetrics> {
-        self.cell
-            .get_or_init(|| self.metrics.target(self.direction, &self.target))
+        self.cell.get_or_init(|| match &self.backend {
+            None => self.metrics.target(self.direction, &self.target),
+            Some(b) => self
+                .metrics
+                .backend(self.direction, &self.target, &b.0, &b.1),
+        })
     }
 }
 
@@ -115,14 +139,30 @@ impl std::fmt::Debug for LazyTarget {
 impl Metrics {
     /// The handles for one target, created on first use and shared afterwards.
     pub fn target(&self, direction: Direction, target: &Arc<str>) -> Arc<TargetMetrics> {
+        let none: Arc<str> = Arc::from("");
+        self.backend(direction, target, &none, &none)
+    }
+
+    /// The handles for one backend of one of a target's routes: its request and response
+    /// series carry the route and the backend; the traffic-policy series are the target's.
+    pub fn backend(
+        &self,
+        direction: Direction,
+        target: &Arc<str>,
+        route: &Arc<str>,
+        backend: &Arc<str>,
+    ) -> Arc<TargetMetrics> {
         let mut targets = self.targets.lock().expect("metrics lock");
+        let key = (direction, target.clone(), route.clone(), backend.clone());
         targets
-            .entry((direction, target.clone()))
+            .entry(key)
             .or_insert_with(|| {
-                let l = [direction.as_str(), &**target];
+                let l = [direction.as_str(), &**target, &**route, &**backend];
                 Arc::new(TargetMetrics {
                     direction: direction.as_str(),
                     target: target.clone(),
+                    route: route.clone(),
+                    backend: backend.clone(),
                     requests: self.requests.with_label_values(&l),
                     latency: self.latency.with_label_values(&l),
                     responses: self.responses.clone(),
@@ -296,6 +336,8 @@ impl TargetMetrics {
         self.responses.with_label_values(&[
             self.direction,
             &*self.target,
+            &*self.route,
+            &*self.backend,
             &status.to_string(),
             &grpc,
         ])

@@ -24,24 +24,26 @@ fn responses_are_counted_by_code() {
     m.tls.authz(AuthzProtocol::Grpc, false);
     let text = m.render();
     assert!(
-        text.contains(r#"weft_request_total{direction="outbound",target="echo:80"} 1"#),
+        text.contains(
+            r#"weft_request_total{backend="",direction="outbound",route="",target="echo:80"} 1"#
+        ),
         "{text}"
     );
-    assert!(text.contains(r#"weft_response_total{direction="outbound",grpc_status="",status_code="200",target="echo:80"} 2"#), "{text}");
+    assert!(text.contains(r#"weft_response_total{backend="",direction="outbound",grpc_status="",route="",status_code="200",target="echo:80"} 2"#), "{text}");
     assert!(
-        text.contains(r#"grpc_status="14",status_code="200",target="echo:80"} 1"#),
+        text.contains(r#"grpc_status="14",route="",status_code="200",target="echo:80"} 1"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"status_code="503",target="echo:80"} 1"#),
+        text.contains(r#"route="",status_code="503",target="echo:80"} 1"#),
         "{text}"
     );
     for line in [
-        r#"grpc_status="1",status_code="499",target="echo:80"} 2"#,
-        r#"grpc_status="14",status_code="502",target="echo:80"} 1"#,
-        r#"grpc_status="",status_code="700",target="echo:80"} 1"#,
-        r#"grpc_status="other",status_code="200",target="echo:80"} 2"#,
-        r#"grpc_status="other",status_code="503",target="echo:80"} 1"#,
+        r#"grpc_status="1",route="",status_code="499",target="echo:80"} 2"#,
+        r#"grpc_status="14",route="",status_code="502",target="echo:80"} 1"#,
+        r#"grpc_status="",route="",status_code="700",target="echo:80"} 1"#,
+        r#"grpc_status="other",route="",status_code="200",target="echo:80"} 2"#,
+        r#"grpc_status="other",route="",status_code="503",target="echo:80"} 1"#,
         r#"weft_authz_total{protocol="grpc",result="deny"} 1"#,
     ] {
         assert!(text.contains(line), "{line} in {text}");
@@ -62,4 +64,34 @@ fn the_table_in_force_is_described_by_its_version_generation_and_size() {
         assert!(text.lines().any(|l| l == line), "{line} in {text}");
     }
     assert!(!text.contains(r#"version="v1""#), "only the table in force");
+}
+
+#[test]
+fn a_routes_backends_count_apart_and_share_the_targets_traffic_series() {
+    let m = Metrics::new();
+    let (svc, route): (Arc<str>, Arc<str>) = (Arc::from("web:80"), Arc::from("api"));
+    let v1 = m.backend(Direction::Outbound, &svc, &route, &Arc::from("web:80/v1"));
+    let v2 = m.backend(Direction::Outbound, &svc, &route, &Arc::from("web:80/v2"));
+    assert!(!Arc::ptr_eq(&v1, &v2));
+    assert!(Arc::ptr_eq(
+        &v2,
+        &m.backend(Direction::Outbound, &svc, &route, &Arc::from("web:80/v2"))
+    ));
+    v1.request();
+    v1.response(200, None);
+    v2.request();
+    v2.response(503, None);
+    v1.retry(crate::retry::Reason::Http5xx);
+    v2.retry(crate::retry::Reason::Http5xx);
+    let text = m.render();
+    for line in [
+        r#"weft_response_total{backend="web:80/v1",direction="outbound",grpc_status="",route="api",status_code="200",target="web:80"} 1"#,
+        r#"weft_response_total{backend="web:80/v2",direction="outbound",grpc_status="",route="api",status_code="503",target="web:80"} 1"#,
+        r#"weft_request_total{backend="web:80/v2",direction="outbound",route="api",target="web:80"} 1"#,
+        r#"weft_response_latency_seconds_count{backend="web:80/v1",direction="outbound",route="api",target="web:80"} 0"#,
+        // Traffic-policy series stay per target.
+        r#"weft_retries_total{direction="outbound",reason="5xx",target="web:80"} 2"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
 }

@@ -154,26 +154,29 @@ impl HttpProxy {
                     .hash
                     .as_ref()
                     .and_then(|h| h.key(headers, conn.client));
-                match route.target(hash, &svc.metrics) {
-                    Some((cluster, ep)) => Ok(Dest {
-                        addr: ep.addr,
-                        identity: ep.identity,
-                        protocol: svc.protocol,
-                        timeout: route.timeout,
-                        metrics: svc.metrics.clone(),
-                        state: Some(ep.state),
-                        routed: Some(Routed {
-                            svc: svc.clone(),
-                            route: index,
-                            cluster: cluster.clone(),
-                            hash,
-                        }),
+                // Counted under the route and the backend the split chose.
+                let Some(to) = route.target(hash, &svc.metrics) else {
+                    let e = ProxyError::NoEndpoints(svc.name.clone());
+                    return Err((e, svc.metrics.clone()));
+                };
+                let Some(ep) = to.endpoint else {
+                    let e = ProxyError::NoEndpoints(svc.name.clone());
+                    return Err((e, (*to.metrics).clone()));
+                };
+                Ok(Dest {
+                    addr: ep.addr,
+                    identity: ep.identity,
+                    protocol: svc.protocol,
+                    timeout: route.timeout,
+                    metrics: (*to.metrics).clone(),
+                    state: Some(ep.state),
+                    routed: Some(Routed {
+                        svc: svc.clone(),
+                        route: index,
+                        cluster: to.cluster.clone(),
+                        hash,
                     }),
-                    None => Err((
-                        ProxyError::NoEndpoints(svc.name.clone()),
-                        svc.metrics.clone(),
-                    )),
-                }
+                })
             }
         }
     }

@@ -39,7 +39,8 @@ impl Listener {
                 l.service = Some(s.name.clone());
             }
             why = Flags::UH;
-            let (cluster, e) = route.target(hash, &s.metrics)?;
+            let to = route.target(hash, &s.metrics)?;
+            let (cluster, e) = (to.cluster, to.endpoint?);
             let permit = match cluster.permit(crate::resilience::Limit::Connections, &s.metrics) {
                 Ok(p) => p,
                 Err(e) => {

@@ -127,7 +127,11 @@ pub(crate) struct ServiceDraft {
 }
 
 impl ServiceDraft {
-    pub(crate) fn finish(self, metrics: &Arc<Metrics>) -> Service {
+    pub(crate) fn finish(mut self, metrics: &Arc<Metrics>) -> Service {
+        for r in self.routes.iter_mut() {
+            r.count(metrics, &self.name);
+        }
+        self.default_route.count(metrics, &self.name);
         Service {
             metrics: LazyTarget::new(metrics, Direction::Outbound, self.name.clone()),
             name: self.name,
@@ -302,6 +306,7 @@ fn compile_service(
             timeout: r.timeout,
             hash: hash.clone(),
             policy,
+            metrics: Box::default(),
         });
     }
     let default_policy = RoutePolicy {
@@ -345,6 +350,7 @@ fn compile_service(
             timeout: None,
             hash,
             policy: default_policy,
+            metrics: Box::default(),
         },
         domains: Vec::new(),
         authz,

@@ -234,6 +234,7 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
             grpc_timeout_max: spec.grpc_timeout_max,
             idle_timeout: spec.idle_timeout,
         },
+        metrics: Box::default(),
     })
 }
 
@@ -290,6 +291,7 @@ fn service(
             timeout: None,
             hash: None,
             policy: RoutePolicy::default(),
+            metrics: Box::default(),
         },
         domains,
         authz: l.authz.clone(),
