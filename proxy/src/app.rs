@@ -326,7 +326,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             ),
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
-            log: access_log.clone(),
+            log: access_log,
         })
     };
     let unknown = metrics.target(Direction::Outbound, &Arc::from("unknown"));
@@ -372,7 +372,7 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             pools: outbound_http.pools.clone(),
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
-            log: access_log.clone(),
+            log: access_log,
         });
         tokio::spawn(listener(http, TcpTarget::Service(svc), None).run(l));
     }
