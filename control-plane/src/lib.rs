@@ -18,5 +18,6 @@ pub mod registry;
 pub mod serve;
 pub mod server;
 pub mod snapshot;
+pub mod stat;
 pub mod tls;
 pub mod translate;

@@ -507,15 +507,6 @@ async fn the_metrics_and_api_servers_bound_slow_and_idle_clients() {
 }
 
 /// Stops the child this test started, by its PID, however the test ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Prometheus' HTTP service discovery: the control plane lists every connected proxy's
 /// `/metrics` (its probe port, on the address its ADS stream comes from) with its namespace
 /// and pod, and a real Prometheus given that list scrapes the proxy.
@@ -553,58 +544,10 @@ async fn prometheus_finds_and_scrapes_the_connected_proxies() {
     assert_eq!(groups[0]["labels"].as_object().unwrap().len(), 3);
 
     // A real Prometheus, scraping what the list names every second.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.0.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: weft\n    http_sd_configs: [{{url: 'http://{}/prometheus/targets', refresh_interval: 1s}}]\n    relabel_configs:\n      - {{source_labels: [__meta_weft_namespace], target_label: namespace}}\n      - {{source_labels: [__meta_weft_pod], target_label: pod}}\n",
-            cp.addr("metrics")
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
-    let _prometheus = Child(
-        Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus"),
-    );
-    let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let query = "/api/v1/query?query=weft_xds_connected%7Bjob%3D%22weft%22%7D";
-    let sample = eventually(
-        Duration::from_secs(30),
-        "Prometheus' scrape of the proxy",
-        || async move {
-            // Prometheus may not listen yet: a refused connection is one more wait.
-            let req = http::Request::get(query).header("host", api.to_string());
-            let rsp = weft_tests::http_peer::request_h1(api, req, String::new())
-                .await
-                .ok()?;
-            if rsp.status() != 200 {
-                return None;
-            }
-            let body = http_body_util::BodyExt::collect(rsp.into_body())
-                .await
-                .ok()?
-                .to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            v["data"]["result"].as_array()?.first().cloned()
-        },
-    )
-    .await;
-    let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+    let prom = weft_tests::prometheus::Prometheus::start(&prometheus, &dir, cp.addr("metrics"));
+    let query = "weft_xds_connected%7Bjob%3D%22weft%22%7D";
+    let sample = prom.first_sample(query, Duration::from_secs(30)).await;
+    let log = prom.log();
     assert_eq!(sample["metric"]["instance"], probe, "{sample}\n{log}");
     assert_eq!(sample["metric"]["namespace"], "shop");
     assert_eq!(sample["metric"]["pod"], "web-7");

@@ -19,6 +19,7 @@ mod inject;
 mod interop;
 mod mesh;
 mod mtls;
+mod observability;
 mod properties;
 mod starvation;
 mod swap;

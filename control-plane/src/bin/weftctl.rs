@@ -3,13 +3,13 @@
 //! It talks to the control plane's API (HTTP/JSON, see `docs/weftctl.md`); `apply` validates
 //! policies locally first, so a bad file is refused before anything is sent.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use weft_control_plane::policy;
+use weft_control_plane::{policy, stat};
 
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about = "Operate weft's control plane")]
@@ -61,6 +61,24 @@ enum Cmd {
         /// The node id, as `proxy-status` lists it.
         node: String,
     },
+    /// Live traffic per service, route, backend or caller: success rate, requests per second
+    /// and latency percentiles, from the Prometheus that scrapes the sidecars.
+    Stat {
+        /// A service (`host:port`, or a host for each of its ports); every service if left out.
+        service: Option<String>,
+        /// What a row is.
+        #[arg(long, value_enum, default_value = "service")]
+        by: stat::By,
+        /// The window rates and percentiles are taken over.
+        #[arg(long, default_value = "1m", value_parser = weft_core::duration::parse)]
+        window: Duration,
+        /// Print again every 2 seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// The Prometheus server's HTTP API (plain HTTP).
+        #[arg(long, env = "WEFT_PROMETHEUS", default_value = "http://127.0.0.1:9090")]
+        prometheus: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -76,12 +94,22 @@ struct Fail(String);
 type Result<T> = std::result::Result<T, Fail>;
 
 async fn call(cp: &str, method: &str, path: &str, body: String) -> Result<(u16, String)> {
-    let addr = cp.trim_start_matches("http://").trim_end_matches('/');
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Fail(format!(
-            "cannot reach the control plane at {addr}: {e} (is weft-control-plane running? set --control-plane or WEFT_CONTROL_PLANE)"
-        ))
-    };
+    let hint = "is weft-control-plane running? set --control-plane or WEFT_CONTROL_PLANE";
+    request(("the control plane", hint), cp, method, path, body).await
+}
+
+/// One HTTP/1.1 request to `server` (`[http://]host:port`), named `who` (and how to point
+/// weftctl elsewhere) when it cannot be reached.
+async fn request(
+    (who, hint): (&str, &str),
+    server: &str,
+    method: &str,
+    path: &str,
+    body: String,
+) -> Result<(u16, String)> {
+    let addr = server.trim_start_matches("http://").trim_end_matches('/');
+    let unreachable =
+        |e: &dyn std::fmt::Display| Fail(format!("cannot reach {who} at {addr}: {e} ({hint})"));
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| unreachable(&e))?;
@@ -344,6 +372,26 @@ async fn run(cli: Cli) -> Result<String> {
             .await?;
             Ok(text.trim_end().to_string())
         }
+        Cmd::Stat {
+            service,
+            by,
+            window,
+            watch,
+            prometheus,
+        } => {
+            let s = stat::Stat {
+                service,
+                by,
+                window,
+            };
+            if !watch {
+                return stat_once(&prometheus, &s).await;
+            }
+            loop {
+                println!("{}\n", stat_once(&prometheus, &s).await?);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
         Cmd::ProxyStatus => {
             let text = ok(cp, "GET", "/api/v1/proxy-status", String::new()).await?;
             Ok(match cli.output {
@@ -352,6 +400,30 @@ async fn run(cli: Cli) -> Result<String> {
             })
         }
     }
+}
+
+/// `weftctl stat`: the five queries to Prometheus, as a table.
+async fn stat_once(prometheus: &str, s: &stat::Stat) -> Result<String> {
+    let hint = "set --prometheus or WEFT_PROMETHEUS to the server that scrapes the sidecars";
+    let mut answers: [Option<serde_json::Value>; 5] = Default::default();
+    for (q, a) in s.queries().into_iter().zip(answers.iter_mut()) {
+        let Some(q) = q else { continue };
+        let path = format!("/api/v1/query?query={}", stat::url_encode(&q));
+        let (_, text) = request(
+            ("Prometheus", hint),
+            prometheus,
+            "GET",
+            &path,
+            String::new(),
+        )
+        .await?;
+        *a = Some(serde_json::from_str(&text).map_err(|e| {
+            Fail(format!(
+                "Prometheus answered something other than JSON: {e}"
+            ))
+        })?);
+    }
+    stat::table(s, &answers).map_err(Fail)
 }
 
 fn main() -> ExitCode {

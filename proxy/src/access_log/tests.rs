@@ -6,6 +6,7 @@ use std::{
 
 use http::HeaderMap;
 
+use super::text::{AUTHORITY, PATH, REFERER, REQUEST_ID, TRACE_ID, USER_AGENT};
 use super::*;
 
 /// The trace id of `h`, as text.
