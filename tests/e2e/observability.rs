@@ -106,6 +106,7 @@ async fn weftctl_stat_shows_each_canary_backends_success_rate_from_prometheus() 
     )
     .await;
     let (rows, out) = rows;
+    eprintln!("weftctl {}\n{out}", args.join(" "));
     let rate = |subset: &str| {
         rows.iter()
             .find(|(b, ..)| b == &format!("{svc}/{subset}"))
