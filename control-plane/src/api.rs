@@ -234,6 +234,10 @@ pub struct Api {
     pub registry: watch::Receiver<Arc<Snapshot>>,
     pub nodes: Arc<Nodes>,
     pub snapshots: watch::Receiver<Arc<XdsSnapshot>>,
+    /// The registry's current errors (documents it could not read), for `weftctl check`.
+    pub registry_errors: Arc<std::sync::Mutex<Vec<String>>>,
+    /// When the CA certificate expires; `None` when the control plane is no CA.
+    pub ca_not_after: Option<std::time::SystemTime>,
     /// The API listens on loopback: it answers only requests whose `Host` is a loopback name
     /// (a page on another site whose name resolves to 127.0.0.1 sends its own: DNS
     /// rebinding). Elsewhere (behind an authenticating proxy) any Host is taken.
@@ -285,6 +289,9 @@ impl Api {
                 "application/json",
                 registry_json(&self.registry),
             ),
+            (Method::GET, "/api/v1/check") => {
+                text(StatusCode::OK, "application/json", self.check_json())
+            }
             (Method::GET, "/api/v1/proxy-status") => text(
                 StatusCode::OK,
                 "application/json",
@@ -330,6 +337,31 @@ impl Api {
                 "endpoints: GET /api/v1/registry, GET /api/v1/proxy-status, GET /api/v1/proxies/<node>/config, PUT /api/v1/policies, DELETE /api/v1/policies/<namespace>/<name>",
             ),
         }
+    }
+
+    /// `weftctl check`'s findings, as JSON.
+    fn check_json(&self) -> Vec<u8> {
+        let registry = self.registry.borrow().clone();
+        let serving = self.snapshots.borrow().clone();
+        let errors = self.registry_errors.lock().expect("errors lock").clone();
+        let nodes = self.nodes.snapshot();
+        let proxies = nodes
+            .iter()
+            .map(|(node, n)| crate::check::Proxy {
+                node,
+                connected: n.connected,
+                types: &n.types,
+            })
+            .collect();
+        let findings = crate::check::report(&crate::check::Inputs {
+            registry: &registry,
+            registry_errors: &errors,
+            proxies,
+            serving: &serving,
+            ca_not_after: self.ca_not_after,
+            now: std::time::SystemTime::now(),
+        });
+        serde_json::to_vec_pretty(&findings).unwrap_or_default()
     }
 
     async fn apply(&self, text: &str) -> Rsp {

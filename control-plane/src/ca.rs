@@ -370,6 +370,11 @@ pub struct ServerCert {
 }
 
 impl Ca {
+    /// When the CA certificate expires (`weftctl check` warns ahead of it).
+    pub fn not_after(&self) -> std::time::SystemTime {
+        self.ca_not_after.into()
+    }
+
     /// Issues the control plane a server certificate for `names` (DNS names or IP addresses)
     /// and `identity` (its SPIFFE id), with a key made here, valid for the default lifetime.
     pub fn issue_server(&self, names: &[String], identity: &str) -> Result<ServerCert, CaError> {

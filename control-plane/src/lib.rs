@@ -8,6 +8,7 @@
 pub mod ads;
 pub mod api;
 pub mod ca;
+pub mod check;
 pub mod config;
 pub mod inject;
 #[cfg(test)]

@@ -60,6 +60,15 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let metrics = Arc::new(Metrics::default());
 
+    // The registry's current errors, for `weftctl check` (at most 100: the first ones name
+    // what to fix).
+    let error_texts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let keep_errors = {
+        let texts = error_texts.clone();
+        move |errors: &[String]| {
+            *texts.lock().expect("errors lock") = errors.iter().take(100).cloned().collect();
+        }
+    };
     // The first load happens before serving: proxies never see a registry half read. A
     // directory that cannot be read stops the start; etcd is waited for.
     let (registry, first, errors) = match cfg.registry {
@@ -84,11 +93,15 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             let client = kube_client("--registry kubernetes").await?;
             let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
             let errors_gauge = metrics.registry_errors.clone();
+            let keep = keep_errors.clone();
             tokio::spawn(kubernetes::run(
                 client,
                 cfg.trust_domain.clone(),
                 tx.clone(),
-                move |e: &[String]| errors_gauge.set(e.len() as i64),
+                move |e: &[String]| {
+                    errors_gauge.set(e.len() as i64);
+                    keep(e);
+                },
             ));
             // Every watch lists once before anything is served.
             rx.changed()
@@ -137,7 +150,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
 
     let registry_errors = metrics.registry_errors.clone();
     registry_errors.set(errors.len() as i64);
-    let on_errors = move |errors: &[String]| registry_errors.set(errors.len() as i64);
+    keep_errors(&errors);
+    let on_errors = move |errors: &[String]| {
+        registry_errors.set(errors.len() as i64);
+        keep_errors(errors);
+    };
     let store = match registry {
         Registry::File(r) => {
             tokio::spawn(r.run(cfg.registry_poll_interval, reg_tx, on_errors));
@@ -198,6 +215,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         registry: reg_rx.clone(),
         nodes: nodes.clone(),
         snapshots: api_snapshots,
+        registry_errors: error_texts,
+        ca_not_after: ca.as_ref().map(|c| c.not_after()),
         loopback_only: cfg.api_addr.ip().is_loopback(),
     };
     tokio::spawn(api.serve(api_l));

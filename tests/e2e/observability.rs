@@ -130,3 +130,92 @@ async fn weftctl_stat_shows_each_canary_backends_success_rate_from_prometheus() 
     );
     assert!(err.contains("--prometheus"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_check_names_each_problem_with_its_fix_and_passes_once_they_are_fixed() {
+    let registry = TempDir::new("check-registry");
+    let ca = TempDir::new("check-ca");
+    let web = http_peer::server("web").await;
+    registry.write(
+        "web.yaml",
+        &mesh::service("web", 8080, "http", &[(web.addr, "v1")]),
+    );
+    // A catch-all route first: the route after it can never match.
+    let shadowed = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web, namespace: demo}\nspec:\n  service: web.demo.svc.cluster.local:8080\n  routes:\n    - {name: everything}\n    - {name: api, match: {path: {prefix: /api}}}\n";
+    registry.write("web-policy.yaml", shadowed);
+    registry.write(
+        "broken.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nspec: [not, a, mapping]\n",
+    );
+    let ca_dir = ca.0.join("ca");
+    let cp = mesh::control_plane(
+        &registry,
+        &["--ca-dir", ca_dir.to_str().unwrap(), "--ca-create"],
+    );
+    let proxy = Proxy::start(&[
+        "--control-plane",
+        &cp.addr("xds").to_string(),
+        "--pod-name",
+        "client-0",
+        "--pod-namespace",
+        "demo",
+    ]);
+    eventually(Duration::from_secs(10), "the proxy connected", || async {
+        let (_, out, _) = mesh::weftctl(&cp, &["proxy-status"]);
+        out.contains("client-0.demo").then_some(())
+    })
+    .await;
+
+    // Once the proxy has acknowledged what it was sent (it may still be on its way).
+    let (code, out, err) = eventually(Duration::from_secs(10), "the proxy in step", || async {
+        let (code, out, err) = mesh::weftctl(&cp, &["check"]);
+        out.contains("proxies        ok")
+            .then_some((code, out, err))
+    })
+    .await;
+    eprintln!("weftctl check\n{out}");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("check found 2 problem(s)"), "{err}");
+    for want in [
+        "control-plane  ok       answering at",
+        "registry       PROBLEM  ",
+        "broken.yaml",
+        "policies       PROBLEM  policy demo/web: route `api` can never match: `everything` before it has no match and takes every request",
+        "fix: move the catch-all route last",
+        "ca             ok       the CA certificate is valid until",
+        "2 problems",
+    ] {
+        assert!(out.contains(want), "{want}\nin:\n{out}");
+    }
+    let (_, json, _) = mesh::weftctl(&cp, &["check", "-o", "json"]);
+    let findings: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["ok"] == false)
+            .count(),
+        2,
+        "{json}"
+    );
+
+    // Fixed: the route order, the broken file gone. The proxy takes the new configuration.
+    let fixed = shadowed.replace(
+        "    - {name: everything}\n    - {name: api, match: {path: {prefix: /api}}}\n",
+        "    - {name: api, match: {path: {prefix: /api}}}\n    - {name: everything}\n",
+    );
+    registry.write("web-policy.yaml", &fixed);
+    std::fs::remove_file(registry.0.join("broken.yaml")).unwrap();
+    let out = eventually(Duration::from_secs(10), "check to pass", || async {
+        let (code, out, _) = mesh::weftctl(&cp, &["check"]);
+        (code == Some(0)).then_some(out)
+    })
+    .await;
+    assert!(
+        out.contains("proxies        ok       1 connected proxies acknowledged"),
+        "{out}"
+    );
+    assert!(out.ends_with("no problem found\n"), "{out}");
+    drop(proxy);
+}

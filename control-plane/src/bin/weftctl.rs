@@ -61,6 +61,11 @@ enum Cmd {
         /// The node id, as `proxy-status` lists it.
         node: String,
     },
+    /// What is wrong with the mesh, each problem with what to do: the registry's unreadable
+    /// documents, policies naming unknown services or empty subsets, routes that can never
+    /// match, proxies that rejected or lag the configuration, the CA's expiry. Exit status 1
+    /// when there is a problem.
+    Check,
     /// Live traffic per service, route, backend or caller: success rate, requests per second
     /// and latency percentiles, from the Prometheus that scrapes the sidecars.
     Stat {
@@ -392,6 +397,23 @@ async fn run(cli: Cli) -> Result<String> {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
+        Cmd::Check => {
+            let text = ok(cp, "GET", "/api/v1/check", String::new()).await?;
+            let findings = json(&text)?;
+            let problems = findings
+                .as_array()
+                .map_or(0, |f| f.iter().filter(|f| f["ok"] == false).count());
+            let out = match cli.output {
+                Output::Json => text.trim_end().to_string(),
+                Output::Table => check(cp, &findings, problems),
+            };
+            if problems > 0 {
+                // The report on stdout, as without problems; the exit status says there are.
+                println!("{out}");
+                return Err(Fail(format!("check found {problems} problem(s)")));
+            }
+            Ok(out)
+        }
         Cmd::ProxyStatus => {
             let text = ok(cp, "GET", "/api/v1/proxy-status", String::new()).await?;
             Ok(match cli.output {
@@ -400,6 +422,30 @@ async fn run(cli: Cli) -> Result<String> {
             })
         }
     }
+}
+
+/// `weftctl check`'s report: one line per finding, each problem's fix under it.
+fn check(cp: &str, findings: &serde_json::Value, problems: usize) -> String {
+    let mut lines = vec![format!(
+        "control-plane  ok       answering at {cp}, registry loaded"
+    )];
+    for f in findings.as_array().into_iter().flatten() {
+        let mark = if f["ok"] == true { "ok" } else { "PROBLEM" };
+        lines.push(format!(
+            "{:<13}  {mark:<7}  {}",
+            s(&f["check"]),
+            s(&f["detail"])
+        ));
+        if let Some(fix) = f["fix"].as_str() {
+            lines.push(format!("{:<13}  {:<7}  fix: {fix}", "", ""));
+        }
+    }
+    lines.push(match problems {
+        0 => "no problem found".into(),
+        1 => "1 problem".into(),
+        n => format!("{n} problems"),
+    });
+    lines.join("\n")
 }
 
 /// `weftctl stat`: the five queries to Prometheus, as a table.

@@ -1,0 +1,271 @@
+//! `weftctl check`: what the control plane finds wrong with the mesh it serves, each problem
+//! with what to do about it (`GET /api/v1/check`, `docs/weftctl.md`): the registry's documents
+//! it could not read, policies that name an unknown service, subsets that select no endpoint,
+//! routes no request can reach, proxies that rejected or have not taken the configuration in
+//! force, and the CA's own expiry.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use crate::{ads::TypeStatus, policy::TrafficPolicy, registry::Snapshot, snapshot::XdsSnapshot};
+
+/// A CA certificate that expires sooner than this is a problem: time to rotate it.
+pub const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// One thing checked: what, whether it is fine, what was found, and what to do if not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(check: &'static str, detail: String) -> Self {
+        Finding {
+            check,
+            ok: true,
+            detail,
+            fix: None,
+        }
+    }
+
+    fn problem(check: &'static str, detail: String, fix: impl Into<String>) -> Self {
+        Finding {
+            check,
+            ok: false,
+            detail,
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// What the control plane knows, as the checks read it.
+pub struct Inputs<'a> {
+    pub registry: &'a Snapshot,
+    /// The registry's current errors (documents it could not read).
+    pub registry_errors: &'a [String],
+    /// Every node that opened an ADS stream.
+    pub proxies: Vec<Proxy<'a>>,
+    pub serving: &'a XdsSnapshot,
+    /// When the CA certificate expires; `None` when the control plane is no CA.
+    pub ca_not_after: Option<SystemTime>,
+    pub now: SystemTime,
+}
+
+/// A node as the checks see it.
+pub struct Proxy<'a> {
+    pub node: &'a str,
+    pub connected: bool,
+    /// By type URL.
+    pub types: &'a BTreeMap<String, TypeStatus>,
+}
+
+/// Every check, problems first within each.
+pub fn report(i: &Inputs) -> Vec<Finding> {
+    let mut out = Vec::new();
+    registry(i, &mut out);
+    policies(i, &mut out);
+    ca(i, &mut out);
+    proxies(i, &mut out);
+    out
+}
+
+fn registry(i: &Inputs, out: &mut Vec<Finding>) {
+    for e in i.registry_errors {
+        out.push(Finding::problem(
+            "registry",
+            e.clone(),
+            "fix or remove the document it names: until then it is left out, and what it declared is not served",
+        ));
+    }
+    if i.registry_errors.is_empty() {
+        out.push(Finding::ok(
+            "registry",
+            format!(
+                "{} services, {} policies, every document read",
+                i.registry.services.len(),
+                i.registry.policies.len()
+            ),
+        ));
+    }
+}
+
+fn policies(i: &Inputs, out: &mut Vec<Finding>) {
+    let before = out.len();
+    for (key, p) in &i.registry.policies {
+        policy(i.registry, key, p, out);
+    }
+    if out.len() == before {
+        out.push(Finding::ok(
+            "policies",
+            format!(
+                "{} policies name known services and subsets; every route can match",
+                i.registry.policies.len()
+            ),
+        ));
+    }
+}
+
+fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Finding>) {
+    let spec = &p.spec;
+    let Some(svc) = registry.services.get(&spec.service) else {
+        out.push(Finding::problem(
+            "policies",
+            format!(
+                "policy {key} governs {}, which no registration declares",
+                spec.service
+            ),
+            "register the service, or correct `spec.service` (host:port, as `weftctl get services` lists it)",
+        ));
+        return;
+    };
+    for s in &spec.subsets {
+        let selects = svc.spec.endpoints.iter().any(|e| {
+            s.labels
+                .iter()
+                .all(|(k, v)| e.labels.get(k).is_some_and(|l| l == v))
+        });
+        if !selects {
+            out.push(Finding::problem(
+                "policies",
+                format!(
+                    "policy {key}: subset `{}` selects no endpoint of {}: its share of the traffic gets 503",
+                    s.name, spec.service
+                ),
+                "label the endpoints it should select, or change the subset's labels",
+            ));
+        }
+    }
+    // A route without a match takes every request: the routes after it are never reached; so
+    // is a route whose match an earlier route has already.
+    let route_name = |n: usize| {
+        spec.routes[n]
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("routes[{n}]"))
+    };
+    for (n, r) in spec.routes.iter().enumerate() {
+        let earlier = spec.routes[..n]
+            .iter()
+            .position(|e| e.matches.is_none() || (e.matches.is_some() && e.matches == r.matches));
+        if let Some(e) = earlier {
+            let why = if spec.routes[e].matches.is_none() {
+                "has no match and takes every request"
+            } else {
+                "has the same match"
+            };
+            out.push(Finding::problem(
+                "policies",
+                format!(
+                    "policy {key}: route `{}` can never match: `{}` before it {why}",
+                    route_name(n),
+                    route_name(e)
+                ),
+                "move the catch-all route last, or give the routes different matches",
+            ));
+        }
+    }
+}
+
+fn ca(i: &Inputs, out: &mut Vec<Finding>) {
+    let Some(not_after) = i.ca_not_after else {
+        out.push(Finding::ok(
+            "ca",
+            "the control plane is no CA (plaintext xDS, no mutual TLS)".into(),
+        ));
+        return;
+    };
+    let when = day_and_time(not_after);
+    match not_after.duration_since(i.now) {
+        Err(_) => out.push(Finding::problem(
+            "ca",
+            format!("the CA certificate expired at {when}: no workload certificate can be issued"),
+            "rotate the CA (docs/security.md, Rotating the root)",
+        )),
+        Ok(left) if left < CA_EXPIRY_WARNING => out.push(Finding::problem(
+            "ca",
+            format!(
+                "the CA certificate expires at {when}, in {} days",
+                left.as_secs() / 86_400
+            ),
+            "rotate the CA before then (docs/security.md, Rotating the root)",
+        )),
+        Ok(left) => out.push(Finding::ok(
+            "ca",
+            format!(
+                "the CA certificate is valid until {when} ({} days)",
+                left.as_secs() / 86_400
+            ),
+        )),
+    }
+}
+
+/// `2027-01-04 12:00 UTC`.
+fn day_and_time(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!("{} {:02}:{:02} UTC", t.date(), t.hour(), t.minute())
+}
+
+/// The short name of a type URL, as `proxy-status` shows it.
+fn type_name(url: &str) -> &str {
+    use weft_xds_proto::type_url;
+    match url {
+        type_url::CLUSTER => "CDS",
+        type_url::ENDPOINT => "EDS",
+        type_url::LISTENER => "LDS",
+        type_url::ROUTE => "RDS",
+        other => other,
+    }
+}
+
+fn proxies(i: &Inputs, out: &mut Vec<Finding>) {
+    let connected: Vec<&Proxy> = i.proxies.iter().filter(|p| p.connected).collect();
+    let before = out.len();
+    for p in &connected {
+        let node = p.node;
+        for (url, t) in p.types {
+            let Some(serving) = i.serving.types.get(url.as_str()) else {
+                continue;
+            };
+            let name = type_name(url);
+            if let Some((version, error)) = &t.last_nack
+                && t.acked_version.as_deref() != Some(serving.version.as_str())
+            {
+                out.push(Finding::problem(
+                    "proxies",
+                    format!("proxy {node} rejected {name} version {version}: {error}"),
+                    "fix what the error names (a policy or registration); the proxy keeps its last good configuration until then",
+                ));
+            } else if t.acked_version.as_deref() != Some(serving.version.as_str()) {
+                out.push(Finding::problem(
+                    "proxies",
+                    format!(
+                        "proxy {node} has not taken {name} version {} (acknowledged: {})",
+                        serving.version,
+                        t.acked_version.as_deref().unwrap_or("none")
+                    ),
+                    "if it stays behind, see the proxy's log and `weftctl config-dump` for it",
+                ));
+            }
+        }
+    }
+    if out.len() == before {
+        out.push(Finding::ok(
+            "proxies",
+            format!(
+                "{} connected proxies acknowledged the configuration in force",
+                connected.len()
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use weft_xds_proto::type_url;
+
+use super::*;
+use crate::snapshot::TypeSet;
+
+fn policies(yaml: &str) -> Snapshot {
+    let mut s = crate::registry::test_snapshot(&["web"], 1);
+    for (i, svc) in s.services.values_mut().enumerate() {
+        svc.spec.endpoints[0].labels = [("version".to_string(), format!("v{}", i + 1))].into();
+    }
+    for p in crate::policy::parse("test.yaml", yaml).unwrap() {
+        let key = format!(
+            "{}/{}",
+            p.metadata.namespace.as_deref().unwrap_or("default"),
+            p.metadata.name
+        );
+        s.policies.insert(key, p);
+    }
+    s
+}
+
+fn serving(version: &str) -> XdsSnapshot {
+    let mut x = XdsSnapshot::default();
+    for url in [type_url::CLUSTER, type_url::LISTENER] {
+        x.types.insert(
+            url,
+            TypeSet {
+                version: version.into(),
+                resources: BTreeMap::new(),
+            },
+        );
+    }
+    x
+}
+
+fn status(acked: &str, nack: Option<(&str, &str)>) -> BTreeMap<String, TypeStatus> {
+    [type_url::CLUSTER, type_url::LISTENER]
+        .into_iter()
+        .map(|url| {
+            (
+                url.to_string(),
+                TypeStatus {
+                    sent_version: Some("v2".into()),
+                    acked_version: Some(acked.into()),
+                    last_nack: nack.map(|(v, e)| (v.to_string(), e.to_string())),
+                },
+            )
+        })
+        .collect()
+}
+
+fn problems(f: &[Finding]) -> Vec<String> {
+    f.iter()
+        .filter(|f| !f.ok)
+        .map(|f| f.detail.clone())
+        .collect()
+}
+
+#[test]
+fn a_sound_mesh_has_no_problem() {
+    let registry = policies(
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  subsets: [{name: v1, labels: {version: v1}}]\n  routes:\n    - {name: api, match: {path: {prefix: /api}}, backends: [{subset: v1}]}\n    - {name: rest}\n",
+    );
+    let now = SystemTime::now();
+    let (fresh, x) = (status("v2", None), serving("v2"));
+    let f = report(&Inputs {
+        registry: &registry,
+        registry_errors: &[],
+        proxies: vec![Proxy {
+            node: "a.demo",
+            connected: true,
+            types: &fresh,
+        }],
+        serving: &x,
+        ca_not_after: Some(now + Duration::from_secs(365 * 86_400)),
+        now,
+    });
+    assert_eq!(problems(&f), Vec::<String>::new());
+    let checks: Vec<&str> = f.iter().map(|f| f.check).collect();
+    assert_eq!(checks, ["registry", "policies", "ca", "proxies"]);
+}
+
+#[test]
+fn each_problem_is_named_with_what_to_do() {
+    let registry = policies(
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  subsets: [{name: v1, labels: {version: v1}}, {name: v9, labels: {version: v9}}]\n  routes:\n    - {name: all}\n    - {name: api, match: {path: {prefix: /api}}}\n    - {name: api-again, match: {path: {prefix: /api}}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: gone}\nspec:\n  service: gone:80\n",
+    );
+    let now = SystemTime::now();
+    let (rejected, behind, gone) = (
+        status("v1", Some(("v2", "route `x`: bad regex"))),
+        status("v1", None),
+        status("v0", None),
+    );
+    let x = serving("v2");
+    let f = report(&Inputs {
+        registry: &registry,
+        registry_errors: &["bad.yaml: line 3: expected a mapping".to_string()],
+        proxies: vec![
+            Proxy {
+                node: "a.demo",
+                connected: true,
+                types: &rejected,
+            },
+            Proxy {
+                node: "b.demo",
+                connected: true,
+                types: &behind,
+            },
+            // A proxy that left is not reported.
+            Proxy {
+                node: "c.demo",
+                connected: false,
+                types: &gone,
+            },
+        ],
+        serving: &x,
+        ca_not_after: Some(now + Duration::from_secs(10 * 86_400)),
+        now,
+    });
+    let p = problems(&f);
+    let want = [
+        "bad.yaml: line 3: expected a mapping",
+        "policy default/gone governs gone:80, which no registration declares",
+        "policy default/web: subset `v9` selects no endpoint of web:80: its share of the traffic gets 503",
+        "policy default/web: route `api` can never match: `all` before it has no match and takes every request",
+        "policy default/web: route `api-again` can never match: `all` before it has no match and takes every request",
+        "the CA certificate expires at",
+        "proxy a.demo rejected CDS version v2: route `x`: bad regex",
+        "proxy a.demo rejected LDS version v2: route `x`: bad regex",
+        "proxy b.demo has not taken CDS version v2 (acknowledged: v1)",
+        "proxy b.demo has not taken LDS version v2 (acknowledged: v1)",
+    ];
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+    for (got, want) in p.iter().zip(want) {
+        assert!(got.starts_with(want), "{got}\nwant: {want}");
+    }
+    assert!(f.iter().filter(|f| !f.ok).all(|f| f.fix.is_some()));
+    // Without the catch-all, the repeated match is the problem.
+    let registry = policies(
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  routes:\n    - {name: api, match: {path: {prefix: /api}}}\n    - {name: api-again, match: {path: {prefix: /api}}}\n",
+    );
+    let f = report(&Inputs {
+        registry: &registry,
+        registry_errors: &[],
+        proxies: vec![],
+        serving: &x,
+        ca_not_after: Some(now - Duration::from_secs(60)),
+        now,
+    });
+    assert_eq!(
+        problems(&f)[0],
+        "policy default/web: route `api-again` can never match: `api` before it has the same match"
+    );
+    assert!(
+        problems(&f)[1].starts_with("the CA certificate expired at"),
+        "{f:?}"
+    );
+}
