@@ -22,6 +22,9 @@ fn the_demo_runs_with_mutual_tls_and_shows_the_identities() {
         "HTTP/2, 400 requests: web-v2: 400  (v2 100.0%)",
         "budget 50 % + 10/s), 300 requests: web-v2: 300  (0 failed)",
         "weft_retries_total{direction=\"outbound\",reason=\"5xx\"",
+        "trace 4bf92f3577b34da6a3ce929d0e0e4736, route canary-by-header backend web.demo.svc.cluster.local:8080/v2",
+        "inbound  GET /echo -> 200",
+        "caller spiffe://cluster.local/ns/demo/sa/frontend",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }

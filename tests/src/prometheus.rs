@@ -46,6 +46,7 @@ impl Prometheus {
                 dir.0.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()

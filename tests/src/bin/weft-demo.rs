@@ -163,11 +163,36 @@ fn sidecar(cp: &Proxy, ca: &TempDir, node: &str, sa: &str, extra: &[&str]) -> Pr
         sa,
         "--node-id",
         node,
+        "--pod-name",
+        node,
         "--inbound-mtls",
         "strict",
+        "--access-log",
+        "json",
+        "--access-log-path",
     ];
+    let log = access_log(ca, node);
+    args.push(log.to_str().unwrap());
     args.extend_from_slice(extra);
     Proxy::start(&args)
+}
+
+/// Where sidecar `node` writes its access log.
+fn access_log(ca: &TempDir, node: &str) -> std::path::PathBuf {
+    ca.0.join(format!("{node}.access.log"))
+}
+
+/// The access log line of sidecar `node` for request `id`, once written.
+async fn logged(ca: &TempDir, node: &str, id: &str) -> serde_json::Value {
+    let path = access_log(ca, node);
+    eventually(Duration::from_secs(10), "an access log line", || async {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["request_id"] == id)
+    })
+    .await
 }
 
 async fn ready(p: &Proxy, what: &str) {
@@ -404,13 +429,54 @@ async fn main() {
         }
     }
 
-    println!("\n5. What the control plane knows of its proxies (weftctl proxy-status):");
+    println!("\n5. One request followed through both sidecars' access logs (JSON, one line each)");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = Request::get("/echo")
+        .header("host", WEB)
+        .header("x-canary", "1")
+        .header("x-request-id", "demo-request-1")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"));
+    let rsp = http_peer::request_h1(out, req, String::new())
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    println!("   $ curl -H 'x-canary: 1' -H 'traceparent: 00-{trace}-...' http://{WEB}/echo");
+    for node in ["client-a", "web-v2"] {
+        let l = logged(&ca, node, "demo-request-1").await;
+        assert_eq!(l["trace_id"], trace, "{l}");
+        let field = |k: &str| {
+            l[k].as_str()
+                .map_or_else(|| l[k].to_string(), str::to_string)
+        };
+        let who = if l["direction"] == "outbound" {
+            format!(
+                "route {} backend {} upstream {} ({})",
+                field("route_name"),
+                field("upstream_cluster"),
+                field("upstream_host"),
+                field("upstream_identity")
+            )
+        } else {
+            format!("caller {}", field("client_identity"))
+        };
+        println!(
+            "   {node:<9} {:<8} {} {} -> {} in {} ms, trace {}, {who}",
+            field("direction"),
+            field("method"),
+            field("path"),
+            field("response_code"),
+            field("duration_ms"),
+            field("trace_id"),
+        );
+    }
+
+    println!("\n6. What the control plane knows of its proxies (weftctl proxy-status):");
     let (_, status, _) = weftctl(&cp, &["proxy-status"]);
     for line in status.lines() {
         println!("   {line}");
     }
     println!(
-        "\n6. What sidecar A counted (GET /metrics on its probe port {}):",
+        "\n7. What sidecar A counted (GET /metrics on its probe port {}):",
         a.addr("probe")
     );
     for line in a.metrics().await.lines() {
