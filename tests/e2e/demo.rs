@@ -28,4 +28,12 @@ fn the_demo_runs_with_mutual_tls_and_shows_the_identities() {
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
+    // With Prometheus there, each canary backend's live figures.
+    if weft_tests::tools::require("prometheus").is_some() {
+        let v2 = text
+            .lines()
+            .find(|l| l.contains(" split ") && l.contains(":8080/v2"))
+            .unwrap_or_else(|| panic!("no weftctl stat row for v2 in:\n{text}"));
+        assert!(v2.contains("100.00%"), "{v2}");
+    }
 }

@@ -452,9 +452,15 @@ fn check(cp: &str, findings: &serde_json::Value, problems: usize) -> String {
 async fn stat_once(prometheus: &str, s: &stat::Stat) -> Result<String> {
     let hint = "set --prometheus or WEFT_PROMETHEUS to the server that scrapes the sidecars";
     let mut answers: [Option<serde_json::Value>; 5] = Default::default();
+    // Every query at one instant: a scrape landing between two of them changes nothing.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let time = format!("{}.{:03}", at / 1000, at % 1000);
     for (q, a) in s.queries().into_iter().zip(answers.iter_mut()) {
         let Some(q) = q else { continue };
-        let path = format!("/api/v1/query?query={}", stat::url_encode(&q));
+        let path = format!("/api/v1/query?query={}&time={time}", stat::url_encode(&q));
         let (_, text) = request(
             ("Prometheus", hint),
             prometheus,

@@ -13,6 +13,7 @@ use weft_tests::{
     grpc::{self, Msg},
     http_peer,
     mesh::{self, weftctl},
+    prometheus::Prometheus,
     proxy::Proxy,
 };
 
@@ -139,6 +140,37 @@ fn id(sa: &str) -> String {
     format!("spiffe://cluster.local/ns/demo/sa/{sa}")
 }
 
+/// `weftctl stat --by backend` for web, once Prometheus has both backends' traffic.
+async fn stat(cp: &Proxy, prometheus: &Prometheus) -> String {
+    let url = format!("http://{}", prometheus.api);
+    let service = "web.demo.svc.cluster.local:8080";
+    let args = [
+        "stat",
+        service,
+        "--by",
+        "backend",
+        "--window",
+        "30s",
+        "--prometheus",
+        &url,
+    ];
+    println!(
+        "   $ weftctl {}",
+        args.join(" ").replace(&url, "http://<prometheus>")
+    );
+    eventually(Duration::from_secs(30), "weftctl stat", || async {
+        let (code, out, err) = weftctl(cp, &args);
+        assert_eq!(code, Some(0), "weftctl stat failed: {err}");
+        // The split's two backends (the header route and the default are listed too).
+        let split: Vec<&str> = out.lines().filter(|l| l.contains(" split ")).collect();
+        // Each with its requests per second (every query saw two scrapes of them).
+        let rps = |l: &&str| l.split_whitespace().nth(3)?.parse::<f64>().ok();
+        let counted = split.len() == 2 && split.iter().all(|l| rps(l).is_some_and(|r| r > 0.0));
+        counted.then_some(out)
+    })
+    .await
+}
+
 /// A sidecar named `node` for workload `sa` (namespace `demo`): routing table and certificate from the
 /// control plane, mutual TLS only on its inbound side.
 fn sidecar(cp: &Proxy, ca: &TempDir, node: &str, sa: &str, extra: &[&str]) -> Proxy {
@@ -230,6 +262,10 @@ async fn main() {
             tokens.to_str().unwrap(),
         ],
     );
+    // A Prometheus that finds every sidecar through the control plane (HTTP service discovery)
+    // and scrapes it every second, for `weftctl stat`.
+    let prometheus = weft_tests::tools::require("prometheus")
+        .map(|bin| Prometheus::start(&bin, &ca, cp.addr("metrics")));
     let app = |a: SocketAddr| a.to_string();
     let (b1, b2, c) = (
         sidecar(
@@ -299,6 +335,12 @@ async fn main() {
     )
     .await;
     let out = a.addr("outbound");
+    // Prometheus counts a counter's increase from its first sample: it scrapes the sidecars
+    // before the traffic starts.
+    if let Some(p) = &prometheus {
+        let scraped = "weft_xds_connected%7Bpod%3D%22client-a%22%7D";
+        p.first_sample(scraped, Duration::from_secs(30)).await;
+    }
     println!(
         "  control plane     xDS+CA (TLS) {}  API {}  registry {}",
         cp.addr("xds-tls"),
@@ -390,12 +432,27 @@ async fn main() {
     println!("3. Shifting the canary live with weftctl");
     for (w1, w2) in [(50, 50), (0, 100)] {
         shift(&cp, &a, &work, w1, w2, false).await;
+        if let (Some(p), 50) = (&prometheus, w1) {
+            // The split's series (made by step 1's requests) are scraped before these: their
+            // increase is counted from there.
+            let split = "weft_request_total%7Broute%3D%22split%22%7D";
+            p.first_sample(split, Duration::from_secs(30)).await;
+        }
         let m = served_by(out, 400, true, false).await;
         println!(
             "   HTTP/2, 400 requests: {}  (v2 {:.1}%)",
             show(&m),
             share(&m, "web-v2")
         );
+        if let (Some(p), 50) = (&prometheus, w1) {
+            println!("   each backend as the callers' sidecars saw it, from Prometheus:");
+            for line in stat(&cp, p).await.lines() {
+                println!("   {line}");
+            }
+        }
+    }
+    if prometheus.is_none() {
+        println!("   (Prometheus is not installed: no `weftctl stat`; scripts/demo installs it)");
     }
 
     println!("\n4. Retries: web-v2 starts failing every fourth request with 503");
