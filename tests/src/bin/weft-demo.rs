@@ -486,6 +486,11 @@ async fn main() {
         }
     }
 
+    // web-v2 recovers: the request below is answered on its first try.
+    web_v2
+        .state
+        .fail_every
+        .store(0, std::sync::atomic::Ordering::SeqCst);
     println!("\n5. One request followed through both sidecars' access logs (JSON, one line each)");
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let req = Request::get("/echo")
