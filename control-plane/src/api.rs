@@ -350,6 +350,7 @@ impl Api {
             .map(|(node, n)| crate::check::Proxy {
                 node,
                 connected: n.connected,
+                delta: n.delta,
                 types: &n.types,
             })
             .collect();

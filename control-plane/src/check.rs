@@ -11,7 +11,12 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{ads::TypeStatus, policy::TrafficPolicy, registry::Snapshot, snapshot::XdsSnapshot};
+use crate::{
+    ads::TypeStatus,
+    policy::{HeaderMatch, RouteMatch, TrafficPolicy},
+    registry::Snapshot,
+    snapshot::XdsSnapshot,
+};
 
 /// A CA certificate that expires sooner than this is a problem: time to rotate it.
 pub const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -63,6 +68,9 @@ pub struct Inputs<'a> {
 pub struct Proxy<'a> {
     pub node: &'a str,
     pub connected: bool,
+    /// A delta stream: it is sent only what changed among the resources it subscribed to, so
+    /// it is current when it has acknowledged what it was sent.
+    pub delta: bool,
     /// By type URL.
     pub types: &'a BTreeMap<String, TypeStatus>,
 }
@@ -127,12 +135,18 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
         return;
     };
     for s in &spec.subsets {
+        // A subset no route sends to is harmless, whatever it selects.
+        let used = spec.routes.iter().any(|r| {
+            r.backends
+                .iter()
+                .any(|b| b.subset.as_deref() == Some(s.name.as_str()))
+        });
         let selects = svc.spec.endpoints.iter().any(|e| {
             s.labels
                 .iter()
                 .all(|(k, v)| e.labels.get(k).is_some_and(|l| l == v))
         });
-        if !selects {
+        if used && !selects {
             out.push(Finding::problem(
                 "policies",
                 format!(
@@ -143,21 +157,28 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
             ));
         }
     }
-    // A route without a match takes every request: the routes after it are never reached; so
-    // is a route whose match an earlier route has already.
+    // A route that matches every request (no match, an empty one, or only the path prefix
+    // `/`) takes them all: the routes after it are never reached; so is a route whose match an
+    // earlier route has already (compared as the proxy reads them: header names and the
+    // method without case, headers and query parameters in any order).
     let route_name = |n: usize| {
         spec.routes[n]
             .name
             .clone()
             .unwrap_or_else(|| format!("routes[{n}]"))
     };
-    for (n, r) in spec.routes.iter().enumerate() {
-        let earlier = spec.routes[..n]
+    let normal: Vec<Option<RouteMatch>> = spec
+        .routes
+        .iter()
+        .map(|r| normal_match(r.matches.as_ref()))
+        .collect();
+    for n in 0..spec.routes.len() {
+        let earlier = normal[..n]
             .iter()
-            .position(|e| e.matches.is_none() || (e.matches.is_some() && e.matches == r.matches));
+            .position(|e| e.is_none() || *e == normal[n]);
         if let Some(e) = earlier {
-            let why = if spec.routes[e].matches.is_none() {
-                "has no match and takes every request"
+            let why = if normal[e].is_none() {
+                "matches every request"
             } else {
                 "has the same match"
             };
@@ -172,6 +193,39 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
             ));
         }
     }
+}
+
+/// A route's match in one form for comparing, `None` when it matches every request.
+fn normal_match(m: Option<&RouteMatch>) -> Option<RouteMatch> {
+    let m = m?;
+    let mut m = m.clone();
+    let every_path = m
+        .path
+        .as_ref()
+        .is_none_or(|p| p.prefix.as_deref() == Some("/") && p.exact.is_none() && p.regex.is_none());
+    if every_path {
+        m.path = None;
+    }
+    if m.path.is_none() && m.method.is_none() && m.headers.is_empty() && m.query_params.is_empty() {
+        return None;
+    }
+    if let Some(method) = &mut m.method {
+        method.make_ascii_uppercase();
+    }
+    for h in &mut m.headers {
+        h.name.make_ascii_lowercase();
+    }
+    let key = |h: &HeaderMatch| {
+        (
+            h.name.clone(),
+            h.exact.clone(),
+            h.prefix.clone(),
+            h.regex.clone(),
+        )
+    };
+    m.headers.sort_by_key(key);
+    m.query_params.sort_by_key(key);
+    Some(m)
 }
 
 fn ca(i: &Inputs, out: &mut Vec<Finding>) {
@@ -207,6 +261,19 @@ fn ca(i: &Inputs, out: &mut Vec<Finding>) {
     }
 }
 
+/// `text` with its control characters (newlines, escape sequences) escaped, for a terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `2027-01-04 12:00 UTC`.
 fn day_and_time(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
@@ -235,20 +302,26 @@ fn proxies(i: &Inputs, out: &mut Vec<Finding>) {
                 continue;
             };
             let name = type_name(url);
-            if let Some((version, error)) = &t.last_nack
-                && t.acked_version.as_deref() != Some(serving.version.as_str())
-            {
+            let current = if p.delta {
+                t.sent_version.as_deref()
+            } else {
+                Some(serving.version.as_str())
+            };
+            let Some(current) = current else { continue };
+            if t.acked_version.as_deref() == Some(current) {
+                continue;
+            }
+            if let Some((version, error)) = &t.last_nack {
                 out.push(Finding::problem(
                     "proxies",
                     format!("proxy {node} rejected {name} version {version}: {error}"),
                     "fix what the error names (a policy or registration); the proxy keeps its last good configuration until then",
                 ));
-            } else if t.acked_version.as_deref() != Some(serving.version.as_str()) {
+            } else {
                 out.push(Finding::problem(
                     "proxies",
                     format!(
-                        "proxy {node} has not taken {name} version {} (acknowledged: {})",
-                        serving.version,
+                        "proxy {node} has not taken {name} version {current} (acknowledged: {})",
                         t.acked_version.as_deref().unwrap_or("none")
                     ),
                     "if it stays behind, see the proxy's log and `weftctl config-dump` for it",

@@ -66,7 +66,14 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let keep_errors = {
         let texts = error_texts.clone();
         move |errors: &[String]| {
-            *texts.lock().expect("errors lock") = errors.iter().take(100).cloned().collect();
+            let mut kept: Vec<String> = errors.iter().take(100).cloned().collect();
+            if errors.len() > kept.len() {
+                kept.push(format!(
+                    "and {} more (the control plane's log lists them all)",
+                    errors.len() - kept.len()
+                ));
+            }
+            *texts.lock().expect("errors lock") = kept;
         }
     };
     // The first load happens before serving: proxies never see a registry half read. A
@@ -79,14 +86,14 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 dir: dir.display().to_string(),
                 source,
             })?;
-            let errors = r.errors.clone();
+            let errors = Some(r.errors.clone());
             (Registry::File(r), first, errors)
         }
         RegistryKind::Etcd => {
             let client = weft_core::etcd::Client::new(&cfg.etcd_endpoints);
             let mut r = EtcdRegistry::new(client, &cfg.etcd_prefix);
             let first = r.first_load().await;
-            let errors = r.errors.clone();
+            let errors = Some(r.errors.clone());
             (Registry::Etcd(r), first, errors)
         }
         RegistryKind::Kubernetes => {
@@ -108,10 +115,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 .await
                 .map_err(|_| StartError::Kubernetes("the watches stopped".into()))?;
             let first = (**rx.borrow_and_update()).clone();
-            (Registry::Kubernetes(tx, rx), first, Vec::new())
+            // The watches report their own errors (above): none to seed.
+            (Registry::Kubernetes(tx, rx), first, None)
         }
     };
-    for e in &errors {
+    for e in errors.iter().flatten() {
         tracing::warn!(error = %e, "registry");
     }
     tracing::info!(
@@ -149,8 +157,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     }
 
     let registry_errors = metrics.registry_errors.clone();
-    registry_errors.set(errors.len() as i64);
-    keep_errors(&errors);
+    // The first load's errors (file and etcd; the Kubernetes watches, already running, keep
+    // theirs themselves and must not be wiped here).
+    if let Some(errors) = &errors {
+        registry_errors.set(errors.len() as i64);
+        keep_errors(errors);
+    }
     let on_errors = move |errors: &[String]| {
         registry_errors.set(errors.len() as i64);
         keep_errors(errors);

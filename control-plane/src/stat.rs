@@ -40,6 +40,24 @@ pub const COLUMNS: [&str; 5] = [
 ];
 
 impl Stat {
+    /// A `weftctl stat`; the error names what cannot be asked: a service with `--by caller`
+    /// (the inbound series by caller name no service, so its rows would be every service's).
+    pub fn new(service: Option<String>, by: By, window: Duration) -> Result<Self, String> {
+        if let (Some(svc), By::Caller) = (&service, by) {
+            return Err(format!(
+                "--by caller counts every caller of every meshed workload: it cannot be limited to {svc}; leave the service out"
+            ));
+        }
+        if window.is_zero() {
+            return Err("--window must be longer than 0s".into());
+        }
+        Ok(Stat {
+            service,
+            by,
+            window,
+        })
+    }
+
     /// The labels rows are grouped by.
     fn labels(&self) -> &'static [&'static str] {
         match self.by {

@@ -180,7 +180,7 @@ async fn weftctl_check_names_each_problem_with_its_fix_and_passes_once_they_are_
         "control-plane  ok       answering at",
         "registry       PROBLEM  ",
         "broken.yaml",
-        "policies       PROBLEM  policy demo/web: route `api` can never match: `everything` before it has no match and takes every request",
+        "policies       PROBLEM  policy demo/web: route `api` can never match: `everything` before it matches every request",
         "fix: move the catch-all route last",
         "ca             ok       the CA certificate is valid until",
         "2 problems",

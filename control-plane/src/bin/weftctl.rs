@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use weft_control_plane::check::printable;
 use weft_control_plane::{policy, stat};
 
 #[derive(Debug, Parser)]
@@ -384,11 +385,7 @@ async fn run(cli: Cli) -> Result<String> {
             watch,
             prometheus,
         } => {
-            let s = stat::Stat {
-                service,
-                by,
-                window,
-            };
+            let s = stat::Stat::new(service, by, window).map_err(Fail)?;
             if !watch {
                 return stat_once(&prometheus, &s).await;
             }
@@ -431,13 +428,15 @@ fn check(cp: &str, findings: &serde_json::Value, problems: usize) -> String {
     )];
     for f in findings.as_array().into_iter().flatten() {
         let mark = if f["ok"] == true { "ok" } else { "PROBLEM" };
+        // Details quote what the mesh was given (file names, error texts, node ids): printed
+        // with their control characters escaped, so none can move the cursor or forge a line.
         lines.push(format!(
             "{:<13}  {mark:<7}  {}",
-            s(&f["check"]),
-            s(&f["detail"])
+            printable(&s(&f["check"])),
+            printable(&s(&f["detail"]))
         ));
         if let Some(fix) = f["fix"].as_str() {
-            lines.push(format!("{:<13}  {:<7}  fix: {fix}", "", ""));
+            lines.push(format!("{:<13}  {:<7}  fix: {}", "", "", printable(fix)));
         }
     }
     lines.push(match problems {

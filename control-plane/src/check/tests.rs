@@ -74,6 +74,7 @@ fn a_sound_mesh_has_no_problem() {
         proxies: vec![Proxy {
             node: "a.demo",
             connected: true,
+            delta: false,
             types: &fresh,
         }],
         serving: &x,
@@ -88,7 +89,7 @@ fn a_sound_mesh_has_no_problem() {
 #[test]
 fn each_problem_is_named_with_what_to_do() {
     let registry = policies(
-        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  subsets: [{name: v1, labels: {version: v1}}, {name: v9, labels: {version: v9}}]\n  routes:\n    - {name: all}\n    - {name: api, match: {path: {prefix: /api}}}\n    - {name: api-again, match: {path: {prefix: /api}}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: gone}\nspec:\n  service: gone:80\n",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  subsets: [{name: v1, labels: {version: v1}}, {name: v9, labels: {version: v9}}, {name: v8, labels: {version: v8}}]\n  routes:\n    - {name: all, backends: [{subset: v9}]}\n    - {name: api, match: {path: {prefix: /api}}}\n    - {name: api-again, match: {path: {prefix: /api}}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: gone}\nspec:\n  service: gone:80\n",
     );
     let now = SystemTime::now();
     let (rejected, behind, gone) = (
@@ -104,17 +105,20 @@ fn each_problem_is_named_with_what_to_do() {
             Proxy {
                 node: "a.demo",
                 connected: true,
+                delta: false,
                 types: &rejected,
             },
             Proxy {
                 node: "b.demo",
                 connected: true,
+                delta: false,
                 types: &behind,
             },
             // A proxy that left is not reported.
             Proxy {
                 node: "c.demo",
                 connected: false,
+                delta: false,
                 types: &gone,
             },
         ],
@@ -127,8 +131,8 @@ fn each_problem_is_named_with_what_to_do() {
         "bad.yaml: line 3: expected a mapping",
         "policy default/gone governs gone:80, which no registration declares",
         "policy default/web: subset `v9` selects no endpoint of web:80: its share of the traffic gets 503",
-        "policy default/web: route `api` can never match: `all` before it has no match and takes every request",
-        "policy default/web: route `api-again` can never match: `all` before it has no match and takes every request",
+        "policy default/web: route `api` can never match: `all` before it matches every request",
+        "policy default/web: route `api-again` can never match: `all` before it matches every request",
         "the CA certificate expires at",
         "proxy a.demo rejected CDS version v2: route `x`: bad regex",
         "proxy a.demo rejected LDS version v2: route `x`: bad regex",
@@ -159,5 +163,86 @@ fn each_problem_is_named_with_what_to_do() {
     assert!(
         problems(&f)[1].starts_with("the CA certificate expired at"),
         "{f:?}"
+    );
+}
+
+#[test]
+fn matches_are_compared_as_the_proxy_reads_them() {
+    let registry = policies(
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  routes:\n    - {name: h, match: {method: get, headers: [{name: X-A, exact: '1'}, {name: x-b}]}}\n    - {name: h-again, match: {method: GET, headers: [{name: x-b}, {name: x-a, exact: '1'}]}}\n    - {name: slash, match: {path: {prefix: /}}}\n    - {name: after-slash, match: {path: {prefix: /api}}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: empty}\nspec:\n  service: web:80\n  routes:\n    - {name: empty, match: {}}\n    - {name: after-empty, match: {method: POST}}\n",
+    );
+    let now = SystemTime::now();
+    let f = report(&Inputs {
+        registry: &registry,
+        registry_errors: &[],
+        proxies: vec![],
+        serving: &serving("v1"),
+        ca_not_after: None,
+        now,
+    });
+    assert_eq!(
+        problems(&f),
+        [
+            "policy default/empty: route `after-empty` can never match: `empty` before it matches every request",
+            "policy default/web: route `h-again` can never match: `h` before it has the same match",
+            "policy default/web: route `after-slash` can never match: `slash` before it matches every request",
+        ]
+    );
+}
+
+#[test]
+fn a_delta_stream_is_current_when_it_acknowledged_what_it_was_sent() {
+    let registry = policies("");
+    let now = SystemTime::now();
+    // Sent v2 (its subscribed resources have not changed since), acknowledged v2, while the
+    // server serves v5 of the types: current. A SotW stream in the same state is behind.
+    let delta = status("v2", None);
+    let mut nacked = status("v1", Some(("v2", "bad")));
+    for t in nacked.values_mut() {
+        t.sent_version = Some("v2".into());
+    }
+    let f = report(&Inputs {
+        registry: &registry,
+        registry_errors: &[],
+        proxies: vec![
+            Proxy {
+                node: "delta",
+                connected: true,
+                delta: true,
+                types: &delta,
+            },
+            Proxy {
+                node: "delta-nacked",
+                connected: true,
+                delta: true,
+                types: &nacked,
+            },
+            Proxy {
+                node: "sotw",
+                connected: true,
+                delta: false,
+                types: &delta,
+            },
+        ],
+        serving: &serving("v5"),
+        ca_not_after: None,
+        now,
+    });
+    assert_eq!(
+        problems(&f),
+        [
+            "proxy delta-nacked rejected CDS version v2: bad",
+            "proxy delta-nacked rejected LDS version v2: bad",
+            "proxy sotw has not taken CDS version v5 (acknowledged: v2)",
+            "proxy sotw has not taken LDS version v5 (acknowledged: v2)",
+        ]
+    );
+}
+
+#[test]
+fn printed_text_has_no_control_character() {
+    assert_eq!(
+        printable("a.yaml: bad\n\u{1b}[2Jproxy x ok\tdone é"),
+        "a.yaml: bad\\n\\u{1b}[2Jproxy x ok\\tdone é"
     );
 }

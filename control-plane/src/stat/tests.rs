@@ -130,3 +130,13 @@ fn query_components_are_url_encoded() {
         "a%7Bb%3D%22c%22%7D%20%2F%201"
     );
 }
+
+#[test]
+fn a_service_with_by_caller_is_refused_rather_than_ignored() {
+    let minute = Duration::from_secs(60);
+    let e = Stat::new(Some("web:80".into()), By::Caller, minute).unwrap_err();
+    assert!(e.contains("--by caller") && e.contains("web:80"), "{e}");
+    assert!(Stat::new(None, By::Caller, minute).is_ok());
+    assert!(Stat::new(Some("web:80".into()), By::Backend, minute).is_ok());
+    assert!(Stat::new(None, By::Service, Duration::ZERO).is_err());
+}
