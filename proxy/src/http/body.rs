@@ -78,7 +78,9 @@ impl ProxyBody {
             None => (None, Duration::ZERO),
         };
         let mut obs = obs;
-        obs.relaying = true;
+        // A body that is over before it starts (HEAD, 204, 304, `content-length: 0`, a gRPC
+        // trailers-only response) is never polled: dropped, it ended, the client did not leave.
+        obs.relaying = !inner.is_end_stream();
         ProxyBody::Upstream {
             inner: Some(inner),
             obs,

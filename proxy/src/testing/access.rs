@@ -7,7 +7,7 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::Value;
 
-use super::{Mesh, Upstreams, reply, slow};
+use super::{Mesh, Upstreams, grpc_reply, reply, slow};
 use crate::access_log::Format;
 use std::time::Duration;
 
@@ -173,6 +173,44 @@ async fn a_client_that_goes_away_is_logged_as_downstream_closed() {
     assert_eq!(l["response_code"], 499, "{l}");
     assert_eq!(l["response_flags"], "DC", "{l}");
     assert_eq!(l["route_name"], "rest", "{l}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_without_a_body_is_not_downstream_closed() {
+    let up = Upstreams::default();
+    up.serve(V1, |_, req| async move {
+        if req.headers().contains_key("te") {
+            grpc_reply(5)
+        } else {
+            reply(204, "")
+        }
+    });
+    up.serve(V2, |_, _| async { reply(200, "twelve bytes") });
+    let mut mesh = Mesh::outbound(&canary(), up);
+    let lines = mesh.access_log(Format::Json, 16);
+    assert_eq!(mesh.get("web", "/").await.status(), 204);
+    let head = Request::head("/api")
+        .header("host", "web")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(mesh.send(head).await.status(), 200);
+    let h2 = Request::get("http://web/")
+        .version(http::Version::HTTP_2)
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(mesh.send(h2).await.status(), 204);
+    // A trailers-only gRPC response.
+    let call = mesh.grpc("web", "/pkg.Svc/Get").await;
+    assert_eq!(call.headers()["grpc-status"], "5");
+    let lines = mesh.log_lines(&lines);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let want = [("GET", 204), ("HEAD", 200), ("GET", 204), ("POST", 200)];
+    for (line, (method, status)) in lines.iter().zip(want) {
+        let l = json(line);
+        assert_eq!(l["method"], method, "{l}");
+        assert_eq!(l["response_code"], status, "{l}");
+        assert_eq!(l["response_flags"], "-", "the response ended: {l}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
