@@ -52,6 +52,7 @@ const ANNOTATIONS: &[&str] = &[
     MTLS_MODE,
     DEFAULT_AUTHZ,
     ACCESS_LOG,
+    TRACE_SAMPLING,
 ];
 
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -101,6 +102,10 @@ pub struct ProxySettings {
     /// The sidecars' access log: `off`, `json` or `apache`.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// Distributed tracing: where the sidecars export spans, and the share of new traces
+    /// sampled.
+    #[serde(default)]
+    pub tracing: TracingSettings,
     #[serde(default = "default_resources")]
     pub resources: ResourceRequirements,
     #[serde(default = "default_init_resources")]
@@ -114,9 +119,43 @@ impl Default for ProxySettings {
             image_pull_policy: default_pull_policy(),
             log_level: default_log_level(),
             access_log: default_access_log(),
+            tracing: TracingSettings::default(),
             resources: default_resources(),
             init_resources: default_init_resources(),
         }
+    }
+}
+
+/// The sidecars' tracing (`weft-proxy --trace-otlp-endpoint`, `--trace-sampling`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracingSettings {
+    /// The collector's OTLP/gRPC endpoint; tracing is off without one.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Percent of new traces sampled; a pod's `weft.dev/trace-sampling` overrides it.
+    #[serde(default = "default_sampling")]
+    pub sampling: f64,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        TracingSettings {
+            otlp_endpoint: None,
+            sampling: default_sampling(),
+        }
+    }
+}
+
+fn default_sampling() -> f64 {
+    1.0
+}
+
+/// A sampling percentage, 0 to 100.
+fn sampling(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}` is not a percentage from 0 to 100")),
     }
 }
 
@@ -224,6 +263,15 @@ impl MeshConfig {
         default_authz_value(&self.default_authz).map_err(|e| format!("defaultAuthz: {e}"))?;
         log_level(&self.proxy.log_level).map_err(|e| format!("proxy.logLevel: {e}"))?;
         access_log(&self.proxy.access_log).map_err(|e| format!("proxy.accessLog: {e}"))?;
+        let t = &self.proxy.tracing;
+        if let Some(url) = &t.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "proxy.tracing.otlpEndpoint: `{url}` is neither http:// nor https://"
+            ));
+        }
+        sampling(&t.sampling.to_string()).map_err(|e| format!("proxy.tracing.sampling: {e}"))?;
         if !matches!(
             self.proxy.image_pull_policy.as_str(),
             "Always" | "IfNotPresent" | "Never"
@@ -393,6 +441,7 @@ struct PodSettings {
     mtls_mode: &'static str,
     default_authz: &'static str,
     access_log: &'static str,
+    trace_sampling: f64,
 }
 
 /// The injector: the mesh configuration and the trust bundle sidecars verify the control plane
@@ -523,6 +572,7 @@ impl Injector {
             mtls_mode: mtls_mode(&self.mesh.mtls_mode).unwrap_or("permissive"),
             default_authz: default_authz_value(&self.mesh.default_authz).unwrap_or("allow"),
             access_log: access_log(&self.mesh.proxy.access_log).unwrap_or("off"),
+            trace_sampling: self.mesh.proxy.tracing.sampling,
         };
         for (key, value) in annotations {
             if !key.starts_with("weft.dev/") {
@@ -556,6 +606,7 @@ impl Injector {
                 MTLS_MODE => s.mtls_mode = mtls_mode(value).map_err(bad)?,
                 DEFAULT_AUTHZ => s.default_authz = default_authz_value(value).map_err(bad)?,
                 ACCESS_LOG => s.access_log = access_log(value).map_err(bad)?,
+                TRACE_SAMPLING => s.trace_sampling = sampling(value).map_err(bad)?,
                 k if ANNOTATIONS.contains(&k) => {}
                 _ => {
                     return Err(format!(
@@ -598,6 +649,10 @@ impl Injector {
         ];
         if s.access_log != "off" {
             proxy_env.push(env(contract::ACCESS_LOG, s.access_log));
+        }
+        if let Some(url) = &self.mesh.proxy.tracing.otlp_endpoint {
+            proxy_env.push(env(contract::TRACE_OTLP_ENDPOINT, url));
+            proxy_env.push(env(contract::TRACE_SAMPLING, &s.trace_sampling.to_string()));
         }
         let probes = rewrite_probes(&spec.containers);
         if !probes.app.is_empty() {

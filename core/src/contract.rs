@@ -26,6 +26,8 @@ pub const PROXY_UID: &str = "WEFT_PROXY_UID";
 pub const REDIRECT_DNS: &str = "WEFT_REDIRECT_DNS";
 pub const SERVICE_ACCOUNT: &str = "WEFT_SERVICE_ACCOUNT";
 pub const TRUST_BUNDLE_PEM: &str = "WEFT_TRUST_BUNDLE_PEM";
+pub const TRACE_OTLP_ENDPOINT: &str = "WEFT_TRACE_OTLP_ENDPOINT";
+pub const TRACE_SAMPLING: &str = "WEFT_TRACE_SAMPLING";
 pub const TRUST_DOMAIN: &str = "WEFT_TRUST_DOMAIN";
 
 /// Every name above.
@@ -51,6 +53,8 @@ pub const ALL: &[&str] = &[
     PROXY_UID,
     REDIRECT_DNS,
     SERVICE_ACCOUNT,
+    TRACE_OTLP_ENDPOINT,
+    TRACE_SAMPLING,
     TRUST_BUNDLE_PEM,
     TRUST_DOMAIN,
 ];
@@ -78,6 +82,7 @@ pub mod annotation {
     pub const MTLS_MODE: &str = "weft.dev/mtls-mode";
     pub const DEFAULT_AUTHZ: &str = "weft.dev/default-authz";
     pub const ACCESS_LOG: &str = "weft.dev/access-log";
+    pub const TRACE_SAMPLING: &str = "weft.dev/trace-sampling";
 }
 
 /// weft's settings in standard xDS resources: filter metadata under [`xds::METADATA`], and

@@ -114,11 +114,20 @@ impl Flags {
     }
 }
 
+/// What else ends with an entry: the request's span (`trace`), made from the entry.
+pub trait OnFinish: Send + Sync + std::fmt::Debug {
+    fn finish(self: Box<Self>, e: &Entry);
+}
+
 /// What a line says of one request or connection. Made when it arrives, filled as it is
 /// routed and answered, and written once it has ended.
 #[derive(Debug)]
 pub struct Entry {
-    log: &'static AccessLog,
+    /// Where the line goes; `None` when only the span is wanted (the log off, the request
+    /// traced).
+    log: Option<&'static AccessLog>,
+    /// The request's span, when it is traced: it ends with the entry.
+    pub traced: Option<Box<dyn OnFinish>>,
     pub start: SystemTime,
     pub started: Instant,
     /// `inbound` or `outbound`.
@@ -161,7 +170,6 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct AccessLog {
     tx: SyncSender<Msg>,
-    format: Format,
     query: bool,
     dropped: prometheus::IntCounter,
 }
@@ -212,12 +220,7 @@ impl AccessLog {
             .name("weft-access-log".into())
             .spawn(move || write_lines(rx, out, format))?;
         // It lives as long as the process: requests reach it without counting references.
-        Ok(Some(Box::leak(Box::new(AccessLog {
-            tx,
-            format,
-            query,
-            dropped,
-        }))))
+        Ok(Some(Box::leak(Box::new(AccessLog { tx, query, dropped }))))
     }
 
     /// The log `cfg` asks for: `None` when it is off. The error names the file that could not
@@ -250,9 +253,52 @@ impl AccessLog {
         direction: &'static str,
         client: Option<SocketAddr>,
     ) -> Box<Entry> {
+        Entry::request(Some(self), req, direction, client)
+    }
+
+    /// The log's entry for an opaque TCP connection.
+    pub fn connection(
+        &'static self,
+        direction: &'static str,
+        client: Option<SocketAddr>,
+    ) -> Box<Entry> {
+        Entry::new(Some(self), direction, "TCP", client)
+    }
+
+    /// Waits (up to `within`) until every line queued so far is written and flushed: at
+    /// shutdown, so that the last requests' lines are not lost.
+    pub fn flush(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Never blocks past `within`, not even behind a full queue whose writer is stuck.
+        let mut msg = Msg::Flush(tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+    }
+}
+
+impl Entry {
+    /// The entry for an HTTP request (before any of its headers is changed), for the log
+    /// (`log`) and, when traced, its span.
+    pub fn request<B>(
+        log: Option<&'static AccessLog>,
+        req: &Request<B>,
+        direction: &'static str,
+        client: Option<SocketAddr>,
+    ) -> Box<Entry> {
         let h = req.headers();
         let uri = req.uri();
-        let path = match (self.query, uri.path_and_query()) {
+        let query = log.is_some_and(|l| l.query);
+        let path = match (query, uri.path_and_query()) {
             (true, Some(pq)) => pq.as_str(),
             _ => uri.path(),
         };
@@ -260,8 +306,8 @@ impl AccessLog {
             .authority()
             .map(|a| a.as_str())
             .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()));
-        let mut e = self.entry(direction, version_name(req.version()), client);
-        e.method = Some(req.method().clone());
+        let mut e = Entry::new(log, direction, version_name(req.version()), client);
+        e.method = Some(bounded_method(req.method()));
         // One pass over the headers (a request has few) rather than a lookup for each name.
         let (mut agent, mut referer, mut id) = (None, None, None);
         let mut traced = false;
@@ -289,23 +335,15 @@ impl AccessLog {
         e
     }
 
-    /// The log's entry for an opaque TCP connection.
-    pub fn connection(
-        &'static self,
-        direction: &'static str,
-        client: Option<SocketAddr>,
-    ) -> Box<Entry> {
-        self.entry(direction, "TCP", client)
-    }
-
-    fn entry(
-        &'static self,
+    fn new(
+        log: Option<&'static AccessLog>,
         direction: &'static str,
         protocol: &'static str,
         client: Option<SocketAddr>,
     ) -> Box<Entry> {
         Box::new(Entry {
-            log: self,
+            log,
+            traced: None,
             start: SystemTime::now(),
             started: Instant::now(),
             direction,
@@ -331,21 +369,14 @@ impl AccessLog {
         })
     }
 
-    /// Waits (up to `within`) until every line queued so far is written and flushed: at
-    /// shutdown, so that the last requests' lines are not lost.
-    pub fn flush(&self, within: Duration) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(within);
-        }
-    }
-}
-
-impl Entry {
-    /// Queues the line (its duration measured now); drops and counts it when the queue is full.
+    /// Ends the request's span, if it is traced, and queues the line (its duration measured
+    /// now); drops and counts it when the queue is full.
     pub fn finish(mut self: Box<Self>) {
         self.duration = self.started.elapsed();
-        let log = self.log;
+        if let Some(t) = self.traced.take() {
+            t.finish(&self);
+        }
+        let Some(log) = self.log else { return };
         match log.tx.try_send(Msg::Line(self)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => log.dropped.inc(),
@@ -355,11 +386,6 @@ impl Entry {
     /// The counter the request body adds its bytes to.
     pub fn bytes_in(&mut self) -> Arc<AtomicU64> {
         self.bytes_in.get_or_insert_default().clone()
-    }
-
-    /// The format its line will be written in.
-    pub fn format(&self) -> Format {
-        self.log.format
     }
 
     fn received(&self) -> u64 {
@@ -409,6 +435,18 @@ fn write_lines(rx: Receiver<Msg>, out: Box<dyn Write + Send>, format: Format) {
         std::thread::sleep(REST);
     }
     let _ = out.flush();
+}
+
+/// The request's method, cut to [`MAX_FIELD`] bytes: an extension method is the client's
+/// text, as long as its request line allows, and a queued line must not keep all of it.
+fn bounded_method(m: &http::Method) -> http::Method {
+    match m.as_str().as_bytes() {
+        long if long.len() > MAX_FIELD => {
+            // A method is a token (ASCII): any prefix of one is one.
+            http::Method::from_bytes(&long[..MAX_FIELD]).unwrap_or_else(|_| m.clone())
+        }
+        _ => m.clone(),
+    }
 }
 
 /// The protocol as a line names it.

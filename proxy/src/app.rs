@@ -29,7 +29,7 @@ use crate::{
     server::{InboundTls, Listener, TcpTarget},
     table,
     table::{LoadError, Table, watch::FileWatch},
-    tls, transport,
+    tls, trace, transport,
 };
 
 /// How long the start waits for the first answers for a table file's endpoint host names.
@@ -311,9 +311,17 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     });
     control.serve_admin(state.clone(), admin_l, probe_l)?;
 
-    let dropped = metrics.access_log_dropped.clone();
+    let dropped = metrics.observe.access_log_dropped.clone();
     let access_log = access_log::AccessLog::from_config(&cfg.access_log, dropped)
         .map_err(|(path, source)| StartError::AccessLog { path, source })?;
+    let tracer = trace::start(
+        &cfg.trace,
+        &cfg.discovery,
+        &metrics.observe,
+        &control.handle,
+    )
+    .map_err(StartError::Trace)?;
+    let request_id = cfg.trace.generate_request_id;
     let make_http = |direction: Direction, router: Router| {
         Arc::new(HttpProxy {
             direction,
@@ -327,6 +335,8 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
             log: access_log,
+            tracer,
+            request_id,
         })
     };
     let unknown = metrics.target(Direction::Outbound, &Arc::from("unknown"));
@@ -373,6 +383,8 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
             cfg: cfg.upstream.clone(),
             drain: drain.clone(),
             log: access_log,
+            tracer,
+            request_id,
         });
         tokio::spawn(listener(http, TcpTarget::Service(svc), None).run(l));
     }

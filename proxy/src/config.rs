@@ -175,6 +175,9 @@ pub struct Config {
     #[command(flatten)]
     pub access_log: AccessLogConfig,
 
+    #[command(flatten)]
+    pub trace: TraceConfig,
+
     /// Connections each listener (outbound, inbound, `--outbound-tcp`) holds at once, tunnels
     /// included; beyond, a new one is closed at once (`weft_tcp_refused_total`).
     #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 20_000)]

@@ -6,7 +6,8 @@
 //! retried by [`retry`], sent through [`client`]), anything else through [`tcp`]. The table
 //! comes from a file ([`table::watch`]) or from the control plane ([`discovery`], the ADS
 //! client). [`admin`] serves the admin and probe endpoints, [`metrics`] the Prometheus
-//! registry, [`drain`] graceful shutdown. `docs/architecture.md` follows one request through
+//! registry, [`access_log`] and [`trace`] the access log and distributed tracing, [`drain`]
+//! graceful shutdown. `docs/architecture.md` follows one request through
 //! them, file by file.
 #![forbid(unsafe_code)]
 
@@ -44,6 +45,7 @@ pub mod tcp;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 
 pub use app::{StartError, run};

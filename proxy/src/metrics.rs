@@ -8,9 +8,11 @@ use std::{
 };
 
 mod conn;
+mod observe;
 mod target;
 
 pub use conn::{AuthzProtocol, ConnMetrics, OpenConn, PROTOCOLS, TlsMetrics};
+pub use observe::ObserveMetrics;
 use target::{ATTEMPT_BUCKETS, TrafficFamilies};
 pub use target::{LazyTarget, TargetMetrics};
 
@@ -68,8 +70,8 @@ pub struct Metrics {
     upstream_connect_errors: IntCounterVec,
     /// 1 while an ADS stream to the control plane is open.
     pub xds_connected: IntGauge,
-    /// Access log lines dropped because the writer's queue was full.
-    pub access_log_dropped: IntCounter,
+    /// The access log's and the tracer's series.
+    pub observe: ObserveMetrics,
     xds_updates: IntCounterVec,
     endpoint_dns: IntCounterVec,
     pub tls: TlsMetrics,
@@ -203,11 +205,6 @@ impl Metrics {
             &["direction", "reason"],
         )
         .unwrap();
-        let access_log_dropped = IntCounter::with_opts(opts(
-            "access_log_dropped_total",
-            "Access log lines dropped: the writer's queue (--access-log-queue) was full.",
-        ))
-        .unwrap();
         let xds_connected = IntGauge::with_opts(opts(
             "xds_connected",
             "1 while the ADS stream to the control plane is open.",
@@ -305,7 +302,7 @@ impl Metrics {
         reg(Box::new(table_reloads.clone()));
         reg(Box::new(upstream_connect_errors.clone()));
         reg(Box::new(xds_connected.clone()));
-        reg(Box::new(access_log_dropped.clone()));
+        let observe = ObserveMetrics::new(&reg);
         reg(Box::new(xds_updates.clone()));
         reg(Box::new(endpoint_dns.clone()));
         let dt = ["direction", "target"];
@@ -422,7 +419,7 @@ impl Metrics {
             table_reloads,
             upstream_connect_errors,
             xds_connected,
-            access_log_dropped,
+            observe,
             xds_updates,
             endpoint_dns,
             tls,

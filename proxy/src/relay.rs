@@ -49,6 +49,7 @@ use crate::{
     resilience::{self, Limit},
     retry,
     table::{Protocol, Route, Service, SharedTable},
+    trace::{self, Tracer},
 };
 
 /// How long an HTTP/1 client may take to send a request's headers.
@@ -100,6 +101,10 @@ pub struct HttpProxy {
     pub drain: Drain,
     /// The access log, when it is on.
     pub log: Option<&'static AccessLog>,
+    /// The tracer, when tracing is on.
+    pub tracer: Option<&'static Tracer>,
+    /// Whether a request without an `x-request-id` gets one.
+    pub request_id: bool,
 }
 
 /// Where one request goes.

@@ -12,6 +12,7 @@ mod access;
 mod golden;
 mod resilience;
 mod retry;
+mod tracing;
 
 use std::{
     collections::HashMap,
@@ -226,6 +227,8 @@ impl Mesh {
             cfg,
             drain: Drain::new(),
             log: None,
+            tracer: None,
+            request_id: true,
         });
         Mesh {
             proxy,
@@ -295,13 +298,27 @@ impl Mesh {
     pub fn access_log(&mut self, format: access_log::Format, queue: usize) -> Lines {
         let lines = Lines::default();
         let sink = access_log::Sink::Writer(Box::new(lines.clone()));
-        let dropped = self.metrics.access_log_dropped.clone();
+        let dropped = self.metrics.observe.access_log_dropped.clone();
         let log = access_log::AccessLog::start(format, sink, false, queue, dropped)
             .expect("the writer thread starts");
         Arc::get_mut(&mut self.proxy)
             .expect("the proxy is not shared yet")
             .log = log;
         lines
+    }
+
+    /// Turns tracing on, sampling `percent` of new traces; the spans come out of the receiver
+    /// (no exporter).
+    pub fn trace(
+        &mut self,
+        percent: f64,
+    ) -> tokio::sync::mpsc::Receiver<opentelemetry_proto::tonic::trace::v1::Span> {
+        let dropped = self.metrics.observe.trace_dropped.clone();
+        let (tracer, rx) = crate::trace::Tracer::new(percent, 64, dropped);
+        Arc::get_mut(&mut self.proxy)
+            .expect("the proxy is not shared yet")
+            .tracer = Some(tracer);
+        rx
     }
 
     /// The access log's lines written so far, once every line queued is written.

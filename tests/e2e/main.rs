@@ -25,5 +25,6 @@ mod starvation;
 mod swap;
 mod tcp;
 mod tools;
+mod tracing;
 mod traffic;
 mod xds_table;

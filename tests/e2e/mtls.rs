@@ -26,7 +26,7 @@ const WEB: &str = "web.demo.svc.cluster.local:8080";
 const ECHO: &str = "echo.demo.svc.cluster.local:9090";
 const TCP: &str = "tcp.demo.svc.cluster.local:7000";
 
-fn id(ns: &str, sa: &str) -> String {
+pub(crate) fn id(ns: &str, sa: &str) -> String {
     format!("{TD}/ns/{ns}/sa/{sa}")
 }
 
@@ -59,7 +59,7 @@ impl Default for Options {
 
 /// The control plane on `registry`, its CA in `dir/ca` (created on first start), its TLS port on
 /// `tls_addr`.
-fn start_cp(dir: &TempDir, registry: &TempDir, cert_ttl: &str, tls_addr: &str) -> Proxy {
+pub(crate) fn start_cp(dir: &TempDir, registry: &TempDir, cert_ttl: &str, tls_addr: &str) -> Proxy {
     let (ca_dir, tokens) = (dir.0.join("ca"), dir.0.join("tokens"));
     mesh::control_plane(
         registry,
@@ -94,7 +94,7 @@ struct Mesh {
 }
 
 /// The sidecar flags for workload `ns/sa`, getting its identity from `cp`'s CA.
-fn sidecar(
+pub(crate) fn sidecar(
     dir: &TempDir,
     cp: &Proxy,
     bundle: &std::path::Path,
@@ -137,7 +137,7 @@ fn sidecar(
 }
 
 /// Where workload `sa`'s sidecar writes its access log.
-fn access_log(dir: &TempDir, sa: &str) -> PathBuf {
+pub(crate) fn access_log(dir: &TempDir, sa: &str) -> PathBuf {
     dir.0.join(format!("{sa}.access.log"))
 }
 
@@ -161,12 +161,12 @@ async fn logged(
     .await
 }
 
-fn token(sa: &str) -> String {
+pub(crate) fn token(sa: &str) -> String {
     format!("{sa}-bootstrap-token-0123456789")
 }
 
 /// A service with one endpoint that proves `identity`; with `authz`, only `frontend` may call it.
-fn service(
+pub(crate) fn service(
     name: &str,
     port: u16,
     protocol: &str,

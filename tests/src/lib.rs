@@ -9,6 +9,7 @@ pub mod http_peer;
 pub mod k8s;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
 pub mod prometheus;
 pub mod properties;
 pub mod proxy;

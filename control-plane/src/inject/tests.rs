@@ -170,6 +170,10 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_capture_init_container() {
         !penv.contains_key("WEFT_ACCESS_LOG"),
         "the access log is off by default"
     );
+    assert!(
+        !penv.contains_key("WEFT_TRACE_OTLP_ENDPOINT"),
+        "tracing is off by default"
+    );
     // The app's HTTP readiness probe (named port) is pointed at the sidecar.
     let web = &spec["containers"][0];
     assert_eq!(
@@ -344,6 +348,7 @@ fn a_pod_that_cannot_be_read_or_a_bad_annotation_is_refused_with_the_reason() {
         ("weft.dev/log-level", "loud", "not a log filter"),
         ("weft.dev/default-authz", "maybe", "not allow or deny"),
         ("weft.dev/access-log", "xml", "not off, json or apache"),
+        ("weft.dev/trace-sampling", "150", "not a percentage"),
         ("weft.dev/inject", "maybe", "not enabled, disabled"),
         (
             "weft.dev/proxy-cpus",
@@ -385,6 +390,14 @@ fn mesh_config_errors_name_the_field() {
         ("defaultAuthz: maybe\n", "defaultAuthz"),
         ("proxy: {logLevel: loud}\n", "proxy.logLevel"),
         ("proxy: {accessLog: xml}\n", "proxy.accessLog"),
+        (
+            "proxy: {tracing: {otlpEndpoint: collector:4317}}\n",
+            "proxy.tracing.otlpEndpoint",
+        ),
+        (
+            "proxy: {tracing: {sampling: -1}}\n",
+            "proxy.tracing.sampling",
+        ),
         (
             "proxy: {imagePullPolicy: Sometimes}\n",
             "proxy.imagePullPolicy",
@@ -504,4 +517,25 @@ async fn the_ca_bundle_is_kept_set_through_the_api() {
         stored.lock().unwrap()["webhooks"][0]["clientConfig"]["caBundle"],
         base64::engine::general_purpose::STANDARD.encode(BUNDLE)
     );
+}
+
+#[test]
+fn tracing_goes_to_every_sidecar_and_a_pod_may_sample_more() {
+    let mut inj = injector(true);
+    inj.mesh = MeshConfig::parse(
+        "controlPlaneAddress: https://cp:15012\nproxy: {tracing: {otlpEndpoint: 'http://otel.obs:4317', sampling: 5}}\n",
+    )
+    .unwrap();
+    let mut review = fixture("deployment-pod.json");
+    let (_, pod, _) = run(&inj, &review);
+    let pod = pod.unwrap();
+    let penv = env_of(&pod["spec"]["initContainers"][1]);
+    assert_eq!(penv["WEFT_TRACE_OTLP_ENDPOINT"], "http://otel.obs:4317");
+    assert_eq!(penv["WEFT_TRACE_SAMPLING"], "5");
+    review["request"]["object"]["metadata"]["annotations"] =
+        json!({ "weft.dev/trace-sampling": "100" });
+    let (_, pod, _) = run(&inj, &review);
+    let pod = pod.unwrap();
+    let penv = env_of(&pod["spec"]["initContainers"][1]);
+    assert_eq!(penv["WEFT_TRACE_SAMPLING"], "100");
 }

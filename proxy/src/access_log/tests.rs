@@ -155,6 +155,9 @@ fn a_full_queue_drops_lines_and_counts_them() {
         log.connection("inbound", None).finish();
     }
     assert_eq!(dropped.get(), 6);
+    // A flush behind the full queue of a stuck writer gives up when its time is up (a send
+    // that waited for room would wait for ever: the writer waits for this thread).
+    log.flush(Duration::from_millis(50));
     // Opened, the writer writes the four queued and flushes (the gate again).
     gate.open.wait();
     gate.open.wait();
@@ -229,6 +232,22 @@ fn json_lines_read_back_as_what_the_request_sent() {
         v.get("trace_id").is_none(),
         "a field without a value is left out: {v}"
     );
+}
+
+#[test]
+fn an_extension_method_is_cut_to_the_field_bound() {
+    let (log, written) = memory_log(Format::Json, false);
+    let long = "X".repeat(10_000);
+    let req = http::Request::builder()
+        .method(long.as_str())
+        .uri("/")
+        .body(())
+        .unwrap();
+    let e = log.request(&req, "inbound", None);
+    assert_eq!(e.method.as_ref().unwrap().as_str().len(), MAX_FIELD);
+    e.finish();
+    let v: serde_json::Value = serde_json::from_str(written().trim_end()).unwrap();
+    assert_eq!(v["method"], long[..MAX_FIELD]);
 }
 
 #[test]

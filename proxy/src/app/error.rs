@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{app_probe, identity, table::LoadError, tls};
+use crate::{app_probe, identity, table::LoadError, tls, trace};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Trace(#[from] trace::TraceError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

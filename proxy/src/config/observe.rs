@@ -1,4 +1,5 @@
-//! Flags for what the sidecar tells operators beyond its metrics: the access log.
+//! Flags for what the sidecar tells operators beyond its metrics: the access log and
+//! distributed tracing.
 
 use std::path::PathBuf;
 
@@ -52,4 +53,72 @@ pub struct AccessLogConfig {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
     )]
     pub queue: u32,
+}
+
+/// Distributed tracing: spans for sampled requests, exported over OTLP/gRPC.
+#[derive(Debug, Clone, Args)]
+pub struct TraceConfig {
+    /// The OpenTelemetry collector's OTLP/gRPC endpoint (`http://host:4317`, or `https://`
+    /// verified with --trace-otlp-ca). Tracing is on when it is set; without it, trace headers
+    /// pass through untouched.
+    #[arg(
+        long = "trace-otlp-endpoint",
+        env = weft_core::contract::TRACE_OTLP_ENDPOINT,
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
+
+    /// PEM certificates that verify an `https://` collector [default: the system's, from
+    /// SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt].
+    #[arg(
+        long = "trace-otlp-ca",
+        env = "WEFT_TRACE_OTLP_CA",
+        value_name = "FILE"
+    )]
+    pub otlp_ca: Option<PathBuf>,
+
+    /// Percent of new traces sampled (a caller's decision, in `traceparent` or B3, is kept).
+    #[arg(
+        id = "trace_sampling",
+        long = "trace-sampling",
+        env = weft_core::contract::TRACE_SAMPLING,
+        default_value_t = 1.0,
+        value_parser = percent
+    )]
+    pub sampling: f64,
+
+    /// Spans waiting for export at most; beyond, spans are dropped and counted in
+    /// `weft_trace_spans_dropped_total{reason="queue_full"}`. Each holds at most about 3 KiB.
+    #[arg(
+        id = "trace_queue",
+        long = "trace-queue",
+        env = "WEFT_TRACE_QUEUE",
+        default_value_t = 2048,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub queue: u32,
+
+    /// Give a request without an `x-request-id` a generated one (a random UUID), which the
+    /// application, the access log and the span then share.
+    #[arg(
+        long = "generate-request-id",
+        env = "WEFT_GENERATE_REQUEST_ID",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub generate_request_id: bool,
+}
+
+/// A percentage, 0 to 100.
+fn percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=100.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("`{s}` is not a percentage from 0 to 100"))
+    }
 }

@@ -4,10 +4,14 @@
 //!
 //!   weft-test-app serve NAME HTTP_ADDR GRPC_ADDR TCP_ADDR
 //!   weft-test-app grpc-call ADDR
+//!   weft-test-app otlp-sink
 //!
 //! `serve` logs one JSON line per gRPC call to stderr (`grpc call`, with the method and the
 //! `x-weft-peer-identity` it carried), and `ready` once listening, as the harness reads them.
 //! `grpc-call` prints one line per call shape and exits non-zero on the first failure.
+//! `otlp-sink` is an OTLP/gRPC trace receiver on 127.0.0.1 (for the tracing benchmark): it
+//! prints its URL, then the count of spans received so far every second (keeping none),
+//! until it is stopped.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -64,9 +68,19 @@ async fn main() {
                 std::process::exit(1);
             }
         }
+        ["otlp-sink"] => {
+            let c = weft_tests::otlp::Collector::start().await;
+            println!("{}", c.url());
+            let mut total = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                total += c.take_count();
+                eprintln!("spans {total}");
+            }
+        }
         _ => {
             eprintln!(
-                "usage: weft-test-app serve NAME HTTP GRPC TCP | weft-test-app grpc-call ADDR"
+                "usage: weft-test-app serve NAME HTTP GRPC TCP | weft-test-app grpc-call ADDR | weft-test-app otlp-sink"
             );
             std::process::exit(2);
         }

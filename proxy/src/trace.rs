@@ -1,0 +1,238 @@
+//! Distributed tracing: each HTTP request the sidecar proxies continues the caller's trace
+//! (W3C Trace Context; B3's multiple headers accepted) or starts one, and, when sampled, is a
+//! span of its own: a client span outbound, a server span inbound. The request goes on with
+//! this sidecar's span id in `traceparent`, so the application's spans and the sidecars' form
+//! one tree. Spans are exported over OTLP/gRPC by a task on the control runtime.
+//!
+//! Sampling: a caller's decision is kept (an unsampled request passes through untouched and
+//! costs nothing more than reading its headers); a new trace is sampled at
+//! `--trace-sampling` percent. Tracing is on when `--trace-otlp-endpoint` names a collector;
+//! without one the headers pass through as they came.
+//!
+//! Bounds: `--trace-queue` spans wait for export at most (each at most about 3 KiB: every
+//! string taken from a request is cut to the access log's bounds); beyond, spans are dropped
+//! and counted (`weft_trace_spans_dropped_total{reason="queue_full"}`). A batch the collector
+//! refuses or cannot take is retried with backoff, then dropped and counted.
+
+mod context;
+mod export;
+mod span;
+#[cfg(test)]
+mod tests;
+
+pub use context::{Parent, parent};
+pub use export::{ExportConfig, Exporter};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::mpsc;
+
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use crate::access_log::{Entry, OnFinish};
+use crate::config::{DiscoveryConfig, TraceConfig};
+use crate::metrics::{Direction, ObserveMetrics};
+
+/// The largest `--trace-queue`.
+pub const MAX_QUEUE: u32 = 100_000;
+
+/// The request id header, generated when a request arrives without one.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The tracer the listeners share: samples, starts spans, queues the finished ones.
+#[derive(Debug)]
+pub struct Tracer {
+    /// New traces sampled, in millionths.
+    sampling: u32,
+    tx: mpsc::Sender<Span>,
+    dropped: prometheus::IntCounterVec,
+}
+
+/// A sampled request's span, while the request is in flight.
+#[derive(Debug)]
+pub struct Traced {
+    tracer: &'static Tracer,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The caller's span; `None` for a trace this sidecar started.
+    pub parent: Option<[u8; 8]>,
+    /// The caller's `tracestate`, kept on the span.
+    state: Option<HeaderValue>,
+    direction: Direction,
+}
+
+impl Tracer {
+    /// A tracer sampling `percent` of new traces, whose spans go through a queue of `queue`
+    /// to the exporter (returned, to be run on the control runtime).
+    pub fn new(
+        percent: f64,
+        queue: u32,
+        dropped: prometheus::IntCounterVec,
+    ) -> (&'static Tracer, mpsc::Receiver<Span>) {
+        let (tx, rx) = mpsc::channel(queue.clamp(1, MAX_QUEUE) as usize);
+        let sampling = (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
+        // It lives as long as the process: requests reach it without counting references.
+        let t = Box::leak(Box::new(Tracer {
+            sampling,
+            tx,
+            dropped,
+        }));
+        (t, rx)
+    }
+
+    /// A request arriving (before any of its headers is read for the access log): its span if
+    /// it is sampled, with `traceparent` (and B3, when the caller spoke it) rewritten to name
+    /// it; `None`, the headers untouched, if not.
+    pub fn start(&'static self, h: &mut HeaderMap, direction: Direction) -> Option<Traced> {
+        let parent = context::parent(h);
+        let sampled = match parent.and_then(|p| p.sampled) {
+            Some(s) => s,
+            None => self.sampling > 0 && fastrand::u32(0..1_000_000) < self.sampling,
+        };
+        if !sampled {
+            return None;
+        }
+        let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
+        let span_id = new_span_id();
+        let state = h.get(&context::TRACESTATE).cloned();
+        context::propagate(h, parent.as_ref(), &trace_id, &span_id);
+        Some(Traced {
+            tracer: self,
+            trace_id,
+            span_id,
+            parent: parent.map(|p| p.span_id),
+            state,
+            direction,
+        })
+    }
+
+    fn queue(&self, span: Span) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.with_label_values(&["queue_full"]).inc();
+        }
+    }
+}
+
+impl OnFinish for Traced {
+    /// The request is over: its span, made from its access log entry, is queued for export.
+    fn finish(self: Box<Self>, e: &Entry) {
+        self.tracer.queue(span::build(&self, e));
+    }
+}
+
+/// Sets a generated `x-request-id` (a random UUID, version 4) when the request has none.
+pub fn ensure_request_id(h: &mut HeaderMap) {
+    if h.contains_key(&X_REQUEST_ID) {
+        return;
+    }
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut v = [0u8; 36];
+    let mut at = 0;
+    for (i, chunk) in [&b[..4], &b[4..6], &b[6..8], &b[8..10], &b[10..]]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            v[at] = b'-';
+            at += 1;
+        }
+        context::encode(chunk, &mut v[at..at + chunk.len() * 2]);
+        at += chunk.len() * 2;
+    }
+    h.insert(
+        X_REQUEST_ID.clone(),
+        HeaderValue::from_bytes(&v).expect("hex digits and dashes"),
+    );
+}
+
+fn new_trace_id() -> [u8; 16] {
+    loop {
+        let id = fastrand::u128(..);
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    loop {
+        let id = fastrand::u64(..);
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
+}
+
+/// Why tracing could not start: the flag at fault and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("--trace-otlp-endpoint: `{0}` is neither http:// nor https://")]
+    Scheme(String),
+    #[error("--trace-otlp-ca: {0}")]
+    Ca(String),
+}
+
+/// Starts the tracer and its exporter (on the control runtime) when a collector is named;
+/// `None` when tracing is off.
+pub fn start(
+    t: &TraceConfig,
+    node: &DiscoveryConfig,
+    metrics: &ObserveMetrics,
+    control: &tokio::runtime::Handle,
+) -> Result<Option<&'static Tracer>, TraceError> {
+    let Some(url) = &t.otlp_endpoint else {
+        return Ok(None);
+    };
+    let tls = match url.split_once("://") {
+        Some(("https", _)) => Some(collector_tls(t.otlp_ca.as_deref()).map_err(TraceError::Ca)?),
+        Some(("http", _)) => None,
+        _ => return Err(TraceError::Scheme(url.clone())),
+    };
+    let mut resource = vec![
+        ("service.name", "weft-proxy".to_string()),
+        ("service.version", env!("CARGO_PKG_VERSION").to_string()),
+        ("service.instance.id", node.node_id()),
+        ("k8s.namespace.name", node.pod_namespace.clone()),
+    ];
+    if let Some(pod) = &node.pod_name {
+        resource.push(("k8s.pod.name", pod.clone()));
+    }
+    let (tracer, rx) = Tracer::new(t.sampling, t.queue, metrics.trace_dropped.clone());
+    let export = ExportConfig {
+        endpoint: url.clone(),
+        tls,
+        resource,
+    };
+    let exporter = Exporter::new(
+        rx,
+        export,
+        metrics.trace_exported.clone(),
+        metrics.trace_dropped.clone(),
+    );
+    control.spawn(exporter.run());
+    tracing::info!(endpoint = %url, sampling = t.sampling, "tracing on");
+    Ok(Some(tracer))
+}
+
+/// The TLS client configuration that verifies an `https://` collector: with the PEM
+/// certificates of `ca`, else the system's (`SSL_CERT_FILE`, else Debian's bundle).
+fn collector_tls(
+    ca: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let path = match ca {
+        Some(p) => p.to_path_buf(),
+        None => std::env::var_os("SSL_CERT_FILE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
+    };
+    let certs = crate::tls::load_certs(&path).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{}: no usable CA certificate", path.display()));
+    }
+    Ok(std::sync::Arc::new(crate::tls::control_plane_config(
+        std::sync::Arc::new(roots),
+    )))
+}

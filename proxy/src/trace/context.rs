@@ -1,0 +1,149 @@
+//! Trace context on the wire: W3C `traceparent` (and `tracestate`, passed on untouched), B3's
+//! multiple headers as input, and the `traceparent` the sidecar sends on with its own span id.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub static B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub static B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// The span a request arrived in: its trace, the caller's span, and the caller's sampling
+/// decision (`None`: B3 without one, deferred to this sidecar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: Option<bool>,
+    /// It came in B3 headers (which are then kept in step with `traceparent`).
+    pub b3: bool,
+}
+
+/// The caller's span: from a valid `traceparent` (version 00, or a later version's first four
+/// fields), else from B3 (`x-b3-traceid` of 16 or 32 hex digits, `x-b3-spanid` of 16,
+/// `x-b3-sampled` `1`/`0`/`true`/`false`, `x-b3-flags: 1` meaning sampled). Invalid input is
+/// no parent: the request starts a trace of its own.
+pub fn parent(h: &HeaderMap) -> Option<Parent> {
+    if let Some(tp) = h.get(&TRACEPARENT) {
+        return traceparent(tp.as_bytes());
+    }
+    let trace = h.get(&B3_TRACE_ID)?.as_bytes();
+    let span = h.get(&B3_SPAN_ID)?.as_bytes();
+    let mut trace_id = [0u8; 16];
+    match trace.len() {
+        32 => decode(trace, &mut trace_id)?,
+        16 => decode(trace, &mut trace_id[8..])?,
+        _ => return None,
+    }
+    let mut span_id = [0u8; 8];
+    if span.len() != 16 {
+        return None;
+    }
+    decode(span, &mut span_id)?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    let debug = h.get(&B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
+    let sampled = match h.get(&B3_SAMPLED).map(|v| v.as_bytes()) {
+        _ if debug => Some(true),
+        Some(b"1" | b"true") => Some(true),
+        Some(b"0" | b"false") => Some(false),
+        _ => None,
+    };
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+        b3: true,
+    })
+}
+
+/// `version "-" trace-id "-" parent-id "-" flags`, lowercase hex; version `ff` is invalid,
+/// version 00 has exactly these fields, a later one may add more after another `-`.
+fn traceparent(tp: &[u8]) -> Option<Parent> {
+    let shaped = tp.len() >= 55
+        && tp[2] == b'-'
+        && tp[35] == b'-'
+        && tp[52] == b'-'
+        && tp[..2] != *b"ff"
+        && (tp.len() == 55 || (tp[..2] != *b"00" && tp[55] == b'-'));
+    if !shaped || ![&tp[..2], &tp[53..55]].iter().all(|p| lower_hex(p)) {
+        return None;
+    }
+    let mut trace_id = [0u8; 16];
+    let mut span_id = [0u8; 8];
+    let mut flags = [0u8; 1];
+    if !lower_hex(&tp[3..35]) || !lower_hex(&tp[36..52]) {
+        return None;
+    }
+    decode(&tp[3..35], &mut trace_id)?;
+    decode(&tp[36..52], &mut span_id)?;
+    decode(&tp[53..55], &mut flags)?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled: Some(flags[0] & 1 == 1),
+        b3: false,
+    })
+}
+
+/// The `traceparent` naming `span_id` of `trace_id`, sampled.
+pub fn traceparent_value(trace_id: &[u8; 16], span_id: &[u8; 8]) -> HeaderValue {
+    let mut v = [0u8; 55];
+    v[..3].copy_from_slice(b"00-");
+    encode(trace_id, &mut v[3..35]);
+    v[35] = b'-';
+    encode(span_id, &mut v[36..52]);
+    v[52..].copy_from_slice(b"-01");
+    HeaderValue::from_bytes(&v).expect("hex digits and dashes")
+}
+
+/// `id` as lowercase hex digits.
+pub fn hex_value(id: &[u8]) -> HeaderValue {
+    let mut v = [0u8; 32];
+    let out = &mut v[..id.len() * 2];
+    encode(id, out);
+    HeaderValue::from_bytes(out).expect("hex digits")
+}
+
+/// Sets the headers that carry the context on: `traceparent` with this sidecar's span (and,
+/// when the caller spoke B3, its headers to match); `tracestate` passes untouched.
+pub fn propagate(h: &mut HeaderMap, parent: Option<&Parent>, trace_id: &[u8; 16], span: &[u8; 8]) {
+    h.insert(TRACEPARENT.clone(), traceparent_value(trace_id, span));
+    if let Some(p) = parent.filter(|p| p.b3) {
+        h.insert(B3_SPAN_ID.clone(), hex_value(span));
+        h.insert(B3_PARENT_SPAN_ID.clone(), hex_value(&p.span_id));
+        h.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
+    }
+}
+
+fn lower_hex(b: &[u8]) -> bool {
+    b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Hex digits (either case) into bytes; `None` on anything else.
+fn decode(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let d = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        *o = d(pair[0])? << 4 | d(pair[1])?;
+    }
+    Some(())
+}
+
+/// Bytes as lowercase hex digits into `out` (twice their length).
+pub fn encode(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        o[0] = DIGITS[usize::from(b >> 4)];
+        o[1] = DIGITS[usize::from(b & 15)];
+    }
+}

@@ -1,0 +1,188 @@
+use http::{HeaderMap, HeaderValue};
+
+use super::context::parent;
+use super::*;
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+        .collect()
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN: &str = "00f067aa0ba902b7";
+
+#[test]
+fn traceparent_is_read_as_w3c_trace_context_defines_it() {
+    let p = parent(&headers(&[(
+        "traceparent",
+        &format!("00-{TRACE}-{SPAN}-01"),
+    )]))
+    .unwrap();
+    assert_eq!(p.sampled, Some(true));
+    assert_eq!(p.trace_id[0], 0x4b);
+    assert_eq!(p.span_id[7], 0xb7);
+    assert!(!p.b3);
+    let unsampled = parent(&headers(&[(
+        "traceparent",
+        &format!("00-{TRACE}-{SPAN}-02"),
+    )]));
+    assert_eq!(
+        unsampled.unwrap().sampled,
+        Some(false),
+        "only bit 0 samples"
+    );
+    // A later version may carry more fields.
+    assert!(
+        parent(&headers(&[(
+            "traceparent",
+            &format!("01-{TRACE}-{SPAN}-01-more")
+        )]))
+        .is_some()
+    );
+    for bad in [
+        format!("00-{TRACE}-{SPAN}-01-more"),
+        format!("ff-{TRACE}-{SPAN}-01"),
+        format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+        format!("00-{}-{SPAN}-01", "0".repeat(32)),
+        format!("00-{TRACE}-{}-01", "0".repeat(16)),
+        format!("00-{TRACE}-{SPAN}-0"),
+        format!("00_{TRACE}-{SPAN}-01"),
+        format!("00-{TRACE}-{SPAN}-zz"),
+        String::new(),
+    ] {
+        assert_eq!(parent(&headers(&[("traceparent", &bad)])), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn b3_is_read_with_its_sampling_decision_or_none() {
+    let p = |pairs: &[(&str, &str)]| parent(&headers(pairs));
+    let long = p(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "1"),
+    ])
+    .unwrap();
+    assert_eq!(long.sampled, Some(true));
+    assert!(long.b3);
+    let short = p(&[("x-b3-traceid", &TRACE[16..]), ("x-b3-spanid", SPAN)]).unwrap();
+    assert_eq!(short.trace_id[..8], [0; 8], "a 64-bit id is the low half");
+    assert_eq!(short.sampled, None, "no decision: the sidecar's to make");
+    let denied = p(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "0"),
+    ]);
+    assert_eq!(denied.unwrap().sampled, Some(false));
+    let debug = p(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-flags", "1"),
+    ]);
+    assert_eq!(debug.unwrap().sampled, Some(true));
+    // traceparent wins over B3.
+    let both = p(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-00")),
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "1"),
+    ]);
+    assert_eq!(both.unwrap().sampled, Some(false));
+    for bad in [
+        vec![("x-b3-traceid", TRACE)],
+        vec![("x-b3-traceid", "abc"), ("x-b3-spanid", SPAN)],
+        vec![("x-b3-traceid", TRACE), ("x-b3-spanid", "00f067aa")],
+        vec![("x-b3-traceid", &"0".repeat(32)[..]), ("x-b3-spanid", SPAN)],
+        vec![("x-b3-traceid", TRACE), ("x-b3-spanid", "00f067aa0ba902bz")],
+    ] {
+        assert_eq!(p(&bad), None, "{bad:?}");
+    }
+}
+
+fn tracer(percent: f64) -> &'static Tracer {
+    let dropped =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
+    Tracer::new(percent, 4, dropped).0
+}
+
+#[test]
+fn a_sampled_parent_is_continued_with_a_span_of_this_sidecar() {
+    let t = tracer(0.0);
+    let tp = format!("00-{TRACE}-{SPAN}-01");
+    let mut h = headers(&[("traceparent", &tp), ("tracestate", "a=1")]);
+    let traced = t
+        .start(&mut h, Direction::Outbound)
+        .expect("sampled by its parent");
+    assert_eq!(
+        traced.parent,
+        Some(parent(&headers(&[("traceparent", &tp)])).unwrap().span_id)
+    );
+    let mine: String = traced.span_id.iter().map(|b| format!("{b:02x}")).collect();
+    assert_ne!(mine, SPAN);
+    assert_eq!(h["traceparent"], format!("00-{TRACE}-{mine}-01"));
+    assert_eq!(h["tracestate"], "a=1");
+}
+
+#[test]
+fn unsampled_requests_are_left_as_they_came() {
+    let never = tracer(0.0);
+    let tp = format!("00-{TRACE}-{SPAN}-00");
+    let mut h = headers(&[("traceparent", &tp)]);
+    assert!(tracer(100.0).start(&mut h, Direction::Inbound).is_none());
+    assert_eq!(h["traceparent"], *tp);
+    let mut h = HeaderMap::new();
+    assert!(never.start(&mut h, Direction::Inbound).is_none());
+    assert!(h.is_empty());
+}
+
+#[test]
+fn new_traces_are_sampled_near_the_rate() {
+    let t = tracer(10.0);
+    let n = 20_000;
+    let sampled = (0..n)
+        .filter(|_| {
+            t.start(&mut HeaderMap::new(), Direction::Outbound)
+                .is_some()
+        })
+        .count();
+    // 10 % of 20,000: 2,000, with a standard deviation of about 42.
+    assert!((1_750..=2_250).contains(&sampled), "{sampled}");
+}
+
+#[test]
+fn a_missing_request_id_is_a_random_uuid_and_a_present_one_is_kept() {
+    let mut h = HeaderMap::new();
+    ensure_request_id(&mut h);
+    let id = h["x-request-id"].to_str().unwrap().to_string();
+    let parts: Vec<&str> = id.split('-').collect();
+    assert_eq!(
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+        [8, 4, 4, 4, 12],
+        "{id}"
+    );
+    assert!(parts[2].starts_with('4'), "version 4: {id}");
+    assert!(
+        matches!(&parts[3][..1], "8" | "9" | "a" | "b"),
+        "variant: {id}"
+    );
+    let mut again = HeaderMap::new();
+    ensure_request_id(&mut again);
+    assert_ne!(again["x-request-id"], id);
+    let mut kept = HeaderMap::new();
+    kept.insert("x-request-id", HeaderValue::from_static("mine"));
+    ensure_request_id(&mut kept);
+    assert_eq!(kept["x-request-id"], "mine");
+}
+
+#[test]
+fn a_full_queue_drops_spans_and_counts_them() {
+    let dropped =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
+    let (t, _rx) = Tracer::new(100.0, 2, dropped.clone());
+    for _ in 0..5 {
+        t.queue(Span::default());
+    }
+    assert_eq!(dropped.with_label_values(&["queue_full"]).get(), 3);
+}
