@@ -32,6 +32,10 @@ use crate::access_log::{Entry, OnFinish};
 use crate::config::{DiscoveryConfig, TraceConfig};
 use crate::metrics::{Direction, ObserveMetrics};
 
+/// The longest `tracestate` a span keeps: the 512 characters W3C Trace Context asks every
+/// vendor to propagate at least.
+pub const MAX_TRACESTATE: usize = 512;
+
 /// The largest `--trace-queue`.
 pub const MAX_QUEUE: u32 = 100_000;
 
@@ -55,8 +59,8 @@ pub struct Traced {
     pub span_id: [u8; 8],
     /// The caller's span; `None` for a trace this sidecar started.
     pub parent: Option<[u8; 8]>,
-    /// The caller's `tracestate`, kept on the span.
-    state: Option<HeaderValue>,
+    /// The caller's `tracestate` (a copy, at most [`MAX_TRACESTATE`] bytes), kept on the span.
+    state: Option<Box<str>>,
     direction: Direction,
 }
 
@@ -93,7 +97,13 @@ impl Tracer {
         }
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
         let span_id = new_span_id();
-        let state = h.get(&context::TRACESTATE).cloned();
+        // Copied, so that a queued span never holds the request's header buffer; a longer one
+        // than W3C asks vendors to propagate is left off the span (it still goes upstream).
+        let state = h
+            .get(&context::TRACESTATE)
+            .filter(|v| v.len() <= MAX_TRACESTATE)
+            .and_then(|v| v.to_str().ok())
+            .map(Box::from);
         context::propagate(h, parent.as_ref(), &trace_id, &span_id);
         Some(Traced {
             tracer: self,

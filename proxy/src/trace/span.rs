@@ -147,12 +147,7 @@ pub(super) fn build(t: &Traced, e: &Entry) -> Span {
     Span {
         trace_id: t.trace_id.to_vec(),
         span_id: t.span_id.to_vec(),
-        trace_state: t
-            .state
-            .as_ref()
-            .and_then(|s| s.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
+        trace_state: t.state.as_deref().unwrap_or_default().to_string(),
         parent_span_id: t.parent.map(|p| p.to_vec()).unwrap_or_default(),
         flags: flags(t),
         name,

@@ -123,6 +123,13 @@ fn a_sampled_parent_is_continued_with_a_span_of_this_sidecar() {
     assert_ne!(mine, SPAN);
     assert_eq!(h["traceparent"], format!("00-{TRACE}-{mine}-01"));
     assert_eq!(h["tracestate"], "a=1");
+    assert_eq!(traced.state.as_deref(), Some("a=1"));
+    // A tracestate longer than W3C's 512 goes on upstream but is not kept on the span.
+    let long = format!("a={}", "x".repeat(600));
+    let mut h = headers(&[("traceparent", &tp), ("tracestate", &long)]);
+    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    assert_eq!(traced.state, None);
+    assert_eq!(h["tracestate"], *long);
 }
 
 #[test]
