@@ -150,10 +150,16 @@ pub fn ensure_request_id(h: &mut HeaderMap) {
         context::encode(chunk, &mut v[at..at + chunk.len() * 2]);
         at += chunk.len() * 2;
     }
-    h.insert(
-        X_REQUEST_ID.clone(),
-        HeaderValue::from_bytes(&v).expect("hex digits and dashes"),
-    );
+    h.insert(X_REQUEST_ID.clone(), unique(&v));
+}
+
+/// A header value sent once (an id): marked so that HPACK sends it as a literal never indexed,
+/// instead of adding it to the connection's dynamic table, where it would only push out the
+/// values that repeat (authority, user agent, ...).
+pub(crate) fn unique(v: &[u8]) -> HeaderValue {
+    let mut v = HeaderValue::from_bytes(v).expect("hex digits and dashes");
+    v.set_sensitive(true);
+    v
 }
 
 fn new_trace_id() -> [u8; 16] {

@@ -101,7 +101,7 @@ pub fn traceparent_value(trace_id: &[u8; 16], span_id: &[u8; 8]) -> HeaderValue 
     v[35] = b'-';
     encode(span_id, &mut v[36..52]);
     v[52..].copy_from_slice(b"-01");
-    HeaderValue::from_bytes(&v).expect("hex digits and dashes")
+    super::unique(&v)
 }
 
 /// `id` as lowercase hex digits.
@@ -109,7 +109,7 @@ pub fn hex_value(id: &[u8]) -> HeaderValue {
     let mut v = [0u8; 32];
     let out = &mut v[..id.len() * 2];
     encode(id, out);
-    HeaderValue::from_bytes(out).expect("hex digits")
+    super::unique(out)
 }
 
 /// Sets the headers that carry the context on: `traceparent` with this sidecar's span (and,
