@@ -309,10 +309,7 @@ impl Mesh {
 
     /// Turns tracing on, sampling `percent` of new traces; the spans come out of the receiver
     /// (no exporter).
-    pub fn trace(
-        &mut self,
-        percent: f64,
-    ) -> tokio::sync::mpsc::Receiver<opentelemetry_proto::tonic::trace::v1::Span> {
+    pub fn trace(&mut self, percent: f64) -> tokio::sync::mpsc::Receiver<crate::trace::Record> {
         let dropped = self.metrics.observe.trace_dropped.clone();
         let (tracer, rx) = crate::trace::Tracer::new(percent, 64, dropped);
         Arc::get_mut(&mut self.proxy)

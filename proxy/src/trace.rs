@@ -19,14 +19,14 @@ mod export;
 mod span;
 #[cfg(test)]
 mod tests;
-
+mod wire;
 pub use context::{Parent, parent};
 pub use export::{ExportConfig, Exporter};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::mpsc;
 
-use opentelemetry_proto::tonic::trace::v1::Span;
+pub use span::{Attr, Record};
 
 use crate::access_log::{Entry, OnFinish};
 use crate::config::{DiscoveryConfig, TraceConfig};
@@ -47,7 +47,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Tracer {
     /// New traces sampled, in millionths.
     sampling: u32,
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::Sender<Record>,
     dropped: prometheus::IntCounterVec,
 }
 
@@ -71,7 +71,7 @@ impl Tracer {
         percent: f64,
         queue: u32,
         dropped: prometheus::IntCounterVec,
-    ) -> (&'static Tracer, mpsc::Receiver<Span>) {
+    ) -> (&'static Tracer, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(queue.clamp(1, MAX_QUEUE) as usize);
         let sampling = (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
         // It lives as long as the process: requests reach it without counting references.
@@ -115,7 +115,7 @@ impl Tracer {
         })
     }
 
-    fn queue(&self, span: Span) {
+    fn queue(&self, span: Record) {
         if self.tx.try_send(span).is_err() {
             self.dropped.with_label_values(&["queue_full"]).inc();
         }
@@ -251,4 +251,16 @@ fn collector_tls(
     Ok(std::sync::Arc::new(crate::tls::control_plane_config(
         std::sync::Arc::new(roots),
     )))
+}
+
+/// `r` as the collector reads it: encoded for export, decoded with the official types.
+#[cfg(test)]
+pub fn decoded(r: &Record) -> opentelemetry_proto::tonic::trace::v1::Span {
+    use prost::Message;
+    let bytes = wire::request(&[], ("t", "0"), "", std::slice::from_ref(r));
+    let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+        &bytes[..],
+    )
+    .expect("what wire writes decodes");
+    req.resource_spans[0].scope_spans[0].spans[0].clone()
 }

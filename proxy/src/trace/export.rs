@@ -5,14 +5,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
-};
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio::sync::mpsc;
-use tonic::{Code, transport::Channel};
+use tonic::{
+    Code,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    transport::Channel,
+};
+
+use super::{Record, wire};
 
 /// Spans sent in one export at most.
 pub const MAX_BATCH: usize = 512;
@@ -41,18 +43,18 @@ pub struct ExportConfig {
 /// Sends the tracer's spans; [`Exporter::run`] until the tracer is gone.
 #[derive(Debug)]
 pub struct Exporter {
-    rx: mpsc::Receiver<Span>,
+    rx: mpsc::Receiver<Record>,
     cfg: ExportConfig,
     exported: prometheus::IntCounter,
     dropped: prometheus::IntCounterVec,
-    client: Option<TraceServiceClient<Channel>>,
+    client: Option<tonic::client::Grpc<Channel>>,
     /// Whether the last failure has been logged (one warning per outage).
     warned: bool,
 }
 
 impl Exporter {
     pub fn new(
-        rx: mpsc::Receiver<Span>,
+        rx: mpsc::Receiver<Record>,
         cfg: ExportConfig,
         exported: prometheus::IntCounter,
         dropped: prometheus::IntCounterVec,
@@ -82,42 +84,12 @@ impl Exporter {
         }
     }
 
-    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
-        let attributes = self
-            .cfg
-            .resource
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: (*k).into(),
-                value: Some(AnyValue {
-                    value: Some(Value::StringValue(v.clone())),
-                }),
-                ..KeyValue::default()
-            })
-            .collect();
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes,
-                    ..Resource::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "weft-proxy".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..InstrumentationScope::default()
-                    }),
-                    spans,
-                    schema_url: SCHEMA_URL.into(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-    }
-
-    async fn export(&mut self, spans: Vec<Span>) {
+    async fn export(&mut self, spans: Vec<Record>) {
         let n = spans.len() as u64;
-        let req = self.request(spans);
+        // Encoded once; every try sends the same bytes.
+        let scope = ("weft-proxy", env!("CARGO_PKG_VERSION"));
+        let req = Bytes::from(wire::request(&self.cfg.resource, scope, SCHEMA_URL, &spans));
+        drop(spans);
         for attempt in 0..TRIES {
             if attempt > 0 {
                 let wait = weft_core::backoff::full_jitter(
@@ -134,7 +106,7 @@ impl Exporter {
                     match crate::transport::grpc_channel(&self.cfg.endpoint, self.cfg.tls.clone())
                         .await
                     {
-                        Ok(ch) => self.client.insert(TraceServiceClient::new(ch)),
+                        Ok(ch) => self.client.insert(tonic::client::Grpc::new(ch)),
                         Err(e) => {
                             self.warn(&e);
                             continue;
@@ -142,7 +114,17 @@ impl Exporter {
                     }
                 }
             };
-            match tokio::time::timeout(EXPORT_TIMEOUT, client.export(req.clone())).await {
+            let call = async {
+                client
+                    .ready()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                client
+                    .unary(tonic::Request::new(req.clone()), path, RawCodec)
+                    .await
+            };
+            match tokio::time::timeout(EXPORT_TIMEOUT, call).await {
                 Ok(Ok(rsp)) => {
                     let rejected = rsp
                         .into_inner()
@@ -187,6 +169,54 @@ impl Exporter {
             self.warned = true;
             tracing::warn!(endpoint = %self.cfg.endpoint, error = %why, "trace export failed; spans are retried, then dropped");
         }
+    }
+}
+
+/// The method spans are sent to.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Sends a request already encoded (by [`wire`]); decodes the answer with the official types.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        use prost::Message;
+        let bytes = src.copy_to_bytes(src.remaining());
+        ExportTraceServiceResponse::decode(bytes)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 

@@ -1,17 +1,47 @@
-//! A finished request as an OTLP span: the OpenTelemetry HTTP and RPC semantic conventions'
+//! A finished request as a span record: the OpenTelemetry HTTP and RPC semantic conventions'
 //! attributes, and weft's own (`weft.*`: route, backend, attempts, peer identity, response
-//! flags).
+//! flags). Keys are static; the entry's shared strings (service, route, backend, identities)
+//! are shared, not copied. `wire` encodes records for export.
 
-use std::time::{Duration, SystemTime};
-
-use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use super::Traced;
 use crate::access_log::{Entry, Flags};
 use crate::metrics::Direction;
+
+/// OTLP's `SPAN_KIND_SERVER` and `SPAN_KIND_CLIENT`.
+pub const KIND_SERVER: i32 = 2;
+pub const KIND_CLIENT: i32 = 3;
+
+/// An attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Str(Box<str>),
+    Static(&'static str),
+    Shared(Arc<str>),
+    Int(i64),
+}
+
+/// One finished span, as `wire` encodes it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent: Option<[u8; 8]>,
+    pub state: Option<Box<str>>,
+    pub name: Box<str>,
+    pub kind: i32,
+    /// Unix nanoseconds.
+    pub start: u64,
+    pub end: u64,
+    pub attrs: Vec<(&'static str, Attr)>,
+    /// Set when the request failed: the status is an error with this message.
+    pub error: Option<Box<str>>,
+    pub flags: u32,
+}
 
 /// The span's flags: sampled (the W3C flag, low byte), and whether the parent is known and
 /// remote (bits 8 and 9, as OTLP defines them).
@@ -30,22 +60,6 @@ fn nanos(t: SystemTime) -> u64 {
         .as_nanos() as u64
 }
 
-fn kv(key: &'static str, v: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..KeyValue::default()
-    }
-}
-
-fn text(key: &'static str, v: impl Into<String>) -> KeyValue {
-    kv(key, Value::StringValue(v.into()))
-}
-
-fn int(key: &'static str, v: i64) -> KeyValue {
-    kv(key, Value::IntValue(v))
-}
-
 /// gRPC's `/package.Service/Method` as (service, method).
 fn grpc_method(path: &str) -> Option<(&str, &str)> {
     let (svc, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -53,7 +67,7 @@ fn grpc_method(path: &str) -> Option<(&str, &str)> {
 }
 
 /// The span of the request `e` describes.
-pub(super) fn build(t: &Traced, e: &Entry) -> Span {
+pub(super) fn build(t: &Traced, e: &Entry) -> Record {
     let end = e.start + e.duration;
     let path = e.path().map(|p| p.split('?').next().unwrap_or(p));
     // Only a gRPC request's entry has a gRPC status.
@@ -64,124 +78,112 @@ pub(super) fn build(t: &Traced, e: &Entry) -> Span {
     } else {
         None
     };
-    let name = match rpc {
-        Some((svc, m)) => format!("{svc}/{m}"),
-        None => method.to_string(),
+    let name: Box<str> = match rpc {
+        Some((svc, m)) => format!("{svc}/{m}").into(),
+        None => method.into(),
     };
-    let mut a = Vec::with_capacity(20);
-    a.push(text("http.request.method", method));
+    let text = |s: &str| Attr::Str(s.into());
+    let mut a: Vec<(&'static str, Attr)> = Vec::with_capacity(16);
+    a.push(("http.request.method", text(method)));
     if let Some(p) = path {
-        a.push(text("url.path", p));
+        a.push(("url.path", text(p)));
     }
-    a.push(text("url.scheme", "http"));
     if let Some(auth) = e
         .authority()
         .and_then(|a| a.parse::<http::uri::Authority>().ok())
     {
-        a.push(text("server.address", auth.host().trim_matches(['[', ']'])));
+        a.push(("server.address", text(auth.host().trim_matches(['[', ']']))));
         if let Some(p) = auth.port_u16() {
-            a.push(int("server.port", i64::from(p)));
+            a.push(("server.port", Attr::Int(i64::from(p))));
         }
     }
-    a.push(text("network.protocol.name", "http"));
     let version = e.protocol.strip_prefix("HTTP/").unwrap_or(e.protocol);
-    a.push(text("network.protocol.version", version));
+    a.push(("network.protocol.version", Attr::Static(version)));
     if e.status != 0 {
-        a.push(int("http.response.status_code", i64::from(e.status)));
+        a.push(("http.response.status_code", Attr::Int(i64::from(e.status))));
     }
     if let Some(ua) = e.user_agent() {
-        a.push(text("user_agent.original", ua));
+        a.push(("user_agent.original", text(ua)));
     }
     if let Some(id) = e.request_id() {
-        a.push(text("http.request.header.x-request-id", id));
+        a.push(("http.request.header.x-request-id", text(id)));
     }
     if let Some((svc, m)) = rpc {
-        a.push(text("rpc.system", "grpc"));
-        a.push(text("rpc.service", svc));
-        a.push(text("rpc.method", m));
+        a.push(("rpc.system", Attr::Static("grpc")));
+        a.push(("rpc.service", text(svc)));
+        a.push(("rpc.method", text(m)));
     }
     if let Some(g) = e.grpc_status {
-        a.push(int("rpc.grpc.status_code", i64::from(g)));
+        a.push(("rpc.grpc.status_code", Attr::Int(i64::from(g))));
     }
-    match t.direction {
-        Direction::Inbound => {
-            if let Some(c) = e.client {
-                a.push(text("client.address", c.ip().to_string()));
-                a.push(int("client.port", i64::from(c.port())));
-            }
+    let (peer, peer_id) = match t.direction {
+        Direction::Inbound => (e.client.map(|c| ("client.address", c)), &e.client_identity),
+        Direction::Outbound => (
+            e.upstream.map(|u| ("network.peer.address", u)),
+            &e.upstream_identity,
+        ),
+    };
+    if let Some((key, addr)) = peer {
+        a.push((key, text(&addr.ip().to_string())));
+        let port = match t.direction {
+            Direction::Inbound => "client.port",
+            Direction::Outbound => "network.peer.port",
+        };
+        a.push((port, Attr::Int(i64::from(addr.port()))));
+    }
+    a.push(("weft.direction", Attr::Static(t.direction.as_str())));
+    let shared = |s: &Option<Arc<str>>| s.clone().map(Attr::Shared);
+    for (key, v) in [
+        ("weft.service", &e.service),
+        ("weft.route", &e.route),
+        ("weft.backend", &e.backend),
+        ("weft.peer.identity", peer_id),
+    ] {
+        if let Some(v) = shared(v) {
+            a.push((key, v));
         }
-        Direction::Outbound => {
-            if let Some(u) = e.upstream {
-                a.push(text("network.peer.address", u.ip().to_string()));
-                a.push(int("network.peer.port", i64::from(u.port())));
-            }
-        }
-    }
-    a.push(text("weft.direction", t.direction.as_str()));
-    if let Some(s) = &e.service {
-        a.push(text("weft.service", &**s));
-    }
-    if let Some(r) = &e.route {
-        a.push(text("weft.route", &**r));
-    }
-    if let Some(b) = &e.backend {
-        a.push(text("weft.backend", &**b));
     }
     if e.attempts > 0 {
-        a.push(int("weft.attempts", i64::from(e.attempts)));
-    }
-    let peer = match t.direction {
-        Direction::Inbound => &e.client_identity,
-        Direction::Outbound => &e.upstream_identity,
-    };
-    if let Some(id) = peer {
-        a.push(text("weft.peer.identity", &**id));
+        a.push(("weft.attempts", Attr::Int(i64::from(e.attempts))));
     }
     if e.flags != Flags::default() {
-        a.push(text("weft.response_flags", e.flags.render()));
+        a.push(("weft.response_flags", Attr::Str(e.flags.render().into())));
     }
-    let failed = error(t.direction, e);
-    if let Some(why) = &failed {
-        a.push(text("error.type", why.clone()));
+    let error = error(t.direction, e);
+    if let Some(why) = &error {
+        a.push(("error.type", Attr::Str(why.clone())));
     }
-    Span {
-        trace_id: t.trace_id.to_vec(),
-        span_id: t.span_id.to_vec(),
-        trace_state: t.state.as_deref().unwrap_or_default().to_string(),
-        parent_span_id: t.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        flags: flags(t),
+    Record {
+        trace_id: t.trace_id,
+        span_id: t.span_id,
+        parent: t.parent,
+        state: t.state.clone(),
         name,
         kind: match t.direction {
-            Direction::Inbound => SpanKind::Server,
-            Direction::Outbound => SpanKind::Client,
-        } as i32,
-        start_time_unix_nano: nanos(e.start),
-        end_time_unix_nano: nanos(end),
-        attributes: a,
-        status: Some(match failed {
-            Some(why) => Status {
-                message: why,
-                code: StatusCode::Error as i32,
-            },
-            None => Status::default(),
-        }),
-        ..Span::default()
+            Direction::Inbound => KIND_SERVER,
+            Direction::Outbound => KIND_CLIENT,
+        },
+        start: nanos(e.start),
+        end: nanos(end),
+        attrs: a,
+        error,
+        flags: flags(t),
     }
 }
 
 /// Why the request failed, as `error.type` says it, or `None`: a gRPC status other than OK; an
 /// HTTP status of 500 and up (server spans) or 400 and up (client spans); or the proxy's own
 /// failure (a response flag) when there was no response.
-fn error(direction: Direction, e: &Entry) -> Option<String> {
+fn error(direction: Direction, e: &Entry) -> Option<Box<str>> {
     if let Some(g) = e.grpc_status.filter(|g| *g != 0) {
-        return Some(g.to_string());
+        return Some(g.to_string().into());
     }
     let floor = match direction {
         Direction::Inbound => 500,
         Direction::Outbound => 400,
     };
     if e.status >= floor {
-        return Some(e.status.to_string());
+        return Some(e.status.to_string().into());
     }
-    (e.flags != Flags::default() && e.status == 0).then(|| e.flags.render())
+    (e.flags != Flags::default() && e.status == 0).then(|| e.flags.render().into())
 }

@@ -188,8 +188,71 @@ fn a_full_queue_drops_spans_and_counts_them() {
     let dropped =
         prometheus::IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
     let (t, _rx) = Tracer::new(100.0, 2, dropped.clone());
+    let tp = format!("00-{TRACE}-{SPAN}-01");
     for _ in 0..5 {
-        t.queue(Span::default());
+        let traced = t.start(&mut headers(&[("traceparent", &tp)]), Direction::Inbound);
+        let e = crate::access_log::Entry::request(
+            None,
+            &http::Request::get("/").body(()).unwrap(),
+            "inbound",
+            None,
+        );
+        t.queue(span::build(&traced.unwrap(), &e));
     }
     assert_eq!(dropped.with_label_values(&["queue_full"]).get(), 3);
+}
+
+#[test]
+fn what_wire_writes_is_what_the_official_types_read() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let long = "p".repeat(20_000);
+    let r = Record {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent: Some([3; 8]),
+        state: Some("a=1".into()),
+        name: "pkg.Svc/Get".into(),
+        kind: span::KIND_SERVER,
+        start: 1_700_000_000_000_000_000,
+        end: 1_700_000_000_000_500_000,
+        attrs: vec![
+            ("url.path", Attr::Str(long.as_str().into())),
+            ("rpc.grpc.status_code", Attr::Int(14)),
+            ("weft.route", Attr::Shared("api".into())),
+            ("weft.direction", Attr::Static("inbound")),
+            ("negative", Attr::Int(-1)),
+        ],
+        error: Some("14".into()),
+        flags: 0x301,
+    };
+    let s = decoded(&r);
+    assert_eq!(s.trace_id, [1; 16]);
+    assert_eq!(s.span_id, [2; 8]);
+    assert_eq!(s.parent_span_id, [3; 8]);
+    assert_eq!(s.trace_state, "a=1");
+    assert_eq!(s.name, "pkg.Svc/Get");
+    assert_eq!(s.kind, span::KIND_SERVER);
+    assert_eq!(s.start_time_unix_nano, r.start);
+    assert_eq!(s.end_time_unix_nano, r.end);
+    assert_eq!(s.flags, 0x301);
+    let values: Vec<(String, Value)> = s
+        .attributes
+        .iter()
+        .map(|a| (a.key.clone(), a.value.clone().unwrap().value.unwrap()))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("url.path".to_string(), Value::StringValue(long)),
+            ("rpc.grpc.status_code".into(), Value::IntValue(14)),
+            ("weft.route".into(), Value::StringValue("api".into())),
+            (
+                "weft.direction".into(),
+                Value::StringValue("inbound".into())
+            ),
+            ("negative".into(), Value::IntValue(-1)),
+        ]
+    );
+    let status = s.status.unwrap();
+    assert_eq!((status.code, status.message.as_str()), (2, "14"));
 }
