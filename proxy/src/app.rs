@@ -477,5 +477,8 @@ pub async fn run(mut cfg: Config, log: Option<Arc<log::LogHandle>>) -> Result<()
     if let Some(l) = &access_log {
         l.flush(std::time::Duration::from_secs(2));
     }
+    if let Some(t) = tracer {
+        t.flush(std::time::Duration::from_secs(2)).await;
+    }
     Ok(())
 }

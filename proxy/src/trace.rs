@@ -23,6 +23,8 @@ mod wire;
 pub use context::{Parent, parent};
 pub use export::{ExportConfig, Exporter};
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::mpsc;
 
@@ -49,6 +51,10 @@ pub struct Tracer {
     sampling: u32,
     tx: mpsc::Sender<Record>,
     dropped: prometheus::IntCounterVec,
+    /// Spans queued and not yet exported or dropped, and whether the exporter is asked to send
+    /// what it holds at once (at shutdown).
+    pub(crate) pending: AtomicUsize,
+    pub(crate) flushing: AtomicBool,
 }
 
 /// A sampled request's span, while the request is in flight.
@@ -79,6 +85,8 @@ impl Tracer {
             sampling,
             tx,
             dropped,
+            pending: AtomicUsize::new(0),
+            flushing: AtomicBool::new(false),
         }));
         (t, rx)
     }
@@ -116,8 +124,21 @@ impl Tracer {
     }
 
     fn queue(&self, span: Record) {
+        // Counted first: the exporter may take it (and count it done) at once.
+        self.pending.fetch_add(1, Ordering::AcqRel);
         if self.tx.try_send(span).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             self.dropped.with_label_values(&["queue_full"]).inc();
+        }
+    }
+
+    /// Waits (up to `within`) until every span queued so far has been exported or given up on:
+    /// at shutdown, so that the last requests' spans are not lost.
+    pub async fn flush(&self, within: std::time::Duration) {
+        self.flushing.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + within;
+        while self.pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }
@@ -225,7 +246,8 @@ pub fn start(
         export,
         metrics.trace_exported.clone(),
         metrics.trace_dropped.clone(),
-    );
+    )
+    .of(tracer);
     control.spawn(exporter.run());
     tracing::info!(endpoint = %url, sampling = t.sampling, "tracing on");
     Ok(Some(tracer))

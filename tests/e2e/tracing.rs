@@ -262,3 +262,25 @@ async fn a_collector_that_is_down_costs_spans_not_requests() {
         assert_eq!(p.metric("weft_trace_spans_exported_total").await, 0.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_stops_sends_the_spans_it_holds_first() {
+    let collector = Collector::start().await;
+    let server = http_peer::server("web").await;
+    let mut m = traced_mesh(&collector.url(), server.addr.port(), "100").await;
+    let req = Request::get("/id").header("host", "web:8080");
+    let rsp = http_peer::request_h1(m.frontend.addr("outbound"), req, String::new()).await;
+    assert_eq!(rsp.unwrap().status(), 200);
+    // At once: the span is still in the exporter's batch (which waits up to a second).
+    m.frontend.signal("TERM");
+    assert!(
+        m.frontend.wait_exit(Duration::from_secs(10)).is_some(),
+        "the sidecar exits"
+    );
+    let client_spans = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.span.kind == 3 && s.service == "weft-proxy")
+        .count();
+    assert_eq!(client_spans, 1, "the stopping sidecar's span was sent");
+}

@@ -53,6 +53,8 @@ pub struct Exporter {
     client: Option<tonic::client::Grpc<Channel>>,
     /// Whether the last failure has been logged (one warning per outage).
     warned: bool,
+    /// The tracer whose spans these are: told when they are done, asked to flush.
+    tracer: Option<&'static super::Tracer>,
 }
 
 impl Exporter {
@@ -69,7 +71,19 @@ impl Exporter {
             dropped,
             client: None,
             warned: false,
+            tracer: None,
         }
+    }
+
+    /// Keeps `tracer`'s count of pending spans (for its flush at shutdown).
+    pub fn of(mut self, tracer: &'static super::Tracer) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    fn flushing(&self) -> bool {
+        self.tracer
+            .is_some_and(|t| t.flushing.load(std::sync::atomic::Ordering::Acquire))
     }
 
     pub async fn run(mut self) {
@@ -82,7 +96,10 @@ impl Exporter {
             let until = tokio::time::Instant::now() + BATCH_DELAY;
             loop {
                 self.drain(&mut batch);
-                if batch.len() >= MAX_BATCH || tokio::time::Instant::now() >= until {
+                if batch.len() >= MAX_BATCH
+                    || tokio::time::Instant::now() >= until
+                    || self.flushing()
+                {
                     break;
                 }
                 tokio::time::sleep(REST).await;
@@ -107,6 +124,15 @@ impl Exporter {
     }
 
     async fn export(&mut self, spans: Vec<Record>) {
+        let n = spans.len() as u64;
+        self.send(spans).await;
+        if let Some(t) = self.tracer {
+            t.pending
+                .fetch_sub(n as usize, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    async fn send(&mut self, spans: Vec<Record>) {
         let n = spans.len() as u64;
         // Encoded once; every try sends the same bytes.
         let scope = ("weft-proxy", env!("CARGO_PKG_VERSION"));
