@@ -9,8 +9,9 @@
 //! `--trace-sampling` percent. Tracing is on when `--trace-otlp-endpoint` names a collector;
 //! without one the headers pass through as they came.
 //!
-//! Bounds: `--trace-queue` spans wait for export at most (each at most about 3 KiB: every
-//! string taken from a request is cut to the access log's bounds); beyond, spans are dropped
+//! Bounds: `--trace-queue` spans wait for export at most (each at most about 6 KiB: every
+//! string taken from a request is cut to the access log's bounds, gRPC names to 128 bytes,
+//! `tracestate` to 512), so about 12 MiB by default, plus the batch being sent (256 spans); beyond, spans are dropped
 //! and counted (`weft_trace_spans_dropped_total{reason="queue_full"}`). A batch the collector
 //! refuses or cannot take is retried with backoff, then dropped and counted.
 
@@ -98,6 +99,7 @@ impl Tracer {
         let parent = context::parent(h);
         let sampled = match parent.and_then(|p| p.sampled) {
             Some(s) => s,
+            None if context::b3_denied(h) => false,
             None => self.sampling > 0 && fastrand::u32(0..1_000_000) < self.sampling,
         };
         if !sampled {
@@ -107,8 +109,9 @@ impl Tracer {
         let span_id = new_span_id();
         // Copied, so that a queued span never holds the request's header buffer; a longer one
         // than W3C asks vendors to propagate is left off the span (it still goes upstream).
-        let state = h
-            .get(&context::TRACESTATE)
+        let state = parent
+            .filter(|p| !p.b3)
+            .and_then(|_| h.get(&context::TRACESTATE))
             .filter(|v| v.len() <= MAX_TRACESTATE)
             .and_then(|v| v.to_str().ok())
             .map(Box::from);

@@ -88,7 +88,7 @@ pub struct TraceConfig {
     pub sampling: f64,
 
     /// Spans waiting for export at most; beyond, spans are dropped and counted in
-    /// `weft_trace_spans_dropped_total{reason="queue_full"}`. Each holds at most about 3 KiB.
+    /// `weft_trace_spans_dropped_total{reason="queue_full"}`. Each holds at most about 6 KiB.
     #[arg(
         id = "trace_queue",
         long = "trace-queue",

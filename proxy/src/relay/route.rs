@@ -14,23 +14,6 @@ impl HttpProxy {
     ) -> Result<Admitted, Box<Response<ProxyBody>>> {
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
-        // The trace continued or started (`traceparent` then names this sidecar's span), and
-        // the request id: before the entry reads them.
-        let traced = self
-            .tracer
-            .and_then(|t| t.start(req.headers_mut(), self.direction));
-        if self.request_id {
-            trace::ensure_request_id(req.headers_mut());
-        }
-        // The access log's line and the span's record, taken before any other header change.
-        let mut entry = if self.log.is_some() || traced.is_some() {
-            let mut e = Entry::request(self.log, &req, self.direction.as_str(), conn.client);
-            e.client_identity = conn.peer.as_ref().and_then(|p| p.id.clone());
-            e.traced = traced.map(|t| Box::new(t) as Box<dyn crate::access_log::OnFinish>);
-            Some(e)
-        } else {
-            None
-        };
         // Only allow-listed upgrades are tunnelled; any other offer is removed with the
         // hop-by-hop fields, and the request served as a plain one (the upgrade declined).
         let upgrade = version < Version::HTTP_2
@@ -45,6 +28,24 @@ impl HttpProxy {
         // reserves is left, in any spelling: the caller can neither forge nor remove one.
         let orig_proto = req.headers_mut().remove(&ORIG_PROTO_HEADER);
         headers::strip_reserved(req.headers_mut());
+        // The trace continued or started (`traceparent` then names this sidecar's span), and
+        // the request id: after the hop-by-hop fields are gone, so that no `Connection` can
+        // remove what is set here, and before the entry reads them.
+        let traced = self
+            .tracer
+            .and_then(|t| t.start(req.headers_mut(), self.direction));
+        if self.request_id {
+            trace::ensure_request_id(req.headers_mut());
+        }
+        // The access log's line and the span's record.
+        let mut entry = if self.log.is_some() || traced.is_some() {
+            let mut e = Entry::request(self.log, &req, self.direction.as_str(), conn.client);
+            e.client_identity = conn.peer.as_ref().and_then(|p| p.id.clone());
+            e.traced = traced.map(|t| Box::new(t) as Box<dyn crate::access_log::OnFinish>);
+            Some(e)
+        } else {
+            None
+        };
         if request::has_duplicate_host(&req) {
             let metrics = self.fallback_metrics();
             metrics.request();

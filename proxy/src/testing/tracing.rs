@@ -190,3 +190,31 @@ async fn a_b3_caller_is_continued_in_both_formats() {
         format!("00-0000000000000000a3ce929d0e0e4736-{me}-01")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_header_cannot_remove_what_the_sidecar_sets() {
+    let (mut mesh, seen) = mesh();
+    let mut spans = mesh.trace(100.0);
+    let tp = format!("00-{TRACE}-{CALLER}-01");
+    let req = get(
+        "/",
+        &[
+            ("connection", "keep-alive, traceparent, x-request-id"),
+            ("traceparent", &tp),
+            ("x-request-id", "mine"),
+        ],
+    );
+    assert_eq!(mesh.send(req).await.status(), 200);
+    let span = crate::trace::decoded(&spans.recv().await.expect("a span"));
+    let got = &seen.lock().unwrap()[0];
+    // The caller's fields were hop-by-hop: gone before the sidecar read them; what it set went
+    // upstream.
+    assert!(span.parent_span_id.is_empty(), "a new trace");
+    assert_eq!(
+        got["traceparent"],
+        format!("00-{}-{}-01", hex(&span.trace_id), hex(&span.span_id))
+    );
+    let id = got["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "mine");
+    assert_eq!(text(&span, "http.request.header.x-request-id"), id);
+}

@@ -22,22 +22,30 @@ pub struct Parent {
     pub b3: bool,
 }
 
-/// The caller's span: from a valid `traceparent` (version 00, or a later version's first four
-/// fields), else from B3 (`x-b3-traceid` of 16 or 32 hex digits, `x-b3-spanid` of 16,
-/// `x-b3-sampled` `1`/`0`/`true`/`false`, `x-b3-flags: 1` meaning sampled). Invalid input is
-/// no parent: the request starts a trace of its own.
+/// The caller's span: from one valid `traceparent` (version 00, or a later version's first
+/// four fields; two `traceparent` fields are none), else from B3 (`x-b3-traceid` of 16 or 32
+/// hex digits, `x-b3-spanid` of 16, `x-b3-sampled` `1`/`0`/`true`/`false`, `x-b3-flags: 1`
+/// meaning sampled). Invalid input is no parent: the request starts a trace of its own.
 pub fn parent(h: &HeaderMap) -> Option<Parent> {
-    if let Some(tp) = h.get(&TRACEPARENT) {
-        return traceparent(tp.as_bytes());
+    let mut all = h.get_all(&TRACEPARENT).iter();
+    if let (Some(tp), None) = (all.next(), all.next())
+        && let Some(p) = traceparent(tp.as_bytes())
+    {
+        return Some(p);
     }
-    let trace = h.get(&B3_TRACE_ID)?.as_bytes();
+    b3(h)
+}
+
+/// Whether the caller said "do not sample" in B3 without naming a span (`x-b3-sampled: 0`
+/// alone, as B3 allows).
+pub fn b3_denied(h: &HeaderMap) -> bool {
+    h.get(&B3_SAMPLED)
+        .is_some_and(|v| matches!(v.as_bytes(), b"0" | b"false"))
+}
+
+fn b3(h: &HeaderMap) -> Option<Parent> {
+    let trace_id = b3_trace_id(h.get(&B3_TRACE_ID)?.as_bytes())?;
     let span = h.get(&B3_SPAN_ID)?.as_bytes();
-    let mut trace_id = [0u8; 16];
-    match trace.len() {
-        32 => decode(trace, &mut trace_id)?,
-        16 => decode(trace, &mut trace_id[8..])?,
-        _ => return None,
-    }
     let mut span_id = [0u8; 8];
     if span.len() != 16 {
         return None;
@@ -59,6 +67,17 @@ pub fn parent(h: &HeaderMap) -> Option<Parent> {
         sampled,
         b3: true,
     })
+}
+
+/// A B3 trace id: 32 hex digits, or 16 (the low half of the 128-bit id).
+fn b3_trace_id(trace: &[u8]) -> Option<[u8; 16]> {
+    let mut trace_id = [0u8; 16];
+    match trace.len() {
+        32 => decode(trace, &mut trace_id)?,
+        16 => decode(trace, &mut trace_id[8..])?,
+        _ => return None,
+    }
+    Some(trace_id)
 }
 
 /// `version "-" trace-id "-" parent-id "-" flags`, lowercase hex; version `ff` is invalid,
@@ -112,14 +131,37 @@ pub fn hex_value(id: &[u8]) -> HeaderValue {
     super::unique(out)
 }
 
-/// Sets the headers that carry the context on: `traceparent` with this sidecar's span (and,
-/// when the caller spoke B3, its headers to match); `tracestate` passes untouched.
+/// Sets the headers that carry the context on: `traceparent` with this sidecar's span; B3's,
+/// when the caller sent any, rewritten to say the same (whichever the application reads, its
+/// parent is this sidecar's span); `tracestate` passes untouched when it came with the W3C
+/// parent, and is dropped otherwise (W3C: without its `traceparent` it means nothing).
 pub fn propagate(h: &mut HeaderMap, parent: Option<&Parent>, trace_id: &[u8; 16], span: &[u8; 8]) {
     h.insert(TRACEPARENT.clone(), traceparent_value(trace_id, span));
-    if let Some(p) = parent.filter(|p| p.b3) {
+    if parent.is_none_or(|p| p.b3) {
+        h.remove(&TRACESTATE);
+    }
+    let b3 = [
+        &B3_TRACE_ID,
+        &B3_SPAN_ID,
+        &B3_PARENT_SPAN_ID,
+        &B3_SAMPLED,
+        &B3_FLAGS,
+    ];
+    if b3.iter().any(|n| h.contains_key(*n)) {
+        // The caller's own spelling (16 or 32 digits) is kept when it names this trace.
+        let same = h
+            .get(&B3_TRACE_ID)
+            .is_some_and(|v| b3_trace_id(v.as_bytes()) == Some(*trace_id));
+        if !same {
+            h.insert(B3_TRACE_ID.clone(), hex_value(trace_id));
+        }
         h.insert(B3_SPAN_ID.clone(), hex_value(span));
-        h.insert(B3_PARENT_SPAN_ID.clone(), hex_value(&p.span_id));
+        match parent {
+            Some(p) => h.insert(B3_PARENT_SPAN_ID.clone(), hex_value(&p.span_id)),
+            None => h.remove(&B3_PARENT_SPAN_ID),
+        };
         h.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
+        h.remove(&B3_FLAGS);
     }
 }
 

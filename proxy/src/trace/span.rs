@@ -60,6 +60,32 @@ fn nanos(t: SystemTime) -> u64 {
         .as_nanos() as u64
 }
 
+/// The methods HTTP defines (anything else is an extension method, named by the client).
+const STANDARD_METHODS: [http::Method; 9] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::CONNECT,
+    http::Method::OPTIONS,
+    http::Method::TRACE,
+    http::Method::PATCH,
+];
+
+/// The longest gRPC service or method name a span keeps (each; the path they come from may be
+/// 2 KiB).
+const MAX_RPC_NAME: usize = 128;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// gRPC's `/package.Service/Method` as (service, method).
 fn grpc_method(path: &str) -> Option<(&str, &str)> {
     let (svc, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -72,19 +98,32 @@ pub(super) fn build(t: &Traced, e: &Entry) -> Record {
     let path = e.path().map(|p| p.split('?').next().unwrap_or(p));
     // Only a gRPC request's entry has a gRPC status.
     let grpc = e.grpc_status.is_some();
-    let method = e.method.as_ref().map_or("_OTHER", |m| m.as_str());
+    // A method outside HTTP's own is `_OTHER` (and the span `HTTP`), as the conventions say:
+    // span names stay few whatever clients send.
+    let method = e.method.as_ref();
+    let known = method.filter(|m| STANDARD_METHODS.contains(m));
     let rpc = if grpc {
         path.and_then(grpc_method)
+            .map(|(svc, m)| (cut(svc, MAX_RPC_NAME), cut(m, MAX_RPC_NAME)))
     } else {
         None
     };
-    let name: Box<str> = match rpc {
-        Some((svc, m)) => format!("{svc}/{m}").into(),
-        None => method.into(),
+    let name: Box<str> = match (rpc, known) {
+        (Some((svc, m)), _) => format!("{svc}/{m}").into(),
+        (None, Some(m)) => m.as_str().into(),
+        (None, None) => "HTTP".into(),
     };
     let text = |s: &str| Attr::Str(s.into());
-    let mut a: Vec<(&'static str, Attr)> = Vec::with_capacity(16);
-    a.push(("http.request.method", text(method)));
+    let mut a: Vec<(&'static str, Attr)> = Vec::with_capacity(24);
+    match (known, method) {
+        (Some(m), _) => a.push(("http.request.method", text(m.as_str()))),
+        (None, other) => {
+            a.push(("http.request.method", Attr::Static("_OTHER")));
+            if let Some(m) = other {
+                a.push(("http.request.method_original", text(m.as_str())));
+            }
+        }
+    }
     if let Some(p) = path {
         a.push(("url.path", text(p)));
     }
@@ -99,7 +138,9 @@ pub(super) fn build(t: &Traced, e: &Entry) -> Record {
     }
     let version = e.protocol.strip_prefix("HTTP/").unwrap_or(e.protocol);
     a.push(("network.protocol.version", Attr::Static(version)));
-    if e.status != 0 {
+    // 499 is the proxy's word for "the client left": no response was sent.
+    let left = e.flags.contains(Flags::DC) && e.status == 499;
+    if e.status != 0 && !left {
         a.push(("http.response.status_code", Attr::Int(i64::from(e.status))));
     }
     if let Some(ua) = e.user_agent() {
@@ -175,6 +216,9 @@ pub(super) fn build(t: &Traced, e: &Entry) -> Record {
 /// HTTP status of 500 and up (server spans) or 400 and up (client spans); or the proxy's own
 /// failure (a response flag) when there was no response.
 fn error(direction: Direction, e: &Entry) -> Option<Box<str>> {
+    if e.flags.contains(Flags::DC) && e.status == 499 {
+        return Some("DC".into());
+    }
     if let Some(g) = e.grpc_status.filter(|g| *g != 0) {
         return Some(g.to_string().into());
     }

@@ -256,3 +256,101 @@ fn what_wire_writes_is_what_the_official_types_read() {
     let status = s.status.unwrap();
     assert_eq!((status.code, status.message.as_str()), (2, "14"));
 }
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn b3_beside_traceparent_is_rewritten_to_say_the_same() {
+    let t = tracer(0.0);
+    let tp = format!("00-{TRACE}-{SPAN}-01");
+    let mut h = headers(&[
+        ("traceparent", &tp),
+        ("x-b3-traceid", "1111111111111111"),
+        ("x-b3-spanid", "2222222222222222"),
+        ("x-b3-sampled", "1"),
+        ("x-b3-flags", "1"),
+    ]);
+    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let mine = hex(&traced.span_id);
+    assert_eq!(h["x-b3-traceid"], TRACE, "the W3C trace, in B3 too");
+    assert_eq!(h["x-b3-spanid"], *mine);
+    assert_eq!(h["x-b3-parentspanid"], SPAN);
+    assert_eq!(h["x-b3-sampled"], "1");
+    assert!(!h.contains_key("x-b3-flags"));
+}
+
+#[test]
+fn an_invalid_or_doubled_traceparent_falls_back_to_b3_or_a_new_trace() {
+    let t = tracer(100.0);
+    let mut h = headers(&[
+        ("traceparent", "00-not-a-trace"),
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "1"),
+    ]);
+    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    assert_eq!(hex(&traced.trace_id), TRACE, "B3's trace");
+    assert_eq!(traced.parent.map(|p| hex(&p)).as_deref(), Some(SPAN));
+    assert!(h["traceparent"].to_str().unwrap().contains(TRACE));
+    // Two traceparent fields: neither is trusted; a new trace (sampled at 100 %).
+    let tp = format!("00-{TRACE}-{SPAN}-01");
+    let mut h = HeaderMap::new();
+    h.append("traceparent", tp.parse().unwrap());
+    h.append("traceparent", tp.parse().unwrap());
+    h.insert("tracestate", "a=1".parse().unwrap());
+    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    assert_eq!(traced.parent, None);
+    assert_ne!(hex(&traced.trace_id), TRACE);
+    assert_eq!(h.get_all("traceparent").iter().count(), 1);
+    assert!(
+        !h.contains_key("tracestate"),
+        "a tracestate without its traceparent is dropped"
+    );
+    assert_eq!(traced.state, None);
+}
+
+#[test]
+fn a_bare_b3_deny_is_kept() {
+    let mut h = headers(&[("x-b3-sampled", "0")]);
+    assert!(tracer(100.0).start(&mut h, Direction::Inbound).is_none());
+    assert_eq!(h.len(), 1);
+}
+
+#[test]
+fn extension_methods_and_clients_that_left_are_named_as_the_conventions_say() {
+    let t = tracer(100.0);
+    let mut h = HeaderMap::new();
+    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let req = http::Request::builder()
+        .method("PURGE-EVERYTHING")
+        .uri("/x")
+        .body(())
+        .unwrap();
+    let mut e = crate::access_log::Entry::request(None, &req, "outbound", None);
+    e.status = 499;
+    e.flags.set(crate::access_log::Flags::DC);
+    let s = decoded(&span::build(&traced, &e));
+    assert_eq!(s.name, "HTTP");
+    let attr = |k: &str| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .map(|a| format!("{:?}", a.value.as_ref().unwrap().value.as_ref().unwrap()))
+    };
+    assert_eq!(
+        attr("http.request.method").unwrap(),
+        r#"StringValue("_OTHER")"#
+    );
+    assert_eq!(
+        attr("http.request.method_original").unwrap(),
+        r#"StringValue("PURGE-EVERYTHING")"#
+    );
+    assert_eq!(
+        attr("http.response.status_code"),
+        None,
+        "no response was sent"
+    );
+    assert_eq!(attr("error.type").unwrap(), r#"StringValue("DC")"#);
+}
