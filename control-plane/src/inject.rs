@@ -136,6 +136,9 @@ pub struct TracingSettings {
     /// Percent of new traces sampled; a pod's `weft.dev/trace-sampling` overrides it.
     #[serde(default = "default_sampling")]
     pub sampling: f64,
+    /// Give requests without an `x-request-id` a generated one (with or without a collector).
+    #[serde(default = "yes")]
+    pub generate_request_id: bool,
 }
 
 impl Default for TracingSettings {
@@ -143,6 +146,7 @@ impl Default for TracingSettings {
         TracingSettings {
             otlp_endpoint: None,
             sampling: default_sampling(),
+            generate_request_id: true,
         }
     }
 }
@@ -649,6 +653,9 @@ impl Injector {
         ];
         if s.access_log != "off" {
             proxy_env.push(env(contract::ACCESS_LOG, s.access_log));
+        }
+        if !self.mesh.proxy.tracing.generate_request_id {
+            proxy_env.push(env(contract::GENERATE_REQUEST_ID, "false"));
         }
         if let Some(url) = &self.mesh.proxy.tracing.otlp_endpoint {
             proxy_env.push(env(contract::TRACE_OTLP_ENDPOINT, url));

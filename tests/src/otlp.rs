@@ -49,6 +49,11 @@ impl Received {
             Value::StringValue(s) => Some(s.clone()),
             Value::IntValue(i) => Some(i.to_string()),
             Value::BoolValue(b) => Some(b.to_string()),
+            // A list of one string (`http.request.header.*`), as that string.
+            Value::ArrayValue(list) if list.values.len() == 1 => match &list.values[0].value {
+                Some(Value::StringValue(s)) => Some(s.clone()),
+                other => Some(format!("{other:?}")),
+            },
             other => Some(format!("{other:?}")),
         }
     }

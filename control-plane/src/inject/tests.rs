@@ -538,4 +538,16 @@ fn tracing_goes_to_every_sidecar_and_a_pod_may_sample_more() {
     let pod = pod.unwrap();
     let penv = env_of(&pod["spec"]["initContainers"][1]);
     assert_eq!(penv["WEFT_TRACE_SAMPLING"], "100");
+    assert!(
+        !penv.contains_key("WEFT_GENERATE_REQUEST_ID"),
+        "on by default"
+    );
+    inj.mesh = MeshConfig::parse(
+        "controlPlaneAddress: https://cp:15012\nproxy: {tracing: {generateRequestId: false}}\n",
+    )
+    .unwrap();
+    let (_, pod, _) = run(&inj, &review);
+    let penv = env_of(&pod.unwrap()["spec"]["initContainers"][1]);
+    assert_eq!(penv["WEFT_GENERATE_REQUEST_ID"], "false");
+    assert!(!penv.contains_key("WEFT_TRACE_OTLP_ENDPOINT"));
 }

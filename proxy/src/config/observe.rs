@@ -102,7 +102,7 @@ pub struct TraceConfig {
     /// application, the access log and the span then share.
     #[arg(
         long = "generate-request-id",
-        env = "WEFT_GENERATE_REQUEST_ID",
+        env = weft_core::contract::GENERATE_REQUEST_ID,
         default_value_t = true,
         action = clap::ArgAction::Set,
         value_name = "BOOL"

@@ -62,6 +62,13 @@ fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
 fn text<'a>(s: &'a Span, key: &str) -> &'a str {
     match attr(s, key) {
         Some(Value::StringValue(v)) => v,
+        // A list of one string (`http.request.header.*`).
+        Some(Value::ArrayValue(list)) if list.values.len() == 1 => {
+            match list.values[0].value.as_ref() {
+                Some(Value::StringValue(v)) => v,
+                other => panic!("{key}: {other:?} in {s:?}"),
+            }
+        }
         other => panic!("{key}: {other:?} in {s:?}"),
     }
 }

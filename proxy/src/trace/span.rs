@@ -23,6 +23,8 @@ pub enum Attr {
     Static(&'static str),
     Shared(Arc<str>),
     Int(i64),
+    /// A list of one string (the conventions' `http.request.header.*` are lists).
+    List(Box<str>),
 }
 
 /// One finished span, as `wire` encodes it.
@@ -147,7 +149,7 @@ pub(super) fn build(t: &Traced, e: &Entry) -> Record {
         a.push(("user_agent.original", text(ua)));
     }
     if let Some(id) = e.request_id() {
-        a.push(("http.request.header.x-request-id", text(id)));
+        a.push(("http.request.header.x-request-id", Attr::List(id.into())));
     }
     if let Some((svc, m)) = rpc {
         a.push(("rpc.system", Attr::Static("grpc")));

@@ -204,7 +204,7 @@ fn a_full_queue_drops_spans_and_counts_them() {
 
 #[test]
 fn what_wire_writes_is_what_the_official_types_read() {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, any_value::Value};
     let long = "p".repeat(20_000);
     let r = Record {
         trace_id: [1; 16],
@@ -221,6 +221,7 @@ fn what_wire_writes_is_what_the_official_types_read() {
             ("weft.route", Attr::Shared("api".into())),
             ("weft.direction", Attr::Static("inbound")),
             ("negative", Attr::Int(-1)),
+            ("http.request.header.x-request-id", Attr::List("r-1".into())),
         ],
         error: Some("14".into()),
         flags: 0x301,
@@ -251,6 +252,14 @@ fn what_wire_writes_is_what_the_official_types_read() {
                 Value::StringValue("inbound".into())
             ),
             ("negative".into(), Value::IntValue(-1)),
+            (
+                "http.request.header.x-request-id".into(),
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(Value::StringValue("r-1".into())),
+                    }],
+                }),
+            ),
         ]
     );
     let status = s.status.unwrap();

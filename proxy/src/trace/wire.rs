@@ -59,7 +59,7 @@ fn varint_len(v: u64) -> usize {
 /// before it is written (the most frequent message: no moving of bytes).
 fn attribute(field: u32, key: &str, value: &Attr, out: &mut Vec<u8>) {
     let text = match value {
-        Attr::Int(_) => None,
+        Attr::Int(_) | Attr::List(_) => None,
         Attr::Str(s) => Some(&**s),
         Attr::Static(s) => Some(*s),
         Attr::Shared(s) => Some(&**s),
@@ -67,6 +67,10 @@ fn attribute(field: u32, key: &str, value: &Attr, out: &mut Vec<u8>) {
     let any = match (text, value) {
         (Some(t), _) => 1 + varint_len(t.len() as u64) + t.len(),
         (None, Attr::Int(i)) => 1 + varint_len(*i as u64),
+        (None, Attr::List(one)) => {
+            let array = list_len(one);
+            1 + varint_len(array as u64) + array
+        }
         (None, _) => 0,
     };
     let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
@@ -81,8 +85,23 @@ fn attribute(field: u32, key: &str, value: &Attr, out: &mut Vec<u8>) {
             tag(3, VARINT, out);
             varint(*i as u64, out);
         }
+        (None, Attr::List(one)) => {
+            // array_value (5): ArrayValue { values (1): [AnyValue { string_value (1) }] }
+            tag(5, LEN, out);
+            varint(list_len(one) as u64, out);
+            let inner = 1 + varint_len(one.len() as u64) + one.len();
+            tag(1, LEN, out);
+            varint(inner as u64, out);
+            bytes(1, one.as_bytes(), out);
+        }
         (None, _) => {}
     }
+}
+
+/// The length of an `ArrayValue` holding the one string `s`.
+fn list_len(s: &str) -> usize {
+    let inner = 1 + varint_len(s.len() as u64) + s.len();
+    1 + varint_len(inner as u64) + inner
 }
 
 fn span(r: &Record, out: &mut Vec<u8>) {
