@@ -311,7 +311,7 @@ impl Mesh {
     /// (no exporter).
     pub fn trace(&mut self, percent: f64) -> tokio::sync::mpsc::Receiver<crate::trace::Record> {
         let dropped = self.metrics.observe.trace_dropped.clone();
-        let (tracer, rx) = crate::trace::Tracer::new(percent, 64, dropped);
+        let (tracer, rx) = crate::trace::Tracer::new(percent, 64, 1_000_000, dropped);
         Arc::get_mut(&mut self.proxy)
             .expect("the proxy is not shared yet")
             .tracer = Some(tracer);

@@ -9,7 +9,9 @@
 //! `--trace-sampling` percent. Tracing is on when `--trace-otlp-endpoint` names a collector;
 //! without one the headers pass through as they came.
 //!
-//! Bounds: `--trace-queue` spans wait for export at most (each at most about 6 KiB: every
+//! Bounds: `--trace-max-rate` spans a second at most (1,000 by default), whether the rate or
+//! callers asked for them; beyond, a request is not traced by this sidecar and is counted
+//! (`weft_trace_spans_dropped_total{reason="rate_limited"}`). `--trace-queue` spans wait for export at most (each at most about 6 KiB: every
 //! string taken from a request is cut to the access log's bounds, gRPC names to 128 bytes,
 //! `tracestate` to 512), so about 12 MiB by default, plus the batch being sent (256 spans); beyond, spans are dropped
 //! and counted (`weft_trace_spans_dropped_total{reason="queue_full"}`). A batch the collector
@@ -51,7 +53,10 @@ pub struct Tracer {
     /// New traces sampled, in millionths.
     sampling: u32,
     tx: mpsc::Sender<Record>,
-    dropped: prometheus::IntCounterVec,
+    /// Spans this sidecar makes per second at most, whoever asked for them.
+    limit: crate::resilience::TokenBucket,
+    queue_full: prometheus::IntCounter,
+    rate_limited: prometheus::IntCounter,
     /// Spans queued and not yet exported or dropped, and whether the exporter is asked to send
     /// what it holds at once (at shutdown).
     pub(crate) pending: AtomicUsize,
@@ -77,6 +82,7 @@ impl Tracer {
     pub fn new(
         percent: f64,
         queue: u32,
+        max_rate: u32,
         dropped: prometheus::IntCounterVec,
     ) -> (&'static Tracer, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(queue.clamp(1, MAX_QUEUE) as usize);
@@ -85,7 +91,9 @@ impl Tracer {
         let t = Box::leak(Box::new(Tracer {
             sampling,
             tx,
-            dropped,
+            limit: crate::resilience::TokenBucket::new(f64::from(max_rate), max_rate.max(1)),
+            queue_full: dropped.with_label_values(&["queue_full"]),
+            rate_limited: dropped.with_label_values(&["rate_limited"]),
             pending: AtomicUsize::new(0),
             flushing: AtomicBool::new(false),
         }));
@@ -103,6 +111,13 @@ impl Tracer {
             None => self.sampling > 0 && fastrand::u32(0..1_000_000) < self.sampling,
         };
         if !sampled {
+            return None;
+        }
+        // Past the rate, a request is not traced here (its headers go on as they came: the
+        // trace continues without this sidecar's span): no caller can make the sidecar spend
+        // without bound by asking for every request to be traced.
+        if !self.limit.take() {
+            self.rate_limited.inc();
             return None;
         }
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
@@ -131,7 +146,7 @@ impl Tracer {
         self.pending.fetch_add(1, Ordering::AcqRel);
         if self.tx.try_send(span).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            self.dropped.with_label_values(&["queue_full"]).inc();
+            self.queue_full.inc();
         }
     }
 
@@ -238,7 +253,8 @@ pub fn start(
     if let Some(pod) = &node.pod_name {
         resource.push(("k8s.pod.name", pod.clone()));
     }
-    let (tracer, rx) = Tracer::new(t.sampling, t.queue, metrics.trace_dropped.clone());
+    let dropped = metrics.trace_dropped.clone();
+    let (tracer, rx) = Tracer::new(t.sampling, t.queue, t.max_rate, dropped);
     let export = ExportConfig {
         endpoint: url.clone(),
         tls,

@@ -98,6 +98,19 @@ pub struct TraceConfig {
     )]
     pub queue: u32,
 
+    /// Spans made per second at most, whoever asked for them (the rate, or callers whose
+    /// `traceparent` says sampled); beyond, a request is not traced by this sidecar (its trace
+    /// headers go on as they came) and is counted in
+    /// `weft_trace_spans_dropped_total{reason="rate_limited"}`.
+    #[arg(
+        id = "trace_max_rate",
+        long = "trace-max-rate",
+        env = "WEFT_TRACE_MAX_RATE",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_rate: u32,
+
     /// Give a request without an `x-request-id` a generated one (a random UUID), which the
     /// application, the access log and the span then share.
     #[arg(

@@ -29,12 +29,12 @@ impl ObserveMetrics {
         let trace_dropped = IntCounterVec::new(
             opts(
                 "trace_spans_dropped_total",
-                "Spans lost, by reason: queue_full (--trace-queue), export_failed (the collector down or refusing past the retries), rejected (the collector took the batch but not these spans).",
+                "Spans lost, by reason: queue_full (--trace-queue), rate_limited (--trace-max-rate: the request was not traced here), export_failed (the collector down or refusing past the retries), rejected (the collector took the batch but not these spans).",
             ),
             &["reason"],
         )
         .unwrap();
-        for reason in ["queue_full", "export_failed", "rejected"] {
+        for reason in ["queue_full", "rate_limited", "export_failed", "rejected"] {
             trace_dropped.with_label_values(&[reason]);
         }
         reg(Box::new(access_log_dropped.clone()));

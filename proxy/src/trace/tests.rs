@@ -104,7 +104,7 @@ fn b3_is_read_with_its_sampling_decision_or_none() {
 fn tracer(percent: f64) -> &'static Tracer {
     let dropped =
         prometheus::IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
-    Tracer::new(percent, 4, dropped).0
+    Tracer::new(percent, 4, 1_000_000, dropped).0
 }
 
 #[test]
@@ -187,7 +187,7 @@ fn a_missing_request_id_is_a_random_uuid_and_a_present_one_is_kept() {
 fn a_full_queue_drops_spans_and_counts_them() {
     let dropped =
         prometheus::IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
-    let (t, _rx) = Tracer::new(100.0, 2, dropped.clone());
+    let (t, _rx) = Tracer::new(100.0, 2, 1_000_000, dropped.clone());
     let tp = format!("00-{TRACE}-{SPAN}-01");
     for _ in 0..5 {
         let traced = t.start(&mut headers(&[("traceparent", &tp)]), Direction::Inbound);
@@ -362,4 +362,23 @@ fn extension_methods_and_clients_that_left_are_named_as_the_conventions_say() {
         "no response was sent"
     );
     assert_eq!(attr("error.type").unwrap(), r#"StringValue("DC")"#);
+}
+
+#[test]
+fn callers_cannot_have_more_spans_made_than_the_rate() {
+    let dropped =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
+    let (t, _rx) = Tracer::new(0.0, 64, 5, dropped.clone());
+    let tp = format!("00-{TRACE}-{SPAN}-01");
+    let mut traced = 0;
+    for _ in 0..20 {
+        let mut h = headers(&[("traceparent", &tp)]);
+        match t.start(&mut h, Direction::Inbound) {
+            Some(_) => traced += 1,
+            // Not traced here: the caller's context goes on untouched.
+            None => assert_eq!(h["traceparent"], *tp),
+        }
+    }
+    assert_eq!(traced, 5, "the burst: one second's worth");
+    assert_eq!(dropped.with_label_values(&["rate_limited"]).get(), 15);
 }
