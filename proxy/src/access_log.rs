@@ -253,7 +253,7 @@ impl AccessLog {
         direction: &'static str,
         client: Option<SocketAddr>,
     ) -> Box<Entry> {
-        Entry::request(Some(self), req, direction, client)
+        Entry::request(Some(self), req, direction, client, None)
     }
 
     /// The log's entry for an opaque TCP connection.
@@ -288,12 +288,14 @@ impl AccessLog {
 
 impl Entry {
     /// The entry for an HTTP request (before any of its headers is changed), for the log
-    /// (`log`) and, when traced, its span.
+    /// (`log`) and, when traced, its span. `known_trace`: the trace id (hex) when the sidecar
+    /// has just written it (not parsed back from the headers).
     pub fn request<B>(
         log: Option<&'static AccessLog>,
         req: &Request<B>,
         direction: &'static str,
         client: Option<SocketAddr>,
+        known_trace: Option<[u8; 32]>,
     ) -> Box<Entry> {
         let h = req.headers();
         let uri = req.uri();
@@ -323,7 +325,7 @@ impl Entry {
                 traced = true;
             }
         }
-        let trace = traced.then(|| trace_id(h)).flatten();
+        let trace = known_trace.or_else(|| traced.then(|| trace_id(h)).flatten());
         e.text = Texts::new([
             authority.map(|a| (a.as_bytes(), MAX_FIELD)),
             Some((path.as_bytes(), MAX_PATH)),

@@ -161,6 +161,15 @@ impl Tracer {
     }
 }
 
+impl Traced {
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_hex(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        context::encode(&self.trace_id, &mut out);
+        out
+    }
+}
+
 impl OnFinish for Traced {
     /// The request is over: its span, made from its access log entry, is queued for export.
     fn finish(self: Box<Self>, e: &Entry) {

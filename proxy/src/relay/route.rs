@@ -39,7 +39,9 @@ impl HttpProxy {
         }
         // The access log's line and the span's record.
         let mut entry = if self.log.is_some() || traced.is_some() {
-            let mut e = Entry::request(self.log, &req, self.direction.as_str(), conn.client);
+            let known = traced.as_ref().map(|t| t.trace_hex());
+            let dir = self.direction.as_str();
+            let mut e = Entry::request(self.log, &req, dir, conn.client, known);
             e.client_identity = conn.peer.as_ref().and_then(|p| p.id.clone());
             e.traced = traced.map(|t| Box::new(t) as Box<dyn crate::access_log::OnFinish>);
             Some(e)

@@ -196,6 +196,7 @@ fn a_full_queue_drops_spans_and_counts_them() {
             &http::Request::get("/").body(()).unwrap(),
             "inbound",
             None,
+            None,
         );
         t.queue(span::build(&traced.unwrap(), &e));
     }
@@ -337,7 +338,7 @@ fn extension_methods_and_clients_that_left_are_named_as_the_conventions_say() {
         .uri("/x")
         .body(())
         .unwrap();
-    let mut e = crate::access_log::Entry::request(None, &req, "outbound", None);
+    let mut e = crate::access_log::Entry::request(None, &req, "outbound", None, None);
     e.status = 499;
     e.flags.set(crate::access_log::Flags::DC);
     let s = decoded(&span::build(&traced, &e));
@@ -381,4 +382,23 @@ fn callers_cannot_have_more_spans_made_than_the_rate() {
     }
     assert_eq!(traced, 5, "the burst: one second's worth");
     assert_eq!(dropped.with_label_values(&["rate_limited"]).get(), 15);
+}
+
+#[test]
+fn addresses_are_written_as_the_standard_library_writes_them() {
+    let mut ips: Vec<std::net::IpAddr> = [
+        "0.0.0.0",
+        "10.0.0.1",
+        "255.255.255.255",
+        "1.20.100.0",
+        "::1",
+        "fd00::7",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    ips.extend((0..=255u8).map(|o| std::net::IpAddr::from([o, 255 - o, o / 3, 9])));
+    for ip in ips {
+        assert_eq!(span::ip_text(ip), Attr::Str(ip.to_string().into()), "{ip}");
+    }
 }
