@@ -20,6 +20,9 @@ pub struct Parent {
     pub sampled: Option<bool>,
     /// It came in B3 headers (which are then kept in step with `traceparent`).
     pub b3: bool,
+    /// The caller's W3C trace flags (0 for B3): those other than "sampled" (such as Level 2's
+    /// "random") go on as they came.
+    pub flags: u8,
 }
 
 /// The caller's span: from one valid `traceparent` (version 00, or a later version's first
@@ -66,6 +69,7 @@ fn b3(h: &HeaderMap) -> Option<Parent> {
         span_id,
         sampled,
         b3: true,
+        flags: 0,
     })
 }
 
@@ -109,17 +113,19 @@ fn traceparent(tp: &[u8]) -> Option<Parent> {
         span_id,
         sampled: Some(flags[0] & 1 == 1),
         b3: false,
+        flags: flags[0],
     })
 }
 
-/// The `traceparent` naming `span_id` of `trace_id`, sampled.
-pub fn traceparent_value(trace_id: &[u8; 16], span_id: &[u8; 8]) -> HeaderValue {
+/// The `traceparent` naming `span_id` of `trace_id`, sampled, with the caller's other `flags`.
+pub fn traceparent_value(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> HeaderValue {
     let mut v = [0u8; 55];
     v[..3].copy_from_slice(b"00-");
     encode(trace_id, &mut v[3..35]);
     v[35] = b'-';
     encode(span_id, &mut v[36..52]);
-    v[52..].copy_from_slice(b"-01");
+    v[52] = b'-';
+    encode(&[flags | 1], &mut v[53..55]);
     super::unique(&v)
 }
 
@@ -136,7 +142,11 @@ pub fn hex_value(id: &[u8]) -> HeaderValue {
 /// parent is this sidecar's span); `tracestate` passes untouched when it came with the W3C
 /// parent, and is dropped otherwise (W3C: without its `traceparent` it means nothing).
 pub fn propagate(h: &mut HeaderMap, parent: Option<&Parent>, trace_id: &[u8; 16], span: &[u8; 8]) {
-    h.insert(TRACEPARENT.clone(), traceparent_value(trace_id, span));
+    let flags = parent.map_or(0, |p| p.flags);
+    h.insert(
+        TRACEPARENT.clone(),
+        traceparent_value(trace_id, span, flags),
+    );
     if parent.is_none_or(|p| p.b3) {
         h.remove(&TRACESTATE);
     }

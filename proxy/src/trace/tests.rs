@@ -402,3 +402,16 @@ fn addresses_are_written_as_the_standard_library_writes_them() {
         assert_eq!(span::ip_text(ip), Attr::Str(ip.to_string().into()), "{ip}");
     }
 }
+
+#[test]
+fn the_callers_other_trace_flags_go_on() {
+    let t = tracer(0.0);
+    // Level 2's "random" (0x02) with "sampled".
+    let tp = format!("00-{TRACE}-{SPAN}-03");
+    let mut h = headers(&[("traceparent", &tp)]);
+    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    assert_eq!(
+        h["traceparent"],
+        format!("00-{TRACE}-{}-03", hex(&traced.span_id))
+    );
+}
