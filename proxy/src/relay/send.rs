@@ -175,13 +175,24 @@ impl HttpProxy {
             let Some(body) = replay.next() else {
                 return (res, tries);
             };
+            // A retry the policy wanted and the budget or the cluster's retry limit refused:
+            // the retries are exhausted, as Envoy's URX says.
+            let exhausted = |log: Option<&mut Entry>| {
+                if let Some(e) = log {
+                    e.flags.set(Flags::URX);
+                }
+            };
             if !r.svc.budget.withdraw() {
                 dest.metrics.budget_exhausted();
+                exhausted(log);
                 return (res, tries);
             }
             match r.cluster.permit(Limit::Retries, &dest.metrics) {
                 Ok(p) => _retry_permit = p,
-                Err(_) => return (res, tries),
+                Err(_) => {
+                    exhausted(log);
+                    return (res, tries);
+                }
             }
             dest.metrics.retry(reason);
             tracing::debug!(addr = %ep.0, reason = reason.as_str(), try_no = tries, "retrying");

@@ -214,6 +214,30 @@ async fn a_response_without_a_body_is_not_downstream_closed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn retries_stopped_by_the_budget_are_retries_exhausted() {
+    let up = Upstreams::default();
+    up.serve(V1, |_, _| async { reply(503, "down") });
+    let table = format!(
+        "services:
+  - name: flaky
+    port: 80
+    endpoints: [{{address: {V1}}}]
+    retry: {{attempts: 5, on: [5xx], budget: {{ratio: 0.0, minPerSecond: 0}}}}
+"
+    );
+    let mut mesh = Mesh::outbound(&table, up);
+    let lines = mesh.access_log(Format::Json, 16);
+    assert_eq!(mesh.get("flaky", "/").await.status(), 503);
+    let lines = mesh.log_lines(&lines);
+    let l = json(&lines[0]);
+    assert_eq!(l["attempts"], 1, "{l}");
+    assert_eq!(
+        l["response_flags"], "URX",
+        "a retry was wanted and not allowed: {l}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn apache_lines_are_the_combined_format_then_weft_fields() {
     let up = Upstreams::default();
     up.serve(V1, |_, _| async { reply(200, "ok") });
