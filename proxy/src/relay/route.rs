@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// A request that could not be routed: why, where it is counted, and (when a route matched)
+/// the route and the backend the split chose, for its access log line.
+type Unrouted = (
+    ProxyError,
+    Arc<TargetMetrics>,
+    Option<(Arc<str>, Option<Arc<str>>)>,
+);
+
 impl HttpProxy {
     /// Routes a request and counts it; answers it at once when it cannot be routed or the
     /// inbound side refuses it.
@@ -57,10 +65,14 @@ impl HttpProxy {
         }
         let mut dest = match self.resolve(&req, conn) {
             Ok(d) => d,
-            Err((e, metrics)) => {
+            Err((e, metrics, to)) => {
                 metrics.request();
                 if let (Some(en), ProxyError::NoEndpoints(svc)) = (&mut entry, &e) {
                     en.service = Some(svc.clone());
+                    if let Some((route, backend)) = to {
+                        en.route = Some(route);
+                        en.backend = backend;
+                    }
                 }
                 let obs = Observer::new(metrics, is_grpc).logged(entry);
                 return Err(failed(e, is_grpc, obs, version));
@@ -100,7 +112,7 @@ impl HttpProxy {
         &self,
         req: &Request<Received>,
         conn: &ConnInfo,
-    ) -> Result<Dest, (ProxyError, Arc<TargetMetrics>)> {
+    ) -> Result<Dest, Unrouted> {
         match &self.router {
             Router::Inbound {
                 forward, metrics, ..
@@ -134,7 +146,9 @@ impl HttpProxy {
                     (None, None) => match (request::authority(req), conn.orig_dst) {
                         (Some(authority), _) => table.by_authority(authority),
                         (None, Some(_)) => None,
-                        (None, None) => return Err((ProxyError::NoAuthority, unknown.clone())),
+                        (None, None) => {
+                            return Err((ProxyError::NoAuthority, unknown.clone(), None));
+                        }
                     },
                 };
                 // A captured request for a destination outside the mesh goes where it was sent.
@@ -154,7 +168,7 @@ impl HttpProxy {
                         .as_deref()
                         .or_else(|| request::authority(req))
                         .unwrap_or("");
-                    return Err((ProxyError::NoRoute(name.to_string()), unknown.clone()));
+                    return Err((ProxyError::NoRoute(name.to_string()), unknown.clone(), None));
                 };
                 let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
                 let query = req.uri().query();
@@ -171,11 +185,12 @@ impl HttpProxy {
                 // Counted under the route and the backend the split chose.
                 let Some(to) = route.target(hash, &svc.metrics) else {
                     let e = ProxyError::NoEndpoints(svc.name.clone());
-                    return Err((e, svc.metrics.clone()));
+                    return Err((e, svc.metrics.clone(), Some((route.name.clone(), None))));
                 };
                 let Some(ep) = to.endpoint else {
                     let e = ProxyError::NoEndpoints(svc.name.clone());
-                    return Err((e, (*to.metrics).clone()));
+                    let at = Some((route.name.clone(), Some(to.cluster.name.clone())));
+                    return Err((e, (*to.metrics).clone(), at));
                 };
                 Ok(Dest {
                     addr: ep.addr,

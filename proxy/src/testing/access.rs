@@ -141,6 +141,10 @@ async fn each_way_a_request_fails_has_its_response_flag() {
         assert_eq!(l["response_flags"], *flag, "{host}: {l}");
         assert_eq!(l["attempts"], *attempts, "{host}: {l}");
     }
+    // No endpoint: the line still names the route and the backend the split chose.
+    let empty = json(&lines[2]);
+    assert_eq!(empty["route_name"], "default", "{empty}");
+    assert_eq!(empty["upstream_cluster"], "empty:80", "{empty}");
     assert_eq!(json(&lines[cases.len()])["response_flags"], "-");
     assert_eq!(json(&lines[cases.len() + 1])["response_flags"], "RL");
     // The connect to `gone` was meant to fail.
