@@ -167,11 +167,8 @@ fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes in all)", &text[..end], text.len())
+    let kept = weft_core::text::cut(text, max);
+    format!("{kept}... ({} bytes in all)", text.len())
 }
 
 impl<R> Drop for Conn<R> {

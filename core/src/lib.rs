@@ -15,3 +15,4 @@ pub mod matching;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod slots;
+pub mod text;

@@ -16,8 +16,10 @@ mod format;
 mod tests;
 mod text;
 
-use text::{B3_TRACE_ID, TRACEPARENT, Texts};
-pub use text::{X_REQUEST_ID, trace_id};
+use text::Texts;
+pub use text::trace_id;
+
+use crate::trace_context::{B3_TRACE_ID, TRACEPARENT, X_REQUEST_ID};
 
 use std::{
     io::Write,

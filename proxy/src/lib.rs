@@ -46,6 +46,7 @@ pub mod tcp;
 mod testing;
 pub mod tls;
 pub mod trace;
+pub mod trace_context;
 pub mod transport;
 
 pub use app::{StartError, run};

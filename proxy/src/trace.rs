@@ -17,18 +17,18 @@
 //! and counted (`weft_trace_spans_dropped_total{reason="queue_full"}`). A batch the collector
 //! refuses or cannot take is retried with backoff, then dropped and counted.
 
-mod context;
 mod export;
 mod span;
 #[cfg(test)]
 mod tests;
 mod wire;
-pub use context::{Parent, parent};
+use crate::trace_context as context;
+pub use crate::trace_context::{Parent, parent};
 pub use export::{ExportConfig, Exporter};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use tokio::sync::mpsc;
 
 pub use span::{Attr, Record};
@@ -44,8 +44,7 @@ pub const MAX_TRACESTATE: usize = 512;
 /// The largest `--trace-queue`.
 pub const MAX_QUEUE: u32 = 100_000;
 
-/// The request id header, generated when a request arrives without one.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::trace_context::X_REQUEST_ID;
 
 /// The tracer the listeners share: samples, starts spans, queues the finished ones.
 #[derive(Debug)]
@@ -198,16 +197,7 @@ pub fn ensure_request_id(h: &mut HeaderMap) {
         context::encode(chunk, &mut v[at..at + chunk.len() * 2]);
         at += chunk.len() * 2;
     }
-    h.insert(X_REQUEST_ID.clone(), unique(&v));
-}
-
-/// A header value sent once (an id): marked so that HPACK sends it as a literal never indexed,
-/// instead of adding it to the connection's dynamic table, where it would only push out the
-/// values that repeat (authority, user agent, ...).
-pub(crate) fn unique(v: &[u8]) -> HeaderValue {
-    let mut v = HeaderValue::from_bytes(v).expect("hex digits and dashes");
-    v.set_sensitive(true);
-    v
+    h.insert(X_REQUEST_ID.clone(), context::unique(&v));
 }
 
 fn new_trace_id() -> [u8; 16] {

@@ -1,9 +1,10 @@
 //! What an entry takes from its request: its strings, each cut to its bound, in one buffer,
 //! and the trace id of its W3C or B3 headers.
 
-use http::{HeaderMap, header};
+use http::HeaderMap;
 
 use super::Entry;
+use crate::trace_context::{self, B3_TRACE_ID, TRACEPARENT};
 
 /// The strings an entry takes from its request, in one buffer: a request's line costs one
 /// allocation for them, however many there are.
@@ -79,62 +80,25 @@ impl Entry {
     }
 }
 
-pub static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-pub(super) static TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
-pub(super) static B3_TRACE_ID: header::HeaderName = header::HeaderName::from_static("x-b3-traceid");
-
 /// `bytes` as text, cut to at most `max` bytes (on a character boundary); bytes that are not
 /// UTF-8 become U+FFFD.
 fn lossy(bytes: &[u8], max: usize) -> Box<str> {
     let bytes = &bytes[..bytes.len().min(max)];
     let s = String::from_utf8_lossy(bytes);
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].into()
+    weft_core::text::cut(&s, max).into()
 }
 
-/// The trace id of a valid W3C `traceparent` (version 00 and later), else of B3
-/// (`x-b3-traceid`, 16 or 32 hex digits, the short form padded as B3 specifies): 32 lowercase
-/// hex digits.
+/// The trace id of a valid W3C `traceparent` (version 00 and later; an invalid one hides B3
+/// beside it: W3C takes precedence), else of B3 (`x-b3-traceid`, 16 or 32 hex digits, the short
+/// form padded as B3 specifies): 32 lowercase hex digits. Parsed by `trace_context`, as the
+/// tracer parses them.
 pub fn trace_id(h: &HeaderMap) -> Option<[u8; 32]> {
-    if let Some(tp) = h.get(&TRACEPARENT).map(|v| v.as_bytes()) {
-        // version "-" trace-id "-" parent-id "-" flags, lowercase hex; version 00 is exactly
-        // that, a later version may add fields after another "-".
-        let ok = tp.len() >= 55
-            && tp[2] == b'-'
-            && tp[35] == b'-'
-            && tp[52] == b'-'
-            && tp[..2] != *b"ff"
-            && [&tp[..2], &tp[3..35], &tp[36..52], &tp[53..55]]
-                .iter()
-                .all(|part| hex_lower(part))
-            && (tp.len() == 55 || (tp[..2] != *b"00" && tp[55] == b'-'));
-        if !ok {
-            return None;
-        }
-        let id = &tp[3..35];
-        // An all-zero trace id or parent id is invalid.
-        if id.iter().all(|&b| b == b'0') || tp[36..52].iter().all(|&b| b == b'0') {
-            return None;
-        }
-        return id.try_into().ok();
-    }
-    let b3 = h.get(&B3_TRACE_ID)?.as_bytes();
-    if !(b3.len() == 16 || b3.len() == 32) || !hex(b3) || b3.iter().all(|&b| b == b'0') {
-        return None;
-    }
-    let mut id = [b'0'; 32];
-    id[32 - b3.len()..].copy_from_slice(b3);
-    id.make_ascii_lowercase();
-    Some(id)
-}
-
-fn hex(b: &[u8]) -> bool {
-    b.iter().all(u8::is_ascii_hexdigit)
-}
-
-fn hex_lower(b: &[u8]) -> bool {
-    b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    let id = match h.get(&TRACEPARENT) {
+        Some(tp) => trace_context::traceparent(tp.as_bytes())?.trace_id,
+        None => trace_context::b3_trace_id(h.get(&B3_TRACE_ID)?.as_bytes())
+            .filter(|id| *id != [0; 16])?,
+    };
+    let mut hex = [0u8; 32];
+    trace_context::encode(&id, &mut hex);
+    Some(hex)
 }

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use weft_core::text::cut;
+
 use super::Traced;
 use crate::access_log::{Entry, Flags};
 use crate::metrics::Direction;
@@ -78,15 +80,6 @@ const STANDARD_METHODS: [http::Method; 9] = [
 /// The longest gRPC service or method name a span keeps (each; the path they come from may be
 /// 2 KiB).
 const MAX_RPC_NAME: usize = 128;
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 /// An address as text: IPv4 written digit by digit (the formatting machinery costs ten times
 /// as much), IPv6 as the standard library writes it.

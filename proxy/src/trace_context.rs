@@ -1,5 +1,7 @@
 //! Trace context on the wire: W3C `traceparent` (and `tracestate`, passed on untouched), B3's
 //! multiple headers as input, and the `traceparent` the sidecar sends on with its own span id.
+//! Header parsing only, with no state: the tracer (`trace`) and the access log's trace id both
+//! read headers through it.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -10,6 +12,8 @@ pub static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 pub static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 pub static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 pub static B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// The request id header: generated when a request arrives without one (`--generate-request-id`).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The span a request arrived in: its trace, the caller's span, and the caller's sampling
 /// decision (`None`: B3 without one, deferred to this sidecar).
@@ -74,7 +78,7 @@ fn b3(h: &HeaderMap) -> Option<Parent> {
 }
 
 /// A B3 trace id: 32 hex digits, or 16 (the low half of the 128-bit id).
-fn b3_trace_id(trace: &[u8]) -> Option<[u8; 16]> {
+pub fn b3_trace_id(trace: &[u8]) -> Option<[u8; 16]> {
     let mut trace_id = [0u8; 16];
     match trace.len() {
         32 => decode(trace, &mut trace_id)?,
@@ -86,7 +90,7 @@ fn b3_trace_id(trace: &[u8]) -> Option<[u8; 16]> {
 
 /// `version "-" trace-id "-" parent-id "-" flags`, lowercase hex; version `ff` is invalid,
 /// version 00 has exactly these fields, a later one may add more after another `-`.
-fn traceparent(tp: &[u8]) -> Option<Parent> {
+pub fn traceparent(tp: &[u8]) -> Option<Parent> {
     let shaped = tp.len() >= 55
         && tp[2] == b'-'
         && tp[35] == b'-'
@@ -126,7 +130,7 @@ pub fn traceparent_value(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> H
     encode(span_id, &mut v[36..52]);
     v[52] = b'-';
     encode(&[flags | 1], &mut v[53..55]);
-    super::unique(&v)
+    unique(&v)
 }
 
 /// `id` as lowercase hex digits.
@@ -134,7 +138,7 @@ pub fn hex_value(id: &[u8]) -> HeaderValue {
     let mut v = [0u8; 32];
     let out = &mut v[..id.len() * 2];
     encode(id, out);
-    super::unique(out)
+    unique(out)
 }
 
 /// Sets the headers that carry the context on: `traceparent` with this sidecar's span; B3's,
@@ -173,6 +177,15 @@ pub fn propagate(h: &mut HeaderMap, parent: Option<&Parent>, trace_id: &[u8; 16]
         h.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
         h.remove(&B3_FLAGS);
     }
+}
+
+/// A header value sent once (an id): marked so that HPACK sends it as a literal never indexed,
+/// instead of adding it to the connection's dynamic table, where it would only push out the
+/// values that repeat (authority, user agent, ...).
+pub fn unique(v: &[u8]) -> HeaderValue {
+    let mut v = HeaderValue::from_bytes(v).expect("hex digits and dashes");
+    v.set_sensitive(true);
+    v
 }
 
 fn lower_hex(b: &[u8]) -> bool {
