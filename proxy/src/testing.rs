@@ -161,6 +161,28 @@ where
     }
 }
 
+/// Two versions' endpoints (labels `version: v1` and `v2`).
+pub const V1: &str = "10.0.0.1:80";
+pub const V2: &str = "10.0.0.2:80";
+
+/// `web:80` with endpoints [`V1`] and [`V2`], subsets `v1` and `v2` selecting them, and
+/// `routes` (YAML list items, each line indented by six spaces).
+pub fn two_versions(routes: &str) -> String {
+    format!(
+        "services:
+  - name: web
+    port: 80
+    endpoints:
+      - {{address: {V1}, labels: {{version: v1}}}}
+      - {{address: {V2}, labels: {{version: v2}}}}
+    subsets:
+      - {{name: v1, labels: {{version: v1}}}}
+      - {{name: v2, labels: {{version: v2}}}}
+    routes:
+{routes}"
+    )
+}
+
 /// A response with `status` and `body`.
 pub fn reply(status: u16, body: &'static str) -> Response<Full<Bytes>> {
     let mut rsp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));

@@ -21,6 +21,18 @@ fn backends(out: &str) -> Vec<(String, f64, f64)> {
         .collect()
 }
 
+/// A client sidecar, `client-0.demo`, taking its table from `cp`.
+fn client_sidecar(cp: &Proxy) -> Proxy {
+    Proxy::start(&[
+        "--control-plane",
+        &cp.addr("xds").to_string(),
+        "--pod-name",
+        "client-0",
+        "--pod-namespace",
+        "demo",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftctl_stat_shows_each_canary_backends_success_rate_from_prometheus() {
     let Some(prometheus) = tools::require("prometheus") else {
@@ -37,14 +49,7 @@ async fn weftctl_stat_shows_each_canary_backends_success_rate_from_prometheus() 
         &mesh::split_policy("web", 8080, (50, 50)),
     );
     let cp = mesh::control_plane(&registry, &[]);
-    let proxy = Proxy::start(&[
-        "--control-plane",
-        &cp.addr("xds").to_string(),
-        "--pod-name",
-        "client-0",
-        "--pod-namespace",
-        "demo",
-    ]);
+    let proxy = client_sidecar(&cp);
     let get = || async {
         let req = Request::get("/id").header("host", "web:8080");
         let rsp = http_peer::request_h1(proxy.addr("outbound"), req, String::new()).await;
@@ -152,14 +157,7 @@ async fn weftctl_check_names_each_problem_with_its_fix_and_passes_once_they_are_
         &registry,
         &["--ca-dir", ca_dir.to_str().unwrap(), "--ca-create"],
     );
-    let proxy = Proxy::start(&[
-        "--control-plane",
-        &cp.addr("xds").to_string(),
-        "--pod-name",
-        "client-0",
-        "--pod-namespace",
-        "demo",
-    ]);
+    let proxy = client_sidecar(&cp);
     eventually(Duration::from_secs(10), "the proxy connected", || async {
         let (_, out, _) = mesh::weftctl(&cp, &["proxy-status"]);
         out.contains("client-0.demo").then_some(())

@@ -171,7 +171,8 @@ async fn one_trace_runs_from_the_client_through_both_sidecars_to_the_server() {
     let collector = Collector::start().await;
     let otlp = collector.url();
     let (traced, unsampled) = (3, 3);
-    let (_server, port) = app_server(&py, &otlp, traced + unsampled);
+    // One more traced request at the end: a sentinel.
+    let (_server, port) = app_server(&py, &otlp, traced + unsampled + 1);
     // The sidecars sample every new trace: the unsampled caller below is not traced because
     // its decision is kept, not because of the rate.
     let m = traced_mesh(&otlp, port, "100").await;
@@ -223,15 +224,23 @@ async fn one_trace_runs_from_the_client_through_both_sidecars_to_the_server() {
     // An unsampled caller: no span from anyone, though the sidecars sample every new trace.
     let before = collector.spans().len();
     app_client(&py, &otlp, &m.frontend, unsampled, "always_off").await;
-    // Sidecars export within a second (their batch delay); the applications at once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Then one sampled request: each sidecar exports its spans in the order they were made
+    // (and the applications export theirs before they answer or exit), so once the sentinel's
+    // four spans are in, any span of the unsampled requests would be too.
+    let sentinel = app_client(&py, &otlp, &m.frontend, 1, "parentbased_always_on").await;
+    trace_spans(&collector, &sentinel[0], 4).await;
     assert_eq!(
         collector.spans().len(),
-        before,
+        before + 4,
         "no span for unsampled requests"
     );
-    let exported = m.web.metric("weft_trace_spans_exported_total").await;
-    assert_eq!(exported, traced as f64);
+    // Counted once the collector's answer is in (just after it has the spans).
+    let want = (traced + 1) as f64;
+    eventually(Duration::from_secs(10), "the exports counted", || async {
+        let exported = m.web.metric("weft_trace_spans_exported_total").await;
+        (exported == want).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,33 +7,20 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::Value;
 
-use super::{Mesh, Upstreams, grpc_reply, reply, slow};
+use super::{Mesh, Upstreams, V1, V2, grpc_reply, reply, slow, two_versions};
 use crate::access_log::Format;
 use std::time::Duration;
-
-const V1: &str = "10.0.0.1:80";
-const V2: &str = "10.0.0.2:80";
 
 /// `web:80` with subsets v1 ([`V1`]) and v2 ([`V2`]): route `api` (`/api` prefix) goes to v2,
 /// the rest to v1.
 fn canary() -> String {
-    format!(
-        "services:
-  - name: web
-    port: 80
-    endpoints:
-      - {{address: {V1}, labels: {{version: v1}}}}
-      - {{address: {V2}, labels: {{version: v2}}}}
-    subsets:
-      - {{name: v1, labels: {{version: v1}}}}
-      - {{name: v2, labels: {{version: v2}}}}
-    routes:
-      - name: api
-        match: {{path: {{prefix: /api}}}}
-        backends: [{{subset: v2}}]
+    two_versions(
+        "      - name: api
+        match: {path: {prefix: /api}}
+        backends: [{subset: v2}]
       - name: rest
-        backends: [{{subset: v1}}]
-"
+        backends: [{subset: v1}]
+",
     )
 }
 

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Mesh, Upstreams, reply, slow};
-
-const V1: &str = "10.0.0.1:80";
-const V2: &str = "10.0.0.2:80";
+use super::{Mesh, Upstreams, V1, V2, reply, slow, two_versions};
 
 #[tokio::test(start_paused = true)]
 async fn a_canarys_backends_have_their_own_series() {
@@ -20,20 +17,10 @@ async fn a_canarys_backends_have_their_own_series() {
             slow(Duration::from_millis(20), 200).await
         }
     });
-    let table = format!(
-        "services:
-  - name: web
-    port: 80
-    endpoints:
-      - {{address: {V1}, labels: {{version: v1}}}}
-      - {{address: {V2}, labels: {{version: v2}}}}
-    subsets:
-      - {{name: v1, labels: {{version: v1}}}}
-      - {{name: v2, labels: {{version: v2}}}}
-    routes:
-      - name: split
-        backends: [{{subset: v1, weight: 50}}, {{subset: v2, weight: 50}}]
-"
+    let table = two_versions(
+        "      - name: split
+        backends: [{subset: v1, weight: 50}, {subset: v2, weight: 50}]
+",
     );
     let mesh = Mesh::outbound(&table, up);
     for _ in 0..400 {

@@ -11,9 +11,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 
-use super::{Mesh, Upstreams, reply};
-
-const V1: &str = "10.0.0.1:80";
+use super::{Mesh, Upstreams, V1, reply};
 
 /// `web:80`, one endpoint, route `api`; the headers of each request the endpoint got.
 fn mesh() -> (Mesh, Arc<Mutex<Vec<HeaderMap>>>) {
