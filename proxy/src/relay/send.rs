@@ -153,9 +153,7 @@ impl HttpProxy {
                 return (res, tries);
             };
             if tries > policy.retries {
-                if let Some(e) = log {
-                    e.flags.set(Flags::URX);
-                }
+                retries_exhausted(log);
                 return (res, tries);
             }
             let wait = match res
@@ -175,22 +173,15 @@ impl HttpProxy {
             let Some(body) = replay.next() else {
                 return (res, tries);
             };
-            // A retry the policy wanted and the budget or the cluster's retry limit refused:
-            // the retries are exhausted, as Envoy's URX says.
-            let exhausted = |log: Option<&mut Entry>| {
-                if let Some(e) = log {
-                    e.flags.set(Flags::URX);
-                }
-            };
             if !r.svc.budget.withdraw() {
                 dest.metrics.budget_exhausted();
-                exhausted(log);
+                retries_exhausted(log);
                 return (res, tries);
             }
             match r.cluster.permit(Limit::Retries, &dest.metrics) {
                 Ok(p) => _retry_permit = p,
                 Err(_) => {
-                    exhausted(log);
+                    retries_exhausted(log);
                     return (res, tries);
                 }
             }
@@ -263,5 +254,13 @@ impl HttpProxy {
             );
             metrics.mirrored(answered);
         });
+    }
+}
+
+/// A retry the policy wanted and could not have (no try left, or the budget or the cluster's
+/// retry limit refused it): the line says the retries are exhausted, as Envoy's URX does.
+fn retries_exhausted(log: Option<&mut Entry>) {
+    if let Some(e) = log {
+        e.flags.set(Flags::URX);
     }
 }
