@@ -260,12 +260,12 @@ pub fn start(
         resource,
     };
     let exporter = Exporter::new(
+        tracer,
         rx,
         export,
         metrics.trace_exported.clone(),
         metrics.trace_dropped.clone(),
-    )
-    .of(tracer);
+    );
     control.spawn(exporter.run());
     tracing::info!(endpoint = %url, sampling = t.sampling, "tracing on");
     Ok(Some(tracer))

@@ -55,11 +55,13 @@ pub struct Exporter {
     /// Whether the last failure has been logged (one warning per outage).
     warned: bool,
     /// The tracer whose spans these are: told when they are done, asked to flush.
-    tracer: Option<&'static super::Tracer>,
+    tracer: &'static super::Tracer,
 }
 
 impl Exporter {
+    /// Sends `tracer`'s spans, from `rx` (which [`super::Tracer::new`] returned with it).
     pub fn new(
+        tracer: &'static super::Tracer,
         rx: mpsc::Receiver<Record>,
         cfg: ExportConfig,
         exported: prometheus::IntCounter,
@@ -72,19 +74,14 @@ impl Exporter {
             dropped,
             client: None,
             warned: false,
-            tracer: None,
+            tracer,
         }
-    }
-
-    /// Keeps `tracer`'s count of pending spans (for its flush at shutdown).
-    pub fn of(mut self, tracer: &'static super::Tracer) -> Self {
-        self.tracer = Some(tracer);
-        self
     }
 
     fn flushing(&self) -> bool {
         self.tracer
-            .is_some_and(|t| t.flushing.load(std::sync::atomic::Ordering::Acquire))
+            .flushing
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub async fn run(mut self) {
@@ -127,10 +124,9 @@ impl Exporter {
     async fn export(&mut self, spans: Vec<Record>) {
         let n = spans.len() as u64;
         self.send(spans).await;
-        if let Some(t) = self.tracer {
-            t.pending
-                .fetch_sub(n as usize, std::sync::atomic::Ordering::AcqRel);
-        }
+        self.tracer
+            .pending
+            .fetch_sub(n as usize, std::sync::atomic::Ordering::AcqRel);
     }
 
     async fn send(&mut self, spans: Vec<Record>) {
