@@ -331,7 +331,7 @@ impl Mesh {
 
     /// Turns tracing on, sampling `percent` of new traces; the spans come out of the receiver
     /// (no exporter).
-    pub fn trace(&mut self, percent: f64) -> tokio::sync::mpsc::Receiver<crate::trace::Record> {
+    pub fn trace(&mut self, percent: f64) -> tokio::sync::mpsc::Receiver<crate::trace::Span> {
         let dropped = self.metrics.observe.trace_dropped.clone();
         let (tracer, rx) = crate::trace::Tracer::new(percent, 64, 1_000_000, dropped);
         Arc::get_mut(&mut self.proxy)

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use http::HeaderMap;
 use tokio::sync::mpsc;
 
-pub use span::{Attr, Record};
+pub use wire::Span;
 
 use crate::access_log::{Entry, OnFinish};
 use crate::config::{DiscoveryConfig, TraceConfig};
@@ -51,7 +51,7 @@ pub use crate::trace_context::X_REQUEST_ID;
 pub struct Tracer {
     /// New traces sampled, in millionths.
     sampling: u32,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Span>,
     /// Spans this sidecar makes per second at most, whoever asked for them.
     limit: crate::resilience::TokenBucket,
     queue_full: prometheus::IntCounter,
@@ -83,7 +83,7 @@ impl Tracer {
         queue: u32,
         max_rate: u32,
         dropped: prometheus::IntCounterVec,
-    ) -> (&'static Tracer, mpsc::Receiver<Record>) {
+    ) -> (&'static Tracer, mpsc::Receiver<Span>) {
         let (tx, rx) = mpsc::channel(queue.clamp(1, MAX_QUEUE) as usize);
         let sampling = (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
         // It lives as long as the process: requests reach it without counting references.
@@ -103,10 +103,11 @@ impl Tracer {
     /// it is sampled, with `traceparent` (and B3, when the caller spoke it) rewritten to name
     /// it; `None`, the headers untouched, if not.
     pub fn start(&'static self, h: &mut HeaderMap, direction: Direction) -> Option<Traced> {
-        let parent = context::parent(h);
+        let seen = context::seen(h);
+        let parent = context::parent_seen(h, seen);
         let sampled = match parent.and_then(|p| p.sampled) {
             Some(s) => s,
-            None if context::b3_denied(h) => false,
+            None if seen.b3 && context::b3_denied(h) => false,
             None => self.sampling > 0 && fastrand::u32(0..1_000_000) < self.sampling,
         };
         if !sampled {
@@ -124,12 +125,12 @@ impl Tracer {
         // Copied, so that a queued span never holds the request's header buffer; a longer one
         // than W3C asks vendors to propagate is left off the span (it still goes upstream).
         let state = parent
-            .filter(|p| !p.b3)
+            .filter(|p| seen.tracestate && !p.b3)
             .and_then(|_| h.get(&context::TRACESTATE))
             .filter(|v| v.len() <= MAX_TRACESTATE)
             .and_then(|v| v.to_str().ok())
             .map(Box::from);
-        context::propagate(h, parent.as_ref(), &trace_id, &span_id);
+        context::propagate(h, seen, parent.as_ref(), &trace_id, &span_id);
         Some(Traced {
             tracer: self,
             trace_id,
@@ -140,7 +141,7 @@ impl Tracer {
         })
     }
 
-    fn queue(&self, span: Record) {
+    fn queue(&self, span: Span) {
         // Counted first: the exporter may take it (and count it done) at once.
         self.pending.fetch_add(1, Ordering::AcqRel);
         if self.tx.try_send(span).is_err() {
@@ -172,7 +173,7 @@ impl Traced {
 impl OnFinish for Traced {
     /// The request is over: its span, made from its access log entry, is queued for export.
     fn finish(self: Box<Self>, e: &Entry) {
-        self.tracer.queue(span::build(&self, e));
+        self.tracer.queue(span::encode(&self, e));
     }
 }
 
@@ -293,11 +294,11 @@ fn collector_tls(
     )))
 }
 
-/// `r` as the collector reads it: encoded for export, decoded with the official types.
+/// `s` as the collector reads it: in an export, decoded with the official types.
 #[cfg(test)]
-pub fn decoded(r: &Record) -> opentelemetry_proto::tonic::trace::v1::Span {
+pub fn decoded(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     use prost::Message;
-    let bytes = wire::request(&[], ("t", "0"), "", std::slice::from_ref(r));
+    let bytes = wire::request(&[], ("t", "0"), "", std::slice::from_ref(s));
     let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
         &bytes[..],
     )

@@ -34,13 +34,40 @@ pub struct Parent {
 /// hex digits, `x-b3-spanid` of 16, `x-b3-sampled` `1`/`0`/`true`/`false`, `x-b3-flags: 1`
 /// meaning sampled). Invalid input is no parent: the request starts a trace of its own.
 pub fn parent(h: &HeaderMap) -> Option<Parent> {
+    parent_seen(h, seen(h))
+}
+
+/// [`parent`], knowing what else the request carries.
+pub fn parent_seen(h: &HeaderMap, seen: Seen) -> Option<Parent> {
     let mut all = h.get_all(&TRACEPARENT).iter();
     if let (Some(tp), None) = (all.next(), all.next())
         && let Some(p) = traceparent(tp.as_bytes())
     {
         return Some(p);
     }
-    b3(h)
+    if seen.b3 { b3(h) } else { None }
+}
+
+/// Which of the trace context's other headers a request carries: any of B3's, `tracestate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub b3: bool,
+    pub tracestate: bool,
+}
+
+/// What [`Seen`] says, in one pass over the request's header names (cheaper than looking up
+/// each of B3's five names, which hashes each).
+pub fn seen(h: &HeaderMap) -> Seen {
+    let mut s = Seen::default();
+    for k in h.keys() {
+        let k = k.as_str();
+        if k.starts_with("x-b3-") {
+            s.b3 = true;
+        } else if k == "tracestate" {
+            s.tracestate = true;
+        }
+    }
+    s
 }
 
 /// Whether the caller said "do not sample" in B3 without naming a span (`x-b3-sampled: 0`
@@ -145,23 +172,23 @@ pub fn hex_value(id: &[u8]) -> HeaderValue {
 /// when the caller sent any, rewritten to say the same (whichever the application reads, its
 /// parent is this sidecar's span); `tracestate` passes untouched when it came with the W3C
 /// parent, and is dropped otherwise (W3C: without its `traceparent` it means nothing).
-pub fn propagate(h: &mut HeaderMap, parent: Option<&Parent>, trace_id: &[u8; 16], span: &[u8; 8]) {
+/// `seen` is what [`seen`] said of `h`.
+pub fn propagate(
+    h: &mut HeaderMap,
+    seen: Seen,
+    parent: Option<&Parent>,
+    trace_id: &[u8; 16],
+    span: &[u8; 8],
+) {
     let flags = parent.map_or(0, |p| p.flags);
     h.insert(
         TRACEPARENT.clone(),
         traceparent_value(trace_id, span, flags),
     );
-    if parent.is_none_or(|p| p.b3) {
+    if seen.tracestate && parent.is_none_or(|p| p.b3) {
         h.remove(&TRACESTATE);
     }
-    let b3 = [
-        &B3_TRACE_ID,
-        &B3_SPAN_ID,
-        &B3_PARENT_SPAN_ID,
-        &B3_SAMPLED,
-        &B3_FLAGS,
-    ];
-    if b3.iter().any(|n| h.contains_key(*n)) {
+    if seen.b3 {
         // The caller's own spelling (16 or 32 digits) is kept when it names this trace.
         let same = h
             .get(&B3_TRACE_ID)

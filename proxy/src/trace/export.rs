@@ -14,7 +14,7 @@ use tonic::{
     transport::Channel,
 };
 
-use super::{Record, wire};
+use super::{Span, wire};
 
 /// Spans sent in one export at most: at most about 5 KiB each encoded, an export stays near
 /// 1 MiB, well under the 4 MiB a gRPC server (the Collector's included) takes by default.
@@ -47,7 +47,7 @@ pub struct ExportConfig {
 /// Sends the tracer's spans; [`Exporter::run`] until the tracer is gone.
 #[derive(Debug)]
 pub struct Exporter {
-    rx: mpsc::Receiver<Record>,
+    rx: mpsc::Receiver<Span>,
     cfg: ExportConfig,
     exported: prometheus::IntCounter,
     dropped: prometheus::IntCounterVec,
@@ -62,7 +62,7 @@ impl Exporter {
     /// Sends `tracer`'s spans, from `rx` (which [`super::Tracer::new`] returned with it).
     pub fn new(
         tracer: &'static super::Tracer,
-        rx: mpsc::Receiver<Record>,
+        rx: mpsc::Receiver<Span>,
         cfg: ExportConfig,
         exported: prometheus::IntCounter,
         dropped: prometheus::IntCounterVec,
@@ -112,7 +112,7 @@ impl Exporter {
     }
 
     /// Moves what is queued into `batch`, up to [`MAX_BATCH`].
-    fn drain(&mut self, batch: &mut Vec<Record>) {
+    fn drain(&mut self, batch: &mut Vec<Span>) {
         while batch.len() < MAX_BATCH {
             match self.rx.try_recv() {
                 Ok(s) => batch.push(s),
@@ -121,7 +121,7 @@ impl Exporter {
         }
     }
 
-    async fn export(&mut self, spans: Vec<Record>) {
+    async fn export(&mut self, spans: Vec<Span>) {
         let n = spans.len() as u64;
         self.send(spans).await;
         self.tracer
@@ -129,7 +129,7 @@ impl Exporter {
             .fetch_sub(n as usize, std::sync::atomic::Ordering::AcqRel);
     }
 
-    async fn send(&mut self, spans: Vec<Record>) {
+    async fn send(&mut self, spans: Vec<Span>) {
         let n = spans.len() as u64;
         // Encoded once; every try sends the same bytes.
         let scope = ("weft-proxy", env!("CARGO_PKG_VERSION"));

@@ -1,16 +1,17 @@
-//! A finished request as a span record: the OpenTelemetry HTTP and RPC semantic conventions'
-//! attributes, and weft's own (`weft.*`: route, backend, attempts, peer identity, response
-//! flags). Keys are static; the entry's shared strings (service, route, backend, identities)
-//! are shared, not copied. `wire` encodes records for export.
+//! A finished request as a span, encoded for export straight from its access log record: the
+//! OpenTelemetry HTTP and RPC semantic conventions' attributes, and weft's own (`weft.*`:
+//! route, backend, attempts, peer identity, response flags). Nothing is built in between: the
+//! entry's strings are written into the span's one buffer.
 
 use std::{
-    sync::Arc,
+    borrow::Cow,
     time::{Duration, SystemTime},
 };
 
 use weft_core::text::cut;
 
 use super::Traced;
+use super::wire::{self, Span, fixed_attr};
 use crate::access_log::{Entry, Flags};
 use crate::metrics::Direction;
 
@@ -18,34 +19,8 @@ use crate::metrics::Direction;
 pub const KIND_SERVER: i32 = 2;
 pub const KIND_CLIENT: i32 = 3;
 
-/// An attribute's value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Attr {
-    Str(Box<str>),
-    Static(&'static str),
-    Shared(Arc<str>),
-    Int(i64),
-    /// A list of one string (the conventions' `http.request.header.*` are lists).
-    List(Box<str>),
-}
-
-/// One finished span, as `wire` encodes it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent: Option<[u8; 8]>,
-    pub state: Option<Box<str>>,
-    pub name: Box<str>,
-    pub kind: i32,
-    /// Unix nanoseconds.
-    pub start: u64,
-    pub end: u64,
-    pub attrs: Vec<(&'static str, Attr)>,
-    /// Set when the request failed: the status is an error with this message.
-    pub error: Option<Box<str>>,
-    pub flags: u32,
-}
+/// A span's attributes are its field 9.
+const ATTR: u32 = 9;
 
 /// The span's flags: sampled (the W3C flag, low byte), and whether the parent is known and
 /// remote (bits 8 and 9, as OTLP defines them).
@@ -64,48 +39,121 @@ fn nanos(t: SystemTime) -> u64 {
         .as_nanos() as u64
 }
 
-/// The methods HTTP defines (anything else is an extension method, named by the client).
-const STANDARD_METHODS: [http::Method; 9] = [
-    http::Method::GET,
-    http::Method::HEAD,
-    http::Method::POST,
-    http::Method::PUT,
-    http::Method::DELETE,
-    http::Method::CONNECT,
-    http::Method::OPTIONS,
-    http::Method::TRACE,
-    http::Method::PATCH,
+/// The methods HTTP defines (anything else is an extension method, named by the client), each
+/// with its attribute, encoded when the proxy is built.
+const STANDARD_METHODS: [(http::Method, &[u8]); 9] = [
+    (http::Method::GET, fixed_attr!("http.request.method", "GET")),
+    (
+        http::Method::HEAD,
+        fixed_attr!("http.request.method", "HEAD"),
+    ),
+    (
+        http::Method::POST,
+        fixed_attr!("http.request.method", "POST"),
+    ),
+    (http::Method::PUT, fixed_attr!("http.request.method", "PUT")),
+    (
+        http::Method::DELETE,
+        fixed_attr!("http.request.method", "DELETE"),
+    ),
+    (
+        http::Method::CONNECT,
+        fixed_attr!("http.request.method", "CONNECT"),
+    ),
+    (
+        http::Method::OPTIONS,
+        fixed_attr!("http.request.method", "OPTIONS"),
+    ),
+    (
+        http::Method::TRACE,
+        fixed_attr!("http.request.method", "TRACE"),
+    ),
+    (
+        http::Method::PATCH,
+        fixed_attr!("http.request.method", "PATCH"),
+    ),
 ];
+
+/// `network.protocol.version` for the protocols an entry names.
+fn protocol_attr(protocol: &str) -> Option<&'static [u8]> {
+    Some(match protocol {
+        "HTTP/1.1" => fixed_attr!("network.protocol.version", "1.1"),
+        "HTTP/2" => fixed_attr!("network.protocol.version", "2"),
+        "HTTP/1.0" => fixed_attr!("network.protocol.version", "1.0"),
+        "HTTP/3" => fixed_attr!("network.protocol.version", "3"),
+        _ => return None,
+    })
+}
 
 /// The longest gRPC service or method name a span keeps (each; the path they come from may be
 /// 2 KiB).
 const MAX_RPC_NAME: usize = 128;
 
-/// An address as text: IPv4 written digit by digit (the formatting machinery costs ten times
-/// as much), IPv6 as the standard library writes it.
-pub(super) fn ip_text(ip: std::net::IpAddr) -> Attr {
-    let std::net::IpAddr::V4(v4) = ip else {
-        return Attr::Str(ip.to_string().into());
-    };
-    let mut buf = [0u8; 15];
-    let mut n = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
+/// An address as text, on the stack: IPv4 written digit by digit (the formatting machinery
+/// costs ten times as much), IPv6 as the standard library writes it.
+pub(super) struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    pub(super) fn new(ip: std::net::IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut w = &mut t.buf[..];
+                // 45 bytes hold the longest IPv6 text (an IPv4-mapped address).
+                let _ = write!(w, "{v6}");
+                let left = w.len();
+                t.len = 45 - left;
+            }
         }
-        if octet >= 100 {
-            buf[n] = b'0' + octet / 100;
-            n += 1;
-        }
-        if octet >= 10 {
-            buf[n] = b'0' + octet / 10 % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + octet % 10;
-        n += 1;
+        t
     }
-    Attr::Str(std::str::from_utf8(&buf[..n]).unwrap_or_default().into())
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    /// ASCII: the digits, dots and colons of an address.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// An authority's host (without brackets) and port, as `http::uri::Authority` reads them,
+/// without parsing it into one (which copies it).
+pub(super) fn host_port(auth: &str) -> (&str, Option<u16>) {
+    let auth = auth.rsplit_once('@').map_or(auth, |(_, host)| host);
+    if let Some(rest) = auth.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (rest, None),
+        };
+    }
+    match auth.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok()),
+        None => (auth, None),
+    }
 }
 
 /// gRPC's `/package.Service/Method` as (service, method).
@@ -114,8 +162,8 @@ fn grpc_method(path: &str) -> Option<(&str, &str)> {
     (!svc.is_empty() && !method.is_empty() && !method.contains('/')).then_some((svc, method))
 }
 
-/// The span of the request `e` describes.
-pub(super) fn build(t: &Traced, e: &Entry) -> Record {
+/// The span of the request `e` describes, encoded.
+pub(super) fn encode(t: &Traced, e: &Entry) -> Span {
     let end = e.start + e.duration;
     let path = e.path().map(|p| p.split('?').next().unwrap_or(p));
     // Only a gRPC request's entry has a gRPC status.
@@ -123,123 +171,148 @@ pub(super) fn build(t: &Traced, e: &Entry) -> Record {
     // A method outside HTTP's own is `_OTHER` (and the span `HTTP`), as the conventions say:
     // span names stay few whatever clients send.
     let method = e.method.as_ref();
-    let known = method.filter(|m| STANDARD_METHODS.contains(m));
+    let known = method.and_then(|m| STANDARD_METHODS.iter().find(|(s, _)| s == m));
     let rpc = if grpc {
         path.and_then(grpc_method)
             .map(|(svc, m)| (cut(svc, MAX_RPC_NAME), cut(m, MAX_RPC_NAME)))
     } else {
         None
     };
-    let name: Box<str> = match (rpc, known) {
-        (Some((svc, m)), _) => format!("{svc}/{m}").into(),
-        (None, Some(m)) => m.as_str().into(),
-        (None, None) => "HTTP".into(),
+    let authority = e.authority();
+    let (ua, request_id) = (e.user_agent(), e.request_id());
+    let peer_id = match t.direction {
+        Direction::Inbound => &e.client_identity,
+        Direction::Outbound => &e.upstream_identity,
     };
-    let text = |s: &str| Attr::Str(s.into());
-    let mut a: Vec<(&'static str, Attr)> = Vec::with_capacity(24);
-    match (known, method) {
-        (Some(m), _) => a.push(("http.request.method", text(m.as_str()))),
-        (None, other) => {
-            a.push(("http.request.method", Attr::Static("_OTHER")));
-            if let Some(m) = other {
-                a.push(("http.request.method_original", text(m.as_str())));
-            }
-        }
-    }
-    if let Some(p) = path {
-        a.push(("url.path", text(p)));
-    }
-    if let Some(auth) = e
-        .authority()
-        .and_then(|a| a.parse::<http::uri::Authority>().ok())
-    {
-        a.push(("server.address", text(auth.host().trim_matches(['[', ']']))));
-        if let Some(p) = auth.port_u16() {
-            a.push(("server.port", Attr::Int(i64::from(p))));
-        }
-    }
-    let version = e.protocol.strip_prefix("HTTP/").unwrap_or(e.protocol);
-    a.push(("network.protocol.version", Attr::Static(version)));
-    // 499 is the proxy's word for "the client left": no response was sent.
-    let left = e.flags.contains(Flags::DC) && e.status == 499;
-    if e.status != 0 && !left {
-        a.push(("http.response.status_code", Attr::Int(i64::from(e.status))));
-    }
-    if let Some(ua) = e.user_agent() {
-        a.push(("user_agent.original", text(ua)));
-    }
-    if let Some(id) = e.request_id() {
-        a.push(("http.request.header.x-request-id", Attr::List(id.into())));
-    }
-    if let Some((svc, m)) = rpc {
-        a.push(("rpc.system", Attr::Static("grpc")));
-        a.push(("rpc.service", text(svc)));
-        a.push(("rpc.method", text(m)));
-    }
-    if let Some(g) = e.grpc_status {
-        a.push(("rpc.grpc.status_code", Attr::Int(i64::from(g))));
-    }
-    let (peer, peer_id) = match t.direction {
-        Direction::Inbound => (e.client.map(|c| ("client.address", c)), &e.client_identity),
-        Direction::Outbound => (
-            e.upstream.map(|u| ("network.peer.address", u)),
-            &e.upstream_identity,
-        ),
-    };
-    if let Some((key, addr)) = peer {
-        a.push((key, ip_text(addr.ip())));
-        let port = match t.direction {
-            Direction::Inbound => "client.port",
-            Direction::Outbound => "network.peer.port",
-        };
-        a.push((port, Attr::Int(i64::from(addr.port()))));
-    }
-    a.push(("weft.direction", Attr::Static(t.direction.as_str())));
-    let shared = |s: &Option<Arc<str>>| s.clone().map(Attr::Shared);
-    for (key, v) in [
+    let shared = [
         ("weft.service", &e.service),
         ("weft.route", &e.route),
         ("weft.backend", &e.backend),
         ("weft.peer.identity", peer_id),
-    ] {
-        if let Some(v) = shared(v) {
-            a.push((key, v));
+    ];
+    let error = error(t.direction, e);
+    // The variable parts, and room for the rest (keys, ids, numbers): one allocation.
+    let text = |s: Option<&str>| s.map_or(0, str::len);
+    let size = 640
+        + 3 * text(path)
+        + text(authority)
+        + text(ua)
+        + text(request_id)
+        + t.state.as_deref().map_or(0, str::len)
+        + shared
+            .iter()
+            .map(|(_, v)| text(v.as_deref()))
+            .sum::<usize>()
+        + 2 * error.as_deref().map_or(0, str::len);
+    let mut buf = Vec::with_capacity(size);
+    let out = &mut buf;
+    let name: &[&str] = match (rpc, known) {
+        (Some((svc, m)), _) => &[svc, "/", m],
+        (None, Some((m, _))) => &[m.as_str()],
+        (None, None) => &["HTTP"],
+    };
+    wire::head(
+        &wire::Head {
+            trace_id: &t.trace_id,
+            span_id: &t.span_id,
+            state: t.state.as_deref(),
+            parent: t.parent.as_ref(),
+            name,
+            kind: match t.direction {
+                Direction::Inbound => KIND_SERVER,
+                Direction::Outbound => KIND_CLIENT,
+            },
+            start: nanos(e.start),
+            end: nanos(end),
+        },
+        out,
+    );
+    let attr = |k: &str, v: &str, out: &mut Vec<u8>| wire::str_attr(ATTR, k, v, out);
+    let int = |k: &str, v: i64, out: &mut Vec<u8>| wire::int_attr(ATTR, k, v, out);
+    match (known, method) {
+        (Some((_, encoded)), _) => out.extend_from_slice(encoded),
+        (None, other) => {
+            attr("http.request.method", "_OTHER", out);
+            if let Some(m) = other {
+                attr("http.request.method_original", m.as_str(), out);
+            }
+        }
+    }
+    if let Some(p) = path {
+        attr("url.path", p, out);
+    }
+    if let Some(auth) = authority {
+        let (host, port) = host_port(auth);
+        attr("server.address", host, out);
+        if let Some(p) = port {
+            int("server.port", i64::from(p), out);
+        }
+    }
+    match protocol_attr(e.protocol) {
+        Some(encoded) => out.extend_from_slice(encoded),
+        None => {
+            let version = e.protocol.strip_prefix("HTTP/").unwrap_or(e.protocol);
+            attr("network.protocol.version", version, out);
+        }
+    }
+    // 499 is the proxy's word for "the client left": no response was sent.
+    let left = e.flags.contains(Flags::DC) && e.status == 499;
+    if e.status != 0 && !left {
+        int("http.response.status_code", i64::from(e.status), out);
+    }
+    if let Some(ua) = ua {
+        attr("user_agent.original", ua, out);
+    }
+    if let Some(id) = request_id {
+        wire::list_attr(ATTR, "http.request.header.x-request-id", id, out);
+    }
+    if let Some((svc, m)) = rpc {
+        out.extend_from_slice(fixed_attr!("rpc.system", "grpc"));
+        attr("rpc.service", svc, out);
+        attr("rpc.method", m, out);
+    }
+    if let Some(g) = e.grpc_status {
+        int("rpc.grpc.status_code", i64::from(g), out);
+    }
+    let (peer, port_key) = match t.direction {
+        Direction::Inbound => (e.client.map(|c| ("client.address", c)), "client.port"),
+        Direction::Outbound => (
+            e.upstream.map(|u| ("network.peer.address", u)),
+            "network.peer.port",
+        ),
+    };
+    if let Some((key, addr)) = peer {
+        wire::bytes_attr(ATTR, key, IpText::new(addr.ip()).as_bytes(), out);
+        int(port_key, i64::from(addr.port()), out);
+    }
+    out.extend_from_slice(match t.direction {
+        Direction::Inbound => fixed_attr!("weft.direction", "inbound"),
+        Direction::Outbound => fixed_attr!("weft.direction", "outbound"),
+    });
+    for (key, v) in shared {
+        if let Some(v) = v {
+            attr(key, v, out);
         }
     }
     if e.attempts > 0 {
-        a.push(("weft.attempts", Attr::Int(i64::from(e.attempts))));
+        int("weft.attempts", i64::from(e.attempts), out);
     }
     if e.flags != Flags::default() {
-        a.push(("weft.response_flags", Attr::Str(e.flags.render().into())));
+        attr("weft.response_flags", &e.flags.render(), out);
     }
-    let error = error(t.direction, e);
     if let Some(why) = &error {
-        a.push(("error.type", Attr::Str(why.clone())));
+        attr("error.type", why, out);
     }
-    Record {
-        trace_id: t.trace_id,
-        span_id: t.span_id,
-        parent: t.parent,
-        state: t.state.clone(),
-        name,
-        kind: match t.direction {
-            Direction::Inbound => KIND_SERVER,
-            Direction::Outbound => KIND_CLIENT,
-        },
-        start: nanos(e.start),
-        end: nanos(end),
-        attrs: a,
-        error,
-        flags: flags(t),
-    }
+    wire::tail(error.as_deref(), flags(t), out);
+    Span(buf)
 }
 
 /// Why the request failed, as `error.type` says it, or `None`: a gRPC status other than OK; an
 /// HTTP status of 500 and up (server spans) or 400 and up (client spans); or the proxy's own
 /// failure (a response flag) when there was no response.
-fn error(direction: Direction, e: &Entry) -> Option<Box<str>> {
+fn error(direction: Direction, e: &Entry) -> Option<Cow<'static, str>> {
     if e.flags.contains(Flags::DC) && e.status == 499 {
-        return Some("DC".into());
+        return Some(Cow::Borrowed("DC"));
     }
     if let Some(g) = e.grpc_status.filter(|g| *g != 0) {
         return Some(g.to_string().into());

@@ -198,7 +198,7 @@ fn a_full_queue_drops_spans_and_counts_them() {
             None,
             None,
         );
-        t.queue(span::build(&traced.unwrap(), &e));
+        t.queue(span::encode(&traced.unwrap(), &e));
     }
     assert_eq!(dropped.with_label_values(&["queue_full"]).get(), 3);
 }
@@ -207,35 +207,37 @@ fn a_full_queue_drops_spans_and_counts_them() {
 fn what_wire_writes_is_what_the_official_types_read() {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, any_value::Value};
     let long = "p".repeat(20_000);
-    let r = Record {
-        trace_id: [1; 16],
-        span_id: [2; 8],
-        parent: Some([3; 8]),
-        state: Some("a=1".into()),
-        name: "pkg.Svc/Get".into(),
-        kind: span::KIND_SERVER,
-        start: 1_700_000_000_000_000_000,
-        end: 1_700_000_000_000_500_000,
-        attrs: vec![
-            ("url.path", Attr::Str(long.as_str().into())),
-            ("rpc.grpc.status_code", Attr::Int(14)),
-            ("weft.route", Attr::Shared("api".into())),
-            ("weft.direction", Attr::Static("inbound")),
-            ("negative", Attr::Int(-1)),
-            ("http.request.header.x-request-id", Attr::List("r-1".into())),
-        ],
-        error: Some("14".into()),
-        flags: 0x301,
-    };
-    let s = decoded(&r);
+    let (start, end) = (1_700_000_000_000_000_000, 1_700_000_000_000_500_000);
+    let mut out = Vec::new();
+    wire::head(
+        &wire::Head {
+            trace_id: &[1; 16],
+            span_id: &[2; 8],
+            state: Some("a=1"),
+            parent: Some(&[3; 8]),
+            name: &["pkg.Svc", "/", "Get"],
+            kind: span::KIND_SERVER,
+            start,
+            end,
+        },
+        &mut out,
+    );
+    wire::str_attr(9, "url.path", &long, &mut out);
+    wire::int_attr(9, "rpc.grpc.status_code", 14, &mut out);
+    wire::str_attr(9, "weft.route", "api", &mut out);
+    out.extend_from_slice(wire::fixed_attr!("weft.direction", "inbound"));
+    wire::int_attr(9, "negative", -1, &mut out);
+    wire::list_attr(9, "http.request.header.x-request-id", "r-1", &mut out);
+    wire::tail(Some("14"), 0x301, &mut out);
+    let s = decoded(&Span(out));
     assert_eq!(s.trace_id, [1; 16]);
     assert_eq!(s.span_id, [2; 8]);
     assert_eq!(s.parent_span_id, [3; 8]);
     assert_eq!(s.trace_state, "a=1");
     assert_eq!(s.name, "pkg.Svc/Get");
     assert_eq!(s.kind, span::KIND_SERVER);
-    assert_eq!(s.start_time_unix_nano, r.start);
-    assert_eq!(s.end_time_unix_nano, r.end);
+    assert_eq!(s.start_time_unix_nano, start);
+    assert_eq!(s.end_time_unix_nano, end);
     assert_eq!(s.flags, 0x301);
     let values: Vec<(String, Value)> = s
         .attributes
@@ -341,7 +343,7 @@ fn extension_methods_and_clients_that_left_are_named_as_the_conventions_say() {
     let mut e = crate::access_log::Entry::request(None, &req, "outbound", None, None);
     e.status = 499;
     e.flags.set(crate::access_log::Flags::DC);
-    let s = decoded(&span::build(&traced, &e));
+    let s = decoded(&span::encode(&traced, &e));
     assert_eq!(s.name, "HTTP");
     let attr = |k: &str| {
         s.attributes
@@ -393,13 +395,19 @@ fn addresses_are_written_as_the_standard_library_writes_them() {
         "1.20.100.0",
         "::1",
         "fd00::7",
+        "::ffff:255.255.255.255",
+        "1111:2222:3333:4444:5555:6666:7777:8888",
     ]
     .iter()
     .map(|s| s.parse().unwrap())
     .collect();
     ips.extend((0..=255u8).map(|o| std::net::IpAddr::from([o, 255 - o, o / 3, 9])));
     for ip in ips {
-        assert_eq!(span::ip_text(ip), Attr::Str(ip.to_string().into()), "{ip}");
+        assert_eq!(
+            span::IpText::new(ip).as_bytes(),
+            ip.to_string().as_bytes(),
+            "{ip}"
+        );
     }
 }
 
@@ -414,4 +422,44 @@ fn the_callers_other_trace_flags_go_on() {
         h["traceparent"],
         format!("00-{TRACE}-{}-03", hex(&traced.span_id))
     );
+}
+
+#[test]
+fn authorities_are_split_as_http_reads_them() {
+    for auth in [
+        "web.demo:8080",
+        "web.demo",
+        "10.0.0.1:80",
+        "[fd00::1]:443",
+        "[fd00::1]",
+        "user@web.demo:81",
+        "web.demo:",
+    ] {
+        let a: http::uri::Authority = auth.parse().unwrap();
+        assert_eq!(
+            span::host_port(auth),
+            (a.host().trim_matches(['[', ']']), a.port_u16()),
+            "{auth}"
+        );
+    }
+}
+
+#[test]
+fn attributes_encoded_at_build_time_are_what_str_attr_writes() {
+    let mut out = Vec::new();
+    wire::str_attr(9, "http.request.method", "OPTIONS", &mut out);
+    assert_eq!(
+        wire::fixed_attr!("http.request.method", "OPTIONS"),
+        &out[..]
+    );
+    // Lengths of two bytes.
+    let fixed: &[u8] = {
+        const K: &str = "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk";
+        const B: [u8; wire::fixed_len(K, "v")] = wire::fixed(9, K, "v");
+        &B
+    };
+    out.clear();
+    let long = "k".repeat(130);
+    wire::str_attr(9, &long, "v", &mut out);
+    assert_eq!(fixed, &out[..]);
 }

@@ -1,10 +1,10 @@
-//! Spans in OTLP's protobuf encoding, written by hand: one pass over each span into one buffer,
-//! no message structs to build, clone and drop. The export's bytes are made once per batch and
-//! sent (and resent) as they are. Field numbers are those of the official definitions
-//! (`opentelemetry/proto/trace/v1/trace.proto`, `common/v1`, `resource/v1`, `collector/trace/v1`);
-//! the tests decode what is written here with the `opentelemetry-proto` types.
-
-use super::span::{Attr, Record};
+//! Spans in OTLP's protobuf encoding, written by hand: each span straight from the request's
+//! record into one buffer (its lengths counted before it is written, so nothing is moved), no
+//! message structs to build, clone and drop. The export's bytes are made once per batch from
+//! the spans' bytes and sent (and resent) as they are. Field numbers are those of the official
+//! definitions (`opentelemetry/proto/trace/v1/trace.proto`, `common/v1`, `resource/v1`,
+//! `collector/trace/v1`); the tests decode what is written here with the `opentelemetry-proto`
+//! types.
 
 /// Protobuf wire types.
 const VARINT: u8 = 0;
@@ -12,7 +12,16 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
+/// One span, encoded: the fields of an OTLP `Span` message, without its own tag and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span(pub(super) Vec<u8>);
+
+#[inline(always)]
 fn varint(mut v: u64, out: &mut Vec<u8>) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -20,149 +29,235 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
     out.push(v as u8);
 }
 
+#[inline(always)]
 fn tag(field: u32, wire: u8, out: &mut Vec<u8>) {
     varint(u64::from(field << 3 | u32::from(wire)), out);
 }
 
+#[inline(always)]
 fn bytes(field: u32, b: &[u8], out: &mut Vec<u8>) {
     tag(field, LEN, out);
     varint(b.len() as u64, out);
     out.extend_from_slice(b);
 }
 
-/// A nested message: written into `out` by `body`, then its length put before it (the length
-/// is written after the fact, and the body moved up by the few bytes the length took).
-fn message(field: u32, out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
-    tag(field, LEN, out);
-    let at = out.len();
-    body(out);
-    let len = out.len() - at;
-    let mut prefix = [0u8; 10];
-    let mut n = 0;
-    let mut v = len as u64;
-    while v >= 0x80 {
-        prefix[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    prefix[n] = v as u8;
-    n += 1;
-    out.splice(at..at, prefix[..n].iter().copied());
-}
-
 /// The bytes `varint` writes for `v`.
+#[inline]
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// `KeyValue { key, value: AnyValue { string_value | int_value } }`, its lengths counted
-/// before it is written (the most frequent message: no moving of bytes).
-fn attribute(field: u32, key: &str, value: &Attr, out: &mut Vec<u8>) {
-    let text = match value {
-        Attr::Int(_) | Attr::List(_) => None,
-        Attr::Str(s) => Some(&**s),
-        Attr::Static(s) => Some(*s),
-        Attr::Shared(s) => Some(&**s),
-    };
-    let any = match (text, value) {
-        (Some(t), _) => 1 + varint_len(t.len() as u64) + t.len(),
-        (None, Attr::Int(i)) => 1 + varint_len(*i as u64),
-        (None, Attr::List(one)) => {
-            let array = list_len(one);
-            1 + varint_len(array as u64) + array
-        }
-        (None, _) => 0,
-    };
-    let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
+/// The bytes of a length-delimited field (tag of one byte) holding `len` bytes.
+#[inline]
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// `KeyValue { key, value: AnyValue { .. } }` (field `field`), the `AnyValue` of `any` bytes
+/// written by `value`.
+#[inline(always)]
+fn key_value(field: u32, key: &str, any: usize, out: &mut Vec<u8>) {
+    let kv = field_len(key.len()) + field_len(any);
     tag(field, LEN, out);
     varint(kv as u64, out);
     bytes(1, key.as_bytes(), out);
-    tag(2, LEN, out);
+    out.push(2 << 3 | LEN);
     varint(any as u64, out);
-    match (text, value) {
-        (Some(t), _) => bytes(1, t.as_bytes(), out),
-        (None, Attr::Int(i)) => {
-            tag(3, VARINT, out);
-            varint(*i as u64, out);
-        }
-        (None, Attr::List(one)) => {
-            // array_value (5): ArrayValue { values (1): [AnyValue { string_value (1) }] }
-            tag(5, LEN, out);
-            varint(list_len(one) as u64, out);
-            let inner = 1 + varint_len(one.len() as u64) + one.len();
-            tag(1, LEN, out);
-            varint(inner as u64, out);
-            bytes(1, one.as_bytes(), out);
-        }
-        (None, _) => {}
+}
+
+/// A string attribute (a span's are field 9, a resource's field 1).
+pub fn str_attr(field: u32, key: &str, v: &str, out: &mut Vec<u8>) {
+    bytes_attr(field, key, v.as_bytes(), out);
+}
+
+/// A string attribute from bytes the caller knows are UTF-8.
+pub fn bytes_attr(field: u32, key: &str, v: &[u8], out: &mut Vec<u8>) {
+    key_value(field, key, field_len(v.len()), out);
+    bytes(1, v, out);
+}
+
+/// An integer attribute.
+pub fn int_attr(field: u32, key: &str, v: i64, out: &mut Vec<u8>) {
+    key_value(field, key, 1 + varint_len(v as u64), out);
+    tag(3, VARINT, out);
+    varint(v as u64, out);
+}
+
+/// An attribute whose value is a list of one string (the conventions' `http.request.header.*`):
+/// `array_value` (5): `ArrayValue { values (1): [AnyValue { string_value (1) }] }`.
+pub fn list_attr(field: u32, key: &str, v: &str, out: &mut Vec<u8>) {
+    let inner = field_len(v.len());
+    let array = field_len(inner);
+    key_value(field, key, field_len(array), out);
+    tag(5, LEN, out);
+    varint(array as u64, out);
+    tag(1, LEN, out);
+    varint(inner as u64, out);
+    bytes(1, v.as_bytes(), out);
+}
+
+/// A string attribute known when the proxy is built (a fixed key and value: the method, the
+/// protocol version, ...), encoded at compile time: written with one copy.
+macro_rules! fixed_attr {
+    ($key:literal, $value:literal) => {{
+        const BYTES: [u8; $crate::trace::wire::fixed_len($key, $value)] =
+            $crate::trace::wire::fixed(9, $key, $value);
+        &BYTES as &'static [u8]
+    }};
+}
+pub(crate) use fixed_attr;
+
+const fn varint_len_const(mut v: usize) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+const fn field_len_const(len: usize) -> usize {
+    1 + varint_len_const(len) + len
+}
+
+/// The bytes of a span's string attribute (field 9): what [`str_attr`] writes.
+pub const fn fixed_len(key: &str, value: &str) -> usize {
+    field_len_const(field_len_const(key.len()) + field_len_const(field_len_const(value.len())))
+}
+
+const fn put_varint(out: &mut [u8], at: &mut usize, mut v: usize) {
+    while v >= 0x80 {
+        out[*at] = (v as u8) | 0x80;
+        *at += 1;
+        v >>= 7;
+    }
+    out[*at] = v as u8;
+    *at += 1;
+}
+
+const fn put_bytes(out: &mut [u8], at: &mut usize, b: &[u8]) {
+    let mut i = 0;
+    while i < b.len() {
+        out[*at] = b[i];
+        *at += 1;
+        i += 1;
     }
 }
 
-/// The length of an `ArrayValue` holding the one string `s`.
-fn list_len(s: &str) -> usize {
-    let inner = 1 + varint_len(s.len() as u64) + s.len();
-    1 + varint_len(inner as u64) + inner
+/// What [`str_attr`] writes for `key` and `value` (field `field`), at compile time.
+pub const fn fixed<const N: usize>(field: u32, key: &str, value: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let at = &mut 0;
+    let any = field_len_const(value.len());
+    put_varint(&mut out, at, (field << 3 | LEN as u32) as usize);
+    put_varint(
+        &mut out,
+        at,
+        field_len_const(key.len()) + field_len_const(any),
+    );
+    put_varint(&mut out, at, 1 << 3 | LEN as usize);
+    put_varint(&mut out, at, key.len());
+    put_bytes(&mut out, at, key.as_bytes());
+    put_varint(&mut out, at, 2 << 3 | LEN as usize);
+    put_varint(&mut out, at, any);
+    put_varint(&mut out, at, 1 << 3 | LEN as usize);
+    put_varint(&mut out, at, value.len());
+    put_bytes(&mut out, at, value.as_bytes());
+    assert!(*at == N);
+    out
 }
 
-fn span(r: &Record, out: &mut Vec<u8>) {
-    bytes(1, &r.trace_id, out);
-    bytes(2, &r.span_id, out);
-    if let Some(s) = &r.state {
+/// What a span says before its attributes.
+#[derive(Debug)]
+pub struct Head<'a> {
+    pub trace_id: &'a [u8; 16],
+    pub span_id: &'a [u8; 8],
+    pub state: Option<&'a str>,
+    pub parent: Option<&'a [u8; 8]>,
+    /// The span's name, in parts written one after another (no string made to join them).
+    pub name: &'a [&'a str],
+    pub kind: i32,
+    /// Unix nanoseconds.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A span's fields up to its attributes.
+pub fn head(h: &Head<'_>, out: &mut Vec<u8>) {
+    bytes(1, h.trace_id, out);
+    bytes(2, h.span_id, out);
+    if let Some(s) = h.state {
         bytes(3, s.as_bytes(), out);
     }
-    if let Some(p) = &r.parent {
+    if let Some(p) = h.parent {
         bytes(4, p, out);
     }
-    bytes(5, r.name.as_bytes(), out);
-    tag(6, VARINT, out);
-    varint(r.kind as u64, out);
-    tag(7, FIXED64, out);
-    out.extend_from_slice(&r.start.to_le_bytes());
-    tag(8, FIXED64, out);
-    out.extend_from_slice(&r.end.to_le_bytes());
-    for (k, v) in &r.attrs {
-        attribute(9, k, v, out);
+    tag(5, LEN, out);
+    varint(h.name.iter().map(|p| p.len()).sum::<usize>() as u64, out);
+    for part in h.name {
+        out.extend_from_slice(part.as_bytes());
     }
-    if let Some(why) = &r.error {
-        message(15, out, |out| {
-            bytes(2, why.as_bytes(), out);
-            tag(3, VARINT, out);
-            varint(2, out); // STATUS_CODE_ERROR
-        });
+    tag(6, VARINT, out);
+    varint(h.kind as u64, out);
+    tag(7, FIXED64, out);
+    out.extend_from_slice(&h.start.to_le_bytes());
+    tag(8, FIXED64, out);
+    out.extend_from_slice(&h.end.to_le_bytes());
+}
+
+/// A span's fields after its attributes: its status (an error with `error` as the message,
+/// when set) and its flags.
+pub fn tail(error: Option<&str>, flags: u32, out: &mut Vec<u8>) {
+    if let Some(why) = error {
+        // Status { message (2), code (3): STATUS_CODE_ERROR }
+        tag(15, LEN, out);
+        varint((field_len(why.len()) + 2) as u64, out);
+        bytes(2, why.as_bytes(), out);
+        tag(3, VARINT, out);
+        varint(2, out);
     }
     tag(16, FIXED32, out);
-    out.extend_from_slice(&r.flags.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
 }
 
 /// An `ExportTraceServiceRequest`: one resource (its attributes), one instrumentation scope
-/// (`name`, `version`, the semantic conventions' `schema_url`), the spans.
+/// (`name`, `version`, the semantic conventions' `schema_url`), the spans. Every length is
+/// counted before anything is written: the spans' bytes are copied once.
 pub fn request(
     resource: &[(&'static str, String)],
     scope: (&str, &str),
     schema_url: &str,
-    spans: &[Record],
+    spans: &[Span],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + spans.len() * 900);
-    message(1, &mut out, |out| {
-        message(1, out, |out| {
-            for (k, v) in resource {
-                attribute(1, k, &Attr::Str(v.as_str().into()), out);
-            }
-        });
-        message(2, out, |out| {
-            message(1, out, |out| {
-                bytes(1, scope.0.as_bytes(), out);
-                bytes(2, scope.1.as_bytes(), out);
-            });
-            // Each span into one reused buffer, then after its length: one copy, no moving.
-            let mut one = Vec::with_capacity(1024);
-            for r in spans {
-                one.clear();
-                span(r, &mut one);
-                bytes(2, &one, out);
-            }
-            bytes(3, schema_url.as_bytes(), out);
-        });
-    });
+    let str_attr_len =
+        |k: &str, v: &str| field_len(field_len(k.len()) + field_len(field_len(v.len())));
+    let resource_len: usize = resource.iter().map(|(k, v)| str_attr_len(k, v)).sum();
+    let scope_len = field_len(scope.0.len()) + field_len(scope.1.len());
+    let scope_spans_len = field_len(scope_len)
+        + spans.iter().map(|s| field_len(s.0.len())).sum::<usize>()
+        + field_len(schema_url.len());
+    let resource_spans_len = field_len(resource_len) + field_len(scope_spans_len);
+    let mut out = Vec::with_capacity(field_len(resource_spans_len));
+    // ExportTraceServiceRequest { resource_spans (1): ResourceSpans {
+    //   resource (1): Resource { attributes (1) },
+    //   scope_spans (2): ScopeSpans { scope (1), spans (2), schema_url (3) } } }
+    tag(1, LEN, &mut out);
+    varint(resource_spans_len as u64, &mut out);
+    tag(1, LEN, &mut out);
+    varint(resource_len as u64, &mut out);
+    for (k, v) in resource {
+        str_attr(1, k, v, &mut out);
+    }
+    tag(2, LEN, &mut out);
+    varint(scope_spans_len as u64, &mut out);
+    tag(1, LEN, &mut out);
+    varint(scope_len as u64, &mut out);
+    bytes(1, scope.0.as_bytes(), &mut out);
+    bytes(2, scope.1.as_bytes(), &mut out);
+    for s in spans {
+        bytes(2, &s.0, &mut out);
+    }
+    bytes(3, schema_url.as_bytes(), &mut out);
+    debug_assert_eq!(out.len(), field_len(resource_spans_len));
     out
 }
