@@ -16,8 +16,8 @@ mod format;
 mod tests;
 mod text;
 
-use text::Texts;
 pub use text::trace_id;
+use text::{Text, Texts};
 
 use crate::trace_context::{B3_TRACE_ID, TRACEPARENT, X_REQUEST_ID};
 
@@ -306,17 +306,17 @@ impl Entry {
             (true, Some(pq)) => pq.as_str(),
             _ => uri.path(),
         };
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()));
+        let authority = match uri.authority() {
+            Some(a) => Some(Text::Str(a.as_str())),
+            None => h.get(header::HOST).map(|v| Text::Bytes(v.as_bytes())),
+        };
         let mut e = Entry::new(log, direction, version_name(req.version()), client);
         e.method = Some(bounded_method(req.method()));
         // One pass over the headers (a request has few) rather than a lookup for each name.
         let (mut agent, mut referer, mut id) = (None, None, None);
         let mut traced = false;
         for (name, value) in h {
-            let v = Some((value.as_bytes(), MAX_FIELD));
+            let v = Some((Text::Bytes(value.as_bytes()), MAX_FIELD));
             if name == header::USER_AGENT {
                 agent = agent.or(v);
             } else if name == header::REFERER {
@@ -329,12 +329,12 @@ impl Entry {
         }
         let trace = known_trace.or_else(|| traced.then(|| trace_id(h)).flatten());
         e.text = Texts::new([
-            authority.map(|a| (a.as_bytes(), MAX_FIELD)),
-            Some((path.as_bytes(), MAX_PATH)),
+            authority.map(|a| (a, MAX_FIELD)),
+            Some((Text::Str(path), MAX_PATH)),
             agent,
             referer,
             id,
-            trace.as_ref().map(|t| (&t[..], 32)),
+            trace.as_ref().map(|t| (Text::Bytes(&t[..]), 32)),
         ]);
         e
     }

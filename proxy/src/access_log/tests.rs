@@ -6,7 +6,7 @@ use std::{
 
 use http::HeaderMap;
 
-use super::text::{AUTHORITY, PATH, REFERER, REQUEST_ID, TRACE_ID, USER_AGENT};
+use super::text::{AUTHORITY, PATH, REFERER, REQUEST_ID, TRACE_ID, Text, USER_AGENT};
 use super::*;
 
 /// The trace id of `h`, as text.
@@ -91,12 +91,12 @@ fn fields_from_a_request_are_cut_to_their_bound() {
     let long = "é".repeat(MAX_FIELD);
     let odd = format!("x{long}");
     let t = Texts::new([
-        Some((long.as_bytes(), MAX_FIELD)),
-        Some((odd.as_bytes(), MAX_FIELD)),
-        Some((b"\xffok", 10)),
+        Some((Text::Bytes(long.as_bytes()), MAX_FIELD)),
+        Some((Text::Str(&odd), MAX_FIELD)),
+        Some((Text::Bytes(b"\xffok"), 10)),
         None,
-        Some((b"", 10)),
-        Some((b"0123", 2)),
+        Some((Text::Str(""), 10)),
+        Some((Text::Bytes(b"0123"), 2)),
     ]);
     let authority = t.get(AUTHORITY).unwrap();
     assert_eq!(authority.len(), MAX_FIELD);
@@ -275,23 +275,57 @@ fn apache_lines_escape_what_could_split_a_field_and_keep_the_query_when_asked() 
 
 #[test]
 fn numbers_are_written_in_decimal() {
-    for n in [
-        0,
-        7,
-        9,
-        10,
-        42,
-        99,
-        100,
-        101,
-        999,
-        1000,
-        65_535,
-        1_234_567,
-        u64::MAX,
-    ] {
+    for n in (0..=1100).chain([9_999, 10_000, 65_535, 1_234_567, u64::MAX]) {
         let mut out = Vec::new();
         format::number(n, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+    }
+}
+
+#[test]
+fn the_eight_bytes_at_a_time_escape_test_agrees_with_the_byte_by_byte_one() {
+    let slow = |b: &[u8]| b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+    for len in [1, 7, 8, 9, 16, 17, 40] {
+        for at in 0..len {
+            for c in 0u8..=127 {
+                let mut s = vec![b'a'; len];
+                s[at] = c;
+                assert_eq!(
+                    super::format::needs_escape(&s),
+                    slow(&s),
+                    "byte {c:#x} at {at} of {len}"
+                );
+            }
+        }
+    }
+    for s in [
+        "",
+        "ééééé\"é",
+        "ü\\",
+        "héllo wörld, ünïcode",
+        "日本語のテキスト",
+        "\u{7f}\u{80}\u{ff}",
+    ] {
+        assert_eq!(
+            super::format::needs_escape(s.as_bytes()),
+            slow(s.as_bytes()),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn durations_are_milliseconds_to_the_microsecond() {
+    for (us, want) in [
+        (0, "0.000"),
+        (1, "0.001"),
+        (10, "0.010"),
+        (999, "0.999"),
+        (1_204, "1.204"),
+        (12_345_678, "12345.678"),
+    ] {
+        let mut out = Vec::new();
+        format::millis(Duration::from_micros(us), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 }

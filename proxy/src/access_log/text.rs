@@ -22,10 +22,27 @@ pub(super) const REFERER: usize = 3;
 pub(super) const REQUEST_ID: usize = 4;
 pub(super) const TRACE_ID: usize = 5;
 
+/// A value an entry takes: text already known to be UTF-8 (the URI's parts, ids the sidecar
+/// wrote), or a header's bytes, which may not be.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Text<'a> {
+    Str(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl Text<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Text::Str(s) => s.len(),
+            Text::Bytes(b) => b.len(),
+        }
+    }
+}
+
 impl Texts {
     /// Each value cut to its bound (on a character boundary; bytes that are not UTF-8 become
     /// U+FFFD). Bounds are at most [`super::MAX_PATH`], so every span fits in `u16`.
-    pub(super) fn new(values: [Option<(&[u8], usize)>; 6]) -> Texts {
+    pub(super) fn new(values: [Option<(Text<'_>, usize)>; 6]) -> Texts {
         let len = values
             .iter()
             .flatten()
@@ -38,9 +55,12 @@ impl Texts {
         for (span, value) in t.spans.iter_mut().zip(values) {
             let Some((v, max)) = value else { continue };
             let from = t.buf.len();
-            match std::str::from_utf8(&v[..v.len().min(max)]) {
-                Ok(s) => t.buf.push_str(s),
-                Err(_) => t.buf.push_str(&lossy(v, max)),
+            match v {
+                Text::Str(s) => t.buf.push_str(weft_core::text::cut(s, max)),
+                Text::Bytes(v) => match std::str::from_utf8(&v[..v.len().min(max)]) {
+                    Ok(s) => t.buf.push_str(s),
+                    Err(_) => t.buf.push_str(&lossy(v, max)),
+                },
             }
             *span = Some((from as u16, t.buf.len() as u16));
         }
