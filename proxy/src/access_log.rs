@@ -82,8 +82,10 @@ impl Flags {
     pub const UPE: Flags = Flags(1 << 12);
     /// Downstream protocol error (a malformed request).
     pub const DPE: Flags = Flags(1 << 13);
+    /// No such upstream cluster: a route's backend that could not be resolved.
+    pub const NC: Flags = Flags(1 << 14);
 
-    const NAMES: [(Flags, &'static str); 14] = [
+    const NAMES: [(Flags, &'static str); 15] = [
         (Flags::UH, "UH"),
         (Flags::UF, "UF"),
         (Flags::UO, "UO"),
@@ -98,6 +100,7 @@ impl Flags {
         (Flags::SI, "SI"),
         (Flags::UPE, "UPE"),
         (Flags::DPE, "DPE"),
+        (Flags::NC, "NC"),
     ];
 
     pub fn set(&mut self, f: Flags) {

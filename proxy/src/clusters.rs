@@ -33,6 +33,9 @@ pub struct Cluster {
     pub breaker: Breaker,
     /// The host names its endpoints were configured with (resolved by the proxy).
     pub dns: Box<[Box<str>]>,
+    /// A cluster a route names that does not exist (a Gateway API backendRef the control plane
+    /// could not resolve): requests sent to it are answered this status.
+    pub absent: Option<u16>,
 }
 
 /// A cluster's endpoints and the balancer over them.
@@ -70,7 +73,16 @@ impl Cluster {
             panic_threshold: crate::balance::DEFAULT_PANIC_THRESHOLD,
             breaker: Breaker::new(&Default::default(), None),
             dns: Box::default(),
+            absent: None,
         }
+    }
+
+    /// A stand-in for a cluster that does not exist: no endpoints, every request answered
+    /// `status`.
+    pub fn absent(name: Arc<str>, status: u16) -> Self {
+        let mut c = Cluster::new(name, WeightedSplit::new([]), LbPolicy::default());
+        c.absent = Some(status);
+        c
     }
 
     pub fn lb_policy(&self) -> LbPolicy {

@@ -8,6 +8,9 @@ use regex::Regex;
 pub enum StringMatch {
     Exact(Box<str>),
     Prefix(Box<str>),
+    /// Whole path segments (xDS's `path_separated_prefix`, the Gateway API's PathPrefix): the
+    /// path is the prefix, or the prefix and then `/`. The prefix does not end in `/`.
+    Segments(Box<str>),
     /// Anchored at both ends: the whole value must match.
     Regex(Regex),
     /// Anything (for headers: the header is present).
@@ -26,6 +29,9 @@ impl StringMatch {
         match self {
             StringMatch::Exact(s) => value == &**s,
             StringMatch::Prefix(p) => value.starts_with(&**p),
+            StringMatch::Segments(p) => value
+                .strip_prefix(&**p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             StringMatch::Regex(r) => r.is_match(value),
             StringMatch::Any => true,
         }

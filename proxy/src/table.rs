@@ -71,8 +71,13 @@ pub struct Service {
     pub protocol: Protocol,
     /// Tried in order; the first that matches takes the request.
     pub routes: Box<[Route]>,
-    /// Taken when no route matches: every endpoint of the service.
+    /// Taken when no route matches (the table file's services, and opaque TCP): every endpoint
+    /// of the service.
     pub default_route: Route,
+    /// A request no route matches is answered 404, as Envoy answers it (xDS services: the
+    /// routes are the control plane's, a Gateway API route's included, which replaces the
+    /// service's default); `false`: the default route takes it.
+    pub strict: bool,
     /// Made on first use.
     pub metrics: LazyTarget,
     /// Every `host:port`, bare host and `vip:port` the service was declared with (lower case;

@@ -18,6 +18,13 @@ pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
 pub enum ProxyError {
     #[error("no service for authority `{0}`")]
     NoRoute(String),
+    #[error("no route of service {0} matches the request")]
+    NoMatch(std::sync::Arc<str>),
+    #[error("backend {cluster} does not exist")]
+    BackendNotFound {
+        cluster: std::sync::Arc<str>,
+        status: u16,
+    },
     #[error("request has no authority or Host header")]
     NoAuthority,
     #[error("bad request: {0}")]
@@ -106,7 +113,13 @@ impl ProxyError {
     /// The HTTP status and the gRPC status code that stand for this error.
     pub fn statuses(&self) -> (StatusCode, u32) {
         match self {
-            ProxyError::NoRoute(_) => (StatusCode::NOT_FOUND, grpc::UNIMPLEMENTED),
+            ProxyError::NoRoute(_) | ProxyError::NoMatch(_) => {
+                (StatusCode::NOT_FOUND, grpc::UNIMPLEMENTED)
+            }
+            ProxyError::BackendNotFound { status, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                grpc::UNAVAILABLE,
+            ),
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => {
                 (StatusCode::BAD_REQUEST, grpc::INTERNAL)
             }
@@ -134,7 +147,8 @@ impl ProxyError {
     /// flag applies (a request authorization refused is its 403 alone).
     pub fn flag(&self) -> Option<Flags> {
         Some(match self {
-            ProxyError::NoRoute(_) | ProxyError::NoAuthority => Flags::NR,
+            ProxyError::NoRoute(_) | ProxyError::NoMatch(_) | ProxyError::NoAuthority => Flags::NR,
+            ProxyError::BackendNotFound { .. } => Flags::NC,
             ProxyError::BadRequest(_) => Flags::DPE,
             ProxyError::NoEndpoints(_) => Flags::UH,
             ProxyError::Connect(_) | ProxyError::Tls { .. } => Flags::UF,

@@ -175,8 +175,15 @@ impl HttpProxy {
                 let index = svc
                     .routes
                     .iter()
-                    .position(|r| r.matches.matches(method, path, query, headers))
-                    .unwrap_or(usize::MAX);
+                    .position(|r| r.matches.matches(method, path, query, headers));
+                let index = match index {
+                    Some(i) => i,
+                    None if svc.strict => {
+                        let e = ProxyError::NoMatch(svc.name.clone());
+                        return Err((e, svc.metrics.clone(), None));
+                    }
+                    None => usize::MAX,
+                };
                 let route = svc.route(index);
                 let hash = route
                     .hash
@@ -188,7 +195,13 @@ impl HttpProxy {
                     return Err((e, svc.metrics.clone(), Some((route.name.clone(), None))));
                 };
                 let Some(ep) = to.endpoint else {
-                    let e = ProxyError::NoEndpoints(svc.name.clone());
+                    let e = match to.cluster.absent {
+                        Some(status) => ProxyError::BackendNotFound {
+                            cluster: to.cluster.name.clone(),
+                            status,
+                        },
+                        None => ProxyError::NoEndpoints(svc.name.clone()),
+                    };
                     let at = Some((route.name.clone(), Some(to.cluster.name.clone())));
                     return Err((e, (*to.metrics).clone(), at));
                 };

@@ -120,6 +120,7 @@ pub(crate) struct ServiceDraft {
     pub(crate) protocol: Protocol,
     pub(crate) routes: Box<[Route]>,
     pub(crate) default_route: Route,
+    pub(crate) strict: bool,
     pub(crate) domains: Vec<Box<str>>,
     pub(crate) authz: Option<Arc<Authz>>,
     pub(crate) budget: Arc<Budget>,
@@ -138,6 +139,7 @@ impl ServiceDraft {
             protocol: self.protocol,
             routes: self.routes,
             default_route: self.default_route,
+            strict: self.strict,
             domains: self.domains.into(),
             authz: self.authz,
             budget: self.budget,
@@ -352,6 +354,7 @@ fn compile_service(
             policy: default_policy,
             metrics: Box::default(),
         },
+        strict: false,
         domains: Vec::new(),
         authz,
     })

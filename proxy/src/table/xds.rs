@@ -208,7 +208,12 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
     let at = |e: String| format!("route `{name}`: {e}");
     let mut backends = Vec::with_capacity(spec.backends.len());
     for (weight, c) in spec.backends.iter() {
-        backends.push((*weight, cluster(c, res, names).map_err(at)?));
+        let to = match (spec.missing_status, res.clusters.contains_key(&**c)) {
+            // A backend the control plane could not resolve: its share is answered `status`.
+            (Some(status), false) => Arc::new(Cluster::absent(c.clone(), status)),
+            _ => cluster(c, res, names).map_err(at)?,
+        };
+        backends.push((*weight, to));
     }
     let mirror = match &spec.mirror {
         Some((c, percent)) => Some(Mirror {
@@ -293,6 +298,7 @@ fn service(
             policy: RoutePolicy::default(),
             metrics: Box::default(),
         },
+        strict: true,
         domains,
         authz: l.authz.clone(),
     })

@@ -107,6 +107,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
             fault,
             grpc_timeout_max,
             idle_timeout,
+            missing_status: missing_status(action),
             rate_limit,
             mirror,
             name,
@@ -183,6 +184,16 @@ fn route_match(r: &XdsRoute) -> Result<RouteMatch, Refused> {
         Some(PathSpecifier::Prefix(p)) if p == "/" || p.is_empty() => None,
         Some(PathSpecifier::Prefix(p)) => Some(StringMatch::Prefix(p.as_str().into())),
         Some(PathSpecifier::Path(p)) => Some(StringMatch::Exact(p.as_str().into())),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => {
+            // As Envoy requires: a path, without `?`, `#` or a trailing `/`.
+            if !p.starts_with('/') || p.ends_with('/') || p.contains(['?', '#']) {
+                return Err(invalid(format!(
+                    "path_separated_prefix `{p}`: must start with `/`, not end with it, and hold no `?` or `#`"
+                ))
+                .at("path"));
+            }
+            Some(StringMatch::Segments(p.as_str().into()))
+        }
         Some(PathSpecifier::SafeRegex(re)) => {
             Some(StringMatch::regex(&re.regex).map_err(|e| Refused::from(e).at("path"))?)
         }
@@ -356,6 +367,18 @@ fn hash_on(action: &RouteAction) -> Result<Option<HashOn>, Refused> {
         }
     }
     Ok(None)
+}
+
+/// The status a backend whose cluster does not exist answers, when the route names one: NOT_FOUND
+/// (1) or INTERNAL_SERVER_ERROR (2). SERVICE_UNAVAILABLE (0) is also proto3's "unset", and a
+/// route naming a cluster that is not there stays refused then (most often the cluster has not
+/// arrived yet, and refusing keeps the route configuration in force).
+fn missing_status(action: &RouteAction) -> Option<u16> {
+    match action.cluster_not_found_response_code {
+        1 => Some(404),
+        2 => Some(500),
+        _ => None,
+    }
 }
 
 /// The clusters a route sends to, with their weights.

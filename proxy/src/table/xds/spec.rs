@@ -55,6 +55,9 @@ pub struct RouteSpec {
     pub rate_limit: Option<TokenBucket>,
     /// The cluster copies go to, and the percent of requests copied.
     pub mirror: Option<(Arc<str>, f64)>,
+    /// What a backend whose cluster does not exist answers (`cluster_not_found_response_code`,
+    /// when the route sets it: 404 or 500); `None`: such a route is refused, as before.
+    pub missing_status: Option<u16>,
 }
 
 /// A Cluster: how it balances and protects its endpoints, and the endpoints it lists itself.
