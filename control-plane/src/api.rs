@@ -96,8 +96,23 @@ pub fn proxy_config_json(nodes: &Nodes, snapshot: &XdsSnapshot, node: &str) -> O
     serde_json::to_vec_pretty(&v).ok()
 }
 
+/// The snapshot, and each HTTPRoute's status against it (`http_route_status`, by
+/// `namespace/name`: its `parents`, as Kubernetes would hold them).
 pub fn registry_json(registry: &watch::Receiver<Arc<Snapshot>>) -> Vec<u8> {
-    serde_json::to_vec_pretty(&**registry.borrow()).unwrap_or_default()
+    let snap = registry.borrow().clone();
+    let mut v = serde_json::to_value(&*snap).unwrap_or_default();
+    if !snap.http_routes.is_empty() {
+        let status: serde_json::Map<String, serde_json::Value> = snap
+            .http_routes
+            .iter()
+            .map(|(k, r)| {
+                let parents = crate::gateway::status(r, &snap);
+                (k.clone(), serde_json::json!({ "parents": parents }))
+            })
+            .collect();
+        v["http_route_status"] = serde_json::Value::Object(status);
+    }
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
 }
 
 /// Where `weftctl apply` writes policies: the registry the control plane reads.
@@ -220,6 +235,31 @@ fn etcd_key(prefix: &str, key: &str) -> String {
     )
 }
 
+/// What `weftctl apply` writes and `weftctl delete` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Policy,
+    HttpRoute,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Policy => "policy",
+            Kind::HttpRoute => "httproute",
+        }
+    }
+
+    /// The key an object `namespace/name` is stored under: a policy's is its own; a route's
+    /// is `httproute_<namespace>/<name>` (names never hold `_`, so it is no policy's).
+    fn stored_key(self, key: &str) -> String {
+        match self {
+            Kind::Policy => key.to_string(),
+            Kind::HttpRoute => format!("httproute_{key}"),
+        }
+    }
+}
+
 /// What weftctl names the policy `namespace/name` in its store: `weftctl-<namespace>_<name>`.
 /// Namespaces and names never hold `_` (validated), so no two policies share a name (with `-`
 /// for the slash, `a-b/c` and `a/b-c` did).
@@ -330,7 +370,12 @@ impl Api {
                 self.apply(text).await
             }
             (Method::DELETE, p) if p.starts_with("/api/v1/policies/") => {
-                self.delete(&p["/api/v1/policies/".len()..]).await
+                self.delete(Kind::Policy, &p["/api/v1/policies/".len()..])
+                    .await
+            }
+            (Method::DELETE, p) if p.starts_with("/api/v1/httproutes/") => {
+                self.delete(Kind::HttpRoute, &p["/api/v1/httproutes/".len()..])
+                    .await
             }
             _ => plain(
                 StatusCode::NOT_FOUND,
@@ -369,39 +414,57 @@ impl Api {
         if matches!(self.store, PolicyStore::Kubernetes) {
             return plain(StatusCode::CONFLICT, KUBERNETES_POLICIES);
         }
-        let policies = match policy::parse("request", text) {
-            Ok(p) if p.is_empty() => {
-                return plain(StatusCode::BAD_REQUEST, "no policy in the request");
-            }
-            Ok(p) => p,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+        let c = match crate::registry::file::parse_documents("request", text) {
+            Ok(c) => c,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, e),
         };
+        if !c.services.is_empty() {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "`Service` documents are registrations: write them into the registry (weftctl applies TrafficPolicy and HTTPRoute documents)",
+            );
+        }
+        if c.policies.is_empty() && c.http_routes.is_empty() {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "no TrafficPolicy or HTTPRoute in the request",
+            );
+        }
+        let policies = c.policies.iter().map(|p| {
+            let yaml = serde_yaml_ng::to_string(p);
+            (Kind::Policy, p.key(), yaml)
+        });
+        let routes = c.http_routes.iter().map(|r| {
+            let yaml = serde_yaml_ng::to_string(r);
+            (Kind::HttpRoute, r.key(), yaml)
+        });
         let mut done = Vec::new();
-        for p in &policies {
-            let key = p.key();
-            let yaml = match serde_yaml_ng::to_string(p) {
+        for (kind, key, yaml) in policies.chain(routes) {
+            let what = kind.name();
+            let yaml = match yaml {
                 Ok(y) => y,
                 Err(e) => {
                     return plain(
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("policy {key}: {e}"),
+                        format!("{what} {key}: {e}"),
                     );
                 }
             };
-            let at = self.store.location(&key);
-            if let Err(e) = self.store.write(&key, yaml).await {
+            let stored = kind.stored_key(&key);
+            let at = self.store.location(&stored);
+            if let Err(e) = self.store.write(&stored, yaml).await {
                 return plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("policy {key}: cannot write {at}: {e}"),
+                    format!("{what} {key}: cannot write {at}: {e}"),
                 );
             }
-            tracing::info!(policy = %key, at = %at, "policy applied");
-            done.push(format!("policy {key} applied"));
+            tracing::info!(kind = what, key = %key, at = %at, "applied");
+            done.push(format!("{what} {key} applied"));
         }
         plain(StatusCode::OK, done.join("\n"))
     }
 
-    async fn delete(&self, key: &str) -> Rsp {
+    async fn delete(&self, kind: Kind, key: &str) -> Rsp {
         if matches!(self.store, PolicyStore::Kubernetes) {
             return plain(StatusCode::CONFLICT, KUBERNETES_POLICIES);
         }
@@ -417,23 +480,32 @@ impl Api {
             );
         };
         let key = format!("{ns}/{name}");
-        match self.store.remove(&key).await {
-            Ok(true) => plain(StatusCode::OK, format!("policy {key} deleted")),
+        let what = kind.name();
+        let stored = kind.stored_key(&key);
+        let known = {
+            let reg = self.registry.borrow();
+            match kind {
+                Kind::Policy => reg.policies.contains_key(&key),
+                Kind::HttpRoute => reg.http_routes.contains_key(&key),
+            }
+        };
+        match self.store.remove(&stored).await {
+            Ok(true) => plain(StatusCode::OK, format!("{what} {key} deleted")),
             Err(e) => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!(
-                    "policy {key}: cannot delete {}: {e}",
-                    self.store.location(&key)
+                    "{what} {key}: cannot delete {}: {e}",
+                    self.store.location(&stored)
                 ),
             ),
-            Ok(false) if self.registry.borrow().policies.contains_key(&key) => plain(
+            Ok(false) if known => plain(
                 StatusCode::CONFLICT,
                 format!(
-                    "policy {key} was not applied with weftctl; edit {} instead",
+                    "{what} {key} was not applied with weftctl; edit {} instead",
                     self.store.describe()
                 ),
             ),
-            Ok(false) => plain(StatusCode::NOT_FOUND, format!("no policy {key}")),
+            Ok(false) => plain(StatusCode::NOT_FOUND, format!("no {what} {key}")),
         }
     }
 }

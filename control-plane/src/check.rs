@@ -80,6 +80,7 @@ pub fn report(i: &Inputs) -> Vec<Finding> {
     let mut out = Vec::new();
     registry(i, &mut out);
     policies(i, &mut out);
+    http_routes(i, &mut out);
     ca(i, &mut out);
     proxies(i, &mut out);
     out
@@ -134,6 +135,23 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
         ));
         return;
     };
+    let routed: Vec<String> = registry
+        .http_routes
+        .values()
+        .filter(|r| r.attaches_to(&svc.key, svc.spec.port))
+        .map(|r| r.key())
+        .collect();
+    if !spec.routes.is_empty() && !routed.is_empty() {
+        out.push(Finding::problem(
+            "policies",
+            format!(
+                "policy {key}: its routes are not used: HTTPRoute {} decides how {} is routed",
+                routed.join(", "),
+                spec.service
+            ),
+            "put the matches and splits in the HTTPRoute and remove `spec.routes` (the policy's other settings apply to the HTTPRoute's rules)",
+        ));
+    }
     for s in &spec.subsets {
         // A subset no route sends to is harmless, whatever it selects.
         let used = spec.routes.iter().any(|r| {
@@ -192,6 +210,54 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
                 "move the catch-all route last, or give the routes different matches",
             ));
         }
+    }
+}
+
+/// HTTPRoutes that attach to nothing registered, and backendRefs naming no registered Service
+/// port (their share of the rule's requests is answered 500).
+fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
+    let reg = i.registry;
+    let before = out.len();
+    let registered = |key: &str, port: Option<u16>| {
+        reg.services
+            .values()
+            .any(|s| s.key == key && port.is_none_or(|p| p == s.spec.port))
+    };
+    for (key, r) in &reg.http_routes {
+        let ns = r.namespace();
+        let parents = r.spec.parent_refs.iter().map(|p| p.service(ns));
+        if !parents.clone().any(|p| registered(&p.key, p.port)) {
+            out.push(Finding::problem(
+                "routes",
+                format!("HTTPRoute {key} attaches to no registered Service (or port)"),
+                "correct `spec.parentRefs` (name, namespace, port), or register the Service",
+            ));
+        }
+        for (n, rule) in r.spec.rules.iter().enumerate() {
+            for b in rule.backend_refs.iter().filter(|b| b.weight > 0) {
+                let s = b.service(ns);
+                if !registered(&s.key, s.port) {
+                    out.push(Finding::problem(
+                        "routes",
+                        format!(
+                            "HTTPRoute {key}: rules[{n}] sends to {}:{}, which is not registered: its share gets 500",
+                            s.key,
+                            s.port.unwrap_or(0)
+                        ),
+                        "register the Service, or correct the backendRef",
+                    ));
+                }
+            }
+        }
+    }
+    if out.len() == before && !reg.http_routes.is_empty() {
+        out.push(Finding::ok(
+            "routes",
+            format!(
+                "{} HTTPRoutes attach to registered Services and send to registered ones",
+                reg.http_routes.len()
+            ),
+        ));
     }
 }
 

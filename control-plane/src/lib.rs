@@ -10,6 +10,7 @@ pub mod api;
 pub mod ca;
 pub mod check;
 pub mod config;
+pub mod gateway;
 pub mod inject;
 #[cfg(test)]
 mod kube_stand_in;

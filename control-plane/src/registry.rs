@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 use weft_core::address::EndpointAddress;
 
+use crate::gateway::HttpRoute;
 use crate::policy::TrafficPolicy;
 
 pub const API_VERSION: &str = crate::policy::API_VERSION;
@@ -90,6 +91,9 @@ pub struct Snapshot {
     pub services: BTreeMap<String, Service>,
     /// By `namespace/name`.
     pub policies: BTreeMap<String, TrafficPolicy>,
+    /// Gateway API `HTTPRoute`s, by `namespace/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub http_routes: BTreeMap<String, HttpRoute>,
 }
 
 /// A snapshot with `hosts` (port 80), each with one endpoint of `weight`, for tests.

@@ -22,6 +22,7 @@
 
 mod cluster;
 mod convert;
+mod gamma;
 mod vips;
 
 use cluster::cluster;
@@ -122,12 +123,31 @@ pub fn translate_with(snap: &Snapshot, vips: &mut Vips) -> Resources {
             .collect(),
     );
     let vips = allocated;
+    let services = gamma::ByKey::new(snap);
+    let attached = gamma::attached(snap, &services);
     let mut out = Resources::default();
     for (authority, svc) in &snap.services {
         let policy = by_service.get(authority.as_str()).map(|p| &p.spec);
         let vip = vips.get(svc.host.as_str()).copied();
         out.listeners.push(listener(authority, svc, vip, policy));
-        out.routes.push(route_config(authority, svc, vip, policy));
+        let mut rc = route_config(authority, svc, vip, policy);
+        if let Some(routes) = attached.get(authority) {
+            // Gateway API routes replace the service's own (a policy's routes, the default):
+            // each takes the policy's other settings (retries, hashing, faults, idle and gRPC
+            // timeouts, and its timeout unless the rule has one).
+            let empty = PolicySpec::default();
+            let p = policy.unwrap_or(&empty);
+            let base = |name: String, timeout: Option<std::time::Duration>| {
+                let rule = RouteRule {
+                    name: Some(name),
+                    timeout,
+                    ..Default::default()
+                };
+                route(authority, 0, &rule, p)
+            };
+            rc.virtual_hosts[0].routes = gamma::routes(routes, &services, base);
+        }
+        out.routes.push(rc);
         let subsets = policy.map_or(&[][..], |p| &p.subsets[..]);
         let all = std::iter::once((authority.clone(), None));
         let named = subsets

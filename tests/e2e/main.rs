@@ -11,6 +11,7 @@ mod demo;
 mod drain;
 mod endpoint_dns;
 mod etcd;
+mod gateway;
 mod grpc;
 mod http1;
 mod http2;

@@ -202,6 +202,8 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
         "/id" => {
             let _ = req.into_body().collect().await;
             let mut rsp = Response::new(full(st.name.clone()));
+            rsp.headers_mut()
+                .insert("x-served-by", HeaderValue::from_str(&st.name).unwrap());
             let status = st.status.load(Ordering::Relaxed);
             if status != 0 {
                 *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -335,13 +337,18 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
         }
         "/" => {
             // Reads the whole request first (as a server that needs it would), then answers.
-            match req.into_body().collect().await {
+            let mut rsp = match req.into_body().collect().await {
                 Ok(_) => Response::new(full("the whole request was read\n")),
                 Err(e) => Response::new(full(format!("body failed: {e}"))),
-            }
+            };
+            rsp.headers_mut()
+                .insert("x-served-by", HeaderValue::from_str(&st.name).unwrap());
+            rsp
         }
+        // Named, so that a test routing by path knows which peer answered.
         _ => Response::builder()
             .status(404)
+            .header("x-served-by", &st.name)
             .body(full("no such path"))
             .unwrap(),
     }

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use weft_control_plane::check::printable;
-use weft_control_plane::{policy, stat};
+use weft_control_plane::stat;
 
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about = "Operate weft's control plane")]
@@ -38,7 +38,8 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Validate and apply TrafficPolicies from a file or every YAML/JSON file of a directory.
+    /// Validate and apply TrafficPolicies and HTTPRoutes from a file or every YAML/JSON file of
+    /// a directory.
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
@@ -48,9 +49,10 @@ enum Cmd {
         #[arg(value_enum)]
         what: What,
     },
-    /// Delete a policy applied with weftctl: `weftctl delete policy <namespace>/<name>`.
+    /// Delete a policy or an HTTPRoute applied with weftctl: `weftctl delete policy
+    /// <namespace>/<name>`, `weftctl delete httproute <namespace>/<name>`.
     Delete {
-        #[arg(value_parser = ["policy"])]
+        #[arg(value_parser = ["policy", "httproute"])]
         kind: String,
         name: String,
     },
@@ -90,6 +92,8 @@ enum Cmd {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum What {
     Policies,
+    /// Gateway API HTTPRoutes, with their Accepted and ResolvedRefs conditions.
+    Httproutes,
     Services,
     Endpoints,
 }
@@ -174,9 +178,17 @@ async fn apply(cp: &str, path: &PathBuf) -> Result<String> {
         let text =
             std::fs::read_to_string(&f).map_err(|e| Fail(format!("{}: {e}", f.display())))?;
         let name = f.display().to_string();
-        let found = policy::parse(&name, &text).map_err(|e| Fail(e.to_string()))?;
-        if found.is_empty() {
-            return Err(Fail(format!("{name}: no TrafficPolicy in the file")));
+        let found =
+            weft_control_plane::registry::file::parse_documents(&name, &text).map_err(Fail)?;
+        if !found.services.is_empty() {
+            return Err(Fail(format!(
+                "{name}: `Service` documents are registrations: write them into the registry (weftctl applies TrafficPolicy and HTTPRoute documents)"
+            )));
+        }
+        if found.policies.is_empty() && found.http_routes.is_empty() {
+            return Err(Fail(format!(
+                "{name}: no TrafficPolicy or HTTPRoute in the file"
+            )));
         }
         texts.push(text);
     }
@@ -283,6 +295,54 @@ fn get(what: What, registry: &serde_json::Value) -> String {
                 ]);
             }
         }
+        What::Httproutes => {
+            rows.push(vec![
+                "HTTPROUTE".into(),
+                "PARENTS".into(),
+                "RULES".into(),
+                "ACCEPTED".into(),
+                "RESOLVEDREFS".into(),
+            ]);
+            let status = &registry["http_route_status"];
+            for (key, r) in registry["http_routes"].as_object().into_iter().flatten() {
+                let parents: Vec<String> = r["spec"]["parentRefs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| match p["port"].as_u64() {
+                        Some(port) => format!("{}:{port}", s(&p["name"])),
+                        None => s(&p["name"]),
+                    })
+                    .collect();
+                // Per condition type: its status, and the reason when it is not True.
+                let condition = |kind: &str| {
+                    let found: Vec<String> = status[key]["parents"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|p| p["conditions"].as_array().into_iter().flatten())
+                        .filter(|c| c["type"] == kind)
+                        .map(|c| match c["status"].as_str() {
+                            Some("True") => "True".to_string(),
+                            _ => format!("False ({}: {})", s(&c["reason"]), s(&c["message"])),
+                        })
+                        .collect();
+                    let mut found = found;
+                    found.dedup();
+                    found.join("; ")
+                };
+                rows.push(vec![
+                    key.clone(),
+                    parents.join(","),
+                    r["spec"]["rules"]
+                        .as_array()
+                        .map_or(0, Vec::len)
+                        .to_string(),
+                    condition("Accepted"),
+                    condition("ResolvedRefs"),
+                ]);
+            }
+        }
     }
     table(rows)
 }
@@ -349,10 +409,13 @@ async fn run(cli: Cli) -> Result<String> {
     };
     match cli.command {
         Cmd::Apply { file } => apply(cp, &file).await,
-        Cmd::Delete { name, .. } => Ok(ok(
+        Cmd::Delete { kind, name } => Ok(ok(
             cp,
             "DELETE",
-            &format!("/api/v1/policies/{name}"),
+            &match kind.as_str() {
+                "httproute" => format!("/api/v1/httproutes/{name}"),
+                _ => format!("/api/v1/policies/{name}"),
+            },
             String::new(),
         )
         .await?

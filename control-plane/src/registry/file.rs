@@ -1,5 +1,5 @@
 //! The file registry, weft's embedded default: a directory of YAML (or JSON) files holding
-//! `Service` and `TrafficPolicy` documents, several per file if `---`-separated, re-read when
+//! `Service`, `TrafficPolicy` and Gateway API `HTTPRoute` documents, several per file if `---`-separated, re-read when
 //! their content changes.
 //!
 //! A file that fails to parse or validate, or cannot be read as text (permissions, bytes that
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{API_VERSION, Service, ServiceSpec, Snapshot};
+use crate::gateway::{self, HttpRoute};
 use crate::policy::{self, Metadata, TrafficPolicy};
 
 /// A `Service` document.
@@ -28,9 +29,10 @@ struct ServiceDoc {
 
 /// What one file (or etcd key) contributed the last time it was good.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Contents {
+pub struct Contents {
     pub services: Vec<Service>,
     pub policies: Vec<TrafficPolicy>,
+    pub http_routes: Vec<HttpRoute>,
 }
 
 #[derive(Debug)]
@@ -202,6 +204,16 @@ pub(super) fn assemble<'a>(
             }
             snap.policies.insert(key, p.clone());
         }
+        for r in &c.http_routes {
+            let key = r.key();
+            if snap.http_routes.contains_key(&key) {
+                errors.push(format!(
+                    "{name}: HTTPRoute {key} is defined in another file too; the first stays"
+                ));
+                continue;
+            }
+            snap.http_routes.insert(key, r.clone());
+        }
     }
     (snap, errors)
 }
@@ -224,8 +236,8 @@ fn documents(text: &str) -> Vec<String> {
     docs
 }
 
-/// Parses the `Service` and `TrafficPolicy` documents of one source; `name` names it in errors.
-pub(super) fn parse_documents(name: &str, text: &str) -> Result<Contents, String> {
+/// Parses the `Service`, `TrafficPolicy` and `HTTPRoute` documents of one source; `name` names it in errors.
+pub fn parse_documents(name: &str, text: &str) -> Result<Contents, String> {
     let name = name.to_string();
     let mut c = Contents::default();
     for doc in documents(text) {
@@ -246,9 +258,13 @@ pub(super) fn parse_documents(name: &str, text: &str) -> Result<Contents, String
                     serde_yaml_ng::from_str(&doc).map_err(|e| format!("{name}: {e}"))?;
                 c.services.push(check_service(&name, d)?);
             }
+            Some(gateway::HTTP_ROUTE) => {
+                c.http_routes
+                    .extend(gateway::parse(&name, &doc).map_err(|e| e.to_string())?);
+            }
             Some(other) => {
                 return Err(format!(
-                    "{name}: kind: `{other}` is neither `Service` nor `TrafficPolicy`"
+                    "{name}: kind: `{other}` is none of `Service`, `TrafficPolicy`, `HTTPRoute`"
                 ));
             }
             None => return Err(format!("{name}: a document without `kind`")),

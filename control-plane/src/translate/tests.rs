@@ -445,3 +445,119 @@ fn a_full_vip_block_leaves_hosts_without_a_vip_and_ends() {
     let distinct: std::collections::HashSet<_> = vips.values().collect();
     assert_eq!(distinct.len(), 2);
 }
+
+const GAMMA: &str = "apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec: {port: 8080, endpoints: [{address: 10.0.2.1:8080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: web-v1, namespace: demo}
+spec: {port: 8080, endpoints: [{address: 10.0.2.1:8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: web}]
+  rules:
+    - matches: [{path: {value: /api/}}, {path: {type: Exact, value: /x}}]
+      backendRefs: [{name: web-v1, port: 8080}]
+    - name: rest
+      backendRefs: [{name: web-v1, port: 8080, weight: 3}, {name: web-v9, port: 8080}, {name: web, port: 8080, weight: 0}]
+      timeouts: {request: 2s}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: web, port: 8080}, {group: '', kind: Service, name: web, port: 9999}]
+  rules:
+    - matches: [{path: {value: /api}, method: POST}, {path: {type: RegularExpression, value: '/v[0-9]+'}}, {path: {value: /api/long}}]
+      backendRefs: [{name: web, port: 8080}]
+";
+
+#[test]
+fn gateway_routes_replace_the_default_in_the_apis_precedence() {
+    let dir = std::env::temp_dir().join(format!("weft-gamma-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), GAMMA).unwrap();
+    let mut reg = FileRegistry::new(&dir);
+    let snap = reg.scan().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(reg.errors.is_empty(), "{:?}", reg.errors);
+    let res = translate(&snap);
+    let rc = |name: &str| {
+        res.routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap()
+            .virtual_hosts[0]
+            .routes
+            .clone()
+    };
+    let web = rc("web.demo.svc.cluster.local:8080");
+    let described: Vec<(String, String)> = web
+        .iter()
+        .map(|r| {
+            let m = r.r#match.as_ref().unwrap();
+            let path = match m.path_specifier.as_ref().unwrap() {
+                PathSpecifier::Prefix(p) => format!("prefix {p}"),
+                PathSpecifier::Path(p) => format!("exact {p}"),
+                PathSpecifier::SafeRegex(r) => format!("regex {}", r.regex),
+                PathSpecifier::PathSeparatedPrefix(p) => format!("segments {p}"),
+                other => format!("{other:?}"),
+            };
+            let method = if m.headers.iter().any(|h| h.name == ":method") {
+                " +method"
+            } else {
+                ""
+            };
+            (r.name.clone(), format!("{path}{method}"))
+        })
+        .collect();
+    let want = [
+        ("demo/b/rule-0", "exact /x"),
+        ("demo/a/rule-0", "regex /v[0-9]+"),
+        ("demo/a/rule-0", "segments /api/long"),
+        // Equal prefixes: the one with a method first; a trailing `/` does not count.
+        ("demo/a/rule-0", "segments /api +method"),
+        ("demo/b/rule-0", "segments /api"),
+        ("demo/b/rest", "prefix /"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(described, want, "no default route after them");
+    let Some(Action::Route(rest)) = &web[5].action else {
+        panic!("a route action")
+    };
+    let Some(ClusterSpecifier::WeightedClusters(w)) = &rest.cluster_specifier else {
+        panic!("weighted clusters")
+    };
+    let clusters: Vec<(&str, u32)> = w
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight.as_ref().unwrap().value))
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            ("web-v1.demo.svc.cluster.local:8080", 3),
+            ("unresolved/demo/web-v9:8080", 1)
+        ],
+        "weight 0 sends nothing; an unknown Service gets its share answered"
+    );
+    assert_eq!(
+        rest.cluster_not_found_response_code,
+        weft_xds_proto::envoy::config::route::v3::route_action::ClusterNotFoundResponseCode::InternalServerError
+            as i32
+    );
+    assert_eq!(rest.timeout.as_ref().unwrap().seconds, 2);
+    // A service no route is attached to keeps its default route.
+    let v1 = rc("web-v1.demo.svc.cluster.local:8080");
+    assert_eq!(v1.len(), 1);
+    assert_eq!(v1[0].name, "default");
+}

@@ -1,0 +1,315 @@
+//! The Gateway API's routes for a mesh (GAMMA): `HTTPRoute` documents (`gateway.networking.k8s.io/v1`,
+//! standard channel) whose `parentRefs` name a Service. One schema everywhere, as
+//! `TrafficPolicy`: a document in the file registry, a value in etcd.
+//!
+//! ```yaml
+//! apiVersion: gateway.networking.k8s.io/v1
+//! kind: HTTPRoute
+//! metadata: {name: web-canary, namespace: demo}
+//! spec:
+//!   parentRefs: [{group: "", kind: Service, name: web, port: 8080}]
+//!   rules:
+//!     - backendRefs:
+//!         - {name: web-v1, port: 8080, weight: 90}
+//!         - {name: web-v2, port: 8080, weight: 10}
+//! ```
+//!
+//! A route attached to a Service replaces the Service's default routing: a request that no rule
+//! matches is answered 404. What is not supported yet (consumer routes, `sectionName`, filters,
+//! `timeouts.backendRequest`) is refused with the field named, never ignored: see
+//! `docs/gateway-api.md`.
+//!
+//! Parsing ([`parse`]) checks the shape; [`HttpRoute::validate`] the meaning, naming every field
+//! that is wrong. Only a route without errors may replace the one in force.
+
+mod status;
+mod validate;
+
+pub use status::{CONTROLLER_NAME, Condition, ParentStatus, status};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyError;
+
+pub const API_VERSION: &str = "gateway.networking.k8s.io/v1";
+/// The same schema, served by the CRDs as well.
+pub const API_VERSION_BETA: &str = "gateway.networking.k8s.io/v1beta1";
+pub const HTTP_ROUTE: &str = "HTTPRoute";
+
+/// An `HTTPRoute`. Fields outside `spec` other than these (a Kubernetes object's `status`,
+/// managed fields, ...) are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: RouteMetadata,
+    pub spec: HttpRouteSpec,
+}
+
+/// Object metadata: what ordering routes needs besides the name.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMetadata {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// RFC 3339, as Kubernetes writes it: the older of two conflicting routes wins. Documents
+    /// outside Kubernetes have none (then `namespace/name` decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// Accepted and not used: a mesh route matches by the Service it is attached to (GAMMA:
+    /// "implementations SHOULD NOT infer any functionality from `hostnames`").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    #[serde(default = "default_rules")]
+    pub rules: Vec<HttpRouteRule>,
+}
+
+fn default_rules() -> Vec<HttpRouteRule> {
+    vec![HttpRouteRule::default()]
+}
+
+/// What a route attaches to: a Service (`group: ""`, `kind: Service`), one of its ports or all.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ParentRef {
+    /// The API's default is `gateway.networking.k8s.io` (a Gateway): a mesh route sets `""`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// ORed; none (or an empty list) matches every request (`PathPrefix /`).
+    #[serde(default)]
+    pub matches: Vec<HttpRouteMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<HttpRouteTimeouts>,
+}
+
+/// Every part given must match.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<HttpPathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<NameMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<NameMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpPathMatch {
+    #[serde(rename = "type", default)]
+    pub kind: PathMatchType,
+    #[serde(default = "slash")]
+    pub value: String,
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum PathMatchType {
+    Exact,
+    /// Whole path segments: `/v2` matches `/v2` and `/v2/x`, not `/v2x`; a trailing `/` in the
+    /// value is ignored.
+    #[default]
+    PathPrefix,
+    RegularExpression,
+}
+
+/// A header (name case-insensitive) or query parameter (name case-sensitive) match.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NameMatch {
+    #[serde(rename = "type", default)]
+    pub kind: ValueMatchType,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ValueMatchType {
+    #[default]
+    Exact,
+    RegularExpression,
+}
+
+/// A filter, kept as written: none is supported yet, and validation says so for each.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A Service (`group: ""`, `kind: Service`, the API's defaults here) and its port.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpBackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 0 to 1,000,000; the share is the weight over the rule's sum.
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpRouteFilter>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// GEP-1742's timeouts, as Gateway API durations (`10s`, `1m30s`, `500ms`; `0s` is none).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteTimeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<String>,
+}
+
+impl HttpRoute {
+    /// `namespace/name` (namespace `default` when unset).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace(), self.metadata.name)
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// A Gateway API duration: one to four `<1-5 digits><h|m|s|ms>` parts.
+pub fn duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text;
+    let mut total = std::time::Duration::ZERO;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=5).contains(&digits) {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else {
+            match rest.bytes().next()? {
+                b'h' => (std::time::Duration::from_secs(3600), 1),
+                b'm' => (std::time::Duration::from_secs(60), 1),
+                b's' => (std::time::Duration::from_secs(1), 1),
+                _ => return None,
+            }
+        };
+        rest = &rest[len..];
+        total += unit * u32::try_from(n).ok()?;
+        parts += 1;
+    }
+    (1..=4).contains(&parts).then_some(total)
+}
+
+/// Reads every `HTTPRoute` in a YAML (or JSON) text, `---`-separated, and validates each.
+/// `source` names the text in errors (a file path, an etcd key).
+pub fn parse(source: &str, text: &str) -> Result<Vec<HttpRoute>, PolicyError> {
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let route = Option::<HttpRoute>::deserialize(doc).map_err(|e| PolicyError::Parse {
+            source_name: source.to_string(),
+            message: e.to_string(),
+        })?;
+        let Some(route) = route else { continue };
+        route.validate().map_err(|errors| PolicyError::Invalid {
+            source_name: source.to_string(),
+            policy: format!("HTTPRoute {}", route.key()),
+            errors,
+        })?;
+        out.push(route);
+    }
+    Ok(out)
+}
+
+/// Where a route's parent or backend points: a Service by namespace and name, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef<'a> {
+    /// `namespace/name`, as registrations are keyed.
+    pub key: String,
+    pub port: Option<u16>,
+    pub name: &'a str,
+}
+
+impl HttpRoute {
+    /// Whether a parentRef names the registration `key` (`namespace/name`) on `port`.
+    pub fn attaches_to(&self, key: &str, port: u16) -> bool {
+        self.spec.parent_refs.iter().any(|p| {
+            let r = p.service(self.namespace());
+            r.key == key && r.port.is_none_or(|p| p == port)
+        })
+    }
+}
+
+impl ParentRef {
+    /// The Service this names (its namespace defaults to the route's).
+    pub fn service(&self, route_ns: &str) -> ServiceRef<'_> {
+        let ns = self.namespace.as_deref().unwrap_or(route_ns);
+        ServiceRef {
+            key: format!("{ns}/{}", self.name),
+            port: self.port,
+            name: &self.name,
+        }
+    }
+}
+
+impl HttpBackendRef {
+    pub fn service(&self, route_ns: &str) -> ServiceRef<'_> {
+        let ns = self.namespace.as_deref().unwrap_or(route_ns);
+        ServiceRef {
+            key: format!("{ns}/{}", self.name),
+            port: self.port,
+            name: &self.name,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! A route's status as the Gateway API reports it: per parentRef, `Accepted` (the parent is a
+//! registered Service and port) and `ResolvedRefs` (every backendRef with weight names a
+//! registered Service port), with the API's reasons. Kubernetes gets it as `status.parents[]`;
+//! elsewhere `weftctl get httproutes` shows it.
+
+use serde::Serialize;
+
+use super::HttpRoute;
+use crate::registry::Snapshot;
+
+/// The controller that owns the statuses weft writes.
+pub const CONTROLLER_NAME: &str = "weft.dev/gateway-controller";
+
+/// One condition (`metav1.Condition`'s fields that weft sets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The status of one parent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentStatus {
+    pub parent_ref: super::ParentRef,
+    pub controller_name: &'static str,
+    pub conditions: Vec<Condition>,
+}
+
+fn condition(kind: &'static str, ok: bool, reason: &'static str, message: String) -> Condition {
+    Condition {
+        kind,
+        status: if ok { "True" } else { "False" },
+        reason,
+        message,
+    }
+}
+
+/// `route`'s status against what `snap` registers.
+pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
+    let ns = route.namespace();
+    let registered = |key: &str, port: Option<u16>| {
+        snap.services
+            .values()
+            .any(|s| s.key == key && port.is_none_or(|p| p == s.spec.port))
+    };
+    let missing: Vec<String> = route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.backend_refs)
+        .filter(|b| b.weight > 0)
+        .map(|b| b.service(ns))
+        .filter(|s| !registered(&s.key, s.port))
+        .map(|s| format!("{}:{}", s.key, s.port.unwrap_or(0)))
+        .collect();
+    let resolved = if missing.is_empty() {
+        condition(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "every backendRef names a registered Service port".into(),
+        )
+    } else {
+        condition(
+            "ResolvedRefs",
+            false,
+            "BackendNotFound",
+            format!(
+                "not registered (their share is answered 500): {}",
+                missing.join(", ")
+            ),
+        )
+    };
+    route
+        .spec
+        .parent_refs
+        .iter()
+        .map(|p| {
+            let r = p.service(ns);
+            let accepted = if registered(&r.key, r.port) {
+                condition("Accepted", true, "Accepted", "attached".into())
+            } else {
+                let port = r.port.map(|p| format!(" port {p}")).unwrap_or_default();
+                condition(
+                    "Accepted",
+                    false,
+                    "NoMatchingParent",
+                    format!("no registered Service {}{port}", r.key),
+                )
+            };
+            ParentStatus {
+                parent_ref: p.clone(),
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![accepted, resolved.clone()],
+            }
+        })
+        .collect()
+}

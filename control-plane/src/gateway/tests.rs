@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use super::*;
+
+const ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-canary, namespace: demo, creationTimestamp: "2026-01-02T03:04:05Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 8080}]
+  rules:
+    - matches:
+        - path: {type: PathPrefix, value: /api}
+          headers: [{name: x-canary, value: "1"}]
+          queryParams: [{type: RegularExpression, name: v, value: "[0-9]+"}]
+          method: GET
+      backendRefs:
+        - {name: web-v1, port: 8080, weight: 90}
+        - {name: web-v2, port: 8080, weight: 10}
+      timeouts: {request: 1m30s}
+"#;
+
+#[test]
+fn a_route_is_read_with_the_apis_defaults() {
+    let routes = parse("r.yaml", ROUTE).unwrap();
+    let r = &routes[0];
+    assert_eq!(r.key(), "demo/web-canary");
+    let rule = &r.spec.rules[0];
+    assert_eq!(rule.backend_refs[1].weight, 10);
+    let m = &rule.matches[0];
+    assert_eq!(m.headers[0].kind, ValueMatchType::Exact, "the default type");
+    assert_eq!(m.query_params[0].kind, ValueMatchType::RegularExpression);
+    // A rule without matches, a path without type or value: PathPrefix `/`.
+    let bare = ROUTE.replace(
+        "    - matches:\n        - path: {type: PathPrefix, value: /api}\n          headers: [{name: x-canary, value: \"1\"}]\n          queryParams: [{type: RegularExpression, name: v, value: \"[0-9]+\"}]\n          method: GET\n      backendRefs:",
+        "    - matches: [{path: {}}]\n      backendRefs:",
+    );
+    let r = &parse("r.yaml", &bare).unwrap()[0];
+    let p = r.spec.rules[0].matches[0].path.as_ref().unwrap();
+    assert_eq!((p.kind, p.value.as_str()), (PathMatchType::PathPrefix, "/"));
+    assert_eq!(
+        r.spec.parent_refs[0].service("demo").key,
+        "demo/web",
+        "a parent's namespace is the route's"
+    );
+}
+
+#[test]
+fn durations_are_the_apis() {
+    let d = |s| duration(s);
+    assert_eq!(d("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(d("1h2m3s500ms"), Some(Duration::from_millis(3_723_500)));
+    assert_eq!(d("0s"), Some(Duration::ZERO));
+    for bad in [
+        "",
+        "10",
+        "s",
+        "1.5s",
+        "123456s",
+        "1h1h1h1h1h",
+        "10 s",
+        "-1s",
+        "1d",
+    ] {
+        assert_eq!(d(bad), None, "{bad}");
+    }
+}
+
+/// The error text of `yaml`, which must be refused.
+fn refused(yaml: &str) -> String {
+    parse("r.yaml", yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn every_invalid_field_is_named() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "group: \"\", kind: Service, name: web",
+            "kind: Gateway, name: web",
+            "spec.parentRefs[0]: a mesh route attaches to a Service",
+        ),
+        (
+            "name: web, port: 8080}]",
+            "name: web, port: 8080, namespace: shop}]",
+            "spec.parentRefs[0].namespace: `shop`: a route for a Service in another namespace (a consumer route) is not supported yet",
+        ),
+        (
+            "name: web, port: 8080}]",
+            "name: web, port: 8080, sectionName: http}]",
+            "spec.parentRefs[0].sectionName: not supported",
+        ),
+        (
+            "value: /api}",
+            "value: api}",
+            "spec.rules[0].matches[0].path.value: `api` must start with `/`",
+        ),
+        (
+            "value: /api}",
+            "value: /a//b}",
+            "spec.rules[0].matches[0].path.value: `/a//b` must not contain",
+        ),
+        (
+            "type: PathPrefix, value: /api}",
+            "type: RegularExpression, value: \"(\"}",
+            "spec.rules[0].matches[0].path.value: invalid regex",
+        ),
+        (
+            "{name: x-canary, value: \"1\"}",
+            "{name: \"x canary\", value: \"1\"}",
+            "spec.rules[0].matches[0].headers[0].name: `x canary` is not a header or parameter name",
+        ),
+        (
+            "method: GET",
+            "method: FETCH",
+            "spec.rules[0].matches[0].method: `FETCH`: one of GET",
+        ),
+        (
+            "{name: web-v2, port: 8080, weight: 10}",
+            "{name: web-v2, weight: 10}",
+            "spec.rules[0].backendRefs[1].port: a Service backend needs its port",
+        ),
+        (
+            "weight: 10}",
+            "weight: 1000001}",
+            "spec.rules[0].backendRefs[1].weight: 1000001: at most 1000000",
+        ),
+        (
+            "{request: 1m30s}",
+            "{request: 90}",
+            "spec.rules[0].timeouts.request: `90` is not a duration",
+        ),
+        (
+            "{request: 1m30s}",
+            "{backendRequest: 1s}",
+            "spec.rules[0].timeouts.backendRequest: not supported yet",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]\n      timeouts:",
+            "spec.rules[0].filters[0].type: `RequestRedirect`: filters are not supported yet",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1",
+            "apiVersion: gateway.networking.k8s.io/v2",
+            "apiVersion: `gateway.networking.k8s.io/v2`: expected",
+        ),
+    ];
+    for (from, to, want) in cases {
+        assert!(ROUTE.contains(from), "{from}");
+        let e = refused(&ROUTE.replacen(from, to, 1));
+        assert!(e.contains(want), "{to}:\n  got  {e}\n  want {want}");
+        assert!(
+            e.starts_with("r.yaml: policy HTTPRoute demo/web-canary: "),
+            "{e}"
+        );
+    }
+    // Fields the standard channel does not have (or weft does not know) are errors too.
+    let e = refused(&ROUTE.replace(
+        "      timeouts:",
+        "      retry: {attempts: 2}\n      timeouts:",
+    ));
+    assert!(e.contains("unknown field `retry`"), "{e}");
+}

@@ -1,0 +1,299 @@
+//! What an `HTTPRoute` must mean, beyond its shape: the standard channel's limits and patterns
+//! (the CRD's schema and its CEL rules), and what weft does not support yet. Every problem is
+//! reported with its field, all at once.
+
+use super::*;
+use crate::policy::{FieldError, is_name};
+
+/// The CRD's limits.
+const MAX_PARENT_REFS: usize = 32;
+const MAX_HOSTNAMES: usize = 16;
+const MAX_RULES: usize = 16;
+const MAX_MATCHES: usize = 64;
+/// Across all rules (a CEL rule of the CRD: fewer than 128).
+const MAX_ALL_MATCHES: usize = 127;
+const MAX_NAME_MATCHES: usize = 16;
+const MAX_BACKEND_REFS: usize = 16;
+const MAX_PATH: usize = 1024;
+const MAX_HEADER_NAME: usize = 256;
+const MAX_HEADER_VALUE: usize = 4096;
+const MAX_QUERY_VALUE: usize = 1024;
+const MAX_WEIGHT: u32 = 1_000_000;
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+#[derive(Default)]
+struct Check {
+    errors: Vec<FieldError>,
+}
+
+impl Check {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn at_most(&mut self, field: &str, len: usize, max: usize) {
+        if len > max {
+            self.fail(field, format!("{len} items: at most {max}"));
+        }
+    }
+
+    fn regex(&mut self, field: String, pattern: &str) {
+        // The proxy's own compile, bound included: what passes here, every proxy takes.
+        if let Err(e) = weft_core::matching::whole_value_regex(pattern) {
+            self.fail(field, e.to_string());
+        }
+    }
+}
+
+/// A header name as HTTP defines a token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An Exact or PathPrefix value: absolute, without `//`, `/./`, `/../`, `%2f`, `#`, and in the
+/// characters the CRD allows.
+fn path_problem(p: &str) -> Option<&'static str> {
+    if !p.starts_with('/') {
+        return Some("must start with `/`");
+    }
+    let bad = ["//", "/./", "/../", "%2f", "%2F", "#"];
+    if bad.iter().any(|b| p.contains(b)) || p.ends_with("/..") || p.ends_with("/.") {
+        return Some("must not contain `//`, `/./`, `/../`, `%2f`, `#` or end in `/.` or `/..`");
+    }
+    let ok = p
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-/._~!$&'()*+,;=:@%".contains(&b));
+    (!ok).then_some("has a character a path may not hold unescaped")
+}
+
+impl HttpRoute {
+    /// Every problem in the route, or `Ok` when it may be put in force.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut c = Check::default();
+        if self.api_version != API_VERSION && self.api_version != API_VERSION_BETA {
+            c.fail(
+                "apiVersion",
+                format!("`{}`: expected `{API_VERSION}`", self.api_version),
+            );
+        }
+        if self.kind != HTTP_ROUTE {
+            c.fail("kind", format!("`{}`: expected `{HTTP_ROUTE}`", self.kind));
+        }
+        if !is_name(&self.metadata.name) {
+            c.fail(
+                "metadata.name",
+                format!("`{}` is not a name", self.metadata.name),
+            );
+        }
+        let ns = self.namespace();
+        if !is_name(ns) {
+            c.fail("metadata.namespace", format!("`{ns}` is not a name"));
+        }
+        let spec = &self.spec;
+        if spec.parent_refs.is_empty() {
+            c.fail(
+                "spec.parentRefs",
+                "a mesh route names the Service it is for",
+            );
+        }
+        c.at_most("spec.parentRefs", spec.parent_refs.len(), MAX_PARENT_REFS);
+        for (i, p) in spec.parent_refs.iter().enumerate() {
+            parent(&format!("spec.parentRefs[{i}]"), p, ns, &mut c);
+        }
+        c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
+        if spec.rules.is_empty() {
+            c.fail("spec.rules", "at least one rule");
+        }
+        c.at_most("spec.rules", spec.rules.len(), MAX_RULES);
+        let all: usize = spec.rules.iter().map(|r| r.matches.len()).sum();
+        if all > MAX_ALL_MATCHES {
+            c.fail(
+                "spec.rules",
+                format!("{all} matches in all: fewer than 128"),
+            );
+        }
+        for (i, r) in spec.rules.iter().enumerate() {
+            rule(&format!("spec.rules[{i}]"), r, &mut c);
+        }
+        if c.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(c.errors)
+        }
+    }
+}
+
+fn parent(at: &str, p: &ParentRef, route_ns: &str, c: &mut Check) {
+    if p.group.as_deref() != Some("") || p.kind.as_deref() != Some("Service") {
+        c.fail(
+            at,
+            "a mesh route attaches to a Service: set `group: \"\"` and `kind: Service` (the API's \
+             defaults name a Gateway)",
+        );
+    }
+    if !is_name(&p.name) {
+        c.fail(format!("{at}.name"), format!("`{}` is not a name", p.name));
+    }
+    if let Some(ns) = &p.namespace
+        && ns != route_ns
+    {
+        c.fail(
+            format!("{at}.namespace"),
+            format!(
+                "`{ns}`: a route for a Service in another namespace (a consumer route) is not \
+                 supported yet; put the route in `{ns}`"
+            ),
+        );
+    }
+    if p.section_name.is_some() {
+        c.fail(
+            format!("{at}.sectionName"),
+            "not supported: name the Service's port with `port`",
+        );
+    }
+    if p.port == Some(0) {
+        c.fail(format!("{at}.port"), "must be between 1 and 65535");
+    }
+}
+
+fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
+    if let Some(name) = &r.name
+        && !is_name(name)
+    {
+        c.fail(format!("{at}.name"), format!("`{name}` is not a name"));
+    }
+    c.at_most(&format!("{at}.matches"), r.matches.len(), MAX_MATCHES);
+    for (i, m) in r.matches.iter().enumerate() {
+        route_match(&format!("{at}.matches[{i}]"), m, c);
+    }
+    for (i, f) in r.filters.iter().enumerate() {
+        filter(&format!("{at}.filters[{i}]"), f, c);
+    }
+    if r.backend_refs.is_empty() {
+        c.fail(
+            format!("{at}.backendRefs"),
+            "at least one: a rule sends its requests to Services",
+        );
+    }
+    c.at_most(
+        &format!("{at}.backendRefs"),
+        r.backend_refs.len(),
+        MAX_BACKEND_REFS,
+    );
+    for (i, b) in r.backend_refs.iter().enumerate() {
+        backend(&format!("{at}.backendRefs[{i}]"), b, c);
+    }
+    if let Some(t) = &r.timeouts {
+        if let Some(req) = &t.request
+            && duration(req).is_none()
+        {
+            c.fail(
+                format!("{at}.timeouts.request"),
+                format!("`{req}` is not a duration such as `10s`, `1m30s` or `500ms`"),
+            );
+        }
+        if t.backend_request.is_some() {
+            c.fail(
+                format!("{at}.timeouts.backendRequest"),
+                "not supported yet: use `request`, or a TrafficPolicy's per-try timeout",
+            );
+        }
+    }
+}
+
+fn route_match(at: &str, m: &HttpRouteMatch, c: &mut Check) {
+    if let Some(p) = &m.path {
+        let field = format!("{at}.path.value");
+        if p.value.len() > MAX_PATH {
+            c.fail(&field, format!("at most {MAX_PATH} characters"));
+        }
+        match p.kind {
+            PathMatchType::Exact | PathMatchType::PathPrefix => {
+                if let Some(why) = path_problem(&p.value) {
+                    c.fail(field, format!("`{}` {why}", p.value));
+                }
+            }
+            PathMatchType::RegularExpression => c.regex(field, &p.value),
+        }
+    }
+    for (list, items, max_value) in [
+        ("headers", &m.headers, MAX_HEADER_VALUE),
+        ("queryParams", &m.query_params, MAX_QUERY_VALUE),
+    ] {
+        c.at_most(&format!("{at}.{list}"), items.len(), MAX_NAME_MATCHES);
+        for (i, h) in items.iter().enumerate() {
+            let at = format!("{at}.{list}[{i}]");
+            if !is_token(&h.name) || h.name.len() > MAX_HEADER_NAME {
+                c.fail(
+                    format!("{at}.name"),
+                    format!("`{}` is not a header or parameter name", h.name),
+                );
+            }
+            if h.value.is_empty() || h.value.len() > max_value {
+                c.fail(
+                    format!("{at}.value"),
+                    format!("1 to {max_value} characters"),
+                );
+            }
+            if h.kind == ValueMatchType::RegularExpression {
+                c.regex(format!("{at}.value"), &h.value);
+            }
+        }
+    }
+    if let Some(method) = &m.method
+        && !METHODS.contains(&method.as_str())
+    {
+        c.fail(
+            format!("{at}.method"),
+            format!("`{method}`: one of {}", METHODS.join(", ")),
+        );
+    }
+}
+
+fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
+    c.fail(
+        format!("{at}.type"),
+        format!("`{}`: filters are not supported yet", f.kind),
+    );
+}
+
+fn backend(at: &str, b: &HttpBackendRef, c: &mut Check) {
+    if b.group.as_deref().is_some_and(|g| !g.is_empty())
+        || b.kind.as_deref().is_some_and(|k| k != "Service")
+    {
+        c.fail(
+            at,
+            "a backend is a Service (`group: \"\"`, `kind: Service`)",
+        );
+    }
+    if !is_name(&b.name) {
+        c.fail(format!("{at}.name"), format!("`{}` is not a name", b.name));
+    }
+    if let Some(ns) = &b.namespace
+        && !is_name(ns)
+    {
+        c.fail(format!("{at}.namespace"), format!("`{ns}` is not a name"));
+    }
+    match b.port {
+        None => c.fail(format!("{at}.port"), "a Service backend needs its port"),
+        Some(0) => c.fail(format!("{at}.port"), "must be between 1 and 65535"),
+        Some(_) => {}
+    }
+    if b.weight > MAX_WEIGHT {
+        c.fail(
+            format!("{at}.weight"),
+            format!("{}: at most {MAX_WEIGHT}", b.weight),
+        );
+    }
+    for (i, f) in b.filters.iter().enumerate() {
+        filter(&format!("{at}.filters[{i}]"), f, c);
+    }
+}

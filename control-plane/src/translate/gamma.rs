@@ -1,0 +1,274 @@
+//! Gateway API routes (GAMMA) -> a service's xDS routes. The rules of every `HTTPRoute`
+//! attached to a service (through a `parentRef` naming it, and its port if one is given)
+//! replace the service's default route: each of a rule's matches is one xDS route (a rule's
+//! matches are ORed), all ordered by the Gateway API's precedence, and a request none matches
+//! is answered 404 (the route configuration has no catch-all).
+//!
+//! Precedence, across the routes attached to the service, as `HTTPRouteRule.matches` orders
+//! it: an Exact path; then a RegularExpression path (longer patterns first; where a regex goes
+//! is left to implementations); then a PathPrefix, longer first; then a match with a method;
+//! then more header matches; then more query parameter matches; then the older route
+//! (`creationTimestamp`), then `namespace/name`; then the rule's and the match's order.
+//!
+//! A backendRef names a Service port: its cluster is that service's (`host:port`). One that
+//! names no registered service gets its share of the rule's requests answered 500, as the
+//! specification requires: the weighted cluster names a cluster that does not exist
+//! (`unresolved/<namespace>/<name>:<port>`) and the route says so
+//! (`cluster_not_found_response_code: INTERNAL_SERVER_ERROR`).
+
+use std::collections::BTreeMap;
+
+use weft_xds_proto::envoy::config::route::v3::{
+    Route, RouteAction, WeightedCluster,
+    route::Action,
+    route_action::{ClusterNotFoundResponseCode, ClusterSpecifier},
+    route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
+};
+
+use super::convert::{route_match, u32v};
+use crate::gateway::{self, HttpRoute, HttpRouteMatch, PathMatchType, ValueMatchType};
+use crate::policy::{HeaderMatch, RouteMatch, StringMatch};
+use crate::registry::{Service, Snapshot};
+
+/// The registered services by `namespace/name` (a Service with several ports is several).
+pub(super) struct ByKey<'a>(BTreeMap<&'a str, Vec<&'a Service>>);
+
+impl<'a> ByKey<'a> {
+    pub(super) fn new(snap: &'a Snapshot) -> Self {
+        let mut m: BTreeMap<&str, Vec<&Service>> = BTreeMap::new();
+        for s in snap.services.values() {
+            m.entry(s.key.as_str()).or_default().push(s);
+        }
+        ByKey(m)
+    }
+
+    fn find(&self, r: &gateway::ServiceRef<'_>) -> Vec<&'a Service> {
+        self.0
+            .get(r.key.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|s| r.port.is_none_or(|p| p == s.spec.port))
+            .collect()
+    }
+}
+
+/// The routes attached to each service, by the service's `host:port`.
+pub(super) fn attached<'a>(
+    snap: &'a Snapshot,
+    services: &ByKey<'a>,
+) -> BTreeMap<String, Vec<&'a HttpRoute>> {
+    let mut out: BTreeMap<String, Vec<&HttpRoute>> = BTreeMap::new();
+    for route in snap.http_routes.values() {
+        let ns = route.namespace();
+        let mut seen = Vec::new();
+        for p in &route.spec.parent_refs {
+            for svc in services.find(&p.service(ns)) {
+                let authority = svc.authority();
+                // Attached once, however many of its parentRefs name the service.
+                if !seen.contains(&authority) {
+                    seen.push(authority.clone());
+                    out.entry(authority).or_default().push(route);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The order of one match among all the service's (smaller first).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence<'a> {
+    /// 0 Exact, 1 RegularExpression, 2 PathPrefix.
+    path_kind: u8,
+    /// Longer first.
+    path_len: std::cmp::Reverse<usize>,
+    /// With a method first.
+    no_method: bool,
+    headers: std::cmp::Reverse<usize>,
+    query: std::cmp::Reverse<usize>,
+    /// Routes without a timestamp (outside Kubernetes) come after those with one.
+    created: (bool, &'a str),
+    key: String,
+    rule: usize,
+    index: usize,
+}
+
+fn precedence<'a>(
+    route: &'a HttpRoute,
+    rule: usize,
+    index: usize,
+    m: &HttpRouteMatch,
+) -> Precedence<'a> {
+    let (path_kind, path_len) = match &m.path {
+        Some(p) if p.kind == PathMatchType::Exact => (0, p.value.len()),
+        Some(p) if p.kind == PathMatchType::RegularExpression => (1, p.value.len()),
+        Some(p) => (2, p.value.trim_end_matches('/').len()),
+        None => (2, 0),
+    };
+    let created = route.metadata.creation_timestamp.as_deref();
+    Precedence {
+        path_kind,
+        path_len: std::cmp::Reverse(path_len),
+        no_method: m.method.is_none(),
+        headers: std::cmp::Reverse(m.headers.len()),
+        query: std::cmp::Reverse(m.query_params.len()),
+        created: (created.is_none(), created.unwrap_or("")),
+        key: route.key(),
+        rule,
+        index,
+    }
+}
+
+/// The xDS routes of the routes attached to one service, in precedence order. `base` makes a
+/// route with the service's policy's settings (its name, and the rule's timeout if any): the
+/// rule's match and backends are put in it.
+pub(super) fn routes(
+    attached: &[&HttpRoute],
+    services: &ByKey<'_>,
+    base: impl Fn(String, Option<std::time::Duration>) -> Route,
+) -> Vec<Route> {
+    let all_paths = [HttpRouteMatch::default()];
+    let mut out: Vec<(Precedence<'_>, Route)> = Vec::new();
+    for route in attached {
+        let ns = route.namespace();
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            let name = match &rule.name {
+                Some(n) => format!("{}/{n}", route.key()),
+                None => format!("{}/rule-{i}", route.key()),
+            };
+            let timeout = rule
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.request.as_deref())
+                .and_then(gateway::duration);
+            let mut route_base = base(name, timeout.filter(|d| !d.is_zero()));
+            if let Some(Action::Route(a)) = &mut route_base.action {
+                backends(a, rule, ns, services);
+                // `0s` is no timeout, whatever the policy says.
+                if timeout.is_some_and(|d| d.is_zero()) {
+                    a.timeout = None;
+                }
+            }
+            let matches = if rule.matches.is_empty() {
+                &all_paths[..]
+            } else {
+                &rule.matches[..]
+            };
+            for (j, m) in matches.iter().enumerate() {
+                let r = Route {
+                    r#match: Some(xds_match(m)),
+                    ..route_base.clone()
+                };
+                out.push((precedence(route, i, j, m), r));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Sets `a`'s clusters to the rule's backendRefs.
+fn backends(a: &mut RouteAction, rule: &gateway::HttpRouteRule, ns: &str, services: &ByKey<'_>) {
+    let mut unresolved = false;
+    let clusters: Vec<ClusterWeight> = rule
+        .backend_refs
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| {
+            let r = b.service(ns);
+            let name = match services.find(&r).first() {
+                Some(svc) => svc.authority(),
+                None => {
+                    unresolved = true;
+                    format!("unresolved/{}:{}", r.key, r.port.unwrap_or(0))
+                }
+            };
+            ClusterWeight {
+                name,
+                weight: Some(u32v(b.weight)),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let cluster_specifier = match &clusters[..] {
+        // Every weight 0: nowhere to send (500, as for a backend that cannot be resolved).
+        [] => {
+            unresolved = true;
+            ClusterSpecifier::Cluster("unresolved/no-backend".into())
+        }
+        [one] => ClusterSpecifier::Cluster(one.name.clone()),
+        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters,
+            ..Default::default()
+        }),
+    };
+    a.cluster_specifier = Some(cluster_specifier);
+    if unresolved {
+        a.cluster_not_found_response_code = ClusterNotFoundResponseCode::InternalServerError as i32;
+    }
+}
+
+/// A Gateway API match as xDS's: PathPrefix as `path_separated_prefix` (whole segments; `/`
+/// as the plain prefix `/`), header names lower-cased, the method as `:method`.
+fn xds_match(m: &HttpRouteMatch) -> weft_xds_proto::envoy::config::route::v3::RouteMatch {
+    let named = |n: &gateway::NameMatch| {
+        let (exact, regex) = match n.kind {
+            ValueMatchType::Exact => (Some(n.value.clone()), None),
+            ValueMatchType::RegularExpression => (None, Some(n.value.clone())),
+        };
+        HeaderMatch {
+            name: n.name.clone(),
+            exact,
+            prefix: None,
+            regex,
+        }
+    };
+    // The first match of a header name wins (the API's rule); the rest are left out.
+    let mut headers: Vec<HeaderMatch> = Vec::new();
+    for h in &m.headers {
+        if !headers.iter().any(|x| x.name.eq_ignore_ascii_case(&h.name)) {
+            headers.push(named(h));
+        }
+    }
+    let mut query_params: Vec<HeaderMatch> = Vec::new();
+    for q in &m.query_params {
+        if !query_params.iter().any(|x| x.name == q.name) {
+            query_params.push(named(q));
+        }
+    }
+    let policy_match = RouteMatch {
+        path: None,
+        method: m.method.clone(),
+        headers,
+        query_params,
+    };
+    let mut out = route_match(Some(&policy_match));
+    out.path_specifier = Some(match &m.path {
+        None => PathSpecifier::Prefix("/".into()),
+        Some(p) => match p.kind {
+            PathMatchType::Exact => PathSpecifier::Path(p.value.clone()),
+            PathMatchType::RegularExpression => {
+                let regex = StringMatch {
+                    regex: Some(p.value.clone()),
+                    ..Default::default()
+                };
+                match route_match(Some(&RouteMatch {
+                    path: Some(regex),
+                    ..Default::default()
+                }))
+                .path_specifier
+                {
+                    Some(s) => s,
+                    None => PathSpecifier::Prefix("/".into()),
+                }
+            }
+            PathMatchType::PathPrefix => match p.value.trim_end_matches('/') {
+                "" => PathSpecifier::Prefix("/".into()),
+                prefix => PathSpecifier::PathSeparatedPrefix(prefix.into()),
+            },
+        },
+    });
+    out
+}

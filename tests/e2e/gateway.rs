@@ -1,0 +1,383 @@
+//! Gateway API routes for the mesh (GAMMA), through the whole loop: `HTTPRoute` documents in
+//! the file registry -> `weft-control-plane` -> ADS -> a client sidecar -> real servers. The
+//! semantics of the mesh conformance tests (MeshTrafficSplit, MeshHTTPRouteMatching,
+//! MeshHTTPRouteQueryParamMatching, MeshHTTPRouteWeight), re-expressed with weft's peers: the
+//! Services `web` (both versions), `web-v1` and `web-v2`, all on port 8080, in namespace `demo`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use http::Request;
+use weft_tests::{
+    chain::TempDir,
+    eventually,
+    http_peer::{self, Peer},
+    mesh,
+    proxy::Proxy,
+};
+
+const WEB: &str = "web.demo.svc.cluster.local:8080";
+
+struct Mesh {
+    dir: TempDir,
+    cp: Proxy,
+    client: Proxy,
+    _peers: [Peer; 2],
+}
+
+impl Mesh {
+    async fn start() -> Mesh {
+        let peers = [
+            http_peer::server("web-v1").await,
+            http_peer::server("web-v2").await,
+        ];
+        let dir = TempDir::new("gateway");
+        let (v1, v2) = ((peers[0].addr, "v1"), (peers[1].addr, "v2"));
+        dir.write("web.yaml", &mesh::service("web", 8080, "http", &[v1, v2]));
+        dir.write("web-v1.yaml", &mesh::service("web-v1", 8080, "http", &[v1]));
+        dir.write("web-v2.yaml", &mesh::service("web-v2", 8080, "http", &[v2]));
+        let cp = mesh::control_plane(&dir, &[]);
+        let client = Proxy::start(&[
+            "--control-plane",
+            &cp.addr("xds").to_string(),
+            "--node-id",
+            "client-0",
+        ]);
+        let m = Mesh {
+            dir,
+            cp,
+            client,
+            _peers: peers,
+        };
+        // Ready: the service is routed (to both versions, with no route attached).
+        eventually(Duration::from_secs(10), "web to be routed", || async {
+            (m.get("/id", &[]).await.0 == 200).then_some(())
+        })
+        .await;
+        m
+    }
+
+    fn outbound(&self) -> SocketAddr {
+        self.client.addr("outbound")
+    }
+
+    /// GET `path` on web with `headers`: the status, the peer that answered (none when the
+    /// proxy answered itself) and the proxy's error header.
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+        self.send("GET", path, headers).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
+        let mut tx = http_peer::h2_client(self.outbound()).await;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{WEB}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let rsp = tx
+            .send_request(req.body(http_peer::body("")).unwrap())
+            .await
+            .unwrap();
+        let header = |n: &str| {
+            rsp.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        (
+            rsp.status().as_u16(),
+            header("x-served-by"),
+            header("weft-proxy-error"),
+        )
+    }
+
+    /// Writes `yaml` as `name` and waits until `check` holds.
+    async fn apply<F, Fut>(&self, name: &str, yaml: &str, what: &str, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        self.dir.write(name, yaml);
+        eventually(Duration::from_secs(10), what, || async {
+            check().await.then_some(())
+        })
+        .await;
+    }
+}
+
+/// An HTTPRoute in `demo` attached to web's port 8080, with `rules` (YAML, indented for
+/// `rules:`).
+fn route(name: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: web, port: 8080}}]\n  rules:\n{rules}"
+    )
+}
+
+fn to(service: &str) -> String {
+    format!("      backendRefs: [{{name: {service}, port: 8080}}]\n")
+}
+
+/// A request (method, path, headers) and the peer that must answer it.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_paths_by_segment_headers_queries_and_methods_in_precedence_order() {
+    let m = Mesh::start().await;
+    // MeshHTTPRouteMatching, with an exact path (MeshTrafficSplit) and, in a second route,
+    // query parameters and a method: precedence runs across both routes.
+    let matching = route(
+        "matching",
+        &format!(
+            "    - matches: [{{path: {{type: PathPrefix, value: /}}}}, {{headers: [{{name: version, value: one}}]}}]\n{}    - matches: [{{path: {{type: PathPrefix, value: /v2}}}}, {{headers: [{{name: version, value: two}}]}}]\n{}    - matches: [{{path: {{type: Exact, value: /v1}}}}]\n{}",
+            to("web-v1"),
+            to("web-v2"),
+            to("web-v1"),
+        ),
+    );
+    let more = route(
+        "more",
+        &format!(
+            "    - matches: [{{path: {{type: Exact, value: /q}}, queryParams: [{{name: animal, value: dolphin}}]}}]\n{}    - matches: [{{path: {{type: Exact, value: /q}}}}]\n{}    - matches: [{{path: {{type: Exact, value: /m}}, method: POST}}]\n{}    - matches: [{{path: {{type: RegularExpression, value: \"/re/[0-9]+\"}}}}]\n{}",
+            to("web-v2"),
+            to("web-v1"),
+            to("web-v2"),
+            to("web-v2"),
+        ),
+    );
+    m.dir.write("more.yaml", &more);
+    m.apply(
+        "matching.yaml",
+        &matching,
+        "the routes to be in force",
+        || async {
+            m.get("/v2/example", &[]).await.1 == "web-v2"
+                && m.get("/q?animal=dolphin", &[]).await.1 == "web-v2"
+        },
+    )
+    .await;
+    let cases: &[Case] = &[
+        ("GET", "/", &[], "web-v1"),
+        ("GET", "/example", &[], "web-v1"),
+        ("GET", "/", &[("version", "one")], "web-v1"),
+        // Whole segments: `/v2` does not take `/v2example`.
+        ("GET", "/v2example", &[], "web-v1"),
+        ("GET", "/foo/v2/example", &[], "web-v1"),
+        ("GET", "/v2", &[], "web-v2"),
+        ("GET", "/v2/", &[], "web-v2"),
+        ("GET", "/v2/example", &[], "web-v2"),
+        ("GET", "/", &[("version", "two")], "web-v2"),
+        // The exact path beats the prefix `/`.
+        ("GET", "/v1", &[("version", "two")], "web-v1"),
+        // More query matches first; a parameter among others still matches.
+        ("GET", "/q?animal=dolphin", &[], "web-v2"),
+        ("GET", "/q?color=yellow&animal=dolphin", &[], "web-v2"),
+        ("GET", "/q?animal=whale", &[], "web-v1"),
+        ("GET", "/q", &[], "web-v1"),
+        // A match with a method comes before one without.
+        ("POST", "/m", &[], "web-v2"),
+        ("GET", "/m", &[], "web-v1"),
+        ("GET", "/re/42", &[], "web-v2"),
+        ("GET", "/re/x", &[], "web-v1"),
+    ];
+    for (method, path, headers, want) in cases {
+        let (status, by, err) = m.send(method, path, headers).await;
+        assert_eq!(
+            (by.as_str(), err.as_str()),
+            (*want, ""),
+            "{method} {path} {headers:?}: status {status}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_replaces_the_default_so_unmatched_requests_get_404_and_missing_backends_500() {
+    let m = Mesh::start().await;
+    assert_eq!(
+        m.get("/elsewhere", &[]).await.2,
+        "",
+        "no route yet: web takes all"
+    );
+    let only = route(
+        "only",
+        &format!(
+            "    - matches: [{{path: {{type: Exact, value: /only}}}}]\n{}    - matches: [{{path: {{type: PathPrefix, value: /half}}}}]\n      backendRefs: [{{name: web-v1, port: 8080}}, {{name: web-v3, port: 8080}}]\n",
+            to("web-v1")
+        ),
+    );
+    m.apply("only.yaml", &only, "the route to be in force", || async {
+        !m.get("/elsewhere", &[]).await.2.is_empty()
+    })
+    .await;
+    let (status, by, err) = m.get("/elsewhere", &[]).await;
+    assert_eq!((status, by.as_str()), (404, ""), "answered by the proxy");
+    assert!(err.contains("no route"), "{err}");
+    assert_eq!(m.get("/only", &[]).await.1, "web-v1");
+    // web-v3 is not registered: half of /half gets 500, the other half web-v1.
+    let (mut served, mut failed) = (0, 0);
+    for _ in 0..400 {
+        match m.get("/half/x", &[]).await {
+            (_, by, _) if by == "web-v1" => served += 1,
+            (500, _, err) => {
+                assert!(err.contains("web-v3"), "{err}");
+                failed += 1;
+            }
+            other => panic!("/half: {other:?}"),
+        }
+    }
+    assert!(
+        (140..=260).contains(&failed),
+        "{failed} of 400 answered 500 (expected about half), {served} served"
+    );
+    // Once web-v3 is registered, its share goes to it.
+    let peer = http_peer::server("web-v3").await;
+    m.apply(
+        "web-v3.yaml",
+        &mesh::service("web-v3", 8080, "http", &[(peer.addr, "v3")]),
+        "web-v3 to be resolved",
+        || async {
+            let mut seen = false;
+            for _ in 0..20 {
+                seen |= m.get("/half/x", &[]).await.1 == "web-v3";
+            }
+            seen
+        },
+    )
+    .await;
+    for _ in 0..50 {
+        assert_ne!(m.get("/half/x", &[]).await.0, 500);
+    }
+    // Without the route, web takes every path again.
+    std::fs::remove_file(m.dir.0.join("only.yaml")).unwrap();
+    eventually(Duration::from_secs(10), "the route to be gone", || async {
+        (m.get("/elsewhere", &[]).await.2.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_split_within_two_points_over_ten_thousand_requests() {
+    let m = Mesh::start().await;
+    let split = route(
+        "split",
+        "    - backendRefs:\n        - {name: web-v1, port: 8080, weight: 70}\n        - {name: web-v2, port: 8080, weight: 30}\n",
+    );
+    m.apply("split.yaml", &split, "the split to be in force", || async {
+        m.get("/id", &[]).await.0 == 200 && {
+            let mut v2 = 0;
+            for _ in 0..40 {
+                v2 += usize::from(m.get("/id", &[]).await.1 == "web-v2");
+            }
+            (1..40).contains(&v2)
+        }
+    })
+    .await;
+    let (n, clients) = (10_000, 8);
+    let v2 = Arc::new(AtomicUsize::new(0));
+    let outbound = m.outbound();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let v2 = v2.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = http_peer::h2_client(outbound).await;
+            for _ in 0..n / clients {
+                let req = Request::get(format!("http://{WEB}/id"))
+                    .body(http_peer::body(""))
+                    .unwrap();
+                let rsp = tx.send_request(req).await.unwrap();
+                assert_eq!(rsp.status(), 200);
+                if rsp
+                    .headers()
+                    .get("x-served-by")
+                    .is_some_and(|v| v == "web-v2")
+                {
+                    v2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let share = v2.load(Ordering::Relaxed) as f64 * 100.0 / n as f64;
+    assert!(
+        (28.0..=32.0).contains(&share),
+        "web-v2 took {share:.2} % of {n} requests, expected 30 ± 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_validates_applies_lists_with_conditions_and_deletes_http_routes() {
+    let m = Mesh::start().await;
+    // Files to apply, outside the registry's directory.
+    let input = TempDir::new("gateway-apply");
+    let bad = route(
+        "bad",
+        "    - backendRefs: [{name: web-v1}]\n      filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]\n",
+    );
+    let f = input.write("bad.yaml", &bad);
+    let (code, _, err) = mesh::weftctl(&m.cp, &["apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    for want in [
+        "HTTPRoute demo/bad",
+        "spec.rules[0].backendRefs[0].port: a Service backend needs its port",
+        "spec.rules[0].filters[0].type: `RequestRedirect`: filters are not supported yet",
+    ] {
+        assert!(err.contains(want), "{err}\nwants {want}");
+    }
+    let good = route(
+        "canary",
+        "    - backendRefs: [{name: web-v1, port: 8080, weight: 9}, {name: web-v7, port: 8080}]\n",
+    );
+    let f = input.write("canary.yaml", &good);
+    let (code, out, err) = mesh::weftctl(&m.cp, &["apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "httproute demo/canary applied"),
+        "{err}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the route to be listed",
+        || async {
+            let (_, out, _) = mesh::weftctl(&m.cp, &["get", "httproutes"]);
+            out.contains("demo/canary").then_some(out)
+        },
+    )
+    .await;
+    let (_, out, _) = mesh::weftctl(&m.cp, &["get", "httproutes"]);
+    let row = out.lines().find(|l| l.starts_with("demo/canary")).unwrap();
+    assert!(row.contains("web:8080"), "{out}");
+    assert!(row.contains(" True "), "{out}");
+    assert!(
+        row.ends_with(
+            "False (BackendNotFound: not registered (their share is answered 500): demo/web-v7:8080)"
+        ),
+        "{out}"
+    );
+    let (code, out, err) = mesh::weftctl(&m.cp, &["delete", "httproute", "demo/canary"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "httproute demo/canary deleted"),
+        "{err}"
+    );
+    eventually(Duration::from_secs(10), "the route to be gone", || async {
+        let (_, out, _) = mesh::weftctl(&m.cp, &["get", "httproutes"]);
+        (!out.contains("demo/canary")).then_some(())
+    })
+    .await;
+    let (code, _, err) = mesh::weftctl(&m.cp, &["delete", "httproute", "demo/canary"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no httproute demo/canary"), "{err}");
+}
