@@ -165,14 +165,42 @@ pub enum ValueMatchType {
     RegularExpression,
 }
 
-/// A filter, kept as written: none is supported yet, and validation says so for each.
+/// A filter: the header modifiers are supported; the other types are kept as written, and
+/// validation refuses them by name.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteFilter {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderModifier>,
     #[serde(flatten)]
-    pub config: serde_json::Map<String, serde_json::Value>,
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+pub const REQUEST_HEADER_MODIFIER: &str = "RequestHeaderModifier";
+pub const RESPONSE_HEADER_MODIFIER: &str = "ResponseHeaderModifier";
+
+/// `RequestHeaderModifier` / `ResponseHeaderModifier`: headers set (every value replaced),
+/// added (beside the values there are) and removed.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderModifier {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HttpHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HttpHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
 }
 
 /// A Service (`group: ""`, `kind: Service`, the API's defaults here) and its port.

@@ -1,5 +1,8 @@
 //! Pure routing logic, no I/O: request matching and weighted choice.
 
+mod mutate;
+pub use mutate::HeaderMutation;
+
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 

@@ -109,6 +109,16 @@ pub struct RoutePolicy {
     pub grpc_timeout_max: Option<Duration>,
     /// A response stream that carries nothing for this long is ended.
     pub idle_timeout: Option<Duration>,
+    /// Headers the route changes in requests and responses (`None`: none).
+    pub headers: Option<Arc<RouteHeaders>>,
+}
+
+/// A route's header changes: the request's before it is sent, the response's before it is
+/// relayed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteHeaders {
+    pub request: crate::route::HeaderMutation,
+    pub response: crate::route::HeaderMutation,
 }
 
 impl RoutePolicy {
@@ -139,6 +149,12 @@ impl RoutePolicy {
         }
         if let Some(t) = self.idle_timeout {
             m.insert("idleTimeout".into(), d(t));
+        }
+        if let Some(h) = &self.headers {
+            m.insert(
+                "headers".into(),
+                serde_json::json!({"request": h.request.describe(), "response": h.response.describe()}),
+            );
         }
         m.into()
     }

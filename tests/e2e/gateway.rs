@@ -332,7 +332,7 @@ async fn weftctl_validates_applies_lists_with_conditions_and_deletes_http_routes
     for want in [
         "HTTPRoute demo/bad",
         "spec.rules[0].backendRefs[0].port: a Service backend needs its port",
-        "spec.rules[0].filters[0].type: `RequestRedirect`: filters are not supported yet",
+        "spec.rules[0].filters[0].type: `RequestRedirect`: not supported yet",
     ] {
         assert!(err.contains(want), "{err}\nwants {want}");
     }
@@ -380,4 +380,95 @@ async fn weftctl_validates_applies_lists_with_conditions_and_deletes_http_routes
     let (code, _, err) = mesh::weftctl(&m.cp, &["delete", "httproute", "demo/canary"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no httproute demo/canary"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_modifiers_set_add_and_remove_request_and_response_headers() {
+    let m = Mesh::start().await;
+    // MeshHTTPRouteRequestHeaderModifier's cases (selected by a header: the peer echoes on
+    // `/echo` only), and a response modifier (as MeshPorts uses one).
+    let case = |name: &str, filters: &str| {
+        format!(
+            "    - matches: [{{path: {{type: Exact, value: /echo}}, headers: [{{name: x-test-case, value: {name}}}]}}]\n      filters: [{filters}]\n{}",
+            to("web-v1")
+        )
+    };
+    let rules = [
+        case(
+            "set",
+            "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Header-Set, value: set-overwrites-values}]}}",
+        ),
+        case(
+            "add",
+            "{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: X-Header-Add, value: add-appends-values}]}}",
+        ),
+        case(
+            "remove",
+            "{type: RequestHeaderModifier, requestHeaderModifier: {remove: [X-Header-Remove]}}",
+        ),
+        case(
+            "response",
+            "{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: X-Header-Set, value: v1}], add: [{name: x-added, value: a}], remove: [x-seen-method]}}",
+        ),
+    ]
+    .concat();
+    let echo = |case: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let outbound = m.outbound();
+        async move {
+            let mut tx = http_peer::h2_client(outbound).await;
+            let mut req = Request::get(format!("http://{WEB}/echo")).header("x-test-case", case);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let rsp = tx
+                .send_request(req.body(http_peer::body("")).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(rsp.status(), 200, "{case}");
+            rsp.headers().clone()
+        }
+    };
+    m.apply(
+        "headers.yaml",
+        &route("headers", &rules),
+        "the modifiers",
+        || async {
+            echo("set", vec![])
+                .await
+                .get("x-seen-x-header-set")
+                .is_some()
+        },
+    )
+    .await;
+    let h = echo("set", vec![("x-header-set", "some-other-value")]).await;
+    assert_eq!(h["x-seen-x-header-set"], "set-overwrites-values");
+    let h = echo(
+        "add",
+        vec![
+            ("X-Header-Add", "some-other-value"),
+            ("x-header-keep", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        h["x-seen-x-header-add"],
+        "some-other-value,add-appends-values"
+    );
+    assert_eq!(h["x-seen-x-header-keep"], "kept");
+    let h = echo("add", vec![]).await;
+    assert_eq!(h["x-seen-x-header-add"], "add-appends-values");
+    let h = echo(
+        "remove",
+        vec![("x-header-remove", "gone"), ("x-header-other", "stays")],
+    )
+    .await;
+    assert!(h.get("x-seen-x-header-remove").is_none(), "{h:?}");
+    assert_eq!(h["x-seen-x-header-other"], "stays");
+    // The response's headers, changed before the client sees them; other rules' untouched.
+    let h = echo("response", vec![]).await;
+    assert_eq!(h["x-header-set"], "v1");
+    assert_eq!(h["x-added"], "a");
+    assert!(h.get("x-seen-method").is_none(), "{h:?}");
+    let h = echo("set", vec![]).await;
+    assert!(h.get("x-header-set").is_none() && h.get("x-seen-method").is_some());
 }

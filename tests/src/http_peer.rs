@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::{body::Frame, body::Incoming, service::service_fn};
 use hyper_util::{
@@ -147,6 +147,20 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
         "/echo" => {
             let mut seen = HeaderMap::new();
             let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+            // The values of the `x-header-*` headers (the Gateway API conformance tests'
+            // names), as `x-seen-x-header-*`, several joined with `,`.
+            for name in names.iter().filter(|n| n.starts_with("x-header-")) {
+                let values: Vec<&str> = req
+                    .headers()
+                    .get_all(*name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("?"))
+                    .collect();
+                seen.insert(
+                    HeaderName::from_bytes(format!("x-seen-{name}").as_bytes()).unwrap(),
+                    HeaderValue::from_str(&values.join(",")).unwrap(),
+                );
+            }
             seen.insert(
                 "x-seen-headers",
                 HeaderValue::from_str(&names.join(",")).unwrap(),

@@ -138,7 +138,32 @@ fn every_invalid_field_is_named() {
         (
             "      timeouts:",
             "      filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]\n      timeouts:",
-            "spec.rules[0].filters[0].type: `RequestRedirect`: filters are not supported yet",
+            "spec.rules[0].filters[0].type: `RequestRedirect`: not supported yet",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestHeaderModifier}]\n      timeouts:",
+            "spec.rules[0].filters[0].requestHeaderModifier: required with type `RequestHeaderModifier`",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: Host, value: x}]}, responseHeaderModifier: {}}]\n      timeouts:",
+            "spec.rules[0].filters[0].requestHeaderModifier.set[0].name: `Host` may not be changed by a route",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-a, value: \"1\"}], remove: [X-A]}}]\n      timeouts:",
+            "spec.rules[0].filters[0].responseHeaderModifier.remove[0]: `X-A`: one action per header name",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: \"\"}]}}]\n      timeouts:",
+            "spec.rules[0].filters[0].requestHeaderModifier.set[0].value: 1 to 4096 characters",
+        ),
+        (
+            "{name: web-v2, port: 8080, weight: 10}",
+            "{name: web-v2, port: 8080, weight: 10, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [x-a]}}]}",
+            "spec.rules[0].backendRefs[1].filters: filters on a backendRef are not supported yet",
         ),
         (
             "apiVersion: gateway.networking.k8s.io/v1",

@@ -19,6 +19,7 @@ const MAX_HEADER_NAME: usize = 256;
 const MAX_HEADER_VALUE: usize = 4096;
 const MAX_QUERY_VALUE: usize = 1024;
 const MAX_WEIGHT: u32 = 1_000_000;
+const MAX_FILTERS: usize = 16;
 
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -177,6 +178,12 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
     for (i, f) in r.filters.iter().enumerate() {
         filter(&format!("{at}.filters[{i}]"), f, c);
     }
+    for kind in [REQUEST_HEADER_MODIFIER, RESPONSE_HEADER_MODIFIER] {
+        if r.filters.iter().filter(|f| f.kind == kind).count() > 1 {
+            c.fail(format!("{at}.filters"), format!("`{kind}` at most once"));
+        }
+    }
+    c.at_most(&format!("{at}.filters"), r.filters.len(), MAX_FILTERS);
     if r.backend_refs.is_empty() {
         c.fail(
             format!("{at}.backendRefs"),
@@ -259,10 +266,79 @@ fn route_match(at: &str, m: &HttpRouteMatch, c: &mut Check) {
 }
 
 fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
-    c.fail(
-        format!("{at}.type"),
-        format!("`{}`: filters are not supported yet", f.kind),
+    let (field, given) = match f.kind.as_str() {
+        REQUEST_HEADER_MODIFIER => ("requestHeaderModifier", &f.request_header_modifier),
+        RESPONSE_HEADER_MODIFIER => ("responseHeaderModifier", &f.response_header_modifier),
+        other => {
+            c.fail(
+                format!("{at}.type"),
+                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER})"),
+            );
+            return;
+        }
+    };
+    // The sub-object of its type, and no other.
+    let others = f.other.keys().map(String::as_str).chain(
+        [
+            ("requestHeaderModifier", f.request_header_modifier.is_some()),
+            (
+                "responseHeaderModifier",
+                f.response_header_modifier.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(n, on)| *on && *n != field)
+        .map(|(n, _)| n),
     );
+    for other in others {
+        c.fail(
+            format!("{at}.{other}"),
+            format!("only `{field}` goes with type `{}`", f.kind),
+        );
+    }
+    match given {
+        None => c.fail(
+            format!("{at}.{field}"),
+            format!("required with type `{}`", f.kind),
+        ),
+        Some(m) => modifier(&format!("{at}.{field}"), m, c),
+    }
+}
+
+fn modifier(at: &str, m: &HeaderModifier, c: &mut Check) {
+    let mut names: Vec<String> = Vec::new();
+    let mut name = |field: String, n: &str, c: &mut Check| {
+        let lower = n.to_ascii_lowercase();
+        if !is_token(n) || n.len() > MAX_HEADER_NAME {
+            c.fail(field, format!("`{n}` is not a header name"));
+        } else if weft_core::policy::check::unchangeable_header(&lower) {
+            c.fail(field, format!("`{n}` may not be changed by a route"));
+        } else if names.contains(&lower) {
+            c.fail(field, format!("`{n}`: one action per header name"));
+        } else {
+            names.push(lower);
+        }
+    };
+    for (list, items) in [("set", &m.set), ("add", &m.add)] {
+        c.at_most(&format!("{at}.{list}"), items.len(), MAX_NAME_MATCHES);
+        for (i, h) in items.iter().enumerate() {
+            name(format!("{at}.{list}[{i}].name"), &h.name, c);
+            let printable = h
+                .value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
+            if h.value.is_empty() || h.value.len() > MAX_HEADER_VALUE || !printable {
+                c.fail(
+                    format!("{at}.{list}[{i}].value"),
+                    format!("1 to {MAX_HEADER_VALUE} characters, no control character"),
+                );
+            }
+        }
+    }
+    c.at_most(&format!("{at}.remove"), m.remove.len(), MAX_NAME_MATCHES);
+    for (i, n) in m.remove.iter().enumerate() {
+        name(format!("{at}.remove[{i}]"), n, c);
+    }
 }
 
 fn backend(at: &str, b: &HttpBackendRef, c: &mut Check) {
@@ -293,7 +369,10 @@ fn backend(at: &str, b: &HttpBackendRef, c: &mut Check) {
             format!("{}: at most {MAX_WEIGHT}", b.weight),
         );
     }
-    for (i, f) in b.filters.iter().enumerate() {
-        filter(&format!("{at}.filters[{i}]"), f, c);
+    if !b.filters.is_empty() {
+        c.fail(
+            format!("{at}.filters"),
+            "filters on a backendRef are not supported yet: put them on the rule",
+        );
     }
 }

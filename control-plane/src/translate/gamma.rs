@@ -18,6 +18,9 @@
 
 use std::collections::BTreeMap;
 
+use weft_xds_proto::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
 use weft_xds_proto::envoy::config::route::v3::{
     Route, RouteAction, WeightedCluster,
     route::Action,
@@ -144,6 +147,16 @@ pub(super) fn routes(
                 .and_then(|t| t.request.as_deref())
                 .and_then(gateway::duration);
             let mut route_base = base(name, timeout.filter(|d| !d.is_zero()));
+            for f in &rule.filters {
+                if let Some(m) = &f.request_header_modifier {
+                    route_base.request_headers_to_add = headers_to_add(m);
+                    route_base.request_headers_to_remove = headers_to_remove(m);
+                }
+                if let Some(m) = &f.response_header_modifier {
+                    route_base.response_headers_to_add = headers_to_add(m);
+                    route_base.response_headers_to_remove = headers_to_remove(m);
+                }
+            }
             if let Some(Action::Route(a)) = &mut route_base.action {
                 backends(a, rule, ns, services);
                 // `0s` is no timeout, whatever the policy says.
@@ -167,6 +180,32 @@ pub(super) fn routes(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A header modifier's `set` (overwrite) and `add` (append) as xDS header options.
+fn headers_to_add(m: &gateway::HeaderModifier) -> Vec<HeaderValueOption> {
+    let option = |h: &gateway::HttpHeader, action: HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: h.name.to_ascii_lowercase(),
+            value: h.value.clone(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    let set = m
+        .set
+        .iter()
+        .map(|h| option(h, HeaderAppendAction::OverwriteIfExistsOrAdd));
+    let add = m
+        .add
+        .iter()
+        .map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd));
+    set.chain(add).collect()
+}
+
+fn headers_to_remove(m: &gateway::HeaderModifier) -> Vec<String> {
+    m.remove.iter().map(|n| n.to_ascii_lowercase()).collect()
 }
 
 /// Sets `a`'s clusters to the rule's backendRefs.

@@ -154,6 +154,23 @@ impl Fault {
     }
 }
 
+/// Whether a route may not change header `name` (lower case): HTTP/2's pseudo-headers, `host`
+/// (the authority routes the request) and the connection's own headers (stripped hop by hop).
+pub fn unchangeable_header(name: &str) -> bool {
+    name.starts_with(':')
+        || matches!(
+            name,
+            "host"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "trailer"
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

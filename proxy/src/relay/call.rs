@@ -22,6 +22,10 @@ impl HttpProxy {
         let dest = &to.dest;
         let route = to.routed.as_ref().map(Routed::route);
         let policy = route.map(|r| &r.policy);
+        // The route's header changes, before anything (a retry, a mirror) copies the head.
+        if let Some(h) = policy.and_then(|p| p.headers.as_deref()) {
+            h.request.apply(req.headers_mut());
+        }
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // gRPC's own deadline bounds the whole call (cut to the route's maximum, and the
         // upstream told the shorter one); the route timeout bounds the wait for response
@@ -145,6 +149,13 @@ impl HttpProxy {
                 return to.fail(e);
             }
         };
+        if let Some(h) = to
+            .routed
+            .as_ref()
+            .and_then(|r| r.route().policy.headers.as_deref())
+        {
+            h.response.apply(rsp.headers_mut());
+        }
         let Routing {
             obs, version, held, ..
         } = to;

@@ -300,6 +300,7 @@ fn compile_service(
             mirror,
             grpc_timeout_max: r.grpc_timeout_max,
             idle_timeout: r.idle_timeout,
+            headers: None,
         };
         routes.push(Route {
             name: route_name,

@@ -17,6 +17,7 @@ use weft_xds_proto::envoy::config::{
 };
 
 pub mod convert;
+mod headers;
 mod incremental;
 mod policy;
 mod refused;
@@ -238,6 +239,7 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
             mirror,
             grpc_timeout_max: spec.grpc_timeout_max,
             idle_timeout: spec.idle_timeout,
+            headers: spec.headers.clone(),
         },
         metrics: Box::default(),
     })

@@ -78,6 +78,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
         let matches = route_match(r).map_err(at)?;
         let (grpc_timeout_max, idle_timeout) = policy::timeouts(action);
         let retry = policy::retry(action).map_err(at)?;
+        let headers = super::headers::route_headers(r).map_err(at)?;
         let fault =
             policy::fault(r.typed_per_filter_config.get(policy::FAULT_FILTER)).map_err(at)?;
         let rate_limit =
@@ -108,6 +109,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
             grpc_timeout_max,
             idle_timeout,
             missing_status: missing_status(action),
+            headers,
             rate_limit,
             mirror,
             name,

@@ -58,6 +58,8 @@ pub struct RouteSpec {
     /// What a backend whose cluster does not exist answers (`cluster_not_found_response_code`,
     /// when the route sets it: 404 or 500); `None`: such a route is refused, as before.
     pub missing_status: Option<u16>,
+    /// Headers the route changes.
+    pub headers: Option<Arc<crate::table::RouteHeaders>>,
 }
 
 /// A Cluster: how it balances and protects its endpoints, and the endpoints it lists itself.

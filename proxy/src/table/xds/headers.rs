@@ -1,0 +1,149 @@
+//! A route's header changes from xDS: `request_headers_to_add` / `_remove` and the response's.
+//! An option's `append_action` says set (`OVERWRITE_IF_EXISTS_OR_ADD`) or add
+//! (`APPEND_IF_EXISTS_OR_ADD`, the default; the deprecated `append: false` means set); the
+//! other two actions are refused, as are names a route may not change (pseudo-headers, `host`,
+//! the connection's own headers) and values that are not header values.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use weft_xds_proto::envoy::config::{
+    core::v3::{HeaderValueOption, header_value_option::HeaderAppendAction},
+    route::v3::Route as XdsRoute,
+};
+
+use super::refused::{Refused, invalid, unsupported};
+use weft_core::policy::check::unchangeable_header;
+
+use crate::route::HeaderMutation;
+use crate::table::RouteHeaders;
+
+fn name(n: &str) -> Result<HeaderName, Refused> {
+    let lower = n.to_ascii_lowercase();
+    if unchangeable_header(&lower) {
+        return Err(unsupported(format!(
+            "header `{n}` may not be changed by a route"
+        )));
+    }
+    HeaderName::from_bytes(lower.as_bytes())
+        .map_err(|_| invalid(format!("`{n}` is not a header name")))
+}
+
+// `append` is deprecated, and still what older control planes send.
+#[allow(deprecated)]
+fn mutation(add: &[HeaderValueOption], remove: &[String]) -> Result<HeaderMutation, Refused> {
+    let (mut set, mut append) = (Vec::new(), Vec::new());
+    for o in add {
+        let Some(h) = &o.header else {
+            return Err(invalid("a header option without a header"));
+        };
+        let n = name(&h.key)?;
+        let raw = if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            &h.raw_value[..]
+        };
+        let v = HeaderValue::from_bytes(raw)
+            .map_err(|_| invalid(format!("header `{}`: not a header value", h.key)))?;
+        let overwrite = match (o.append.as_ref().map(|b| b.value), o.append_action) {
+            (Some(append), _) => !append,
+            (None, a) if a == HeaderAppendAction::AppendIfExistsOrAdd as i32 => false,
+            (None, a) if a == HeaderAppendAction::OverwriteIfExistsOrAdd as i32 => true,
+            (None, a) => {
+                return Err(unsupported(format!(
+                    "header `{}`: append action {a} (only append and overwrite are supported)",
+                    h.key
+                )));
+            }
+        };
+        if overwrite {
+            set.push((n, v));
+        } else {
+            append.push((n, v));
+        }
+    }
+    let remove = remove
+        .iter()
+        .map(|n| name(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HeaderMutation {
+        remove: remove.into(),
+        set: set.into(),
+        add: append.into(),
+    })
+}
+
+/// The route's header changes; `None` when it makes none.
+pub fn route_headers(r: &XdsRoute) -> Result<Option<Arc<RouteHeaders>>, Refused> {
+    let h = RouteHeaders {
+        request: mutation(&r.request_headers_to_add, &r.request_headers_to_remove)
+            .map_err(|e| e.at("request headers"))?,
+        response: mutation(&r.response_headers_to_add, &r.response_headers_to_remove)
+            .map_err(|e| e.at("response headers"))?,
+    };
+    Ok((!h.request.is_empty() || !h.response.is_empty()).then(|| Arc::new(h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_xds_proto::envoy::config::core::v3::HeaderValue as XdsHeader;
+
+    use super::*;
+
+    fn option(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+        HeaderValueOption {
+            header: Some(XdsHeader {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn options_become_set_add_and_remove_and_what_a_route_may_not_change_is_refused() {
+        let r = XdsRoute {
+            request_headers_to_add: vec![
+                option("X-Set", "s", HeaderAppendAction::OverwriteIfExistsOrAdd),
+                option("x-add", "a", HeaderAppendAction::AppendIfExistsOrAdd),
+            ],
+            response_headers_to_remove: vec!["X-Gone".into()],
+            ..Default::default()
+        };
+        let h = route_headers(&r).unwrap().unwrap();
+        assert_eq!(h.request.set[0].0.as_str(), "x-set");
+        assert_eq!(h.request.set[0].1, "s");
+        assert_eq!(h.request.add[0].0.as_str(), "x-add");
+        assert_eq!(h.response.remove[0].as_str(), "x-gone");
+        assert!(h.response.set.is_empty() && h.request.remove.is_empty());
+        assert_eq!(route_headers(&XdsRoute::default()).unwrap(), None);
+        for (bad, want) in [
+            (
+                option("host", "x", HeaderAppendAction::OverwriteIfExistsOrAdd),
+                "header `host` may not be changed by a route",
+            ),
+            (
+                option(":path", "/x", HeaderAppendAction::OverwriteIfExistsOrAdd),
+                "header `:path` may not be changed by a route",
+            ),
+            (
+                option("x-a", "1", HeaderAppendAction::AddIfAbsent),
+                "append action 1",
+            ),
+            (
+                option("x-a", "bad\nvalue", HeaderAppendAction::AppendIfExistsOrAdd),
+                "not a header value",
+            ),
+        ] {
+            let r = XdsRoute {
+                request_headers_to_add: vec![bad],
+                ..Default::default()
+            };
+            let e = route_headers(&r).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(e.contains("request headers"), "{e}");
+        }
+    }
+}
