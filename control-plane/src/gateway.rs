@@ -287,11 +287,13 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<HttpRoute>, PolicyError> {
             message: e.to_string(),
         })?;
         let Some(route) = route else { continue };
-        route.validate().map_err(|errors| PolicyError::Invalid {
-            source_name: source.to_string(),
-            policy: format!("HTTPRoute {}", route.key()),
-            errors,
-        })?;
+        route
+            .validate()
+            .map_err(|errors| PolicyError::InvalidObject {
+                source_name: source.to_string(),
+                object: format!("HTTPRoute {}", route.key()),
+                errors,
+            })?;
         out.push(route);
     }
     Ok(out)

@@ -219,6 +219,13 @@ pub enum PolicyError {
         policy: String,
         errors: Vec<FieldError>,
     },
+    /// An object of another kind (`HTTPRoute demo/web`), named with its kind.
+    #[error("{source_name}: {object}: {}", join(errors))]
+    InvalidObject {
+        source_name: String,
+        object: String,
+        errors: Vec<FieldError>,
+    },
 }
 
 fn join(errors: &[FieldError]) -> String {

@@ -147,6 +147,7 @@ fn default_values_render_valid_objects_for_a_secure_control_plane() {
         ("", "pods"),
         ("discovery.k8s.io", "endpointslices"),
         ("weft.dev", "trafficpolicies"),
+        ("gateway.networking.k8s.io", "httproutes"),
     ] {
         assert!(allows(g, r, "watch") && allows(g, r, "list"), "{g}/{r}");
     }

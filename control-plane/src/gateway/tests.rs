@@ -176,7 +176,7 @@ fn every_invalid_field_is_named() {
         let e = refused(&ROUTE.replacen(from, to, 1));
         assert!(e.contains(want), "{to}:\n  got  {e}\n  want {want}");
         assert!(
-            e.starts_with("r.yaml: policy HTTPRoute demo/web-canary: "),
+            e.starts_with("r.yaml: HTTPRoute demo/web-canary: "),
             "{e}"
         );
     }

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use weft_core::{address::EndpointAddress, contract::annotation};
 
 use super::{Endpoint, Protocol, Service, ServiceSpec, Snapshot};
+use crate::gateway::{self, HttpRoute};
 use crate::policy::{self, TrafficPolicy};
 
 /// Everything the watches hold at one moment.
@@ -46,6 +47,8 @@ pub struct Objects {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
     pub policies: Vec<Arc<DynamicObject>>,
+    /// Gateway API HTTPRoutes (empty when their CRD is not installed).
+    pub http_routes: Vec<Arc<DynamicObject>>,
 }
 
 /// Turns watched objects into snapshots, remembering each policy's last good version.
@@ -54,8 +57,68 @@ pub struct Translator {
     trust_domain: String,
     /// By `namespace/name`: the last good policy and the text it was parsed from.
     policies: BTreeMap<String, (String, TrafficPolicy)>,
+    /// The same for HTTPRoutes.
+    http_routes: BTreeMap<String, (String, HttpRoute)>,
     /// Problems in force after the last translation.
     pub errors: Vec<String>,
+}
+
+/// Objects of one kind (`TrafficPolicy`, `HTTPRoute`) as documents, each parsed and validated
+/// as the file registry does; `cache` holds each one's last good version (and the text it came
+/// from: an unchanged object is not parsed again), which stays in force while the current one
+/// is bad. Deleted objects are forgotten.
+fn last_good<T: Clone>(
+    cache: &mut BTreeMap<String, (String, T)>,
+    objs: &[Arc<DynamicObject>],
+    (api_version, kind): (&str, &str),
+    parse: impl Fn(&str, &str) -> Result<Vec<T>, policy::PolicyError>,
+    errors: &mut Vec<String>,
+) -> BTreeMap<String, T> {
+    let mut live = BTreeMap::new();
+    for obj in objs {
+        let k = key(&obj.metadata.namespace, &obj.metadata.name);
+        let doc = serde_json::json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {
+                "name": obj.metadata.name,
+                "namespace": obj.metadata.namespace.as_deref().unwrap_or("default"),
+                "creationTimestamp": obj.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+            },
+            "spec": obj.data.get("spec").cloned().unwrap_or_default(),
+        })
+        .to_string();
+        let source = format!("{kind} {k}");
+        match cache.get(&k) {
+            Some((text, p)) if *text == doc => {
+                live.insert(k, p.clone());
+            }
+            _ => match parse(&source, &doc) {
+                Ok(mut ps) if ps.len() == 1 => {
+                    let p = ps.remove(0);
+                    cache.insert(k.clone(), (doc, p.clone()));
+                    live.insert(k, p);
+                }
+                Ok(_) => errors.push(format!("{source}: not one {kind}")),
+                Err(e) => {
+                    let kept = cache.get(&k).map(|(_, p)| p.clone());
+                    errors.push(format!(
+                        "{e} ({})",
+                        if kept.is_some() {
+                            "its last good version stays in force"
+                        } else {
+                            "not in force"
+                        }
+                    ));
+                    if let Some(p) = kept {
+                        live.insert(k, p);
+                    }
+                }
+            },
+        }
+    }
+    cache.retain(|k, _| live.contains_key(k));
+    live
 }
 
 fn key(ns: &Option<String>, name: &Option<String>) -> String {
@@ -96,6 +159,7 @@ impl Translator {
         Translator {
             trust_domain: trust_domain.to_string(),
             policies: BTreeMap::new(),
+            http_routes: BTreeMap::new(),
             errors: Vec::new(),
         }
     }
@@ -171,52 +235,21 @@ impl Translator {
             }
         }
 
-        // Policies: the last good version of each stays when the current one is bad.
-        let mut live = BTreeMap::new();
-        for obj in &objs.policies {
-            let k = key(&obj.metadata.namespace, &obj.metadata.name);
-            let doc = serde_json::json!({
-                "apiVersion": policy::API_VERSION,
-                "kind": policy::KIND,
-                "metadata": {
-                    "name": obj.metadata.name,
-                    "namespace": obj.metadata.namespace.as_deref().unwrap_or("default"),
-                },
-                "spec": obj.data.get("spec").cloned().unwrap_or_default(),
-            })
-            .to_string();
-            let source = format!("TrafficPolicy {k}");
-            match self.policies.get(&k) {
-                Some((text, p)) if *text == doc => {
-                    live.insert(k, p.clone());
-                }
-                _ => match policy::parse(&source, &doc) {
-                    Ok(mut ps) if ps.len() == 1 => {
-                        let p = ps.remove(0);
-                        self.policies.insert(k.clone(), (doc, p.clone()));
-                        live.insert(k, p);
-                    }
-                    Ok(_) => errors.push(format!("{source}: not one policy")),
-                    Err(e) => {
-                        let kept = self.policies.get(&k).map(|(_, p)| p.clone());
-                        errors.push(format!(
-                            "{e} ({})",
-                            if kept.is_some() {
-                                "its last good version stays in force"
-                            } else {
-                                "not in force"
-                            }
-                        ));
-                        if let Some(p) = kept {
-                            live.insert(k, p);
-                        }
-                    }
-                },
-            }
-        }
-        // Deleted policies are forgotten.
-        self.policies.retain(|k, _| live.contains_key(k));
-        snap.policies = live;
+        // Policies and routes: the last good version of each stays when the current one is bad.
+        snap.policies = last_good(
+            &mut self.policies,
+            &objs.policies,
+            (policy::API_VERSION, policy::KIND),
+            policy::parse,
+            &mut errors,
+        );
+        snap.http_routes = last_good(
+            &mut self.http_routes,
+            &objs.http_routes,
+            (gateway::API_VERSION, gateway::HTTP_ROUTE),
+            gateway::parse,
+            &mut errors,
+        );
         self.errors = errors;
         snap
     }
@@ -315,6 +348,14 @@ pub fn traffic_policy_resource() -> ApiResource {
     )
 }
 
+/// The Gateway API's `HTTPRoute` (its CRDs are a prerequisite the operator installs).
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", gateway::HTTP_ROUTE),
+        "httproutes",
+    )
+}
+
 /// Watches the cluster (in-cluster config or KUBECONFIG) and publishes a snapshot after every
 /// change, until every receiver is gone. Waits for every watch's first listing before the first
 /// snapshot.
@@ -369,18 +410,52 @@ pub async fn run(
             .for_each(notify("pods")),
     );
     tokio::spawn(
-        watcher(Api::<DynamicObject>::all_with(client, &ar), cfg)
-            .default_backoff()
-            .reflect(pol_w)
-            .applied_objects()
-            .map(|r| r.map(drop))
-            .for_each(notify("trafficpolicies")),
+        watcher(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            cfg.clone(),
+        )
+        .default_backoff()
+        .reflect(pol_w)
+        .applied_objects()
+        .map(|r| r.map(drop))
+        .for_each(notify("trafficpolicies")),
     );
+    // HTTPRoutes only where the Gateway API's CRDs are installed (checked once, at start: a
+    // control plane started before them is restarted to see routes, as the docs say).
+    let routes_ar = http_route_resource();
+    let routes_api = Api::<DynamicObject>::all_with(client, &routes_ar);
+    let route_r = match routes_api
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.is_not_found() => {
+            tracing::warn!("the Gateway API's CRDs are not installed: HTTPRoutes are not watched");
+            None
+        }
+        _ => {
+            let route_w = reflector::store::Writer::new(routes_ar.clone());
+            let route_r = route_w.as_reader();
+            tokio::spawn(
+                watcher(routes_api, cfg)
+                    .default_backoff()
+                    .reflect(route_w)
+                    .applied_objects()
+                    .map(|r| r.map(drop))
+                    .for_each(notify("httproutes")),
+            );
+            Some(route_r)
+        }
+    };
+    let routes_ready = match &route_r {
+        Some(r) => r.wait_until_ready().await,
+        None => Ok(()),
+    };
     for r in [
         svc_r.wait_until_ready().await,
         slice_r.wait_until_ready().await,
         pod_r.wait_until_ready().await,
         pol_r.wait_until_ready().await,
+        routes_ready,
     ] {
         if r.is_err() {
             return;
@@ -395,6 +470,7 @@ pub async fn run(
             slices: slice_r.state(),
             pods: pod_r.state(),
             policies: pol_r.state(),
+            http_routes: route_r.as_ref().map(|r| r.state()).unwrap_or_default(),
         };
         let snap = translator.snapshot(&objs);
         if translator.errors != reported {
