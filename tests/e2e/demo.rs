@@ -22,7 +22,7 @@ fn the_demo_runs_with_mutual_tls_and_shows_the_identities() {
         "HTTP/2, 400 requests: web-v2: 400  (v2 100.0%)",
         "budget 50 % + 10/s), 300 requests: web-v2: 300  (0 failed)",
         "weft_retries_total{direction=\"outbound\",reason=\"5xx\"",
-        "trace 4bf92f3577b34da6a3ce929d0e0e4736, route canary-by-header backend web.demo.svc.cluster.local:8080/v2",
+        "trace 4bf92f3577b34da6a3ce929d0e0e4736, route demo/web/canary-by-header backend web-v2.demo.svc.cluster.local:8080",
         "inbound  GET /echo -> 200",
         "caller spiffe://cluster.local/ns/demo/sa/frontend",
     ] {
@@ -32,7 +32,9 @@ fn the_demo_runs_with_mutual_tls_and_shows_the_identities() {
     if weft_tests::tools::require("prometheus").is_some() {
         let v2 = text
             .lines()
-            .find(|l| l.contains(" split ") && l.contains(":8080/v2"))
+            .find(|l| {
+                l.contains(" demo/web/split ") && l.contains("web-v2.demo.svc.cluster.local:8080")
+            })
             .unwrap_or_else(|| panic!("no weftctl stat row for v2 in:\n{text}"));
         assert!(v2.contains("100.00%"), "{v2}");
     }

@@ -175,10 +175,7 @@ fn every_invalid_field_is_named() {
         assert!(ROUTE.contains(from), "{from}");
         let e = refused(&ROUTE.replacen(from, to, 1));
         assert!(e.contains(want), "{to}:\n  got  {e}\n  want {want}");
-        assert!(
-            e.starts_with("r.yaml: HTTPRoute demo/web-canary: "),
-            "{e}"
-        );
+        assert!(e.starts_with("r.yaml: HTTPRoute demo/web-canary: "), "{e}");
     }
     // Fields the standard channel does not have (or weft does not know) are errors too.
     let e = refused(&ROUTE.replace(
