@@ -176,12 +176,76 @@ pub struct HttpRouteFilter {
     pub request_header_modifier: Option<HeaderModifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<RequestMirror>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 pub const REQUEST_HEADER_MODIFIER: &str = "RequestHeaderModifier";
 pub const RESPONSE_HEADER_MODIFIER: &str = "ResponseHeaderModifier";
+pub const REQUEST_MIRROR: &str = "RequestMirror";
+
+/// `RequestMirror`: a copy of the requests (all, `percent` of them, or `fraction`) goes to a
+/// Service; its answers are dropped.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestMirror {
+    pub backend_ref: MirrorBackendRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Fraction>,
+}
+
+/// A backendRef without weight or filters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MirrorBackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default = "hundred")]
+    pub denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+impl RequestMirror {
+    /// The share of requests copied, in percent.
+    pub fn percent(&self) -> f64 {
+        match (&self.fraction, self.percent) {
+            (Some(f), _) => f64::from(f.numerator) * 100.0 / f64::from(f.denominator.max(1)),
+            (None, Some(p)) => f64::from(p),
+            (None, None) => 100.0,
+        }
+    }
+}
+
+impl MirrorBackendRef {
+    pub fn service(&self, route_ns: &str) -> ServiceRef<'_> {
+        let ns = self.namespace.as_deref().unwrap_or(route_ns);
+        ServiceRef {
+            key: format!("{ns}/{}", self.name),
+            port: self.port,
+            name: &self.name,
+        }
+    }
+}
 
 /// `RequestHeaderModifier` / `ResponseHeaderModifier`: headers set (every value replaced),
 /// added (beside the values there are) and removed.

@@ -28,7 +28,7 @@ struct Mesh {
     dir: TempDir,
     cp: Proxy,
     client: Proxy,
-    _peers: [Peer; 2],
+    peers: [Peer; 2],
 }
 
 impl Mesh {
@@ -53,7 +53,7 @@ impl Mesh {
             dir,
             cp,
             client,
-            _peers: peers,
+            peers,
         };
         // Ready: the service is routed (to both versions, with no route attached).
         eventually(Duration::from_secs(10), "web to be routed", || async {
@@ -362,7 +362,7 @@ async fn weftctl_validates_applies_lists_with_conditions_and_deletes_http_routes
     assert!(row.contains(" True "), "{out}");
     assert!(
         row.ends_with(
-            "False (BackendNotFound: not registered (their share is answered 500): demo/web-v7:8080)"
+            "False (BackendNotFound: not registered: demo/web-v7:8080 (a backend's share of the requests is answered 500; a mirror copies nothing))"
         ),
         "{out}"
     );
@@ -471,4 +471,50 @@ async fn header_modifiers_set_add_and_remove_request_and_response_headers() {
     assert!(h.get("x-seen-method").is_none(), "{h:?}");
     let h = echo("set", vec![]).await;
     assert!(h.get("x-header-set").is_none() && h.get("x-seen-method").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_mirror_copies_requests_to_another_service() {
+    let m = Mesh::start().await;
+    let mirrored = |percent: u32| {
+        route(
+            "mirror",
+            &format!(
+                "    - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: web-v2, port: 8080}}, percent: {percent}}}}}]\n{}",
+                to("web-v1")
+            ),
+        )
+    };
+    let copies = || m.peers[1].state.requests.load(Ordering::SeqCst);
+    m.apply("mirror.yaml", &mirrored(100), "the mirror", || async {
+        let before = copies();
+        m.get("/id", &[]).await.1 == "web-v1" && {
+            // Copies are sent beside the request: give this one a moment to arrive.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            copies() > before
+        }
+    })
+    .await;
+    let before = copies();
+    for _ in 0..20 {
+        assert_eq!(
+            m.get("/id", &[]).await.1,
+            "web-v1",
+            "the answer is the route's"
+        );
+    }
+    eventually(Duration::from_secs(5), "20 copies at web-v2", || async {
+        (copies() >= before + 20).then_some(())
+    })
+    .await;
+    // 0 %: none.
+    m.apply("mirror.yaml", &mirrored(0), "the mirror at 0 %", || async {
+        let before = copies();
+        for _ in 0..20 {
+            m.get("/id", &[]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        copies() == before
+    })
+    .await;
 }

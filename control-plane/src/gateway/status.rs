@@ -54,6 +54,15 @@ pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
         .flat_map(|r| &r.backend_refs)
         .filter(|b| b.weight > 0)
         .map(|b| b.service(ns))
+        .chain(
+            route
+                .spec
+                .rules
+                .iter()
+                .flat_map(|r| &r.filters)
+                .filter_map(|f| f.request_mirror.as_ref())
+                .map(|m| m.backend_ref.service(ns)),
+        )
         .filter(|s| !registered(&s.key, s.port))
         .map(|s| format!("{}:{}", s.key, s.port.unwrap_or(0)))
         .collect();
@@ -70,7 +79,7 @@ pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
             false,
             "BackendNotFound",
             format!(
-                "not registered (their share is answered 500): {}",
+                "not registered: {} (a backend's share of the requests is answered 500; a mirror copies nothing)",
                 missing.join(", ")
             ),
         )

@@ -161,6 +161,21 @@ fn every_invalid_field_is_named() {
             "spec.rules[0].filters[0].requestHeaderModifier.set[0].value: 1 to 4096 characters",
         ),
         (
+            "      timeouts:",
+            "      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-v3}, percent: 10, fraction: {numerator: 1}}}]\n      timeouts:",
+            "spec.rules[0].filters[0].requestMirror.backendRef.port: a Service mirror needs its port; spec.rules[0].filters[0].requestMirror: set `percent` or `fraction`, not both",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-v3, port: 80}, fraction: {numerator: 3, denominator: 2}}}]\n      timeouts:",
+            "spec.rules[0].filters[0].requestMirror.fraction: the denominator at least 1, the numerator at most the denominator",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}}}, {type: RequestMirror, requestMirror: {backendRef: {name: b, port: 80}}}]\n      timeouts:",
+            "spec.rules[0].filters: more than one `RequestMirror` is not supported yet",
+        ),
+        (
             "{name: web-v2, port: 8080, weight: 10}",
             "{name: web-v2, port: 8080, weight: 10, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [x-a]}}]}",
             "spec.rules[0].backendRefs[1].filters: filters on a backendRef are not supported yet",

@@ -183,6 +183,17 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
             c.fail(format!("{at}.filters"), format!("`{kind}` at most once"));
         }
     }
+    if r.filters
+        .iter()
+        .filter(|f| f.kind == REQUEST_MIRROR)
+        .count()
+        > 1
+    {
+        c.fail(
+            format!("{at}.filters"),
+            format!("more than one `{REQUEST_MIRROR}` is not supported yet"),
+        );
+    }
     c.at_most(&format!("{at}.filters"), r.filters.len(), MAX_FILTERS);
     if r.backend_refs.is_empty() {
         c.fail(
@@ -269,14 +280,48 @@ fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
     let (field, given) = match f.kind.as_str() {
         REQUEST_HEADER_MODIFIER => ("requestHeaderModifier", &f.request_header_modifier),
         RESPONSE_HEADER_MODIFIER => ("responseHeaderModifier", &f.response_header_modifier),
+        REQUEST_MIRROR => ("requestMirror", &None),
         other => {
             c.fail(
                 format!("{at}.type"),
-                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER})"),
+                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER}, {REQUEST_MIRROR})"),
             );
             return;
         }
     };
+    if f.kind == REQUEST_MIRROR {
+        for other in f.other.keys().map(String::as_str).chain(
+            [
+                ("requestHeaderModifier", f.request_header_modifier.is_some()),
+                (
+                    "responseHeaderModifier",
+                    f.response_header_modifier.is_some(),
+                ),
+            ]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| n),
+        ) {
+            c.fail(
+                format!("{at}.{other}"),
+                format!("only `requestMirror` goes with type `{REQUEST_MIRROR}`"),
+            );
+        }
+        match &f.request_mirror {
+            None => c.fail(
+                format!("{at}.requestMirror"),
+                format!("required with type `{REQUEST_MIRROR}`"),
+            ),
+            Some(m) => mirror(&format!("{at}.requestMirror"), m, c),
+        }
+        return;
+    }
+    if f.request_mirror.is_some() {
+        c.fail(
+            format!("{at}.requestMirror"),
+            format!("only with type `{REQUEST_MIRROR}`"),
+        );
+    }
     // The sub-object of its type, and no other.
     let others = f.other.keys().map(String::as_str).chain(
         [
@@ -302,6 +347,44 @@ fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
             format!("required with type `{}`", f.kind),
         ),
         Some(m) => modifier(&format!("{at}.{field}"), m, c),
+    }
+}
+
+fn mirror(at: &str, m: &RequestMirror, c: &mut Check) {
+    let b = &m.backend_ref;
+    if b.group.as_deref().is_some_and(|g| !g.is_empty())
+        || b.kind.as_deref().is_some_and(|k| k != "Service")
+    {
+        c.fail(
+            format!("{at}.backendRef"),
+            "a mirror is a Service (`group: \"\"`, `kind: Service`)",
+        );
+    }
+    if !is_name(&b.name) {
+        c.fail(
+            format!("{at}.backendRef.name"),
+            format!("`{}` is not a name", b.name),
+        );
+    }
+    if b.port.is_none_or(|p| p == 0) {
+        c.fail(
+            format!("{at}.backendRef.port"),
+            "a Service mirror needs its port",
+        );
+    }
+    if m.percent.is_some() && m.fraction.is_some() {
+        c.fail(at, "set `percent` or `fraction`, not both");
+    }
+    if m.percent.is_some_and(|p| p > 100) {
+        c.fail(format!("{at}.percent"), "0 to 100");
+    }
+    if let Some(f) = &m.fraction
+        && (f.denominator == 0 || f.numerator > f.denominator)
+    {
+        c.fail(
+            format!("{at}.fraction"),
+            "the denominator at least 1, the numerator at most the denominator",
+        );
     }
 }
 

@@ -24,12 +24,12 @@ use weft_xds_proto::envoy::config::core::v3::{
 use weft_xds_proto::envoy::config::route::v3::{
     Route, RouteAction, WeightedCluster,
     route::Action,
-    route_action::{ClusterNotFoundResponseCode, ClusterSpecifier},
+    route_action::{ClusterNotFoundResponseCode, ClusterSpecifier, RequestMirrorPolicy},
     route_match::PathSpecifier,
     weighted_cluster::ClusterWeight,
 };
 
-use super::convert::{route_match, u32v};
+use super::convert::{route_match, runtime_percent, u32v};
 use crate::gateway::{self, HttpRoute, HttpRouteMatch, PathMatchType, ValueMatchType};
 use crate::policy::{HeaderMatch, RouteMatch, StringMatch};
 use crate::registry::{Service, Snapshot};
@@ -159,6 +159,18 @@ pub(super) fn routes(
             }
             if let Some(Action::Route(a)) = &mut route_base.action {
                 backends(a, rule, ns, services);
+                // A mirror to a Service that is not registered copies nothing (its route's
+                // status says so); the rule's own traffic goes on.
+                let mirror = rule.filters.iter().find_map(|f| f.request_mirror.as_ref());
+                if let Some((m, svc)) = mirror
+                    .and_then(|m| Some((m, *services.find(&m.backend_ref.service(ns)).first()?)))
+                {
+                    a.request_mirror_policies = vec![RequestMirrorPolicy {
+                        cluster: svc.authority(),
+                        runtime_fraction: Some(runtime_percent(m.percent())),
+                        ..Default::default()
+                    }];
+                }
                 // `0s` is no timeout, whatever the policy says.
                 if timeout.is_some_and(|d| d.is_zero()) {
                     a.timeout = None;

@@ -313,7 +313,7 @@ fn recorded_http_routes_attach_in_the_apis_order_and_report_their_status() {
             "conditions": [
                 {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "attached"},
                 {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound",
-                 "message": "not registered (their share is answered 500): bookinfo/ratings-v2:8081"}
+                 "message": "not registered: bookinfo/ratings-v2:8081 (a backend's share of the requests is answered 500; a mirror copies nothing)"}
             ]
         }])
     );
