@@ -178,6 +178,8 @@ pub struct HttpRouteFilter {
     pub response_header_modifier: Option<HeaderModifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_mirror: Option<RequestMirror>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_rewrite: Option<UrlRewrite>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
@@ -185,6 +187,30 @@ pub struct HttpRouteFilter {
 pub const REQUEST_HEADER_MODIFIER: &str = "RequestHeaderModifier";
 pub const RESPONSE_HEADER_MODIFIER: &str = "ResponseHeaderModifier";
 pub const REQUEST_MIRROR: &str = "RequestMirror";
+pub const URL_REWRITE: &str = "URLRewrite";
+
+/// `URLRewrite`: the request's host name and path changed before it is sent.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UrlRewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+/// A path change: `ReplaceFullPath` (with `replaceFullPath`) or `ReplacePrefixMatch` (with
+/// `replacePrefixMatch`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathModifier {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix_match: Option<String>,
+}
 
 /// `RequestMirror`: a copy of the requests (all, `percent` of them, or `fraction`) goes to a
 /// Service; its answers are dropped.

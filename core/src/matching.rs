@@ -34,7 +34,13 @@ impl std::error::Error for RegexError {}
 
 /// Compiles `pattern` to match whole values; the error says what is wrong with it.
 pub fn whole_value_regex(pattern: &str) -> Result<Regex, RegexError> {
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
+    bounded_regex(&format!("^(?:{pattern})$"))
+}
+
+/// Compiles `pattern` as it is (a rewrite's, which finds matches within a value), within the
+/// same bound.
+pub fn bounded_regex(pattern: &str) -> Result<Regex, RegexError> {
+    RegexBuilder::new(pattern)
         .size_limit(MAX_REGEX_SIZE)
         .build()
         .map_err(|e| match e {

@@ -1,7 +1,9 @@
 //! Pure routing logic, no I/O: request matching and weighted choice.
 
 mod mutate;
+mod rewrite;
 pub use mutate::HeaderMutation;
+pub use rewrite::{PathRewrite, Rewrite, substitution};
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;

@@ -111,6 +111,8 @@ pub struct RoutePolicy {
     pub idle_timeout: Option<Duration>,
     /// Headers the route changes in requests and responses (`None`: none).
     pub headers: Option<Arc<RouteHeaders>>,
+    /// The request's path and authority, rewritten before it is sent.
+    pub rewrite: Option<Arc<crate::route::Rewrite>>,
 }
 
 /// A route's header changes: the request's before it is sent, the response's before it is
@@ -149,6 +151,9 @@ impl RoutePolicy {
         }
         if let Some(t) = self.idle_timeout {
             m.insert("idleTimeout".into(), d(t));
+        }
+        if let Some(r) = &self.rewrite {
+            m.insert("rewrite".into(), serde_json::Value::from(format!("{r:?}")));
         }
         if let Some(h) = &self.headers {
             m.insert(

@@ -518,3 +518,71 @@ async fn a_request_mirror_copies_requests_to_another_service() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_rewrites_replace_prefixes_full_paths_and_the_host() {
+    let m = Mesh::start().await;
+    // MeshHTTPRouteRewritePath's rules, and a host name rewrite.
+    let rule = |path: &str, rewrite: &str| {
+        format!(
+            "    - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n      filters: [{{type: URLRewrite, urlRewrite: {rewrite}}}]\n{}",
+            to("web-v1")
+        )
+    };
+    let rules = [
+        rule(
+            "/prefix/one",
+            "{path: {type: ReplacePrefixMatch, replacePrefixMatch: /one}}",
+        ),
+        rule(
+            "/strip-prefix",
+            "{path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}",
+        ),
+        rule(
+            "/full/one",
+            "{path: {type: ReplaceFullPath, replaceFullPath: /one}}",
+        ),
+        rule(
+            "/host",
+            "{hostname: example.org, path: {type: ReplaceFullPath, replaceFullPath: /echo}}",
+        ),
+    ]
+    .concat();
+    let seen = |path: &'static str| {
+        let outbound = m.outbound();
+        async move {
+            let mut tx = http_peer::h2_client(outbound).await;
+            let req = Request::get(format!("http://{WEB}{path}"))
+                .body(http_peer::body(""))
+                .unwrap();
+            let rsp = tx.send_request(req).await.unwrap();
+            let h = |n: &str| {
+                rsp.headers()
+                    .get(n)
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default()
+            };
+            (h("x-seen-path"), h("x-seen-query"), h("x-seen-host"))
+        }
+    };
+    m.apply(
+        "rewrite.yaml",
+        &route("rewrite", &rules),
+        "the rewrites",
+        || async { seen("/prefix/one/two").await.0 == "/one/two" },
+    )
+    .await;
+    for (sent, want, query) in [
+        ("/prefix/one/two?x=1", "/one/two", "x=1"),
+        ("/prefix/one", "/one", ""),
+        ("/strip-prefix/three", "/three", ""),
+        ("/strip-prefix", "/", ""),
+        ("/full/one/two", "/one", ""),
+        ("/full/one", "/one", ""),
+    ] {
+        let (path, q, _) = seen(sent).await;
+        assert_eq!((path.as_str(), q.as_str()), (want, query), "{sent}");
+    }
+    let (_, _, host) = seen("/host").await;
+    assert_eq!(host, "example.org");
+}

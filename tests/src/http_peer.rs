@@ -357,12 +357,16 @@ async fn handle(st: Arc<PeerState>, mut req: Request<Incoming>) -> Response<Body
             };
             rsp.headers_mut()
                 .insert("x-served-by", HeaderValue::from_str(&st.name).unwrap());
+            rsp.headers_mut()
+                .insert("x-seen-path", HeaderValue::from_static("/"));
             rsp
         }
         // Named, so that a test routing by path knows which peer answered.
         _ => Response::builder()
             .status(404)
             .header("x-served-by", &st.name)
+            .header("x-seen-path", &path)
+            .header("x-seen-query", &query)
             .body(full("no such path"))
             .unwrap(),
     }

@@ -176,6 +176,16 @@ fn every_invalid_field_is_named() {
             "spec.rules[0].filters: more than one `RequestMirror` is not supported yet",
         ),
         (
+            "      timeouts:",
+            "      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replacePrefixMatch: /v2}}}]\n      timeouts:",
+            "spec.rules[0].filters[0].urlRewrite.path: only `replaceFullPath` goes with type `ReplaceFullPath`; spec.rules[0].filters[0].urlRewrite.path.replaceFullPath: required with type `ReplaceFullPath`",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: URLRewrite, urlRewrite: {hostname: \"*.example\"}}]\n      timeouts:",
+            "spec.rules[0].filters[0].urlRewrite.hostname: `*.example` is not a precise host name",
+        ),
+        (
             "{name: web-v2, port: 8080, weight: 10}",
             "{name: web-v2, port: 8080, weight: 10, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [x-a]}}]}",
             "spec.rules[0].backendRefs[1].filters: filters on a backendRef are not supported yet",
@@ -192,6 +202,21 @@ fn every_invalid_field_is_named() {
         assert!(e.contains(want), "{to}:\n  got  {e}\n  want {want}");
         assert!(e.starts_with("r.yaml: HTTPRoute demo/web-canary: "), "{e}");
     }
+    // ReplacePrefixMatch replaces what one PathPrefix matched.
+    let two = ROUTE
+        .replace(
+            "          method: GET\n",
+            "          method: GET\n        - path: {type: Exact, value: /x}\n",
+        )
+        .replace(
+            "      timeouts:",
+            "      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]\n      timeouts:",
+        );
+    let e = refused(&two);
+    assert!(
+        e.contains("spec.rules[0].matches: `ReplacePrefixMatch` needs exactly one match, with a PathPrefix path"),
+        "{e}"
+    );
     // Fields the standard channel does not have (or weft does not know) are errors too.
     let e = refused(&ROUTE.replace(
         "      timeouts:",

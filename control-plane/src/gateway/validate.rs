@@ -183,6 +183,29 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
             c.fail(format!("{at}.filters"), format!("`{kind}` at most once"));
         }
     }
+    if r.filters.iter().filter(|f| f.kind == URL_REWRITE).count() > 1 {
+        c.fail(
+            format!("{at}.filters"),
+            format!("`{URL_REWRITE}` at most once"),
+        );
+    }
+    // ReplacePrefixMatch replaces what one PathPrefix matched (a CEL rule of the CRD).
+    let prefix_rewrite = r.filters.iter().any(|f| {
+        f.url_rewrite
+            .as_ref()
+            .and_then(|u| u.path.as_ref())
+            .is_some_and(|p| p.kind == "ReplacePrefixMatch")
+    });
+    let one_prefix = matches!(
+        &r.matches[..],
+        [m] if m.path.as_ref().is_none_or(|p| p.kind == PathMatchType::PathPrefix)
+    );
+    if prefix_rewrite && !one_prefix {
+        c.fail(
+            format!("{at}.matches"),
+            "`ReplacePrefixMatch` needs exactly one match, with a PathPrefix path",
+        );
+    }
     if r.filters
         .iter()
         .filter(|f| f.kind == REQUEST_MIRROR)
@@ -281,14 +304,41 @@ fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
         REQUEST_HEADER_MODIFIER => ("requestHeaderModifier", &f.request_header_modifier),
         RESPONSE_HEADER_MODIFIER => ("responseHeaderModifier", &f.response_header_modifier),
         REQUEST_MIRROR => ("requestMirror", &None),
+        URL_REWRITE => ("urlRewrite", &None),
         other => {
             c.fail(
                 format!("{at}.type"),
-                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER}, {REQUEST_MIRROR})"),
+                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER}, {REQUEST_MIRROR}, {URL_REWRITE})"),
             );
             return;
         }
     };
+    if f.kind == URL_REWRITE {
+        if f.request_header_modifier.is_some()
+            || f.response_header_modifier.is_some()
+            || f.request_mirror.is_some()
+            || !f.other.is_empty()
+        {
+            c.fail(
+                at,
+                format!("only `urlRewrite` goes with type `{URL_REWRITE}`"),
+            );
+        }
+        match &f.url_rewrite {
+            None => c.fail(
+                format!("{at}.urlRewrite"),
+                format!("required with type `{URL_REWRITE}`"),
+            ),
+            Some(u) => url_rewrite(&format!("{at}.urlRewrite"), u, c),
+        }
+        return;
+    }
+    if f.url_rewrite.is_some() {
+        c.fail(
+            format!("{at}.urlRewrite"),
+            format!("only with type `{URL_REWRITE}`"),
+        );
+    }
     if f.kind == REQUEST_MIRROR {
         for other in f.other.keys().map(String::as_str).chain(
             [
@@ -347,6 +397,63 @@ fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
             format!("required with type `{}`", f.kind),
         ),
         Some(m) => modifier(&format!("{at}.{field}"), m, c),
+    }
+}
+
+fn url_rewrite(at: &str, u: &UrlRewrite, c: &mut Check) {
+    if let Some(h) = &u.hostname
+        && (!is_name(h) || h.starts_with('.') || h.ends_with('.'))
+    {
+        c.fail(
+            format!("{at}.hostname"),
+            format!("`{h}` is not a precise host name"),
+        );
+    }
+    let Some(p) = &u.path else {
+        if u.hostname.is_none() {
+            c.fail(at, "set `hostname`, `path` or both");
+        }
+        return;
+    };
+    let (value, field) = match p.kind.as_str() {
+        "ReplaceFullPath" => (&p.replace_full_path, "replaceFullPath"),
+        "ReplacePrefixMatch" => (&p.replace_prefix_match, "replacePrefixMatch"),
+        other => {
+            c.fail(
+                format!("{at}.path.type"),
+                format!("`{other}`: one of ReplaceFullPath, ReplacePrefixMatch"),
+            );
+            return;
+        }
+    };
+    let other = match field {
+        "replaceFullPath" => p.replace_prefix_match.is_some(),
+        _ => p.replace_full_path.is_some(),
+    };
+    if other {
+        c.fail(
+            format!("{at}.path"),
+            format!("only `{field}` goes with type `{}`", p.kind),
+        );
+    }
+    match value {
+        None => c.fail(
+            format!("{at}.path.{field}"),
+            format!("required with type `{}`", p.kind),
+        ),
+        Some(v) if v.len() > MAX_PATH => {
+            c.fail(
+                format!("{at}.path.{field}"),
+                format!("at most {MAX_PATH} characters"),
+            );
+        }
+        // An empty prefix replacement is allowed (`/foo/bar` -> `/bar`).
+        Some(v) if v.is_empty() && field == "replacePrefixMatch" => {}
+        Some(v) => {
+            if let Some(why) = path_problem(v) {
+                c.fail(format!("{at}.path.{field}"), format!("`{v}` {why}"));
+            }
+        }
     }
 }
 

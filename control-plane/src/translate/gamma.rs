@@ -24,7 +24,9 @@ use weft_xds_proto::envoy::config::core::v3::{
 use weft_xds_proto::envoy::config::route::v3::{
     Route, RouteAction, WeightedCluster,
     route::Action,
-    route_action::{ClusterNotFoundResponseCode, ClusterSpecifier, RequestMirrorPolicy},
+    route_action::{
+        ClusterNotFoundResponseCode, ClusterSpecifier, HostRewriteSpecifier, RequestMirrorPolicy,
+    },
     route_match::PathSpecifier,
     weighted_cluster::ClusterWeight,
 };
@@ -33,6 +35,7 @@ use super::convert::{route_match, runtime_percent, u32v};
 use crate::gateway::{self, HttpRoute, HttpRouteMatch, PathMatchType, ValueMatchType};
 use crate::policy::{HeaderMatch, RouteMatch, StringMatch};
 use crate::registry::{Service, Snapshot};
+use weft_xds_proto::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
 
 /// The registered services by `namespace/name` (a Service with several ports is several).
 pub(super) struct ByKey<'a>(BTreeMap<&'a str, Vec<&'a Service>>);
@@ -162,6 +165,9 @@ pub(super) fn routes(
                 // A mirror to a Service that is not registered copies nothing (its route's
                 // status says so); the rule's own traffic goes on.
                 let mirror = rule.filters.iter().find_map(|f| f.request_mirror.as_ref());
+                for u in rule.filters.iter().filter_map(|f| f.url_rewrite.as_ref()) {
+                    url_rewrite(a, u);
+                }
                 if let Some((m, svc)) = mirror
                     .and_then(|m| Some((m, *services.find(&m.backend_ref.service(ns)).first()?)))
                 {
@@ -192,6 +198,36 @@ pub(super) fn routes(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A URLRewrite as the action's rewrites: `prefix_rewrite` (the proxy replaces the matched
+/// prefix on a segment boundary), `regex_rewrite` of the whole path for ReplaceFullPath,
+/// `host_rewrite_literal`.
+fn url_rewrite(a: &mut RouteAction, u: &gateway::UrlRewrite) {
+    if let Some(p) = &u.path {
+        match (
+            p.replace_prefix_match.as_deref(),
+            p.replace_full_path.as_deref(),
+        ) {
+            (Some(prefix), _) if p.kind == "ReplacePrefixMatch" => {
+                // Envoy's empty prefix_rewrite is none: `/` takes the prefix out.
+                a.prefix_rewrite = if prefix.is_empty() { "/" } else { prefix }.to_string();
+            }
+            (_, Some(full)) => {
+                a.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(RegexMatcher {
+                        regex: "^.*$".into(),
+                        ..Default::default()
+                    }),
+                    substitution: full.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(h) = &u.hostname {
+        a.host_rewrite_specifier = Some(HostRewriteSpecifier::HostRewriteLiteral(h.clone()));
+    }
 }
 
 /// A header modifier's `set` (overwrite) and `add` (append) as xDS header options.

@@ -26,6 +26,9 @@ impl HttpProxy {
         if let Some(h) = policy.and_then(|p| p.headers.as_deref()) {
             h.request.apply(req.headers_mut());
         }
+        if let Some(r) = policy.and_then(|p| p.rewrite.as_deref()) {
+            r.apply(&mut req);
+        }
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // gRPC's own deadline bounds the whole call (cut to the route's maximum, and the
         // upstream told the shorter one); the route timeout bounds the wait for response

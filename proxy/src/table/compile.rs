@@ -301,6 +301,7 @@ fn compile_service(
             grpc_timeout_max: r.grpc_timeout_max,
             idle_timeout: r.idle_timeout,
             headers: None,
+            rewrite: None,
         };
         routes.push(Route {
             name: route_name,

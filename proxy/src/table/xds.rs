@@ -240,6 +240,7 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
             grpc_timeout_max: spec.grpc_timeout_max,
             idle_timeout: spec.idle_timeout,
             headers: spec.headers.clone(),
+            rewrite: spec.rewrite.clone(),
         },
         metrics: Box::default(),
     })

@@ -79,6 +79,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
         let (grpc_timeout_max, idle_timeout) = policy::timeouts(action);
         let retry = policy::retry(action).map_err(at)?;
         let headers = super::headers::route_headers(r).map_err(at)?;
+        let rewrite = super::headers::rewrite(action, &matches).map_err(at)?;
         let fault =
             policy::fault(r.typed_per_filter_config.get(policy::FAULT_FILTER)).map_err(at)?;
         let rate_limit =
@@ -110,6 +111,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
             idle_timeout,
             missing_status: missing_status(action),
             headers,
+            rewrite,
             rate_limit,
             mirror,
             name,

@@ -13,9 +13,11 @@ use weft_xds_proto::envoy::config::{
 };
 
 use super::refused::{Refused, invalid, unsupported};
+use http::uri::Authority;
 use weft_core::policy::check::unchangeable_header;
+use weft_xds_proto::envoy::config::route::v3::{RouteAction, route_action::HostRewriteSpecifier};
 
-use crate::route::HeaderMutation;
+use crate::route::{HeaderMutation, PathRewrite, Rewrite, RouteMatch, StringMatch, substitution};
 use crate::table::RouteHeaders;
 
 fn name(n: &str) -> Result<HeaderName, Refused> {
@@ -82,6 +84,51 @@ pub fn route_headers(r: &XdsRoute) -> Result<Option<Arc<RouteHeaders>>, Refused>
             .map_err(|e| e.at("response headers"))?,
     };
     Ok((!h.request.is_empty() || !h.response.is_empty()).then(|| Arc::new(h)))
+}
+
+/// The route's URL rewrite: `prefix_rewrite` (replacing the route's prefix match on a segment
+/// boundary, as the Gateway API's `ReplacePrefixMatch`), `regex_rewrite`, and
+/// `host_rewrite_literal`; `None` when it has none.
+pub fn rewrite(action: &RouteAction, m: &RouteMatch) -> Result<Option<Arc<Rewrite>>, Refused> {
+    let path = match (&action.prefix_rewrite, &action.regex_rewrite) {
+        (p, Some(_)) if !p.is_empty() => {
+            return Err(invalid("both prefix_rewrite and regex_rewrite"));
+        }
+        (p, None) if !p.is_empty() => {
+            let matched = match &m.path {
+                None => "",
+                Some(StringMatch::Prefix(s) | StringMatch::Segments(s)) => s.trim_end_matches('/'),
+                Some(_) => return Err(unsupported("prefix_rewrite needs a prefix path match")),
+            };
+            Some(PathRewrite::Prefix {
+                matched: matched.into(),
+                with: p.as_str().into(),
+            })
+        }
+        (_, Some(r)) => {
+            let pattern = r.pattern.as_ref().map_or("", |p| p.regex.as_str());
+            let re = weft_core::matching::bounded_regex(pattern)
+                .map_err(|e| Refused::from(e).at("regex_rewrite"))?;
+            Some(PathRewrite::Regex {
+                re,
+                with: substitution(&r.substitution).into(),
+            })
+        }
+        _ => None,
+    };
+    let host = match &action.host_rewrite_specifier {
+        None => None,
+        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+            let bad = || invalid(format!("host_rewrite_literal `{h}` is not an authority"));
+            let a: Authority = h.parse().map_err(|_| bad())?;
+            let v = HeaderValue::from_str(h).map_err(|_| bad())?;
+            Some((a, v))
+        }
+        Some(other) => {
+            return Err(unsupported(format!("unsupported host rewrite {other:?}")));
+        }
+    };
+    Ok((path.is_some() || host.is_some()).then(|| Arc::new(Rewrite { path, host })))
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ pub struct RouteSpec {
     pub missing_status: Option<u16>,
     /// Headers the route changes.
     pub headers: Option<Arc<crate::table::RouteHeaders>>,
+    pub rewrite: Option<Arc<crate::route::Rewrite>>,
 }
 
 /// A Cluster: how it balances and protects its endpoints, and the endpoints it lists itself.
