@@ -180,6 +180,8 @@ pub struct HttpRouteFilter {
     pub request_mirror: Option<RequestMirror>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_rewrite: Option<UrlRewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<RequestRedirect>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
@@ -188,6 +190,24 @@ pub const REQUEST_HEADER_MODIFIER: &str = "RequestHeaderModifier";
 pub const RESPONSE_HEADER_MODIFIER: &str = "ResponseHeaderModifier";
 pub const REQUEST_MIRROR: &str = "RequestMirror";
 pub const URL_REWRITE: &str = "URLRewrite";
+pub const REQUEST_REDIRECT: &str = "RequestRedirect";
+
+/// `RequestRedirect`: the rule answers with a redirect to the request's URL with these changed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestRedirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 301, 302 (the default), 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+}
 
 /// `URLRewrite`: the request's host name and path changed before it is sent.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -1,8 +1,10 @@
 //! Pure routing logic, no I/O: request matching and weighted choice.
 
 mod mutate;
+mod redirect;
 mod rewrite;
 pub use mutate::HeaderMutation;
+pub use redirect::Redirect;
 pub use rewrite::{PathRewrite, Rewrite, substitution};
 
 use http::{HeaderMap, HeaderName, Method};

@@ -113,6 +113,8 @@ pub struct RoutePolicy {
     pub headers: Option<Arc<RouteHeaders>>,
     /// The request's path and authority, rewritten before it is sent.
     pub rewrite: Option<Arc<crate::route::Rewrite>>,
+    /// The route answers with this redirect instead of sending the request anywhere.
+    pub redirect: Option<Arc<crate::route::Redirect>>,
 }
 
 /// A route's header changes: the request's before it is sent, the response's before it is
@@ -151,6 +153,9 @@ impl RoutePolicy {
         }
         if let Some(t) = self.idle_timeout {
             m.insert("idleTimeout".into(), d(t));
+        }
+        if let Some(r) = &self.redirect {
+            m.insert("redirect".into(), serde_json::Value::from(format!("{r:?}")));
         }
         if let Some(r) = &self.rewrite {
             m.insert("rewrite".into(), serde_json::Value::from(format!("{r:?}")));

@@ -138,7 +138,17 @@ fn every_invalid_field_is_named() {
         (
             "      timeouts:",
             "      filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]\n      timeouts:",
-            "spec.rules[0].filters[0].type: `RequestRedirect`: not supported yet",
+            "spec.rules[0].backendRefs: a rule with `RequestRedirect` answers itself: no backendRefs",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestRedirect, requestRedirect: {statusCode: 300, scheme: ftp, port: 0}}]\n      timeouts:",
+            "spec.rules[0].filters[0].requestRedirect.scheme: `ftp`: http or https; spec.rules[0].filters[0].requestRedirect.port: must be between 1 and 65535; spec.rules[0].filters[0].requestRedirect.statusCode: 300: one of 301, 302, 303, 307, 308",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]\n      timeouts:",
+            "spec.rules[0].filters[0].type: `CORS`: not supported yet",
         ),
         (
             "      timeouts:",

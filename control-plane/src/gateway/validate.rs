@@ -194,6 +194,7 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
         f.url_rewrite
             .as_ref()
             .and_then(|u| u.path.as_ref())
+            .or(f.request_redirect.as_ref().and_then(|d| d.path.as_ref()))
             .is_some_and(|p| p.kind == "ReplacePrefixMatch")
     });
     let one_prefix = matches!(
@@ -218,10 +219,34 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
         );
     }
     c.at_most(&format!("{at}.filters"), r.filters.len(), MAX_FILTERS);
-    if r.backend_refs.is_empty() {
+    let redirects = r.filters.iter().any(|f| f.kind == REQUEST_REDIRECT);
+    if redirects && !r.backend_refs.is_empty() {
         c.fail(
             format!("{at}.backendRefs"),
-            "at least one: a rule sends its requests to Services",
+            format!("a rule with `{REQUEST_REDIRECT}` answers itself: no backendRefs"),
+        );
+    }
+    if !redirects && r.backend_refs.is_empty() {
+        c.fail(
+            format!("{at}.backendRefs"),
+            "at least one: a rule sends its requests to Services (or redirects them)",
+        );
+    }
+    if redirects && r.filters.iter().any(|f| f.kind == URL_REWRITE) {
+        c.fail(
+            format!("{at}.filters"),
+            format!("`{REQUEST_REDIRECT}` and `{URL_REWRITE}` may not be combined"),
+        );
+    }
+    if r.filters
+        .iter()
+        .filter(|f| f.kind == REQUEST_REDIRECT)
+        .count()
+        > 1
+    {
+        c.fail(
+            format!("{at}.filters"),
+            format!("`{REQUEST_REDIRECT}` at most once"),
         );
     }
     c.at_most(
@@ -305,14 +330,42 @@ fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
         RESPONSE_HEADER_MODIFIER => ("responseHeaderModifier", &f.response_header_modifier),
         REQUEST_MIRROR => ("requestMirror", &None),
         URL_REWRITE => ("urlRewrite", &None),
+        REQUEST_REDIRECT => ("requestRedirect", &None),
         other => {
             c.fail(
                 format!("{at}.type"),
-                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER}, {REQUEST_MIRROR}, {URL_REWRITE})"),
+                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER}, {REQUEST_MIRROR}, {URL_REWRITE}, {REQUEST_REDIRECT})"),
             );
             return;
         }
     };
+    if f.kind == REQUEST_REDIRECT {
+        if f.request_header_modifier.is_some()
+            || f.response_header_modifier.is_some()
+            || f.request_mirror.is_some()
+            || f.url_rewrite.is_some()
+            || !f.other.is_empty()
+        {
+            c.fail(
+                at,
+                format!("only `requestRedirect` goes with type `{REQUEST_REDIRECT}`"),
+            );
+        }
+        match &f.request_redirect {
+            None => c.fail(
+                format!("{at}.requestRedirect"),
+                format!("required with type `{REQUEST_REDIRECT}`"),
+            ),
+            Some(d) => redirect(&format!("{at}.requestRedirect"), d, c),
+        }
+        return;
+    }
+    if f.request_redirect.is_some() {
+        c.fail(
+            format!("{at}.requestRedirect"),
+            format!("only with type `{REQUEST_REDIRECT}`"),
+        );
+    }
     if f.kind == URL_REWRITE {
         if f.request_header_modifier.is_some()
             || f.response_header_modifier.is_some()
@@ -400,27 +453,56 @@ fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
     }
 }
 
-fn url_rewrite(at: &str, u: &UrlRewrite, c: &mut Check) {
-    if let Some(h) = &u.hostname
-        && (!is_name(h) || h.starts_with('.') || h.ends_with('.'))
+fn redirect(at: &str, d: &RequestRedirect, c: &mut Check) {
+    if let Some(s) = &d.scheme
+        && s != "http"
+        && s != "https"
+    {
+        c.fail(format!("{at}.scheme"), format!("`{s}`: http or https"));
+    }
+    hostname(&format!("{at}.hostname"), &d.hostname, c);
+    if d.port == Some(0) {
+        c.fail(format!("{at}.port"), "must be between 1 and 65535");
+    }
+    if let Some(code) = d.status_code
+        && ![301, 302, 303, 307, 308].contains(&code)
     {
         c.fail(
-            format!("{at}.hostname"),
-            format!("`{h}` is not a precise host name"),
+            format!("{at}.statusCode"),
+            format!("{code}: one of 301, 302, 303, 307, 308"),
         );
     }
+    if let Some(p) = &d.path {
+        path_modifier(&format!("{at}.path"), p, c);
+    }
+}
+
+fn hostname(at: &str, h: &Option<String>, c: &mut Check) {
+    if let Some(h) = h
+        && (!is_name(h) || h.starts_with('.') || h.ends_with('.'))
+    {
+        c.fail(at, format!("`{h}` is not a precise host name"));
+    }
+}
+
+fn url_rewrite(at: &str, u: &UrlRewrite, c: &mut Check) {
+    hostname(&format!("{at}.hostname"), &u.hostname, c);
     let Some(p) = &u.path else {
         if u.hostname.is_none() {
             c.fail(at, "set `hostname`, `path` or both");
         }
         return;
     };
+    path_modifier(&format!("{at}.path"), p, c);
+}
+
+fn path_modifier(at: &str, p: &PathModifier, c: &mut Check) {
     let (value, field) = match p.kind.as_str() {
         "ReplaceFullPath" => (&p.replace_full_path, "replaceFullPath"),
         "ReplacePrefixMatch" => (&p.replace_prefix_match, "replacePrefixMatch"),
         other => {
             c.fail(
-                format!("{at}.path.type"),
+                format!("{at}.type"),
                 format!("`{other}`: one of ReplaceFullPath, ReplacePrefixMatch"),
             );
             return;
@@ -432,18 +514,18 @@ fn url_rewrite(at: &str, u: &UrlRewrite, c: &mut Check) {
     };
     if other {
         c.fail(
-            format!("{at}.path"),
+            at.to_string(),
             format!("only `{field}` goes with type `{}`", p.kind),
         );
     }
     match value {
         None => c.fail(
-            format!("{at}.path.{field}"),
+            format!("{at}.{field}"),
             format!("required with type `{}`", p.kind),
         ),
         Some(v) if v.len() > MAX_PATH => {
             c.fail(
-                format!("{at}.path.{field}"),
+                format!("{at}.{field}"),
                 format!("at most {MAX_PATH} characters"),
             );
         }
@@ -451,7 +533,7 @@ fn url_rewrite(at: &str, u: &UrlRewrite, c: &mut Check) {
         Some(v) if v.is_empty() && field == "replacePrefixMatch" => {}
         Some(v) => {
             if let Some(why) = path_problem(v) {
-                c.fail(format!("{at}.path.{field}"), format!("`{v}` {why}"));
+                c.fail(format!("{at}.{field}"), format!("`{v}` {why}"));
             }
         }
     }

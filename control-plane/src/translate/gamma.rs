@@ -22,7 +22,8 @@ use weft_xds_proto::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use weft_xds_proto::envoy::config::route::v3::{
-    Route, RouteAction, WeightedCluster,
+    RedirectAction, Route, RouteAction, WeightedCluster,
+    redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
     route::Action,
     route_action::{
         ClusterNotFoundResponseCode, ClusterSpecifier, HostRewriteSpecifier, RequestMirrorPolicy,
@@ -160,6 +161,13 @@ pub(super) fn routes(
                     route_base.response_headers_to_remove = headers_to_remove(m);
                 }
             }
+            let redirect = rule
+                .filters
+                .iter()
+                .find_map(|f| f.request_redirect.as_ref());
+            if let Some(d) = redirect {
+                route_base.action = Some(Action::Redirect(redirect_action(d)));
+            }
             if let Some(Action::Route(a)) = &mut route_base.action {
                 backends(a, rule, ns, services);
                 // A mirror to a Service that is not registered copies nothing (its route's
@@ -198,6 +206,39 @@ pub(super) fn routes(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A RequestRedirect as xDS's redirect action.
+fn redirect_action(d: &gateway::RequestRedirect) -> RedirectAction {
+    let response_code = match d.status_code.unwrap_or(302) {
+        301 => RedirectResponseCode::MovedPermanently,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        _ => RedirectResponseCode::Found,
+    };
+    let path_rewrite_specifier = d.path.as_ref().and_then(|p| {
+        match (
+            p.replace_prefix_match.as_deref(),
+            p.replace_full_path.as_deref(),
+        ) {
+            (Some(prefix), _) if p.kind == "ReplacePrefixMatch" => {
+                Some(PathRewriteSpecifier::PrefixRewrite(
+                    if prefix.is_empty() { "/" } else { prefix }.to_string(),
+                ))
+            }
+            (_, Some(full)) => Some(PathRewriteSpecifier::PathRedirect(full.to_string())),
+            _ => None,
+        }
+    });
+    RedirectAction {
+        scheme_rewrite_specifier: d.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
+        host_redirect: d.hostname.clone().unwrap_or_default(),
+        port_redirect: d.port.map_or(0, u32::from),
+        path_rewrite_specifier,
+        response_code: response_code as i32,
+        strip_query: false,
+    }
 }
 
 /// A URLRewrite as the action's rewrites: `prefix_rewrite` (the proxy replaces the matched

@@ -18,6 +18,12 @@ pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
 pub enum ProxyError {
     #[error("no service for authority `{0}`")]
     NoRoute(String),
+    /// Not an error: the route answers with a redirect.
+    #[error("redirected to {}", String::from_utf8_lossy(location.as_bytes()))]
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
     #[error("no route of service {0} matches the request")]
     NoMatch(std::sync::Arc<str>),
     #[error("backend {cluster} does not exist")]
@@ -116,6 +122,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) | ProxyError::NoMatch(_) => {
                 (StatusCode::NOT_FOUND, grpc::UNIMPLEMENTED)
             }
+            ProxyError::Redirect { status, .. } => (*status, grpc::UNIMPLEMENTED),
             ProxyError::BackendNotFound { status, .. } => (
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 grpc::UNAVAILABLE,
@@ -160,12 +167,19 @@ impl ProxyError {
             ProxyError::RateLimited(_) => Flags::RL,
             ProxyError::Fault(_) => Flags::FI,
             ProxyError::Overflow(_) | ProxyError::PendingTimeout { .. } => Flags::UO,
-            ProxyError::Forbidden { .. } => return None,
+            ProxyError::Forbidden { .. } | ProxyError::Redirect { .. } => return None,
         })
     }
 
     /// The response for a request that failed with this error.
     pub fn to_response(&self, is_grpc: bool) -> Response<ProxyBody> {
+        if let ProxyError::Redirect { status, location } = self {
+            let mut rsp = Response::new(ProxyBody::empty());
+            *rsp.status_mut() = *status;
+            rsp.headers_mut()
+                .insert(http::header::LOCATION, location.clone());
+            return rsp;
+        }
         let (status, code) = self.statuses();
         let msg = self.to_string();
         let reason =

@@ -185,6 +185,21 @@ impl HttpProxy {
                     None => usize::MAX,
                 };
                 let route = svc.route(index);
+                if let Some(r) = &route.policy.redirect {
+                    let scheme = req.uri().scheme_str().unwrap_or("http");
+                    let authority = request::authority(req).unwrap_or("");
+                    let to = r.location(scheme, authority, path, query);
+                    let e = match HeaderValue::try_from(to) {
+                        Ok(location) => ProxyError::Redirect {
+                            status: r.status,
+                            location,
+                        },
+                        Err(_) => {
+                            ProxyError::BadRequest("the redirect's location is not a header value")
+                        }
+                    };
+                    return Err((e, svc.metrics.clone(), Some((route.name.clone(), None))));
+                }
                 let hash = route
                     .hash
                     .as_ref()

@@ -302,6 +302,7 @@ fn compile_service(
             idle_timeout: r.idle_timeout,
             headers: None,
             rewrite: None,
+            redirect: None,
         };
         routes.push(Route {
             name: route_name,

@@ -17,7 +17,7 @@ use weft_xds_proto::envoy::config::{
 };
 
 pub mod convert;
-mod headers;
+mod edits;
 mod incremental;
 mod policy;
 mod refused;
@@ -241,6 +241,7 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
             idle_timeout: spec.idle_timeout,
             headers: spec.headers.clone(),
             rewrite: spec.rewrite.clone(),
+            redirect: spec.redirect.clone(),
         },
         metrics: Box::default(),
     })

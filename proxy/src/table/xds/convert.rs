@@ -73,13 +73,34 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
     for (i, r) in vh.routes.iter().enumerate() {
         let name = route_name(r, i);
         let at = |e: Refused| e.at(format!("route `{name}`"));
+        let matches = route_match(r).map_err(at)?;
+        if let Some(Action::Redirect(rd)) = &r.action {
+            // Answered here: no backend, none of the sending's policies.
+            routes.push(RouteSpec {
+                redirect: Some(super::edits::redirect(rd, &matches).map_err(at)?),
+                headers: super::edits::route_headers(r).map_err(at)?,
+                matches,
+                backends: Box::new([]),
+                timeout: None,
+                hash: None,
+                retry: None,
+                fault: None,
+                grpc_timeout_max: None,
+                idle_timeout: None,
+                missing_status: None,
+                rewrite: None,
+                rate_limit: None,
+                mirror: None,
+                name,
+            });
+            continue;
+        }
         let (action, backends) = route_action(r).map_err(at)?;
         let hash = hash_on(action).map_err(at)?;
-        let matches = route_match(r).map_err(at)?;
         let (grpc_timeout_max, idle_timeout) = policy::timeouts(action);
         let retry = policy::retry(action).map_err(at)?;
-        let headers = super::headers::route_headers(r).map_err(at)?;
-        let rewrite = super::headers::rewrite(action, &matches).map_err(at)?;
+        let headers = super::edits::route_headers(r).map_err(at)?;
+        let rewrite = super::edits::rewrite(action, &matches).map_err(at)?;
         let fault =
             policy::fault(r.typed_per_filter_config.get(policy::FAULT_FILTER)).map_err(at)?;
         let rate_limit =
@@ -112,6 +133,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
             missing_status: missing_status(action),
             headers,
             rewrite,
+            redirect: None,
             rate_limit,
             mirror,
             name,

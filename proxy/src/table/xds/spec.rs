@@ -61,6 +61,7 @@ pub struct RouteSpec {
     /// Headers the route changes.
     pub headers: Option<Arc<crate::table::RouteHeaders>>,
     pub rewrite: Option<Arc<crate::route::Rewrite>>,
+    pub redirect: Option<Arc<crate::route::Redirect>>,
 }
 
 /// A Cluster: how it balances and protects its endpoints, and the endpoints it lists itself.

@@ -1,4 +1,5 @@
-//! A route's header changes from xDS: `request_headers_to_add` / `_remove` and the response's.
+//! What a route changes, from xDS: its headers, its URL (rewrite), or its answer (redirect). Headers:
+//! `request_headers_to_add` / `_remove` and the response's.
 //! An option's `append_action` says set (`OVERWRITE_IF_EXISTS_OR_ADD`) or add
 //! (`APPEND_IF_EXISTS_OR_ADD`, the default; the deprecated `append: false` means set); the
 //! other two actions are refused, as are names a route may not change (pseudo-headers, `host`,
@@ -6,18 +7,22 @@
 
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode, uri::Authority};
+use weft_core::policy::check::unchangeable_header;
 use weft_xds_proto::envoy::config::{
     core::v3::{HeaderValueOption, header_value_option::HeaderAppendAction},
-    route::v3::Route as XdsRoute,
+    route::v3::{
+        RedirectAction, Route as XdsRoute, RouteAction,
+        redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
+        route_action::HostRewriteSpecifier,
+    },
 };
 
 use super::refused::{Refused, invalid, unsupported};
-use http::uri::Authority;
-use weft_core::policy::check::unchangeable_header;
-use weft_xds_proto::envoy::config::route::v3::{RouteAction, route_action::HostRewriteSpecifier};
 
-use crate::route::{HeaderMutation, PathRewrite, Rewrite, RouteMatch, StringMatch, substitution};
+use crate::route::{
+    HeaderMutation, PathRewrite, Redirect, Rewrite, RouteMatch, StringMatch, substitution,
+};
 use crate::table::RouteHeaders;
 
 fn name(n: &str) -> Result<HeaderName, Refused> {
@@ -129,6 +134,75 @@ pub fn rewrite(action: &RouteAction, m: &RouteMatch) -> Result<Option<Arc<Rewrit
         }
     };
     Ok((path.is_some() || host.is_some()).then(|| Arc::new(Rewrite { path, host })))
+}
+
+/// A redirect route's answer. Its path: `path_redirect` (the whole path), `prefix_rewrite` (the
+/// matched prefix, on a segment boundary as for a rewrite) or `regex_rewrite`.
+pub fn redirect(rd: &RedirectAction, m: &RouteMatch) -> Result<Arc<Redirect>, Refused> {
+    let status = match RedirectResponseCode::try_from(rd.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => StatusCode::MOVED_PERMANENTLY,
+        Ok(RedirectResponseCode::Found) => StatusCode::FOUND,
+        Ok(RedirectResponseCode::SeeOther) => StatusCode::SEE_OTHER,
+        Ok(RedirectResponseCode::TemporaryRedirect) => StatusCode::TEMPORARY_REDIRECT,
+        Ok(RedirectResponseCode::PermanentRedirect) => StatusCode::PERMANENT_REDIRECT,
+        Err(_) => {
+            return Err(invalid(format!(
+                "redirect response code {}",
+                rd.response_code
+            )));
+        }
+    };
+    let scheme = match &rd.scheme_rewrite_specifier {
+        None => None,
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".into()),
+        Some(SchemeRewriteSpecifier::HttpsRedirect(false)) => None,
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) if s == "http" || s == "https" => {
+            Some(s.as_str().into())
+        }
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => {
+            return Err(unsupported(format!("redirect scheme `{s}`")));
+        }
+    };
+    let path = match &rd.path_rewrite_specifier {
+        None => None,
+        Some(PathRewriteSpecifier::PathRedirect(p)) => Some(PathRewrite::Regex {
+            re: weft_core::matching::bounded_regex("^.*$").map_err(Refused::from)?,
+            with: substitution(p).into(),
+        }),
+        Some(PathRewriteSpecifier::PrefixRewrite(p)) => {
+            let action = RouteAction {
+                prefix_rewrite: p.clone(),
+                ..Default::default()
+            };
+            rewrite(&action, m)?.and_then(|r| r.path.clone())
+        }
+        Some(PathRewriteSpecifier::RegexRewrite(r)) => {
+            let action = RouteAction {
+                regex_rewrite: Some(r.clone()),
+                ..Default::default()
+            };
+            rewrite(&action, m)?.and_then(|r| r.path.clone())
+        }
+    };
+    let host = (!rd.host_redirect.is_empty()).then(|| Box::from(rd.host_redirect.as_str()));
+    if host
+        .as_deref()
+        .is_some_and(|h: &str| h.parse::<Authority>().is_err() || h.contains(['/', '?', '#']))
+    {
+        return Err(invalid(format!("host_redirect `{}`", rd.host_redirect)));
+    }
+    let port = match rd.port_redirect {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| invalid(format!("port_redirect {p}")))?),
+    };
+    Ok(Arc::new(Redirect {
+        scheme,
+        host,
+        port,
+        path,
+        status,
+        strip_query: rd.strip_query,
+    }))
 }
 
 #[cfg(test)]
