@@ -112,6 +112,17 @@ pub fn registry_json(registry: &watch::Receiver<Arc<Snapshot>>) -> Vec<u8> {
             .collect();
         v["http_route_status"] = serde_json::Value::Object(status);
     }
+    if !snap.grpc_routes.is_empty() {
+        let status: serde_json::Map<String, serde_json::Value> = snap
+            .grpc_routes
+            .iter()
+            .map(|(k, r)| {
+                let parents = crate::gateway::status(&r.as_http(), &snap);
+                (k.clone(), serde_json::json!({ "parents": parents }))
+            })
+            .collect();
+        v["grpc_route_status"] = serde_json::Value::Object(status);
+    }
     serde_json::to_vec_pretty(&v).unwrap_or_default()
 }
 
@@ -240,6 +251,7 @@ fn etcd_key(prefix: &str, key: &str) -> String {
 enum Kind {
     Policy,
     HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
@@ -247,6 +259,7 @@ impl Kind {
         match self {
             Kind::Policy => "policy",
             Kind::HttpRoute => "httproute",
+            Kind::GrpcRoute => "grpcroute",
         }
     }
 
@@ -256,6 +269,7 @@ impl Kind {
         match self {
             Kind::Policy => key.to_string(),
             Kind::HttpRoute => format!("httproute_{key}"),
+            Kind::GrpcRoute => format!("grpcroute_{key}"),
         }
     }
 }
@@ -377,6 +391,10 @@ impl Api {
                 self.delete(Kind::HttpRoute, &p["/api/v1/httproutes/".len()..])
                     .await
             }
+            (Method::DELETE, p) if p.starts_with("/api/v1/grpcroutes/") => {
+                self.delete(Kind::GrpcRoute, &p["/api/v1/grpcroutes/".len()..])
+                    .await
+            }
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "endpoints: GET /api/v1/registry, GET /api/v1/proxy-status, GET /api/v1/proxies/<node>/config, PUT /api/v1/policies, DELETE /api/v1/policies/<namespace>/<name>",
@@ -424,10 +442,10 @@ impl Api {
                 "`Service` documents are registrations: write them into the registry (weftctl applies TrafficPolicy and HTTPRoute documents)",
             );
         }
-        if c.policies.is_empty() && c.http_routes.is_empty() {
+        if c.policies.is_empty() && c.http_routes.is_empty() && c.grpc_routes.is_empty() {
             return plain(
                 StatusCode::BAD_REQUEST,
-                "no TrafficPolicy or HTTPRoute in the request",
+                "no TrafficPolicy, HTTPRoute or GRPCRoute in the request",
             );
         }
         let policies = c.policies.iter().map(|p| {
@@ -438,8 +456,12 @@ impl Api {
             let yaml = serde_yaml_ng::to_string(r);
             (Kind::HttpRoute, r.key(), yaml)
         });
+        let grpc = c.grpc_routes.iter().map(|r| {
+            let yaml = serde_yaml_ng::to_string(r);
+            (Kind::GrpcRoute, r.key(), yaml)
+        });
         let mut done = Vec::new();
-        for (kind, key, yaml) in policies.chain(routes) {
+        for (kind, key, yaml) in policies.chain(routes).chain(grpc) {
             let what = kind.name();
             let yaml = match yaml {
                 Ok(y) => y,
@@ -487,6 +509,7 @@ impl Api {
             match kind {
                 Kind::Policy => reg.policies.contains_key(&key),
                 Kind::HttpRoute => reg.http_routes.contains_key(&key),
+                Kind::GrpcRoute => reg.grpc_routes.contains_key(&key),
             }
         };
         match self.store.remove(&stored).await {

@@ -22,8 +22,13 @@
 //! Parsing ([`parse`]) checks the shape; [`HttpRoute::validate`] the meaning, naming every field
 //! that is wrong. Only a route without errors may replace the one in force.
 
+mod grpc;
 mod status;
 mod validate;
+
+pub use grpc::{
+    GRPC_ROUTE, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, GrpcRouteSpec,
+};
 
 pub use status::{CONTROLLER_NAME, Condition, ParentStatus, status};
 
@@ -402,6 +407,27 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<HttpRoute>, PolicyError> {
             .map_err(|errors| PolicyError::InvalidObject {
                 source_name: source.to_string(),
                 object: format!("HTTPRoute {}", route.key()),
+                errors,
+            })?;
+        out.push(route);
+    }
+    Ok(out)
+}
+
+/// Reads every `GRPCRoute` in a YAML (or JSON) text, `---`-separated, and validates each.
+pub fn parse_grpc(source: &str, text: &str) -> Result<Vec<GrpcRoute>, PolicyError> {
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let route = Option::<GrpcRoute>::deserialize(doc).map_err(|e| PolicyError::Parse {
+            source_name: source.to_string(),
+            message: e.to_string(),
+        })?;
+        let Some(route) = route else { continue };
+        route
+            .validate()
+            .map_err(|errors| PolicyError::InvalidObject {
+                source_name: source.to_string(),
+                object: format!("GRPCRoute {}", route.key()),
                 errors,
             })?;
         out.push(route);

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 use weft_core::address::EndpointAddress;
 
-use crate::gateway::HttpRoute;
+use crate::gateway::{GrpcRoute, HttpRoute};
 use crate::policy::TrafficPolicy;
 
 pub const API_VERSION: &str = crate::policy::API_VERSION;
@@ -94,6 +94,9 @@ pub struct Snapshot {
     /// Gateway API `HTTPRoute`s, by `namespace/name`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub http_routes: BTreeMap<String, HttpRoute>,
+    /// Gateway API `GRPCRoute`s, by `namespace/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc_routes: BTreeMap<String, GrpcRoute>,
 }
 
 /// A snapshot with `hosts` (port 80), each with one endpoint of `weight`, for tests.

@@ -124,7 +124,8 @@ pub fn translate_with(snap: &Snapshot, vips: &mut Vips) -> Resources {
     );
     let vips = allocated;
     let services = gamma::ByKey::new(snap);
-    let attached = gamma::attached(snap, &services);
+    let grpc: Vec<_> = snap.grpc_routes.values().map(|r| r.as_http()).collect();
+    let attached = gamma::attached(snap, &grpc, &services);
     let mut out = Resources::default();
     for (authority, svc) in &snap.services {
         let policy = by_service.get(authority.as_str()).map(|p| &p.spec);

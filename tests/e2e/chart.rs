@@ -148,6 +148,7 @@ fn default_values_render_valid_objects_for_a_secure_control_plane() {
         ("discovery.k8s.io", "endpointslices"),
         ("weft.dev", "trafficpolicies"),
         ("gateway.networking.k8s.io", "httproutes"),
+        ("gateway.networking.k8s.io", "grpcroutes"),
     ] {
         assert!(allows(g, r, "watch") && allows(g, r, "list"), "{g}/{r}");
     }

@@ -667,3 +667,107 @@ async fn redirects_answer_with_the_status_and_location_the_rule_says() {
     }
     assert_eq!(get("/elsewhere").await.0, 404, "no rule matches");
 }
+
+/// A GRPCRoute on `echo` (both versions; gRPC servers behind no sidecar), with Services
+/// `echo-v1` and `echo-v2`, through a client sidecar: MeshGRPCRouteWeight (with a weight-0
+/// backend that names no Service), method matching and header matching, with a tonic client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_match_methods_and_headers_and_split_by_weight() {
+    use weft_tests::grpc::{self, Msg, StreamReq};
+    let (a1, s1) = grpc::server().await;
+    let (a2, s2) = grpc::server().await;
+    let dir = TempDir::new("gateway-grpc");
+    let (v1, v2) = ((a1, "v1"), (a2, "v2"));
+    dir.write(
+        "echo.yaml",
+        &mesh::service("echo", 9090, "http2", &[v1, v2]),
+    );
+    dir.write(
+        "echo-v1.yaml",
+        &mesh::service("echo-v1", 9090, "http2", &[v1]),
+    );
+    dir.write(
+        "echo-v2.yaml",
+        &mesh::service("echo-v2", 9090, "http2", &[v2]),
+    );
+    let cp = mesh::control_plane(&dir, &[]);
+    let client = Proxy::start(&[
+        "--control-plane",
+        &cp.addr("xds").to_string(),
+        "--node-id",
+        "client-0",
+    ]);
+    dir.write(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: echo, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 9090}]\n  rules:\n    - matches: [{method: {service: weft.test.Echo, method: ServerStream}}]\n      backendRefs: [{name: echo-v2, port: 9090}]\n    - matches: [{headers: [{name: x-canary, value: \"1\"}]}]\n      backendRefs: [{name: echo-v2, port: 9090}]\n    - backendRefs:\n        - {name: echo-v1, port: 9090, weight: 70}\n        - {name: echo-v2, port: 9090, weight: 30}\n        - {name: echo-v3, port: 9090, weight: 0}\n",
+    );
+    const ECHO: &str = "echo.demo.svc.cluster.local:9090";
+    eventually(Duration::from_secs(10), "the GRPCRoute", || async {
+        let dump = client.config_dump().await;
+        let routes = dump["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == ECHO)?["routes"]
+            .as_array()?
+            .len();
+        // Three rules, and the proxy's own default listed after them.
+        (routes == 4).then_some(())
+    })
+    .await;
+    let out = client.addr("outbound");
+    let started = |s: &grpc::ServerState| s.started.load(Ordering::SeqCst);
+    let msg = || Msg {
+        text: "hi".into(),
+        ..Default::default()
+    };
+    // A method match: every server stream goes to v2.
+    let mut c = grpc::client(out, ECHO).await;
+    let before = (started(&s1), started(&s2));
+    for _ in 0..10 {
+        let stream = StreamReq {
+            count: 1,
+            size: 1,
+            interval_ms: 0,
+            fail_after: 0,
+        };
+        let mut s = c.server_stream(stream).await.unwrap().into_inner();
+        while s.message().await.unwrap().is_some() {}
+    }
+    assert_eq!((started(&s1), started(&s2)), (before.0, before.1 + 10));
+    // A header match.
+    let before = (started(&s1), started(&s2));
+    for _ in 0..10 {
+        let mut req = tonic::Request::new(msg());
+        req.metadata_mut().insert("x-canary", "1".parse().unwrap());
+        c.unary(req).await.unwrap();
+    }
+    assert_eq!((started(&s1), started(&s2)), (before.0, before.1 + 10));
+    // The split, over 10,000 unary calls on 8 channels; the weight-0 backend (no such Service)
+    // gets nothing and breaks nothing.
+    let (n, clients) = (10_000, 8);
+    let before = (started(&s1), started(&s2));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let mut c = grpc::client(out, ECHO).await;
+            for _ in 0..n / clients {
+                c.unary(Msg {
+                    text: "split".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (d1, d2) = (started(&s1) - before.0, started(&s2) - before.1);
+    assert_eq!(d1 + d2, n, "every call answered by v1 or v2");
+    let share = d2 as f64 * 100.0 / n as f64;
+    assert!(
+        (28.0..=32.0).contains(&share),
+        "echo-v2 took {share:.2} % of {n} calls, expected 30 ± 2"
+    );
+}

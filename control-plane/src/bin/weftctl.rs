@@ -52,7 +52,7 @@ enum Cmd {
     /// Delete a policy or an HTTPRoute applied with weftctl: `weftctl delete policy
     /// <namespace>/<name>`, `weftctl delete httproute <namespace>/<name>`.
     Delete {
-        #[arg(value_parser = ["policy", "httproute"])]
+        #[arg(value_parser = ["policy", "httproute", "grpcroute"])]
         kind: String,
         name: String,
     },
@@ -94,6 +94,8 @@ enum What {
     Policies,
     /// Gateway API HTTPRoutes, with their Accepted and ResolvedRefs conditions.
     Httproutes,
+    /// Gateway API GRPCRoutes, likewise.
+    Grpcroutes,
     Services,
     Endpoints,
 }
@@ -185,9 +187,10 @@ async fn apply(cp: &str, path: &PathBuf) -> Result<String> {
                 "{name}: `Service` documents are registrations: write them into the registry (weftctl applies TrafficPolicy and HTTPRoute documents)"
             )));
         }
-        if found.policies.is_empty() && found.http_routes.is_empty() {
+        if found.policies.is_empty() && found.http_routes.is_empty() && found.grpc_routes.is_empty()
+        {
             return Err(Fail(format!(
-                "{name}: no TrafficPolicy or HTTPRoute in the file"
+                "{name}: no TrafficPolicy, HTTPRoute or GRPCRoute in the file"
             )));
         }
         texts.push(text);
@@ -295,16 +298,20 @@ fn get(what: What, registry: &serde_json::Value) -> String {
                 ]);
             }
         }
-        What::Httproutes => {
+        What::Httproutes | What::Grpcroutes => {
+            let (routes, statuses, title) = match what {
+                What::Grpcroutes => ("grpc_routes", "grpc_route_status", "GRPCROUTE"),
+                _ => ("http_routes", "http_route_status", "HTTPROUTE"),
+            };
             rows.push(vec![
-                "HTTPROUTE".into(),
+                title.into(),
                 "PARENTS".into(),
                 "RULES".into(),
                 "ACCEPTED".into(),
                 "RESOLVEDREFS".into(),
             ]);
-            let status = &registry["http_route_status"];
-            for (key, r) in registry["http_routes"].as_object().into_iter().flatten() {
+            let status = &registry[statuses];
+            for (key, r) in registry[routes].as_object().into_iter().flatten() {
                 let parents: Vec<String> = r["spec"]["parentRefs"]
                     .as_array()
                     .into_iter()
@@ -414,6 +421,7 @@ async fn run(cli: Cli) -> Result<String> {
             "DELETE",
             &match kind.as_str() {
                 "httproute" => format!("/api/v1/httproutes/{name}"),
+                "grpcroute" => format!("/api/v1/grpcroutes/{name}"),
                 _ => format!("/api/v1/policies/{name}"),
             },
             String::new(),

@@ -234,3 +234,79 @@ fn every_invalid_field_is_named() {
     ));
     assert!(e.contains("unknown field `retry`"), "{e}");
 }
+
+const GRPC: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 9090}]
+  rules:
+    - matches:
+        - method: {service: pkg.Echo, method: Unary}
+        - method: {service: pkg.Echo}
+        - method: {method: Unary}
+        - method: {type: RegularExpression, service: "pkg\\..*", method: "Get.*"}
+        - headers: [{name: x-canary, value: "1"}]
+      backendRefs: [{name: echo-v1, port: 9090}]
+"#;
+
+#[test]
+fn a_grpc_route_is_the_http_route_of_its_paths() {
+    let r = &parse_grpc("g.yaml", GRPC).unwrap()[0];
+    let http = r.as_http();
+    let paths: Vec<(PathMatchType, String)> = http.spec.rules[0]
+        .matches
+        .iter()
+        .map(|m| {
+            m.path
+                .as_ref()
+                .map_or((PathMatchType::PathPrefix, "/".into()), |p| {
+                    (p.kind, p.value.clone())
+                })
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (PathMatchType::Exact, "/pkg.Echo/Unary".to_string()),
+            (PathMatchType::PathPrefix, "/pkg.Echo".into()),
+            (PathMatchType::RegularExpression, "/[^/]+/Unary".into()),
+            (
+                PathMatchType::RegularExpression,
+                "/(?:pkg\\..*)/(?:Get.*)".into()
+            ),
+            (PathMatchType::PathPrefix, "/".into()),
+        ]
+    );
+    assert_eq!(http.spec.rules[0].matches[4].headers[0].name, "x-canary");
+    for (from, to, want) in [
+        (
+            "{service: pkg.Echo, method: Unary}",
+            "{service: \"pkg/Echo\", method: Unary}",
+            "spec.rules[0].matches[0].method.service: `pkg/Echo` is not a gRPC service name",
+        ),
+        (
+            "{service: pkg.Echo}",
+            "{type: Exact}",
+            "spec.rules[0].matches[1].method: set `service`, `method` or both",
+        ),
+        (
+            "{method: Unary}",
+            "{type: RegularExpression, method: \"(\"}",
+            "spec.rules[0].matches[2].method.method: invalid regex",
+        ),
+        (
+            "      backendRefs:",
+            "      filters: [{type: URLRewrite, urlRewrite: {hostname: a}}]\n      backendRefs:",
+            "spec.rules[0].filters[0].type: `URLRewrite` is not a GRPCRoute filter",
+        ),
+    ] {
+        assert!(GRPC.contains(from), "{from}");
+        let e = parse_grpc("g.yaml", &GRPC.replacen(from, to, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{to}:\n  got  {e}\n  want {want}");
+        assert!(e.starts_with("g.yaml: GRPCRoute demo/echo: "), "{e}");
+    }
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{API_VERSION, Service, ServiceSpec, Snapshot};
-use crate::gateway::{self, HttpRoute};
+use crate::gateway::{self, GrpcRoute, HttpRoute};
 use crate::policy::{self, Metadata, TrafficPolicy};
 
 /// A `Service` document.
@@ -33,6 +33,7 @@ pub struct Contents {
     pub services: Vec<Service>,
     pub policies: Vec<TrafficPolicy>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
 }
 
 #[derive(Debug)]
@@ -214,6 +215,16 @@ pub(super) fn assemble<'a>(
             }
             snap.http_routes.insert(key, r.clone());
         }
+        for r in &c.grpc_routes {
+            let key = r.key();
+            if snap.grpc_routes.contains_key(&key) {
+                errors.push(format!(
+                    "{name}: GRPCRoute {key} is defined in another file too; the first stays"
+                ));
+                continue;
+            }
+            snap.grpc_routes.insert(key, r.clone());
+        }
     }
     (snap, errors)
 }
@@ -262,9 +273,13 @@ pub fn parse_documents(name: &str, text: &str) -> Result<Contents, String> {
                 c.http_routes
                     .extend(gateway::parse(&name, &doc).map_err(|e| e.to_string())?);
             }
+            Some(gateway::GRPC_ROUTE) => {
+                c.grpc_routes
+                    .extend(gateway::parse_grpc(&name, &doc).map_err(|e| e.to_string())?);
+            }
             Some(other) => {
                 return Err(format!(
-                    "{name}: kind: `{other}` is none of `Service`, `TrafficPolicy`, `HTTPRoute`"
+                    "{name}: kind: `{other}` is none of `Service`, `TrafficPolicy`, `HTTPRoute`, `GRPCRoute`"
                 ));
             }
             None => return Err(format!("{name}: a document without `kind`")),

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use weft_core::{address::EndpointAddress, contract::annotation};
 
 use super::{Endpoint, Protocol, Service, ServiceSpec, Snapshot};
-use crate::gateway::{self, HttpRoute};
+use crate::gateway::{self, GrpcRoute, HttpRoute};
 use crate::policy::{self, TrafficPolicy};
 
 /// Everything the watches hold at one moment.
@@ -47,8 +47,9 @@ pub struct Objects {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
     pub policies: Vec<Arc<DynamicObject>>,
-    /// Gateway API HTTPRoutes (empty when their CRD is not installed).
+    /// Gateway API HTTPRoutes and GRPCRoutes (empty when their CRDs are not installed).
     pub http_routes: Vec<Arc<DynamicObject>>,
+    pub grpc_routes: Vec<Arc<DynamicObject>>,
 }
 
 /// Turns watched objects into snapshots, remembering each policy's last good version.
@@ -57,8 +58,9 @@ pub struct Translator {
     trust_domain: String,
     /// By `namespace/name`: the last good policy and the text it was parsed from.
     policies: BTreeMap<String, (String, TrafficPolicy)>,
-    /// The same for HTTPRoutes.
+    /// The same for HTTPRoutes and GRPCRoutes.
     http_routes: BTreeMap<String, (String, HttpRoute)>,
+    grpc_routes: BTreeMap<String, (String, GrpcRoute)>,
     /// Problems in force after the last translation.
     pub errors: Vec<String>,
 }
@@ -160,6 +162,7 @@ impl Translator {
             trust_domain: trust_domain.to_string(),
             policies: BTreeMap::new(),
             http_routes: BTreeMap::new(),
+            grpc_routes: BTreeMap::new(),
             errors: Vec::new(),
         }
     }
@@ -248,6 +251,13 @@ impl Translator {
             &objs.http_routes,
             (gateway::API_VERSION, gateway::HTTP_ROUTE),
             gateway::parse,
+            &mut errors,
+        );
+        snap.grpc_routes = last_good(
+            &mut self.grpc_routes,
+            &objs.grpc_routes,
+            (gateway::API_VERSION, gateway::GRPC_ROUTE),
+            gateway::parse_grpc,
             &mut errors,
         );
         self.errors = errors;
@@ -356,6 +366,14 @@ pub fn http_route_resource() -> ApiResource {
     )
 }
 
+/// The Gateway API's `GRPCRoute`.
+pub fn grpc_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", gateway::GRPC_ROUTE),
+        "grpcroutes",
+    )
+}
+
 /// Watches the cluster (in-cluster config or KUBECONFIG) and publishes a snapshot after every
 /// change, until every receiver is gone. Waits for every watch's first listing before the first
 /// snapshot.
@@ -420,42 +438,56 @@ pub async fn run(
         .map(|r| r.map(drop))
         .for_each(notify("trafficpolicies")),
     );
-    // HTTPRoutes only where the Gateway API's CRDs are installed (checked once, at start: a
+    // Routes only where the Gateway API's CRDs are installed (checked once, at start: a
     // control plane started before them is restarted to see routes, as the docs say).
-    let routes_ar = http_route_resource();
-    let routes_api = Api::<DynamicObject>::all_with(client, &routes_ar);
-    let route_r = match routes_api
-        .list(&kube::api::ListParams::default().limit(1))
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.is_not_found() => {
-            tracing::warn!("the Gateway API's CRDs are not installed: HTTPRoutes are not watched");
-            None
-        }
-        _ => {
-            let route_w = reflector::store::Writer::new(routes_ar.clone());
-            let route_r = route_w.as_reader();
-            tokio::spawn(
-                watcher(routes_api, cfg)
-                    .default_backoff()
-                    .reflect(route_w)
-                    .applied_objects()
-                    .map(|r| r.map(drop))
-                    .for_each(notify("httproutes")),
-            );
-            Some(route_r)
+    let watch_routes = |ar: ApiResource, name: &'static str| {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+        let (cfg, notify) = (cfg.clone(), notify(name));
+        async move {
+            match api.list(&kube::api::ListParams::default().limit(1)).await {
+                Err(kube::Error::Api(s)) if s.is_not_found() => {
+                    tracing::warn!(
+                        resource = name,
+                        "the Gateway API's CRDs are not installed: these routes are not watched"
+                    );
+                    None
+                }
+                _ => {
+                    let w = reflector::store::Writer::new(ar);
+                    let r = w.as_reader();
+                    tokio::spawn(
+                        watcher(api, cfg)
+                            .default_backoff()
+                            .reflect(w)
+                            .applied_objects()
+                            .map(|r| r.map(drop))
+                            .for_each(notify),
+                    );
+                    Some(r)
+                }
+            }
         }
     };
-    let routes_ready = match &route_r {
-        Some(r) => r.wait_until_ready().await,
-        None => Ok(()),
+    let route_r = watch_routes(http_route_resource(), "httproutes").await;
+    let grpc_r = watch_routes(grpc_route_resource(), "grpcroutes").await;
+    let ready = |r: &Option<reflector::Store<DynamicObject>>| {
+        let r = r.clone();
+        async move {
+            match r {
+                Some(r) => r.wait_until_ready().await,
+                None => Ok(()),
+            }
+        }
     };
+    let routes_ready = ready(&route_r).await;
+    let grpc_ready = ready(&grpc_r).await;
     for r in [
         svc_r.wait_until_ready().await,
         slice_r.wait_until_ready().await,
         pod_r.wait_until_ready().await,
         pol_r.wait_until_ready().await,
         routes_ready,
+        grpc_ready,
     ] {
         if r.is_err() {
             return;
@@ -471,6 +503,7 @@ pub async fn run(
             pods: pod_r.state(),
             policies: pol_r.state(),
             http_routes: route_r.as_ref().map(|r| r.state()).unwrap_or_default(),
+            grpc_routes: grpc_r.as_ref().map(|r| r.state()).unwrap_or_default(),
         };
         let snap = translator.snapshot(&objs);
         if translator.errors != reported {

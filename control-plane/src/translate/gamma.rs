@@ -61,25 +61,35 @@ impl<'a> ByKey<'a> {
     }
 }
 
-/// The routes attached to each service, by the service's `host:port`.
+/// The routes attached to each service, by the service's `host:port`. GRPCRoutes are taken as
+/// the HTTPRoutes they amount to (held in `grpc`); where both kinds attach to a service, the
+/// GRPCRoutes win, as the Gateway API orders route kinds (GEP-1294).
 pub(super) fn attached<'a>(
     snap: &'a Snapshot,
+    grpc: &'a [HttpRoute],
     services: &ByKey<'a>,
 ) -> BTreeMap<String, Vec<&'a HttpRoute>> {
-    let mut out: BTreeMap<String, Vec<&HttpRoute>> = BTreeMap::new();
-    for route in snap.http_routes.values() {
-        let ns = route.namespace();
-        let mut seen = Vec::new();
-        for p in &route.spec.parent_refs {
-            for svc in services.find(&p.service(ns)) {
-                let authority = svc.authority();
-                // Attached once, however many of its parentRefs name the service.
-                if !seen.contains(&authority) {
-                    seen.push(authority.clone());
-                    out.entry(authority).or_default().push(route);
+    let attach = |routes: &mut dyn Iterator<Item = &'a HttpRoute>| {
+        let mut out: BTreeMap<String, Vec<&HttpRoute>> = BTreeMap::new();
+        for route in routes {
+            let ns = route.namespace();
+            let mut seen = Vec::new();
+            for p in &route.spec.parent_refs {
+                for svc in services.find(&p.service(ns)) {
+                    let authority = svc.authority();
+                    // Attached once, however many of its parentRefs name the service.
+                    if !seen.contains(&authority) {
+                        seen.push(authority.clone());
+                        out.entry(authority).or_default().push(route);
+                    }
                 }
             }
         }
+        out
+    };
+    let mut out = attach(&mut snap.http_routes.values());
+    for (authority, routes) in attach(&mut grpc.iter()) {
+        out.insert(authority, routes);
     }
     out
 }

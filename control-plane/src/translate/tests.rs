@@ -561,3 +561,38 @@ fn gateway_routes_replace_the_default_in_the_apis_precedence() {
     assert_eq!(v1.len(), 1);
     assert_eq!(v1[0].name, "default");
 }
+
+#[test]
+fn a_grpc_route_wins_over_http_routes_on_the_same_service() {
+    let grpc = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: web, port: 8080}]
+  rules:
+    - matches: [{method: {service: pkg.Echo, method: Unary}}]
+      backendRefs: [{name: web-v1, port: 8080}]
+";
+    let dir = std::env::temp_dir().join(format!("weft-grpc-route-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), format!("{GAMMA}{grpc}")).unwrap();
+    let mut reg = FileRegistry::new(&dir);
+    let snap = reg.scan().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(reg.errors.is_empty(), "{:?}", reg.errors);
+    let res = translate(&snap);
+    let web = &res
+        .routes
+        .iter()
+        .find(|r| r.name == "web.demo.svc.cluster.local:8080")
+        .unwrap()
+        .virtual_hosts[0]
+        .routes;
+    assert_eq!(web.len(), 1, "the HTTPRoutes' rules are not there");
+    assert_eq!(web[0].name, "demo/g/rule-0");
+    assert_eq!(
+        web[0].r#match.as_ref().unwrap().path_specifier,
+        Some(PathSpecifier::Path("/pkg.Echo/Unary".into()))
+    );
+}

@@ -144,7 +144,7 @@ fn a_file_that_never_was_good_contributes_nothing() {
     assert_eq!(reg.scan().unwrap(), Snapshot::default());
     assert!(
         reg.errors[0].ends_with(
-            "a.yaml: kind: `Deployment` is none of `Service`, `TrafficPolicy`, `HTTPRoute` (nothing from it is in force)"
+            "a.yaml: kind: `Deployment` is none of `Service`, `TrafficPolicy`, `HTTPRoute`, `GRPCRoute` (nothing from it is in force)"
         ),
         "{:?}",
         reg.errors

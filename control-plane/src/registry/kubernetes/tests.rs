@@ -24,6 +24,7 @@ fn recorded() -> Objects {
         pods: items(include_str!("../../../fixtures/k8s/pods.json")),
         policies: items(include_str!("../../../fixtures/k8s/trafficpolicies.json")),
         http_routes: items(include_str!("../../../fixtures/k8s/httproutes.json")),
+        grpc_routes: items(include_str!("../../../fixtures/k8s/grpcroutes.json")),
     }
 }
 
@@ -63,6 +64,12 @@ fn apply(objs: &mut Objects, line: &str) {
             serde_json::from_value(obj).unwrap(),
             deleted,
             |o: &Pod| id(&o.metadata),
+        ),
+        "GRPCRoute" => upsert(
+            &mut objs.grpc_routes,
+            serde_json::from_value(obj).unwrap(),
+            deleted,
+            |o: &DynamicObject| id(&o.metadata),
         ),
         "HTTPRoute" => upsert(
             &mut objs.http_routes,
@@ -266,6 +273,27 @@ fn recorded_http_routes_attach_in_the_apis_order_and_report_their_status() {
             && refused[0].ends_with("(not in force)"),
         "{}",
         refused[0]
+    );
+    // The recorded GRPCRoute, on ratings' gRPC port: its method is an exact path there.
+    assert_eq!(
+        snap.grpc_routes.keys().collect::<Vec<_>>(),
+        ["bookinfo/ratings-grpc"]
+    );
+    let grpc = crate::translate::translate(&snap);
+    let on_grpc_port = &grpc
+        .routes
+        .iter()
+        .find(|r| r.name == "ratings.bookinfo.svc.cluster.local:50051")
+        .unwrap()
+        .virtual_hosts[0]
+        .routes;
+    assert_eq!(
+        on_grpc_port
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["bookinfo/ratings-grpc/rule-0"],
+        "the GRPCRoute wins over ratings-older (no port) there"
     );
     let older = &snap.http_routes["bookinfo/ratings-older"];
     assert_eq!(
