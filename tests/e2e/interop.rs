@@ -8,6 +8,7 @@ use weft_tests::{
     chain::TempDir,
     grpc,
     mesh::{self, weftctl},
+    proxy::Proxy,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,6 +28,37 @@ async fn grpcio_proxyless_client_follows_the_weighted_split() {
         &mesh::split_policy("echo", 9090, (75, 25)),
     );
     let cp = mesh::control_plane(&dir, &[]);
+    let calls = 2000;
+    proxyless_calls(&dir, &cp, py, calls).await;
+
+    // Straight to the endpoints (proxyless), split by the policy's weights.
+    let (n1, n2) = (
+        s1.started.load(Ordering::SeqCst),
+        s2.started.load(Ordering::SeqCst),
+    );
+    assert_eq!(n1 + n2, calls, "every call reached one of the two servers");
+    let v2 = n2 as f64 * 100.0 / calls as f64;
+    eprintln!("grpcio: {n1} calls to v1, {n2} to v2 ({v2:.1}%, policy 25%)");
+    assert!((v2 - 25.0).abs() <= 4.0, "v2 got {v2:.1}%");
+
+    // The client acknowledged every type, as weft's own proxies do.
+    let (_, status, _) = weftctl(&cp, &["proxy-status"]);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("grpcio-client"))
+        .unwrap_or_else(|| panic!("{status}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[2], "sotw", "{status}");
+    assert!(
+        cols[3..7].iter().all(|v| *v != "-"),
+        "every type acked: {status}"
+    );
+    assert!(row.ends_with('-'), "no NACK: {status}");
+}
+
+/// Runs gRPC's proxyless client (`py`) on the control plane `cp` for `calls` unary calls to
+/// `echo`; every call must succeed.
+async fn proxyless_calls(dir: &TempDir, cp: &Proxy, py: PathBuf, calls: usize) {
     let bootstrap = dir.write(
         "bootstrap.json.txt",
         &serde_json::json!({
@@ -39,7 +71,6 @@ async fn grpcio_proxyless_client_follows_the_weighted_split() {
         })
         .to_string(),
     );
-    let calls = 2000;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/grpc_xds_client.py");
     let proto = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
     let out = tokio::task::spawn_blocking(move || {
@@ -65,28 +96,45 @@ async fn grpcio_proxyless_client_follows_the_weighted_split() {
         "the grpcio client failed:\n{stdout}\n{stderr}"
     );
     assert_eq!(stdout.trim(), format!("ok {calls}"));
+}
 
-    // Straight to the endpoints (proxyless), split by the policy's weights.
+/// The same client following a Gateway API GRPCRoute: a rule for the method it calls,
+/// splitting 75/25 between the Services `echo-v1` and `echo-v2` (standard xDS: an exact `path`
+/// match, weighted clusters of other Services).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_proxyless_client_follows_a_grpc_route_split() {
+    let Some(py) = weft_tests::tools::venv_python("grpc, grpc_tools") else {
+        return;
+    };
+    let (a1, s1) = grpc::server().await;
+    let (a2, s2) = grpc::server().await;
+    let dir = TempDir::new("interop-grpcroute");
+    let (v1, v2) = ((a1, "v1"), (a2, "v2"));
+    dir.write(
+        "echo.yaml",
+        &mesh::service("echo", 9090, "http2", &[v1, v2]),
+    );
+    dir.write(
+        "echo-v1.yaml",
+        &mesh::service("echo-v1", 9090, "http2", &[v1]),
+    );
+    dir.write(
+        "echo-v2.yaml",
+        &mesh::service("echo-v2", 9090, "http2", &[v2]),
+    );
+    dir.write(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: echo, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 9090}]\n  rules:\n    - matches: [{method: {service: weft.test.Echo, method: Unary}}]\n      backendRefs:\n        - {name: echo-v1, port: 9090, weight: 75}\n        - {name: echo-v2, port: 9090, weight: 25}\n",
+    );
+    let cp = mesh::control_plane(&dir, &[]);
+    let calls = 2000;
+    proxyless_calls(&dir, &cp, py, calls).await;
     let (n1, n2) = (
         s1.started.load(Ordering::SeqCst),
         s2.started.load(Ordering::SeqCst),
     );
     assert_eq!(n1 + n2, calls, "every call reached one of the two servers");
     let v2 = n2 as f64 * 100.0 / calls as f64;
-    eprintln!("grpcio: {n1} calls to v1, {n2} to v2 ({v2:.1}%, policy 25%)");
-    assert!((v2 - 25.0).abs() <= 4.0, "v2 got {v2:.1}%");
-
-    // The client acknowledged every type, as weft's own proxies do.
-    let (_, status, _) = weftctl(&cp, &["proxy-status"]);
-    let row = status
-        .lines()
-        .find(|l| l.starts_with("grpcio-client"))
-        .unwrap_or_else(|| panic!("{status}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[2], "sotw", "{status}");
-    assert!(
-        cols[3..7].iter().all(|v| *v != "-"),
-        "every type acked: {status}"
-    );
-    assert!(row.ends_with('-'), "no NACK: {status}");
+    eprintln!("grpcio, GRPCRoute: {n1} calls to echo-v1, {n2} to echo-v2 ({v2:.1}%, route 25%)");
+    assert!((v2 - 25.0).abs() <= 4.0, "echo-v2 got {v2:.1}%");
 }
