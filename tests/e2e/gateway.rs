@@ -771,3 +771,38 @@ async fn grpc_routes_match_methods_and_headers_and_split_by_weight() {
         "echo-v2 took {share:.2} % of {n} calls, expected 30 ± 2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_backend_request_timeouts_end_slow_calls_with_504() {
+    let m = Mesh::start().await;
+    // GEP-1742: `request` bounds the whole call, `backendRequest` each try to a backend.
+    let rules = format!(
+        "    - matches: [{{path: {{type: PathPrefix, value: /delay}}, headers: [{{name: x-t, value: request}}]}}]\n      timeouts: {{request: 200ms}}\n{}    - matches: [{{path: {{type: PathPrefix, value: /delay}}}}]\n      timeouts: {{request: 5s, backendRequest: 200ms}}\n{}",
+        to("web-v1"),
+        to("web-v1")
+    );
+    m.apply(
+        "timeouts.yaml",
+        &route("timeouts", &rules),
+        "the timeouts",
+        || async { m.has_route("demo/timeouts/rule-1").await },
+    )
+    .await;
+    for header in ["request", "backend"] {
+        let h = [("x-t", header)];
+        let (status, by, _) = m.get("/delay?ms=10", &h).await;
+        assert_eq!(
+            (status, by.as_str()),
+            (200, ""),
+            "{header}: a fast call passes"
+        );
+        // Ended by the proxy's timeout (its error says which), not by the backend's answer.
+        let (status, _, err) = m.get("/delay?ms=2000", &h).await;
+        assert_eq!(status, 504, "{header}: {err}");
+        let want = match header {
+            "request" => "request timed out",
+            _ => "per-try timeout",
+        };
+        assert!(err.contains(want), "{header}: {err}");
+    }
+}

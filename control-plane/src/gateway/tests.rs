@@ -132,8 +132,8 @@ fn every_invalid_field_is_named() {
         ),
         (
             "{request: 1m30s}",
-            "{backendRequest: 1s}",
-            "spec.rules[0].timeouts.backendRequest: not supported yet",
+            "{request: 1s, backendRequest: 2s}",
+            "spec.rules[0].timeouts.backendRequest: `2s`: at most `timeouts.request` (1s)",
         ),
         (
             "      timeouts:",

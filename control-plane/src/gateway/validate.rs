@@ -266,11 +266,29 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
                 format!("`{req}` is not a duration such as `10s`, `1m30s` or `500ms`"),
             );
         }
-        if t.backend_request.is_some() {
-            c.fail(
-                format!("{at}.timeouts.backendRequest"),
-                "not supported yet: use `request`, or a TrafficPolicy's per-try timeout",
-            );
+        if let Some(b) = &t.backend_request {
+            match duration(b) {
+                None => c.fail(
+                    format!("{at}.timeouts.backendRequest"),
+                    format!("`{b}` is not a duration such as `10s`, `1m30s` or `500ms`"),
+                ),
+                // At most the request's timeout, unless that is none (`0s`): a CEL rule of
+                // the CRD.
+                Some(d) => {
+                    if let Some(r) = t.request.as_deref().and_then(duration)
+                        && !r.is_zero()
+                        && (d > r || d.is_zero())
+                    {
+                        c.fail(
+                            format!("{at}.timeouts.backendRequest"),
+                            format!(
+                                "`{b}`: at most `timeouts.request` ({})",
+                                t.request.as_deref().unwrap_or("")
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use weft_xds_proto::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use weft_xds_proto::envoy::config::route::v3::{
-    RedirectAction, Route, RouteAction, WeightedCluster,
+    RedirectAction, RetryPolicy as EnvoyRetry, Route, RouteAction, WeightedCluster,
     redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
     route::Action,
     route_action::{
@@ -32,7 +32,7 @@ use weft_xds_proto::envoy::config::route::v3::{
     weighted_cluster::ClusterWeight,
 };
 
-use super::convert::{route_match, runtime_percent, u32v};
+use super::convert::{duration, route_match, runtime_percent, u32v};
 use crate::gateway::{self, HttpRoute, HttpRouteMatch, PathMatchType, ValueMatchType};
 use crate::policy::{HeaderMatch, RouteMatch, StringMatch};
 use crate::registry::{Service, Snapshot};
@@ -198,6 +198,21 @@ pub(super) fn routes(
                 // `0s` is no timeout, whatever the policy says.
                 if timeout.is_some_and(|d| d.is_zero()) {
                     a.timeout = None;
+                }
+                // One try's time limit: the policy's retries (if any) each get it; without
+                // them, the one try does (no retry is added).
+                let backend = rule
+                    .timeouts
+                    .as_ref()
+                    .and_then(|t| t.backend_request.as_deref())
+                    .and_then(gateway::duration)
+                    .filter(|d| !d.is_zero());
+                if let Some(d) = backend {
+                    let rp = a.retry_policy.get_or_insert_with(|| EnvoyRetry {
+                        num_retries: Some(u32v(0)),
+                        ..Default::default()
+                    });
+                    rp.per_try_timeout = Some(duration(d));
                 }
             }
             let matches = if rule.matches.is_empty() {
