@@ -127,6 +127,8 @@ struct Routed {
     /// Into `svc.routes`; past the end means the default route.
     route: usize,
     cluster: Arc<Cluster>,
+    /// Into the route's backends (the split's choice).
+    backend: usize,
     /// The request's hash key, kept for a retry's pick.
     hash: Option<u64>,
 }

@@ -191,6 +191,9 @@ pub struct Route {
     /// Each backend's request and response series (in `backends`' order), made on first use;
     /// filled when the service is finished.
     pub metrics: Box<[LazyTarget]>,
+    /// Each backend's own header changes (a Gateway API backendRef's filters), in `backends`'
+    /// order; empty when no backend has any.
+    pub backend_headers: Box<[Option<Arc<RouteHeaders>>]>,
 }
 
 impl Route {
@@ -204,6 +207,7 @@ impl Route {
         let cluster = self.backends.get(i)?;
         Some(Target {
             cluster,
+            index: i,
             metrics: &self.metrics[i],
             endpoint: cluster.pick(hash, metrics),
         })
@@ -231,11 +235,18 @@ impl Route {
 /// Where a route sends one request: the backend, its series, and an endpoint if it has one.
 pub struct Target<'a> {
     pub cluster: &'a Arc<Cluster>,
+    /// Into the route's backends.
+    pub index: usize,
     pub metrics: &'a LazyTarget,
     pub endpoint: Option<Picked>,
 }
 
-impl Route {}
+impl Route {
+    /// Backend `i`'s own header changes.
+    pub fn backend_headers(&self, i: usize) -> Option<&RouteHeaders> {
+        self.backend_headers.get(i).and_then(|h| h.as_deref())
+    }
+}
 
 /// The part of a request a route hashes.
 #[derive(Debug, Clone)]

@@ -806,3 +806,45 @@ async fn request_and_backend_request_timeouts_end_slow_calls_with_504() {
         assert!(err.contains(want), "{header}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_own_filters_apply_when_the_split_chooses_it() {
+    let m = Mesh::start().await;
+    // MeshHTTPRouteBackendRequestHeaderModifier: the filters sit on the backendRefs.
+    let backend = |name: &str, value: &str| {
+        format!(
+            "        - name: {name}\n          port: 8080\n          filters:\n            - {{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: X-Header-Set, value: {value}}}]}}}}\n            - {{type: ResponseHeaderModifier, responseHeaderModifier: {{add: [{{name: x-backend, value: {value}}}]}}}}\n"
+        )
+    };
+    let rules = format!(
+        "    - backendRefs:\n{}{}",
+        backend("web-v1", "one"),
+        backend("web-v2", "two")
+    );
+    m.apply(
+        "backends.yaml",
+        &route("backends", &rules),
+        "the route",
+        || async { m.has_route("demo/backends/rule-0").await },
+    )
+    .await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let mut tx = http_peer::h2_client(m.outbound()).await;
+        let req = Request::get(format!("http://{WEB}/echo"))
+            .header("x-header-set", "from-the-client")
+            .body(http_peer::body(""))
+            .unwrap();
+        let rsp = tx.send_request(req).await.unwrap();
+        let h = |n: &str| rsp.headers()[n].to_str().unwrap().to_string();
+        let (by, set, added) = (h("x-served-by"), h("x-seen-x-header-set"), h("x-backend"));
+        let want = if by == "web-v1" { "one" } else { "two" };
+        assert_eq!(
+            (set.as_str(), added.as_str()),
+            (want, want),
+            "served by {by}"
+        );
+        *seen.entry(by).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both backends chosen: {seen:?}");
+}

@@ -197,8 +197,8 @@ fn every_invalid_field_is_named() {
         ),
         (
             "{name: web-v2, port: 8080, weight: 10}",
-            "{name: web-v2, port: 8080, weight: 10, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [x-a]}}]}",
-            "spec.rules[0].backendRefs[1].filters: filters on a backendRef are not supported yet",
+            "{name: web-v2, port: 8080, weight: 10, filters: [{type: URLRewrite, urlRewrite: {hostname: a}}]}",
+            "spec.rules[0].backendRefs[1].filters[0].type: `URLRewrite` on a backendRef is not supported yet",
         ),
         (
             "apiVersion: gateway.networking.k8s.io/v1",

@@ -659,11 +659,25 @@ fn backend(at: &str, b: &HttpBackendRef, c: &mut Check) {
             format!("{}: at most {MAX_WEIGHT}", b.weight),
         );
     }
-    if !b.filters.is_empty() {
-        c.fail(
-            format!("{at}.filters"),
-            "filters on a backendRef are not supported yet: put them on the rule",
-        );
+    // A backend's own filters: the header modifiers (applied when the split chooses it).
+    for (i, f) in b.filters.iter().enumerate() {
+        let fat = format!("{at}.filters[{i}]");
+        if f.kind == REQUEST_HEADER_MODIFIER || f.kind == RESPONSE_HEADER_MODIFIER {
+            filter(&fat, f, c);
+        } else {
+            c.fail(
+                format!("{fat}.type"),
+                format!(
+                    "`{}` on a backendRef is not supported yet (supported there: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER})",
+                    f.kind
+                ),
+            );
+        }
+    }
+    for kind in [REQUEST_HEADER_MODIFIER, RESPONSE_HEADER_MODIFIER] {
+        if b.filters.iter().filter(|f| f.kind == kind).count() > 1 {
+            c.fail(format!("{at}.filters"), format!("`{kind}` at most once"));
+        }
     }
 }
 

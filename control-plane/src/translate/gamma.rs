@@ -345,13 +345,32 @@ fn backends(a: &mut RouteAction, rule: &gateway::HttpRouteRule, ns: &str, servic
             }
         })
         .collect();
+    // A backend's own header changes ride on its weighted cluster (so a backend with filters
+    // is a weighted cluster even alone).
+    let with_filters = rule.backend_refs.iter().any(|b| !b.filters.is_empty());
+    let mut clusters = clusters;
+    for (c, b) in clusters
+        .iter_mut()
+        .zip(rule.backend_refs.iter().filter(|b| b.weight > 0))
+    {
+        for f in &b.filters {
+            if let Some(m) = &f.request_header_modifier {
+                c.request_headers_to_add = headers_to_add(m);
+                c.request_headers_to_remove = headers_to_remove(m);
+            }
+            if let Some(m) = &f.response_header_modifier {
+                c.response_headers_to_add = headers_to_add(m);
+                c.response_headers_to_remove = headers_to_remove(m);
+            }
+        }
+    }
     let cluster_specifier = match &clusters[..] {
         // Every weight 0: nowhere to send (500, as for a backend that cannot be resolved).
         [] => {
             unresolved = true;
             ClusterSpecifier::Cluster("unresolved/no-backend".into())
         }
-        [one] => ClusterSpecifier::Cluster(one.name.clone()),
+        [one] if !with_filters => ClusterSpecifier::Cluster(one.name.clone()),
         _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters,
             ..Default::default()

@@ -26,6 +26,14 @@ impl HttpProxy {
         if let Some(h) = policy.and_then(|p| p.headers.as_deref()) {
             h.request.apply(req.headers_mut());
         }
+        // Then the chosen backend's own (a Gateway API backendRef's filters).
+        if let Some(h) = to
+            .routed
+            .as_ref()
+            .and_then(|r| r.route().backend_headers(r.backend))
+        {
+            h.request.apply(req.headers_mut());
+        }
         if let Some(r) = policy.and_then(|p| p.rewrite.as_deref()) {
             r.apply(&mut req);
         }
@@ -152,12 +160,14 @@ impl HttpProxy {
                 return to.fail(e);
             }
         };
-        if let Some(h) = to
-            .routed
-            .as_ref()
-            .and_then(|r| r.route().policy.headers.as_deref())
-        {
-            h.response.apply(rsp.headers_mut());
+        if let Some(r) = &to.routed {
+            let route = r.route();
+            if let Some(h) = route.backend_headers(r.backend) {
+                h.response.apply(rsp.headers_mut());
+            }
+            if let Some(h) = route.policy.headers.as_deref() {
+                h.response.apply(rsp.headers_mut());
+            }
         }
         let Routing {
             obs, version, held, ..

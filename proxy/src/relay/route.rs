@@ -231,6 +231,7 @@ impl HttpProxy {
                         svc: svc.clone(),
                         route: index,
                         cluster: to.cluster.clone(),
+                        backend: to.index,
                         hash,
                     }),
                 })

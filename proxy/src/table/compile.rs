@@ -312,6 +312,7 @@ fn compile_service(
             hash: hash.clone(),
             policy,
             metrics: Box::default(),
+            backend_headers: Box::default(),
         });
     }
     let default_policy = RoutePolicy {
@@ -356,6 +357,7 @@ fn compile_service(
             hash,
             policy: default_policy,
             metrics: Box::default(),
+            backend_headers: Box::default(),
         },
         strict: false,
         domains: Vec::new(),

@@ -208,7 +208,15 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
     let name = &spec.name;
     let at = |e: String| format!("route `{name}`: {e}");
     let mut backends = Vec::with_capacity(spec.backends.len());
-    for (weight, c) in spec.backends.iter() {
+    let mut backend_headers = Vec::new();
+    for (i, (weight, c)) in spec.backends.iter().enumerate() {
+        // Only the backends that get traffic are in the split: their header changes with them.
+        if *weight == 0 {
+            continue;
+        }
+        if let Some(h) = spec.backend_headers.get(i) {
+            backend_headers.push(h.clone());
+        }
         let to = match (spec.missing_status, res.clusters.contains_key(&**c)) {
             // A backend the control plane could not resolve: its share is answered `status`.
             (Some(status), false) => Arc::new(Cluster::absent(c.clone(), status)),
@@ -244,6 +252,11 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
             redirect: spec.redirect.clone(),
         },
         metrics: Box::default(),
+        backend_headers: if backend_headers.iter().any(Option::is_some) {
+            backend_headers.into()
+        } else {
+            Box::default()
+        },
     })
 }
 
@@ -301,6 +314,7 @@ fn service(
             hash: None,
             policy: RoutePolicy::default(),
             metrics: Box::default(),
+            backend_headers: Box::default(),
         },
         strict: true,
         domains,

@@ -89,6 +89,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
                 idle_timeout: None,
                 missing_status: None,
                 rewrite: None,
+                backend_headers: Box::default(),
                 rate_limit: None,
                 mirror: None,
                 name,
@@ -116,9 +117,14 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
         });
         routes.push(RouteSpec {
             matches,
+            backend_headers: if backends.iter().any(|b| b.2.is_some()) {
+                backends.iter().map(|b| b.2.clone()).collect()
+            } else {
+                Box::default()
+            },
             backends: backends
                 .into_iter()
-                .map(|(w, c)| (w, Arc::from(c)))
+                .map(|(w, c, _)| (w, Arc::from(c)))
                 .collect(),
             timeout: action
                 .timeout
@@ -407,8 +413,8 @@ fn missing_status(action: &RouteAction) -> Option<u16> {
     }
 }
 
-/// The clusters a route sends to, with their weights.
-type Backends<'a> = Vec<(u32, &'a str)>;
+/// The clusters a route sends to, with their weights and their own header changes.
+type Backends<'a> = Vec<(u32, &'a str, Option<Arc<crate::table::RouteHeaders>>)>;
 
 /// A route's action and the clusters it sends to.
 fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), Refused> {
@@ -416,12 +422,20 @@ fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), Refused> {
         return Err(unsupported("only route actions are supported"));
     };
     let clusters = match &action.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) => vec![(1, c.as_str())],
+        Some(ClusterSpecifier::Cluster(c)) => vec![(1, c.as_str(), None)],
         Some(ClusterSpecifier::WeightedClusters(w)) => w
             .clusters
             .iter()
-            .map(|c| (c.weight.as_ref().map_or(0, |w| w.value), c.name.as_str()))
-            .collect(),
+            .map(|c| {
+                let headers = super::edits::weight_headers(c)
+                    .map_err(|e| e.at(format!("cluster `{}`", c.name)))?;
+                Ok((
+                    c.weight.as_ref().map_or(0, |w| w.value),
+                    c.name.as_str(),
+                    headers,
+                ))
+            })
+            .collect::<Result<_, Refused>>()?,
         other => {
             return Err(unsupported(format!(
                 "unsupported cluster specifier {other:?}"

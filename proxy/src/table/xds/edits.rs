@@ -15,6 +15,7 @@ use weft_xds_proto::envoy::config::{
         RedirectAction, Route as XdsRoute, RouteAction,
         redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
         route_action::HostRewriteSpecifier,
+        weighted_cluster::ClusterWeight,
     },
 };
 
@@ -86,6 +87,18 @@ pub fn route_headers(r: &XdsRoute) -> Result<Option<Arc<RouteHeaders>>, Refused>
         request: mutation(&r.request_headers_to_add, &r.request_headers_to_remove)
             .map_err(|e| e.at("request headers"))?,
         response: mutation(&r.response_headers_to_add, &r.response_headers_to_remove)
+            .map_err(|e| e.at("response headers"))?,
+    };
+    Ok((!h.request.is_empty() || !h.response.is_empty()).then(|| Arc::new(h)))
+}
+
+/// A weighted cluster's own header changes (its `request_headers_to_add` / `_remove` and the
+/// response's); `None` when it makes none.
+pub fn weight_headers(c: &ClusterWeight) -> Result<Option<Arc<RouteHeaders>>, Refused> {
+    let h = RouteHeaders {
+        request: mutation(&c.request_headers_to_add, &c.request_headers_to_remove)
+            .map_err(|e| e.at("request headers"))?,
+        response: mutation(&c.response_headers_to_add, &c.response_headers_to_remove)
             .map_err(|e| e.at("response headers"))?,
     };
     Ok((!h.request.is_empty() || !h.response.is_empty()).then(|| Arc::new(h)))

@@ -62,6 +62,8 @@ pub struct RouteSpec {
     pub headers: Option<Arc<crate::table::RouteHeaders>>,
     pub rewrite: Option<Arc<crate::route::Rewrite>>,
     pub redirect: Option<Arc<crate::route::Redirect>>,
+    /// Each backend's own header changes, in `backends`' order (empty: none has any).
+    pub backend_headers: Box<[Option<Arc<crate::table::RouteHeaders>>]>,
 }
 
 /// A Cluster: how it balances and protects its endpoints, and the endpoints it lists itself.
