@@ -27,10 +27,9 @@ impl HttpProxy {
             h.request.apply(req.headers_mut());
         }
         // Then the chosen backend's own (a Gateway API backendRef's filters).
-        if let Some(h) = to
-            .routed
-            .as_ref()
-            .and_then(|r| r.route().backend_headers(r.backend))
+        if let (Some(route), Some(r)) = (route, &to.routed)
+            && !route.backend_headers.is_empty()
+            && let Some(h) = route.backend_headers(r.backend)
         {
             h.request.apply(req.headers_mut());
         }
@@ -162,7 +161,9 @@ impl HttpProxy {
         };
         if let Some(r) = &to.routed {
             let route = r.route();
-            if let Some(h) = route.backend_headers(r.backend) {
+            if !route.backend_headers.is_empty()
+                && let Some(h) = route.backend_headers(r.backend)
+            {
                 h.response.apply(rsp.headers_mut());
             }
             if let Some(h) = route.policy.headers.as_deref() {
