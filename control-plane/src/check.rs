@@ -135,17 +135,23 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
         ));
         return;
     };
+    let grpc = registry
+        .grpc_routes
+        .values()
+        .map(|r| ("GRPCRoute", r.as_http()));
     let routed: Vec<String> = registry
         .http_routes
         .values()
-        .filter(|r| r.attaches_to(&svc.key, svc.spec.port))
-        .map(|r| r.key())
+        .map(|r| ("HTTPRoute", r.clone()))
+        .chain(grpc)
+        .filter(|(_, r)| r.attaches_to(&svc.key, svc.spec.port))
+        .map(|(kind, r)| format!("{kind} {}", r.key()))
         .collect();
     if !spec.routes.is_empty() && !routed.is_empty() {
         out.push(Finding::problem(
             "policies",
             format!(
-                "policy {key}: its routes are not used: HTTPRoute {} decides how {} is routed",
+                "policy {key}: its routes are not used: {} decides how {} is routed",
                 routed.join(", "),
                 spec.service
             ),
@@ -213,7 +219,7 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
     }
 }
 
-/// HTTPRoutes that attach to nothing registered, and backendRefs naming no registered Service
+/// HTTPRoutes and GRPCRoutes that attach to nothing registered, and backendRefs naming no registered Service
 /// port (their share of the rule's requests is answered 500).
 fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
     let reg = i.registry;
@@ -223,13 +229,24 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
             .values()
             .any(|s| s.key == key && port.is_none_or(|p| p == s.spec.port))
     };
-    for (key, r) in &reg.http_routes {
+    // GRPCRoutes as the HTTPRoutes they amount to.
+    let grpc: Vec<(String, crate::gateway::HttpRoute)> = reg
+        .grpc_routes
+        .iter()
+        .map(|(k, r)| (k.clone(), r.as_http()))
+        .collect();
+    let all = reg
+        .http_routes
+        .iter()
+        .map(|(k, r)| ("HTTPRoute", k, r))
+        .chain(grpc.iter().map(|(k, r)| ("GRPCRoute", k, r)));
+    for (kind, key, r) in all {
         let ns = r.namespace();
         let parents = r.spec.parent_refs.iter().map(|p| p.service(ns));
         if !parents.clone().any(|p| registered(&p.key, p.port)) {
             out.push(Finding::problem(
                 "routes",
-                format!("HTTPRoute {key} attaches to no registered Service (or port)"),
+                format!("{kind} {key} attaches to no registered Service (or port)"),
                 "correct `spec.parentRefs` (name, namespace, port), or register the Service",
             ));
         }
@@ -240,7 +257,7 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
                     out.push(Finding::problem(
                         "routes",
                         format!(
-                            "HTTPRoute {key}: rules[{n}] sends to {}:{}, which is not registered: its share gets 500",
+                            "{kind} {key}: rules[{n}] sends to {}:{}, which is not registered: its share gets 500",
                             s.key,
                             s.port.unwrap_or(0)
                         ),
@@ -250,13 +267,11 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
             }
         }
     }
-    if out.len() == before && !reg.http_routes.is_empty() {
+    let n = reg.http_routes.len() + reg.grpc_routes.len();
+    if out.len() == before && n > 0 {
         out.push(Finding::ok(
             "routes",
-            format!(
-                "{} HTTPRoutes attach to registered Services and send to registered ones",
-                reg.http_routes.len()
-            ),
+            format!("{n} routes attach to registered Services and send to registered ones"),
         ));
     }
 }

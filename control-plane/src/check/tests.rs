@@ -256,6 +256,10 @@ fn http_routes_that_shadow_a_policys_routes_or_name_nothing_are_reported() {
     for r in crate::gateway::parse("r.yaml", routes).unwrap() {
         registry.http_routes.insert(r.key(), r);
     }
+    let grpc = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  parentRefs: [{group: '', kind: Service, name: nowhere}]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n";
+    for r in crate::gateway::parse_grpc("g.yaml", grpc).unwrap() {
+        registry.grpc_routes.insert(r.key(), r);
+    }
     let x = serving("v1");
     let f = report(&Inputs {
         registry: &registry,
@@ -271,6 +275,7 @@ fn http_routes_that_shadow_a_policys_routes_or_name_nothing_are_reported() {
             "policy default/web: its routes are not used: HTTPRoute default/r decides how web:80 is routed",
             "HTTPRoute default/lost attaches to no registered Service (or port)",
             "HTTPRoute default/r: rules[0] sends to default/web-v9:80, which is not registered: its share gets 500",
+            "GRPCRoute default/g attaches to no registered Service (or port)",
         ]
     );
 }
