@@ -224,11 +224,6 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
 fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
     let reg = i.registry;
     let before = out.len();
-    let registered = |key: &str, port: Option<u16>| {
-        reg.services
-            .values()
-            .any(|s| s.key == key && port.is_none_or(|p| p == s.spec.port))
-    };
     // GRPCRoutes as the HTTPRoutes they amount to.
     let grpc: Vec<(String, crate::gateway::HttpRoute)> = reg
         .grpc_routes
@@ -243,7 +238,7 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
     for (kind, key, r) in all {
         let ns = r.namespace();
         let parents = r.spec.parent_refs.iter().map(|p| p.service(ns));
-        if !parents.clone().any(|p| registered(&p.key, p.port)) {
+        if !parents.clone().any(|p| p.registered(reg)) {
             out.push(Finding::problem(
                 "routes",
                 format!("{kind} {key} attaches to no registered Service (or port)"),
@@ -253,7 +248,7 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
         for (n, rule) in r.spec.rules.iter().enumerate() {
             for b in rule.backend_refs.iter().filter(|b| b.weight > 0) {
                 let s = b.service(ns);
-                if !registered(&s.key, s.port) {
+                if !s.registered(reg) {
                     out.push(Finding::problem(
                         "routes",
                         format!(

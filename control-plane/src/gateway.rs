@@ -288,13 +288,8 @@ impl RequestMirror {
 }
 
 impl MirrorBackendRef {
-    pub fn service(&self, route_ns: &str) -> ServiceRef<'_> {
-        let ns = self.namespace.as_deref().unwrap_or(route_ns);
-        ServiceRef {
-            key: format!("{ns}/{}", self.name),
-            port: self.port,
-            name: &self.name,
-        }
+    pub fn service(&self, route_ns: &str) -> ServiceRef {
+        ServiceRef::new(&self.namespace, &self.name, self.port, route_ns)
     }
 }
 
@@ -395,41 +390,48 @@ pub fn duration(text: &str) -> Option<std::time::Duration> {
 /// Reads every `HTTPRoute` in a YAML (or JSON) text, `---`-separated, and validates each.
 /// `source` names the text in errors (a file path, an etcd key).
 pub fn parse(source: &str, text: &str) -> Result<Vec<HttpRoute>, PolicyError> {
-    let mut out = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let route = Option::<HttpRoute>::deserialize(doc).map_err(|e| PolicyError::Parse {
-            source_name: source.to_string(),
-            message: e.to_string(),
-        })?;
-        let Some(route) = route else { continue };
-        route
-            .validate()
-            .map_err(|errors| PolicyError::InvalidObject {
-                source_name: source.to_string(),
-                object: format!("HTTPRoute {}", route.key()),
-                errors,
-            })?;
-        out.push(route);
-    }
-    Ok(out)
+    parse_routes(
+        source,
+        text,
+        HTTP_ROUTE,
+        HttpRoute::validate,
+        HttpRoute::key,
+    )
 }
 
 /// Reads every `GRPCRoute` in a YAML (or JSON) text, `---`-separated, and validates each.
 pub fn parse_grpc(source: &str, text: &str) -> Result<Vec<GrpcRoute>, PolicyError> {
+    parse_routes(
+        source,
+        text,
+        GRPC_ROUTE,
+        GrpcRoute::validate,
+        GrpcRoute::key,
+    )
+}
+
+/// The documents of one kind in `text`, each read straight from the text (errors keep their
+/// line and column) and validated; an error names the object by `kind` and key.
+fn parse_routes<T: serde::de::DeserializeOwned>(
+    source: &str,
+    text: &str,
+    kind: &str,
+    validate: impl Fn(&T) -> Result<(), Vec<crate::policy::FieldError>>,
+    key: impl Fn(&T) -> String,
+) -> Result<Vec<T>, PolicyError> {
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let route = Option::<GrpcRoute>::deserialize(doc).map_err(|e| PolicyError::Parse {
+        let route = Option::<T>::deserialize(doc).map_err(|e| PolicyError::Parse {
             source_name: source.to_string(),
             message: e.to_string(),
         })?;
+        // An empty document, e.g. after a trailing `---`.
         let Some(route) = route else { continue };
-        route
-            .validate()
-            .map_err(|errors| PolicyError::InvalidObject {
-                source_name: source.to_string(),
-                object: format!("GRPCRoute {}", route.key()),
-                errors,
-            })?;
+        validate(&route).map_err(|errors| PolicyError::InvalidObject {
+            source_name: source.to_string(),
+            object: format!("{kind} {}", key(&route)),
+            errors,
+        })?;
         out.push(route);
     }
     Ok(out)
@@ -437,11 +439,27 @@ pub fn parse_grpc(source: &str, text: &str) -> Result<Vec<GrpcRoute>, PolicyErro
 
 /// Where a route's parent or backend points: a Service by namespace and name, and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceRef<'a> {
-    /// `namespace/name`, as registrations are keyed.
+pub struct ServiceRef {
+    /// `namespace/name`, as registrations are keyed (the namespace defaults to the route's).
     pub key: String,
     pub port: Option<u16>,
-    pub name: &'a str,
+}
+
+impl ServiceRef {
+    fn new(namespace: &Option<String>, name: &str, port: Option<u16>, route_ns: &str) -> Self {
+        let ns = namespace.as_deref().unwrap_or(route_ns);
+        ServiceRef {
+            key: format!("{ns}/{name}"),
+            port,
+        }
+    }
+
+    /// Whether `snap` registers this Service (on this port, when one is named).
+    pub fn registered(&self, snap: &crate::registry::Snapshot) -> bool {
+        snap.services
+            .values()
+            .any(|s| s.key == self.key && self.port.is_none_or(|p| p == s.spec.port))
+    }
 }
 
 impl HttpRoute {
@@ -456,24 +474,14 @@ impl HttpRoute {
 
 impl ParentRef {
     /// The Service this names (its namespace defaults to the route's).
-    pub fn service(&self, route_ns: &str) -> ServiceRef<'_> {
-        let ns = self.namespace.as_deref().unwrap_or(route_ns);
-        ServiceRef {
-            key: format!("{ns}/{}", self.name),
-            port: self.port,
-            name: &self.name,
-        }
+    pub fn service(&self, route_ns: &str) -> ServiceRef {
+        ServiceRef::new(&self.namespace, &self.name, self.port, route_ns)
     }
 }
 
 impl HttpBackendRef {
-    pub fn service(&self, route_ns: &str) -> ServiceRef<'_> {
-        let ns = self.namespace.as_deref().unwrap_or(route_ns);
-        ServiceRef {
-            key: format!("{ns}/{}", self.name),
-            port: self.port,
-            name: &self.name,
-        }
+    pub fn service(&self, route_ns: &str) -> ServiceRef {
+        ServiceRef::new(&self.namespace, &self.name, self.port, route_ns)
     }
 }
 

@@ -42,11 +42,6 @@ fn condition(kind: &'static str, ok: bool, reason: &'static str, message: String
 /// `route`'s status against what `snap` registers.
 pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
     let ns = route.namespace();
-    let registered = |key: &str, port: Option<u16>| {
-        snap.services
-            .values()
-            .any(|s| s.key == key && port.is_none_or(|p| p == s.spec.port))
-    };
     let missing: Vec<String> = route
         .spec
         .rules
@@ -63,7 +58,7 @@ pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
                 .filter_map(|f| f.request_mirror.as_ref())
                 .map(|m| m.backend_ref.service(ns)),
         )
-        .filter(|s| !registered(&s.key, s.port))
+        .filter(|s| !s.registered(snap))
         .map(|s| format!("{}:{}", s.key, s.port.unwrap_or(0)))
         .collect();
     let resolved = if missing.is_empty() {
@@ -90,7 +85,7 @@ pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
         .iter()
         .map(|p| {
             let r = p.service(ns);
-            let accepted = if registered(&r.key, r.port) {
+            let accepted = if r.registered(snap) {
                 condition("Accepted", true, "Accepted", "attached".into())
             } else {
                 let port = r.port.map(|p| format!(" port {p}")).unwrap_or_default();

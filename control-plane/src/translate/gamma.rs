@@ -50,7 +50,7 @@ impl<'a> ByKey<'a> {
         ByKey(m)
     }
 
-    fn find(&self, r: &gateway::ServiceRef<'_>) -> Vec<&'a Service> {
+    fn find(&self, r: &gateway::ServiceRef) -> Vec<&'a Service> {
         self.0
             .get(r.key.as_str())
             .into_iter()
