@@ -3,6 +3,8 @@
 //! reported with its field, all at once.
 
 use super::*;
+
+mod grpc;
 use crate::policy::{FieldError, is_name};
 
 /// The CRD's limits.
@@ -342,132 +344,65 @@ fn route_match(at: &str, m: &HttpRouteMatch, c: &mut Check) {
     }
 }
 
+/// A filter: a type weft supports, the settings field of that type set, and no other's.
 fn filter(at: &str, f: &HttpRouteFilter, c: &mut Check) {
-    let (field, given) = match f.kind.as_str() {
-        REQUEST_HEADER_MODIFIER => ("requestHeaderModifier", &f.request_header_modifier),
-        RESPONSE_HEADER_MODIFIER => ("responseHeaderModifier", &f.response_header_modifier),
-        REQUEST_MIRROR => ("requestMirror", &None),
-        URL_REWRITE => ("urlRewrite", &None),
-        REQUEST_REDIRECT => ("requestRedirect", &None),
-        other => {
-            c.fail(
-                format!("{at}.type"),
-                format!("`{other}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER}, {REQUEST_MIRROR}, {URL_REWRITE}, {REQUEST_REDIRECT})"),
-            );
-            return;
-        }
+    // Each type and the field that holds its settings.
+    let fields = [
+        (
+            REQUEST_HEADER_MODIFIER,
+            "requestHeaderModifier",
+            f.request_header_modifier.is_some(),
+        ),
+        (
+            RESPONSE_HEADER_MODIFIER,
+            "responseHeaderModifier",
+            f.response_header_modifier.is_some(),
+        ),
+        (REQUEST_MIRROR, "requestMirror", f.request_mirror.is_some()),
+        (URL_REWRITE, "urlRewrite", f.url_rewrite.is_some()),
+        (
+            REQUEST_REDIRECT,
+            "requestRedirect",
+            f.request_redirect.is_some(),
+        ),
+    ];
+    let Some(&(kind, field, given)) = fields.iter().find(|(k, _, _)| *k == f.kind) else {
+        c.fail(
+            format!("{at}.type"),
+            format!("`{}`: not supported yet (supported: {REQUEST_HEADER_MODIFIER}, {RESPONSE_HEADER_MODIFIER}, {REQUEST_MIRROR}, {URL_REWRITE}, {REQUEST_REDIRECT})", f.kind),
+        );
+        return;
     };
-    if f.kind == REQUEST_REDIRECT {
-        if f.request_header_modifier.is_some()
-            || f.response_header_modifier.is_some()
-            || f.request_mirror.is_some()
-            || f.url_rewrite.is_some()
-            || !f.other.is_empty()
-        {
-            c.fail(
-                at,
-                format!("only `requestRedirect` goes with type `{REQUEST_REDIRECT}`"),
-            );
-        }
-        match &f.request_redirect {
-            None => c.fail(
-                format!("{at}.requestRedirect"),
-                format!("required with type `{REQUEST_REDIRECT}`"),
-            ),
-            Some(d) => redirect(&format!("{at}.requestRedirect"), d, c),
-        }
-        return;
-    }
-    if f.request_redirect.is_some() {
-        c.fail(
-            format!("{at}.requestRedirect"),
-            format!("only with type `{REQUEST_REDIRECT}`"),
-        );
-    }
-    if f.kind == URL_REWRITE {
-        if f.request_header_modifier.is_some()
-            || f.response_header_modifier.is_some()
-            || f.request_mirror.is_some()
-            || !f.other.is_empty()
-        {
-            c.fail(
-                at,
-                format!("only `urlRewrite` goes with type `{URL_REWRITE}`"),
-            );
-        }
-        match &f.url_rewrite {
-            None => c.fail(
-                format!("{at}.urlRewrite"),
-                format!("required with type `{URL_REWRITE}`"),
-            ),
-            Some(u) => url_rewrite(&format!("{at}.urlRewrite"), u, c),
-        }
-        return;
-    }
-    if f.url_rewrite.is_some() {
-        c.fail(
-            format!("{at}.urlRewrite"),
-            format!("only with type `{URL_REWRITE}`"),
-        );
-    }
-    if f.kind == REQUEST_MIRROR {
-        for other in f.other.keys().map(String::as_str).chain(
-            [
-                ("requestHeaderModifier", f.request_header_modifier.is_some()),
-                (
-                    "responseHeaderModifier",
-                    f.response_header_modifier.is_some(),
-                ),
-            ]
-            .into_iter()
-            .filter(|(_, on)| *on)
-            .map(|(n, _)| n),
-        ) {
-            c.fail(
-                format!("{at}.{other}"),
-                format!("only `requestMirror` goes with type `{REQUEST_MIRROR}`"),
-            );
-        }
-        match &f.request_mirror {
-            None => c.fail(
-                format!("{at}.requestMirror"),
-                format!("required with type `{REQUEST_MIRROR}`"),
-            ),
-            Some(m) => mirror(&format!("{at}.requestMirror"), m, c),
-        }
-        return;
-    }
-    if f.request_mirror.is_some() {
-        c.fail(
-            format!("{at}.requestMirror"),
-            format!("only with type `{REQUEST_MIRROR}`"),
-        );
-    }
-    // The sub-object of its type, and no other.
-    let others = f.other.keys().map(String::as_str).chain(
-        [
-            ("requestHeaderModifier", f.request_header_modifier.is_some()),
-            (
-                "responseHeaderModifier",
-                f.response_header_modifier.is_some(),
-            ),
-        ]
-        .into_iter()
-        .filter(|(n, on)| *on && *n != field)
-        .map(|(n, _)| n),
-    );
-    for other in others {
+    let others = fields
+        .iter()
+        .filter(|(k, _, on)| *on && *k != kind)
+        .map(|(_, n, _)| *n);
+    for other in f.other.keys().map(String::as_str).chain(others) {
         c.fail(
             format!("{at}.{other}"),
-            format!("only `{field}` goes with type `{}`", f.kind),
+            format!("only `{field}` goes with type `{kind}`"),
         );
     }
-    match given {
-        None => c.fail(
+    if !given {
+        c.fail(
             format!("{at}.{field}"),
-            format!("required with type `{}`", f.kind),
-        ),
-        Some(m) => modifier(&format!("{at}.{field}"), m, c),
+            format!("required with type `{kind}`"),
+        );
+        return;
+    }
+    let at = format!("{at}.{field}");
+    match kind {
+        REQUEST_HEADER_MODIFIER => f
+            .request_header_modifier
+            .iter()
+            .for_each(|m| modifier(&at, m, c)),
+        RESPONSE_HEADER_MODIFIER => f
+            .response_header_modifier
+            .iter()
+            .for_each(|m| modifier(&at, m, c)),
+        REQUEST_MIRROR => f.request_mirror.iter().for_each(|m| mirror(&at, m, c)),
+        URL_REWRITE => f.url_rewrite.iter().for_each(|u| url_rewrite(&at, u, c)),
+        _ => f.request_redirect.iter().for_each(|d| redirect(&at, d, c)),
     }
 }
 
@@ -679,141 +614,4 @@ fn backend(at: &str, b: &HttpBackendRef, c: &mut Check) {
             c.fail(format!("{at}.filters"), format!("`{kind}` at most once"));
         }
     }
-}
-
-impl super::grpc::GrpcRoute {
-    /// Every problem in the route, or `Ok` when it may be put in force.
-    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
-        let mut c = Check::default();
-        if self.api_version != API_VERSION {
-            c.fail(
-                "apiVersion",
-                format!("`{}`: expected `{API_VERSION}`", self.api_version),
-            );
-        }
-        if self.kind != super::grpc::GRPC_ROUTE {
-            c.fail(
-                "kind",
-                format!("`{}`: expected `{}`", self.kind, super::grpc::GRPC_ROUTE),
-            );
-        }
-        if !is_name(&self.metadata.name) {
-            c.fail(
-                "metadata.name",
-                format!("`{}` is not a name", self.metadata.name),
-            );
-        }
-        let ns = self.metadata.namespace.as_deref().unwrap_or("default");
-        if !is_name(ns) {
-            c.fail("metadata.namespace", format!("`{ns}` is not a name"));
-        }
-        let spec = &self.spec;
-        if spec.parent_refs.is_empty() {
-            c.fail(
-                "spec.parentRefs",
-                "a mesh route names the Service it is for",
-            );
-        }
-        c.at_most("spec.parentRefs", spec.parent_refs.len(), MAX_PARENT_REFS);
-        for (i, p) in spec.parent_refs.iter().enumerate() {
-            parent(&format!("spec.parentRefs[{i}]"), p, ns, &mut c);
-        }
-        c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
-        c.at_most("spec.rules", spec.rules.len(), MAX_RULES);
-        let all: usize = spec.rules.iter().map(|r| r.matches.len()).sum();
-        if all > MAX_ALL_MATCHES {
-            c.fail(
-                "spec.rules",
-                format!("{all} matches in all: fewer than 128"),
-            );
-        }
-        for (i, r) in spec.rules.iter().enumerate() {
-            let at = format!("spec.rules[{i}]");
-            if let Some(name) = &r.name
-                && !is_name(name)
-            {
-                c.fail(format!("{at}.name"), format!("`{name}` is not a name"));
-            }
-            c.at_most(&format!("{at}.matches"), r.matches.len(), MAX_MATCHES);
-            for (j, m) in r.matches.iter().enumerate() {
-                grpc_match(&format!("{at}.matches[{j}]"), m, &mut c);
-            }
-            for (j, f) in r.filters.iter().enumerate() {
-                let fat = format!("{at}.filters[{j}]");
-                if f.kind == URL_REWRITE || f.kind == REQUEST_REDIRECT {
-                    c.fail(
-                        format!("{fat}.type"),
-                        format!("`{}` is not a GRPCRoute filter", f.kind),
-                    );
-                } else {
-                    filter(&fat, f, &mut c);
-                }
-            }
-            if r.backend_refs.is_empty() {
-                c.fail(
-                    format!("{at}.backendRefs"),
-                    "at least one: a rule sends its calls to Services",
-                );
-            }
-            c.at_most(
-                &format!("{at}.backendRefs"),
-                r.backend_refs.len(),
-                MAX_BACKEND_REFS,
-            );
-            for (j, b) in r.backend_refs.iter().enumerate() {
-                backend(&format!("{at}.backendRefs[{j}]"), b, &mut c);
-            }
-        }
-        if c.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(c.errors)
-        }
-    }
-}
-
-/// A gRPC service name (`pkg.Service`) and a method name, as the CRD's patterns say.
-fn grpc_name(s: &str, service: bool) -> bool {
-    let ident = |p: &str| {
-        let mut b = p.bytes();
-        b.next()
-            .is_some_and(|f| f.is_ascii_alphabetic() || f == b'_')
-            && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-    };
-    if service {
-        let s = s.strip_prefix('.').unwrap_or(s);
-        !s.is_empty() && s.split('.').all(ident)
-    } else {
-        ident(s)
-    }
-}
-
-fn grpc_match(at: &str, m: &super::grpc::GrpcRouteMatch, c: &mut Check) {
-    if let Some(mm) = &m.method {
-        if mm.service.is_none() && mm.method.is_none() {
-            c.fail(format!("{at}.method"), "set `service`, `method` or both");
-        }
-        for (field, value, service) in [
-            ("service", &mm.service, true),
-            ("method", &mm.method, false),
-        ] {
-            let Some(v) = value else { continue };
-            let at = format!("{at}.method.{field}");
-            if v.len() > MAX_PATH {
-                c.fail(&at, format!("at most {MAX_PATH} characters"));
-            }
-            match mm.kind {
-                ValueMatchType::Exact if !grpc_name(v, service) => {
-                    c.fail(at, format!("`{v}` is not a gRPC {field} name"));
-                }
-                ValueMatchType::Exact => {}
-                ValueMatchType::RegularExpression => c.regex(at, v),
-            }
-        }
-    }
-    let http = HttpRouteMatch {
-        headers: m.headers.clone(),
-        ..Default::default()
-    };
-    route_match(at, &http, c);
 }
