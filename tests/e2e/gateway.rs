@@ -79,6 +79,22 @@ impl Mesh {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u16, String, String) {
+        let (status, h) = self.head(method, path, headers).await;
+        (
+            status,
+            text(&h, "x-served-by"),
+            text(&h, "weft-proxy-error"),
+        )
+    }
+
+    /// `method path` on web with `headers`, over a connection of its own: the answer's status
+    /// and headers.
+    async fn head(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, http::HeaderMap) {
         let mut tx = http_peer::h2_client(self.outbound()).await;
         let mut req = Request::builder()
             .method(method)
@@ -90,21 +106,16 @@ impl Mesh {
             .send_request(req.body(http_peer::body("")).unwrap())
             .await
             .unwrap();
-        let header = |n: &str| {
-            rsp.headers()
-                .get(n)
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default()
-        };
-        (
-            rsp.status().as_u16(),
-            header("x-served-by"),
-            header("weft-proxy-error"),
-        )
+        (rsp.status().as_u16(), rsp.headers().clone())
     }
 
     /// Whether the client sidecar's web service has a route named `route`.
     async fn has_route(&self, route: &str) -> bool {
+        self.route_dump(route).await.is_some()
+    }
+
+    /// The client sidecar's `/config_dump` of web's route `route`, once it has one.
+    async fn route_dump(&self, route: &str) -> Option<serde_json::Value> {
         let dump = self.client.config_dump().await;
         dump["services"]
             .as_array()
@@ -112,7 +123,8 @@ impl Mesh {
             .flatten()
             .filter(|s| s["name"] == WEB)
             .flat_map(|s| s["routes"].as_array().into_iter().flatten())
-            .any(|r| r["name"] == route)
+            .find(|r| r["name"] == route)
+            .cloned()
     }
 
     /// Writes `yaml` as `name` and waits until `check` holds.
@@ -127,6 +139,13 @@ impl Mesh {
         })
         .await;
     }
+}
+
+/// Header `n` of `h` as text; empty when there is none.
+fn text(h: &http::HeaderMap, n: &str) -> String {
+    h.get(n)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 /// An HTTPRoute in `demo` attached to web's port 8080, with `rules` (YAML, indented for
@@ -146,7 +165,7 @@ type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_match_paths_by_segment_headers_queries_and_methods_in_precedence_order() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     // MeshHTTPRouteMatching, with an exact path (MeshTrafficSplit) and, in a second route,
     // query parameters and a method: precedence runs across both routes.
     let matching = route(
@@ -214,7 +233,7 @@ async fn routes_match_paths_by_segment_headers_queries_and_methods_in_precedence
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_replaces_the_default_so_unmatched_requests_get_404_and_missing_backends_500() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     assert_eq!(
         m.get("/elsewhere", &[]).await.2,
         "",
@@ -279,7 +298,7 @@ async fn a_route_replaces_the_default_so_unmatched_requests_get_404_and_missing_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_split_within_two_points_over_ten_thousand_requests() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     let split = route(
         "split",
         "    - backendRefs:\n        - {name: web-v1, port: 8080, weight: 70}\n        - {name: web-v2, port: 8080, weight: 30}\n",
@@ -324,7 +343,7 @@ async fn weights_split_within_two_points_over_ten_thousand_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftctl_validates_applies_lists_with_conditions_and_deletes_http_routes() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     // Files to apply, outside the registry's directory.
     let input = TempDir::new("gateway-apply");
     let bad = route(
@@ -389,7 +408,7 @@ async fn weftctl_validates_applies_lists_with_conditions_and_deletes_http_routes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_modifiers_set_add_and_remove_request_and_response_headers() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     // MeshHTTPRouteRequestHeaderModifier's cases (selected by a header: the peer echoes on
     // `/echo` only), and a response modifier (as MeshPorts uses one).
     let case = |name: &str, filters: &str| {
@@ -417,20 +436,12 @@ async fn header_modifiers_set_add_and_remove_request_and_response_headers() {
         ),
     ]
     .concat();
-    let echo = |case: &'static str, headers: Vec<(&'static str, &'static str)>| {
-        let outbound = m.outbound();
+    let echo = |case: &'static str, mut headers: Vec<(&'static str, &'static str)>| {
+        headers.push(("x-test-case", case));
         async move {
-            let mut tx = http_peer::h2_client(outbound).await;
-            let mut req = Request::get(format!("http://{WEB}/echo")).header("x-test-case", case);
-            for (k, v) in headers {
-                req = req.header(k, v);
-            }
-            let rsp = tx
-                .send_request(req.body(http_peer::body("")).unwrap())
-                .await
-                .unwrap();
-            assert_eq!(rsp.status(), 200, "{case}");
-            rsp.headers().clone()
+            let (status, h) = m.head("GET", "/echo", &headers).await;
+            assert_eq!(status, 200, "{case}");
+            h
         }
     };
     m.apply(
@@ -480,7 +491,7 @@ async fn header_modifiers_set_add_and_remove_request_and_response_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_mirror_copies_requests_to_another_service() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     let mirrored = |percent: u32| {
         route(
             "mirror",
@@ -491,15 +502,14 @@ async fn a_request_mirror_copies_requests_to_another_service() {
         )
     };
     let copies = || m.peers[1].state.requests.load(Ordering::SeqCst);
-    m.apply("mirror.yaml", &mirrored(100), "the mirror", || async {
-        let before = copies();
-        m.get("/id", &[]).await.1 == "web-v1" && {
-            // Copies are sent beside the request: give this one a moment to arrive.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            copies() > before
-        }
-    })
-    .await;
+    // In force once the sidecar's route copies that share of requests.
+    let at = |percent: f64| async move {
+        m.route_dump("demo/mirror/rule-0")
+            .await
+            .is_some_and(|r| r["policy"]["mirror"]["percent"] == percent)
+    };
+    m.apply("mirror.yaml", &mirrored(100), "the mirror", || at(100.0))
+        .await;
     let before = copies();
     for _ in 0..20 {
         assert_eq!(
@@ -513,20 +523,20 @@ async fn a_request_mirror_copies_requests_to_another_service() {
     })
     .await;
     // 0 %: none.
-    m.apply("mirror.yaml", &mirrored(0), "the mirror at 0 %", || async {
-        let before = copies();
-        for _ in 0..20 {
-            m.get("/id", &[]).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        copies() == before
-    })
-    .await;
+    m.apply("mirror.yaml", &mirrored(0), "the mirror at 0 %", || at(0.0))
+        .await;
+    // Every copy of the 20 above has arrived; at 0 % none is made (the draw comes before any
+    // copy is sent), so none can arrive later.
+    let before = copies();
+    for _ in 0..20 {
+        m.get("/id", &[]).await;
+    }
+    assert_eq!(copies(), before, "no copy at 0 %");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_rewrites_replace_prefixes_full_paths_and_the_host() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     // MeshHTTPRouteRewritePath's rules, and a host name rewrite.
     let rule = |path: &str, rewrite: &str| {
         format!(
@@ -553,22 +563,13 @@ async fn url_rewrites_replace_prefixes_full_paths_and_the_host() {
         ),
     ]
     .concat();
-    let seen = |path: &'static str| {
-        let outbound = m.outbound();
-        async move {
-            let mut tx = http_peer::h2_client(outbound).await;
-            let req = Request::get(format!("http://{WEB}{path}"))
-                .body(http_peer::body(""))
-                .unwrap();
-            let rsp = tx.send_request(req).await.unwrap();
-            let h = |n: &str| {
-                rsp.headers()
-                    .get(n)
-                    .map(|v| v.to_str().unwrap().to_string())
-                    .unwrap_or_default()
-            };
-            (h("x-seen-path"), h("x-seen-query"), h("x-seen-host"))
-        }
+    let seen = |path: &'static str| async move {
+        let (_, h) = m.head("GET", path, &[]).await;
+        (
+            text(&h, "x-seen-path"),
+            text(&h, "x-seen-query"),
+            text(&h, "x-seen-host"),
+        )
     };
     m.apply(
         "rewrite.yaml",
@@ -594,7 +595,7 @@ async fn url_rewrites_replace_prefixes_full_paths_and_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_answer_with_the_status_and_location_the_rule_says() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     // The mesh redirect conformance tests' rules (host, status, path, port, scheme).
     let rule = |path: &str, redirect: &str| {
         format!(
@@ -616,21 +617,9 @@ async fn redirects_answer_with_the_status_and_location_the_rule_says() {
         rule("/scheme", "{scheme: https, statusCode: 308}"),
     ]
     .concat();
-    let get = |path: &'static str| {
-        let outbound = m.outbound();
-        async move {
-            let mut tx = http_peer::h2_client(outbound).await;
-            let req = Request::get(format!("http://{WEB}{path}"))
-                .body(http_peer::body(""))
-                .unwrap();
-            let rsp = tx.send_request(req).await.unwrap();
-            let location = rsp
-                .headers()
-                .get("location")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default();
-            (rsp.status().as_u16(), location)
-        }
+    let get = |path: &'static str| async move {
+        let (status, h) = m.head("GET", path, &[]).await;
+        (status, text(&h, "location"))
     };
     m.apply(
         "redirect.yaml",
@@ -774,7 +763,7 @@ async fn grpc_routes_match_methods_and_headers_and_split_by_weight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_backend_request_timeouts_end_slow_calls_with_504() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     // GEP-1742: `request` bounds the whole call, `backendRequest` each try to a backend.
     let rules = format!(
         "    - matches: [{{path: {{type: PathPrefix, value: /delay}}, headers: [{{name: x-t, value: request}}]}}]\n      timeouts: {{request: 200ms}}\n{}    - matches: [{{path: {{type: PathPrefix, value: /delay}}}}]\n      timeouts: {{request: 5s, backendRequest: 200ms}}\n{}",
@@ -809,7 +798,7 @@ async fn request_and_backend_request_timeouts_end_slow_calls_with_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backends_own_filters_apply_when_the_split_chooses_it() {
-    let m = Mesh::start().await;
+    let m = &Mesh::start().await;
     // MeshHTTPRouteBackendRequestHeaderModifier: the filters sit on the backendRefs.
     let backend = |name: &str, value: &str| {
         format!(
@@ -830,13 +819,10 @@ async fn a_backends_own_filters_apply_when_the_split_chooses_it() {
     .await;
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..40 {
-        let mut tx = http_peer::h2_client(m.outbound()).await;
-        let req = Request::get(format!("http://{WEB}/echo"))
-            .header("x-header-set", "from-the-client")
-            .body(http_peer::body(""))
-            .unwrap();
-        let rsp = tx.send_request(req).await.unwrap();
-        let h = |n: &str| rsp.headers()[n].to_str().unwrap().to_string();
+        let (_, h) = m
+            .head("GET", "/echo", &[("x-header-set", "from-the-client")])
+            .await;
+        let h = |n: &str| h[n].to_str().unwrap().to_string();
         let (by, set, added) = (h("x-served-by"), h("x-seen-x-header-set"), h("x-backend"));
         let want = if by == "web-v1" { "one" } else { "two" };
         assert_eq!(
