@@ -75,6 +75,10 @@ struct Conn<R> {
     nonce: u64,
     /// Where the stream comes from.
     peer: Option<std::net::IpAddr>,
+    /// The namespace the node says it is in (its metadata's `namespace`): it chooses which
+    /// consumer routes it gets. A node could claim another namespace's, which only changes
+    /// how its own requests are routed: authorization is the server sidecars'.
+    namespace: String,
 }
 
 impl<R: Send> Conn<R> {
@@ -94,6 +98,7 @@ impl<R: Send> Conn<R> {
             delta,
             nonce: 0,
             peer,
+            namespace: String::new(),
         }
     }
 
@@ -106,6 +111,7 @@ impl<R: Send> Conn<R> {
         // The client chooses its id: it is kept to a bounded length.
         let id = cut(node.as_ref().map_or("", |n| &n.id), MAX_NODE_FIELD);
         let about = NodeAbout::new(node.as_ref(), self.peer);
+        self.namespace = about.namespace.clone();
         self.stream = self.nodes.connect(&id, self.delta, about);
         self.node = Some(id.clone());
         id

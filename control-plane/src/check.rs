@@ -144,7 +144,12 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
         .values()
         .map(|r| ("HTTPRoute", r.clone()))
         .chain(grpc)
-        .filter(|(_, r)| r.attaches_to(&svc.key, svc.spec.port))
+        // Consumer routes (in another namespace) decide only for their own namespace's
+        // callers: the policy's routes still serve the others.
+        .filter(|(_, r)| {
+            r.attaches_to(&svc.key, svc.spec.port)
+                && svc.key.split_once('/').map(|(ns, _)| ns) == Some(r.namespace())
+        })
         .map(|(kind, r)| format!("{kind} {}", r.key()))
         .collect();
     if !spec.routes.is_empty() && !routed.is_empty() {

@@ -454,6 +454,11 @@ impl ServiceRef {
         }
     }
 
+    /// The Service's namespace.
+    pub fn namespace(&self) -> &str {
+        self.key.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
     /// Whether `snap` registers this Service (on this port, when one is named).
     pub fn registered(&self, snap: &crate::registry::Snapshot) -> bool {
         snap.services

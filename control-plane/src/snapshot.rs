@@ -59,6 +59,9 @@ pub struct TypeSet {
 pub struct XdsSnapshot {
     /// By type URL.
     pub types: BTreeMap<&'static str, TypeSet>,
+    /// Route configurations that nodes in one namespace get instead of the same-named ones in
+    /// `types` (consumer routes), by that namespace.
+    pub namespaced: BTreeMap<String, TypeSet>,
     /// When the registry change that led to this snapshot was seen (`None` for the first):
     /// where push latency is measured from.
     pub changed_at: Option<Instant>,
@@ -67,7 +70,7 @@ pub struct XdsSnapshot {
 /// Snapshots are equal when they serve the same resources, whenever they were made.
 impl PartialEq for XdsSnapshot {
     fn eq(&self, other: &Self) -> bool {
-        self.types == other.types
+        self.types == other.types && self.namespaced == other.namespaced
     }
 }
 
@@ -194,20 +197,8 @@ impl XdsSnapshot {
                 |l| l.metadata.take().into_iter().collect(),
             ),
         );
-        types.insert(
-            type_url::ROUTE,
-            type_set(
-                &r.routes,
-                |c: &RouteConfiguration| &c.name,
-                |c| {
-                    c.virtual_hosts
-                        .iter_mut()
-                        .flat_map(|vh| vh.routes.iter_mut())
-                        .map(|r| r.metadata.take().unwrap_or_default())
-                        .collect()
-                },
-            ),
-        );
+        let routes = |list| type_set(list, |c: &RouteConfiguration| &c.name, route_metadata);
+        types.insert(type_url::ROUTE, routes(&r.routes));
         types.insert(
             type_url::CLUSTER,
             type_set(
@@ -230,14 +221,67 @@ impl XdsSnapshot {
                 },
             ),
         );
+        let namespaced = (r.consumer_routes.iter())
+            .map(|(ns, list)| (ns.clone(), routes(list)))
+            .collect();
         XdsSnapshot {
             types,
+            namespaced,
             changed_at: None,
         }
     }
 
     pub fn get(&self, type_url: &str) -> Option<&TypeSet> {
         self.types.get(type_url)
+    }
+
+    /// The resources of a type as a node in `namespace` sees them.
+    pub fn view(&self, type_url: &str, namespace: &str) -> View<'_> {
+        let over = (type_url == type_url::ROUTE)
+            .then(|| self.namespaced.get(namespace))
+            .flatten();
+        View {
+            base: self.types.get(type_url),
+            over,
+        }
+    }
+}
+
+/// Where route configurations carry metadata: their routes'.
+fn route_metadata(c: &mut RouteConfiguration) -> Vec<Metadata> {
+    (c.virtual_hosts.iter_mut())
+        .flat_map(|vh| vh.routes.iter_mut())
+        .map(|r| r.metadata.take().unwrap_or_default())
+        .collect()
+}
+
+/// The resources of one type as the nodes of one namespace see them: the snapshot's, with
+/// that namespace's variants (consumer routes) in place of those of the same name.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    base: Option<&'a TypeSet>,
+    over: Option<&'a TypeSet>,
+}
+
+impl<'a> View<'a> {
+    /// The type's version for these nodes: the snapshot's, and their variants' if any.
+    pub fn version(&self) -> String {
+        let base = self.base.map_or("", |b| &b.version);
+        match self.over {
+            Some(o) => format!("{base}+{}", o.version),
+            None => base.to_string(),
+        }
+    }
+
+    /// Every resource by name, in name order.
+    pub fn resources(&self) -> impl Iterator<Item = (&'a Arc<str>, &'a Versioned)> + use<'a> {
+        let over = self.over;
+        (self.base.into_iter().flat_map(|b| b.resources.iter()))
+            .map(move |(n, v)| (n, over.and_then(|o| o.resources.get(n)).unwrap_or(v)))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.base.is_some_and(|b| b.resources.contains_key(name))
     }
 }
 

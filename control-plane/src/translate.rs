@@ -5,7 +5,9 @@
 //!   HttpConnectionManager that takes its routes over RDS (same name) and ends in the router;
 //! - a RouteConfiguration per service: one virtual host whose domains are the host, its aliases,
 //!   with and without the port, and `vip:port`; the policy's routes in order, then a default
-//!   route to every endpoint;
+//!   route to every endpoint (or the rules of the Gateway API routes attached to it); a
+//!   namespace with consumer routes for the service gets a variant of the same name, with
+//!   those routes' rules, which the ADS server sends to nodes in that namespace;
 //! - a Cluster per service (`host:port`) and per subset (`host:port/subset`), of type EDS over
 //!   ADS, with the load-balancing policy, circuit breakers (with the retry budget) and outlier
 //!   detection;
@@ -67,6 +69,7 @@ use weft_xds_proto::{
 };
 
 use crate::{
+    gateway,
     policy::{PolicySpec, RouteRule, TrafficPolicy},
     registry::{Service, Snapshot},
 };
@@ -83,6 +86,9 @@ pub struct Resources {
     pub routes: Vec<RouteConfiguration>,
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// Route configurations that callers in one namespace get instead of the same-named one in
+    /// `routes` (consumer routes), by that namespace; each list sorted by name.
+    pub consumer_routes: BTreeMap<String, Vec<RouteConfiguration>>,
 }
 
 /// Packs a message into `Any` under its own type URL.
@@ -132,21 +138,8 @@ pub fn translate_with(snap: &Snapshot, vips: &mut Vips) -> Resources {
         let vip = vips.get(svc.host.as_str()).copied();
         out.listeners.push(listener(authority, svc, vip, policy));
         let mut rc = route_config(authority, svc, vip, policy);
-        if let Some(routes) = attached.get(authority) {
-            // Gateway API routes replace the service's own (a policy's routes, the default):
-            // each takes the policy's other settings (retries, hashing, faults, idle and gRPC
-            // timeouts, and its timeout unless the rule has one).
-            let empty = PolicySpec::default();
-            let p = policy.unwrap_or(&empty);
-            let base = |name: String, timeout: Option<std::time::Duration>| {
-                let rule = RouteRule {
-                    name: Some(name),
-                    timeout,
-                    ..Default::default()
-                };
-                route(authority, 0, &rule, p)
-            };
-            rc.virtual_hosts[0].routes = gamma::routes(routes, &services, base);
+        if let Some(routes) = attached.producer.get(authority) {
+            rc.virtual_hosts[0].routes = gamma_routes(authority, routes, policy, &services);
         }
         out.routes.push(rc);
         let subsets = policy.map_or(&[][..], |p| &p.subsets[..]);
@@ -171,10 +164,42 @@ pub fn translate_with(snap: &Snapshot, vips: &mut Vips) -> Resources {
             out.clusters.push(c);
         }
     }
+    // The consumer routes' variants of route configurations: each replaces the producer's
+    // for the callers in its namespace.
+    for ((ns, authority), routes) in &attached.consumer {
+        let svc = &snap.services[authority];
+        let policy = by_service.get(authority.as_str()).map(|p| &p.spec);
+        let vip = vips.get(svc.host.as_str()).copied();
+        let mut rc = route_config(authority, svc, vip, policy);
+        rc.virtual_hosts[0].routes = gamma_routes(authority, routes, policy, &services);
+        out.consumer_routes.entry(ns.clone()).or_default().push(rc);
+    }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.endpoints
         .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out
+}
+
+/// The xDS routes of the Gateway API routes attached to a service: they replace the service's
+/// own (a policy's routes, the default), and each takes the policy's other settings (retries,
+/// hashing, faults, idle and gRPC timeouts, and its timeout unless the rule has one).
+fn gamma_routes(
+    authority: &str,
+    attached: &[&gateway::HttpRoute],
+    policy: Option<&PolicySpec>,
+    services: &gamma::ByKey<'_>,
+) -> Vec<Route> {
+    let empty = PolicySpec::default();
+    let p = policy.unwrap_or(&empty);
+    let base = |name: String, timeout: Option<std::time::Duration>| {
+        let rule = RouteRule {
+            name: Some(name),
+            timeout,
+            ..Default::default()
+        };
+        route(authority, 0, &rule, p)
+    };
+    gamma::routes(attached, services, base)
 }
 
 fn listener(

@@ -95,18 +95,13 @@ impl Mesh {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u16, http::HeaderMap) {
-        let mut tx = http_peer::h2_client(self.outbound()).await;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{WEB}{path}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let rsp = tx
-            .send_request(req.body(http_peer::body("")).unwrap())
-            .await
-            .unwrap();
-        (rsp.status().as_u16(), rsp.headers().clone())
+        ask(
+            self.outbound(),
+            method,
+            &format!("http://{WEB}{path}"),
+            headers,
+        )
+        .await
     }
 
     /// Whether the client sidecar's web service has a route named `route`.
@@ -139,6 +134,26 @@ impl Mesh {
         })
         .await;
     }
+}
+
+/// `method uri` with `headers` through the sidecar whose outbound listener is `outbound`, over
+/// a connection of its own: the answer's status and headers.
+async fn ask(
+    outbound: SocketAddr,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap) {
+    let mut tx = http_peer::h2_client(outbound).await;
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let rsp = tx
+        .send_request(req.body(http_peer::body("")).unwrap())
+        .await
+        .unwrap();
+    (rsp.status().as_u16(), rsp.headers().clone())
 }
 
 /// Header `n` of `h` as text; empty when there is none.
@@ -833,4 +848,90 @@ async fn a_backends_own_filters_apply_when_the_split_chooses_it() {
         *seen.entry(by).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "both backends chosen: {seen:?}");
+}
+
+/// MeshConsumerRoute, MeshPorts and MeshFrontend: a route in another namespace than its
+/// Service's applies only to callers in the route's namespace, and replaces the producer's
+/// routes for them; a parentRef's port scopes a route to that port; a request addressed to an
+/// endpoint itself is not the Service's, and no route applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_routes_apply_to_their_namespace_and_ports_scope_routes() {
+    let m = &Mesh::start().await;
+    let (v1, v2) = ((m.peers[0].addr, "v1"), (m.peers[1].addr, "v2"));
+    m.dir.write(
+        "web-9090.yaml",
+        &mesh::service("web", 9090, "http", &[v1, v2]),
+    );
+    // A caller in namespace `shop`.
+    let shop = Proxy::start(&[
+        "--control-plane",
+        &m.cp.addr("xds").to_string(),
+        "--node-id",
+        "shop-client-0",
+        "--pod-namespace",
+        "shop",
+    ]);
+    let producer = route(
+        "producer",
+        &format!(
+            "    - filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-route, value: producer}}]}}}}]\n{}",
+            to("web-v1")
+        ),
+    );
+    let consumer = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web-for-shop, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, namespace: demo}]\n  rules:\n    - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: consumer}]}}]\n      backendRefs: [{name: web-v2, namespace: demo, port: 8080}]\n";
+    m.dir.write("producer.yaml", &producer);
+    m.dir.write("consumer.yaml", consumer);
+    // (who asks, authority): the route that must apply (none: no x-route) and who answers.
+    let web = |port: u16| format!("web.demo.svc.cluster.local:{port}");
+    let pod = m.peers[0].addr.to_string();
+    let cases = [
+        (m.outbound(), web(8080), "producer", Some("web-v1")),
+        // The producer route names port 8080: 9090 keeps its default route (both versions).
+        (m.outbound(), web(9090), "", None),
+        // The consumer route names no port: both of web's ports, for `shop` only.
+        (shop.addr("outbound"), web(8080), "consumer", Some("web-v2")),
+        (shop.addr("outbound"), web(9090), "consumer", Some("web-v2")),
+        // An endpoint's own address is not the Service: no route of web's applies. Through
+        // the outbound listener, without capture, no service has that name: 404. (Captured,
+        // a request to an address outside the service table goes where it was sent:
+        // `capture.rs`.)
+        (m.outbound(), pod.clone(), "", None),
+        (shop.addr("outbound"), pod, "", None),
+    ];
+    let seen = |outbound: SocketAddr, authority: String| async move {
+        let (status, h) = ask(outbound, "GET", &format!("http://{authority}/id"), &[]).await;
+        (status, text(&h, "x-route"), text(&h, "x-served-by"))
+    };
+    // In force once every case holds; then each holds for 20 requests.
+    eventually(Duration::from_secs(10), "the routes in force", || async {
+        for (outbound, authority, want, _) in &cases {
+            if seen(*outbound, authority.clone()).await.1 != *want {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for (outbound, authority, want, by) in &cases {
+        for _ in 0..20 {
+            let (status, route, served) = seen(*outbound, authority.clone()).await;
+            let ok = if authority.starts_with("web") { 200 } else { 404 };
+            assert_eq!(
+                (status, route.as_str()),
+                (ok, *want),
+                "{authority} from {outbound}"
+            );
+            if let Some(by) = by {
+                assert_eq!(served, *by, "{authority} from {outbound}");
+            }
+        }
+    }
+    // The consumer route removed: `shop` follows the producer's route again.
+    std::fs::remove_file(m.dir.0.join("consumer.yaml")).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "shop to follow the producer",
+        || async { (seen(shop.addr("outbound"), web(8080)).await.1 == "producer").then_some(()) },
+    )
+    .await;
 }

@@ -136,14 +136,14 @@ impl Stream {
     /// `change`: a push after a snapshot change (not an answer to a subscription).
     async fn push(&mut self, type_url: &str, change: bool) -> Result<(), Closed> {
         let snap = self.conn.snaps.borrow().clone();
-        let set = snap.get(type_url);
+        let set = snap.view(type_url, &self.conn.namespace);
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Ok(());
         };
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
         let mut resources = Vec::new();
         let mut sent = Vec::new();
-        for (name, v) in set.into_iter().flat_map(|s| s.resources.iter()) {
+        for (name, v) in set.resources() {
             if wanted(name) && sub.has.get(name) != Some(&v.version) {
                 resources.push(v.delta.clone());
                 sent.push((name.clone(), v.version.clone()));
@@ -152,7 +152,7 @@ impl Stream {
         let removed: Vec<Arc<str>> = sub
             .has
             .keys()
-            .filter(|n| set.is_none_or(|s| !s.resources.contains_key(*n)))
+            .filter(|n| !set.contains(n))
             .cloned()
             .collect();
         if resources.is_empty() && removed.is_empty() && sub.responded {
@@ -164,7 +164,7 @@ impl Stream {
         }
         let removed = removed.iter().map(|n| n.to_string()).collect();
         let nonce = self.conn.next_nonce();
-        let version = set.map_or_else(String::new, |s| s.version.clone());
+        let version = set.version();
         let rsp = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources,

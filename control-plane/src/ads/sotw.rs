@@ -99,17 +99,15 @@ impl Stream {
     /// with `force`).
     async fn push(&mut self, type_url: &str, force: bool) -> Result<(), Closed> {
         let snap = self.conn.snaps.borrow().clone();
-        let set = snap.get(type_url);
-        let version = set.map_or_else(String::new, |s| s.version.clone());
+        let set = snap.view(type_url, &self.conn.namespace);
+        let version = set.version();
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Ok(());
         };
         if !force && sub.sent_version.as_deref() == Some(&version) {
             return Ok(());
         }
-        let resources = set
-            .into_iter()
-            .flat_map(|s| s.resources.iter())
+        let resources = (set.resources())
             .filter(|(name, _)| sub.names.is_empty() || sub.names.contains(&**name as &str))
             .map(|(_, v)| v.sotw.clone())
             .collect();

@@ -82,8 +82,8 @@ fn every_invalid_field_is_named() {
         ),
         (
             "name: web, port: 8080}]",
-            "name: web, port: 8080, namespace: shop}]",
-            "spec.parentRefs[0].namespace: `shop`: a route for a Service in another namespace (a consumer route) is not supported yet",
+            "name: web, port: 8080, namespace: Shop}]",
+            "spec.parentRefs[0].namespace: `Shop` is not a name",
         ),
         (
             "name: web, port: 8080}]",

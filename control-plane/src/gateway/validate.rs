@@ -109,7 +109,7 @@ impl HttpRoute {
         }
         c.at_most("spec.parentRefs", spec.parent_refs.len(), MAX_PARENT_REFS);
         for (i, p) in spec.parent_refs.iter().enumerate() {
-            parent(&format!("spec.parentRefs[{i}]"), p, ns, &mut c);
+            parent(&format!("spec.parentRefs[{i}]"), p, &mut c);
         }
         c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
         if spec.rules.is_empty() {
@@ -134,7 +134,7 @@ impl HttpRoute {
     }
 }
 
-fn parent(at: &str, p: &ParentRef, route_ns: &str, c: &mut Check) {
+fn parent(at: &str, p: &ParentRef, c: &mut Check) {
     if p.group.as_deref() != Some("") || p.kind.as_deref() != Some("Service") {
         c.fail(
             at,
@@ -146,15 +146,9 @@ fn parent(at: &str, p: &ParentRef, route_ns: &str, c: &mut Check) {
         c.fail(format!("{at}.name"), format!("`{}` is not a name", p.name));
     }
     if let Some(ns) = &p.namespace
-        && ns != route_ns
+        && !is_name(ns)
     {
-        c.fail(
-            format!("{at}.namespace"),
-            format!(
-                "`{ns}`: a route for a Service in another namespace (a consumer route) is not \
-                 supported yet; put the route in `{ns}`"
-            ),
-        );
+        c.fail(format!("{at}.namespace"), format!("`{ns}` is not a name"));
     }
     if p.section_name.is_some() {
         c.fail(

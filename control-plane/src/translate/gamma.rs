@@ -61,26 +61,45 @@ impl<'a> ByKey<'a> {
     }
 }
 
-/// The routes attached to each service, by the service's `host:port`. GRPCRoutes are taken as
-/// the HTTPRoutes they amount to (held in `grpc`); where both kinds attach to a service, the
-/// GRPCRoutes win, as the Gateway API orders route kinds (GEP-1294).
+/// The routes attached to the services: each a route group (GEP-1426) whose routes are merged.
+#[derive(Debug, Default)]
+pub(super) struct Attached<'a> {
+    /// Producer routes (in their Service's namespace) by the service's `host:port`: they apply
+    /// to every caller.
+    pub producer: BTreeMap<String, Vec<&'a HttpRoute>>,
+    /// Consumer routes (in another namespace than their Service's), by the callers' namespace
+    /// (the route's) and the service's `host:port`: they apply to callers in that namespace
+    /// only, and replace the producer routes for them.
+    pub consumer: BTreeMap<(String, String), Vec<&'a HttpRoute>>,
+}
+
+/// The routes attached to each service. GRPCRoutes are taken as the HTTPRoutes they amount to
+/// (held in `grpc`); where both kinds attach to a service in one group, the GRPCRoutes win,
+/// as the Gateway API orders route kinds (GEP-1294).
 pub(super) fn attached<'a>(
     snap: &'a Snapshot,
     grpc: &'a [HttpRoute],
     services: &ByKey<'a>,
-) -> BTreeMap<String, Vec<&'a HttpRoute>> {
+) -> Attached<'a> {
     let attach = |routes: &mut dyn Iterator<Item = &'a HttpRoute>| {
-        let mut out: BTreeMap<String, Vec<&HttpRoute>> = BTreeMap::new();
+        let mut out = Attached::default();
         for route in routes {
             let ns = route.namespace();
             let mut seen = Vec::new();
             for p in &route.spec.parent_refs {
-                for svc in services.find(&p.service(ns)) {
+                let parent = p.service(ns);
+                for svc in services.find(&parent) {
                     let authority = svc.authority();
                     // Attached once, however many of its parentRefs name the service.
-                    if !seen.contains(&authority) {
-                        seen.push(authority.clone());
-                        out.entry(authority).or_default().push(route);
+                    if seen.contains(&authority) {
+                        continue;
+                    }
+                    seen.push(authority.clone());
+                    if parent.namespace() == ns {
+                        out.producer.entry(authority).or_default().push(route);
+                    } else {
+                        let key = (ns.to_string(), authority);
+                        out.consumer.entry(key).or_default().push(route);
                     }
                 }
             }
@@ -88,9 +107,9 @@ pub(super) fn attached<'a>(
         out
     };
     let mut out = attach(&mut snap.http_routes.values());
-    for (authority, routes) in attach(&mut grpc.iter()) {
-        out.insert(authority, routes);
-    }
+    let grpc = attach(&mut grpc.iter());
+    out.producer.extend(grpc.producer);
+    out.consumer.extend(grpc.consumer);
     out
 }
 

@@ -40,7 +40,7 @@ impl GrpcRoute {
         }
         c.at_most("spec.parentRefs", spec.parent_refs.len(), MAX_PARENT_REFS);
         for (i, p) in spec.parent_refs.iter().enumerate() {
-            parent(&format!("spec.parentRefs[{i}]"), p, ns, &mut c);
+            parent(&format!("spec.parentRefs[{i}]"), p, &mut c);
         }
         c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
         c.at_most("spec.rules", spec.rules.len(), MAX_RULES);

@@ -87,22 +87,13 @@ fn apply(objs: &mut Objects, line: &str) {
     }
 }
 
-/// The translator's errors but those about the recorded consumer HTTPRoute (refused: see
-/// `recorded_http_routes_attach_in_the_apis_order_and_report_their_status`).
-fn policy_errors(t: &Translator) -> Vec<&String> {
-    t.errors
-        .iter()
-        .filter(|e| !e.starts_with("HTTPRoute shop/ratings-for-shop"))
-        .collect()
-}
-
 const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local:9080";
 
 #[test]
 fn recorded_objects_become_services_endpoints_and_policies() {
     let mut t = Translator::new("cluster.local");
     let snap = t.snapshot(&recorded());
-    assert_eq!(policy_errors(&t), Vec::<&String>::new());
+    assert_eq!(t.errors, Vec::<String>::new());
     let names: Vec<&str> = snap.services.keys().map(String::as_str).collect();
     assert_eq!(
         names,
@@ -222,7 +213,7 @@ fn recorded_watch_events_update_the_snapshot() {
     // version stays, and the error names the field.
     apply(&mut objs, events.next().unwrap());
     let snap = t.snapshot(&objs);
-    let errors = policy_errors(&t);
+    let errors = &t.errors;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("spec.routes[0].backends[1].subset: unknown subset `v3`")
@@ -248,31 +239,21 @@ fn recorded_watch_events_update_the_snapshot() {
     apply(&mut objs, events.next().unwrap());
     let snap = t.snapshot(&objs);
     assert!(snap.policies.is_empty());
-    assert!(policy_errors(&t).is_empty());
+    assert!(t.errors.is_empty());
 }
 
 #[test]
 fn recorded_http_routes_attach_in_the_apis_order_and_report_their_status() {
     let mut t = Translator::new("cluster.local");
     let snap = t.snapshot(&recorded());
-    // The consumer route (in `shop`, for a Service in `bookinfo`) is not supported yet: it is
-    // refused by name, and the others are in force.
+    assert_eq!(t.errors, Vec::<String>::new());
     assert_eq!(
         snap.http_routes.keys().collect::<Vec<_>>(),
-        ["bookinfo/ratings-api", "bookinfo/ratings-older"]
-    );
-    let refused: Vec<&String> = t
-        .errors
-        .iter()
-        .filter(|e| e.contains("HTTPRoute"))
-        .collect();
-    assert_eq!(refused.len(), 1, "{:?}", t.errors);
-    assert!(
-        refused[0].starts_with("HTTPRoute shop/ratings-for-shop: ")
-            && refused[0].contains("spec.parentRefs[0].namespace: `bookinfo`: a route for a Service in another namespace (a consumer route) is not supported yet")
-            && refused[0].ends_with("(not in force)"),
-        "{}",
-        refused[0]
+        [
+            "bookinfo/ratings-api",
+            "bookinfo/ratings-older",
+            "shop/ratings-for-shop"
+        ]
     );
     // The recorded GRPCRoute, on ratings' gRPC port: its method is an exact path there.
     assert_eq!(
@@ -318,6 +299,25 @@ fn recorded_http_routes_attach_in_the_apis_order_and_report_their_status() {
             "bookinfo/ratings-older/rule-0",
             "bookinfo/ratings-api/rule-0"
         ]
+    );
+    // The consumer route (in `shop`, for a Service in `bookinfo`): callers in `shop` get a
+    // variant of the route configuration with its rule alone (and its 100 ms timeout); the
+    // producer routes above are everyone else's.
+    let shop = &res.consumer_routes["shop"];
+    assert_eq!(shop.len(), 1);
+    assert_eq!(shop[0].name, rc.name);
+    let routes = &shop[0].virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].name, "shop/ratings-for-shop/rule-0");
+    use weft_xds_proto::envoy::config::route::v3::route::Action;
+    let Some(Action::Route(a)) = &routes[0].action else {
+        panic!("{:?}", routes[0].action)
+    };
+    assert_eq!(a.timeout.as_ref().map(|d| d.nanos), Some(100_000_000));
+    assert_eq!(
+        res.consumer_routes.len(),
+        1,
+        "no other namespace has a variant"
     );
     assert_eq!(
         rc.virtual_hosts[0].routes[1].response_headers_to_add[0]
