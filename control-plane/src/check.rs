@@ -242,7 +242,7 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
         .chain(grpc.iter().map(|(k, r)| ("GRPCRoute", k, r)));
     for (kind, key, r) in all {
         let ns = r.namespace();
-        let parents = r.spec.parent_refs.iter().map(|p| p.service(ns));
+        let parents = r.service_parents().map(|p| p.service(ns));
         if !parents.clone().any(|p| p.registered(reg)) {
             out.push(Finding::problem(
                 "routes",

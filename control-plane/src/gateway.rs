@@ -468,9 +468,14 @@ impl ServiceRef {
 }
 
 impl HttpRoute {
+    /// The parentRefs that name a Service: weft's (others are other controllers').
+    pub fn service_parents(&self) -> impl Iterator<Item = &ParentRef> + Clone {
+        self.spec.parent_refs.iter().filter(|p| p.is_service())
+    }
+
     /// Whether a parentRef names the registration `key` (`namespace/name`) on `port`.
     pub fn attaches_to(&self, key: &str, port: u16) -> bool {
-        self.spec.parent_refs.iter().any(|p| {
+        self.service_parents().any(|p| {
             let r = p.service(self.namespace());
             r.key == key && r.port.is_none_or(|p| p == port)
         })
@@ -478,6 +483,13 @@ impl HttpRoute {
 }
 
 impl ParentRef {
+    /// Whether it names a Service (`group: ""`, `kind: Service`): a mesh parent, weft's.
+    /// `group: core`, which some of the API's own examples write, is taken as `""`.
+    pub fn is_service(&self) -> bool {
+        matches!(self.group.as_deref(), Some("" | "core"))
+            && self.kind.as_deref() == Some("Service")
+    }
+
     /// The Service this names (its namespace defaults to the route's).
     pub fn service(&self, route_ns: &str) -> ServiceRef {
         ServiceRef::new(&self.namespace, &self.name, self.port, route_ns)

@@ -152,6 +152,14 @@ fn default_values_render_valid_objects_for_a_secure_control_plane() {
     ] {
         assert!(allows(g, r, "watch") && allows(g, r, "list"), "{g}/{r}");
     }
+    // Routes' status, and only their status: the routes themselves are read-only.
+    for r in ["httproutes", "grpcroutes"] {
+        let g = "gateway.networking.k8s.io";
+        assert!(allows(g, &format!("{r}/status"), "patch"), "{r}/status");
+        for verb in ["patch", "update", "create", "delete"] {
+            assert!(!allows(g, r, verb), "{r}: {verb}");
+        }
+    }
     assert!(allows("authentication.k8s.io", "tokenreviews", "create"));
     assert!(allows(
         "admissionregistration.k8s.io",

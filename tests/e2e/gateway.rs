@@ -915,7 +915,11 @@ async fn consumer_routes_apply_to_their_namespace_and_ports_scope_routes() {
     for (outbound, authority, want, by) in &cases {
         for _ in 0..20 {
             let (status, route, served) = seen(*outbound, authority.clone()).await;
-            let ok = if authority.starts_with("web") { 200 } else { 404 };
+            let ok = if authority.starts_with("web") {
+                200
+            } else {
+                404
+            };
             assert_eq!(
                 (status, route.as_str()),
                 (ok, *want),

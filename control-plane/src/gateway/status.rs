@@ -80,9 +80,7 @@ pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
         )
     };
     route
-        .spec
-        .parent_refs
-        .iter()
+        .service_parents()
         .map(|p| {
             let r = p.service(ns);
             let accepted = if r.registered(snap) {

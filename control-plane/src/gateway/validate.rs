@@ -101,16 +101,7 @@ impl HttpRoute {
             c.fail("metadata.namespace", format!("`{ns}` is not a name"));
         }
         let spec = &self.spec;
-        if spec.parent_refs.is_empty() {
-            c.fail(
-                "spec.parentRefs",
-                "a mesh route names the Service it is for",
-            );
-        }
-        c.at_most("spec.parentRefs", spec.parent_refs.len(), MAX_PARENT_REFS);
-        for (i, p) in spec.parent_refs.iter().enumerate() {
-            parent(&format!("spec.parentRefs[{i}]"), p, &mut c);
-        }
+        parents(&spec.parent_refs, &mut c);
         c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
         if spec.rules.is_empty() {
             c.fail("spec.rules", "at least one rule");
@@ -134,14 +125,25 @@ impl HttpRoute {
     }
 }
 
-fn parent(at: &str, p: &ParentRef, c: &mut Check) {
-    if p.group.as_deref() != Some("") || p.kind.as_deref() != Some("Service") {
+/// A route's parentRefs: those of a Service are weft's (checked); others (a Gateway) belong to
+/// other controllers and are left to them, but one of a Service there must be.
+fn parents(refs: &[ParentRef], c: &mut Check) {
+    if !refs.iter().any(ParentRef::is_service) {
         c.fail(
-            at,
-            "a mesh route attaches to a Service: set `group: \"\"` and `kind: Service` (the API's \
-             defaults name a Gateway)",
+            "spec.parentRefs",
+            "a mesh route names the Service it is for: set `group: \"\"` and `kind: Service` \
+             (the API's defaults name a Gateway)",
         );
     }
+    c.at_most("spec.parentRefs", refs.len(), MAX_PARENT_REFS);
+    for (i, p) in refs.iter().enumerate() {
+        if p.is_service() {
+            parent(&format!("spec.parentRefs[{i}]"), p, c);
+        }
+    }
+}
+
+fn parent(at: &str, p: &ParentRef, c: &mut Check) {
     if !is_name(&p.name) {
         c.fail(format!("{at}.name"), format!("`{}` is not a name", p.name));
     }

@@ -123,6 +123,21 @@ fn last_good<T: Clone>(
     live
 }
 
+/// The routes that are weft's: those with a parentRef of a Service. A route only for Gateways
+/// is another controller's, and is neither read nor reported on. (One whose parentRefs are
+/// not even a list is weft's to report.)
+pub(crate) fn mesh_routes(objs: &[Arc<DynamicObject>]) -> Vec<Arc<DynamicObject>> {
+    let ours = |o: &DynamicObject| {
+        let refs = o.data.pointer("/spec/parentRefs").cloned();
+        let refs = refs.unwrap_or_else(|| serde_json::json!([]));
+        match serde_json::from_value::<Vec<gateway::ParentRef>>(refs) {
+            Ok(refs) => refs.iter().any(gateway::ParentRef::is_service),
+            Err(_) => true,
+        }
+    };
+    objs.iter().filter(|o| ours(o)).cloned().collect()
+}
+
 fn key(ns: &Option<String>, name: &Option<String>) -> String {
     format!(
         "{}/{}",
@@ -248,14 +263,14 @@ impl Translator {
         );
         snap.http_routes = last_good(
             &mut self.http_routes,
-            &objs.http_routes,
+            &mesh_routes(&objs.http_routes),
             (gateway::API_VERSION, gateway::HTTP_ROUTE),
             gateway::parse,
             &mut errors,
         );
         snap.grpc_routes = last_good(
             &mut self.grpc_routes,
-            &objs.grpc_routes,
+            &mesh_routes(&objs.grpc_routes),
             (gateway::API_VERSION, gateway::GRPC_ROUTE),
             gateway::parse_grpc,
             &mut errors,
@@ -493,6 +508,11 @@ pub async fn run(
             return;
         }
     }
+    // Routes' status, written by a task of its own from each round's translation.
+    let (rounds, rounds_rx) = watch::channel(route_status::Round::default());
+    if route_r.is_some() || grpc_r.is_some() {
+        tokio::spawn(route_status::run(client.clone(), rounds_rx));
+    }
     let mut translator = Translator::new(&trust_domain);
     let mut reported = Vec::new();
     let mut first = true;
@@ -505,7 +525,13 @@ pub async fn run(
             http_routes: route_r.as_ref().map(|r| r.state()).unwrap_or_default(),
             grpc_routes: grpc_r.as_ref().map(|r| r.state()).unwrap_or_default(),
         };
-        let snap = translator.snapshot(&objs);
+        let snap = Arc::new(translator.snapshot(&objs));
+        rounds.send_replace(route_status::Round {
+            http_routes: objs.http_routes,
+            grpc_routes: objs.grpc_routes,
+            snapshot: snap.clone(),
+            errors: translator.errors.clone(),
+        });
         if translator.errors != reported {
             for e in &translator.errors {
                 tracing::warn!(error = %e, "Kubernetes registry");
@@ -515,9 +541,9 @@ pub async fn run(
         }
         // The first snapshot always notifies: the control plane waits for it before serving.
         tx.send_if_modified(|cur| {
-            let changed = first || **cur != snap;
+            let changed = first || **cur != *snap;
             if changed {
-                *cur = Arc::new(snap);
+                *cur = snap;
             }
             changed
         });
@@ -528,5 +554,6 @@ pub async fn run(
     }
 }
 
+pub mod route_status;
 #[cfg(test)]
 mod tests;

@@ -86,7 +86,7 @@ pub(super) fn attached<'a>(
         for route in routes {
             let ns = route.namespace();
             let mut seen = Vec::new();
-            for p in &route.spec.parent_refs {
+            for p in route.service_parents() {
                 let parent = p.service(ns);
                 for svc in services.find(&parent) {
                     let authority = svc.authority();

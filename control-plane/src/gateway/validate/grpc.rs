@@ -32,16 +32,7 @@ impl GrpcRoute {
             c.fail("metadata.namespace", format!("`{ns}` is not a name"));
         }
         let spec = &self.spec;
-        if spec.parent_refs.is_empty() {
-            c.fail(
-                "spec.parentRefs",
-                "a mesh route names the Service it is for",
-            );
-        }
-        c.at_most("spec.parentRefs", spec.parent_refs.len(), MAX_PARENT_REFS);
-        for (i, p) in spec.parent_refs.iter().enumerate() {
-            parent(&format!("spec.parentRefs[{i}]"), p, &mut c);
-        }
+        parents(&spec.parent_refs, &mut c);
         c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
         c.at_most("spec.rules", spec.rules.len(), MAX_RULES);
         let all: usize = spec.rules.iter().map(|r| r.matches.len()).sum();

@@ -17,7 +17,7 @@ fn items<T: DeserializeOwned>(list: &str) -> Vec<Arc<T>> {
         .collect()
 }
 
-fn recorded() -> Objects {
+pub(super) fn recorded() -> Objects {
     Objects {
         services: items(include_str!("../../../fixtures/k8s/services.json")),
         slices: items(include_str!("../../../fixtures/k8s/endpointslices.json")),

@@ -1,0 +1,223 @@
+//! Writes the Gateway API routes' status: the `status.parents[]` entries of weft's controller
+//! (`weft.dev/gateway-controller`), one per parentRef that names a Service, with the
+//! `Accepted` and `ResolvedRefs` conditions `gateway::status` computes, or `Accepted: False`
+//! (`UnsupportedValue`, with the validation's errors) for a route weft refuses.
+//!
+//! - Other controllers' entries (a Gateway's, for a route attached to both) are kept as they
+//!   are: the patch writes the whole list, theirs first, and carries the route's
+//!   `resourceVersion`, so a status changed meanwhile is not overwritten (the API server
+//!   answers 409; the watch brings the new one, and the next round writes again).
+//! - Each condition has the route's `observedGeneration`; its `lastTransitionTime` is kept
+//!   while its status stays, and is the time of writing when it changes.
+//! - Nothing is written when weft's entries already say what they should: a write's own watch
+//!   event then writes nothing more.
+//! - The writer runs in a task of its own, on the latest translation only: a slow API server
+//!   delays status, never the registry.
+
+use std::sync::Arc;
+
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    core::{ApiResource, DynamicObject},
+};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::gateway::{self, CONTROLLER_NAME, ParentRef, ParentStatus};
+use crate::registry::Snapshot;
+
+/// The API's limit on `status.parents`.
+const MAX_PARENTS: usize = 32;
+/// The API's limit on a condition's message.
+const MAX_MESSAGE: usize = 32_768;
+
+/// What the status writer works from: the routes as watched, the snapshot translated from
+/// them, and the translation's errors.
+#[derive(Debug, Clone, Default)]
+pub struct Round {
+    pub http_routes: Vec<Arc<DynamicObject>>,
+    pub grpc_routes: Vec<Arc<DynamicObject>>,
+    pub snapshot: Arc<Snapshot>,
+    pub errors: Vec<String>,
+}
+
+/// weft's entries for `obj` (a route of `kind`, `HTTPRoute` or `GRPCRoute`): from the snapshot
+/// when the route is in force as it is, `Accepted: False` with its errors when it is refused.
+/// `None` when its parentRefs cannot be read (there is nothing to report on).
+pub fn ours(kind: &str, obj: &DynamicObject, round: &Round) -> Option<Vec<ParentStatus>> {
+    let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
+    let key = format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or(""));
+    let prefix = format!("{kind} {key}: ");
+    let errors: Vec<&str> = (round.errors.iter())
+        .filter_map(|e| e.strip_prefix(&prefix))
+        .collect();
+    if errors.is_empty() {
+        let snap = &round.snapshot;
+        let route = match kind {
+            gateway::GRPC_ROUTE => snap.grpc_routes.get(&key).map(|r| r.as_http()),
+            _ => snap.http_routes.get(&key).cloned(),
+        };
+        if let Some(route) = route {
+            return Some(gateway::status(&route, snap));
+        }
+    }
+    let refs = obj.data.pointer("/spec/parentRefs").cloned()?;
+    let refs: Vec<ParentRef> = serde_json::from_value(refs).ok()?;
+    let message = weft_core::text::cut(&errors.join("; "), MAX_MESSAGE).to_string();
+    let refused = gateway::Condition {
+        kind: "Accepted",
+        status: "False",
+        reason: "UnsupportedValue",
+        message,
+    };
+    let entries = refs.into_iter().filter(ParentRef::is_service);
+    Some(
+        entries
+            .map(|p| ParentStatus {
+                parent_ref: p,
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![refused.clone()],
+            })
+            .collect(),
+    )
+}
+
+/// One condition as the status holds it, without its time: what decides whether to write.
+fn essence(c: &Value) -> [Value; 5] {
+    ["type", "status", "reason", "message", "observedGeneration"].map(|k| c[k].clone())
+}
+
+/// The merge patch that makes `obj`'s weft entries `ours` (keeping every other controller's),
+/// written at `now` (RFC 3339); `None` when they already are.
+pub fn patch(obj: &DynamicObject, ours: &[ParentStatus], now: &str) -> Option<Value> {
+    let current: Vec<Value> = (obj.data.pointer("/status/parents"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let is_ours = |e: &Value| e["controllerName"] == CONTROLLER_NAME;
+    let parent = |e: &Value| serde_json::from_value::<ParentRef>(e["parentRef"].clone()).ok();
+    let generation = obj.metadata.generation;
+    let written: Vec<Value> = ours
+        .iter()
+        .map(|p| {
+            // The same parent's entry as it stands, for the times of conditions that stay.
+            let before = current
+                .iter()
+                .find(|e| is_ours(e) && parent(e).as_ref() == Some(&p.parent_ref));
+            let conditions: Vec<Value> = (p.conditions.iter())
+                .map(|c| {
+                    let since = before
+                        .and_then(|e| e["conditions"].as_array())
+                        .into_iter()
+                        .flatten()
+                        .find(|b| b["type"] == c.kind && b["status"] == c.status)
+                        .and_then(|b| b["lastTransitionTime"].as_str())
+                        .unwrap_or(now);
+                    json!({
+                        "type": c.kind, "status": c.status, "reason": c.reason,
+                        "message": c.message, "observedGeneration": generation,
+                        "lastTransitionTime": since,
+                    })
+                })
+                .collect();
+            json!({
+                "parentRef": p.parent_ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": conditions,
+            })
+        })
+        .collect();
+    let same = |a: &Value, b: &Value| {
+        parent(a) == parent(b)
+            && (a["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(essence))
+            .eq(b["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(essence))
+    };
+    let mine: Vec<&Value> = current.iter().filter(|e| is_ours(e)).collect();
+    if mine.len() == written.len() && mine.iter().zip(&written).all(|(a, b)| same(a, b)) {
+        return None;
+    }
+    let mut parents: Vec<Value> = current.into_iter().filter(|e| !is_ours(e)).collect();
+    parents.extend(written);
+    parents.truncate(MAX_PARENTS);
+    Some(json!({
+        "metadata": {"resourceVersion": obj.metadata.resource_version},
+        "status": {"parents": parents},
+    }))
+}
+
+/// Writes status after every round sent on `rounds`, until its sender is gone.
+pub async fn run(client: Client, mut rounds: watch::Receiver<Round>) {
+    // Whether the API refused a kind's status for want of permission (said once).
+    let mut forbidden = [false; 2];
+    while rounds.changed().await.is_ok() {
+        let round = rounds.borrow_and_update().clone();
+        let kinds = [
+            (
+                gateway::HTTP_ROUTE,
+                super::http_route_resource(),
+                &round.http_routes,
+            ),
+            (
+                gateway::GRPC_ROUTE,
+                super::grpc_route_resource(),
+                &round.grpc_routes,
+            ),
+        ];
+        for ((kind, ar, objs), forbidden) in kinds.into_iter().zip(&mut forbidden) {
+            for obj in super::mesh_routes(objs) {
+                write(&client, kind, &ar, &obj, &round, forbidden).await;
+            }
+        }
+    }
+}
+
+async fn write(
+    client: &Client,
+    kind: &str,
+    ar: &ApiResource,
+    obj: &DynamicObject,
+    round: &Round,
+    forbidden: &mut bool,
+) {
+    let Some(ours) = ours(kind, obj, round) else {
+        return;
+    };
+    // metav1.Time: whole seconds.
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let now = k8s_openapi::jiff::Timestamp::from_second(now)
+        .map_or_else(|_| String::new(), |t| t.to_string());
+    let Some(body) = patch(obj, &ours, &now) else {
+        return;
+    };
+    let (ns, name) = (
+        obj.metadata.namespace.as_deref().unwrap_or("default"),
+        obj.metadata.name.as_deref().unwrap_or(""),
+    );
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar);
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Ok(_) => tracing::debug!(%kind, %ns, %name, "route status written"),
+        // Changed meanwhile: its watch event brings the new version, and a round after it.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            if !std::mem::replace(forbidden, true) {
+                tracing::warn!(%kind, error = %s.message, "route status not written: the control plane may not patch routes' status (the chart's ClusterRole grants it)");
+            }
+        }
+        Err(e) => tracing::warn!(%kind, %ns, %name, error = %e, "route status not written"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
