@@ -78,7 +78,7 @@ fn every_invalid_field_is_named() {
         (
             "group: \"\", kind: Service, name: web",
             "kind: Gateway, name: web",
-            "spec.parentRefs[0]: a mesh route attaches to a Service",
+            "spec.parentRefs: a mesh route names the Service it is for",
         ),
         (
             "name: web, port: 8080}]",
