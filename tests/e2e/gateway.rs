@@ -939,3 +939,76 @@ async fn consumer_routes_apply_to_their_namespace_and_ports_scope_routes() {
     )
     .await;
 }
+
+/// Every HTTPRoute and GRPCRoute in `docs/gateway-api.md` is one weft accepts and one the
+/// Gateway API's v1 schemas accept (as `@kubernetes-models/gateway-api` compiles them from the
+/// API's types). Broken copies of them, which the schemas must refuse, show the check is live.
+#[test]
+fn documented_routes_are_valid_for_weft_and_the_gateway_api_schemas() {
+    let Some((node, modules)) = weft_tests::tools::gateway_api_schemas() else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("docs/gateway-api.md")).unwrap();
+    let mut routes = Vec::new();
+    for block in text.split("```yaml").skip(1) {
+        let block = block.split("```").next().unwrap();
+        for part in block.split("\n---") {
+            let source = "docs/gateway-api.md";
+            let weft = if part.contains("kind: HTTPRoute") {
+                weft_control_plane::gateway::parse(source, part).map(drop)
+            } else if part.contains("kind: GRPCRoute") {
+                weft_control_plane::gateway::parse_grpc(source, part).map(drop)
+            } else {
+                continue;
+            };
+            if let Err(e) = weft {
+                panic!("a documented route is invalid for weft: {e}");
+            }
+            let object: serde_json::Value = serde_yaml_ng::from_str(part).unwrap();
+            routes.push(serde_json::json!({"source": source, "expect": "valid", "object": object}));
+        }
+    }
+    let kinds = |k: &str| routes.iter().filter(|r| r["object"]["kind"] == k).count();
+    assert!(
+        kinds("HTTPRoute") >= 3 && kinds("GRPCRoute") >= 1,
+        "documented routes: {routes:#?}"
+    );
+    let broken = |i: usize, pointer: &str, value: serde_json::Value| {
+        let mut r = routes[i].clone();
+        *r["object"].pointer_mut(pointer).unwrap() = value;
+        r["expect"] = "invalid".into();
+        r["source"] = format!("broken: {pointer}").into();
+        r
+    };
+    let grpc = routes
+        .iter()
+        .position(|r| r["object"]["kind"] == "GRPCRoute")
+        .unwrap();
+    let broken = [
+        broken(
+            0,
+            "/spec/rules/0/matches/0/headers/0",
+            serde_json::json!({"type": "Glob", "name": "x-canary", "value": "1"}),
+        ),
+        broken(0, "/spec/rules/1/backendRefs/0/port", 70_000.into()),
+        broken(
+            grpc,
+            "/spec/rules/0/matches/0/method",
+            serde_json::json!({"type": "Prefix", "service": "weft.test.Echo"}),
+        ),
+    ];
+    routes.extend(broken);
+    let dir = TempDir::new("gateway-schemas");
+    let list = dir.write("routes.json", &serde_json::Value::Array(routes).to_string());
+    let out = std::process::Command::new(node)
+        .arg(root.join("tests/k8s/validate_gateway_api.mjs"))
+        .arg(&modules)
+        .arg(&list)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.ends_with(" valid, 3 invalid\n"), "{said}");
+}

@@ -35,6 +35,22 @@ pub fn httpwg() -> Option<PathBuf> {
     require("httpwg")
 }
 
+/// Node.js and the `node_modules` folder where `tests/run` installs the Gateway API's schemas
+/// (`@kubernetes-models/gateway-api`, under `target/weft-node`).
+pub fn gateway_api_schemas() -> Option<(PathBuf, PathBuf)> {
+    let modules =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/weft-node/node_modules");
+    let installed = modules
+        .join("@kubernetes-models/gateway-api/package.json")
+        .is_file();
+    let node = require("node")?;
+    found_or_skip(
+        installed.then_some(modules),
+        "@kubernetes-models/gateway-api under target/weft-node",
+    )
+    .map(|m| (node, m))
+}
+
 /// The Python of the venv `tests/run` creates (`$WEFT_TEST_VENV`, else `target/weft-venv`),
 /// when it can import every one of `modules` (comma-separated, as `import` takes them).
 pub fn venv_python(modules: &str) -> Option<PathBuf> {
