@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     ads::TypeStatus,
+    gateway::{HttpRoute, HttpRouteRule},
     policy::{HeaderMatch, RouteMatch, TrafficPolicy},
     registry::Snapshot,
     snapshot::XdsSnapshot,
@@ -139,7 +140,7 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
         .grpc_routes
         .values()
         .map(|r| ("GRPCRoute", r.as_http()));
-    let routed: Vec<String> = registry
+    let attached: Vec<(&str, HttpRoute)> = registry
         .http_routes
         .values()
         .map(|r| ("HTTPRoute", r.clone()))
@@ -150,8 +151,28 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
             r.attaches_to(&svc.key, svc.spec.port)
                 && svc.key.split_once('/').map(|(ns, _)| ns) == Some(r.namespace())
         })
+        .collect();
+    let routed: Vec<String> = (attached.iter())
         .map(|(kind, r)| format!("{kind} {}", r.key()))
         .collect();
+    // A setting both the policy and a route's rule make: the rule's is used there.
+    let both = |field: &str, set_in_rule: &dyn Fn(&HttpRouteRule) -> bool| {
+        (attached.iter())
+            .flat_map(|(kind, r)| r.spec.rules.iter().map(move |rule| (kind, r, rule)))
+            .filter(|(_, _, rule)| set_in_rule(rule))
+            .map(|(kind, r, _)| format!("{kind} {}", r.key()))
+            .map(move |route| (field.to_string(), route))
+            .collect::<Vec<_>>()
+    };
+    let mut conflicts = Vec::new();
+    if spec.retry.is_some() {
+        conflicts.extend(both("retry", &|rule| rule.retry.is_some()));
+    }
+    if spec.timeout.is_some() {
+        let sets =
+            |rule: &HttpRouteRule| rule.timeouts.as_ref().is_some_and(|t| t.request.is_some());
+        conflicts.extend(both("timeout", &sets));
+    }
     if !spec.routes.is_empty() && !routed.is_empty() {
         out.push(Finding::problem(
             "policies",
@@ -161,6 +182,16 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
                 spec.service
             ),
             "put the matches and splits in the HTTPRoute and remove `spec.routes` (the policy's other settings apply to the HTTPRoute's rules)",
+        ));
+    }
+    conflicts.dedup();
+    for (field, route) in conflicts {
+        out.push(Finding::problem(
+            "policies",
+            format!(
+                "policy {key}: `spec.{field}` is also set by {route}, whose rules use their own"
+            ),
+            "set it in one place: the route's rule (Gateway API) or the policy, not both",
         ));
     }
     for s in &spec.subsets {

@@ -114,6 +114,46 @@ pub struct HttpRouteRule {
     pub backend_refs: Vec<HttpBackendRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<HttpRouteTimeouts>,
+    /// GEP-1731 (the experimental channel's `HTTPRouteRetry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<HttpRouteRetry>,
+}
+
+/// Retries (GEP-1731): which statuses to retry (connection errors always are), how many
+/// retries, and the least wait before each.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteRetry {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+impl HttpRouteRetry {
+    /// The connection errors GEP-1731 says to retry whenever a rule has `retry`.
+    pub const CONNECTION_ERRORS: [&str; 3] = ["connect-failure", "refused-stream", "reset"];
+
+    /// As weft's retry policy (the budget is the Service's policy's, or the default).
+    pub fn policy(&self) -> weft_core::policy::RetryPolicy {
+        let mut on: Vec<String> = Self::CONNECTION_ERRORS.map(String::from).into();
+        if !self.codes.is_empty() {
+            on.push("retriable-status-codes".into());
+        }
+        let base = self.backoff.as_deref().and_then(duration);
+        weft_core::policy::RetryPolicy {
+            attempts: self.attempts,
+            backoff: base.map(|b| weft_core::policy::Backoff {
+                base: Some(b),
+                max: None,
+            }),
+            on,
+            status_codes: self.codes.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Every part given must match.

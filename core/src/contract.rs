@@ -136,6 +136,21 @@ pub mod xds {
         pub authorization: Option<Authorization>,
     }
 
+    /// weft's settings on a Route, beside the standard fields that carry the rest.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct RouteMetadata {
+        /// The least wait before a retry: the retry policy's backoff is added to it (a Gateway
+        /// API route's `retry.backoff`, a minimum, where Envoy's `base_interval` is the
+        /// ceiling of a full-jitter draw).
+        #[serde(
+            default,
+            with = "crate::duration::opt",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub retry_backoff_min: Option<Duration>,
+    }
+
     /// weft's settings on a Cluster, beside the standard fields that carry the rest.
     #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]

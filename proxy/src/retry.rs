@@ -70,6 +70,8 @@ pub struct Retry {
     pub retries: u32,
     pub base: Duration,
     pub max: Duration,
+    /// The least wait before any retry (a Gateway API route's `retry.backoff`).
+    pub floor: Duration,
     pub per_try_timeout: Option<Duration>,
 }
 
@@ -100,18 +102,24 @@ impl Retry {
             retries: p.attempts.unwrap_or(DEFAULT_RETRIES),
             base,
             max,
+            floor: Duration::ZERO,
             per_try_timeout: p.per_try_timeout.filter(|d| !d.is_zero()),
         })
+    }
+
+    /// The same policy, never retrying sooner than `floor` after a try.
+    pub fn at_least(self, floor: Duration) -> Retry {
+        Retry { floor, ..self }
     }
 
     fn has(&self, r: Reason) -> bool {
         self.on & r.bit() != 0
     }
 
-    /// The wait before retry number `n` (0 for the first): full jitter, a uniform draw
-    /// (`unit` in [0, 1)) below `base × 2^n`, capped at `max`.
+    /// The wait before retry number `n` (0 for the first): the floor, then full jitter, a
+    /// uniform draw (`unit` in [0, 1)) below `base × 2^n`, capped at `max`.
     pub fn backoff(&self, n: u32, unit: f64) -> Duration {
-        weft_core::backoff::full_jitter(self.base, self.max, n, unit)
+        self.floor + weft_core::backoff::full_jitter(self.base, self.max, n, unit)
     }
 
     /// Whether a response (its head) is one to retry, and why. A gRPC error only shows in the

@@ -1012,3 +1012,53 @@ fn documented_routes_are_valid_for_weft_and_the_gateway_api_schemas() {
     assert!(out.status.success(), "{said}");
     assert!(said.ends_with(" valid, 3 invalid\n"), "{said}");
 }
+
+/// GEP-1731: a rule's `retry` retries the statuses it lists (and no other), as many times as
+/// `attempts` says, never sooner than `backoff` after a try; the retry budget stays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_retry_retries_its_codes_up_to_its_attempts_after_its_backoff() {
+    let m = &Mesh::start().await;
+    let rules = format!(
+        "    - matches: [{{path: {{type: PathPrefix, value: /id}}, headers: [{{name: x-r, value: codes}}]}}]\n      retry: {{codes: [500], attempts: 3, backoff: 100ms}}\n{}    - matches: [{{path: {{type: PathPrefix, value: /id}}}}]\n      retry: {{codes: [503], attempts: 2}}\n{}",
+        to("web-v1"),
+        to("web-v1")
+    );
+    m.apply(
+        "retries.yaml",
+        &route("retries", &rules),
+        "the retries",
+        || async { m.has_route("demo/retries/rule-1").await },
+    )
+    .await;
+    // The backoff crossed as a minimum (weft's route metadata), beside the standard fields.
+    let dump = m.route_dump("demo/retries/rule-0").await.unwrap();
+    let retry = dump["policy"]["retry"].as_str().unwrap();
+    assert!(
+        retry.contains("retries: 3") && retry.contains("floor: 100ms"),
+        "{retry}"
+    );
+    let peer = &m.peers[0].state;
+    let tries = || peer.requests.load(Ordering::SeqCst);
+    peer.status.store(500, Ordering::SeqCst);
+    let (before, started) = (tries(), std::time::Instant::now());
+    let (status, _, _) = m.get("/id", &[("x-r", "codes")]).await;
+    assert_eq!(status, 500, "every try failed: the last answer");
+    assert_eq!(tries() - before, 4, "the try and 3 retries");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "three waits of at least 100 ms each: {took:?}"
+    );
+    // 500 is not a status the other rule retries.
+    let before = tries();
+    assert_eq!(m.get("/id", &[]).await.0, 500);
+    assert_eq!(tries() - before, 1, "no retry");
+    // Every second request answered 503: that rule's retries hide them.
+    peer.status.store(0, Ordering::SeqCst);
+    peer.fail_every.store(2, Ordering::SeqCst);
+    let before = tries();
+    for _ in 0..10 {
+        assert_eq!(m.get("/id", &[]).await.0, 200);
+    }
+    assert!(tries() - before > 10, "some were retried");
+}

@@ -250,9 +250,9 @@ fn printed_text_has_no_control_character() {
 #[test]
 fn http_routes_that_shadow_a_policys_routes_or_name_nothing_are_reported() {
     let mut registry = policies(
-        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  routes:\n    - {name: all}\n",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  timeout: 2s\n  retry: {attempts: 1, on: [5xx]}\n  routes:\n    - {name: all}\n",
     );
-    let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web}]\n  rules:\n    - backendRefs: [{name: web, port: 80}, {name: web-v9, port: 80}, {name: off, port: 80, weight: 0}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: lost}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 81}]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n";
+    let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web}]\n  rules:\n    - backendRefs: [{name: web, port: 80}, {name: web-v9, port: 80}, {name: off, port: 80, weight: 0}]\n      retry: {attempts: 2}\n      timeouts: {request: 1s}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: lost}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 81}]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n";
     for r in crate::gateway::parse("r.yaml", routes).unwrap() {
         registry.http_routes.insert(r.key(), r);
     }
@@ -273,6 +273,8 @@ fn http_routes_that_shadow_a_policys_routes_or_name_nothing_are_reported() {
         problems(&f),
         [
             "policy default/web: its routes are not used: HTTPRoute default/r decides how web:80 is routed",
+            "policy default/web: `spec.retry` is also set by HTTPRoute default/r, whose rules use their own",
+            "policy default/web: `spec.timeout` is also set by HTTPRoute default/r, whose rules use their own",
             "HTTPRoute default/lost attaches to no registered Service (or port)",
             "HTTPRoute default/r: rules[0] sends to default/web-v9:80, which is not registered: its share gets 500",
             "GRPCRoute default/g attaches to no registered Service (or port)",

@@ -101,6 +101,7 @@ impl GrpcRoute {
                         filters: r.filters.clone(),
                         backend_refs: r.backend_refs.clone(),
                         timeouts: None,
+                        retry: None,
                     })
                     .collect(),
             },

@@ -147,6 +147,21 @@ fn every_invalid_field_is_named() {
         ),
         (
             "      timeouts:",
+            "      retry: {codes: [500, 302, 500], attempts: 0, backoff: 0s}\n      timeouts:",
+            "spec.rules[0].retry.codes[1]: 302: a status from 400 to 599; spec.rules[0].retry.codes[2]: 500 is listed twice; spec.rules[0].retry.attempts: at least 1; spec.rules[0].retry.backoff: `0s`: weft waits at least 1ms between tries",
+        ),
+        (
+            "      timeouts:",
+            "      retry: {attempts: 11, backoff: soon}\n      timeouts:",
+            "spec.rules[0].retry.backoff: `soon` is not a duration such as `100ms` or `1s`; spec.rules[0].retry.attempts: 11 retries is more than the limit of 10",
+        ),
+        (
+            "      timeouts:",
+            "      filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]\n      retry: {attempts: 2}\n      timeouts:",
+            "spec.rules[0].retry: a rule that redirects sends nothing to a backend to retry",
+        ),
+        (
+            "      timeouts:",
             "      filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]\n      timeouts:",
             "spec.rules[0].filters[0].type: `CORS`: not supported yet",
         ),
@@ -230,9 +245,9 @@ fn every_invalid_field_is_named() {
     // Fields the standard channel does not have (or weft does not know) are errors too.
     let e = refused(&ROUTE.replace(
         "      timeouts:",
-        "      retry: {attempts: 2}\n      timeouts:",
+        "      sessionPersistence: {type: Cookie}\n      timeouts:",
     ));
-    assert!(e.contains("unknown field `retry`"), "{e}");
+    assert!(e.contains("unknown field `sessionPersistence`"), "{e}");
 }
 
 const GRPC: &str = r#"

@@ -230,6 +230,12 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
             "at least one: a rule sends its requests to Services (or redirects them)",
         );
     }
+    if redirects && r.retry.is_some() {
+        c.fail(
+            format!("{at}.retry"),
+            "a rule that redirects sends nothing to a backend to retry",
+        );
+    }
     if redirects && r.filters.iter().any(|f| f.kind == URL_REWRITE) {
         c.fail(
             format!("{at}.filters"),
@@ -254,6 +260,9 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
     );
     for (i, b) in r.backend_refs.iter().enumerate() {
         backend(&format!("{at}.backendRefs[{i}]"), b, c);
+    }
+    if let Some(r) = &r.retry {
+        retry(&format!("{at}.retry"), r, c);
     }
     if let Some(t) = &r.timeouts {
         if let Some(req) = &t.request
@@ -287,6 +296,45 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Check) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// GEP-1731's limits, and weft's (at most 10 retries; some wait between tries).
+fn retry(at: &str, r: &HttpRouteRetry, c: &mut Check) {
+    for (i, code) in r.codes.iter().enumerate() {
+        if !(400..=599).contains(code) {
+            c.fail(
+                format!("{at}.codes[{i}]"),
+                format!("{code}: a status from 400 to 599"),
+            );
+        } else if r.codes[..i].contains(code) {
+            c.fail(
+                format!("{at}.codes[{i}]"),
+                format!("{code} is listed twice"),
+            );
+        }
+    }
+    if r.attempts == Some(0) {
+        c.fail(format!("{at}.attempts"), "at least 1");
+    }
+    if let Some(b) = &r.backoff {
+        match duration(b) {
+            None => c.fail(
+                format!("{at}.backoff"),
+                format!("`{b}` is not a duration such as `100ms` or `1s`"),
+            ),
+            Some(d) if d.is_zero() => c.fail(
+                format!("{at}.backoff"),
+                "`0s`: weft waits at least 1ms between tries",
+            ),
+            Some(_) => {}
+        }
+    }
+    // What weft's retries allow beyond the API (the number of retries).
+    for p in r.policy().problems() {
+        if p.field == "attempts" {
+            c.fail(format!("{at}.attempts"), p.message);
         }
     }
 }

@@ -32,10 +32,11 @@ use weft_xds_proto::envoy::config::route::v3::{
     weighted_cluster::ClusterWeight,
 };
 
-use super::convert::{duration, route_match, runtime_percent, u32v};
+use super::convert::{duration, metadata, retry_policy, route_match, runtime_percent, u32v};
 use crate::gateway::{self, HttpRoute, HttpRouteMatch, PathMatchType, ValueMatchType};
 use crate::policy::{HeaderMatch, RouteMatch, StringMatch};
 use crate::registry::{Service, Snapshot};
+use weft_core::contract::xds::RouteMetadata;
 use weft_xds_proto::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
 
 /// The registered services by `namespace/name` (a Service with several ports is several).
@@ -213,6 +214,18 @@ pub(super) fn routes(
                         runtime_fraction: Some(runtime_percent(m.percent())),
                         ..Default::default()
                     }];
+                }
+                // The rule's retries replace the policy's (the budget stays the backends'
+                // clusters'). Its backoff is a minimum, which weft's route metadata carries:
+                // the standard field's base is the ceiling of a full-jitter draw.
+                if let Some(r) = &rule.retry {
+                    a.retry_policy = Some(retry_policy(&r.policy()));
+                    let floor = r.backoff.as_deref().and_then(gateway::duration);
+                    if floor.is_some() {
+                        route_base.metadata = Some(metadata(&RouteMetadata {
+                            retry_backoff_min: floor,
+                        }));
+                    }
                 }
                 // `0s` is no timeout, whatever the policy says.
                 if timeout.is_some_and(|d| d.is_zero()) {

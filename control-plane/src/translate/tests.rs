@@ -596,3 +596,61 @@ spec:
         Some(PathSpecifier::Path("/pkg.Echo/Unary".into()))
     );
 }
+
+#[test]
+fn a_rules_retry_is_the_routes_retry_policy_with_its_backoff_a_minimum() {
+    let retry = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: web-v1}]
+  rules:
+    - retry: {codes: [500, 503], attempts: 3, backoff: 100ms}
+      timeouts: {request: 2s, backendRequest: 500ms}
+      backendRefs: [{name: web-v1, port: 8080}]
+    - retry: {attempts: 1}
+      backendRefs: [{name: web-v1, port: 8080}]
+";
+    let dir = std::env::temp_dir().join(format!("weft-gamma-retry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), format!("{GAMMA}{retry}")).unwrap();
+    let mut reg = FileRegistry::new(&dir);
+    let snap = reg.scan().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(reg.errors.is_empty(), "{:?}", reg.errors);
+    let res = translate(&snap);
+    let routes = &res
+        .routes
+        .iter()
+        .find(|r| r.name == "web-v1.demo.svc.cluster.local:8080")
+        .unwrap()
+        .virtual_hosts[0]
+        .routes;
+    let retry_of = |i: usize| {
+        let Some(Action::Route(a)) = &routes[i].action else {
+            panic!("a route action")
+        };
+        a.retry_policy.clone().unwrap()
+    };
+    let codes = retry_of(0);
+    assert_eq!(
+        codes.retry_on,
+        "connect-failure,refused-stream,reset,retriable-status-codes"
+    );
+    assert_eq!(codes.retriable_status_codes, [500, 503]);
+    assert_eq!(codes.num_retries.unwrap().value, 3);
+    let backoff = codes.retry_back_off.unwrap();
+    assert_eq!(backoff.base_interval.unwrap().nanos, 100_000_000);
+    assert_eq!(codes.per_try_timeout.unwrap().nanos, 500_000_000);
+    // The minimum rides in weft's route metadata; nothing else does.
+    let meta: weft_core::contract::xds::RouteMetadata =
+        weft_xds_proto::metadata::read(METADATA_KEY, routes[0].metadata.as_ref()).unwrap();
+    assert_eq!(meta.retry_backoff_min, Some(Duration::from_millis(100)));
+    assert_eq!(routes[1].metadata, None);
+    // Connection errors only, weft's default backoff.
+    let plain = retry_of(1);
+    assert_eq!(plain.retry_on, "connect-failure,refused-stream,reset");
+    assert!(plain.retriable_status_codes.is_empty() && plain.retry_back_off.is_none());
+    assert_eq!(plain.num_retries.unwrap().value, 1);
+}

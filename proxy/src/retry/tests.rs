@@ -49,6 +49,27 @@ fn backoff_doubles_under_full_jitter_up_to_max() {
 }
 
 #[test]
+fn a_floor_comes_before_the_jitter() {
+    // A Gateway API route's `retry.backoff: 100ms`: base and floor 100 ms.
+    let r = Retry::compile(&RetryPolicy {
+        backoff: Some(Backoff {
+            base: Some(Duration::from_millis(100)),
+            max: None,
+        }),
+        ..policy(&["5xx"])
+    })
+    .unwrap()
+    .at_least(Duration::from_millis(100));
+    for n in 0..8 {
+        assert_eq!(r.backoff(n, 0.0), Duration::from_millis(100), "n={n}");
+        let ceiling = weft_core::backoff::ceiling(r.base, r.max, n);
+        assert!(r.backoff(n, 0.999_999) < Duration::from_millis(100) + ceiling);
+    }
+    // Never sooner than the floor, whatever the draw.
+    assert!((0..1000).all(|_| r.backoff(0, fastrand::f64()) >= Duration::from_millis(100)));
+}
+
+#[test]
 fn the_common_client_setting_is_expressible() {
     // 500 ms doubling up to 5 s, 3 attempts (2 retries).
     let r = Retry::compile(&RetryPolicy {

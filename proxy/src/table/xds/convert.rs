@@ -99,7 +99,8 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
         let (action, backends) = route_action(r).map_err(at)?;
         let hash = hash_on(action).map_err(at)?;
         let (grpc_timeout_max, idle_timeout) = policy::timeouts(action);
-        let retry = policy::retry(action).map_err(at)?;
+        let meta: names::RouteMetadata = weft(&r.metadata).map_err(at)?;
+        let retry = policy::retry(action, meta.retry_backoff_min).map_err(at)?;
         let headers = super::edits::route_headers(r).map_err(at)?;
         let rewrite = super::edits::rewrite(action, &matches).map_err(at)?;
         let fault =

@@ -49,12 +49,13 @@ pub fn percent(f: &FractionalPercent) -> f64 {
     (f64::from(f.numerator) / denominator * 100.0).min(100.0)
 }
 
-/// A route's retry policy.
-pub fn retry(action: &RouteAction) -> Result<Option<Retry>, Refused> {
+/// A route's retry policy; `floor`: the least wait before a retry (weft's route metadata).
+pub fn retry(action: &RouteAction, floor: Option<Duration>) -> Result<Option<Retry>, Refused> {
     let Some(r) = &action.retry_policy else {
         return Ok(None);
     };
-    Ok(Some(Retry::compile(&retry_policy(r))?))
+    let retry = Retry::compile(&retry_policy(r))?;
+    Ok(Some(retry.at_least(floor.unwrap_or_default())))
 }
 
 fn retry_policy(r: &EnvoyRetry) -> policy::RetryPolicy {
