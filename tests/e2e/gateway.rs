@@ -930,6 +930,22 @@ async fn consumer_routes_apply_to_their_namespace_and_ports_scope_routes() {
             }
         }
     }
+    // Both listed with their conditions, the consumer route's parent with its namespace.
+    let (_, out, _) = mesh::weftctl(&m.cp, &["get", "routes"]);
+    let row = |start: &str| {
+        let r = out.lines().find(|l| l.starts_with(start));
+        r.unwrap_or_else(|| panic!("{start}: {out}")).to_string()
+    };
+    assert!(out.starts_with("ROUTE "), "{out}");
+    let consumer = row("HTTPRoute shop/web-for-shop ");
+    assert!(
+        consumer.contains(" demo/web ") && consumer.contains(" True "),
+        "{out}"
+    );
+    assert!(
+        row("HTTPRoute demo/producer ").contains(" web:8080 "),
+        "{out}"
+    );
     // The consumer route removed: `shop` follows the producer's route again.
     std::fs::remove_file(m.dir.0.join("consumer.yaml")).unwrap();
     eventually(
