@@ -674,9 +674,10 @@ async fn redirects_answer_with_the_status_and_location_the_rule_says() {
 
 /// A GRPCRoute on `echo` (both versions; gRPC servers behind no sidecar), with Services
 /// `echo-v1` and `echo-v2`, through a client sidecar: MeshGRPCRouteWeight (with a weight-0
-/// backend that names no Service), method matching and header matching, with a tonic client.
+/// backend that names no Service), method matching, header matching and a mirror, with a
+/// tonic client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_routes_match_methods_and_headers_and_split_by_weight() {
+async fn grpc_routes_match_methods_and_headers_mirror_and_split_by_weight() {
     use weft_tests::grpc::{self, Msg, StreamReq};
     let (a1, s1) = grpc::server().await;
     let (a2, s2) = grpc::server().await;
@@ -703,7 +704,7 @@ async fn grpc_routes_match_methods_and_headers_and_split_by_weight() {
     ]);
     dir.write(
         "route.yaml",
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: echo, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 9090}]\n  rules:\n    - matches: [{method: {service: weft.test.Echo, method: ServerStream}}]\n      backendRefs: [{name: echo-v2, port: 9090}]\n    - matches: [{headers: [{name: x-canary, value: \"1\"}]}]\n      backendRefs: [{name: echo-v2, port: 9090}]\n    - backendRefs:\n        - {name: echo-v1, port: 9090, weight: 70}\n        - {name: echo-v2, port: 9090, weight: 30}\n        - {name: echo-v3, port: 9090, weight: 0}\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: echo, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 9090}]\n  rules:\n    - matches: [{method: {service: weft.test.Echo, method: ServerStream}}]\n      backendRefs: [{name: echo-v2, port: 9090}]\n    - matches: [{headers: [{name: x-canary, value: \"1\"}]}]\n      backendRefs: [{name: echo-v2, port: 9090}]\n    - matches: [{headers: [{name: x-mirror, value: \"1\"}]}]\n      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 9090}}}]\n      backendRefs: [{name: echo-v1, port: 9090}]\n    - backendRefs:\n        - {name: echo-v1, port: 9090, weight: 70}\n        - {name: echo-v2, port: 9090, weight: 30}\n        - {name: echo-v3, port: 9090, weight: 0}\n",
     );
     const ECHO: &str = "echo.demo.svc.cluster.local:9090";
     eventually(Duration::from_secs(10), "the GRPCRoute", || async {
@@ -714,8 +715,8 @@ async fn grpc_routes_match_methods_and_headers_and_split_by_weight() {
             .find(|s| s["name"] == ECHO)?["routes"]
             .as_array()?
             .len();
-        // Three rules, and the proxy's own default listed after them.
-        (routes == 4).then_some(())
+        // Four rules, and the proxy's own default listed after them.
+        (routes == 5).then_some(())
     })
     .await;
     let out = client.addr("outbound");
@@ -746,6 +747,18 @@ async fn grpc_routes_match_methods_and_headers_and_split_by_weight() {
         c.unary(req).await.unwrap();
     }
     assert_eq!((started(&s1), started(&s2)), (before.0, before.1 + 10));
+    // A mirror: every call answered by v1, and a copy of each sent to v2.
+    let before = (started(&s1), started(&s2));
+    for _ in 0..10 {
+        let mut req = tonic::Request::new(msg());
+        req.metadata_mut().insert("x-mirror", "1".parse().unwrap());
+        c.unary(req).await.unwrap();
+    }
+    assert_eq!(started(&s1), before.0 + 10);
+    eventually(Duration::from_secs(5), "10 copies at echo-v2", || async {
+        (started(&s2) == before.1 + 10).then_some(())
+    })
+    .await;
     // The split, over 10,000 unary calls on 8 channels; the weight-0 backend (no such Service)
     // gets nothing and breaks nothing.
     let (n, clients) = (10_000, 8);
