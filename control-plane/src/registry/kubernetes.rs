@@ -105,12 +105,8 @@ fn last_good<T: Clone>(
                 Err(e) => {
                     let kept = cache.get(&k).map(|(_, p)| p.clone());
                     errors.push(format!(
-                        "{e} ({})",
-                        if kept.is_some() {
-                            "its last good version stays in force"
-                        } else {
-                            "not in force"
-                        }
+                        "{e}{}",
+                        if kept.is_some() { KEPT } else { NOT_KEPT }
                     ));
                     if let Some(p) = kept {
                         live.insert(k, p);
@@ -126,17 +122,24 @@ fn last_good<T: Clone>(
 /// The routes that are weft's: those with a parentRef of a Service. A route only for Gateways
 /// is another controller's, and is neither read nor reported on. (One whose parentRefs are
 /// not even a list is weft's to report.)
-pub(crate) fn mesh_routes(objs: &[Arc<DynamicObject>]) -> Vec<Arc<DynamicObject>> {
-    let ours = |o: &DynamicObject| {
-        let refs = o.data.pointer("/spec/parentRefs").cloned();
-        let refs = refs.unwrap_or_else(|| serde_json::json!([]));
-        match serde_json::from_value::<Vec<gateway::ParentRef>>(refs) {
-            Ok(refs) => refs.iter().any(gateway::ParentRef::is_service),
-            Err(_) => true,
-        }
-    };
-    objs.iter().filter(|o| ours(o)).cloned().collect()
+fn mesh_routes(objs: &[Arc<DynamicObject>]) -> Vec<Arc<DynamicObject>> {
+    objs.iter().filter(|o| is_mesh_route(o)).cloned().collect()
 }
+
+/// Whether a route is weft's: see [`mesh_routes`].
+pub(crate) fn is_mesh_route(o: &DynamicObject) -> bool {
+    let refs = o.data.pointer("/spec/parentRefs").cloned();
+    let refs = refs.unwrap_or_else(|| serde_json::json!([]));
+    match serde_json::from_value::<Vec<gateway::ParentRef>>(refs) {
+        Ok(refs) => refs.iter().any(gateway::ParentRef::is_service),
+        Err(_) => true,
+    }
+}
+
+/// What the translator's errors about an object end with: whether its last good version
+/// stays in force.
+pub(crate) const KEPT: &str = " (its last good version stays in force)";
+pub(crate) const NOT_KEPT: &str = " (not in force)";
 
 fn key(ns: &Option<String>, name: &Option<String>) -> String {
     format!(

@@ -9,12 +9,19 @@
 //!   answers 409; the watch brings the new one, and the next round writes again).
 //! - Each condition has the route's `observedGeneration`; its `lastTransitionTime` is kept
 //!   while its status stays, and is the time of writing when it changes.
-//! - Nothing is written when weft's entries already say what they should: a write's own watch
-//!   event then writes nothing more.
+//! - Nothing is written when weft's entries already say what they should, nor when the writer
+//!   already wrote what it would write now at the route's generation: a write's own watch event
+//!   writes nothing more, and two writers that disagree (replicas of two versions during an
+//!   upgrade) write once each per change instead of back and forth. The message says what is
+//!   wrong with a route and nothing of the replica's own state, so replicas agree.
+//! - Every [`RESYNC`] the writer forgets what it wrote and checks every route again (repairing
+//!   a status edited by hand); a write that failed is tried again after [`RETRY`].
+//! - A route that is no longer weft's (no Service parentRef) loses weft's entries. weft's
+//!   entries go in the room other controllers' leave under the API's limit of 32.
 //! - The writer runs in a task of its own, on the latest translation only: a slow API server
 //!   delays status, never the registry.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use kube::{
     Api, Client,
@@ -22,7 +29,7 @@ use kube::{
     core::{ApiResource, DynamicObject},
 };
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use crate::gateway::{self, CONTROLLER_NAME, ParentRef, ParentStatus};
 use crate::registry::Snapshot;
@@ -49,8 +56,18 @@ pub fn ours(kind: &str, obj: &DynamicObject, round: &Round) -> Option<Vec<Parent
     let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
     let key = format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or(""));
     let prefix = format!("{kind} {key}: ");
+    // What is wrong with the route, not whether this replica still holds a last good version
+    // of it (replicas that started at different times differ in that): every replica writes
+    // the same status from the same objects.
     let errors: Vec<&str> = (round.errors.iter())
         .filter_map(|e| e.strip_prefix(&prefix))
+        // The object is named twice (the source, then the object): once is enough.
+        .map(|e| e.strip_prefix(&prefix).unwrap_or(e))
+        .map(|e| {
+            (e.strip_suffix(super::KEPT))
+                .or_else(|| e.strip_suffix(super::NOT_KEPT))
+                .unwrap_or(e)
+        })
         .collect();
     if errors.is_empty() {
         let snap = &round.snapshot;
@@ -141,25 +158,70 @@ pub fn patch(obj: &DynamicObject, ours: &[ParentStatus], now: &str) -> Option<Va
                 .flatten()
                 .map(essence))
     };
+    let mut parents: Vec<Value> = current.iter().filter(|e| !is_ours(e)).cloned().collect();
+    // Other controllers' entries first; weft's in the room the API's limit leaves.
+    let mut written = written;
+    written.truncate(MAX_PARENTS.saturating_sub(parents.len()));
     let mine: Vec<&Value> = current.iter().filter(|e| is_ours(e)).collect();
     if mine.len() == written.len() && mine.iter().zip(&written).all(|(a, b)| same(a, b)) {
         return None;
     }
-    let mut parents: Vec<Value> = current.into_iter().filter(|e| !is_ours(e)).collect();
     parents.extend(written);
-    parents.truncate(MAX_PARENTS);
     Some(json!({
         "metadata": {"resourceVersion": obj.metadata.resource_version},
         "status": {"parents": parents},
     }))
 }
 
+/// How soon the writer tries again after a write failed, and how often it checks every route
+/// against what it last wrote (repairing a status changed by someone else).
+const RETRY: Duration = Duration::from_secs(10);
+const RESYNC: Duration = Duration::from_secs(600);
+
 /// Writes status after every round sent on `rounds`, until its sender is gone.
 pub async fn run(client: Client, mut rounds: watch::Receiver<Round>) {
-    // Whether the API refused a kind's status for want of permission (said once).
-    let mut forbidden = [false; 2];
-    while rounds.changed().await.is_ok() {
-        let round = rounds.borrow_and_update().clone();
+    let mut w = Writer {
+        client,
+        written: HashMap::new(),
+        forbidden: [false; 2],
+    };
+    let mut round = None;
+    let (mut next, mut resync) = (Instant::now() + RESYNC, true);
+    loop {
+        tokio::select! {
+            changed = rounds.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                round = Some(rounds.borrow_and_update().clone());
+            }
+            () = tokio::time::sleep_until(next) => {
+                if resync {
+                    w.written.clear();
+                }
+            }
+        }
+        let Some(r) = &round else { continue };
+        let failed = w.round(r).await;
+        resync = !failed;
+        next = Instant::now() + if failed { RETRY } else { RESYNC };
+    }
+}
+
+/// The writer's state between rounds.
+struct Writer {
+    client: Client,
+    /// What it wrote (or found already written) per route, `(kind, namespace/name)`, at which
+    /// generation: not written again until that changes. Two writers that disagree (replicas
+    /// of two versions) thus write once each per change, never back and forth.
+    written: HashMap<(&'static str, String), (Option<i64>, Vec<ParentStatus>)>,
+    /// Per kind: whether the API refused for want of permission (said once).
+    forbidden: [bool; 2],
+}
+
+impl Writer {
+    /// Brings every route's status up to date; whether a write failed (to be tried again).
+    async fn round(&mut self, round: &Round) -> bool {
         let kinds = [
             (
                 gateway::HTTP_ROUTE,
@@ -172,50 +234,76 @@ pub async fn run(client: Client, mut rounds: watch::Receiver<Round>) {
                 &round.grpc_routes,
             ),
         ];
-        for ((kind, ar, objs), forbidden) in kinds.into_iter().zip(&mut forbidden) {
-            for obj in super::mesh_routes(objs) {
-                write(&client, kind, &ar, &obj, &round, forbidden).await;
+        let mut failed = false;
+        for (i, (kind, ar, objs)) in kinds.into_iter().enumerate() {
+            for obj in objs {
+                // A route that is no longer weft's (its Service parentRefs gone) loses weft's
+                // entries.
+                let mine = if super::is_mesh_route(obj) {
+                    ours(kind, obj, round)
+                } else {
+                    Some(Vec::new())
+                };
+                if let Some(mine) = mine {
+                    failed |= !self.write(kind, i, &ar, obj, mine).await;
+                }
             }
         }
+        failed
     }
-}
 
-async fn write(
-    client: &Client,
-    kind: &str,
-    ar: &ApiResource,
-    obj: &DynamicObject,
-    round: &Round,
-    forbidden: &mut bool,
-) {
-    let Some(ours) = ours(kind, obj, round) else {
-        return;
-    };
-    // metav1.Time: whole seconds.
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let now = k8s_openapi::jiff::Timestamp::from_second(now)
-        .map_or_else(|_| String::new(), |t| t.to_string());
-    let Some(body) = patch(obj, &ours, &now) else {
-        return;
-    };
-    let (ns, name) = (
-        obj.metadata.namespace.as_deref().unwrap_or("default"),
-        obj.metadata.name.as_deref().unwrap_or(""),
-    );
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar);
-    match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
-        .await
-    {
-        Ok(_) => tracing::debug!(%kind, %ns, %name, "route status written"),
-        // Changed meanwhile: its watch event brings the new version, and a round after it.
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(kube::Error::Api(s)) if s.code == 403 => {
-            if !std::mem::replace(forbidden, true) {
-                tracing::warn!(%kind, error = %s.message, "route status not written: the control plane may not patch routes' status (the chart's ClusterRole grants it)");
+    /// Writes `mine` as `obj`'s weft entries, unless already written; false when it failed
+    /// in a way worth trying again.
+    async fn write(
+        &mut self,
+        kind: &'static str,
+        i: usize,
+        ar: &ApiResource,
+        obj: &DynamicObject,
+        mine: Vec<ParentStatus>,
+    ) -> bool {
+        let (ns, name) = (
+            obj.metadata.namespace.as_deref().unwrap_or("default"),
+            obj.metadata.name.as_deref().unwrap_or(""),
+        );
+        let key = (kind, format!("{ns}/{name}"));
+        let done = (obj.metadata.generation, mine);
+        if self.written.get(&key) == Some(&done) {
+            return true;
+        }
+        // metav1.Time: whole seconds.
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let now = k8s_openapi::jiff::Timestamp::from_second(now)
+            .map_or_else(|_| String::new(), |t| t.to_string());
+        let Some(body) = patch(obj, &done.1, &now) else {
+            self.written.insert(key, done);
+            return true;
+        };
+        let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, ar);
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(%kind, %ns, %name, "route status written");
+                self.written.insert(key, done);
+                true
+            }
+            // Changed meanwhile: its watch event brings the new version, and a round after it.
+            Err(kube::Error::Api(s)) if s.code == 409 => true,
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                if !std::mem::replace(&mut self.forbidden[i], true) {
+                    tracing::warn!(%kind, error = %s.message, "route status not written: the control plane may not patch routes' status (the chart's ClusterRole grants it)");
+                }
+                // Not asked again until the next check of every route.
+                self.written.insert(key, done);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%kind, %ns, %name, error = %e, "route status not written; trying again");
+                false
             }
         }
-        Err(e) => tracing::warn!(%kind, %ns, %name, error = %e, "route status not written"),
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use super::*;
 use crate::kube_stand_in;
 use crate::registry::kubernetes::{Objects, Translator, tests::recorded};
@@ -170,11 +172,112 @@ async fn a_refused_route_is_reported_not_accepted_with_its_errors() {
         (c[0].kind, c[0].status, c[0].reason),
         ("Accepted", "False", "UnsupportedValue")
     );
-    assert!(
-        c[0].message
-            .contains("spec.rules[0].matches[0].path.value: `api` must start with `/`")
-            && c[0].message.contains("not in force"),
-        "{}",
-        c[0].message
+    // What is wrong, and nothing of what this replica happens to hold.
+    assert_eq!(
+        c[0].message,
+        "spec.rules[0].matches[0].path.value: `api` must start with `/`"
     );
+}
+
+/// A writer kept across rounds, as `run` keeps it, against the stand-in.
+async fn writer() -> (Writer, Arc<std::sync::Mutex<Vec<kube_stand_in::Seen>>>) {
+    let (client, seen) = kube_stand_in::serve(|_, _, body| (200, body.clone())).await;
+    let w = Writer {
+        client,
+        written: HashMap::new(),
+        forbidden: [false; 2],
+    };
+    (w, seen)
+}
+
+/// `r` with route `i` (an HTTPRoute) changed by `f`.
+fn with_route(mut r: Round, i: usize, f: impl FnOnce(&mut DynamicObject)) -> Round {
+    let mut obj = (*r.http_routes[i]).clone();
+    f(&mut obj);
+    r.http_routes[i] = Arc::new(obj);
+    r
+}
+
+/// How many of the requests `seen` patched `route`'s status.
+fn patched(seen: &std::sync::Mutex<Vec<kube_stand_in::Seen>>, route: &str) -> Vec<Value> {
+    let suffix = format!("/{route}/status");
+    (seen.lock().unwrap().iter())
+        .filter(|(_, p, _)| p.ends_with(&suffix))
+        .map(|(_, _, b)| b.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_status_someone_else_rewrote_is_not_fought_over() {
+    let (mut w, seen) = writer().await;
+    let r = round();
+    assert!(!w.round(&r).await, "no write failed");
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    // Another writer (a replica of another version) put its own words in ratings-older's
+    // entry: at the same generation, this one does not write back.
+    let other = with_route(r.clone(), 1, |o| {
+        o.data["status"] = json!({"parents": [{
+            "parentRef": {"group": "", "kind": "Service", "name": "ratings"},
+            "controllerName": CONTROLLER_NAME,
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                "message": "other words", "observedGeneration": 1,
+                "lastTransitionTime": "2026-11-01T12:30:01Z"}],
+        }]});
+    });
+    w.round(&other).await;
+    w.round(&other).await;
+    assert_eq!(
+        patched(&seen, "httproutes/ratings-older").len(),
+        1,
+        "nothing written back"
+    );
+    // A new generation is written, once.
+    let newer = with_route(other, 1, |o| o.metadata.generation = Some(2));
+    w.round(&newer).await;
+    w.round(&newer).await;
+    assert_eq!(patched(&seen, "httproutes/ratings-older").len(), 2);
+}
+
+#[tokio::test]
+async fn a_route_that_is_no_longer_wefts_loses_wefts_entries() {
+    let (mut w, seen) = writer().await;
+    // ratings-api now names only the Gateway; its status still has weft's old entry.
+    let r = with_route(round(), 0, |o| {
+        let refs = o.data["spec"]["parentRefs"].as_array_mut().unwrap();
+        refs.retain(|p| p["kind"] == "Gateway");
+    });
+    w.round(&r).await;
+    let written = patched(&seen, "httproutes/ratings-api");
+    assert_eq!(written.len(), 1);
+    let parents = written[0]["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 1, "{parents:#?}");
+    assert_eq!(parents[0]["controllerName"], "example.net/edge-controller");
+}
+
+#[tokio::test]
+async fn wefts_entries_fit_in_the_room_other_controllers_leave() {
+    let others = |n: usize| -> Value {
+        let entries: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"parentRef": {"name": format!("gw-{i}")},
+                    "controllerName": "example.net/c", "conditions": []})
+            })
+            .collect();
+        json!({ "parents": entries })
+    };
+    // Other controllers hold 31 of the API's 32 entries: weft's one entry fits.
+    let (mut w, seen) = writer().await;
+    w.round(&with_route(round(), 0, |o| o.data["status"] = others(31)))
+        .await;
+    let written = patched(&seen, "httproutes/ratings-api");
+    assert_eq!(
+        written[0]["status"]["parents"].as_array().unwrap().len(),
+        32
+    );
+    // They hold all 32: no room, nothing to write, round after round.
+    let (mut w, seen) = writer().await;
+    let full = with_route(round(), 0, |o| o.data["status"] = others(32));
+    w.round(&full).await;
+    w.round(&full).await;
+    assert_eq!(patched(&seen, "httproutes/ratings-api").len(), 0);
 }
