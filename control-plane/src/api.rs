@@ -65,14 +65,12 @@ pub fn proxy_status_json(nodes: &Nodes) -> Vec<u8> {
 /// for a node that never connected.
 pub fn proxy_config_json(nodes: &Nodes, snapshot: &XdsSnapshot, node: &str) -> Option<Vec<u8>> {
     let n = nodes.snapshot().remove(node)?;
-    let types: serde_json::Map<String, serde_json::Value> = snapshot
-        .types
-        .iter()
-        .map(|(url, set)| {
+    let types: serde_json::Map<String, serde_json::Value> = (snapshot.types.keys())
+        .map(|url| {
             let st = n.types.get(*url).cloned().unwrap_or_default();
-            let resources: serde_json::Map<String, serde_json::Value> = set
-                .resources
-                .iter()
+            // What this node is served: its namespace's variants in place of the others.
+            let set = snapshot.view(url, &n.about.namespace);
+            let resources: serde_json::Map<String, serde_json::Value> = (set.resources())
                 .map(|(name, v)| (name.to_string(), v.version.to_string().into()))
                 .collect();
             let nack = st
@@ -82,7 +80,7 @@ pub fn proxy_config_json(nodes: &Nodes, snapshot: &XdsSnapshot, node: &str) -> O
                 "sent": st.sent_version,
                 "acked": st.acked_version,
                 "lastNack": nack,
-                "serving": {"version": set.version, "resources": resources},
+                "serving": {"version": set.version(), "resources": resources},
             });
             (url.to_string(), v)
         })
@@ -415,6 +413,7 @@ impl Api {
                 connected: n.connected,
                 delta: n.delta,
                 types: &n.types,
+                namespace: &n.about.namespace,
             })
             .collect();
         let findings = crate::check::report(&crate::check::Inputs {

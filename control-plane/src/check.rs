@@ -74,6 +74,8 @@ pub struct Proxy<'a> {
     pub delta: bool,
     /// By type URL.
     pub types: &'a BTreeMap<String, TypeStatus>,
+    /// The namespace it says it is in: which consumer routes it is served.
+    pub namespace: &'a str,
 }
 
 /// Every check, problems first within each.
@@ -145,17 +147,17 @@ fn policy(registry: &Snapshot, key: &str, p: &TrafficPolicy, out: &mut Vec<Findi
         .values()
         .map(|r| ("HTTPRoute", r.clone()))
         .chain(grpc)
-        // Consumer routes (in another namespace) decide only for their own namespace's
-        // callers: the policy's routes still serve the others.
-        .filter(|(_, r)| {
-            r.attaches_to(&svc.key, svc.spec.port)
-                && svc.key.split_once('/').map(|(ns, _)| ns) == Some(r.namespace())
-        })
+        .filter(|(_, r)| r.attaches_to(&svc.key, svc.spec.port))
         .collect();
+    // Consumer routes (in another namespace) decide only for their own namespace's callers:
+    // the policy's routes still serve the others.
+    let svc_ns = svc.key.split_once('/').map(|(ns, _)| ns);
     let routed: Vec<String> = (attached.iter())
+        .filter(|(_, r)| svc_ns == Some(r.namespace()))
         .map(|(kind, r)| format!("{kind} {}", r.key()))
         .collect();
-    // A setting both the policy and a route's rule make: the rule's is used there.
+    // A setting both the policy and a route's rule make (a consumer route's too): the rule's
+    // is used there.
     let both = |field: &str, set_in_rule: &dyn Fn(&HttpRouteRule) -> bool| {
         (attached.iter())
             .flat_map(|(kind, r)| r.spec.rules.iter().map(move |rule| (kind, r, rule)))
@@ -410,14 +412,16 @@ fn proxies(i: &Inputs, out: &mut Vec<Finding>) {
     for p in &connected {
         let node = p.node;
         for (url, t) in p.types {
-            let Some(serving) = i.serving.types.get(url.as_str()) else {
+            if !i.serving.types.contains_key(url.as_str()) {
                 continue;
-            };
+            }
+            // What it is served: the snapshot, with its namespace's variants.
+            let serving = i.serving.view(url, p.namespace).version();
             let name = type_name(url);
             let current = if p.delta {
                 t.sent_version.as_deref()
             } else {
-                Some(serving.version.as_str())
+                Some(serving.as_str())
             };
             let Some(current) = current else { continue };
             if t.acked_version.as_deref() == Some(current) {

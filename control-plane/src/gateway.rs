@@ -133,6 +133,11 @@ pub struct HttpRouteRetry {
 }
 
 impl HttpRouteRetry {
+    /// The least wait before a retry (`backoff`; none for `0s`).
+    pub fn minimum(&self) -> Option<std::time::Duration> {
+        (self.backoff.as_deref().and_then(duration)).filter(|d| !d.is_zero())
+    }
+
     /// The connection errors GEP-1731 says to retry whenever a rule has `retry`.
     pub const CONNECTION_ERRORS: [&str; 3] = ["connect-failure", "refused-stream", "reset"];
 
@@ -142,7 +147,8 @@ impl HttpRouteRetry {
         if !self.codes.is_empty() {
             on.push("retriable-status-codes".into());
         }
-        let base = self.backoff.as_deref().and_then(duration);
+        // `0s`: no least wait; weft's own backoff then.
+        let base = self.minimum();
         weft_core::policy::RetryPolicy {
             attempts: self.attempts,
             backoff: base.map(|b| weft_core::policy::Backoff {

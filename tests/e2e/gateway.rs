@@ -1040,6 +1040,18 @@ fn documented_routes_are_valid_for_weft_and_the_gateway_api_schemas() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(said.ends_with(" valid, 3 invalid\n"), "{said}");
+    // Each refused for the field broken.
+    for field in [
+        "spec/rules/0/matches/0/headers/0/type",
+        "spec/rules/1/backendRefs/0/port",
+        "spec/rules/0/matches/0/method/type",
+    ] {
+        assert!(
+            said.lines()
+                .any(|l| l.contains(": refused: ") && l.contains(field)),
+            "{field}: {said}"
+        );
+    }
 }
 
 /// GEP-1731: a rule's `retry` retries the statuses it lists (and no other), as many times as

@@ -4,7 +4,8 @@
 //
 // usage: node validate_gateway_api.mjs NODE_MODULES ROUTES.json
 // ROUTES.json is a list of {source, expect: "valid" | "invalid", object}. Prints one line per
-// route whose result is not the one expected, and a summary; exits 1 if any.
+// route refused (why) and per route whose result is not the one expected, and a summary;
+// exits 1 if any result was not the one expected.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -31,6 +32,9 @@ for (const { source, expect, object } of JSON.parse(readFileSync(list, "utf8")))
   }
   const got = error === null ? "valid" : "invalid";
   counts[got]++;
+  if (error !== null && expect === "invalid") {
+    console.log(`${source}: refused: ${error}`);
+  }
   if (got !== expect) {
     console.log(`${source}: ${object.kind} ${object.metadata?.name}: expected ${expect}, ${got}${error ? `: ${error}` : ""}`);
     failed++;

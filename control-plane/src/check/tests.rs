@@ -76,6 +76,7 @@ fn a_sound_mesh_has_no_problem() {
             connected: true,
             delta: false,
             types: &fresh,
+            namespace: "",
         }],
         serving: &x,
         ca_not_after: Some(now + Duration::from_secs(365 * 86_400)),
@@ -107,12 +108,14 @@ fn each_problem_is_named_with_what_to_do() {
                 connected: true,
                 delta: false,
                 types: &rejected,
+                namespace: "",
             },
             Proxy {
                 node: "b.demo",
                 connected: true,
                 delta: false,
                 types: &behind,
+                namespace: "",
             },
             // A proxy that left is not reported.
             Proxy {
@@ -120,6 +123,7 @@ fn each_problem_is_named_with_what_to_do() {
                 connected: false,
                 delta: false,
                 types: &gone,
+                namespace: "",
             },
         ],
         serving: &x,
@@ -210,18 +214,21 @@ fn a_delta_stream_is_current_when_it_acknowledged_what_it_was_sent() {
                 connected: true,
                 delta: true,
                 types: &delta,
+                namespace: "",
             },
             Proxy {
                 node: "delta-nacked",
                 connected: true,
                 delta: true,
                 types: &nacked,
+                namespace: "",
             },
             Proxy {
                 node: "sotw",
                 connected: true,
                 delta: false,
                 types: &delta,
+                namespace: "",
             },
         ],
         serving: &serving("v5"),
@@ -252,7 +259,7 @@ fn http_routes_that_shadow_a_policys_routes_or_name_nothing_are_reported() {
     let mut registry = policies(
         "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web:80\n  timeout: 2s\n  retry: {attempts: 1, on: [5xx]}\n  routes:\n    - {name: all}\n",
     );
-    let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web}]\n  rules:\n    - backendRefs: [{name: web, port: 80}, {name: web-v9, port: 80}, {name: off, port: 80, weight: 0}]\n      retry: {attempts: 2}\n      timeouts: {request: 1s}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: lost}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 81}]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n";
+    let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web}]\n  rules:\n    - backendRefs: [{name: web, port: 80}, {name: web-v9, port: 80}, {name: off, port: 80, weight: 0}]\n      retry: {attempts: 2}\n      timeouts: {request: 1s}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: lost}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 81}]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: c, namespace: shop}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web, namespace: default}]\n  rules:\n    - backendRefs: [{name: web, namespace: default, port: 80}]\n      retry: {attempts: 1}\n";
     for r in crate::gateway::parse("r.yaml", routes).unwrap() {
         registry.http_routes.insert(r.key(), r);
     }
@@ -274,10 +281,58 @@ fn http_routes_that_shadow_a_policys_routes_or_name_nothing_are_reported() {
         [
             "policy default/web: its routes are not used: HTTPRoute default/r decides how web:80 is routed",
             "policy default/web: `spec.retry` is also set by HTTPRoute default/r, whose rules use their own",
+            "policy default/web: `spec.retry` is also set by HTTPRoute shop/c, whose rules use their own",
             "policy default/web: `spec.timeout` is also set by HTTPRoute default/r, whose rules use their own",
             "HTTPRoute default/lost attaches to no registered Service (or port)",
             "HTTPRoute default/r: rules[0] sends to default/web-v9:80, which is not registered: its share gets 500",
             "GRPCRoute default/g attaches to no registered Service (or port)",
         ]
+    );
+}
+
+#[test]
+fn a_sotw_proxy_is_current_with_its_namespaces_consumer_routes() {
+    let registry = policies("");
+    let mut x = serving("v2");
+    let routes = |version: &str| TypeSet {
+        version: version.into(),
+        resources: BTreeMap::new(),
+    };
+    x.types.insert(type_url::ROUTE, routes("r1"));
+    x.namespaced.insert("shop".into(), routes("s1"));
+    let acked = |rds: &str| {
+        let mut t = status("v2", None);
+        t.insert(
+            type_url::ROUTE.to_string(),
+            TypeStatus {
+                acked_version: Some(rds.into()),
+                ..Default::default()
+            },
+        );
+        t
+    };
+    let (variant, base) = (acked("r1+s1"), acked("r1"));
+    let proxy = |node, namespace, types| Proxy {
+        node,
+        connected: true,
+        delta: false,
+        types,
+        namespace,
+    };
+    let f = report(&Inputs {
+        registry: &registry,
+        registry_errors: &[],
+        proxies: vec![
+            proxy("in-shop", "shop", &variant),
+            proxy("elsewhere", "web", &base),
+            proxy("shop-behind", "shop", &base),
+        ],
+        serving: &x,
+        ca_not_after: None,
+        now: SystemTime::now(),
+    });
+    assert_eq!(
+        problems(&f),
+        ["proxy shop-behind has not taken RDS version r1+s1 (acknowledged: r1)"]
     );
 }

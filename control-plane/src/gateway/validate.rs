@@ -318,18 +318,13 @@ fn retry(at: &str, r: &HttpRouteRetry, c: &mut Check) {
     if r.attempts == Some(0) {
         c.fail(format!("{at}.attempts"), "at least 1");
     }
-    if let Some(b) = &r.backoff {
-        match duration(b) {
-            None => c.fail(
-                format!("{at}.backoff"),
-                format!("`{b}` is not a duration such as `100ms` or `1s`"),
-            ),
-            Some(d) if d.is_zero() => c.fail(
-                format!("{at}.backoff"),
-                "`0s`: weft waits at least 1ms between tries",
-            ),
-            Some(_) => {}
-        }
+    if let Some(b) = &r.backoff
+        && duration(b).is_none()
+    {
+        c.fail(
+            format!("{at}.backoff"),
+            format!("`{b}` is not a duration such as `100ms` or `1s`"),
+        );
     }
     // What weft's retries allow beyond the API (the number of retries).
     for p in r.policy().problems() {

@@ -220,7 +220,7 @@ pub(super) fn routes(
                 // the standard field's base is the ceiling of a full-jitter draw.
                 if let Some(r) = &rule.retry {
                     a.retry_policy = Some(retry_policy(&r.policy()));
-                    let floor = r.backoff.as_deref().and_then(gateway::duration);
+                    let floor = r.minimum();
                     if floor.is_some() {
                         route_base.metadata = Some(metadata(&RouteMetadata {
                             retry_backoff_min: floor,

@@ -609,7 +609,7 @@ spec:
     - retry: {codes: [500, 503], attempts: 3, backoff: 100ms}
       timeouts: {request: 2s, backendRequest: 500ms}
       backendRefs: [{name: web-v1, port: 8080}]
-    - retry: {attempts: 1}
+    - retry: {attempts: 1, backoff: 0s}
       backendRefs: [{name: web-v1, port: 8080}]
 ";
     let dir = std::env::temp_dir().join(format!("weft-gamma-retry-{}", std::process::id()));
@@ -648,7 +648,7 @@ spec:
         weft_xds_proto::metadata::read(METADATA_KEY, routes[0].metadata.as_ref()).unwrap();
     assert_eq!(meta.retry_backoff_min, Some(Duration::from_millis(100)));
     assert_eq!(routes[1].metadata, None);
-    // Connection errors only, weft's default backoff.
+    // Connection errors only, weft's default backoff (`0s`: no least wait).
     let plain = retry_of(1);
     assert_eq!(plain.retry_on, "connect-failure,refused-stream,reset");
     assert!(plain.retriable_status_codes.is_empty() && plain.retry_back_off.is_none());

@@ -161,7 +161,8 @@ impl HttpProxy {
                 .ok()
                 .and_then(|rsp| retry::pushback(rsp.headers()))
             {
-                Some(Some(d)) if d <= retry::MAX_PUSHBACK => d,
+                // The upstream's wait, never below the route's least wait.
+                Some(Some(d)) if d <= retry::MAX_PUSHBACK => d.max(policy.floor),
                 // The upstream asked not to be tried again (or not for a long while).
                 Some(_) => return (res, tries),
                 None => policy.backoff(tries - 1, fastrand::f64()),

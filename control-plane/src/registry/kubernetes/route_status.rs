@@ -208,13 +208,18 @@ pub async fn run(client: Client, mut rounds: watch::Receiver<Round>) {
     }
 }
 
+/// A route: its kind and `namespace/name`.
+type RouteKey = (&'static str, String);
+/// weft's entries written on a route, at its generation.
+type Written = (Option<i64>, Vec<ParentStatus>);
+
 /// The writer's state between rounds.
 struct Writer {
     client: Client,
     /// What it wrote (or found already written) per route, `(kind, namespace/name)`, at which
     /// generation: not written again until that changes. Two writers that disagree (replicas
     /// of two versions) thus write once each per change, never back and forth.
-    written: HashMap<(&'static str, String), (Option<i64>, Vec<ParentStatus>)>,
+    written: HashMap<RouteKey, Written>,
     /// Per kind: whether the API refused for want of permission (said once).
     forbidden: [bool; 2],
 }
