@@ -99,12 +99,13 @@ pub fn proxy_config_json(nodes: &Nodes, snapshot: &XdsSnapshot, node: &str) -> O
 pub fn registry_json(registry: &watch::Receiver<Arc<Snapshot>>) -> Vec<u8> {
     let snap = registry.borrow().clone();
     let mut v = serde_json::to_value(&*snap).unwrap_or_default();
+    let registered = crate::gateway::Registered::new(&snap);
     if !snap.http_routes.is_empty() {
         let status: serde_json::Map<String, serde_json::Value> = snap
             .http_routes
             .iter()
             .map(|(k, r)| {
-                let parents = crate::gateway::status(r, &snap);
+                let parents = crate::gateway::status(r, &registered);
                 (k.clone(), serde_json::json!({ "parents": parents }))
             })
             .collect();
@@ -115,7 +116,7 @@ pub fn registry_json(registry: &watch::Receiver<Arc<Snapshot>>) -> Vec<u8> {
             .grpc_routes
             .iter()
             .map(|(k, r)| {
-                let parents = crate::gateway::status(&r.as_http(), &snap);
+                let parents = crate::gateway::status(&r.as_http(), &registered);
                 (k.clone(), serde_json::json!({ "parents": parents }))
             })
             .collect();

@@ -273,10 +273,11 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
         .iter()
         .map(|(k, r)| ("HTTPRoute", k, r))
         .chain(grpc.iter().map(|(k, r)| ("GRPCRoute", k, r)));
+    let registered = crate::gateway::Registered::new(reg);
     for (kind, key, r) in all {
         let ns = r.namespace();
         let parents = r.service_parents().map(|p| p.service(ns));
-        if !parents.clone().any(|p| p.registered(reg)) {
+        if !parents.clone().any(|p| p.registered(&registered)) {
             out.push(Finding::problem(
                 "routes",
                 format!("{kind} {key} attaches to no registered Service (or port)"),
@@ -286,7 +287,7 @@ fn http_routes(i: &Inputs, out: &mut Vec<Finding>) {
         for (n, rule) in r.spec.rules.iter().enumerate() {
             for b in rule.backend_refs.iter().filter(|b| b.weight > 0) {
                 let s = b.service(ns);
-                if !s.registered(reg) {
+                if !s.registered(&registered) {
                     out.push(Finding::problem(
                         "routes",
                         format!(

@@ -505,11 +505,25 @@ impl ServiceRef {
         self.key.split_once('/').map_or("", |(ns, _)| ns)
     }
 
-    /// Whether `snap` registers this Service (on this port, when one is named).
-    pub fn registered(&self, snap: &crate::registry::Snapshot) -> bool {
-        snap.services
-            .values()
-            .any(|s| s.key == self.key && self.port.is_none_or(|p| p == s.spec.port))
+    /// Whether it names a registered Service (on this port, when one is named).
+    pub fn registered(&self, reg: &Registered<'_>) -> bool {
+        (reg.0.get(self.key.as_str()))
+            .is_some_and(|ports| self.port.is_none_or(|p| ports.contains(&p)))
+    }
+}
+
+/// The registered Services' ports by `namespace/name`: what routes' references are checked
+/// against, made once per snapshot (each check is then a lookup, not a pass over the mesh).
+#[derive(Debug, Default)]
+pub struct Registered<'a>(std::collections::HashMap<&'a str, Vec<u16>>);
+
+impl<'a> Registered<'a> {
+    pub fn new(snap: &'a crate::registry::Snapshot) -> Self {
+        let mut m: std::collections::HashMap<&str, Vec<u16>> = Default::default();
+        for s in snap.services.values() {
+            m.entry(s.key.as_str()).or_default().push(s.spec.port);
+        }
+        Registered(m)
     }
 }
 

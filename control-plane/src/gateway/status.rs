@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::HttpRoute;
-use crate::registry::Snapshot;
+use super::Registered;
 
 /// The controller that owns the statuses weft writes.
 pub const CONTROLLER_NAME: &str = "weft.dev/gateway-controller";
@@ -39,8 +39,8 @@ fn condition(kind: &'static str, ok: bool, reason: &'static str, message: String
     }
 }
 
-/// `route`'s status against what `snap` registers.
-pub fn status(route: &HttpRoute, snap: &Snapshot) -> Vec<ParentStatus> {
+/// `route`'s status against what is registered.
+pub fn status(route: &HttpRoute, snap: &Registered<'_>) -> Vec<ParentStatus> {
     let ns = route.namespace();
     let missing: Vec<String> = route
         .spec

@@ -31,7 +31,7 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::{sync::watch, time::Instant};
 
-use crate::gateway::{self, CONTROLLER_NAME, ParentRef, ParentStatus};
+use crate::gateway::{self, CONTROLLER_NAME, ParentRef, ParentStatus, Registered};
 use crate::registry::Snapshot;
 
 /// The API's limit on `status.parents`.
@@ -52,7 +52,12 @@ pub struct Round {
 /// weft's entries for `obj` (a route of `kind`, `HTTPRoute` or `GRPCRoute`): from the snapshot
 /// when the route is in force as it is, `Accepted: False` with its errors when it is refused.
 /// `None` when its parentRefs cannot be read (there is nothing to report on).
-pub fn ours(kind: &str, obj: &DynamicObject, round: &Round) -> Option<Vec<ParentStatus>> {
+pub fn ours(
+    kind: &str,
+    obj: &DynamicObject,
+    round: &Round,
+    registered: &Registered<'_>,
+) -> Option<Vec<ParentStatus>> {
     let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
     let key = format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or(""));
     let prefix = format!("{kind} {key}: ");
@@ -76,7 +81,7 @@ pub fn ours(kind: &str, obj: &DynamicObject, round: &Round) -> Option<Vec<Parent
             _ => snap.http_routes.get(&key).cloned(),
         };
         if let Some(route) = route {
-            return Some(gateway::status(&route, snap));
+            return Some(gateway::status(&route, registered));
         }
     }
     let refs = obj.data.pointer("/spec/parentRefs").cloned()?;
@@ -240,12 +245,13 @@ impl Writer {
             ),
         ];
         let mut failed = false;
+        let registered = Registered::new(&round.snapshot);
         for (i, (kind, ar, objs)) in kinds.into_iter().enumerate() {
             for obj in objs {
                 // A route that is no longer weft's (its Service parentRefs gone) loses weft's
                 // entries.
                 let mine = if super::is_mesh_route(obj) {
-                    ours(kind, obj, round)
+                    ours(kind, obj, round, &registered)
                 } else {
                     Some(Vec::new())
                 };

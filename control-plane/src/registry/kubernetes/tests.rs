@@ -330,7 +330,7 @@ fn recorded_http_routes_attach_in_the_apis_order_and_report_their_status() {
     // The status the control plane would write: ratings-v2 is not a registered Service.
     let status = serde_json::to_value(crate::gateway::status(
         &snap.http_routes["bookinfo/ratings-api"],
-        &snap,
+        &crate::gateway::Registered::new(&snap),
     ))
     .unwrap();
     assert_eq!(

@@ -164,7 +164,8 @@ async fn a_refused_route_is_reported_not_accepted_with_its_errors() {
     let mut t = Translator::new("cluster.local");
     r.snapshot = Arc::new(t.snapshot(&objs));
     r.errors = t.errors;
-    let ours = ours(gateway::HTTP_ROUTE, &r.http_routes[1], &r).unwrap();
+    let registered = Registered::new(&r.snapshot);
+    let ours = ours(gateway::HTTP_ROUTE, &r.http_routes[1], &r, &registered).unwrap();
     assert_eq!(ours.len(), 1);
     let c = &ours[0].conditions;
     assert_eq!(c.len(), 1);
