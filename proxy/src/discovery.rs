@@ -50,6 +50,35 @@ use wire::{backoff, batch, delta_update, nack_status, node, sotw_update};
 /// gRPC status INVALID_ARGUMENT, the code a NACK's error detail carries.
 const INVALID_ARGUMENT: i32 = 3;
 
+/// How long after an apply the memory its decoding used is offered back to the system: past
+/// the allocator's purge delay (mimalloc's: 1 s).
+const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
+/// A block larger than the allocator's largest pooled size (512 KiB): it gets a page of its
+/// own, which is returned when it is freed, and that return is when the allocator gives back
+/// the free memory whose delay has passed.
+const RELEASE_BLOCK: usize = 1 << 20;
+
+/// Once an apply is [`RELEASE_AFTER`] old, allocates and frees one [`RELEASE_BLOCK`] on this
+/// (the control) thread. mimalloc returns freed memory to the system only when it next frees a
+/// page after its purge delay; an idle sidecar frees none, and would keep what decoding a large
+/// configuration used (10–20 MiB at 10,000 services) for ever. At most one is pending.
+fn release_later(pending: &Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    if pending.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        pending.store(false, Ordering::Release);
+        return;
+    };
+    let pending = pending.clone();
+    rt.spawn(async move {
+        tokio::time::sleep(RELEASE_AFTER).await;
+        pending.store(false, Ordering::Release);
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(RELEASE_BLOCK)));
+    });
+}
+
 /// What `/config_dump` shows of the control-plane connection.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Status {
@@ -128,6 +157,8 @@ pub struct Discovery {
     resolver: Arc<Resolver>,
     /// Told when an endpoint host name resolves to new addresses.
     dns: watch::Receiver<u64>,
+    /// Whether a release of freed memory is pending ([`release_later`]).
+    releasing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The answer owed for one response.
@@ -187,6 +218,7 @@ impl Discovery {
             resolved: Default::default(),
             dns: resolver.subscribe(),
             resolver,
+            releasing: Arc::default(),
         })
     }
 
@@ -401,6 +433,7 @@ impl Discovery {
         }
         if changed {
             self.publish();
+            release_later(&self.releasing);
         }
         let complete = self.state.complete();
         self.shared.update(|s| s.complete = complete);
