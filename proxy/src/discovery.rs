@@ -75,7 +75,9 @@ fn release_later(pending: &Arc<std::sync::atomic::AtomicBool>) {
     rt.spawn(async move {
         tokio::time::sleep(RELEASE_AFTER).await;
         pending.store(false, Ordering::Release);
-        drop(std::hint::black_box(Vec::<u8>::with_capacity(RELEASE_BLOCK)));
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(
+            RELEASE_BLOCK,
+        )));
     });
 }
 
