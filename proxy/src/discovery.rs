@@ -58,27 +58,24 @@ const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500
 /// the free memory whose delay has passed.
 const RELEASE_BLOCK: usize = 1 << 20;
 
-/// Once an apply is [`RELEASE_AFTER`] old, allocates and frees one [`RELEASE_BLOCK`] on this
-/// (the control) thread. mimalloc returns freed memory to the system only when it next frees a
-/// page after its purge delay; an idle sidecar frees none, and would keep what decoding a large
-/// configuration used (10–20 MiB at 10,000 services) for ever. At most one is pending.
-fn release_later(pending: &Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::Ordering;
-    if pending.swap(true, Ordering::AcqRel) {
-        return;
+/// Once the last apply is [`RELEASE_AFTER`] old, allocates and frees one [`RELEASE_BLOCK`] on
+/// this (the control) thread. mimalloc returns freed memory to the system only when it next
+/// frees a page after its purge delay; an idle sidecar frees none, and would keep what decoding
+/// a large configuration used (10–20 MiB at 10,000 services) for ever. Each apply puts the
+/// pending release off (the one before is dropped), so it always comes after the last.
+fn release_later(pending: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(before) = pending.take() {
+        before.abort();
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        pending.store(false, Ordering::Release);
         return;
     };
-    let pending = pending.clone();
-    rt.spawn(async move {
+    *pending = Some(rt.spawn(async move {
         tokio::time::sleep(RELEASE_AFTER).await;
-        pending.store(false, Ordering::Release);
         drop(std::hint::black_box(Vec::<u8>::with_capacity(
             RELEASE_BLOCK,
         )));
-    });
+    }));
 }
 
 /// What `/config_dump` shows of the control-plane connection.
@@ -159,8 +156,8 @@ pub struct Discovery {
     resolver: Arc<Resolver>,
     /// Told when an endpoint host name resolves to new addresses.
     dns: watch::Receiver<u64>,
-    /// Whether a release of freed memory is pending ([`release_later`]).
-    releasing: Arc<std::sync::atomic::AtomicBool>,
+    /// The pending release of freed memory ([`release_later`]).
+    releasing: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The answer owed for one response.
@@ -220,7 +217,7 @@ impl Discovery {
             resolved: Default::default(),
             dns: resolver.subscribe(),
             resolver,
-            releasing: Arc::default(),
+            releasing: None,
         })
     }
 
@@ -435,7 +432,7 @@ impl Discovery {
         }
         if changed {
             self.publish();
-            release_later(&self.releasing);
+            release_later(&mut self.releasing);
         }
         let complete = self.state.complete();
         self.shared.update(|s| s.complete = complete);

@@ -191,8 +191,12 @@ pub async fn run(client: Client, mut rounds: watch::Receiver<Round>) {
         forbidden: [false; 2],
     };
     let mut round = None;
-    let (mut next, mut resync) = (Instant::now() + RESYNC, true);
+    // Two deadlines: the next check of every route, on its own schedule whatever the rounds
+    // do, and the next try after a failed write (none pending: far away).
+    let mut resync_at = Instant::now() + RESYNC;
+    let mut retry_at: Option<Instant> = None;
     loop {
+        let next = retry_at.map_or(resync_at, |r| r.min(resync_at));
         tokio::select! {
             changed = rounds.changed() => {
                 if changed.is_err() {
@@ -201,29 +205,40 @@ pub async fn run(client: Client, mut rounds: watch::Receiver<Round>) {
                 round = Some(rounds.borrow_and_update().clone());
             }
             () = tokio::time::sleep_until(next) => {
-                if resync {
+                if Instant::now() >= resync_at {
+                    // Everything checked again against the routes as they are; a permission
+                    // granted since is used.
                     w.written.clear();
+                    w.forbidden = [false; 2];
+                    resync_at = Instant::now() + RESYNC;
                 }
+                retry_at = None;
             }
         }
         let Some(r) = &round else { continue };
         let failed = w.round(r).await;
-        resync = !failed;
-        next = Instant::now() + if failed { RETRY } else { RESYNC };
+        retry_at = failed.then(|| Instant::now() + RETRY);
     }
 }
 
 /// A route: its kind and `namespace/name`.
 type RouteKey = (&'static str, String);
-/// weft's entries written on a route, at its generation.
-type Written = (Option<i64>, Vec<ParentStatus>);
+
+fn route_key(obj: &DynamicObject) -> String {
+    let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
+    format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or(""))
+}
+/// weft's entries written on a route: the object (its uid: a route deleted and made again
+/// under the same name is another) at its generation, and the entries.
+type Written = (Option<String>, Option<i64>, Vec<ParentStatus>);
 
 /// The writer's state between rounds.
 struct Writer {
     client: Client,
-    /// What it wrote (or found already written) per route, `(kind, namespace/name)`, at which
-    /// generation: not written again until that changes. Two writers that disagree (replicas
-    /// of two versions) thus write once each per change, never back and forth.
+    /// What it wrote (or found already written) per route, `(kind, namespace/name)`, on which
+    /// object at which generation: not written again until that changes. Two writers that
+    /// disagree (replicas of two versions) thus write once each per change, never back and
+    /// forth. Routes gone from a round are forgotten.
     written: HashMap<RouteKey, Written>,
     /// Per kind: whether the API refused for want of permission (said once).
     forbidden: [bool; 2],
@@ -246,6 +261,11 @@ impl Writer {
         ];
         let mut failed = false;
         let registered = Registered::new(&round.snapshot);
+        // Routes that are gone are forgotten.
+        let live: std::collections::HashSet<RouteKey> = (kinds.iter())
+            .flat_map(|(kind, _, objs)| objs.iter().map(|o| (*kind, route_key(o))))
+            .collect();
+        self.written.retain(|k, _| live.contains(k));
         for (i, (kind, ar, objs)) in kinds.into_iter().enumerate() {
             for obj in objs {
                 // A route that is no longer weft's (its Service parentRefs gone) loses weft's
@@ -277,8 +297,8 @@ impl Writer {
             obj.metadata.namespace.as_deref().unwrap_or("default"),
             obj.metadata.name.as_deref().unwrap_or(""),
         );
-        let key = (kind, format!("{ns}/{name}"));
-        let done = (obj.metadata.generation, mine);
+        let key = (kind, route_key(obj));
+        let done = (obj.metadata.uid.clone(), obj.metadata.generation, mine);
         if self.written.get(&key) == Some(&done) {
             return true;
         }
@@ -286,7 +306,7 @@ impl Writer {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         let now = k8s_openapi::jiff::Timestamp::from_second(now)
             .map_or_else(|_| String::new(), |t| t.to_string());
-        let Some(body) = patch(obj, &done.1, &now) else {
+        let Some(body) = patch(obj, &done.2, &now) else {
             self.written.insert(key, done);
             return true;
         };

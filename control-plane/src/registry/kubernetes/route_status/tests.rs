@@ -282,3 +282,16 @@ async fn wefts_entries_fit_in_the_room_other_controllers_leave() {
     w.round(&full).await;
     assert_eq!(patched(&seen, "httproutes/ratings-api").len(), 0);
 }
+
+#[tokio::test]
+async fn a_route_made_again_under_its_name_gets_its_status_again() {
+    let (mut w, seen) = writer().await;
+    let r = round();
+    w.round(&r).await;
+    assert_eq!(patched(&seen, "httproutes/ratings-older").len(), 1);
+    // Deleted and made again as it was (`kubectl replace --force`): another object, at
+    // generation 1 again, with no status.
+    let again = with_route(r, 1, |o| o.metadata.uid = Some("another-uid".into()));
+    w.round(&again).await;
+    assert_eq!(patched(&seen, "httproutes/ratings-older").len(), 2);
+}
