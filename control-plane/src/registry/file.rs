@@ -162,8 +162,6 @@ impl FileRegistry {
     }
 }
 
-/// Splits a YAML text into its documents, each padded with blank lines so that line numbers in
-/// errors are the file's.
 /// Merges what each source (a file, an etcd key), in order, contributes into one snapshot;
 /// returns the problems: sources whose current text is bad (their last good contents stay),
 /// and services or policies defined twice (the first wins).
@@ -195,40 +193,41 @@ pub(super) fn assemble<'a>(
             origin.insert(authority.clone(), name.clone());
             snap.services.insert(authority, s.clone());
         }
+        let mut twice = |kind: &str, key: String| {
+            errors.push(format!(
+                "{name}: {kind} {key} is defined in another file too; the first stays"
+            ))
+        };
         for p in &c.policies {
-            let key = p.key();
-            if snap.policies.contains_key(&key) {
-                errors.push(format!(
-                    "{name}: policy {key} is defined in another file too; the first stays"
-                ));
-                continue;
-            }
-            snap.policies.insert(key, p.clone());
+            first_wins(&mut snap.policies, p.key(), p).unwrap_or_else(|k| twice("policy", k));
         }
         for r in &c.http_routes {
-            let key = r.key();
-            if snap.http_routes.contains_key(&key) {
-                errors.push(format!(
-                    "{name}: HTTPRoute {key} is defined in another file too; the first stays"
-                ));
-                continue;
-            }
-            snap.http_routes.insert(key, r.clone());
+            first_wins(&mut snap.http_routes, r.key(), r).unwrap_or_else(|k| twice("HTTPRoute", k));
         }
         for r in &c.grpc_routes {
-            let key = r.key();
-            if snap.grpc_routes.contains_key(&key) {
-                errors.push(format!(
-                    "{name}: GRPCRoute {key} is defined in another file too; the first stays"
-                ));
-                continue;
-            }
-            snap.grpc_routes.insert(key, r.clone());
+            first_wins(&mut snap.grpc_routes, r.key(), r).unwrap_or_else(|k| twice("GRPCRoute", k));
         }
     }
     (snap, errors)
 }
 
+/// Puts `item` under `key` unless an earlier source put one there; the key back when one did.
+fn first_wins<T: Clone>(
+    into: &mut BTreeMap<String, T>,
+    key: String,
+    item: &T,
+) -> Result<(), String> {
+    match into.entry(key) {
+        std::collections::btree_map::Entry::Occupied(e) => Err(e.key().clone()),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(item.clone());
+            Ok(())
+        }
+    }
+}
+
+/// Splits a YAML text into its documents, each padded with blank lines so that line numbers in
+/// errors are the file's.
 fn documents(text: &str) -> Vec<String> {
     let mut docs = Vec::new();
     let (mut start, mut body) = (0usize, String::new());
