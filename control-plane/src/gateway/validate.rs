@@ -83,39 +83,17 @@ impl HttpRoute {
     /// Every problem in the route, or `Ok` when it may be put in force.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut c = Check::default();
-        if self.api_version != API_VERSION && self.api_version != API_VERSION_BETA {
-            c.fail(
-                "apiVersion",
-                format!("`{}`: expected `{API_VERSION}`", self.api_version),
-            );
-        }
-        if self.kind != HTTP_ROUTE {
-            c.fail("kind", format!("`{}`: expected `{HTTP_ROUTE}`", self.kind));
-        }
-        if !is_name(&self.metadata.name) {
-            c.fail(
-                "metadata.name",
-                format!("`{}` is not a name", self.metadata.name),
-            );
-        }
-        let ns = self.namespace();
-        if !is_name(ns) {
-            c.fail("metadata.namespace", format!("`{ns}` is not a name"));
-        }
         let spec = &self.spec;
+        let kind = (&self.kind[..], HTTP_ROUTE);
+        let versions = [API_VERSION, API_VERSION_BETA];
+        object(&mut c, (&self.api_version, &versions), kind, &self.metadata);
         parents(&spec.parent_refs, &mut c);
         c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
         if spec.rules.is_empty() {
             c.fail("spec.rules", "at least one rule");
         }
-        c.at_most("spec.rules", spec.rules.len(), MAX_RULES);
-        let all: usize = spec.rules.iter().map(|r| r.matches.len()).sum();
-        if all > MAX_ALL_MATCHES {
-            c.fail(
-                "spec.rules",
-                format!("{all} matches in all: fewer than 128"),
-            );
-        }
+        let all = spec.rules.iter().map(|r| r.matches.len()).sum();
+        counts(&mut c, spec.rules.len(), all);
         for (i, r) in spec.rules.iter().enumerate() {
             rule(&format!("spec.rules[{i}]"), r, &mut c);
         }
@@ -124,6 +102,46 @@ impl HttpRoute {
         } else {
             Err(c.errors)
         }
+    }
+}
+
+/// What an object of either route kind must be: of an `apiVersion` in `versions` (the first
+/// named when it is not), of its `kind` (the one expected), and named and namespaced.
+fn object(
+    c: &mut Check,
+    (api_version, versions): (&str, &[&str]),
+    (kind, expected): (&str, &str),
+    metadata: &RouteMetadata,
+) {
+    if !versions.contains(&api_version) {
+        c.fail(
+            "apiVersion",
+            format!("`{api_version}`: expected `{}`", versions[0]),
+        );
+    }
+    if kind != expected {
+        c.fail("kind", format!("`{kind}`: expected `{expected}`"));
+    }
+    if !is_name(&metadata.name) {
+        c.fail(
+            "metadata.name",
+            format!("`{}` is not a name", metadata.name),
+        );
+    }
+    let ns = metadata.namespace.as_deref().unwrap_or("default");
+    if !is_name(ns) {
+        c.fail("metadata.namespace", format!("`{ns}` is not a name"));
+    }
+}
+
+/// How many rules, and matches in all, a route may have (the CRD's limits).
+fn counts(c: &mut Check, rules: usize, matches: usize) {
+    c.at_most("spec.rules", rules, MAX_RULES);
+    if matches > MAX_ALL_MATCHES {
+        c.fail(
+            "spec.rules",
+            format!("{matches} matches in all: fewer than 128"),
+        );
     }
 }
 

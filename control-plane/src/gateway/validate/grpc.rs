@@ -9,39 +9,18 @@ impl GrpcRoute {
     /// Every problem in the route, or `Ok` when it may be put in force.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut c = Check::default();
-        if self.api_version != API_VERSION {
-            c.fail(
-                "apiVersion",
-                format!("`{}`: expected `{API_VERSION}`", self.api_version),
-            );
-        }
-        if self.kind != GRPC_ROUTE {
-            c.fail(
-                "kind",
-                format!("`{}`: expected `{}`", self.kind, GRPC_ROUTE),
-            );
-        }
-        if !is_name(&self.metadata.name) {
-            c.fail(
-                "metadata.name",
-                format!("`{}` is not a name", self.metadata.name),
-            );
-        }
-        let ns = self.metadata.namespace.as_deref().unwrap_or("default");
-        if !is_name(ns) {
-            c.fail("metadata.namespace", format!("`{ns}` is not a name"));
-        }
         let spec = &self.spec;
+        let kind = (&self.kind[..], GRPC_ROUTE);
+        object(
+            &mut c,
+            (&self.api_version, &[API_VERSION]),
+            kind,
+            &self.metadata,
+        );
         parents(&spec.parent_refs, &mut c);
         c.at_most("spec.hostnames", spec.hostnames.len(), MAX_HOSTNAMES);
-        c.at_most("spec.rules", spec.rules.len(), MAX_RULES);
-        let all: usize = spec.rules.iter().map(|r| r.matches.len()).sum();
-        if all > MAX_ALL_MATCHES {
-            c.fail(
-                "spec.rules",
-                format!("{all} matches in all: fewer than 128"),
-            );
-        }
+        let all = spec.rules.iter().map(|r| r.matches.len()).sum();
+        counts(&mut c, spec.rules.len(), all);
         for (i, r) in spec.rules.iter().enumerate() {
             let at = format!("spec.rules[{i}]");
             if let Some(name) = &r.name
