@@ -476,3 +476,6 @@ fn xds_match(m: &HttpRouteMatch) -> weft_xds_proto::envoy::config::route::v3::Ro
     });
     out
 }
+
+#[cfg(test)]
+mod tests;
