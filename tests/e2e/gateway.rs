@@ -38,10 +38,8 @@ impl Mesh {
             http_peer::server("web-v2").await,
         ];
         let dir = TempDir::new("gateway");
-        let (v1, v2) = ((peers[0].addr, "v1"), (peers[1].addr, "v2"));
-        dir.write("web.yaml", &mesh::service("web", 8080, "http", &[v1, v2]));
-        dir.write("web-v1.yaml", &mesh::service("web-v1", 8080, "http", &[v1]));
-        dir.write("web-v2.yaml", &mesh::service("web-v2", 8080, "http", &[v2]));
+        let versions = (peers[0].addr, peers[1].addr);
+        mesh::write_versions(&dir, "web", 8080, "http", versions);
         let cp = mesh::control_plane(&dir, &[]);
         let client = Proxy::start(&[
             "--control-plane",
@@ -120,6 +118,16 @@ impl Mesh {
             .flat_map(|s| s["routes"].as_array().into_iter().flatten())
             .find(|r| r["name"] == route)
             .cloned()
+    }
+
+    /// Writes the HTTPRoute `name` (`route(name, rules)`) as `<name>.yaml` and waits until the
+    /// sidecar has its rule `last` (`rule-<i>` or the rule's name).
+    async fn apply_route(&self, name: &str, rules: &str, last: &str) {
+        let want = format!("demo/{name}/{last}");
+        let what = format!("the route {want}");
+        let file = format!("{name}.yaml");
+        self.apply(&file, &route(name, rules), &what, || self.has_route(&want))
+            .await;
     }
 
     /// Writes `yaml` as `name` and waits until `check` holds.
@@ -314,14 +322,8 @@ async fn a_route_replaces_the_default_so_unmatched_requests_get_404_and_missing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_split_within_two_points_over_ten_thousand_requests() {
     let m = &Mesh::start().await;
-    let split = route(
-        "split",
-        "    - backendRefs:\n        - {name: web-v1, port: 8080, weight: 70}\n        - {name: web-v2, port: 8080, weight: 30}\n",
-    );
-    m.apply("split.yaml", &split, "the split to be in force", || async {
-        m.has_route("demo/split/rule-0").await
-    })
-    .await;
+    let split = "    - backendRefs:\n        - {name: web-v1, port: 8080, weight: 70}\n        - {name: web-v2, port: 8080, weight: 30}\n";
+    m.apply_route("split", split, "rule-0").await;
     let (n, clients) = (10_000, 8);
     let v2 = Arc::new(AtomicUsize::new(0));
     let outbound = m.outbound();
@@ -682,19 +684,7 @@ async fn grpc_routes_match_methods_and_headers_mirror_and_split_by_weight() {
     let (a1, s1) = grpc::server().await;
     let (a2, s2) = grpc::server().await;
     let dir = TempDir::new("gateway-grpc");
-    let (v1, v2) = ((a1, "v1"), (a2, "v2"));
-    dir.write(
-        "echo.yaml",
-        &mesh::service("echo", 9090, "http2", &[v1, v2]),
-    );
-    dir.write(
-        "echo-v1.yaml",
-        &mesh::service("echo-v1", 9090, "http2", &[v1]),
-    );
-    dir.write(
-        "echo-v2.yaml",
-        &mesh::service("echo-v2", 9090, "http2", &[v2]),
-    );
+    mesh::write_versions(&dir, "echo", 9090, "http2", (a1, a2));
     let cp = mesh::control_plane(&dir, &[]);
     let client = Proxy::start(&[
         "--control-plane",
@@ -763,23 +753,7 @@ async fn grpc_routes_match_methods_and_headers_mirror_and_split_by_weight() {
     // gets nothing and breaks nothing.
     let (n, clients) = (10_000, 8);
     let before = (started(&s1), started(&s2));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        tasks.push(tokio::spawn(async move {
-            let mut c = grpc::client(out, ECHO).await;
-            for _ in 0..n / clients {
-                c.unary(Msg {
-                    text: "split".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    grpc::unary_calls(out, ECHO, clients, n / clients).await;
     let (d1, d2) = (started(&s1) - before.0, started(&s2) - before.1);
     assert_eq!(d1 + d2, n, "every call answered by v1 or v2");
     let share = d2 as f64 * 100.0 / n as f64;
@@ -798,13 +772,7 @@ async fn request_and_backend_request_timeouts_end_slow_calls_with_504() {
         to("web-v1"),
         to("web-v1")
     );
-    m.apply(
-        "timeouts.yaml",
-        &route("timeouts", &rules),
-        "the timeouts",
-        || async { m.has_route("demo/timeouts/rule-1").await },
-    )
-    .await;
+    m.apply_route("timeouts", &rules, "rule-1").await;
     for header in ["request", "backend"] {
         let h = [("x-t", header)];
         let (status, by, _) = m.get("/delay?ms=10", &h).await;
@@ -838,13 +806,7 @@ async fn a_backends_own_filters_apply_when_the_split_chooses_it() {
         backend("web-v1", "one"),
         backend("web-v2", "two")
     );
-    m.apply(
-        "backends.yaml",
-        &route("backends", &rules),
-        "the route",
-        || async { m.has_route("demo/backends/rule-0").await },
-    )
-    .await;
+    m.apply_route("backends", &rules, "rule-0").await;
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..40 {
         let (_, h) = m
@@ -1064,13 +1026,7 @@ async fn a_rules_retry_retries_its_codes_up_to_its_attempts_after_its_backoff() 
         to("web-v1"),
         to("web-v1")
     );
-    m.apply(
-        "retries.yaml",
-        &route("retries", &rules),
-        "the retries",
-        || async { m.has_route("demo/retries/rule-1").await },
-    )
-    .await;
+    m.apply_route("retries", &rules, "rule-1").await;
     // The backoff crossed as a minimum (weft's route metadata), beside the standard fields.
     let dump = m.route_dump("demo/retries/rule-0").await.unwrap();
     let retry = dump["policy"]["retry"].as_str().unwrap();

@@ -102,19 +102,7 @@ async fn grpcio_proxyless_client_follows_a_grpc_route_split() {
     let (a1, s1) = grpc::server().await;
     let (a2, s2) = grpc::server().await;
     let dir = TempDir::new("interop-grpcroute");
-    let (v1, v2) = ((a1, "v1"), (a2, "v2"));
-    dir.write(
-        "echo.yaml",
-        &mesh::service("echo", 9090, "http2", &[v1, v2]),
-    );
-    dir.write(
-        "echo-v1.yaml",
-        &mesh::service("echo-v1", 9090, "http2", &[v1]),
-    );
-    dir.write(
-        "echo-v2.yaml",
-        &mesh::service("echo-v2", 9090, "http2", &[v2]),
-    );
+    mesh::write_versions(&dir, "echo", 9090, "http2", (a1, a2));
     dir.write(
         "route.yaml",
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: echo, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 9090}]\n  rules:\n    - matches: [{method: {service: weft.test.Echo, method: Unary}}]\n      backendRefs:\n        - {name: echo-v1, port: 9090, weight: 75}\n        - {name: echo-v2, port: 9090, weight: 25}\n",

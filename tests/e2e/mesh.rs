@@ -381,24 +381,7 @@ async fn measure_split(m: &Mesh, n: usize) -> (f64, f64) {
 
     let started = |s: &ServerState| s.started.load(Ordering::SeqCst);
     let before = (started(&m.echo[0]), started(&m.echo[1]));
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        tasks.push(tokio::spawn(async move {
-            let mut client = grpc::client(outbound, ECHO).await;
-            for _ in 0..n / 8 {
-                client
-                    .unary(Msg {
-                        text: "split".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    grpc::unary_calls(outbound, ECHO, 8, n / 8).await;
     let d1 = started(&m.echo[0]) - before.0;
     let d2 = started(&m.echo[1]) - before.1;
     assert_eq!(

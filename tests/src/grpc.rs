@@ -230,6 +230,28 @@ pub async fn server_on(addr: SocketAddr) -> (SocketAddr, Arc<ServerState>) {
     (addr, state)
 }
 
+/// `per_client` unary calls on each of `clients` channels at once, through `via` to
+/// `authority`; every call must succeed.
+pub async fn unary_calls(via: SocketAddr, authority: &str, clients: usize, per_client: usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let authority = authority.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(via, &authority).await;
+            for _ in 0..per_client {
+                let msg = Msg {
+                    text: "split".into(),
+                    ..Default::default()
+                };
+                c.unary(msg).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// A client that dials `via` (a proxy's outbound listener) and names `authority` in every call.
 pub async fn client(via: SocketAddr, authority: &str) -> EchoClient<tonic::transport::Channel> {
     let ch = Endpoint::from_shared(format!("http://{via}"))

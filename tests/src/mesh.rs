@@ -55,6 +55,29 @@ pub fn meshed_service(
     s
 }
 
+/// Writes into `dir` the Service `name` on both versions' endpoints and one Service per
+/// version, `<name>-v1` and `<name>-v2` (the Gateway API's canary backends), all on `port`.
+pub fn write_versions(
+    dir: &crate::chain::TempDir,
+    name: &str,
+    port: u16,
+    protocol: &str,
+    (v1, v2): (SocketAddr, SocketAddr),
+) {
+    let (v1, v2) = ((v1, "v1"), (v2, "v2"));
+    dir.write(
+        &format!("{name}.yaml"),
+        &service(name, port, protocol, &[v1, v2]),
+    );
+    for (v, e) in [("v1", v1), ("v2", v2)] {
+        let versioned = format!("{name}-{v}");
+        dir.write(
+            &format!("{versioned}.yaml"),
+            &service(&versioned, port, protocol, &[e]),
+        );
+    }
+}
+
 /// A `TrafficPolicy` for `name` in `demo` with subsets v1 and v2 (by the `version` label) and
 /// one route splitting between them by `weights` (v1, v2).
 pub fn split_policy(name: &str, port: u16, weights: (u32, u32)) -> String {
