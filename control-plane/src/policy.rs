@@ -30,6 +30,7 @@ pub use weft_core::{
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use validate::Check;
 pub use validate::{FieldError, is_name};
 
 pub const API_VERSION: &str = "weft.dev/v1alpha1";

@@ -6,7 +6,7 @@ use super::*;
 
 mod filters;
 mod grpc;
-use crate::policy::{FieldError, is_name};
+use crate::policy::{Check, FieldError, is_name};
 use filters::filter;
 
 /// The CRD's limits.
@@ -29,19 +29,7 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-#[derive(Default)]
-struct Check {
-    errors: Vec<FieldError>,
-}
-
 impl Check {
-    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
     fn at_most(&mut self, field: &str, len: usize, max: usize) {
         if len > max {
             self.fail(field, format!("{len} items: at most {max}"));

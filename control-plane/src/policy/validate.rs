@@ -15,13 +15,15 @@ pub struct FieldError {
     pub message: String,
 }
 
-/// Collects errors under a field path.
-struct Check {
-    errors: Vec<FieldError>,
+/// Collects errors under a field path (the Gateway API's routes' validation adds its own
+/// checks to it).
+#[derive(Default)]
+pub(crate) struct Check {
+    pub(crate) errors: Vec<FieldError>,
 }
 
 impl Check {
-    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError {
             field: field.into(),
             message: message.into(),
