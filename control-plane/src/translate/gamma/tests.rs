@@ -4,11 +4,17 @@
 use std::time::Duration;
 
 use weft_xds_proto::envoy::config::route::v3::{
-    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+    Route, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
 
 use crate::registry::{Snapshot, file::FileRegistry};
-use crate::translate::{METADATA_KEY, translate};
+use crate::translate::{METADATA_KEY, Resources, translate};
+
+/// The routes of the route configuration `name`.
+fn routes_of<'a>(res: &'a Resources, name: &str) -> &'a [Route] {
+    let rc = res.routes.iter().find(|r| r.name == name).unwrap();
+    &rc.virtual_hosts[0].routes
+}
 
 /// The registry `yaml` makes, read as the file registry reads it (it must be free of errors).
 fn scan(tag: &str, yaml: &str) -> Snapshot {
@@ -57,15 +63,7 @@ spec:
 #[test]
 fn gateway_routes_replace_the_default_in_the_apis_precedence() {
     let res = translate(&scan("gamma", GAMMA));
-    let rc = |name: &str| {
-        res.routes
-            .iter()
-            .find(|r| r.name == name)
-            .unwrap()
-            .virtual_hosts[0]
-            .routes
-            .clone()
-    };
+    let rc = |name: &str| routes_of(&res, name).to_vec();
     let web = rc("web.demo.svc.cluster.local:8080");
     let described: Vec<(String, String)> = web
         .iter()
@@ -144,13 +142,7 @@ spec:
       backendRefs: [{name: web-v1, port: 8080}]
 ";
     let res = translate(&scan("grpc-route", &format!("{GAMMA}{grpc}")));
-    let web = &res
-        .routes
-        .iter()
-        .find(|r| r.name == "web.demo.svc.cluster.local:8080")
-        .unwrap()
-        .virtual_hosts[0]
-        .routes;
+    let web = routes_of(&res, "web.demo.svc.cluster.local:8080");
     assert_eq!(web.len(), 1, "the HTTPRoutes' rules are not there");
     assert_eq!(web[0].name, "demo/g/rule-0");
     assert_eq!(
@@ -175,13 +167,7 @@ spec:
       backendRefs: [{name: web-v1, port: 8080}]
 ";
     let res = translate(&scan("gamma-retry", &format!("{GAMMA}{retry}")));
-    let routes = &res
-        .routes
-        .iter()
-        .find(|r| r.name == "web-v1.demo.svc.cluster.local:8080")
-        .unwrap()
-        .virtual_hosts[0]
-        .routes;
+    let routes = routes_of(&res, "web-v1.demo.svc.cluster.local:8080");
     let retry_of = |i: usize| {
         let Some(Action::Route(a)) = &routes[i].action else {
             panic!("a route action")
