@@ -229,6 +229,18 @@ pub enum PolicyError {
     },
 }
 
+impl PolicyError {
+    /// What is wrong, without the source and the object it is in.
+    pub fn problems(&self) -> String {
+        match self {
+            PolicyError::Parse { message, .. } => message.clone(),
+            PolicyError::Invalid { errors, .. } | PolicyError::InvalidObject { errors, .. } => {
+                join(errors)
+            }
+        }
+    }
+}
+
 fn join(errors: &[FieldError]) -> String {
     errors
         .iter()

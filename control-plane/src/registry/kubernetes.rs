@@ -63,6 +63,8 @@ pub struct Translator {
     grpc_routes: BTreeMap<String, (String, GrpcRoute)>,
     /// Problems in force after the last translation.
     pub errors: Vec<String>,
+    /// The objects refused in it, by `<kind> <namespace/name>`: what is wrong with each.
+    pub refused: BTreeMap<String, String>,
 }
 
 pub(crate) fn key(ns: &Option<String>, name: &Option<String>) -> String {
@@ -106,11 +108,12 @@ impl Translator {
             http_routes: BTreeMap::new(),
             grpc_routes: BTreeMap::new(),
             errors: Vec::new(),
+            refused: BTreeMap::new(),
         }
     }
 
     pub fn snapshot(&mut self, objs: &Objects) -> Snapshot {
-        let mut errors = Vec::new();
+        let (mut errors, mut refused) = (Vec::new(), BTreeMap::new());
         let mut snap = Snapshot::default();
 
         // Pods by namespace/name: labels and service account.
@@ -186,23 +189,24 @@ impl Translator {
             &objs.policies,
             (policy::API_VERSION, policy::KIND),
             policy::parse,
-            &mut errors,
+            (&mut errors, &mut refused),
         );
         snap.http_routes = last_good(
             &mut self.http_routes,
             &mesh_routes(&objs.http_routes),
             (gateway::API_VERSION, gateway::HTTP_ROUTE),
             gateway::parse,
-            &mut errors,
+            (&mut errors, &mut refused),
         );
         snap.grpc_routes = last_good(
             &mut self.grpc_routes,
             &mesh_routes(&objs.grpc_routes),
             (gateway::API_VERSION, gateway::GRPC_ROUTE),
             gateway::parse_grpc,
-            &mut errors,
+            (&mut errors, &mut refused),
         );
         self.errors = errors;
+        self.refused = refused;
         snap
     }
 
@@ -457,7 +461,7 @@ pub async fn run(
             http_routes: objs.http_routes,
             grpc_routes: objs.grpc_routes,
             snapshot: snap.clone(),
-            errors: translator.errors.clone(),
+            refused: translator.refused.clone(),
         });
         if translator.errors != reported {
             for e in &translator.errors {
@@ -483,7 +487,7 @@ pub async fn run(
 
 mod documents;
 pub mod route_status;
-pub(crate) use documents::{KEPT, NOT_KEPT, is_mesh_route};
+pub(crate) use documents::is_mesh_route;
 use documents::{last_good, mesh_routes};
 #[cfg(test)]
 mod tests;

@@ -13,13 +13,14 @@ use crate::policy;
 /// Objects of one kind (`TrafficPolicy`, `HTTPRoute`) as documents, each parsed and validated
 /// as the file registry does; `cache` holds each one's last good version (and the text it came
 /// from: an unchanged object is not parsed again), which stays in force while the current one
-/// is bad. Deleted objects are forgotten.
+/// is bad. Deleted objects are forgotten. `errors` gets a line per bad object; `refused`, by
+/// `<kind> <namespace/name>`, what is wrong with it.
 pub(super) fn last_good<T: Clone>(
     cache: &mut BTreeMap<String, (String, T)>,
     objs: &[Arc<DynamicObject>],
     (api_version, kind): (&str, &str),
     parse: impl Fn(&str, &str) -> Result<Vec<T>, policy::PolicyError>,
-    errors: &mut Vec<String>,
+    (errors, refused): (&mut Vec<String>, &mut BTreeMap<String, String>),
 ) -> BTreeMap<String, T> {
     let mut live = BTreeMap::new();
     for obj in objs {
@@ -46,8 +47,12 @@ pub(super) fn last_good<T: Clone>(
                     cache.insert(k.clone(), (doc, p.clone()));
                     live.insert(k, p);
                 }
-                Ok(_) => errors.push(format!("{source}: not one {kind}")),
+                Ok(_) => {
+                    errors.push(format!("{source}: not one {kind}"));
+                    refused.insert(source, format!("not one {kind}"));
+                }
                 Err(e) => {
+                    refused.insert(source, e.problems());
                     let kept = cache.get(&k).map(|(_, p)| p.clone());
                     errors.push(format!(
                         "{e}{}",
@@ -83,5 +88,5 @@ pub(crate) fn is_mesh_route(o: &DynamicObject) -> bool {
 
 /// What the translator's errors about an object end with: whether its last good version
 /// stays in force.
-pub(crate) const KEPT: &str = " (its last good version stays in force)";
-pub(crate) const NOT_KEPT: &str = " (not in force)";
+const KEPT: &str = " (its last good version stays in force)";
+const NOT_KEPT: &str = " (not in force)";

@@ -40,13 +40,14 @@ const MAX_PARENTS: usize = 32;
 const MAX_MESSAGE: usize = 32_768;
 
 /// What the status writer works from: the routes as watched, the snapshot translated from
-/// them, and the translation's errors.
+/// them, and the routes it refused.
 #[derive(Debug, Clone, Default)]
 pub struct Round {
     pub http_routes: Vec<Arc<DynamicObject>>,
     pub grpc_routes: Vec<Arc<DynamicObject>>,
     pub snapshot: Arc<Snapshot>,
-    pub errors: Vec<String>,
+    /// The routes refused, by `<kind> <namespace/name>`: what is wrong with each.
+    pub refused: std::collections::BTreeMap<String, String>,
 }
 
 /// weft's entries for `obj` (a route of `kind`, `HTTPRoute` or `GRPCRoute`): from the snapshot
@@ -60,21 +61,8 @@ pub fn ours(
 ) -> Option<Vec<ParentStatus>> {
     let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
     let key = format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or(""));
-    let prefix = format!("{kind} {key}: ");
-    // What is wrong with the route, not whether this replica still holds a last good version
-    // of it (replicas that started at different times differ in that): every replica writes
-    // the same status from the same objects.
-    let errors: Vec<&str> = (round.errors.iter())
-        .filter_map(|e| e.strip_prefix(&prefix))
-        // The object is named twice (the source, then the object): once is enough.
-        .map(|e| e.strip_prefix(&prefix).unwrap_or(e))
-        .map(|e| {
-            (e.strip_suffix(super::KEPT))
-                .or_else(|| e.strip_suffix(super::NOT_KEPT))
-                .unwrap_or(e)
-        })
-        .collect();
-    if errors.is_empty() {
+    let refused = round.refused.get(&format!("{kind} {key}"));
+    if refused.is_none() {
         let snap = &round.snapshot;
         let route = match kind {
             gateway::GRPC_ROUTE => snap.grpc_routes.get(&key).map(|r| r.as_http()),
@@ -86,7 +74,9 @@ pub fn ours(
     }
     let refs = obj.data.pointer("/spec/parentRefs").cloned()?;
     let refs: Vec<ParentRef> = serde_json::from_value(refs).ok()?;
-    let message = weft_core::text::cut(&errors.join("; "), MAX_MESSAGE).to_string();
+    // What is wrong with the route, and nothing of what this replica happens to hold (its last
+    // good version): every replica writes the same status from the same objects.
+    let message = weft_core::text::cut(refused.map_or("", |r| r), MAX_MESSAGE).to_string();
     let refused = gateway::Condition {
         kind: "Accepted",
         status: "False",

@@ -18,7 +18,7 @@ fn round() -> Round {
         http_routes: objs.http_routes,
         grpc_routes: objs.grpc_routes,
         snapshot,
-        errors: t.errors,
+        refused: t.refused,
     }
 }
 
@@ -163,7 +163,7 @@ async fn a_refused_route_is_reported_not_accepted_with_its_errors() {
     };
     let mut t = Translator::new("cluster.local");
     r.snapshot = Arc::new(t.snapshot(&objs));
-    r.errors = t.errors;
+    r.refused = t.refused;
     let registered = Registered::new(&r.snapshot);
     let ours = ours(gateway::HTTP_ROUTE, &r.http_routes[1], &r, &registered).unwrap();
     assert_eq!(ours.len(), 1);
