@@ -464,8 +464,14 @@ impl Discovery {
         self.table.store(Arc::new(compiled.table));
         self.resolver.table_changed();
         self.metrics.table_loaded(&version, generation, services);
+        // Listeners arrive before their RouteConfigurations: at start, every one waits a moment,
+        // so one line says how many (each is at debug level, and all are in `/config_dump`).
         for h in &compiled.held_back {
-            tracing::info!(waiting = %h, "listener keeps its previous routes until what it references arrives");
+            tracing::debug!(waiting = %h, "listener keeps its previous routes until what it references arrives");
+        }
+        if let Some(first) = compiled.held_back.first() {
+            let listeners = compiled.held_back.len();
+            tracing::info!(listeners, first = %first, "listeners keep their previous routes until what they reference arrives");
         }
         tracing::info!(%version, generation, services, "routing table updated from xDS");
         self.shared.update(|s| s.held_back = compiled.held_back);

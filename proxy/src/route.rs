@@ -69,6 +69,13 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
+    /// The match of a default route (every request), shared by all of them.
+    pub fn any() -> std::sync::Arc<RouteMatch> {
+        static ANY: std::sync::LazyLock<std::sync::Arc<RouteMatch>> =
+            std::sync::LazyLock::new(Default::default);
+        ANY.clone()
+    }
+
     pub fn matches(
         &self,
         method: &Method,

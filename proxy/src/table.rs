@@ -12,28 +12,28 @@ mod compile;
 pub mod file;
 pub(crate) mod index;
 mod names;
+mod routes;
 mod shards;
 pub mod watch;
 pub mod xds;
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
-use http::HeaderName;
 
 pub use crate::clusters::{Cluster, Endpoint, EndpointSet, Picked};
 use crate::{
     authz::Authz,
-    metrics::{Direction, LazyTarget, Metrics, TargetMetrics},
-    resilience::{Fault, TokenBucket},
+    metrics::{LazyTarget, Metrics},
+    resilience::TokenBucket,
     resolve::Resolved,
-    retry::{Budget, Retry},
-    route::{RouteMatch, WeightedSplit},
+    retry::Budget,
 };
 pub(crate) use compile::ServiceDraft;
 pub use file::{LoadError, Protocol, TableFile};
 use index::Index;
 pub(crate) use names::Names;
+pub use routes::{HashOn, Mirror, Route, RouteHeaders, RoutePolicy, Target};
 
 /// The table every listener reads; swapped whole.
 pub type SharedTable = Arc<ArcSwap<Table>>;
@@ -82,7 +82,7 @@ pub struct Service {
     pub metrics: LazyTarget,
     /// Every `host:port`, bare host and `vip:port` the service was declared with (lower case;
     /// a bare host two services share reaches neither).
-    pub domains: Box<[Box<str>]>,
+    pub domains: Box<[Arc<str>]>,
     /// Who may call the service's endpoints; `None` allows everyone.
     pub authz: Option<Arc<Authz>>,
     /// What retries on the service's routes may add (on by default).
@@ -95,188 +95,6 @@ impl Service {
     /// Route `i`, or the default route for any index past the routes.
     pub fn route(&self, i: usize) -> &Route {
         self.routes.get(i).unwrap_or(&self.default_route)
-    }
-}
-
-/// A route's traffic policies beyond where it sends requests.
-#[derive(Debug, Default)]
-pub struct RoutePolicy {
-    pub retry: Option<Retry>,
-    pub fault: Option<Fault>,
-    pub rate_limit: Option<Arc<TokenBucket>>,
-    pub mirror: Option<Mirror>,
-    /// The longest `grpc-timeout` honoured; a longer one is cut to this.
-    pub grpc_timeout_max: Option<Duration>,
-    /// A response stream that carries nothing for this long is ended.
-    pub idle_timeout: Option<Duration>,
-    /// Headers the route changes in requests and responses (`None`: none).
-    pub headers: Option<Arc<RouteHeaders>>,
-    /// The request's path and authority, rewritten before it is sent.
-    pub rewrite: Option<Arc<crate::route::Rewrite>>,
-    /// The route answers with this redirect instead of sending the request anywhere.
-    pub redirect: Option<Arc<crate::route::Redirect>>,
-}
-
-/// A route's header changes: the request's before it is sent, the response's before it is
-/// relayed.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RouteHeaders {
-    pub request: crate::route::HeaderMutation,
-    pub response: crate::route::HeaderMutation,
-}
-
-impl RoutePolicy {
-    /// What `/config_dump` shows of it (only what is set).
-    pub fn describe(&self) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        let d = |t: Duration| serde_json::Value::from(format!("{t:?}"));
-        if let Some(r) = &self.retry {
-            m.insert("retry".into(), serde_json::Value::from(format!("{r:?}")));
-        }
-        if let Some(f) = &self.fault {
-            m.insert("fault".into(), serde_json::Value::from(format!("{f:?}")));
-        }
-        if let Some(b) = &self.rate_limit {
-            m.insert(
-                "rateLimit".into(),
-                serde_json::json!({"perSecond": b.rate, "burst": b.burst}),
-            );
-        }
-        if let Some(mi) = &self.mirror {
-            m.insert(
-                "mirror".into(),
-                serde_json::json!({"cluster": &*mi.cluster.name, "percent": mi.percent}),
-            );
-        }
-        if let Some(t) = self.grpc_timeout_max {
-            m.insert("grpcTimeoutMax".into(), d(t));
-        }
-        if let Some(t) = self.idle_timeout {
-            m.insert("idleTimeout".into(), d(t));
-        }
-        if let Some(r) = &self.redirect {
-            m.insert("redirect".into(), serde_json::Value::from(format!("{r:?}")));
-        }
-        if let Some(r) = &self.rewrite {
-            m.insert("rewrite".into(), serde_json::Value::from(format!("{r:?}")));
-        }
-        if let Some(h) = &self.headers {
-            m.insert(
-                "headers".into(),
-                serde_json::json!({"request": h.request.describe(), "response": h.response.describe()}),
-            );
-        }
-        m.into()
-    }
-}
-
-/// Copies of a share of a route's requests go to `cluster`.
-#[derive(Debug)]
-pub struct Mirror {
-    pub cluster: Arc<Cluster>,
-    pub percent: f64,
-}
-
-#[derive(Debug)]
-pub struct Route {
-    pub name: Arc<str>,
-    pub matches: RouteMatch,
-    /// Concrete backends with their weights (canary splits).
-    pub backends: WeightedSplit<Arc<Cluster>>,
-    pub timeout: Option<Duration>,
-    /// What a request is hashed on: for a ring-hash cluster's endpoint, and to keep a caller
-    /// on one backend of the split (sticky canary).
-    pub hash: Option<HashOn>,
-    pub policy: RoutePolicy,
-    /// Each backend's request and response series (in `backends`' order), made on first use;
-    /// filled when the service is finished.
-    pub metrics: Box<[LazyTarget]>,
-    /// Each backend's own header changes (a Gateway API backendRef's filters), in `backends`'
-    /// order; empty when no backend has any.
-    pub backend_headers: Box<[Option<Arc<RouteHeaders>>]>,
-}
-
-impl Route {
-    /// The backend (with its series) and an endpoint of it for a request with hash key
-    /// `hash`: a key keeps a caller on one backend of the split (sticky canary) and, on a
-    /// ring-hash cluster, on one endpoint. `None` only for a route without backends; no
-    /// endpoint when the backend has none in service.
-    pub fn target(&self, hash: Option<u64>, metrics: &TargetMetrics) -> Option<Target<'_>> {
-        let r = hash.unwrap_or_else(|| fastrand::u64(..));
-        let i = self.backends.pick_index(r)?;
-        let cluster = self.backends.get(i)?;
-        Some(Target {
-            cluster,
-            index: i,
-            metrics: &self.metrics[i],
-            endpoint: cluster.pick(hash, metrics),
-        })
-    }
-
-    /// Makes each backend's series handles (on first use) for the route of `service`.
-    pub(crate) fn count(&mut self, metrics: &Arc<Metrics>, service: &Arc<str>) {
-        self.metrics = self
-            .backends
-            .iter()
-            .map(|c| {
-                let (route, backend) = (self.name.clone(), c.name.clone());
-                LazyTarget::backend(
-                    metrics,
-                    Direction::Outbound,
-                    service.clone(),
-                    route,
-                    backend,
-                )
-            })
-            .collect();
-    }
-}
-
-/// Where a route sends one request: the backend, its series, and an endpoint if it has one.
-pub struct Target<'a> {
-    pub cluster: &'a Arc<Cluster>,
-    /// Into the route's backends.
-    pub index: usize,
-    pub metrics: &'a LazyTarget,
-    pub endpoint: Option<Picked>,
-}
-
-impl Route {
-    /// Backend `i`'s own header changes.
-    pub fn backend_headers(&self, i: usize) -> Option<&RouteHeaders> {
-        self.backend_headers.get(i).and_then(|h| h.as_deref())
-    }
-}
-
-/// The part of a request a route hashes.
-#[derive(Debug, Clone)]
-pub enum HashOn {
-    Header(HeaderName),
-    Cookie(Box<str>),
-    SourceIp,
-}
-
-impl HashOn {
-    /// The request's key, when it carries one. No allocation.
-    pub fn key(&self, headers: &http::HeaderMap, client: Option<SocketAddr>) -> Option<u64> {
-        match self {
-            HashOn::Header(name) => headers
-                .get(name)
-                .map(|v| crate::balance::hash64(v.as_bytes())),
-            HashOn::Cookie(name) => headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|c| {
-                    let (k, v) = c.trim().split_once('=')?;
-                    (k == &**name).then(|| crate::balance::hash64(v.as_bytes()))
-                }),
-            HashOn::SourceIp => client.map(|c| match canonical(c).ip() {
-                std::net::IpAddr::V4(ip) => crate::balance::hash64(&ip.octets()),
-                std::net::IpAddr::V6(ip) => crate::balance::hash64(&ip.octets()),
-            }),
-        }
     }
 }
 
@@ -344,7 +162,7 @@ impl Table {
             json!({
                 "name": &*r.name,
                 "match": format!("{:?}", r.matches),
-                "timeout": r.timeout.map(|t| format!("{t:?}")),
+                "timeout": r.policy.timeout.map(|t| format!("{t:?}")),
                 "policy": r.policy.describe(),
                 "backends": r.backends.weighted().map(|(w, c)| json!({
                     "cluster": &*c.name,
@@ -362,7 +180,7 @@ impl Table {
                 json!({
                     "name": &*s.name,
                     "protocol": format!("{:?}", s.protocol).to_ascii_lowercase(),
-                    "domains": &s.domains,
+                    "domains": s.domains.iter().map(|d| &**d).collect::<Vec<_>>(),
                     "routes": s.routes.iter().chain([&s.default_route]).map(route).collect::<Vec<_>>(),
                 })
             })

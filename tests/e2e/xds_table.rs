@@ -111,7 +111,10 @@ fn the_control_planes_resources_compile_into_the_same_routing() {
     );
 
     let testers = &svc.routes[0];
-    assert_eq!(testers.timeout, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(
+        testers.policy.timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
     let v2 = testers.backends.pick().unwrap();
     assert_eq!(&*v2.name, "web.demo.svc.cluster.local:8080/v2");
     // The unhealthy v2 endpoint gets no traffic; the healthy one all of it.

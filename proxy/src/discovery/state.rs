@@ -102,6 +102,9 @@ trait Resource: Message + Name + Default + Sized {
     fn name(&self) -> &str;
     fn convert(&self) -> Result<Self::Spec, xds::Refused>;
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec>;
+    /// Replaces the names of other resources `spec` holds with `known`'s allocation of
+    /// them, where there is one.
+    fn share_names(_spec: &mut Self::Spec, _known: &dyn Fn(&Arc<str>) -> Arc<str>) {}
 }
 
 impl Resource for Cluster {
@@ -144,6 +147,9 @@ impl Resource for Listener {
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
         &mut res.listeners
     }
+    fn share_names(spec: &mut Self::Spec, known: &dyn Fn(&Arc<str>) -> Arc<str>) {
+        spec.rds = known(&spec.rds);
+    }
 }
 
 impl Resource for RouteConfiguration {
@@ -157,6 +163,16 @@ impl Resource for RouteConfiguration {
     }
     fn held(res: &mut xds::Resources) -> &mut BTreeMap<Arc<str>, Self::Spec> {
         &mut res.routes
+    }
+    fn share_names(spec: &mut Self::Spec, known: &dyn Fn(&Arc<str>) -> Arc<str>) {
+        for r in spec.routes.iter_mut() {
+            for (_, c) in r.backends.iter_mut() {
+                *c = known(c);
+            }
+            if let Some((c, _)) = &mut r.mirror {
+                *c = known(c);
+            }
+        }
     }
 }
 
@@ -220,7 +236,7 @@ impl State {
 
     fn apply_as<R: Resource>(&mut self, u: Update) -> Outcome {
         let label = R::NAME;
-        let meta = &mut self.meta[R::KIND];
+        let metas = &mut self.meta;
         let held = R::held(&mut self.res);
         let mut out = Outcome::default();
         let mut seen = HashSet::new();
@@ -231,7 +247,7 @@ impl State {
             let sum = any.as_ref().map(|a| bytes_digest(&a.value));
             // The same bytes again under the same name: nothing to convert.
             if let (Some(n), Some(d)) = (&name, sum)
-                && let Some(m) = meta.get_mut(n.as_str())
+                && let Some(m) = metas[R::KIND].get_mut(n.as_str())
                 && m.digest == d
                 && any.as_ref().is_some_and(|a| a.type_url == u.type_url)
             {
@@ -256,7 +272,7 @@ impl State {
                     .map(|spec| (r.name().to_string(), spec))
                     .map_err(|e| e.to_string())
             });
-            let (name, spec) = match converted {
+            let (name, mut spec) = match converted {
                 Ok(c) => c,
                 Err(e) => {
                     match &shown {
@@ -275,15 +291,28 @@ impl State {
             out.applied += 1;
             let digest = sum.expect("a resource that converted has a body");
             let version = version.into();
-            if let Some(m) = meta.get_mut(name.as_str())
+            if let Some(m) = metas[R::KIND].get_mut(name.as_str())
                 && m.digest == digest
             {
                 m.version = version;
             } else {
-                // A name is allocated once, the first time it arrives.
-                let key = (meta.get_key_value(name.as_str()))
-                    .map_or_else(|| Arc::from(name.as_str()), |(k, _)| k.clone());
-                meta.insert(key.clone(), Meta { version, digest });
+                // A name is allocated once: resources of every type (and the names inside
+                // them) share the allocation of the first that arrived under it.
+                let known = |n: &str| {
+                    metas
+                        .iter()
+                        .find_map(|m| m.get_key_value(n))
+                        .map(|(k, _)| k.clone())
+                };
+                let key = known(&name).unwrap_or_else(|| Arc::from(name.as_str()));
+                R::share_names(&mut spec, &|n| {
+                    if *n == key {
+                        key.clone()
+                    } else {
+                        known(n).unwrap_or_else(|| n.clone())
+                    }
+                });
+                metas[R::KIND].insert(key.clone(), Meta { version, digest });
                 held.insert(key.clone(), spec);
                 out.names.push(key);
             }
@@ -297,10 +326,10 @@ impl State {
                 }
                 keep
             });
-            meta.retain(|n, _| seen.contains(&**n));
+            metas[R::KIND].retain(|n, _| seen.contains(&**n));
         }
         for n in u.removed {
-            meta.remove(n.as_str());
+            metas[R::KIND].remove(n.as_str());
             if let Some((n, _)) = held.remove_entry(n.as_str()) {
                 out.names.push(n);
             }

@@ -200,8 +200,7 @@ impl HttpProxy {
                     };
                     return Err((e, svc.metrics.clone(), Some((route.name.clone(), None))));
                 }
-                let hash = route
-                    .hash
+                let hash = (route.policy.hash)
                     .as_ref()
                     .and_then(|h| h.key(headers, conn.client));
                 // Counted under the route and the backend the split chose.
@@ -224,7 +223,7 @@ impl HttpProxy {
                     addr: ep.addr,
                     identity: ep.identity,
                     protocol: svc.protocol,
-                    timeout: route.timeout,
+                    timeout: route.policy.timeout,
                     metrics: (*to.metrics).clone(),
                     state: Some(ep.state),
                     routed: Some(Routed {

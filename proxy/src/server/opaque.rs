@@ -31,8 +31,7 @@ impl Listener {
         let mut why = Flags::NR;
         let mut pick = |s: &Arc<crate::table::Service>| {
             let route = &s.default_route;
-            let hash = route
-                .hash
+            let hash = (route.policy.hash)
                 .as_ref()
                 .and_then(|h| h.key(&http::HeaderMap::new(), Some(peer)));
             if let Some(l) = &mut log {

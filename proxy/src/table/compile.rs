@@ -121,7 +121,7 @@ pub(crate) struct ServiceDraft {
     pub(crate) routes: Box<[Route]>,
     pub(crate) default_route: Route,
     pub(crate) strict: bool,
-    pub(crate) domains: Vec<Box<str>>,
+    pub(crate) domains: Vec<Arc<str>>,
     pub(crate) authz: Option<Arc<Authz>>,
     pub(crate) budget: Arc<Budget>,
     pub(crate) rate_limit: Option<Arc<TokenBucket>>,
@@ -277,6 +277,8 @@ fn compile_service(
             None => None,
         };
         let policy = RoutePolicy {
+            timeout: r.timeout,
+            hash: hash.clone(),
             retry: compile_retry(r.retry.as_ref().or(spec.retry.as_ref()), &rat)?,
             fault: r
                 .fault
@@ -306,16 +308,15 @@ fn compile_service(
         };
         routes.push(Route {
             name: route_name,
-            matches: compile_match(&r.matches, &format!("{rat}.match"))?,
+            matches: Arc::new(compile_match(&r.matches, &format!("{rat}.match"))?),
             backends,
-            timeout: r.timeout,
-            hash: hash.clone(),
-            policy,
+            policy: policy.shared(),
             metrics: Box::default(),
             backend_headers: Box::default(),
         });
     }
     let default_policy = RoutePolicy {
+        hash,
         retry: compile_retry(spec.retry.as_ref(), at)?,
         fault: spec
             .fault
@@ -350,12 +351,10 @@ fn compile_service(
         protocol: spec.protocol,
         routes: routes.into(),
         default_route: Route {
-            name: "default".into(),
-            matches: RouteMatch::default(),
+            name: Route::default_name(),
+            matches: RouteMatch::any(),
             backends: WeightedSplit::new([(1, all)]),
-            timeout: None,
-            hash,
-            policy: default_policy,
+            policy: default_policy.shared(),
             metrics: Box::default(),
             backend_headers: Box::default(),
         },

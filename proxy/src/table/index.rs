@@ -84,7 +84,7 @@ impl Entry {
         self.endpoints.get(i)
     }
 
-    fn domains(&self) -> &[Box<str>] {
+    fn domains(&self) -> &[Arc<str>] {
         self.service.as_ref().map_or(&[], |s| &s.domains)
     }
 
@@ -136,9 +136,10 @@ fn domain(d: &str) -> Domain {
 pub(crate) struct Index {
     entries: ShardMap<Arc<str>, Arc<Entry>>,
     /// `host:port`: the first claiming service by name.
-    authorities: ShardMap<Box<str>, Claim>,
+    /// Its keys are the services' own domains (one allocation each).
+    authorities: ShardMap<Arc<str>, Claim>,
     /// Bare host names: the service when exactly one claims it.
-    hosts: ShardMap<Box<str>, Claim>,
+    hosts: ShardMap<Arc<str>, Claim>,
     /// `vip:port`: the last claiming service by name.
     vips: ShardMap<SocketAddr, Claim>,
     addrs: ShardMap<SocketAddr, AddrEntry>,
@@ -201,10 +202,10 @@ impl Index {
         let (old, new) = (old.as_deref(), new.as_deref());
         let has = |e: Option<&Entry>| usize::from(e.is_some_and(|e| e.service.is_some()));
         self.services = self.services + has(new) - has(old);
-        let mut domains: Vec<(&str, bool)> = Vec::new();
+        let mut domains: Vec<(&Arc<str>, bool)> = Vec::new();
         for (e, present) in [(old, false), (new, true)] {
             for d in e.map_or(&[][..], Entry::domains) {
-                domains.retain(|(x, _)| *x != &**d);
+                domains.retain(|(x, _)| **x != *d);
                 domains.push((d, present));
             }
         }
@@ -231,7 +232,7 @@ impl Index {
     }
 
     /// Adds or removes `name`'s claim on domain `d` and settles who it reaches.
-    fn claim(&mut self, d: &str, name: &Arc<str>, present: bool) {
+    fn claim(&mut self, d: &Arc<str>, name: &Arc<str>, present: bool) {
         let kind = domain(d);
         let mut c = match &kind {
             Domain::Authority => self.authorities.get(d),
@@ -267,8 +268,8 @@ impl Index {
         }
         let keep = (!c.names.is_empty()).then_some(c);
         match kind {
-            Domain::Authority => self.authorities.update(d.into(), |_| keep),
-            Domain::Host => self.hosts.update(d.into(), |_| keep),
+            Domain::Authority => self.authorities.update(d.clone(), |_| keep),
+            Domain::Host => self.hosts.update(d.clone(), |_| keep),
             Domain::Vip(v) => self.vips.update(v, |_| keep),
         }
     }

@@ -29,7 +29,7 @@ pub(crate) struct Names<'a> {
     fresh: std::cell::RefCell<HashMap<SocketAddr, Arc<EndpointState>>>,
     /// Clusters made during this compile, one per name, shared by every route naming it
     /// (xDS).
-    built: std::cell::RefCell<HashMap<Box<str>, Arc<Cluster>>>,
+    built: std::cell::RefCell<HashMap<Arc<str>, Arc<Cluster>>>,
     /// Clusters built from the resources as they are now, which may be used again.
     reuse: Option<&'a HashMap<Arc<str>, Arc<Cluster>>>,
 }
@@ -64,13 +64,11 @@ impl<'a> Names<'a> {
 
     /// Records a cluster this compile made, for the other routes naming it.
     pub(crate) fn built(&self, c: &Arc<Cluster>) {
-        self.built
-            .borrow_mut()
-            .insert(c.name.as_ref().into(), c.clone());
+        self.built.borrow_mut().insert(c.name.clone(), c.clone());
     }
 
     /// The clusters this compile made.
-    pub(crate) fn take_built(&self) -> HashMap<Box<str>, Arc<Cluster>> {
+    pub(crate) fn take_built(&self) -> HashMap<Arc<str>, Arc<Cluster>> {
         std::mem::take(&mut *self.built.borrow_mut())
     }
 

@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use http::Method;
 
@@ -73,7 +73,10 @@ fn compiles_services_routes_and_subsets() {
     assert_eq!(svc.routes.len(), 2);
     assert_eq!(&*svc.routes[0].name, "canary-header");
     assert_eq!(&*svc.routes[1].name, "route-1");
-    assert_eq!(svc.routes[1].timeout, Some(Duration::from_millis(250)));
+    assert_eq!(
+        svc.routes[1].policy.timeout,
+        Some(Duration::from_millis(250))
+    );
     let v2 = svc.routes[0].backends.pick().unwrap();
     assert_eq!(&*v2.name, "echo.default:8080/v2");
     assert_eq!(v2.endpoints().len(), 1);
@@ -244,7 +247,7 @@ fn a_bad_duration_names_its_field_and_line() {
     let t =
         load("services:\n  - name: a\n    port: 80\n    routes:\n      - timeout: 3\n").unwrap();
     assert_eq!(
-        t.services()[0].routes[0].timeout,
+        t.services()[0].routes[0].policy.timeout,
         Some(Duration::from_secs(3)),
         "a bare number is seconds"
     );

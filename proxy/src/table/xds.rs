@@ -165,7 +165,7 @@ fn cluster_endpoints<'r>(name: &str, res: &'r Resources) -> Option<&'r [Endpoint
 /// this compile, or the one built from the resources as they are now (see
 /// `Names::reusing`), else made now.
 fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, String> {
-    let Some(c) = res.clusters.get(name) else {
+    let Some((key, c)) = res.clusters.get_key_value(name) else {
         return Err(format!("cluster `{name}` has not been received"));
     };
     let Some(specs) = cluster_endpoints(name, res) else {
@@ -177,7 +177,8 @@ fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, S
         return Ok(c);
     }
     let eps = endpoints(specs, names);
-    let mut cluster = Cluster::new(name.into(), WeightedSplit::new(eps), c.lb);
+    // Named by the resource's own name: one allocation.
+    let mut cluster = Cluster::new(key.clone(), WeightedSplit::new(eps), c.lb);
     cluster.dns = names.take_used();
     cluster.outlier = c.outlier.clone();
     cluster.panic_threshold = c.panic_threshold;
@@ -231,26 +232,23 @@ fn route(spec: &RouteSpec, service: &str, res: &Resources, names: &Names) -> Res
         }),
         None => None,
     };
+    let rate_limit = (spec.rate_limit.as_ref())
+        .map(|b| names.bucket(service, Some(name), TokenBucket::new(b.rate, b.burst)));
+    // The conversion's policy, shared, unless the compile resolved a part of it.
+    let policy = if rate_limit.is_none() && mirror.is_none() {
+        spec.policy.clone()
+    } else {
+        Arc::new(RoutePolicy {
+            rate_limit,
+            mirror,
+            ..RoutePolicy::clone(&spec.policy)
+        })
+    };
     Ok(Route {
         name: name.clone(),
         matches: spec.matches.clone(),
         backends: WeightedSplit::new(backends),
-        timeout: spec.timeout,
-        hash: spec.hash.clone(),
-        policy: RoutePolicy {
-            retry: spec.retry.clone(),
-            fault: spec.fault.clone(),
-            rate_limit: spec
-                .rate_limit
-                .as_ref()
-                .map(|b| names.bucket(service, Some(name), TokenBucket::new(b.rate, b.burst))),
-            mirror,
-            grpc_timeout_max: spec.grpc_timeout_max,
-            idle_timeout: spec.idle_timeout,
-            headers: spec.headers.clone(),
-            rewrite: spec.rewrite.clone(),
-            redirect: spec.redirect.clone(),
-        },
+        policy,
         metrics: Box::default(),
         backend_headers: if backend_headers.iter().any(Option::is_some) {
             backend_headers.into()
@@ -307,12 +305,10 @@ fn service(
         protocol: l.protocol,
         routes: routes.into(),
         default_route: Route {
-            name: "default".into(),
-            matches: RouteMatch::default(),
+            name: Route::default_name(),
+            matches: RouteMatch::any(),
             backends: default_backends,
-            timeout: None,
-            hash: None,
-            policy: RoutePolicy::default(),
+            policy: RoutePolicy::none(),
             metrics: Box::default(),
             backend_headers: Box::default(),
         },

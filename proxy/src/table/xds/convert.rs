@@ -40,7 +40,7 @@ use super::{
 use crate::{
     authz::Authz,
     route::{HeaderMatch, QueryMatch, RouteMatch, StringMatch},
-    table::HashOn,
+    table::{HashOn, RoutePolicy},
 };
 
 /// Converts a Listener.
@@ -55,9 +55,9 @@ pub fn listener(l: &Listener) -> Result<ListenerSpec, Refused> {
         None => None,
     };
     Ok(ListenerSpec {
-        rds: rds_name(l)?,
+        rds: rds_name(l)?.into(),
         protocol: meta.protocol,
-        vip: meta.vip.map(Box::from),
+        vip: meta.vip.map(Arc::from),
         authz,
     })
 }
@@ -76,19 +76,16 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
         let matches = route_match(r).map_err(at)?;
         if let Some(Action::Redirect(rd)) = &r.action {
             // Answered here: no backend, none of the sending's policies.
-            routes.push(RouteSpec {
+            let policy = RoutePolicy {
                 redirect: Some(super::edits::redirect(rd, &matches).map_err(at)?),
                 headers: super::edits::route_headers(r).map_err(at)?,
-                matches,
+                ..RoutePolicy::default()
+            };
+            routes.push(RouteSpec {
+                matches: Arc::new(matches),
                 backends: Box::new([]),
-                timeout: None,
-                hash: None,
-                retry: None,
-                fault: None,
-                grpc_timeout_max: None,
-                idle_timeout: None,
+                policy: policy.shared(),
                 missing_status: None,
-                rewrite: None,
                 backend_headers: Box::default(),
                 rate_limit: None,
                 mirror: None,
@@ -116,17 +113,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
                 .map_or(100.0, policy::percent);
             (Arc::from(m.cluster.as_str()), percent)
         });
-        routes.push(RouteSpec {
-            matches,
-            backend_headers: if backends.iter().any(|b| b.2.is_some()) {
-                backends.iter().map(|b| b.2.clone()).collect()
-            } else {
-                Box::default()
-            },
-            backends: backends
-                .into_iter()
-                .map(|(w, c, _)| (w, Arc::from(c)))
-                .collect(),
+        let policy = RoutePolicy {
             timeout: action
                 .timeout
                 .as_ref()
@@ -137,16 +124,30 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
             fault,
             grpc_timeout_max,
             idle_timeout,
-            missing_status: missing_status(action),
             headers,
             rewrite,
-            redirect: None,
-            rate_limit,
+            ..RoutePolicy::default()
+        };
+        routes.push(RouteSpec {
+            matches: Arc::new(matches),
+            policy: policy.shared(),
+            backend_headers: if backends.iter().any(|b| b.2.is_some()) {
+                backends.iter().map(|b| b.2.clone()).collect()
+            } else {
+                Box::default()
+            },
+            backends: backends
+                .into_iter()
+                .map(|(w, c, _)| (w, Arc::from(c)))
+                .collect(),
+            missing_status: missing_status(action),
+            rate_limit: rate_limit.map(Box::new),
             mirror,
             name,
         });
     }
-    let rate_limit = policy::rate_limit(vh.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))?;
+    let rate_limit = policy::rate_limit(vh.typed_per_filter_config.get(policy::RATE_LIMIT_FILTER))?
+        .map(Box::new);
     Ok(RouteConfigSpec {
         domains: vh
             .domains

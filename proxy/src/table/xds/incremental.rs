@@ -57,10 +57,10 @@ struct Deps {
 #[derive(Debug, Default)]
 pub struct Incremental {
     deps: HashMap<Arc<str>, Deps>,
-    by_route: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
-    by_cluster: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    by_route: HashMap<Arc<str>, Users>,
+    by_cluster: HashMap<Arc<str>, Users>,
     /// Host name -> the Listeners whose endpoints it names.
-    by_host: HashMap<Box<str>, BTreeSet<Arc<str>>>,
+    by_host: HashMap<Box<str>, Users>,
     /// The clusters built from the resources as they are now, by name: what a compile uses
     /// again, and what an EDS change updates in place. A cluster whose resource changes, or
     /// whose host names resolve anew, leaves it until it is built again.
@@ -116,13 +116,30 @@ impl Incremental {
         } else {
             dirty.extend(changed.listeners.iter().cloned());
             for r in &changed.routes {
-                dirty.extend(self.by_route.get(r).into_iter().flatten().cloned());
+                dirty.extend(
+                    self.by_route
+                        .get(r)
+                        .into_iter()
+                        .flat_map(Users::iter)
+                        .cloned(),
+                );
             }
             for c in &changed.clusters {
-                dirty.extend(self.by_cluster.get(c).into_iter().flatten().cloned());
+                dirty.extend(
+                    self.by_cluster
+                        .get(c)
+                        .into_iter()
+                        .flat_map(Users::iter)
+                        .cloned(),
+                );
             }
             for c in changed.endpoints.difference(&changed.clusters) {
-                let users = self.by_cluster.get(c).into_iter().flatten().cloned();
+                let users = self
+                    .by_cluster
+                    .get(c)
+                    .into_iter()
+                    .flat_map(Users::iter)
+                    .cloned();
                 let swapped = current
                     .get(&**c)
                     .is_some_and(|cluster| swap_endpoints(cluster, res, &names));
@@ -136,7 +153,13 @@ impl Incremental {
                 }
             }
             for h in &changed.hosts {
-                dirty.extend(self.by_host.get(h).into_iter().flatten().cloned());
+                dirty.extend(
+                    self.by_host
+                        .get(h)
+                        .into_iter()
+                        .flat_map(Users::iter)
+                        .cloned(),
+                );
             }
         }
         let mut table = Table {
@@ -178,7 +201,7 @@ impl Incremental {
         }
         let built = names.take_built();
         drop(names);
-        current.extend(built.into_iter().map(|(k, v)| (Arc::from(k), v)));
+        current.extend(built);
         self.current = current;
         Compiled {
             table,
@@ -196,7 +219,7 @@ impl Incremental {
         let Some(d) = self.deps.remove(name) else {
             return;
         };
-        let drop_from = |m: &mut HashMap<Arc<str>, BTreeSet<Arc<str>>>, k: &Arc<str>| {
+        let drop_from = |m: &mut HashMap<Arc<str>, Users>, k: &Arc<str>| {
             if let Some(s) = m.get_mut(k) {
                 s.remove(name);
                 if s.is_empty() {
@@ -239,6 +262,71 @@ impl Incremental {
     }
 }
 
+/// The Listeners that depend on one resource. Most resources have one, so up to [`Users::FEW`]
+/// are a sorted vector (a 16-byte allocation for one, where a B-tree's node takes about 200);
+/// more, a B-tree, so that changing a resource every Listener uses stays O(n log n).
+#[derive(Debug)]
+enum Users {
+    Few(Vec<Arc<str>>),
+    Many(BTreeSet<Arc<str>>),
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users::Few(Vec::new())
+    }
+}
+
+impl Users {
+    const FEW: usize = 16;
+
+    fn insert(&mut self, name: Arc<str>) {
+        match self {
+            Users::Few(v) => match v.binary_search(&name) {
+                Ok(_) => {}
+                Err(i) if v.len() < Self::FEW => v.insert(i, name),
+                Err(_) => {
+                    let mut all: BTreeSet<Arc<str>> = std::mem::take(v).into_iter().collect();
+                    all.insert(name);
+                    *self = Users::Many(all);
+                }
+            },
+            Users::Many(s) => {
+                s.insert(name);
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        match self {
+            Users::Few(v) => {
+                if let Ok(i) = v.binary_search_by(|x| (**x).cmp(name)) {
+                    v.remove(i);
+                }
+            }
+            Users::Many(s) => {
+                s.remove(name);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Users::Few(v) => v.is_empty(),
+            Users::Many(s) => s.is_empty(),
+        }
+    }
+
+    /// In order.
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (few, many) = match self {
+            Users::Few(v) => (Some(v.iter()), None),
+            Users::Many(s) => (None, Some(s.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
+
 /// Every cluster a Listener's service uses or waits for: the one named as the Listener (all
 /// its endpoints), and those its RouteConfiguration's routes and mirrors name.
 fn clusters_of(name: &Arc<str>, l: &ListenerSpec, res: &Resources) -> Vec<Arc<str>> {
@@ -262,4 +350,35 @@ fn clusters_of(name: &Arc<str>, l: &ListenerSpec, res: &Resources) -> Vec<Arc<st
 fn shared<V>(held: &std::collections::BTreeMap<Arc<str>, V>, name: &str) -> Arc<str> {
     held.get_key_value(name)
         .map_or_else(|| Arc::from(name), |(k, _)| k.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_stay_a_sorted_set_past_a_few() {
+        let mut u = Users::default();
+        let names: Vec<Arc<str>> = (0..40).rev().map(|i| format!("l-{i:02}").into()).collect();
+        for n in names.iter().chain(&names) {
+            u.insert(n.clone());
+        }
+        assert!(matches!(u, Users::Many(_)));
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert!(u.iter().eq(sorted.iter()));
+        for n in &names[..39] {
+            u.remove(n);
+        }
+        assert!(u.iter().eq([&names[39]]));
+        u.remove(&names[39]);
+        assert!(u.is_empty());
+        let mut few = Users::default();
+        for n in &names[..3] {
+            few.insert(n.clone());
+        }
+        few.remove("l-38");
+        assert!(matches!(&few, Users::Few(v) if v.len() == 2));
+        assert!(few.iter().map(|n| &**n).eq(["l-37", "l-39"]));
+    }
 }

@@ -1,7 +1,7 @@
 //! What the proxy keeps of each xDS resource: weft's own types, converted once when the
 //! resource arrives (see [`super::convert`]).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use weft_core::{
     address::EndpointAddress,
@@ -11,20 +11,19 @@ use weft_core::{
 use crate::{
     authz::Authz,
     balance::Outlier,
-    resilience::{Fault, TokenBucket},
-    retry::Retry,
+    resilience::TokenBucket,
     route::RouteMatch,
-    table::{HashOn, Protocol},
+    table::{Protocol, RoutePolicy},
 };
 
 /// A Listener: the service it stands for.
 #[derive(Debug)]
 pub struct ListenerSpec {
     /// The RouteConfiguration its routes come from (RDS).
-    pub rds: String,
+    pub rds: Arc<str>,
     pub protocol: Protocol,
     /// `vip:port`, when the service has a VIP.
-    pub vip: Option<Box<str>>,
+    pub vip: Option<Arc<str>>,
     /// Who may call the service (`None`: everyone).
     pub authz: Option<Arc<Authz>>,
 }
@@ -33,35 +32,29 @@ pub struct ListenerSpec {
 #[derive(Debug)]
 pub struct RouteConfigSpec {
     /// Lower case.
-    pub domains: Box<[Box<str>]>,
+    pub domains: Box<[Arc<str>]>,
     pub routes: Box<[RouteSpec]>,
     /// The service's own rate limit (settings; the bucket in force is kept when they stay).
-    pub rate_limit: Option<TokenBucket>,
+    pub rate_limit: Option<Box<TokenBucket>>,
 }
 
-/// One route of a RouteConfiguration, with the clusters it names (not yet resolved).
+/// One route of a RouteConfiguration, with the clusters it names (not yet resolved). Its match
+/// and policy are shared with the routes compiled from it.
 #[derive(Debug)]
 pub struct RouteSpec {
     pub name: Arc<str>,
-    pub matches: RouteMatch,
+    pub matches: Arc<RouteMatch>,
     /// Cluster names with their weights.
     pub backends: Box<[(u32, Arc<str>)]>,
-    pub timeout: Option<Duration>,
-    pub hash: Option<HashOn>,
-    pub retry: Option<Retry>,
-    pub fault: Option<Fault>,
-    pub grpc_timeout_max: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub rate_limit: Option<TokenBucket>,
+    /// Everything but the rate limit and the mirror (which the compile resolves: a bucket,
+    /// a cluster); [`RoutePolicy::none`] when the route sets nothing.
+    pub policy: Arc<RoutePolicy>,
+    pub rate_limit: Option<Box<TokenBucket>>,
     /// The cluster copies go to, and the percent of requests copied.
     pub mirror: Option<(Arc<str>, f64)>,
     /// What a backend whose cluster does not exist answers (`cluster_not_found_response_code`,
     /// when the route sets it: 404 or 500); `None`: such a route is refused, as before.
     pub missing_status: Option<u16>,
-    /// Headers the route changes.
-    pub headers: Option<Arc<crate::table::RouteHeaders>>,
-    pub rewrite: Option<Arc<crate::route::Rewrite>>,
-    pub redirect: Option<Arc<crate::route::Redirect>>,
     /// Each backend's own header changes, in `backends`' order (empty: none has any).
     pub backend_headers: Box<[Option<Arc<crate::table::RouteHeaders>>]>,
 }
