@@ -27,7 +27,7 @@ pub struct Cluster {
     pub name: Arc<str>,
     endpoints: ArcSwap<EndpointSet>,
     policy: LbPolicy,
-    pub outlier: Option<Outlier>,
+    pub outlier: Option<Box<Outlier>>,
     /// Percent of endpoints that must be in service for ejections to count.
     pub panic_threshold: f64,
     pub breaker: Breaker,

@@ -189,7 +189,10 @@ pub fn pushback(headers: &HeaderMap) -> Option<Option<Duration>> {
 pub struct Budget {
     pub ratio: f64,
     pub min_per_second: u32,
-    ledger: Mutex<Ledger>,
+    /// Made on first use: a sidecar holds a budget for every service of the mesh, and calls
+    /// few of them. A ledger made later is the one made earlier would be by then (no
+    /// requests in its window, its reserve full).
+    ledger: std::sync::OnceLock<Box<Mutex<Ledger>>>,
 }
 
 #[derive(Debug)]
@@ -206,18 +209,25 @@ struct Ledger {
 
 impl Budget {
     pub fn new(ratio: f64, min_per_second: u32) -> Self {
-        let now = Instant::now();
         Budget {
             ratio,
             min_per_second,
-            ledger: Mutex::new(Ledger {
+            ledger: Default::default(),
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        let ledger = self.ledger.get_or_init(|| {
+            let now = Instant::now();
+            Box::new(Mutex::new(Ledger {
                 slots: Default::default(),
                 second: 0,
                 origin: now,
-                reserve: f64::from(min_per_second),
+                reserve: f64::from(self.min_per_second),
                 refilled: now,
-            }),
-        }
+            }))
+        });
+        ledger.lock().expect("budget lock")
     }
 
     pub fn from_policy(p: Option<&policy::RetryBudget>) -> Self {
@@ -248,7 +258,7 @@ impl Budget {
 
     /// A request (not a retry) that could be retried: it pays `ratio` into the budget.
     pub fn deposit(&self) {
-        let mut l = self.ledger.lock().expect("budget lock");
+        let mut l = self.ledger();
         self.advance(&mut l, Instant::now());
         let i = (l.second % BUDGET_WINDOW_SECS) as usize;
         l.slots[i].0 = l.slots[i].0.saturating_add(1);
@@ -256,7 +266,7 @@ impl Budget {
 
     /// Takes one retry from the budget, if it has one.
     pub fn withdraw(&self) -> bool {
-        let mut l = self.ledger.lock().expect("budget lock");
+        let mut l = self.ledger();
         self.advance(&mut l, Instant::now());
         let (requests, retries) = l.slots.iter().fold((0u64, 0u64), |(a, b), (r, t)| {
             (a + u64::from(*r), b + u64::from(*t))

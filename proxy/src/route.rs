@@ -76,6 +76,24 @@ impl RouteMatch {
         ANY.clone()
     }
 
+    /// `self` behind an `Arc`. The match nearly every route of a mesh has, path prefix `/`
+    /// and nothing else, is one allocation shared by all of them.
+    pub fn shared(self) -> std::sync::Arc<RouteMatch> {
+        static ROOT: std::sync::LazyLock<std::sync::Arc<RouteMatch>> =
+            std::sync::LazyLock::new(|| {
+                std::sync::Arc::new(RouteMatch {
+                    path: Some(StringMatch::Prefix("/".into())),
+                    ..RouteMatch::default()
+                })
+            });
+        let root = matches!(&self.path, Some(StringMatch::Prefix(p)) if &**p == "/");
+        if root && self.method.is_none() && self.headers.is_empty() && self.query.is_empty() {
+            ROOT.clone()
+        } else {
+            std::sync::Arc::new(self)
+        }
+    }
+
     pub fn matches(
         &self,
         method: &Method,

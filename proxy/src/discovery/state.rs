@@ -165,6 +165,10 @@ impl Resource for RouteConfiguration {
         &mut res.routes
     }
     fn share_names(spec: &mut Self::Spec, known: &dyn Fn(&Arc<str>) -> Arc<str>) {
+        // A service's `host:port` is also its resources' name.
+        for d in spec.domains.iter_mut() {
+            *d = known(d);
+        }
         for r in spec.routes.iter_mut() {
             for (_, c) in r.backends.iter_mut() {
                 *c = known(c);

@@ -194,7 +194,7 @@ fn compile_service(
     let cluster = |name: Arc<str>, members: WeightedSplit<Endpoint>| {
         let mut c = Cluster::new(name.clone(), members, lb.policy);
         c.dns = names.take_used();
-        c.outlier = outlier.clone();
+        c.outlier = outlier.clone().map(Box::new);
         c.panic_threshold = panic_threshold;
         c.breaker = names.breaker(&name, spec.circuit_breaker.as_ref());
         Arc::new(c)
@@ -308,7 +308,7 @@ fn compile_service(
         };
         routes.push(Route {
             name: route_name,
-            matches: Arc::new(compile_match(&r.matches, &format!("{rat}.match"))?),
+            matches: compile_match(&r.matches, &format!("{rat}.match"))?.shared(),
             backends,
             policy: policy.shared(),
             metrics: Box::default(),

@@ -11,6 +11,9 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 use super::{Cluster, Guard, Service, canonical, shards::ShardMap};
 use crate::balance::EndpointState;
 
+/// Service names, sorted; the first kept inline.
+pub(crate) type Names = smallvec::SmallVec<[Arc<str>; 1]>;
+
 /// An endpoint of an entry: its canonical address, identity and balancer state.
 type Member = (SocketAddr, Option<Arc<str>>, Arc<EndpointState>);
 
@@ -96,8 +99,8 @@ impl Entry {
 /// The services that declare one authority, bare host or VIP, and the one it reaches.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Claim {
-    /// Sorted.
-    names: Vec<Arc<str>>,
+    /// Sorted; one, nearly always (inline).
+    names: Names,
     pub service: Option<Arc<Service>>,
     /// Bare hosts: the VIP every claiming service that has one agrees on.
     pub vip: Option<std::net::IpAddr>,
@@ -106,8 +109,8 @@ pub(crate) struct Claim {
 /// Who has an endpoint at one address, and what guards it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AddrEntry {
-    /// Services routing to the address (sorted).
-    pub services: Vec<Arc<str>>,
+    /// Services routing to the address (sorted; one, nearly always).
+    pub services: Names,
     /// Guards covering the address, by service name.
     pub guards: Vec<Arc<Guard>>,
     pub identity: Option<Arc<str>>,

@@ -396,7 +396,7 @@ fn a_retrys_other_endpoint_follows_weights_and_the_panic_threshold() {
     for i in 1..3 {
         panicking.endpoints().get(i).unwrap().state.eject(&cfg, now);
     }
-    panicking.outlier = Some(cfg);
+    panicking.outlier = Some(Box::new(cfg));
     for _ in 0..200 {
         let e = panicking.pick_other(None, avoid, &metrics).unwrap();
         assert_ne!(

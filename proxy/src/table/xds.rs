@@ -182,7 +182,7 @@ fn cluster(name: &str, res: &Resources, names: &Names) -> Result<Arc<Cluster>, S
     cluster.dns = names.take_used();
     cluster.outlier = c.outlier.clone();
     cluster.panic_threshold = c.panic_threshold;
-    cluster.breaker = names.breaker(name, c.breaker.as_ref());
+    cluster.breaker = names.breaker(name, c.breaker.as_deref());
     let cluster = Arc::new(cluster);
     names.built(&cluster);
     Ok(cluster)

@@ -82,7 +82,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
                 ..RoutePolicy::default()
             };
             routes.push(RouteSpec {
-                matches: Arc::new(matches),
+                matches: matches.shared(),
                 backends: Box::new([]),
                 policy: policy.shared(),
                 missing_status: None,
@@ -129,7 +129,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<RouteConfigSpec, Refused>
             ..RoutePolicy::default()
         };
         routes.push(RouteSpec {
-            matches: Arc::new(matches),
+            matches: matches.shared(),
             policy: policy.shared(),
             backend_headers: if backends.iter().any(|b| b.2.is_some()) {
                 backends.iter().map(|b| b.2.clone()).collect()
@@ -173,9 +173,9 @@ pub fn cluster(c: &XdsCluster) -> Result<ClusterSpec, Refused> {
     let budget = policy::budget(Some(c), &meta);
     Ok(ClusterSpec {
         lb,
-        outlier: policy::outlier(c, &meta),
+        outlier: policy::outlier(c, &meta).map(Box::new),
         panic_threshold: policy::panic_threshold(c),
-        breaker: policy::circuit_breaker(c),
+        breaker: policy::circuit_breaker(c).map(Box::new),
         budget: (budget.ratio, budget.min_per_second),
         inline,
     })

@@ -263,17 +263,17 @@ impl Incremental {
 }
 
 /// The Listeners that depend on one resource. Most resources have one, so up to [`Users::FEW`]
-/// are a sorted vector (a 16-byte allocation for one, where a B-tree's node takes about 200);
-/// more, a B-tree, so that changing a resource every Listener uses stays O(n log n).
+/// are a sorted vector, the first inline (where a B-tree's node takes about 200 bytes); more,
+/// a B-tree, so that changing a resource every Listener uses stays O(n log n).
 #[derive(Debug)]
 enum Users {
-    Few(Vec<Arc<str>>),
+    Few(smallvec::SmallVec<[Arc<str>; 1]>),
     Many(BTreeSet<Arc<str>>),
 }
 
 impl Default for Users {
     fn default() -> Self {
-        Users::Few(Vec::new())
+        Users::Few(Default::default())
     }
 }
 

@@ -63,9 +63,9 @@ pub struct RouteSpec {
 #[derive(Debug)]
 pub struct ClusterSpec {
     pub lb: LbPolicy,
-    pub outlier: Option<Outlier>,
+    pub outlier: Option<Box<Outlier>>,
     pub panic_threshold: f64,
-    pub breaker: Option<CircuitBreaker>,
+    pub breaker: Option<Box<CircuitBreaker>>,
     /// The retry budget of the service named as the cluster: ratio and minimum per second.
     pub budget: (f64, u32),
     /// STATIC and DNS clusters: their own endpoints; EDS clusters: `None`.
