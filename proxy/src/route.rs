@@ -76,8 +76,10 @@ impl RouteMatch {
         ANY.clone()
     }
 
-    /// `self` behind an `Arc`. The match nearly every route of a mesh has, path prefix `/`
-    /// and nothing else, is one allocation shared by all of them.
+    /// `self` behind an `Arc`. The matches nearly every route of a mesh has are one
+    /// allocation each, shared by all of them: none at all ([`RouteMatch::any`]: xDS's path
+    /// prefix `/`, which every service's default route has) and path prefix `/` alone (the
+    /// table file's).
     pub fn shared(self) -> std::sync::Arc<RouteMatch> {
         static ROOT: std::sync::LazyLock<std::sync::Arc<RouteMatch>> =
             std::sync::LazyLock::new(|| {
@@ -86,11 +88,18 @@ impl RouteMatch {
                     ..RouteMatch::default()
                 })
             });
-        let root = matches!(&self.path, Some(StringMatch::Prefix(p)) if &**p == "/");
-        if root && self.method.is_none() && self.headers.is_empty() && self.query.is_empty() {
-            ROOT.clone()
-        } else {
-            std::sync::Arc::new(self)
+        // Every field named: one added later must be considered here.
+        let RouteMatch {
+            path,
+            method,
+            headers,
+            query,
+        } = &self;
+        let rest = method.is_none() && headers.is_empty() && query.is_empty();
+        match path {
+            None if rest => Self::any(),
+            Some(StringMatch::Prefix(p)) if rest && &**p == "/" => ROOT.clone(),
+            _ => std::sync::Arc::new(self),
         }
     }
 
@@ -218,6 +227,47 @@ impl<T> WeightedSplit<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_matches_are_one_allocation_and_the_others_their_own() {
+        use std::sync::Arc;
+        let any = || RouteMatch::default().shared();
+        assert!(Arc::ptr_eq(&any(), &RouteMatch::any()));
+        let root = || {
+            RouteMatch {
+                path: Some(StringMatch::Prefix("/".into())),
+                ..RouteMatch::default()
+            }
+            .shared()
+        };
+        assert!(Arc::ptr_eq(&root(), &root()));
+        assert!(!Arc::ptr_eq(&root(), &any()));
+        // Anything more is a match of its own, kept as it was.
+        let post = RouteMatch {
+            path: Some(StringMatch::Prefix("/".into())),
+            method: Some(Method::POST),
+            ..RouteMatch::default()
+        }
+        .shared();
+        assert!(!Arc::ptr_eq(&post, &root()));
+        assert_eq!(post.method, Some(Method::POST));
+        let header = RouteMatch {
+            headers: vec![HeaderMatch {
+                name: HeaderName::from_static("x-canary"),
+                value: StringMatch::Any,
+            }],
+            ..RouteMatch::default()
+        }
+        .shared();
+        assert!(!Arc::ptr_eq(&header, &any()));
+        assert_eq!(header.headers.len(), 1);
+        let api = RouteMatch {
+            path: Some(StringMatch::Prefix("/api".into())),
+            ..RouteMatch::default()
+        }
+        .shared();
+        assert!(!Arc::ptr_eq(&api, &root()));
+    }
 
     #[test]
     fn oversized_regexes_are_refused() {

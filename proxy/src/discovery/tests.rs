@@ -323,3 +323,98 @@ fn the_node_names_its_metrics_port_only_where_that_is_right() {
     );
     assert_eq!(port("10.0.0.5:15020"), None);
 }
+
+#[test]
+fn a_name_is_one_allocation_across_resource_types_and_the_names_inside_them() {
+    use weft_xds_proto::envoy::{
+        config::{
+            listener::v3::{ApiListener, Listener},
+            route::v3::{
+                Route as XdsRoute, RouteAction, RouteConfiguration, RouteMatch as XdsMatch,
+                VirtualHost, route::Action, route_action::ClusterSpecifier,
+                route_match::PathSpecifier,
+            },
+        },
+        extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, Rds, http_connection_manager::RouteSpecifier,
+        },
+    };
+    let name = "web.demo.svc.cluster.local:8080";
+    let mut st = State::default();
+    use weft_xds_proto::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    let cluster = Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        ..Default::default()
+    };
+    for (kind, body) in [(0, any(&cluster)), (ENDPOINTS, any(&cla(name, 80)))] {
+        let out = st.apply(kind, update(kind, "1", true, &[body], &[]));
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+    }
+    let hcm = HttpConnectionManager {
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            route_config_name: name.into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: name.into(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(any(&hcm)),
+        }),
+        ..Default::default()
+    };
+    let out = st.apply(2, update(2, "1", true, &[any(&listener)], &[]));
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let route = XdsRoute {
+        name: "default".into(),
+        r#match: Some(XdsMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(name.into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let rc = RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "web".into(),
+            domains: vec![name.into(), "web.demo".into()],
+            routes: vec![route],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let out = st.apply(3, update(3, "1", true, &[any(&rc)], &[]));
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+
+    let res = st.resources();
+    let (key, _) = res.clusters.get_key_value(name).unwrap();
+    let same = |a: &Arc<str>, what: &str| assert!(Arc::ptr_eq(a, key), "{what}");
+    same(
+        res.endpoints.get_key_value(name).unwrap().0,
+        "load assignment",
+    );
+    let (listener_key, l) = res.listeners.get_key_value(name).unwrap();
+    same(listener_key, "listener");
+    same(&l.rds, "the listener's RouteConfiguration");
+    let (routes_key, rc) = res.routes.get_key_value(name).unwrap();
+    same(routes_key, "RouteConfiguration");
+    same(&rc.domains[0], "the domain that is the service's name");
+    assert_eq!(
+        &*rc.domains[1], "web.demo",
+        "another domain is kept as it is"
+    );
+    let r = &rc.routes[0];
+    same(&r.backends[0].1, "the route's cluster");
+    // What every service's default route has is shared by all of them.
+    assert!(Arc::ptr_eq(&r.matches, &crate::route::RouteMatch::any()));
+    assert!(Arc::ptr_eq(&r.policy, &crate::table::RoutePolicy::none()));
+    assert!(Arc::ptr_eq(&r.name, &crate::table::Route::default_name()));
+}

@@ -139,7 +139,7 @@ fn domain(d: &str) -> Domain {
 pub(crate) struct Index {
     entries: ShardMap<Arc<str>, Arc<Entry>>,
     /// `host:port`: the first claiming service by name.
-    /// Its keys are the services' own domains (one allocation each).
+    /// A key is the domain of the service that claimed it first (no copy of its own).
     authorities: ShardMap<Arc<str>, Claim>,
     /// Bare host names: the service when exactly one claims it.
     hosts: ShardMap<Arc<str>, Claim>,

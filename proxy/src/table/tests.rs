@@ -405,3 +405,25 @@ fn a_retrys_other_endpoint_follows_weights_and_the_panic_threshold() {
         );
     }
 }
+
+#[test]
+fn a_policy_that_sets_nothing_is_the_one_shared_and_any_setting_makes_its_own() {
+    assert!(Arc::ptr_eq(
+        &RoutePolicy::default().shared(),
+        &RoutePolicy::none()
+    ));
+    let timeout = RoutePolicy {
+        timeout: Some(Duration::from_millis(250)),
+        ..RoutePolicy::default()
+    }
+    .shared();
+    assert!(!Arc::ptr_eq(&timeout, &RoutePolicy::none()));
+    assert_eq!(timeout.timeout, Some(Duration::from_millis(250)));
+    let hash = RoutePolicy {
+        hash: Some(HashOn::SourceIp),
+        ..RoutePolicy::default()
+    }
+    .shared();
+    assert!(hash.hash.is_some());
+    assert!(RoutePolicy::none().timeout.is_none() && RoutePolicy::none().retry.is_none());
+}

@@ -448,10 +448,11 @@ fn route_action(r: &XdsRoute) -> Result<(&RouteAction, Backends<'_>), Refused> {
 }
 
 fn route_name(r: &XdsRoute, index: usize) -> Arc<str> {
-    if r.name.is_empty() {
-        format!("route-{index}").into()
-    } else {
-        r.name.as_str().into()
+    match r.name.as_str() {
+        "" => format!("route-{index}").into(),
+        // The control plane's last route of every service: one allocation for all.
+        "default" => crate::table::Route::default_name(),
+        name => name.into(),
     }
 }
 
