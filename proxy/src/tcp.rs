@@ -2,9 +2,15 @@
 //! that finishes sending has its write half shut on the other connection; the other direction
 //! keeps flowing).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     access_log::{Entry, Flags},
@@ -23,7 +29,7 @@ pub async fn forward<I>(
     identity: Option<&Arc<str>>,
     pools: &Arc<Pools>,
     direction: Direction,
-    mut log: Option<Box<Entry>>,
+    log: Option<Box<Entry>>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -42,19 +48,92 @@ pub async fn forward<I>(
         }
     };
     let upstream_start = log.as_ref().map(|l| l.started.elapsed());
+    // Counted on each side, so that a connection that ends with an error (a reset) still says
+    // what it carried, and which side failed.
+    let (mut down, mut up) = (Counted::new(&mut down), Counted::new(&mut up));
     match tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUF, BUF).await {
         Ok((sent, received)) => {
-            tracing::trace!(%addr, sent, received, "opaque connection closed");
-            if let Some(l) = &mut log {
-                l.bytes_from_client = sent;
-                l.bytes_out = received;
-            }
+            tracing::trace!(%addr, sent, received, "opaque connection closed")
         }
         Err(e) => tracing::debug!(%addr, error = %e, "opaque connection ended with an error"),
     }
     if let Some(mut l) = log {
+        l.bytes_from_client = up.written;
+        l.bytes_out = down.written;
+        if down.failed {
+            l.flags.set(Flags::DC);
+        }
+        if up.failed {
+            l.flags.set(Flags::UC);
+        }
         // For a connection: the time its upstream connection took to open.
         l.upstream_time = upstream_start;
         l.finish();
     }
 }
+
+/// One side of a copied connection: the bytes written to it, and whether any read or write
+/// of it failed.
+struct Counted<T> {
+    io: T,
+    written: u64,
+    failed: bool,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T) -> Self {
+        Counted {
+            io,
+            written: 0,
+            failed: false,
+        }
+    }
+
+    fn note<R>(&mut self, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if let Poll::Ready(Err(_)) = &r {
+            self.failed = true;
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.note(r)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        let n = ready!(this.note(r))?;
+        this.written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.note(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.note(r)
+    }
+}
+
+#[cfg(test)]
+mod tests;
