@@ -63,15 +63,25 @@ const RELEASE_BLOCK: usize = 1 << 20;
 /// frees a page after its purge delay; an idle sidecar frees none, and would keep what decoding
 /// a large configuration used (10–20 MiB at 10,000 services) for ever. Each apply puts the
 /// pending release off (the one before is dropped), so it always comes after the last.
-fn release_later(pending: &mut Option<tokio::task::JoinHandle<()>>) {
+///
+/// First it forgets the metric series of the services the table no longer has
+/// ([`Metrics::prune`]): by then the tables that held them have usually been let go.
+fn release_later(
+    pending: &mut Option<tokio::task::JoinHandle<()>>,
+    table: &SharedTable,
+    metrics: &Arc<Metrics>,
+) {
     if let Some(before) = pending.take() {
         before.abort();
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let (table, metrics) = (table.clone(), metrics.clone());
     *pending = Some(rt.spawn(async move {
         tokio::time::sleep(RELEASE_AFTER).await;
+        let t = table.load();
+        metrics.prune(|service| t.service(service).is_none());
         drop(std::hint::black_box(Vec::<u8>::with_capacity(
             RELEASE_BLOCK,
         )));
@@ -432,7 +442,7 @@ impl Discovery {
         }
         if changed {
             self.publish();
-            release_later(&mut self.releasing);
+            release_later(&mut self.releasing, &self.table, &self.metrics);
         }
         let complete = self.state.complete();
         self.shared.update(|s| s.complete = complete);

@@ -154,6 +154,60 @@ async fn invalid_reload_keeps_the_last_good_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gone_from_the_table_loses_its_series_at_a_later_reload() {
+    let peer = http_peer::server("s1").await;
+    let dir = TempDir::new("prune");
+    let service = |name: &str| {
+        format!(
+            "  - name: {name}\n    port: 8080\n    endpoints:\n      - address: {}\n",
+            peer.addr
+        )
+    };
+    let both = format!(
+        "version: v1\nservices:\n{}{}",
+        service("echo.test"),
+        service("gone.test")
+    );
+    let cfg = dir.write("mesh.yaml", &both);
+    let proxy = Proxy::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--config-poll-interval",
+        "100ms",
+    ]);
+    for host in ["echo.test:8080", "gone.test:8080"] {
+        let rsp = http_peer::request_h1(
+            proxy.addr("outbound"),
+            Request::get("/id").header("host", host),
+            String::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rsp.status(), 200);
+    }
+    let outbound = |text: &str, target: &str| {
+        let label = format!("target=\"{target}\"");
+        (text.lines())
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .filter(|l| l.contains(r#"direction="outbound""#))
+            .count()
+    };
+    assert!(outbound(&proxy.metrics().await, "gone.test:8080") > 0);
+    // Removed, then any later reload (once nothing holds the old table's handles) forgets it.
+    for version in ["v2", "v3"] {
+        let text = format!("version: {version}\nservices:\n{}", service("echo.test"));
+        dir.write("mesh.yaml", &text);
+        eventually(Duration::from_secs(10), "the reload", || async {
+            (proxy.config_dump().await["version"] == version).then_some(())
+        })
+        .await;
+    }
+    let text = proxy.metrics().await;
+    assert_eq!(outbound(&text, "gone.test:8080"), 0, "{text}");
+    assert!(outbound(&text, "echo.test:8080") > 0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints() {
     let proxy = Proxy::start(&[]);
     let admin = proxy.addr("admin");

@@ -137,6 +137,38 @@ impl std::fmt::Debug for LazyTarget {
 }
 
 impl Metrics {
+    /// Forgets the series of the outbound services `gone` says the table no longer has, once
+    /// nothing holds their handles (no table's route, no request in flight): a sidecar in a
+    /// mesh whose services come and go keeps the series of the services it calls, not of every
+    /// one it ever called. Inbound series and those of `unknown` and `passthrough` stay.
+    /// Returns how many handles it forgot.
+    pub fn prune(&self, gone: impl Fn(&str) -> bool) -> usize {
+        let mut targets = self.targets.lock().expect("metrics lock");
+        let mut forgotten = Vec::new();
+        targets.retain(|(direction, target, _, _), m| {
+            let forget =
+                *direction == Direction::Outbound && Arc::strong_count(m) == 1 && gone(target);
+            if forget {
+                forgotten.push(m.clone());
+            }
+            !forget
+        });
+        if forgotten.is_empty() {
+            return 0;
+        }
+        let left: std::collections::HashSet<&str> = (targets.keys())
+            .filter(|k| k.0 == Direction::Outbound)
+            .map(|k| &*k.1)
+            .collect();
+        for m in &forgotten {
+            m.forget(&self.requests, &self.latency);
+            if !left.contains(&*m.target) {
+                m.forget_traffic();
+            }
+        }
+        forgotten.len()
+    }
+
     /// The handles for one target, created on first use and shared afterwards.
     pub fn target(&self, direction: Direction, target: &Arc<str>) -> Arc<TargetMetrics> {
         let none: Arc<str> = Arc::from("");
@@ -328,18 +360,83 @@ impl TargetMetrics {
     }
 
     fn counter(&self, status: u16, grpc: Option<u32>) -> IntCounter {
-        let grpc = match grpc {
-            Some(GRPC_OTHER) => "other".to_string(),
-            Some(g) => g.to_string(),
-            None => String::new(),
-        };
+        let (status, grpc) = response_labels(status, grpc);
         self.responses.with_label_values(&[
             self.direction,
             &*self.target,
             &*self.route,
             &*self.backend,
-            &status.to_string(),
+            &status,
             &grpc,
         ])
     }
+
+    /// Removes its request and response series from their families.
+    fn forget(&self, requests: &IntCounterVec, latency: &HistogramVec) {
+        let l = [self.direction, &*self.target, &*self.route, &*self.backend];
+        let _ = requests.remove_label_values(&l);
+        let _ = latency.remove_label_values(&l);
+        let mut made: Vec<(u16, Option<u32>)> = Vec::new();
+        for (i, slot) in self.http.iter().enumerate() {
+            if slot.get().is_some() {
+                made.push((100 + i as u16, None));
+            }
+        }
+        for (row, status) in [(0, 200), (1, 499)] {
+            for (g, slot) in self.grpc[row].iter().enumerate() {
+                if slot.get().is_some() {
+                    made.push((status, Some(g as u32)));
+                }
+            }
+        }
+        made.extend(self.other.lock().expect("metrics lock").keys().copied());
+        for (status, grpc) in made {
+            let (status, grpc) = response_labels(status, grpc);
+            let _ = self
+                .responses
+                .remove_label_values(&[l[0], l[1], l[2], l[3], &status, &grpc]);
+        }
+    }
+
+    /// Removes the target's traffic-policy series, every label value each family can have
+    /// (the route and backend handles of one target share them).
+    fn forget_traffic(&self) {
+        let f = &self.families;
+        let l = self.labels();
+        for family in [
+            &f.budget_exhausted,
+            &f.pending_timeouts,
+            &f.ejections,
+            &f.rate_limited,
+        ] {
+            let _ = family.remove_label_values(&l);
+        }
+        let _ = f.attempts.remove_label_values(&l);
+        let _ = f.ejected.remove_label_values(&l);
+        let reasons = weft_core::policy::RETRY_CONDITIONS
+            .iter()
+            .copied()
+            .chain(["per-try-timeout"]);
+        let extra = [
+            (&f.retries, reasons.collect::<Vec<_>>()),
+            (&f.overflow, crate::resilience::LIMITS.to_vec()),
+            (&f.faults, vec!["delay", "abort"]),
+            (&f.mirrored, vec!["sent", "failed"]),
+        ];
+        for (family, values) in extra {
+            for v in values {
+                let _ = family.remove_label_values(&self.labels_and(v));
+            }
+        }
+    }
+}
+
+/// The `status_code` and `grpc_status` label values of a response series.
+fn response_labels(status: u16, grpc: Option<u32>) -> (String, String) {
+    let grpc = match grpc {
+        Some(GRPC_OTHER) => "other".to_string(),
+        Some(g) => g.to_string(),
+        None => String::new(),
+    };
+    (status.to_string(), grpc)
 }

@@ -95,3 +95,72 @@ fn a_routes_backends_count_apart_and_share_the_targets_traffic_series() {
         assert!(text.lines().any(|l| l == line), "{line} in {text}");
     }
 }
+
+#[test]
+fn series_of_a_service_gone_from_the_table_are_forgotten_once_nothing_holds_them() {
+    let m = Metrics::new();
+    let (old, web, route): (Arc<str>, Arc<str>, Arc<str>) =
+        ("old.test:80".into(), "web.test:80".into(), "default".into());
+    let count = |t: &TargetMetrics| {
+        t.request();
+        t.response(200, None);
+        t.response(503, None);
+        t.response(200, Some(14));
+        t.response(499, Some(1));
+        t.response(700, Some(99));
+        t.retry(crate::retry::Reason::Http5xx);
+        t.overflow(crate::resilience::Limit::Pending);
+        t.ejection();
+        t.attempts(2);
+    };
+    let held = m.backend(Direction::Outbound, &old, &route, &old);
+    count(&held);
+    count(&m.target(Direction::Outbound, &old));
+    count(&m.backend(Direction::Outbound, &web, &route, &web));
+    count(&m.target(Direction::Inbound, &old));
+    let gone = |s: &str| s == "old.test:80";
+    let lines = |text: &str, target: &str| {
+        let label = format!("target=\"{target}\"");
+        (text.lines())
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let before = lines(&m.render(), "old.test:80");
+    assert!(
+        before.iter().any(|l| l.starts_with("weft_retries_total")),
+        "{before:?}"
+    );
+
+    // A handle still held (a table's route, a request in flight) keeps its series, and the
+    // service's series the route and backend handles share.
+    assert_eq!(m.prune(gone), 1, "the service-level handle nobody holds");
+    let text = m.render();
+    assert!(
+        text.contains(r#"weft_request_total{backend="old.test:80",direction="outbound",route="default",target="old.test:80"} 1"#),
+        "{text}"
+    );
+    assert!(
+        lines(&text, "old.test:80")
+            .iter()
+            .any(|l| l.starts_with("weft_retries_total"))
+    );
+
+    drop(held);
+    assert_eq!(m.prune(gone), 1);
+    let text = m.render();
+    let left = lines(&text, "old.test:80");
+    assert!(!left.is_empty());
+    assert!(
+        left.iter().all(|l| l.contains(r#"direction="inbound""#)),
+        "only the inbound series stay: {left:#?}"
+    );
+    // A service the table still has keeps its series, held or not.
+    assert!(lines(&text, "web.test:80").len() > 10, "{text}");
+    // Counted again, it starts again.
+    let again = m.backend(Direction::Outbound, &old, &route, &old);
+    again.request();
+    assert!(
+        m.render().contains(r#"weft_request_total{backend="old.test:80",direction="outbound",route="default",target="old.test:80"} 1"#)
+    );
+}

@@ -95,6 +95,8 @@ impl FileWatch {
         ) {
             Ok(t) => {
                 let (version, services) = (t.version.clone(), t.service_count());
+                // The series of services gone in an earlier reload, no longer held by then.
+                self.metrics.prune(|service| t.service(service).is_none());
                 self.table.store(Arc::new(t));
                 self.resolver.table_changed();
                 self.metrics.table_loaded(&version, generation, services);
