@@ -15,6 +15,7 @@
 //!   the client reconnects with exponential backoff and full jitter. On a delta stream it tells
 //!   the control plane the versions it holds, so only what changed meanwhile is sent again.
 
+mod settle;
 pub(crate) mod state;
 mod stream;
 mod wire;
@@ -49,44 +50,6 @@ use wire::{backoff, batch, delta_update, nack_status, node, sotw_update};
 
 /// gRPC status INVALID_ARGUMENT, the code a NACK's error detail carries.
 const INVALID_ARGUMENT: i32 = 3;
-
-/// How long after an apply the memory its decoding used is offered back to the system: past
-/// the allocator's purge delay (mimalloc's: 1 s).
-const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
-/// A block larger than the allocator's largest pooled size (512 KiB): it gets a page of its
-/// own, which is returned when it is freed, and that return is when the allocator gives back
-/// the free memory whose delay has passed.
-const RELEASE_BLOCK: usize = 1 << 20;
-
-/// Once the last apply is [`RELEASE_AFTER`] old, allocates and frees one [`RELEASE_BLOCK`] on
-/// this (the control) thread. mimalloc returns freed memory to the system only when it next
-/// frees a page after its purge delay; an idle sidecar frees none, and would keep what decoding
-/// a large configuration used (10–20 MiB at 10,000 services) for ever. Each apply puts the
-/// pending release off (the one before is dropped), so it always comes after the last.
-///
-/// First it forgets the metric series of the services the table no longer has
-/// ([`Metrics::prune`]): by then the tables that held them have usually been let go.
-fn release_later(
-    pending: &mut Option<tokio::task::JoinHandle<()>>,
-    table: &SharedTable,
-    metrics: &Arc<Metrics>,
-) {
-    if let Some(before) = pending.take() {
-        before.abort();
-    }
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let (table, metrics) = (table.clone(), metrics.clone());
-    *pending = Some(rt.spawn(async move {
-        tokio::time::sleep(RELEASE_AFTER).await;
-        let t = table.load();
-        metrics.prune(|service| t.service(service).is_none());
-        drop(std::hint::black_box(Vec::<u8>::with_capacity(
-            RELEASE_BLOCK,
-        )));
-    }));
-}
 
 /// What `/config_dump` shows of the control-plane connection.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -166,8 +129,8 @@ pub struct Discovery {
     resolver: Arc<Resolver>,
     /// Told when an endpoint host name resolves to new addresses.
     dns: watch::Receiver<u64>,
-    /// The pending release of freed memory ([`release_later`]).
-    releasing: Option<tokio::task::JoinHandle<()>>,
+    /// What follows an apply: freed memory given back, metric series of gone services pruned.
+    settle: settle::Settle,
 }
 
 /// The answer owed for one response.
@@ -227,7 +190,7 @@ impl Discovery {
             resolved: Default::default(),
             dns: resolver.subscribe(),
             resolver,
-            releasing: None,
+            settle: settle::Settle::default(),
         })
     }
 
@@ -442,7 +405,7 @@ impl Discovery {
         }
         if changed {
             self.publish();
-            release_later(&mut self.releasing, &self.table, &self.metrics);
+            self.settle.applied(&self.table, &self.metrics);
         }
         let complete = self.state.complete();
         self.shared.update(|s| s.complete = complete);
@@ -473,6 +436,7 @@ impl Discovery {
         let services = compiled.table.service_count();
         self.table.store(Arc::new(compiled.table));
         self.resolver.table_changed();
+        self.settle.published(&self.table, &self.metrics);
         self.metrics.table_loaded(&version, generation, services);
         // Listeners arrive before their RouteConfigurations: at start, every one waits a moment,
         // so one line says how many (each is at debug level, and all are in `/config_dump`).

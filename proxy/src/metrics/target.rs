@@ -412,7 +412,14 @@ impl TargetMetrics {
             let _ = family.remove_label_values(&l);
         }
         let _ = f.attempts.remove_label_values(&l);
-        let _ = f.ejected.remove_label_values(&l);
+        // An endpoint still ejected keeps the gauge: its cluster may serve the service again
+        // (a Listener back with an unchanged Cluster), and its return would count below 0.
+        if f.ejected
+            .get_metric_with_label_values(&l)
+            .is_ok_and(|g| g.get() == 0)
+        {
+            let _ = f.ejected.remove_label_values(&l);
+        }
         let reasons = weft_core::policy::RETRY_CONDITIONS
             .iter()
             .copied()

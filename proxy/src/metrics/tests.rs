@@ -111,6 +111,7 @@ fn series_of_a_service_gone_from_the_table_are_forgotten_once_nothing_holds_them
         t.retry(crate::retry::Reason::Http5xx);
         t.overflow(crate::resilience::Limit::Pending);
         t.ejection();
+        t.returned();
         t.attempts(2);
     };
     let held = m.backend(Direction::Outbound, &old, &route, &old);
@@ -162,5 +163,17 @@ fn series_of_a_service_gone_from_the_table_are_forgotten_once_nothing_holds_them
     again.request();
     assert!(
         m.render().contains(r#"weft_request_total{backend="old.test:80",direction="outbound",route="default",target="old.test:80"} 1"#)
+    );
+    // An endpoint still ejected keeps its gauge (its return would count below 0).
+    let ejecting: Arc<str> = "ejecting.test:80".into();
+    m.backend(Direction::Outbound, &ejecting, &route, &ejecting)
+        .ejection();
+    assert_eq!(m.prune(|s| s == "ejecting.test:80"), 1);
+    let text = m.render();
+    let left = lines(&text, "ejecting.test:80");
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert!(
+        left[0].starts_with("weft_outlier_ejected_endpoints{") && left[0].ends_with(" 1"),
+        "{left:#?}"
     );
 }
