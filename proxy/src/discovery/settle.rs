@@ -77,3 +77,39 @@ fn prune(table: &SharedTable, metrics: &Metrics) {
     let t = table.load();
     metrics.prune(|service| t.service(service).is_none());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics::Direction, table::Table};
+
+    #[tokio::test(start_paused = true)]
+    async fn gone_services_are_pruned_after_the_last_apply_and_at_a_publish_every_ten_seconds() {
+        let metrics = Metrics::new();
+        let table: SharedTable = Arc::new(arc_swap::ArcSwap::from_pointee(Table::empty()));
+        let gone: Arc<str> = Arc::from("gone.test:80");
+        let count = || metrics.target(Direction::Outbound, &gone).request();
+        let kept = || metrics.render().contains(r#"target="gone.test:80""#);
+        count();
+        assert!(kept());
+        let mut settle = Settle::default();
+        // A publish within 10 s of the last pruning leaves the series.
+        settle.published(&table, &metrics);
+        assert!(kept());
+        // Each apply puts the pruning off until the last is 1.5 s old.
+        settle.applied(&table, &metrics);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        settle.applied(&table, &metrics);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(kept(), "1 s after the last apply");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!kept(), "2 s after the last apply");
+        // Applies that never stop: a publish prunes once 10 s have passed.
+        count();
+        settle.published(&table, &metrics);
+        assert!(kept());
+        settle.pruned = Instant::now().checked_sub(PRUNE_EVERY).unwrap();
+        settle.published(&table, &metrics);
+        assert!(!kept());
+    }
+}
