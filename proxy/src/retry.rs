@@ -43,6 +43,9 @@ pub enum Reason {
     PerTryTimeout,
 }
 
+/// The label of [`Reason::PerTryTimeout`].
+const PER_TRY_TIMEOUT: &str = "per-try-timeout";
+
 /// How many reasons there are: the retry conditions, then `per-try-timeout`.
 pub const REASON_COUNT: usize = RETRY_CONDITIONS.len() + 1;
 
@@ -53,7 +56,12 @@ impl Reason {
         RETRY_CONDITIONS
             .get(self as usize)
             .copied()
-            .unwrap_or("per-try-timeout")
+            .unwrap_or(PER_TRY_TIMEOUT)
+    }
+
+    /// Every reason's label, in the variants' order.
+    pub fn labels() -> impl Iterator<Item = &'static str> {
+        RETRY_CONDITIONS.iter().copied().chain([PER_TRY_TIMEOUT])
     }
 
     fn bit(self) -> u16 {

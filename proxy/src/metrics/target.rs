@@ -26,6 +26,11 @@ pub(super) struct TrafficFamilies {
 }
 
 /// Buckets of `weft_request_attempts`: tries per request.
+/// The `kind` label of the fault series: a delay, an abort.
+const FAULT_KINDS: [&str; 2] = ["delay", "abort"];
+/// The `result` label of the mirror series: sent, failed.
+const MIRROR_RESULTS: [&str; 2] = ["sent", "failed"];
+
 pub(super) const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0];
 
 /// A target's traffic-management handles, each made on first use (a service that never
@@ -297,23 +302,23 @@ impl TargetMetrics {
 
     /// `abort` false: a delay.
     pub fn fault(&self, abort: bool) {
-        let (i, kind) = if abort { (1, "abort") } else { (0, "delay") };
+        let i = usize::from(abort);
         self.traffic.faults[i]
             .get_or_init(|| {
                 self.families
                     .faults
-                    .with_label_values(&self.labels_and(kind))
+                    .with_label_values(&self.labels_and(FAULT_KINDS[i]))
             })
             .inc();
     }
 
     pub fn mirrored(&self, answered: bool) {
-        let (i, result) = if answered { (0, "sent") } else { (1, "failed") };
+        let i = usize::from(!answered);
         self.traffic.mirrored[i]
             .get_or_init(|| {
                 self.families
                     .mirrored
-                    .with_label_values(&self.labels_and(result))
+                    .with_label_values(&self.labels_and(MIRROR_RESULTS[i]))
             })
             .inc();
     }
@@ -420,15 +425,14 @@ impl TargetMetrics {
         {
             let _ = f.ejected.remove_label_values(&l);
         }
-        let reasons = weft_core::policy::RETRY_CONDITIONS
-            .iter()
-            .copied()
-            .chain(["per-try-timeout"]);
         let extra = [
-            (&f.retries, reasons.collect::<Vec<_>>()),
+            (
+                &f.retries,
+                crate::retry::Reason::labels().collect::<Vec<_>>(),
+            ),
             (&f.overflow, crate::resilience::LIMITS.to_vec()),
-            (&f.faults, vec!["delay", "abort"]),
-            (&f.mirrored, vec!["sent", "failed"]),
+            (&f.faults, FAULT_KINDS.to_vec()),
+            (&f.mirrored, MIRROR_RESULTS.to_vec()),
         ];
         for (family, values) in extra {
             for v in values {
