@@ -124,18 +124,17 @@ pub fn traceparent(tp: &[u8]) -> Option<Parent> {
         && tp[52] == b'-'
         && tp[..2] != *b"ff"
         && (tp.len() == 55 || (tp[..2] != *b"00" && tp[55] == b'-'));
-    if !shaped || ![&tp[..2], &tp[53..55]].iter().all(|p| lower_hex(p)) {
+    if !shaped {
         return None;
     }
+    let mut version = [0u8; 1];
     let mut trace_id = [0u8; 16];
     let mut span_id = [0u8; 8];
     let mut flags = [0u8; 1];
-    if !lower_hex(&tp[3..35]) || !lower_hex(&tp[36..52]) {
-        return None;
-    }
-    decode(&tp[3..35], &mut trace_id)?;
-    decode(&tp[36..52], &mut span_id)?;
-    decode(&tp[53..55], &mut flags)?;
+    decode_lower(&tp[..2], &mut version)?;
+    decode_lower(&tp[3..35], &mut trace_id)?;
+    decode_lower(&tp[36..52], &mut span_id)?;
+    decode_lower(&tp[53..55], &mut flags)?;
     if trace_id == [0; 16] || span_id == [0; 8] {
         return None;
     }
@@ -215,27 +214,97 @@ pub fn unique(v: &[u8]) -> HeaderValue {
     v
 }
 
-fn lower_hex(b: &[u8]) -> bool {
-    b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+/// What each byte is as a hex digit: its value; `UPPER` added for `A`-`F`; `NOT_HEX` for
+/// anything else. Built when the proxy is compiled: decoding is one lookup a digit.
+const HEX: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = (10 + i as u8) | UPPER;
+        i += 1;
+    }
+    t
+};
+const UPPER: u8 = 0x10;
+const NOT_HEX: u8 = 0xff;
+
+/// Hex digits into bytes, rejecting any byte `reject` shares a bit with (`UPPER`: uppercase
+/// digits, as W3C asks; 0: either case). `None` on anything that is not a digit.
+fn decode_with(hex: &[u8], out: &mut [u8], reject: u8) -> Option<()> {
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+        // NOT_HEX has every bit set, so any bad digit sets `bad` whatever `reject` is.
+        bad |= (hi | lo) & (reject | 0xe0);
+        *o = (hi & 15) << 4 | (lo & 15);
+    }
+    (bad == 0).then_some(())
 }
 
 /// Hex digits (either case) into bytes; `None` on anything else.
 fn decode(hex: &[u8], out: &mut [u8]) -> Option<()> {
-    if hex.len() != out.len() * 2 {
-        return None;
-    }
-    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let d = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        *o = d(pair[0])? << 4 | d(pair[1])?;
-    }
-    Some(())
+    decode_with(hex, out, 0)
 }
+
+/// Lowercase hex digits into bytes; `None` on anything else (uppercase included).
+fn decode_lower(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    decode_with(hex, out, UPPER)
+}
+
+/// Every byte as its two lowercase hex digits, built when the proxy is compiled.
+const PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
 
 /// Bytes as lowercase hex digits into `out` (twice their length).
 pub fn encode(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        o[0] = DIGITS[usize::from(b >> 4)];
-        o[1] = DIGITS[usize::from(b & 15)];
+        o.copy_from_slice(&PAIRS[usize::from(*b)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_byte_decodes_as_a_hex_digit_exactly_when_it_is_one() {
+        for b in 0..=255u8 {
+            let want = (b as char).to_digit(16).map(|d| d as u8);
+            let mut out = [0u8; 1];
+            let got = decode(&[b, b'0'], &mut out).map(|()| out[0] >> 4);
+            assert_eq!(got, want, "{b:#04x}");
+            let lower = decode_lower(&[b'0', b], &mut out).map(|()| out[0]);
+            let want_lower = want.filter(|_| !b.is_ascii_uppercase());
+            assert_eq!(lower, want_lower, "{b:#04x}");
+        }
+    }
+
+    #[test]
+    fn encoding_writes_lowercase_pairs_that_decode_back() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut hex = vec![0u8; 512];
+        encode(&bytes, &mut hex);
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, want.as_bytes());
+        let mut back = vec![0u8; 256];
+        assert_eq!(decode_lower(&hex, &mut back), Some(()));
+        assert_eq!(back, bytes);
     }
 }
