@@ -11,6 +11,7 @@
 //! field taken from a request is cut: see [`MAX_PATH`] and [`MAX_FIELD`]), so at most about
 //! 16 MiB in the queue.
 
+mod clock;
 mod format;
 #[cfg(test)]
 mod tests;
@@ -30,7 +31,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError},
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use http::{Request, Version, header};
@@ -133,7 +134,8 @@ pub struct Entry {
     log: Option<&'static AccessLog>,
     /// The request's span, when it is traced: it ends with the entry.
     pub traced: Option<Box<dyn OnFinish>>,
-    pub start: SystemTime,
+    /// Unix nanoseconds (from `started`: see `clock`).
+    pub start: u64,
     pub started: Instant,
     /// `inbound` or `outbound`.
     pub direction: &'static str,
@@ -143,6 +145,8 @@ pub struct Entry {
     pub client: Option<SocketAddr>,
     /// What the request said of itself, each cut to its bound, in one allocation.
     text: Texts,
+    /// The trace the request is in (W3C or B3), when it names one or the sidecar started one.
+    trace_id: Option<[u8; 16]>,
     /// The service the request was routed to (outbound), or the application (inbound).
     pub service: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
@@ -258,7 +262,7 @@ impl AccessLog {
         direction: &'static str,
         client: Option<SocketAddr>,
     ) -> Box<Entry> {
-        Entry::request(Some(self), req, direction, client, None)
+        Entry::request(Some(self), req, direction, client, None, Instant::now())
     }
 
     /// The log's entry for an opaque TCP connection.
@@ -267,7 +271,7 @@ impl AccessLog {
         direction: &'static str,
         client: Option<SocketAddr>,
     ) -> Box<Entry> {
-        Entry::new(Some(self), direction, "TCP", client)
+        Entry::new(Some(self), direction, "TCP", client, Instant::now())
     }
 
     /// Waits (up to `within`) until every line queued so far is written and flushed: at
@@ -293,14 +297,15 @@ impl AccessLog {
 
 impl Entry {
     /// The entry for an HTTP request (before any of its headers is changed), for the log
-    /// (`log`) and, when traced, its span. `known_trace`: the trace id (hex) when the sidecar
-    /// has just written it (not parsed back from the headers).
+    /// (`log`) and, when traced, its span. `known_trace`: the trace id when the sidecar has
+    /// just written it (not parsed back from the headers). `started`: when the request came.
     pub fn request<B>(
         log: Option<&'static AccessLog>,
         req: &Request<B>,
         direction: &'static str,
         client: Option<SocketAddr>,
-        known_trace: Option<[u8; 32]>,
+        known_trace: Option<[u8; 16]>,
+        started: Instant,
     ) -> Box<Entry> {
         let h = req.headers();
         let uri = req.uri();
@@ -313,7 +318,7 @@ impl Entry {
             Some(a) => Some(Text::Str(a.as_str())),
             None => h.get(header::HOST).map(|v| Text::Bytes(v.as_bytes())),
         };
-        let mut e = Entry::new(log, direction, version_name(req.version()), client);
+        let mut e = Entry::new(log, direction, version_name(req.version()), client, started);
         e.method = Some(bounded_method(req.method()));
         // One pass over the headers (a request has few) rather than a lookup for each name.
         let (mut agent, mut referer, mut id) = (None, None, None);
@@ -330,14 +335,13 @@ impl Entry {
                 traced = true;
             }
         }
-        let trace = known_trace.or_else(|| traced.then(|| trace_id(h)).flatten());
+        e.trace_id = known_trace.or_else(|| traced.then(|| trace_id(h)).flatten());
         e.text = Texts::new([
             authority.map(|a| (a, MAX_FIELD)),
             Some((Text::Str(path), MAX_PATH)),
             agent,
             referer,
             id,
-            trace.as_ref().map(|t| (Text::Bytes(&t[..]), 32)),
         ]);
         e
     }
@@ -347,17 +351,19 @@ impl Entry {
         direction: &'static str,
         protocol: &'static str,
         client: Option<SocketAddr>,
+        started: Instant,
     ) -> Box<Entry> {
         Box::new(Entry {
             log,
             traced: None,
-            start: SystemTime::now(),
-            started: Instant::now(),
+            start: clock::unix_nanos(started),
+            started,
             direction,
             protocol,
             method: None,
             client,
             text: Texts::default(),
+            trace_id: None,
             service: None,
             route: None,
             backend: None,

@@ -332,7 +332,7 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let mut call = {
-            let mut admitted = match self.route(req, &conn) {
+            let mut admitted = match self.route(req, &conn, start) {
                 Ok(a) => a,
                 Err(rsp) => return *rsp,
             };

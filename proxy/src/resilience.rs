@@ -46,7 +46,11 @@ impl TokenBucket {
 
     /// Takes a token, if there is one.
     pub fn take(&self) -> bool {
-        let now = Instant::now();
+        self.take_at(Instant::now())
+    }
+
+    /// [`TokenBucket::take`], at `now` (a time the caller has just read).
+    pub fn take_at(&self, now: Instant) -> bool {
         let mut s = self.state.lock().expect("bucket lock");
         let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
         s.0 = (s.0 + elapsed * self.rate).min(f64::from(self.burst));

@@ -329,15 +329,15 @@ impl Mesh {
         lines
     }
 
-    /// Turns tracing on, sampling `percent` of new traces; the spans come out of the receiver
-    /// (no exporter).
-    pub fn trace(&mut self, percent: f64) -> tokio::sync::mpsc::Receiver<crate::trace::Span> {
+    /// Turns tracing on, sampling `percent` of new traces; the spans come out of what is
+    /// returned (no exporter).
+    pub fn trace(&mut self, percent: f64) -> crate::trace::Spans {
         let dropped = self.metrics.observe.trace_dropped.clone();
         let (tracer, rx) = crate::trace::Tracer::new(percent, 64, 1_000_000, dropped);
         Arc::get_mut(&mut self.proxy)
             .expect("the proxy is not shared yet")
             .tracer = Some(tracer);
-        rx
+        crate::trace::Spans::new(tracer, rx)
     }
 
     /// The access log's lines written so far, once every line queued is written.

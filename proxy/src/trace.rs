@@ -11,13 +11,15 @@
 //!
 //! Bounds: `--trace-max-rate` spans a second at most (1,000 by default), whether the rate or
 //! callers asked for them; beyond, a request is not traced by this sidecar and is counted
-//! (`weft_trace_spans_dropped_total{reason="rate_limited"}`). `--trace-queue` spans wait for export at most (each at most about 6 KiB: every
-//! string taken from a request is cut to the access log's bounds, gRPC names to 128 bytes,
-//! `tracestate` to 512), so about 12 MiB by default, plus the batch being sent (256 spans); beyond, spans are dropped
-//! and counted (`weft_trace_spans_dropped_total{reason="queue_full"}`). A batch the collector
+//! (`weft_trace_spans_dropped_total{reason="rate_limited"}`). `--trace-queue` spans wait for
+//! export at most, in the batches being filled, full or being sent (each at most about 6 KiB:
+//! every string taken from a request is cut to the access log's bounds, gRPC names to 128
+//! bytes, `tracestate` to 512), so about 12 MiB by default; beyond, spans are dropped and
+//! counted (`weft_trace_spans_dropped_total{reason="queue_full"}`). A batch the collector
 //! refuses or cannot take is retried with backoff, then dropped and counted.
 
 mod export;
+mod queue;
 mod span;
 #[cfg(test)]
 mod tests;
@@ -26,12 +28,10 @@ use crate::trace_context as context;
 pub use crate::trace_context::{Parent, parent};
 pub use export::{ExportConfig, Exporter};
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use http::HeaderMap;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-pub use wire::Span;
+pub use wire::Batch;
 
 use crate::access_log::{Entry, OnFinish};
 use crate::config::{DiscoveryConfig, TraceConfig};
@@ -51,15 +51,14 @@ pub use crate::trace_context::X_REQUEST_ID;
 pub struct Tracer {
     /// New traces sampled, in millionths.
     sampling: u32,
-    tx: mpsc::Sender<Span>,
+    /// Spans waiting for export.
+    pub(crate) queue: queue::Queue,
     /// Spans this sidecar makes per second at most, whoever asked for them.
     limit: crate::resilience::TokenBucket,
     queue_full: prometheus::IntCounter,
     rate_limited: prometheus::IntCounter,
-    /// Spans queued and not yet exported or dropped, and whether the exporter is asked to send
-    /// what it holds at once (at shutdown).
-    pub(crate) pending: AtomicUsize,
-    pub(crate) flushing: AtomicBool,
+    /// Asks the exporter to send the batches being filled at once (at shutdown).
+    pub(crate) flush_now: Notify,
 }
 
 /// A sampled request's span, while the request is in flight.
@@ -77,24 +76,23 @@ pub struct Traced {
 
 impl Tracer {
     /// A tracer sampling `percent` of new traces, whose spans go through a queue of `queue`
-    /// to the exporter (returned, to be run on the control runtime).
+    /// to the exporter (the full batches come out of the receiver returned).
     pub fn new(
         percent: f64,
         queue: u32,
         max_rate: u32,
         dropped: prometheus::IntCounterVec,
-    ) -> (&'static Tracer, mpsc::Receiver<Span>) {
-        let (tx, rx) = mpsc::channel(queue.clamp(1, MAX_QUEUE) as usize);
+    ) -> (&'static Tracer, mpsc::UnboundedReceiver<Batch>) {
+        let (queue, rx) = queue::Queue::new(queue.clamp(1, MAX_QUEUE) as usize);
         let sampling = (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
         // It lives as long as the process: requests reach it without counting references.
         let t = Box::leak(Box::new(Tracer {
             sampling,
-            tx,
+            queue,
             limit: crate::resilience::TokenBucket::new(f64::from(max_rate), max_rate.max(1)),
             queue_full: dropped.with_label_values(&["queue_full"]),
             rate_limited: dropped.with_label_values(&["rate_limited"]),
-            pending: AtomicUsize::new(0),
-            flushing: AtomicBool::new(false),
+            flush_now: Notify::new(),
         }));
         (t, rx)
     }
@@ -102,7 +100,13 @@ impl Tracer {
     /// A request arriving (before any of its headers is read for the access log): its span if
     /// it is sampled, with `traceparent` (and B3, when the caller spoke it) rewritten to name
     /// it; `None`, the headers untouched, if not.
-    pub fn start(&'static self, h: &mut HeaderMap, direction: Direction) -> Option<Traced> {
+    /// `now`: when the request came (the rate is counted at that time).
+    pub fn start(
+        &'static self,
+        h: &mut HeaderMap,
+        direction: Direction,
+        now: tokio::time::Instant,
+    ) -> Option<Traced> {
         let seen = context::seen(h);
         let parent = context::parent_seen(h, seen);
         let sampled = match parent.and_then(|p| p.sampled) {
@@ -116,7 +120,7 @@ impl Tracer {
         // Past the rate, a request is not traced here (its headers go on as they came: the
         // trace continues without this sidecar's span): no caller can make the sidecar spend
         // without bound by asking for every request to be traced.
-        if !self.limit.take() {
+        if !self.limit.take_at(now) {
             self.rate_limited.inc();
             return None;
         }
@@ -141,11 +145,10 @@ impl Tracer {
         })
     }
 
-    fn queue(&self, span: Span) {
-        // Counted first: the exporter may take it (and count it done) at once.
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.tx.try_send(span).is_err() {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+    /// The span of the request `e` describes, queued for export (or dropped and counted when
+    /// the queue is full).
+    fn record(&self, t: &Traced, e: &Entry) {
+        if !self.queue.push(|out| span::encode(t, e, out)) {
             self.queue_full.inc();
         }
     }
@@ -153,27 +156,19 @@ impl Tracer {
     /// Waits (up to `within`) until every span queued so far has been exported or given up on:
     /// at shutdown, so that the last requests' spans are not lost.
     pub async fn flush(&self, within: std::time::Duration) {
-        self.flushing.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + within;
-        while self.pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        while self.queue.waiting() > 0 && tokio::time::Instant::now() < deadline {
+            // Again each time: spans of requests that end meanwhile go too.
+            self.flush_now.notify_one();
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-    }
-}
-
-impl Traced {
-    /// The trace id as 32 lowercase hex digits.
-    pub fn trace_hex(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        context::encode(&self.trace_id, &mut out);
-        out
     }
 }
 
 impl OnFinish for Traced {
     /// The request is over: its span, made from its access log entry, is queued for export.
     fn finish(self: Box<Self>, e: &Entry) {
-        self.tracer.queue(span::encode(&self, e));
+        self.tracer.record(&self, e);
     }
 }
 
@@ -294,14 +289,63 @@ fn collector_tls(
     )))
 }
 
-/// `s` as the collector reads it: in an export, decoded with the official types.
 #[cfg(test)]
-pub fn decoded(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
+type OtelSpan = opentelemetry_proto::tonic::trace::v1::Span;
+
+/// The spans of `b` as the collector reads them: in an export, decoded with the official types.
+#[cfg(test)]
+pub fn decoded(b: &Batch) -> Vec<OtelSpan> {
     use prost::Message;
-    let bytes = wire::request(&[], ("t", "0"), "", std::slice::from_ref(s));
+    let bytes = wire::request(&[], ("t", "0"), "", b);
     let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
         &bytes[..],
     )
     .expect("what wire writes decodes");
-    req.resource_spans[0].scope_spans[0].spans[0].clone()
+    req.resource_spans[0].scope_spans[0].spans.clone()
+}
+
+/// The span whose fields `write` writes, as the collector reads it.
+#[cfg(test)]
+pub fn decoded_one(write: impl FnOnce(&mut Vec<u8>)) -> OtelSpan {
+    let mut b = Batch::default();
+    b.push(write);
+    decoded(&b).remove(0)
+}
+
+/// A tracer's spans as they finish, for tests (in place of the exporter).
+#[cfg(test)]
+pub struct Spans {
+    tracer: &'static Tracer,
+    full: mpsc::UnboundedReceiver<Batch>,
+    got: std::collections::VecDeque<OtelSpan>,
+}
+
+#[cfg(test)]
+impl Spans {
+    pub fn new(tracer: &'static Tracer, full: mpsc::UnboundedReceiver<Batch>) -> Spans {
+        Spans {
+            tracer,
+            full,
+            got: Default::default(),
+        }
+    }
+
+    /// The next span to finish, waiting up to a second (of the test's time) for one.
+    pub async fn next(&mut self) -> Option<OtelSpan> {
+        for _ in 0..100 {
+            while let Ok(b) = self.full.try_recv() {
+                self.tracer.queue.done(b.spans());
+                self.got.extend(decoded(&b));
+            }
+            for b in self.tracer.queue.take_filling() {
+                self.tracer.queue.done(b.spans());
+                self.got.extend(decoded(&b));
+            }
+            if let Some(s) = self.got.pop_front() {
+                return Some(s);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        None
+    }
 }

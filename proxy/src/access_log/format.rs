@@ -28,9 +28,10 @@ impl Formatter {
         }
     }
 
-    /// `t` as RFC 3339, UTC, to the millisecond: `2026-12-05T19:29:43.123Z`.
-    fn time(&mut self, t: SystemTime, out: &mut Vec<u8>) {
-        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    /// `t` (Unix nanoseconds) as RFC 3339, UTC, to the millisecond:
+    /// `2026-12-05T19:29:43.123Z`.
+    fn time(&mut self, t: u64, out: &mut Vec<u8>) {
+        let d = Duration::from_nanos(t);
         let secs = d.as_secs();
         if self.second.is_empty() || secs != self.at {
             self.at = secs;
@@ -76,7 +77,8 @@ impl Formatter {
         j.str(b",\"client_identity\":", e.client_identity.as_deref());
         j.str(b",\"upstream_identity\":", e.upstream_identity.as_deref());
         j.str(b",\"request_id\":", e.request_id());
-        j.str(b",\"trace_id\":", e.trace_id());
+        let trace = e.trace_hex();
+        j.str(b",\"trace_id\":", trace.as_ref().map(hex_str));
         j.str(b",\"user_agent\":", e.user_agent());
         j.str(b",\"referer\":", e.referer());
         out.extend_from_slice(b"}\n");
@@ -154,7 +156,7 @@ impl Formatter {
         kv("request_id", out);
         bare(e.request_id(), out);
         kv("trace_id", out);
-        bare(e.trace_id(), out);
+        bare(e.trace_hex().as_ref().map(hex_str), out);
         out.push(b'\n');
     }
 }
@@ -372,6 +374,11 @@ pub(super) fn millis(d: Duration, out: &mut Vec<u8>) {
     out.push(PAIRS[frac % 100 * 2 + 1]);
 }
 
+/// A trace id's hex digits as text.
+fn hex_str(hex: &[u8; 32]) -> &str {
+    std::str::from_utf8(hex).expect("hex digits")
+}
+
 /// `ip:port`, `[ip6]:port`.
 fn addr(a: SocketAddr, out: &mut Vec<u8>) {
     match a {
@@ -433,7 +440,8 @@ fn write_second(secs: u64, out: &mut Vec<u8>) {
 /// `t` in RFC 3339, UTC, to the millisecond: `2026-12-05T19:29:43.123Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(24);
-    Formatter::default().time(t, &mut out);
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Formatter::default().time(d.as_nanos() as u64, &mut out);
     String::from_utf8(out).expect("digits and punctuation")
 }
 

@@ -6,12 +6,12 @@ use std::{
 
 use http::HeaderMap;
 
-use super::text::{AUTHORITY, PATH, REFERER, REQUEST_ID, TRACE_ID, Text, USER_AGENT};
+use super::text::{AUTHORITY, PATH, REFERER, REQUEST_ID, Text, USER_AGENT};
 use super::*;
 
 /// The trace id of `h`, as text.
 fn trace(h: &HeaderMap) -> Option<String> {
-    trace_id(h).map(|t| String::from_utf8(t.to_vec()).unwrap())
+    trace_id(h).map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -95,8 +95,7 @@ fn fields_from_a_request_are_cut_to_their_bound() {
         Some((Text::Str(&odd), MAX_FIELD)),
         Some((Text::Bytes(b"\xffok"), 10)),
         None,
-        Some((Text::Str(""), 10)),
-        Some((Text::Bytes(b"0123"), 2)),
+        Some((Text::Str("0123"), 2)),
     ]);
     let authority = t.get(AUTHORITY).unwrap();
     assert_eq!(authority.len(), MAX_FIELD);
@@ -106,8 +105,7 @@ fn fields_from_a_request_are_cut_to_their_bound() {
     assert!(path.starts_with("xé"));
     assert_eq!(t.get(USER_AGENT), Some("\u{fffd}ok"));
     assert_eq!(t.get(REFERER), None);
-    assert_eq!(t.get(REQUEST_ID), Some(""));
-    assert_eq!(t.get(TRACE_ID), Some("01"));
+    assert_eq!(t.get(REQUEST_ID), Some("01"));
 }
 
 /// A writer that blocks until the test lets it go, and keeps what it was given.

@@ -1,5 +1,5 @@
 //! What an entry takes from its request: its strings, each cut to its bound, in one buffer,
-//! and the trace id of its W3C or B3 headers.
+//! and the trace id of its W3C or B3 headers (kept as bytes: the writer writes it as hex).
 
 use http::HeaderMap;
 
@@ -12,7 +12,7 @@ use crate::trace_context::{self, B3_TRACE_ID, TRACEPARENT};
 pub(super) struct Texts {
     buf: String,
     /// Where each of [`AUTHORITY`], [`PATH`], ... is in `buf`.
-    spans: [Option<(u16, u16)>; 6],
+    spans: [Option<(u16, u16)>; 5],
 }
 
 pub(super) const AUTHORITY: usize = 0;
@@ -20,7 +20,6 @@ pub(super) const PATH: usize = 1;
 pub(super) const USER_AGENT: usize = 2;
 pub(super) const REFERER: usize = 3;
 pub(super) const REQUEST_ID: usize = 4;
-pub(super) const TRACE_ID: usize = 5;
 
 /// A value an entry takes: text already known to be UTF-8 (the URI's parts, ids the sidecar
 /// wrote), or a header's bytes, which may not be.
@@ -42,7 +41,7 @@ impl Text<'_> {
 impl Texts {
     /// Each value cut to its bound (on a character boundary; bytes that are not UTF-8 become
     /// U+FFFD). Bounds are at most [`super::MAX_PATH`], so every span fits in `u16`.
-    pub(super) fn new(values: [Option<(Text<'_>, usize)>; 6]) -> Texts {
+    pub(super) fn new(values: [Option<(Text<'_>, usize)>; 5]) -> Texts {
         let len = values
             .iter()
             .flatten()
@@ -50,7 +49,7 @@ impl Texts {
             .sum();
         let mut t = Texts {
             buf: String::with_capacity(len),
-            spans: [None; 6],
+            spans: [None; 5],
         };
         for (span, value) in t.spans.iter_mut().zip(values) {
             let Some((v, max)) = value else { continue };
@@ -94,9 +93,14 @@ impl Entry {
         self.text.get(REQUEST_ID)
     }
 
-    /// The W3C (or B3) trace id the request carried, as 32 lowercase hex digits.
-    pub fn trace_id(&self) -> Option<&str> {
-        self.text.get(TRACE_ID)
+    /// The W3C (or B3) trace id the request carried (or the sidecar started), as 32 lowercase
+    /// hex digits.
+    pub fn trace_hex(&self) -> Option<[u8; 32]> {
+        self.trace_id.map(|id| {
+            let mut hex = [0u8; 32];
+            trace_context::encode(&id, &mut hex);
+            hex
+        })
     }
 }
 
@@ -110,15 +114,12 @@ fn lossy(bytes: &[u8], max: usize) -> Box<str> {
 
 /// The trace id of a valid W3C `traceparent` (version 00 and later; an invalid one hides B3
 /// beside it: W3C takes precedence), else of B3 (`x-b3-traceid`, 16 or 32 hex digits, the short
-/// form padded as B3 specifies): 32 lowercase hex digits. Parsed by `trace_context`, as the
-/// tracer parses them.
-pub fn trace_id(h: &HeaderMap) -> Option<[u8; 32]> {
-    let id = match h.get(&TRACEPARENT) {
-        Some(tp) => trace_context::traceparent(tp.as_bytes())?.trace_id,
-        None => trace_context::b3_trace_id(h.get(&B3_TRACE_ID)?.as_bytes())
-            .filter(|id| *id != [0; 16])?,
-    };
-    let mut hex = [0u8; 32];
-    trace_context::encode(&id, &mut hex);
-    Some(hex)
+/// form padded as B3 specifies). Parsed by `trace_context`, as the tracer parses them.
+pub fn trace_id(h: &HeaderMap) -> Option<[u8; 16]> {
+    match h.get(&TRACEPARENT) {
+        Some(tp) => Some(trace_context::traceparent(tp.as_bytes())?.trace_id),
+        None => {
+            trace_context::b3_trace_id(h.get(&B3_TRACE_ID)?.as_bytes()).filter(|id| *id != [0; 16])
+        }
+    }
 }

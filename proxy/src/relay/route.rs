@@ -13,12 +13,13 @@ type Unrouted = (
 );
 
 impl HttpProxy {
-    /// Routes a request and counts it; answers it at once when it cannot be routed or the
-    /// inbound side refuses it.
+    /// Routes a request (which came at `start`) and counts it; answers it at once when it
+    /// cannot be routed or the inbound side refuses it.
     pub(super) fn route(
         &self,
         mut req: Request<Received>,
         conn: &ConnInfo,
+        start: Instant,
     ) -> Result<Admitted, Box<Response<ProxyBody>>> {
         let version = req.version();
         let is_grpc = grpc::is_grpc(req.headers());
@@ -41,15 +42,15 @@ impl HttpProxy {
         // remove what is set here, and before the entry reads them.
         let traced = self
             .tracer
-            .and_then(|t| t.start(req.headers_mut(), self.direction));
+            .and_then(|t| t.start(req.headers_mut(), self.direction, start));
         if self.request_id {
             trace::ensure_request_id(req.headers_mut());
         }
         // The access log's line and the span's record.
         let mut entry = if self.log.is_some() || traced.is_some() {
-            let known = traced.as_ref().map(|t| t.trace_hex());
+            let known = traced.as_ref().map(|t| t.trace_id);
             let dir = self.direction.as_str();
-            let mut e = Entry::request(self.log, &req, dir, conn.client, known);
+            let mut e = Entry::request(self.log, &req, dir, conn.client, known, start);
             e.client_identity = conn.peer.as_ref().and_then(|p| p.id.clone());
             e.traced = traced.map(|t| Box::new(t) as Box<dyn crate::access_log::OnFinish>);
             Some(e)

@@ -1,7 +1,8 @@
-//! The span exporter: batches the queued spans and sends them to the collector with OTLP/gRPC
-//! (`TraceService/Export`), retrying what the collector could not take (the status codes the
-//! OTLP specification calls retryable) with the one backoff, then dropping and counting. It
-//! runs on the control runtime; a collector that is down or slow only costs spans.
+//! The span exporter: sends each batch of spans (full, or taken while filling every
+//! [`BATCH_DELAY`]) to the collector with OTLP/gRPC (`TraceService/Export`), retrying what the
+//! collector could not take (the status codes the OTLP specification calls retryable) with the
+//! one backoff, then dropping and counting. It runs on the control runtime; a collector that is
+//! down or slow only costs spans.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,16 +15,9 @@ use tonic::{
     transport::Channel,
 };
 
-use super::{Span, wire};
+use super::queue::BATCH_DELAY;
+use super::{Batch, wire};
 
-/// Spans sent in one export at most: at most about 5 KiB each encoded, an export stays near
-/// 1 MiB, well under the 4 MiB a gRPC server (the Collector's included) takes by default.
-pub const MAX_BATCH: usize = 256;
-/// How long a span waits for its batch to fill at most.
-pub const BATCH_DELAY: Duration = Duration::from_secs(1);
-/// How often a filling batch takes what was queued (at 10,000 spans a second, 500 at a time:
-/// well within the default queue of 2,048).
-const REST: Duration = Duration::from_millis(50);
 /// One export's time limit.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries of one batch before it is dropped.
@@ -47,14 +41,15 @@ pub struct ExportConfig {
 /// Sends the tracer's spans; [`Exporter::run`] until the tracer is gone.
 #[derive(Debug)]
 pub struct Exporter {
-    rx: mpsc::Receiver<Span>,
+    /// Full batches.
+    rx: mpsc::UnboundedReceiver<Batch>,
     cfg: ExportConfig,
     exported: prometheus::IntCounter,
     dropped: prometheus::IntCounterVec,
     client: Option<tonic::client::Grpc<Channel>>,
     /// Whether the last failure has been logged (one warning per outage).
     warned: bool,
-    /// The tracer whose spans these are: told when they are done, asked to flush.
+    /// The tracer whose spans these are: its batches still filling, told when spans are done.
     tracer: &'static super::Tracer,
 }
 
@@ -62,7 +57,7 @@ impl Exporter {
     /// Sends `tracer`'s spans, from `rx` (which [`super::Tracer::new`] returned with it).
     pub fn new(
         tracer: &'static super::Tracer,
-        rx: mpsc::Receiver<Span>,
+        rx: mpsc::UnboundedReceiver<Batch>,
         cfg: ExportConfig,
         exported: prometheus::IntCounter,
         dropped: prometheus::IntCounterVec,
@@ -78,63 +73,41 @@ impl Exporter {
         }
     }
 
-    fn flushing(&self) -> bool {
-        self.tracer
-            .flushing
-            .load(std::sync::atomic::Ordering::Acquire)
-    }
-
     pub async fn run(mut self) {
-        // Waits for a span only when the queue is empty; otherwise wakes every [`REST`] and
-        // takes what came: a request that queues a span never has to wake this task.
-        let mut next = self.rx.recv().await;
-        while let Some(first) = next.take() {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            batch.push(first);
-            let until = tokio::time::Instant::now() + BATCH_DELAY;
-            loop {
-                self.drain(&mut batch);
-                if batch.len() >= MAX_BATCH
-                    || tokio::time::Instant::now() >= until
-                    || self.flushing()
-                {
-                    break;
-                }
-                tokio::time::sleep(REST).await;
-            }
-            self.export(batch).await;
-            next = match self.rx.try_recv() {
-                Ok(s) => Some(s),
-                Err(mpsc::error::TryRecvError::Empty) => self.rx.recv().await,
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
+        let mut take_at = tokio::time::Instant::now() + BATCH_DELAY;
+        loop {
+            let take = tokio::select! {
+                full = self.rx.recv() => match full {
+                    Some(b) => {
+                        self.export(b).await;
+                        false
+                    }
+                    None => return,
+                },
+                () = tokio::time::sleep_until(take_at) => true,
+                () = self.tracer.flush_now.notified() => true,
             };
-        }
-    }
-
-    /// Moves what is queued into `batch`, up to [`MAX_BATCH`].
-    fn drain(&mut self, batch: &mut Vec<Span>) {
-        while batch.len() < MAX_BATCH {
-            match self.rx.try_recv() {
-                Ok(s) => batch.push(s),
-                Err(_) => break,
+            if take {
+                for b in self.tracer.queue.take_filling() {
+                    self.export(b).await;
+                }
+                take_at = tokio::time::Instant::now() + BATCH_DELAY;
             }
         }
     }
 
-    async fn export(&mut self, spans: Vec<Span>) {
-        let n = spans.len() as u64;
+    async fn export(&mut self, spans: Batch) {
+        let n = spans.spans();
         self.send(spans).await;
-        self.tracer
-            .pending
-            .fetch_sub(n as usize, std::sync::atomic::Ordering::AcqRel);
+        self.tracer.queue.done(n);
     }
 
-    async fn send(&mut self, spans: Vec<Span>) {
-        let n = spans.len() as u64;
+    async fn send(&mut self, spans: Batch) {
+        let n = spans.spans() as u64;
         // Encoded once; every try sends the same bytes.
         let scope = ("weft-proxy", env!("CARGO_PKG_VERSION"));
-        let req = Bytes::from(wire::request(&self.cfg.resource, scope, SCHEMA_URL, &spans));
-        drop(spans);
+        let (head, tail) = wire::around(&self.cfg.resource, scope, SCHEMA_URL, &spans);
+        let req = [head, spans.into_bytes(), tail].map(Bytes::from);
         for attempt in 0..TRIES {
             if attempt > 0 {
                 let wait = weft_core::backoff::full_jitter(
@@ -220,12 +193,14 @@ impl Exporter {
 /// The method spans are sent to.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Sends a request already encoded (by [`wire`]); decodes the answer with the official types.
+/// Sends a request already encoded (by [`wire`]), in its parts (what comes before the spans,
+/// the spans, what comes after), each written once into the message tonic frames; decodes the
+/// answer with the official types.
 #[derive(Debug, Clone, Copy, Default)]
 struct RawCodec;
 
 impl Codec for RawCodec {
-    type Encode = Bytes;
+    type Encode = [Bytes; 3];
     type Decode = ExportTraceServiceResponse;
     type Encoder = RawCodec;
     type Decoder = RawCodec;
@@ -240,11 +215,15 @@ impl Codec for RawCodec {
 }
 
 impl Encoder for RawCodec {
-    type Item = Bytes;
+    type Item = [Bytes; 3];
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
+    fn encode(&mut self, item: [Bytes; 3], dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        // Room made once: the buffer is not grown (and moved) part by part.
+        dst.reserve(item.iter().map(Bytes::len).sum());
+        for part in item {
+            dst.put_slice(&part);
+        }
         Ok(())
     }
 }

@@ -3,15 +3,12 @@
 //! route, backend, attempts, peer identity, response flags). Nothing is built in between: the
 //! entry's strings are written into the span's one buffer.
 
-use std::{
-    borrow::Cow,
-    time::{Duration, SystemTime},
-};
+use std::borrow::Cow;
 
 use weft_core::text::cut;
 
 use super::Traced;
-use super::wire::{self, Span, fixed_attr};
+use super::wire::{self, fixed_attr};
 use crate::access_log::{Entry, Flags};
 use crate::metrics::Direction;
 
@@ -31,12 +28,6 @@ fn flags(t: &Traced) -> u32 {
         Some(_) => 1 | HAS_IS_REMOTE | IS_REMOTE,
         None => 1 | HAS_IS_REMOTE,
     }
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_nanos() as u64
 }
 
 /// The methods HTTP defines (anything else is an extension method, named by the client), each
@@ -143,15 +134,18 @@ impl IpText {
 /// An authority's host (without brackets) and port, as `http::uri::Authority` reads them,
 /// without parsing it into one (which copies it).
 pub(super) fn host_port(auth: &str) -> (&str, Option<u16>) {
-    let auth = auth.rsplit_once('@').map_or(auth, |(_, host)| host);
+    // Searched byte by byte: an authority is short, and the general search costs more to
+    // set up than it saves.
+    let last = |b: u8, s: &str| s.bytes().rposition(|c| c == b);
+    let auth = last(b'@', auth).map_or(auth, |at| &auth[at + 1..]);
     if let Some(rest) = auth.strip_prefix('[') {
         return match rest.split_once(']') {
             Some((host, after)) => (host, after.strip_prefix(':').and_then(|p| p.parse().ok())),
             None => (rest, None),
         };
     }
-    match auth.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().ok()),
+    match last(b':', auth) {
+        Some(at) => (&auth[..at], auth[at + 1..].parse().ok()),
         None => (auth, None),
     }
 }
@@ -162,10 +156,12 @@ fn grpc_method(path: &str) -> Option<(&str, &str)> {
     (!svc.is_empty() && !method.is_empty() && !method.contains('/')).then_some((svc, method))
 }
 
-/// The span of the request `e` describes, encoded.
-pub(super) fn encode(t: &Traced, e: &Entry) -> Span {
-    let end = e.start + e.duration;
-    let path = e.path().map(|p| p.split('?').next().unwrap_or(p));
+/// The span of the request `e` describes: its fields, encoded, appended to `out`.
+pub(super) fn encode(t: &Traced, e: &Entry, out: &mut Vec<u8>) {
+    let end = e.start + e.duration.as_nanos() as u64;
+    let path = e
+        .path()
+        .map(|p| p.bytes().position(|c| c == b'?').map_or(p, |q| &p[..q]));
     // Only a gRPC request's entry has a gRPC status.
     let grpc = e.grpc_status.is_some();
     // A method outside HTTP's own is `_OTHER` (and the span `HTTP`), as the conventions say:
@@ -191,7 +187,7 @@ pub(super) fn encode(t: &Traced, e: &Entry) -> Span {
         ("weft.peer.identity", peer_id),
     ];
     let error = error(t.direction, e);
-    // The variable parts, and room for the rest (keys, ids, numbers): one allocation.
+    // The variable parts, and room for the rest (keys, ids, numbers): room made once.
     let text = |s: Option<&str>| s.map_or(0, str::len);
     let size = 640
         + 3 * text(path)
@@ -204,8 +200,7 @@ pub(super) fn encode(t: &Traced, e: &Entry) -> Span {
             .map(|(_, v)| text(v.as_deref()))
             .sum::<usize>()
         + 2 * error.as_deref().map_or(0, str::len);
-    let mut buf = Vec::with_capacity(size);
-    let out = &mut buf;
+    out.reserve(size);
     let name: &[&str] = match (rpc, known) {
         (Some((svc, m)), _) => &[svc, "/", m],
         (None, Some((m, _))) => &[m.as_str()],
@@ -222,8 +217,8 @@ pub(super) fn encode(t: &Traced, e: &Entry) -> Span {
                 Direction::Inbound => KIND_SERVER,
                 Direction::Outbound => KIND_CLIENT,
             },
-            start: nanos(e.start),
-            end: nanos(end),
+            start: e.start,
+            end,
         },
         out,
     );
@@ -304,7 +299,6 @@ pub(super) fn encode(t: &Traced, e: &Entry) -> Span {
         attr("error.type", why, out);
     }
     wire::tail(error.as_deref(), flags(t), out);
-    Span(buf)
 }
 
 /// Why the request failed, as `error.type` says it, or `None`: a gRPC status other than OK; an

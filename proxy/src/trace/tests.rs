@@ -1,4 +1,5 @@
 use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
 
 use super::context::parent;
 use super::*;
@@ -113,7 +114,7 @@ fn a_sampled_parent_is_continued_with_a_span_of_this_sidecar() {
     let tp = format!("00-{TRACE}-{SPAN}-01");
     let mut h = headers(&[("traceparent", &tp), ("tracestate", "a=1")]);
     let traced = t
-        .start(&mut h, Direction::Outbound)
+        .start(&mut h, Direction::Outbound, Instant::now())
         .expect("sampled by its parent");
     assert_eq!(
         traced.parent,
@@ -127,7 +128,9 @@ fn a_sampled_parent_is_continued_with_a_span_of_this_sidecar() {
     // A tracestate longer than W3C's 512 goes on upstream but is not kept on the span.
     let long = format!("a={}", "x".repeat(600));
     let mut h = headers(&[("traceparent", &tp), ("tracestate", &long)]);
-    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let traced = t
+        .start(&mut h, Direction::Outbound, Instant::now())
+        .unwrap();
     assert_eq!(traced.state, None);
     assert_eq!(h["tracestate"], *long);
 }
@@ -137,10 +140,18 @@ fn unsampled_requests_are_left_as_they_came() {
     let never = tracer(0.0);
     let tp = format!("00-{TRACE}-{SPAN}-00");
     let mut h = headers(&[("traceparent", &tp)]);
-    assert!(tracer(100.0).start(&mut h, Direction::Inbound).is_none());
+    assert!(
+        tracer(100.0)
+            .start(&mut h, Direction::Inbound, Instant::now())
+            .is_none()
+    );
     assert_eq!(h["traceparent"], *tp);
     let mut h = HeaderMap::new();
-    assert!(never.start(&mut h, Direction::Inbound).is_none());
+    assert!(
+        never
+            .start(&mut h, Direction::Inbound, Instant::now())
+            .is_none()
+    );
     assert!(h.is_empty());
 }
 
@@ -150,7 +161,7 @@ fn new_traces_are_sampled_near_the_rate() {
     let n = 20_000;
     let sampled = (0..n)
         .filter(|_| {
-            t.start(&mut HeaderMap::new(), Direction::Outbound)
+            t.start(&mut HeaderMap::new(), Direction::Outbound, Instant::now())
                 .is_some()
         })
         .count();
@@ -190,15 +201,20 @@ fn a_full_queue_drops_spans_and_counts_them() {
     let (t, _rx) = Tracer::new(100.0, 2, 1_000_000, dropped.clone());
     let tp = format!("00-{TRACE}-{SPAN}-01");
     for _ in 0..5 {
-        let traced = t.start(&mut headers(&[("traceparent", &tp)]), Direction::Inbound);
+        let traced = t.start(
+            &mut headers(&[("traceparent", &tp)]),
+            Direction::Inbound,
+            Instant::now(),
+        );
         let e = crate::access_log::Entry::request(
             None,
             &http::Request::get("/").body(()).unwrap(),
             "inbound",
             None,
             None,
+            Instant::now(),
         );
-        t.queue(span::encode(&traced.unwrap(), &e));
+        t.record(&traced.unwrap(), &e);
     }
     assert_eq!(dropped.with_label_values(&["queue_full"]).get(), 3);
 }
@@ -229,7 +245,7 @@ fn what_wire_writes_is_what_the_official_types_read() {
     wire::int_attr(9, "negative", -1, &mut out);
     wire::list_attr(9, "http.request.header.x-request-id", "r-1", &mut out);
     wire::tail(Some("14"), 0x301, &mut out);
-    let s = decoded(&Span(out));
+    let s = decoded_one(|o| o.extend_from_slice(&out));
     assert_eq!(s.trace_id, [1; 16]);
     assert_eq!(s.span_id, [2; 8]);
     assert_eq!(s.parent_span_id, [3; 8]);
@@ -284,7 +300,9 @@ fn b3_beside_traceparent_is_rewritten_to_say_the_same() {
         ("x-b3-sampled", "1"),
         ("x-b3-flags", "1"),
     ]);
-    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let traced = t
+        .start(&mut h, Direction::Outbound, Instant::now())
+        .unwrap();
     let mine = hex(&traced.span_id);
     assert_eq!(h["x-b3-traceid"], TRACE, "the W3C trace, in B3 too");
     assert_eq!(h["x-b3-spanid"], *mine);
@@ -302,7 +320,9 @@ fn an_invalid_or_doubled_traceparent_falls_back_to_b3_or_a_new_trace() {
         ("x-b3-spanid", SPAN),
         ("x-b3-sampled", "1"),
     ]);
-    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let traced = t
+        .start(&mut h, Direction::Outbound, Instant::now())
+        .unwrap();
     assert_eq!(hex(&traced.trace_id), TRACE, "B3's trace");
     assert_eq!(traced.parent.map(|p| hex(&p)).as_deref(), Some(SPAN));
     assert!(h["traceparent"].to_str().unwrap().contains(TRACE));
@@ -312,7 +332,9 @@ fn an_invalid_or_doubled_traceparent_falls_back_to_b3_or_a_new_trace() {
     h.append("traceparent", tp.parse().unwrap());
     h.append("traceparent", tp.parse().unwrap());
     h.insert("tracestate", "a=1".parse().unwrap());
-    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let traced = t
+        .start(&mut h, Direction::Outbound, Instant::now())
+        .unwrap();
     assert_eq!(traced.parent, None);
     assert_ne!(hex(&traced.trace_id), TRACE);
     assert_eq!(h.get_all("traceparent").iter().count(), 1);
@@ -326,7 +348,11 @@ fn an_invalid_or_doubled_traceparent_falls_back_to_b3_or_a_new_trace() {
 #[test]
 fn a_bare_b3_deny_is_kept() {
     let mut h = headers(&[("x-b3-sampled", "0")]);
-    assert!(tracer(100.0).start(&mut h, Direction::Inbound).is_none());
+    assert!(
+        tracer(100.0)
+            .start(&mut h, Direction::Inbound, Instant::now())
+            .is_none()
+    );
     assert_eq!(h.len(), 1);
 }
 
@@ -334,16 +360,19 @@ fn a_bare_b3_deny_is_kept() {
 fn extension_methods_and_clients_that_left_are_named_as_the_conventions_say() {
     let t = tracer(100.0);
     let mut h = HeaderMap::new();
-    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let traced = t
+        .start(&mut h, Direction::Outbound, Instant::now())
+        .unwrap();
     let req = http::Request::builder()
         .method("PURGE-EVERYTHING")
         .uri("/x")
         .body(())
         .unwrap();
-    let mut e = crate::access_log::Entry::request(None, &req, "outbound", None, None);
+    let mut e =
+        crate::access_log::Entry::request(None, &req, "outbound", None, None, Instant::now());
     e.status = 499;
     e.flags.set(crate::access_log::Flags::DC);
-    let s = decoded(&span::encode(&traced, &e));
+    let s = decoded_one(|o| span::encode(&traced, &e, o));
     assert_eq!(s.name, "HTTP");
     let attr = |k: &str| {
         s.attributes
@@ -376,7 +405,7 @@ fn callers_cannot_have_more_spans_made_than_the_rate() {
     let mut traced = 0;
     for _ in 0..20 {
         let mut h = headers(&[("traceparent", &tp)]);
-        match t.start(&mut h, Direction::Inbound) {
+        match t.start(&mut h, Direction::Inbound, Instant::now()) {
             Some(_) => traced += 1,
             // Not traced here: the caller's context goes on untouched.
             None => assert_eq!(h["traceparent"], *tp),
@@ -417,7 +446,9 @@ fn the_callers_other_trace_flags_go_on() {
     // Level 2's "random" (0x02) with "sampled".
     let tp = format!("00-{TRACE}-{SPAN}-03");
     let mut h = headers(&[("traceparent", &tp)]);
-    let traced = t.start(&mut h, Direction::Outbound).unwrap();
+    let traced = t
+        .start(&mut h, Direction::Outbound, Instant::now())
+        .unwrap();
     assert_eq!(
         h["traceparent"],
         format!("00-{TRACE}-{}-03", hex(&traced.span_id))

@@ -1,7 +1,7 @@
 //! Spans in OTLP's protobuf encoding, written by hand: each span straight from the request's
-//! record into one buffer (its lengths counted before it is written, so nothing is moved), no
-//! message structs to build, clone and drop. The export's bytes are made once per batch from
-//! the spans' bytes and sent (and resent) as they are. Field numbers are those of the official
+//! record into its batch's buffer (its attributes' lengths counted before they are written, so
+//! nothing is moved), no message structs to build, clone and drop. The export's bytes are made
+//! once per batch from the batch's bytes and sent (and resent) as they are. Field numbers are those of the official
 //! definitions (`opentelemetry/proto/trace/v1/trace.proto`, `common/v1`, `resource/v1`,
 //! `collector/trace/v1`); the tests decode what is written here with the `opentelemetry-proto`
 //! types.
@@ -12,9 +12,51 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
-/// One span, encoded: the fields of an OTLP `Span` message, without its own tag and length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Span(pub(super) Vec<u8>);
+/// Spans encoded one after another, each as a `spans` field (2) of a `ScopeSpans`: what one
+/// export sends.
+#[derive(Debug, Default)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+impl Batch {
+    /// Makes room for `bytes` more.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.bytes.reserve(bytes);
+    }
+
+    /// Spans in the batch.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// The spans' bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Appends one span, whose fields `write` writes.
+    pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let out = &mut self.bytes;
+        out.push(2 << 3 | LEN);
+        // Room for the length as two bytes (128 bytes to 16 KiB: every span the proxy makes),
+        // filled in once the span is written; any other length is moved into place.
+        let at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        write(out);
+        let len = out.len() - at - 2;
+        if (0x80..0x4000).contains(&len) {
+            out[at] = (len as u8) | 0x80;
+            out[at + 1] = (len >> 7) as u8;
+        } else {
+            let mut head = Vec::with_capacity(3);
+            varint(len as u64, &mut head);
+            out.splice(at..at + 2, head);
+        }
+        self.spans += 1;
+    }
+}
 
 #[inline(always)]
 fn varint(mut v: u64, out: &mut Vec<u8>) {
@@ -221,23 +263,36 @@ pub fn tail(error: Option<&str>, flags: u32, out: &mut Vec<u8>) {
 }
 
 /// An `ExportTraceServiceRequest`: one resource (its attributes), one instrumentation scope
-/// (`name`, `version`, the semantic conventions' `schema_url`), the spans. Every length is
-/// counted before anything is written: the spans' bytes are copied once.
+/// (`name`, `version`, the semantic conventions' `schema_url`), the batch's spans.
+#[cfg(test)]
 pub fn request(
     resource: &[(&'static str, String)],
     scope: (&str, &str),
     schema_url: &str,
-    spans: &[Span],
+    spans: &Batch,
 ) -> Vec<u8> {
+    let (mut out, tail) = around(resource, scope, schema_url, spans);
+    out.extend_from_slice(&spans.bytes);
+    out.extend_from_slice(&tail);
+    out
+}
+
+/// What an `ExportTraceServiceRequest` (as [`request`] describes it) has before the batch's
+/// spans and after them: the spans' bytes are sent as they are, never copied into one buffer.
+/// Every length is counted before anything is written.
+pub fn around(
+    resource: &[(&'static str, String)],
+    scope: (&str, &str),
+    schema_url: &str,
+    spans: &Batch,
+) -> (Vec<u8>, Vec<u8>) {
     let str_attr_len =
         |k: &str, v: &str| field_len(field_len(k.len()) + field_len(field_len(v.len())));
     let resource_len: usize = resource.iter().map(|(k, v)| str_attr_len(k, v)).sum();
     let scope_len = field_len(scope.0.len()) + field_len(scope.1.len());
-    let scope_spans_len = field_len(scope_len)
-        + spans.iter().map(|s| field_len(s.0.len())).sum::<usize>()
-        + field_len(schema_url.len());
+    let scope_spans_len = field_len(scope_len) + spans.bytes.len() + field_len(schema_url.len());
     let resource_spans_len = field_len(resource_len) + field_len(scope_spans_len);
-    let mut out = Vec::with_capacity(field_len(resource_spans_len));
+    let mut out = Vec::with_capacity(field_len(resource_spans_len) - spans.bytes.len());
     // ExportTraceServiceRequest { resource_spans (1): ResourceSpans {
     //   resource (1): Resource { attributes (1) },
     //   scope_spans (2): ScopeSpans { scope (1), spans (2), schema_url (3) } } }
@@ -254,10 +309,31 @@ pub fn request(
     varint(scope_len as u64, &mut out);
     bytes(1, scope.0.as_bytes(), &mut out);
     bytes(2, scope.1.as_bytes(), &mut out);
-    for s in spans {
-        bytes(2, &s.0, &mut out);
+    let mut tail = Vec::with_capacity(field_len(schema_url.len()));
+    bytes(3, schema_url.as_bytes(), &mut tail);
+    debug_assert_eq!(
+        out.len() + spans.bytes.len() + tail.len(),
+        field_len(resource_spans_len)
+    );
+    (out, tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_of_every_length_are_framed_as_the_official_types_read() {
+        let mut b = Batch::default();
+        // Under 128 bytes, 128 to 16 KiB (room left for its length), and over.
+        for name_len in [3, 600, 20_000] {
+            b.push(|out| bytes(5, "n".repeat(name_len).as_bytes(), out));
+        }
+        let names: Vec<usize> = crate::trace::decoded(&b)
+            .iter()
+            .map(|s| s.name.len())
+            .collect();
+        assert_eq!(names, [3, 600, 20_000]);
+        assert_eq!(b.spans(), 3);
     }
-    bytes(3, schema_url.as_bytes(), &mut out);
-    debug_assert_eq!(out.len(), field_len(resource_spans_len));
-    out
 }

@@ -1,0 +1,183 @@
+//! Spans waiting for export. A finished request's span is encoded straight into the batch its
+//! thread is filling (one batch per data-plane thread, up to [`SLOTS`]; more threads share):
+//! no allocation, no channel and no hand-off to another thread for each span. A full batch
+//! ([`MAX_BATCH`] spans) goes to the exporter at once; the exporter takes the batches still
+//! filling every [`BATCH_DELAY`], and at once when asked to flush.
+//!
+//! Bound: `--trace-queue` spans accepted and not yet exported (or given up on), wherever they
+//! are (filling, full and waiting, being sent); beyond, a span is not made, and is counted.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use super::wire::Batch;
+
+/// Spans sent in one export at most: at most about 6 KiB each encoded, an export stays under
+/// 2 MiB, well under the 4 MiB a gRPC server (the Collector's included) takes by default.
+pub const MAX_BATCH: usize = 256;
+/// How long a span waits for its batch to fill at most (before the export itself).
+pub const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// Batches being filled at once: one per thread, for up to this many threads.
+const SLOTS: usize = 8;
+/// The room a batch is given when its first span comes: a full batch of typical spans (500
+/// to 700 bytes), so that filling it seldom moves it. A thread that makes no span holds none.
+const BATCH_BYTES: usize = MAX_BATCH * 768;
+
+/// One thread's batch, on a cache line of its own: threads filling their batches never touch
+/// each other's lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(Mutex<Batch>);
+
+#[derive(Debug)]
+pub struct Queue {
+    slots: [Slot; SLOTS],
+    full: mpsc::UnboundedSender<Batch>,
+    /// Spans accepted and not yet exported or given up on: what is bounded, and what a flush
+    /// waits for.
+    waiting: AtomicUsize,
+    limit: usize,
+}
+
+impl Queue {
+    /// A queue holding `limit` spans at most; full batches come out of the receiver (which
+    /// holds no more than `limit` spans, as the count says).
+    pub fn new(limit: usize) -> (Queue, mpsc::UnboundedReceiver<Batch>) {
+        let (full, rx) = mpsc::unbounded_channel();
+        let q = Queue {
+            slots: Default::default(),
+            full,
+            waiting: AtomicUsize::new(0),
+            limit: limit.max(1),
+        };
+        (q, rx)
+    }
+
+    /// Adds a span, whose fields `write` writes, to this thread's batch; `false`, and nothing
+    /// written, when the queue holds its limit.
+    pub fn push(&self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut batch = self.slots[slot()].0.lock().expect("span batch lock");
+        if batch.spans() == 0 {
+            batch.reserve(BATCH_BYTES);
+        }
+        batch.push(write);
+        if batch.spans() >= MAX_BATCH {
+            let full = std::mem::take(&mut *batch);
+            drop(batch);
+            // The exporter lives as long as the process; if it is gone, so are the spans.
+            let _ = self.full.send(full);
+        }
+        true
+    }
+
+    /// The batches being filled (those with a span), for the exporter.
+    pub fn take_filling(&self) -> Vec<Batch> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let mut b = s.0.lock().expect("span batch lock");
+                (b.spans() > 0).then(|| std::mem::take(&mut *b))
+            })
+            .collect()
+    }
+
+    /// `n` spans exported or given up on.
+    pub fn done(&self, n: usize) {
+        self.waiting.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Spans accepted and not yet exported or given up on.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+/// This thread's slot: threads are numbered as they first add a span.
+fn slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    }
+    SLOT.with(|s| *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::decoded;
+
+    /// A span whose only field is its span id, `i`.
+    fn span(i: u64) -> impl FnOnce(&mut Vec<u8>) {
+        move |out| {
+            out.extend_from_slice(&[2 << 3 | 2, 8]);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+    }
+
+    fn ids(b: &Batch) -> Vec<u64> {
+        decoded(b)
+            .iter()
+            .map(|s| u64::from_be_bytes(s.span_id[..].try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once_and_the_rest_when_taken() {
+        let (q, mut rx) = Queue::new(1000);
+        for i in 0..300 {
+            assert!(q.push(span(i)));
+        }
+        let full = rx.try_recv().expect("a full batch");
+        assert_eq!(ids(&full), (0..256).collect::<Vec<_>>());
+        assert!(rx.try_recv().is_err(), "one full batch");
+        let filling = q.take_filling();
+        assert_eq!(filling.len(), 1, "one thread: one batch filling");
+        assert_eq!(ids(&filling[0]), (256..300).collect::<Vec<_>>());
+        assert!(q.take_filling().is_empty(), "taken");
+        assert_eq!(q.waiting(), 300, "not exported yet");
+        q.done(256);
+        q.done(44);
+        assert_eq!(q.waiting(), 0);
+    }
+
+    #[test]
+    fn threads_fill_batches_of_their_own_and_the_limit_holds_across_them() {
+        let (q, _rx) = Queue::new(150);
+        let accepted: usize = std::thread::scope(|s| {
+            let q = &q;
+            let threads: Vec<_> = (0..3)
+                .map(|t| s.spawn(move || (0..100).filter(|i| q.push(span(t * 1000 + i))).count()))
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        assert_eq!(accepted, 150, "the limit, whichever thread asked");
+        let filling = q.take_filling();
+        let mut all: Vec<u64> = filling.iter().flat_map(ids).collect();
+        assert_eq!(all.len(), 150);
+        for b in &filling {
+            let first = ids(b)[0] / 1000;
+            assert!(
+                ids(b).iter().all(|i| i / 1000 == first),
+                "one thread's spans"
+            );
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 150, "each span once");
+        // Spans done make room again.
+        assert!(!q.push(span(9)));
+        q.done(150);
+        assert!(q.push(span(9)));
+    }
+}
