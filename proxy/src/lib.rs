@@ -31,6 +31,7 @@ pub use weft_core::log;
 pub mod client;
 pub mod clusters;
 pub mod metrics;
+pub mod per_thread;
 #[cfg(any(test, feature = "properties"))]
 pub mod properties;
 pub mod register;

@@ -1,44 +1,34 @@
 //! Spans waiting for export. A finished request's span is encoded straight into the batch its
-//! thread is filling (one batch per data-plane thread, up to [`SLOTS`]; more threads share):
-//! no allocation, no channel and no hand-off to another thread for each span. A full batch
-//! ([`MAX_BATCH`] spans) goes to the exporter at once; the exporter takes the batches still
-//! filling every [`BATCH_DELAY`], and at once when asked to flush.
+//! thread is filling (`per_thread`): no allocation, no channel and no hand-off to another
+//! thread for each span. A full batch ([`MAX_BATCH`] spans) goes to the exporter at once; the
+//! exporter takes the batches still filling every [`BATCH_DELAY`], and at once when asked to
+//! flush.
 //!
 //! Bound: `--trace-queue` spans accepted and not yet exported (or given up on), wherever they
 //! are (filling, full and waiting, being sent); beyond, a span is not made, and is counted.
 
 use std::{
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
 use tokio::sync::mpsc;
 
 use super::wire::Batch;
+use crate::per_thread::PerThread;
 
 /// Spans sent in one export at most: at most about 6 KiB each encoded, an export stays under
 /// 2 MiB, well under the 4 MiB a gRPC server (the Collector's included) takes by default.
 pub const MAX_BATCH: usize = 256;
 /// How long a span waits for its batch to fill at most (before the export itself).
 pub const BATCH_DELAY: Duration = Duration::from_secs(1);
-/// Batches being filled at once: one per thread, for up to this many threads.
-const SLOTS: usize = 8;
 /// The room a batch is given when its first span comes: a full batch of typical spans (500
 /// to 700 bytes), so that filling it seldom moves it. A thread that makes no span holds none.
 const BATCH_BYTES: usize = MAX_BATCH * 768;
 
-/// One thread's batch, on a cache line of its own: threads filling their batches never touch
-/// each other's lines.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Slot(Mutex<Batch>);
-
 #[derive(Debug)]
 pub struct Queue {
-    slots: [Slot; SLOTS],
+    filling: PerThread<Batch>,
     full: mpsc::UnboundedSender<Batch>,
     /// Spans accepted and not yet exported or given up on: what is bounded, and what a flush
     /// waits for.
@@ -52,7 +42,7 @@ impl Queue {
     pub fn new(limit: usize) -> (Queue, mpsc::UnboundedReceiver<Batch>) {
         let (full, rx) = mpsc::unbounded_channel();
         let q = Queue {
-            slots: Default::default(),
+            filling: PerThread::default(),
             full,
             waiting: AtomicUsize::new(0),
             limit: limit.max(1),
@@ -67,7 +57,7 @@ impl Queue {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        let mut batch = self.slots[slot()].0.lock().expect("span batch lock");
+        let mut batch = self.filling.mine();
         if batch.spans() == 0 {
             batch.reserve(BATCH_BYTES);
         }
@@ -83,13 +73,13 @@ impl Queue {
 
     /// The batches being filled (those with a span), for the exporter.
     pub fn take_filling(&self) -> Vec<Batch> {
-        self.slots
-            .iter()
-            .filter_map(|s| {
-                let mut b = s.0.lock().expect("span batch lock");
-                (b.spans() > 0).then(|| std::mem::take(&mut *b))
-            })
-            .collect()
+        let mut taken = Vec::new();
+        self.filling.each(|b| {
+            if b.spans() > 0 {
+                taken.push(std::mem::take(b));
+            }
+        });
+        taken
     }
 
     /// `n` spans exported or given up on.
@@ -101,15 +91,6 @@ impl Queue {
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }
-}
-
-/// This thread's slot: threads are numbered as they first add a span.
-fn slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
-    }
-    SLOT.with(|s| *s)
 }
 
 #[cfg(test)]
@@ -152,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_fill_batches_of_their_own_and_the_limit_holds_across_them() {
+    fn the_limit_holds_across_threads() {
         let (q, _rx) = Queue::new(150);
         let accepted: usize = std::thread::scope(|s| {
             let q = &q;
@@ -162,16 +143,8 @@ mod tests {
             threads.into_iter().map(|t| t.join().unwrap()).sum()
         });
         assert_eq!(accepted, 150, "the limit, whichever thread asked");
-        let filling = q.take_filling();
-        let mut all: Vec<u64> = filling.iter().flat_map(ids).collect();
+        let mut all: Vec<u64> = q.take_filling().iter().flat_map(ids).collect();
         assert_eq!(all.len(), 150);
-        for b in &filling {
-            let first = ids(b)[0] / 1000;
-            assert!(
-                ids(b).iter().all(|i| i / 1000 == first),
-                "one thread's spans"
-            );
-        }
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 150, "each span once");
