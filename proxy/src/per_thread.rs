@@ -6,7 +6,7 @@
 //! theirs never touch each other's lines. The taker locks each slot briefly.
 
 use std::sync::{
-    Mutex, MutexGuard,
+    Mutex, MutexGuard, PoisonError,
     atomic::{AtomicUsize, Ordering},
 };
 
@@ -24,15 +24,19 @@ pub struct PerThread<T> {
 }
 
 impl<T> PerThread<T> {
-    /// This thread's `T`, locked.
+    /// This thread's `T`, locked. A thread that panicked while holding it does not stop the
+    /// others: the `T` must stay whole whatever its user did (`trace::wire::Batch` does).
     pub fn mine(&self) -> MutexGuard<'_, T> {
-        self.slots[index()].0.lock().expect("per-thread lock")
+        self.slots[index()]
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Each thread's `T`, locked in turn.
     pub fn each(&self, mut f: impl FnMut(&mut T)) {
         for s in &self.slots {
-            f(&mut s.0.lock().expect("per-thread lock"));
+            f(&mut s.0.lock().unwrap_or_else(PoisonError::into_inner));
         }
     }
 }

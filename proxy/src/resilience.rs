@@ -54,7 +54,8 @@ impl TokenBucket {
         let mut s = self.state.lock().expect("bucket lock");
         let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
         s.0 = (s.0 + elapsed * self.rate).min(f64::from(self.burst));
-        s.1 = now;
+        // A time read before another thread's (`take_at`) never moves the bucket's back.
+        s.1 = s.1.max(now);
         if s.0 >= 1.0 {
             s.0 -= 1.0;
             true

@@ -337,7 +337,7 @@ impl Spans {
                 self.tracer.queue.done(b.spans());
                 self.got.extend(decoded(&b));
             }
-            for b in self.tracer.queue.take_filling() {
+            if let Some(b) = self.tracer.queue.take_filling() {
                 self.tracer.queue.done(b.spans());
                 self.got.extend(decoded(&b));
             }

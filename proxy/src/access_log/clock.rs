@@ -51,19 +51,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_wall_time_of_a_monotonic_time_is_the_system_clocks_within_a_millisecond() {
+    fn the_wall_time_of_a_monotonic_time_is_the_system_clocks() {
+        // Within 5 ms: the two clocks are read one after the other, on a busy machine.
         let now = Instant::now();
         let system = system_nanos();
         let wall = unix_nanos(now);
-        assert!(system.abs_diff(wall) < 1_000_000, "{system} vs {wall}");
-        // A time past the reading's second: read again, and still the system clock's.
-        let later = now + Duration::from_secs(2);
-        let wall = unix_nanos(later);
-        let system = system_nanos() + 2_000_000_000;
-        assert!(system.abs_diff(wall) < 1_000_000, "{system} vs {wall}");
+        assert!(system.abs_diff(wall) < 5_000_000, "{system} vs {wall}");
         // Monotonic times a moment apart are as far apart on the wall, before the reading too.
-        let b = Instant::now();
-        let a = b - Duration::from_millis(250);
-        assert_eq!(unix_nanos(b) - unix_nanos(a), 250_000_000);
+        let a = now - Duration::from_millis(250);
+        assert_eq!(unix_nanos(now) - unix_nanos(a), 250_000_000);
+    }
+
+    #[test]
+    fn a_reading_older_than_a_second_is_renewed() {
+        let now = Instant::now();
+        unix_nanos(now);
+        let first = READING.with(|r| r.get()).expect("a reading").0;
+        unix_nanos(now + Duration::from_millis(500));
+        assert_eq!(READING.with(|r| r.get()).unwrap().0, first, "still fresh");
+        unix_nanos(now + Duration::from_secs(2));
+        assert_ne!(READING.with(|r| r.get()).unwrap().0, first, "read again");
     }
 }

@@ -38,7 +38,7 @@ pub struct ExportConfig {
     pub resource: Vec<(&'static str, String)>,
 }
 
-/// Sends the tracer's spans; [`Exporter::run`] until the tracer is gone.
+/// Sends the tracer's spans; [`Exporter::run`] for as long as the process runs.
 #[derive(Debug)]
 pub struct Exporter {
     /// Full batches.
@@ -73,8 +73,12 @@ impl Exporter {
         }
     }
 
+    /// Exports full batches as they come, and what is filling [`BATCH_DELAY`] after a batch
+    /// got its first span (or at once when asked to flush); with no span anywhere, it waits.
     pub async fn run(mut self) {
-        let mut take_at = tokio::time::Instant::now() + BATCH_DELAY;
+        let queue = &self.tracer.queue;
+        // When to take what is filling; `None`: nothing is.
+        let mut take_at = None;
         loop {
             let take = tokio::select! {
                 full = self.rx.recv() => match full {
@@ -84,14 +88,18 @@ impl Exporter {
                     }
                     None => return,
                 },
-                () = tokio::time::sleep_until(take_at) => true,
+                () = queue.filled.notified(), if take_at.is_none() => {
+                    take_at = Some(tokio::time::Instant::now() + BATCH_DELAY);
+                    false
+                }
+                () = sleep_until(take_at) => true,
                 () = self.tracer.flush_now.notified() => true,
             };
             if take {
-                for b in self.tracer.queue.take_filling() {
+                take_at = None;
+                if let Some(b) = queue.take_filling() {
                     self.export(b).await;
                 }
-                take_at = tokio::time::Instant::now() + BATCH_DELAY;
             }
         }
     }
@@ -256,4 +264,12 @@ fn retryable(code: Code) -> bool {
             | Code::Unavailable
             | Code::DataLoss
     )
+}
+
+/// Sleeps until `at`; for ever when there is none.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

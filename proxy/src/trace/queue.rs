@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::wire::Batch;
 use crate::per_thread::PerThread;
@@ -22,6 +22,15 @@ use crate::per_thread::PerThread;
 pub const MAX_BATCH: usize = 256;
 /// How long a span waits for its batch to fill at most (before the export itself).
 pub const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// Takes back a span counted as waiting, unless forgotten.
+struct Uncount<'a>(&'a AtomicUsize);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The room a batch is given when its first span comes: a full batch of typical spans (500
 /// to 700 bytes), so that filling it seldom moves it. A thread that makes no span holds none.
 const BATCH_BYTES: usize = MAX_BATCH * 768;
@@ -34,6 +43,8 @@ pub struct Queue {
     /// waits for.
     waiting: AtomicUsize,
     limit: usize,
+    /// Told when a thread's batch gets its first span: the exporter, idle, waits for it.
+    pub(super) filled: Notify,
 }
 
 impl Queue {
@@ -46,6 +57,7 @@ impl Queue {
             full,
             waiting: AtomicUsize::new(0),
             limit: limit.max(1),
+            filled: Notify::new(),
         };
         (q, rx)
     }
@@ -57,29 +69,44 @@ impl Queue {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
+        // Counted back if `write` panics (its span is cut off by the next push).
+        let counted = Uncount(&self.waiting);
         let mut batch = self.filling.mine();
-        if batch.spans() == 0 {
+        let first = batch.spans() == 0;
+        if first {
             batch.reserve(BATCH_BYTES);
         }
         batch.push(write);
+        std::mem::forget(counted);
         if batch.spans() >= MAX_BATCH {
-            let full = std::mem::take(&mut *batch);
+            let mut full = std::mem::take(&mut *batch);
             drop(batch);
+            full.trim();
             // The exporter lives as long as the process; if it is gone, so are the spans.
             let _ = self.full.send(full);
+        } else if first {
+            drop(batch);
+            self.filled.notify_one();
         }
         true
     }
 
-    /// The batches being filled (those with a span), for the exporter.
-    pub fn take_filling(&self) -> Vec<Batch> {
-        let mut taken = Vec::new();
+    /// The batches being filled, as one (`None` when none has a span), for the exporter.
+    pub fn take_filling(&self) -> Option<Batch> {
+        let mut taken: Option<Batch> = None;
         self.filling.each(|b| {
             if b.spans() > 0 {
-                taken.push(std::mem::take(b));
+                let b = std::mem::take(b);
+                match &mut taken {
+                    Some(t) => t.append(b),
+                    None => taken = Some(b),
+                }
             }
         });
-        taken
+        taken.map(|mut t| {
+            t.trim();
+            t
+        })
     }
 
     /// `n` spans exported or given up on.
@@ -122,10 +149,9 @@ mod tests {
         let full = rx.try_recv().expect("a full batch");
         assert_eq!(ids(&full), (0..256).collect::<Vec<_>>());
         assert!(rx.try_recv().is_err(), "one full batch");
-        let filling = q.take_filling();
-        assert_eq!(filling.len(), 1, "one thread: one batch filling");
-        assert_eq!(ids(&filling[0]), (256..300).collect::<Vec<_>>());
-        assert!(q.take_filling().is_empty(), "taken");
+        let filling = q.take_filling().expect("a batch filling");
+        assert_eq!(ids(&filling), (256..300).collect::<Vec<_>>());
+        assert!(q.take_filling().is_none(), "taken");
         assert_eq!(q.waiting(), 300, "not exported yet");
         q.done(256);
         q.done(44);
@@ -143,7 +169,7 @@ mod tests {
             threads.into_iter().map(|t| t.join().unwrap()).sum()
         });
         assert_eq!(accepted, 150, "the limit, whichever thread asked");
-        let mut all: Vec<u64> = q.take_filling().iter().flat_map(ids).collect();
+        let mut all: Vec<u64> = ids(&q.take_filling().expect("batches filling"));
         assert_eq!(all.len(), 150);
         all.sort();
         all.dedup();
@@ -152,5 +178,9 @@ mod tests {
         assert!(!q.push(span(9)));
         q.done(150);
         assert!(q.push(span(9)));
+        // A span whose encoding panicked is not counted.
+        let broken = std::panic::catch_unwind(|| q.push(|_| panic!("encoding failed")));
+        assert!(broken.is_err());
+        assert_eq!(q.waiting(), 1);
     }
 }

@@ -16,7 +16,11 @@ const FIXED32: u8 = 5;
 /// export sends.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The spans, and after them what a push that never finished (it panicked) left, which
+    /// the next push cuts off.
     bytes: Vec<u8>,
+    /// The bytes of whole spans.
+    whole: usize,
     spans: usize,
 }
 
@@ -32,13 +36,32 @@ impl Batch {
     }
 
     /// The spans' bytes.
-    pub fn into_bytes(self) -> Vec<u8> {
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        self.bytes.truncate(self.whole);
         self.bytes
+    }
+
+    /// Gives back room the batch does not use, past a quarter of what it holds: a batch
+    /// waiting for export holds little more than its spans.
+    pub fn trim(&mut self) {
+        self.bytes.truncate(self.whole);
+        if self.bytes.capacity() > self.whole + self.whole / 4 {
+            self.bytes.shrink_to_fit();
+        }
+    }
+
+    /// Adds `other`'s spans after this batch's.
+    pub fn append(&mut self, other: Batch) {
+        self.bytes.truncate(self.whole);
+        self.bytes.extend_from_slice(&other.bytes[..other.whole]);
+        self.whole = self.bytes.len();
+        self.spans += other.spans;
     }
 
     /// Appends one span, whose fields `write` writes.
     pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let out = &mut self.bytes;
+        out.truncate(self.whole);
         out.push(2 << 3 | LEN);
         // Room for the length as two bytes (128 bytes to 16 KiB: every span the proxy makes),
         // filled in once the span is written; any other length is moved into place.
@@ -54,6 +77,7 @@ impl Batch {
             varint(len as u64, &mut head);
             out.splice(at..at + 2, head);
         }
+        self.whole = out.len();
         self.spans += 1;
     }
 }
@@ -272,7 +296,7 @@ pub fn request(
     spans: &Batch,
 ) -> Vec<u8> {
     let (mut out, tail) = around(resource, scope, schema_url, spans);
-    out.extend_from_slice(&spans.bytes);
+    out.extend_from_slice(&spans.bytes[..spans.whole]);
     out.extend_from_slice(&tail);
     out
 }
@@ -290,9 +314,11 @@ pub fn around(
         |k: &str, v: &str| field_len(field_len(k.len()) + field_len(field_len(v.len())));
     let resource_len: usize = resource.iter().map(|(k, v)| str_attr_len(k, v)).sum();
     let scope_len = field_len(scope.0.len()) + field_len(scope.1.len());
-    let scope_spans_len = field_len(scope_len) + spans.bytes.len() + field_len(schema_url.len());
+    let scope_spans_len = field_len(scope_len) + spans.whole + field_len(schema_url.len());
     let resource_spans_len = field_len(resource_len) + field_len(scope_spans_len);
-    let mut out = Vec::with_capacity(field_len(resource_spans_len) - spans.bytes.len());
+    let mut tail = Vec::with_capacity(field_len(schema_url.len()));
+    bytes(3, schema_url.as_bytes(), &mut tail);
+    let mut out = Vec::with_capacity(field_len(resource_spans_len) - spans.whole - tail.len());
     // ExportTraceServiceRequest { resource_spans (1): ResourceSpans {
     //   resource (1): Resource { attributes (1) },
     //   scope_spans (2): ScopeSpans { scope (1), spans (2), schema_url (3) } } }
@@ -309,10 +335,8 @@ pub fn around(
     varint(scope_len as u64, &mut out);
     bytes(1, scope.0.as_bytes(), &mut out);
     bytes(2, scope.1.as_bytes(), &mut out);
-    let mut tail = Vec::with_capacity(field_len(schema_url.len()));
-    bytes(3, schema_url.as_bytes(), &mut tail);
     debug_assert_eq!(
-        out.len() + spans.bytes.len() + tail.len(),
+        out.len() + spans.whole + tail.len(),
         field_len(resource_spans_len)
     );
     (out, tail)
@@ -335,5 +359,33 @@ mod tests {
             .collect();
         assert_eq!(names, [3, 600, 20_000]);
         assert_eq!(b.spans(), 3);
+    }
+
+    #[test]
+    fn what_a_push_that_panicked_left_is_cut_off() {
+        let mut b = Batch::default();
+        b.push(|out| bytes(5, b"one", out));
+        let broken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.push(|out| {
+                out.extend_from_slice(b"half a span");
+                panic!("encoding failed");
+            })
+        }));
+        assert!(broken.is_err());
+        b.push(|out| bytes(5, b"two", out));
+        let names: Vec<String> = crate::trace::decoded(&b)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["one", "two"]);
+        let mut other = Batch::default();
+        other.push(|out| bytes(5, b"three", out));
+        b.append(other);
+        b.trim();
+        let names: Vec<String> = crate::trace::decoded(&b)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["one", "two", "three"]);
     }
 }
