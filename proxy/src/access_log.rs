@@ -12,6 +12,7 @@
 //! 16 MiB in the queue.
 
 mod clock;
+mod digits;
 mod format;
 #[cfg(test)]
 mod tests;
@@ -412,28 +413,40 @@ impl Entry {
 /// a request seldom has to wake it.
 const REST: Duration = Duration::from_millis(5);
 
-/// The writer thread: formats each line, writes it, flushes once the queue is empty, and rests
-/// [`REST`] before looking again.
-fn write_lines(rx: Receiver<Msg>, out: Box<dyn Write + Send>, format: Format) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut line = Vec::with_capacity(1024);
+/// The writer thread: formats each line into its buffer, writes the buffer when it is nearly
+/// full and once the queue is empty, then flushes, and rests [`REST`] before looking again.
+fn write_lines(rx: Receiver<Msg>, mut out: Box<dyn Write + Send>, format: Format) {
+    // Lines are formatted straight into the buffer that is written (not each into a line of
+    // its own, then copied).
+    const FULL: usize = 56 * 1024;
+    let mut buf = Vec::with_capacity(64 * 1024);
     let mut formatter = format::Formatter::default();
     let mut failed = false;
+    let mut write = |buf: &mut Vec<u8>, out: &mut Box<dyn Write + Send>, flush: bool| {
+        let done = out
+            .write_all(buf)
+            .and_then(|()| if flush { out.flush() } else { Ok(()) });
+        buf.clear();
+        match done {
+            Err(err) if !failed => {
+                failed = true;
+                tracing::warn!(error = %err, "access log write failed; lines are being lost");
+            }
+            Err(_) => {}
+            Ok(()) => failed &= !flush,
+        }
+    };
     while let Ok(mut msg) = rx.recv() {
         loop {
             match msg {
                 Msg::Line(e) => {
-                    line.clear();
-                    formatter.line(&e, format, &mut line);
-                    if let Err(err) = out.write_all(&line)
-                        && !failed
-                    {
-                        failed = true;
-                        tracing::warn!(error = %err, "access log write failed; lines are being lost");
+                    formatter.line(&e, format, &mut buf);
+                    if buf.len() >= FULL {
+                        write(&mut buf, &mut out, false);
                     }
                 }
                 Msg::Flush(done) => {
-                    let _ = out.flush();
+                    write(&mut buf, &mut out, true);
                     let _ = done.send(());
                 }
             }
@@ -442,12 +455,10 @@ fn write_lines(rx: Receiver<Msg>, out: Box<dyn Write + Send>, format: Format) {
                 Err(_) => break,
             }
         }
-        if out.flush().is_ok() {
-            failed = false;
-        }
+        write(&mut buf, &mut out, true);
         std::thread::sleep(REST);
     }
-    let _ = out.flush();
+    write(&mut buf, &mut out, true);
 }
 
 /// The request's method, cut to [`MAX_FIELD`] bytes: an extension method is the client's

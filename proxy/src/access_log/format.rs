@@ -7,15 +7,19 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use super::digits::{AddrText, digits, millis, number};
 use super::{Entry, Flags, Format};
 
-/// Formats lines; keeps the last second's date and time of day.
+/// Formats lines; keeps the last second's date and time of day, and the last addresses it
+/// wrote (a connection's requests share the client's, a service's the endpoint's).
 #[derive(Default)]
 pub(super) struct Formatter {
     /// Seconds since the epoch of `second`.
     at: u64,
     /// `YYYY-MM-DDTHH:MM:SS` of `at`.
     second: Vec<u8>,
+    /// The upstream's and the client's addresses last written, as text.
+    addrs: [Option<(SocketAddr, AddrText)>; 2],
 }
 
 impl Formatter {
@@ -26,6 +30,11 @@ impl Formatter {
             Format::Json => self.json(e, out),
             Format::Apache => self.apache(e, out),
         }
+    }
+
+    /// `a` as `ip:port`, from the text kept in `addrs[i]` when it is the same address.
+    fn addr(&mut self, a: SocketAddr, i: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(AddrText::kept(&mut self.addrs[i], a).bytes());
     }
 
     /// `t` (Unix nanoseconds) as RFC 3339, UTC, to the millisecond:
@@ -68,12 +77,16 @@ impl Formatter {
         j.num(b",\"bytes_sent\":", Some(e.bytes_out));
         j.ms(b",\"duration_ms\":", Some(e.duration));
         j.ms(b",\"upstream_service_time_ms\":", e.upstream_time);
-        j.addr(b",\"upstream_host\":", e.upstream);
+        j.addr(b",\"upstream_host\":", e.upstream, &mut self.addrs[0]);
         j.str(b",\"service\":", e.service.as_deref());
         j.str(b",\"route_name\":", e.route.as_deref());
         j.str(b",\"upstream_cluster\":", e.backend.as_deref());
         j.num(b",\"attempts\":", Some(u64::from(e.attempts)));
-        j.addr(b",\"downstream_remote_address\":", e.client);
+        j.addr(
+            b",\"downstream_remote_address\":",
+            e.client,
+            &mut self.addrs[1],
+        );
         j.str(b",\"client_identity\":", e.client_identity.as_deref());
         j.str(b",\"upstream_identity\":", e.upstream_identity.as_deref());
         j.str(b",\"request_id\":", e.request_id());
@@ -89,7 +102,7 @@ impl Formatter {
     /// weft's fields as `key=value`, `-` for what is unknown.
     fn apache(&mut self, e: &Entry, out: &mut Vec<u8>) {
         match e.client {
-            Some(a) => addr(a, out),
+            Some(a) => self.addr(a, 1, out),
             None => out.push(b'-'),
         }
         out.push(b' ');
@@ -140,7 +153,7 @@ impl Formatter {
         }
         kv("upstream", out);
         match e.upstream {
-            Some(a) => addr(a, out),
+            Some(a) => self.addr(a, 0, out),
             None => out.push(b'-'),
         }
         kv("service", out);
@@ -165,13 +178,15 @@ impl Formatter {
 struct Json<'a>(&'a mut Vec<u8>);
 
 impl Json<'_> {
-    /// `k` is the whole `,"key":`.
+    /// `k` is the whole `,"key":`. Inline: a key's length is known where it is written.
+    #[inline(always)]
     fn key(&mut self, k: &[u8]) {
         self.0.extend_from_slice(k);
     }
 
     // A field without a value is left out.
 
+    #[inline(always)]
     fn str(&mut self, k: &[u8], v: Option<&str>) {
         if let Some(v) = v {
             self.key(k);
@@ -180,6 +195,7 @@ impl Json<'_> {
     }
 
     /// A string known to need no escape (the proxy's own words, a token).
+    #[inline(always)]
     fn plain(&mut self, k: &[u8], v: Option<&str>) {
         if let Some(v) = v {
             self.key(k);
@@ -189,6 +205,7 @@ impl Json<'_> {
         }
     }
 
+    #[inline(always)]
     fn num(&mut self, k: &[u8], v: Option<u64>) {
         if let Some(n) = v {
             self.key(k);
@@ -196,6 +213,7 @@ impl Json<'_> {
         }
     }
 
+    #[inline(always)]
     fn ms(&mut self, k: &[u8], v: Option<Duration>) {
         if let Some(d) = v {
             self.key(k);
@@ -203,11 +221,13 @@ impl Json<'_> {
         }
     }
 
-    fn addr(&mut self, k: &[u8], v: Option<SocketAddr>) {
+    /// `last`: the address this field had last, as text (made again when it differs).
+    #[inline(always)]
+    fn addr(&mut self, k: &[u8], v: Option<SocketAddr>, last: &mut Option<(SocketAddr, AddrText)>) {
         if let Some(a) = v {
             self.key(k);
             self.0.push(b'"');
-            addr(a, self.0);
+            self.0.extend_from_slice(AddrText::kept(last, a).bytes());
             self.0.push(b'"');
         }
     }
@@ -306,97 +326,9 @@ fn escaped(b: u8, out: &mut Vec<u8>) {
     out.push(HEX[usize::from(b & 0xf)]);
 }
 
-/// Two decimal digits for each of 0-99.
-const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-2021222324252627282930313233343536373839\
-4041424344454647484950515253545556575859\
-6061626364656667686970717273747576777879\
-8081828384858687888990919293949596979899";
-
-/// `n` in decimal. Most numbers in a line (octets, statuses, attempts, small sizes) have at
-/// most three digits: pushed one by one, inline; longer ones two digits at a time.
-#[inline]
-pub(super) fn number(mut n: u64, out: &mut Vec<u8>) {
-    if n < 10 {
-        out.push(b'0' + n as u8);
-    } else if n < 1000 {
-        if n >= 100 {
-            out.push(b'0' + (n / 100) as u8);
-            n %= 100;
-        }
-        let p = n as usize * 2;
-        out.push(PAIRS[p]);
-        out.push(PAIRS[p + 1]);
-    } else {
-        long_number(n, out);
-    }
-}
-
-#[inline(never)]
-fn long_number(mut n: u64, out: &mut Vec<u8>) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    while n >= 100 {
-        let p = (n % 100) as usize * 2;
-        n /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
-    }
-    if n >= 10 {
-        let p = n as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
-    } else {
-        i -= 1;
-        buf[i] = b'0' + n as u8;
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
-/// `n` in exactly `width` decimal digits (it has no more).
-fn digits(mut n: u64, width: usize, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    for i in (start..start + width).rev() {
-        out[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-}
-
-/// Milliseconds, to the microsecond: `1.204`.
-pub(super) fn millis(d: Duration, out: &mut Vec<u8>) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    number(us / 1000, out);
-    out.push(b'.');
-    let frac = (us % 1000) as usize;
-    out.push(b'0' + (frac / 100) as u8);
-    out.push(PAIRS[frac % 100 * 2]);
-    out.push(PAIRS[frac % 100 * 2 + 1]);
-}
-
 /// A trace id's hex digits as text.
 fn hex_str(hex: &[u8; 32]) -> &str {
     std::str::from_utf8(hex).expect("hex digits")
-}
-
-/// `ip:port`, `[ip6]:port`.
-fn addr(a: SocketAddr, out: &mut Vec<u8>) {
-    match a {
-        SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                number(u64::from(o), out);
-            }
-            out.push(b':');
-            number(u64::from(a.port()), out);
-        }
-        SocketAddr::V6(_) => {
-            use std::io::Write;
-            let _ = write!(out, "{a}");
-        }
-    }
 }
 
 /// As Envoy writes them: `UF,URX`; `-` for none.

@@ -275,7 +275,7 @@ fn apache_lines_escape_what_could_split_a_field_and_keep_the_query_when_asked() 
 fn numbers_are_written_in_decimal() {
     for n in (0..=1100).chain([9_999, 10_000, 65_535, 1_234_567, u64::MAX]) {
         let mut out = Vec::new();
-        format::number(n, &mut out);
+        super::digits::number(n, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
     }
 }
@@ -323,7 +323,47 @@ fn durations_are_milliseconds_to_the_microsecond() {
         (12_345_678, "12345.678"),
     ] {
         let mut out = Vec::new();
-        format::millis(Duration::from_micros(us), &mut out);
+        super::digits::millis(Duration::from_micros(us), &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+}
+
+#[test]
+fn each_line_has_its_own_addresses_when_they_change_from_line_to_line() {
+    for format in [Format::Json, Format::Apache] {
+        let (log, written) = memory_log(format, false);
+        let clients = [
+            "10.0.0.1:1000",
+            "10.0.0.1:1000",
+            "10.0.0.2:2000",
+            "10.0.0.1:1000",
+        ];
+        let upstreams = [
+            "10.9.0.1:80",
+            "[fd00::2]:8080",
+            "[fd00::2]:8080",
+            "10.9.0.1:80",
+        ];
+        for (c, u) in clients.iter().zip(upstreams) {
+            let mut e = log.request(&hostile_request(), "outbound", c.parse().ok());
+            e.upstream = u.parse().ok();
+            e.finish();
+        }
+        let text = written();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        for ((line, c), u) in lines.iter().zip(clients).zip(upstreams) {
+            match format {
+                Format::Json => {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    assert_eq!(v["downstream_remote_address"], c);
+                    assert_eq!(v["upstream_host"], u);
+                }
+                _ => {
+                    assert!(line.starts_with(&format!("{c} ")), "{line}");
+                    assert!(line.contains(&format!(" upstream={u} ")), "{line}");
+                }
+            }
+        }
     }
 }
