@@ -23,18 +23,26 @@ thread_local! {
 /// Nanoseconds since the Unix epoch at `now` (a monotonic time just read).
 pub fn unix_nanos(now: Instant) -> u64 {
     READING.with(|r| {
-        let (at, wall) = match r.get() {
-            Some((at, wall)) if now.saturating_duration_since(at) < REREAD => (at, wall),
+        let reading = r.get();
+        // The usual case: a reading from less than a second before `now` (one subtraction).
+        if let Some((at, wall)) = reading
+            && let Some(since) = now.checked_duration_since(at)
+            && since < REREAD
+        {
+            return wall.saturating_add(since.as_nanos() as u64);
+        }
+        let (at, wall) = match reading {
+            // `now` was read before the reading (on this thread): as far before on the wall.
+            Some((at, wall)) if now < at => (at, wall),
             _ => {
-                let reading = (Instant::now(), system_nanos());
-                r.set(Some(reading));
-                reading
+                let fresh = (Instant::now(), system_nanos());
+                r.set(Some(fresh));
+                fresh
             }
         };
-        if now >= at {
-            wall.saturating_add((now - at).as_nanos() as u64)
-        } else {
-            wall.saturating_sub((at - now).as_nanos() as u64)
+        match now.checked_duration_since(at) {
+            Some(since) => wall.saturating_add(since.as_nanos() as u64),
+            None => wall.saturating_sub((at - now).as_nanos() as u64),
         }
     })
 }
