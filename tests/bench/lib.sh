@@ -9,6 +9,9 @@ wait_port() {
 rss_kb() { awk "/^$2:/{print \$2}" "/proc/$1/status"; }
 # CPU time (user + system) a process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time all of a process's threads have run, in nanoseconds (the scheduler's own count: no
+# 10 ms ticks to round to).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
 # start_nginx DIR PORT: nginx, one worker, answering every request on 127.0.0.1:PORT with a
 # 23-byte body over HTTP/2 prior knowledge; its files in DIR, its pid added to `pids`.
