@@ -409,9 +409,10 @@ impl Entry {
     }
 }
 
-/// How long the writer rests after writing what was queued: lines are written in batches, and
-/// a request seldom has to wake it.
-const REST: Duration = Duration::from_millis(5);
+/// How long the writer rests after writing what was queued: lines are written in batches (at
+/// 10,000 requests a second, 200 lines a write), and a request seldom has to wake it. The
+/// queue's default holds 4,096 lines: 20 ms of 200,000 requests a second.
+const REST: Duration = Duration::from_millis(20);
 
 /// The writer thread: formats each line into its buffer, writes the buffer when it is nearly
 /// full and once the queue is empty, then flushes, and rests [`REST`] before looking again.
