@@ -4,16 +4,22 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-/// `ip:port` as text: at most `[` + 45 + `]:` + 5 bytes.
+/// The longest `ip:port` written: `[`, an IPv6 address (45 bytes at most, IPv4-mapped), `%`
+/// and a scope id (10), `]:` and a port (5).
+const MAX_ADDR: usize = 1 + 45 + 1 + 10 + 2 + 5;
+
+/// `ip:port` as text.
 #[derive(Clone, Copy)]
-pub(super) struct AddrText([u8; 53], u8);
+pub(super) struct AddrText([u8; MAX_ADDR], u8);
 
 impl AddrText {
     fn of(a: SocketAddr) -> AddrText {
-        let mut v = Vec::with_capacity(53);
+        let mut v = Vec::with_capacity(MAX_ADDR);
         addr(a, &mut v);
-        let mut t = AddrText([0; 53], v.len() as u8);
-        t.0[..v.len()].copy_from_slice(&v);
+        // Never longer; were it, the text is cut rather than the line lost.
+        let len = v.len().min(MAX_ADDR);
+        let mut t = AddrText([0; MAX_ADDR], len as u8);
+        t.0[..len].copy_from_slice(&v[..len]);
         t
     }
 

@@ -332,12 +332,9 @@ fn durations_are_milliseconds_to_the_microsecond() {
 fn each_line_has_its_own_addresses_when_they_change_from_line_to_line() {
     for format in [Format::Json, Format::Apache] {
         let (log, written) = memory_log(format, false);
-        let clients = [
-            "10.0.0.1:1000",
-            "10.0.0.1:1000",
-            "10.0.0.2:2000",
-            "10.0.0.1:1000",
-        ];
+        // The longest an address is written: eight groups of four, the largest scope id.
+        let longest = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535";
+        let clients = ["10.0.0.1:1000", "10.0.0.1:1000", longest, "10.0.0.1:1000"];
         let upstreams = [
             "10.9.0.1:80",
             "[fd00::2]:8080",
