@@ -17,6 +17,7 @@ mod format;
 #[cfg(test)]
 mod tests;
 mod text;
+mod writer;
 
 pub use text::trace_id;
 use text::{Text, Texts};
@@ -30,7 +31,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError},
+        mpsc::{SyncSender, TrySendError},
     },
     time::Duration,
 };
@@ -228,7 +229,7 @@ impl AccessLog {
         };
         std::thread::Builder::new()
             .name("weft-access-log".into())
-            .spawn(move || write_lines(rx, out, format))?;
+            .spawn(move || writer::write_lines(rx, out, format))?;
         // It lives as long as the process: requests reach it without counting references.
         Ok(Some(Box::leak(Box::new(AccessLog { tx, query, dropped }))))
     }
@@ -407,59 +408,6 @@ impl Entry {
             .as_ref()
             .map_or(self.bytes_from_client, |n| n.load(Ordering::Relaxed))
     }
-}
-
-/// How long the writer rests after writing what was queued: lines are written in batches (at
-/// 10,000 requests a second, 200 lines a write), and a request seldom has to wake it. The
-/// queue's default holds 4,096 lines: 20 ms of 200,000 requests a second.
-const REST: Duration = Duration::from_millis(20);
-
-/// The writer thread: formats each line into its buffer, writes the buffer when it is nearly
-/// full and once the queue is empty, then flushes, and rests [`REST`] before looking again.
-fn write_lines(rx: Receiver<Msg>, mut out: Box<dyn Write + Send>, format: Format) {
-    // Lines are formatted straight into the buffer that is written (not each into a line of
-    // its own, then copied).
-    const FULL: usize = 56 * 1024;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut formatter = format::Formatter::default();
-    let mut failed = false;
-    let mut write = |buf: &mut Vec<u8>, out: &mut Box<dyn Write + Send>, flush: bool| {
-        let done = out
-            .write_all(buf)
-            .and_then(|()| if flush { out.flush() } else { Ok(()) });
-        buf.clear();
-        match done {
-            Err(err) if !failed => {
-                failed = true;
-                tracing::warn!(error = %err, "access log write failed; lines are being lost");
-            }
-            Err(_) => {}
-            Ok(()) => failed &= !flush,
-        }
-    };
-    while let Ok(mut msg) = rx.recv() {
-        loop {
-            match msg {
-                Msg::Line(e) => {
-                    formatter.line(&e, format, &mut buf);
-                    if buf.len() >= FULL {
-                        write(&mut buf, &mut out, false);
-                    }
-                }
-                Msg::Flush(done) => {
-                    write(&mut buf, &mut out, true);
-                    let _ = done.send(());
-                }
-            }
-            match rx.try_recv() {
-                Ok(m) => msg = m,
-                Err(_) => break,
-            }
-        }
-        write(&mut buf, &mut out, true);
-        std::thread::sleep(REST);
-    }
-    write(&mut buf, &mut out, true);
 }
 
 /// The request's method, cut to [`MAX_FIELD`] bytes: an extension method is the client's

@@ -13,26 +13,31 @@ const MAX_ADDR: usize = 1 + 45 + 1 + 10 + 2 + 5;
 pub(super) struct AddrText([u8; MAX_ADDR], u8);
 
 impl AddrText {
-    fn of(a: SocketAddr) -> AddrText {
-        let mut v = Vec::with_capacity(MAX_ADDR);
-        addr(a, &mut v);
-        // Never longer; were it, the text is cut rather than the line lost.
-        let len = v.len().min(MAX_ADDR);
-        let mut t = AddrText([0; MAX_ADDR], len as u8);
-        t.0[..len].copy_from_slice(&v[..len]);
-        t
-    }
-
-    pub(super) fn bytes(&self) -> &[u8] {
+    fn bytes(&self) -> &[u8] {
         &self.0[..usize::from(self.1)]
     }
 
-    /// `a`'s text: `last`'s when it is `a`'s, else made (and kept in `last`).
-    pub(super) fn kept(last: &mut Option<(SocketAddr, AddrText)>, a: SocketAddr) -> &AddrText {
-        if last.as_ref().is_none_or(|(at, _)| *at != a) {
-            *last = Some((a, AddrText::of(a)));
+    /// Writes `a` to `out`: `last`'s text when it is `a`'s; else written as usual, and what
+    /// was written kept in `last` for the next line.
+    pub(super) fn write(
+        last: &mut Option<(SocketAddr, AddrText)>,
+        a: SocketAddr,
+        out: &mut Vec<u8>,
+    ) {
+        if let Some((at, text)) = last
+            && *at == a
+        {
+            out.extend_from_slice(text.bytes());
+            return;
         }
-        &last.as_ref().expect("just kept").1
+        let from = out.len();
+        addr(a, out);
+        let written = &out[from..];
+        // Never longer; were it, the kept text is cut rather than the line lost.
+        let len = written.len().min(MAX_ADDR);
+        let mut text = AddrText([0; MAX_ADDR], len as u8);
+        text.0[..len].copy_from_slice(&written[..len]);
+        *last = Some((a, text));
     }
 }
 

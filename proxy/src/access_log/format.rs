@@ -34,7 +34,7 @@ impl Formatter {
 
     /// `a` as `ip:port`, from the text kept in `addrs[i]` when it is the same address.
     fn addr(&mut self, a: SocketAddr, i: usize, out: &mut Vec<u8>) {
-        out.extend_from_slice(AddrText::kept(&mut self.addrs[i], a).bytes());
+        AddrText::write(&mut self.addrs[i], a, out);
     }
 
     /// `t` (Unix nanoseconds) as RFC 3339, UTC, to the millisecond:
@@ -227,7 +227,7 @@ impl Json<'_> {
         if let Some(a) = v {
             self.key(k);
             self.0.push(b'"');
-            self.0.extend_from_slice(AddrText::kept(last, a).bytes());
+            AddrText::write(last, a, self.0);
             self.0.push(b'"');
         }
     }
