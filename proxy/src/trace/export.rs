@@ -1,8 +1,8 @@
-//! The span exporter: sends each batch of spans (full, or taken while filling every
-//! [`BATCH_DELAY`]) to the collector with OTLP/gRPC (`TraceService/Export`), retrying what the
-//! collector could not take (the status codes the OTLP specification calls retryable) with the
-//! one backoff, then dropping and counting. It runs on the control runtime; a collector that is
-//! down or slow only costs spans.
+//! The span exporter: sends each batch of spans (full, or what is filling, taken
+//! [`BATCH_DELAY`] after a batch got its first span) to the collector with OTLP/gRPC
+//! (`TraceService/Export`), retrying what the collector could not take (the status codes the
+//! OTLP specification calls retryable) with the one backoff, then dropping and counting. It
+//! runs on the control runtime; a collector that is down or slow only costs spans.
 
 use std::{sync::Arc, time::Duration};
 
