@@ -87,12 +87,13 @@ impl RoutePolicy {
     /// What `/config_dump` shows of it (only what is set).
     pub fn describe(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        let d = |t: Duration| serde_json::Value::from(format!("{t:?}"));
+        // Policies without a shape of their own in the dump are shown as their debug text.
+        let d = |v: &dyn std::fmt::Debug| serde_json::Value::from(format!("{v:?}"));
         if let Some(r) = &self.retry {
-            m.insert("retry".into(), serde_json::Value::from(format!("{r:?}")));
+            m.insert("retry".into(), d(r));
         }
         if let Some(f) = &self.fault {
-            m.insert("fault".into(), serde_json::Value::from(format!("{f:?}")));
+            m.insert("fault".into(), d(f));
         }
         if let Some(b) = &self.rate_limit {
             m.insert(
@@ -107,16 +108,16 @@ impl RoutePolicy {
             );
         }
         if let Some(t) = self.grpc_timeout_max {
-            m.insert("grpcTimeoutMax".into(), d(t));
+            m.insert("grpcTimeoutMax".into(), d(&t));
         }
         if let Some(t) = self.idle_timeout {
-            m.insert("idleTimeout".into(), d(t));
+            m.insert("idleTimeout".into(), d(&t));
         }
         if let Some(r) = &self.redirect {
-            m.insert("redirect".into(), serde_json::Value::from(format!("{r:?}")));
+            m.insert("redirect".into(), d(r));
         }
         if let Some(r) = &self.rewrite {
-            m.insert("rewrite".into(), serde_json::Value::from(format!("{r:?}")));
+            m.insert("rewrite".into(), d(r));
         }
         if let Some(h) = &self.headers {
             m.insert(
