@@ -11,7 +11,7 @@ use std::sync::{
 };
 
 /// Slots: one per thread, for up to this many threads.
-pub const SLOTS: usize = 8;
+const SLOTS: usize = 8;
 
 #[derive(Debug, Default)]
 #[repr(align(128))]
